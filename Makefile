@@ -1,0 +1,51 @@
+# streams — set-up, demo and tests. Every target installs what is missing first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Debian packages the build and the tests need: libclang for RocksDB's bindgen, a C/C++
+# toolchain and zlib for librdkafka and RocksDB, kcat for the interop test, docker-compose
+# to check docker-compose.yml (it parses without a Docker engine).
+APT_PACKAGES := libclang-dev clang g++ make pkg-config zlib1g-dev kcat docker-compose
+
+CARGO ?= cargo
+
+.PHONY: help deps build demo test lint fmt clean
+
+help:
+	@echo "make demo   the seed's hit counter on the embedded broker (no Kafka needed)"
+	@echo "make test   every test"
+	@echo "make lint   cargo fmt --check and cargo clippy"
+
+deps:
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs"; exit 1; }
+	@missing=""; \
+	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "missing packages:$$missing"; echo "run: sudo apt-get install -y --no-install-recommends$$missing"; exit 1; \
+	  fi; \
+	fi
+
+build: deps
+	$(CARGO) build --workspace --all-targets
+
+demo: deps
+	$(CARGO) build --examples
+	./scripts/demo.sh
+
+test: build
+	$(CARGO) test --workspace --no-fail-fast
+	docker-compose -f docker-compose.yml config -q && echo "docker-compose.yml: valid"
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,209 @@
+//! The app: an id (the consumer group and the prefix of its internal topics), its agents,
+//! and settings. `App::main` gives it Faust's command line.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::agent::{Agent, AgentSpec};
+use crate::broker::PlannedTopic;
+use crate::table::TableSpec;
+use crate::topic::TopicSpec;
+use crate::{Error, Result};
+
+/// A stream-processing app.
+///
+/// ```
+/// use streams_core::prelude::*;
+///
+/// #[record]
+/// struct Hit { hits: i64 }
+///
+/// const HITS: Topic<(), Hit> = Topic::new("hits");
+///
+/// #[agent(topic = HITS)]
+/// async fn print_hits(mut hits: Stream<(), Hit>) {
+///     while let Some(hit) = hits.next().await {
+///         println!("{}", hit.hits);
+///     }
+/// }
+///
+/// let app = App::new("printer").agent(print_hits);
+/// assert_eq!(app.agents()[0].source.name, "hits");
+/// ```
+#[derive(Debug, Clone)]
+pub struct App {
+    id: String,
+    agents: Vec<AgentSpec>,
+    topic_partitions: i32,
+    commit_interval: Duration,
+}
+
+impl App {
+    /// An app with this id: the consumer group's name and the prefix of its changelog and
+    /// dead-letter topics.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            agents: Vec::new(),
+            topic_partitions: 8,
+            commit_interval: Duration::from_secs(1),
+        }
+    }
+
+    /// Adds an agent (a function marked `#[agent]`).
+    pub fn agent(mut self, agent: impl Agent) -> Self {
+        self.agents.push(agent.spec());
+        self
+    }
+
+    /// Partition count of topics the app creates without a declared count (default 8, as in Faust).
+    pub fn topic_partitions(mut self, partitions: i32) -> Self {
+        self.topic_partitions = partitions;
+        self
+    }
+
+    /// How often each partition's progress is committed (default 1 s).
+    pub fn commit_interval(mut self, interval: Duration) -> Self {
+        self.commit_interval = interval;
+        self
+    }
+
+    pub(crate) fn commit_interval_value(&self) -> Duration {
+        self.commit_interval
+    }
+
+    /// The app's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The app's agents.
+    pub fn agents(&self) -> &[AgentSpec] {
+        &self.agents
+    }
+
+    /// Every table with the agent that updates it.
+    pub fn tables(&self) -> impl Iterator<Item = (&TableSpec, &AgentSpec)> {
+        self.agents.iter().flat_map(|a| a.tables.iter().map(move |t| (t, a)))
+    }
+
+    /// Checks that the declarations fit together.
+    pub fn validate(&self) -> Result<()> {
+        if self.agents.is_empty() {
+            return Err(Error::Config(format!(
+                "app `{}` has no agents; add them with App::agent",
+                self.id
+            )));
+        }
+        let mut by_source: HashMap<&str, &str> = HashMap::new();
+        let mut by_table: HashMap<&str, &str> = HashMap::new();
+        let mut names: HashMap<&str, ()> = HashMap::new();
+        for agent in &self.agents {
+            if names.insert(agent.name, ()).is_some() {
+                return Err(Error::Config(format!("agent `{}` is added twice", agent.name)));
+            }
+            if let Some(other) = by_source.insert(agent.source.name, agent.name) {
+                return Err(Error::Config(format!(
+                    "agents `{other}` and `{}` both read topic `{}`; one agent per topic is supported",
+                    agent.name, agent.source.name
+                )));
+            }
+            for table in &agent.tables {
+                if let Some(other) = by_table.insert(table.name, agent.name) {
+                    if other != agent.name {
+                        return Err(Error::Config(format!(
+                            "agents `{other}` and `{}` both use table `{}`; a table is updated by one agent",
+                            agent.name, table.name
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The topics the app needs, given the partition counts of the topics that exist.
+    /// Fails when a topic exists with another partition count than declared, or when a
+    /// changelog's partition count differs from its table's source topic.
+    pub fn plan(&self, existing: &HashMap<String, i32>) -> Result<Vec<PlannedTopic>> {
+        self.validate()?;
+        let mut plan: Vec<PlannedTopic> = Vec::new();
+        let add = |plan: &mut Vec<PlannedTopic>, name: String, partitions: i32, compacted: bool| {
+            if !plan.iter().any(|t| t.name == name) {
+                let exists = existing.contains_key(&name);
+                plan.push(PlannedTopic {
+                    name,
+                    partitions,
+                    compacted,
+                    exists,
+                });
+            }
+        };
+        let mut declared: HashMap<&str, &TopicSpec> = HashMap::new();
+        for topic in self
+            .agents
+            .iter()
+            .flat_map(|a| std::iter::once(&a.source).chain(a.sends.iter()))
+        {
+            match declared.get(topic.name) {
+                Some(other)
+                    if other.partitions.is_some()
+                        && topic.partitions.is_some()
+                        && other.partitions != topic.partitions =>
+                {
+                    return Err(Error::Config(format!(
+                        "topic `{}` is declared with {} and with {} partitions",
+                        topic.name,
+                        other.partitions.unwrap_or_default(),
+                        topic.partitions.unwrap_or_default()
+                    )));
+                }
+                Some(other) if other.partitions.is_some() => {}
+                _ => {
+                    declared.insert(topic.name, topic);
+                }
+            }
+        }
+        let partitions_of = |topic: &TopicSpec| -> Result<i32> {
+            let declared = declared.get(topic.name).and_then(|t| t.partitions);
+            match (declared, existing.get(topic.name)) {
+                (Some(declared), Some(&actual)) if declared != actual => Err(Error::Config(format!(
+                    "topic `{}` has {actual} partitions on the broker but is declared with {declared}; \
+                     change the declaration or recreate the topic",
+                    topic.name
+                ))),
+                (Some(declared), _) => Ok(declared),
+                (None, Some(&actual)) => Ok(actual),
+                (None, None) => Ok(self.topic_partitions),
+            }
+        };
+        for agent in &self.agents {
+            let source_partitions = partitions_of(&agent.source)?;
+            add(&mut plan, agent.source.name.to_string(), source_partitions, false);
+            for topic in &agent.sends {
+                add(&mut plan, topic.name.to_string(), partitions_of(topic)?, false);
+            }
+            for table in &agent.tables {
+                let changelog = table.changelog_topic(&self.id);
+                if let Some(&actual) = existing.get(&changelog) {
+                    if actual != source_partitions {
+                        return Err(Error::Config(format!(
+                            "changelog `{changelog}` has {actual} partitions but table `{}` is fed by `{}` with {source_partitions}; \
+                             they must match so that partition p of both lives on the same worker",
+                            table.name, agent.source.name
+                        )));
+                    }
+                }
+                add(&mut plan, changelog, source_partitions, true);
+            }
+            add(&mut plan, agent.dead_letter_topic(&self.id), source_partitions, false);
+        }
+        Ok(plan)
+    }
+
+    /// Runs the command line (`worker`, `send`, `broker`, `table`) and returns the exit code.
+    pub fn main(self) -> ExitCode {
+        crate::cli::main(self)
+    }
+}

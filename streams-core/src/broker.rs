@@ -1,0 +1,260 @@
+//! Brokers: client configuration, the embedded broker (librdkafka's mock cluster) and the
+//! creation of the app's topics.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+
+use crate::{Error, Result};
+
+enum Command {
+    CreateTopic(String, i32, mpsc::Sender<Result<(), String>>),
+    BrokerDown(i32, mpsc::Sender<Result<(), String>>),
+    BrokerUp(i32, mpsc::Sender<Result<(), String>>),
+    Stop,
+}
+
+/// An in-process Kafka-compatible broker: librdkafka's mock cluster on its own thread.
+/// Used by tests, by `make demo` and by a worker started without `--broker`.
+///
+/// ```no_run
+/// let broker = streams_core::EmbeddedBroker::start().unwrap();
+/// broker.create_topic("hit_count", 4).unwrap();
+/// println!("bootstrap servers: {}", broker.bootstrap_servers());
+/// ```
+pub struct EmbeddedBroker {
+    commands: mpsc::Sender<Command>,
+    bootstrap: String,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EmbeddedBroker {
+    /// Starts a one-broker cluster.
+    pub fn start() -> Result<Self> {
+        let (commands, inbox) = mpsc::channel::<Command>();
+        let (ready, started) = mpsc::channel::<Result<String, String>>();
+        let thread = std::thread::Builder::new()
+            .name("embedded-broker".into())
+            .spawn(move || {
+                let cluster = match MockCluster::new(1) {
+                    Ok(cluster) => cluster,
+                    Err(error) => {
+                        let _ = ready.send(Err(error.to_string()));
+                        return;
+                    }
+                };
+                let _ = ready.send(Ok(cluster.bootstrap_servers()));
+                for command in inbox {
+                    match command {
+                        Command::CreateTopic(name, partitions, reply) => {
+                            let _ = reply.send(cluster.create_topic(&name, partitions, 1).map_err(|e| e.to_string()));
+                        }
+                        Command::BrokerDown(id, reply) => {
+                            let _ = reply.send(cluster.broker_down(id).map_err(|e| e.to_string()));
+                        }
+                        Command::BrokerUp(id, reply) => {
+                            let _ = reply.send(cluster.broker_up(id).map_err(|e| e.to_string()));
+                        }
+                        Command::Stop => break,
+                    }
+                }
+            })
+            .map_err(|e| Error::io("starting the embedded broker", e))?;
+        let bootstrap = started
+            .recv()
+            .map_err(|_| Error::Config("the embedded broker did not start".into()))?
+            .map_err(|e| Error::Config(format!("the embedded broker did not start: {e}")))?;
+        Ok(Self {
+            commands,
+            bootstrap,
+            thread: Some(thread),
+        })
+    }
+
+    /// The address clients connect to.
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap
+    }
+
+    fn call(&self, make: impl FnOnce(mpsc::Sender<Result<(), String>>) -> Command) -> Result<()> {
+        let (reply, answer) = mpsc::channel();
+        self.commands
+            .send(make(reply))
+            .map_err(|_| Error::Config("the embedded broker has stopped".into()))?;
+        answer
+            .recv()
+            .map_err(|_| Error::Config("the embedded broker has stopped".into()))?
+            .map_err(Error::Config)
+    }
+
+    /// Creates a topic (the mock cluster has no CreateTopics API).
+    pub fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
+        self.call(|reply| Command::CreateTopic(name.to_string(), partitions, reply))
+    }
+
+    /// Takes broker `id` (1-based) down: clients see it as unreachable.
+    pub fn broker_down(&self, id: i32) -> Result<()> {
+        self.call(|reply| Command::BrokerDown(id, reply))
+    }
+
+    /// Brings broker `id` back up.
+    pub fn broker_up(&self, id: i32) -> Result<()> {
+        self.call(|reply| Command::BrokerUp(id, reply))
+    }
+
+    /// Accepts connections on `listener` and forwards them to the cluster, so that other
+    /// processes can bootstrap from a known port (the cluster advertises its own loopback
+    /// address, which clients then use directly). Runs until the process ends.
+    pub fn serve(&self, listener: TcpListener) -> io::Result<()> {
+        let target = self.bootstrap.split(',').next().unwrap_or_default().to_string();
+        for client in listener.incoming() {
+            let client = client?;
+            let target = target.clone();
+            std::thread::spawn(move || {
+                if let Err(error) = forward(client, &target) {
+                    tracing::debug!("embedded broker connection ended: {error}");
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+fn forward(client: TcpStream, target: &str) -> io::Result<()> {
+    let server = TcpStream::connect(target)?;
+    let (mut client_read, mut server_write) = (client.try_clone()?, server.try_clone()?);
+    let upstream = std::thread::spawn(move || {
+        let _ = io::copy(&mut client_read, &mut server_write);
+        let _ = server_write.shutdown(std::net::Shutdown::Write);
+    });
+    let (mut server_read, mut client_write) = (server, client);
+    let _ = io::copy(&mut server_read, &mut client_write);
+    let _ = client_write.shutdown(std::net::Shutdown::Write);
+    let _ = upstream.join();
+    Ok(())
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Base client configuration for `bootstrap` servers.
+pub(crate) fn client_config(bootstrap: &str, extra: &[(String, String)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    for (key, value) in extra {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Partition counts of every topic on the cluster. Waits for the cluster while it is
+/// unreachable, logging each attempt at warn with the error, with growing pauses.
+pub(crate) fn wait_for_cluster(config: &ClientConfig, stopping: &dyn Fn() -> bool) -> Result<HashMap<String, i32>> {
+    let client: BaseConsumer = config
+        .clone()
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .map_err(|e| Error::kafka("creating a metadata client", e))?;
+    let bootstrap = config.get("bootstrap.servers").unwrap_or_default().to_string();
+    let mut pause = Duration::from_millis(500);
+    loop {
+        match client.fetch_metadata(None, Duration::from_secs(5)) {
+            Ok(metadata) => {
+                return Ok(metadata
+                    .topics()
+                    .iter()
+                    .filter(|t| t.error().is_none())
+                    .map(|t| (t.name().to_string(), t.partitions().len() as i32))
+                    .collect());
+            }
+            Err(error) => {
+                if stopping() {
+                    return Err(Error::Stopping);
+                }
+                tracing::warn!("broker {bootstrap} is unreachable ({error}); retrying in {pause:?}");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(15));
+            }
+        }
+    }
+}
+
+/// A topic the app needs, with the partition count it must have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedTopic {
+    /// Topic name.
+    pub name: String,
+    /// Partition count.
+    pub partitions: i32,
+    /// Whether it is a compacted changelog.
+    pub compacted: bool,
+    /// Whether it exists already.
+    pub exists: bool,
+}
+
+/// Creates the missing topics of `plan`.
+pub(crate) async fn create_topics(
+    plan: &[PlannedTopic],
+    config: &ClientConfig,
+    embedded: Option<&EmbeddedBroker>,
+) -> Result<()> {
+    let missing: Vec<&PlannedTopic> = plan.iter().filter(|t| !t.exists).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if let Some(broker) = embedded {
+        for topic in missing {
+            broker.create_topic(&topic.name, topic.partitions)?;
+            tracing::info!("created topic {} ({} partitions)", topic.name, topic.partitions);
+        }
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = config
+        .create()
+        .map_err(|e| Error::kafka("creating the admin client", e))?;
+    let topics: Vec<NewTopic<'_>> = missing
+        .iter()
+        .map(|t| {
+            let topic = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(-1));
+            if t.compacted {
+                topic.set("cleanup.policy", "compact")
+            } else {
+                topic
+            }
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics(topics.iter(), &options)
+        .await
+        .map_err(|e| Error::kafka("creating topics", e))?;
+    for result in results {
+        match result {
+            Ok(name) => tracing::info!("created topic {name}"),
+            Err((name, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
+                tracing::debug!("topic {name} was created meanwhile")
+            }
+            Err((name, code)) => {
+                return Err(Error::Config(format!(
+                    "cannot create topic {name}: {code}; create it on the broker first"
+                )))
+            }
+        }
+    }
+    Ok(())
+}

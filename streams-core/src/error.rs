@@ -1,0 +1,124 @@
+//! Errors of the runtime and of user-facing operations.
+
+use std::fmt;
+
+/// Where a record came from: topic, partition and offset. Every error about a record names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Origin {
+    /// Topic the record was read from.
+    pub topic: String,
+    /// Partition of that topic.
+    pub partition: i32,
+    /// Offset of the record in that partition.
+    pub offset: i64,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}]@{}", self.topic, self.partition, self.offset)
+    }
+}
+
+/// A record's bytes could not be turned into the declared type.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct DecodeError {
+    message: String,
+}
+
+impl DecodeError {
+    /// A decode error with a message saying what was wrong.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
+
+/// Errors of the streams runtime.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A value could not be encoded.
+    #[error("cannot encode a value for {what}: {source}")]
+    Encode {
+        /// What was being encoded (a topic or a table).
+        what: String,
+        /// The codec's error.
+        source: serde_json::Error,
+    },
+    /// Bytes could not be decoded.
+    #[error("cannot decode {what}: {source}")]
+    Decode {
+        /// What was being decoded.
+        what: String,
+        /// The codec's error.
+        source: DecodeError,
+    },
+    /// A topic or table was used outside of an agent.
+    #[error(
+        "{0} was used outside of an agent; sends and table access work inside #[agent] functions (or the test driver)"
+    )]
+    NoAgentContext(String),
+    /// An agent used a table or topic it did not declare in its attribute.
+    #[error("agent `{agent}` uses {what} `{name}` without declaring it; add it to #[agent({key} = [...])]")]
+    NotDeclared {
+        /// The agent.
+        agent: String,
+        /// "table" or "topic".
+        what: &'static str,
+        /// `tables` or `sends`.
+        key: &'static str,
+        /// The table or topic name.
+        name: String,
+    },
+    /// The Kafka client reported an error.
+    #[error("kafka: {context}: {source}")]
+    Kafka {
+        /// What was being done.
+        context: String,
+        /// The client's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// A state store reported an error.
+    #[error("state store {path}: {source}")]
+    Store {
+        /// Path of the store.
+        path: String,
+        /// RocksDB's error.
+        source: rocksdb::Error,
+    },
+    /// A file-system error.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The app's declarations do not fit together or do not fit the cluster.
+    #[error("{0}")]
+    Config(String),
+    /// The worker is shutting down or a partition was revoked.
+    #[error("the worker is stopping")]
+    Stopping,
+}
+
+impl Error {
+    pub(crate) fn kafka(context: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
+        Error::Kafka {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Result with the streams [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

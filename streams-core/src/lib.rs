@@ -1,0 +1,101 @@
+//! # streams
+//!
+//! Stream processing for Rust in the tradition of Faust and Kafka Streams. Mark records with
+//! `#[record]`, declare typed topics and tables once, write agents as `async fn`s over a
+//! stream, and run the app: a worker consumes Kafka topics, keeps per-partition state in
+//! RocksDB backed by changelog topics, survives crashes and rebalances, and scales out by
+//! starting more workers with the same app id.
+//!
+//! ```no_run
+//! use streams_core::prelude::*;
+//!
+//! #[record]
+//! pub struct HitCount {
+//!     pub hits: i64,
+//!     pub timestamp: f64,
+//!     #[serde(rename = "userId")]
+//!     pub user_id: String,
+//! }
+//!
+//! const HIT_COUNT: Topic<(), HitCount> = Topic::new("hit_count");
+//! const COUNT_TOPIC: Topic<String, HitCount> = Topic::new("count_topic").internal();
+//! const MAJOR_COUNT: Table<String, i64> = Table::new("major-count");
+//!
+//! #[agent(topic = HIT_COUNT, sends = [COUNT_TOPIC])]
+//! async fn find_major_hits(mut hits: Stream<(), HitCount>) -> Result<()> {
+//!     while let Some(hit) = hits.next().await {
+//!         if hit.hits > 20 {
+//!             COUNT_TOPIC.send(&hit.user_id, &hit).await?;
+//!         }
+//!     }
+//!     Ok(())
+//! }
+//!
+//! #[agent(topic = COUNT_TOPIC, tables = [MAJOR_COUNT])]
+//! async fn count_hits(mut hits: Stream<String, HitCount>) -> Result<()> {
+//!     while let Some(hit) = hits.next().await {
+//!         MAJOR_COUNT.update(&hit.user_id, |n| *n += 1).await?;
+//!     }
+//!     Ok(())
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     App::new("hit_counter").agent(find_major_hits).agent(count_hits).main()
+//! }
+//! ```
+
+pub mod agent;
+pub mod app;
+pub mod broker;
+pub mod changelog;
+mod cli;
+pub mod codec;
+mod error;
+pub mod record;
+pub mod store;
+pub mod stream;
+pub mod table;
+pub mod topic;
+pub mod worker;
+
+pub use agent::{Agent, AgentResult, AgentSpec};
+pub use app::App;
+pub use broker::EmbeddedBroker;
+pub use cli::init_logging;
+pub use codec::Key;
+pub use error::{DecodeError, Error, Origin, Result};
+pub use record::Record;
+pub use stream::{Event, Stream};
+pub use table::{Table, TableSpec};
+pub use topic::{Topic, TopicSpec};
+pub use worker::{Metrics, Worker, WorkerHandle, WorkerOptions};
+
+/// `#[record]`: serde's derives plus [`Record`], for a struct or an enum.
+pub use streams_macros::record;
+
+/// `#[agent(topic = T, sends = [..], tables = [..])]` on an `async fn(Stream<K, V>)`.
+///
+/// - `topic`: the source, a [`Topic`] constant or a topic name as a string (whose types
+///   are then the stream's);
+/// - `sends`: topics the agent sends to (constants);
+/// - `tables`: tables the agent reads and updates (constants).
+///
+/// The function may return `()` or `Result<(), E>` with `E: Display`.
+pub use streams_macros::agent;
+
+/// Everything an app needs: `use streams_core::prelude::*;`.
+pub mod prelude {
+    pub use crate::{agent, record, App, Event, Key, Record, Result, Stream, Table, Topic};
+}
+
+/// What the macros' output calls. Not a public API: it changes without notice.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::agent::{source_of, Agent, AgentSpec};
+    pub use crate::record::Record;
+    pub use crate::stream::StreamParam;
+    pub use crate::table::Table;
+    pub use crate::topic::Topic;
+    pub use serde;
+    pub use std::vec::Vec;
+}

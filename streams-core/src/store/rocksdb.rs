@@ -1,0 +1,122 @@
+//! The RocksDB store: data in the default column family, the checkpoint in `streams-meta`.
+
+use std::path::{Path, PathBuf};
+
+use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, DB};
+
+use super::{Checkpoint, StateStore};
+use crate::{Error, Result};
+
+const META: &str = "streams-meta";
+const CHANGELOG_OFFSET: &[u8] = b"changelog_offset";
+const SOURCE_OFFSET: &[u8] = b"source_offset";
+
+/// A table partition in RocksDB.
+///
+/// ```
+/// use streams_core::store::{Checkpoint, RocksDbStore, StateStore};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = RocksDbStore::open(dir.path()).unwrap();
+/// let checkpoint = Checkpoint { changelog_offset: Some(7), source_offset: Some(41) };
+/// store.write(&[(b"u1".to_vec(), Some(b"3".to_vec()))], checkpoint).unwrap();
+/// assert_eq!(store.get(b"u1").unwrap(), Some(b"3".to_vec()));
+/// assert_eq!(store.checkpoint().unwrap(), checkpoint);
+/// ```
+pub struct RocksDbStore {
+    db: DB,
+    path: PathBuf,
+}
+
+fn store_error(path: &Path, source: rocksdb::Error) -> Error {
+    Error::Store {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl RocksDbStore {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        std::fs::create_dir_all(path).map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        options.set_write_buffer_size(8 << 20);
+        options.set_max_write_buffer_number(2);
+        options.set_keep_log_file_num(2);
+        let families = vec![
+            ColumnFamilyDescriptor::new("default", Options::default()),
+            ColumnFamilyDescriptor::new(META, Options::default()),
+        ];
+        let db = DB::open_cf_descriptors(&options, path, families).map_err(|e| store_error(path, e))?;
+        Ok(Self {
+            db,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Opens an existing store for reading while a worker may hold it.
+    pub fn open_read_only(path: &Path) -> Result<Self> {
+        let options = Options::default();
+        let db =
+            DB::open_cf_for_read_only(&options, path, ["default", META], false).map_err(|e| store_error(path, e))?;
+        Ok(Self {
+            db,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn meta(&self) -> Result<&rocksdb::ColumnFamily> {
+        self.db
+            .cf_handle(META)
+            .ok_or_else(|| Error::Config(format!("store {} has no {META} column family", self.path.display())))
+    }
+
+    fn read_offset(&self, key: &[u8]) -> Result<Option<i64>> {
+        let value = self
+            .db
+            .get_cf(self.meta()?, key)
+            .map_err(|e| store_error(&self.path, e))?;
+        Ok(value.and_then(|bytes| bytes.try_into().ok()).map(i64::from_be_bytes))
+    }
+}
+
+impl StateStore for RocksDbStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.get(key).map_err(|e| store_error(&self.path, e))
+    }
+
+    fn write(&self, entries: &[(Vec<u8>, Option<Vec<u8>>)], checkpoint: Checkpoint) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for (key, value) in entries {
+            match value {
+                Some(value) => batch.put(key, value),
+                None => batch.delete(key),
+            }
+        }
+        let meta = self.meta()?;
+        if let Some(offset) = checkpoint.changelog_offset {
+            batch.put_cf(meta, CHANGELOG_OFFSET, offset.to_be_bytes());
+        }
+        if let Some(offset) = checkpoint.source_offset {
+            batch.put_cf(meta, SOURCE_OFFSET, offset.to_be_bytes());
+        }
+        self.db.write(batch).map_err(|e| store_error(&self.path, e))
+    }
+
+    fn checkpoint(&self) -> Result<Checkpoint> {
+        Ok(Checkpoint {
+            changelog_offset: self.read_offset(CHANGELOG_OFFSET)?,
+            source_offset: self.read_offset(SOURCE_OFFSET)?,
+        })
+    }
+
+    fn for_each(&self, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<()> {
+        for item in self.db.iterator(IteratorMode::Start) {
+            let (key, value) = item.map_err(|e| store_error(&self.path, e))?;
+            visit(&key, &value);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,309 @@
+//! Streams: what an agent iterates over — one partition's records, decoded, in order.
+
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::codec::Key;
+use crate::record::Record;
+use crate::worker::commit::{Ack, Cut, TableWrite};
+use crate::worker::task::{OutRecord, TaskContext};
+use crate::{DecodeError, Origin};
+
+/// One record as an agent sees it: decoded key and value plus where it came from.
+#[derive(Debug, Clone)]
+pub struct Event<K, V> {
+    /// The record's key.
+    pub key: K,
+    /// The record's value.
+    pub value: V,
+    /// Topic, partition and offset of the record.
+    pub origin: Origin,
+    /// The record's timestamp in milliseconds since the epoch, when it has one.
+    pub timestamp: Option<i64>,
+}
+
+/// The records of one partition of an agent's source topic, decoded into `V` with keys `K`.
+///
+/// `next()` returns the next value; calling it again marks the previous record as processed
+/// (its sends and table updates belong to it). Records that do not decode never reach the
+/// agent: they are logged with topic/partition/offset and copied to the agent's dead-letter
+/// topic, and the stream moves on.
+///
+/// ```ignore
+/// #[agent(topic = HIT_COUNT)]
+/// async fn print_hits(mut hits: Stream<(), HitCount>) {
+///     while let Some(hit) = hits.next().await {
+///         println!("{} had {} hits", hit.user_id, hit.hits);
+///     }
+/// }
+/// ```
+pub struct Stream<K, V> {
+    raw: RawStream,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+/// A stream before its types are applied; the runtime hands it to the agent function.
+pub struct RawStream {
+    core: Option<Box<StreamCore>>,
+    home: Arc<Mutex<Option<Box<StreamCore>>>>,
+}
+
+impl RawStream {
+    pub(crate) fn new(home: Arc<Mutex<Option<Box<StreamCore>>>>) -> Option<Self> {
+        let core = home.lock().ok()?.take()?;
+        Some(Self { core: Some(core), home })
+    }
+}
+
+impl Drop for RawStream {
+    fn drop(&mut self) {
+        // The core outlives one run of the agent: give it back so that a restarted agent
+        // continues where this one stopped.
+        if let Some(core) = self.core.take() {
+            if let Ok(mut home) = self.home.lock() {
+                *home = Some(core);
+            }
+        }
+    }
+}
+
+/// A type an agent can take as its stream. Implemented by [`Stream`].
+#[diagnostic::on_unimplemented(
+    message = "an agent's first parameter must be its stream, `Stream<K, V>`, not `{Self}`",
+    note = "K and V are the key and value types of the agent's topic"
+)]
+pub trait StreamParam: Send + 'static {
+    /// Key type of the records.
+    type Key: Key;
+    /// Value type of the records.
+    type Value: Record;
+    /// Applies the types to the runtime's stream.
+    fn from_raw(raw: RawStream) -> Self;
+}
+
+impl<K: Key, V: Record> StreamParam for Stream<K, V> {
+    type Key = K;
+    type Value = V;
+    fn from_raw(raw: RawStream) -> Self {
+        Stream {
+            raw,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<K: Key, V: Record> Stream<K, V> {
+    /// The next value, or `None` when the partition was revoked or the worker stops.
+    pub async fn next(&mut self) -> Option<V> {
+        self.next_event().await.map(|event| event.value)
+    }
+
+    /// The next record with its key and origin.
+    pub async fn next_event(&mut self) -> Option<Event<K, V>> {
+        let core = self.raw.core.as_mut()?;
+        loop {
+            let message = core.next_message().await?;
+            match decode::<K, V>(&message) {
+                Ok(event) => {
+                    core.begin(message);
+                    return Some(event);
+                }
+                Err(error) => core.dead_letter(message, &error.to_string()).await,
+            }
+        }
+    }
+
+    /// Where the record last returned by `next` came from.
+    pub fn origin(&self) -> Option<Origin> {
+        let current = self.raw.core.as_ref()?.current.as_ref()?;
+        Some(origin_of(current))
+    }
+}
+
+fn origin_of(message: &OwnedMessage) -> Origin {
+    Origin {
+        topic: message.topic().to_string(),
+        partition: message.partition(),
+        offset: message.offset(),
+    }
+}
+
+fn decode<K: Key, V: Record>(message: &OwnedMessage) -> Result<Event<K, V>, DecodeError> {
+    let key = K::decode_key(message.key()).map_err(|e| DecodeError::new(format!("key: {e}")))?;
+    let value = V::decode(message.payload().unwrap_or_default())?;
+    Ok(Event {
+        key,
+        value,
+        origin: origin_of(message),
+        timestamp: message.timestamp().to_millis(),
+    })
+}
+
+/// What the worker puts into a partition's queue.
+pub(crate) enum Input {
+    /// A record to process.
+    Record(OwnedMessage),
+    /// Finish: make a last cut, acknowledge it once committed, and end the stream.
+    Finish(Ack),
+}
+
+/// The state of one partition's stream that survives restarts of the agent.
+pub(crate) struct StreamCore {
+    pub(crate) ctx: Arc<TaskContext>,
+    rx: mpsc::Receiver<Input>,
+    pub(crate) current: Option<OwnedMessage>,
+    processed: Option<i64>,
+    last_cut: Option<i64>,
+    next_cut: Instant,
+    commit_interval: Duration,
+    pub(crate) ended: bool,
+}
+
+impl StreamCore {
+    pub(crate) fn new(ctx: Arc<TaskContext>, rx: mpsc::Receiver<Input>, commit_interval: Duration) -> Self {
+        Self {
+            ctx,
+            rx,
+            current: None,
+            processed: None,
+            last_cut: None,
+            next_cut: Instant::now() + commit_interval,
+            commit_interval,
+            ended: false,
+        }
+    }
+
+    fn begin(&mut self, message: OwnedMessage) {
+        self.ctx.record_started(&message);
+        self.current = Some(message);
+    }
+
+    /// The record the agent was given last is done.
+    fn finish_current(&mut self) {
+        if let Some(message) = self.current.take() {
+            self.processed = Some(message.offset());
+        }
+    }
+
+    async fn next_message(&mut self) -> Option<OwnedMessage> {
+        self.finish_current();
+        loop {
+            if self.ended {
+                return None;
+            }
+            if Instant::now() >= self.next_cut {
+                self.cut(None).await;
+            }
+            let input = match self.rx.try_recv() {
+                Ok(input) => Some(input),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    tokio::select! {
+                        biased;
+                        input = self.rx.recv() => input,
+                        _ = tokio::time::sleep_until(self.next_cut) => continue,
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            };
+            match input {
+                Some(Input::Record(message)) => return Some(message),
+                Some(Input::Finish(ack)) => {
+                    self.cut(Some(ack)).await;
+                    self.ended = true;
+                }
+                None => self.ended = true,
+            }
+        }
+    }
+
+    /// The agent failed on the current record: it goes to the dead-letter topic.
+    pub(crate) async fn fail_current(&mut self, error: &str) {
+        if let Some(message) = self.current.take() {
+            self.dead_letter(message, &format!("agent `{}` failed: {error}", self.ctx.agent))
+                .await;
+        }
+    }
+
+    /// Copies a record that cannot be processed to the dead-letter topic, unchanged, with
+    /// headers naming its origin and the error; it then counts as processed.
+    async fn dead_letter(&mut self, message: OwnedMessage, error: &str) {
+        let origin = origin_of(&message);
+        let dlq = self.ctx.dead_letter_topic.clone();
+        tracing::warn!(
+            agent = self.ctx.agent,
+            "cannot process record {origin}: {error}; copied to dead-letter topic {dlq}"
+        );
+        let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
+        if let Some(original) = message.headers() {
+            for header in original.iter() {
+                headers.push((header.key.to_string(), header.value.unwrap_or_default().to_vec()));
+            }
+        }
+        headers.push(("streams.dlq.topic".into(), origin.topic.clone().into_bytes()));
+        headers.push((
+            "streams.dlq.partition".into(),
+            origin.partition.to_string().into_bytes(),
+        ));
+        headers.push(("streams.dlq.offset".into(), origin.offset.to_string().into_bytes()));
+        headers.push(("streams.dlq.agent".into(), self.ctx.agent.as_bytes().to_vec()));
+        headers.push(("streams.dlq.error".into(), error.as_bytes().to_vec()));
+        let record = OutRecord {
+            topic: dlq,
+            partition: None,
+            key: message.key().map(<[u8]>::to_vec),
+            value: message.payload().map(<[u8]>::to_vec),
+            headers,
+        };
+        self.ctx.emit(record).await;
+        self.ctx
+            .metrics
+            .dead_lettered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.processed = Some(origin.offset);
+    }
+
+    /// A commit point for this partition: the changelog records of every table change since
+    /// the last cut are handed to the producer, and the store writes and the source offset
+    /// go to the committer, which makes them durable in the order of ARCHITECTURE.md §1.
+    pub(crate) async fn cut(&mut self, ack: Option<Ack>) {
+        self.next_cut = Instant::now() + self.commit_interval;
+        if self.processed == self.last_cut && ack.is_none() {
+            return;
+        }
+        let ctx = Arc::clone(&self.ctx);
+        let mut writes: Vec<TableWrite> = Vec::new();
+        if let Some(processed) = self.processed {
+            for (changelog, store, entries) in ctx.take_dirty() {
+                for (key, value) in &entries {
+                    let record = OutRecord {
+                        topic: changelog.clone(),
+                        partition: Some(ctx.partition),
+                        key: Some(key.clone()),
+                        value: value.clone(),
+                        headers: crate::changelog::source_headers(&ctx.topic, ctx.partition, processed),
+                    };
+                    ctx.emit(record).await;
+                }
+                writes.push(TableWrite {
+                    changelog,
+                    store,
+                    entries,
+                });
+            }
+        }
+        let cut = Cut {
+            topic: ctx.topic.clone(),
+            partition: ctx.partition,
+            next_offset: self.processed.map(|offset| offset + 1),
+            writes,
+            ack,
+        };
+        self.last_cut = self.processed;
+        ctx.commit(cut);
+    }
+}

@@ -1,0 +1,186 @@
+//! Tables: keyed state, partitioned like the stream that updates them, kept in a store per
+//! partition and backed by a changelog topic.
+
+use std::marker::PhantomData;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::codec::{json, Key};
+use crate::worker::task;
+use crate::{Error, Result};
+
+/// A table from `K` to `V`, in the spirit of Faust's `app.Table` and Kafka Streams'
+/// `KTable`: each partition of the table lives in a RocksDB store of the worker that owns
+/// the same partition of the agent's input, and every change is written to the changelog
+/// topic `{app}-{table}-changelog`, from which the store is restored on another worker.
+///
+/// Missing keys read as the table's default (`V::default()` unless set with
+/// [`Table::default_value`]), like Faust's `default=int`.
+///
+/// ```
+/// use streams_core::prelude::*;
+///
+/// const MAJOR_COUNT: Table<String, i64> = Table::new("major-count");
+/// const LAST_SEEN: Table<String, f64> = Table::new("last-seen").default_value(|| -1.0);
+///
+/// assert_eq!(MAJOR_COUNT.spec().changelog_topic("hit_counter"), "hit_counter-major-count-changelog");
+/// assert_eq!(LAST_SEEN.default(), -1.0);
+/// ```
+///
+/// Inside an agent that names it in `#[agent(tables = [MAJOR_COUNT])]`:
+///
+/// ```ignore
+/// MAJOR_COUNT.update(&user_id, |n| *n += 1).await?;
+/// let n = MAJOR_COUNT.get(&user_id).await?;
+/// ```
+pub struct Table<K, V> {
+    name: &'static str,
+    default: fn() -> V,
+    _key: PhantomData<fn() -> K>,
+}
+
+impl<K, V> Clone for Table<K, V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<K, V> Copy for Table<K, V> {}
+
+/// What the runtime needs to know of a table, without its types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSpec {
+    /// The table's name.
+    pub name: &'static str,
+    /// Name of the key type.
+    pub key_type: &'static str,
+    /// Name of the value type.
+    pub value_type: &'static str,
+}
+
+impl TableSpec {
+    /// The changelog topic of this table in the app `app_id`.
+    pub fn changelog_topic(&self, app_id: &str) -> String {
+        format!("{app_id}-{}-changelog", self.name)
+    }
+}
+
+impl<K, V: Default> Table<K, V> {
+    /// A table whose missing keys read as `V::default()`.
+    pub const fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            default: V::default,
+            _key: PhantomData,
+        }
+    }
+}
+
+impl<K, V> Table<K, V> {
+    /// Sets the value that missing keys read as.
+    pub const fn default_value(mut self, default: fn() -> V) -> Self {
+        self.default = default;
+        self
+    }
+
+    /// The table's name.
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The value a missing key reads as.
+    pub fn default(&self) -> V {
+        (self.default)()
+    }
+
+    /// The untyped description the runtime works with.
+    pub fn spec(&self) -> TableSpec {
+        TableSpec {
+            name: self.name,
+            key_type: std::any::type_name::<K>(),
+            value_type: std::any::type_name::<V>(),
+        }
+    }
+}
+
+impl<K: Key, V: Serialize + DeserializeOwned + Send + 'static> Table<K, V> {
+    fn key_bytes(&self, key: &K) -> Vec<u8> {
+        key.encode_key().unwrap_or_default()
+    }
+
+    fn decode(&self, bytes: Option<Vec<u8>>) -> Result<V> {
+        match bytes {
+            None => Ok(self.default()),
+            Some(bytes) => json::decode(&bytes).map_err(|source| Error::Decode {
+                what: format!("a value of table `{}`", self.name),
+                source,
+            }),
+        }
+    }
+
+    fn encode(&self, value: &V) -> Result<Vec<u8>> {
+        serde_json::to_vec(value).map_err(|source| Error::Encode {
+            what: format!("table `{}`", self.name),
+            source,
+        })
+    }
+
+    /// The value for `key` in the current partition (the default when missing).
+    pub async fn get(&self, key: &K) -> Result<V> {
+        let bytes = task::table_get(self.name, self.key_bytes(key)).await?;
+        self.decode(bytes)
+    }
+
+    /// Sets `key` to `value`.
+    pub async fn set(&self, key: &K, value: V) -> Result<()> {
+        let bytes = self.encode(&value)?;
+        task::table_put(self.name, self.key_bytes(key), Some(bytes)).await
+    }
+
+    /// Removes `key` (a tombstone in the changelog); it reads as the default afterwards.
+    pub async fn delete(&self, key: &K) -> Result<()> {
+        task::table_put(self.name, self.key_bytes(key), None).await
+    }
+
+    /// Changes the value for `key` in place and returns the new value:
+    /// `COUNTS.update(&user, |n| *n += 1).await?` is Faust's `counts[user] += 1`.
+    pub async fn update(&self, key: &K, change: impl FnOnce(&mut V)) -> Result<V> {
+        let key = self.key_bytes(key);
+        let mut value = self.decode(task::table_get(self.name, key.clone()).await?)?;
+        change(&mut value);
+        let bytes = self.encode(&value)?;
+        task::table_put(self.name, key, Some(bytes)).await?;
+        Ok(value)
+    }
+}
+
+impl<K: Key + Ord, V: DeserializeOwned> Table<K, V> {
+    /// Reads every partition of this table that is stored under `data_dir` for the app
+    /// `app_id` (works while a worker runs: the stores are opened read-only).
+    pub fn read_local(&self, data_dir: &std::path::Path, app_id: &str) -> Result<std::collections::BTreeMap<K, V>> {
+        let mut out = std::collections::BTreeMap::new();
+        for (_, path) in crate::store::local_partitions(data_dir, app_id, self.name) {
+            let store = crate::store::RocksDbStore::open_read_only(&path)?;
+            let mut failure = None;
+            crate::store::StateStore::for_each(&store, &mut |key, value| {
+                let decoded = K::decode_key(Some(key))
+                    .map_err(|e| e.to_string())
+                    .and_then(|k| json::decode::<V>(value).map(|v| (k, v)).map_err(|e| e.to_string()));
+                match decoded {
+                    Ok((k, v)) => {
+                        out.insert(k, v);
+                    }
+                    Err(e) => failure = Some(e),
+                }
+            })?;
+            if let Some(error) = failure {
+                return Err(Error::Config(format!(
+                    "table `{}` at {}: {error}",
+                    self.name,
+                    path.display()
+                )));
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,346 @@
+//! The group consumer and its rebalance handling. One thread polls; rebalances run in
+//! its callback, so that state is safe before partitions move (ARCHITECTURE.md §3):
+//! - assign: open each store, restore it from its changelog, then start the partition's
+//!   agent at the offset that agrees with the restored state;
+//! - revoke: each partition's agent finishes its record and makes a last cut, which is
+//!   flushed, written and committed before the callback returns; stores close after.
+//! - lost: the partitions are dropped without committing.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedMessage;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use crate::agent::AgentSpec;
+use crate::changelog::Restorer;
+use crate::store::{RocksDbStore, StateStore};
+use crate::stream::{Input, StreamCore};
+use crate::worker::commit::{Cut, OffsetCommit};
+use crate::worker::metrics::Metrics;
+use crate::worker::task::{self, Sink, TableState, TaskContext};
+use crate::{Error, Result};
+
+/// Records buffered per partition between the poll thread and the agent.
+const QUEUE: usize = 1024;
+/// How long a revoked partition's agent may take to finish its record.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Running {
+    tx: mpsc::Sender<Input>,
+    join: tokio::task::JoinHandle<()>,
+}
+
+/// Everything the poll thread and the rebalance callback share.
+pub(crate) struct Shared {
+    pub app_id: String,
+    pub agents: HashMap<String, AgentSpec>,
+    pub data_dir: PathBuf,
+    pub runtime: tokio::runtime::Handle,
+    pub sink: Arc<dyn Sink>,
+    pub cuts: Mutex<Option<std::sync::mpsc::Sender<Cut>>>,
+    pub metrics: Arc<Metrics>,
+    pub restorer: Restorer,
+    pub commit_interval: Duration,
+    running: Mutex<HashMap<String, HashMap<i32, Running>>>,
+}
+
+impl Shared {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        app_id: String,
+        agents: HashMap<String, AgentSpec>,
+        data_dir: PathBuf,
+        runtime: tokio::runtime::Handle,
+        sink: Arc<dyn Sink>,
+        cuts: std::sync::mpsc::Sender<Cut>,
+        metrics: Arc<Metrics>,
+        restorer: Restorer,
+        commit_interval: Duration,
+    ) -> Self {
+        Self {
+            app_id,
+            agents,
+            data_dir,
+            runtime,
+            sink,
+            cuts: Mutex::new(Some(cuts)),
+            metrics,
+            restorer,
+            commit_interval,
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<i32, Running>>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Directory of the store of `table`'s partition `partition`.
+    pub(crate) fn store_dir(&self, table: &str, partition: i32) -> PathBuf {
+        crate::store::partition_dir(&self.data_dir, table, partition)
+    }
+
+    /// Hands a polled record to its partition's agent, waiting while its queue is full.
+    pub(crate) fn dispatch(&self, message: OwnedMessage) {
+        use rdkafka::message::Message;
+        let running = self.running();
+        let Some(task) = running.get(message.topic()).and_then(|p| p.get(&message.partition())) else {
+            tracing::debug!(
+                "record for unassigned partition {}[{}] ignored",
+                message.topic(),
+                message.partition()
+            );
+            return;
+        };
+        if task.tx.blocking_send(Input::Record(message)).is_err() {
+            tracing::debug!("partition task ended; record will be read again by its next owner");
+        }
+    }
+
+    fn open_store(&self, table: &str, partition: i32) -> Result<Arc<dyn StateStore>> {
+        let dir = self.store_dir(table, partition);
+        let mut attempt = 0;
+        loop {
+            match RocksDbStore::open(&dir) {
+                Ok(store) => return Ok(Arc::new(store)),
+                // The previous owner of this partition (in this process) may still be closing it.
+                Err(error) if attempt < 50 => {
+                    attempt += 1;
+                    tracing::debug!("store {} busy ({error}); retrying", dir.display());
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Prepares newly assigned partitions; sets in `list` the offset each starts from.
+    fn assign(&self, consumer: &BaseConsumer<WorkerContext>, list: &mut TopicPartitionList) -> Result<()> {
+        let committed = committed_offsets(consumer, list);
+        let partitions: Vec<(String, i32)> = list
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        for (topic, partition) in partitions {
+            let Some(agent) = self.agents.get(&topic) else { continue };
+            let committed = committed.get(&(topic.clone(), partition)).copied();
+            let mut tables = Vec::new();
+            let mut store_offset: Option<i64> = None;
+            for table in &agent.tables {
+                let store = self.open_store(table.name, partition)?;
+                if let Some(offset) = store.checkpoint()?.source_offset {
+                    store_offset = Some(store_offset.map_or(offset, |o: i64| o.max(offset)));
+                }
+                tables.push(TableState::new(table.name, table.changelog_topic(&self.app_id), store));
+            }
+            // Every changelog record of input up to a store's checkpoint was acknowledged
+            // before that checkpoint was written, so the state agrees with whichever is further.
+            let start = match (committed, store_offset.map(|o| o + 1)) {
+                (Some(c), Some(s)) => Some(c.max(s)),
+                (c, s) => c.or(s),
+            };
+            for state in &tables {
+                let restored = self
+                    .restorer
+                    .restore(&*state.store, &state.changelog, partition, start)?;
+                self.metrics.restored.fetch_add(restored, Ordering::Relaxed);
+            }
+            if let Some(start) = start {
+                list.set_partition_offset(&topic, partition, Offset::Offset(start))
+                    .map_err(|e| Error::kafka("assign", e))?;
+            }
+            let cuts = self.cuts.lock().ok().and_then(|c| c.clone()).ok_or(Error::Stopping)?;
+            let ctx = TaskContext::new(
+                agent,
+                &self.app_id,
+                partition,
+                tables,
+                Arc::clone(&self.sink),
+                cuts,
+                Arc::clone(&self.metrics),
+            );
+            let (tx, rx) = mpsc::channel(QUEUE);
+            let core = StreamCore::new(Arc::new(ctx), rx, self.commit_interval);
+            let join = self.runtime.spawn(task::run_partition(agent.clone(), core));
+            tracing::info!(
+                "assigned {topic}[{partition}] to agent {} (from offset {start:?})",
+                agent.name
+            );
+            self.running()
+                .entry(topic)
+                .or_default()
+                .insert(partition, Running { tx, join });
+        }
+        Ok(())
+    }
+
+    /// Finishes partitions: a last cut committed before this returns (or, when the
+    /// partitions were lost, nothing committed).
+    pub(crate) fn revoke(&self, partitions: Option<&[(String, i32)]>, lost: bool) {
+        let mut finishing = Vec::new();
+        {
+            let mut running = self.running();
+            let selected: Vec<(String, i32)> = match partitions {
+                Some(list) => list.to_vec(),
+                None => running
+                    .iter()
+                    .flat_map(|(t, ps)| ps.keys().map(move |p| (t.clone(), *p)))
+                    .collect(),
+            };
+            for (topic, partition) in selected {
+                let Some(task) = running.get_mut(&topic).and_then(|ps| ps.remove(&partition)) else {
+                    continue;
+                };
+                if lost {
+                    tracing::warn!("{topic}[{partition}] was lost; dropped without committing");
+                    task.join.abort();
+                    continue;
+                }
+                let (ack, acked) = std::sync::mpsc::channel();
+                if task.tx.blocking_send(Input::Finish(ack)).is_err() {
+                    tracing::warn!("{topic}[{partition}]: its agent had already stopped");
+                }
+                finishing.push((topic, partition, acked, task.join));
+            }
+        }
+        for (topic, partition, acked, join) in finishing {
+            match acked.recv_timeout(FINISH_TIMEOUT) {
+                Ok(true) => tracing::info!("{topic}[{partition}] committed and released"),
+                Ok(false) => tracing::warn!("{topic}[{partition}] released; its last commit failed"),
+                Err(_) => {
+                    tracing::error!("{topic}[{partition}]: agent did not finish within {FINISH_TIMEOUT:?}; released without a commit");
+                    join.abort();
+                }
+            }
+            let _ = self
+                .runtime
+                .block_on(tokio::time::timeout(Duration::from_secs(10), join));
+        }
+    }
+}
+
+fn committed_offsets(consumer: &BaseConsumer<WorkerContext>, list: &TopicPartitionList) -> HashMap<(String, i32), i64> {
+    for attempt in 1..=5 {
+        match consumer.committed_offsets(list.clone(), Duration::from_secs(10)) {
+            Ok(committed) => {
+                return committed
+                    .elements()
+                    .iter()
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+                        _ => None,
+                    })
+                    .collect();
+            }
+            Err(error) => tracing::warn!("cannot read committed offsets (attempt {attempt}): {error}"),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    HashMap::new()
+}
+
+/// The consumer's context: rebalances go through [`Shared`].
+pub(crate) struct WorkerContext {
+    pub shared: Arc<Shared>,
+}
+
+impl ClientContext for WorkerContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!("consumer: {error}: {reason}");
+    }
+}
+
+impl ConsumerContext for WorkerContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, list: &mut TopicPartitionList) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if let Err(error) = self.shared.assign(consumer, list) {
+                    self.shared
+                        .metrics
+                        .fail(format!("cannot take over partitions: {error}"));
+                }
+                if let Err(error) = consumer.assign(list) {
+                    tracing::error!("assign failed: {error}");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let partitions: Vec<(String, i32)> = list
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                self.shared.revoke(Some(&partitions), consumer.assignment_lost());
+                if let Err(error) = consumer.unassign() {
+                    tracing::warn!("unassign failed: {error}");
+                }
+            }
+            other => {
+                tracing::error!("rebalance error: {other:?}; releasing all partitions");
+                self.shared.revoke(None, true);
+                let _ = consumer.unassign();
+            }
+        }
+    }
+
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {}
+}
+
+/// Commits through a consumer that may be gone (then the commit is skipped).
+pub(crate) struct GroupCommit(pub Weak<BaseConsumer<WorkerContext>>);
+
+impl OffsetCommit for GroupCommit {
+    fn commit(&self, offsets: &[(String, i32, i64)]) -> Result<(), String> {
+        let consumer = self.0.upgrade().ok_or("the consumer is closed")?;
+        let mut list = TopicPartitionList::new();
+        for (topic, partition, offset) in offsets {
+            list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                .map_err(|e| e.to_string())?;
+        }
+        consumer
+            .commit(&list, rdkafka::consumer::CommitMode::Sync)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Polls until `stop` is set, the worker failed, or it has been idle for `idle_exit`.
+pub(crate) fn poll_loop(
+    consumer: &BaseConsumer<WorkerContext>,
+    shared: &Shared,
+    stop: &AtomicBool,
+    idle_exit: Option<Duration>,
+) {
+    let mut last_record: Option<std::time::Instant> = None;
+    let mut last_error = std::time::Instant::now() - Duration::from_secs(60);
+    while !stop.load(Ordering::Relaxed) && !shared.metrics.failed() {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                last_record = Some(std::time::Instant::now());
+                shared.dispatch(message.detach());
+            }
+            Some(Err(error)) => {
+                if last_error.elapsed() > Duration::from_secs(5) {
+                    tracing::warn!("consumer: {error}");
+                    last_error = std::time::Instant::now();
+                }
+            }
+            None => {
+                if let (Some(idle), Some(last)) = (idle_exit, last_record) {
+                    if last.elapsed() >= idle {
+                        tracing::info!("no records for {idle:?}; stopping");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    shared.revoke(None, shared.metrics.failed());
+}

@@ -1,0 +1,272 @@
+//! The worker: the only place that knows about offsets, commits and rebalances.
+//!
+//! Start one with [`Worker::start`] (or the CLI's `worker` command). It locks its data
+//! directory, waits for the cluster, creates the app's topics, joins the consumer group
+//! named after the app, and runs agents on the partitions it is assigned.
+
+pub(crate) mod commit;
+pub(crate) mod consumer;
+pub(crate) mod metrics;
+pub(crate) mod producer;
+pub(crate) mod task;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+pub use self::metrics::Metrics;
+use crate::app::App;
+use crate::broker::{self, EmbeddedBroker};
+use crate::changelog::Restorer;
+use crate::{Error, Result};
+
+/// How to run a worker.
+///
+/// ```
+/// use std::time::Duration;
+/// let options = streams_core::WorkerOptions::new("/tmp/hit-counter-data")
+///     .broker("localhost:9092")
+///     .idle_exit(Duration::from_secs(5))
+///     .client_config("session.timeout.ms", "10000");
+/// assert_eq!(options.broker.as_deref(), Some("localhost:9092"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Bootstrap servers; `None` starts the embedded broker in this process.
+    pub broker: Option<String>,
+    /// Where the stores live (`{data_dir}/{app id}/`).
+    pub data_dir: PathBuf,
+    /// Stop after this long without records (for demos and batch-like runs).
+    pub idle_exit: Option<Duration>,
+    /// Extra librdkafka settings for every client (e.g. security settings).
+    pub client_config: Vec<(String, String)>,
+}
+
+impl WorkerOptions {
+    /// Options with a data directory and everything else at its default.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            broker: None,
+            data_dir: data_dir.into(),
+            idle_exit: None,
+            client_config: Vec::new(),
+        }
+    }
+
+    /// Connects to these bootstrap servers.
+    pub fn broker(mut self, bootstrap: impl Into<String>) -> Self {
+        self.broker = Some(bootstrap.into());
+        self
+    }
+
+    /// Stops after `idle` without records.
+    pub fn idle_exit(mut self, idle: Duration) -> Self {
+        self.idle_exit = Some(idle);
+        self
+    }
+
+    /// Adds a librdkafka setting for every client.
+    pub fn client_config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.client_config.push((key.into(), value.into()));
+        self
+    }
+}
+
+/// A running worker.
+pub struct WorkerHandle {
+    stop: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    done: tokio::sync::oneshot::Receiver<()>,
+    reporter: tokio::task::JoinHandle<()>,
+    _embedded: Option<EmbeddedBroker>,
+}
+
+impl WorkerHandle {
+    /// The worker's counters.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Asks the worker to stop: its partitions finish their records and are committed.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stop_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.stop)
+    }
+
+    /// Waits for the worker to end; an error if it stopped because of a failure.
+    pub async fn wait(self) -> Result<Arc<Metrics>> {
+        let _ = self.done.await;
+        self.reporter.abort();
+        match self.metrics.fatal() {
+            Some(error) => Err(Error::Config(error)),
+            None => Ok(self.metrics),
+        }
+    }
+
+    /// Stops the worker and waits for it (see [`WorkerHandle::request_stop`]).
+    pub async fn stop(self) -> Result<Arc<Metrics>> {
+        self.request_stop();
+        self.wait().await
+    }
+}
+
+/// Starts workers.
+pub struct Worker;
+
+fn lock_data_dir(dir: &Path) -> Result<File> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("cannot create the data directory {}", dir.display()), e))?;
+    let path = dir.join("worker.lock");
+    let file = File::create(&path).map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Config(format!(
+            "the data directory {} is in use by another worker; give each worker its own --data-dir",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(format!("cannot lock {}", path.display()), e)),
+    }
+}
+
+impl Worker {
+    /// Starts a worker for `app` and returns once it has joined the group (its partitions
+    /// are assigned in the background). Must be called inside a multi-threaded tokio runtime.
+    pub async fn start(app: App, options: WorkerOptions) -> Result<WorkerHandle> {
+        app.validate()?;
+        let app_dir = options.data_dir.join(app.id());
+        let lock = lock_data_dir(&app_dir)?;
+        let embedded = match &options.broker {
+            Some(_) => None,
+            None => Some(EmbeddedBroker::start()?),
+        };
+        let bootstrap = match (&options.broker, &embedded) {
+            (Some(broker), _) => broker.clone(),
+            (None, Some(embedded)) => {
+                tracing::info!(
+                    "no broker given: started the embedded broker at {}",
+                    embedded.bootstrap_servers()
+                );
+                embedded.bootstrap_servers().to_string()
+            }
+            (None, None) => return Err(Error::Config("no broker".into())),
+        };
+        let config = broker::client_config(&bootstrap, &options.client_config);
+        let stop = Arc::new(AtomicBool::new(false));
+
+        let existing = {
+            let (config, stop) = (config.clone(), Arc::clone(&stop));
+            tokio::task::spawn_blocking(move || broker::wait_for_cluster(&config, &|| stop.load(Ordering::Relaxed)))
+                .await
+                .map_err(|e| Error::Config(format!("startup failed: {e}")))??
+        };
+        let plan = app.plan(&existing)?;
+        broker::create_topics(&plan, &config, embedded.as_ref()).await?;
+        wait_for_topics(&config, &plan.iter().map(|t| t.name.clone()).collect::<Vec<_>>()).await?;
+
+        let changelogs: HashSet<String> = app.tables().map(|(table, _)| table.changelog_topic(app.id())).collect();
+        let sink: Arc<dyn task::Sink> = Arc::new(producer::KafkaSink::new(config.clone(), changelogs)?);
+        let metrics = Arc::new(Metrics::default());
+        let (cuts_tx, cuts_rx) = std::sync::mpsc::channel();
+        let agents: HashMap<String, _> = app
+            .agents()
+            .iter()
+            .map(|a| (a.source.name.to_string(), a.clone()))
+            .collect();
+        let shared = Arc::new(consumer::Shared::new(
+            app.id().to_string(),
+            agents,
+            app_dir.join("tables"),
+            tokio::runtime::Handle::current(),
+            Arc::clone(&sink),
+            cuts_tx,
+            Arc::clone(&metrics),
+            Restorer::new(&config)?,
+            app.commit_interval_value(),
+        ));
+        let mut consumer_config = config.clone();
+        consumer_config
+            .set("group.id", app.id())
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "range")
+            .set("enable.partition.eof", "false");
+        let consumer: Arc<BaseConsumer<consumer::WorkerContext>> = Arc::new(
+            consumer_config
+                .create_with_context(consumer::WorkerContext {
+                    shared: Arc::clone(&shared),
+                })
+                .map_err(|e| Error::kafka("creating the consumer", e))?,
+        );
+        let sources: Vec<&str> = app.agents().iter().map(|a| a.source.name).collect();
+        consumer
+            .subscribe(&sources)
+            .map_err(|e| Error::kafka("subscribing", e))?;
+        tracing::info!("worker of {} started; consuming {}", app.id(), sources.join(", "));
+
+        let committer = {
+            let (sink, metrics) = (Arc::clone(&sink), Arc::clone(&metrics));
+            let offsets = Arc::new(consumer::GroupCommit(Arc::downgrade(&consumer)));
+            std::thread::Builder::new()
+                .name("committer".into())
+                .spawn(move || commit::run(cuts_rx, sink, offsets, metrics))
+                .map_err(|e| Error::io("starting the committer", e))?
+        };
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        {
+            let stop = Arc::clone(&stop);
+            let idle = options.idle_exit;
+            std::thread::Builder::new()
+                .name("consumer".into())
+                .spawn(move || {
+                    consumer::poll_loop(&consumer, &shared, &stop, idle);
+                    // No new cuts: the committer ends once the last one is written.
+                    if let Ok(mut cuts) = shared.cuts.lock() {
+                        cuts.take();
+                    }
+                    drop(shared);
+                    let _ = consumer.unsubscribe();
+                    drop(consumer);
+                    let _ = committer.join();
+                    drop(lock);
+                    let _ = done_tx.send(());
+                })
+                .map_err(|e| Error::io("starting the consumer thread", e))?;
+        }
+        let reporter = tokio::spawn(Arc::clone(&metrics).report_every_second());
+        Ok(WorkerHandle {
+            stop,
+            metrics,
+            done,
+            reporter,
+            _embedded: embedded,
+        })
+    }
+}
+
+/// Waits until the cluster's metadata shows every topic of the plan.
+async fn wait_for_topics(config: &ClientConfig, names: &[String]) -> Result<()> {
+    let config = config.clone();
+    let names = names.to_vec();
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..60 {
+            let existing = broker::wait_for_cluster(&config, &|| false)?;
+            if names.iter().all(|n| existing.contains_key(n)) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Err(Error::Config(format!("topics {names:?} did not appear on the broker")))
+    })
+    .await
+    .map_err(|e| Error::Config(format!("startup failed: {e}")))?
+}

@@ -1,0 +1,142 @@
+//! The worker's producer: records are enqueued without waiting, deliveries are checked at
+//! the commit point (rdkafka issues #464 and #695: awaiting each send serialises them).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+
+use crate::worker::task::{OutRecord, Sink, SinkError};
+use crate::{Error, Result};
+
+/// Tracks deliveries: failures since the last flush, and the last acknowledged offset of
+/// every changelog partition (the stores' checkpoints).
+pub(crate) struct Deliveries {
+    changelogs: HashSet<String>,
+    changelog_offsets: Mutex<HashMap<(String, i32), i64>>,
+    failures: Mutex<Vec<String>>,
+}
+
+impl ClientContext for Deliveries {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!("producer: {error}: {reason}");
+    }
+}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(message) => {
+                if self.changelogs.contains(message.topic()) {
+                    if let Ok(mut offsets) = self.changelog_offsets.lock() {
+                        let slot = offsets
+                            .entry((message.topic().to_string(), message.partition()))
+                            .or_insert(message.offset());
+                        *slot = (*slot).max(message.offset());
+                    }
+                }
+            }
+            Err((error, message)) => {
+                if let Ok(mut failures) = self.failures.lock() {
+                    if failures.len() < 10 {
+                        failures.push(format!("{}[{}]: {error}", message.topic(), message.partition()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The Kafka producer as a [`Sink`].
+pub(crate) struct KafkaSink {
+    producer: ThreadedProducer<Deliveries>,
+}
+
+impl KafkaSink {
+    pub(crate) fn new(mut config: ClientConfig, changelogs: HashSet<String>) -> Result<Self> {
+        config
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("partitioner", "murmur2_random");
+        let context = Deliveries {
+            changelogs,
+            changelog_offsets: Mutex::new(HashMap::new()),
+            failures: Mutex::new(Vec::new()),
+        };
+        let producer = config
+            .create_with_context(context)
+            .map_err(|e| Error::kafka("creating the producer", e))?;
+        Ok(Self { producer })
+    }
+}
+
+impl Sink for KafkaSink {
+    fn enqueue(&self, record: OutRecord) -> Result<(), SinkError> {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (key, value) in &record.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        let mut base: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&record.topic).headers(headers);
+        if let Some(key) = &record.key {
+            base = base.key(key);
+        }
+        if let Some(value) = &record.value {
+            base = base.payload(value);
+        }
+        if let Some(partition) = record.partition {
+            base = base.partition(partition);
+        }
+        match self.producer.send(base) {
+            Ok(()) => Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(SinkError::Full(record)),
+            Err((error, _)) => Err(SinkError::Failed(format!(
+                "cannot produce to {}: {error}",
+                record.topic
+            ))),
+        }
+    }
+
+    fn flush(&self) -> Result<(), String> {
+        let mut waited = 0u64;
+        loop {
+            match self.producer.flush(Duration::from_secs(10)) {
+                Ok(()) => break,
+                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => {
+                    waited += 10;
+                    tracing::warn!(
+                        "{} records not yet acknowledged after {waited}s; is the broker reachable?",
+                        self.producer.in_flight_count()
+                    );
+                }
+                Err(error) => return Err(error.to_string()),
+            }
+        }
+        let failures = self
+            .producer
+            .context()
+            .failures
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default();
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("; "))
+        }
+    }
+
+    fn changelog_offset(&self, topic: &str, partition: i32) -> Option<i64> {
+        let offsets = self.producer.context().changelog_offsets.lock().ok()?;
+        offsets.get(&(topic.to_string(), partition)).copied()
+    }
+}

@@ -1,0 +1,178 @@
+//! `#[agent(topic = T, sends = [..], tables = [..])]` on an `async fn(Stream<K, V>)`.
+//!
+//! Parse → validate (every error collected, spanned on the user's token) → emit a unit
+//! struct named like the function that implements `streams_core::Agent`. On error the
+//! function is emitted unchanged next to the errors, so IDEs keep working.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Expr, ExprLit, FnArg, ItemFn, Lit, ReturnType};
+
+use crate::attrs::{parse_args, Errors};
+
+const KEYS: &str = "`topic`, `sends` and `tables`";
+
+struct Args {
+    topic: Option<Expr>,
+    sends: Vec<Expr>,
+    tables: Vec<Expr>,
+}
+
+fn list(value: Expr) -> Vec<Expr> {
+    match value {
+        Expr::Array(array) => array.elems.into_iter().collect(),
+        single => vec![single],
+    }
+}
+
+fn parse(args: TokenStream, errors: &mut Errors) -> Args {
+    let mut out = Args {
+        topic: None,
+        sends: Vec::new(),
+        tables: Vec::new(),
+    };
+    let parsed = match parse_args(args.clone()) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            errors.push(error);
+            return out;
+        }
+    };
+    let mut seen: Vec<String> = Vec::new();
+    for arg in parsed {
+        let key = arg.key.to_string();
+        if seen.contains(&key) {
+            errors.spanned(&arg.key, format!("`{key}` is set multiple times; give it once"));
+            continue;
+        }
+        seen.push(key.clone());
+        match key.as_str() {
+            "topic" => out.topic = Some(arg.value),
+            "sends" => out.sends = list(arg.value),
+            "tables" => out.tables = list(arg.value),
+            _ => errors.spanned(
+                &arg.key,
+                format!("unknown key `{key}` in #[agent]; the keys are {KEYS}"),
+            ),
+        }
+    }
+    if out.topic.is_none() {
+        let span = if args.is_empty() {
+            Span::call_site()
+        } else {
+            args.span()
+        };
+        errors.at(
+            span,
+            "#[agent] needs the topic it reads: `#[agent(topic = MY_TOPIC)]` (a `Topic` constant) or `#[agent(topic = \"name\")]`",
+        );
+    }
+    out
+}
+
+pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let function: ItemFn = match syn::parse2(item.clone()) {
+        Ok(function) => function,
+        Err(_) => {
+            errors.at(
+                Span::call_site(),
+                "#[agent] goes on an `async fn` that takes its stream: `async fn name(mut s: Stream<K, V>)`",
+            );
+            let errors = errors.into_compile_errors();
+            return quote! { #item #errors };
+        }
+    };
+    let args = parse(args, &mut errors);
+    let sig = &function.sig;
+    if sig.asyncness.is_none() {
+        errors.spanned(sig.fn_token, "#[agent] needs an `async fn`: write `async fn`");
+    }
+    if !sig.generics.params.is_empty() {
+        errors.spanned(
+            &sig.generics,
+            "an agent cannot be generic: its stream's types come from its topic",
+        );
+    }
+    let mut stream = None;
+    for (index, input) in sig.inputs.iter().enumerate() {
+        match input {
+            FnArg::Receiver(receiver) => {
+                errors.spanned(receiver, "an agent is a free function; it cannot take `self`");
+            }
+            FnArg::Typed(typed) if index == 0 => stream = Some(typed.clone()),
+            FnArg::Typed(typed) => errors.spanned(
+                typed,
+                "an agent takes one parameter, its `Stream<K, V>`; reach other topics and tables \
+                 through their constants and list them in `sends = [..]` and `tables = [..]`",
+            ),
+        }
+    }
+    if sig.inputs.is_empty() {
+        errors.spanned(
+            &sig.ident,
+            "an agent takes its stream as its parameter: `async fn name(mut hits: Stream<K, V>)`",
+        );
+    }
+    if !errors.is_empty() {
+        let errors = errors.into_compile_errors();
+        return quote! { #function #errors };
+    }
+    let Some(stream) = stream else {
+        return item;
+    };
+    let Some(topic) = args.topic else {
+        return item;
+    };
+    let stream_ty = &stream.ty;
+    let name = &sig.ident;
+    let name_text = name.to_string();
+    let vis = &function.vis;
+    let docs: Vec<_> = function.attrs.iter().filter(|a| a.path().is_ident("doc")).collect();
+    let other_attrs: Vec<_> = function.attrs.iter().filter(|a| !a.path().is_ident("doc")).collect();
+    let inner = format_ident!("__streams_agent_{}", name);
+    let inputs = &sig.inputs;
+    let output = match &sig.output {
+        ReturnType::Default => quote!(),
+        ReturnType::Type(arrow, ty) => quote!(#arrow #ty),
+    };
+    let body = &function.block;
+    let source = match &topic {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(name), ..
+        }) => quote_spanned! {name.span()=>
+            ::streams_core::__private::source_of::<#stream_ty>(&::streams_core::__private::Topic::new(#name))
+        },
+        expr => quote_spanned! {expr.span()=>
+            ::streams_core::__private::source_of::<#stream_ty>(&#expr)
+        },
+    };
+    let sends = args.sends.iter().map(|expr| {
+        quote_spanned! {expr.span()=> ::streams_core::__private::Topic::spec(&#expr) }
+    });
+    let tables = args.tables.iter().map(|expr| {
+        quote_spanned! {expr.span()=> ::streams_core::__private::Table::spec(&#expr) }
+    });
+    quote! {
+        #(#docs)*
+        #[allow(non_camel_case_types)]
+        #[derive(Clone, Copy, Debug)]
+        #vis struct #name;
+
+        impl ::streams_core::__private::Agent for #name {
+            fn spec(&self) -> ::streams_core::__private::AgentSpec {
+                #(#other_attrs)*
+                async fn #inner(#inputs) #output #body
+
+                ::streams_core::__private::AgentSpec::new::<#stream_ty, _, _>(
+                    #name_text,
+                    #source,
+                    ::std::vec![#(#sends),*],
+                    ::std::vec![#(#tables),*],
+                    #inner,
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! Procedural macros of streams. Use them through `streams_core` (`streams_core::record`,
+//! `streams_core::agent`), which re-exports them; everything they emit calls
+//! `::streams_core::__private`.
+
+mod agent;
+mod attrs;
+mod record;
+
+use proc_macro::TokenStream;
+
+/// Makes a struct or enum a record: serde's `Serialize`/`Deserialize` (serde attributes such
+/// as `#[serde(rename = "userId")]` pass through) plus `streams_core::Record`.
+#[proc_macro_attribute]
+pub fn record(args: TokenStream, item: TokenStream) -> TokenStream {
+    record::expand(args.into(), item.into()).into()
+}
+
+/// Turns an `async fn(Stream<K, V>)` into an agent: `#[agent(topic = T, sends = [..], tables = [..])]`.
+#[proc_macro_attribute]
+pub fn agent(args: TokenStream, item: TokenStream) -> TokenStream {
+    agent::expand(args.into(), item.into()).into()
+}

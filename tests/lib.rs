@@ -1,0 +1,166 @@
+//! Helpers for the integration tests: producing records, reading topics and offsets, and
+//! waiting until a group has committed everything.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// The seed app, compiled from the example itself.
+#[path = "../examples/hit_counter.rs"]
+pub mod hit_counter;
+
+/// Produces `values` (optionally keyed) to `topic` and waits until all are acknowledged.
+pub fn produce(bootstrap: &str, topic: &str, values: &[(Option<String>, Vec<u8>)]) {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .create()
+        .expect("test producer");
+    for (key, value) in values {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(value.as_slice());
+        if let Some(key) = key {
+            record = record.key(key.as_bytes());
+        }
+        let mut record = record;
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+}
+
+fn consumer(bootstrap: &str, group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .expect("test consumer")
+}
+
+/// Partition count of `topic`.
+pub fn partitions(bootstrap: &str, topic: &str) -> i32 {
+    let c = consumer(bootstrap, "streams-tests-metadata");
+    let metadata = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    metadata.topics()[0].partitions().len() as i32
+}
+
+/// Records in `topic` (sum over partitions of high - low watermark).
+pub fn record_count(bootstrap: &str, topic: &str) -> i64 {
+    let c = consumer(bootstrap, "streams-tests-metadata");
+    (0..partitions(bootstrap, topic))
+        .map(|p| {
+            let (low, high) = c
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            high - low
+        })
+        .sum()
+}
+
+/// Every record of `topic`: (partition, key, value, headers).
+pub type Read = (i32, Option<Vec<u8>>, Option<Vec<u8>>, HashMap<String, String>);
+
+/// Reads all records currently in `topic`.
+pub fn read_all(bootstrap: &str, topic: &str) -> Vec<Read> {
+    let c = consumer(bootstrap, "streams-tests-reader");
+    let mut list = TopicPartitionList::new();
+    let mut remaining = 0;
+    for p in 0..partitions(bootstrap, topic) {
+        let (low, high) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .expect("watermarks");
+        remaining += high - low;
+        list.add_partition_offset(topic, p, Offset::Offset(low))
+            .expect("offset");
+    }
+    c.assign(&list).expect("assign");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (out.len() as i64) < remaining && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_string(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push((
+                m.partition(),
+                m.key().map(<[u8]>::to_vec),
+                m.payload().map(<[u8]>::to_vec),
+                headers,
+            ));
+        }
+    }
+    out
+}
+
+/// Waits until `group` has committed, for every partition of `topics`, the high watermark
+/// (everything read, processed and durable), and it stays so for a moment.
+pub fn wait_caught_up(bootstrap: &str, group: &str, topics: &[&str], timeout: Duration) {
+    let c = consumer(bootstrap, group);
+    let deadline = Instant::now() + timeout;
+    let mut stable = 0;
+    loop {
+        let mut lag = 0i64;
+        for topic in topics {
+            let mut list = TopicPartitionList::new();
+            for p in 0..partitions(bootstrap, topic) {
+                list.add_partition(topic, p);
+            }
+            let committed = c
+                .committed_offsets(list, Duration::from_secs(10))
+                .expect("committed offsets");
+            for e in committed.elements() {
+                let (_, high) = c
+                    .fetch_watermarks(topic, e.partition(), Duration::from_secs(10))
+                    .expect("watermarks");
+                let done = match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => 0,
+                };
+                lag += high - done;
+            }
+        }
+        if lag == 0 {
+            stable += 1;
+            if stable >= 3 {
+                return;
+            }
+        } else {
+            stable = 0;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "group {group} still {lag} records behind on {topics:?} after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The seed records as (no key, JSON bytes).
+pub fn unkeyed(values: &[serde_json::Value]) -> Vec<(Option<String>, Vec<u8>)> {
+    values.iter().map(|v| (None, v.to_string().into_bytes())).collect()
+}
