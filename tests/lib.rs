@@ -14,6 +14,16 @@ use rdkafka::{Offset, TopicPartitionList};
 #[path = "../examples/hit_counter.rs"]
 pub mod hit_counter;
 
+/// Worker options for the embedded broker. The mock cluster's group coordinator, unlike
+/// Kafka's, waits `session.timeout.ms - 1s` before completing a join after the last member
+/// left; a short session timeout keeps restarts in tests quick.
+pub fn worker_options(dir: &std::path::Path, broker: &streams_core::EmbeddedBroker) -> streams_core::WorkerOptions {
+    streams_core::WorkerOptions::new(dir)
+        .embedded(broker)
+        .consumer_config("session.timeout.ms", "6000")
+        .consumer_config("heartbeat.interval.ms", "500")
+}
+
 /// Produces `values` (optionally keyed) to `topic` and waits until all are acknowledged.
 pub fn produce(bootstrap: &str, topic: &str, values: &[(Option<String>, Vec<u8>)]) {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()

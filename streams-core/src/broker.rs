@@ -31,10 +31,25 @@ enum Command {
 /// broker.create_topic("hit_count", 4).unwrap();
 /// println!("bootstrap servers: {}", broker.bootstrap_servers());
 /// ```
+///
+/// The handle is cheap to clone; the cluster stops when the last clone is dropped.
+#[derive(Clone)]
 pub struct EmbeddedBroker {
+    inner: std::sync::Arc<Inner>,
+}
+
+struct Inner {
     commands: mpsc::Sender<Command>,
     bootstrap: String,
-    thread: Option<JoinHandle<()>>,
+    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for EmbeddedBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedBroker")
+            .field("bootstrap", &self.inner.bootstrap)
+            .finish()
+    }
 }
 
 impl EmbeddedBroker {
@@ -74,20 +89,23 @@ impl EmbeddedBroker {
             .map_err(|_| Error::Config("the embedded broker did not start".into()))?
             .map_err(|e| Error::Config(format!("the embedded broker did not start: {e}")))?;
         Ok(Self {
-            commands,
-            bootstrap,
-            thread: Some(thread),
+            inner: std::sync::Arc::new(Inner {
+                commands,
+                bootstrap,
+                thread: std::sync::Mutex::new(Some(thread)),
+            }),
         })
     }
 
     /// The address clients connect to.
     pub fn bootstrap_servers(&self) -> &str {
-        &self.bootstrap
+        &self.inner.bootstrap
     }
 
     fn call(&self, make: impl FnOnce(mpsc::Sender<Result<(), String>>) -> Command) -> Result<()> {
         let (reply, answer) = mpsc::channel();
-        self.commands
+        self.inner
+            .commands
             .send(make(reply))
             .map_err(|_| Error::Config("the embedded broker has stopped".into()))?;
         answer
@@ -115,7 +133,7 @@ impl EmbeddedBroker {
     /// processes can bootstrap from a known port (the cluster advertises its own loopback
     /// address, which clients then use directly). Runs until the process ends.
     pub fn serve(&self, listener: TcpListener) -> io::Result<()> {
-        let target = self.bootstrap.split(',').next().unwrap_or_default().to_string();
+        let target = self.inner.bootstrap.split(',').next().unwrap_or_default().to_string();
         for client in listener.incoming() {
             let client = client?;
             let target = target.clone();
@@ -143,10 +161,10 @@ fn forward(client: TcpStream, target: &str) -> io::Result<()> {
     Ok(())
 }
 
-impl Drop for EmbeddedBroker {
+impl Drop for Inner {
     fn drop(&mut self) {
         let _ = self.commands.send(Command::Stop);
-        if let Some(thread) = self.thread.take() {
+        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
             let _ = thread.join();
         }
     }

@@ -52,6 +52,7 @@ impl Restorer {
         config
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", "50")
             .set("group.id", "streams-restore")
             .set("isolation.level", "read_committed");
         let consumer = config

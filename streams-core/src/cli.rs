@@ -48,6 +48,9 @@ enum Command {
         /// Extra librdkafka setting for every client, KEY=VALUE (repeatable).
         #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_setting)]
         config: Vec<(String, String)>,
+        /// Extra librdkafka setting for the group consumer, KEY=VALUE (repeatable).
+        #[arg(long = "consumer-config", value_name = "KEY=VALUE", value_parser = parse_setting)]
+        consumer_config: Vec<(String, String)>,
     },
     /// Send one record to a topic (like `faust send`).
     Send {
@@ -115,11 +118,13 @@ pub(crate) fn main(app: App) -> ExitCode {
             data_dir,
             idle_exit,
             config,
+            consumer_config,
         } => {
             let mut options = WorkerOptions::new(data_dir.unwrap_or_else(default_dir));
             options.broker = broker;
             options.idle_exit = idle_exit.map(Duration::from_secs_f64);
             options.client_config = config;
+            options.consumer_config = consumer_config;
             runtime.block_on(run_worker(app, options))
         }
         Command::Send {

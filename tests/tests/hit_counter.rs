@@ -7,10 +7,10 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use streams_core::{EmbeddedBroker, Worker, WorkerOptions};
+use streams_core::{EmbeddedBroker, Worker};
 use streams_examples::seed;
 use streams_tests::hit_counter::{app, MAJOR_COUNT};
-use streams_tests::{produce, read_all, record_count, unkeyed, wait_caught_up};
+use streams_tests::{produce, read_all, record_count, unkeyed, wait_caught_up, worker_options};
 
 const GROUP: &str = "hit_counter";
 const TOPICS: [&str; 2] = ["hit_count", "count_topic"];
@@ -28,8 +28,15 @@ fn broker_with_input() -> EmbeddedBroker {
 
 /// Runs a worker until the group has committed everything, stops it, returns (restored, records).
 async fn run_until_caught_up(broker: &EmbeddedBroker, dir: &Path) -> (u64, u64) {
-    let options = WorkerOptions::new(dir).broker(broker.bootstrap_servers());
+    let options = worker_options(dir, broker);
     let worker = Worker::start(app(), options).await.expect("worker starts");
+    let metrics = worker.metrics();
+    // All 12 partitions (hit_count: 4, count_topic: 8) restored and running.
+    wait_for(
+        || metrics.assigned.load(Ordering::Relaxed) == 12,
+        "all partitions assigned",
+    )
+    .await;
     let bootstrap = broker.bootstrap_servers().to_string();
     tokio::task::spawn_blocking(move || wait_caught_up(&bootstrap, GROUP, &TOPICS, Duration::from_secs(120)))
         .await
@@ -43,7 +50,7 @@ async fn run_until_caught_up(broker: &EmbeddedBroker, dir: &Path) -> (u64, u64) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_are_exact_and_survive_restarts() {
-    streams_core::init_logging("warn");
+    streams_core::init_logging(&std::env::var("STREAMS_TEST_LOG").unwrap_or_else(|_| "warn".into()));
     let broker = broker_with_input();
     let records = seed::hits(42, 10_000);
     let expected = seed::expected_counts(&records);
@@ -68,6 +75,16 @@ async fn counts_are_exact_and_survive_restarts() {
     let (restored, _) = run_until_caught_up(&broker, empty.path()).await;
     assert!(restored > 0, "the changelog was restored");
     assert_eq!(counts(empty.path()), expected, "restored from the changelog");
+}
+
+async fn wait_for(condition: impl Fn() -> bool, what: &str) {
+    for _ in 0..600 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting: {what}");
 }
 
 fn partitions_of(broker: &EmbeddedBroker, topic: &str) -> i32 {
@@ -97,7 +114,7 @@ async fn malformed_records_go_to_the_dead_letter_topic() {
     produce(broker.bootstrap_servers(), "hit_count", &input);
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let options = WorkerOptions::new(dir.path()).broker(broker.bootstrap_servers());
+    let options = worker_options(dir.path(), &broker);
     let worker = Worker::start(app(), options).await.expect("worker starts");
     let bootstrap = broker.bootstrap_servers().to_string();
     tokio::task::spawn_blocking(move || wait_caught_up(&bootstrap, GROUP, &TOPICS, Duration::from_secs(120)))

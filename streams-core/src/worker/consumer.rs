@@ -179,6 +179,7 @@ impl Shared {
                 .entry(topic)
                 .or_default()
                 .insert(partition, Running { tx, join });
+            self.metrics.assigned.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -200,6 +201,7 @@ impl Shared {
                 let Some(task) = running.get_mut(&topic).and_then(|ps| ps.remove(&partition)) else {
                     continue;
                 };
+                self.metrics.assigned.fetch_sub(1, Ordering::Relaxed);
                 if lost {
                     tracing::warn!("{topic}[{partition}] was lost; dropped without committing");
                     task.join.abort();
@@ -223,7 +225,7 @@ impl Shared {
             }
             let _ = self
                 .runtime
-                .block_on(tokio::time::timeout(Duration::from_secs(10), join));
+                .block_on(async move { tokio::time::timeout(Duration::from_secs(10), join).await });
         }
     }
 }

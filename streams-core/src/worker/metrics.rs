@@ -21,6 +21,8 @@ pub struct Metrics {
     pub restored: AtomicU64,
     /// Commits of source offsets.
     pub commits: AtomicU64,
+    /// Partitions assigned to this worker right now (each restored and running).
+    pub assigned: AtomicU64,
     want_record_sample: AtomicBool,
     want_table_sample: AtomicBool,
     samples: Mutex<Vec<String>>,

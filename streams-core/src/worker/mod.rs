@@ -40,12 +40,17 @@ use crate::{Error, Result};
 pub struct WorkerOptions {
     /// Bootstrap servers; `None` starts the embedded broker in this process.
     pub broker: Option<String>,
+    /// An embedded broker to use (its topics are created through it: the mock cluster has
+    /// no CreateTopics API).
+    pub embedded: Option<EmbeddedBroker>,
     /// Where the stores live (`{data_dir}/{app id}/`).
     pub data_dir: PathBuf,
     /// Stop after this long without records (for demos and batch-like runs).
     pub idle_exit: Option<Duration>,
     /// Extra librdkafka settings for every client (e.g. security settings).
     pub client_config: Vec<(String, String)>,
+    /// Extra librdkafka settings for the group consumer only (e.g. `session.timeout.ms`).
+    pub consumer_config: Vec<(String, String)>,
 }
 
 impl WorkerOptions {
@@ -53,9 +58,11 @@ impl WorkerOptions {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             broker: None,
+            embedded: None,
             data_dir: data_dir.into(),
             idle_exit: None,
             client_config: Vec::new(),
+            consumer_config: Vec::new(),
         }
     }
 
@@ -65,9 +72,21 @@ impl WorkerOptions {
         self
     }
 
+    /// Uses this embedded broker.
+    pub fn embedded(mut self, broker: &EmbeddedBroker) -> Self {
+        self.embedded = Some(broker.clone());
+        self
+    }
+
     /// Stops after `idle` without records.
     pub fn idle_exit(mut self, idle: Duration) -> Self {
         self.idle_exit = Some(idle);
+        self
+    }
+
+    /// Adds a librdkafka setting for the group consumer.
+    pub fn consumer_config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.consumer_config.push((key.into(), value.into()));
         self
     }
 
@@ -144,19 +163,17 @@ impl Worker {
         app.validate()?;
         let app_dir = options.data_dir.join(app.id());
         let lock = lock_data_dir(&app_dir)?;
-        let embedded = match &options.broker {
-            Some(_) => None,
-            None => Some(EmbeddedBroker::start()?),
+        let embedded = match (&options.embedded, &options.broker) {
+            (Some(embedded), _) => Some(embedded.clone()),
+            (None, Some(_)) => None,
+            (None, None) => Some(EmbeddedBroker::start()?),
         };
-        let bootstrap = match (&options.broker, &embedded) {
-            (Some(broker), _) => broker.clone(),
-            (None, Some(embedded)) => {
-                tracing::info!(
-                    "no broker given: started the embedded broker at {}",
-                    embedded.bootstrap_servers()
-                );
+        let bootstrap = match (&embedded, &options.broker) {
+            (Some(embedded), _) => {
+                tracing::info!("using the embedded broker at {}", embedded.bootstrap_servers());
                 embedded.bootstrap_servers().to_string()
             }
+            (None, Some(broker)) => broker.clone(),
             (None, None) => return Err(Error::Config("no broker".into())),
         };
         let config = broker::client_config(&bootstrap, &options.client_config);
@@ -200,6 +217,9 @@ impl Worker {
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "range")
             .set("enable.partition.eof", "false");
+        for (key, value) in &options.consumer_config {
+            consumer_config.set(key, value);
+        }
         let consumer: Arc<BaseConsumer<consumer::WorkerContext>> = Arc::new(
             consumer_config
                 .create_with_context(consumer::WorkerContext {
