@@ -174,3 +174,147 @@ pub fn wait_caught_up(bootstrap: &str, group: &str, topics: &[&str], timeout: Du
 pub fn unkeyed(values: &[serde_json::Value]) -> Vec<(Option<String>, Vec<u8>)> {
     values.iter().map(|v| (None, v.to_string().into_bytes())).collect()
 }
+
+/// Path of a built example binary (`cargo build --examples` builds them; `make test` does).
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
+    let path = profile_dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --examples` (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// Creates on the embedded broker every topic `app` needs that is missing (the mock
+/// cluster has no CreateTopics API, so a worker in another process cannot create them).
+pub fn create_app_topics(broker: &streams_core::EmbeddedBroker, app: &streams_core::App) {
+    let c = consumer(broker.bootstrap_servers(), "streams-tests-metadata");
+    let metadata = c.fetch_metadata(None, Duration::from_secs(10)).expect("metadata");
+    let existing = metadata
+        .topics()
+        .iter()
+        .map(|t| (t.name().to_string(), t.partitions().len() as i32))
+        .collect();
+    for topic in app.plan(&existing).expect("plan") {
+        if !topic.exists {
+            broker
+                .create_topic(&topic.name, topic.partitions)
+                .expect("create topic");
+        }
+    }
+}
+
+/// A child process whose stderr lines are collected as they arrive.
+pub struct Child {
+    /// The process.
+    pub process: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Every stderr line seen so far.
+    pub seen: Vec<String>,
+}
+
+impl Child {
+    /// Starts `program` with `args`, stdout and stderr captured.
+    pub fn spawn(program: &std::path::Path, args: &[&str]) -> Self {
+        let mut process = std::process::Command::new(program)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let (tx, lines) = std::sync::mpsc::channel();
+        for stream in [
+            Box::new(process.stderr.take().expect("stderr")) as Box<dyn std::io::Read + Send>,
+            Box::new(process.stdout.take().expect("stdout")),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Self {
+            process,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits until a line containing `text` appears; panics after `timeout`.
+    pub fn wait_for_line(&mut self, text: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        if let Some(line) = self.seen.iter().find(|l| l.contains(text)) {
+            return line.clone();
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(text) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with {text:?} within {timeout:?}; output so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Waits for the process to exit and returns its exit code (collecting all output).
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            while let Ok(line) = self.lines.try_recv() {
+                self.seen.push(line);
+            }
+            if let Some(status) = self.process.try_wait().expect("try_wait") {
+                std::thread::sleep(Duration::from_millis(100));
+                while let Ok(line) = self.lines.try_recv() {
+                    self.seen.push(line);
+                }
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = self.process.kill();
+                panic!(
+                    "process did not exit within {timeout:?}; output:\n{}",
+                    self.seen.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.process.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
