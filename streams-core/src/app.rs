@@ -207,3 +207,101 @@ impl App {
         crate::cli::main(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prelude::*;
+
+    #[record]
+    struct Hit {
+        hits: i64,
+        user: String,
+    }
+
+    const HITS: Topic<(), Hit> = Topic::new("hits").partitions(4);
+    const BY_USER: Topic<String, Hit> = Topic::new("by-user").internal();
+    const COUNTS: Table<String, i64> = Table::new("counts");
+
+    #[agent(topic = HITS, sends = [BY_USER])]
+    async fn route(mut hits: Stream<(), Hit>) -> Result<()> {
+        while let Some(hit) = hits.next().await {
+            BY_USER.send(&hit.user, &hit).await?;
+        }
+        Ok(())
+    }
+
+    #[agent(topic = BY_USER, tables = [COUNTS])]
+    async fn count(mut hits: Stream<String, Hit>) -> Result<()> {
+        while let Some(hit) = hits.next().await {
+            COUNTS.update(&hit.user, |n| *n += hit.hits).await?;
+        }
+        Ok(())
+    }
+
+    fn app() -> App {
+        App::new("test").agent(route).agent(count).topic_partitions(6)
+    }
+
+    fn existing(topics: &[(&str, i32)]) -> HashMap<String, i32> {
+        topics.iter().map(|(n, p)| (n.to_string(), *p)).collect()
+    }
+
+    #[test]
+    fn plans_every_topic_with_its_partitions() {
+        let plan = app().plan(&existing(&[])).unwrap();
+        let find = |name: &str| plan.iter().find(|t| t.name == name).cloned().unwrap();
+        assert_eq!(find("hits").partitions, 4);
+        assert_eq!(find("by-user").partitions, 6, "internal topic gets the app default");
+        let changelog = find("test-counts-changelog");
+        assert_eq!(
+            (changelog.partitions, changelog.compacted),
+            (6, true),
+            "changelog follows its source"
+        );
+        assert_eq!(find("test-route-dlq").partitions, 4);
+        assert_eq!(find("test-count-dlq").partitions, 6);
+        assert!(plan.iter().all(|t| !t.exists));
+    }
+
+    #[test]
+    fn existing_topics_keep_their_partitions() {
+        let plan = app().plan(&existing(&[("by-user", 3)])).unwrap();
+        let changelog = plan.iter().find(|t| t.name == "test-counts-changelog").unwrap();
+        assert_eq!(changelog.partitions, 3);
+        assert!(plan.iter().find(|t| t.name == "by-user").unwrap().exists);
+    }
+
+    #[test]
+    fn a_declared_partition_count_that_differs_names_both_numbers() {
+        let error = app().plan(&existing(&[("hits", 12)])).unwrap_err().to_string();
+        assert!(
+            error.contains("`hits` has 12 partitions") && error.contains("declared with 4"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_changelog_with_other_partitions_than_its_source_is_refused() {
+        let error = app()
+            .plan(&existing(&[("by-user", 6), ("test-counts-changelog", 2)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("has 2 partitions") && error.contains("with 6"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn two_agents_on_one_topic_are_refused() {
+        let error = App::new("x")
+            .agent(route)
+            .agent(route)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("added twice"), "{error}");
+        assert!(App::new("empty").validate().is_err());
+    }
+}

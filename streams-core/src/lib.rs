@@ -44,6 +44,9 @@
 //! }
 //! ```
 
+// The macros emit `::streams_core::...` paths; this makes them work inside this crate too.
+extern crate self as streams_core;
+
 pub mod agent;
 pub mod app;
 pub mod broker;

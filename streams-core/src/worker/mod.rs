@@ -254,7 +254,7 @@ impl Worker {
                         cuts.take();
                     }
                     drop(shared);
-                    let _ = consumer.unsubscribe();
+                    consumer.unsubscribe();
                     drop(consumer);
                     let _ = committer.join();
                     drop(lock);

@@ -169,17 +169,21 @@ impl TaskContext {
 }
 
 async fn enqueue(sink: &dyn Sink, mut record: OutRecord) -> Result<(), String> {
-    let mut waited = Duration::ZERO;
+    let began = std::time::Instant::now();
+    let mut warned = began;
     loop {
         match sink.enqueue(record) {
             Ok(()) => return Ok(()),
             Err(SinkError::Full(back)) => {
                 record = back;
-                if waited >= Duration::from_secs(10) && waited.as_millis() % 10_000 == 0 {
-                    tracing::warn!("producer queue full for {}s; waiting for the broker", waited.as_secs());
+                if warned.elapsed() >= Duration::from_secs(10) {
+                    warned = std::time::Instant::now();
+                    tracing::warn!(
+                        "producer queue full for {}s; waiting for the broker to acknowledge records",
+                        began.elapsed().as_secs()
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
-                waited += Duration::from_millis(1);
             }
             Err(SinkError::Failed(error)) => return Err(error),
         }
