@@ -318,3 +318,86 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// A record to produce to an explicit partition, with headers.
+pub struct Raw {
+    /// Partition.
+    pub partition: i32,
+    /// Key.
+    pub key: String,
+    /// Value.
+    pub value: String,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Produces `records` to `topic` and waits until all are acknowledged.
+pub fn produce_raw(bootstrap: &str, topic: &str, records: &[Raw]) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .create()
+        .expect("test producer");
+    for raw in records {
+        let mut headers = OwnedHeaders::new();
+        for (key, value) in &raw.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let mut record = BaseRecord::<str, str>::to(topic)
+            .partition(raw.partition)
+            .key(raw.key.as_str())
+            .payload(raw.value.as_str())
+            .headers(headers);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120)).expect("flush");
+}
+
+/// The offset `group` committed for `topic[partition]` (0 when none).
+pub fn committed(bootstrap: &str, group: &str, topic: &str, partition: i32) -> i64 {
+    let c = consumer(bootstrap, group);
+    let mut list = TopicPartitionList::new();
+    list.add_partition(topic, partition);
+    let committed = c.committed_offsets(list, Duration::from_secs(10)).expect("committed");
+    match committed.elements()[0].offset() {
+        Offset::Offset(o) => o,
+        _ => 0,
+    }
+}
+
+/// A table of integers as its changelog says: the last value of every key.
+pub fn table_from_changelog(bootstrap: &str, changelog: &str) -> std::collections::BTreeMap<String, i64> {
+    let mut table = std::collections::BTreeMap::new();
+    for (_, key, value, _) in read_all(bootstrap, changelog) {
+        let key = String::from_utf8_lossy(&key.unwrap_or_default()).into_owned();
+        match value.and_then(|v| std::str::from_utf8(&v).ok()?.parse::<i64>().ok()) {
+            Some(v) => table.insert(key, v),
+            None => table.remove(&key),
+        };
+    }
+    table
+}
+
+/// Waits, polling every 100 ms, until `condition` holds; panics after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

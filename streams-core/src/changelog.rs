@@ -41,6 +41,63 @@ fn source_offset(message: &BorrowedMessage<'_>) -> Option<i64> {
 
 const BATCH: usize = 10_000;
 
+/// Shows how a restore goes: a progress bar when stderr is a terminal, else a log line
+/// (records restored / total and the rate) every two seconds.
+struct Progress {
+    label: String,
+    total: u64,
+    began: Instant,
+    logged: Instant,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(topic: &str, partition: i32, total: u64) -> Self {
+        use std::io::IsTerminal;
+        let label = format!("{topic}[{partition}]");
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            let style = indicatif::ProgressStyle::with_template(
+                "restoring {msg} [{bar:30}] {pos}/{len} ({per_sec}, {eta} left)",
+            );
+            if let Ok(style) = style {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_message(label.clone());
+            bar
+        });
+        Self {
+            label,
+            total,
+            began: Instant::now(),
+            logged: Instant::now(),
+            bar,
+        }
+    }
+
+    fn at(&mut self, position: u64) {
+        if let Some(bar) = &self.bar {
+            if position % 1024 == 0 {
+                bar.set_position(position);
+            }
+        } else if self.logged.elapsed() >= Duration::from_secs(2) {
+            self.logged = Instant::now();
+            let rate = position as f64 / self.began.elapsed().as_secs_f64().max(1e-9);
+            tracing::info!(
+                "restoring {}: {position}/{} records ({rate:.0}/s)",
+                self.label,
+                self.total
+            );
+        }
+    }
+
+    fn done(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 /// Reads changelog partitions into stores. One per worker; not a member of any group.
 pub(crate) struct Restorer {
     consumer: BaseConsumer,
@@ -109,6 +166,7 @@ impl Restorer {
         self.consumer.assign(&list).map_err(|e| Error::kafka("restore", e))?;
         let began = Instant::now();
         let mut last_progress = Instant::now();
+        let mut progress = Progress::new(topic, partition, total as u64);
         let mut batch: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(BATCH.min(total as usize));
         let mut last = start - 1;
         let mut applied = 0u64;
@@ -118,6 +176,7 @@ impl Restorer {
                 Some(Ok(message)) => {
                     last = message.offset();
                     last_progress = Instant::now();
+                    progress.at((last - start + 1) as u64);
                     let from_uncommitted =
                         matches!((skip_from, source_offset(&message)), (Some(limit), Some(source)) if source >= limit);
                     if from_uncommitted {
@@ -154,6 +213,7 @@ impl Restorer {
             source_offset: None,
         };
         store.write(&batch, checkpoint)?;
+        progress.done();
         self.consumer.unassign().map_err(|e| Error::kafka("restore", e))?;
         let seconds = began.elapsed().as_secs_f64();
         tracing::info!(

@@ -149,10 +149,13 @@ impl Shared {
                 (c, s) => c.or(s),
             };
             for state in &tables {
+                let began = std::time::Instant::now();
                 let restored = self
                     .restorer
                     .restore(&*state.store, &state.changelog, partition, start)?;
                 self.metrics.restored.fetch_add(restored, Ordering::Relaxed);
+                let micros = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
+                self.metrics.restore_micros.fetch_add(micros, Ordering::Relaxed);
             }
             if let Some(start) = start {
                 list.set_partition_offset(&topic, partition, Offset::Offset(start))

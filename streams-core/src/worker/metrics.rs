@@ -19,6 +19,8 @@ pub struct Metrics {
     pub table_updates: AtomicU64,
     /// Changelog records restored into stores.
     pub restored: AtomicU64,
+    /// Time spent restoring stores, in microseconds.
+    pub restore_micros: AtomicU64,
     /// Commits of source offsets.
     pub commits: AtomicU64,
     /// Partitions assigned to this worker right now (each restored and running).

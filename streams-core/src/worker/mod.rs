@@ -102,6 +102,7 @@ pub struct WorkerHandle {
     stop: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
     done: tokio::sync::oneshot::Receiver<()>,
+    finished: Arc<AtomicBool>,
     reporter: tokio::task::JoinHandle<()>,
     _embedded: Option<EmbeddedBroker>,
 }
@@ -110,6 +111,11 @@ impl WorkerHandle {
     /// The worker's counters.
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.metrics)
+    }
+
+    /// Whether the worker is still running (it has not stopped, by request or by failure).
+    pub fn is_running(&self) -> bool {
+        !self.finished.load(Ordering::Relaxed)
     }
 
     /// Asks the worker to stop: its partitions finish their records and are committed.
@@ -242,8 +248,10 @@ impl Worker {
                 .map_err(|e| Error::io("starting the committer", e))?
         };
         let (done_tx, done) = tokio::sync::oneshot::channel();
+        let finished = Arc::new(AtomicBool::new(false));
         {
             let stop = Arc::clone(&stop);
+            let finished = Arc::clone(&finished);
             let idle = options.idle_exit;
             std::thread::Builder::new()
                 .name("consumer".into())
@@ -258,6 +266,7 @@ impl Worker {
                     drop(consumer);
                     let _ = committer.join();
                     drop(lock);
+                    finished.store(true, Ordering::Relaxed);
                     let _ = done_tx.send(());
                 })
                 .map_err(|e| Error::io("starting the consumer thread", e))?;
@@ -267,6 +276,7 @@ impl Worker {
             stop,
             metrics,
             done,
+            finished,
             reporter,
             _embedded: embedded,
         })
