@@ -77,7 +77,7 @@ impl Progress {
 
     fn at(&mut self, position: u64) {
         if let Some(bar) = &self.bar {
-            if position % 1024 == 0 {
+            if position.is_multiple_of(1024) {
                 bar.set_position(position);
             }
         } else if self.logged.elapsed() >= Duration::from_secs(2) {
