@@ -19,8 +19,10 @@ pub struct HitCount {
 }
 
 /// The seed's input topic; its records carry no key.
+#[topic]
 pub const HIT_COUNT: Topic<(), HitCount> = Topic::new("hit_count");
 /// Internal topic of the major hits, keyed by user so each user's hits meet in one partition.
+#[topic]
 pub const COUNT_TOPIC: Topic<String, HitCount> = Topic::new("count_topic").internal();
 /// Major hits per user (Faust: `app.Table("major-count", key_type=str, value_type=int, default=int)`).
 pub const MAJOR_COUNT: Table<String, i64> = Table::new("major-count");

@@ -116,3 +116,10 @@ impl<E: Display> AgentResult for Result<(), E> {
 pub fn source_of<S: StreamParam>(topic: &Topic<S::Key, S::Value>) -> TopicSpec {
     topic.spec()
 }
+
+/// A table used by an agent whose stream is `S`: the table's key type must be the stream's
+/// key type (a table is partitioned like the stream that updates it). Called by the code
+/// `#[agent]` generates.
+pub fn table_of<S: StreamParam, V>(table: &crate::table::Table<S::Key, V>) -> TableSpec {
+    table.spec()
+}

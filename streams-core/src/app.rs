@@ -202,6 +202,11 @@ impl App {
         Ok(plan)
     }
 
+    /// The app's topology, from the declarations alone (no broker is contacted).
+    pub fn topology(&self) -> crate::Topology {
+        crate::Topology::of(self)
+    }
+
     /// Runs the command line (`worker`, `send`, `broker`, `table`) and returns the exit code.
     pub fn main(self) -> ExitCode {
         crate::cli::main(self)

@@ -74,6 +74,13 @@ enum Command {
         #[arg(long)]
         partitions: Option<i32>,
     },
+    /// Print the app's topology (sources, agents, sinks, internal topics, tables, changelogs)
+    /// without contacting any broker.
+    Topology {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: TopologyFormat,
+    },
     /// Print a table from this machine's stores (all partitions found under --data-dir).
     Table {
         /// The table's name.
@@ -82,6 +89,13 @@ enum Command {
         #[arg(long, env = "STREAMS_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum TopologyFormat {
+    Text,
+    Mermaid,
+    Dot,
 }
 
 fn parse_setting(text: &str) -> Result<(String, String), String> {
@@ -134,6 +148,15 @@ pub(crate) fn main(app: App) -> ExitCode {
             broker,
         } => runtime.block_on(send(&broker, &topic, key.as_deref(), &value)),
         Command::Broker { port, partitions } => host_broker(app, port, partitions),
+        Command::Topology { format } => {
+            let topology = app.topology();
+            match format {
+                TopologyFormat::Text => print!("{}", topology.text()),
+                TopologyFormat::Mermaid => print!("{}", topology.mermaid()),
+                TopologyFormat::Dot => print!("{}", topology.dot()),
+            }
+            Ok(())
+        }
         Command::Table { name, data_dir } => print_table(&app, &name, &data_dir.unwrap_or_else(default_dir)),
     };
     match result {

@@ -58,7 +58,9 @@ pub mod record;
 pub mod store;
 pub mod stream;
 pub mod table;
+pub mod testing;
 pub mod topic;
+pub mod topology;
 pub mod worker;
 
 pub use agent::{Agent, AgentResult, AgentSpec};
@@ -71,6 +73,7 @@ pub use record::Record;
 pub use stream::{Event, Stream};
 pub use table::{Table, TableSpec};
 pub use topic::{Topic, TopicSpec};
+pub use topology::Topology;
 pub use worker::{Metrics, Worker, WorkerHandle, WorkerOptions};
 
 /// `#[record]`: serde's derives plus [`Record`], for a struct or an enum.
@@ -86,15 +89,19 @@ pub use streams_macros::record;
 /// The function may return `()` or `Result<(), E>` with `E: Display`.
 pub use streams_macros::agent;
 
+/// `#[topic]` on a `const T: Topic<K, V> = Topic::new("name")…;` declaration: a second
+/// `#[topic]` declaration of the same topic name in the module fails to compile.
+pub use streams_macros::topic;
+
 /// Everything an app needs: `use streams_core::prelude::*;`.
 pub mod prelude {
-    pub use crate::{agent, record, App, Event, Key, Record, Result, Stream, Table, Topic};
+    pub use crate::{agent, record, topic, App, Event, Key, Record, Result, Stream, Table, Topic};
 }
 
 /// What the macros' output calls. Not a public API: it changes without notice.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::agent::{source_of, Agent, AgentSpec};
+    pub use crate::agent::{source_of, table_of, Agent, AgentSpec};
     pub use crate::record::Record;
     pub use crate::stream::StreamParam;
     pub use crate::table::Table;

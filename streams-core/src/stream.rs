@@ -150,6 +150,8 @@ pub(crate) enum Input {
     Record(OwnedMessage),
     /// Finish: make a last cut, acknowledge it once committed, and end the stream.
     Finish(Ack),
+    /// Make a cut now and acknowledge it once committed; the stream goes on.
+    Flush(Ack),
 }
 
 /// The state of one partition's stream that survives restarts of the agent.
@@ -216,6 +218,7 @@ impl StreamCore {
                     self.cut(Some(ack)).await;
                     self.ended = true;
                 }
+                Some(Input::Flush(ack)) => self.cut(Some(ack)).await,
                 None => self.ended = true,
             }
         }

@@ -151,8 +151,10 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let sends = args.sends.iter().map(|expr| {
         quote_spanned! {expr.span()=> ::streams_core::__private::Topic::spec(&#expr) }
     });
+    // A table is partitioned like the stream that updates it: its key type must be the
+    // stream's key type.
     let tables = args.tables.iter().map(|expr| {
-        quote_spanned! {expr.span()=> ::streams_core::__private::Table::spec(&#expr) }
+        quote_spanned! {expr.span()=> ::streams_core::__private::table_of::<#stream_ty, _>(&#expr) }
     });
     quote! {
         #(#docs)*

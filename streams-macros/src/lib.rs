@@ -5,6 +5,7 @@
 mod agent;
 mod attrs;
 mod record;
+mod topic;
 
 use proc_macro::TokenStream;
 
@@ -19,4 +20,11 @@ pub fn record(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn agent(args: TokenStream, item: TokenStream) -> TokenStream {
     agent::expand(args.into(), item.into()).into()
+}
+
+/// Declares a topic once: `#[topic] const HITS: Topic<K, V> = Topic::new("hits");`. A second
+/// `#[topic]` declaration of the same name in the same module is a compile error.
+#[proc_macro_attribute]
+pub fn topic(args: TokenStream, item: TokenStream) -> TokenStream {
+    topic::expand(args.into(), item.into()).into()
 }

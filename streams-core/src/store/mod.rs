@@ -1,8 +1,10 @@
 //! State stores: where a table partition's data lives on a worker. Stores know nothing of
 //! agents or Kafka; they keep bytes and a checkpoint.
 
+mod memory;
 mod rocksdb;
 
+pub use self::memory::MemoryStore;
 pub use self::rocksdb::RocksDbStore;
 
 use crate::Result;

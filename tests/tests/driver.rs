@@ -1,0 +1,218 @@
+//! The test driver: the app's real agents, no broker. The hit counter, the dead-letter path,
+//! agents that fail or panic, and every stream operation (`next`, `next_event`, `origin`).
+
+use std::time::Duration;
+
+use streams_core::prelude::*;
+use streams_core::testing::TestDriver;
+use streams_examples::seed;
+use streams_tests::hit_counter::{app, HitCount, COUNT_TOPIC, HIT_COUNT, MAJOR_COUNT};
+
+fn hit(hits: i64, user: &str) -> HitCount {
+    HitCount {
+        hits,
+        timestamp: 1.0,
+        user_id: user.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hit_counter_counts_exactly() {
+    let records = seed::hits(42, 10_000);
+    let expected = seed::expected_counts(&records);
+    let mut driver = TestDriver::with_partitions(app(), &[("hit_count", 4)]).expect("driver");
+    for record in &records {
+        driver.pipe_raw("hit_count", None, Some(record.to_string().as_bytes()));
+    }
+    driver.run().await.expect("run");
+
+    assert_eq!(driver.table(&MAJOR_COUNT).expect("table"), expected);
+    let major = driver.records(&COUNT_TOPIC).expect("count_topic");
+    assert_eq!(major.len() as i64, expected.values().sum::<i64>());
+    assert!(major.iter().all(|(user, hit)| *user == hit.user_id && hit.hits > 20));
+    // Keyed by user: every user's hits are in one partition of count_topic.
+    for user in expected.keys() {
+        let partitions: std::collections::BTreeSet<i32> = driver
+            .raw_records("count_topic")
+            .iter()
+            .filter(|r| r.key.as_deref() == Some(user.as_bytes()))
+            .map(|r| r.partition)
+            .collect();
+        assert_eq!(partitions.len(), 1, "{user} in {partitions:?}");
+    }
+    for partition in 0..4 {
+        let len = driver
+            .raw_records("hit_count")
+            .iter()
+            .filter(|r| r.partition == partition)
+            .count() as i64;
+        assert_eq!(
+            driver.committed("hit_count", partition),
+            Some(len),
+            "hit_count[{partition}] committed"
+        );
+    }
+    // The changelog holds every user's latest count.
+    let changelog = driver.raw_records("hit_counter-major-count-changelog");
+    for (user, count) in &expected {
+        let last = changelog
+            .iter()
+            .rev()
+            .find(|r| r.key.as_deref() == Some(user.as_bytes()))
+            .expect("in changelog");
+        assert_eq!(last.value.as_deref(), Some(count.to_string().as_bytes()));
+        assert_eq!(last.header("streams.source.topic"), Some("count_topic"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_records_go_to_the_dead_letter_topic() {
+    let mut driver = TestDriver::with_partitions(app(), &[("hit_count", 2)]).expect("driver");
+    driver.pipe(&HIT_COUNT, &(), &hit(30, "ann")).expect("pipe");
+    let bad: [&[u8]; 4] = [
+        b"{\"hits\": ",
+        b"{\"hits\": \"x\", \"timestamp\": 1, \"userId\": \"a\"}",
+        b"{\"hits\": 1}",
+        b"",
+    ];
+    for value in bad {
+        driver.pipe_raw("hit_count", Some(b"bad"), Some(value));
+    }
+    driver.pipe(&HIT_COUNT, &(), &hit(40, "ann")).expect("pipe");
+    driver.run().await.expect("run");
+
+    assert_eq!(driver.table(&MAJOR_COUNT).expect("table").get("ann"), Some(&2));
+    let dead = driver.dead_letters("find_major_hits");
+    assert_eq!(dead.len(), 4);
+    for record in &dead {
+        assert_eq!(record.key.as_deref(), Some(b"bad".as_slice()));
+        assert!(
+            bad.contains(&record.value.as_deref().unwrap_or_default()),
+            "value unchanged"
+        );
+        assert_eq!(record.header("streams.dlq.topic"), Some("hit_count"));
+        assert_eq!(record.header("streams.dlq.agent"), Some("find_major_hits"));
+        assert!(record.header("streams.dlq.offset").is_some());
+        assert!(!record.header("streams.dlq.error").unwrap_or_default().is_empty());
+    }
+    let errors: Vec<&str> = dead.iter().filter_map(|r| r.header("streams.dlq.error")).collect();
+    assert!(errors.iter().any(|e| e.contains("empty value")), "{errors:?}");
+    assert!(errors.iter().any(|e| e.contains("missing field")), "{errors:?}");
+    assert_eq!(
+        driver
+            .metrics()
+            .dead_lettered
+            .load(std::sync::atomic::Ordering::Relaxed),
+        4
+    );
+}
+
+#[record]
+#[derive(Debug, Clone, PartialEq)]
+struct Order {
+    id: u32,
+    amount: i64,
+}
+
+const ORDERS: Topic<String, Order> = Topic::new("orders");
+const UNDECLARED: Topic<String, Order> = Topic::new("undeclared");
+const TOTALS: Table<String, i64> = Table::new("totals");
+
+/// Fails on negative amounts, panics on zero, sends to a topic it did not declare for id 99.
+#[agent(topic = ORDERS, tables = [TOTALS])]
+async fn picky(mut orders: Stream<String, Order>) -> Result<(), String> {
+    while let Some(event) = orders.next_event().await {
+        let order = event.value;
+        if order.amount < 0 {
+            return Err(format!("negative amount in order {}", order.id));
+        }
+        assert!(order.amount != 0, "order {} has no amount", order.id);
+        if order.id == 99 {
+            UNDECLARED.send(&event.key, &order).await.map_err(|e| e.to_string())?;
+        }
+        TOTALS
+            .update(&event.key, |t| *t += order.amount)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_and_panicking_agents_lose_one_record_not_the_partition() {
+    let mut driver = TestDriver::with_partitions(App::new("shop").agent(picky), &[("orders", 1)]).expect("driver");
+    let amounts = [10, -5, 20, 0, 30];
+    for (id, amount) in amounts.iter().enumerate() {
+        driver
+            .pipe(
+                &ORDERS,
+                &"eve".to_string(),
+                &Order {
+                    id: id as u32,
+                    amount: *amount,
+                },
+            )
+            .expect("pipe");
+    }
+    driver
+        .pipe(&ORDERS, &"eve".to_string(), &Order { id: 99, amount: 1 })
+        .expect("pipe");
+    driver.run().await.expect("run");
+
+    assert_eq!(driver.table(&TOTALS).expect("table").get("eve"), Some(&60));
+    let dead = driver.dead_letters("picky");
+    let errors: Vec<&str> = dead.iter().filter_map(|r| r.header("streams.dlq.error")).collect();
+    assert_eq!(dead.len(), 3, "{errors:?}");
+    assert!(errors[0].contains("negative amount in order 1"), "{errors:?}");
+    assert!(errors[1].contains("panic: order 3 has no amount"), "{errors:?}");
+    assert!(errors[2].contains("without declaring it"), "{errors:?}");
+    assert_eq!(dead[0].header("streams.dlq.offset"), Some("1"));
+    assert_eq!(driver.committed("orders", 0), Some(6));
+}
+
+#[record]
+#[derive(Debug, Clone, PartialEq)]
+struct Ping {
+    n: u32,
+}
+
+const PINGS: Topic<u64, Ping> = Topic::new("pings").partitions(2);
+const SEEN: Topic<String, String> = Topic::new("seen");
+
+/// Reports each record's key, origin and timestamp.
+#[agent(topic = PINGS, sends = [SEEN])]
+async fn describe(mut pings: Stream<u64, Ping>) -> Result<()> {
+    while let Some(event) = pings.next_event().await {
+        let origin = pings.origin().expect("origin of the current record");
+        assert_eq!(origin, event.origin);
+        let line = format!(
+            "{} {} @{} t={:?}",
+            event.key, event.value.n, event.origin, event.timestamp
+        );
+        SEEN.send(&event.key.to_string(), &line).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_carry_key_origin_and_time() {
+    let mut driver = TestDriver::new(App::new("ping").agent(describe)).expect("driver");
+    assert_eq!(driver.partitions("pings"), 2);
+    let (partition, offset) = driver.pipe(&PINGS, &7, &Ping { n: 1 }).expect("pipe");
+    driver.advance_time(Duration::from_secs(5));
+    driver.pipe(&PINGS, &7, &Ping { n: 2 }).expect("pipe");
+    driver.run().await.expect("run");
+    let seen: Vec<String> = driver
+        .records(&SEEN)
+        .expect("seen")
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            format!("7 1 @pings[{partition}]@{offset} t=Some(0)"),
+            format!("7 2 @pings[{partition}]@{} t=Some(5000)", offset + 1),
+        ]
+    );
+}

@@ -1,0 +1,16 @@
+use streams_core::prelude::*;
+
+#[record]
+pub struct Hit {
+    pub hits: i64,
+    pub user: String,
+}
+
+const HITS: Topic<(), Hit> = Topic::new("hits");
+
+#[agent(topic = HITS)]
+fn count(hits: Stream<(), Hit>) {
+    let _ = hits;
+}
+
+fn main() {}

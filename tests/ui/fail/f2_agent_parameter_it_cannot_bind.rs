@@ -1,0 +1,19 @@
+use streams_core::prelude::*;
+
+#[record]
+pub struct Hit {
+    pub hits: i64,
+    pub user: String,
+}
+
+const HITS: Topic<(), Hit> = Topic::new("hits");
+
+#[agent(topic = HITS)]
+async fn count(hits: Stream<(), Hit>, limit: usize) {
+    let _ = (hits, limit);
+}
+
+#[agent(topic = HITS)]
+async fn nothing() {}
+
+fn main() {}
