@@ -9,11 +9,12 @@ APT_PACKAGES := libclang-dev clang g++ make pkg-config zlib1g-dev kcat docker-co
 
 CARGO ?= cargo
 
-.PHONY: help deps build demo test lint fmt clean
+.PHONY: help deps build demo test bench lint fmt clean
 
 help:
 	@echo "make demo   the seed's hit counter on the embedded broker (no Kafka needed)"
 	@echo "make test   every test"
+	@echo "make bench  benchmarks: broker ceiling vs agents, restore, memory; broker-free engine"
 	@echo "make lint   cargo fmt --check and cargo clippy"
 
 deps:
@@ -39,6 +40,13 @@ demo: deps
 test: build
 	$(CARGO) test --workspace --no-fail-fast
 	docker-compose -f docker-compose.yml config -q && echo "docker-compose.yml: valid"
+
+# Benchmarks print figures; nothing is asserted. They use the dev profile, whose crates are
+# optimised (see Cargo.toml), so RocksDB and librdkafka are not compiled a second time.
+bench: deps
+	$(CARGO) build --examples
+	$${CARGO_TARGET_DIR:-target}/debug/examples/bench $(BENCH_ARGS)
+	$(CARGO) bench --profile dev -p streams-tests --bench engine
 
 lint: deps
 	$(CARGO) fmt --all -- --check

@@ -78,7 +78,8 @@ impl AgentSpec {
     }
 }
 
-/// An agent, as `#[agent]` generates it. Register it with [`crate::App::agent`].
+/// An agent, as `#[agent]` generates it (a function returning its [`AgentSpec`]).
+/// Register it with [`crate::App::agent`].
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an agent",
     note = "put `#[agent(topic = ...)]` on an `async fn` that takes a `Stream<K, V>`"
@@ -86,6 +87,12 @@ impl AgentSpec {
 pub trait Agent {
     /// The agent's description.
     fn spec(&self) -> AgentSpec;
+}
+
+impl<F: Fn() -> AgentSpec> Agent for F {
+    fn spec(&self) -> AgentSpec {
+        self()
+    }
 }
 
 /// What an agent function may return: `()` or `Result<(), E>` with a displayable error.

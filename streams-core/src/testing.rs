@@ -212,6 +212,16 @@ impl OffsetCommit for Offsets {
     }
 }
 
+/// Where a driver keeps its tables.
+#[derive(Debug, Clone, Default)]
+pub enum Stores {
+    /// In memory (the default): fast, nothing on disk.
+    #[default]
+    Memory,
+    /// RocksDB under this directory, as a worker keeps them.
+    RocksDb(std::path::PathBuf),
+}
+
 struct Task {
     topic: String,
     partition: i32,
@@ -225,7 +235,8 @@ pub struct TestDriver {
     topics: Topics,
     offsets: Arc<Offsets>,
     tasks: Vec<Task>,
-    stores: HashMap<(String, i32), Arc<MemoryStore>>,
+    stores: HashMap<(String, i32), Arc<dyn StateStore>>,
+    store_kind: Stores,
     metrics: Arc<Metrics>,
     _committer: std::sync::mpsc::Sender<commit::Cut>,
 }
@@ -241,6 +252,12 @@ impl TestDriver {
 
     /// A driver where the given topics exist with these partition counts.
     pub fn with_partitions(app: App, existing: &[(&str, i32)]) -> Result<Self> {
+        Self::with_stores(app, existing, Stores::Memory)
+    }
+
+    /// A driver where the given topics exist with these partition counts, keeping its
+    /// tables in `stores`.
+    pub fn with_stores(app: App, existing: &[(&str, i32)], stores: Stores) -> Result<Self> {
         let existing: HashMap<String, i32> = existing.iter().map(|(t, p)| (t.to_string(), *p)).collect();
         let plan = app.plan(&existing)?;
         let topics = Topics::default();
@@ -269,6 +286,7 @@ impl TestDriver {
             offsets,
             tasks: Vec::new(),
             stores: HashMap::new(),
+            store_kind: stores,
             metrics,
             _committer: cuts,
         };
@@ -284,7 +302,12 @@ impl TestDriver {
     fn start_task(&mut self, agent: &AgentSpec, partition: i32) -> Result<()> {
         let mut tables = Vec::new();
         for table in &agent.tables {
-            let store = Arc::new(MemoryStore::default());
+            let store: Arc<dyn StateStore> = match &self.store_kind {
+                Stores::Memory => Arc::new(MemoryStore::default()),
+                Stores::RocksDb(dir) => Arc::new(crate::store::RocksDbStore::open(&crate::store::partition_dir(
+                    dir, table.name, partition,
+                ))?),
+            };
             self.stores
                 .insert((table.name.to_string(), partition), Arc::clone(&store));
             tables.push(TableState::new(table.name, table.changelog_topic(self.app.id()), store));

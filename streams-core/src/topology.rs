@@ -43,13 +43,13 @@ pub struct Node {
 ///
 /// #[record]
 /// struct Hit { user: String }
-/// const HITS: Topic<(), Hit> = Topic::new("hits");
+/// const HITS: Topic<String, Hit> = Topic::new("hits");
 /// const COUNTS: Table<String, i64> = Table::new("counts");
 ///
 /// #[agent(topic = HITS, tables = [COUNTS])]
-/// async fn count(mut hits: Stream<(), Hit>) -> Result<()> {
-///     while let Some(hit) = hits.next().await {
-///         COUNTS.update(&hit.user, |n| *n += 1).await?;
+/// async fn count(mut hits: Stream<String, Hit>) -> Result<()> {
+///     while let Some(event) = hits.next_event().await {
+///         COUNTS.update(&event.key, |n| *n += 1).await?;
 ///     }
 ///     Ok(())
 /// }

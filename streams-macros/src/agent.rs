@@ -1,7 +1,7 @@
 //! `#[agent(topic = T, sends = [..], tables = [..])]` on an `async fn(Stream<K, V>)`.
 //!
 //! Parse → validate (every error collected, spanned on the user's token) → emit a unit
-//! struct named like the function that implements `streams_core::Agent`. On error the
+//! function named like the user's, returning the agent's `AgentSpec` (an `Agent`). On error the
 //! function is emitted unchanged next to the errors, so IDEs keep working.
 
 use proc_macro2::{Span, TokenStream};
@@ -156,25 +156,21 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let tables = args.tables.iter().map(|expr| {
         quote_spanned! {expr.span()=> ::streams_core::__private::table_of::<#stream_ty, _>(&#expr) }
     });
+    // The agent is a function returning its spec: `App::agent(name)` takes it, and the
+    // stream parameter may share the function's name (a function can be shadowed).
     quote! {
         #(#docs)*
-        #[allow(non_camel_case_types)]
-        #[derive(Clone, Copy, Debug)]
-        #vis struct #name;
+        #vis fn #name() -> ::streams_core::__private::AgentSpec {
+            #(#other_attrs)*
+            async fn #inner(#inputs) #output #body
 
-        impl ::streams_core::__private::Agent for #name {
-            fn spec(&self) -> ::streams_core::__private::AgentSpec {
-                #(#other_attrs)*
-                async fn #inner(#inputs) #output #body
-
-                ::streams_core::__private::AgentSpec::new::<#stream_ty, _, _>(
-                    #name_text,
-                    #source,
-                    ::std::vec![#(#sends),*],
-                    ::std::vec![#(#tables),*],
-                    #inner,
-                )
-            }
+            ::streams_core::__private::AgentSpec::new::<#stream_ty, _, _>(
+                #name_text,
+                #source,
+                ::std::vec![#(#sends),*],
+                ::std::vec![#(#tables),*],
+                #inner,
+            )
         }
     }
 }

@@ -34,6 +34,8 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             &generics,
             "#[record] does not support generic types; declare a concrete record type",
         );
+        let errors = errors.into_compile_errors();
+        return quote! { #parsed #errors };
     }
     let errors = errors.into_compile_errors();
     quote! {

@@ -161,3 +161,32 @@ fn the_broker_command_hosts_the_embedded_broker() {
     let listing = String::from_utf8_lossy(&output.stdout);
     assert!(listing.contains("topic \"hit_count\" with 4 partitions"), "{listing}");
 }
+
+#[test]
+fn topology_is_printed_without_a_broker() {
+    // No broker anywhere: the command must not try to connect.
+    let mut text = Child::spawn(&hit_counter(), &["topology"]);
+    assert_eq!(text.wait(Duration::from_secs(30)), Some(0));
+    let output = text.seen.join("\n");
+    for line in [
+        "agent find_major_hits",
+        "<- reads       source topic `hit_count` <(), HitCount>",
+        "-> sends       internal topic `count_topic` <String, HitCount>",
+        "-> updates     table `major-count` <String, i64>",
+        "changelog topic `hit_counter-major-count-changelog`",
+        "-> bad records dead-letter topic `hit_counter-count_hits-dlq`",
+    ] {
+        assert!(output.contains(line), "missing {line:?} in\n{output}");
+    }
+    let mut mermaid = Child::spawn(&hit_counter(), &["topology", "--format", "mermaid"]);
+    assert_eq!(mermaid.wait(Duration::from_secs(30)), Some(0));
+    let output = mermaid.seen.join("\n");
+    assert!(output.starts_with("flowchart LR"), "{output}");
+    assert!(output.contains("count_hits -->|updates| t_major_count"), "{output}");
+    let mut dot = Child::spawn(&hit_counter(), &["topology", "--format", "dot"]);
+    assert_eq!(dot.wait(Duration::from_secs(30)), Some(0));
+    assert!(dot
+        .seen
+        .join("\n")
+        .contains("\"count_topic\" -> \"count_hits\" [label=\"reads\"];"));
+}

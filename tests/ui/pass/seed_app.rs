@@ -38,10 +38,10 @@ async fn count_hits(mut hits: Stream<String, HitCount>) -> Result<(), String> {
     Ok(())
 }
 
-/// A topic named by a string; the stream gives its types. Returns `()`.
+/// A topic named by a string; the stream gives its types and shares the agent's name. Returns `()`.
 #[agent(topic = "audit")]
-async fn audit(mut records: Stream<Option<String>, serde_json::Value>) {
-    while let Some(record) = records.next().await {
+async fn audit(mut audit: Stream<Option<String>, serde_json::Value>) {
+    while let Some(record) = audit.next().await {
         println!("{record}");
     }
 }

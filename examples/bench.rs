@@ -1,0 +1,503 @@
+//! `make bench`: how close streams gets to the broker's limit, in one run on one broker.
+//!
+//! Measures, on the same topic: (a) a plain rdkafka consumer doing nothing (the ceiling),
+//! (b) a stateless agent (decode + filter + send), (c) the seed pipeline (filter → internal
+//! topic → count in RocksDB with changelog, at-least-once); then a restore of 1M changelog
+//! records into an empty data dir and the peak RSS of a worker holding 1M distinct keys.
+//! Each figure is a rate in records/s, its ratio to (a), and CPU seconds (user+sys) of this
+//! process per million records. The broker runs in its own process (tansu when installed,
+//! else the embedded broker), so its CPU is not counted.
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use streams_core::prelude::*;
+use streams_core::{Worker, WorkerOptions};
+
+#[path = "hit_counter.rs"]
+#[allow(dead_code)]
+mod hit_counter;
+use hit_counter::{HitCount, HIT_COUNT};
+
+#[derive(Parser, Debug)]
+#[command(about = "Benchmarks of streams against a broker")]
+struct Args {
+    /// Seed records for (a), (b) and (c).
+    #[arg(long, default_value_t = 300_000)]
+    records: usize,
+    /// Distinct keys for the restore and memory figures.
+    #[arg(long, default_value_t = 1_000_000)]
+    keys: usize,
+    /// Internal: host the embedded broker on this port with the benchmark's topics.
+    #[arg(long, hide = true)]
+    serve_broker: Option<u16>,
+    /// Internal: run the 1M-key worker in this process and print its peak RSS.
+    #[arg(long, hide = true)]
+    rss_worker: Option<String>,
+}
+
+const PARTITIONS: i32 = 4;
+const KEY_PARTITIONS: i32 = 32;
+const MAJOR: Topic<String, HitCount> = Topic::new("bench_major_hits");
+const USERS: Topic<String, HitCount> = Topic::new("bench_users");
+const USER_COUNT: Table<String, i64> = Table::new("user-count");
+
+/// (b): decode, filter, send.
+#[agent(topic = HIT_COUNT, sends = [MAJOR])]
+async fn stateless(mut hits: Stream<(), HitCount>) -> Result<()> {
+    while let Some(hit) = hits.next().await {
+        if hit.hits > 20 {
+            MAJOR.send(&hit.user_id, &hit).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Counts per user: the 1M-key worker.
+#[agent(topic = USERS, tables = [USER_COUNT])]
+async fn count_users(mut hits: Stream<String, HitCount>) -> Result<()> {
+    while let Some(event) = hits.next_event().await {
+        USER_COUNT.update(&event.key, |n| *n += 1).await?;
+    }
+    Ok(())
+}
+
+fn stateless_app() -> App {
+    App::new("bench-stateless").agent(stateless)
+}
+
+fn keys_app() -> App {
+    App::new("bench-keys")
+        .agent(count_users)
+        .topic_partitions(KEY_PARTITIONS)
+}
+
+/// CPU seconds (user + sys) this process has used so far.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(19093)
+}
+
+struct Broker {
+    child: Child,
+    bootstrap: String,
+    name: &'static str,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for_port(port: u16) {
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start_broker() -> Result<Broker, String> {
+    let port = free_port();
+    let bootstrap = format!("127.0.0.1:{port}");
+    let tansu = Command::new("tansu")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let (child, name) = if tansu {
+        let url = format!("tcp://{bootstrap}");
+        let child = Command::new("tansu")
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        (child, "tansu (its own process, memory storage)")
+    } else {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let child = Command::new(exe)
+            .args(["--serve-broker", &port.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        (child, "embedded (librdkafka mock cluster, its own process)")
+    };
+    wait_for_port(port);
+    let broker = Broker { child, bootstrap, name };
+    if tansu {
+        // tansu has no auto-creation; the workers create their own topics, the input is ours.
+        create_topics_admin(
+            &broker.bootstrap,
+            &[("hit_count", PARTITIONS), ("bench_users", KEY_PARTITIONS)],
+        )?;
+    }
+    Ok(broker)
+}
+
+fn create_topics_admin(bootstrap: &str, topics: &[(&str, i32)]) -> Result<(), String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .map_err(|e| e.to_string())?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    runtime
+        .block_on(admin.create_topics(new.iter(), &AdminOptions::new()))
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The child process that hosts the embedded broker with every topic the benchmark uses.
+fn serve_broker(port: u16) -> Result<(), String> {
+    let broker = streams_core::EmbeddedBroker::start().map_err(|e| e.to_string())?;
+    broker
+        .create_topic("hit_count", PARTITIONS)
+        .map_err(|e| e.to_string())?;
+    broker
+        .create_topic("bench_users", KEY_PARTITIONS)
+        .map_err(|e| e.to_string())?;
+    for app in [hit_counter::app(), stateless_app(), keys_app()] {
+        let existing = HashMap::from([
+            ("hit_count".to_string(), PARTITIONS),
+            ("bench_users".to_string(), KEY_PARTITIONS),
+        ]);
+        for topic in app.plan(&existing).map_err(|e| e.to_string())? {
+            if !topic.exists {
+                broker
+                    .create_topic(&topic.name, topic.partitions)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    broker.serve(listener).map_err(|e| e.to_string())
+}
+
+fn produce(
+    bootstrap: &str,
+    topic: &str,
+    records: impl Iterator<Item = (Option<String>, String)>,
+) -> Result<usize, String> {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let mut count = 0;
+    for (key, value) in records {
+        let mut record = BaseRecord::<String, String>::to(topic).payload(&value);
+        if let Some(key) = &key {
+            record = record.key(key);
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(5));
+                }
+            }
+        }
+        count += 1;
+    }
+    producer.flush(Duration::from_secs(120)).map_err(|e| e.to_string())?;
+    Ok(count)
+}
+
+fn lag(client: &BaseConsumer, topics: &[(&str, i32)]) -> Result<i64, String> {
+    let mut lag = 0;
+    for (topic, partitions) in topics {
+        let mut list = TopicPartitionList::new();
+        for p in 0..*partitions {
+            list.add_partition(topic, p);
+        }
+        let committed = client
+            .committed_offsets(list, Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+        for element in committed.elements() {
+            let (_, high) = client
+                .fetch_watermarks(topic, element.partition(), Duration::from_secs(10))
+                .map_err(|e| e.to_string())?;
+            let done = match element.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            };
+            lag += high - done;
+        }
+    }
+    Ok(lag)
+}
+
+struct Figure {
+    name: &'static str,
+    records: usize,
+    seconds: f64,
+    cpu: f64,
+}
+
+impl Figure {
+    fn rate(&self) -> f64 {
+        self.records as f64 / self.seconds
+    }
+}
+
+/// (a) A plain consumer reading the topic and doing nothing: the ceiling.
+fn ceiling(bootstrap: &str, records: usize) -> Result<Figure, String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "bench-ceiling")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| e.to_string())?;
+    consumer.subscribe(&["hit_count"]).map_err(|e| e.to_string())?;
+    let mut seen = 0usize;
+    let mut first: Option<(Instant, f64)> = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while seen < records && Instant::now() < deadline {
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+            if first.is_none() {
+                first = Some((Instant::now(), cpu_seconds()));
+            }
+            seen += 1;
+        }
+    }
+    let (began, cpu) = first.ok_or("no records")?;
+    Ok(Figure {
+        name: "(a) plain rdkafka consumer (ceiling)",
+        records: seen,
+        seconds: began.elapsed().as_secs_f64(),
+        cpu: cpu_seconds() - cpu,
+    })
+}
+
+/// Runs `app` on a fresh data dir until its group has committed everything on `topics`.
+/// Rate = `records` / time from the first record processed to the last (`processed` records
+/// handed to agents in all); then it waits until everything is committed (not timed).
+async fn run_app(
+    name: &'static str,
+    app: App,
+    bootstrap: &str,
+    (records, processed): (usize, u64),
+    topics: &[(&str, i32)],
+) -> Result<Figure, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let group = app.id().to_string();
+    let worker = Worker::start(app, WorkerOptions::new(dir.path()).broker(bootstrap))
+        .await
+        .map_err(|e| e.to_string())?;
+    let metrics = worker.metrics();
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", &group)
+        .create()
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while metrics.records.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        if Instant::now() > deadline {
+            return Err(format!("{name}: no records processed"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (began, cpu) = (Instant::now(), cpu_seconds());
+    while metrics.records.load(std::sync::atomic::Ordering::Relaxed) < processed {
+        if Instant::now() > deadline {
+            return Err(format!("{name}: not all records processed"));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let figure = Figure {
+        name,
+        records,
+        seconds: began.elapsed().as_secs_f64(),
+        cpu: cpu_seconds() - cpu,
+    };
+    loop {
+        let topics: Vec<(String, i32)> = topics.iter().map(|(t, p)| (t.to_string(), *p)).collect();
+        let client_lag = {
+            let topics: Vec<(&str, i32)> = topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
+            lag(&client, &topics)?
+        };
+        if client_lag == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{name}: still {client_lag} records behind"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    worker.stop().await.map_err(|e| e.to_string())?;
+    Ok(figure)
+}
+
+/// The child process holding 1M distinct keys: prints peak RSS and the restore figure.
+async fn rss_worker(bootstrap: &str, keys: usize) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let figure = run_app(
+        "1M keys",
+        keys_app(),
+        bootstrap,
+        (keys, keys as u64),
+        &[("bench_users", KEY_PARTITIONS)],
+    )
+    .await?;
+    println!("rss {:.1} {:.0}", peak_rss_mb(), figure.rate());
+    // Restore the same table into an empty data dir.
+    let worker = Worker::start(keys_app(), WorkerOptions::new(dir.path()).broker(bootstrap))
+        .await
+        .map_err(|e| e.to_string())?;
+    let metrics = worker.metrics();
+    while metrics.assigned.load(std::sync::atomic::Ordering::Relaxed) < KEY_PARTITIONS as u64 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let restored = metrics.restored.load(std::sync::atomic::Ordering::Relaxed);
+    let seconds = metrics.restore_micros.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6;
+    worker.stop().await.map_err(|e| e.to_string())?;
+    // A clean restart on the first data dir restores nothing.
+    println!("restore {restored} {seconds:.3}");
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    streams_core::init_logging("error");
+    let result = if let Some(port) = args.serve_broker {
+        serve_broker(port)
+    } else if let Some(bootstrap) = &args.rss_worker {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| rt.block_on(rss_worker(bootstrap, args.keys)))
+    } else {
+        run(&args)
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let broker = start_broker()?;
+    println!("broker: {} at {}", broker.name, broker.bootstrap);
+    println!(
+        "machine: {} cores; this process's CPU only (the broker is another process)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let records = streams_examples::seed::hits(1, args.records);
+    let majors: i64 = streams_examples::seed::expected_counts(&records).values().sum();
+    let produced = produce(
+        &broker.bootstrap,
+        "hit_count",
+        records.iter().map(|r| (None, r.to_string())),
+    )?;
+    println!("input: {produced} seed records on hit_count ({PARTITIONS} partitions)\n");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let a = ceiling(&broker.bootstrap, produced)?;
+    let b = runtime.block_on(run_app(
+        "(b) stateless agent: decode + filter + send",
+        stateless_app(),
+        &broker.bootstrap,
+        (produced, produced as u64),
+        &[("hit_count", PARTITIONS)],
+    ))?;
+    let c = runtime.block_on(run_app(
+        "(c) seed pipeline: filter → count_topic → RocksDB count",
+        hit_counter::app(),
+        &broker.bootstrap,
+        (produced, produced as u64 + majors as u64),
+        &[("hit_count", PARTITIONS), ("count_topic", 8)],
+    ))?;
+    println!(
+        "{:<58} {:>12} {:>9} {:>16}",
+        "", "records/s", "vs (a)", "CPU s / 1M recs"
+    );
+    for figure in [&a, &b, &c] {
+        println!(
+            "{:<58} {:>12.0} {:>8.2}x {:>16.2}",
+            figure.name,
+            figure.rate(),
+            figure.rate() / a.rate(),
+            figure.cpu / figure.records as f64 * 1e6
+        );
+    }
+
+    // 1M distinct keys: restore rate and peak RSS, in a fresh process.
+    let keys = args.keys;
+    let users = (0..keys).map(|i| {
+        let user = format!("u{i:07}");
+        let value = format!(r#"{{"hits":30,"timestamp":1.0,"userId":"{user}"}}"#);
+        (Some(user), value)
+    });
+    produce(&broker.bootstrap, "bench_users", users)?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let output = Command::new(exe)
+        .args(["--rss-worker", &broker.bootstrap, "--keys", &keys.to_string()])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(format!(
+            "1M-key worker failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    for line in text.lines() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        match parts.as_slice() {
+            ["rss", mb, rate] => println!(
+                "\nworker holding {keys} distinct keys (RocksDB, {KEY_PARTITIONS} partitions): peak RSS {mb} MB, counted at {rate} records/s"
+            ),
+            ["restore", restored, seconds] => {
+                let (restored, seconds): (f64, f64) = (restored.parse().unwrap_or(0.0), seconds.parse().unwrap_or(1.0));
+                println!(
+                    "restore of {restored:.0} changelog records into an empty data dir: {seconds:.2}s, {:.0} records/s",
+                    restored / seconds.max(1e-9)
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
