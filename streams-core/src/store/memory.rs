@@ -18,11 +18,13 @@ use crate::Result;
 /// ```
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    state: Mutex<(BTreeMap<Vec<u8>, Vec<u8>>, Checkpoint)>,
+    state: Mutex<State>,
 }
 
+type State = (BTreeMap<Vec<u8>, Vec<u8>>, Checkpoint);
+
 impl MemoryStore {
-    fn state(&self) -> MutexGuard<'_, (BTreeMap<Vec<u8>, Vec<u8>>, Checkpoint)> {
+    fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
