@@ -146,8 +146,8 @@ fn decode<K: Key, V: Record>(message: &OwnedMessage) -> Result<Event<K, V>, Deco
 
 /// What the worker puts into a partition's queue.
 pub(crate) enum Input {
-    /// A record to process.
-    Record(OwnedMessage),
+    /// Records to process, in order (one wake-up for many records).
+    Records(Vec<OwnedMessage>),
     /// Finish: make a last cut, acknowledge it once committed, and end the stream.
     Finish(Ack),
     /// Make a cut now and acknowledge it once committed; the stream goes on.
@@ -158,11 +158,13 @@ pub(crate) enum Input {
 pub(crate) struct StreamCore {
     pub(crate) ctx: Arc<TaskContext>,
     rx: mpsc::Receiver<Input>,
+    buffer: std::collections::VecDeque<OwnedMessage>,
     pub(crate) current: Option<OwnedMessage>,
     processed: Option<i64>,
     last_cut: Option<i64>,
     next_cut: Instant,
     commit_interval: Duration,
+    since_clock: u32,
     pub(crate) ended: bool,
 }
 
@@ -171,11 +173,13 @@ impl StreamCore {
         Self {
             ctx,
             rx,
+            buffer: std::collections::VecDeque::new(),
             current: None,
             processed: None,
             last_cut: None,
             next_cut: Instant::now() + commit_interval,
             commit_interval,
+            since_clock: 0,
             ended: false,
         }
     }
@@ -198,12 +202,25 @@ impl StreamCore {
             if self.ended {
                 return None;
             }
-            if Instant::now() >= self.next_cut {
-                self.cut(None).await;
+            // Reading the clock for every record costs more than the record: look at it every
+            // 256 records, and whenever the queue is empty.
+            self.since_clock += 1;
+            if self.since_clock >= 256 {
+                self.since_clock = 0;
+                if Instant::now() >= self.next_cut {
+                    self.cut(None).await;
+                }
+            }
+            if let Some(message) = self.buffer.pop_front() {
+                return Some(message);
             }
             let input = match self.rx.try_recv() {
                 Ok(input) => Some(input),
                 Err(mpsc::error::TryRecvError::Empty) => {
+                    self.since_clock = 0;
+                    if Instant::now() >= self.next_cut {
+                        self.cut(None).await;
+                    }
                     tokio::select! {
                         biased;
                         input = self.rx.recv() => input,
@@ -213,7 +230,7 @@ impl StreamCore {
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
             };
             match input {
-                Some(Input::Record(message)) => return Some(message),
+                Some(Input::Records(messages)) => self.buffer.extend(messages),
                 Some(Input::Finish(ack)) => {
                     self.cut(Some(ack)).await;
                     self.ended = true;

@@ -387,11 +387,17 @@ impl TestDriver {
                         .unwrap_or_default()
                 };
                 let task = &mut self.tasks[index];
-                for record in pending {
-                    task.delivered += 1;
-                    fed += 1;
-                    let message = to_message(&task.topic, record);
-                    task.tx.send(Input::Record(message)).await.map_err(|_| {
+                task.delivered += pending.len();
+                fed += pending.len();
+                let mut records = pending.into_iter().peekable();
+                while records.peek().is_some() {
+                    // Batches, as the worker hands them over: one wake-up for many records.
+                    let batch: Vec<OwnedMessage> = records
+                        .by_ref()
+                        .take(1024)
+                        .map(|r| to_message(&task.topic, r))
+                        .collect();
+                    task.tx.send(Input::Records(batch)).await.map_err(|_| {
                         Error::Config(format!("the agent on {}[{}] has stopped", task.topic, task.partition))
                     })?;
                 }

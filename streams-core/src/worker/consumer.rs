@@ -28,8 +28,10 @@ use crate::worker::metrics::Metrics;
 use crate::worker::task::{self, Sink, TableState, TaskContext};
 use crate::{Error, Result};
 
-/// Records buffered per partition between the poll thread and the agent.
-const QUEUE: usize = 1024;
+/// Batches buffered per partition between the poll thread and the agent.
+const QUEUE: usize = 8;
+/// Records the poll thread takes from librdkafka before handing them over.
+const BURST: usize = 1024;
 /// How long a revoked partition's agent may take to finish its record.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -50,6 +52,7 @@ pub(crate) struct Shared {
     pub restorer: Restorer,
     pub commit_interval: Duration,
     running: Mutex<HashMap<String, HashMap<i32, Running>>>,
+    pending: Mutex<Vec<OwnedMessage>>,
 }
 
 impl Shared {
@@ -76,6 +79,7 @@ impl Shared {
             restorer,
             commit_interval,
             running: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Vec::with_capacity(BURST)),
         }
     }
 
@@ -88,20 +92,39 @@ impl Shared {
         crate::store::partition_dir(&self.data_dir, table, partition)
     }
 
-    /// Hands a polled record to its partition's agent, waiting while its queue is full.
-    pub(crate) fn dispatch(&self, message: OwnedMessage) {
+    /// Keeps a polled record until [`Shared::hand_over`].
+    fn buffer(&self, message: OwnedMessage) {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).push(message);
+    }
+
+    /// Hands buffered records to their partitions' agents, one batch per partition, in
+    /// order, waiting while a queue is full. Runs before every rebalance, so no record
+    /// fetched under an old assignment reaches a task of a new one.
+    pub(crate) fn hand_over(&self) {
         use rdkafka::message::Message;
-        let running = self.running();
-        let Some(task) = running.get(message.topic()).and_then(|p| p.get(&message.partition())) else {
-            tracing::debug!(
-                "record for unassigned partition {}[{}] ignored",
-                message.topic(),
-                message.partition()
-            );
+        let messages = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        if messages.is_empty() {
             return;
-        };
-        if task.tx.blocking_send(Input::Record(message)).is_err() {
-            tracing::debug!("partition task ended; record will be read again by its next owner");
+        }
+        let mut batches: Vec<(String, i32, Vec<OwnedMessage>)> = Vec::new();
+        for message in messages {
+            let slot = batches
+                .iter()
+                .position(|(t, p, _)| *p == message.partition() && t == message.topic());
+            match slot {
+                Some(index) => batches[index].2.push(message),
+                None => batches.push((message.topic().to_string(), message.partition(), vec![message])),
+            }
+        }
+        let running = self.running();
+        for (topic, partition, batch) in batches {
+            let Some(task) = running.get(&topic).and_then(|p| p.get(&partition)) else {
+                tracing::debug!("records for unassigned partition {topic}[{partition}] ignored");
+                continue;
+            };
+            if task.tx.blocking_send(Input::Records(batch)).is_err() {
+                tracing::debug!("partition task ended; records will be read again by its next owner");
+            }
         }
     }
 
@@ -266,6 +289,7 @@ impl ClientContext for WorkerContext {
 
 impl ConsumerContext for WorkerContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, list: &mut TopicPartitionList) {
+        self.shared.hand_over();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 if let Err(error) = self.shared.assign(consumer, list) {
@@ -326,24 +350,35 @@ pub(crate) fn poll_loop(
     let mut last_record: Option<std::time::Instant> = None;
     let mut last_error = std::time::Instant::now() - Duration::from_secs(60);
     while !stop.load(Ordering::Relaxed) && !shared.metrics.failed() {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(message)) => {
-                last_record = Some(std::time::Instant::now());
-                shared.dispatch(message.detach());
-            }
-            Some(Err(error)) => {
-                if last_error.elapsed() > Duration::from_secs(5) {
-                    tracing::warn!("consumer: {error}");
-                    last_error = std::time::Instant::now();
+        let mut taken = 0;
+        let mut wait = Duration::from_millis(100);
+        // Take what librdkafka has ready (up to BURST records), then hand it over at once.
+        while taken < BURST {
+            match consumer.poll(wait) {
+                Some(Ok(message)) => {
+                    taken += 1;
+                    wait = Duration::ZERO;
+                    shared.buffer(message.detach());
                 }
-            }
-            None => {
-                if let (Some(idle), Some(last)) = (idle_exit, last_record) {
-                    if last.elapsed() >= idle {
-                        tracing::info!("no records for {idle:?}; stopping");
-                        break;
+                Some(Err(error)) => {
+                    if last_error.elapsed() > Duration::from_secs(5) {
+                        tracing::warn!("consumer: {error}");
+                        last_error = std::time::Instant::now();
                     }
+                    break;
                 }
+                None => break,
+            }
+        }
+        shared.hand_over();
+        if taken > 0 {
+            if idle_exit.is_some() {
+                last_record = Some(std::time::Instant::now());
+            }
+        } else if let (Some(idle), Some(last)) = (idle_exit, last_record) {
+            if last.elapsed() >= idle {
+                tracing::info!("no records for {idle:?}; stopping");
+                break;
             }
         }
     }

@@ -168,10 +168,17 @@ impl TaskContext {
     }
 }
 
-async fn enqueue(sink: &dyn Sink, mut record: OutRecord) -> Result<(), String> {
+async fn enqueue(sink: &dyn Sink, record: OutRecord) -> Result<(), String> {
+    // The common case, without reading the clock.
+    let mut record = match sink.enqueue(record) {
+        Ok(()) => return Ok(()),
+        Err(SinkError::Full(back)) => back,
+        Err(SinkError::Failed(error)) => return Err(error),
+    };
     let began = std::time::Instant::now();
     let mut warned = began;
     loop {
+        tokio::time::sleep(Duration::from_millis(1)).await;
         match sink.enqueue(record) {
             Ok(()) => return Ok(()),
             Err(SinkError::Full(back)) => {
@@ -183,7 +190,6 @@ async fn enqueue(sink: &dyn Sink, mut record: OutRecord) -> Result<(), String> {
                         began.elapsed().as_secs()
                     );
                 }
-                tokio::time::sleep(Duration::from_millis(1)).await;
             }
             Err(SinkError::Failed(error)) => return Err(error),
         }
