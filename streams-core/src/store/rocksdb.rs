@@ -2,7 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
-use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, DB};
+use std::sync::OnceLock;
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteBufferManager, DB,
+};
 
 use super::{Checkpoint, StateStore};
 use crate::{Error, Result};
@@ -10,6 +14,17 @@ use crate::{Error, Result};
 const META: &str = "streams-meta";
 const CHANGELOG_OFFSET: &[u8] = b"changelog_offset";
 const SOURCE_OFFSET: &[u8] = b"source_offset";
+
+/// Memory every store of the process shares: one block cache and one budget for memtables,
+/// so a worker with many partitions does not multiply RocksDB's per-database defaults.
+fn shared_memory() -> &'static (Cache, WriteBufferManager) {
+    static SHARED: OnceLock<(Cache, WriteBufferManager)> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let cache = Cache::new_lru_cache(32 << 20);
+        let buffers = WriteBufferManager::new_write_buffer_manager_with_cache(64 << 20, false, cache.clone());
+        (cache, buffers)
+    })
+}
 
 /// A table partition in RocksDB.
 ///
@@ -42,9 +57,14 @@ impl RocksDbStore {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
-        options.set_write_buffer_size(8 << 20);
+        options.set_write_buffer_size(4 << 20);
         options.set_max_write_buffer_number(2);
         options.set_keep_log_file_num(2);
+        let (cache, buffers) = shared_memory();
+        options.set_write_buffer_manager(buffers);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(cache);
+        options.set_block_based_table_factory(&table);
         let families = vec![
             ColumnFamilyDescriptor::new("default", Options::default()),
             ColumnFamilyDescriptor::new(META, Options::default()),

@@ -18,7 +18,7 @@ use crate::worker::metrics::Metrics;
 use crate::{Error, Result};
 
 /// Clean table entries kept in memory per table partition before the cache is dropped.
-const CACHE_LIMIT: usize = 100_000;
+const CACHE_LIMIT: usize = 10_000;
 
 /// A record on its way out: to a topic the agent sends to, a changelog or a dead-letter topic.
 #[derive(Debug, Clone)]
