@@ -155,31 +155,37 @@ impl<K: Key, V: Serialize + DeserializeOwned + Send + 'static> Table<K, V> {
 }
 
 impl<K: Key + Ord, V: DeserializeOwned> Table<K, V> {
+    /// Decodes every entry of one store of this table into `out`.
+    pub(crate) fn read_store(
+        &self,
+        store: &dyn crate::store::StateStore,
+        out: &mut std::collections::BTreeMap<K, V>,
+    ) -> Result<()> {
+        let mut failure = None;
+        store.for_each(&mut |key, value| {
+            let decoded = K::decode_key(Some(key))
+                .map_err(|e| e.to_string())
+                .and_then(|k| json::decode::<V>(value).map(|v| (k, v)).map_err(|e| e.to_string()));
+            match decoded {
+                Ok((k, v)) => {
+                    out.insert(k, v);
+                }
+                Err(e) => failure = Some(e),
+            }
+        })?;
+        match failure {
+            Some(error) => Err(Error::Config(format!("table `{}`: {error}", self.name))),
+            None => Ok(()),
+        }
+    }
+
     /// Reads every partition of this table that is stored under `data_dir` for the app
     /// `app_id` (works while a worker runs: the stores are opened read-only).
     pub fn read_local(&self, data_dir: &std::path::Path, app_id: &str) -> Result<std::collections::BTreeMap<K, V>> {
         let mut out = std::collections::BTreeMap::new();
         for (_, path) in crate::store::local_partitions(data_dir, app_id, self.name) {
             let store = crate::store::RocksDbStore::open_read_only(&path)?;
-            let mut failure = None;
-            crate::store::StateStore::for_each(&store, &mut |key, value| {
-                let decoded = K::decode_key(Some(key))
-                    .map_err(|e| e.to_string())
-                    .and_then(|k| json::decode::<V>(value).map(|v| (k, v)).map_err(|e| e.to_string()));
-                match decoded {
-                    Ok((k, v)) => {
-                        out.insert(k, v);
-                    }
-                    Err(e) => failure = Some(e),
-                }
-            })?;
-            if let Some(error) = failure {
-                return Err(Error::Config(format!(
-                    "table `{}` at {}: {error}",
-                    self.name,
-                    path.display()
-                )));
-            }
+            self.read_store(&store, &mut out)?;
         }
         Ok(out)
     }

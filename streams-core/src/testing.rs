@@ -59,7 +59,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use crate::agent::AgentSpec;
-use crate::codec::{json, Key};
+use crate::codec::Key;
 use crate::record::Record;
 use crate::store::{MemoryStore, StateStore};
 use crate::stream::{Input, StreamCore};
@@ -467,27 +467,12 @@ impl TestDriver {
     /// A table's contents, all partitions merged (as of the last [`TestDriver::run`]).
     pub fn table<K: Key + Ord, V: DeserializeOwned>(&self, table: &Table<K, V>) -> Result<BTreeMap<K, V>> {
         let mut out = BTreeMap::new();
-        let mut failure = None;
         for ((name, _), store) in &self.stores {
-            if name != table.name() {
-                continue;
+            if name == table.name() {
+                table.read_store(&**store, &mut out)?;
             }
-            store.for_each(&mut |key, value| {
-                let decoded = K::decode_key(Some(key))
-                    .map_err(|e| e.to_string())
-                    .and_then(|k| json::decode::<V>(value).map(|v| (k, v)).map_err(|e| e.to_string()));
-                match decoded {
-                    Ok((k, v)) => {
-                        out.insert(k, v);
-                    }
-                    Err(e) => failure = Some(e),
-                }
-            })?;
         }
-        match failure {
-            Some(error) => Err(Error::Config(format!("table `{}`: {error}", table.name()))),
-            None => Ok(out),
-        }
+        Ok(out)
     }
 
     /// The offset the app committed for `topic[partition]` (the next one to read).
