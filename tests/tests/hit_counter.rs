@@ -50,7 +50,7 @@ async fn run_until_caught_up(broker: &EmbeddedBroker, dir: &Path) -> (u64, u64) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_are_exact_and_survive_restarts() {
-    streams_core::init_logging(&std::env::var("STREAMS_TEST_LOG").unwrap_or_else(|_| "warn".into()));
+    streams_core::init_logging(&std::env::var("STREAMS_TEST_LOG").unwrap_or_else(|_| "error".into()));
     let broker = broker_with_input();
     let records = seed::hits(42, 10_000);
     let expected = seed::expected_counts(&records);
