@@ -29,7 +29,7 @@ use crate::worker::task::{self, Sink, TableState, TaskContext};
 use crate::{Error, Result};
 
 /// Batches buffered per partition between the poll thread and the agent.
-const QUEUE: usize = 8;
+const QUEUE: usize = 2;
 /// Records the poll thread takes from librdkafka before handing them over.
 const BURST: usize = 1024;
 /// How long a revoked partition's agent may take to finish its record.

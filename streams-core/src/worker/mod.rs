@@ -222,7 +222,10 @@ impl Worker {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "range")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // Records wait in at most two batches per partition on our side; librdkafka's
+            // prefetch needs no more than this to keep partitions busy.
+            .set("queued.max.messages.kbytes", "32768");
         for (key, value) in &options.consumer_config {
             consumer_config.set(key, value);
         }
