@@ -5,8 +5,8 @@
 //! topic → count in RocksDB with changelog, at-least-once); then a restore of 1M changelog
 //! records into an empty data dir and the peak RSS of a worker holding 1M distinct keys.
 //! Each figure is a rate in records/s, its ratio to (a), and CPU seconds (user+sys) of this
-//! process per million records. The broker runs in its own process (tansu when installed,
-//! else the embedded broker), so its CPU is not counted.
+//! process per million records. The broker runs in its own process (the embedded broker, or
+//! tansu with `BENCH_BROKER=tansu`), so its CPU is not counted.
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -128,10 +128,15 @@ fn wait_for_port(port: u16) {
 fn start_broker() -> Result<Broker, String> {
     let port = free_port();
     let bootstrap = format!("127.0.0.1:{port}");
-    let tansu = Command::new("tansu")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
+    // tansu only when asked: against tansu 0.6 the agents' runs did not finish (not yet
+    // investigated: its idempotent-producer support and its high-watermark deviation are
+    // the suspects), and a benchmark that hangs is worse than one on the slower broker.
+    let wanted = std::env::var("BENCH_BROKER").is_ok_and(|b| b == "tansu");
+    let tansu = wanted
+        && Command::new("tansu")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
     let (child, name) = if tansu {
         let url = format!("tcp://{bootstrap}");
         let child = Command::new("tansu")
