@@ -236,11 +236,18 @@ pub(crate) async fn create_topics(
         return Ok(());
     }
     if let Some(broker) = embedded {
-        for topic in missing {
-            broker.create_topic(&topic.name, topic.partitions)?;
-            tracing::info!("created topic {} ({} partitions)", topic.name, topic.partitions);
-        }
-        return Ok(());
+        // Each creation is a round trip to the cluster's thread: off the async executor.
+        let broker = broker.clone();
+        let missing: Vec<PlannedTopic> = missing.into_iter().cloned().collect();
+        return tokio::task::spawn_blocking(move || {
+            for topic in missing {
+                broker.create_topic(&topic.name, topic.partitions)?;
+                tracing::info!("created topic {} ({} partitions)", topic.name, topic.partitions);
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Config(format!("creating topics: {e}")))?;
     }
     let admin: AdminClient<DefaultClientContext> = config
         .create()

@@ -172,7 +172,12 @@ impl Worker {
         let embedded = match (&options.embedded, &options.broker) {
             (Some(embedded), _) => Some(embedded.clone()),
             (None, Some(_)) => None,
-            (None, None) => Some(EmbeddedBroker::start()?),
+            // Starting the cluster waits on its thread: off the async executor.
+            (None, None) => Some(
+                tokio::task::spawn_blocking(EmbeddedBroker::start)
+                    .await
+                    .map_err(|e| Error::Config(format!("starting the embedded broker: {e}")))??,
+            ),
         };
         let bootstrap = match (&embedded, &options.broker) {
             (Some(embedded), _) => {
