@@ -14,6 +14,14 @@ pub mod json {
         }
         serde_json::from_slice(bytes).map_err(|e| DecodeError::new(format!("invalid JSON: {e}")))
     }
+
+    /// Encodes `value` as JSON. The buffer starts at the size of a typical small record,
+    /// which saves the reallocations of growing from empty.
+    pub fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
+        let mut out = Vec::with_capacity(128);
+        serde_json::to_writer(&mut out, value)?;
+        Ok(out)
+    }
 }
 
 /// A type that can be a record key or a table key.
@@ -36,6 +44,11 @@ pub trait Key: Send + Sync + Clone + 'static {
     fn encode_key(&self) -> Option<Vec<u8>>;
     /// The key from a record's key bytes.
     fn decode_key(bytes: Option<&[u8]>) -> Result<Self, DecodeError>;
+    /// Checks that `bytes` decode as this key type without keeping the key (a stream's
+    /// `next()` checks keys it does not return). Override it when decoding allocates.
+    fn check_key(bytes: Option<&[u8]>) -> Result<(), DecodeError> {
+        Self::decode_key(bytes).map(drop)
+    }
     /// Readable text of encoded key bytes (for logs and the `table` command).
     fn display_key(bytes: &[u8]) -> String {
         String::from_utf8_lossy(bytes).into_owned()
@@ -49,6 +62,12 @@ impl Key for String {
     fn decode_key(bytes: Option<&[u8]>) -> Result<Self, DecodeError> {
         let bytes = bytes.ok_or_else(|| DecodeError::new("the record has no key"))?;
         String::from_utf8(bytes.to_vec()).map_err(|e| DecodeError::new(format!("key is not UTF-8: {e}")))
+    }
+    fn check_key(bytes: Option<&[u8]>) -> Result<(), DecodeError> {
+        let bytes = bytes.ok_or_else(|| DecodeError::new("the record has no key"))?;
+        std::str::from_utf8(bytes)
+            .map(drop)
+            .map_err(|e| DecodeError::new(format!("key is not UTF-8: {e}")))
     }
 }
 
@@ -120,6 +139,10 @@ mod tests {
         assert!(i64::decode_key(Some(b"abc")).is_err());
         assert!(String::decode_key(None).is_err());
         assert!(String::decode_key(Some(&[0xff, 0xfe])).is_err());
+        assert!(String::check_key(Some(&[0xff, 0xfe])).is_err());
+        assert!(String::check_key(None).is_err());
+        assert!(String::check_key(Some(b"ok")).is_ok());
+        assert!(i64::check_key(Some(b"abc")).is_err());
         assert_eq!(Option::<String>::decode_key(None).unwrap(), None);
     }
 

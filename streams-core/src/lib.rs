@@ -54,6 +54,7 @@ pub mod changelog;
 mod cli;
 pub mod codec;
 mod error;
+mod message;
 pub mod record;
 pub mod store;
 pub mod stream;

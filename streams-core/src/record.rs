@@ -38,7 +38,7 @@ pub trait Record: Serialize + DeserializeOwned + Send + Sync + 'static {
 
     /// Encodes the record to its wire form (JSON).
     fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
-        serde_json::to_vec(self)
+        crate::codec::json::encode(self)
     }
 }
 

@@ -1,14 +1,16 @@
 //! Streams: what an agent iterates over — one partition's records, decoded, in order.
 
 use std::marker::PhantomData;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::Headers;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::codec::Key;
+use crate::message::Message;
 use crate::record::Record;
 use crate::worker::commit::{Ack, Cut, TableWrite};
 use crate::worker::task::{OutRecord, TaskContext};
@@ -100,7 +102,20 @@ impl<K: Key, V: Record> StreamParam for Stream<K, V> {
 impl<K: Key, V: Record> Stream<K, V> {
     /// The next value, or `None` when the partition was revoked or the worker stops.
     pub async fn next(&mut self) -> Option<V> {
-        self.next_event().await.map(|event| event.value)
+        let core = self.raw.core.as_mut()?;
+        loop {
+            let message = core.next_message().await?;
+            // The key is decoded (and checked) even when only the value is wanted: a record
+            // whose key does not decode goes to the dead-letter topic either way.
+            let checked = K::check_key(message.key()).map_err(|e| DecodeError::new(format!("key: {e}")));
+            match checked.and_then(|()| V::decode(message.payload().unwrap_or_default())) {
+                Ok(value) => {
+                    core.begin(message);
+                    return Some(value);
+                }
+                Err(error) => core.dead_letter(message, &error.to_string()).await,
+            }
+        }
     }
 
     /// The next record with its key and origin.
@@ -108,8 +123,16 @@ impl<K: Key, V: Record> Stream<K, V> {
         let core = self.raw.core.as_mut()?;
         loop {
             let message = core.next_message().await?;
-            match decode::<K, V>(&message) {
-                Ok(event) => {
+            let decoded =
+                decode_key::<K>(&message).and_then(|key| Ok((key, V::decode(message.payload().unwrap_or_default())?)));
+            match decoded {
+                Ok((key, value)) => {
+                    let event = Event {
+                        key,
+                        value,
+                        origin: core.origin(message.offset()),
+                        timestamp: message.timestamp(),
+                    };
                     core.begin(message);
                     return Some(event);
                 }
@@ -120,34 +143,19 @@ impl<K: Key, V: Record> Stream<K, V> {
 
     /// Where the record last returned by `next` came from.
     pub fn origin(&self) -> Option<Origin> {
-        let current = self.raw.core.as_ref()?.current.as_ref()?;
-        Some(origin_of(current))
+        let core = self.raw.core.as_ref()?;
+        Some(core.origin(core.current.as_ref()?.offset()))
     }
 }
 
-fn origin_of(message: &OwnedMessage) -> Origin {
-    Origin {
-        topic: message.topic().to_string(),
-        partition: message.partition(),
-        offset: message.offset(),
-    }
-}
-
-fn decode<K: Key, V: Record>(message: &OwnedMessage) -> Result<Event<K, V>, DecodeError> {
-    let key = K::decode_key(message.key()).map_err(|e| DecodeError::new(format!("key: {e}")))?;
-    let value = V::decode(message.payload().unwrap_or_default())?;
-    Ok(Event {
-        key,
-        value,
-        origin: origin_of(message),
-        timestamp: message.timestamp().to_millis(),
-    })
+fn decode_key<K: Key>(message: &Message) -> Result<K, DecodeError> {
+    K::decode_key(message.key()).map_err(|e| DecodeError::new(format!("key: {e}")))
 }
 
 /// What the worker puts into a partition's queue.
 pub(crate) enum Input {
     /// Records to process, in order (one wake-up for many records).
-    Records(Vec<OwnedMessage>),
+    Records(Vec<Message>),
     /// Finish: make a last cut, acknowledge it once committed, and end the stream.
     Finish(Ack),
     /// Make a cut now and acknowledge it once committed; the stream goes on.
@@ -158,8 +166,8 @@ pub(crate) enum Input {
 pub(crate) struct StreamCore {
     pub(crate) ctx: Arc<TaskContext>,
     rx: mpsc::Receiver<Input>,
-    buffer: std::collections::VecDeque<OwnedMessage>,
-    pub(crate) current: Option<OwnedMessage>,
+    buffer: std::collections::VecDeque<Message>,
+    pub(crate) current: Option<Message>,
     processed: Option<i64>,
     last_cut: Option<i64>,
     next_cut: Instant,
@@ -184,7 +192,15 @@ impl StreamCore {
         }
     }
 
-    fn begin(&mut self, message: OwnedMessage) {
+    fn origin(&self, offset: i64) -> Origin {
+        Origin {
+            topic: self.ctx.topic.to_string(),
+            partition: self.ctx.partition,
+            offset,
+        }
+    }
+
+    fn begin(&mut self, message: Message) {
         self.ctx.record_started(&message);
         self.current = Some(message);
     }
@@ -196,17 +212,34 @@ impl StreamCore {
         }
     }
 
-    async fn next_message(&mut self) -> Option<OwnedMessage> {
+    /// The next message. The common case (records are queued and no clock check is due)
+    /// is synchronous; everything else runs in a boxed future, so the future an agent awaits
+    /// for every record stays small (awaiting moves it, byte by byte).
+    async fn next_message(&mut self) -> Option<Message> {
         self.finish_current();
+        if !self.ended && self.since_clock + 1 < 256 && !self.ctx.cut_wanted.load(Ordering::Relaxed) {
+            if let Some(message) = self.buffer.pop_front() {
+                self.since_clock += 1;
+                return Some(message);
+            }
+        }
+        Box::pin(self.next_message_slow()).await
+    }
+
+    async fn next_message_slow(&mut self) -> Option<Message> {
         loop {
             if self.ended {
                 return None;
+            }
+            if self.ctx.cut_wanted.swap(false, Ordering::Relaxed) {
+                self.cut(None).await;
             }
             // Reading the clock for every record costs more than the record: look at it every
             // 256 records, and whenever the queue is empty.
             self.since_clock += 1;
             if self.since_clock >= 256 {
                 self.since_clock = 0;
+                self.ctx.report();
                 if Instant::now() >= self.next_cut {
                     self.cut(None).await;
                 }
@@ -218,6 +251,7 @@ impl StreamCore {
                 Ok(input) => Some(input),
                 Err(mpsc::error::TryRecvError::Empty) => {
                     self.since_clock = 0;
+                    self.ctx.report();
                     if Instant::now() >= self.next_cut {
                         self.cut(None).await;
                     }
@@ -251,8 +285,8 @@ impl StreamCore {
 
     /// Copies a record that cannot be processed to the dead-letter topic, unchanged, with
     /// headers naming its origin and the error; it then counts as processed.
-    async fn dead_letter(&mut self, message: OwnedMessage, error: &str) {
-        let origin = origin_of(&message);
+    async fn dead_letter(&mut self, message: Message, error: &str) {
+        let origin = self.origin(message.offset());
         let dlq = self.ctx.dead_letter_topic.clone();
         tracing::warn!(
             agent = self.ctx.agent,
@@ -278,6 +312,7 @@ impl StreamCore {
             key: message.key().map(<[u8]>::to_vec),
             value: message.payload().map(<[u8]>::to_vec),
             headers,
+            changelog: false,
         };
         self.ctx.emit(record).await;
         self.ctx
@@ -291,6 +326,7 @@ impl StreamCore {
     /// the last cut are handed to the producer, and the store writes and the source offset
     /// go to the committer, which makes them durable in the order of ARCHITECTURE.md §1.
     pub(crate) async fn cut(&mut self, ack: Option<Ack>) {
+        self.ctx.report();
         self.next_cut = Instant::now() + self.commit_interval;
         if self.processed == self.last_cut && ack.is_none() {
             return;
@@ -306,6 +342,7 @@ impl StreamCore {
                         key: Some(key.clone()),
                         value: value.clone(),
                         headers: crate::changelog::source_headers(&ctx.topic, ctx.partition, processed),
+                        changelog: true,
                     };
                     ctx.emit(record).await;
                 }

@@ -108,10 +108,10 @@ impl<K: Key, V: Serialize + DeserializeOwned + Send + 'static> Table<K, V> {
         key.encode_key().unwrap_or_default()
     }
 
-    fn decode(&self, bytes: Option<Vec<u8>>) -> Result<V> {
+    fn decode(&self, bytes: Option<&[u8]>) -> Result<V> {
         match bytes {
             None => Ok(self.default()),
-            Some(bytes) => json::decode(&bytes).map_err(|source| Error::Decode {
+            Some(bytes) => json::decode(bytes).map_err(|source| Error::Decode {
                 what: format!("a value of table `{}`", self.name),
                 source,
             }),
@@ -119,7 +119,7 @@ impl<K: Key, V: Serialize + DeserializeOwned + Send + 'static> Table<K, V> {
     }
 
     fn encode(&self, value: &V) -> Result<Vec<u8>> {
-        serde_json::to_vec(value).map_err(|source| Error::Encode {
+        crate::codec::json::encode(value).map_err(|source| Error::Encode {
             what: format!("table `{}`", self.name),
             source,
         })
@@ -127,8 +127,7 @@ impl<K: Key, V: Serialize + DeserializeOwned + Send + 'static> Table<K, V> {
 
     /// The value for `key` in the current partition (the default when missing).
     pub async fn get(&self, key: &K) -> Result<V> {
-        let bytes = task::table_get(self.name, self.key_bytes(key)).await?;
-        self.decode(bytes)
+        task::table_get(self.name, &self.key_bytes(key), |bytes| self.decode(bytes)).await?
     }
 
     /// Sets `key` to `value`.
@@ -146,7 +145,7 @@ impl<K: Key, V: Serialize + DeserializeOwned + Send + 'static> Table<K, V> {
     /// `COUNTS.update(&user, |n| *n += 1).await?` is Faust's `counts[user] += 1`.
     pub async fn update(&self, key: &K, change: impl FnOnce(&mut V)) -> Result<V> {
         let key = self.key_bytes(key);
-        let mut value = self.decode(task::table_get(self.name, key.clone()).await?)?;
+        let mut value = task::table_get(self.name, &key, |bytes| self.decode(bytes)).await??;
         change(&mut value);
         let bytes = self.encode(&value)?;
         task::table_put(self.name, key, Some(bytes)).await?;

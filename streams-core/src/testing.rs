@@ -53,13 +53,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
-use rdkafka::Timestamp;
+use rdkafka::message::{Header, OwnedHeaders};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use crate::agent::AgentSpec;
 use crate::codec::Key;
+use crate::message::Message;
 use crate::record::Record;
 use crate::store::{MemoryStore, StateStore};
 use crate::stream::{Input, StreamCore};
@@ -150,20 +150,23 @@ impl Topics {
     fn append(&self, record: OutRecord) -> (i32, i64) {
         let mut log = self.log();
         let clock = log.clock;
-        let partitions = log.topics.get(&record.topic).map_or(1, |p| p.len()) as i32;
+        let partitions = log.topics.get(&*record.topic).map_or(1, |p| p.len()) as i32;
         let partition = match (record.partition, &record.key) {
             (Some(p), _) => p,
             (None, Some(key)) => kafka_partition(key, partitions),
             (None, None) => {
-                let next = log.round_robin.entry(record.topic.clone()).or_default();
+                let next = log.round_robin.entry(record.topic.to_string()).or_default();
                 *next += 1;
                 ((*next - 1) % partitions as usize) as i32
             }
         };
-        let parts = log
-            .topics
-            .entry(record.topic.clone())
-            .or_insert_with(|| vec![Vec::new()]);
+        let parts = match log.topics.get_mut(&*record.topic) {
+            Some(parts) => parts,
+            None => log
+                .topics
+                .entry(record.topic.to_string())
+                .or_insert_with(|| vec![Vec::new()]),
+        };
         let index = (partition.max(0) as usize).min(parts.len() - 1);
         let offset = parts[index].len() as i64;
         parts[index].push(TestRecord {
@@ -352,11 +355,12 @@ impl TestDriver {
     /// Appends raw bytes to a topic (for malformed input); returns partition and offset.
     pub fn pipe_raw(&mut self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) -> (i32, i64) {
         self.topics.append(OutRecord {
-            topic: topic.to_string(),
+            topic: topic.into(),
             partition: None,
             key: key.map(<[u8]>::to_vec),
             value: value.map(<[u8]>::to_vec),
             headers: Vec::new(),
+            changelog: false,
         })
     }
 
@@ -377,26 +381,25 @@ impl TestDriver {
         loop {
             let mut fed = 0usize;
             for index in 0..self.tasks.len() {
-                let pending: Vec<TestRecord> = {
+                // Batches, as the worker hands them over: one wake-up for many records.
+                let batches: Vec<Vec<Message>> = {
                     let log = self.topics.log();
                     let task = &self.tasks[index];
                     log.topics
                         .get(&task.topic)
                         .and_then(|parts| parts.get(task.partition as usize))
-                        .map(|records| records[task.delivered.min(records.len())..].to_vec())
+                        .map(|records| {
+                            records[task.delivered.min(records.len())..]
+                                .chunks(1024)
+                                .map(|chunk| chunk.iter().map(to_message).collect())
+                                .collect()
+                        })
                         .unwrap_or_default()
                 };
                 let task = &mut self.tasks[index];
-                task.delivered += pending.len();
-                fed += pending.len();
-                let mut records = pending.into_iter().peekable();
-                while records.peek().is_some() {
-                    // Batches, as the worker hands them over: one wake-up for many records.
-                    let batch: Vec<OwnedMessage> = records
-                        .by_ref()
-                        .take(1024)
-                        .map(|r| to_message(&task.topic, r))
-                        .collect();
+                for batch in batches {
+                    task.delivered += batch.len();
+                    fed += batch.len();
                     task.tx.send(Input::Records(batch)).await.map_err(|_| {
                         Error::Config(format!("the agent on {}[{}] has stopped", task.topic, task.partition))
                     })?;
@@ -487,7 +490,7 @@ impl TestDriver {
     }
 }
 
-fn to_message(topic: &str, record: TestRecord) -> OwnedMessage {
+fn to_message(record: &TestRecord) -> Message {
     let headers = (!record.headers.is_empty()).then(|| {
         record
             .headers
@@ -499,13 +502,11 @@ fn to_message(topic: &str, record: TestRecord) -> OwnedMessage {
                 })
             })
     });
-    OwnedMessage::new(
-        record.value,
-        record.key,
-        topic.to_string(),
-        Timestamp::CreateTime(record.timestamp),
-        record.partition,
+    Message::new(
         record.offset,
+        Some(record.timestamp),
+        record.key.as_deref(),
+        record.value.as_deref(),
         headers,
     )
 }

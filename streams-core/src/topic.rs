@@ -4,7 +4,7 @@ use std::marker::PhantomData;
 
 use crate::codec::Key;
 use crate::record::Record;
-use crate::worker::task::{self, OutRecord};
+use crate::worker::task;
 use crate::{Error, Result};
 
 /// A Kafka topic whose records have keys of type `K` and values of type `V`.
@@ -110,13 +110,6 @@ impl<K: Key, V: Record> Topic<K, V> {
             what: format!("topic `{}`", self.name),
             source,
         })?;
-        let record = OutRecord {
-            topic: self.name.to_string(),
-            partition: None,
-            key: key.encode_key(),
-            value: Some(value),
-            headers: Vec::new(),
-        };
-        task::send_from_agent(self.name, record).await
+        task::send_from_agent(self.name, key.encode_key(), value).await
     }
 }

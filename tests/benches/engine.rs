@@ -1,6 +1,7 @@
 //! Broker-free engine throughput through the test driver (the runtime's real task loop):
 //! the seed pipeline (decode, filter, send to the internal topic, decode again, count) with
-//! the memory store and with RocksDB. Run with `make bench`.
+//! the memory store and with RocksDB, on one core (a single-threaded runtime: the figure is
+//! per core). Run with `make bench`.
 
 use std::time::{Duration, Instant};
 
@@ -12,8 +13,7 @@ use streams_tests::hit_counter::app;
 const RECORDS: usize = 200_000;
 
 fn pipeline(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
@@ -21,7 +21,7 @@ fn pipeline(c: &mut Criterion) {
         .iter()
         .map(|r| r.to_string().into_bytes())
         .collect();
-    let mut group = c.benchmark_group("seed pipeline, broker-free");
+    let mut group = c.benchmark_group("seed pipeline, broker-free, one core");
     group.throughput(Throughput::Elements(RECORDS as u64));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));

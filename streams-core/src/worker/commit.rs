@@ -17,14 +17,14 @@ pub(crate) type Ack = Sender<bool>;
 
 /// Changes of one table partition since the last cut.
 pub(crate) struct TableWrite {
-    pub changelog: String,
+    pub changelog: Arc<str>,
     pub store: Arc<dyn StateStore>,
     pub entries: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 /// One partition's state at a record boundary.
 pub(crate) struct Cut {
-    pub topic: String,
+    pub topic: Arc<str>,
     pub partition: i32,
     /// The next offset to read: everything before it is processed. `None`: nothing yet.
     pub next_offset: Option<i64>,
@@ -80,7 +80,7 @@ fn commit_batch(batch: &mut [Cut], sink: &dyn Sink, offsets: &dyn OffsetCommit, 
     let mut latest: HashMap<(String, i32), i64> = HashMap::new();
     for cut in batch.iter() {
         if let Some(next) = cut.next_offset {
-            let slot = latest.entry((cut.topic.clone(), cut.partition)).or_insert(next);
+            let slot = latest.entry((cut.topic.to_string(), cut.partition)).or_insert(next);
             *slot = (*slot).max(next);
         }
     }

@@ -14,13 +14,14 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::OwnedMessage;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use crate::agent::AgentSpec;
 use crate::changelog::Restorer;
+use crate::message::Message;
 use crate::store::{RocksDbStore, StateStore};
 use crate::stream::{Input, StreamCore};
 use crate::worker::commit::{Cut, OffsetCommit};
@@ -52,7 +53,8 @@ pub(crate) struct Shared {
     pub restorer: Restorer,
     pub commit_interval: Duration,
     running: Mutex<HashMap<String, HashMap<i32, Running>>>,
-    pending: Mutex<Vec<OwnedMessage>>,
+    /// Polled records not yet handed over, one batch per (topic, partition), in order.
+    pending: Mutex<Vec<(String, i32, Vec<Message>)>>,
 }
 
 impl Shared {
@@ -79,7 +81,7 @@ impl Shared {
             restorer,
             commit_interval,
             running: Mutex::new(HashMap::new()),
-            pending: Mutex::new(Vec::with_capacity(BURST)),
+            pending: Mutex::new(Vec::new()),
         }
     }
 
@@ -92,29 +94,29 @@ impl Shared {
         crate::store::partition_dir(&self.data_dir, table, partition)
     }
 
-    /// Keeps a polled record until [`Shared::hand_over`].
-    fn buffer(&self, message: OwnedMessage) {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).push(message);
+    /// Keeps a polled record until [`Shared::hand_over`], in its partition's batch.
+    fn buffer(&self, message: &BorrowedMessage<'_>) {
+        use rdkafka::message::Message as _;
+        let (topic, partition) = (message.topic(), message.partition());
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let batch = match pending.iter().position(|(t, p, _)| *p == partition && t == topic) {
+            Some(index) => &mut pending[index].2,
+            None => {
+                pending.push((topic.to_string(), partition, Vec::new()));
+                let last = pending.len() - 1;
+                &mut pending[last].2
+            }
+        };
+        batch.push(Message::from_kafka(message));
     }
 
     /// Hands buffered records to their partitions' agents, one batch per partition, in
     /// order, waiting while a queue is full. Runs before every rebalance, so no record
     /// fetched under an old assignment reaches a task of a new one.
     pub(crate) fn hand_over(&self) {
-        use rdkafka::message::Message;
-        let messages = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
-        if messages.is_empty() {
+        let batches = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        if batches.is_empty() {
             return;
-        }
-        let mut batches: Vec<(String, i32, Vec<OwnedMessage>)> = Vec::new();
-        for message in messages {
-            let slot = batches
-                .iter()
-                .position(|(t, p, _)| *p == message.partition() && t == message.topic());
-            match slot {
-                Some(index) => batches[index].2.push(message),
-                None => batches.push((message.topic().to_string(), message.partition(), vec![message])),
-            }
         }
         let running = self.running();
         for (topic, partition, batch) in batches {
@@ -358,7 +360,7 @@ pub(crate) fn poll_loop(
                 Some(Ok(message)) => {
                     taken += 1;
                     wait = Duration::ZERO;
-                    shared.buffer(message.detach());
+                    shared.buffer(&message);
                 }
                 Some(Err(error)) => {
                     if last_error.elapsed() > Duration::from_secs(5) {

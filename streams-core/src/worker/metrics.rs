@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use rdkafka::message::{Message, OwnedMessage};
+use crate::message::Message;
+use crate::worker::task::TaskContext;
 
 /// What a worker has done so far. Read it from [`crate::WorkerHandle::metrics`].
 #[derive(Debug, Default)]
@@ -45,14 +46,22 @@ fn text(bytes: &[u8], limit: usize) -> String {
     }
 }
 
+/// Clears a flag that is set once a second; reading before swapping keeps the cache line
+/// shared between the threads that check it for every record.
+fn take_flag(flag: &AtomicBool) -> bool {
+    flag.load(Ordering::Relaxed) && flag.swap(false, Ordering::Relaxed)
+}
+
 impl Metrics {
-    pub(crate) fn record_in(&self, agent: &str, message: &OwnedMessage) {
-        self.records.fetch_add(1, Ordering::Relaxed);
+    /// Logs a record an agent is given (at debug level, or as the once-a-second sample).
+    /// Counting is the task's: see `TaskContext::report`.
+    pub(crate) fn record_in(&self, ctx: &TaskContext, message: &Message) {
         let show = || {
             format!(
-                "{agent} <- {}[{}]@{}: {}",
-                message.topic(),
-                message.partition(),
+                "{} <- {}[{}]@{}: {}",
+                ctx.agent,
+                ctx.topic,
+                ctx.partition,
                 message.offset(),
                 text(message.payload().unwrap_or_default(), 120)
             )
@@ -60,13 +69,13 @@ impl Metrics {
         if tracing::enabled!(tracing::Level::DEBUG) {
             tracing::debug!("{}", show());
         }
-        if self.want_record_sample.swap(false, Ordering::Relaxed) {
+        if take_flag(&self.want_record_sample) {
             self.push_sample(show());
         }
     }
 
+    /// Logs a table update (at debug level, or as the once-a-second sample).
     pub(crate) fn table_update(&self, table: &str, key: &[u8], value: Option<&[u8]>) {
-        self.table_updates.fetch_add(1, Ordering::Relaxed);
         let show = || {
             let value = value.map(|v| text(v, 60)).unwrap_or_else(|| "(deleted)".into());
             format!("{table}[{}] = {value}", text(key, 60))
@@ -74,7 +83,7 @@ impl Metrics {
         if tracing::enabled!(tracing::Level::DEBUG) {
             tracing::debug!("{}", show());
         }
-        if self.want_table_sample.swap(false, Ordering::Relaxed) {
+        if take_flag(&self.want_table_sample) {
             self.push_sample(show());
         }
     }

@@ -10,7 +10,7 @@ pub(crate) mod metrics;
 pub(crate) mod producer;
 pub(crate) mod task;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -200,8 +200,7 @@ impl Worker {
         broker::create_topics(&plan, &config, embedded.as_ref()).await?;
         wait_for_topics(&config, &plan.iter().map(|t| t.name.clone()).collect::<Vec<_>>()).await?;
 
-        let changelogs: HashSet<String> = app.tables().map(|(table, _)| table.changelog_topic(app.id())).collect();
-        let sink: Arc<dyn task::Sink> = Arc::new(producer::KafkaSink::new(config.clone(), changelogs)?);
+        let sink: Arc<dyn task::Sink> = Arc::new(producer::KafkaSink::new(config.clone())?);
         let metrics = Arc::new(Metrics::default());
         let (cuts_tx, cuts_rx) = std::sync::mpsc::channel();
         let agents: HashMap<String, _> = app

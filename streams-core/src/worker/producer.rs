@@ -1,7 +1,7 @@
 //! The worker's producer: records are enqueued without waiting, deliveries are checked at
 //! the commit point (rdkafka issues #464 and #695: awaiting each send serialises them).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -17,7 +17,6 @@ use crate::{Error, Result};
 /// Tracks deliveries: failures since the last flush, and the last acknowledged offset of
 /// every changelog partition (the stores' checkpoints).
 pub(crate) struct Deliveries {
-    changelogs: HashSet<String>,
     changelog_offsets: Mutex<HashMap<(String, i32), i64>>,
     failures: Mutex<Vec<String>>,
 }
@@ -29,12 +28,13 @@ impl ClientContext for Deliveries {
 }
 
 impl ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
+    /// 1 for a changelog record (only those need their offsets), else 0.
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, changelog: usize) {
         match result {
             Ok(message) => {
-                if self.changelogs.contains(message.topic()) {
+                if changelog == 1 {
                     if let Ok(mut offsets) = self.changelog_offsets.lock() {
                         let slot = offsets
                             .entry((message.topic().to_string(), message.partition()))
@@ -60,13 +60,12 @@ pub(crate) struct KafkaSink {
 }
 
 impl KafkaSink {
-    pub(crate) fn new(mut config: ClientConfig, changelogs: HashSet<String>) -> Result<Self> {
+    pub(crate) fn new(mut config: ClientConfig) -> Result<Self> {
         config
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .set("partitioner", "murmur2_random");
         let context = Deliveries {
-            changelogs,
             changelog_offsets: Mutex::new(HashMap::new()),
             failures: Mutex::new(Vec::new()),
         };
@@ -79,14 +78,19 @@ impl KafkaSink {
 
 impl Sink for KafkaSink {
     fn enqueue(&self, record: OutRecord) -> Result<(), SinkError> {
-        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-        for (key, value) in &record.headers {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value),
-            });
+        let mut base: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(&record.topic, usize::from(record.changelog));
+        // Headers are a native allocation in librdkafka: only for records that have some.
+        if !record.headers.is_empty() {
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for (key, value) in &record.headers {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value),
+                });
+            }
+            base = base.headers(headers);
         }
-        let mut base: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&record.topic).headers(headers);
         if let Some(key) = &record.key {
             base = base.key(key);
         }

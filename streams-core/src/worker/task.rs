@@ -3,32 +3,44 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::FutureExt;
-use rdkafka::message::{Message, OwnedMessage};
 
 use crate::agent::AgentSpec;
+use crate::message::Message;
 use crate::store::StateStore;
 use crate::stream::{RawStream, StreamCore};
 use crate::worker::commit::Cut;
 use crate::worker::metrics::Metrics;
 use crate::{Error, Result};
 
-/// Clean table entries kept in memory per table partition before the cache is dropped.
-const CACHE_LIMIT: usize = 10_000;
+/// Bytes of table entries a partition keeps in memory (like Kafka Streams'
+/// `statestore.cache.max.bytes`): past it, changed entries are committed early (a cut) and
+/// unchanged ones dropped, so memory stays bounded however many keys a commit interval touches.
+const CACHE_BYTES: usize = 1 << 20;
+
+/// What one cached entry costs beyond its key and value bytes: two `Vec`s, the hash
+/// table's slot, and the allocator's headers.
+const ENTRY_OVERHEAD: usize = 96;
+
+fn entry_bytes(key: &[u8], value: Option<&[u8]>) -> usize {
+    key.len() + value.map_or(0, <[u8]>::len) + ENTRY_OVERHEAD
+}
 
 /// A record on its way out: to a topic the agent sends to, a changelog or a dead-letter topic.
 #[derive(Debug, Clone)]
 pub(crate) struct OutRecord {
-    pub topic: String,
+    pub topic: Arc<str>,
     /// `None`: the partitioner picks by key.
     pub partition: Option<i32>,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: Vec<(String, Vec<u8>)>,
+    /// A changelog record: its acknowledged offset becomes the store's checkpoint.
+    pub changelog: bool,
 }
 
 /// Why a record could not be handed over.
@@ -52,9 +64,11 @@ pub(crate) trait Sink: Send + Sync + 'static {
 /// A table partition as one agent instance sees it.
 pub(crate) struct TableState {
     pub name: &'static str,
-    pub changelog: String,
+    pub changelog: Arc<str>,
     pub store: Arc<dyn StateStore>,
-    cache: HashMap<Vec<u8>, Entry>,
+    cache: HashMap<Vec<u8>, Entry, foldhash::fast::RandomState>,
+    /// Estimated memory of `cache`, see [`entry_bytes`].
+    cache_bytes: usize,
     dirty: usize,
 }
 
@@ -67,29 +81,51 @@ impl TableState {
     pub(crate) fn new(name: &'static str, changelog: String, store: Arc<dyn StateStore>) -> Self {
         Self {
             name,
-            changelog,
+            changelog: changelog.into(),
             store,
-            cache: HashMap::new(),
+            cache: HashMap::default(),
+            cache_bytes: 0,
             dirty: 0,
+        }
+    }
+
+    /// Drops the cache if it is over budget and nothing in it waits for a cut.
+    fn evict_clean(&mut self) {
+        if self.cache_bytes > CACHE_BYTES && self.dirty == 0 {
+            self.cache = HashMap::default();
+            self.cache_bytes = 0;
         }
     }
 }
 
 /// Changes of one table since the last cut: (changelog topic, store, entries).
-pub(crate) type DirtyTable = (String, Arc<dyn StateStore>, Vec<(Vec<u8>, Option<Vec<u8>>)>);
+pub(crate) type DirtyTable = (Arc<str>, Arc<dyn StateStore>, Vec<(Vec<u8>, Option<Vec<u8>>)>);
 
 /// What an agent instance reaches while it runs.
 pub(crate) struct TaskContext {
     pub agent: &'static str,
-    pub topic: String,
+    pub topic: Arc<str>,
     pub partition: i32,
-    pub dead_letter_topic: String,
-    sends: Vec<&'static str>,
+    pub dead_letter_topic: Arc<str>,
+    /// The topics the agent declared in `sends`, by their static names.
+    sends: Vec<(&'static str, Arc<str>)>,
     tables: Mutex<Vec<TableState>>,
     sink: Arc<dyn Sink>,
     committer: std::sync::mpsc::Sender<Cut>,
     pub metrics: Arc<Metrics>,
     current_offset: AtomicI64,
+    /// Set when the table cache is over budget: the stream makes a cut before the next record.
+    pub cut_wanted: std::sync::atomic::AtomicBool,
+    /// This partition's counts not yet added to the shared [`Metrics`] (counting into the
+    /// shared counters for every record would bounce their cache line between threads).
+    counts: Counts,
+}
+
+#[derive(Default)]
+struct Counts {
+    records: AtomicU64,
+    sends: AtomicU64,
+    table_updates: AtomicU64,
 }
 
 tokio::task_local! {
@@ -109,15 +145,33 @@ impl TaskContext {
     ) -> Self {
         Self {
             agent: spec.name,
-            topic: spec.source.name.to_string(),
+            topic: spec.source.name.into(),
             partition,
-            dead_letter_topic: spec.dead_letter_topic(app_id),
-            sends: spec.sends.iter().map(|t| t.name).collect(),
+            dead_letter_topic: spec.dead_letter_topic(app_id).into(),
+            sends: spec.sends.iter().map(|t| (t.name, Arc::from(t.name))).collect(),
             tables: Mutex::new(tables),
             sink,
             committer,
             metrics,
             current_offset: AtomicI64::new(-1),
+            cut_wanted: std::sync::atomic::AtomicBool::new(false),
+            counts: Counts::default(),
+        }
+    }
+
+    /// Adds this partition's counts to the worker's metrics.
+    pub(crate) fn report(&self) {
+        let take = |count: &AtomicU64| count.swap(0, Ordering::Relaxed);
+        let metrics = &self.metrics;
+        for (local, shared) in [
+            (&self.counts.records, &metrics.records),
+            (&self.counts.sends, &metrics.sends),
+            (&self.counts.table_updates, &metrics.table_updates),
+        ] {
+            let n = take(local);
+            if n > 0 {
+                shared.fetch_add(n, Ordering::Relaxed);
+            }
         }
     }
 
@@ -126,9 +180,10 @@ impl TaskContext {
         self.tables.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub(crate) fn record_started(&self, message: &OwnedMessage) {
+    pub(crate) fn record_started(&self, message: &Message) {
         self.current_offset.store(message.offset(), Ordering::Relaxed);
-        self.metrics.record_in(self.agent, message);
+        self.counts.records.fetch_add(1, Ordering::Relaxed);
+        self.metrics.record_in(self, message);
     }
 
     /// Hands a record to the sink, waiting while the producer's queue is full.
@@ -152,16 +207,23 @@ impl TaskContext {
                 continue;
             }
             let mut entries = Vec::with_capacity(table.dirty);
-            for (key, entry) in table.cache.iter_mut() {
-                if entry.dirty {
-                    entry.dirty = false;
-                    entries.push((key.clone(), entry.value.clone()));
+            if table.cache_bytes > CACHE_BYTES {
+                // Over budget: the entries move out (no copies) and the cache starts afresh.
+                for (key, entry) in std::mem::take(&mut table.cache) {
+                    if entry.dirty {
+                        entries.push((key, entry.value));
+                    }
+                }
+                table.cache_bytes = 0;
+            } else {
+                for (key, entry) in table.cache.iter_mut() {
+                    if entry.dirty {
+                        entry.dirty = false;
+                        entries.push((key.clone(), entry.value.clone()));
+                    }
                 }
             }
             table.dirty = 0;
-            if table.cache.len() > CACHE_LIMIT {
-                table.cache.clear();
-            }
             out.push((table.changelog.clone(), Arc::clone(&table.store), entries));
         }
         out
@@ -169,12 +231,15 @@ impl TaskContext {
 }
 
 async fn enqueue(sink: &dyn Sink, record: OutRecord) -> Result<(), String> {
-    // The common case, without reading the clock.
-    let mut record = match sink.enqueue(record) {
-        Ok(()) => return Ok(()),
-        Err(SinkError::Full(back)) => back,
-        Err(SinkError::Failed(error)) => return Err(error),
-    };
+    // The common case, without reading the clock; waiting is boxed to keep this future small.
+    match sink.enqueue(record) {
+        Ok(()) => Ok(()),
+        Err(SinkError::Full(back)) => Box::pin(enqueue_when_room(sink, back)).await,
+        Err(SinkError::Failed(error)) => Err(error),
+    }
+}
+
+async fn enqueue_when_room(sink: &dyn Sink, mut record: OutRecord) -> Result<(), String> {
     let began = std::time::Instant::now();
     let mut warned = began;
     loop {
@@ -201,18 +266,26 @@ fn current(what: impl FnOnce() -> String) -> Result<Arc<TaskContext>> {
 }
 
 /// `Topic::send` from inside an agent.
-pub(crate) async fn send_from_agent(topic: &'static str, record: OutRecord) -> Result<()> {
+pub(crate) async fn send_from_agent(topic: &'static str, key: Option<Vec<u8>>, value: Vec<u8>) -> Result<()> {
     let ctx = current(|| format!("topic `{topic}`"))?;
-    if !ctx.sends.contains(&topic) {
+    let Some((_, name)) = ctx.sends.iter().find(|(declared, _)| *declared == topic) else {
         return Err(Error::NotDeclared {
             agent: ctx.agent.to_string(),
             what: "topic",
             key: "sends",
             name: topic.to_string(),
         });
-    }
+    };
+    let record = OutRecord {
+        topic: Arc::clone(name),
+        partition: None,
+        key,
+        value: Some(value),
+        headers: Vec::new(),
+        changelog: false,
+    };
     enqueue(&*ctx.sink, record).await.map_err(Error::Config)?;
-    ctx.metrics.sends.fetch_add(1, Ordering::Relaxed);
+    ctx.counts.sends.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
 
@@ -225,9 +298,10 @@ fn not_bound(ctx: &TaskContext, table: &str) -> Error {
     }
 }
 
-/// Reads a table key of the current partition: the cache first, then the store (off the
-/// async executor threads).
-pub(crate) async fn table_get(table: &'static str, key: Vec<u8>) -> Result<Option<Vec<u8>>> {
+/// Reads a table key of the current partition and hands its bytes to `read`: the cache
+/// first, then the store (off the async executor threads, in a boxed future so that the
+/// common case, a cached key, keeps the future small).
+pub(crate) async fn table_get<T>(table: &'static str, key: &[u8], read: impl FnOnce(Option<&[u8]>) -> T) -> Result<T> {
     let ctx = current(|| format!("table `{table}`"))?;
     let store = {
         let tables = ctx.tables();
@@ -235,21 +309,42 @@ pub(crate) async fn table_get(table: &'static str, key: Vec<u8>) -> Result<Optio
             .iter()
             .find(|t| t.name == table)
             .ok_or_else(|| not_bound(&ctx, table))?;
-        if let Some(entry) = state.cache.get(&key) {
-            return Ok(entry.value.clone());
+        if let Some(entry) = state.cache.get(key) {
+            return Ok(read(entry.value.as_deref()));
         }
         Arc::clone(&state.store)
     };
-    let lookup = key.clone();
-    let value = tokio::task::spawn_blocking(move || store.get(&lookup))
-        .await
-        .map_err(|e| Error::Config(format!("table `{table}`: store read failed: {e}")))??;
+    let value = Box::pin(table_load(&ctx, table, store, key.to_vec())).await?;
+    Ok(read(value.as_deref()))
+}
+
+/// Reads a key from the store into the cache.
+async fn table_load(
+    ctx: &TaskContext,
+    table: &'static str,
+    store: Arc<dyn StateStore>,
+    lookup: Vec<u8>,
+) -> Result<Option<Vec<u8>>> {
+    let (lookup, value) = tokio::task::spawn_blocking(move || {
+        let value = store.get(&lookup);
+        (lookup, value)
+    })
+    .await
+    .map_err(|e| Error::Config(format!("table `{table}`: store read failed: {e}")))?;
+    let value = value?;
     let mut tables = ctx.tables();
     if let Some(state) = tables.iter_mut().find(|t| t.name == table) {
-        state.cache.entry(key).or_insert(Entry {
-            value: value.clone(),
-            dirty: false,
-        });
+        if !state.cache.contains_key(&lookup) {
+            state.cache_bytes += entry_bytes(&lookup, value.as_deref());
+            state.cache.insert(
+                lookup,
+                Entry {
+                    value: value.clone(),
+                    dirty: false,
+                },
+            );
+            state.evict_clean();
+        }
     }
     Ok(value)
 }
@@ -262,16 +357,25 @@ pub(crate) async fn table_put(table: &'static str, key: Vec<u8>, value: Option<V
         .iter_mut()
         .find(|t| t.name == table)
         .ok_or_else(|| not_bound(&ctx, table))?;
+    ctx.counts.table_updates.fetch_add(1, Ordering::Relaxed);
     ctx.metrics.table_update(table, &key, value.as_deref());
-    let entry = state.cache.entry(key).or_insert(Entry {
-        value: None,
-        dirty: false,
-    });
-    if !entry.dirty {
-        entry.dirty = true;
+    // Look up by reference first: the key is usually cached, and `entry` would consume it.
+    if let Some(entry) = state.cache.get_mut(&key) {
+        if !entry.dirty {
+            entry.dirty = true;
+            state.dirty += 1;
+        }
+        state.cache_bytes = (state.cache_bytes + value.as_ref().map_or(0, Vec::len))
+            .saturating_sub(entry.value.as_ref().map_or(0, Vec::len));
+        entry.value = value;
+    } else {
+        state.cache_bytes += entry_bytes(&key, value.as_deref());
+        state.cache.insert(key, Entry { value, dirty: true });
         state.dirty += 1;
     }
-    entry.value = value;
+    if state.cache_bytes > CACHE_BYTES {
+        ctx.cut_wanted.store(true, Ordering::Relaxed);
+    }
     Ok(())
 }
 

@@ -1,0 +1,41 @@
+//! One run of the broker-free seed pipeline on a single-threaded runtime, for profilers
+//! (`valgrind --tool=callgrind`, `perf record`): `engine_once [records] [memory|rocksdb]`.
+
+use std::time::Instant;
+
+use streams_core::testing::{Stores, TestDriver};
+use streams_examples::seed;
+use streams_tests::hit_counter::app;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let records: usize = args.next().map(|n| n.parse()).transpose()?.unwrap_or(200_000);
+    let rocksdb = args.next().is_some_and(|s| s == "rocksdb");
+    let inputs: Vec<Vec<u8>> = seed::hits(1, records)
+        .iter()
+        .map(|r| r.to_string().into_bytes())
+        .collect();
+    let dir = tempfile::tempdir()?;
+    let stores = if rocksdb {
+        Stores::RocksDb(dir.path().to_path_buf())
+    } else {
+        Stores::Memory
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let elapsed = runtime.block_on(async {
+        let mut driver = TestDriver::with_stores(app(), &[("hit_count", 4)], stores)?;
+        for input in &inputs {
+            driver.pipe_raw("hit_count", None, Some(input));
+        }
+        let began = Instant::now();
+        driver.run().await?;
+        Ok::<_, streams_core::Error>(began.elapsed())
+    })?;
+    println!(
+        "{records} records in {:.3}s: {:.0} records/s on one thread ({})",
+        elapsed.as_secs_f64(),
+        records as f64 / elapsed.as_secs_f64(),
+        if rocksdb { "RocksDB" } else { "memory" }
+    );
+    Ok(())
+}
