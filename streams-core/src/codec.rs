@@ -42,6 +42,11 @@ pub mod json {
 pub trait Key: Send + Sync + Clone + 'static {
     /// The key's bytes; `None` for no key.
     fn encode_key(&self) -> Option<Vec<u8>>;
+    /// The key's bytes, borrowed when the key already is bytes (table lookups use this, so
+    /// that reading a cached key allocates nothing); empty for no key.
+    fn key_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Owned(self.encode_key().unwrap_or_default())
+    }
     /// The key from a record's key bytes.
     fn decode_key(bytes: Option<&[u8]>) -> Result<Self, DecodeError>;
     /// Checks that `bytes` decode as this key type without keeping the key (a stream's
@@ -59,6 +64,9 @@ impl Key for String {
     fn encode_key(&self) -> Option<Vec<u8>> {
         Some(self.as_bytes().to_vec())
     }
+    fn key_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(self.as_bytes())
+    }
     fn decode_key(bytes: Option<&[u8]>) -> Result<Self, DecodeError> {
         let bytes = bytes.ok_or_else(|| DecodeError::new("the record has no key"))?;
         String::from_utf8(bytes.to_vec()).map_err(|e| DecodeError::new(format!("key is not UTF-8: {e}")))
@@ -74,6 +82,9 @@ impl Key for String {
 impl Key for Vec<u8> {
     fn encode_key(&self) -> Option<Vec<u8>> {
         Some(self.clone())
+    }
+    fn key_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(self)
     }
     fn decode_key(bytes: Option<&[u8]>) -> Result<Self, DecodeError> {
         bytes

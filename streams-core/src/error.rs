@@ -5,8 +5,8 @@ use std::fmt;
 /// Where a record came from: topic, partition and offset. Every error about a record names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Origin {
-    /// Topic the record was read from.
-    pub topic: String,
+    /// Topic the record was read from (shared: every record of a partition names it).
+    pub topic: std::sync::Arc<str>,
     /// Partition of that topic.
     pub partition: i32,
     /// Offset of the record in that partition.

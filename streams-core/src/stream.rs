@@ -166,7 +166,8 @@ pub(crate) enum Input {
 pub(crate) struct StreamCore {
     pub(crate) ctx: Arc<TaskContext>,
     rx: mpsc::Receiver<Input>,
-    buffer: std::collections::VecDeque<Message>,
+    /// The batch being processed (batches are taken one at a time, when this one is done).
+    batch: std::vec::IntoIter<Message>,
     pub(crate) current: Option<Message>,
     processed: Option<i64>,
     last_cut: Option<i64>,
@@ -181,7 +182,7 @@ impl StreamCore {
         Self {
             ctx,
             rx,
-            buffer: std::collections::VecDeque::new(),
+            batch: Vec::new().into_iter(),
             current: None,
             processed: None,
             last_cut: None,
@@ -194,7 +195,7 @@ impl StreamCore {
 
     fn origin(&self, offset: i64) -> Origin {
         Origin {
-            topic: self.ctx.topic.to_string(),
+            topic: Arc::clone(&self.ctx.topic),
             partition: self.ctx.partition,
             offset,
         }
@@ -218,7 +219,7 @@ impl StreamCore {
     async fn next_message(&mut self) -> Option<Message> {
         self.finish_current();
         if !self.ended && self.since_clock + 1 < 256 && !self.ctx.cut_wanted.load(Ordering::Relaxed) {
-            if let Some(message) = self.buffer.pop_front() {
+            if let Some(message) = self.batch.next() {
                 self.since_clock += 1;
                 return Some(message);
             }
@@ -244,7 +245,7 @@ impl StreamCore {
                     self.cut(None).await;
                 }
             }
-            if let Some(message) = self.buffer.pop_front() {
+            if let Some(message) = self.batch.next() {
                 return Some(message);
             }
             let input = match self.rx.try_recv() {
@@ -264,7 +265,7 @@ impl StreamCore {
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
             };
             match input {
-                Some(Input::Records(messages)) => self.buffer.extend(messages),
+                Some(Input::Records(messages)) => self.batch = messages.into_iter(),
                 Some(Input::Finish(ack)) => {
                     self.cut(Some(ack)).await;
                     self.ended = true;
@@ -298,7 +299,7 @@ impl StreamCore {
                 headers.push((header.key.to_string(), header.value.unwrap_or_default().to_vec()));
             }
         }
-        headers.push(("streams.dlq.topic".into(), origin.topic.clone().into_bytes()));
+        headers.push(("streams.dlq.topic".into(), origin.topic.as_bytes().to_vec()));
         headers.push((
             "streams.dlq.partition".into(),
             origin.partition.to_string().into_bytes(),

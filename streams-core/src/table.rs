@@ -104,10 +104,6 @@ impl<K, V> Table<K, V> {
 }
 
 impl<K: Key, V: Serialize + DeserializeOwned + Send + 'static> Table<K, V> {
-    fn key_bytes(&self, key: &K) -> Vec<u8> {
-        key.encode_key().unwrap_or_default()
-    }
-
     fn decode(&self, bytes: Option<&[u8]>) -> Result<V> {
         match bytes {
             None => Ok(self.default()),
@@ -127,29 +123,49 @@ impl<K: Key, V: Serialize + DeserializeOwned + Send + 'static> Table<K, V> {
 
     /// The value for `key` in the current partition (the default when missing).
     pub async fn get(&self, key: &K) -> Result<V> {
-        task::table_get(self.name, &self.key_bytes(key), |bytes| self.decode(bytes)).await?
+        task::table_get(self.name, &key.key_bytes(), |bytes| self.decode(bytes)).await?
     }
 
     /// Sets `key` to `value`.
     pub async fn set(&self, key: &K, value: V) -> Result<()> {
         let bytes = self.encode(&value)?;
-        task::table_put(self.name, self.key_bytes(key), Some(bytes)).await
+        task::table_put(self.name, key.key_bytes().into_owned(), Some(bytes))
     }
 
     /// Removes `key` (a tombstone in the changelog); it reads as the default afterwards.
     pub async fn delete(&self, key: &K) -> Result<()> {
-        task::table_put(self.name, self.key_bytes(key), None).await
+        task::table_put(self.name, key.key_bytes().into_owned(), None)
     }
 
     /// Changes the value for `key` in place and returns the new value:
     /// `COUNTS.update(&user, |n| *n += 1).await?` is Faust's `counts[user] += 1`.
     pub async fn update(&self, key: &K, change: impl FnOnce(&mut V)) -> Result<V> {
-        let key = self.key_bytes(key);
-        let mut value = task::table_get(self.name, &key, |bytes| self.decode(bytes)).await??;
-        change(&mut value);
-        let bytes = self.encode(&value)?;
-        task::table_put(self.name, key, Some(bytes)).await?;
-        Ok(value)
+        task::table_update(self.name, &key.key_bytes(), |slot| {
+            let mut value = self.decode(slot.as_deref())?;
+            change(&mut value);
+            // Encoded after the old bytes and moved to the front: the buffer is reused, and
+            // a value that fails to encode leaves the old bytes as they were.
+            let missing = slot.is_none();
+            let bytes = slot.get_or_insert_with(Vec::new);
+            let start = bytes.len();
+            match serde_json::to_writer(&mut *bytes, &value) {
+                Ok(()) => {
+                    bytes.drain(..start);
+                    Ok(value)
+                }
+                Err(source) => {
+                    bytes.truncate(start);
+                    if missing {
+                        *slot = None;
+                    }
+                    Err(Error::Encode {
+                        what: format!("table `{}`", self.name),
+                        source,
+                    })
+                }
+            }
+        })
+        .await
     }
 }
 

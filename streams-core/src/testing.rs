@@ -380,29 +380,36 @@ impl TestDriver {
     pub async fn run(&mut self) -> Result<()> {
         loop {
             let mut fed = 0usize;
-            for index in 0..self.tasks.len() {
-                // Batches, as the worker hands them over: one wake-up for many records.
-                let batches: Vec<Vec<Message>> = {
-                    let log = self.topics.log();
-                    let task = &self.tasks[index];
-                    log.topics
-                        .get(&task.topic)
-                        .and_then(|parts| parts.get(task.partition as usize))
-                        .map(|records| {
-                            records[task.delivered.min(records.len())..]
-                                .chunks(1024)
-                                .map(|chunk| chunk.iter().map(to_message).collect())
-                                .collect()
-                        })
-                        .unwrap_or_default()
-                };
-                let task = &mut self.tasks[index];
-                for batch in batches {
+            // One batch per partition in turn, as a consumer's fetches arrive: one wake-up for
+            // many records, and only a batch per partition in memory at a time.
+            loop {
+                let mut progressed = false;
+                for index in 0..self.tasks.len() {
+                    let batch: Vec<Message> = {
+                        let log = self.topics.log();
+                        let task = &self.tasks[index];
+                        log.topics
+                            .get(&task.topic)
+                            .and_then(|parts| parts.get(task.partition as usize))
+                            .map(|records| {
+                                let from = task.delivered.min(records.len());
+                                records[from..].iter().take(1024).map(to_message).collect()
+                            })
+                            .unwrap_or_default()
+                    };
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    progressed = true;
+                    let task = &mut self.tasks[index];
                     task.delivered += batch.len();
                     fed += batch.len();
                     task.tx.send(Input::Records(batch)).await.map_err(|_| {
                         Error::Config(format!("the agent on {}[{}] has stopped", task.topic, task.partition))
                     })?;
+                }
+                if !progressed {
+                    break;
                 }
             }
             self.barrier().await?;

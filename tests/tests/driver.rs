@@ -259,3 +259,48 @@ async fn many_keys_commit_early_and_stay_exact() {
     );
     assert_eq!(driver.committed("users", 0), Some(2 * KEYS as i64));
 }
+
+type Grid = std::collections::BTreeMap<(i32, i32), i64>;
+const CELLS: Topic<String, i64> = Topic::new("cells").partitions(1);
+/// JSON cannot encode a map with tuple keys unless it is empty: updates can fail to encode.
+const GRIDS: Table<String, Grid> = Table::new("grids");
+
+#[agent(topic = CELLS, tables = [GRIDS])]
+async fn fill(mut cells: Stream<String, i64>) -> Result<()> {
+    while let Some(event) = cells.next_event().await {
+        GRIDS
+            .update(&event.key, |grid| {
+                if event.value > 0 {
+                    grid.insert((1, 2), event.value);
+                }
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// An update whose value cannot be encoded fails that record (dead-letter topic) and leaves
+/// the stored value as it was, for cached and uncached keys alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_that_cannot_be_encoded_changes_nothing() {
+    let mut driver = TestDriver::new(App::new("grid").agent(fill)).expect("driver");
+    for value in [0, 1, 0] {
+        driver.pipe(&CELLS, &"a".to_string(), &value).expect("pipe");
+    }
+    driver.pipe(&CELLS, &"b".to_string(), &5).expect("pipe");
+    driver.run().await.expect("run");
+
+    let grids = driver.table(&GRIDS).expect("table");
+    assert_eq!(
+        grids.get("a"),
+        Some(&Grid::new()),
+        "the failed update left `a` as it was"
+    );
+    assert_eq!(grids.get("b"), None, "a first update that fails stores nothing");
+    let dead: Vec<String> = driver
+        .dead_letters("fill")
+        .iter()
+        .filter_map(|r| r.header("streams.dlq.offset").map(str::to_string))
+        .collect();
+    assert_eq!(dead, vec!["1", "3"]);
+}

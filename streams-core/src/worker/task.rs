@@ -261,31 +261,50 @@ async fn enqueue_when_room(sink: &dyn Sink, mut record: OutRecord) -> Result<(),
     }
 }
 
-fn current(what: impl FnOnce() -> String) -> Result<Arc<TaskContext>> {
-    CONTEXT.try_with(Arc::clone).map_err(|_| Error::NoAgentContext(what()))
+/// Runs `f` with the current agent's context (without touching its reference count: this
+/// runs for every send and table call).
+fn with_current<T>(what: impl FnOnce() -> String, f: impl FnOnce(&Arc<TaskContext>) -> T) -> Result<T> {
+    CONTEXT.try_with(f).map_err(|_| Error::NoAgentContext(what()))
 }
 
 /// `Topic::send` from inside an agent.
 pub(crate) async fn send_from_agent(topic: &'static str, key: Option<Vec<u8>>, value: Vec<u8>) -> Result<()> {
-    let ctx = current(|| format!("topic `{topic}`"))?;
-    let Some((_, name)) = ctx.sends.iter().find(|(declared, _)| *declared == topic) else {
-        return Err(Error::NotDeclared {
-            agent: ctx.agent.to_string(),
-            what: "topic",
-            key: "sends",
-            name: topic.to_string(),
-        });
-    };
-    let record = OutRecord {
-        topic: Arc::clone(name),
-        partition: None,
-        key,
-        value: Some(value),
-        headers: Vec::new(),
-        changelog: false,
-    };
-    enqueue(&*ctx.sink, record).await.map_err(Error::Config)?;
-    ctx.counts.sends.fetch_add(1, Ordering::Relaxed);
+    // Enqueued at once in the common case; a full producer queue is waited for outside.
+    let full = with_current(
+        || format!("topic `{topic}`"),
+        |ctx| {
+            let Some((_, name)) = ctx.sends.iter().find(|(declared, _)| *declared == topic) else {
+                return Err(Error::NotDeclared {
+                    agent: ctx.agent.to_string(),
+                    what: "topic",
+                    key: "sends",
+                    name: topic.to_string(),
+                });
+            };
+            let record = OutRecord {
+                topic: Arc::clone(name),
+                partition: None,
+                key,
+                value: Some(value),
+                headers: Vec::new(),
+                changelog: false,
+            };
+            match ctx.sink.enqueue(record) {
+                Ok(()) => {
+                    ctx.counts.sends.fetch_add(1, Ordering::Relaxed);
+                    Ok(None)
+                }
+                Err(SinkError::Full(record)) => Ok(Some((Arc::clone(ctx), record))),
+                Err(SinkError::Failed(error)) => Err(Error::Config(error)),
+            }
+        },
+    )??;
+    if let Some((ctx, record)) = full {
+        Box::pin(enqueue_when_room(&*ctx.sink, record))
+            .await
+            .map_err(Error::Config)?;
+        ctx.counts.sends.fetch_add(1, Ordering::Relaxed);
+    }
     Ok(())
 }
 
@@ -301,21 +320,32 @@ fn not_bound(ctx: &TaskContext, table: &str) -> Error {
 /// Reads a table key of the current partition and hands its bytes to `read`: the cache
 /// first, then the store (off the async executor threads, in a boxed future so that the
 /// common case, a cached key, keeps the future small).
-pub(crate) async fn table_get<T>(table: &'static str, key: &[u8], read: impl FnOnce(Option<&[u8]>) -> T) -> Result<T> {
-    let ctx = current(|| format!("table `{table}`"))?;
-    let store = {
-        let tables = ctx.tables();
-        let state = tables
-            .iter()
-            .find(|t| t.name == table)
-            .ok_or_else(|| not_bound(&ctx, table))?;
-        if let Some(entry) = state.cache.get(key) {
-            return Ok(read(entry.value.as_deref()));
+pub(crate) async fn table_get<T, R>(table: &'static str, key: &[u8], read: R) -> Result<T>
+where
+    R: FnOnce(Option<&[u8]>) -> T,
+{
+    type Miss<R> = (Arc<TaskContext>, Arc<dyn StateStore>, R);
+    let lookup = with_current(
+        || format!("table `{table}`"),
+        |ctx| -> Result<std::result::Result<T, Miss<R>>> {
+            let tables = ctx.tables();
+            let state = tables
+                .iter()
+                .find(|t| t.name == table)
+                .ok_or_else(|| not_bound(ctx, table))?;
+            Ok(match state.cache.get(key) {
+                Some(entry) => Ok(read(entry.value.as_deref())),
+                None => Err((Arc::clone(ctx), Arc::clone(&state.store), read)),
+            })
+        },
+    )??;
+    match lookup {
+        Ok(value) => Ok(value),
+        Err((ctx, store, read)) => {
+            let value = Box::pin(table_load(&ctx, table, store, key.to_vec())).await?;
+            Ok(read(value.as_deref()))
         }
-        Arc::clone(&state.store)
-    };
-    let value = Box::pin(table_load(&ctx, table, store, key.to_vec())).await?;
-    Ok(read(value.as_deref()))
+    }
 }
 
 /// Reads a key from the store into the cache.
@@ -349,14 +379,63 @@ async fn table_load(
     Ok(value)
 }
 
+/// Changes a table key of the current partition in place: `change` gets the stored bytes
+/// (`None`: missing) and rewrites them, reusing their buffer. The store is read (off the
+/// executor, boxed) only when the key is not cached.
+pub(crate) async fn table_update<T, F>(table: &'static str, key: &[u8], change: F) -> Result<T>
+where
+    F: FnOnce(&mut Option<Vec<u8>>) -> Result<T>,
+{
+    type Miss<F> = (Arc<TaskContext>, Arc<dyn StateStore>, F);
+    let attempt = with_current(
+        || format!("table `{table}`"),
+        |ctx| -> Result<std::result::Result<T, Miss<F>>> {
+            let mut tables = ctx.tables();
+            let state = tables
+                .iter_mut()
+                .find(|t| t.name == table)
+                .ok_or_else(|| not_bound(ctx, table))?;
+            let Some(entry) = state.cache.get_mut(key) else {
+                return Ok(Err((Arc::clone(ctx), Arc::clone(&state.store), change)));
+            };
+            let before = entry.value.as_ref().map_or(0, Vec::len);
+            let out = change(&mut entry.value)?;
+            let after = entry.value.as_ref().map_or(0, Vec::len);
+            if !entry.dirty {
+                entry.dirty = true;
+                state.dirty += 1;
+            }
+            state.cache_bytes = (state.cache_bytes + after).saturating_sub(before);
+            ctx.counts.table_updates.fetch_add(1, Ordering::Relaxed);
+            ctx.metrics.table_update(table, key, entry.value.as_deref());
+            if state.cache_bytes > CACHE_BYTES {
+                ctx.cut_wanted.store(true, Ordering::Relaxed);
+            }
+            Ok(Ok(out))
+        },
+    )??;
+    match attempt {
+        Ok(out) => Ok(out),
+        Err((ctx, store, change)) => {
+            let mut value = Box::pin(table_load(&ctx, table, store, key.to_vec())).await?;
+            let out = change(&mut value)?;
+            put(&ctx, table, key.to_vec(), value)?;
+            Ok(out)
+        }
+    }
+}
+
 /// Writes a table key of the current partition (made durable at the next cut).
-pub(crate) async fn table_put(table: &'static str, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<()> {
-    let ctx = current(|| format!("table `{table}`"))?;
+pub(crate) fn table_put(table: &'static str, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<()> {
+    with_current(|| format!("table `{table}`"), |ctx| put(ctx, table, key, value))?
+}
+
+fn put(ctx: &TaskContext, table: &'static str, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<()> {
     let mut tables = ctx.tables();
     let state = tables
         .iter_mut()
         .find(|t| t.name == table)
-        .ok_or_else(|| not_bound(&ctx, table))?;
+        .ok_or_else(|| not_bound(ctx, table))?;
     ctx.counts.table_updates.fetch_add(1, Ordering::Relaxed);
     ctx.metrics.table_update(table, &key, value.as_deref());
     // Look up by reference first: the key is usually cached, and `entry` would consume it.
