@@ -43,10 +43,12 @@ test: build
 
 # Benchmarks print figures; nothing is asserted. They use the dev profile, whose crates are
 # optimised (see Cargo.toml), so RocksDB and librdkafka are not compiled a second time.
+# Benchmarks are release builds, as users run them (the first one compiles RocksDB and
+# librdkafka optimised, ~11 minutes on 2 cores; tests keep using the dev profile).
 bench: deps
-	$(CARGO) build --examples
-	$${CARGO_TARGET_DIR:-target}/debug/examples/bench $(BENCH_ARGS)
-	$(CARGO) bench --profile dev -p streams-tests --bench engine
+	$(CARGO) build --release --examples
+	$${CARGO_TARGET_DIR:-target}/release/examples/bench $(BENCH_ARGS)
+	$(CARGO) bench -p streams-tests --bench engine
 
 lint: deps
 	$(CARGO) fmt --all -- --check

@@ -131,9 +131,93 @@ pub fn kafka_partition(key: &[u8], partitions: i32) -> i32 {
     ((h & 0x7fff_ffff) % partitions.max(1) as u32) as i32
 }
 
+/// One partition of a driver topic. The records' bytes sit in one buffer, in order, as in
+/// a fetch response: reading a partition touches memory in order.
+#[derive(Default, Clone)]
+struct PartitionLog {
+    data: Vec<u8>,
+    records: Vec<Stored>,
+}
+
+#[derive(Clone)]
+struct Stored {
+    /// Where the key (then the value) starts in `data`.
+    start: usize,
+    key_len: Option<usize>,
+    value_len: Option<usize>,
+    headers: Vec<(String, String)>,
+    timestamp: i64,
+}
+
+impl PartitionLog {
+    fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Appends a record; returns its offset.
+    fn push(
+        &mut self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: Vec<(String, String)>,
+        timestamp: i64,
+    ) -> i64 {
+        let start = self.data.len();
+        self.data.extend_from_slice(key.unwrap_or_default());
+        self.data.extend_from_slice(value.unwrap_or_default());
+        self.records.push(Stored {
+            start,
+            key_len: key.map(<[u8]>::len),
+            value_len: value.map(<[u8]>::len),
+            headers,
+            timestamp,
+        });
+        self.records.len() as i64 - 1
+    }
+
+    fn parts(&self, stored: &Stored) -> (Option<&[u8]>, Option<&[u8]>) {
+        let value_start = stored.start + stored.key_len.unwrap_or(0);
+        let key = stored.key_len.map(|len| &self.data[stored.start..stored.start + len]);
+        let value = stored.value_len.map(|len| &self.data[value_start..value_start + len]);
+        (key, value)
+    }
+
+    /// The record at `offset` as the stream gets it.
+    fn message(&self, offset: usize) -> Message {
+        let stored = &self.records[offset];
+        let (key, value) = self.parts(stored);
+        let headers = (!stored.headers.is_empty()).then(|| {
+            stored
+                .headers
+                .iter()
+                .fold(OwnedHeaders::new(), |headers, (key, value)| {
+                    headers.insert(Header {
+                        key,
+                        value: Some(value.as_bytes()),
+                    })
+                })
+        });
+        Message::new(offset as i64, Some(stored.timestamp), key, value, headers)
+    }
+
+    /// The record at `offset`, for inspection.
+    fn record(&self, partition: i32, offset: usize) -> TestRecord {
+        let stored = &self.records[offset];
+        let (key, value) = self.parts(stored);
+        TestRecord {
+            partition,
+            offset: offset as i64,
+            key: key.map(<[u8]>::to_vec),
+            value: value.map(<[u8]>::to_vec),
+            headers: stored.headers.clone(),
+            timestamp: stored.timestamp,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Log {
-    topics: HashMap<String, Vec<Vec<TestRecord>>>,
+    topics: HashMap<String, Vec<PartitionLog>>,
     round_robin: HashMap<String, usize>,
     clock: i64,
 }
@@ -165,22 +249,15 @@ impl Topics {
             None => log
                 .topics
                 .entry(record.topic.to_string())
-                .or_insert_with(|| vec![Vec::new()]),
+                .or_insert_with(|| vec![PartitionLog::default()]),
         };
         let index = (partition.max(0) as usize).min(parts.len() - 1);
-        let offset = parts[index].len() as i64;
-        parts[index].push(TestRecord {
-            partition: index as i32,
-            offset,
-            key: record.key,
-            value: record.value,
-            headers: record
-                .headers
-                .into_iter()
-                .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
-                .collect(),
-            timestamp: clock,
-        });
+        let headers = record
+            .headers
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+            .collect();
+        let offset = parts[index].push(record.key.as_deref(), record.value.as_deref(), headers, clock);
         (index as i32, offset)
     }
 }
@@ -198,7 +275,7 @@ impl Sink for Topics {
     fn changelog_offset(&self, topic: &str, partition: i32) -> Option<i64> {
         let log = self.log();
         let records = log.topics.get(topic)?.get(partition as usize)?;
-        records.last().map(|r| r.offset)
+        records.len().checked_sub(1).map(|last| last as i64)
     }
 }
 
@@ -267,8 +344,10 @@ impl TestDriver {
         {
             let mut log = topics.log();
             for topic in &plan {
-                log.topics
-                    .insert(topic.name.clone(), vec![Vec::new(); topic.partitions.max(1) as usize]);
+                log.topics.insert(
+                    topic.name.clone(),
+                    vec![PartitionLog::default(); topic.partitions.max(1) as usize],
+                );
             }
         }
         let offsets = Arc::new(Offsets::default());
@@ -391,9 +470,11 @@ impl TestDriver {
                         log.topics
                             .get(&task.topic)
                             .and_then(|parts| parts.get(task.partition as usize))
-                            .map(|records| {
-                                let from = task.delivered.min(records.len());
-                                records[from..].iter().take(1024).map(to_message).collect()
+                            .map(|log| {
+                                let from = task.delivered.min(log.len());
+                                (from..log.len().min(from + 1024))
+                                    .map(|offset| log.message(offset))
+                                    .collect()
                             })
                             .unwrap_or_default()
                     };
@@ -447,7 +528,13 @@ impl TestDriver {
             .log()
             .topics
             .get(topic)
-            .map(|p| p.concat())
+            .map(|parts| {
+                parts
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(partition, log)| (0..log.len()).map(move |offset| log.record(partition as i32, offset)))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -495,25 +582,4 @@ impl TestDriver {
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.metrics)
     }
-}
-
-fn to_message(record: &TestRecord) -> Message {
-    let headers = (!record.headers.is_empty()).then(|| {
-        record
-            .headers
-            .iter()
-            .fold(OwnedHeaders::new(), |headers, (key, value)| {
-                headers.insert(Header {
-                    key,
-                    value: Some(value.as_bytes()),
-                })
-            })
-    });
-    Message::new(
-        record.offset,
-        Some(record.timestamp),
-        record.key.as_deref(),
-        record.value.as_deref(),
-        headers,
-    )
 }
