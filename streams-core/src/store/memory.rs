@@ -34,6 +34,10 @@ impl StateStore for MemoryStore {
         Ok(self.state().0.get(key).cloned())
     }
 
+    fn get_in_memory(&self, key: &[u8]) -> Result<Option<Option<Vec<u8>>>> {
+        self.get(key).map(Some)
+    }
+
     fn write(&self, entries: &[(Vec<u8>, Option<Vec<u8>>)], checkpoint: Checkpoint) -> Result<()> {
         let mut state = self.state();
         for (key, value) in entries {

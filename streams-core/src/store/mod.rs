@@ -23,6 +23,13 @@ pub struct Checkpoint {
 pub trait StateStore: Send + Sync + 'static {
     /// The value of `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// The value of `key` if it can be read without waiting for the disk (from memory or a
+    /// cache); `None` when only [`StateStore::get`] can tell. Agents read through this on the
+    /// executor and fall back to `get` on a blocking thread.
+    fn get_in_memory(&self, key: &[u8]) -> Result<Option<Option<Vec<u8>>>> {
+        let _ = key;
+        Ok(None)
+    }
     /// Writes entries (`None` deletes) and the checkpoint atomically. `None` fields of the
     /// checkpoint leave the stored ones as they are.
     fn write(&self, entries: &[(Vec<u8>, Option<Vec<u8>>)], checkpoint: Checkpoint) -> Result<()>;

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteBufferManager, DB,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, ErrorKind, IteratorMode, Options, ReadOptions, ReadTier,
+    WriteBatch, WriteBufferManager, DB,
 };
 
 use super::{Checkpoint, StateStore};
@@ -37,6 +38,8 @@ fn shared_memory() -> &'static (Cache, WriteBufferManager) {
 /// store.write(&[(b"u1".to_vec(), Some(b"3".to_vec()))], checkpoint).unwrap();
 /// assert_eq!(store.get(b"u1").unwrap(), Some(b"3".to_vec()));
 /// assert_eq!(store.checkpoint().unwrap(), checkpoint);
+/// // Just written, so in a memtable: readable without the disk.
+/// assert_eq!(store.get_in_memory(b"u1").unwrap(), Some(Some(b"3".to_vec())));
 /// ```
 pub struct RocksDbStore {
     db: DB,
@@ -57,17 +60,26 @@ impl RocksDbStore {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
-        options.set_write_buffer_size(4 << 20);
-        options.set_max_write_buffer_number(2);
         options.set_keep_log_file_num(2);
         let (cache, buffers) = shared_memory();
         options.set_write_buffer_manager(buffers);
+        // The data's column family: small memtables, the shared block cache, and a bloom
+        // filter so that looking up a key the table does not have rarely reads the disk.
+        let mut data = Options::default();
+        data.set_write_buffer_size(4 << 20);
+        data.set_max_write_buffer_number(2);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(cache);
-        options.set_block_based_table_factory(&table);
+        table.set_bloom_filter(10.0, false);
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        data.set_block_based_table_factory(&table);
+        let mut meta = Options::default();
+        meta.set_write_buffer_size(64 << 10);
+        meta.set_block_based_table_factory(&table);
         let families = vec![
-            ColumnFamilyDescriptor::new("default", Options::default()),
-            ColumnFamilyDescriptor::new(META, Options::default()),
+            ColumnFamilyDescriptor::new("default", data),
+            ColumnFamilyDescriptor::new(META, meta),
         ];
         let db = DB::open_cf_descriptors(&options, path, families).map_err(|e| store_error(path, e))?;
         Ok(Self {
@@ -105,6 +117,18 @@ impl RocksDbStore {
 impl StateStore for RocksDbStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.db.get(key).map_err(|e| store_error(&self.path, e))
+    }
+
+    fn get_in_memory(&self, key: &[u8]) -> Result<Option<Option<Vec<u8>>>> {
+        // RocksDB's "block cache tier": memtables and cached blocks only; a read that would
+        // need the disk returns `Incomplete` instead of blocking.
+        let mut options = ReadOptions::default();
+        options.set_read_tier(ReadTier::BlockCache);
+        match self.db.get_opt(key, &options) {
+            Ok(value) => Ok(Some(value)),
+            Err(error) if error.kind() == ErrorKind::Incomplete => Ok(None),
+            Err(error) => Err(store_error(&self.path, error)),
+        }
     }
 
     fn write(&self, entries: &[(Vec<u8>, Option<Vec<u8>>)], checkpoint: Checkpoint) -> Result<()> {

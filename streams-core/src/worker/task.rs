@@ -342,26 +342,36 @@ where
     match lookup {
         Ok(value) => Ok(value),
         Err((ctx, store, read)) => {
-            let value = Box::pin(table_load(&ctx, table, store, key.to_vec())).await?;
+            let value = Box::pin(table_load(&ctx, table, store, key.to_vec(), true)).await?;
             Ok(read(value.as_deref()))
         }
     }
 }
 
-/// Reads a key from the store into the cache.
+/// Reads a key from the store: from its memory when it can answer without the disk, else
+/// on a blocking thread. With `keep`, the value is cached (clean).
 async fn table_load(
     ctx: &TaskContext,
     table: &'static str,
     store: Arc<dyn StateStore>,
     lookup: Vec<u8>,
+    keep: bool,
 ) -> Result<Option<Vec<u8>>> {
-    let (lookup, value) = tokio::task::spawn_blocking(move || {
-        let value = store.get(&lookup);
-        (lookup, value)
-    })
-    .await
-    .map_err(|e| Error::Config(format!("table `{table}`: store read failed: {e}")))?;
-    let value = value?;
+    let (lookup, value) = match store.get_in_memory(&lookup)? {
+        Some(value) => (lookup, value),
+        None => {
+            let (lookup, value) = tokio::task::spawn_blocking(move || {
+                let value = store.get(&lookup);
+                (lookup, value)
+            })
+            .await
+            .map_err(|e| Error::Config(format!("table `{table}`: store read failed: {e}")))?;
+            (lookup, value?)
+        }
+    };
+    if !keep {
+        return Ok(value);
+    }
     let mut tables = ctx.tables();
     if let Some(state) = tables.iter_mut().find(|t| t.name == table) {
         if !state.cache.contains_key(&lookup) {
@@ -417,7 +427,7 @@ where
     match attempt {
         Ok(out) => Ok(out),
         Err((ctx, store, change)) => {
-            let mut value = Box::pin(table_load(&ctx, table, store, key.to_vec())).await?;
+            let mut value = Box::pin(table_load(&ctx, table, store, key.to_vec(), false)).await?;
             let out = change(&mut value)?;
             put(&ctx, table, key.to_vec(), value)?;
             Ok(out)
