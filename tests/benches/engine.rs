@@ -1,7 +1,9 @@
 //! Broker-free engine throughput through the test driver (the runtime's real task loop):
 //! the seed pipeline (decode, filter, send to the internal topic, decode again, count) with
 //! the memory store and with RocksDB, on one core (a single-threaded runtime: the figure is
-//! per core). Run with `make bench`.
+//! per core). The seed has 20 users, so the counts live in the table cache; the third case
+//! gives every record its own user, so every count is a store read and a store write.
+//! Run with `make bench`.
 
 use std::time::{Duration, Instant};
 
@@ -17,15 +19,23 @@ fn pipeline(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let inputs: Vec<Vec<u8>> = seed::hits(1, RECORDS)
+    let seed_inputs: Vec<Vec<u8>> = seed::hits(1, RECORDS)
         .iter()
         .map(|r| r.to_string().into_bytes())
+        .collect();
+    let distinct_inputs: Vec<Vec<u8>> = (0..RECORDS)
+        .map(|i| format!(r#"{{"hits":30,"timestamp":1.0,"userId":"u{i:07}"}}"#).into_bytes())
         .collect();
     let mut group = c.benchmark_group("seed pipeline, broker-free, one core");
     group.throughput(Throughput::Elements(RECORDS as u64));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
-    for (name, rocksdb) in [("memory store", false), ("RocksDB store", true)] {
+    let cases = [
+        ("memory store", false, &seed_inputs),
+        ("RocksDB store", true, &seed_inputs),
+        ("RocksDB store, every record a new key", true, &distinct_inputs),
+    ];
+    for (name, rocksdb, inputs) in cases {
         group.bench_function(name, |b| {
             b.iter_custom(|iterations| {
                 let mut total = Duration::ZERO;
@@ -38,7 +48,7 @@ fn pipeline(c: &mut Criterion) {
                     };
                     total += runtime.block_on(async {
                         let mut driver = TestDriver::with_stores(app(), &[("hit_count", 4)], stores).expect("driver");
-                        for input in &inputs {
+                        for input in inputs {
                             driver.pipe_raw("hit_count", None, Some(input));
                         }
                         let began = Instant::now();
