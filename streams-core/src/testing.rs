@@ -217,8 +217,8 @@ impl PartitionLog {
 
 #[derive(Default)]
 struct Log {
-    topics: HashMap<String, Vec<PartitionLog>>,
-    round_robin: HashMap<String, usize>,
+    topics: HashMap<String, Vec<PartitionLog>, foldhash::fast::RandomState>,
+    round_robin: HashMap<String, usize, foldhash::fast::RandomState>,
     clock: i64,
 }
 

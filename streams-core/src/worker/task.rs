@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -113,12 +113,17 @@ pub(crate) struct TaskContext {
     sink: Arc<dyn Sink>,
     committer: std::sync::mpsc::Sender<Cut>,
     pub metrics: Arc<Metrics>,
-    current_offset: AtomicI64,
     /// Set when the table cache is over budget: the stream makes a cut before the next record.
     pub cut_wanted: std::sync::atomic::AtomicBool,
     /// This partition's counts not yet added to the shared [`Metrics`] (counting into the
     /// shared counters for every record would bounce their cache line between threads).
     counts: Counts,
+}
+
+/// Adds one to a partition's count. Only the partition's task writes its counts (and takes
+/// them in `report`), so a plain load and store do: no locked instruction per record.
+fn bump(count: &AtomicU64) {
+    count.store(count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
 
 #[derive(Default)]
@@ -153,7 +158,6 @@ impl TaskContext {
             sink,
             committer,
             metrics,
-            current_offset: AtomicI64::new(-1),
             cut_wanted: std::sync::atomic::AtomicBool::new(false),
             counts: Counts::default(),
         }
@@ -161,7 +165,11 @@ impl TaskContext {
 
     /// Adds this partition's counts to the worker's metrics.
     pub(crate) fn report(&self) {
-        let take = |count: &AtomicU64| count.swap(0, Ordering::Relaxed);
+        let take = |count: &AtomicU64| {
+            let n = count.load(Ordering::Relaxed);
+            count.store(0, Ordering::Relaxed);
+            n
+        };
         let metrics = &self.metrics;
         for (local, shared) in [
             (&self.counts.records, &metrics.records),
@@ -181,8 +189,7 @@ impl TaskContext {
     }
 
     pub(crate) fn record_started(&self, message: &Message) {
-        self.current_offset.store(message.offset(), Ordering::Relaxed);
-        self.counts.records.fetch_add(1, Ordering::Relaxed);
+        bump(&self.counts.records);
         self.metrics.record_in(self, message);
     }
 
@@ -291,7 +298,7 @@ pub(crate) async fn send_from_agent(topic: &'static str, key: Option<Vec<u8>>, v
             };
             match ctx.sink.enqueue(record) {
                 Ok(()) => {
-                    ctx.counts.sends.fetch_add(1, Ordering::Relaxed);
+                    bump(&ctx.counts.sends);
                     Ok(None)
                 }
                 Err(SinkError::Full(record)) => Ok(Some((Arc::clone(ctx), record))),
@@ -303,7 +310,7 @@ pub(crate) async fn send_from_agent(topic: &'static str, key: Option<Vec<u8>>, v
         Box::pin(enqueue_when_room(&*ctx.sink, record))
             .await
             .map_err(Error::Config)?;
-        ctx.counts.sends.fetch_add(1, Ordering::Relaxed);
+        bump(&ctx.counts.sends);
     }
     Ok(())
 }
@@ -416,7 +423,7 @@ where
                 state.dirty += 1;
             }
             state.cache_bytes = (state.cache_bytes + after).saturating_sub(before);
-            ctx.counts.table_updates.fetch_add(1, Ordering::Relaxed);
+            bump(&ctx.counts.table_updates);
             ctx.metrics.table_update(table, key, entry.value.as_deref());
             if state.cache_bytes > CACHE_BYTES {
                 ctx.cut_wanted.store(true, Ordering::Relaxed);
@@ -446,7 +453,7 @@ fn put(ctx: &TaskContext, table: &'static str, key: Vec<u8>, value: Option<Vec<u
         .iter_mut()
         .find(|t| t.name == table)
         .ok_or_else(|| not_bound(ctx, table))?;
-    ctx.counts.table_updates.fetch_add(1, Ordering::Relaxed);
+    bump(&ctx.counts.table_updates);
     ctx.metrics.table_update(table, &key, value.as_deref());
     // Look up by reference first: the key is usually cached, and `entry` would consume it.
     if let Some(entry) = state.cache.get_mut(&key) {
