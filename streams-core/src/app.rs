@@ -37,6 +37,7 @@ pub struct App {
     agents: Vec<AgentSpec>,
     topic_partitions: i32,
     commit_interval: Duration,
+    table_cache_bytes: usize,
 }
 
 impl App {
@@ -48,6 +49,7 @@ impl App {
             agents: Vec::new(),
             topic_partitions: 8,
             commit_interval: Duration::from_secs(1),
+            table_cache_bytes: 1 << 20,
         }
     }
 
@@ -71,6 +73,25 @@ impl App {
 
     pub(crate) fn commit_interval_value(&self) -> Duration {
         self.commit_interval
+    }
+
+    /// Memory for table entries per table partition (default 1 MiB), like Kafka Streams'
+    /// `statestore.cache.max.bytes`. Reads and repeated updates of cached keys never touch
+    /// the store; when a partition's entries pass this budget, it commits early (its changes
+    /// go to the changelog and the store) and starts an empty cache, so memory stays bounded
+    /// however many keys a commit interval touches.
+    ///
+    /// ```
+    /// # use streams_core::App;
+    /// let app = App::new("counter").table_cache_bytes(8 << 20);
+    /// ```
+    pub fn table_cache_bytes(mut self, bytes: usize) -> Self {
+        self.table_cache_bytes = bytes;
+        self
+    }
+
+    pub(crate) fn table_cache_bytes_value(&self) -> usize {
+        self.table_cache_bytes
     }
 
     /// The app's id.

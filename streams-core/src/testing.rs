@@ -392,7 +392,12 @@ impl TestDriver {
             };
             self.stores
                 .insert((table.name.to_string(), partition), Arc::clone(&store));
-            tables.push(TableState::new(table.name, table.changelog_topic(self.app.id()), store));
+            tables.push(TableState::new(
+                table.name,
+                table.changelog_topic(self.app.id()),
+                store,
+                self.app.table_cache_bytes_value(),
+            ));
         }
         let sink: Arc<dyn Sink> = Arc::new(self.topics.clone());
         let ctx = TaskContext::new(

@@ -228,13 +228,11 @@ async fn count_users(mut users: Stream<String, i64>) -> Result<()> {
     Ok(())
 }
 
-/// A commit interval that touches more keys than a partition's table cache holds (1 MiB)
-/// commits early instead of growing: the changelog shows several cuts within one run, and
-/// nothing is lost or counted twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_keys_commit_early_and_stay_exact() {
+/// Runs `count_users` on 40,000 keys, twice each; returns the table and the number of
+/// distinct cuts (source offsets) its changelog shows.
+async fn count_many_keys(app: App) -> (std::collections::BTreeMap<String, i64>, usize, Option<i64>) {
     const KEYS: usize = 40_000;
-    let mut driver = TestDriver::new(App::new("keys").agent(count_users)).expect("driver");
+    let mut driver = TestDriver::new(app.agent(count_users)).expect("driver");
     for round in 0..2 {
         for i in 0..KEYS {
             driver
@@ -243,21 +241,32 @@ async fn many_keys_commit_early_and_stay_exact() {
         }
     }
     driver.run().await.expect("run");
-
-    let table = driver.table(&PER_USER).expect("table");
-    assert_eq!(table.len(), KEYS);
-    assert!(table.values().all(|&n| n == 3), "every key counted 1 + 2");
     let cuts: std::collections::BTreeSet<String> = driver
         .raw_records("keys-per-user-changelog")
         .iter()
         .filter_map(|r| r.header("streams.source.offset").map(str::to_string))
         .collect();
-    assert!(
-        cuts.len() >= 4,
-        "expected early cuts, the changelog shows {} cut(s)",
-        cuts.len()
-    );
-    assert_eq!(driver.committed("users", 0), Some(2 * KEYS as i64));
+    (
+        driver.table(&PER_USER).expect("table"),
+        cuts.len(),
+        driver.committed("users", 0),
+    )
+}
+
+/// A commit interval that touches more keys than a partition's table cache holds (1 MiB by
+/// default) commits early instead of growing: the changelog shows several cuts within one
+/// run, and nothing is lost or counted twice. A larger `App::table_cache_bytes` holds them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_keys_commit_early_and_stay_exact() {
+    let (table, cuts, committed) = count_many_keys(App::new("keys")).await;
+    assert_eq!(table.len(), 40_000);
+    assert!(table.values().all(|&n| n == 3), "every key counted 1 + 2");
+    assert!(cuts >= 4, "expected early cuts, the changelog shows {cuts} cut(s)");
+    assert_eq!(committed, Some(80_000));
+
+    let (table, cuts, _) = count_many_keys(App::new("keys").table_cache_bytes(64 << 20)).await;
+    assert_eq!(table.len(), 40_000);
+    assert_eq!(cuts, 1, "a 64 MiB cache holds 40,000 keys until the run's one cut");
 }
 
 type Grid = std::collections::BTreeMap<(i32, i32), i64>;

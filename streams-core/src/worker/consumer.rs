@@ -52,6 +52,7 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     pub restorer: Restorer,
     pub commit_interval: Duration,
+    pub table_cache_bytes: usize,
     running: Mutex<HashMap<String, HashMap<i32, Running>>>,
     /// Polled records not yet handed over, one batch per (topic, partition), in order.
     pending: Mutex<Vec<(String, i32, Vec<Message>)>>,
@@ -69,6 +70,7 @@ impl Shared {
         metrics: Arc<Metrics>,
         restorer: Restorer,
         commit_interval: Duration,
+        table_cache_bytes: usize,
     ) -> Self {
         Self {
             app_id,
@@ -80,6 +82,7 @@ impl Shared {
             metrics,
             restorer,
             commit_interval,
+            table_cache_bytes,
             running: Mutex::new(HashMap::new()),
             pending: Mutex::new(Vec::new()),
         }
@@ -165,7 +168,12 @@ impl Shared {
                 if let Some(offset) = store.checkpoint()?.source_offset {
                     store_offset = Some(store_offset.map_or(offset, |o: i64| o.max(offset)));
                 }
-                tables.push(TableState::new(table.name, table.changelog_topic(&self.app_id), store));
+                tables.push(TableState::new(
+                    table.name,
+                    table.changelog_topic(&self.app_id),
+                    store,
+                    self.table_cache_bytes,
+                ));
             }
             // Every changelog record of input up to a store's checkpoint was acknowledged
             // before that checkpoint was written, so the state agrees with whichever is further.

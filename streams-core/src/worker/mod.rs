@@ -218,6 +218,7 @@ impl Worker {
             Arc::clone(&metrics),
             Restorer::new(&config)?,
             app.commit_interval_value(),
+            app.table_cache_bytes_value(),
         ));
         let mut consumer_config = config.clone();
         consumer_config

@@ -17,11 +17,6 @@ use crate::worker::commit::Cut;
 use crate::worker::metrics::Metrics;
 use crate::{Error, Result};
 
-/// Bytes of table entries a partition keeps in memory (like Kafka Streams'
-/// `statestore.cache.max.bytes`): past it, changed entries are committed early (a cut) and
-/// unchanged ones dropped, so memory stays bounded however many keys a commit interval touches.
-const CACHE_BYTES: usize = 1 << 20;
-
 /// What one cached entry costs beyond its key and value bytes: two `Vec`s, the hash
 /// table's slot, and the allocator's headers.
 const ENTRY_OVERHEAD: usize = 96;
@@ -69,6 +64,9 @@ pub(crate) struct TableState {
     cache: HashMap<Vec<u8>, Entry, foldhash::fast::RandomState>,
     /// Estimated memory of `cache`, see [`entry_bytes`].
     cache_bytes: usize,
+    /// Budget for `cache` (`App::table_cache_bytes`): past it, changed entries are committed
+    /// early (a cut) and unchanged ones dropped.
+    cache_limit: usize,
     dirty: usize,
 }
 
@@ -78,20 +76,21 @@ struct Entry {
 }
 
 impl TableState {
-    pub(crate) fn new(name: &'static str, changelog: String, store: Arc<dyn StateStore>) -> Self {
+    pub(crate) fn new(name: &'static str, changelog: String, store: Arc<dyn StateStore>, cache_limit: usize) -> Self {
         Self {
             name,
             changelog: changelog.into(),
             store,
             cache: HashMap::default(),
             cache_bytes: 0,
+            cache_limit,
             dirty: 0,
         }
     }
 
     /// Drops the cache if it is over budget and nothing in it waits for a cut.
     fn evict_clean(&mut self) {
-        if self.cache_bytes > CACHE_BYTES && self.dirty == 0 {
+        if self.cache_bytes > self.cache_limit && self.dirty == 0 {
             self.cache = HashMap::default();
             self.cache_bytes = 0;
         }
@@ -214,7 +213,7 @@ impl TaskContext {
                 continue;
             }
             let mut entries = Vec::with_capacity(table.dirty);
-            if table.cache_bytes > CACHE_BYTES {
+            if table.cache_bytes > table.cache_limit {
                 // Over budget: the entries move out (no copies) and the cache starts afresh.
                 for (key, entry) in std::mem::take(&mut table.cache) {
                     if entry.dirty {
@@ -425,7 +424,7 @@ where
             state.cache_bytes = (state.cache_bytes + after).saturating_sub(before);
             bump(&ctx.counts.table_updates);
             ctx.metrics.table_update(table, key, entry.value.as_deref());
-            if state.cache_bytes > CACHE_BYTES {
+            if state.cache_bytes > state.cache_limit {
                 ctx.cut_wanted.store(true, Ordering::Relaxed);
             }
             Ok(Ok(out))
@@ -469,7 +468,7 @@ fn put(ctx: &TaskContext, table: &'static str, key: Vec<u8>, value: Option<Vec<u
         state.cache.insert(key, Entry { value, dirty: true });
         state.dirty += 1;
     }
-    if state.cache_bytes > CACHE_BYTES {
+    if state.cache_bytes > state.cache_limit {
         ctx.cut_wanted.store(true, Ordering::Relaxed);
     }
     Ok(())
