@@ -26,28 +26,38 @@ pub fn worker_options(dir: &std::path::Path, broker: &streams_core::EmbeddedBrok
 
 /// Produces `values` (optionally keyed) to `topic` and waits until all are acknowledged.
 pub fn produce(bootstrap: &str, topic: &str, values: &[(Option<String>, Vec<u8>)]) {
+    send_all(
+        bootstrap,
+        values.iter().map(|(key, value)| {
+            let record = BaseRecord::<[u8], [u8]>::to(topic).payload(value.as_slice());
+            match key {
+                Some(key) => record.key(key.as_bytes()),
+                None => record,
+            }
+        }),
+    );
+}
+
+/// Sends every record, waiting while the producer's queue is full, then waits until all are
+/// acknowledged.
+fn send_all<'a>(bootstrap: &str, records: impl Iterator<Item = BaseRecord<'a, [u8], [u8]>>) {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "5")
         .create()
         .expect("test producer");
-    for (key, value) in values {
-        let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(value.as_slice());
-        if let Some(key) = key {
-            record = record.key(key.as_bytes());
-        }
-        let mut record = record;
+    for mut record in records {
         loop {
             match producer.send(record) {
                 Ok(()) => break,
                 Err((_, back)) => {
                     record = back;
-                    std::thread::sleep(Duration::from_millis(5));
+                    std::thread::sleep(Duration::from_millis(2));
                 }
             }
         }
     }
-    producer.flush(Duration::from_secs(60)).expect("flush");
+    producer.flush(Duration::from_secs(120)).expect("flush");
 }
 
 fn consumer(bootstrap: &str, group: &str) -> BaseConsumer {
@@ -334,35 +344,22 @@ pub struct Raw {
 /// Produces `records` to `topic` and waits until all are acknowledged.
 pub fn produce_raw(bootstrap: &str, topic: &str, records: &[Raw]) {
     use rdkafka::message::{Header, OwnedHeaders};
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "5")
-        .create()
-        .expect("test producer");
-    for raw in records {
-        let mut headers = OwnedHeaders::new();
-        for (key, value) in &raw.headers {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value.as_bytes()),
+    send_all(
+        bootstrap,
+        records.iter().map(|raw| {
+            let headers = raw.headers.iter().fold(OwnedHeaders::new(), |headers, (key, value)| {
+                headers.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                })
             });
-        }
-        let mut record = BaseRecord::<str, str>::to(topic)
-            .partition(raw.partition)
-            .key(raw.key.as_str())
-            .payload(raw.value.as_str())
-            .headers(headers);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(120)).expect("flush");
+            BaseRecord::<[u8], [u8]>::to(topic)
+                .partition(raw.partition)
+                .key(raw.key.as_bytes())
+                .payload(raw.value.as_bytes())
+                .headers(headers)
+        }),
+    );
 }
 
 /// The offset `group` committed for `topic[partition]` (0 when none).
