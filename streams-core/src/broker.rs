@@ -20,6 +20,7 @@ enum Command {
     CreateTopic(String, i32, mpsc::Sender<Result<(), String>>),
     BrokerDown(i32, mpsc::Sender<Result<(), String>>),
     BrokerUp(i32, mpsc::Sender<Result<(), String>>),
+    RoundTripTime(i32, Duration, mpsc::Sender<Result<(), String>>),
     Stop,
 }
 
@@ -79,6 +80,9 @@ impl EmbeddedBroker {
                         Command::BrokerUp(id, reply) => {
                             let _ = reply.send(cluster.broker_up(id).map_err(|e| e.to_string()));
                         }
+                        Command::RoundTripTime(id, delay, reply) => {
+                            let _ = reply.send(cluster.broker_round_trip_time(id, delay).map_err(|e| e.to_string()));
+                        }
                         Command::Stop => break,
                     }
                 }
@@ -127,6 +131,11 @@ impl EmbeddedBroker {
     /// Brings broker `id` back up.
     pub fn broker_up(&self, id: i32) -> Result<()> {
         self.call(|reply| Command::BrokerUp(id, reply))
+    }
+
+    /// Delays every response of broker `id` by `delay` (a slow network or a busy broker).
+    pub fn round_trip_time(&self, id: i32, delay: Duration) -> Result<()> {
+        self.call(|reply| Command::RoundTripTime(id, delay, reply))
     }
 
     /// Accepts connections on `listener` and forwards them to the cluster, so that other

@@ -155,6 +155,56 @@ async fn restore_of_200k_changelog_records() {
     assert_eq!(table["key-123456"], 123456);
 }
 
+/// A restore that takes longer than `max.poll.interval.ms` does not get the worker evicted:
+/// it runs inside librdkafka's rebalance callback, which is part of a poll, so the worker
+/// stays in its group (one assignment, not an eviction and a second one) and the table is
+/// complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_longer_than_the_poll_interval_keeps_the_worker_in_its_group() {
+    log();
+    const RECORDS: usize = 8_000;
+    let broker = EmbeddedBroker::start().expect("broker");
+    broker.create_topic("hit_count", 4).expect("topic");
+    create_app_topics(&broker, &app());
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let changelog: Vec<Raw> = (0..RECORDS)
+        .map(|i| Raw {
+            partition: (i % 8) as i32,
+            key: format!("key-{i:05}"),
+            value: i.to_string(),
+            headers: Vec::new(),
+        })
+        .collect();
+    produce_raw(&bootstrap, CHANGELOG, &changelog);
+    // Every response half a second late: restoring 8 partitions one after another takes
+    // longer than the 6 s poll interval.
+    broker
+        .round_trip_time(1, Duration::from_millis(500))
+        .expect("round trip time");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = worker_options(dir.path(), &broker).consumer_config("max.poll.interval.ms", "6000");
+    let worker = Worker::start(app(), options).await.expect("worker starts");
+    all_assigned(&worker, 12).await;
+    // Long enough for an evicted member to have rejoined and been assigned again.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let metrics = worker.stop().await.expect("stop");
+
+    let restoring = Duration::from_micros(metrics.restore_micros.load(Ordering::Relaxed));
+    assert!(
+        restoring > Duration::from_secs(6),
+        "the restore took only {restoring:?}"
+    );
+    assert_eq!(
+        metrics.assignments.load(Ordering::Relaxed),
+        1,
+        "the worker was assigned more than once"
+    );
+    assert_eq!(metrics.restored.load(Ordering::Relaxed), RECORDS as u64);
+    let table = MAJOR_COUNT.read_local(dir.path(), GROUP).expect("table");
+    assert_eq!(table.len(), RECORDS);
+}
+
 fn produce_steadily(
     bootstrap: String,
     records: Vec<serde_json::Value>,

@@ -302,6 +302,7 @@ impl ConsumerContext for WorkerContext {
         self.shared.hand_over();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.shared.metrics.assignments.fetch_add(1, Ordering::Relaxed);
                 if let Err(error) = self.shared.assign(consumer, list) {
                     self.shared
                         .metrics

@@ -26,6 +26,9 @@ pub struct Metrics {
     pub commits: AtomicU64,
     /// Partitions assigned to this worker right now (each restored and running).
     pub assigned: AtomicU64,
+    /// Assignments the group has given this worker so far (one per rebalance that gave it
+    /// partitions).
+    pub assignments: AtomicU64,
     want_record_sample: AtomicBool,
     want_table_sample: AtomicBool,
     samples: Mutex<Vec<String>>,
