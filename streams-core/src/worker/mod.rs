@@ -168,7 +168,13 @@ impl Worker {
     pub async fn start(app: App, options: WorkerOptions) -> Result<WorkerHandle> {
         app.validate()?;
         let app_dir = options.data_dir.join(app.id());
-        let lock = lock_data_dir(&app_dir)?;
+        // File system calls: off the async executor.
+        let lock = {
+            let app_dir = app_dir.clone();
+            tokio::task::spawn_blocking(move || lock_data_dir(&app_dir))
+                .await
+                .map_err(|e| Error::Config(format!("locking the data directory: {e}")))??
+        };
         let embedded = match (&options.embedded, &options.broker) {
             (Some(embedded), _) => Some(embedded.clone()),
             (None, Some(_)) => None,
