@@ -5,6 +5,7 @@
 //! (ARCHITECTURE.md §3), so a crash between a changelog write and an offset commit cannot
 //! count twice.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -118,14 +119,18 @@ impl Restorer {
         Ok(Self { consumer })
     }
 
-    fn watermarks(&self, topic: &str, partition: i32) -> (i64, i64) {
+    /// The partition's watermarks, retried until the broker answers; `None` when cancelled.
+    fn watermarks(&self, topic: &str, partition: i32, cancel: &AtomicBool) -> Option<(i64, i64)> {
         let mut attempt = 0u32;
         loop {
+            if cancel.load(Ordering::Relaxed) {
+                return None;
+            }
             match self
                 .consumer
                 .fetch_watermarks(topic, partition, Duration::from_secs(10))
             {
-                Ok(marks) => return marks,
+                Ok(marks) => return Some(marks),
                 Err(error) => {
                     attempt += 1;
                     let wait = Duration::from_millis(200 * u64::from(attempt.min(25)));
@@ -140,16 +145,20 @@ impl Restorer {
 
     /// Restores `store` from `topic[partition]`, from its checkpoint to the end. Changes
     /// whose source offset is at or past `skip_from` are not applied (their input was never
-    /// committed and will be processed again). Returns the number of records applied.
+    /// committed and will be processed again). Stops early when `cancel` is set, keeping what
+    /// it applied with its checkpoint. Returns the number of records applied.
     pub(crate) fn restore(
         &self,
         store: &dyn StateStore,
         topic: &str,
         partition: i32,
         skip_from: Option<i64>,
+        cancel: &AtomicBool,
     ) -> Result<u64> {
         let checkpoint = store.checkpoint()?;
-        let (low, high) = self.watermarks(topic, partition);
+        let Some((low, high)) = self.watermarks(topic, partition, cancel) else {
+            return Ok(0);
+        };
         let start = checkpoint.changelog_offset.map_or(low, |offset| (offset + 1).max(low));
         if start >= high {
             tracing::debug!(
@@ -171,7 +180,12 @@ impl Restorer {
         let mut last = start - 1;
         let mut applied = 0u64;
         let mut skipped = 0u64;
+        let mut cancelled = false;
         while last < high - 1 {
+            if cancel.load(Ordering::Relaxed) {
+                cancelled = true;
+                break;
+            }
             match self.consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(message)) => {
                     last = message.offset();
@@ -208,13 +222,26 @@ impl Restorer {
                 }
             }
         }
-        let checkpoint = Checkpoint {
-            changelog_offset: Some(last.max(high - 1)),
-            source_offset: None,
-        };
-        store.write(&batch, checkpoint)?;
+        // Read to the end: the checkpoint is the end (records past `last` may have been
+        // compacted away). Cancelled: only what was read.
+        let end = if cancelled { last } else { last.max(high - 1) };
+        if end >= start {
+            let checkpoint = Checkpoint {
+                changelog_offset: Some(end),
+                source_offset: None,
+            };
+            store.write(&batch, checkpoint)?;
+        }
         progress.done();
         self.consumer.unassign().map_err(|e| Error::kafka("restore", e))?;
+        if cancelled {
+            tracing::info!(
+                "restore of {topic}[{partition}] stopped (partition revoked): {applied} records applied; \
+                 a restore here resumes from offset {}",
+                end.max(start - 1) + 1
+            );
+            return Ok(applied);
+        }
         let seconds = began.elapsed().as_secs_f64();
         tracing::info!(
             "restored {topic}[{partition}]: {applied} records applied, {skipped} from uncommitted input skipped, in {seconds:.2}s ({:.0} records/s)",

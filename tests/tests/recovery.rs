@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use streams_core::{EmbeddedBroker, Worker, WorkerHandle, WorkerOptions};
@@ -156,31 +157,15 @@ async fn restore_of_200k_changelog_records() {
 }
 
 /// A restore that takes longer than `max.poll.interval.ms` does not get the worker evicted:
-/// it runs inside librdkafka's rebalance callback, which is part of a poll, so the worker
-/// stays in its group (one assignment, not an eviction and a second one) and the table is
-/// complete.
+/// the worker keeps polling while its paused partitions are restored, so it stays in its
+/// group (one assignment, not an eviction and a second one) and the table is complete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_longer_than_the_poll_interval_keeps_the_worker_in_its_group() {
     log();
-    const RECORDS: usize = 8_000;
     let broker = EmbeddedBroker::start().expect("broker");
     broker.create_topic("hit_count", 4).expect("topic");
     create_app_topics(&broker, &app());
-    let bootstrap = broker.bootstrap_servers().to_string();
-    let changelog: Vec<Raw> = (0..RECORDS)
-        .map(|i| Raw {
-            partition: (i % 8) as i32,
-            key: format!("key-{i:05}"),
-            value: i.to_string(),
-            headers: Vec::new(),
-        })
-        .collect();
-    produce_raw(&bootstrap, CHANGELOG, &changelog);
-    // Every response half a second late: restoring 8 partitions one after another takes
-    // longer than the 6 s poll interval.
-    broker
-        .round_trip_time(1, Duration::from_millis(500))
-        .expect("round trip time");
+    let expected = slow_changelog(&broker, 1);
 
     let dir = tempfile::tempdir().expect("tempdir");
     let options = worker_options(dir.path(), &broker).consumer_config("max.poll.interval.ms", "6000");
@@ -200,9 +185,99 @@ async fn a_restore_longer_than_the_poll_interval_keeps_the_worker_in_its_group()
         1,
         "the worker was assigned more than once"
     );
-    assert_eq!(metrics.restored.load(Ordering::Relaxed), RECORDS as u64);
-    let table = MAJOR_COUNT.read_local(dir.path(), GROUP).expect("table");
-    assert_eq!(table.len(), RECORDS);
+    assert_eq!(metrics.restored.load(Ordering::Relaxed), expected.len() as u64);
+    assert_eq!(MAJOR_COUNT.read_local(dir.path(), GROUP).expect("table"), expected);
+}
+
+/// The changelog of the tests below: 8,000 keys over 8 partitions, `key-i` = i, produced in
+/// `rounds` (at least one batch per partition each), then the broker slowed down.
+fn slow_changelog(broker: &EmbeddedBroker, rounds: usize) -> BTreeMap<String, i64> {
+    const RECORDS: usize = 8_000;
+    let changelog: Vec<Raw> = (0..RECORDS)
+        .map(|i| Raw {
+            partition: (i % 8) as i32,
+            key: format!("key-{i:05}"),
+            value: i.to_string(),
+            headers: Vec::new(),
+        })
+        .collect();
+    for round in changelog.chunks(RECORDS / rounds) {
+        produce_raw(broker.bootstrap_servers(), CHANGELOG, round);
+    }
+    // Every response half a second late: restoring 8 partitions one after another takes
+    // longer than a 6 s poll interval.
+    broker
+        .round_trip_time(1, Duration::from_millis(500))
+        .expect("round trip time");
+    changelog
+        .into_iter()
+        .map(|r| (r.key, r.value.parse().expect("number")))
+        .collect()
+}
+
+/// A worker that joins while another restores is not kept waiting for that restore: the
+/// restoring worker keeps polling, so the group rebalances at once (the restore of the
+/// partitions that move stops, the rest goes on), and together they hold the whole table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_joining_during_a_restore_is_not_kept_waiting() {
+    log();
+    let broker = EmbeddedBroker::start().expect("broker");
+    broker.create_topic("hit_count", 4).expect("topic");
+    create_app_topics(&broker, &app());
+    let expected = slow_changelog(&broker, 10);
+
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    // The first worker fetches one small batch per round trip: its restore takes ~10 round
+    // trips per partition, far longer than the second worker needs to start and join.
+    let options = worker_options(dir_a.path(), &broker).client_config("max.partition.fetch.bytes", "1024");
+    let a = Worker::start(app(), options).await.expect("worker starts");
+    let a_metrics = a.metrics();
+    let assigned = Arc::clone(&a_metrics);
+    tokio::task::spawn_blocking(move || {
+        wait_until("the first worker's assignment", Duration::from_secs(60), || {
+            assigned.assignments.load(Ordering::Relaxed) > 0
+        })
+    })
+    .await
+    .expect("wait");
+    let b = start(&broker, dir_b.path()).await;
+    let b_metrics = b.metrics();
+    let restored_by_a_when_b_was_assigned = tokio::task::spawn_blocking({
+        let (a_metrics, b_metrics) = (Arc::clone(&a_metrics), Arc::clone(&b_metrics));
+        move || {
+            wait_until("the second worker's assignment", Duration::from_secs(120), || {
+                b_metrics.assignments.load(Ordering::Relaxed) > 0
+            });
+            a_metrics.restored.load(Ordering::Relaxed)
+        }
+    })
+    .await
+    .expect("wait");
+    assert!(
+        restored_by_a_when_b_was_assigned < expected.len() as u64,
+        "the group waited for the first worker's whole restore ({restored_by_a_when_b_was_assigned} records)"
+    );
+    tokio::task::spawn_blocking(move || {
+        wait_until(
+            "all 12 partitions restored and running",
+            Duration::from_secs(120),
+            || a_metrics.assigned.load(Ordering::Relaxed) + b_metrics.assigned.load(Ordering::Relaxed) == 12,
+        )
+    })
+    .await
+    .expect("wait");
+    a.stop().await.expect("stop");
+    b.stop().await.expect("stop");
+
+    let mut table = MAJOR_COUNT.read_local(dir_a.path(), GROUP).expect("table");
+    for (key, value) in MAJOR_COUNT.read_local(dir_b.path(), GROUP).expect("table") {
+        let previous = table.insert(key.clone(), value);
+        assert!(previous.is_none_or(|p| p == value), "{key}: {previous:?} vs {value}");
+    }
+    assert_eq!(table, expected);
 }
 
 fn produce_steadily(

@@ -1,7 +1,8 @@
 //! The group consumer and its rebalance handling. One thread polls; rebalances run in
 //! its callback, so that state is safe before partitions move (ARCHITECTURE.md §3):
-//! - assign: open each store, restore it from its changelog, then start the partition's
-//!   agent at the offset that agrees with the restored state;
+//! - assign: open each store and start the partition's agent at the offset that agrees with
+//!   the store; a partition with tables stays paused while the restore thread brings its
+//!   stores up to date from their changelogs (see `restore.rs`), and is resumed after;
 //! - revoke: each partition's agent finishes its record and makes a last cut, which is
 //!   flushed, written and committed before the callback returns; stores close after.
 //! - lost: the partitions are dropped without committing.
@@ -26,6 +27,7 @@ use crate::store::{RocksDbStore, StateStore};
 use crate::stream::{Input, StreamCore};
 use crate::worker::commit::{Cut, OffsetCommit};
 use crate::worker::metrics::Metrics;
+use crate::worker::restore::{self, RestoreJob, RestoreProgress};
 use crate::worker::task::{self, Sink, TableState, TaskContext};
 use crate::{Error, Result};
 
@@ -39,6 +41,9 @@ const FINISH_TIMEOUT: Duration = Duration::from_secs(60);
 struct Running {
     tx: mpsc::Sender<Input>,
     join: tokio::task::JoinHandle<()>,
+    /// While the partition's stores are restored: the restore, and records that arrived
+    /// before the partition was paused (handed over once the restore is done).
+    restoring: Option<(Arc<RestoreProgress>, Vec<Message>)>,
 }
 
 /// Everything the poll thread and the rebalance callback share.
@@ -50,7 +55,8 @@ pub(crate) struct Shared {
     pub sink: Arc<dyn Sink>,
     pub cuts: Mutex<Option<std::sync::mpsc::Sender<Cut>>>,
     pub metrics: Arc<Metrics>,
-    pub restorer: Restorer,
+    /// Jobs for the restore thread.
+    restores: std::sync::mpsc::Sender<RestoreJob>,
     pub commit_interval: Duration,
     pub table_cache_bytes: usize,
     running: Mutex<HashMap<String, HashMap<i32, Running>>>,
@@ -71,8 +77,9 @@ impl Shared {
         restorer: Restorer,
         commit_interval: Duration,
         table_cache_bytes: usize,
-    ) -> Self {
-        Self {
+    ) -> Result<Self> {
+        let restores = restore::spawn(restorer, Arc::clone(&metrics))?;
+        Ok(Self {
             app_id,
             agents,
             data_dir,
@@ -80,12 +87,12 @@ impl Shared {
             sink,
             cuts: Mutex::new(Some(cuts)),
             metrics,
-            restorer,
+            restores,
             commit_interval,
             table_cache_bytes,
             running: Mutex::new(HashMap::new()),
             pending: Mutex::new(Vec::new()),
-        }
+        })
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<i32, Running>>> {
@@ -121,12 +128,16 @@ impl Shared {
         if batches.is_empty() {
             return;
         }
-        let running = self.running();
+        let mut running = self.running();
         for (topic, partition, batch) in batches {
-            let Some(task) = running.get(&topic).and_then(|p| p.get(&partition)) else {
+            let Some(task) = running.get_mut(&topic).and_then(|p| p.get_mut(&partition)) else {
                 tracing::debug!("records for unassigned partition {topic}[{partition}] ignored");
                 continue;
             };
+            if let Some((_, parked)) = &mut task.restoring {
+                parked.extend(batch);
+                continue;
+            }
             if task.tx.blocking_send(Input::Records(batch)).is_err() {
                 tracing::debug!("partition task ended; records will be read again by its next owner");
             }
@@ -151,7 +162,13 @@ impl Shared {
     }
 
     /// Prepares newly assigned partitions; sets in `list` the offset each starts from.
-    fn assign(&self, consumer: &BaseConsumer<WorkerContext>, list: &mut TopicPartitionList) -> Result<()> {
+    /// Returns the partitions whose stores are being restored: they must be paused.
+    fn assign(
+        &self,
+        consumer: &BaseConsumer<WorkerContext>,
+        list: &mut TopicPartitionList,
+    ) -> Result<TopicPartitionList> {
+        let mut restoring = TopicPartitionList::new();
         let committed = committed_offsets(consumer, list);
         let partitions: Vec<(String, i32)> = list
             .elements()
@@ -181,15 +198,16 @@ impl Shared {
                 (Some(c), Some(s)) => Some(c.max(s)),
                 (c, s) => c.or(s),
             };
-            for state in &tables {
-                let began = std::time::Instant::now();
-                let restored = self
-                    .restorer
-                    .restore(&*state.store, &state.changelog, partition, start)?;
-                self.metrics.restored.fetch_add(restored, Ordering::Relaxed);
-                let micros = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
-                self.metrics.restore_micros.fetch_add(micros, Ordering::Relaxed);
-            }
+            let job = (!tables.is_empty()).then(|| RestoreJob {
+                topic: topic.clone(),
+                partition,
+                tables: tables
+                    .iter()
+                    .map(|t| (Arc::clone(&t.store), Arc::clone(&t.changelog)))
+                    .collect(),
+                skip_from: start,
+                progress: Arc::new(RestoreProgress::default()),
+            });
             if let Some(start) = start {
                 list.set_partition_offset(&topic, partition, Offset::Offset(start))
                     .map_err(|e| Error::kafka("assign", e))?;
@@ -207,17 +225,68 @@ impl Shared {
             let (tx, rx) = mpsc::channel(QUEUE);
             let core = StreamCore::new(Arc::new(ctx), rx, self.commit_interval);
             let join = self.runtime.spawn(task::run_partition(agent.clone(), core));
-            tracing::info!(
-                "assigned {topic}[{partition}] to agent {} (from offset {start:?})",
-                agent.name
+            let restoring_progress = match job {
+                Some(job) => {
+                    let progress = Arc::clone(&job.progress);
+                    self.restores.send(job).map_err(|_| Error::Stopping)?;
+                    restoring.add_partition(&topic, partition);
+                    tracing::info!(
+                        "assigned {topic}[{partition}] to agent {} (from offset {start:?}); restoring its tables",
+                        agent.name
+                    );
+                    Some((progress, Vec::new()))
+                }
+                None => {
+                    tracing::info!(
+                        "assigned {topic}[{partition}] to agent {} (from offset {start:?})",
+                        agent.name
+                    );
+                    self.metrics.assigned.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            };
+            self.running().entry(topic).or_default().insert(
+                partition,
+                Running {
+                    tx,
+                    join,
+                    restoring: restoring_progress,
+                },
             );
-            self.running()
-                .entry(topic)
-                .or_default()
-                .insert(partition, Running { tx, join });
-            self.metrics.assigned.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(())
+        Ok(restoring)
+    }
+
+    /// Resumes the partitions whose restores are done, records that arrived meanwhile
+    /// first. A restore that failed stops the worker. Called by the poll thread.
+    fn resume_restored(&self, consumer: &BaseConsumer<WorkerContext>) {
+        let mut running = self.running();
+        for (topic, partitions) in running.iter_mut() {
+            for (partition, task) in partitions.iter_mut() {
+                let Some(outcome) = task.restoring.as_ref().and_then(|(progress, _)| progress.outcome()) else {
+                    continue;
+                };
+                if let Err(error) = outcome {
+                    self.metrics.fail(error);
+                    continue;
+                }
+                let Some((_, parked)) = task.restoring.take() else {
+                    continue;
+                };
+                if !parked.is_empty() && task.tx.blocking_send(Input::Records(parked)).is_err() {
+                    tracing::debug!("partition task ended; records will be read again by its next owner");
+                }
+                let mut list = TopicPartitionList::new();
+                list.add_partition(topic, *partition);
+                match consumer.resume(&list) {
+                    Ok(()) => tracing::info!("{topic}[{partition}] restored; processing"),
+                    Err(error) => self
+                        .metrics
+                        .fail(format!("cannot resume {topic}[{partition}]: {error}")),
+                }
+                self.metrics.assigned.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Finishes partitions: a last cut committed before this returns (or, when the
@@ -233,11 +302,28 @@ impl Shared {
                     .flat_map(|(t, ps)| ps.keys().map(move |p| (t.clone(), *p)))
                     .collect(),
             };
+            // Restores of revoked partitions stop first, all of them, before any is waited for.
+            for (topic, partition) in &selected {
+                if let Some((progress, _)) = running
+                    .get(topic)
+                    .and_then(|ps| ps.get(partition))
+                    .and_then(|task| task.restoring.as_ref())
+                {
+                    progress.cancel();
+                }
+            }
             for (topic, partition) in selected {
                 let Some(task) = running.get_mut(&topic).and_then(|ps| ps.remove(&partition)) else {
                     continue;
                 };
-                self.metrics.assigned.fetch_sub(1, Ordering::Relaxed);
+                match &task.restoring {
+                    // Revoked while restoring: wait until the restore lets go of the stores
+                    // (records parked meanwhile were never processed).
+                    Some((progress, _)) => progress.wait_released(FINISH_TIMEOUT),
+                    None => {
+                        self.metrics.assigned.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
                 if lost {
                     tracing::warn!("{topic}[{partition}] was lost; dropped without committing");
                     task.join.abort();
@@ -303,13 +389,25 @@ impl ConsumerContext for WorkerContext {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.shared.metrics.assignments.fetch_add(1, Ordering::Relaxed);
-                if let Err(error) = self.shared.assign(consumer, list) {
-                    self.shared
-                        .metrics
-                        .fail(format!("cannot take over partitions: {error}"));
-                }
+                let restoring = match self.shared.assign(consumer, list) {
+                    Ok(restoring) => restoring,
+                    Err(error) => {
+                        self.shared
+                            .metrics
+                            .fail(format!("cannot take over partitions: {error}"));
+                        TopicPartitionList::new()
+                    }
+                };
                 if let Err(error) = consumer.assign(list) {
                     tracing::error!("assign failed: {error}");
+                }
+                // Nothing is fetched for these until their stores are restored.
+                if restoring.count() > 0 {
+                    if let Err(error) = consumer.pause(&restoring) {
+                        self.shared
+                            .metrics
+                            .fail(format!("cannot pause partitions while restoring: {error}"));
+                    }
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -382,6 +480,7 @@ pub(crate) fn poll_loop(
             }
         }
         shared.hand_over();
+        shared.resume_restored(consumer);
         if taken > 0 {
             if idle_exit.is_some() {
                 last_record = Some(std::time::Instant::now());

@@ -8,6 +8,7 @@ pub(crate) mod commit;
 pub(crate) mod consumer;
 pub(crate) mod metrics;
 pub(crate) mod producer;
+pub(crate) mod restore;
 pub(crate) mod task;
 
 use std::collections::HashMap;
@@ -225,7 +226,7 @@ impl Worker {
             Restorer::new(&config)?,
             app.commit_interval_value(),
             app.table_cache_bytes_value(),
-        ));
+        )?);
         let mut consumer_config = config.clone();
         consumer_config
             .set("group.id", app.id())
