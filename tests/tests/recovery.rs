@@ -126,15 +126,7 @@ async fn restore_of_200k_changelog_records() {
     broker.create_topic("hit_count", 4).expect("topic");
     create_app_topics(&broker, &app());
     let bootstrap = broker.bootstrap_servers().to_string();
-    let changelog: Vec<Raw> = (0..RECORDS)
-        .map(|i| Raw {
-            partition: (i % 8) as i32,
-            key: format!("key-{i:06}"),
-            value: i.to_string(),
-            headers: Vec::new(),
-        })
-        .collect();
-    produce_raw(&bootstrap, CHANGELOG, &changelog);
+    produce_raw(&bootstrap, CHANGELOG, &numbered_changelog(RECORDS));
     assert_eq!(streams_tests::record_count(&bootstrap, CHANGELOG), RECORDS as i64);
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -189,18 +181,23 @@ async fn a_restore_longer_than_the_poll_interval_keeps_the_worker_in_its_group()
     assert_eq!(MAJOR_COUNT.read_local(dir.path(), GROUP).expect("table"), expected);
 }
 
-/// The changelog of the tests below: 8,000 keys over 8 partitions, `key-i` = i, produced in
-/// `rounds` (at least one batch per partition each), then the broker slowed down.
-fn slow_changelog(broker: &EmbeddedBroker, rounds: usize) -> BTreeMap<String, i64> {
-    const RECORDS: usize = 8_000;
-    let changelog: Vec<Raw> = (0..RECORDS)
+/// Changelog records of `records` keys over the changelog's 8 partitions: `key-i` = i.
+fn numbered_changelog(records: usize) -> Vec<Raw> {
+    (0..records)
         .map(|i| Raw {
             partition: (i % 8) as i32,
-            key: format!("key-{i:05}"),
+            key: format!("key-{i:06}"),
             value: i.to_string(),
             headers: Vec::new(),
         })
-        .collect();
+        .collect()
+}
+
+/// The changelog of the tests below: 8,000 keys, produced in `rounds` (at least one batch
+/// per partition each), then the broker slowed down.
+fn slow_changelog(broker: &EmbeddedBroker, rounds: usize) -> BTreeMap<String, i64> {
+    const RECORDS: usize = 8_000;
+    let changelog = numbered_changelog(RECORDS);
     for round in changelog.chunks(RECORDS / rounds) {
         produce_raw(broker.bootstrap_servers(), CHANGELOG, round);
     }
