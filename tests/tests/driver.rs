@@ -313,3 +313,40 @@ async fn an_update_that_cannot_be_encoded_changes_nothing() {
         .collect();
     assert_eq!(dead, vec!["1", "3"]);
 }
+
+const LOOKUPS: Topic<String, i64> = Topic::new("lookups").partitions(1);
+const SEEN_KEYS: Table<String, i64> = Table::new("seen-keys");
+
+#[agent(topic = LOOKUPS, tables = [SEEN_KEYS])]
+async fn look_up(mut lookups: Stream<String, i64>) -> Result<()> {
+    while let Some(event) = lookups.next_event().await {
+        if event.origin.offset == 0 {
+            SEEN_KEYS.set(&"first".to_string(), 1).await?;
+        }
+        SEEN_KEYS.get(&event.key).await?;
+    }
+    Ok(())
+}
+
+/// Reads fill the table cache too: once reads pass the budget while a change waits, the
+/// partition commits early (the change reaches the changelog long before the run's end) and
+/// the cache starts afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_past_the_cache_budget_commit_waiting_changes_early() {
+    const KEYS: usize = 40_000;
+    let mut driver = TestDriver::new(App::new("reads").agent(look_up)).expect("driver");
+    for i in 0..KEYS {
+        driver.pipe(&LOOKUPS, &format!("user-{i:06}"), &0).expect("pipe");
+    }
+    driver.run().await.expect("run");
+    let changelog = driver.raw_records("reads-seen-keys-changelog");
+    assert_eq!(changelog.len(), 1, "one change: {changelog:?}");
+    let committed_at: i64 = changelog[0]
+        .header("streams.source.offset")
+        .and_then(|o| o.parse().ok())
+        .expect("source offset header");
+    assert!(
+        committed_at < (KEYS / 2) as i64,
+        "the change waited in the cache until offset {committed_at}"
+    );
+}

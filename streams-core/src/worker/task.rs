@@ -88,12 +88,18 @@ impl TableState {
         }
     }
 
-    /// Drops the cache if it is over budget and nothing in it waits for a cut.
-    fn evict_clean(&mut self) {
-        if self.cache_bytes > self.cache_limit && self.dirty == 0 {
+    /// Keeps the cache within budget after clean entries were added: drops it when nothing
+    /// in it waits for a cut; otherwise returns `true`, a cut is needed first.
+    fn evict_clean(&mut self) -> bool {
+        if self.cache_bytes <= self.cache_limit {
+            return false;
+        }
+        if self.dirty == 0 {
             self.cache = HashMap::default();
             self.cache_bytes = 0;
+            return false;
         }
+        true
     }
 }
 
@@ -389,7 +395,9 @@ async fn table_load(
                     dirty: false,
                 },
             );
-            state.evict_clean();
+            if state.evict_clean() {
+                ctx.cut_wanted.store(true, Ordering::Relaxed);
+            }
         }
     }
     Ok(value)
