@@ -47,6 +47,14 @@ async fn all_assigned(worker: &WorkerHandle, partitions: u64) {
     .expect("wait");
 }
 
+/// An embedded broker with `hit_count` (4 partitions) and every topic the app creates.
+fn broker_with_app_topics() -> EmbeddedBroker {
+    let broker = EmbeddedBroker::start().expect("broker");
+    broker.create_topic("hit_count", 4).expect("topic");
+    create_app_topics(&broker, &app());
+    broker
+}
+
 fn source_headers(partition: i32, offset: i64) -> Vec<(String, String)> {
     vec![
         ("streams.source.topic".into(), "count_topic".into()),
@@ -122,9 +130,7 @@ async fn restore_skips_changes_from_uncommitted_input() {
 async fn restore_of_200k_changelog_records() {
     log();
     const RECORDS: usize = 200_000;
-    let broker = EmbeddedBroker::start().expect("broker");
-    broker.create_topic("hit_count", 4).expect("topic");
-    create_app_topics(&broker, &app());
+    let broker = broker_with_app_topics();
     let bootstrap = broker.bootstrap_servers().to_string();
     produce_raw(&bootstrap, CHANGELOG, &numbered_changelog(RECORDS));
     assert_eq!(streams_tests::record_count(&bootstrap, CHANGELOG), RECORDS as i64);
@@ -154,9 +160,7 @@ async fn restore_of_200k_changelog_records() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_longer_than_the_poll_interval_keeps_the_worker_in_its_group() {
     log();
-    let broker = EmbeddedBroker::start().expect("broker");
-    broker.create_topic("hit_count", 4).expect("topic");
-    create_app_topics(&broker, &app());
+    let broker = broker_with_app_topics();
     let expected = slow_changelog(&broker, 1);
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -218,9 +222,7 @@ fn slow_changelog(broker: &EmbeddedBroker, rounds: usize) -> BTreeMap<String, i6
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_joining_during_a_restore_is_not_kept_waiting() {
     log();
-    let broker = EmbeddedBroker::start().expect("broker");
-    broker.create_topic("hit_count", 4).expect("topic");
-    create_app_topics(&broker, &app());
+    let broker = broker_with_app_topics();
     let expected = slow_changelog(&broker, 10);
 
     let (dir_a, dir_b) = (
