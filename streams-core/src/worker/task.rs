@@ -419,23 +419,10 @@ where
                 .iter_mut()
                 .find(|t| t.name == table)
                 .ok_or_else(|| not_bound(ctx, table))?;
-            let Some(entry) = state.cache.get_mut(key) else {
-                return Ok(Err((Arc::clone(ctx), Arc::clone(&state.store), change)));
-            };
-            let before = entry.value.as_ref().map_or(0, Vec::len);
-            let out = change(&mut entry.value)?;
-            let after = entry.value.as_ref().map_or(0, Vec::len);
-            if !entry.dirty {
-                entry.dirty = true;
-                state.dirty += 1;
+            match change_cached(ctx, state, key, change) {
+                Ok(out) => Ok(Ok(out?)),
+                Err(change) => Ok(Err((Arc::clone(ctx), Arc::clone(&state.store), change))),
             }
-            state.cache_bytes = (state.cache_bytes + after).saturating_sub(before);
-            bump(&ctx.counts.table_updates);
-            ctx.metrics.table_update(table, key, entry.value.as_deref());
-            if state.cache_bytes > state.cache_limit {
-                ctx.cut_wanted.store(true, Ordering::Relaxed);
-            }
-            Ok(Ok(out))
         },
     )??;
     match attempt {
@@ -460,26 +447,61 @@ fn put(ctx: &TaskContext, table: &'static str, key: Vec<u8>, value: Option<Vec<u
         .iter_mut()
         .find(|t| t.name == table)
         .ok_or_else(|| not_bound(ctx, table))?;
-    bump(&ctx.counts.table_updates);
+    // The key is usually cached: changed by reference, since `insert` would consume it.
+    let mut value = Some(value);
+    if change_cached(ctx, state, &key, |slot| {
+        *slot = value.take().flatten();
+        Ok(())
+    })
+    .is_ok()
+    {
+        return Ok(());
+    }
+    let value = value.flatten();
+    state.cache_bytes += entry_bytes(&key, value.as_deref());
     ctx.metrics.table_update(table, &key, value.as_deref());
-    // Look up by reference first: the key is usually cached, and `entry` would consume it.
-    if let Some(entry) = state.cache.get_mut(&key) {
-        if !entry.dirty {
-            entry.dirty = true;
-            state.dirty += 1;
-        }
-        state.cache_bytes = (state.cache_bytes + value.as_ref().map_or(0, Vec::len))
-            .saturating_sub(entry.value.as_ref().map_or(0, Vec::len));
-        entry.value = value;
-    } else {
-        state.cache_bytes += entry_bytes(&key, value.as_deref());
-        state.cache.insert(key, Entry { value, dirty: true });
+    state.cache.insert(key, Entry { value, dirty: true });
+    state.dirty += 1;
+    changed(ctx, state);
+    Ok(())
+}
+
+/// Applies `change` to the cached entry of `key` and accounts for it; gives `change` back
+/// when the key is not cached.
+fn change_cached<T, F>(
+    ctx: &TaskContext,
+    state: &mut TableState,
+    key: &[u8],
+    change: F,
+) -> std::result::Result<Result<T>, F>
+where
+    F: FnOnce(&mut Option<Vec<u8>>) -> Result<T>,
+{
+    let Some(entry) = state.cache.get_mut(key) else {
+        return Err(change);
+    };
+    let before = entry.value.as_ref().map_or(0, Vec::len);
+    let out = match change(&mut entry.value) {
+        Ok(out) => out,
+        Err(error) => return Ok(Err(error)),
+    };
+    let after = entry.value.as_ref().map_or(0, Vec::len);
+    if !entry.dirty {
+        entry.dirty = true;
         state.dirty += 1;
     }
+    state.cache_bytes = (state.cache_bytes + after).saturating_sub(before);
+    ctx.metrics.table_update(state.name, key, entry.value.as_deref());
+    changed(ctx, state);
+    Ok(Ok(out))
+}
+
+/// Counts a table change; past the cache budget, asks the stream for a cut.
+fn changed(ctx: &TaskContext, state: &TableState) {
+    bump(&ctx.counts.table_updates);
     if state.cache_bytes > state.cache_limit {
         ctx.cut_wanted.store(true, Ordering::Relaxed);
     }
-    Ok(())
 }
 
 /// Runs an agent on one partition until its stream ends. An agent that fails (returns an
