@@ -79,6 +79,14 @@ pub fn partitions(bootstrap: &str, topic: &str) -> i32 {
     metadata.topics()[0].partitions().len() as i32
 }
 
+/// The high watermark of `topic[partition]`.
+pub fn high_watermark(bootstrap: &str, topic: &str, partition: i32) -> i64 {
+    let c = consumer(bootstrap, "streams-tests-metadata");
+    c.fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .expect("watermarks")
+        .1
+}
+
 /// Records in `topic` (sum over partitions of high - low watermark).
 pub fn record_count(bootstrap: &str, topic: &str) -> i64 {
     let c = consumer(bootstrap, "streams-tests-metadata");
@@ -92,10 +100,25 @@ pub fn record_count(bootstrap: &str, topic: &str) -> i64 {
         .sum()
 }
 
-/// Every record of `topic`: (partition, key, value, headers).
-pub type Read = (i32, Option<Vec<u8>>, Option<Vec<u8>>, HashMap<String, String>);
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Read {
+    /// Partition.
+    pub partition: i32,
+    /// Offset in the partition.
+    pub offset: i64,
+    /// Key bytes.
+    pub key: Option<Vec<u8>>,
+    /// Value bytes.
+    pub value: Option<Vec<u8>>,
+    /// Headers, as text (the last value of a repeated header).
+    pub headers: HashMap<String, String>,
+    /// Every header in order, repeated ones included.
+    pub header_list: Vec<(String, String)>,
+}
 
-/// Reads all records currently in `topic`.
+/// Reads every record in `topic` (up to its high watermarks when called); panics when they
+/// cannot all be read within 60 s.
 pub fn read_all(bootstrap: &str, topic: &str) -> Vec<Read> {
     let c = consumer(bootstrap, "streams-tests-reader");
     let mut list = TopicPartitionList::new();
@@ -111,9 +134,14 @@ pub fn read_all(bootstrap: &str, topic: &str) -> Vec<Read> {
     c.assign(&list).expect("assign");
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while (out.len() as i64) < remaining && Instant::now() < deadline {
+    while (out.len() as i64) < remaining {
+        assert!(
+            Instant::now() < deadline,
+            "read only {} of the {remaining} records of {topic} within 60 s",
+            out.len()
+        );
         if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-            let headers = m
+            let header_list: Vec<(String, String)> = m
                 .headers()
                 .map(|h| {
                     h.iter()
@@ -126,12 +154,14 @@ pub fn read_all(bootstrap: &str, topic: &str) -> Vec<Read> {
                         .collect()
                 })
                 .unwrap_or_default();
-            out.push((
-                m.partition(),
-                m.key().map(<[u8]>::to_vec),
-                m.payload().map(<[u8]>::to_vec),
-                headers,
-            ));
+            out.push(Read {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().map(<[u8]>::to_vec),
+                headers: header_list.iter().cloned().collect(),
+                header_list,
+            });
         }
     }
     out
@@ -377,9 +407,12 @@ pub fn committed(bootstrap: &str, group: &str, topic: &str, partition: i32) -> i
 /// A table of integers as its changelog says: the last value of every key.
 pub fn table_from_changelog(bootstrap: &str, changelog: &str) -> std::collections::BTreeMap<String, i64> {
     let mut table = std::collections::BTreeMap::new();
-    for (_, key, value, _) in read_all(bootstrap, changelog) {
-        let key = String::from_utf8_lossy(&key.unwrap_or_default()).into_owned();
-        match value.and_then(|v| std::str::from_utf8(&v).ok()?.parse::<i64>().ok()) {
+    for record in read_all(bootstrap, changelog) {
+        let key = String::from_utf8_lossy(&record.key.unwrap_or_default()).into_owned();
+        match record
+            .value
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<i64>().ok())
+        {
             Some(v) => table.insert(key, v),
             None => table.remove(&key),
         };
@@ -397,4 +430,51 @@ pub fn wait_until(what: &str, timeout: Duration, condition: impl Fn() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Stops workers of one group one after another. Each leaves only once the others hold
+/// every partition again: the embedded broker refuses offset commits while its group
+/// rebalances (Kafka accepts them), so a worker that stops mid-rebalance would have its
+/// last commit refused, and exit with an error saying so.
+pub async fn stop_in_turn(workers: Vec<streams_core::WorkerHandle>, partitions: u64) {
+    use std::sync::atomic::Ordering;
+    let mut workers = workers;
+    while !workers.is_empty() {
+        let worker = workers.remove(0);
+        worker.stop().await.expect("worker stops cleanly");
+        if workers.is_empty() {
+            break;
+        }
+        let metrics: Vec<_> = workers.iter().map(|w| w.metrics()).collect();
+        tokio::task::spawn_blocking(move || {
+            wait_until(
+                "the remaining workers hold every partition",
+                Duration::from_secs(120),
+                || metrics.iter().map(|m| m.assigned.load(Ordering::Relaxed)).sum::<u64>() == partitions,
+            )
+        })
+        .await
+        .expect("wait");
+    }
+}
+
+/// Starts the hit counter's worker as a process, the way users run it (`-l info`, a short
+/// session for the embedded broker), with `extra` arguments.
+pub fn spawn_hit_counter_worker(bootstrap: &str, data_dir: &std::path::Path, extra: &[&str]) -> Child {
+    let data_dir = data_dir.to_str().expect("utf8 data dir");
+    let mut args = vec![
+        "worker",
+        "-l",
+        "info",
+        "--broker",
+        bootstrap,
+        "--data-dir",
+        data_dir,
+        "--consumer-config",
+        "session.timeout.ms=6000",
+        "--consumer-config",
+        "heartbeat.interval.ms=500",
+    ];
+    args.extend_from_slice(extra);
+    Child::spawn(&example_binary("hit_counter"), &args)
 }

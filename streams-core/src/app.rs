@@ -319,8 +319,51 @@ mod tests {
         );
     }
 
+    #[agent(topic = BY_USER)]
+    async fn audit(mut hits: Stream<String, Hit>) {
+        while hits.next().await.is_some() {}
+    }
+
+    const USERS: Topic<String, Hit> = Topic::new("users");
+
+    #[agent(topic = USERS, tables = [COUNTS])]
+    async fn recount(mut hits: Stream<String, Hit>) -> Result<()> {
+        while let Some(hit) = hits.next().await {
+            COUNTS.update(&hit.user, |n| *n += 1).await?;
+        }
+        Ok(())
+    }
+
     #[test]
     fn two_agents_on_one_topic_are_refused() {
+        let error = App::new("x")
+            .agent(count)
+            .agent(audit)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("agents `count` and `audit` both read topic `by-user`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn two_agents_on_one_table_are_refused() {
+        let error = App::new("x")
+            .agent(count)
+            .agent(recount)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("agents `count` and `recount` both use table `counts`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_agent_added_twice_or_none_at_all_is_refused() {
         let error = App::new("x")
             .agent(route)
             .agent(route)

@@ -13,6 +13,8 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
+/// Request kinds and error codes for [`EmbeddedBroker::fail_requests`].
+pub use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 use crate::{Error, Result};
 
@@ -21,6 +23,7 @@ enum Command {
     BrokerDown(i32, mpsc::Sender<Result<(), String>>),
     BrokerUp(i32, mpsc::Sender<Result<(), String>>),
     RoundTripTime(i32, Duration, mpsc::Sender<Result<(), String>>),
+    RequestErrors(RDKafkaApiKey, Vec<RDKafkaRespErr>, mpsc::Sender<Result<(), String>>),
     Stop,
 }
 
@@ -83,6 +86,14 @@ impl EmbeddedBroker {
                         Command::RoundTripTime(id, delay, reply) => {
                             let _ = reply.send(cluster.broker_round_trip_time(id, delay).map_err(|e| e.to_string()));
                         }
+                        Command::RequestErrors(api, errors, reply) => {
+                            if errors.is_empty() {
+                                cluster.clear_request_errors(api);
+                            } else {
+                                cluster.request_errors(api, &errors);
+                            }
+                            let _ = reply.send(Ok(()));
+                        }
                         Command::Stop => break,
                     }
                 }
@@ -136,6 +147,20 @@ impl EmbeddedBroker {
     /// Delays every response of broker `id` by `delay` (a slow network or a busy broker).
     pub fn round_trip_time(&self, id: i32, delay: Duration) -> Result<()> {
         self.call(|reply| Command::RoundTripTime(id, delay, reply))
+    }
+
+    /// Makes the next requests of one kind fail: each of `errors` answers one request, in
+    /// order (as a broker refuses offset commits during a rebalance, or a group coordinator
+    /// forgets a member). An empty list clears what is left.
+    ///
+    /// ```no_run
+    /// use streams_core::broker::{RDKafkaApiKey, RDKafkaRespErr};
+    /// let broker = streams_core::EmbeddedBroker::start().unwrap();
+    /// // The next 100 offset commits fail.
+    /// broker.fail_requests(RDKafkaApiKey::OffsetCommit, vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_COMMIT_OFFSET_SIZE; 100]).unwrap();
+    /// ```
+    pub fn fail_requests(&self, api: RDKafkaApiKey, errors: Vec<RDKafkaRespErr>) -> Result<()> {
+        self.call(|reply| Command::RequestErrors(api, errors, reply))
     }
 
     /// Accepts connections on `listener` and forwards them to the cluster, so that other
@@ -214,7 +239,13 @@ pub(crate) fn wait_for_cluster(config: &ClientConfig, stopping: &dyn Fn() -> boo
                     return Err(Error::Stopping);
                 }
                 tracing::warn!("broker {bootstrap} is unreachable ({error}); retrying in {pause:?}");
-                std::thread::sleep(pause);
+                let until = std::time::Instant::now() + pause;
+                while std::time::Instant::now() < until {
+                    if stopping() {
+                        return Err(Error::Stopping);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
                 pause = (pause * 2).min(Duration::from_secs(15));
             }
         }

@@ -1,252 +1,352 @@
 //! Changelogs: every table change is a record on `{app}-{table}-changelog` (key: the table
-//! key, value: the JSON value, no value: deleted), carrying in headers the source
-//! topic/partition/offset that produced it. A store is restored from its changelog, starting
-//! after its checkpoint and skipping changes made by input the group never committed
-//! (ARCHITECTURE.md §3), so a crash between a changelog write and an offset commit cannot
-//! count twice.
-
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
-
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
+//! key, value: the encoded value, no value: deleted), carrying in headers the position in
+//! the source topics of the cut that produced it. A store is restored from its changelog,
+//! starting after its checkpoint and skipping changes made by input the group never
+//! committed (ARCHITECTURE.md §3), so a crash between a changelog write and an offset commit
+//! cannot count twice; then the partition starts where its restored state agrees with the
+//! input ([`start_offsets`]).
+//!
+//! Nothing here knows about Kafka: the worker reads changelogs with a consumer
+//! (`worker/restore.rs`), the test driver from its in-memory topics; both apply records
+//! with [`Apply`].
 
 use crate::store::{Checkpoint, StateStore};
-use crate::{Error, Result};
+use crate::Result;
 
-/// Header naming the topic of the record that caused a change.
+/// Header naming a source topic of the cut that caused a change (one per source, each
+/// followed by its partition and offset headers).
 pub const SOURCE_TOPIC: &str = "streams.source.topic";
-/// Header naming the partition of the record that caused a change.
+/// Header naming the partition of the source topic named just before.
 pub const SOURCE_PARTITION: &str = "streams.source.partition";
-/// Header naming the offset of the record that caused a change.
+/// Header naming the last offset processed in the source topic named just before.
 pub const SOURCE_OFFSET: &str = "streams.source.offset";
 
-pub(crate) fn source_headers(topic: &str, partition: i32, offset: i64) -> Vec<(String, Vec<u8>)> {
-    vec![
-        (SOURCE_TOPIC.to_string(), topic.as_bytes().to_vec()),
-        (SOURCE_PARTITION.to_string(), partition.to_string().into_bytes()),
-        (SOURCE_OFFSET.to_string(), offset.to_string().into_bytes()),
-    ]
+/// Each source topic of a task with the offset the group committed for it: the next offset
+/// to read. Where the group has committed nothing, the partition's first offset (its low
+/// watermark) stands in: changes made by input that can still be read are then treated as
+/// uncommitted (that input is processed again), and changes made by input that retention
+/// has deleted are kept (it cannot be processed again).
+pub(crate) type Committed = [(String, i64)];
+
+/// The headers of a changelog record made at a cut: one topic/partition/offset triple per
+/// source the task has read from, in the order of its sources.
+pub(crate) fn source_headers(positions: &[(std::sync::Arc<str>, i64)], partition: i32) -> Vec<(String, Vec<u8>)> {
+    let mut headers = Vec::with_capacity(positions.len() * 3);
+    for (topic, offset) in positions {
+        headers.push((SOURCE_TOPIC.to_string(), topic.as_bytes().to_vec()));
+        headers.push((SOURCE_PARTITION.to_string(), partition.to_string().into_bytes()));
+        headers.push((SOURCE_OFFSET.to_string(), offset.to_string().into_bytes()));
+    }
+    headers
 }
 
-fn source_offset(message: &BorrowedMessage<'_>) -> Option<i64> {
-    let headers = message.headers()?;
-    headers
-        .iter()
-        .find(|h| h.key == SOURCE_OFFSET)
-        .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+/// Whether a changelog record with these headers was made by input the group never
+/// committed: some source it names is not committed as far as the record's offset there
+/// (sources that are not the task's are ignored; a record without source headers counts as
+/// committed).
+pub(crate) fn from_uncommitted_input<'h>(
+    headers: impl Iterator<Item = (&'h str, &'h [u8])>,
+    committed: &Committed,
+) -> bool {
+    let mut topic: Option<&[u8]> = None;
+    for (key, value) in headers {
+        match key {
+            SOURCE_TOPIC => topic = Some(value),
+            SOURCE_OFFSET => {
+                let Some(name) = topic.take() else { continue };
+                let Some(offset) = std::str::from_utf8(value).ok().and_then(|v| v.parse::<i64>().ok()) else {
+                    continue;
+                };
+                match committed.iter().find(|(t, _)| t.as_bytes() == name) {
+                    Some((_, next)) if offset >= *next => return true,
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
+/// How a restore went.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Restored {
+    /// Changelog records applied to the store.
+    pub applied: u64,
+    /// Changelog records skipped because their input was never committed.
+    pub skipped: u64,
+    /// The keys of the skipped records.
+    pub skipped_keys: std::collections::BTreeSet<Vec<u8>>,
 }
 
 const BATCH: usize = 10_000;
 
-/// Shows how a restore goes: a progress bar when stderr is a terminal, else a log line
-/// (records restored / total and the rate) every two seconds.
-struct Progress {
-    label: String,
-    total: u64,
-    began: Instant,
-    logged: Instant,
-    bar: Option<indicatif::ProgressBar>,
+/// Applies changelog records to a store in batches, each with its checkpoint.
+pub(crate) struct Apply<'a> {
+    store: &'a dyn StateStore,
+    committed: &'a Committed,
+    /// The source positions the store holds once it has another owner's changes.
+    agreed: Vec<(String, i64)>,
+    batch: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Offset of the last record seen.
+    last: Option<i64>,
+    pub restored: Restored,
 }
 
-impl Progress {
-    fn new(topic: &str, partition: i32, total: u64) -> Self {
-        use std::io::IsTerminal;
-        let label = format!("{topic}[{partition}]");
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::new(total);
-            let style = indicatif::ProgressStyle::with_template(
-                "restoring {msg} [{bar:30}] {pos}/{len} ({per_sec}, {eta} left)",
-            );
-            if let Ok(style) = style {
-                bar.set_style(style.progress_chars("=> "));
-            }
-            bar.set_message(label.clone());
-            bar
-        });
+impl<'a> Apply<'a> {
+    /// Applies records to `store`, skipping those from input not in `committed`. `agreed`:
+    /// the source positions the store holds once another owner's changes are in it (see
+    /// [`start_offsets`]); they are written with the first of those changes, in one batch,
+    /// so that a store never holds such changes with its own, later, positions.
+    pub(crate) fn new(
+        store: &'a dyn StateStore,
+        committed: &'a Committed,
+        agreed: Vec<(String, i64)>,
+        expected: u64,
+    ) -> Self {
         Self {
-            label,
-            total,
-            began: Instant::now(),
-            logged: Instant::now(),
-            bar,
+            store,
+            committed,
+            agreed,
+            batch: Vec::with_capacity((expected as usize).min(BATCH)),
+            last: None,
+            restored: Restored::default(),
         }
     }
 
-    fn at(&mut self, position: u64) {
-        if let Some(bar) = &self.bar {
-            if position.is_multiple_of(1024) {
-                bar.set_position(position);
-            }
-        } else if self.logged.elapsed() >= Duration::from_secs(2) {
-            self.logged = Instant::now();
-            let rate = position as f64 / self.began.elapsed().as_secs_f64().max(1e-9);
-            tracing::info!(
-                "restoring {}: {position}/{} records ({rate:.0}/s)",
-                self.label,
-                self.total
-            );
+    /// The changelog record at `offset`.
+    pub(crate) fn record<'h>(
+        &mut self,
+        offset: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: impl Iterator<Item = (&'h str, &'h [u8])>,
+    ) -> Result<()> {
+        self.last = Some(offset);
+        let Some(key) = key else { return Ok(()) };
+        if from_uncommitted_input(headers, self.committed) {
+            self.restored.skipped += 1;
+            self.restored.skipped_keys.insert(key.to_vec());
+            return Ok(());
         }
+        self.batch.push((key.to_vec(), value.map(<[u8]>::to_vec)));
+        self.restored.applied += 1;
+        if self.batch.len() >= BATCH {
+            self.flush(offset)?;
+        }
+        Ok(())
     }
 
-    fn done(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
+    fn flush(&mut self, through: i64) -> Result<()> {
+        let checkpoint = Checkpoint {
+            changelog_offset: Some(through),
+            sources: (self.restored.applied > 0).then(|| self.agreed.clone()),
+        };
+        self.store.write(&self.batch, &checkpoint)?;
+        self.batch.clear();
+        Ok(())
+    }
+
+    /// Writes what is left, with the checkpoint at `end` (the changelog's last offset when
+    /// it was read to its end; records past the last one seen may have been compacted away).
+    pub(crate) fn finish(mut self, end: Option<i64>) -> Result<Restored> {
+        if let Some(end) = end.or(self.last) {
+            self.flush(end)?;
         }
+        Ok(self.restored)
     }
 }
 
-/// Reads changelog partitions into stores. One per worker; not a member of any group.
-pub(crate) struct Restorer {
-    consumer: BaseConsumer,
+/// Where a task starts reading each of its sources, given what the group committed, the
+/// checkpoints its stores had before the restore, and whether the restore applied records
+/// written after those checkpoints (`foreign`: changes another owner made since).
+///
+/// A store's own source position is only valid while the changelog holds nothing after its
+/// checkpoint: then the state reflects exactly the input up to that position, which may be
+/// ahead of the group's commit (a commit that failed after the store was written), and the
+/// partition starts after it. Once changes of another owner were applied, the state agrees
+/// with the committed input instead (those changes come from committed input only), and the
+/// partition starts at the committed offset — after a rebuild of the stores when they were
+/// ahead of it ([`must_rebuild`]).
+pub(crate) fn start_offsets(committed: &Committed, stores: &[Checkpoint], foreign: bool) -> Vec<(String, i64)> {
+    committed
+        .iter()
+        .map(|(topic, committed)| {
+            let start = match store_position(topic, stores) {
+                Some(store) if !foreign => store.max(*committed),
+                _ => *committed,
+            };
+            (topic.clone(), start)
+        })
+        .collect()
 }
 
-impl Restorer {
-    pub(crate) fn new(config: &ClientConfig) -> Result<Self> {
-        let mut config = config.clone();
-        config
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .set("fetch.wait.max.ms", "50")
-            .set("group.id", "streams-restore")
-            .set("isolation.level", "read_committed");
-        let consumer = config
-            .create()
-            .map_err(|e| Error::kafka("creating the restore consumer", e))?;
-        Ok(Self { consumer })
-    }
+/// The next offset the stores reflect in `topic`: one past the least of their positions (a
+/// crash between the writes of two stores of one cut leaves one behind, and the state is
+/// only as far as its least part).
+fn store_position(topic: &str, stores: &[Checkpoint]) -> Option<i64> {
+    stores.iter().filter_map(|c| c.source(topic)).min().map(|o| o + 1)
+}
 
-    /// The partition's watermarks, retried until the broker answers; `None` when cancelled.
-    fn watermarks(&self, topic: &str, partition: i32, cancel: &AtomicBool) -> Option<(i64, i64)> {
-        let mut attempt = 0u32;
-        loop {
-            if cancel.load(Ordering::Relaxed) {
-                return None;
-            }
-            match self
-                .consumer
-                .fetch_watermarks(topic, partition, Duration::from_secs(10))
-            {
-                Ok(marks) => return Some(marks),
-                Err(error) => {
-                    attempt += 1;
-                    let wait = Duration::from_millis(200 * u64::from(attempt.min(25)));
-                    tracing::warn!(
-                        "restore of {topic}[{partition}]: cannot read its end offset ({error}); retrying in {wait:?}"
-                    );
-                    std::thread::sleep(wait);
-                }
-            }
-        }
-    }
+/// Whether stores that took another owner's changes must be rebuilt: they hold their own
+/// effects of input past the group's commit, which the partition processes again from the
+/// committed offset. Their changelog holds those effects as changes of uncommitted input, so
+/// a restore from the beginning leaves them out.
+pub(crate) fn must_rebuild(committed: &Committed, stores: &[Checkpoint]) -> bool {
+    committed
+        .iter()
+        .any(|(topic, committed)| store_position(topic, stores).is_some_and(|store| store > *committed))
+}
 
-    /// Restores `store` from `topic[partition]`, from its checkpoint to the end. Changes
-    /// whose source offset is at or past `skip_from` are not applied (their input was never
-    /// committed and will be processed again). Stops early when `cancel` is set, keeping what
-    /// it applied with its checkpoint. Returns the number of records applied.
-    pub(crate) fn restore(
+/// The source positions a store holds once it agrees with the committed input (written by
+/// a restore that applies changes of another owner).
+pub(crate) fn committed_positions(committed: &Committed) -> Vec<(String, i64)> {
+    committed
+        .iter()
+        .map(|(topic, next)| (topic.clone(), next - 1))
+        .collect()
+}
+
+/// Reads a changelog partition into a store (the worker reads Kafka, the test driver its
+/// in-memory topics).
+pub(crate) trait ChangelogReader {
+    /// Applies `changelog[partition]` to `store` from its checkpoint to the end (see
+    /// [`Apply`]); `None` when the restore was cancelled.
+    fn restore(
         &self,
         store: &dyn StateStore,
-        topic: &str,
+        changelog: &str,
         partition: i32,
-        skip_from: Option<i64>,
-        cancel: &AtomicBool,
-    ) -> Result<u64> {
-        let checkpoint = store.checkpoint()?;
-        let Some((low, high)) = self.watermarks(topic, partition, cancel) else {
-            return Ok(0);
+        committed: &Committed,
+        agreed: Vec<(String, i64)>,
+    ) -> Result<Option<Restored>>;
+}
+
+/// What restoring a task's stores decided.
+#[derive(Debug, Default)]
+pub(crate) struct Restoration {
+    /// Where each source starts.
+    pub starts: Vec<(String, i64)>,
+    /// Per table (in the task's order): entries to write again at the task's first cut.
+    /// A restore that skipped a change of uncommitted input leaves it in the changelog after
+    /// the valid value of its key; once the group commits past its source offset, a later
+    /// restore would take it for a committed change. Writing the key's value again puts a
+    /// valid change after it.
+    pub restate: Vec<Vec<crate::store::Entry>>,
+    /// Changelog records applied.
+    pub applied: u64,
+    /// Whether the stores were rebuilt from the beginning of their changelogs.
+    pub rebuilt: bool,
+}
+
+/// Restores the stores of one task (`stores`: each table's store and changelog), decides
+/// where its sources start, and what must be written again. `None` when cancelled.
+pub(crate) fn restore_task(
+    reader: &dyn ChangelogReader,
+    stores: &[(std::sync::Arc<dyn StateStore>, std::sync::Arc<str>)],
+    partition: i32,
+    committed: &Committed,
+) -> Result<Option<Restoration>> {
+    let checkpoints = stores
+        .iter()
+        .map(|(store, _)| store.checkpoint())
+        .collect::<Result<Vec<_>>>()?;
+    let agreed = committed_positions(committed);
+    let restore_all = || -> Result<Option<Vec<Restored>>> {
+        let mut all = Vec::with_capacity(stores.len());
+        for (store, changelog) in stores {
+            match reader.restore(&**store, changelog, partition, committed, agreed.clone())? {
+                Some(restored) => all.push(restored),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(all))
+    };
+    let Some(mut restored) = restore_all()? else {
+        return Ok(None);
+    };
+    let foreign = restored.iter().any(|r| r.applied > 0);
+    let mut applied: u64 = restored.iter().map(|r| r.applied).sum();
+    let rebuilt = foreign && must_rebuild(committed, &checkpoints);
+    if rebuilt {
+        for (store, _) in stores {
+            store.clear()?;
+        }
+        restored = match restore_all()? {
+            Some(again) => again,
+            None => return Ok(None),
         };
-        let start = checkpoint.changelog_offset.map_or(low, |offset| (offset + 1).max(low));
-        if start >= high {
-            tracing::debug!(
-                "{topic}[{partition}]: store is up to date (checkpoint {:?})",
-                checkpoint.changelog_offset
-            );
-            return Ok(0);
+        applied += restored.iter().map(|r| r.applied).sum::<u64>();
+    }
+    let starts = start_offsets(committed, &checkpoints, foreign);
+    let mut restate = Vec::with_capacity(stores.len());
+    for ((store, _), restored) in stores.iter().zip(&restored) {
+        let mut entries = Vec::with_capacity(restored.skipped_keys.len());
+        for key in &restored.skipped_keys {
+            entries.push((key.clone(), store.get(key)?));
         }
-        let total = high - start;
-        tracing::info!("restoring {topic}[{partition}]: {total} records from offset {start}");
-        let mut list = TopicPartitionList::new();
-        list.add_partition_offset(topic, partition, Offset::Offset(start))
-            .map_err(|e| Error::kafka("restore", e))?;
-        self.consumer.assign(&list).map_err(|e| Error::kafka("restore", e))?;
-        let began = Instant::now();
-        let mut last_progress = Instant::now();
-        let mut progress = Progress::new(topic, partition, total as u64);
-        let mut batch: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(BATCH.min(total as usize));
-        let mut last = start - 1;
-        let mut applied = 0u64;
-        let mut skipped = 0u64;
-        let mut cancelled = false;
-        while last < high - 1 {
-            if cancel.load(Ordering::Relaxed) {
-                cancelled = true;
-                break;
-            }
-            match self.consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(message)) => {
-                    last = message.offset();
-                    last_progress = Instant::now();
-                    progress.at((last - start + 1) as u64);
-                    let from_uncommitted =
-                        matches!((skip_from, source_offset(&message)), (Some(limit), Some(source)) if source >= limit);
-                    if from_uncommitted {
-                        skipped += 1;
-                        continue;
-                    }
-                    let Some(key) = message.key() else { continue };
-                    batch.push((key.to_vec(), message.payload().map(<[u8]>::to_vec)));
-                    applied += 1;
-                    if batch.len() >= BATCH {
-                        let checkpoint = Checkpoint {
-                            changelog_offset: Some(last),
-                            source_offset: None,
-                        };
-                        store.write(&batch, checkpoint)?;
-                        batch.clear();
-                    }
-                }
-                Some(Err(KafkaError::PartitionEOF(_))) => break,
-                Some(Err(error)) => tracing::warn!("restore of {topic}[{partition}]: {error}"),
-                None => {
-                    if last_progress.elapsed() > Duration::from_secs(10) {
-                        tracing::warn!(
-                            "restore of {topic}[{partition}] waiting: at offset {} of {high}; the broker is not sending records",
-                            last + 1
-                        );
-                        last_progress = Instant::now();
-                    }
-                }
-            }
+        restate.push(entries);
+    }
+    Ok(Some(Restoration {
+        starts,
+        restate,
+        applied,
+        rebuilt,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(sources: &[(&str, i64)]) -> Vec<(String, Vec<u8>)> {
+        let positions: Vec<(std::sync::Arc<str>, i64)> = sources.iter().map(|(t, o)| (Arc::from(*t), *o)).collect();
+        source_headers(&positions, 3)
+    }
+    use std::sync::Arc;
+
+    fn uncommitted(sources: &[(&str, i64)], committed: &[(&str, i64)]) -> bool {
+        let committed: Vec<(String, i64)> = committed.iter().map(|(t, o)| (t.to_string(), *o)).collect();
+        let headers = headers(sources);
+        from_uncommitted_input(headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())), &committed)
+    }
+
+    #[test]
+    fn a_change_is_uncommitted_when_any_of_its_sources_is() {
+        assert!(!uncommitted(&[("a", 9)], &[("a", 10)]));
+        assert!(uncommitted(&[("a", 10)], &[("a", 10)]));
+        assert!(!uncommitted(&[("a", 5), ("b", 7)], &[("a", 6), ("b", 8)]));
+        assert!(uncommitted(&[("a", 5), ("b", 8)], &[("a", 6), ("b", 8)]));
+        assert!(!uncommitted(&[("other", 99)], &[("a", 1)]), "not a source of the task");
+        assert!(!uncommitted(&[], &[("a", 1)]), "no source headers");
+    }
+
+    fn checkpoint(sources: &[(&str, i64)]) -> Checkpoint {
+        Checkpoint {
+            changelog_offset: Some(0),
+            sources: Some(sources.iter().map(|(t, o)| (t.to_string(), *o)).collect()),
         }
-        // Read to the end: the checkpoint is the end (records past `last` may have been
-        // compacted away). Cancelled: only what was read.
-        let end = if cancelled { last } else { last.max(high - 1) };
-        if end >= start {
-            let checkpoint = Checkpoint {
-                changelog_offset: Some(end),
-                source_offset: None,
-            };
-            store.write(&batch, checkpoint)?;
-        }
-        progress.done();
-        self.consumer.unassign().map_err(|e| Error::kafka("restore", e))?;
-        if cancelled {
-            tracing::info!(
-                "restore of {topic}[{partition}] stopped (partition revoked): {applied} records applied; \
-                 a restore here resumes from offset {}",
-                end.max(start - 1) + 1
-            );
-            return Ok(applied);
-        }
-        let seconds = began.elapsed().as_secs_f64();
-        tracing::info!(
-            "restored {topic}[{partition}]: {applied} records applied, {skipped} from uncommitted input skipped, in {seconds:.2}s ({:.0} records/s)",
-            (applied + skipped) as f64 / seconds.max(1e-9)
-        );
-        Ok(applied)
+    }
+
+    #[test]
+    fn the_start_agrees_with_the_restored_state() {
+        let committed = vec![("a".to_string(), 801)];
+        let ahead = [checkpoint(&[("a", 999)])];
+        // The store is ahead of a failed commit and nothing came after it: resume after it.
+        assert_eq!(start_offsets(&committed, &ahead, false), vec![("a".into(), 1000)]);
+        // Another owner's changes were applied: the state agrees with the committed input
+        // (once rebuilt, as it is ahead).
+        assert_eq!(start_offsets(&committed, &ahead, true), vec![("a".into(), 801)]);
+        assert!(must_rebuild(&committed, &ahead));
+        // Behind the commit: the committed offset, no rebuild.
+        let behind = [checkpoint(&[("a", 10)])];
+        assert_eq!(start_offsets(&committed, &behind, false), vec![("a".into(), 801)]);
+        assert!(!must_rebuild(&committed, &behind));
+        // Two stores, one left behind by a crash between their writes: the lesser.
+        let stores = [checkpoint(&[("a", 999)]), checkpoint(&[("a", 900)])];
+        assert_eq!(start_offsets(&committed, &stores, false), vec![("a".into(), 901)]);
+        // No position (an empty store): the committed offset.
+        assert_eq!(start_offsets(&committed, &[], false), vec![("a".into(), 801)]);
+        assert_eq!(committed_positions(&committed), vec![("a".into(), 800)]);
     }
 }

@@ -5,6 +5,8 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -159,6 +161,9 @@ pub(crate) fn main(app: App) -> ExitCode {
         }
         Command::Table { name, data_dir } => print_table(&app, &name, &data_dir.unwrap_or_else(default_dir)),
     };
+    // A blocking call that is still waiting on the network (a metadata request to an
+    // unreachable broker) does not hold up the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -168,37 +173,91 @@ pub(crate) fn main(app: App) -> ExitCode {
     }
 }
 
-async fn run_worker(app: App, options: WorkerOptions) -> crate::Result<()> {
-    let worker = Worker::start(app, options).await?;
-    let stop = async {
+/// SIGINT and SIGTERM, registered when this is created (a signal from then on is caught).
+struct Signals {
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {},
-                        _ = term.recv() => {},
-                    }
+            Self {
+                interrupt: signal(SignalKind::interrupt()).ok(),
+                terminate: signal(SignalKind::terminate()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// The next signal.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            let interrupt = async {
+                match &mut self.interrupt {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
                 }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
+            };
+            let terminate = async {
+                match &mut self.terminate {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
                 }
+            };
+            tokio::select! {
+                _ = interrupt => {},
+                _ = terminate => {},
             }
         }
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+async fn run_worker(app: App, options: WorkerOptions) -> crate::Result<()> {
+    // Signals are handled from the first moment: a signal during start-up (which waits for
+    // an unreachable broker as long as it takes) stops the start.
+    let stop = Arc::new(AtomicBool::new(false));
+    let signalled = Arc::new(tokio::sync::Notify::new());
+    let mut signals = Signals::new();
+    {
+        let (stop, signalled) = (Arc::clone(&stop), Arc::clone(&signalled));
+        tokio::spawn(async move {
+            signals.next().await;
+            stop.store(true, Ordering::Relaxed);
+            signalled.notify_one();
+            // A second signal does not wait for the last commits.
+            signals.next().await;
+            eprintln!(
+                "second signal: exiting now, without the last commits (input since the last commit will be processed again)"
+            );
+            std::process::exit(130);
+        });
+    }
+    let worker = match Worker::start(app, options.stop_flag(Arc::clone(&stop))).await {
+        Ok(worker) => worker,
+        Err(crate::Error::Stopping) => {
+            eprintln!("signal received during start-up: stopped before joining the group; nothing was processed");
+            return Ok(());
+        }
+        Err(error) => return Err(error),
     };
     let metrics = worker.metrics();
-    let stop_flag = worker.stop_flag();
     let stopper = async {
-        stop.await;
+        signalled.notified().await;
         tracing::info!("signal received: finishing records and committing");
     };
     tokio::pin!(stopper);
-    let done = async {
+    let failed = async {
         loop {
             if metrics.fatal().is_some() {
                 return;
@@ -207,14 +266,15 @@ async fn run_worker(app: App, options: WorkerOptions) -> crate::Result<()> {
         }
     };
     // Either a signal asks to stop, or the worker ends by itself (idle exit or failure).
+    let stop_flag = worker.stop_flag();
     let wait = worker.wait();
     tokio::pin!(wait);
     tokio::select! {
         result = &mut wait => return result.map(|_| ()),
         _ = &mut stopper => {},
-        _ = done => {},
+        _ = failed => {},
     }
-    stop_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop_flag.store(true, Ordering::Relaxed);
     wait.await.map(|_| ())
 }
 
@@ -254,11 +314,40 @@ fn host_broker(app: App, port: u16, partitions: Option<i32>) -> crate::Result<()
         .map_err(|e| crate::Error::io("serving the embedded broker", e))
 }
 
+/// Edit distance between two names (for "did you mean").
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// The known name closest to `name`, when it is close enough to be a typo of it.
+fn suggestion<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (distance(name, k), *k))
+        .filter(|(d, k)| *d <= (k.len() / 3).max(2))
+        .min()
+        .map(|(_, k)| k)
+}
+
 fn print_table(app: &App, name: &str, data_dir: &std::path::Path) -> crate::Result<()> {
     if !app.tables().any(|(t, _)| t.name == name) {
         let known: Vec<&str> = app.tables().map(|(t, _)| t.name).collect();
+        let hint = suggestion(name, &known)
+            .map(|k| format!("; did you mean `{k}`?"))
+            .unwrap_or_default();
         return Err(crate::Error::Config(format!(
-            "app `{}` has no table `{name}` (tables: {})",
+            "app `{}` has no table `{name}` (tables: {}){hint}",
             app.id(),
             known.join(", ")
         )));
@@ -278,4 +367,17 @@ fn print_table(app: &App, name: &str, data_dir: &std::path::Path) -> crate::Resu
         println!("{key}\t{value}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::suggestion;
+
+    #[test]
+    fn typos_get_a_suggestion() {
+        let known = ["major-count", "last-seen"];
+        assert_eq!(suggestion("major-cont", &known), Some("major-count"));
+        assert_eq!(suggestion("major_count", &known), Some("major-count"));
+        assert_eq!(suggestion("users", &known), None);
+    }
 }

@@ -156,6 +156,11 @@ fn decode_key<K: Key>(message: &Message) -> Result<K, DecodeError> {
 pub(crate) enum Input {
     /// Records to process, in order (one wake-up for many records).
     Records(Vec<Message>),
+    /// Where processing starts, decided once the partition's stores are restored: records
+    /// before it were read from an earlier position and are skipped (their effects are in
+    /// the stores already). The partition counts as processed up to it: its first cut
+    /// commits it, with whatever the restore left to write again.
+    StartAt(i64),
     /// Finish: make a last cut, acknowledge it once committed, and end the stream.
     Finish(Ack),
     /// Make a cut now and acknowledge it once committed; the stream goes on.
@@ -169,6 +174,8 @@ pub(crate) struct StreamCore {
     /// The batch being processed (batches are taken one at a time, when this one is done).
     batch: std::vec::IntoIter<Message>,
     pub(crate) current: Option<Message>,
+    /// Records before this offset are skipped (see [`Input::StartAt`]).
+    floor: i64,
     processed: Option<i64>,
     last_cut: Option<i64>,
     next_cut: Instant,
@@ -184,6 +191,7 @@ impl StreamCore {
             rx,
             batch: Vec::new().into_iter(),
             current: None,
+            floor: i64::MIN,
             processed: None,
             last_cut: None,
             next_cut: Instant::now() + commit_interval,
@@ -221,15 +229,26 @@ impl StreamCore {
         if !self.ended && self.since_clock + 1 < 256 && !self.ctx.cut_wanted.load(Ordering::Relaxed) {
             if let Some(message) = self.batch.next() {
                 self.since_clock += 1;
+                if message.offset() >= self.floor {
+                    return Some(message);
+                }
+            }
+        }
+        loop {
+            let message = Box::pin(self.next_message_slow()).await?;
+            if message.offset() >= self.floor {
                 return Some(message);
             }
         }
-        Box::pin(self.next_message_slow()).await
     }
 
     async fn next_message_slow(&mut self) -> Option<Message> {
         loop {
             if self.ended {
+                return None;
+            }
+            if self.ctx.finishing.load(Ordering::Relaxed) {
+                self.finish_now().await;
                 return None;
             }
             if self.ctx.cut_wanted.swap(false, Ordering::Relaxed) {
@@ -266,6 +285,12 @@ impl StreamCore {
             };
             match input {
                 Some(Input::Records(messages)) => self.batch = messages.into_iter(),
+                Some(Input::StartAt(start)) => {
+                    self.floor = start;
+                    if self.processed.is_none() && start > 0 {
+                        self.processed = Some(start - 1);
+                    }
+                }
                 Some(Input::Finish(ack)) => {
                     self.cut(Some(ack)).await;
                     self.ended = true;
@@ -274,6 +299,29 @@ impl StreamCore {
                 None => self.ended = true,
             }
         }
+    }
+
+    /// Finishes at this record boundary: records not started yet are dropped (the next
+    /// owner reads them again), the last cut is made and acknowledged, the stream ends.
+    async fn finish_now(&mut self) {
+        self.batch = Vec::new().into_iter();
+        loop {
+            let input = match self.rx.try_recv() {
+                Ok(input) => Some(input),
+                Err(mpsc::error::TryRecvError::Empty) => self.rx.recv().await,
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            };
+            match input {
+                Some(Input::Records(_) | Input::StartAt(_)) => {}
+                Some(Input::Flush(ack)) => self.cut(Some(ack)).await,
+                Some(Input::Finish(ack)) => {
+                    self.cut(Some(ack)).await;
+                    break;
+                }
+                None => break,
+            }
+        }
+        self.ended = true;
     }
 
     /// The agent failed on the current record: it goes to the dead-letter topic.
@@ -334,15 +382,23 @@ impl StreamCore {
         }
         let ctx = Arc::clone(&self.ctx);
         let mut writes: Vec<TableWrite> = Vec::new();
-        if let Some(processed) = self.processed {
-            for (changelog, store, entries) in ctx.take_dirty() {
+        let positions: Vec<(Arc<str>, i64)> = self
+            .processed
+            .map(|offset| (Arc::clone(&ctx.topic), offset))
+            .into_iter()
+            .collect();
+        if !positions.is_empty() {
+            // Every store of the partition gets the cut's positions, changed or not: a
+            // store's positions say how far its state reflects the input.
+            let headers = crate::changelog::source_headers(&positions, ctx.partition);
+            for (changelog, store, entries) in ctx.take_changes() {
                 for (key, value) in &entries {
                     let record = OutRecord {
                         topic: changelog.clone(),
                         partition: Some(ctx.partition),
                         key: Some(key.clone()),
                         value: value.clone(),
-                        headers: crate::changelog::source_headers(&ctx.topic, ctx.partition, processed),
+                        headers: headers.clone(),
                         changelog: true,
                     };
                     ctx.emit(record).await;
@@ -355,9 +411,8 @@ impl StreamCore {
             }
         }
         let cut = Cut {
-            topic: ctx.topic.clone(),
             partition: ctx.partition,
-            next_offset: self.processed.map(|offset| offset + 1),
+            positions,
             writes,
             ack,
         };

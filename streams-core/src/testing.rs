@@ -94,15 +94,19 @@ impl TestRecord {
     }
 }
 
-/// Kafka's default partitioner for keyed records (murmur2, as the Java clients and
-/// librdkafka's `murmur2_random` compute it).
+/// Kafka's murmur2 hash of a key, as the Java clients' `Utils.murmur2` computes it.
 ///
 /// ```
-/// // The same partitions Kafka's Java producer picks.
-/// assert_eq!(streams_core::testing::kafka_partition(b"user-1", 8), streams_core::testing::kafka_partition(b"user-1", 8));
-/// assert!(streams_core::testing::kafka_partition(b"", 3) < 3);
+/// use streams_core::testing::murmur2;
+/// // The values Kafka's own tests (`UtilsTest.testMurmur2`) check.
+/// assert_eq!(murmur2(b"21"), -973932308);
+/// assert_eq!(murmur2(b"foobar"), -790332482);
+/// assert_eq!(murmur2(b"a-little-bit-long-string"), -985981536);
+/// assert_eq!(murmur2(b"a-little-bit-longer-string"), -1486304829);
+/// assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"), -58897971);
+/// assert_eq!(murmur2(b"abc"), 479470107);
 /// ```
-pub fn kafka_partition(key: &[u8], partitions: i32) -> i32 {
+pub fn murmur2(key: &[u8]) -> i32 {
     const M: u32 = 0x5bd1_e995;
     let mut h: u32 = 0x9747_b28c ^ key.len() as u32;
     let chunks = key.chunks_exact(4);
@@ -128,7 +132,20 @@ pub fn kafka_partition(key: &[u8], partitions: i32) -> i32 {
     h ^= h >> 13;
     h = h.wrapping_mul(M);
     h ^= h >> 15;
-    ((h & 0x7fff_ffff) % partitions.max(1) as u32) as i32
+    h as i32
+}
+
+/// Kafka's default partitioner for keyed records: `toPositive(murmur2(key)) % partitions`,
+/// as the Java clients and librdkafka's `murmur2_random` compute it.
+///
+/// ```
+/// use streams_core::testing::kafka_partition;
+/// // toPositive(-973932308) = 1173551340, and 1173551340 % 8 = 4.
+/// assert_eq!(kafka_partition(b"21", 8), 4);
+/// assert_eq!(kafka_partition(b"abc", 3), 479470107 % 3);
+/// ```
+pub fn kafka_partition(key: &[u8], partitions: i32) -> i32 {
+    ((murmur2(key) as u32 & 0x7fff_ffff) % partitions.max(1) as u32) as i32
 }
 
 /// One partition of a driver topic. The records' bytes sit in one buffer, in order, as in
@@ -280,15 +297,63 @@ impl Sink for Topics {
 }
 
 #[derive(Default)]
-struct Offsets(Mutex<HashMap<(String, i32), i64>>);
+struct Offsets {
+    committed: Mutex<HashMap<(String, i32), i64>>,
+    /// Set by [`TestDriver::fail_commits`].
+    failing: std::sync::atomic::AtomicBool,
+}
 
 impl OffsetCommit for Offsets {
     fn commit(&self, offsets: &[(String, i32, i64)]) -> Result<(), String> {
-        let mut committed = self.0.lock().map_err(|_| "poisoned")?;
+        if self.failing.load(Ordering::Relaxed) {
+            return Err("the test driver fails offset commits (TestDriver::fail_commits)".into());
+        }
+        let mut committed = self.committed.lock().map_err(|_| "poisoned")?;
         for (topic, partition, offset) in offsets {
             committed.insert((topic.clone(), *partition), *offset);
         }
         Ok(())
+    }
+}
+
+/// The driver's topics as a [`crate::changelog::ChangelogReader`].
+struct DriverReader<'a> {
+    topics: &'a Topics,
+    metrics: &'a Metrics,
+}
+
+impl crate::changelog::ChangelogReader for DriverReader<'_> {
+    fn restore(
+        &self,
+        store: &dyn StateStore,
+        changelog: &str,
+        partition: i32,
+        committed: &crate::changelog::Committed,
+        agreed: Vec<(String, i64)>,
+    ) -> Result<Option<crate::changelog::Restored>> {
+        let checkpoint = store.checkpoint()?;
+        let log = self.topics.log();
+        let Some(records) = log
+            .topics
+            .get(changelog)
+            .and_then(|parts| parts.get(partition as usize))
+        else {
+            return Ok(Some(Default::default()));
+        };
+        let from = checkpoint.changelog_offset.map_or(0, |offset| offset + 1);
+        let end = records.len() as i64;
+        if from >= end {
+            return Ok(Some(Default::default()));
+        }
+        let mut apply = crate::changelog::Apply::new(store, committed, agreed, (end - from) as u64);
+        for offset in from..end {
+            let record = records.record(partition, offset as usize);
+            let headers = record.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));
+            apply.record(offset, record.key.as_deref(), record.value.as_deref(), headers)?;
+        }
+        let restored = apply.finish(Some(end - 1))?;
+        self.metrics.restored.fetch_add(restored.applied, Ordering::Relaxed);
+        Ok(Some(restored))
     }
 }
 
@@ -303,11 +368,20 @@ pub enum Stores {
 }
 
 struct Task {
+    ctx: Arc<TaskContext>,
+    agent: &'static str,
     topic: String,
     partition: i32,
+    /// The worker that runs the task (see [`TestDriver::move_partition`]).
+    owner: String,
     tx: mpsc::Sender<Input>,
+    join: tokio::task::JoinHandle<()>,
+    /// The next offset to hand over.
     delivered: usize,
 }
+
+/// The worker that owns every partition when a driver starts.
+pub const FIRST_OWNER: &str = "worker-1";
 
 /// Runs an app's agents in-process with no broker. See the [module docs](self).
 pub struct TestDriver {
@@ -315,8 +389,12 @@ pub struct TestDriver {
     topics: Topics,
     offsets: Arc<Offsets>,
     tasks: Vec<Task>,
-    stores: HashMap<(String, i32), Arc<dyn StateStore>>,
+    /// Stores by (owner, table, partition): a worker keeps its stores when a partition
+    /// moves away, and finds them again when it comes back.
+    stores: HashMap<(String, String, i32), Arc<dyn StateStore>>,
     store_kind: Stores,
+    /// Partitions delivered only up to an offset (see [`TestDriver::run_to`]).
+    limits: HashMap<(String, i32), usize>,
     metrics: Arc<Metrics>,
     _committer: std::sync::mpsc::Sender<commit::Cut>,
 }
@@ -369,29 +447,48 @@ impl TestDriver {
             tasks: Vec::new(),
             stores: HashMap::new(),
             store_kind: stores,
+            limits: HashMap::new(),
             metrics,
             _committer: cuts,
         };
         for agent in driver.app.agents().to_vec() {
             let partitions = driver.partitions(agent.source.name);
             for partition in 0..partitions {
-                driver.start_task(&agent, partition)?;
+                let task = driver.start_task(&agent, partition, FIRST_OWNER)?;
+                driver.tasks.push(task);
             }
         }
         Ok(driver)
     }
 
-    fn start_task(&mut self, agent: &AgentSpec, partition: i32) -> Result<()> {
+    /// The store of `owner` for `table`'s partition, created empty the first time.
+    fn store(&mut self, owner: &str, table: &str, partition: i32) -> Result<Arc<dyn StateStore>> {
+        let key = (owner.to_string(), table.to_string(), partition);
+        if let Some(store) = self.stores.get(&key) {
+            return Ok(Arc::clone(store));
+        }
+        let store: Arc<dyn StateStore> = match &self.store_kind {
+            Stores::Memory => Arc::new(MemoryStore::default()),
+            Stores::RocksDb(dir) => Arc::new(crate::store::RocksDbStore::open(&crate::store::partition_dir(
+                &dir.join(owner),
+                table,
+                partition,
+            ))?),
+        };
+        self.stores.insert(key, Arc::clone(&store));
+        Ok(store)
+    }
+
+    /// Starts `agent` on `partition` for `owner`, as a worker does on assignment: the
+    /// owner's stores are restored from their changelogs, and the partition starts where
+    /// its restored state agrees with the input.
+    fn start_task(&mut self, agent: &AgentSpec, partition: i32, owner: &str) -> Result<Task> {
+        let topic = agent.source.name.to_string();
+        // The driver's topics keep every record: nothing committed means offset 0.
+        let committed = vec![(topic.clone(), self.committed(&topic, partition).unwrap_or(0))];
         let mut tables = Vec::new();
         for table in &agent.tables {
-            let store: Arc<dyn StateStore> = match &self.store_kind {
-                Stores::Memory => Arc::new(MemoryStore::default()),
-                Stores::RocksDb(dir) => Arc::new(crate::store::RocksDbStore::open(&crate::store::partition_dir(
-                    dir, table.name, partition,
-                ))?),
-            };
-            self.stores
-                .insert((table.name.to_string(), partition), Arc::clone(&store));
+            let store = self.store(owner, table.name, partition)?;
             tables.push(TableState::new(
                 table.name,
                 table.changelog_topic(self.app.id()),
@@ -399,8 +496,21 @@ impl TestDriver {
                 self.app.table_cache_bytes_value(),
             ));
         }
+        let stores: Vec<(Arc<dyn StateStore>, Arc<str>)> = tables
+            .iter()
+            .map(|t| (Arc::clone(&t.store), Arc::clone(&t.changelog)))
+            .collect();
+        let restoration = if stores.is_empty() {
+            None
+        } else {
+            let reader = DriverReader {
+                topics: &self.topics,
+                metrics: &self.metrics,
+            };
+            crate::changelog::restore_task(&reader, &stores, partition, &committed)?
+        };
         let sink: Arc<dyn Sink> = Arc::new(self.topics.clone());
-        let ctx = TaskContext::new(
+        let ctx = Arc::new(TaskContext::new(
             agent,
             self.app.id(),
             partition,
@@ -408,18 +518,119 @@ impl TestDriver {
             sink,
             self._committer.clone(),
             Arc::clone(&self.metrics),
-        );
+        ));
         let (tx, rx) = mpsc::channel(1024);
+        let mut delivered = committed[0].1;
+        if let Some(restoration) = restoration {
+            for (index, entries) in restoration.restate.into_iter().enumerate() {
+                ctx.restate(index, entries);
+            }
+            // Like a worker, which seeks there: the records before it are not handed over.
+            delivered = restoration.starts[0].1;
+            tx.try_send(Input::StartAt(delivered))
+                .map_err(|_| Error::Config("test driver: a new task's queue is full".into()))?;
+        }
         // Cuts happen at the driver's barriers, never on a timer: runs are deterministic.
-        let core = StreamCore::new(Arc::new(ctx), rx, Duration::from_secs(365 * 24 * 3600));
-        tokio::spawn(task::run_partition(agent.clone(), core));
-        self.tasks.push(Task {
-            topic: agent.source.name.to_string(),
+        let core = StreamCore::new(Arc::clone(&ctx), rx, Duration::from_secs(365 * 24 * 3600));
+        let join = tokio::spawn(task::run_partition(agent.clone(), core));
+        Ok(Task {
+            ctx,
+            agent: agent.name,
+            topic,
             partition,
+            owner: owner.to_string(),
             tx,
-            delivered: 0,
-        });
+            join,
+            delivered: usize::try_from(delivered).unwrap_or(0),
+        })
+    }
+
+    fn task_index(&self, topic: &str, partition: i32) -> Result<usize> {
+        self.tasks
+            .iter()
+            .position(|t| t.topic == topic && t.partition == partition)
+            .ok_or_else(|| Error::Config(format!("test driver: no agent reads {topic}[{partition}]")))
+    }
+
+    fn agent_spec(&self, name: &str) -> Result<AgentSpec> {
+        self.app
+            .agents()
+            .iter()
+            .find(|a| a.name == name)
+            .cloned()
+            .ok_or_else(|| Error::Config(format!("test driver: no agent `{name}`")))
+    }
+
+    /// Moves `topic[partition]` to the worker `owner`, as a rebalance does: the current owner
+    /// finishes its records and makes a last cut (committed unless commits fail, see
+    /// [`TestDriver::fail_commits`]); then `owner` takes the partition with the stores it
+    /// kept from the last time it held it (empty the first time), restores them from their
+    /// changelogs and starts where its restored state agrees with the input.
+    ///
+    /// ```
+    /// # use streams_core::prelude::*;
+    /// # use streams_core::testing::TestDriver;
+    /// # const NUMBERS: Topic<String, i64> = Topic::new("numbers").partitions(1);
+    /// # const SUMS: Table<String, i64> = Table::new("sums");
+    /// # #[agent(topic = NUMBERS, tables = [SUMS])]
+    /// # async fn sum(mut numbers: Stream<String, i64>) -> Result<()> {
+    /// #     while let Some(event) = numbers.next_event().await {
+    /// #         SUMS.update(&event.key, |s| *s += event.value).await?;
+    /// #     }
+    /// #     Ok(())
+    /// # }
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> streams_core::Result<()> {
+    /// let mut driver = TestDriver::new(App::new("sums").agent(sum))?;
+    /// driver.pipe(&NUMBERS, &"a".to_string(), &2)?;
+    /// driver.run().await?;
+    /// driver.move_partition("numbers", 0, "worker-2").await?; // restores from the changelog
+    /// driver.pipe(&NUMBERS, &"a".to_string(), &3)?;
+    /// driver.run().await?;
+    /// assert_eq!(driver.table(&SUMS)?["a"], 5);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn move_partition(&mut self, topic: &str, partition: i32, owner: &str) -> Result<()> {
+        let index = self.task_index(topic, partition)?;
+        let (ack, acked) = std::sync::mpsc::channel();
+        self.tasks[index].ctx.request_finish();
+        if self.tasks[index].tx.send(Input::Finish(ack)).await.is_ok() {
+            let _ = tokio::task::spawn_blocking(move || acked.recv_timeout(Duration::from_secs(60))).await;
+        }
+        self.replace_task(index, owner).await
+    }
+
+    /// Moves `topic[partition]` to the worker `owner` as if its owner was killed: no last
+    /// cut, so what it did since its last commit is lost with it (its stores keep what was
+    /// written at its last cut) and is processed again by `owner`.
+    pub async fn crash_partition(&mut self, topic: &str, partition: i32, owner: &str) -> Result<()> {
+        let index = self.task_index(topic, partition)?;
+        self.tasks[index].join.abort();
+        self.replace_task(index, owner).await
+    }
+
+    async fn replace_task(&mut self, index: usize, owner: &str) -> Result<()> {
+        let old = &mut self.tasks[index];
+        let join = std::mem::replace(&mut old.join, tokio::spawn(async {}));
+        let _ = join.await;
+        let (name, partition) = (old.agent, old.partition);
+        let agent = self.agent_spec(name)?;
+        let task = self.start_task(&agent, partition, owner)?;
+        self.tasks[index] = task;
         Ok(())
+    }
+
+    /// While `failing`, offset commits fail (as a broker refuses them during a rebalance):
+    /// stores are written at each cut, but the group's offsets stay where they are.
+    pub fn fail_commits(&mut self, failing: bool) {
+        self.offsets.failing.store(failing, Ordering::Relaxed);
+    }
+
+    /// The worker that owns `topic[partition]` (see [`TestDriver::move_partition`]).
+    pub fn owner(&self, topic: &str, partition: i32) -> Option<&str> {
+        let index = self.task_index(topic, partition).ok()?;
+        Some(&self.tasks[index].owner)
     }
 
     /// Partition count of `topic` in the driver (1 for topics the app does not know).
@@ -472,14 +683,14 @@ impl TestDriver {
                     let batch: Vec<Message> = {
                         let log = self.topics.log();
                         let task = &self.tasks[index];
+                        let limit = self.limits.get(&(task.topic.clone(), task.partition)).copied();
                         log.topics
                             .get(&task.topic)
                             .and_then(|parts| parts.get(task.partition as usize))
                             .map(|log| {
-                                let from = task.delivered.min(log.len());
-                                (from..log.len().min(from + 1024))
-                                    .map(|offset| log.message(offset))
-                                    .collect()
+                                let end = limit.map_or(log.len(), |limit| limit.min(log.len()));
+                                let from = task.delivered.min(end);
+                                (from..end.min(from + 1024)).map(|offset| log.message(offset)).collect()
                             })
                             .unwrap_or_default()
                     };
@@ -507,6 +718,16 @@ impl TestDriver {
             Some(error) => Err(Error::Config(error)),
             None => Ok(()),
         }
+    }
+
+    /// Like [`TestDriver::run`], but `topic[partition]` is processed only up to `end`
+    /// (exclusive): its later records wait for a later run.
+    pub async fn run_to(&mut self, topic: &str, partition: i32, end: i64) -> Result<()> {
+        self.limits
+            .insert((topic.to_string(), partition), usize::try_from(end).unwrap_or(0));
+        let result = self.run().await;
+        self.limits.remove(&(topic.to_string(), partition));
+        result
     }
 
     /// Every partition finishes what it was given and commits.
@@ -569,8 +790,13 @@ impl TestDriver {
     /// A table's contents, all partitions merged (as of the last [`TestDriver::run`]).
     pub fn table<K: Key + Ord, V: DeserializeOwned>(&self, table: &Table<K, V>) -> Result<BTreeMap<K, V>> {
         let mut out = BTreeMap::new();
-        for ((name, _), store) in &self.stores {
-            if name == table.name() {
+        let agents = self.app.agents();
+        for task in &self.tasks {
+            let uses = agents
+                .iter()
+                .any(|a| a.name == task.agent && a.tables.iter().any(|t| t.name == table.name()));
+            let key = (task.owner.clone(), table.name().to_string(), task.partition);
+            if let Some(store) = self.stores.get(&key).filter(|_| uses) {
                 table.read_store(&**store, &mut out)?;
             }
         }
@@ -579,7 +805,7 @@ impl TestDriver {
 
     /// The offset the app committed for `topic[partition]` (the next one to read).
     pub fn committed(&self, topic: &str, partition: i32) -> Option<i64> {
-        let committed = self.offsets.0.lock().ok()?;
+        let committed = self.offsets.committed.lock().ok()?;
         committed.get(&(topic.to_string(), partition)).copied()
     }
 

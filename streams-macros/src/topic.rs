@@ -19,16 +19,21 @@ impl<'a> Visit<'a> for FirstString {
     }
 }
 
+/// The topic name as identifier text, one-to-one (names that differ only in case, `-`, `_`
+/// or `.` stay different): letters and digits as they are, `_` as `__`, `-` as `_h`, `.` as
+/// `_d`, anything else as `_x{hex}_`.
 fn ident_text(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        match c {
+            c if c.is_ascii_alphanumeric() => out.push(c),
+            '_' => out.push_str("__"),
+            '-' => out.push_str("_h"),
+            '.' => out.push_str("_d"),
+            other => out.push_str(&format!("_x{:x}_", u32::from(other))),
+        }
+    }
+    out
 }
 
 pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -80,5 +85,26 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
         const #marker: () = ();
         #check
         #errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ident_text;
+
+    #[test]
+    fn names_that_differ_stay_different() {
+        let names = [
+            "hit_count",
+            "hit-count",
+            "Hit_count",
+            "hit.count",
+            "hit__count",
+            "hit_hcount",
+            "hits",
+        ];
+        let texts: std::collections::BTreeSet<String> = names.iter().map(|n| ident_text(n)).collect();
+        assert_eq!(texts.len(), names.len(), "{texts:?}");
+        assert_eq!(ident_text("hits"), "hits");
     }
 }

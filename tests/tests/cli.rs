@@ -6,7 +6,10 @@ use std::time::Duration;
 use streams_core::EmbeddedBroker;
 use streams_examples::seed;
 use streams_tests::hit_counter::app;
-use streams_tests::{create_app_topics, example_binary, free_port, produce, unkeyed, wait_caught_up, Child};
+use streams_tests::{
+    committed, create_app_topics, example_binary, free_port, produce, read_all, spawn_hit_counter_worker, unkeyed,
+    wait_caught_up, Child,
+};
 
 fn hit_counter() -> std::path::PathBuf {
     example_binary("hit_counter")
@@ -102,20 +105,7 @@ fn send_worker_sigterm_and_table() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().to_str().expect("utf8");
-    let mut worker = Child::spawn(
-        &hit_counter(),
-        &[
-            "worker",
-            "-l",
-            "info",
-            "--broker",
-            &bootstrap,
-            "--data-dir",
-            data,
-            "--consumer-config",
-            "session.timeout.ms=6000",
-        ],
-    );
+    let mut worker = spawn_hit_counter_worker(&bootstrap, dir.path(), &[]);
     wait_caught_up(
         &bootstrap,
         "hit_counter",
@@ -125,6 +115,16 @@ fn send_worker_sigterm_and_table() {
     // At -l info the worker shows records arriving and table increments.
     worker.wait_for_line("find_major_hits <- hit_count[", Duration::from_secs(10));
     worker.wait_for_line("major-count[", Duration::from_secs(10));
+    // The table can be read while the worker holds its stores.
+    let mut live = Child::spawn(&hit_counter(), &["table", "major-count", "--data-dir", data]);
+    assert_eq!(live.wait(Duration::from_secs(30)), Some(0), "{}", live.seen.join("\n"));
+    assert!(
+        live.seen
+            .iter()
+            .any(|l| l.starts_with("major-count (") && !l.contains("(0 keys)")),
+        "{}",
+        live.seen.join("\n")
+    );
     worker.terminate();
     assert_eq!(worker.wait(Duration::from_secs(60)), Some(0), "exit 0 after SIGTERM");
     assert!(
@@ -189,4 +189,186 @@ fn topology_is_printed_without_a_broker() {
         .seen
         .join("\n")
         .contains("\"count_topic\" -> \"count_hits\" [label=\"reads\"];"));
+}
+
+#[test]
+fn a_signal_during_start_up_stops_the_worker_promptly() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf8");
+    let mut child = Child::spawn(&hit_counter(), &["worker", "--broker", &address, "--data-dir", data]);
+    child.wait_for_line("is unreachable", Duration::from_secs(30));
+    let signalled = std::time::Instant::now();
+    child.terminate();
+    assert_eq!(
+        child.wait(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        child.seen.join("\n")
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "took {:?} to stop",
+        signalled.elapsed()
+    );
+    let output = child.seen.join("\n");
+    assert!(output.contains("signal received during start-up"), "{output}");
+}
+
+#[test]
+fn idle_exit_counts_from_the_start_when_no_record_ever_arrives() {
+    let broker = broker();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf8");
+    let mut child = Child::spawn(
+        &hit_counter(),
+        &[
+            "worker",
+            "-l",
+            "info",
+            "--broker",
+            broker.bootstrap_servers(),
+            "--data-dir",
+            data,
+            "--idle-exit",
+            "2",
+        ],
+    );
+    assert_eq!(
+        child.wait(Duration::from_secs(90)),
+        Some(0),
+        "{}",
+        child.seen.join("\n")
+    );
+    let output = child.seen.join("\n");
+    assert!(output.contains("no records for 2s; stopping"), "{output}");
+}
+
+/// `--config` reaches every client of the worker: with `--broker` pointing nowhere and
+/// `bootstrap.servers` set through `--config`, the metadata client, the admin client, the
+/// group consumer, the producer and the restore consumer all reach the broker.
+#[test]
+fn config_settings_reach_every_client() {
+    let broker = broker();
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let records = seed::hits(5, 500);
+    produce(&bootstrap, "hit_count", &unkeyed(&records));
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let setting = format!("bootstrap.servers={bootstrap}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf8");
+    let mut worker = Child::spawn(
+        &hit_counter(),
+        &[
+            "worker",
+            "--broker",
+            &nowhere,
+            "--config",
+            &setting,
+            "--data-dir",
+            data,
+            "--idle-exit",
+            "3",
+        ],
+    );
+    assert_eq!(
+        worker.wait(Duration::from_secs(120)),
+        Some(0),
+        "{}",
+        worker.seen.join("\n")
+    );
+    wait_caught_up(
+        &bootstrap,
+        "hit_counter",
+        &["hit_count", "count_topic"],
+        Duration::from_secs(10),
+    );
+}
+
+/// SIGTERM while input still arrives: the worker finishes its records and commits them
+/// before it exits, so the committed offsets are exactly what it processed — on both sides
+/// of the internal topic.
+#[test]
+fn sigterm_mid_stream_commits_exactly_what_was_processed() {
+    let broker = broker();
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let records = seed::hits(17, 30_000);
+    let producer = {
+        let bootstrap = bootstrap.clone();
+        let records = records.clone();
+        std::thread::spawn(move || {
+            for chunk in records.chunks(300) {
+                produce(&bootstrap, "hit_count", &unkeyed(chunk));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut worker = spawn_hit_counter_worker(&bootstrap, dir.path(), &[]);
+    worker.wait_for_line("records/s", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+    worker.terminate();
+    assert_eq!(
+        worker.wait(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        worker.seen.join("\n")
+    );
+    producer.join().expect("producer");
+
+    // hit_count: the major hits of every committed input are on count_topic, and nothing else.
+    let committed_input: Vec<i64> = (0..4)
+        .map(|p| committed(&bootstrap, "hit_counter", "hit_count", p))
+        .collect();
+    let produced: i64 = (0..4)
+        .map(|p| streams_tests::high_watermark(&bootstrap, "hit_count", p))
+        .sum();
+    let done: i64 = committed_input.iter().sum();
+    assert!(
+        0 < done && done < produced,
+        "the signal came mid-stream: {done} of {produced} committed"
+    );
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    for record in read_all(&bootstrap, "hit_count") {
+        if record.offset >= committed_input[record.partition as usize] {
+            continue;
+        }
+        let hit: serde_json::Value = serde_json::from_slice(&record.value.unwrap_or_default()).expect("json");
+        if hit["hits"].as_i64().unwrap_or(0) > 20 {
+            *expected
+                .entry(hit["userId"].as_str().unwrap_or_default().to_string())
+                .or_default() += 1;
+        }
+    }
+    let forwarded = read_all(&bootstrap, "count_topic");
+    let mut sent: BTreeMap<String, i64> = BTreeMap::new();
+    for record in &forwarded {
+        *sent
+            .entry(String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        sent, expected,
+        "count_topic holds the major hits of the committed input, once each"
+    );
+
+    // count_topic: the table counts exactly the committed records.
+    let committed_counts: Vec<i64> = (0..8)
+        .map(|p| committed(&bootstrap, "hit_counter", "count_topic", p))
+        .collect();
+    let mut counted: BTreeMap<String, i64> = BTreeMap::new();
+    for record in &forwarded {
+        if record.offset < committed_counts[record.partition as usize] {
+            *counted
+                .entry(String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into_owned())
+                .or_default() += 1;
+        }
+    }
+    let table = streams_tests::hit_counter::MAJOR_COUNT
+        .read_local(dir.path(), "hit_counter")
+        .expect("table");
+    assert_eq!(
+        table, counted,
+        "the table reflects exactly the committed count_topic records"
+    );
 }

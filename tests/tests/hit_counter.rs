@@ -131,14 +131,14 @@ async fn malformed_records_go_to_the_dead_letter_topic() {
 
     let dead = read_all(broker.bootstrap_servers(), DLQ);
     assert_eq!(dead.len(), 200);
-    for (_, key, value, headers) in &dead {
-        let key = String::from_utf8(key.clone().expect("key kept")).expect("utf8 key");
+    for record in &dead {
+        let key = String::from_utf8(record.key.clone().expect("key kept")).expect("utf8 key");
         assert!(key.starts_with("bad-"), "{key}");
-        let value = value.clone().unwrap_or_default();
+        let value = record.value.clone().unwrap_or_default();
         assert!(bad.contains(&value.as_slice()), "value copied unchanged: {value:?}");
-        assert_eq!(headers["streams.dlq.topic"], "hit_count");
-        assert!(headers["streams.dlq.offset"].parse::<i64>().is_ok());
-        assert!(!headers["streams.dlq.error"].is_empty());
+        assert_eq!(record.headers["streams.dlq.topic"], "hit_count");
+        assert!(record.headers["streams.dlq.offset"].parse::<i64>().is_ok());
+        assert!(!record.headers["streams.dlq.error"].is_empty());
     }
     worker.stop().await.expect("worker stops cleanly");
     assert_eq!(counts(dir.path()), expected);

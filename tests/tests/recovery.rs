@@ -11,8 +11,8 @@ use streams_core::{EmbeddedBroker, Worker, WorkerHandle, WorkerOptions};
 use streams_examples::seed;
 use streams_tests::hit_counter::{app, MAJOR_COUNT};
 use streams_tests::{
-    committed, create_app_topics, example_binary, produce, produce_raw, read_all, table_from_changelog, unkeyed,
-    wait_caught_up, wait_until, worker_options, Child, Raw,
+    committed, create_app_topics, produce, produce_raw, read_all, table_from_changelog, unkeyed, wait_caught_up,
+    wait_until, worker_options, Child, Raw,
 };
 
 const GROUP: &str = "hit_counter";
@@ -83,8 +83,8 @@ async fn restore_skips_changes_from_uncommitted_input() {
     // Where user-0 lives, and how far the group committed there.
     let partition = read_all(&bootstrap, CHANGELOG)
         .iter()
-        .find(|(_, key, _, _)| key.as_deref() == Some(b"user-0".as_slice()))
-        .map(|(p, _, _, _)| *p)
+        .find(|r| r.key.as_deref() == Some(b"user-0".as_slice()))
+        .map(|r| r.partition)
         .expect("user-0 has a changelog record");
     let committed_offset = committed(&bootstrap, GROUP, "count_topic", partition);
     assert!(committed_offset > 0);
@@ -166,21 +166,37 @@ async fn a_restore_longer_than_the_poll_interval_keeps_the_worker_in_its_group()
     let dir = tempfile::tempdir().expect("tempdir");
     let options = worker_options(dir.path(), &broker).consumer_config("max.poll.interval.ms", "6000");
     let worker = Worker::start(app(), options).await.expect("worker starts");
+    let metrics = worker.metrics();
+    let first = Arc::clone(&metrics);
+    let member = tokio::task::spawn_blocking(move || {
+        wait_until("the first assignment", Duration::from_secs(60), || {
+            first.assignments.load(Ordering::Relaxed) > 0
+        });
+        first.member_id()
+    })
+    .await
+    .expect("wait")
+    .expect("a member id");
     all_assigned(&worker, 12).await;
-    // Long enough for an evicted member to have rejoined and been assigned again.
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    let metrics = worker.stop().await.expect("stop");
-
+    // The restore took longer than the poll interval: a member that stopped polling for it
+    // would have been evicted by now (librdkafka leaves the group, and forgets its member id,
+    // as soon as the interval is exceeded).
     let restoring = Duration::from_micros(metrics.restore_micros.load(Ordering::Relaxed));
     assert!(
-        restoring > Duration::from_secs(6),
+        restoring > Duration::from_secs(8),
         "the restore took only {restoring:?}"
+    );
+    assert_eq!(
+        metrics.member_id().as_deref(),
+        Some(member.as_str()),
+        "the worker's member id changed: it was evicted and joined again"
     );
     assert_eq!(
         metrics.assignments.load(Ordering::Relaxed),
         1,
         "the worker was assigned more than once"
     );
+    let metrics = worker.stop().await.expect("stop");
     assert_eq!(metrics.restored.load(Ordering::Relaxed), expected.len() as u64);
     assert_eq!(MAJOR_COUNT.read_local(dir.path(), GROUP).expect("table"), expected);
 }
@@ -268,8 +284,7 @@ async fn a_worker_joining_during_a_restore_is_not_kept_waiting() {
     })
     .await
     .expect("wait");
-    a.stop().await.expect("stop");
-    b.stop().await.expect("stop");
+    streams_tests::stop_in_turn(vec![a, b], 12).await;
 
     let mut table = MAJOR_COUNT.read_local(dir_a.path(), GROUP).expect("table");
     for (key, value) in MAJOR_COUNT.read_local(dir_b.path(), GROUP).expect("table") {
@@ -330,12 +345,26 @@ async fn broker_down_for_ten_seconds() {
     let a = Worker::start(app(), options(dirs[0].path())).await.expect("worker a");
     let b = Worker::start(app(), options(dirs[1].path())).await.expect("worker b");
     let producer = produce_steadily(bootstrap.clone(), records, 2_000.0);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (a_metrics, b_metrics) = (a.metrics(), b.metrics());
+    tokio::task::spawn_blocking(move || {
+        wait_until("both workers processing", Duration::from_secs(120), || {
+            a_metrics.records.load(Ordering::Relaxed) > 0 && b_metrics.records.load(Ordering::Relaxed) > 0
+        })
+    })
+    .await
+    .expect("wait");
+    let errors =
+        || a.metrics().client_errors.load(Ordering::Relaxed) + b.metrics().client_errors.load(Ordering::Relaxed);
+    let before = errors();
     broker.broker_down(1).expect("down");
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert!(
         a.is_running() && b.is_running(),
         "workers keep running while the broker is down"
+    );
+    assert!(
+        errors() > before,
+        "the workers' Kafka clients reported no error: the broker was not down"
     );
     broker.broker_up(1).expect("up");
     tokio::task::spawn_blocking(move || producer.join().expect("producer"))
@@ -344,31 +373,14 @@ async fn broker_down_for_ten_seconds() {
     caught_up(&broker).await;
     assert!(a.is_running() && b.is_running(), "every worker still running");
     assert!(a.metrics().fatal().is_none() && b.metrics().fatal().is_none());
-    a.stop().await.expect("a stops cleanly");
-    b.stop().await.expect("b stops cleanly");
+    streams_tests::stop_in_turn(vec![a, b], 12).await;
     let counted = table_from_changelog(&bootstrap, CHANGELOG);
     let over = report(&truth, &counted);
     println!("broker down 10 s: no user below the truth; over-count {over} (re-processed after the outage)");
 }
 
 fn spawn_worker(bootstrap: &str, dir: &Path) -> Child {
-    let dir = dir.to_str().expect("utf8");
-    Child::spawn(
-        &example_binary("hit_counter"),
-        &[
-            "worker",
-            "-l",
-            "info",
-            "--broker",
-            bootstrap,
-            "--data-dir",
-            dir,
-            "--consumer-config",
-            "session.timeout.ms=6000",
-            "--consumer-config",
-            "heartbeat.interval.ms=500",
-        ],
-    )
+    streams_tests::spawn_hit_counter_worker(bootstrap, dir, &[])
 }
 
 fn kill_9(child: &mut Child) {
@@ -407,8 +419,11 @@ fn workers_crash_join_and_leave() {
     kill_9(&mut w1);
     let _w1 = spawn_worker(&bootstrap, dirs[3].path()); // an empty data dir
     std::thread::sleep(Duration::from_secs(3));
-    let _w4 = spawn_worker(&bootstrap, dirs[4].path());
-    std::thread::sleep(Duration::from_secs(3));
+    let mut w4 = spawn_worker(&bootstrap, dirs[4].path());
+    // w3 leaves once w4 has joined (the embedded broker refuses commits while its group
+    // rebalances, so a worker leaving mid-rebalance would exit 1, its last commit refused).
+    w4.wait_for_line("assigned", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(1));
     w3.terminate();
     assert_eq!(
         w3.wait(Duration::from_secs(60)),
@@ -423,10 +438,149 @@ fn workers_crash_join_and_leave() {
     let total: i64 = truth.values().sum();
     println!("crash/join/leave: no user below the truth; over-count {over} of {total} counted records");
 
-    // Co-partitioning: every change of partition p of the table was caused by partition p
-    // of its source topic, whichever worker owned it at the time.
-    for (partition, _, _, headers) in read_all(&bootstrap, CHANGELOG) {
-        assert_eq!(headers["streams.source.topic"], "count_topic");
-        assert_eq!(headers["streams.source.partition"], partition.to_string());
+    // Co-partitioning: every change in partition p of the table is of a key that Kafka's
+    // partitioner puts in partition p of count_topic (where its records are), and was made
+    // by the worker that owned partition p of count_topic at the time: its source header
+    // names that partition and an offset that exists there.
+    let source_ends: Vec<i64> = (0..8)
+        .map(|p| streams_tests::high_watermark(&bootstrap, "count_topic", p))
+        .collect();
+    for record in read_all(&bootstrap, CHANGELOG) {
+        let key = record.key.as_deref().expect("changelog records have keys");
+        assert_eq!(
+            streams_core::testing::kafka_partition(key, 8),
+            record.partition,
+            "{} in changelog partition {}",
+            String::from_utf8_lossy(key),
+            record.partition
+        );
+        assert_eq!(record.headers["streams.source.topic"], "count_topic");
+        assert_eq!(record.headers["streams.source.partition"], record.partition.to_string());
+        let source_offset: i64 = record.headers["streams.source.offset"].parse().expect("offset");
+        assert!(
+            (0..source_ends[record.partition as usize]).contains(&source_offset),
+            "source offset {source_offset} is not in count_topic[{}]",
+            record.partition
+        );
     }
+}
+
+/// Slows `count_events` down by this many milliseconds per record.
+static SLOW_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Records `count_events` processed while slowed down.
+static SLOW_RECORDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+const EVENTS: streams_core::Topic<String, i64> = streams_core::Topic::new("events");
+const EVENT_COUNTS: streams_core::Table<String, i64> = streams_core::Table::new("event-counts");
+
+/// Counts records per key.
+#[streams_core::agent(topic = EVENTS, tables = [EVENT_COUNTS])]
+async fn count_events(mut events: streams_core::Stream<String, i64>) -> streams_core::Result<()> {
+    while let Some(event) = events.next_event().await {
+        let pause = SLOW_MS.load(Ordering::Relaxed);
+        if pause > 0 {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        EVENT_COUNTS.update(&event.key, |n| *n += 1).await?;
+        if pause > 0 {
+            SLOW_RECORDS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}
+
+fn events_app() -> streams_core::App {
+    streams_core::App::new("returning").agent(count_events)
+}
+
+fn produce_events(bootstrap: &str, count: usize) {
+    let records: Vec<(Option<String>, Vec<u8>)> = (0..count).map(|_| (Some("k".to_string()), b"1".to_vec())).collect();
+    produce(bootstrap, "events", &records);
+}
+
+async fn wait_committed(bootstrap: &str, offset: i64) {
+    let bootstrap = bootstrap.to_string();
+    tokio::task::spawn_blocking(move || {
+        wait_until(
+            &format!("events[0] committed at {offset}"),
+            Duration::from_secs(120),
+            || committed(&bootstrap, "returning", "events", 0) == offset,
+        )
+    })
+    .await
+    .expect("wait");
+}
+
+/// The scenario of a lost update, with real workers: worker A processes past a commit that
+/// fails (its store is ahead of the group); worker B takes the partition, processes part of
+/// that input again and commits; A gets the partition back. A's restore applies B's changes,
+/// so A must start at B's commit: starting after its own checkpoint loses the input between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_returning_to_an_earlier_owner_loses_no_update() {
+    use streams_core::broker::{RDKafkaApiKey, RDKafkaRespErr};
+    log();
+    let broker = EmbeddedBroker::start().expect("broker");
+    broker.create_topic("events", 1).expect("topic");
+    create_app_topics(&broker, &events_app());
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let (dir_a, dir_b) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+
+    produce_events(&bootstrap, 800);
+    let a = Worker::start(events_app(), worker_options(dir_a.path(), &broker))
+        .await
+        .expect("worker a");
+    wait_committed(&bootstrap, 800).await;
+
+    // A processes 200 more, and none of its commits gets through.
+    broker
+        .fail_requests(
+            RDKafkaApiKey::OffsetCommit,
+            vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_COMMIT_OFFSET_SIZE; 100_000],
+        )
+        .expect("fail commits");
+    produce_events(&bootstrap, 200);
+    let metrics = a.metrics();
+    tokio::task::spawn_blocking(move || {
+        wait_until("A processed 1000 records", Duration::from_secs(60), || {
+            metrics.records.load(Ordering::Relaxed) >= 1000
+        })
+    })
+    .await
+    .expect("wait");
+    let error = a.stop().await.expect_err("A's last commit failed: its stop says so");
+    assert!(error.to_string().contains("last commit failed"), "{error}");
+    broker
+        .fail_requests(RDKafkaApiKey::OffsetCommit, Vec::new())
+        .expect("commits succeed again");
+    assert_eq!(committed(&bootstrap, "returning", "events", 0), 800);
+
+    // B, slowed down, re-processes part of 800..999 and leaves with a clean commit.
+    SLOW_MS.store(25, Ordering::Relaxed);
+    let b = Worker::start(events_app(), worker_options(dir_b.path(), &broker))
+        .await
+        .expect("worker b");
+    tokio::task::spawn_blocking(move || {
+        wait_until("B processed 40 records", Duration::from_secs(60), || {
+            SLOW_RECORDS.load(Ordering::Relaxed) >= 40
+        })
+    })
+    .await
+    .expect("wait");
+    b.stop().await.expect("B stops cleanly");
+    SLOW_MS.store(0, Ordering::Relaxed);
+    let by_b = committed(&bootstrap, "returning", "events", 0);
+    assert!(
+        (840..1000).contains(&by_b),
+        "B committed {by_b}: the scenario needs a commit between 840 and 999"
+    );
+
+    // A again, on its own data dir, and one more record.
+    let a = Worker::start(events_app(), worker_options(dir_a.path(), &broker))
+        .await
+        .expect("worker a again");
+    produce_events(&bootstrap, 1);
+    wait_committed(&bootstrap, 1001).await;
+    a.stop().await.expect("A stops cleanly");
+    let counts = EVENT_COUNTS.read_local(dir_a.path(), "returning").expect("table");
+    assert_eq!(counts["k"], 1001, "every record counted once (B committed at {by_b})");
 }

@@ -12,9 +12,11 @@ use crate::Result;
 /// use streams_core::store::{Checkpoint, MemoryStore, StateStore};
 ///
 /// let store = MemoryStore::default();
-/// store.write(&[(b"k".to_vec(), Some(b"1".to_vec()))], Checkpoint { changelog_offset: Some(0), source_offset: None }).unwrap();
+/// let checkpoint = Checkpoint { changelog_offset: Some(0), sources: Some(vec![("hits".into(), 9)]) };
+/// store.write(&[(b"k".to_vec(), Some(b"1".to_vec()))], &checkpoint).unwrap();
 /// assert_eq!(store.get(b"k").unwrap(), Some(b"1".to_vec()));
-/// assert_eq!(store.checkpoint().unwrap().changelog_offset, Some(0));
+/// assert_eq!(store.checkpoint().unwrap(), checkpoint);
+/// assert_eq!(store.checkpoint().unwrap().source("hits"), Some(9));
 /// ```
 #[derive(Debug, Default)]
 pub struct MemoryStore {
@@ -38,7 +40,7 @@ impl StateStore for MemoryStore {
         self.get(key).map(Some)
     }
 
-    fn write(&self, entries: &[(Vec<u8>, Option<Vec<u8>>)], checkpoint: Checkpoint) -> Result<()> {
+    fn write(&self, entries: &[(Vec<u8>, Option<Vec<u8>>)], checkpoint: &Checkpoint) -> Result<()> {
         let mut state = self.state();
         for (key, value) in entries {
             match value {
@@ -49,14 +51,21 @@ impl StateStore for MemoryStore {
         if checkpoint.changelog_offset.is_some() {
             state.1.changelog_offset = checkpoint.changelog_offset;
         }
-        if checkpoint.source_offset.is_some() {
-            state.1.source_offset = checkpoint.source_offset;
+        if let Some(sources) = &checkpoint.sources {
+            state.1.sources = Some(sources.clone());
         }
         Ok(())
     }
 
     fn checkpoint(&self) -> Result<Checkpoint> {
-        Ok(self.state().1)
+        let mut checkpoint = self.state().1.clone();
+        checkpoint.sources.get_or_insert_with(Vec::new);
+        Ok(checkpoint)
+    }
+
+    fn clear(&self) -> Result<()> {
+        *self.state() = State::default();
+        Ok(())
     }
 
     fn for_each(&self, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<()> {

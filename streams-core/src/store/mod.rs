@@ -9,15 +9,53 @@ pub use self::rocksdb::RocksDbStore;
 
 use crate::Result;
 
-/// How far a store is: the last changelog offset its data includes and the last source
-/// offset whose effects it holds. Written in the same batch as the data.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// How far a store is: the last changelog offset its data includes and, for each source
+/// topic of the partition's task, the last source offset whose effects it holds. Written in
+/// the same batch as the data.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
     /// Last changelog offset applied (`None`: none, or unchanged when writing).
     pub changelog_offset: Option<i64>,
-    /// Last source offset processed (`None`: none, or unchanged when writing).
-    pub source_offset: Option<i64>,
+    /// Last offset processed in each source topic (same partition as the store). Read: the
+    /// stored list (empty when none). Written: `None` leaves the stored list as it is,
+    /// `Some` replaces it (`Some(vec![])` clears it).
+    pub sources: Option<Vec<(String, i64)>>,
 }
+
+impl Checkpoint {
+    /// The last offset processed in `topic`, if the checkpoint has one.
+    pub fn source(&self, topic: &str) -> Option<i64> {
+        self.sources.as_ref()?.iter().find(|(t, _)| t == topic).map(|(_, o)| *o)
+    }
+}
+
+/// Source positions as bytes: for each, the topic's length (u32, big-endian), the topic,
+/// the offset (i64, big-endian).
+pub(crate) fn encode_sources(sources: &[(String, i64)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (topic, offset) in sources {
+        out.extend_from_slice(&(topic.len() as u32).to_be_bytes());
+        out.extend_from_slice(topic.as_bytes());
+        out.extend_from_slice(&offset.to_be_bytes());
+    }
+    out
+}
+
+/// The positions [`encode_sources`] wrote; `None` when the bytes are not such a list.
+pub(crate) fn decode_sources(mut bytes: &[u8]) -> Option<Vec<(String, i64)>> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+        let topic = std::str::from_utf8(bytes.get(4..4 + len)?).ok()?.to_string();
+        let offset = i64::from_be_bytes(bytes.get(4 + len..12 + len)?.try_into().ok()?);
+        out.push((topic, offset));
+        bytes = &bytes[12 + len..];
+    }
+    Some(out)
+}
+
+/// A key and its value (`None`: deleted), as stores write them.
+pub type Entry = (Vec<u8>, Option<Vec<u8>>);
 
 /// A key-value store for one table partition.
 pub trait StateStore: Send + Sync + 'static {
@@ -32,9 +70,11 @@ pub trait StateStore: Send + Sync + 'static {
     }
     /// Writes entries (`None` deletes) and the checkpoint atomically. `None` fields of the
     /// checkpoint leave the stored ones as they are.
-    fn write(&self, entries: &[(Vec<u8>, Option<Vec<u8>>)], checkpoint: Checkpoint) -> Result<()>;
+    fn write(&self, entries: &[(Vec<u8>, Option<Vec<u8>>)], checkpoint: &Checkpoint) -> Result<()>;
     /// The stored checkpoint.
     fn checkpoint(&self) -> Result<Checkpoint>;
+    /// Removes every entry and the checkpoint (the store is rebuilt from its changelog).
+    fn clear(&self) -> Result<()>;
     /// Calls `visit` with every key and value.
     fn for_each(&self, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<()>;
 }
@@ -55,4 +95,17 @@ pub fn local_partitions(data_dir: &std::path::Path, app_id: &str, table: &str) -
         .collect();
     found.sort();
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_positions_round_trip() {
+        let sources = vec![("hits".to_string(), 41), ("clicks-by-user".to_string(), -1)];
+        assert_eq!(decode_sources(&encode_sources(&sources)), Some(sources));
+        assert_eq!(decode_sources(&[]), Some(vec![]));
+        assert_eq!(decode_sources(&[0, 0, 0, 9, b'x']), None);
+    }
 }

@@ -14,7 +14,7 @@ use crate::{Error, Result};
 
 const META: &str = "streams-meta";
 const CHANGELOG_OFFSET: &[u8] = b"changelog_offset";
-const SOURCE_OFFSET: &[u8] = b"source_offset";
+const SOURCES: &[u8] = b"sources";
 
 /// Memory every store of the process shares: one block cache and one budget for memtables,
 /// so a worker with many partitions does not multiply RocksDB's per-database defaults.
@@ -34,12 +34,16 @@ fn shared_memory() -> &'static (Cache, WriteBufferManager) {
 ///
 /// let dir = tempfile::tempdir().unwrap();
 /// let store = RocksDbStore::open(dir.path()).unwrap();
-/// let checkpoint = Checkpoint { changelog_offset: Some(7), source_offset: Some(41) };
-/// store.write(&[(b"u1".to_vec(), Some(b"3".to_vec()))], checkpoint).unwrap();
+/// let checkpoint = Checkpoint { changelog_offset: Some(7), sources: Some(vec![("hits".into(), 41)]) };
+/// store.write(&[(b"u1".to_vec(), Some(b"3".to_vec()))], &checkpoint).unwrap();
 /// assert_eq!(store.get(b"u1").unwrap(), Some(b"3".to_vec()));
 /// assert_eq!(store.checkpoint().unwrap(), checkpoint);
 /// // Just written, so in a memtable: readable without the disk.
 /// assert_eq!(store.get_in_memory(b"u1").unwrap(), Some(Some(b"3".to_vec())));
+/// store.write(&[(b"u2".to_vec(), Some(b"1".to_vec()))], &Checkpoint::default()).unwrap();
+/// store.clear().unwrap();
+/// assert_eq!((store.get(b"u1").unwrap(), store.get(b"u2").unwrap()), (None, None));
+/// assert_eq!(store.checkpoint().unwrap(), Checkpoint { changelog_offset: None, sources: Some(vec![]) });
 /// ```
 pub struct RocksDbStore {
     db: DB,
@@ -105,12 +109,10 @@ impl RocksDbStore {
             .ok_or_else(|| Error::Config(format!("store {} has no {META} column family", self.path.display())))
     }
 
-    fn read_offset(&self, key: &[u8]) -> Result<Option<i64>> {
-        let value = self
-            .db
+    fn read_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db
             .get_cf(self.meta()?, key)
-            .map_err(|e| store_error(&self.path, e))?;
-        Ok(value.and_then(|bytes| bytes.try_into().ok()).map(i64::from_be_bytes))
+            .map_err(|e| store_error(&self.path, e))
     }
 }
 
@@ -131,7 +133,7 @@ impl StateStore for RocksDbStore {
         }
     }
 
-    fn write(&self, entries: &[(Vec<u8>, Option<Vec<u8>>)], checkpoint: Checkpoint) -> Result<()> {
+    fn write(&self, entries: &[(Vec<u8>, Option<Vec<u8>>)], checkpoint: &Checkpoint) -> Result<()> {
         let mut batch = WriteBatch::default();
         for (key, value) in entries {
             match value {
@@ -143,17 +145,47 @@ impl StateStore for RocksDbStore {
         if let Some(offset) = checkpoint.changelog_offset {
             batch.put_cf(meta, CHANGELOG_OFFSET, offset.to_be_bytes());
         }
-        if let Some(offset) = checkpoint.source_offset {
-            batch.put_cf(meta, SOURCE_OFFSET, offset.to_be_bytes());
+        if let Some(sources) = &checkpoint.sources {
+            batch.put_cf(meta, SOURCES, super::encode_sources(sources));
         }
         self.db.write(batch).map_err(|e| store_error(&self.path, e))
     }
 
     fn checkpoint(&self) -> Result<Checkpoint> {
+        let changelog_offset = self
+            .read_meta(CHANGELOG_OFFSET)?
+            .and_then(|bytes| bytes.try_into().ok())
+            .map(i64::from_be_bytes);
+        let sources = match self.read_meta(SOURCES)? {
+            None => Vec::new(),
+            Some(bytes) => super::decode_sources(&bytes).ok_or_else(|| {
+                Error::Config(format!(
+                    "store {}: its checkpoint's source positions are unreadable",
+                    self.path.display()
+                ))
+            })?,
+        };
         Ok(Checkpoint {
-            changelog_offset: self.read_offset(CHANGELOG_OFFSET)?,
-            source_offset: self.read_offset(SOURCE_OFFSET)?,
+            changelog_offset,
+            sources: Some(sources),
         })
+    }
+
+    fn clear(&self) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        let first = self.db.iterator(IteratorMode::Start).next();
+        let last = self.db.iterator(IteratorMode::End).next();
+        if let (Some(first), Some(last)) = (first, last) {
+            let (first, _) = first.map_err(|e| store_error(&self.path, e))?;
+            let (last, _) = last.map_err(|e| store_error(&self.path, e))?;
+            // The range's end is exclusive: the last key goes on its own.
+            batch.delete_range(&first, &last);
+            batch.delete(&last);
+        }
+        let meta = self.meta()?;
+        batch.delete_cf(meta, CHANGELOG_OFFSET);
+        batch.delete_cf(meta, SOURCES);
+        self.db.write(batch).map_err(|e| store_error(&self.path, e))
     }
 
     fn for_each(&self, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<()> {

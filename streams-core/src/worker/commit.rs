@@ -12,8 +12,8 @@ use crate::store::{Checkpoint, StateStore};
 use crate::worker::metrics::Metrics;
 use crate::worker::task::Sink;
 
-/// Signals that a cut is durable (`true`) or could not be made so (`false`).
-pub(crate) type Ack = Sender<bool>;
+/// Signals that a cut is durable, or why it could not be made so.
+pub(crate) type Ack = Sender<Result<(), String>>;
 
 /// Changes of one table partition since the last cut.
 pub(crate) struct TableWrite {
@@ -24,10 +24,10 @@ pub(crate) struct TableWrite {
 
 /// One partition's state at a record boundary.
 pub(crate) struct Cut {
-    pub topic: Arc<str>,
     pub partition: i32,
-    /// The next offset to read: everything before it is processed. `None`: nothing yet.
-    pub next_offset: Option<i64>,
+    /// The last offset processed in each source topic read so far (the next offset to read
+    /// is one past it).
+    pub positions: Vec<(Arc<str>, i64)>,
     pub writes: Vec<TableWrite>,
     pub ack: Option<Ack>,
 }
@@ -42,62 +42,77 @@ pub(crate) fn run(cuts: Receiver<Cut>, sink: Arc<dyn Sink>, offsets: Arc<dyn Off
     while let Ok(first) = cuts.recv() {
         let mut batch = vec![first];
         batch.extend(cuts.try_iter());
-        let ok = commit_batch(&mut batch, &*sink, &*offsets, &metrics);
+        let outcome = commit_batch(&mut batch, &*sink, &*offsets, &metrics);
         for cut in batch {
             if let Some(ack) = cut.ack {
-                let _ = ack.send(ok);
+                let _ = ack.send(outcome.clone());
             }
         }
     }
 }
 
-fn commit_batch(batch: &mut [Cut], sink: &dyn Sink, offsets: &dyn OffsetCommit, metrics: &Metrics) -> bool {
-    if metrics.fatal().is_some() {
-        return false;
+fn commit_batch(
+    batch: &mut [Cut],
+    sink: &dyn Sink,
+    offsets: &dyn OffsetCommit,
+    metrics: &Metrics,
+) -> Result<(), String> {
+    if let Some(error) = metrics.fatal() {
+        return Err(format!("not committed: the worker failed ({error})"));
     }
     // 1. Every record sent so far, including this batch's changelog records, is acknowledged.
     if let Err(error) = sink.flush() {
-        metrics.fail(format!(
-            "records were not acknowledged by the broker, offsets not committed: {error}"
-        ));
-        return false;
+        let error = format!("records were not acknowledged by the broker, offsets not committed: {error}");
+        metrics.fail(error.clone());
+        return Err(error);
     }
     // 2. Store batches, each with its checkpoint.
     for cut in batch.iter_mut() {
-        let source_offset = cut.next_offset.map(|next| next - 1);
+        let sources: Vec<(String, i64)> = cut.positions.iter().map(|(t, o)| (t.to_string(), *o)).collect();
         for write in cut.writes.drain(..) {
-            let checkpoint = Checkpoint {
-                changelog_offset: sink.changelog_offset(&write.changelog, cut.partition),
-                source_offset,
+            // Without changes in this cut, the changelog offset stays as stored: the
+            // producer's offsets may be from an earlier ownership of the partition, older
+            // than what a restore has brought the store to since.
+            let changelog_offset = if write.entries.is_empty() {
+                None
+            } else {
+                sink.changelog_offset(&write.changelog, cut.partition)
             };
-            if let Err(error) = write.store.write(&write.entries, checkpoint) {
-                metrics.fail(format!("cannot write the store of {}: {error}", write.changelog));
-                return false;
+            let checkpoint = Checkpoint {
+                changelog_offset,
+                sources: Some(sources.clone()),
+            };
+            if let Err(error) = write.store.write(&write.entries, &checkpoint) {
+                let error = format!("cannot write the store of {}: {error}", write.changelog);
+                metrics.fail(error.clone());
+                return Err(error);
             }
         }
     }
     // 3. Source offsets.
     let mut latest: HashMap<(String, i32), i64> = HashMap::new();
     for cut in batch.iter() {
-        if let Some(next) = cut.next_offset {
-            let slot = latest.entry((cut.topic.to_string(), cut.partition)).or_insert(next);
+        for (topic, offset) in &cut.positions {
+            let next = offset + 1;
+            let slot = latest.entry((topic.to_string(), cut.partition)).or_insert(next);
             *slot = (*slot).max(next);
         }
     }
     if latest.is_empty() {
-        return true;
+        return Ok(());
     }
     let list: Vec<(String, i32, i64)> = latest.into_iter().map(|((t, p), o)| (t, p, o)).collect();
     match offsets.commit(&list) {
         Ok(()) => {
             metrics.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            true
+            Ok(())
         }
         Err(error) => {
-            // The stores hold the state and its source offsets: on the next assignment the
-            // worker resumes from there, so nothing is counted twice.
-            tracing::warn!("offset commit failed (will resume from the stores' checkpoints): {error}");
-            false
+            // The stores hold the state with its source positions: a worker that takes the
+            // partition with these stores resumes after them; any other owner processes the
+            // input since the last commit again (at-least-once).
+            tracing::warn!("offset commit failed: {error}");
+            Err(format!("offset commit failed: {error}"))
         }
     }
 }

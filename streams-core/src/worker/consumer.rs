@@ -21,13 +21,12 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use crate::agent::AgentSpec;
-use crate::changelog::Restorer;
 use crate::message::Message;
 use crate::store::{RocksDbStore, StateStore};
 use crate::stream::{Input, StreamCore};
 use crate::worker::commit::{Cut, OffsetCommit};
 use crate::worker::metrics::Metrics;
-use crate::worker::restore::{self, RestoreJob, RestoreProgress};
+use crate::worker::restore::{self, RestoreJob, RestoreProgress, Restorer};
 use crate::worker::task::{self, Sink, TableState, TaskContext};
 use crate::{Error, Result};
 
@@ -39,11 +38,23 @@ const BURST: usize = 1024;
 const FINISH_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Running {
+    ctx: Arc<TaskContext>,
     tx: mpsc::Sender<Input>,
     join: tokio::task::JoinHandle<()>,
     /// While the partition's stores are restored: the restore, and records that arrived
     /// before the partition was paused (handed over once the restore is done).
     restoring: Option<(Arc<RestoreProgress>, Vec<Message>)>,
+}
+
+/// How revoked partitions go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Release {
+    /// A last cut, committed.
+    Commit,
+    /// Lost to the group (another member may hold them already): no commit.
+    Lost,
+    /// The worker failed: no commit.
+    Drop,
 }
 
 /// Everything the poll thread and the rebalance callback share.
@@ -161,6 +172,16 @@ impl Shared {
         }
     }
 
+    /// Whether the worker holds its partitions: it was given an assignment and none of its
+    /// partitions is being restored.
+    fn settled(&self) -> bool {
+        self.metrics.assignments.load(Ordering::Relaxed) > 0
+            && self
+                .running()
+                .values()
+                .all(|partitions| partitions.values().all(|task| task.restoring.is_none()))
+    }
+
     /// Prepares newly assigned partitions; sets in `list` the offset each starts from.
     /// Returns the partitions whose stores are being restored: they must be paused.
     fn assign(
@@ -169,7 +190,7 @@ impl Shared {
         list: &mut TopicPartitionList,
     ) -> Result<TopicPartitionList> {
         let mut restoring = TopicPartitionList::new();
-        let committed = committed_offsets(consumer, list);
+        let committed = committed_offsets(consumer, list)?;
         let partitions: Vec<(String, i32)> = list
             .elements()
             .iter()
@@ -177,14 +198,10 @@ impl Shared {
             .collect();
         for (topic, partition) in partitions {
             let Some(agent) = self.agents.get(&topic) else { continue };
-            let committed = committed.get(&(topic.clone(), partition)).copied();
+            let start = committed.get(&(topic.clone(), partition)).copied();
             let mut tables = Vec::new();
-            let mut store_offset: Option<i64> = None;
             for table in &agent.tables {
                 let store = self.open_store(table.name, partition)?;
-                if let Some(offset) = store.checkpoint()?.source_offset {
-                    store_offset = Some(store_offset.map_or(offset, |o: i64| o.max(offset)));
-                }
                 tables.push(TableState::new(
                     table.name,
                     table.changelog_topic(&self.app_id),
@@ -192,24 +209,19 @@ impl Shared {
                     self.table_cache_bytes,
                 ));
             }
-            // Every changelog record of input up to a store's checkpoint was acknowledged
-            // before that checkpoint was written, so the state agrees with whichever is further.
-            let start = match (committed, store_offset.map(|o| o + 1)) {
-                (Some(c), Some(s)) => Some(c.max(s)),
-                (c, s) => c.or(s),
+            let stores: Vec<(Arc<dyn StateStore>, Arc<str>)> = tables
+                .iter()
+                .map(|t| (Arc::clone(&t.store), Arc::clone(&t.changelog)))
+                .collect();
+            // From the committed offset (or the beginning): once the stores are restored, the
+            // restore may move the start further (`Starts`).
+            let offset = match start {
+                Some(start) => Offset::Offset(start),
+                None if !stores.is_empty() => Offset::Beginning,
+                None => Offset::Invalid,
             };
-            let job = (!tables.is_empty()).then(|| RestoreJob {
-                topic: topic.clone(),
-                partition,
-                tables: tables
-                    .iter()
-                    .map(|t| (Arc::clone(&t.store), Arc::clone(&t.changelog)))
-                    .collect(),
-                skip_from: start,
-                progress: Arc::new(RestoreProgress::default()),
-            });
-            if let Some(start) = start {
-                list.set_partition_offset(&topic, partition, Offset::Offset(start))
+            if offset != Offset::Invalid {
+                list.set_partition_offset(&topic, partition, offset)
                     .map_err(|e| Error::kafka("assign", e))?;
             }
             let cuts = self.cuts.lock().ok().and_then(|c| c.clone()).ok_or(Error::Stopping)?;
@@ -223,7 +235,16 @@ impl Shared {
                 Arc::clone(&self.metrics),
             );
             let (tx, rx) = mpsc::channel(QUEUE);
-            let core = StreamCore::new(Arc::new(ctx), rx, self.commit_interval);
+            let ctx = Arc::new(ctx);
+            let job = (!stores.is_empty()).then(|| RestoreJob {
+                topic: topic.clone(),
+                partition,
+                tables: stores,
+                committed: vec![(topic.clone(), start)],
+                ctx: Arc::clone(&ctx),
+                progress: Arc::new(RestoreProgress::default()),
+            });
+            let core = StreamCore::new(Arc::clone(&ctx), rx, self.commit_interval);
             let join = self.runtime.spawn(task::run_partition(agent.clone(), core));
             let restoring_progress = match job {
                 Some(job) => {
@@ -231,14 +252,14 @@ impl Shared {
                     self.restores.send(job).map_err(|_| Error::Stopping)?;
                     restoring.add_partition(&topic, partition);
                     tracing::info!(
-                        "assigned {topic}[{partition}] to agent {} (from offset {start:?}); restoring its tables",
+                        "assigned {topic}[{partition}] to agent {} (committed offset {start:?}); restoring its tables",
                         agent.name
                     );
                     Some((progress, Vec::new()))
                 }
                 None => {
                     tracing::info!(
-                        "assigned {topic}[{partition}] to agent {} (from offset {start:?})",
+                        "assigned {topic}[{partition}] to agent {} (committed offset {start:?})",
                         agent.name
                     );
                     self.metrics.assigned.fetch_add(1, Ordering::Relaxed);
@@ -248,6 +269,7 @@ impl Shared {
             self.running().entry(topic).or_default().insert(
                 partition,
                 Running {
+                    ctx,
                     tx,
                     join,
                     restoring: restoring_progress,
@@ -266,13 +288,35 @@ impl Shared {
                 let Some(outcome) = task.restoring.as_ref().and_then(|(progress, _)| progress.outcome()) else {
                     continue;
                 };
-                if let Err(error) = outcome {
-                    self.metrics.fail(error);
-                    continue;
-                }
-                let Some((_, parked)) = task.restoring.take() else {
+                let starts = match outcome {
+                    Ok(starts) => starts,
+                    Err(error) => {
+                        self.metrics.fail(error);
+                        continue;
+                    }
+                };
+                let Some((_, mut parked)) = task.restoring.take() else {
                     continue;
                 };
+                let Some(start) = starts.offsets.iter().find(|(t, _)| t == topic).map(|(_, start)| *start) else {
+                    continue;
+                };
+                if starts.moved {
+                    // Fetch from the decided start. Records fetched before it are dropped (the
+                    // seek discards what librdkafka had prefetched); if the seek fails, the
+                    // task skips records before the start instead.
+                    match consumer.seek(topic, *partition, Offset::Offset(start), Duration::from_secs(10)) {
+                        Ok(()) => parked.clear(),
+                        Err(error) => {
+                            tracing::warn!(
+                                "cannot seek {topic}[{partition}] to {start} ({error}); skipping records up to it"
+                            )
+                        }
+                    }
+                }
+                if task.tx.blocking_send(Input::StartAt(start)).is_err() {
+                    tracing::debug!("partition task ended before its start");
+                }
                 if !parked.is_empty() && task.tx.blocking_send(Input::Records(parked)).is_err() {
                     tracing::debug!("partition task ended; records will be read again by its next owner");
                 }
@@ -290,8 +334,10 @@ impl Shared {
     }
 
     /// Finishes partitions: a last cut committed before this returns (or, when the
-    /// partitions were lost, nothing committed).
-    pub(crate) fn revoke(&self, partitions: Option<&[(String, i32)]>, lost: bool) {
+    /// partitions were lost or the worker failed, nothing committed). Returns the partitions
+    /// whose last commit failed, with why.
+    pub(crate) fn revoke(&self, partitions: Option<&[(String, i32)]>, release: Release) -> Vec<String> {
+        let mut failed = Vec::new();
         let mut finishing = Vec::new();
         {
             let mut running = self.running();
@@ -324,12 +370,22 @@ impl Shared {
                         self.metrics.assigned.fetch_sub(1, Ordering::Relaxed);
                     }
                 }
-                if lost {
-                    tracing::warn!("{topic}[{partition}] was lost; dropped without committing");
-                    task.join.abort();
-                    continue;
+                match release {
+                    Release::Commit => {}
+                    Release::Lost => {
+                        tracing::warn!("{topic}[{partition}] was lost; dropped without committing");
+                        self.metrics.lost.fetch_add(1, Ordering::Relaxed);
+                        task.join.abort();
+                        continue;
+                    }
+                    Release::Drop => {
+                        tracing::warn!("{topic}[{partition}] dropped without committing (the worker failed)");
+                        task.join.abort();
+                        continue;
+                    }
                 }
                 let (ack, acked) = std::sync::mpsc::channel();
+                task.ctx.request_finish();
                 if task.tx.blocking_send(Input::Finish(ack)).is_err() {
                     tracing::warn!("{topic}[{partition}]: its agent had already stopped");
                 }
@@ -338,10 +394,16 @@ impl Shared {
         }
         for (topic, partition, acked, join) in finishing {
             match acked.recv_timeout(FINISH_TIMEOUT) {
-                Ok(true) => tracing::info!("{topic}[{partition}] committed and released"),
-                Ok(false) => tracing::warn!("{topic}[{partition}] released; its last commit failed"),
+                Ok(Ok(())) => tracing::info!("{topic}[{partition}] committed and released"),
+                Ok(Err(error)) => {
+                    tracing::warn!("{topic}[{partition}] released; its last commit failed: {error}");
+                    failed.push(format!("{topic}[{partition}]: {error}"));
+                }
                 Err(_) => {
                     tracing::error!("{topic}[{partition}]: agent did not finish within {FINISH_TIMEOUT:?}; released without a commit");
+                    failed.push(format!(
+                        "{topic}[{partition}]: its agent did not finish within {FINISH_TIMEOUT:?}"
+                    ));
                     join.abort();
                 }
             }
@@ -349,27 +411,44 @@ impl Shared {
                 .runtime
                 .block_on(async move { tokio::time::timeout(Duration::from_secs(10), join).await });
         }
+        failed
     }
 }
 
-fn committed_offsets(consumer: &BaseConsumer<WorkerContext>, list: &TopicPartitionList) -> HashMap<(String, i32), i64> {
+/// The group's committed offsets of `list` (absent: nothing committed). Retried; a failure
+/// is an error rather than "nothing committed": that would start partitions from their
+/// beginning and restore their tables without the changes of committed input.
+fn committed_offsets(
+    consumer: &BaseConsumer<WorkerContext>,
+    list: &TopicPartitionList,
+) -> Result<HashMap<(String, i32), i64>> {
+    let mut last_error = String::new();
     for attempt in 1..=5 {
         match consumer.committed_offsets(list.clone(), Duration::from_secs(10)) {
             Ok(committed) => {
-                return committed
-                    .elements()
-                    .iter()
-                    .filter_map(|e| match e.offset() {
-                        Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
-                        _ => None,
-                    })
-                    .collect();
+                let mut out = HashMap::new();
+                let mut failed = None;
+                for element in committed.elements() {
+                    if let Err(error) = element.error() {
+                        failed = Some(format!("{}[{}]: {error}", element.topic(), element.partition()));
+                    }
+                    if let Offset::Offset(offset) = element.offset() {
+                        out.insert((element.topic().to_string(), element.partition()), offset);
+                    }
+                }
+                match failed {
+                    None => return Ok(out),
+                    Some(error) => last_error = error,
+                }
             }
-            Err(error) => tracing::warn!("cannot read committed offsets (attempt {attempt}): {error}"),
+            Err(error) => last_error = error.to_string(),
         }
+        tracing::warn!("cannot read the group's committed offsets (attempt {attempt} of 5): {last_error}");
         std::thread::sleep(Duration::from_millis(500));
     }
-    HashMap::new()
+    Err(Error::Config(format!(
+        "cannot read the group's committed offsets ({last_error}); stopping rather than guessing where to start"
+    )))
 }
 
 /// The consumer's context: rebalances go through [`Shared`].
@@ -379,7 +458,23 @@ pub(crate) struct WorkerContext {
 
 impl ClientContext for WorkerContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!("consumer: {error}: {reason}");
+        self.shared.metrics.client_error("consumer", &error, reason);
+    }
+}
+
+/// The consumer's member id in its group (librdkafka keeps it; rdkafka has no accessor).
+fn member_id(consumer: &BaseConsumer<WorkerContext>) -> Option<String> {
+    let client = consumer.client().native_ptr();
+    // SAFETY: `client` is the live handle of `consumer`. rd_kafka_memberid returns NULL or
+    // a NUL-terminated string that the caller owns and frees with rd_kafka_mem_free.
+    unsafe {
+        let id = rdkafka::bindings::rd_kafka_memberid(client);
+        if id.is_null() {
+            return None;
+        }
+        let text = std::ffi::CStr::from_ptr(id).to_string_lossy().into_owned();
+        rdkafka::bindings::rd_kafka_mem_free(client, id.cast());
+        (!text.is_empty()).then_some(text)
     }
 }
 
@@ -388,6 +483,7 @@ impl ConsumerContext for WorkerContext {
         self.shared.hand_over();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.shared.metrics.set_member_id(member_id(consumer));
                 self.shared.metrics.assignments.fetch_add(1, Ordering::Relaxed);
                 let restoring = match self.shared.assign(consumer, list) {
                     Ok(restoring) => restoring,
@@ -416,14 +512,19 @@ impl ConsumerContext for WorkerContext {
                     .iter()
                     .map(|e| (e.topic().to_string(), e.partition()))
                     .collect();
-                self.shared.revoke(Some(&partitions), consumer.assignment_lost());
+                let release = if consumer.assignment_lost() {
+                    Release::Lost
+                } else {
+                    Release::Commit
+                };
+                let _ = self.shared.revoke(Some(&partitions), release);
                 if let Err(error) = consumer.unassign() {
                     tracing::warn!("unassign failed: {error}");
                 }
             }
             other => {
                 tracing::error!("rebalance error: {other:?}; releasing all partitions");
-                self.shared.revoke(None, true);
+                let _ = self.shared.revoke(None, Release::Lost);
                 let _ = consumer.unassign();
             }
         }
@@ -449,16 +550,25 @@ impl OffsetCommit for GroupCommit {
     }
 }
 
-/// Polls until `stop` is set, the worker failed, or it has been idle for `idle_exit`.
+/// Polls until `stop` is set, the worker failed, or it has been idle for `idle_exit`;
+/// then makes the last cuts. A last cut that could not be committed fails the worker.
 pub(crate) fn poll_loop(
     consumer: &BaseConsumer<WorkerContext>,
     shared: &Shared,
     stop: &AtomicBool,
     idle_exit: Option<Duration>,
 ) {
-    let mut last_record: Option<std::time::Instant> = None;
+    // Idle time counts while the worker holds its (restored) partitions and no record
+    // arrives: a worker given no records at all stops too.
+    let mut quiet_since = std::time::Instant::now();
     let mut last_error = std::time::Instant::now() - Duration::from_secs(60);
+    let mut membership_read = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) && !shared.metrics.failed() {
+        // The member id as librdkafka has it now (it forgets it when it leaves the group).
+        if membership_read.elapsed() >= Duration::from_millis(500) {
+            membership_read = std::time::Instant::now();
+            shared.metrics.set_member_id(member_id(consumer));
+        }
         let mut taken = 0;
         let mut wait = Duration::from_millis(100);
         // Take what librdkafka has ready (up to BURST records), then hand it over at once.
@@ -481,16 +591,25 @@ pub(crate) fn poll_loop(
         }
         shared.hand_over();
         shared.resume_restored(consumer);
-        if taken > 0 {
-            if idle_exit.is_some() {
-                last_record = Some(std::time::Instant::now());
-            }
-        } else if let (Some(idle), Some(last)) = (idle_exit, last_record) {
-            if last.elapsed() >= idle {
+        if let Some(idle) = idle_exit {
+            if taken > 0 || !shared.settled() {
+                quiet_since = std::time::Instant::now();
+            } else if quiet_since.elapsed() >= idle {
                 tracing::info!("no records for {idle:?}; stopping");
                 break;
             }
         }
     }
-    shared.revoke(None, shared.metrics.failed());
+    let release = if shared.metrics.failed() {
+        Release::Drop
+    } else {
+        Release::Commit
+    };
+    let failed = shared.revoke(None, release);
+    if !failed.is_empty() && !shared.metrics.failed() {
+        shared.metrics.fail(format!(
+            "the last commit failed for {}; their input since the last successful commit will be processed again by their next owner",
+            failed.join("; ")
+        ));
+    }
 }

@@ -29,6 +29,13 @@ pub struct Metrics {
     /// Assignments the group has given this worker so far (one per rebalance that gave it
     /// partitions).
     pub assignments: AtomicU64,
+    /// Partitions lost (the group went on without this worker, e.g. its session expired)
+    /// and dropped without a commit.
+    pub lost: AtomicU64,
+    /// Errors the Kafka clients reported (an unreachable broker, a failed request): each is
+    /// logged at warn, and the clients retry.
+    pub client_errors: AtomicU64,
+    member_id: Mutex<Option<String>>,
     want_record_sample: AtomicBool,
     want_table_sample: AtomicBool,
     samples: Mutex<Vec<String>>,
@@ -104,6 +111,23 @@ impl Metrics {
             fatal.get_or_insert(error);
         }
         self.failed.store(true, Ordering::Relaxed);
+    }
+
+    /// The worker's member id in its consumer group, as of its last assignment.
+    pub fn member_id(&self) -> Option<String> {
+        self.member_id.lock().ok().and_then(|m| m.clone())
+    }
+
+    pub(crate) fn set_member_id(&self, id: Option<String>) {
+        if let Ok(mut member) = self.member_id.lock() {
+            *member = id;
+        }
+    }
+
+    /// Counts an error a Kafka client reported, and logs it at warn.
+    pub(crate) fn client_error(&self, client: &str, error: &dyn std::fmt::Display, reason: &str) {
+        self.client_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!("{client}: {error}: {reason}");
     }
 
     /// Whether a failure stopped the worker.

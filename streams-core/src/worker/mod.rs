@@ -24,7 +24,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 pub use self::metrics::Metrics;
 use crate::app::App;
 use crate::broker::{self, EmbeddedBroker};
-use crate::changelog::Restorer;
+use crate::worker::restore::Restorer;
 use crate::{Error, Result};
 
 /// How to run a worker.
@@ -52,6 +52,9 @@ pub struct WorkerOptions {
     pub client_config: Vec<(String, String)>,
     /// Extra librdkafka settings for the group consumer only (e.g. `session.timeout.ms`).
     pub consumer_config: Vec<(String, String)>,
+    /// Setting this flag stops the worker, and a start in progress (see
+    /// [`WorkerOptions::stop_flag`]).
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 impl WorkerOptions {
@@ -64,7 +67,16 @@ impl WorkerOptions {
             idle_exit: None,
             client_config: Vec::new(),
             consumer_config: Vec::new(),
+            stop: None,
         }
+    }
+
+    /// A flag that stops the worker once set, as [`WorkerHandle::request_stop`] does; set
+    /// while [`Worker::start`] still waits for the broker, it makes the start return
+    /// [`Error::Stopping`]. The command line sets it from SIGINT and SIGTERM.
+    pub fn stop_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.stop = Some(flag);
+        self
     }
 
     /// Connects to these bootstrap servers.
@@ -168,6 +180,14 @@ impl Worker {
     /// are assigned in the background). Must be called inside a multi-threaded tokio runtime.
     pub async fn start(app: App, options: WorkerOptions) -> Result<WorkerHandle> {
         app.validate()?;
+        let stop = options.stop.clone().unwrap_or_default();
+        let stopping = || -> Result<()> {
+            if stop.load(Ordering::Relaxed) {
+                Err(Error::Stopping)
+            } else {
+                Ok(())
+            }
+        };
         let app_dir = options.data_dir.join(app.id());
         // File system calls: off the async executor.
         let lock = {
@@ -195,7 +215,7 @@ impl Worker {
             (None, None) => return Err(Error::Config("no broker".into())),
         };
         let config = broker::client_config(&bootstrap, &options.client_config);
-        let stop = Arc::new(AtomicBool::new(false));
+        stopping()?;
 
         let existing = {
             let (config, stop) = (config.clone(), Arc::clone(&stop));
@@ -204,11 +224,14 @@ impl Worker {
                 .map_err(|e| Error::Config(format!("startup failed: {e}")))??
         };
         let plan = app.plan(&existing)?;
+        stopping()?;
         broker::create_topics(&plan, &config, embedded.as_ref()).await?;
-        wait_for_topics(&config, &plan.iter().map(|t| t.name.clone()).collect::<Vec<_>>()).await?;
+        let names: Vec<String> = plan.iter().map(|t| t.name.clone()).collect();
+        wait_for_topics(&config, &names, Arc::clone(&stop)).await?;
+        stopping()?;
 
-        let sink: Arc<dyn task::Sink> = Arc::new(producer::KafkaSink::new(config.clone())?);
         let metrics = Arc::new(Metrics::default());
+        let sink: Arc<dyn task::Sink> = Arc::new(producer::KafkaSink::new(config.clone(), Arc::clone(&metrics))?);
         let (cuts_tx, cuts_rx) = std::sync::mpsc::channel();
         let agents: HashMap<String, _> = app
             .agents()
@@ -299,12 +322,12 @@ impl Worker {
 }
 
 /// Waits until the cluster's metadata shows every topic of the plan.
-async fn wait_for_topics(config: &ClientConfig, names: &[String]) -> Result<()> {
+async fn wait_for_topics(config: &ClientConfig, names: &[String], stop: Arc<AtomicBool>) -> Result<()> {
     let config = config.clone();
     let names = names.to_vec();
     tokio::task::spawn_blocking(move || {
         for _ in 0..60 {
-            let existing = broker::wait_for_cluster(&config, &|| false)?;
+            let existing = broker::wait_for_cluster(&config, &|| stop.load(Ordering::Relaxed))?;
             if names.iter().all(|n| existing.contains_key(n)) {
                 return Ok(());
             }

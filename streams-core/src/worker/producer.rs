@@ -2,7 +2,7 @@
 //! the commit point (rdkafka issues #464 and #695: awaiting each send serialises them).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -11,6 +11,7 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
+use crate::worker::metrics::Metrics;
 use crate::worker::task::{OutRecord, Sink, SinkError};
 use crate::{Error, Result};
 
@@ -19,11 +20,12 @@ use crate::{Error, Result};
 pub(crate) struct Deliveries {
     changelog_offsets: Mutex<HashMap<(String, i32), i64>>,
     failures: Mutex<Vec<String>>,
+    metrics: Arc<Metrics>,
 }
 
 impl ClientContext for Deliveries {
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!("producer: {error}: {reason}");
+        self.metrics.client_error("producer", &error, reason);
     }
 }
 
@@ -60,7 +62,7 @@ pub(crate) struct KafkaSink {
 }
 
 impl KafkaSink {
-    pub(crate) fn new(mut config: ClientConfig) -> Result<Self> {
+    pub(crate) fn new(mut config: ClientConfig, metrics: Arc<Metrics>) -> Result<Self> {
         config
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
@@ -68,6 +70,7 @@ impl KafkaSink {
         let context = Deliveries {
             changelog_offsets: Mutex::new(HashMap::new()),
             failures: Mutex::new(Vec::new()),
+            metrics,
         };
         let producer = config
             .create_with_context(context)

@@ -1,16 +1,24 @@
 //! Restores off the poll thread. An assigned partition with tables is paused while this
 //! thread reads its changelogs into its stores; the poll thread keeps polling, so the worker
 //! takes part in the next rebalance at once instead of after the restore, and resumes the
-//! partition when its restore is done (Kafka Streams restores the same way).
+//! partition when its restore is done (Kafka Streams restores the same way). The restore
+//! also decides where the partition starts ([`crate::changelog::start_offsets`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::changelog::Restorer;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::changelog::{self, Apply, ChangelogReader, Restored};
 use crate::store::StateStore;
 use crate::worker::metrics::Metrics;
+use crate::worker::task::TaskContext;
 use crate::{Error, Result};
 
 /// The stores of one partition to restore.
@@ -19,9 +27,19 @@ pub(crate) struct RestoreJob {
     pub partition: i32,
     /// Each table's store and changelog topic.
     pub tables: Vec<(Arc<dyn StateStore>, Arc<str>)>,
-    /// Changelog records whose source offset is at or past this come from uncommitted input.
-    pub skip_from: Option<i64>,
+    /// The task's sources with their committed offsets (`None`: nothing committed).
+    pub committed: Vec<(String, Option<i64>)>,
+    /// The task: changes to write again at its first cut go into its tables' caches.
+    pub ctx: Arc<TaskContext>,
     pub progress: Arc<RestoreProgress>,
+}
+
+/// Where a restored partition starts: each source's offset, and whether that differs from
+/// the offset it was assigned at (the committed offset, or its beginning).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Starts {
+    pub offsets: Vec<(String, i64)>,
+    pub moved: bool,
 }
 
 /// How a restore stands, shared by the poll thread and the restore thread.
@@ -29,7 +47,7 @@ pub(crate) struct RestoreJob {
 pub(crate) struct RestoreProgress {
     cancelled: AtomicBool,
     started: AtomicBool,
-    outcome: Mutex<Option<std::result::Result<(), String>>>,
+    outcome: Mutex<Option<std::result::Result<Starts, String>>>,
     finished: Condvar,
 }
 
@@ -44,8 +62,8 @@ impl RestoreProgress {
         &self.cancelled
     }
 
-    /// `None` while restoring; then whether the restore succeeded.
-    pub(crate) fn outcome(&self) -> Option<std::result::Result<(), String>> {
+    /// `None` while restoring; then where the partition starts, or why it cannot.
+    pub(crate) fn outcome(&self) -> Option<std::result::Result<Starts, String>> {
         self.outcome.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -61,7 +79,7 @@ impl RestoreProgress {
             .wait_timeout_while(outcome, timeout, |outcome| outcome.is_none());
     }
 
-    fn finish(&self, outcome: std::result::Result<(), String>) {
+    fn finish(&self, outcome: std::result::Result<Starts, String>) {
         *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
         self.finished.notify_all();
     }
@@ -81,7 +99,7 @@ fn run(jobs: &Receiver<RestoreJob>, restorer: &Restorer, metrics: &Metrics) {
     for job in jobs {
         let progress = Arc::clone(&job.progress);
         if progress.is_cancelled().load(Ordering::Relaxed) {
-            progress.finish(Ok(()));
+            progress.finish(Err("revoked before its restore".into()));
             continue;
         }
         progress.started.store(true, Ordering::Relaxed);
@@ -91,24 +109,265 @@ fn run(jobs: &Receiver<RestoreJob>, restorer: &Restorer, metrics: &Metrics) {
     }
 }
 
-fn restore(job: RestoreJob, restorer: &Restorer, metrics: &Metrics) -> std::result::Result<(), String> {
-    for (store, changelog) in &job.tables {
-        if job.progress.is_cancelled().load(Ordering::Relaxed) {
-            break;
-        }
-        let began = Instant::now();
-        let restored = restorer
-            .restore(
-                &**store,
-                changelog,
-                job.partition,
-                job.skip_from,
-                job.progress.is_cancelled(),
-            )
-            .map_err(|e| format!("cannot restore {changelog}[{}] for {}: {e}", job.partition, job.topic))?;
-        metrics.restored.fetch_add(restored, Ordering::Relaxed);
-        let micros = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
-        metrics.restore_micros.fetch_add(micros, Ordering::Relaxed);
+fn restore(job: RestoreJob, restorer: &Restorer, metrics: &Metrics) -> std::result::Result<Starts, String> {
+    let began = Instant::now();
+    let failed = |e: Error| format!("cannot restore the tables of {}[{}]: {e}", job.topic, job.partition);
+    // Where nothing is committed, the partition's first offset stands in (see `Committed`).
+    let mut committed = Vec::with_capacity(job.committed.len());
+    for (topic, offset) in &job.committed {
+        let offset = match offset {
+            Some(offset) => *offset,
+            None => match restorer.watermarks(topic, job.partition, job.progress.is_cancelled()) {
+                Some((low, _)) => low,
+                None => return Err("revoked during its restore".into()),
+            },
+        };
+        committed.push((topic.clone(), offset));
     }
-    Ok(())
+    let reader = KafkaReader {
+        restorer,
+        cancel: job.progress.is_cancelled(),
+    };
+    let Some(restoration) = changelog::restore_task(&reader, &job.tables, job.partition, &committed).map_err(failed)?
+    else {
+        return Err("revoked during its restore".into());
+    };
+    metrics.restored.fetch_add(restoration.applied, Ordering::Relaxed);
+    let micros = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
+    metrics.restore_micros.fetch_add(micros, Ordering::Relaxed);
+    if restoration.rebuilt {
+        tracing::info!(
+            "{}[{}]: the changelog held changes another worker made after this worker's checkpoint, \
+             which was ahead of the group's commit; rebuilt the stores and starting at the committed offsets",
+            job.topic,
+            job.partition
+        );
+    }
+    for (index, entries) in restoration.restate.into_iter().enumerate() {
+        job.ctx.restate(index, entries);
+    }
+    let moved = restoration
+        .starts
+        .iter()
+        .zip(&committed)
+        .any(|((_, start), (_, assigned))| start != assigned);
+    Ok(Starts {
+        offsets: restoration.starts,
+        moved,
+    })
+}
+
+/// The worker's restorer as a [`ChangelogReader`], stopping when the partition is revoked.
+struct KafkaReader<'a> {
+    restorer: &'a Restorer,
+    cancel: &'a AtomicBool,
+}
+
+impl ChangelogReader for KafkaReader<'_> {
+    fn restore(
+        &self,
+        store: &dyn StateStore,
+        changelog: &str,
+        partition: i32,
+        committed: &changelog::Committed,
+        agreed: Vec<(String, i64)>,
+    ) -> Result<Option<Restored>> {
+        let restored = self
+            .restorer
+            .restore(store, changelog, partition, committed, agreed, self.cancel)?;
+        Ok((!self.cancel.load(Ordering::Relaxed)).then_some(restored))
+    }
+}
+
+/// Shows how a restore goes: a progress bar when stderr is a terminal, else a log line
+/// (records restored / total and the rate) every two seconds.
+struct Progress {
+    label: String,
+    total: u64,
+    began: Instant,
+    logged: Instant,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(topic: &str, partition: i32, total: u64) -> Self {
+        use std::io::IsTerminal;
+        let label = format!("{topic}[{partition}]");
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            let style = indicatif::ProgressStyle::with_template(
+                "restoring {msg} [{bar:30}] {pos}/{len} ({per_sec}, {eta} left)",
+            );
+            if let Ok(style) = style {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_message(label.clone());
+            bar
+        });
+        Self {
+            label,
+            total,
+            began: Instant::now(),
+            logged: Instant::now(),
+            bar,
+        }
+    }
+
+    fn at(&mut self, position: u64) {
+        if let Some(bar) = &self.bar {
+            if position.is_multiple_of(1024) {
+                bar.set_position(position);
+            }
+        } else if self.logged.elapsed() >= Duration::from_secs(2) {
+            self.logged = Instant::now();
+            let rate = position as f64 / self.began.elapsed().as_secs_f64().max(1e-9);
+            tracing::info!(
+                "restoring {}: {position}/{} records ({rate:.0}/s)",
+                self.label,
+                self.total
+            );
+        }
+    }
+
+    fn done(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Reads changelog partitions into stores. One per worker; not a member of any group.
+pub(crate) struct Restorer {
+    consumer: BaseConsumer,
+}
+
+impl Restorer {
+    pub(crate) fn new(config: &ClientConfig) -> Result<Self> {
+        let mut config = config.clone();
+        config
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", "50")
+            .set("group.id", "streams-restore")
+            .set("isolation.level", "read_committed");
+        let consumer = config
+            .create()
+            .map_err(|e| Error::kafka("creating the restore consumer", e))?;
+        Ok(Self { consumer })
+    }
+
+    /// The partition's watermarks, retried until the broker answers; `None` when cancelled.
+    pub(crate) fn watermarks(&self, topic: &str, partition: i32, cancel: &AtomicBool) -> Option<(i64, i64)> {
+        let mut attempt = 0u32;
+        loop {
+            if cancel.load(Ordering::Relaxed) {
+                return None;
+            }
+            match self
+                .consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            {
+                Ok(marks) => return Some(marks),
+                Err(error) => {
+                    attempt += 1;
+                    let wait = Duration::from_millis(200 * u64::from(attempt.min(25)));
+                    tracing::warn!(
+                        "restore of {topic}[{partition}]: cannot read its end offset ({error}); retrying in {wait:?}"
+                    );
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+    }
+
+    /// Restores `store` from `topic[partition]`, from its checkpoint to the end (see
+    /// [`Apply`]). Stops early when `cancel` is set, keeping what it applied with its
+    /// checkpoint.
+    pub(crate) fn restore(
+        &self,
+        store: &dyn StateStore,
+        topic: &str,
+        partition: i32,
+        committed: &changelog::Committed,
+        agreed: Vec<(String, i64)>,
+        cancel: &AtomicBool,
+    ) -> Result<Restored> {
+        let checkpoint = store.checkpoint()?;
+        let Some((low, high)) = self.watermarks(topic, partition, cancel) else {
+            return Ok(Restored::default());
+        };
+        let start = checkpoint.changelog_offset.map_or(low, |offset| (offset + 1).max(low));
+        if start >= high {
+            tracing::debug!(
+                "{topic}[{partition}]: store is up to date (checkpoint {:?})",
+                checkpoint.changelog_offset
+            );
+            return Ok(Restored::default());
+        }
+        let total = high - start;
+        tracing::info!("restoring {topic}[{partition}]: {total} records from offset {start}");
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(topic, partition, Offset::Offset(start))
+            .map_err(|e| Error::kafka("restore", e))?;
+        self.consumer.assign(&list).map_err(|e| Error::kafka("restore", e))?;
+        let began = Instant::now();
+        let mut last_progress = Instant::now();
+        let mut progress = Progress::new(topic, partition, total as u64);
+        let mut apply = Apply::new(store, committed, agreed, total as u64);
+        let mut last = start - 1;
+        let mut cancelled = false;
+        while last < high - 1 {
+            if cancel.load(Ordering::Relaxed) {
+                cancelled = true;
+                break;
+            }
+            match self.consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(message)) => {
+                    last = message.offset();
+                    last_progress = Instant::now();
+                    progress.at((last - start + 1) as u64);
+                    let headers = message.headers();
+                    let headers = headers
+                        .into_iter()
+                        .flat_map(|h| h.iter())
+                        .map(|h| (h.key, h.value.unwrap_or_default()));
+                    apply.record(last, message.key(), message.payload(), headers)?;
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(error)) => tracing::warn!("restore of {topic}[{partition}]: {error}"),
+                None => {
+                    if last_progress.elapsed() > Duration::from_secs(10) {
+                        tracing::warn!(
+                            "restore of {topic}[{partition}] waiting: at offset {} of {high}; the broker is not sending records",
+                            last + 1
+                        );
+                        last_progress = Instant::now();
+                    }
+                }
+            }
+        }
+        // Read to the end: the checkpoint is the end (records past `last` may have been
+        // compacted away). Cancelled: only what was read.
+        let end = if cancelled { last } else { last.max(high - 1) };
+        let restored = apply.finish((end >= start).then_some(end))?;
+        progress.done();
+        self.consumer.unassign().map_err(|e| Error::kafka("restore", e))?;
+        if cancelled {
+            tracing::info!(
+                "restore of {topic}[{partition}] stopped (partition revoked): {} records applied; \
+                 a restore here resumes from offset {}",
+                restored.applied,
+                end.max(start - 1) + 1
+            );
+            return Ok(restored);
+        }
+        let seconds = began.elapsed().as_secs_f64();
+        tracing::info!(
+            "restored {topic}[{partition}]: {} records applied, {} from uncommitted input skipped, in {seconds:.2}s ({:.0} records/s)",
+            restored.applied,
+            restored.skipped,
+            (restored.applied + restored.skipped) as f64 / seconds.max(1e-9)
+        );
+        Ok(restored)
+    }
 }

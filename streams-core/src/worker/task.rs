@@ -120,6 +120,10 @@ pub(crate) struct TaskContext {
     pub metrics: Arc<Metrics>,
     /// Set when the table cache is over budget: the stream makes a cut before the next record.
     pub cut_wanted: std::sync::atomic::AtomicBool,
+    /// Set when the partition is revoked or the worker stops: the stream stops at the next
+    /// record boundary, leaving records it has not started for the next owner (see
+    /// [`TaskContext::request_finish`]).
+    pub finishing: std::sync::atomic::AtomicBool,
     /// This partition's counts not yet added to the shared [`Metrics`] (counting into the
     /// shared counters for every record would bounce their cache line between threads).
     counts: Counts,
@@ -164,8 +168,33 @@ impl TaskContext {
             committer,
             metrics,
             cut_wanted: std::sync::atomic::AtomicBool::new(false),
+            finishing: std::sync::atomic::AtomicBool::new(false),
             counts: Counts::default(),
         }
+    }
+
+    /// Writes `entries` of table number `index` again at the next cut (see
+    /// `changelog::Restoration::restate`). Called before the partition processes anything.
+    pub(crate) fn restate(&self, index: usize, entries: Vec<(Vec<u8>, Option<Vec<u8>>)>) {
+        let mut tables = self.tables();
+        let Some(state) = tables.get_mut(index) else { return };
+        for (key, value) in entries {
+            state.cache_bytes += entry_bytes(&key, value.as_deref());
+            let old = state.cache.insert(key, Entry { value, dirty: true });
+            if let Some(old) = &old {
+                state.cache_bytes = state.cache_bytes.saturating_sub(old.value.as_ref().map_or(0, Vec::len));
+            }
+            if !old.is_some_and(|old| old.dirty) {
+                state.dirty += 1;
+            }
+        }
+    }
+
+    /// Asks the stream to finish at the next record boundary, before the records still
+    /// queued (an `Input::Finish` follows in the queue, carrying the acknowledgement).
+    pub(crate) fn request_finish(&self) {
+        self.finishing.store(true, Ordering::Relaxed);
+        self.cut_wanted.store(true, Ordering::Relaxed);
     }
 
     /// Adds this partition's counts to the worker's metrics.
@@ -211,11 +240,14 @@ impl TaskContext {
         }
     }
 
-    pub(crate) fn take_dirty(&self) -> Vec<DirtyTable> {
+    /// The changes of every table of the partition since the last cut (empty for tables
+    /// without changes).
+    pub(crate) fn take_changes(&self) -> Vec<DirtyTable> {
         let mut tables = self.tables();
         let mut out = Vec::new();
         for table in tables.iter_mut() {
             if table.dirty == 0 {
+                out.push((table.changelog.clone(), Arc::clone(&table.store), Vec::new()));
                 continue;
             }
             let mut entries = Vec::with_capacity(table.dirty);

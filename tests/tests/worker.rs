@@ -1,0 +1,234 @@
+//! What a worker promises beyond counting: it refuses topics that do not fit its
+//! declarations, drops lost partitions without committing, and keeps a bad record's headers
+//! on the dead-letter topic.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use streams_core::broker::{RDKafkaApiKey, RDKafkaRespErr};
+use streams_core::prelude::*;
+use streams_core::{EmbeddedBroker, Worker};
+use streams_tests::{committed, create_app_topics, produce, produce_raw, read_all, wait_until, worker_options, Raw};
+
+fn log() {
+    streams_core::init_logging(&std::env::var("STREAMS_TEST_LOG").unwrap_or_else(|_| "error".into()));
+}
+
+#[record]
+struct Reading {
+    celsius: f64,
+}
+
+const READINGS: Topic<String, Reading> = Topic::new("readings").partitions(4);
+const LAST: Table<String, f64> = Table::new("last-reading");
+
+/// Keeps each probe's last reading; a reading below absolute zero removes the probe.
+#[agent(topic = READINGS, tables = [LAST])]
+async fn keep_last(mut readings: Stream<String, Reading>) -> Result<()> {
+    while let Some(event) = readings.next_event().await {
+        if event.value.celsius < -273.15 {
+            LAST.delete(&event.key).await?;
+        } else {
+            LAST.set(&event.key, event.value.celsius).await?;
+        }
+    }
+    Ok(())
+}
+
+fn app() -> App {
+    App::new("thermo").agent(keep_last)
+}
+
+/// A topic that exists with another partition count than declared stops the worker at
+/// start, with a message naming the topic and both counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_with_another_partition_count_is_refused_at_start() {
+    log();
+    let broker = EmbeddedBroker::start().expect("broker");
+    broker.create_topic("readings", 2).expect("topic");
+    let dir = tempfile::tempdir().expect("dir");
+    let error = match Worker::start(app(), worker_options(dir.path(), &broker)).await {
+        Ok(worker) => {
+            let _ = worker.stop().await;
+            panic!("the worker started although `readings` has 2 partitions, not 4");
+        }
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.contains("`readings` has 2 partitions on the broker but is declared with 4"),
+        "{error}"
+    );
+}
+
+/// A record that cannot be decoded goes to the dead-letter topic with its own headers
+/// kept, the origin and error headers added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_keeps_the_original_headers() {
+    log();
+    let broker = EmbeddedBroker::start().expect("broker");
+    create_app_topics(&broker, &app());
+    let bootstrap = broker.bootstrap_servers().to_string();
+    produce_raw(
+        &bootstrap,
+        "readings",
+        &[Raw {
+            partition: 1,
+            key: "probe-7".into(),
+            value: "{\"celsius\": \"warm\"}".into(),
+            headers: vec![
+                ("trace-id".into(), "abc-123".into()),
+                ("source".into(), "probe firmware 2.1".into()),
+            ],
+        }],
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let worker = Worker::start(app(), worker_options(dir.path(), &broker))
+        .await
+        .expect("worker");
+    let dlq = "thermo-keep_last-dlq".to_string();
+    let probe = bootstrap.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_until("the dead letter", Duration::from_secs(60), || {
+            streams_tests::record_count(&probe, &dlq) == 1
+        })
+    })
+    .await
+    .expect("wait");
+    worker.stop().await.expect("stop");
+    let dead = read_all(&bootstrap, "thermo-keep_last-dlq");
+    let headers = &dead[0].header_list;
+    assert_eq!(
+        &headers[..2],
+        &[
+            ("trace-id".to_string(), "abc-123".to_string()),
+            ("source".to_string(), "probe firmware 2.1".to_string())
+        ],
+        "the original headers come first, unchanged"
+    );
+    assert_eq!(dead[0].headers["streams.dlq.topic"], "readings");
+    assert_eq!(dead[0].headers["streams.dlq.partition"], "1");
+    let error = &dead[0].headers["streams.dlq.error"];
+    assert!(error.contains("invalid JSON") && error.contains("warm"), "{error}");
+    assert_eq!(dead[0].value.as_deref(), Some(b"{\"celsius\": \"warm\"}".as_slice()));
+}
+
+/// When the group goes on without the worker (its coordinator no longer knows the member,
+/// as after a session timeout), its partitions are lost: dropped without a commit, so the
+/// records it processed meanwhile are processed again once it has rejoined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_partitions_are_dropped_without_a_commit() {
+    log();
+    let broker = EmbeddedBroker::start().expect("broker");
+    // A long commit interval: the only commits would be those of revoked partitions.
+    let app = app().commit_interval(Duration::from_secs(3600));
+    create_app_topics(&broker, &app);
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let readings: Vec<(Option<String>, Vec<u8>)> = (0..100)
+        .map(|i| (Some(format!("probe-{i}")), format!("{{\"celsius\": {i}}}").into_bytes()))
+        .collect();
+    produce(&bootstrap, "readings", &readings);
+
+    let dir = tempfile::tempdir().expect("dir");
+    let worker = Worker::start(app, worker_options(dir.path(), &broker))
+        .await
+        .expect("worker");
+    let metrics = worker.metrics();
+    let seen = std::sync::Arc::clone(&metrics);
+    tokio::task::spawn_blocking(move || {
+        wait_until("100 records", Duration::from_secs(60), || {
+            seen.records.load(Ordering::Relaxed) >= 100
+        })
+    })
+    .await
+    .expect("wait");
+    assert_eq!(metrics.lost.load(Ordering::Relaxed), 0);
+
+    // The coordinator forgets the member: librdkafka treats the assignment as lost.
+    broker
+        .fail_requests(
+            RDKafkaApiKey::Heartbeat,
+            vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID],
+        )
+        .expect("fail a heartbeat");
+    let seen = std::sync::Arc::clone(&metrics);
+    tokio::task::spawn_blocking(move || {
+        wait_until("the lost partitions processed again", Duration::from_secs(60), || {
+            seen.lost.load(Ordering::Relaxed) == 4 && seen.records.load(Ordering::Relaxed) >= 200
+        })
+    })
+    .await
+    .expect("wait");
+    for partition in 0..4 {
+        assert_eq!(
+            committed(&bootstrap, "thermo", "readings", partition),
+            0,
+            "readings[{partition}] was committed although it was lost"
+        );
+    }
+    worker.stop().await.expect("stop");
+    let total: i64 = (0..4).map(|p| committed(&bootstrap, "thermo", "readings", p)).sum();
+    assert_eq!(total, 100, "the clean stop commits every partition");
+    assert_eq!(LAST.read_local(dir.path(), "thermo").expect("table").len(), 100);
+}
+
+/// A deleted key is a tombstone in the changelog, and a worker that restores the table from
+/// it (an empty data dir) does not have it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_key_stays_deleted_after_a_restore_from_kafka() {
+    log();
+    let broker = EmbeddedBroker::start().expect("broker");
+    create_app_topics(&broker, &app());
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let reading = |probe: &str, celsius: f64| {
+        (
+            Some(probe.to_string()),
+            format!("{{\"celsius\": {celsius}}}").into_bytes(),
+        )
+    };
+    produce(
+        &bootstrap,
+        "readings",
+        &[reading("probe-1", 20.0), reading("probe-2", 30.0)],
+    );
+    produce(&bootstrap, "readings", &[reading("probe-1", -300.0)]);
+    let first = tempfile::tempdir().expect("dir");
+    let worker = Worker::start(app(), worker_options(first.path(), &broker))
+        .await
+        .expect("worker");
+    let probe = bootstrap.clone();
+    tokio::task::spawn_blocking(move || {
+        streams_tests::wait_caught_up(&probe, "thermo", &["readings"], Duration::from_secs(60))
+    })
+    .await
+    .expect("wait");
+    worker.stop().await.expect("stop");
+    let changelog = read_all(&bootstrap, "thermo-last-reading-changelog");
+    assert!(
+        changelog
+            .iter()
+            .any(|r| r.key.as_deref() == Some(b"probe-1".as_slice()) && r.value.is_none()),
+        "a tombstone for probe-1"
+    );
+
+    let empty = tempfile::tempdir().expect("dir");
+    let worker = Worker::start(app(), worker_options(empty.path(), &broker))
+        .await
+        .expect("worker");
+    let metrics = worker.metrics();
+    tokio::task::spawn_blocking(move || {
+        wait_until("restored and running", Duration::from_secs(60), || {
+            metrics.assigned.load(Ordering::Relaxed) == 4
+        })
+    })
+    .await
+    .expect("wait");
+    let metrics = worker.stop().await.expect("stop");
+    assert_eq!(
+        metrics.restored.load(Ordering::Relaxed),
+        2,
+        "probe-2 and the tombstone of probe-1"
+    );
+    let table = LAST.read_local(empty.path(), "thermo").expect("table");
+    assert_eq!(table.get("probe-1"), None, "deleted after the restore");
+    assert_eq!(table.get("probe-2"), Some(&30.0));
+}
