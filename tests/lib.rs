@@ -14,14 +14,9 @@ use rdkafka::{Offset, TopicPartitionList};
 #[path = "../examples/hit_counter.rs"]
 pub mod hit_counter;
 
-/// Worker options for the embedded broker. The mock cluster's group coordinator, unlike
-/// Kafka's, waits `session.timeout.ms - 1s` before completing a join after the last member
-/// left; a short session timeout keeps restarts in tests quick.
+/// Worker options for the embedded broker (workers give themselves short sessions there).
 pub fn worker_options(dir: &std::path::Path, broker: &streams_core::EmbeddedBroker) -> streams_core::WorkerOptions {
-    streams_core::WorkerOptions::new(dir)
-        .embedded(broker)
-        .consumer_config("session.timeout.ms", "6000")
-        .consumer_config("heartbeat.interval.ms", "500")
+    streams_core::WorkerOptions::new(dir).embedded(broker)
 }
 
 /// Produces `values` (optionally keyed) to `topic` and waits until all are acknowledged.
@@ -458,23 +453,11 @@ pub async fn stop_in_turn(workers: Vec<streams_core::WorkerHandle>, partitions: 
     }
 }
 
-/// Starts the hit counter's worker as a process, the way users run it (`-l info`, a short
-/// session for the embedded broker), with `extra` arguments.
+/// Starts the hit counter's worker as a process, the way users run it (`-l info`), with
+/// `extra` arguments.
 pub fn spawn_hit_counter_worker(bootstrap: &str, data_dir: &std::path::Path, extra: &[&str]) -> Child {
     let data_dir = data_dir.to_str().expect("utf8 data dir");
-    let mut args = vec![
-        "worker",
-        "-l",
-        "info",
-        "--broker",
-        bootstrap,
-        "--data-dir",
-        data_dir,
-        "--consumer-config",
-        "session.timeout.ms=6000",
-        "--consumer-config",
-        "heartbeat.interval.ms=500",
-    ];
+    let mut args = vec!["worker", "-l", "info", "--broker", bootstrap, "--data-dir", data_dir];
     args.extend_from_slice(extra);
     Child::spawn(&example_binary("hit_counter"), &args)
 }

@@ -127,6 +127,26 @@ pub fn source_of<S: StreamParam>(topic: &Topic<S::Key, S::Value>) -> TopicSpec {
 /// A table used by an agent whose stream is `S`: the table's key type must be the stream's
 /// key type (a table is partitioned like the stream that updates it). Called by the code
 /// `#[agent]` generates.
-pub fn table_of<S: StreamParam, V>(table: &crate::table::Table<S::Key, V>) -> TableSpec {
-    table.spec()
+pub fn table_of<S: StreamParam, T: TableOf<S::Key>>(table: &T) -> TableSpec {
+    table.table_spec()
+}
+
+/// A table keyed by `K`, as an agent whose stream has keys `K` can use it.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not keyed like the agent's stream, whose keys are `{K}`",
+    label = "this table's key type is not the stream's",
+    note = "a table is partitioned like the stream that updates it: partition p of the table lives with \
+            partition p of the stream, so its key type must be the stream's key type",
+    note = "to keep state under another key, send the records keyed that way to an internal topic and \
+            update the table from an agent on that topic"
+)]
+pub trait TableOf<K> {
+    /// The table's description.
+    fn table_spec(&self) -> TableSpec;
+}
+
+impl<K, V> TableOf<K> for crate::table::Table<K, V> {
+    fn table_spec(&self) -> TableSpec {
+        self.spec()
+    }
 }

@@ -104,6 +104,21 @@ impl App {
         &self.agents
     }
 
+    /// Every topic the app declares (sources and the topics agents send to), each once.
+    pub fn topics(&self) -> Vec<&TopicSpec> {
+        let mut topics: Vec<&TopicSpec> = Vec::new();
+        for topic in self
+            .agents
+            .iter()
+            .flat_map(|a| std::iter::once(&a.source).chain(a.sends.iter()))
+        {
+            if !topics.iter().any(|t| t.name == topic.name) {
+                topics.push(topic);
+            }
+        }
+        topics
+    }
+
     /// Every table with the agent that updates it.
     pub fn tables(&self) -> impl Iterator<Item = (&TableSpec, &AgentSpec)> {
         self.agents.iter().flat_map(|a| a.tables.iter().map(move |t| (t, a)))
@@ -141,7 +156,43 @@ impl App {
                 }
             }
         }
+        // An internal topic is the app's own intermediate data: something of the app must
+        // read it (usually an agent that was written but not added).
+        for agent in &self.agents {
+            for topic in agent.sends.iter().filter(|t| t.internal) {
+                if !by_source.contains_key(topic.name) {
+                    let senders: Vec<String> = self
+                        .agents
+                        .iter()
+                        .filter(|a| a.sends.iter().any(|t| t.name == topic.name))
+                        .map(|a| format!("`{}`", a.name))
+                        .collect();
+                    return Err(Error::Config(format!(
+                        "internal topic `{}` is sent to by {} but no agent of app `{}` reads it; \
+                         add the agent that reads it with App::agent (or drop `.internal()` if \
+                         other apps read the topic)",
+                        topic.name,
+                        senders.join(" and "),
+                        self.id
+                    )));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Checks that `table` is used by one of the app's agents (naming them when it is not).
+    pub(crate) fn knows_table(&self, table: &str) -> Result<()> {
+        if self.tables().any(|(t, _)| t.name == table) {
+            return Ok(());
+        }
+        let agents: Vec<&str> = self.agents.iter().map(|a| a.name).collect();
+        Err(Error::Config(format!(
+            "table `{table}` is not used by any agent of app `{}` (agents: {}); list it in the \
+             `tables = [..]` of the agent that updates it, and add that agent with App::agent",
+            self.id,
+            agents.join(", ")
+        )))
     }
 
     /// The topics the app needs, given the partition counts of the topics that exist.
@@ -360,6 +411,16 @@ mod tests {
             error.contains("agents `count` and `recount` both use table `counts`"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn an_internal_topic_nobody_reads_is_refused() {
+        let error = App::new("x").agent(route).validate().unwrap_err().to_string();
+        assert!(
+            error.contains("internal topic `by-user` is sent to by `route` but no agent of app `x` reads it"),
+            "{error}"
+        );
+        assert!(App::new("x").agent(route).agent(count).validate().is_ok());
     }
 
     #[test]

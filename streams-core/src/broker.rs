@@ -214,9 +214,30 @@ pub(crate) fn client_config(bootstrap: &str, extra: &[(String, String)]) -> Clie
     config
 }
 
+/// What the worker learns of the cluster before it starts.
+pub(crate) struct Cluster {
+    /// Partition counts of every topic.
+    pub topics: HashMap<String, i32>,
+    /// The cluster's id, when the broker reports one.
+    pub id: Option<String>,
+}
+
+impl Cluster {
+    /// Whether the cluster is librdkafka's mock cluster: the embedded broker, in this process
+    /// or hosted by an app's `broker` command (its ids start with `mockCluster`).
+    pub(crate) fn is_embedded(&self) -> bool {
+        self.id.as_deref().is_some_and(|id| id.starts_with("mockCluster"))
+    }
+}
+
 /// Partition counts of every topic on the cluster. Waits for the cluster while it is
 /// unreachable, logging each attempt at warn with the error, with growing pauses.
 pub(crate) fn wait_for_cluster(config: &ClientConfig, stopping: &dyn Fn() -> bool) -> Result<HashMap<String, i32>> {
+    Ok(describe_cluster(config, stopping)?.topics)
+}
+
+/// The cluster's topics and id; waits for the cluster as [`wait_for_cluster`] does.
+pub(crate) fn describe_cluster(config: &ClientConfig, stopping: &dyn Fn() -> bool) -> Result<Cluster> {
     let client: BaseConsumer = config
         .clone()
         .set("allow.auto.create.topics", "false")
@@ -227,12 +248,15 @@ pub(crate) fn wait_for_cluster(config: &ClientConfig, stopping: &dyn Fn() -> boo
     loop {
         match client.fetch_metadata(None, Duration::from_secs(5)) {
             Ok(metadata) => {
-                return Ok(metadata
+                let topics = metadata
                     .topics()
                     .iter()
                     .filter(|t| t.error().is_none())
                     .map(|t| (t.name().to_string(), t.partitions().len() as i32))
-                    .collect());
+                    .collect();
+                // Known from the metadata just fetched: no second round trip.
+                let id = client.client().fetch_cluster_id(Duration::from_secs(5));
+                return Ok(Cluster { topics, id });
             }
             Err(error) => {
                 if stopping() {

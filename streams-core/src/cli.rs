@@ -54,15 +54,38 @@ enum Command {
         #[arg(long = "consumer-config", value_name = "KEY=VALUE", value_parser = parse_setting)]
         consumer_config: Vec<(String, String)>,
     },
-    /// Send one record to a topic (like `faust send`).
+    /// Send one record to a topic (like `faust send`). For a topic the app declares, the key
+    /// and value are checked against its types first.
     Send {
         /// The topic.
         topic: String,
         /// The record's value, as it goes on the wire (JSON for records).
         value: String,
-        /// The record's key (UTF-8).
+        /// The record's key: text for `String` keys, a number for integer keys, a JSON
+        /// array for a tuple key, JSON for a `Json<T>` key.
         #[arg(long)]
         key: Option<String>,
+        /// Send the key and value as they are (UTF-8 bytes), without checking them.
+        #[arg(long)]
+        raw: bool,
+        /// Kafka bootstrap servers.
+        #[arg(long, env = "STREAMS_BROKER")]
+        broker: String,
+    },
+    /// Print a topic's records as they arrive (key, value, partition, offset, headers),
+    /// decoded with the app's types when the app declares the topic.
+    Tail {
+        /// The topic (dead-letter and changelog topics too).
+        topic: String,
+        /// Start at the topic's first records instead of its end.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Stop after this many records.
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+        /// Stop at the end of the topic instead of waiting for more.
+        #[arg(long)]
+        exit_at_end: bool,
         /// Kafka bootstrap servers.
         #[arg(long, env = "STREAMS_BROKER")]
         broker: String,
@@ -107,13 +130,17 @@ fn parse_setting(text: &str) -> Result<(String, String), String> {
     Ok((key.to_string(), value.to_string()))
 }
 
-/// Sets up logging at `level` ("info", "debug", ...) for a program. Safe to call twice.
+/// Sets up logging at `level` ("info", "debug", ...) for a program: to stderr, in colour
+/// only when stderr is a terminal. Safe to call twice.
 pub fn init_logging(level: &str) {
+    use std::io::IsTerminal;
     let filter =
         tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 
@@ -147,9 +174,26 @@ pub(crate) fn main(app: App) -> ExitCode {
             topic,
             value,
             key,
+            raw,
             broker,
-        } => runtime.block_on(send(&broker, &topic, key.as_deref(), &value)),
-        Command::Broker { port, partitions } => host_broker(app, port, partitions),
+        } => runtime.block_on(send(&app, &broker, &topic, key.as_deref(), &value, raw)),
+        Command::Tail {
+            topic,
+            from_beginning,
+            limit,
+            exit_at_end,
+            broker,
+        } => crate::tail::tail(
+            &app,
+            &broker,
+            &topic,
+            crate::tail::Tail {
+                from_beginning,
+                limit,
+                exit_at_end,
+            },
+        ),
+        Command::Broker { port, partitions } => host_broker(app, port, partitions, &runtime),
         Command::Topology { format } => {
             let topology = app.topology();
             match format {
@@ -278,12 +322,36 @@ async fn run_worker(app: App, options: WorkerOptions) -> crate::Result<()> {
     wait.await.map(|_| ())
 }
 
-async fn send(broker: &str, topic: &str, key: Option<&str>, value: &str) -> crate::Result<()> {
+async fn send(app: &App, broker: &str, topic: &str, key: Option<&str>, value: &str, raw: bool) -> crate::Result<()> {
+    let key: Option<Vec<u8>> = match app.topics().into_iter().find(|t| t.name == topic) {
+        Some(spec) if !raw => {
+            let refuse = |what: &str, error: &dyn std::fmt::Display| {
+                crate::Error::Config(format!(
+                    "{what} for topic `{topic}`: {error} (send it unchecked with --raw)"
+                ))
+            };
+            let key = match key {
+                Some(text) => spec
+                    .codecs
+                    .parse_key(text)
+                    .map_err(|e| refuse(&format!("`{text}` is not a key of type {}", spec.key_type), &e))?,
+                None => None,
+            };
+            spec.codecs
+                .check_key(key.as_deref())
+                .map_err(|e| refuse(&format!("a key of type {} is needed", spec.key_type), &e))?;
+            spec.codecs
+                .check_value(value.as_bytes())
+                .map_err(|e| refuse(&format!("the value is not a {}", spec.value_type), &e))?;
+            key
+        }
+        _ => key.map(|k| k.as_bytes().to_vec()),
+    };
     let producer: FutureProducer = crate::broker::client_config(broker, &[])
         .create()
         .map_err(|e| crate::Error::kafka("creating a producer", e))?;
     let mut record = FutureRecord::to(topic).payload(value);
-    if let Some(key) = key {
+    if let Some(key) = &key {
         record = record.key(key);
     }
     let delivery = producer
@@ -294,24 +362,44 @@ async fn send(broker: &str, topic: &str, key: Option<&str>, value: &str) -> crat
     Ok(())
 }
 
-fn host_broker(app: App, port: u16, partitions: Option<i32>) -> crate::Result<()> {
+fn host_broker(app: App, port: u16, partitions: Option<i32>, runtime: &tokio::runtime::Runtime) -> crate::Result<()> {
     let broker = EmbeddedBroker::start()?;
     let app = match partitions {
         Some(p) => app.topic_partitions(p),
         None => app,
     };
+    let mut created = Vec::new();
     for topic in app.plan(&Default::default())? {
         broker.create_topic(&topic.name, topic.partitions)?;
+        created.push(format!("{} ({})", topic.name, topic.partitions));
     }
     let listener = TcpListener::bind(("127.0.0.1", port))
         .map_err(|e| crate::Error::io(format!("cannot listen on 127.0.0.1:{port}"), e))?;
+    println!("embedded broker listening on 127.0.0.1:{port}");
     println!(
-        "embedded broker listening on 127.0.0.1:{port} (cluster at {})",
+        "  clients bootstrap there, then connect to the cluster's own address {} (from its metadata): \
+         both must be reachable",
         broker.bootstrap_servers()
     );
-    broker
-        .serve(listener)
-        .map_err(|e| crate::Error::io("serving the embedded broker", e))
+    println!("  created topics (partitions): {}", created.join(", "));
+    println!("  stop it with Ctrl-C; its topics live in memory and go with it");
+    {
+        let broker = broker.clone();
+        std::thread::Builder::new()
+            .name("broker-listener".into())
+            .spawn(move || {
+                if let Err(error) = broker.serve(listener) {
+                    eprintln!("error: serving the embedded broker: {error}");
+                }
+            })
+            .map_err(|e| crate::Error::io("starting the broker listener", e))?;
+    }
+    runtime.block_on(async {
+        let mut signals = Signals::new();
+        signals.next().await;
+    });
+    println!("embedded broker on 127.0.0.1:{port} stopped");
+    Ok(())
 }
 
 /// Edit distance between two names (for "did you mean").

@@ -1,10 +1,12 @@
 //! Codecs: bytes to keys and values and back. Nothing here knows about Kafka.
 
-use crate::DecodeError;
+use std::borrow::Cow;
+
+use crate::{DecodeError, EncodeError};
 
 /// JSON, the default value codec.
 pub mod json {
-    use super::DecodeError;
+    use crate::DecodeError;
     use serde::de::DeserializeOwned;
 
     /// Decodes JSON bytes into `T`, with a message that says what was wrong.
@@ -28,24 +30,33 @@ pub mod json {
 ///
 /// Strings are UTF-8 bytes, integers are big-endian (as Kafka's Java serializers write
 /// them), `Vec<u8>` is raw, `()` is "no key" and ignores whatever key a record carries.
+/// Composite keys are tuples of keys (each part length-prefixed) or [`Json`] of a record.
 ///
 /// ```
 /// use streams_core::Key;
 /// assert_eq!("user-1".to_string().encode_key(), Some(b"user-1".to_vec()));
 /// assert_eq!(String::decode_key(Some(b"user-1")).unwrap(), "user-1");
 /// assert_eq!(<()>::decode_key(Some(b"anything")).unwrap(), ());
+/// assert_eq!(u64::parse_key("42").unwrap(), 42);
+/// let pair = ("eu".to_string(), 7u32);
+/// assert_eq!(<(String, u32)>::decode_key(pair.encode_key().as_deref()).unwrap(), pair);
 /// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a key",
-    note = "keys are `String`, `Vec<u8>`, integers, `Option<K>` or `()` (no key)"
+    note = "keys are `String`, `Vec<u8>`, integers (`i32`, `i64`, `u32`, `u64`), `Option<K>` or `()` (no key)",
+    note = "for a composite key use a tuple of keys, e.g. `(String, u32)`, or `Json<T>` with a `#[record]` type `T`"
 )]
 pub trait Key: Send + Sync + Clone + 'static {
     /// The key's bytes; `None` for no key.
     fn encode_key(&self) -> Option<Vec<u8>>;
+    /// The key's bytes, or why they cannot be made (only keys encoded by serde can fail).
+    fn try_encode_key(&self) -> Result<Option<Vec<u8>>, EncodeError> {
+        Ok(self.encode_key())
+    }
     /// The key's bytes, borrowed when the key already is bytes (table lookups use this, so
     /// that reading a cached key allocates nothing); empty for no key.
-    fn key_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Owned(self.encode_key().unwrap_or_default())
+    fn key_bytes(&self) -> Result<Cow<'_, [u8]>, EncodeError> {
+        Ok(Cow::Owned(self.try_encode_key()?.unwrap_or_default()))
     }
     /// The key from a record's key bytes.
     fn decode_key(bytes: Option<&[u8]>) -> Result<Self, DecodeError>;
@@ -54,9 +65,69 @@ pub trait Key: Send + Sync + Clone + 'static {
     fn check_key(bytes: Option<&[u8]>) -> Result<(), DecodeError> {
         Self::decode_key(bytes).map(drop)
     }
-    /// Readable text of encoded key bytes (for logs and the `table` command).
+    /// Readable text of encoded key bytes (for logs, `tail` and the `table` command).
     fn display_key(bytes: &[u8]) -> String {
         String::from_utf8_lossy(bytes).into_owned()
+    }
+    /// The key from text, as `APP send --key TEXT` takes it: a string as it is, a number
+    /// in decimal, a composite key as a JSON array or document.
+    fn parse_key(text: &str) -> Result<Self, DecodeError> {
+        Self::decode_key(Some(text.as_bytes()))
+    }
+}
+
+/// A form of a key of type `K` that encodes to the same bytes, taken wherever a key is:
+/// `&str` for `String` keys and `&[u8]` for `Vec<u8>` keys, as `HashMap::get` takes borrowed
+/// forms.
+///
+/// ```
+/// # use streams_core::prelude::*;
+/// # const HITS: Topic<String, i64> = Topic::new("hits");
+/// # async fn in_an_agent() -> Result<()> {
+/// HITS.send("user-1", &1).await?; // a `&str` for a `String` key
+/// # Ok(())
+/// # }
+/// ```
+pub trait AsKey<K> {
+    /// The key's bytes; `None` for no key.
+    fn as_key(&self) -> Result<Option<Vec<u8>>, EncodeError>;
+    /// The key's bytes, borrowed where possible; empty for no key.
+    fn as_key_bytes(&self) -> Result<Cow<'_, [u8]>, EncodeError>;
+}
+
+impl<K: Key> AsKey<K> for K {
+    fn as_key(&self) -> Result<Option<Vec<u8>>, EncodeError> {
+        self.try_encode_key()
+    }
+    fn as_key_bytes(&self) -> Result<Cow<'_, [u8]>, EncodeError> {
+        self.key_bytes()
+    }
+}
+
+impl AsKey<String> for str {
+    fn as_key(&self) -> Result<Option<Vec<u8>>, EncodeError> {
+        Ok(Some(self.as_bytes().to_vec()))
+    }
+    fn as_key_bytes(&self) -> Result<Cow<'_, [u8]>, EncodeError> {
+        Ok(Cow::Borrowed(self.as_bytes()))
+    }
+}
+
+impl AsKey<String> for &str {
+    fn as_key(&self) -> Result<Option<Vec<u8>>, EncodeError> {
+        Ok(Some(self.as_bytes().to_vec()))
+    }
+    fn as_key_bytes(&self) -> Result<Cow<'_, [u8]>, EncodeError> {
+        Ok(Cow::Borrowed(self.as_bytes()))
+    }
+}
+
+impl AsKey<Vec<u8>> for [u8] {
+    fn as_key(&self) -> Result<Option<Vec<u8>>, EncodeError> {
+        Ok(Some(self.to_vec()))
+    }
+    fn as_key_bytes(&self) -> Result<Cow<'_, [u8]>, EncodeError> {
+        Ok(Cow::Borrowed(self))
     }
 }
 
@@ -64,8 +135,8 @@ impl Key for String {
     fn encode_key(&self) -> Option<Vec<u8>> {
         Some(self.as_bytes().to_vec())
     }
-    fn key_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(self.as_bytes())
+    fn key_bytes(&self) -> Result<Cow<'_, [u8]>, EncodeError> {
+        Ok(Cow::Borrowed(self.as_bytes()))
     }
     fn decode_key(bytes: Option<&[u8]>) -> Result<Self, DecodeError> {
         let bytes = bytes.ok_or_else(|| DecodeError::new("the record has no key"))?;
@@ -83,8 +154,8 @@ impl Key for Vec<u8> {
     fn encode_key(&self) -> Option<Vec<u8>> {
         Some(self.clone())
     }
-    fn key_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(self)
+    fn key_bytes(&self) -> Result<Cow<'_, [u8]>, EncodeError> {
+        Ok(Cow::Borrowed(self))
     }
     fn decode_key(bytes: Option<&[u8]>) -> Result<Self, DecodeError> {
         bytes
@@ -100,14 +171,28 @@ impl Key for () {
     fn decode_key(_: Option<&[u8]>) -> Result<Self, DecodeError> {
         Ok(())
     }
+    fn parse_key(_: &str) -> Result<Self, DecodeError> {
+        Err(DecodeError::new(
+            "the topic's records have no key (its key type is `()`)",
+        ))
+    }
 }
 
 impl<K: Key> Key for Option<K> {
     fn encode_key(&self) -> Option<Vec<u8>> {
         self.as_ref().and_then(K::encode_key)
     }
+    fn try_encode_key(&self) -> Result<Option<Vec<u8>>, EncodeError> {
+        match self {
+            Some(key) => key.try_encode_key(),
+            None => Ok(None),
+        }
+    }
     fn decode_key(bytes: Option<&[u8]>) -> Result<Self, DecodeError> {
         bytes.map(|b| K::decode_key(Some(b))).transpose()
+    }
+    fn parse_key(text: &str) -> Result<Self, DecodeError> {
+        K::parse_key(text).map(Some)
     }
 }
 
@@ -135,10 +220,140 @@ macro_rules! int_key {
                     Err(_) => format!("{bytes:?}"),
                 }
             }
+            fn parse_key(text: &str) -> Result<Self, DecodeError> {
+                text.trim()
+                    .parse()
+                    .map_err(|e| DecodeError::new(format!("`{text}` is not a {} key: {e}", stringify!($t))))
+            }
         }
     )*};
 }
 int_key!(i32, i64, u32, u64);
+
+/// One part of a composite key: its length (u32, big-endian) and bytes, or `0xFFFFFFFF`
+/// for a part without bytes.
+fn write_part(out: &mut Vec<u8>, part: Option<Vec<u8>>) {
+    match part {
+        Some(bytes) => {
+            out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            out.extend_from_slice(&bytes);
+        }
+        None => out.extend_from_slice(&u32::MAX.to_be_bytes()),
+    }
+}
+
+/// The next part of a composite key, and the rest.
+fn read_part(bytes: &[u8]) -> Result<(Option<&[u8]>, &[u8]), DecodeError> {
+    let short = || DecodeError::new("composite key is cut short");
+    let len = u32::from_be_bytes(bytes.get(..4).ok_or_else(short)?.try_into().map_err(|_| short())?);
+    if len == u32::MAX {
+        return Ok((None, &bytes[4..]));
+    }
+    let end = 4 + len as usize;
+    Ok((Some(bytes.get(4..end).ok_or_else(short)?), &bytes[end..]))
+}
+
+/// The text of one part of a composite key given as a JSON array element.
+fn part_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+macro_rules! tuple_key {
+    ($($name:ident $index:tt),+; $count:expr) => {
+        impl<$($name: Key),+> Key for ($($name,)+) {
+            fn encode_key(&self) -> Option<Vec<u8>> {
+                self.try_encode_key().ok().flatten()
+            }
+            fn try_encode_key(&self) -> Result<Option<Vec<u8>>, EncodeError> {
+                let mut out = Vec::new();
+                $(write_part(&mut out, self.$index.try_encode_key()?);)+
+                Ok(Some(out))
+            }
+            fn decode_key(bytes: Option<&[u8]>) -> Result<Self, DecodeError> {
+                let rest = bytes.ok_or_else(|| DecodeError::new("the record has no key"))?;
+                $(
+                    let (part, rest) = read_part(rest)?;
+                    #[allow(non_snake_case)]
+                    let $name = $name::decode_key(part)?;
+                )+
+                if !rest.is_empty() {
+                    return Err(DecodeError::new("composite key has bytes after its last part"));
+                }
+                Ok(($($name,)+))
+            }
+            fn display_key(bytes: &[u8]) -> String {
+                let mut parts = Vec::new();
+                let mut rest = bytes;
+                for _ in 0..$count {
+                    match read_part(rest) {
+                        Ok((part, next)) => {
+                            parts.push(part.map_or_else(|| "-".to_string(), |p| String::from_utf8_lossy(p).into_owned()));
+                            rest = next;
+                        }
+                        Err(_) => return format!("{bytes:?}"),
+                    }
+                }
+                format!("({})", parts.join(", "))
+            }
+            fn parse_key(text: &str) -> Result<Self, DecodeError> {
+                let parts: Vec<serde_json::Value> = serde_json::from_str(text).map_err(|e| {
+                    DecodeError::new(format!("a composite key is a JSON array of its {} parts: {e}", $count))
+                })?;
+                if parts.len() != $count {
+                    return Err(DecodeError::new(format!(
+                        "a composite key has {} parts, `{text}` has {}",
+                        $count,
+                        parts.len()
+                    )));
+                }
+                Ok(($($name::parse_key(&part_text(&parts[$index]))?,)+))
+            }
+        }
+    };
+}
+tuple_key!(A 0, B 1; 2);
+tuple_key!(A 0, B 1, C 2; 3);
+
+/// A key encoded as JSON: any `#[record]` type (or serde type) as a composite key, e.g.
+/// `Table<Json<UserRegion>, i64>`. Its bytes are the value's JSON, so fields and their order
+/// must stay the same for a key to find its records and state again.
+///
+/// ```
+/// use streams_core::prelude::*;
+///
+/// #[record]
+/// #[derive(Clone, PartialEq, Debug)]
+/// struct Place { country: String, city: String }
+///
+/// let key = Json(Place { country: "fr".into(), city: "Lyon".into() });
+/// let bytes = key.encode_key().unwrap();
+/// assert_eq!(bytes, br#"{"country":"fr","city":"Lyon"}"#.to_vec());
+/// assert_eq!(Json::<Place>::decode_key(Some(&bytes)).unwrap(), key);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Json<T>(pub T);
+
+impl<T> Key for Json<T>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    fn encode_key(&self) -> Option<Vec<u8>> {
+        self.try_encode_key().ok().flatten()
+    }
+    fn try_encode_key(&self) -> Result<Option<Vec<u8>>, EncodeError> {
+        Ok(Some(serde_json::to_vec(&self.0)?))
+    }
+    fn decode_key(bytes: Option<&[u8]>) -> Result<Self, DecodeError> {
+        let bytes = bytes.ok_or_else(|| DecodeError::new("the record has no key"))?;
+        json::decode(bytes).map(Json)
+    }
+    fn parse_key(text: &str) -> Result<Self, DecodeError> {
+        json::decode(text.as_bytes()).map(Json)
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -155,6 +370,28 @@ mod tests {
         assert!(String::check_key(Some(b"ok")).is_ok());
         assert!(i64::check_key(Some(b"abc")).is_err());
         assert_eq!(Option::<String>::decode_key(None).unwrap(), None);
+    }
+
+    #[test]
+    fn composite_keys_round_trip_and_reject_bad_bytes() {
+        let key = ("eu-west".to_string(), 42u64, None::<String>);
+        let bytes = key.encode_key().unwrap();
+        assert_eq!(<(String, u64, Option<String>)>::decode_key(Some(&bytes)).unwrap(), key);
+        assert_eq!(
+            <(String, u64, Option<String>)>::display_key(&bytes),
+            "(eu-west, \u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}*, -)"
+        );
+        assert!(<(String, u64)>::decode_key(Some(&bytes[..5])).is_err());
+        assert!(
+            <(String, u64)>::decode_key(Some(&bytes)).is_err(),
+            "bytes after the last part"
+        );
+        assert_eq!(
+            <(String, u32)>::parse_key(r#"["fr", 7]"#).unwrap(),
+            ("fr".to_string(), 7)
+        );
+        assert!(<(String, u32)>::parse_key("fr").is_err());
+        assert!(<()>::parse_key("x").is_err());
     }
 
     #[test]

@@ -35,6 +35,28 @@ impl DecodeError {
     }
 }
 
+/// A value could not be turned into bytes.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct EncodeError {
+    message: String,
+}
+
+impl EncodeError {
+    /// An encode error with a message saying what was wrong.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
+
+impl From<serde_json::Error> for EncodeError {
+    fn from(error: serde_json::Error) -> Self {
+        Self::new(error.to_string())
+    }
+}
+
 /// Errors of the streams runtime.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -45,7 +67,7 @@ pub enum Error {
         /// What was being encoded (a topic or a table).
         what: String,
         /// The codec's error.
-        source: serde_json::Error,
+        source: EncodeError,
     },
     /// Bytes could not be decoded.
     #[error("cannot decode {what}: {source}")]

@@ -59,6 +59,7 @@ pub mod record;
 pub mod store;
 pub mod stream;
 pub mod table;
+mod tail;
 pub mod testing;
 pub mod topic;
 pub mod topology;
@@ -68,8 +69,8 @@ pub use agent::{Agent, AgentResult, AgentSpec};
 pub use app::App;
 pub use broker::EmbeddedBroker;
 pub use cli::init_logging;
-pub use codec::Key;
-pub use error::{DecodeError, Error, Origin, Result};
+pub use codec::{AsKey, Json, Key};
+pub use error::{DecodeError, EncodeError, Error, Origin, Result};
 pub use record::Record;
 pub use stream::{Event, Stream};
 pub use table::{Table, TableSpec};
@@ -96,7 +97,7 @@ pub use streams_macros::topic;
 
 /// Everything an app needs: `use streams_core::prelude::*;`.
 pub mod prelude {
-    pub use crate::{agent, record, topic, App, Event, Key, Record, Result, Stream, Table, Topic};
+    pub use crate::{agent, record, topic, App, Event, Json, Key, Record, Result, Stream, Table, Topic};
 }
 
 /// What the macros' output calls. Not a public API: it changes without notice.

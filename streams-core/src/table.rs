@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::codec::{json, Key};
+use crate::codec::{json, AsKey, Key};
 use crate::worker::task;
 use crate::{Error, Result};
 
@@ -65,18 +65,51 @@ impl TableSpec {
     }
 }
 
-impl<K, V: Default> Table<K, V> {
+/// A value type a table can give missing keys by itself: any type with `Default`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has no `Default`: a table reads missing keys as a default value",
+    note = "derive or implement `Default` for `{Self}`, or declare the table with its default: \
+            `Table::with_default(\"name\", || ...)`"
+)]
+pub trait TableDefault: Sized {
+    /// The value of a missing key.
+    fn table_default() -> Self;
+}
+
+impl<T: Default> TableDefault for T {
+    fn table_default() -> Self {
+        T::default()
+    }
+}
+
+impl<K, V: TableDefault> Table<K, V> {
     /// A table whose missing keys read as `V::default()`.
     pub const fn new(name: &'static str) -> Self {
         Self {
             name,
-            default: V::default,
+            default: V::table_default,
             _key: PhantomData,
         }
     }
 }
 
 impl<K, V> Table<K, V> {
+    /// A table whose missing keys read as `default()` (for values without `Default`).
+    ///
+    /// ```
+    /// # use streams_core::prelude::*;
+    /// struct Range { low: f64, high: f64 }
+    /// const RANGES: Table<String, Range> = Table::with_default("ranges", || Range { low: f64::MAX, high: f64::MIN });
+    /// assert_eq!(RANGES.default().low, f64::MAX);
+    /// ```
+    pub const fn with_default(name: &'static str, default: fn() -> V) -> Self {
+        Self {
+            name,
+            default,
+            _key: PhantomData,
+        }
+    }
+
     /// Sets the value that missing keys read as.
     pub const fn default_value(mut self, default: fn() -> V) -> Self {
         self.default = default;
@@ -117,30 +150,38 @@ impl<K: Key, V: Serialize + DeserializeOwned + Send + 'static> Table<K, V> {
     fn encode(&self, value: &V) -> Result<Vec<u8>> {
         crate::codec::json::encode(value).map_err(|source| Error::Encode {
             what: format!("table `{}`", self.name),
+            source: source.into(),
+        })
+    }
+
+    fn key<'k, Q: AsKey<K> + ?Sized>(&self, key: &'k Q) -> Result<std::borrow::Cow<'k, [u8]>> {
+        key.as_key_bytes().map_err(|source| Error::Encode {
+            what: format!("a key of table `{}`", self.name),
             source,
         })
     }
 
-    /// The value for `key` in the current partition (the default when missing).
-    pub async fn get(&self, key: &K) -> Result<V> {
-        task::table_get(self.name, &key.key_bytes(), |bytes| self.decode(bytes)).await?
+    /// The value for `key` in the current partition (the default when missing). Takes the
+    /// key or a borrowed form of it (`&str` for `String` keys).
+    pub async fn get<Q: AsKey<K> + ?Sized>(&self, key: &Q) -> Result<V> {
+        task::table_get(self.name, &self.key(key)?, |bytes| self.decode(bytes)).await?
     }
 
     /// Sets `key` to `value`.
-    pub async fn set(&self, key: &K, value: V) -> Result<()> {
+    pub async fn set<Q: AsKey<K> + ?Sized>(&self, key: &Q, value: V) -> Result<()> {
         let bytes = self.encode(&value)?;
-        task::table_put(self.name, key.key_bytes().into_owned(), Some(bytes))
+        task::table_put(self.name, self.key(key)?.into_owned(), Some(bytes))
     }
 
     /// Removes `key` (a tombstone in the changelog); it reads as the default afterwards.
-    pub async fn delete(&self, key: &K) -> Result<()> {
-        task::table_put(self.name, key.key_bytes().into_owned(), None)
+    pub async fn delete<Q: AsKey<K> + ?Sized>(&self, key: &Q) -> Result<()> {
+        task::table_put(self.name, self.key(key)?.into_owned(), None)
     }
 
     /// Changes the value for `key` in place and returns the new value:
     /// `COUNTS.update(&user, |n| *n += 1).await?` is Faust's `counts[user] += 1`.
-    pub async fn update(&self, key: &K, change: impl FnOnce(&mut V)) -> Result<V> {
-        task::table_update(self.name, &key.key_bytes(), |slot| {
+    pub async fn update<Q: AsKey<K> + ?Sized>(&self, key: &Q, change: impl FnOnce(&mut V)) -> Result<V> {
+        task::table_update(self.name, &self.key(key)?, |slot| {
             let mut value = self.decode(slot.as_deref())?;
             change(&mut value);
             // Encoded after the old bytes and moved to the front: the buffer is reused, and
@@ -160,7 +201,7 @@ impl<K: Key, V: Serialize + DeserializeOwned + Send + 'static> Table<K, V> {
                     }
                     Err(Error::Encode {
                         what: format!("table `{}`", self.name),
-                        source,
+                        source: source.into(),
                     })
                 }
             }

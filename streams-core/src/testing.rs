@@ -58,7 +58,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use crate::agent::AgentSpec;
-use crate::codec::Key;
+use crate::codec::{AsKey, Key};
 use crate::message::Message;
 use crate::record::Record;
 use crate::store::{MemoryStore, StateStore};
@@ -639,12 +639,19 @@ impl TestDriver {
     }
 
     /// Appends a record to a topic, as a producer would (the partition follows the key).
-    pub fn pipe<K: Key, V: Record>(&mut self, topic: &Topic<K, V>, key: &K, value: &V) -> Result<(i32, i64)> {
-        let value = value.encode().map_err(|source| Error::Encode {
+    pub fn pipe<K: Key, V: Record, Q: AsKey<K> + ?Sized>(
+        &mut self,
+        topic: &Topic<K, V>,
+        key: &Q,
+        value: &V,
+    ) -> Result<(i32, i64)> {
+        let encode = |source| Error::Encode {
             what: format!("topic `{}`", topic.name()),
             source,
-        })?;
-        Ok(self.pipe_raw(topic.name(), key.encode_key().as_deref(), Some(&value)))
+        };
+        let key = key.as_key().map_err(encode)?;
+        let value = value.encode().map_err(|e| encode(e.into()))?;
+        Ok(self.pipe_raw(topic.name(), key.as_deref(), Some(&value)))
     }
 
     /// Appends raw bytes to a topic (for malformed input); returns partition and offset.
@@ -788,7 +795,11 @@ impl TestDriver {
     }
 
     /// A table's contents, all partitions merged (as of the last [`TestDriver::run`]).
+    ///
+    /// A table that no agent of the app uses is an error naming the app's agents (a table is
+    /// only ever filled by the agent that lists it).
     pub fn table<K: Key + Ord, V: DeserializeOwned>(&self, table: &Table<K, V>) -> Result<BTreeMap<K, V>> {
+        self.app.knows_table(table.name())?;
         let mut out = BTreeMap::new();
         let agents = self.app.agents();
         for task in &self.tasks {

@@ -2,10 +2,10 @@
 
 use std::marker::PhantomData;
 
-use crate::codec::Key;
+use crate::codec::{AsKey, Key};
 use crate::record::Record;
 use crate::worker::task;
-use crate::{Error, Result};
+use crate::{DecodeError, Error, Result};
 
 /// A Kafka topic whose records have keys of type `K` and values of type `V`.
 ///
@@ -55,7 +55,67 @@ pub struct TopicSpec {
     pub key_type: &'static str,
     /// Name of the value type.
     pub value_type: &'static str,
+    /// The topic's key and value types at work on bytes (for the command line).
+    pub codecs: TopicCodecs,
 }
+
+/// A topic's key and value types at work on bytes, without the types: checks what the
+/// command line sends, and shows what it reads.
+#[derive(Clone, Copy)]
+pub struct TopicCodecs {
+    check_key: fn(Option<&[u8]>) -> Result<(), DecodeError>,
+    check_value: fn(&[u8]) -> Result<(), DecodeError>,
+    parse_key: fn(&str) -> Result<Option<Vec<u8>>, String>,
+    show_key: fn(&[u8]) -> String,
+}
+
+impl TopicCodecs {
+    fn of<K: Key, V: Record>() -> Self {
+        Self {
+            check_key: K::check_key,
+            check_value: |bytes| V::decode(bytes).map(drop),
+            parse_key: |text| {
+                let key = K::parse_key(text).map_err(|e| e.to_string())?;
+                key.try_encode_key().map_err(|e| e.to_string())
+            },
+            show_key: K::display_key,
+        }
+    }
+
+    /// Whether `key` is a key of the topic's key type.
+    pub fn check_key(&self, key: Option<&[u8]>) -> Result<(), DecodeError> {
+        (self.check_key)(key)
+    }
+
+    /// Whether `value` is a value of the topic's value type.
+    pub fn check_value(&self, value: &[u8]) -> Result<(), DecodeError> {
+        (self.check_value)(value)
+    }
+
+    /// The key bytes of a key given as text (see [`Key::parse_key`]).
+    pub fn parse_key(&self, text: &str) -> Result<Option<Vec<u8>>, String> {
+        (self.parse_key)(text)
+    }
+
+    /// Key bytes as readable text.
+    pub fn show_key(&self, key: &[u8]) -> String {
+        (self.show_key)(key)
+    }
+}
+
+impl std::fmt::Debug for TopicCodecs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TopicCodecs")
+    }
+}
+
+/// Codecs follow from the types, which [`TopicSpec`] compares by name.
+impl PartialEq for TopicCodecs {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for TopicCodecs {}
 
 impl<K, V> Topic<K, V> {
     /// A topic with this name; the partition count is taken from the cluster (or the app's
@@ -85,7 +145,9 @@ impl<K, V> Topic<K, V> {
     pub const fn name(&self) -> &'static str {
         self.name
     }
+}
 
+impl<K: Key, V: Record> Topic<K, V> {
     /// The untyped description the runtime works with.
     pub fn spec(&self) -> TopicSpec {
         TopicSpec {
@@ -94,22 +156,25 @@ impl<K, V> Topic<K, V> {
             internal: self.internal,
             key_type: std::any::type_name::<K>(),
             value_type: std::any::type_name::<V>(),
+            codecs: TopicCodecs::of::<K, V>(),
         }
     }
-}
 
-impl<K: Key, V: Record> Topic<K, V> {
     /// Sends a record from inside an agent. The record is handed to the producer and this
     /// returns without waiting for the broker; the worker makes sure every send is
     /// acknowledged before it commits the input that caused it.
     ///
     /// The partition follows from the key (murmur2, as Kafka's Java clients do), so the
     /// same key always lands in the same partition.
-    pub async fn send(&self, key: &K, value: &V) -> Result<()> {
-        let value = value.encode().map_err(|source| Error::Encode {
+    ///
+    /// The key may be a borrowed form of `K` (`&str` for `String` keys).
+    pub async fn send<Q: AsKey<K> + ?Sized>(&self, key: &Q, value: &V) -> Result<()> {
+        let encode = |source| Error::Encode {
             what: format!("topic `{}`", self.name),
             source,
-        })?;
-        task::send_from_agent(self.name, key.encode_key(), value).await
+        };
+        let key = key.as_key().map_err(encode)?;
+        let value = value.encode().map_err(|e| encode(e.into()))?;
+        task::send_from_agent(self.name, key, value).await
     }
 }

@@ -116,8 +116,32 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
         );
     }
     if !errors.is_empty() {
+        // An agent function the app can still register (so that `App::agent(name)` adds no
+        // error of its own), with the user's function inside when its signature is right (so
+        // that its body is still checked and IDEs keep working).
+        let signature_ok = sig.asyncness.is_some()
+            && sig.generics.params.is_empty()
+            && sig.inputs.len() == 1
+            && matches!(sig.inputs.first(), Some(FnArg::Typed(_)));
+        let body = signature_ok.then(|| {
+            let mut inner = function.clone();
+            inner.sig.ident = format_ident!("__streams_agent_{}", sig.ident);
+            inner.vis = syn::Visibility::Inherited;
+            quote! {
+                #[allow(dead_code, unused)]
+                #inner
+            }
+        });
+        let vis = &function.vis;
+        let name = &sig.ident;
         let errors = errors.into_compile_errors();
-        return quote! { #function #errors };
+        return quote! {
+            #vis fn #name() -> ::streams_core::__private::AgentSpec {
+                #body
+                ::core::unreachable!("this agent has compile errors")
+            }
+            #errors
+        };
     }
     let Some(stream) = stream else {
         return item;

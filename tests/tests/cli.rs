@@ -133,17 +133,26 @@ fn send_worker_sigterm_and_table() {
         worker.seen.join("\n")
     );
 
+    assert_eq!(printed_table(data), expected);
+}
+
+/// The `table major-count` command's output, as counts.
+fn printed_table(data: &str) -> BTreeMap<String, i64> {
     let mut table = Child::spawn(&hit_counter(), &["table", "major-count", "--data-dir", data]);
-    assert_eq!(table.wait(Duration::from_secs(30)), Some(0));
-    let printed: BTreeMap<String, i64> = table
+    assert_eq!(
+        table.wait(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        table.seen.join("\n")
+    );
+    table
         .seen
         .iter()
         .filter_map(|line| {
             let (key, value) = line.split_once('\t')?;
             Some((key.to_string(), value.parse().ok()?))
         })
-        .collect();
-    assert_eq!(printed, expected);
+        .collect()
 }
 
 #[test]
@@ -371,4 +380,201 @@ fn sigterm_mid_stream_commits_exactly_what_was_processed() {
         table, counted,
         "the table reflects exactly the committed count_topic records"
     );
+}
+
+/// The README's by-hand sequence, twice in a row: `broker`, the producer, a worker with
+/// `--idle-exit`, and again. The second worker is assigned its partitions within seconds
+/// (it knows it is on the embedded broker and uses short sessions), and says what it waits
+/// for meanwhile.
+#[test]
+fn the_by_hand_sequence_runs_twice_without_long_waits() {
+    let port = free_port().to_string();
+    let address = format!("127.0.0.1:{port}");
+    let mut broker = Child::spawn(&hit_counter(), &["broker", "--port", &port, "--partitions", "4"]);
+    broker.wait_for_line("embedded broker listening", Duration::from_secs(30));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf8");
+    for round in 0..2 {
+        let seed = (round + 1).to_string();
+        let mut producer = Child::spawn(
+            &example_binary("hit_producer"),
+            &["--broker", &address, "--count", "2000", "--seed", &seed],
+        );
+        assert_eq!(
+            producer.wait(Duration::from_secs(60)),
+            Some(0),
+            "{}",
+            producer.seen.join("\n")
+        );
+        let started = std::time::Instant::now();
+        let mut worker = Child::spawn(
+            &hit_counter(),
+            &[
+                "worker",
+                "-l",
+                "info",
+                "--broker",
+                &address,
+                "--data-dir",
+                data,
+                "--idle-exit",
+                "3",
+            ],
+        );
+        worker.wait_for_line("sessions of 6000 ms", Duration::from_secs(30));
+        worker.wait_for_line("assigned hit_count[", Duration::from_secs(60));
+        let to_assignment = started.elapsed();
+        assert_eq!(
+            worker.wait(Duration::from_secs(120)),
+            Some(0),
+            "{}",
+            worker.seen.join("\n")
+        );
+        println!("run {}: assigned after {to_assignment:?}", round + 1);
+        assert!(
+            to_assignment < Duration::from_secs(15),
+            "run {}: {to_assignment:?} to assignment\n{}",
+            round + 1,
+            worker.seen.join("\n")
+        );
+        if round == 1 && to_assignment > Duration::from_secs(5) {
+            assert!(
+                worker
+                    .seen
+                    .iter()
+                    .any(|l| l.contains("waiting for group `hit_counter` to assign partitions")),
+                "a worker that waits says so\n{}",
+                worker.seen.join("\n")
+            );
+        }
+        assert!(
+            worker.seen.iter().all(|l| !l.contains('\u{1b}')),
+            "no colour codes when stderr is not a terminal"
+        );
+    }
+    let mut expected = seed::expected_counts(&seed::hits(1, 2000));
+    for (user, n) in seed::expected_counts(&seed::hits(2, 2000)) {
+        *expected.entry(user).or_default() += n;
+    }
+    assert_eq!(printed_table(data), expected);
+    broker.terminate();
+    assert_eq!(broker.wait(Duration::from_secs(30)), Some(0));
+    let output = broker.seen.join("\n");
+    assert!(
+        output.contains("created topics (partitions): hit_count (4)"),
+        "{output}"
+    );
+    assert!(
+        output.contains("connect to the cluster's own address 127.0.0.1:"),
+        "{output}"
+    );
+    assert!(
+        output.contains(&format!("embedded broker on {address} stopped")),
+        "{output}"
+    );
+}
+
+/// `send` checks the key and value against the topic's types when the app declares the
+/// topic, refuses what does not decode (saying why), and sends anything with `--raw`.
+#[test]
+fn send_checks_values_against_the_topic_type() {
+    let broker = broker();
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let run = |args: &[&str]| {
+        let mut all = vec!["send"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--broker", &bootstrap]);
+        let mut child = Child::spawn(&hit_counter(), &all);
+        let code = child.wait(Duration::from_secs(30));
+        (code, child.seen.join("\n"))
+    };
+    let (code, output) = run(&["hit_count", "{\"hits\": 3}"]);
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("the value is not a"), "{output}");
+    assert!(output.contains("missing field `timestamp`"), "{output}");
+    assert!(output.contains("--raw"), "{output}");
+    let (code, output) = run(&["hit_count", "not json at all"]);
+    assert_eq!(code, Some(1), "{output}");
+    let (code, output) = run(&["hit_count", "not json at all", "--raw"]);
+    assert_eq!(code, Some(0), "{output}");
+    // count_topic has String keys: a record without one is refused.
+    let hit = r#"{"hits": 30, "timestamp": 1.0, "userId": "ann"}"#;
+    let (code, output) = run(&["count_topic", hit]);
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("a key of type"), "{output}");
+    let (code, output) = run(&["count_topic", hit, "--key", "ann"]);
+    assert_eq!(code, Some(0), "{output}");
+    // A topic the app does not declare is sent as it is.
+    let (code, output) = run(&["elsewhere", "anything", "--key", "k"]);
+    assert_eq!(code, Some(0), "{output}");
+}
+
+/// `tail` prints a topic's records decoded with the app's types, and a dead-letter topic's
+/// records with their headers.
+#[test]
+fn tail_prints_records_and_dead_letters() {
+    let broker = broker();
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let mut records = unkeyed(&seed::hits(3, 20));
+    records.push((Some("bad".into()), b"{\"hits\": ".to_vec()));
+    produce(&bootstrap, "hit_count", &records);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf8");
+    let mut worker = Child::spawn(
+        &hit_counter(),
+        &["worker", "--broker", &bootstrap, "--data-dir", data, "--idle-exit", "2"],
+    );
+    assert_eq!(
+        worker.wait(Duration::from_secs(90)),
+        Some(0),
+        "{}",
+        worker.seen.join("\n")
+    );
+    let tail = |topic: &str| {
+        let mut child = Child::spawn(
+            &hit_counter(),
+            &[
+                "tail",
+                topic,
+                "--from-beginning",
+                "--exit-at-end",
+                "--broker",
+                &bootstrap,
+            ],
+        );
+        assert_eq!(
+            child.wait(Duration::from_secs(30)),
+            Some(0),
+            "{}",
+            child.seen.join("\n")
+        );
+        child.seen.join("\n")
+    };
+    let input = tail("hit_count");
+    assert_eq!(input.matches("hit_count[").count(), 21, "{input}");
+    assert!(input.contains("key=- value={\"hits\":"), "{input}");
+    assert!(
+        input.contains("key=bad value={\"hits\":  (not a value of the topic's type"),
+        "{input}"
+    );
+    let dead = tail("hit_counter-find_major_hits-dlq");
+    assert!(dead.contains("key=bad"), "{dead}");
+    assert!(dead.contains("streams.dlq.error = invalid JSON"), "{dead}");
+    let limited = {
+        let mut child = Child::spawn(
+            &hit_counter(),
+            &[
+                "tail",
+                "hit_count",
+                "--from-beginning",
+                "--limit",
+                "5",
+                "--broker",
+                &bootstrap,
+            ],
+        );
+        assert_eq!(child.wait(Duration::from_secs(30)), Some(0));
+        child.seen.join("\n")
+    };
+    assert_eq!(limited.matches("hit_count[").count(), 5, "{limited}");
 }

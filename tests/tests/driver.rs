@@ -350,3 +350,105 @@ async fn reads_past_the_cache_budget_commit_waiting_changes_early() {
         "the change waited in the cache until offset {committed_at}"
     );
 }
+
+#[record]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Place {
+    country: String,
+    city: String,
+}
+
+const VISITS: Topic<String, Place> = Topic::new("visits").partitions(2);
+const BY_CITY: Topic<Json<Place>, String> = Topic::new("visits-by-city").partitions(2).internal();
+const PER_CITY: Table<Json<Place>, i64> = Table::new("visits-per-city");
+const PER_COUNTRY_AND_USER: Table<(String, String), i64> = Table::new("visits-per-country-and-user");
+const BY_COUNTRY: Topic<(String, String), String> = Topic::new("visits-by-country").partitions(2).internal();
+
+/// Re-keys visits by place (a JSON key) and by (country, user) (a tuple key); borrowed
+/// `&str` keys where the key is a `String`.
+#[agent(topic = VISITS, sends = [BY_CITY, BY_COUNTRY])]
+async fn route_visits(mut visits: Stream<String, Place>) -> Result<()> {
+    while let Some(event) = visits.next_event().await {
+        let user: &str = &event.key;
+        BY_CITY.send(&Json(event.value.clone()), &user.to_string()).await?;
+        BY_COUNTRY
+            .send(&(event.value.country.clone(), user.to_string()), &event.value.city)
+            .await?;
+    }
+    Ok(())
+}
+
+#[agent(topic = BY_CITY, tables = [PER_CITY])]
+async fn count_cities(mut visits: Stream<Json<Place>, String>) -> Result<()> {
+    while let Some(event) = visits.next_event().await {
+        PER_CITY.update(&event.key, |n| *n += 1).await?;
+    }
+    Ok(())
+}
+
+#[agent(topic = BY_COUNTRY, tables = [PER_COUNTRY_AND_USER])]
+async fn count_countries(mut visits: Stream<(String, String), String>) -> Result<()> {
+    while let Some(event) = visits.next_event().await {
+        PER_COUNTRY_AND_USER.update(&event.key, |n| *n += 1).await?;
+    }
+    Ok(())
+}
+
+/// Composite keys: a `#[record]` type as a JSON key and a tuple key, through internal
+/// topics and tables; `&str` where a `String` key is expected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn composite_and_borrowed_keys() {
+    let app = App::new("visits")
+        .agent(route_visits)
+        .agent(count_cities)
+        .agent(count_countries);
+    let mut driver = TestDriver::new(app).expect("driver");
+    let place = |country: &str, city: &str| Place {
+        country: country.into(),
+        city: city.into(),
+    };
+    for (user, visit) in [
+        ("ann", place("fr", "Lyon")),
+        ("bob", place("fr", "Lyon")),
+        ("ann", place("fr", "Paris")),
+        ("ann", place("it", "Rome")),
+    ] {
+        driver.pipe(&VISITS, user, &visit).expect("pipe a &str key");
+    }
+    driver.run().await.expect("run");
+    let cities = driver.table(&PER_CITY).expect("table");
+    assert_eq!(cities[&Json(place("fr", "Lyon"))], 2);
+    assert_eq!(cities[&Json(place("it", "Rome"))], 1);
+    let countries = driver.table(&PER_COUNTRY_AND_USER).expect("table");
+    assert_eq!(countries[&("fr".to_string(), "ann".to_string())], 2);
+    assert_eq!(countries[&("fr".to_string(), "bob".to_string())], 1);
+    assert_eq!(countries.len(), 3);
+    // The same key always lands in the same partition: the table agrees with the topic.
+    let raw = driver.raw_records("visits-by-city");
+    let lyon: std::collections::BTreeSet<i32> = raw
+        .iter()
+        .filter(|r| r.key.as_deref() == Some(br#"{"country":"fr","city":"Lyon"}"#.as_slice()))
+        .map(|r| r.partition)
+        .collect();
+    assert_eq!(lyon.len(), 1);
+}
+
+/// A table no agent of the app uses, and an internal topic no agent reads, are refused
+/// with a message naming them (they stay empty otherwise, silently).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_and_internal_topics_nobody_uses_are_refused() {
+    let driver = TestDriver::new(App::new("visits").agent(route_visits).agent(count_cities))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        driver.contains("internal topic `visits-by-country` is sent to by `route_visits` but no agent"),
+        "{driver}"
+    );
+    let driver = TestDriver::new(App::new("ping").agent(describe)).expect("driver");
+    let error = driver.table(&PER_CITY).expect_err("not a table of the app").to_string();
+    assert!(
+        error.contains("table `visits-per-city` is not used by any agent of app `ping` (agents: describe)"),
+        "{error}"
+    );
+}

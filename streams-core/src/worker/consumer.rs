@@ -30,6 +30,8 @@ use crate::worker::restore::{self, RestoreJob, RestoreProgress, Restorer};
 use crate::worker::task::{self, Sink, TableState, TaskContext};
 use crate::{Error, Result};
 
+/// How often a worker waiting for its group says so.
+const WAITING_LOG_EVERY: Duration = Duration::from_secs(4);
 /// Batches buffered per partition between the poll thread and the agent.
 const QUEUE: usize = 2;
 /// Records the poll thread takes from librdkafka before handing them over.
@@ -73,6 +75,11 @@ pub(crate) struct Shared {
     running: Mutex<HashMap<String, HashMap<i32, Running>>>,
     /// Polled records not yet handed over, one batch per (topic, partition), in order.
     pending: Mutex<Vec<(String, i32, Vec<Message>)>>,
+    /// Since when the worker waits for the group to give it partitions (from its start, and
+    /// from each revoke until the next assignment).
+    waiting: Mutex<Option<std::time::Instant>>,
+    /// Whether the broker is the embedded broker (its joins are slow, see `worker/mod.rs`).
+    pub on_embedded: bool,
 }
 
 impl Shared {
@@ -88,6 +95,7 @@ impl Shared {
         restorer: Restorer,
         commit_interval: Duration,
         table_cache_bytes: usize,
+        on_embedded: bool,
     ) -> Result<Self> {
         let restores = restore::spawn(restorer, Arc::clone(&metrics))?;
         Ok(Self {
@@ -103,7 +111,18 @@ impl Shared {
             table_cache_bytes,
             running: Mutex::new(HashMap::new()),
             pending: Mutex::new(Vec::new()),
+            waiting: Mutex::new(Some(std::time::Instant::now())),
+            on_embedded,
         })
+    }
+
+    fn set_waiting(&self, waiting: bool) {
+        let mut since = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        *since = waiting.then(|| since.unwrap_or_else(std::time::Instant::now));
+    }
+
+    fn waiting_since(&self) -> Option<std::time::Instant> {
+        *self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<i32, Running>>> {
@@ -483,6 +502,7 @@ impl ConsumerContext for WorkerContext {
         self.shared.hand_over();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.shared.set_waiting(false);
                 self.shared.metrics.set_member_id(member_id(consumer));
                 self.shared.metrics.assignments.fetch_add(1, Ordering::Relaxed);
                 let restoring = match self.shared.assign(consumer, list) {
@@ -507,6 +527,7 @@ impl ConsumerContext for WorkerContext {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.shared.set_waiting(true);
                 let partitions: Vec<(String, i32)> = list
                     .elements()
                     .iter()
@@ -563,7 +584,23 @@ pub(crate) fn poll_loop(
     let mut quiet_since = std::time::Instant::now();
     let mut last_error = std::time::Instant::now() - Duration::from_secs(60);
     let mut membership_read = std::time::Instant::now();
+    let mut waiting_logged = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) && !shared.metrics.failed() {
+        if let Some(since) = shared.waiting_since() {
+            if waiting_logged.elapsed() >= WAITING_LOG_EVERY {
+                waiting_logged = std::time::Instant::now();
+                let hint = if shared.on_embedded {
+                    "; the embedded broker completes a join up to session.timeout.ms - 1 s after the previous member left"
+                } else {
+                    "; the coordinator waits for every member to rejoin, up to their max.poll.interval.ms"
+                };
+                tracing::info!(
+                    "waiting for group `{}` to assign partitions ({}s so far){hint}",
+                    shared.app_id,
+                    since.elapsed().as_secs()
+                );
+            }
+        }
         // The member id as librdkafka has it now (it forgets it when it leaves the group).
         if membership_read.elapsed() >= Duration::from_millis(500) {
             membership_read = std::time::Instant::now();

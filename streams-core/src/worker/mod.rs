@@ -157,6 +157,9 @@ impl WorkerHandle {
     }
 }
 
+/// `session.timeout.ms` of workers on the embedded broker (unless set otherwise).
+const EMBEDDED_SESSION_MS: u64 = 6000;
+
 /// Starts workers.
 pub struct Worker;
 
@@ -217,13 +220,14 @@ impl Worker {
         let config = broker::client_config(&bootstrap, &options.client_config);
         stopping()?;
 
-        let existing = {
+        let cluster = {
             let (config, stop) = (config.clone(), Arc::clone(&stop));
-            tokio::task::spawn_blocking(move || broker::wait_for_cluster(&config, &|| stop.load(Ordering::Relaxed)))
+            tokio::task::spawn_blocking(move || broker::describe_cluster(&config, &|| stop.load(Ordering::Relaxed)))
                 .await
                 .map_err(|e| Error::Config(format!("startup failed: {e}")))??
         };
-        let plan = app.plan(&existing)?;
+        let on_embedded = embedded.is_some() || cluster.is_embedded();
+        let plan = app.plan(&cluster.topics)?;
         stopping()?;
         broker::create_topics(&plan, &config, embedded.as_ref()).await?;
         let names: Vec<String> = plan.iter().map(|t| t.name.clone()).collect();
@@ -249,6 +253,7 @@ impl Worker {
             Restorer::new(&config)?,
             app.commit_interval_value(),
             app.table_cache_bytes_value(),
+            on_embedded,
         )?);
         let mut consumer_config = config.clone();
         consumer_config
@@ -261,6 +266,28 @@ impl Worker {
             // Records wait in at most two batches per partition on our side; librdkafka's
             // prefetch needs no more than this to keep partitions busy.
             .set("queued.max.messages.kbytes", "32768");
+        if on_embedded {
+            // The mock cluster completes a join only `session.timeout.ms - 1s` after the
+            // previous member left (45 s by default): short sessions make restarts quick.
+            let chosen = |key: &str| {
+                options
+                    .consumer_config
+                    .iter()
+                    .chain(&options.client_config)
+                    .any(|(k, _)| k == key)
+            };
+            if !chosen("session.timeout.ms") {
+                consumer_config.set("session.timeout.ms", EMBEDDED_SESSION_MS.to_string());
+            }
+            if !chosen("heartbeat.interval.ms") {
+                consumer_config.set("heartbeat.interval.ms", "500");
+            }
+            tracing::info!(
+                "the broker is the embedded broker (librdkafka's mock cluster): sessions of {} ms, so that \
+                 the group forms in seconds",
+                consumer_config.get("session.timeout.ms").unwrap_or_default()
+            );
+        }
         for (key, value) in &options.consumer_config {
             consumer_config.set(key, value);
         }

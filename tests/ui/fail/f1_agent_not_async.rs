@@ -13,4 +13,7 @@ fn count(hits: Stream<(), Hit>) {
     let _ = hits;
 }
 
-fn main() {}
+fn main() {
+    // Registered: the macro's errors are the only ones (no follow-on error here).
+    let _ = App::new("app").agent(count);
+}

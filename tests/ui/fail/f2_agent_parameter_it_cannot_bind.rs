@@ -16,4 +16,7 @@ async fn count(hits: Stream<(), Hit>, limit: usize) {
 #[agent(topic = HITS)]
 async fn nothing() {}
 
-fn main() {}
+fn main() {
+    // Registered: the macro's errors are the only ones (no follow-on error here).
+    let _ = App::new("app").agent(count).agent(nothing);
+}

@@ -18,4 +18,7 @@ async fn twice(hits: Stream<(), Hit>) {
     let _ = hits;
 }
 
-fn main() {}
+fn main() {
+    // Registered: the macro's errors are the only ones (no follow-on error here).
+    let _ = App::new("app").agent(misspelt).agent(twice);
+}

@@ -11,4 +11,7 @@ async fn nowhere(hits: Stream<(), Hit>) {
     let _ = hits;
 }
 
-fn main() {}
+fn main() {
+    // Registered: the macro's errors are the only ones (no follow-on error here).
+    let _ = App::new("app").agent(nowhere);
+}
