@@ -14,6 +14,14 @@ use rdkafka::{Offset, TopicPartitionList};
 #[path = "../examples/hit_counter.rs"]
 pub mod hit_counter;
 
+/// The seed app as a DSL pipeline, compiled from the example itself.
+#[path = "../examples/hit_counter_dsl.rs"]
+pub mod hit_counter_dsl;
+
+/// Word count, compiled from the example itself.
+#[path = "../examples/word_count.rs"]
+pub mod word_count;
+
 /// Worker options for the embedded broker (workers give themselves short sessions there).
 pub fn worker_options(dir: &std::path::Path, broker: &streams_core::EmbeddedBroker) -> streams_core::WorkerOptions {
     streams_core::WorkerOptions::new(dir).embedded(broker)

@@ -7,11 +7,12 @@
 
 use std::fmt::Display;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::codec::ValueCodec;
 use crate::stream::{RawStream, StreamParam};
 use crate::table::TableSpec;
+use crate::task::run::{RunFn, TaskKind, TaskSpec};
 use crate::topic::{Topic, TopicSpec};
 
 /// Everything the runtime knows of an agent: its name, its source topic, the topics it
@@ -29,9 +30,6 @@ pub struct AgentSpec {
     pub(crate) run: RunFn,
 }
 
-pub(crate) type AgentFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
-pub(crate) type RunFn = Arc<dyn Fn(RawStream) -> AgentFuture + Send + Sync>;
-
 impl std::fmt::Debug for AgentSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentSpec")
@@ -46,26 +44,27 @@ impl std::fmt::Debug for AgentSpec {
 impl AgentSpec {
     /// Builds the spec of an agent whose function takes the stream `S`. Called by the code
     /// `#[agent]` generates.
-    pub fn new<S, F, Fut>(
+    pub fn new<S, V: 'static, F, Fut>(
         name: &'static str,
-        source: TopicSpec,
+        source: Source<V>,
         sends: Vec<TopicSpec>,
         tables: Vec<TableSpec>,
         function: F,
     ) -> Self
     where
-        S: StreamParam,
+        S: StreamParam<Value = V>,
         F: Fn(S) -> Fut + Send + Sync + 'static,
         Fut: Future + Send + 'static,
         Fut::Output: AgentResult,
     {
+        let values = source.values;
         let run: RunFn = Arc::new(move |raw: RawStream| {
-            let fut = function(S::from_raw(raw));
+            let fut = function(S::from_raw(raw, values));
             Box::pin(async move { fut.await.into_agent_result() })
         });
         Self {
             name,
-            source,
+            source: source.spec,
             sends,
             tables,
             run,
@@ -75,6 +74,19 @@ impl AgentSpec {
     /// The dead-letter topic of this agent in the app `app_id`: `{app}-{agent}-dlq`.
     pub fn dead_letter_topic(&self, app_id: &str) -> String {
         format!("{app_id}-{}-dlq", self.name)
+    }
+
+    /// What the runtime runs for this agent in the app `app_id`.
+    pub fn task(&self, app_id: &str) -> TaskSpec {
+        TaskSpec {
+            name: self.name.to_string(),
+            kind: TaskKind::Agent,
+            sources: vec![self.source.clone()],
+            sends: self.sends.clone(),
+            tables: self.tables.clone(),
+            dead_letter_topic: self.dead_letter_topic(app_id),
+            run: Arc::clone(&self.run),
+        }
     }
 }
 
@@ -118,10 +130,19 @@ impl<E: Display> AgentResult for Result<(), E> {
     }
 }
 
+/// An agent's source topic, with how its values are decoded.
+pub struct Source<V> {
+    spec: TopicSpec,
+    values: ValueCodec<V>,
+}
+
 /// The source topic of an agent whose stream is `S`: the stream's key and value types must
 /// be the topic's. Called by the code `#[agent]` generates.
-pub fn source_of<S: StreamParam>(topic: &Topic<S::Key, S::Value>) -> TopicSpec {
-    topic.spec()
+pub fn source_of<S: StreamParam>(topic: &Topic<S::Key, S::Value>) -> Source<S::Value> {
+    Source {
+        spec: topic.spec(),
+        values: topic.value_codec(),
+    }
 }
 
 /// A table used by an agent whose stream is `S`: the table's key type must be the stream's
@@ -145,7 +166,7 @@ pub trait TableOf<K> {
     fn table_spec(&self) -> TableSpec;
 }
 
-impl<K, V> TableOf<K> for crate::table::Table<K, V> {
+impl<K: crate::codec::Key, V> TableOf<K> for crate::table::Table<K, V> {
     fn table_spec(&self) -> TableSpec {
         self.spec()
     }

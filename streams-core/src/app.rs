@@ -2,12 +2,13 @@
 //! and settings. `App::main` gives it Faust's command line.
 
 use std::collections::HashMap;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::agent::{Agent, AgentSpec};
-use crate::broker::PlannedTopic;
+use crate::dsl::{Pipeline, StreamsBuilder};
+use crate::spec::PlannedTopic;
 use crate::table::TableSpec;
+use crate::task::run::{TaskKind, TaskSpec};
 use crate::topic::TopicSpec;
 use crate::{Error, Result};
 
@@ -35,6 +36,7 @@ use crate::{Error, Result};
 pub struct App {
     id: String,
     agents: Vec<AgentSpec>,
+    pipelines: Vec<Pipeline>,
     topic_partitions: i32,
     commit_interval: Duration,
     table_cache_bytes: usize,
@@ -47,6 +49,7 @@ impl App {
         Self {
             id: id.into(),
             agents: Vec::new(),
+            pipelines: Vec::new(),
             topic_partitions: 8,
             commit_interval: Duration::from_secs(1),
             table_cache_bytes: 1 << 20,
@@ -57,6 +60,33 @@ impl App {
     pub fn agent(mut self, agent: impl Agent) -> Self {
         self.agents.push(agent.spec());
         self
+    }
+
+    /// Adds a pipeline built with the DSL: `build` gets a [`StreamsBuilder`] and chains
+    /// streams and tables on it. The name names the pipeline's tasks (`{name}/{source}`) and
+    /// its dead-letter topic (`{app}-{name}-dlq`).
+    ///
+    /// ```
+    /// use streams_core::prelude::*;
+    ///
+    /// const LINES: Topic<(), String> = Topic::new("text-lines").utf8_values();
+    /// const LONG: Topic<(), String> = Topic::new("long-lines").utf8_values();
+    ///
+    /// let app = App::new("lines").pipeline("long", |builder| {
+    ///     builder.stream(LINES).filter(|_, line| line.len() > 80).to(LONG);
+    /// });
+    /// assert_eq!(app.tasks()[0].name, "long/text-lines");
+    /// ```
+    pub fn pipeline(mut self, name: &str, build: impl FnOnce(&StreamsBuilder)) -> Self {
+        let builder = StreamsBuilder::new(&self.id, name);
+        build(&builder);
+        self.pipelines.push(builder.build());
+        self
+    }
+
+    /// The app's pipelines.
+    pub fn pipelines(&self) -> &[Pipeline] {
+        &self.pipelines
     }
 
     /// Partition count of topics the app creates without a declared count (default 8, as in Faust).
@@ -104,185 +134,243 @@ impl App {
         &self.agents
     }
 
-    /// Every topic the app declares (sources and the topics agents send to), each once.
-    pub fn topics(&self) -> Vec<&TopicSpec> {
-        let mut topics: Vec<&TopicSpec> = Vec::new();
-        for topic in self
-            .agents
-            .iter()
-            .flat_map(|a| std::iter::once(&a.source).chain(a.sends.iter()))
-        {
-            if !topics.iter().any(|t| t.name == topic.name) {
-                topics.push(topic);
+    /// What the runtime runs: one task per agent and per sub-topology of each pipeline.
+    pub fn tasks(&self) -> Vec<TaskSpec> {
+        let agents = self.agents.iter().map(|agent| agent.task(&self.id));
+        let pipelines = self.pipelines.iter().flat_map(|p| p.tasks.iter().cloned());
+        agents.chain(pipelines).collect()
+    }
+
+    /// Every topic the app declares (sources and the topics its tasks send to), each once.
+    pub fn topics(&self) -> Vec<TopicSpec> {
+        let mut topics: Vec<TopicSpec> = Vec::new();
+        for task in self.tasks() {
+            for topic in task.sources.into_iter().chain(task.sends) {
+                if !topics.iter().any(|t| t.name == topic.name) {
+                    topics.push(topic);
+                }
             }
         }
         topics
     }
 
-    /// Every table with the agent that updates it.
-    pub fn tables(&self) -> impl Iterator<Item = (&TableSpec, &AgentSpec)> {
-        self.agents.iter().flat_map(|a| a.tables.iter().map(move |t| (t, a)))
+    /// Every table with the name of the task that keeps it.
+    pub fn tables(&self) -> Vec<(TableSpec, String)> {
+        self.tasks()
+            .into_iter()
+            .flat_map(|task| {
+                let name = task.name;
+                task.tables.into_iter().map(move |table| (table, name.clone()))
+            })
+            .collect()
     }
 
     /// Checks that the declarations fit together.
     pub fn validate(&self) -> Result<()> {
-        if self.agents.is_empty() {
-            return Err(Error::Config(format!(
-                "app `{}` has no agents; add them with App::agent",
-                self.id
-            )));
+        if let Some(error) = self.pipelines.iter().flat_map(|p| p.errors.iter()).next() {
+            return Err(Error::Config(error.clone()));
         }
-        let mut by_source: HashMap<&str, &str> = HashMap::new();
-        let mut by_table: HashMap<&str, &str> = HashMap::new();
-        let mut names: HashMap<&str, ()> = HashMap::new();
-        for agent in &self.agents {
-            if names.insert(agent.name, ()).is_some() {
-                return Err(Error::Config(format!("agent `{}` is added twice", agent.name)));
-            }
-            if let Some(other) = by_source.insert(agent.source.name, agent.name) {
-                return Err(Error::Config(format!(
-                    "agents `{other}` and `{}` both read topic `{}`; one agent per topic is supported",
-                    agent.name, agent.source.name
-                )));
-            }
-            for table in &agent.tables {
-                if let Some(other) = by_table.insert(table.name, agent.name) {
-                    if other != agent.name {
-                        return Err(Error::Config(format!(
-                            "agents `{other}` and `{}` both use table `{}`; a table is updated by one agent",
-                            agent.name, table.name
-                        )));
-                    }
-                }
-            }
-        }
-        // An internal topic is the app's own intermediate data: something of the app must
-        // read it (usually an agent that was written but not added).
-        for agent in &self.agents {
-            for topic in agent.sends.iter().filter(|t| t.internal) {
-                if !by_source.contains_key(topic.name) {
-                    let senders: Vec<String> = self
-                        .agents
-                        .iter()
-                        .filter(|a| a.sends.iter().any(|t| t.name == topic.name))
-                        .map(|a| format!("`{}`", a.name))
-                        .collect();
-                    return Err(Error::Config(format!(
-                        "internal topic `{}` is sent to by {} but no agent of app `{}` reads it; \
-                         add the agent that reads it with App::agent (or drop `.internal()` if \
-                         other apps read the topic)",
-                        topic.name,
-                        senders.join(" and "),
-                        self.id
-                    )));
-                }
-            }
-        }
-        Ok(())
+        validate(&self.id, &self.tasks())
     }
 
-    /// Checks that `table` is used by one of the app's agents (naming them when it is not).
+    /// Checks that `table` is kept by one of the app's tasks (naming them when it is not).
     pub(crate) fn knows_table(&self, table: &str) -> Result<()> {
-        if self.tables().any(|(t, _)| t.name == table) {
+        let tasks = self.tasks();
+        if tasks.iter().any(|t| t.tables.iter().any(|s| s.name == table)) {
             return Ok(());
         }
-        let agents: Vec<&str> = self.agents.iter().map(|a| a.name).collect();
+        let names: Vec<&str> = tasks.iter().map(|a| a.name.as_str()).collect();
         Err(Error::Config(format!(
             "table `{table}` is not used by any agent of app `{}` (agents: {}); list it in the \
              `tables = [..]` of the agent that updates it, and add that agent with App::agent",
             self.id,
-            agents.join(", ")
+            names.join(", ")
         )))
     }
 
     /// The topics the app needs, given the partition counts of the topics that exist.
-    /// Fails when a topic exists with another partition count than declared, or when a
-    /// changelog's partition count differs from its table's source topic.
+    /// Fails when a topic exists with another partition count than declared, when the
+    /// sources of one task have different partition counts, or when a changelog's partition
+    /// count differs from its task's.
     pub fn plan(&self, existing: &HashMap<String, i32>) -> Result<Vec<PlannedTopic>> {
         self.validate()?;
-        let mut plan: Vec<PlannedTopic> = Vec::new();
-        let add = |plan: &mut Vec<PlannedTopic>, name: String, partitions: i32, compacted: bool| {
-            if !plan.iter().any(|t| t.name == name) {
-                let exists = existing.contains_key(&name);
-                plan.push(PlannedTopic {
-                    name,
-                    partitions,
-                    compacted,
-                    exists,
-                });
+        let tasks = self.tasks();
+        plan(&self.id, &tasks, existing, self.topic_partitions)
+    }
+}
+
+fn kind(task: &TaskSpec) -> &'static str {
+    match task.kind {
+        TaskKind::Agent => "agent",
+        TaskKind::Pipeline => "pipeline",
+    }
+}
+
+fn validate(id: &str, tasks: &[TaskSpec]) -> Result<()> {
+    if tasks.is_empty() {
+        return Err(Error::Config(format!(
+            "app `{id}` has no agents or pipelines; add them with App::agent or App::pipeline"
+        )));
+    }
+    let mut names: HashMap<&str, ()> = HashMap::new();
+    let mut by_source: HashMap<&str, &TaskSpec> = HashMap::new();
+    let mut by_table: HashMap<&str, &TaskSpec> = HashMap::new();
+    for task in tasks {
+        if names.insert(task.name.as_str(), ()).is_some() {
+            return Err(Error::Config(format!("{} `{}` is added twice", kind(task), task.name)));
+        }
+        for source in &task.sources {
+            if let Some(other) = by_source.insert(&source.name, task) {
+                let both = if other.kind == task.kind {
+                    format!("{}s `{}` and `{}`", kind(task), other.name, task.name)
+                } else {
+                    format!("{} `{}` and {} `{}`", kind(other), other.name, kind(task), task.name)
+                };
+                return Err(Error::Config(format!(
+                    "{both} both read topic `{}`; one agent per topic is supported (a pipeline reads \
+                     a topic once: use the stream it gives for everything that reads it)",
+                    source.name
+                )));
             }
-        };
-        let mut declared: HashMap<&str, &TopicSpec> = HashMap::new();
-        for topic in self
-            .agents
-            .iter()
-            .flat_map(|a| std::iter::once(&a.source).chain(a.sends.iter()))
-        {
-            match declared.get(topic.name) {
-                Some(other)
-                    if other.partitions.is_some()
-                        && topic.partitions.is_some()
-                        && other.partitions != topic.partitions =>
-                {
+        }
+        for table in &task.tables {
+            if let Some(other) = by_table.insert(table.name, task) {
+                if other.name != task.name {
                     return Err(Error::Config(format!(
-                        "topic `{}` is declared with {} and with {} partitions",
-                        topic.name,
-                        other.partitions.unwrap_or_default(),
-                        topic.partitions.unwrap_or_default()
+                        "{}s `{}` and `{}` both use table `{}`; a table is updated by one {}",
+                        kind(task),
+                        other.name,
+                        task.name,
+                        table.name,
+                        kind(task)
                     )));
                 }
-                Some(other) if other.partitions.is_some() => {}
-                _ => {
-                    declared.insert(topic.name, topic);
-                }
             }
         }
-        let partitions_of = |topic: &TopicSpec| -> Result<i32> {
-            let declared = declared.get(topic.name).and_then(|t| t.partitions);
-            match (declared, existing.get(topic.name)) {
-                (Some(declared), Some(&actual)) if declared != actual => Err(Error::Config(format!(
-                    "topic `{}` has {actual} partitions on the broker but is declared with {declared}; \
-                     change the declaration or recreate the topic",
-                    topic.name
-                ))),
-                (Some(declared), _) => Ok(declared),
-                (None, Some(&actual)) => Ok(actual),
-                (None, None) => Ok(self.topic_partitions),
+    }
+    // An internal topic is the app's own intermediate data: something of the app must
+    // read it (usually an agent that was written but not added).
+    for task in tasks {
+        for topic in task.sends.iter().filter(|t| t.internal) {
+            if !by_source.contains_key(&*topic.name) {
+                let senders: Vec<String> = tasks
+                    .iter()
+                    .filter(|t| t.sends.iter().any(|s| s.name == topic.name))
+                    .map(|t| format!("`{}`", t.name))
+                    .collect();
+                return Err(Error::Config(format!(
+                    "internal topic `{}` is sent to by {} but no agent of app `{id}` reads it; \
+                     add the agent that reads it with App::agent (or drop `.internal()` if \
+                     other apps read the topic)",
+                    topic.name,
+                    senders.join(" and ")
+                )));
             }
-        };
-        for agent in &self.agents {
-            let source_partitions = partitions_of(&agent.source)?;
-            add(&mut plan, agent.source.name.to_string(), source_partitions, false);
-            for topic in &agent.sends {
-                add(&mut plan, topic.name.to_string(), partitions_of(topic)?, false);
-            }
-            for table in &agent.tables {
-                let changelog = table.changelog_topic(&self.id);
-                if let Some(&actual) = existing.get(&changelog) {
-                    if actual != source_partitions {
-                        return Err(Error::Config(format!(
-                            "changelog `{changelog}` has {actual} partitions but table `{}` is fed by `{}` with {source_partitions}; \
-                             they must match so that partition p of both lives on the same worker",
-                            table.name, agent.source.name
-                        )));
-                    }
-                }
-                add(&mut plan, changelog, source_partitions, true);
-            }
-            add(&mut plan, agent.dead_letter_topic(&self.id), source_partitions, false);
         }
-        Ok(plan)
     }
+    Ok(())
+}
 
-    /// The app's topology, from the declarations alone (no broker is contacted).
-    pub fn topology(&self) -> crate::Topology {
-        crate::Topology::of(self)
+fn plan(id: &str, tasks: &[TaskSpec], existing: &HashMap<String, i32>, default: i32) -> Result<Vec<PlannedTopic>> {
+    let mut declared: HashMap<&str, &TopicSpec> = HashMap::new();
+    for topic in tasks.iter().flat_map(|t| t.sources.iter().chain(t.sends.iter())) {
+        match declared.get(&*topic.name) {
+            Some(other)
+                if other.partitions.is_some() && topic.partitions.is_some() && other.partitions != topic.partitions =>
+            {
+                return Err(Error::Config(format!(
+                    "topic `{}` is declared with {} and with {} partitions",
+                    topic.name,
+                    other.partitions.unwrap_or_default(),
+                    topic.partitions.unwrap_or_default()
+                )));
+            }
+            Some(other) if other.partitions.is_some() || other.partitions_of.is_some() => {}
+            _ => {
+                declared.insert(&topic.name, topic);
+            }
+        }
     }
-
-    /// Runs the command line (`worker`, `send`, `broker`, `table`) and returns the exit code.
-    pub fn main(self) -> ExitCode {
-        crate::cli::main(self)
+    // A topic's partitions: declared (and equal to what exists), else what exists, else
+    // those of the topic it is partitioned like (a repartition topic: its pipeline's source),
+    // else the app's default.
+    let partitions_of = |name: &str| -> Result<i32> {
+        let mut name = name;
+        for _ in 0..=declared.len() {
+            let spec = declared.get(name);
+            let declared_count = spec.and_then(|t| t.partitions);
+            match (declared_count, existing.get(name)) {
+                (Some(declared), Some(&actual)) if declared != actual => {
+                    return Err(Error::Config(format!(
+                        "topic `{name}` has {actual} partitions on the broker but is declared with {declared}; \
+                         change the declaration or recreate the topic"
+                    )))
+                }
+                (Some(declared), _) => return Ok(declared),
+                (None, Some(&actual)) => return Ok(actual),
+                (None, None) => match spec.and_then(|t| t.partitions_of.as_deref()) {
+                    Some(like) => name = like,
+                    None => return Ok(default),
+                },
+            }
+        }
+        Err(Error::Config(format!(
+            "topic `{name}` is partitioned like itself, through other topics"
+        )))
+    };
+    let mut plan: Vec<PlannedTopic> = Vec::new();
+    let mut add = |name: String, partitions: i32, compacted: bool| {
+        if !plan.iter().any(|t| t.name == name) {
+            let exists = existing.contains_key(&name);
+            plan.push(PlannedTopic {
+                name,
+                partitions,
+                compacted,
+                exists,
+            });
+        }
+    };
+    for task in tasks {
+        let mut task_partitions: Option<(i32, &str)> = None;
+        for source in &task.sources {
+            let partitions = partitions_of(&source.name)?;
+            match task_partitions {
+                Some((other, other_name)) if other != partitions => {
+                    return Err(Error::Config(format!(
+                        "{} `{}` reads `{other_name}` ({other} partitions) and `{}` ({partitions} partitions); \
+                         a task reads partition p of each of its topics, so they must have the same \
+                         partition count (repartition one of them)",
+                        kind(task),
+                        task.name,
+                        source.name
+                    )));
+                }
+                _ => task_partitions = Some((partitions, &source.name)),
+            }
+            add(source.name.to_string(), partitions, false);
+        }
+        let partitions = task_partitions.map_or(default, |(p, _)| p);
+        for topic in &task.sends {
+            add(topic.name.to_string(), partitions_of(&topic.name)?, false);
+        }
+        for table in &task.tables {
+            let changelog = table.changelog_topic(id);
+            if let Some(&actual) = existing.get(&changelog) {
+                if actual != partitions {
+                    let sources: Vec<&str> = task.sources.iter().map(|s| &*s.name).collect();
+                    return Err(Error::Config(format!(
+                        "changelog `{changelog}` has {actual} partitions but table `{}` is fed by `{}` with {partitions}; \
+                         they must match so that partition p of both lives on the same worker",
+                        table.name,
+                        sources.join("`, `")
+                    )));
+                }
+            }
+            add(changelog, partitions, true);
+        }
+        add(task.dead_letter_topic.clone(), partitions, false);
     }
+    Ok(plan)
 }
 
 #[cfg(test)]

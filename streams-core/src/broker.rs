@@ -16,6 +16,7 @@ use rdkafka::mocking::MockCluster;
 /// Request kinds and error codes for [`EmbeddedBroker::fail_requests`].
 pub use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
+pub use crate::spec::PlannedTopic;
 use crate::{Error, Result};
 
 enum Command {
@@ -274,19 +275,6 @@ pub(crate) fn describe_cluster(config: &ClientConfig, stopping: &dyn Fn() -> boo
             }
         }
     }
-}
-
-/// A topic the app needs, with the partition count it must have.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlannedTopic {
-    /// Topic name.
-    pub name: String,
-    /// Partition count.
-    pub partitions: i32,
-    /// Whether it is a compacted changelog.
-    pub compacted: bool,
-    /// Whether it exists already.
-    pub exists: bool,
 }
 
 /// Creates the missing topics of `plan`.

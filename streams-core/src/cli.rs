@@ -65,12 +65,17 @@ enum Command {
         /// array for a tuple key, JSON for a `Json<T>` key.
         #[arg(long)]
         key: Option<String>,
-        /// Send the key and value as they are (UTF-8 bytes), without checking them.
+        /// Send the key and value as they are (UTF-8 bytes), without checking them (an
+        /// integer key sent so is text, which the app's agents cannot decode: it goes to
+        /// their dead-letter topic).
         #[arg(long)]
         raw: bool,
         /// Kafka bootstrap servers.
         #[arg(long, env = "STREAMS_BROKER")]
         broker: String,
+        /// Extra librdkafka setting, KEY=VALUE (repeatable), e.g. security settings.
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_setting)]
+        config: Vec<(String, String)>,
     },
     /// Print a topic's records as they arrive (key, value, partition, offset, headers),
     /// decoded with the app's types when the app declares the topic.
@@ -89,6 +94,9 @@ enum Command {
         /// Kafka bootstrap servers.
         #[arg(long, env = "STREAMS_BROKER")]
         broker: String,
+        /// Extra librdkafka setting, KEY=VALUE (repeatable), e.g. security settings.
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_setting)]
+        config: Vec<(String, String)>,
     },
     /// Host the embedded broker for other processes, with the app's topics created.
     Broker {
@@ -131,7 +139,7 @@ fn parse_setting(text: &str) -> Result<(String, String), String> {
 }
 
 /// Sets up logging at `level` ("info", "debug", ...) for a program: to stderr, in colour
-/// only when stderr is a terminal. Safe to call twice.
+/// only when stderr is a terminal (and `NO_COLOR` is not set). Safe to call twice.
 pub fn init_logging(level: &str) {
     use std::io::IsTerminal;
     let filter =
@@ -140,11 +148,19 @@ pub fn init_logging(level: &str) {
         .with_env_filter(filter)
         .with_target(false)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .try_init();
 }
 
-pub(crate) fn main(app: App) -> ExitCode {
+impl App {
+    /// Runs the command line (`worker`, `send`, `tail`, `broker`, `table`, `topology`) and
+    /// returns the exit code.
+    pub fn main(self) -> ExitCode {
+        main(self)
+    }
+}
+
+fn main(app: App) -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.loglevel);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -176,16 +192,19 @@ pub(crate) fn main(app: App) -> ExitCode {
             key,
             raw,
             broker,
-        } => runtime.block_on(send(&app, &broker, &topic, key.as_deref(), &value, raw)),
+            config,
+        } => runtime.block_on(send(&app, &broker, &config, &topic, key.as_deref(), &value, raw)),
         Command::Tail {
             topic,
             from_beginning,
             limit,
             exit_at_end,
             broker,
+            config,
         } => crate::tail::tail(
             &app,
             &broker,
+            &config,
             &topic,
             crate::tail::Tail {
                 from_beginning,
@@ -322,32 +341,59 @@ async fn run_worker(app: App, options: WorkerOptions) -> crate::Result<()> {
     wait.await.map(|_| ())
 }
 
-async fn send(app: &App, broker: &str, topic: &str, key: Option<&str>, value: &str, raw: bool) -> crate::Result<()> {
-    let key: Option<Vec<u8>> = match app.topics().into_iter().find(|t| t.name == topic) {
+async fn send(
+    app: &App,
+    broker: &str,
+    config: &[(String, String)],
+    topic: &str,
+    key: Option<&str>,
+    value: &str,
+    raw: bool,
+) -> crate::Result<()> {
+    let topics = app.topics();
+    let key: Option<Vec<u8>> = match topics.iter().find(|t| t.name == topic) {
         Some(spec) if !raw => {
             let refuse = |what: &str, error: &dyn std::fmt::Display| {
                 crate::Error::Config(format!(
                     "{what} for topic `{topic}`: {error} (send it unchecked with --raw)"
                 ))
             };
+            let key_type = crate::topology::short_type(spec.key_type);
+            let value_type = crate::topology::short_type(spec.value_type);
             let key = match key {
                 Some(text) => spec
                     .codecs
                     .parse_key(text)
-                    .map_err(|e| refuse(&format!("`{text}` is not a key of type {}", spec.key_type), &e))?,
+                    .map_err(|e| refuse(&format!("`{text}` is not a key of type {key_type}"), &e))?,
                 None => None,
             };
             spec.codecs
                 .check_key(key.as_deref())
-                .map_err(|e| refuse(&format!("a key of type {} is needed", spec.key_type), &e))?;
-            spec.codecs
-                .check_value(value.as_bytes())
-                .map_err(|e| refuse(&format!("the value is not a {}", spec.value_type), &e))?;
+                .map_err(|e| refuse(&format!("a key of type {key_type} is needed (--key)"), &e))?;
+            spec.codecs.check_value(value.as_bytes()).map_err(|e| {
+                let hint = if value_type == "String" && spec.value_format == "json" {
+                    "; its values are JSON strings: write them in quotes, '\"like this\"'"
+                } else {
+                    ""
+                };
+                refuse(&format!("the value is not a {value_type}{hint}"), &e)
+            })?;
             key
         }
-        _ => key.map(|k| k.as_bytes().to_vec()),
+        Some(_) => key.map(|k| k.as_bytes().to_vec()),
+        None => {
+            let known: Vec<&str> = topics.iter().map(|t| &*t.name).collect();
+            let hint = suggestion(topic, &known)
+                .map(|k| format!(" (did you mean `{k}`?)"))
+                .unwrap_or_default();
+            eprintln!(
+                "note: app `{}` does not declare topic `{topic}`{hint}: sent unchecked",
+                app.id()
+            );
+            key.map(|k| k.as_bytes().to_vec())
+        }
     };
-    let producer: FutureProducer = crate::broker::client_config(broker, &[])
+    let producer: FutureProducer = crate::broker::client_config(broker, config)
         .create()
         .map_err(|e| crate::Error::kafka("creating a producer", e))?;
     let mut record = FutureRecord::to(topic).payload(value);
@@ -363,6 +409,8 @@ async fn send(app: &App, broker: &str, topic: &str, key: Option<&str>, value: &s
 }
 
 fn host_broker(app: App, port: u16, partitions: Option<i32>, runtime: &tokio::runtime::Runtime) -> crate::Result<()> {
+    // From the first moment: a signal during start-up stops the broker cleanly too.
+    let mut signals = runtime.block_on(async { Signals::new() });
     let broker = EmbeddedBroker::start()?;
     let app = match partitions {
         Some(p) => app.topic_partitions(p),
@@ -383,21 +431,29 @@ fn host_broker(app: App, port: u16, partitions: Option<i32>, runtime: &tokio::ru
     );
     println!("  created topics (partitions): {}", created.join(", "));
     println!("  stop it with Ctrl-C; its topics live in memory and go with it");
+    let (failed_tx, failed) = tokio::sync::oneshot::channel::<String>();
     {
         let broker = broker.clone();
         std::thread::Builder::new()
             .name("broker-listener".into())
             .spawn(move || {
                 if let Err(error) = broker.serve(listener) {
-                    eprintln!("error: serving the embedded broker: {error}");
+                    let _ = failed_tx.send(error.to_string());
                 }
             })
             .map_err(|e| crate::Error::io("starting the broker listener", e))?;
     }
-    runtime.block_on(async {
-        let mut signals = Signals::new();
-        signals.next().await;
+    let failure = runtime.block_on(async {
+        tokio::select! {
+            _ = signals.next() => None,
+            failure = failed => failure.ok(),
+        }
     });
+    if let Some(error) = failure {
+        return Err(crate::Error::Config(format!(
+            "the embedded broker stopped serving: {error}"
+        )));
+    }
     println!("embedded broker on 127.0.0.1:{port} stopped");
     Ok(())
 }
@@ -429,8 +485,9 @@ fn suggestion<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
 }
 
 fn print_table(app: &App, name: &str, data_dir: &std::path::Path) -> crate::Result<()> {
-    if !app.tables().any(|(t, _)| t.name == name) {
-        let known: Vec<&str> = app.tables().map(|(t, _)| t.name).collect();
+    let tables = app.tables();
+    if !tables.iter().any(|(t, _)| t.name == name) {
+        let known: Vec<&str> = tables.iter().map(|(t, _)| t.name).collect();
         let hint = suggestion(name, &known)
             .map(|k| format!("; did you mean `{k}`?"))
             .unwrap_or_default();
@@ -440,19 +497,22 @@ fn print_table(app: &App, name: &str, data_dir: &std::path::Path) -> crate::Resu
             known.join(", ")
         )));
     }
-    let mut rows = std::collections::BTreeMap::new();
+    let show_key = tables
+        .iter()
+        .find(|(t, _)| t.name == name)
+        .map(|(t, _)| t.show_key.0)
+        .unwrap_or(|bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned());
+    // Rows by their key bytes: keys that are not text (integers, tuples) stay apart.
+    let mut rows: std::collections::BTreeMap<Vec<u8>, String> = std::collections::BTreeMap::new();
     for (_, path) in crate::store::local_partitions(data_dir, app.id(), name) {
         let store = crate::store::RocksDbStore::open_read_only(&path)?;
         crate::store::StateStore::for_each(&store, &mut |key, value| {
-            rows.insert(
-                String::from_utf8_lossy(key).into_owned(),
-                String::from_utf8_lossy(value).into_owned(),
-            );
+            rows.insert(key.to_vec(), String::from_utf8_lossy(value).into_owned());
         })?;
     }
     println!("{name} ({} keys)", rows.len());
     for (key, value) in rows {
-        println!("{key}\t{value}");
+        println!("{}\t{value}", show_key(&key));
     }
     Ok(())
 }

@@ -26,11 +26,111 @@ pub mod json {
     }
 }
 
+/// How a topic's values become bytes and back: the value type's own encoding (JSON for
+/// `#[record]` types), UTF-8 text, raw bytes, or functions of your own — Kafka Streams'
+/// serdes. Choose it where the topic is declared:
+///
+/// ```
+/// use streams_core::prelude::*;
+/// use streams_core::codec::ValueCodec;
+///
+/// // Plain UTF-8 text, not JSON strings.
+/// const LINES: Topic<(), String> = Topic::new("text-lines").values(ValueCodec::utf8());
+/// assert_eq!(LINES.value_codec().decode(b"to be").unwrap(), "to be");
+/// // The type's own encoding: JSON for strings too.
+/// const NAMES: Topic<(), String> = Topic::new("names");
+/// assert!(NAMES.value_codec().decode(b"to be").is_err());
+/// // Raw bytes.
+/// const BLOBS: Topic<(), Vec<u8>> = Topic::new("blobs").values(ValueCodec::bytes());
+/// assert_eq!(BLOBS.value_codec().encode(&vec![0xff]).unwrap(), vec![0xff]);
+/// ```
+pub struct ValueCodec<V> {
+    name: &'static str,
+    encode: fn(&V) -> Result<Vec<u8>, EncodeError>,
+    decode: fn(&[u8]) -> Result<V, DecodeError>,
+}
+
+impl<V> Clone for ValueCodec<V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<V> Copy for ValueCodec<V> {}
+
+fn encode_record<V: crate::Record>(value: &V) -> Result<Vec<u8>, EncodeError> {
+    value.encode().map_err(EncodeError::from)
+}
+
+impl<V: crate::Record> ValueCodec<V> {
+    /// The value type's own encoding ([`crate::Record`]: JSON for `#[record]` types).
+    pub const fn record() -> Self {
+        Self {
+            name: "json",
+            encode: encode_record::<V>,
+            decode: V::decode,
+        }
+    }
+}
+
+impl ValueCodec<String> {
+    /// UTF-8 text (Kafka Streams' `Serdes.String()`); bytes that are not UTF-8 do not decode.
+    pub const fn utf8() -> Self {
+        Self {
+            name: "utf-8",
+            encode: |text| Ok(text.as_bytes().to_vec()),
+            decode: |bytes| {
+                std::str::from_utf8(bytes)
+                    .map(str::to_string)
+                    .map_err(|e| DecodeError::new(format!("value is not UTF-8: {e}")))
+            },
+        }
+    }
+}
+
+impl ValueCodec<Vec<u8>> {
+    /// Raw bytes, as they are (Kafka Streams' `Serdes.ByteArray()`).
+    pub const fn bytes() -> Self {
+        Self {
+            name: "bytes",
+            encode: |bytes| Ok(bytes.clone()),
+            decode: |bytes| Ok(bytes.to_vec()),
+        }
+    }
+}
+
+impl<V> ValueCodec<V> {
+    /// A codec of your own: a name (for the topology) and the two functions.
+    pub const fn custom(
+        name: &'static str,
+        encode: fn(&V) -> Result<Vec<u8>, EncodeError>,
+        decode: fn(&[u8]) -> Result<V, DecodeError>,
+    ) -> Self {
+        Self { name, encode, decode }
+    }
+
+    /// The codec's name.
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// A value's bytes.
+    pub fn encode(&self, value: &V) -> Result<Vec<u8>, EncodeError> {
+        (self.encode)(value)
+    }
+
+    /// The value of some bytes.
+    pub fn decode(&self, bytes: &[u8]) -> Result<V, DecodeError> {
+        (self.decode)(bytes)
+    }
+}
+
 /// A type that can be a record key or a table key.
 ///
 /// Strings are UTF-8 bytes, integers are big-endian (as Kafka's Java serializers write
 /// them), `Vec<u8>` is raw, `()` is "no key" and ignores whatever key a record carries.
-/// Composite keys are tuples of keys (each part length-prefixed) or [`Json`] of a record.
+/// Composite keys are tuples of keys or [`Json`] of a record. A tuple key's bytes are its
+/// parts in order, each as its length (u32, big-endian) followed by its bytes, or
+/// `0xFFFFFFFF` alone for a part without bytes (`None`).
 ///
 /// ```
 /// use streams_core::Key;
@@ -47,7 +147,9 @@ pub mod json {
     note = "for a composite key use a tuple of keys, e.g. `(String, u32)`, or `Json<T>` with a `#[record]` type `T`"
 )]
 pub trait Key: Send + Sync + Clone + 'static {
-    /// The key's bytes; `None` for no key.
+    /// The key's bytes; `None` for no key. Keys whose encoding can fail (tuples and `Json`
+    /// of serde types) give `None` on failure here: the runtime uses
+    /// [`Key::try_encode_key`], which says why.
     fn encode_key(&self) -> Option<Vec<u8>>;
     /// The key's bytes, or why they cannot be made (only keys encoded by serde can fail).
     fn try_encode_key(&self) -> Result<Option<Vec<u8>>, EncodeError> {
@@ -119,6 +221,15 @@ impl AsKey<String> for &str {
     }
     fn as_key_bytes(&self) -> Result<Cow<'_, [u8]>, EncodeError> {
         Ok(Cow::Borrowed(self.as_bytes()))
+    }
+}
+
+impl<const N: usize> AsKey<Vec<u8>> for [u8; N] {
+    fn as_key(&self) -> Result<Option<Vec<u8>>, EncodeError> {
+        Ok(Some(self.to_vec()))
+    }
+    fn as_key_bytes(&self) -> Result<Cow<'_, [u8]>, EncodeError> {
+        Ok(Cow::Borrowed(self))
     }
 }
 
@@ -232,32 +343,41 @@ int_key!(i32, i64, u32, u64);
 
 /// One part of a composite key: its length (u32, big-endian) and bytes, or `0xFFFFFFFF`
 /// for a part without bytes.
-fn write_part(out: &mut Vec<u8>, part: Option<Vec<u8>>) {
+fn write_part(out: &mut Vec<u8>, part: Option<Vec<u8>>) -> Result<(), EncodeError> {
     match part {
         Some(bytes) => {
-            out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            let len = u32::try_from(bytes.len())
+                .ok()
+                .filter(|len| *len != u32::MAX)
+                .ok_or_else(|| EncodeError::new("a part of a composite key has 4 GiB or more"))?;
+            out.extend_from_slice(&len.to_be_bytes());
             out.extend_from_slice(&bytes);
         }
         None => out.extend_from_slice(&u32::MAX.to_be_bytes()),
     }
+    Ok(())
 }
 
 /// The next part of a composite key, and the rest.
 fn read_part(bytes: &[u8]) -> Result<(Option<&[u8]>, &[u8]), DecodeError> {
     let short = || DecodeError::new("composite key is cut short");
-    let len = u32::from_be_bytes(bytes.get(..4).ok_or_else(short)?.try_into().map_err(|_| short())?);
+    let (head, rest) = bytes.split_at_checked(4).ok_or_else(short)?;
+    let len = u32::from_be_bytes(head.try_into().map_err(|_| short())?);
     if len == u32::MAX {
-        return Ok((None, &bytes[4..]));
+        return Ok((None, rest));
     }
-    let end = 4 + len as usize;
-    Ok((Some(bytes.get(4..end).ok_or_else(short)?), &bytes[end..]))
+    let len = usize::try_from(len).map_err(|_| short())?;
+    let (part, rest) = rest.split_at_checked(len).ok_or_else(short)?;
+    Ok((Some(part), rest))
 }
 
-/// The text of one part of a composite key given as a JSON array element.
-fn part_text(value: &serde_json::Value) -> String {
+/// One part of a composite key given as a JSON array element: a key type takes it as text
+/// ([`Key::parse_key`]); strings without their quotes, `null` as "no key" for `Option`s.
+fn parse_part<K: Key>(value: &serde_json::Value) -> Result<K, DecodeError> {
     match value {
-        serde_json::Value::String(text) => text.clone(),
-        other => other.to_string(),
+        serde_json::Value::String(text) => K::parse_key(text).or_else(|_| K::parse_key(&value.to_string())),
+        serde_json::Value::Null => K::decode_key(None).or_else(|_| K::parse_key("null")),
+        other => K::parse_key(&other.to_string()),
     }
 }
 
@@ -269,7 +389,7 @@ macro_rules! tuple_key {
             }
             fn try_encode_key(&self) -> Result<Option<Vec<u8>>, EncodeError> {
                 let mut out = Vec::new();
-                $(write_part(&mut out, self.$index.try_encode_key()?);)+
+                $(write_part(&mut out, self.$index.try_encode_key()?)?;)+
                 Ok(Some(out))
             }
             fn decode_key(bytes: Option<&[u8]>) -> Result<Self, DecodeError> {
@@ -287,14 +407,20 @@ macro_rules! tuple_key {
             fn display_key(bytes: &[u8]) -> String {
                 let mut parts = Vec::new();
                 let mut rest = bytes;
-                for _ in 0..$count {
+                $(
                     match read_part(rest) {
                         Ok((part, next)) => {
-                            parts.push(part.map_or_else(|| "-".to_string(), |p| String::from_utf8_lossy(p).into_owned()));
+                            parts.push(match part {
+                                Some(part) => $name::display_key(part),
+                                None => "none".to_string(),
+                            });
                             rest = next;
                         }
                         Err(_) => return format!("{bytes:?}"),
                     }
+                )+
+                if !rest.is_empty() {
+                    return format!("{bytes:?}");
                 }
                 format!("({})", parts.join(", "))
             }
@@ -309,7 +435,7 @@ macro_rules! tuple_key {
                         parts.len()
                     )));
                 }
-                Ok(($($name::parse_key(&part_text(&parts[$index]))?,)+))
+                Ok(($(parse_part::<$name>(&parts[$index])?,)+))
             }
         }
     };
@@ -319,7 +445,8 @@ tuple_key!(A 0, B 1, C 2; 3);
 
 /// A key encoded as JSON: any `#[record]` type (or serde type) as a composite key, e.g.
 /// `Table<Json<UserRegion>, i64>`. Its bytes are the value's JSON, so fields and their order
-/// must stay the same for a key to find its records and state again.
+/// must stay the same for a key to find its records and state again (a `HashMap` field
+/// orders its entries differently from one process to the next: use a `BTreeMap`).
 ///
 /// ```
 /// use streams_core::prelude::*;
@@ -379,7 +506,7 @@ mod tests {
         assert_eq!(<(String, u64, Option<String>)>::decode_key(Some(&bytes)).unwrap(), key);
         assert_eq!(
             <(String, u64, Option<String>)>::display_key(&bytes),
-            "(eu-west, \u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}*, -)"
+            "(eu-west, 42, none)"
         );
         assert!(<(String, u64)>::decode_key(Some(&bytes[..5])).is_err());
         assert!(
@@ -400,5 +527,94 @@ mod tests {
         assert!(e.to_string().contains("empty"), "{e}");
         let e = json::decode::<i64>(b"\"x\"").unwrap_err();
         assert!(e.to_string().contains("invalid JSON"), "{e}");
+    }
+}
+
+/// Codecs on arbitrary bytes: a value or an error, never a panic; and what they encode,
+/// they decode back.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Hit {
+        hits: i64,
+        user: String,
+        tags: Vec<String>,
+    }
+    impl crate::Record for Hit {}
+
+    fn decodes_or_refuses<K: Key>(bytes: &[u8]) {
+        let _ = K::decode_key(Some(bytes));
+        let _ = K::check_key(Some(bytes));
+        let _ = K::display_key(bytes);
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            let _ = K::parse_key(text);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn value_codecs_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = ValueCodec::<Hit>::record().decode(&bytes);
+            let _ = ValueCodec::<String>::record().decode(&bytes);
+            let _ = ValueCodec::<i64>::record().decode(&bytes);
+            let _ = ValueCodec::<serde_json::Value>::record().decode(&bytes);
+            let _ = ValueCodec::<f64>::record().decode(&bytes);
+            prop_assert_eq!(ValueCodec::<String>::utf8().decode(&bytes).is_ok(), std::str::from_utf8(&bytes).is_ok());
+            prop_assert_eq!(ValueCodec::<Vec<u8>>::bytes().decode(&bytes).ok(), Some(bytes.clone()));
+        }
+
+        #[test]
+        fn key_codecs_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            decodes_or_refuses::<String>(&bytes);
+            decodes_or_refuses::<Vec<u8>>(&bytes);
+            decodes_or_refuses::<i32>(&bytes);
+            decodes_or_refuses::<i64>(&bytes);
+            decodes_or_refuses::<u32>(&bytes);
+            decodes_or_refuses::<u64>(&bytes);
+            decodes_or_refuses::<Option<String>>(&bytes);
+            decodes_or_refuses::<(String, u64)>(&bytes);
+            decodes_or_refuses::<(Vec<u8>, Option<String>, i32)>(&bytes);
+            decodes_or_refuses::<Json<Hit>>(&bytes);
+        }
+
+        #[test]
+        fn what_is_encoded_decodes_back(hits in any::<i64>(), user in ".*", tags in proptest::collection::vec(".*", 0..4), n in any::<u64>()) {
+            let hit = Hit { hits, user: user.clone(), tags };
+            let codec = ValueCodec::<Hit>::record();
+            prop_assert_eq!(codec.decode(&codec.encode(&hit).unwrap()).unwrap(), hit.clone());
+            prop_assert_eq!(ValueCodec::<String>::utf8().decode(user.as_bytes()).unwrap(), user.clone());
+            let key = (user.clone(), n, Some(hit.user.clone()));
+            let bytes = key.encode_key();
+            prop_assert_eq!(<(String, u64, Option<String>)>::decode_key(bytes.as_deref()).unwrap(), key);
+            let json = Json(hit.clone());
+            prop_assert_eq!(Json::<Hit>::decode_key(json.encode_key().as_deref()).unwrap(), json);
+            prop_assert_eq!(u64::decode_key(n.encode_key().as_deref()).unwrap(), n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod parsing {
+    use super::*;
+
+    #[test]
+    fn keys_parse_from_text_as_send_takes_them() {
+        assert_eq!(i32::parse_key(" -7 ").unwrap(), -7);
+        assert!(u64::parse_key("seven").is_err());
+        assert_eq!(String::parse_key("ann").unwrap(), "ann");
+        assert_eq!(
+            <(String, u32)>::parse_key(r#"["eu", 3]"#).unwrap(),
+            ("eu".to_string(), 3)
+        );
+        assert_eq!(<(Option<String>, u64)>::parse_key(r#"[null, 9]"#).unwrap(), (None, 9));
+        assert_eq!(
+            <(Option<String>, u64)>::parse_key(r#"["x", 9]"#).unwrap(),
+            (Some("x".to_string()), 9)
+        );
+        assert!(<(String, u32)>::parse_key(r#"["eu"]"#).is_err(), "a part missing");
+        assert_eq!(Json::<Vec<u32>>::parse_key("[1, 2]").unwrap(), Json(vec![1, 2]));
     }
 }

@@ -53,13 +53,17 @@ pub mod broker;
 pub mod changelog;
 mod cli;
 pub mod codec;
+pub mod dsl;
 mod error;
 mod message;
+mod metrics;
 pub mod record;
+mod spec;
 pub mod store;
 pub mod stream;
 pub mod table;
 mod tail;
+mod task;
 pub mod testing;
 pub mod topic;
 pub mod topology;
@@ -71,12 +75,14 @@ pub use broker::EmbeddedBroker;
 pub use cli::init_logging;
 pub use codec::{AsKey, Json, Key};
 pub use error::{DecodeError, EncodeError, Error, Origin, Result};
+pub use metrics::Metrics;
 pub use record::Record;
 pub use stream::{Event, Stream};
 pub use table::{Table, TableSpec};
+pub use task::run::{TaskKind, TaskSpec};
 pub use topic::{Topic, TopicSpec};
 pub use topology::Topology;
-pub use worker::{Metrics, Worker, WorkerHandle, WorkerOptions};
+pub use worker::{Worker, WorkerHandle, WorkerOptions};
 
 /// `#[record]`: serde's derives plus [`Record`], for a struct or an enum.
 pub use streams_macros::record;
@@ -97,6 +103,8 @@ pub use streams_macros::topic;
 
 /// Everything an app needs: `use streams_core::prelude::*;`.
 pub mod prelude {
+    pub use crate::codec::ValueCodec;
+    pub use crate::dsl::{KGroupedStream, KStream, KTable, StreamsBuilder};
     pub use crate::{agent, record, topic, App, Event, Json, Key, Record, Result, Stream, Table, Topic};
 }
 

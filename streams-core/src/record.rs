@@ -43,6 +43,15 @@ pub trait Record: Serialize + DeserializeOwned + Send + Sync + 'static {
 }
 
 impl Record for String {}
+/// Raw bytes, as they are (not a JSON array).
+impl Record for Vec<u8> {
+    fn decode(bytes: &[u8]) -> Result<Self, crate::DecodeError> {
+        Ok(bytes.to_vec())
+    }
+    fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+        Ok(self.clone())
+    }
+}
 impl Record for serde_json::Value {}
 impl Record for i64 {}
 impl Record for u64 {}

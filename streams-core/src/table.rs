@@ -7,7 +7,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::codec::{json, AsKey, Key};
-use crate::worker::task;
+pub use crate::spec::TableSpec;
+use crate::task::tables as task;
 use crate::{Error, Result};
 
 /// A table from `K` to `V`, in the spirit of Faust's `app.Table` and Kafka Streams'
@@ -46,24 +47,6 @@ impl<K, V> Clone for Table<K, V> {
     }
 }
 impl<K, V> Copy for Table<K, V> {}
-
-/// What the runtime needs to know of a table, without its types.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableSpec {
-    /// The table's name.
-    pub name: &'static str,
-    /// Name of the key type.
-    pub key_type: &'static str,
-    /// Name of the value type.
-    pub value_type: &'static str,
-}
-
-impl TableSpec {
-    /// The changelog topic of this table in the app `app_id`.
-    pub fn changelog_topic(&self, app_id: &str) -> String {
-        format!("{app_id}-{}-changelog", self.name)
-    }
-}
 
 /// A value type a table can give missing keys by itself: any type with `Default`.
 #[diagnostic::on_unimplemented(
@@ -127,17 +110,21 @@ impl<K, V> Table<K, V> {
     }
 
     /// The untyped description the runtime works with.
-    pub fn spec(&self) -> TableSpec {
+    pub fn spec(&self) -> TableSpec
+    where
+        K: Key,
+    {
         TableSpec {
             name: self.name,
             key_type: std::any::type_name::<K>(),
             value_type: std::any::type_name::<V>(),
+            show_key: crate::spec::KeyDisplay(K::display_key),
         }
     }
 }
 
 impl<K: Key, V: Serialize + DeserializeOwned + Send + 'static> Table<K, V> {
-    fn decode(&self, bytes: Option<&[u8]>) -> Result<V> {
+    pub(crate) fn decode(&self, bytes: Option<&[u8]>) -> Result<V> {
         match bytes {
             None => Ok(self.default()),
             Some(bytes) => json::decode(bytes).map_err(|source| Error::Decode {
@@ -147,7 +134,7 @@ impl<K: Key, V: Serialize + DeserializeOwned + Send + 'static> Table<K, V> {
         }
     }
 
-    fn encode(&self, value: &V) -> Result<Vec<u8>> {
+    pub(crate) fn encode(&self, value: &V) -> Result<Vec<u8>> {
         crate::codec::json::encode(value).map_err(|source| Error::Encode {
             what: format!("table `{}`", self.name),
             source: source.into(),

@@ -57,17 +57,18 @@ use rdkafka::message::{Header, OwnedHeaders};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
-use crate::agent::AgentSpec;
 use crate::codec::{AsKey, Key};
 use crate::message::Message;
-use crate::record::Record;
+use crate::metrics::Metrics;
 use crate::store::{MemoryStore, StateStore};
-use crate::stream::{Input, StreamCore};
 use crate::table::Table;
+use crate::task::commit::{self, OffsetCommit};
+use crate::task::input::{Input, StreamCore};
+use crate::task::run::{run_partition, TaskSpec};
+use crate::task::sink::{OutRecord, Sink, SinkError};
+use crate::task::tables::TableState;
+use crate::task::TaskContext;
 use crate::topic::Topic;
-use crate::worker::commit::{self, OffsetCommit};
-use crate::worker::metrics::Metrics;
-use crate::worker::task::{self, OutRecord, Sink, SinkError, TableState, TaskContext};
 use crate::{App, Error, Result};
 
 /// A record as it sits in a topic of the driver.
@@ -274,7 +275,8 @@ impl Topics {
             .into_iter()
             .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
             .collect();
-        let offset = parts[index].push(record.key.as_deref(), record.value.as_deref(), headers, clock);
+        let timestamp = record.timestamp.unwrap_or(clock);
+        let offset = parts[index].push(record.key.as_deref(), record.value.as_deref(), headers, timestamp);
         (index as i32, offset)
     }
 }
@@ -369,15 +371,14 @@ pub enum Stores {
 
 struct Task {
     ctx: Arc<TaskContext>,
-    agent: &'static str,
-    topic: String,
+    spec: Arc<TaskSpec>,
     partition: i32,
     /// The worker that runs the task (see [`TestDriver::move_partition`]).
     owner: String,
     tx: mpsc::Sender<Input>,
     join: tokio::task::JoinHandle<()>,
-    /// The next offset to hand over.
-    delivered: usize,
+    /// For each source, the next offset to hand over.
+    delivered: Vec<usize>,
 }
 
 /// The worker that owns every partition when a driver starts.
@@ -451,10 +452,11 @@ impl TestDriver {
             metrics,
             _committer: cuts,
         };
-        for agent in driver.app.agents().to_vec() {
-            let partitions = driver.partitions(agent.source.name);
+        for spec in driver.app.tasks() {
+            let spec = Arc::new(spec);
+            let partitions = spec.sources.first().map_or(1, |s| driver.partitions(&s.name));
             for partition in 0..partitions {
-                let task = driver.start_task(&agent, partition, FIRST_OWNER)?;
+                let task = driver.start_task(Arc::clone(&spec), partition, FIRST_OWNER)?;
                 driver.tasks.push(task);
             }
         }
@@ -482,12 +484,15 @@ impl TestDriver {
     /// Starts `agent` on `partition` for `owner`, as a worker does on assignment: the
     /// owner's stores are restored from their changelogs, and the partition starts where
     /// its restored state agrees with the input.
-    fn start_task(&mut self, agent: &AgentSpec, partition: i32, owner: &str) -> Result<Task> {
-        let topic = agent.source.name.to_string();
+    fn start_task(&mut self, spec: Arc<TaskSpec>, partition: i32, owner: &str) -> Result<Task> {
         // The driver's topics keep every record: nothing committed means offset 0.
-        let committed = vec![(topic.clone(), self.committed(&topic, partition).unwrap_or(0))];
+        let committed: Vec<(String, i64)> = spec
+            .sources
+            .iter()
+            .map(|s| (s.name.to_string(), self.committed(&s.name, partition).unwrap_or(0)))
+            .collect();
         let mut tables = Vec::new();
-        for table in &agent.tables {
+        for table in &spec.tables {
             let store = self.store(owner, table.name, partition)?;
             tables.push(TableState::new(
                 table.name,
@@ -511,8 +516,7 @@ impl TestDriver {
         };
         let sink: Arc<dyn Sink> = Arc::new(self.topics.clone());
         let ctx = Arc::new(TaskContext::new(
-            agent,
-            self.app.id(),
+            &spec,
             partition,
             tables,
             sink,
@@ -520,45 +524,37 @@ impl TestDriver {
             Arc::clone(&self.metrics),
         ));
         let (tx, rx) = mpsc::channel(1024);
-        let mut delivered = committed[0].1;
+        let mut delivered: Vec<i64> = committed.iter().map(|(_, offset)| *offset).collect();
         if let Some(restoration) = restoration {
             for (index, entries) in restoration.restate.into_iter().enumerate() {
                 ctx.restate(index, entries);
             }
             // Like a worker, which seeks there: the records before it are not handed over.
-            delivered = restoration.starts[0].1;
-            tx.try_send(Input::StartAt(delivered))
-                .map_err(|_| Error::Config("test driver: a new task's queue is full".into()))?;
+            for (source, (_, start)) in restoration.starts.iter().enumerate() {
+                delivered[source] = *start;
+                tx.try_send(Input::StartAt(source, *start))
+                    .map_err(|_| Error::Config("test driver: a new task's queue is full".into()))?;
+            }
         }
         // Cuts happen at the driver's barriers, never on a timer: runs are deterministic.
         let core = StreamCore::new(Arc::clone(&ctx), rx, Duration::from_secs(365 * 24 * 3600));
-        let join = tokio::spawn(task::run_partition(agent.clone(), core));
+        let join = tokio::spawn(run_partition(Arc::clone(&spec), core));
         Ok(Task {
             ctx,
-            agent: agent.name,
-            topic,
+            spec,
             partition,
             owner: owner.to_string(),
             tx,
             join,
-            delivered: usize::try_from(delivered).unwrap_or(0),
+            delivered: delivered.into_iter().map(|d| usize::try_from(d).unwrap_or(0)).collect(),
         })
     }
 
     fn task_index(&self, topic: &str, partition: i32) -> Result<usize> {
         self.tasks
             .iter()
-            .position(|t| t.topic == topic && t.partition == partition)
-            .ok_or_else(|| Error::Config(format!("test driver: no agent reads {topic}[{partition}]")))
-    }
-
-    fn agent_spec(&self, name: &str) -> Result<AgentSpec> {
-        self.app
-            .agents()
-            .iter()
-            .find(|a| a.name == name)
-            .cloned()
-            .ok_or_else(|| Error::Config(format!("test driver: no agent `{name}`")))
+            .position(|t| t.partition == partition && t.spec.source_index(topic).is_some())
+            .ok_or_else(|| Error::Config(format!("test driver: nothing reads {topic}[{partition}]")))
     }
 
     /// Moves `topic[partition]` to the worker `owner`, as a rebalance does: the current owner
@@ -614,9 +610,8 @@ impl TestDriver {
         let old = &mut self.tasks[index];
         let join = std::mem::replace(&mut old.join, tokio::spawn(async {}));
         let _ = join.await;
-        let (name, partition) = (old.agent, old.partition);
-        let agent = self.agent_spec(name)?;
-        let task = self.start_task(&agent, partition, owner)?;
+        let (spec, partition) = (Arc::clone(&old.spec), old.partition);
+        let task = self.start_task(spec, partition, owner)?;
         self.tasks[index] = task;
         Ok(())
     }
@@ -639,7 +634,7 @@ impl TestDriver {
     }
 
     /// Appends a record to a topic, as a producer would (the partition follows the key).
-    pub fn pipe<K: Key, V: Record, Q: AsKey<K> + ?Sized>(
+    pub fn pipe<K: Key, V, Q: AsKey<K> + ?Sized>(
         &mut self,
         topic: &Topic<K, V>,
         key: &Q,
@@ -650,7 +645,7 @@ impl TestDriver {
             source,
         };
         let key = key.as_key().map_err(encode)?;
-        let value = value.encode().map_err(|e| encode(e.into()))?;
+        let value = topic.value_codec().encode(value).map_err(encode)?;
         Ok(self.pipe_raw(topic.name(), key.as_deref(), Some(&value)))
     }
 
@@ -662,6 +657,7 @@ impl TestDriver {
             key: key.map(<[u8]>::to_vec),
             value: value.map(<[u8]>::to_vec),
             headers: Vec::new(),
+            timestamp: None,
             changelog: false,
         })
     }
@@ -687,30 +683,36 @@ impl TestDriver {
             loop {
                 let mut progressed = false;
                 for index in 0..self.tasks.len() {
-                    let batch: Vec<Message> = {
-                        let log = self.topics.log();
-                        let task = &self.tasks[index];
-                        let limit = self.limits.get(&(task.topic.clone(), task.partition)).copied();
-                        log.topics
-                            .get(&task.topic)
-                            .and_then(|parts| parts.get(task.partition as usize))
-                            .map(|log| {
-                                let end = limit.map_or(log.len(), |limit| limit.min(log.len()));
-                                let from = task.delivered.min(end);
-                                (from..end.min(from + 1024)).map(|offset| log.message(offset)).collect()
-                            })
-                            .unwrap_or_default()
-                    };
-                    if batch.is_empty() {
-                        continue;
+                    for source in 0..self.tasks[index].spec.sources.len() {
+                        let batch: Vec<Message> = {
+                            let log = self.topics.log();
+                            let task = &self.tasks[index];
+                            let topic = &task.spec.sources[source].name;
+                            let limit = self.limits.get(&(topic.to_string(), task.partition)).copied();
+                            log.topics
+                                .get(&**topic)
+                                .and_then(|parts| parts.get(task.partition as usize))
+                                .map(|log| {
+                                    let end = limit.map_or(log.len(), |limit| limit.min(log.len()));
+                                    let from = task.delivered[source].min(end);
+                                    (from..end.min(from + 1024)).map(|offset| log.message(offset)).collect()
+                                })
+                                .unwrap_or_default()
+                        };
+                        if batch.is_empty() {
+                            continue;
+                        }
+                        progressed = true;
+                        let task = &mut self.tasks[index];
+                        task.delivered[source] += batch.len();
+                        fed += batch.len();
+                        task.tx.send(Input::Records(source, batch)).await.map_err(|_| {
+                            Error::Config(format!(
+                                "{} on partition {} has stopped",
+                                task.spec.name, task.partition
+                            ))
+                        })?;
                     }
-                    progressed = true;
-                    let task = &mut self.tasks[index];
-                    task.delivered += batch.len();
-                    fed += batch.len();
-                    task.tx.send(Input::Records(batch)).await.map_err(|_| {
-                        Error::Config(format!("the agent on {}[{}] has stopped", task.topic, task.partition))
-                    })?;
                 }
                 if !progressed {
                     break;
@@ -772,7 +774,7 @@ impl TestDriver {
     }
 
     /// Every record in `topic`, decoded.
-    pub fn records<K: Key, V: Record>(&self, topic: &Topic<K, V>) -> Result<Vec<(K, V)>> {
+    pub fn records<K: Key, V>(&self, topic: &Topic<K, V>) -> Result<Vec<(K, V)>> {
         self.raw_records(topic.name())
             .into_iter()
             .map(|r| {
@@ -780,10 +782,13 @@ impl TestDriver {
                     what: format!("a key of {}", topic.name()),
                     source,
                 })?;
-                let value = V::decode(r.value.as_deref().unwrap_or_default()).map_err(|source| Error::Decode {
-                    what: format!("a value of {}", topic.name()),
-                    source,
-                })?;
+                let value = topic
+                    .value_codec()
+                    .decode(r.value.as_deref().unwrap_or_default())
+                    .map_err(|source| Error::Decode {
+                        what: format!("a value of {}", topic.name()),
+                        source,
+                    })?;
                 Ok((key, value))
             })
             .collect()
@@ -801,11 +806,8 @@ impl TestDriver {
     pub fn table<K: Key + Ord, V: DeserializeOwned>(&self, table: &Table<K, V>) -> Result<BTreeMap<K, V>> {
         self.app.knows_table(table.name())?;
         let mut out = BTreeMap::new();
-        let agents = self.app.agents();
         for task in &self.tasks {
-            let uses = agents
-                .iter()
-                .any(|a| a.name == task.agent && a.tables.iter().any(|t| t.name == table.name()));
+            let uses = task.spec.tables.iter().any(|t| t.name == table.name());
             let key = (task.owner.clone(), table.name().to_string(), task.partition);
             if let Some(store) = self.stores.get(&key).filter(|_| uses) {
                 table.read_store(&**store, &mut out)?;

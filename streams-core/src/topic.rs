@@ -2,10 +2,11 @@
 
 use std::marker::PhantomData;
 
-use crate::codec::{AsKey, Key};
+use crate::codec::{AsKey, Key, ValueCodec};
 use crate::record::Record;
-use crate::worker::task;
-use crate::{DecodeError, Error, Result};
+pub use crate::spec::{TopicCodecs, TopicSpec};
+use crate::task;
+use crate::{Error, Result};
 
 /// A Kafka topic whose records have keys of type `K` and values of type `V`.
 ///
@@ -32,7 +33,8 @@ pub struct Topic<K, V> {
     name: &'static str,
     partitions: Option<i32>,
     internal: bool,
-    _types: PhantomData<fn() -> (K, V)>,
+    values: ValueCodec<V>,
+    _key: PhantomData<fn() -> K>,
 }
 
 impl<K, V> Clone for Topic<K, V> {
@@ -42,91 +44,62 @@ impl<K, V> Clone for Topic<K, V> {
 }
 impl<K, V> Copy for Topic<K, V> {}
 
-/// What the runtime needs to know of a topic, without its types.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicSpec {
-    /// The topic's name.
-    pub name: &'static str,
-    /// Declared partition count; `None` takes the existing count or the app's default.
-    pub partitions: Option<i32>,
-    /// Whether the app owns the topic (internal topics are the app's own intermediate data).
-    pub internal: bool,
-    /// Name of the key type.
-    pub key_type: &'static str,
-    /// Name of the value type.
-    pub value_type: &'static str,
-    /// The topic's key and value types at work on bytes (for the command line).
-    pub codecs: TopicCodecs,
-}
-
-/// A topic's key and value types at work on bytes, without the types: checks what the
-/// command line sends, and shows what it reads.
-#[derive(Clone, Copy)]
-pub struct TopicCodecs {
-    check_key: fn(Option<&[u8]>) -> Result<(), DecodeError>,
-    check_value: fn(&[u8]) -> Result<(), DecodeError>,
-    parse_key: fn(&str) -> Result<Option<Vec<u8>>, String>,
-    show_key: fn(&[u8]) -> String,
-}
-
-impl TopicCodecs {
-    fn of<K: Key, V: Record>() -> Self {
-        Self {
-            check_key: K::check_key,
-            check_value: |bytes| V::decode(bytes).map(drop),
-            parse_key: |text| {
-                let key = K::parse_key(text).map_err(|e| e.to_string())?;
-                key.try_encode_key().map_err(|e| e.to_string())
-            },
-            show_key: K::display_key,
-        }
-    }
-
-    /// Whether `key` is a key of the topic's key type.
-    pub fn check_key(&self, key: Option<&[u8]>) -> Result<(), DecodeError> {
-        (self.check_key)(key)
-    }
-
-    /// Whether `value` is a value of the topic's value type.
-    pub fn check_value(&self, value: &[u8]) -> Result<(), DecodeError> {
-        (self.check_value)(value)
-    }
-
-    /// The key bytes of a key given as text (see [`Key::parse_key`]).
-    pub fn parse_key(&self, text: &str) -> Result<Option<Vec<u8>>, String> {
-        (self.parse_key)(text)
-    }
-
-    /// Key bytes as readable text.
-    pub fn show_key(&self, key: &[u8]) -> String {
-        (self.show_key)(key)
+/// The codecs of a topic with keys `K` and values `V`.
+pub(crate) fn codecs_of<K: Key, V: 'static>(values: ValueCodec<V>) -> TopicCodecs {
+    TopicCodecs {
+        check_key: K::check_key,
+        check_value: std::sync::Arc::new(move |bytes: &[u8]| values.decode(bytes).map(drop)),
+        parse_key: |text| {
+            let key = K::parse_key(text).map_err(|e| e.to_string())?;
+            key.try_encode_key().map_err(|e| e.to_string())
+        },
+        show_key: K::display_key,
     }
 }
 
-impl std::fmt::Debug for TopicCodecs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TopicCodecs")
-    }
-}
-
-/// Codecs follow from the types, which [`TopicSpec`] compares by name.
-impl PartialEq for TopicCodecs {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-impl Eq for TopicCodecs {}
-
-impl<K, V> Topic<K, V> {
-    /// A topic with this name; the partition count is taken from the cluster (or the app's
-    /// default when the topic has to be created).
+impl<K, V: Record> Topic<K, V> {
+    /// A topic with this name, its values in their type's own encoding (JSON for
+    /// `#[record]` types; see [`Topic::values`]); the partition count is taken from the
+    /// cluster (or the app's default when the topic has to be created).
     pub const fn new(name: &'static str) -> Self {
         Self {
             name,
             partitions: None,
             internal: false,
-            _types: PhantomData,
+            values: ValueCodec::record(),
+            _key: PhantomData,
         }
+    }
+}
+
+impl<K> Topic<K, String> {
+    /// Values are UTF-8 text (not JSON strings): `.values(ValueCodec::utf8())`.
+    pub const fn utf8_values(self) -> Self {
+        self.values(ValueCodec::utf8())
+    }
+}
+
+impl<K, V> Topic<K, V> {
+    /// A topic whose values go through `values` (see [`ValueCodec`]).
+    pub const fn with_values(name: &'static str, values: ValueCodec<V>) -> Self {
+        Self {
+            name,
+            partitions: None,
+            internal: false,
+            values,
+            _key: PhantomData,
+        }
+    }
+
+    /// Sets how values become bytes and back.
+    pub const fn values(mut self, values: ValueCodec<V>) -> Self {
+        self.values = values;
+        self
+    }
+
+    /// How values become bytes and back.
+    pub const fn value_codec(&self) -> ValueCodec<V> {
+        self.values
     }
 
     /// Declares the partition count.
@@ -147,16 +120,18 @@ impl<K, V> Topic<K, V> {
     }
 }
 
-impl<K: Key, V: Record> Topic<K, V> {
+impl<K: Key, V: Send + Sync + 'static> Topic<K, V> {
     /// The untyped description the runtime works with.
     pub fn spec(&self) -> TopicSpec {
         TopicSpec {
-            name: self.name,
+            name: std::borrow::Cow::Borrowed(self.name),
             partitions: self.partitions,
             internal: self.internal,
+            partitions_of: None,
             key_type: std::any::type_name::<K>(),
             value_type: std::any::type_name::<V>(),
-            codecs: TopicCodecs::of::<K, V>(),
+            value_format: self.values.name(),
+            codecs: codecs_of::<K, V>(self.values),
         }
     }
 
@@ -174,7 +149,7 @@ impl<K: Key, V: Record> Topic<K, V> {
             source,
         };
         let key = key.as_key().map_err(encode)?;
-        let value = value.encode().map_err(|e| encode(e.into()))?;
+        let value = self.values.encode(value).map_err(encode)?;
         task::send_from_agent(self.name, key, value).await
     }
 }

@@ -5,6 +5,7 @@
 use std::fmt::Write;
 
 use crate::app::App;
+use crate::dsl::{NodeKind as DslKind, Pipeline};
 
 /// What a node of the topology is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,8 +22,10 @@ pub enum NodeKind {
     Table,
     /// A table's changelog topic.
     Changelog,
-    /// An agent's dead-letter topic.
+    /// An agent's or a pipeline's dead-letter topic.
     DeadLetter,
+    /// An operation of a pipeline (`filter`, `group_by`, `count`, …).
+    Operation,
 }
 
 /// A node: a topic, an agent or a table.
@@ -34,6 +37,19 @@ pub struct Node {
     pub kind: NodeKind,
     /// Key and value types (topics and tables).
     pub types: Option<(String, String)>,
+    /// The pipeline sub-topology an operation belongs to.
+    pub subtopology: Option<String>,
+}
+
+/// A pipeline in the topology: its sub-topologies, each with its nodes in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineView {
+    /// The pipeline's name.
+    pub name: String,
+    /// Each sub-topology's name and the lines that describe its nodes.
+    pub subtopologies: Vec<(String, Vec<String>)>,
+    /// Its dead-letter topic.
+    pub dead_letter_topic: String,
 }
 
 /// The app's graph of topics, agents and tables.
@@ -66,6 +82,13 @@ pub struct Topology {
     pub nodes: Vec<Node>,
     /// Edges: (from, to, label).
     pub edges: Vec<(String, String, &'static str)>,
+    /// The pipelines, sub-topology by sub-topology.
+    pub pipelines: Vec<PipelineView>,
+}
+
+/// A type's name without its module paths: `alloc::string::String` → `String`.
+pub(crate) fn short_type(type_name: &str) -> String {
+    short(type_name)
 }
 
 fn short(type_name: &str) -> String {
@@ -85,37 +108,45 @@ fn short(type_name: &str) -> String {
     out
 }
 
+impl App {
+    /// The app's topology, from the declarations alone (no broker is contacted).
+    pub fn topology(&self) -> Topology {
+        Topology::of(self)
+    }
+}
+
 impl Topology {
     pub(crate) fn of(app: &App) -> Self {
         let mut topology = Topology {
             app_id: app.id().to_string(),
             nodes: Vec::new(),
             edges: Vec::new(),
+            pipelines: Vec::new(),
         };
-        let sent: Vec<&str> = app
-            .agents()
+        let tasks = app.tasks();
+        let sent: Vec<String> = tasks
             .iter()
-            .flat_map(|a| a.sends.iter().map(|t| t.name))
+            .flat_map(|t| t.sends.iter().map(|s| s.name.to_string()))
             .collect();
+        let read = |name: &str| tasks.iter().any(|t| t.sources.iter().any(|s| s.name == name));
         for agent in app.agents() {
             let source = &agent.source;
-            let kind = if source.internal || sent.contains(&source.name) {
+            let kind = if source.internal || sent.iter().any(|s| *s == source.name) {
                 NodeKind::Internal
             } else {
                 NodeKind::Source
             };
-            topology.node(source.name, kind, Some((source.key_type, source.value_type)));
+            topology.node(&source.name, kind, Some((source.key_type, source.value_type)));
             topology.node(agent.name, NodeKind::Agent, None);
-            topology.edge(source.name, agent.name, "reads");
+            topology.edge(&source.name, agent.name, "reads");
             for topic in &agent.sends {
-                let read = app.agents().iter().any(|a| a.source.name == topic.name);
-                let kind = if topic.internal || read {
+                let kind = if topic.internal || read(&topic.name) {
                     NodeKind::Internal
                 } else {
                     NodeKind::Sink
                 };
-                topology.node(topic.name, kind, Some((topic.key_type, topic.value_type)));
-                topology.edge(agent.name, topic.name, "sends");
+                topology.node(&topic.name, kind, Some((topic.key_type, topic.value_type)));
+                topology.edge(agent.name, &topic.name, "sends");
             }
             for table in &agent.tables {
                 let changelog = table.changelog_topic(app.id());
@@ -128,7 +159,110 @@ impl Topology {
             topology.node(&dlq, NodeKind::DeadLetter, None);
             topology.edge(agent.name, &dlq, "bad records");
         }
+        for pipeline in app.pipelines() {
+            topology.add_pipeline(app.id(), pipeline, &sent, &read);
+        }
         topology
+    }
+
+    /// A pipeline's nodes and edges, and its view by sub-topology.
+    fn add_pipeline(&mut self, app_id: &str, pipeline: &Pipeline, sent: &[String], read: &dyn Fn(&str) -> bool) {
+        let spec_of = |topic: &str| {
+            pipeline
+                .tasks
+                .iter()
+                .flat_map(|t| t.sources.iter().chain(t.sends.iter()))
+                .find(|s| s.name == topic)
+        };
+        // An operation's graph id: unique across pipelines.
+        let id = |node: usize| format!("{}#{}", pipeline.name, pipeline.nodes[node].name);
+        let mut view = PipelineView {
+            name: pipeline.name.clone(),
+            subtopologies: Vec::new(),
+            dead_letter_topic: pipeline.tasks.first().map_or_else(
+                || format!("{app_id}-{}-dlq", pipeline.name),
+                |t| t.dead_letter_topic.clone(),
+            ),
+        };
+        for (sub, members) in pipeline.subtopologies.iter().enumerate() {
+            let sub_name = pipeline.tasks.get(sub).map_or_else(String::new, |t| t.name.clone());
+            let mut lines = Vec::new();
+            for &index in members {
+                let node = &pipeline.nodes[index];
+                let parents: Vec<String> = node.parents.iter().map(|p| pipeline.nodes[*p].name.clone()).collect();
+                let from = if parents.is_empty() {
+                    String::new()
+                } else {
+                    format!(" <- {}", parents.join(", "))
+                };
+                match &node.kind {
+                    DslKind::Source { topic } => {
+                        let spec = spec_of(topic);
+                        let internal = spec.is_some_and(|s| s.internal) || sent.iter().any(|s| s == topic);
+                        let kind = if internal { NodeKind::Internal } else { NodeKind::Source };
+                        self.node(topic, kind, spec.map(|s| (s.key_type, s.value_type)));
+                        let types = spec.map_or_else(String::new, |s| {
+                            format!(" <{}, {}> ({})", short(s.key_type), short(s.value_type), s.value_format)
+                        });
+                        lines.push(format!("reads topic `{topic}`{types}"));
+                    }
+                    DslKind::Sink { topic } => {
+                        let spec = spec_of(topic);
+                        let internal = spec.is_some_and(|s| s.internal) || read(topic);
+                        let kind = if internal { NodeKind::Internal } else { NodeKind::Sink };
+                        self.node(topic, kind, spec.map(|s| (s.key_type, s.value_type)));
+                        for parent in &node.parents {
+                            self.edge(&id(*parent), topic, "sends");
+                        }
+                        lines.push(format!("sends to topic `{topic}`{from}"));
+                    }
+                    DslKind::Operation => {
+                        self.operation(&id(index), &node.name, &sub_name);
+                        for parent in &node.parents {
+                            self.edge_from(pipeline, *parent, &id(index), &id);
+                        }
+                        lines.push(format!("{}{from}", node.name));
+                    }
+                    DslKind::Table { table, changelog } => {
+                        let types = pipeline
+                            .tasks
+                            .iter()
+                            .flat_map(|t| t.tables.iter())
+                            .find(|t| t.name == table)
+                            .map(|t| (t.key_type, t.value_type));
+                        self.node(table, NodeKind::Table, types);
+                        self.node(changelog, NodeKind::Changelog, None);
+                        for parent in &node.parents {
+                            self.edge_from(pipeline, *parent, table, &id);
+                        }
+                        self.edge(table, changelog, "changelog");
+                        lines.push(format!("table `{table}` (changelog `{changelog}`){from}"));
+                    }
+                }
+            }
+            view.subtopologies.push((sub_name, lines));
+        }
+        self.node(&view.dead_letter_topic, NodeKind::DeadLetter, None);
+        self.pipelines.push(view);
+    }
+
+    /// An edge from pipeline node `parent` (a topic, a table or an operation) to `to`.
+    fn edge_from(&mut self, pipeline: &Pipeline, parent: usize, to: &str, id: &dyn Fn(usize) -> String) {
+        let (from, label) = match &pipeline.nodes[parent].kind {
+            DslKind::Source { topic } => (topic.clone(), "reads"),
+            DslKind::Table { table, .. } => (table.clone(), "changes"),
+            _ => (id(parent), ""),
+        };
+        self.edge(&from, to, label);
+    }
+
+    fn operation(&mut self, id: &str, name: &str, subtopology: &str) {
+        self.nodes.push(Node {
+            name: id.to_string(),
+            kind: NodeKind::Operation,
+            types: Some((name.to_string(), String::new())),
+            subtopology: Some(subtopology.to_string()),
+        });
     }
 
     fn node(&mut self, name: &str, kind: NodeKind, types: Option<(&str, &str)>) {
@@ -146,6 +280,7 @@ impl Topology {
             name: name.to_string(),
             kind,
             types: types.map(|(k, v)| (short(k), short(v))),
+            subtopology: None,
         });
     }
 
@@ -158,6 +293,7 @@ impl Topology {
         let prefix = match node.map(|n| n.kind) {
             Some(NodeKind::Agent) => "",
             Some(NodeKind::Table) => "t_",
+            Some(NodeKind::Operation) => "op_",
             _ => "topic_",
         };
         let clean: String = name
@@ -176,10 +312,11 @@ impl Topology {
             NodeKind::Table => "table",
             NodeKind::Changelog => "changelog topic",
             NodeKind::DeadLetter => "dead-letter topic",
+            NodeKind::Operation => "operation",
         }
     }
 
-    /// Plain text, one agent per paragraph.
+    /// Plain text: one paragraph per agent, then each pipeline by sub-topology.
     pub fn text(&self) -> String {
         let mut out = format!("app {}\n", self.app_id);
         for agent in self.nodes.iter().filter(|n| n.kind == NodeKind::Agent) {
@@ -213,41 +350,105 @@ impl Topology {
                 }
             }
         }
+        for pipeline in &self.pipelines {
+            let _ = writeln!(out, "\npipeline {}", pipeline.name);
+            for (name, lines) in &pipeline.subtopologies {
+                let _ = writeln!(out, "  sub-topology {name}");
+                for line in lines {
+                    let _ = writeln!(out, "    {line}");
+                }
+            }
+            let _ = writeln!(
+                out,
+                "  records it cannot process go to dead-letter topic `{}`",
+                pipeline.dead_letter_topic
+            );
+        }
         out
     }
 
-    /// A Mermaid flowchart.
+    fn mermaid_node(&self, node: &Node) -> String {
+        let id = self.id(&node.name);
+        if node.kind == NodeKind::Operation {
+            let label = node
+                .types
+                .as_ref()
+                .map_or(node.name.as_str(), |(name, _)| name.as_str());
+            return format!("{id}[\"{label}\"]");
+        }
+        let label = match &node.types {
+            Some((k, v)) => format!("{}<br/><small>{k}, {v}</small>", node.name),
+            None => node.name.clone(),
+        };
+        match node.kind {
+            NodeKind::Agent => format!("{id}[[\"{label}\"]]"),
+            NodeKind::Table => format!("{id}[(\"{label}\")]"),
+            _ => format!("{id}>\"{label}\"]"),
+        }
+    }
+
+    /// The sub-topologies' names, in order.
+    fn subtopologies(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for node in &self.nodes {
+            if let Some(name) = node.subtopology.as_deref() {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        names
+    }
+
+    /// A Mermaid flowchart; each pipeline sub-topology is a subgraph.
     pub fn mermaid(&self) -> String {
         let mut out = String::from("flowchart LR\n");
-        for node in &self.nodes {
-            let id = self.id(&node.name);
-            let label = match &node.types {
-                Some((k, v)) => format!("{}<br/><small>{k}, {v}</small>", node.name),
-                None => node.name.clone(),
-            };
-            let shape = match node.kind {
-                NodeKind::Agent => format!("{id}[[\"{label}\"]]"),
-                NodeKind::Table => format!("{id}[(\"{label}\")]"),
-                _ => format!("{id}>\"{label}\"]"),
-            };
-            let _ = writeln!(out, "    {shape}");
+        for node in self.nodes.iter().filter(|n| n.subtopology.is_none()) {
+            let _ = writeln!(out, "    {}", self.mermaid_node(node));
+        }
+        for (index, sub) in self.subtopologies().into_iter().enumerate() {
+            let _ = writeln!(out, "    subgraph sub{index}[\"{sub}\"]");
+            for node in self.nodes.iter().filter(|n| n.subtopology.as_deref() == Some(sub)) {
+                let _ = writeln!(out, "        {}", self.mermaid_node(node));
+            }
+            let _ = writeln!(out, "    end");
         }
         for (from, to, label) in &self.edges {
-            let _ = writeln!(out, "    {} -->|{label}| {}", self.id(from), self.id(to));
+            if label.is_empty() {
+                let _ = writeln!(out, "    {} --> {}", self.id(from), self.id(to));
+            } else {
+                let _ = writeln!(out, "    {} -->|{label}| {}", self.id(from), self.id(to));
+            }
         }
         out
     }
 
-    /// Graphviz DOT.
+    fn dot_node(node: &Node) -> String {
+        let shape = match node.kind {
+            NodeKind::Agent => "box",
+            NodeKind::Table => "cylinder",
+            NodeKind::Operation => "ellipse",
+            _ => "cds",
+        };
+        let label = match (node.kind, &node.types) {
+            (NodeKind::Operation, Some((name, _))) => format!(", label=\"{name}\""),
+            _ => String::new(),
+        };
+        format!("\"{}\" [shape={shape}{label}];", node.name)
+    }
+
+    /// Graphviz DOT; each pipeline sub-topology is a cluster.
     pub fn dot(&self) -> String {
         let mut out = format!("digraph \"{}\" {{\n    rankdir=LR;\n", self.app_id);
-        for node in &self.nodes {
-            let shape = match node.kind {
-                NodeKind::Agent => "box",
-                NodeKind::Table => "cylinder",
-                _ => "cds",
-            };
-            let _ = writeln!(out, "    \"{}\" [shape={shape}];", node.name);
+        for node in self.nodes.iter().filter(|n| n.subtopology.is_none()) {
+            let _ = writeln!(out, "    {}", Self::dot_node(node));
+        }
+        for (index, sub) in self.subtopologies().into_iter().enumerate() {
+            let _ = writeln!(out, "    subgraph cluster_{index} {{\n        label=\"{sub}\";");
+            for node in self.nodes.iter().filter(|n| n.subtopology.as_deref() == Some(sub)) {
+                let _ = writeln!(out, "        {}", Self::dot_node(node));
+            }
+            let _ = writeln!(out, "    }}");
         }
         for (from, to, label) in &self.edges {
             let _ = writeln!(out, "    \"{from}\" -> \"{to}\" [label=\"{label}\"];");

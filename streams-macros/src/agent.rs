@@ -1,8 +1,9 @@
 //! `#[agent(topic = T, sends = [..], tables = [..])]` on an `async fn(Stream<K, V>)`.
 //!
-//! Parse → validate (every error collected, spanned on the user's token) → emit a unit
-//! function named like the user's, returning the agent's `AgentSpec` (an `Agent`). On error the
-//! function is emitted unchanged next to the errors, so IDEs keep working.
+//! Parse → validate (every error collected, spanned on the user's token) → emit a function
+//! named like the user's, returning the agent's `AgentSpec` (an `Agent`). On error, a function
+//! of that name that still registers is emitted next to the errors, with the user's function
+//! inside it, so that the errors are the only ones and IDEs keep working.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
@@ -117,16 +118,15 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     }
     if !errors.is_empty() {
         // An agent function the app can still register (so that `App::agent(name)` adds no
-        // error of its own), with the user's function inside when its signature is right (so
-        // that its body is still checked and IDEs keep working).
-        let signature_ok = sig.asyncness.is_some()
-            && sig.generics.params.is_empty()
-            && sig.inputs.len() == 1
-            && matches!(sig.inputs.first(), Some(FnArg::Typed(_)));
-        let body = signature_ok.then(|| {
+        // error of its own), with the user's function inside (made `async`, so that its body
+        // is checked as it will be, and IDEs keep working), unless it takes `self`.
+        let has_receiver = sig.inputs.iter().any(|input| matches!(input, FnArg::Receiver(_)));
+        let body = (!has_receiver).then(|| {
             let mut inner = function.clone();
             inner.sig.ident = format_ident!("__streams_agent_{}", sig.ident);
+            inner.sig.asyncness = Some(Default::default());
             inner.vis = syn::Visibility::Inherited;
+            inner.attrs.clear();
             quote! {
                 #[allow(dead_code, unused)]
                 #inner
@@ -134,8 +134,10 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
         });
         let vis = &function.vis;
         let name = &sig.ident;
+        let attrs = &function.attrs;
         let errors = errors.into_compile_errors();
         return quote! {
+            #(#attrs)*
             #vis fn #name() -> ::streams_core::__private::AgentSpec {
                 #body
                 ::core::unreachable!("this agent has compile errors")
@@ -180,6 +182,16 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let tables = args.tables.iter().map(|expr| {
         quote_spanned! {expr.span()=> ::streams_core::__private::table_of::<#stream_ty, _>(&#expr) }
     });
+    // Errors about the stream's type land on the stream's type.
+    let spec = quote_spanned! {stream_ty.span()=>
+        ::streams_core::__private::AgentSpec::new::<#stream_ty, _, _, _>(
+            #name_text,
+            #source,
+            ::std::vec![#(#sends),*],
+            ::std::vec![#(#tables),*],
+            #inner,
+        )
+    };
     // The agent is a function returning its spec: `App::agent(name)` takes it, and the
     // stream parameter may share the function's name (a function can be shadowed).
     quote! {
@@ -188,13 +200,7 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             #(#other_attrs)*
             async fn #inner(#inputs) #output #body
 
-            ::streams_core::__private::AgentSpec::new::<#stream_ty, _, _>(
-                #name_text,
-                #source,
-                ::std::vec![#(#sends),*],
-                ::std::vec![#(#tables),*],
-                #inner,
-            )
+            #spec
         }
     }
 }

@@ -1,8 +1,9 @@
 //! Broker-free engine throughput through the test driver (the runtime's real task loop):
 //! the seed pipeline (decode, filter, send to the internal topic, decode again, count) with
 //! the memory store and with RocksDB, on one core (a single-threaded runtime: the figure is
-//! per core). The seed has 20 users, so the counts live in the table cache; the third case
-//! gives every record its own user, so every count is a store read and a store write.
+//! per core), written as agents and as a DSL pipeline (same work: the DSL's repartition topic
+//! is the agents' internal topic). The seed has 20 users, so the counts live in the table
+//! cache; the "every record a new key" case makes every count a store read and a store write.
 //! Run with `make bench`.
 
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use streams_core::testing::{Stores, TestDriver};
 use streams_examples::seed;
-use streams_tests::hit_counter::app;
+use streams_tests::{hit_counter, hit_counter_dsl};
 
 const RECORDS: usize = 200_000;
 
@@ -30,12 +31,21 @@ fn pipeline(c: &mut Criterion) {
     group.throughput(Throughput::Elements(RECORDS as u64));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
+    let agents = hit_counter::app as fn() -> streams_core::App;
+    let dsl = hit_counter_dsl::app as fn() -> streams_core::App;
     let cases = [
-        ("memory store", false, &seed_inputs),
-        ("RocksDB store", true, &seed_inputs),
-        ("RocksDB store, every record a new key", true, &distinct_inputs),
+        ("agents, memory store", agents, false, &seed_inputs),
+        ("DSL, memory store", dsl, false, &seed_inputs),
+        ("agents, RocksDB store", agents, true, &seed_inputs),
+        ("DSL, RocksDB store", dsl, true, &seed_inputs),
+        (
+            "agents, RocksDB store, every record a new key",
+            agents,
+            true,
+            &distinct_inputs,
+        ),
     ];
-    for (name, rocksdb, inputs) in cases {
+    for (name, app, rocksdb, inputs) in cases {
         group.bench_function(name, |b| {
             b.iter_custom(|iterations| {
                 let mut total = Duration::ZERO;

@@ -1,5 +1,6 @@
 //! One run of the broker-free seed pipeline on a single-threaded runtime, for profilers
-//! (`valgrind --tool=callgrind`, `perf record`): `engine_once [records] [memory|rocksdb]`.
+//! (`valgrind --tool=callgrind`, `perf record`):
+//! `engine_once [records] [memory|rocksdb] [agents|dsl]`.
 //! Prints the rate and the heap allocations per input record of the timed run.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -33,12 +34,18 @@ static GLOBAL: Counting = Counting;
 
 use streams_core::testing::{Stores, TestDriver};
 use streams_examples::seed;
-use streams_tests::hit_counter::app;
+use streams_tests::{hit_counter, hit_counter_dsl};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let records: usize = args.next().map(|n| n.parse()).transpose()?.unwrap_or(200_000);
     let rocksdb = args.next().is_some_and(|s| s == "rocksdb");
+    let dsl = args.next().is_some_and(|s| s == "dsl");
+    let app = if dsl {
+        hit_counter_dsl::app()
+    } else {
+        hit_counter::app()
+    };
     let inputs: Vec<Vec<u8>> = seed::hits(1, records)
         .iter()
         .map(|r| r.to_string().into_bytes())
@@ -51,7 +58,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let elapsed = runtime.block_on(async {
-        let mut driver = TestDriver::with_stores(app(), &[("hit_count", 4)], stores)?;
+        let mut driver = TestDriver::with_stores(app, &[("hit_count", 4)], stores)?;
         for input in &inputs {
             driver.pipe_raw("hit_count", None, Some(input));
         }
@@ -62,10 +69,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     })?;
     let (elapsed, allocations) = elapsed;
     println!(
-        "{records} records in {:.3}s: {:.0} records/s on one thread ({}), {:.1} allocations per record",
+        "{records} records in {:.3}s: {:.0} records/s on one thread ({}, {}), {:.1} allocations per record",
         elapsed.as_secs_f64(),
         records as f64 / elapsed.as_secs_f64(),
         if rocksdb { "RocksDB" } else { "memory" },
+        if dsl { "DSL" } else { "agents" },
         allocations as f64 / records as f64
     );
     Ok(())

@@ -578,3 +578,49 @@ fn tail_prints_records_and_dead_letters() {
     };
     assert_eq!(limited.matches("hit_count[").count(), 5, "{limited}");
 }
+
+/// A worker that waits for its group says what it waits for, every few seconds: here two
+/// workers with 10-second sessions (set by the user), so that the second one waits ~9 s.
+#[test]
+fn a_worker_waiting_for_its_group_says_so() {
+    let broker = broker();
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf8");
+    let run = || {
+        let mut worker = Child::spawn(
+            &hit_counter(),
+            &[
+                "worker",
+                "-l",
+                "info",
+                "--broker",
+                &bootstrap,
+                "--data-dir",
+                data,
+                "--idle-exit",
+                "1",
+                "--consumer-config",
+                "session.timeout.ms=10000",
+            ],
+        );
+        assert_eq!(
+            worker.wait(Duration::from_secs(120)),
+            Some(0),
+            "{}",
+            worker.seen.join("\n")
+        );
+        worker.seen.join("\n")
+    };
+    let first = run();
+    assert!(first.contains("sessions of 10000 ms (set by you)"), "{first}");
+    let second = run();
+    assert!(
+        second.contains("waiting for group `hit_counter` to assign partitions"),
+        "{second}"
+    );
+    assert!(
+        second.contains("the embedded broker completes a join up to session.timeout.ms - 1 s"),
+        "{second}"
+    );
+}

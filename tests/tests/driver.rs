@@ -452,3 +452,34 @@ async fn tables_and_internal_topics_nobody_uses_are_refused() {
         "{error}"
     );
 }
+
+const TALLIES: Topic<String, i64> = Topic::new("tallies").partitions(1);
+const TALLY: Table<String, i64> = Table::new("tally");
+const ECHO: Topic<String, i64> = Topic::new("echo");
+
+/// Borrowed keys in the agent API: `&str` for `String` keys in `send`, `get`, `set`,
+/// `update` and `delete`.
+#[agent(topic = TALLIES, sends = [ECHO], tables = [TALLY])]
+async fn tally(mut tallies: Stream<String, i64>) -> Result<()> {
+    while let Some(n) = tallies.next().await {
+        TALLY.update("all", |t| *t += n).await?;
+        let total = TALLY.get("all").await?;
+        TALLY.set("last", n).await?;
+        TALLY.delete("never").await?;
+        ECHO.send("total", &total).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn borrowed_keys_in_sends_and_tables() {
+    let mut driver = TestDriver::new(App::new("tally").agent(tally)).expect("driver");
+    for n in [1, 2, 3] {
+        driver.pipe(&TALLIES, "n", &n).expect("pipe");
+    }
+    driver.run().await.expect("run");
+    let table = driver.table(&TALLY).expect("table");
+    assert_eq!((table["all"], table["last"], table.get("never")), (6, 3, None));
+    let echoed: Vec<(String, i64)> = driver.records(&ECHO).expect("echo");
+    assert_eq!(echoed.last(), Some(&("total".to_string(), 6)));
+}

@@ -24,3 +24,13 @@ fn the_seed_app_in_the_readme_is_examples_hit_counter() {
         "copy examples/hit_counter.rs into the README's listing"
     );
 }
+
+#[test]
+fn the_dsl_seed_app_in_the_readme_is_examples_hit_counter_dsl() {
+    let readme = read("README.md");
+    assert_eq!(
+        listing_after(&readme, "The same app as one pipeline"),
+        read("examples/hit_counter_dsl.rs"),
+        "copy examples/hit_counter_dsl.rs into the README's listing"
+    );
+}

@@ -1,11 +1,12 @@
 //! The group consumer and its rebalance handling. One thread polls; rebalances run in
 //! its callback, so that state is safe before partitions move (ARCHITECTURE.md §3):
-//! - assign: open each store and start the partition's agent at the offset that agrees with
-//!   the store; a partition with tables stays paused while the restore thread brings its
-//!   stores up to date from their changelogs (see `restore.rs`), and is resumed after;
-//! - revoke: each partition's agent finishes its record and makes a last cut, which is
-//!   flushed, written and committed before the callback returns; stores close after.
-//! - lost: the partitions are dropped without committing.
+//! - assign: partition p of a task's sources starts the task on p (an agent, or a
+//!   sub-topology of a pipeline); a task with tables stays paused while the restore thread
+//!   brings its stores up to date from their changelogs and decides where it starts (see
+//!   `restore.rs`), and is resumed after;
+//! - revoke: each task finishes its record and makes a last cut, which is flushed, written
+//!   and committed before the callback returns; stores close after.
+//! - lost: the tasks are dropped without committing.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -20,14 +21,16 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use crate::agent::AgentSpec;
 use crate::message::Message;
+use crate::metrics::Metrics;
 use crate::store::{RocksDbStore, StateStore};
-use crate::stream::{Input, StreamCore};
-use crate::worker::commit::{Cut, OffsetCommit};
-use crate::worker::metrics::Metrics;
+use crate::task::commit::{Cut, OffsetCommit};
+use crate::task::input::{Input, StreamCore};
+use crate::task::run::{run_partition, TaskKind, TaskSpec};
+use crate::task::sink::Sink;
+use crate::task::tables::TableState;
+use crate::task::TaskContext;
 use crate::worker::restore::{self, RestoreJob, RestoreProgress, Restorer};
-use crate::worker::task::{self, Sink, TableState, TaskContext};
 use crate::{Error, Result};
 
 /// How often a worker waiting for its group says so.
@@ -43,10 +46,15 @@ struct Running {
     ctx: Arc<TaskContext>,
     tx: mpsc::Sender<Input>,
     join: tokio::task::JoinHandle<()>,
-    /// While the partition's stores are restored: the restore, and records that arrived
-    /// before the partition was paused (handed over once the restore is done).
-    restoring: Option<(Arc<RestoreProgress>, Vec<Message>)>,
+    /// The task's source partitions held here: each topic with its index among the sources.
+    sources: Vec<(String, usize)>,
+    /// While the task's stores are restored: the restore, and records that arrived before
+    /// its partitions were paused (handed over once the restore is done).
+    restoring: Option<(Arc<RestoreProgress>, Vec<Parked>)>,
 }
+
+/// Records of one source (by index) that arrived while the task's stores were restored.
+type Parked = (usize, Vec<Message>);
 
 /// How revoked partitions go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,10 +67,15 @@ pub(crate) enum Release {
     Drop,
 }
 
+/// A running task: its spec (by index) and partition.
+type TaskKey = (usize, i32);
+
 /// Everything the poll thread and the rebalance callback share.
 pub(crate) struct Shared {
     pub app_id: String,
-    pub agents: HashMap<String, AgentSpec>,
+    tasks: Vec<Arc<TaskSpec>>,
+    /// Each source topic's task and index among that task's sources.
+    by_topic: HashMap<String, (usize, usize)>,
     pub data_dir: PathBuf,
     pub runtime: tokio::runtime::Handle,
     pub sink: Arc<dyn Sink>,
@@ -72,7 +85,7 @@ pub(crate) struct Shared {
     restores: std::sync::mpsc::Sender<RestoreJob>,
     pub commit_interval: Duration,
     pub table_cache_bytes: usize,
-    running: Mutex<HashMap<String, HashMap<i32, Running>>>,
+    running: Mutex<HashMap<TaskKey, Running>>,
     /// Polled records not yet handed over, one batch per (topic, partition), in order.
     pending: Mutex<Vec<(String, i32, Vec<Message>)>>,
     /// Since when the worker waits for the group to give it partitions (from its start, and
@@ -86,7 +99,7 @@ impl Shared {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         app_id: String,
-        agents: HashMap<String, AgentSpec>,
+        tasks: Vec<TaskSpec>,
         data_dir: PathBuf,
         runtime: tokio::runtime::Handle,
         sink: Arc<dyn Sink>,
@@ -98,9 +111,16 @@ impl Shared {
         on_embedded: bool,
     ) -> Result<Self> {
         let restores = restore::spawn(restorer, Arc::clone(&metrics))?;
+        let mut by_topic = HashMap::new();
+        for (index, task) in tasks.iter().enumerate() {
+            for (source, topic) in task.sources.iter().enumerate() {
+                by_topic.insert(topic.name.to_string(), (index, source));
+            }
+        }
         Ok(Self {
             app_id,
-            agents,
+            tasks: tasks.into_iter().map(Arc::new).collect(),
+            by_topic,
             data_dir,
             runtime,
             sink,
@@ -116,6 +136,11 @@ impl Shared {
         })
     }
 
+    /// The source topics of every task (what the consumer subscribes to).
+    pub(crate) fn source_topics(&self) -> Vec<String> {
+        self.by_topic.keys().cloned().collect()
+    }
+
     fn set_waiting(&self, waiting: bool) {
         let mut since = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         *since = waiting.then(|| since.unwrap_or_else(std::time::Instant::now));
@@ -125,7 +150,7 @@ impl Shared {
         *self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<i32, Running>>> {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<TaskKey, Running>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -150,9 +175,9 @@ impl Shared {
         batch.push(Message::from_kafka(message));
     }
 
-    /// Hands buffered records to their partitions' agents, one batch per partition, in
-    /// order, waiting while a queue is full. Runs before every rebalance, so no record
-    /// fetched under an old assignment reaches a task of a new one.
+    /// Hands buffered records to their tasks, one batch per partition, in order, waiting
+    /// while a queue is full. Runs before every rebalance, so no record fetched under an old
+    /// assignment reaches a task of a new one.
     pub(crate) fn hand_over(&self) {
         let batches = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
         if batches.is_empty() {
@@ -160,16 +185,19 @@ impl Shared {
         }
         let mut running = self.running();
         for (topic, partition, batch) in batches {
-            let Some(task) = running.get_mut(&topic).and_then(|p| p.get_mut(&partition)) else {
+            let Some(&(task, source)) = self.by_topic.get(&topic) else {
+                continue;
+            };
+            let Some(running) = running.get_mut(&(task, partition)) else {
                 tracing::debug!("records for unassigned partition {topic}[{partition}] ignored");
                 continue;
             };
-            if let Some((_, parked)) = &mut task.restoring {
-                parked.extend(batch);
+            if let Some((_, parked)) = &mut running.restoring {
+                parked.push((source, batch));
                 continue;
             }
-            if task.tx.blocking_send(Input::Records(batch)).is_err() {
-                tracing::debug!("partition task ended; records will be read again by its next owner");
+            if running.tx.blocking_send(Input::Records(source, batch)).is_err() {
+                tracing::debug!("task ended; records will be read again by its next owner");
             }
         }
     }
@@ -192,17 +220,14 @@ impl Shared {
     }
 
     /// Whether the worker holds its partitions: it was given an assignment and none of its
-    /// partitions is being restored.
+    /// tasks is being restored.
     fn settled(&self) -> bool {
-        self.metrics.assignments.load(Ordering::Relaxed) > 0
-            && self
-                .running()
-                .values()
-                .all(|partitions| partitions.values().all(|task| task.restoring.is_none()))
+        self.metrics.assignments.load(Ordering::Relaxed) > 0 && self.running().values().all(|t| t.restoring.is_none())
     }
 
-    /// Prepares newly assigned partitions; sets in `list` the offset each starts from.
-    /// Returns the partitions whose stores are being restored: they must be paused.
+    /// Starts the tasks of newly assigned partitions; sets in `list` the offset each source
+    /// partition starts from. Returns the partitions whose tasks' stores are being restored:
+    /// they must be paused.
     fn assign(
         &self,
         consumer: &BaseConsumer<WorkerContext>,
@@ -210,16 +235,36 @@ impl Shared {
     ) -> Result<TopicPartitionList> {
         let mut restoring = TopicPartitionList::new();
         let committed = committed_offsets(consumer, list)?;
-        let partitions: Vec<(String, i32)> = list
-            .elements()
-            .iter()
-            .map(|e| (e.topic().to_string(), e.partition()))
-            .collect();
-        for (topic, partition) in partitions {
-            let Some(agent) = self.agents.get(&topic) else { continue };
-            let start = committed.get(&(topic.clone(), partition)).copied();
+        // The assigned partitions by task: partition p of each of a task's sources.
+        let mut groups: std::collections::BTreeMap<TaskKey, Vec<(String, usize)>> = Default::default();
+        for element in list.elements() {
+            let topic = element.topic().to_string();
+            let Some(&(task, source)) = self.by_topic.get(&topic) else {
+                continue;
+            };
+            groups
+                .entry((task, element.partition()))
+                .or_default()
+                .push((topic, source));
+        }
+        for ((index, partition), mut sources) in groups {
+            sources.sort_by_key(|(_, source)| *source);
+            let spec = Arc::clone(&self.tasks[index]);
+            if sources.len() < spec.sources.len() {
+                tracing::warn!(
+                    "{} `{}`: only {} of its {} sources' partition {partition} are assigned here",
+                    if spec.kind == TaskKind::Agent {
+                        "agent"
+                    } else {
+                        "pipeline"
+                    },
+                    spec.name,
+                    sources.len(),
+                    spec.sources.len()
+                );
+            }
             let mut tables = Vec::new();
-            for table in &agent.tables {
+            for table in &spec.tables {
                 let store = self.open_store(table.name, partition)?;
                 tables.push(TableState::new(
                     table.name,
@@ -232,65 +277,78 @@ impl Shared {
                 .iter()
                 .map(|t| (Arc::clone(&t.store), Arc::clone(&t.changelog)))
                 .collect();
-            // From the committed offset (or the beginning): once the stores are restored, the
-            // restore may move the start further (`Starts`).
-            let offset = match start {
-                Some(start) => Offset::Offset(start),
-                None if !stores.is_empty() => Offset::Beginning,
-                None => Offset::Invalid,
-            };
-            if offset != Offset::Invalid {
-                list.set_partition_offset(&topic, partition, offset)
-                    .map_err(|e| Error::kafka("assign", e))?;
+            let mut starts = Vec::with_capacity(sources.len());
+            for (topic, _) in &sources {
+                let start = committed.get(&(topic.clone(), partition)).copied();
+                // From the committed offset (or the beginning): once the stores are restored,
+                // the restore may move the start further (`Starts`).
+                let offset = match start {
+                    Some(start) => Offset::Offset(start),
+                    None if !stores.is_empty() => Offset::Beginning,
+                    None => Offset::Invalid,
+                };
+                if offset != Offset::Invalid {
+                    list.set_partition_offset(topic, partition, offset)
+                        .map_err(|e| Error::kafka("assign", e))?;
+                }
+                starts.push((topic.clone(), start));
             }
             let cuts = self.cuts.lock().ok().and_then(|c| c.clone()).ok_or(Error::Stopping)?;
-            let ctx = TaskContext::new(
-                agent,
-                &self.app_id,
+            let ctx = Arc::new(TaskContext::new(
+                &spec,
                 partition,
                 tables,
                 Arc::clone(&self.sink),
                 cuts,
                 Arc::clone(&self.metrics),
-            );
-            let (tx, rx) = mpsc::channel(QUEUE);
-            let ctx = Arc::new(ctx);
+            ));
+            let (tx, rx) = mpsc::channel(QUEUE * spec.sources.len().max(1));
             let job = (!stores.is_empty()).then(|| RestoreJob {
-                topic: topic.clone(),
+                topic: sources.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>().join("+"),
                 partition,
                 tables: stores,
-                committed: vec![(topic.clone(), start)],
+                committed: starts.clone(),
                 ctx: Arc::clone(&ctx),
                 progress: Arc::new(RestoreProgress::default()),
             });
             let core = StreamCore::new(Arc::clone(&ctx), rx, self.commit_interval);
-            let join = self.runtime.spawn(task::run_partition(agent.clone(), core));
+            let join = self.runtime.spawn(run_partition(Arc::clone(&spec), core));
+            let label = sources
+                .iter()
+                .map(|(topic, _)| format!("{topic}[{partition}]"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let committed_text = starts
+                .iter()
+                .map(|(_, start)| start.map_or_else(|| "none".to_string(), |s| s.to_string()))
+                .collect::<Vec<_>>()
+                .join(", ");
             let restoring_progress = match job {
                 Some(job) => {
                     let progress = Arc::clone(&job.progress);
                     self.restores.send(job).map_err(|_| Error::Stopping)?;
-                    restoring.add_partition(&topic, partition);
+                    for (topic, _) in &sources {
+                        restoring.add_partition(topic, partition);
+                    }
                     tracing::info!(
-                        "assigned {topic}[{partition}] to agent {} (committed offset {start:?}); restoring its tables",
-                        agent.name
+                        "assigned {label} to {} (committed offset {committed_text}); restoring its tables",
+                        spec.name
                     );
                     Some((progress, Vec::new()))
                 }
                 None => {
-                    tracing::info!(
-                        "assigned {topic}[{partition}] to agent {} (committed offset {start:?})",
-                        agent.name
-                    );
-                    self.metrics.assigned.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!("assigned {label} to {} (committed offset {committed_text})", spec.name);
+                    self.metrics.assigned.fetch_add(sources.len() as u64, Ordering::Relaxed);
                     None
                 }
             };
-            self.running().entry(topic).or_default().insert(
-                partition,
+            self.running().insert(
+                (index, partition),
                 Running {
                     ctx,
                     tx,
                     join,
+                    sources: sources.clone(),
                     restoring: restoring_progress,
                 },
             );
@@ -298,26 +356,26 @@ impl Shared {
         Ok(restoring)
     }
 
-    /// Resumes the partitions whose restores are done, records that arrived meanwhile
-    /// first. A restore that failed stops the worker. Called by the poll thread.
+    /// Resumes the tasks whose restores are done, records that arrived meanwhile first. A
+    /// restore that failed stops the worker. Called by the poll thread.
     fn resume_restored(&self, consumer: &BaseConsumer<WorkerContext>) {
         let mut running = self.running();
-        for (topic, partitions) in running.iter_mut() {
-            for (partition, task) in partitions.iter_mut() {
-                let Some(outcome) = task.restoring.as_ref().and_then(|(progress, _)| progress.outcome()) else {
+        for ((_, partition), task) in running.iter_mut() {
+            let Some(outcome) = task.restoring.as_ref().and_then(|(progress, _)| progress.outcome()) else {
+                continue;
+            };
+            let starts = match outcome {
+                Ok(starts) => starts,
+                Err(error) => {
+                    self.metrics.fail(error);
                     continue;
-                };
-                let starts = match outcome {
-                    Ok(starts) => starts,
-                    Err(error) => {
-                        self.metrics.fail(error);
-                        continue;
-                    }
-                };
-                let Some((_, mut parked)) = task.restoring.take() else {
-                    continue;
-                };
-                let Some(start) = starts.offsets.iter().find(|(t, _)| t == topic).map(|(_, start)| *start) else {
+                }
+            };
+            let Some((_, mut parked)) = task.restoring.take() else {
+                continue;
+            };
+            for (topic, source) in &task.sources {
+                let Some(start) = starts.offsets.iter().find(|(t, _)| t == topic).map(|(_, s)| *s) else {
                     continue;
                 };
                 if starts.moved {
@@ -325,7 +383,7 @@ impl Shared {
                     // seek discards what librdkafka had prefetched); if the seek fails, the
                     // task skips records before the start instead.
                     match consumer.seek(topic, *partition, Offset::Offset(start), Duration::from_secs(10)) {
-                        Ok(()) => parked.clear(),
+                        Ok(()) => parked.retain(|(s, _)| s != source),
                         Err(error) => {
                             tracing::warn!(
                                 "cannot seek {topic}[{partition}] to {start} ({error}); skipping records up to it"
@@ -333,72 +391,80 @@ impl Shared {
                         }
                     }
                 }
-                if task.tx.blocking_send(Input::StartAt(start)).is_err() {
-                    tracing::debug!("partition task ended before its start");
+                if task.tx.blocking_send(Input::StartAt(*source, start)).is_err() {
+                    tracing::debug!("task ended before its start");
                 }
-                if !parked.is_empty() && task.tx.blocking_send(Input::Records(parked)).is_err() {
-                    tracing::debug!("partition task ended; records will be read again by its next owner");
-                }
-                let mut list = TopicPartitionList::new();
-                list.add_partition(topic, *partition);
-                match consumer.resume(&list) {
-                    Ok(()) => tracing::info!("{topic}[{partition}] restored; processing"),
-                    Err(error) => self
-                        .metrics
-                        .fail(format!("cannot resume {topic}[{partition}]: {error}")),
-                }
-                self.metrics.assigned.fetch_add(1, Ordering::Relaxed);
             }
+            for (source, batch) in parked {
+                if task.tx.blocking_send(Input::Records(source, batch)).is_err() {
+                    tracing::debug!("task ended; records will be read again by its next owner");
+                }
+            }
+            let mut list = TopicPartitionList::new();
+            for (topic, _) in &task.sources {
+                list.add_partition(topic, *partition);
+            }
+            match consumer.resume(&list) {
+                Ok(()) => tracing::info!("{} on partition {partition} restored; processing", task.ctx.name),
+                Err(error) => self.metrics.fail(format!(
+                    "cannot resume partition {partition} of {}: {error}",
+                    task.ctx.name
+                )),
+            }
+            self.metrics
+                .assigned
+                .fetch_add(task.sources.len() as u64, Ordering::Relaxed);
         }
     }
 
-    /// Finishes partitions: a last cut committed before this returns (or, when the
-    /// partitions were lost or the worker failed, nothing committed). Returns the partitions
-    /// whose last commit failed, with why.
+    /// Finishes the tasks of `partitions` (all when `None`): a last cut committed before this
+    /// returns (or, when the partitions were lost or the worker failed, nothing committed).
+    /// Returns the tasks whose last commit failed, with why.
     pub(crate) fn revoke(&self, partitions: Option<&[(String, i32)]>, release: Release) -> Vec<String> {
         let mut failed = Vec::new();
         let mut finishing = Vec::new();
         {
             let mut running = self.running();
-            let selected: Vec<(String, i32)> = match partitions {
-                Some(list) => list.to_vec(),
-                None => running
+            let mut selected: Vec<TaskKey> = match partitions {
+                Some(list) => list
                     .iter()
-                    .flat_map(|(t, ps)| ps.keys().map(move |p| (t.clone(), *p)))
+                    .filter_map(|(topic, partition)| Some((self.by_topic.get(topic)?.0, *partition)))
                     .collect(),
+                None => running.keys().copied().collect(),
             };
-            // Restores of revoked partitions stop first, all of them, before any is waited for.
-            for (topic, partition) in &selected {
-                if let Some((progress, _)) = running
-                    .get(topic)
-                    .and_then(|ps| ps.get(partition))
-                    .and_then(|task| task.restoring.as_ref())
-                {
+            selected.sort_unstable();
+            selected.dedup();
+            // Restores of revoked tasks stop first, all of them, before any is waited for.
+            for key in &selected {
+                if let Some((progress, _)) = running.get(key).and_then(|task| task.restoring.as_ref()) {
                     progress.cancel();
                 }
             }
-            for (topic, partition) in selected {
-                let Some(task) = running.get_mut(&topic).and_then(|ps| ps.remove(&partition)) else {
-                    continue;
-                };
+            for key in selected {
+                let Some(task) = running.remove(&key) else { continue };
+                let label = format!("{}[{}]", task.ctx.name, key.1);
                 match &task.restoring {
                     // Revoked while restoring: wait until the restore lets go of the stores
                     // (records parked meanwhile were never processed).
                     Some((progress, _)) => progress.wait_released(FINISH_TIMEOUT),
                     None => {
-                        self.metrics.assigned.fetch_sub(1, Ordering::Relaxed);
+                        self.metrics
+                            .assigned
+                            .fetch_sub(task.sources.len() as u64, Ordering::Relaxed);
                     }
                 }
                 match release {
                     Release::Commit => {}
                     Release::Lost => {
-                        tracing::warn!("{topic}[{partition}] was lost; dropped without committing");
-                        self.metrics.lost.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("{label} was lost; dropped without committing");
+                        self.metrics
+                            .lost
+                            .fetch_add(task.sources.len() as u64, Ordering::Relaxed);
                         task.join.abort();
                         continue;
                     }
                     Release::Drop => {
-                        tracing::warn!("{topic}[{partition}] dropped without committing (the worker failed)");
+                        tracing::warn!("{label} dropped without committing (the worker failed)");
                         task.join.abort();
                         continue;
                     }
@@ -406,23 +472,28 @@ impl Shared {
                 let (ack, acked) = std::sync::mpsc::channel();
                 task.ctx.request_finish();
                 if task.tx.blocking_send(Input::Finish(ack)).is_err() {
-                    tracing::warn!("{topic}[{partition}]: its agent had already stopped");
+                    tracing::warn!("{label}: its task had already stopped");
                 }
-                finishing.push((topic, partition, acked, task.join));
+                let partitions: Vec<String> = task
+                    .sources
+                    .iter()
+                    .map(|(topic, _)| format!("{topic}[{}]", key.1))
+                    .collect();
+                finishing.push((partitions.join(", "), acked, task.join));
             }
         }
-        for (topic, partition, acked, join) in finishing {
+        for (label, acked, join) in finishing {
             match acked.recv_timeout(FINISH_TIMEOUT) {
-                Ok(Ok(())) => tracing::info!("{topic}[{partition}] committed and released"),
+                Ok(Ok(())) => tracing::info!("{label} committed and released"),
                 Ok(Err(error)) => {
-                    tracing::warn!("{topic}[{partition}] released; its last commit failed: {error}");
-                    failed.push(format!("{topic}[{partition}]: {error}"));
+                    tracing::warn!("{label} released; its last commit failed: {error}");
+                    failed.push(format!("{label}: {error}"));
                 }
                 Err(_) => {
-                    tracing::error!("{topic}[{partition}]: agent did not finish within {FINISH_TIMEOUT:?}; released without a commit");
-                    failed.push(format!(
-                        "{topic}[{partition}]: its agent did not finish within {FINISH_TIMEOUT:?}"
-                    ));
+                    tracing::error!(
+                        "{label}: task did not finish within {FINISH_TIMEOUT:?}; released without a commit"
+                    );
+                    failed.push(format!("{label}: its task did not finish within {FINISH_TIMEOUT:?}"));
                     join.abort();
                 }
             }
@@ -544,6 +615,7 @@ impl ConsumerContext for WorkerContext {
                 }
             }
             other => {
+                self.shared.set_waiting(true);
                 tracing::error!("rebalance error: {other:?}; releasing all partitions");
                 let _ = self.shared.revoke(None, Release::Lost);
                 let _ = consumer.unassign();

@@ -4,14 +4,10 @@
 //! directory, waits for the cluster, creates the app's topics, joins the consumer group
 //! named after the app, and runs agents on the partitions it is assigned.
 
-pub(crate) mod commit;
 pub(crate) mod consumer;
-pub(crate) mod metrics;
 pub(crate) mod producer;
 pub(crate) mod restore;
-pub(crate) mod task;
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,9 +17,11 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-pub use self::metrics::Metrics;
 use crate::app::App;
 use crate::broker::{self, EmbeddedBroker};
+use crate::metrics::Metrics;
+use crate::task::commit;
+use crate::task::sink::Sink;
 use crate::worker::restore::Restorer;
 use crate::{Error, Result};
 
@@ -235,16 +233,11 @@ impl Worker {
         stopping()?;
 
         let metrics = Arc::new(Metrics::default());
-        let sink: Arc<dyn task::Sink> = Arc::new(producer::KafkaSink::new(config.clone(), Arc::clone(&metrics))?);
+        let sink: Arc<dyn Sink> = Arc::new(producer::KafkaSink::new(config.clone(), Arc::clone(&metrics))?);
         let (cuts_tx, cuts_rx) = std::sync::mpsc::channel();
-        let agents: HashMap<String, _> = app
-            .agents()
-            .iter()
-            .map(|a| (a.source.name.to_string(), a.clone()))
-            .collect();
         let shared = Arc::new(consumer::Shared::new(
             app.id().to_string(),
-            agents,
+            app.tasks(),
             app_dir.join("tables"),
             tokio::runtime::Handle::current(),
             Arc::clone(&sink),
@@ -266,30 +259,41 @@ impl Worker {
             // Records wait in at most two batches per partition on our side; librdkafka's
             // prefetch needs no more than this to keep partitions busy.
             .set("queued.max.messages.kbytes", "32768");
+        let chosen = |key: &str| {
+            options
+                .consumer_config
+                .iter()
+                .chain(&options.client_config)
+                .any(|(k, _)| k == key)
+        };
         if on_embedded {
             // The mock cluster completes a join only `session.timeout.ms - 1s` after the
             // previous member left (45 s by default): short sessions make restarts quick.
-            let chosen = |key: &str| {
-                options
-                    .consumer_config
-                    .iter()
-                    .chain(&options.client_config)
-                    .any(|(k, _)| k == key)
-            };
             if !chosen("session.timeout.ms") {
                 consumer_config.set("session.timeout.ms", EMBEDDED_SESSION_MS.to_string());
             }
             if !chosen("heartbeat.interval.ms") {
                 consumer_config.set("heartbeat.interval.ms", "500");
             }
-            tracing::info!(
-                "the broker is the embedded broker (librdkafka's mock cluster): sessions of {} ms, so that \
-                 the group forms in seconds",
-                consumer_config.get("session.timeout.ms").unwrap_or_default()
-            );
         }
         for (key, value) in &options.consumer_config {
             consumer_config.set(key, value);
+        }
+        if on_embedded {
+            let session = consumer_config
+                .get("session.timeout.ms")
+                .unwrap_or("45000 (librdkafka's default)");
+            if chosen("session.timeout.ms") {
+                tracing::info!(
+                    "the broker is the embedded broker (librdkafka's mock cluster): sessions of {session} ms \
+                     (set by you); it completes a join up to that long after the previous member left"
+                );
+            } else {
+                tracing::info!(
+                    "the broker is the embedded broker (librdkafka's mock cluster): sessions of {session} ms, \
+                     so that the group forms in seconds"
+                );
+            }
         }
         let consumer: Arc<BaseConsumer<consumer::WorkerContext>> = Arc::new(
             consumer_config
@@ -298,7 +302,9 @@ impl Worker {
                 })
                 .map_err(|e| Error::kafka("creating the consumer", e))?,
         );
-        let sources: Vec<&str> = app.agents().iter().map(|a| a.source.name).collect();
+        let mut sources = shared.source_topics();
+        sources.sort();
+        let sources: Vec<&str> = sources.iter().map(String::as_str).collect();
         consumer
             .subscribe(&sources)
             .map_err(|e| Error::kafka("subscribing", e))?;

@@ -11,8 +11,8 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
-use crate::worker::metrics::Metrics;
-use crate::worker::task::{OutRecord, Sink, SinkError};
+use crate::metrics::Metrics;
+use crate::task::sink::{OutRecord, Sink, SinkError};
 use crate::{Error, Result};
 
 /// Tracks deliveries: failures since the last flush, and the last acknowledged offset of
@@ -102,6 +102,9 @@ impl Sink for KafkaSink {
         }
         if let Some(partition) = record.partition {
             base = base.partition(partition);
+        }
+        if let Some(timestamp) = record.timestamp {
+            base = base.timestamp(timestamp);
         }
         match self.producer.send(base) {
             Ok(()) => Ok(()),

@@ -16,9 +16,9 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::changelog::{self, Apply, ChangelogReader, Restored};
+use crate::metrics::Metrics;
 use crate::store::StateStore;
-use crate::worker::metrics::Metrics;
-use crate::worker::task::TaskContext;
+use crate::task::TaskContext;
 use crate::{Error, Result};
 
 /// The stores of one partition to restore.
@@ -113,7 +113,7 @@ fn restore(job: RestoreJob, restorer: &Restorer, metrics: &Metrics) -> std::resu
     let began = Instant::now();
     let failed = |e: Error| format!("cannot restore the tables of {}[{}]: {e}", job.topic, job.partition);
     // Where nothing is committed, the partition's first offset stands in (see `Committed`).
-    let mut committed = Vec::with_capacity(job.committed.len());
+    let mut committed: Vec<(String, i64)> = Vec::with_capacity(job.committed.len());
     for (topic, offset) in &job.committed {
         let offset = match offset {
             Some(offset) => *offset,

@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::message::Message;
-use crate::worker::task::TaskContext;
 
 /// What a worker has done so far. Read it from [`crate::WorkerHandle::metrics`].
 #[derive(Debug, Default)]
@@ -63,15 +62,12 @@ fn take_flag(flag: &AtomicBool) -> bool {
 }
 
 impl Metrics {
-    /// Logs a record an agent is given (at debug level, or as the once-a-second sample).
+    /// Logs a record a task is given (at debug level, or as the once-a-second sample).
     /// Counting is the task's: see `TaskContext::report`.
-    pub(crate) fn record_in(&self, ctx: &TaskContext, message: &Message) {
+    pub(crate) fn record_in(&self, task: &str, topic: &str, partition: i32, message: &Message) {
         let show = || {
             format!(
-                "{} <- {}[{}]@{}: {}",
-                ctx.agent,
-                ctx.topic,
-                ctx.partition,
+                "{task} <- {topic}[{partition}]@{}: {}",
                 message.offset(),
                 text(message.payload().unwrap_or_default(), 120)
             )

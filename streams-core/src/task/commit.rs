@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
-use crate::store::{Checkpoint, StateStore};
-use crate::worker::metrics::Metrics;
-use crate::worker::task::Sink;
+use super::sink::Sink;
+use crate::metrics::Metrics;
+use crate::store::{Checkpoint, Entry, StateStore};
 
 /// Signals that a cut is durable, or why it could not be made so.
 pub(crate) type Ack = Sender<Result<(), String>>;
@@ -19,7 +19,7 @@ pub(crate) type Ack = Sender<Result<(), String>>;
 pub(crate) struct TableWrite {
     pub changelog: Arc<str>,
     pub store: Arc<dyn StateStore>,
-    pub entries: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub entries: Vec<Entry>,
 }
 
 /// One partition's state at a record boundary.

@@ -1,0 +1,453 @@
+//! Building a pipeline: [`StreamsBuilder`] keeps the graph of nodes as the typed handles
+//! grow it, and [`Pipeline`] is the result — its sub-topologies as tasks, and its graph for
+//! the topology.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::node::{ChangeListener, Fanout, Freeze, SourceNode, StreamSource, TableSlot};
+use super::run::{run_fn, SubTopology};
+use super::stream::{KStream, Keyed};
+use super::table::{KTable, TableSource};
+use crate::codec::Key;
+use crate::spec::{TableSpec, TopicSpec};
+use crate::table::Table;
+use crate::task::run::{TaskKind, TaskSpec};
+use crate::topic::Topic;
+
+/// What a node of a pipeline is, for the topology.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeKind {
+    /// Reads a topic.
+    Source {
+        /// The topic.
+        topic: String,
+    },
+    /// A stateless operation (`filter`, `map_values`, …).
+    Operation,
+    /// Sends to a topic.
+    Sink {
+        /// The topic.
+        topic: String,
+    },
+    /// Keeps a table (an aggregation, or a topic read as a table).
+    Table {
+        /// The table.
+        table: String,
+        /// Its changelog topic.
+        changelog: String,
+    },
+}
+
+/// A node of a pipeline, for the topology.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The node's name: what it does, numbered in the pipeline (`filter-2`), or the name
+    /// given with `.named(..)`.
+    pub name: String,
+    /// What it is.
+    pub kind: NodeKind,
+    /// The nodes before it.
+    pub parents: Vec<usize>,
+    /// The sub-topology it belongs to (an index into [`Pipeline::subtopologies`]).
+    pub subtopology: usize,
+}
+
+/// What a builder records.
+pub(crate) struct Graph {
+    pub(crate) app_id: String,
+    pub(crate) pipeline: String,
+    /// Union-find of node groups: a group is a sub-topology in the making.
+    group_parent: Vec<usize>,
+    pub(crate) nodes: Vec<(NodeInfo, usize)>,
+    sources: Vec<SourceEntry>,
+    sinks: Vec<(usize, TopicSpec)>,
+    tables: Vec<TableEntry>,
+    listeners: Vec<(usize, TableSlot, Arc<dyn ChangeListener>)>,
+    fanouts: Vec<Arc<dyn Freeze>>,
+    pub(crate) errors: Vec<String>,
+}
+
+struct SourceEntry {
+    topic: TopicSpec,
+    /// The name the sub-topology is known by (the repartition's name for repartition topics).
+    display: String,
+    group: usize,
+    node: Arc<dyn SourceNode>,
+}
+
+struct TableEntry {
+    spec: TableSpec,
+    group: usize,
+    slot: TableSlot,
+}
+
+impl Graph {
+    fn find(&mut self, group: usize) -> usize {
+        let mut root = group;
+        while self.group_parent[root] != root {
+            root = self.group_parent[root];
+        }
+        self.group_parent[group] = root;
+        root
+    }
+
+    /// Makes two groups one sub-topology.
+    pub(crate) fn union(&mut self, a: usize, b: usize) -> usize {
+        let (a, b) = (self.find(a), self.find(b));
+        self.group_parent[b] = a;
+        a
+    }
+
+    fn new_group(&mut self) -> usize {
+        self.group_parent.push(self.group_parent.len());
+        self.group_parent.len() - 1
+    }
+
+    /// Adds a node to the topology; returns its id.
+    pub(crate) fn node(&mut self, op: &str, kind: NodeKind, parents: Vec<usize>, group: usize) -> usize {
+        let id = self.nodes.len();
+        let name = match &kind {
+            NodeKind::Operation => format!("{op}-{id}"),
+            _ => op.to_string(),
+        };
+        self.nodes.push((
+            NodeInfo {
+                name,
+                kind,
+                parents,
+                subtopology: 0,
+            },
+            group,
+        ));
+        id
+    }
+
+    /// Gives node `id` a name of the user's.
+    pub(crate) fn rename(&mut self, id: usize, name: &str) {
+        if let Some((node, _)) = self.nodes.get_mut(id) {
+            node.name = name.to_string();
+        }
+    }
+
+    pub(crate) fn fanout<K: Send + 'static, V: Send + 'static>(&mut self) -> Arc<Fanout<K, V>> {
+        let fanout = Fanout::new();
+        self.fanouts.push(Arc::clone(&fanout) as Arc<dyn Freeze>);
+        fanout
+    }
+
+    /// Starts a sub-topology at `topic`; returns its group.
+    pub(crate) fn source(&mut self, topic: TopicSpec, display: String, node: Arc<dyn SourceNode>) -> usize {
+        if let Some(other) = self.sources.iter().find(|s| s.topic.name == topic.name) {
+            self.errors.push(format!(
+                "pipeline `{}` reads topic `{}` twice ({} and {}); read it once and use the stream it gives \
+                 twice (`.clone()`)",
+                self.pipeline, topic.name, other.display, display
+            ));
+        }
+        let group = self.new_group();
+        self.sources.push(SourceEntry {
+            topic,
+            display,
+            group,
+            node,
+        });
+        group
+    }
+
+    pub(crate) fn sink(&mut self, group: usize, topic: TopicSpec) {
+        self.sinks.push((group, topic));
+    }
+
+    /// Gives `table` to the sub-topology of `group`; its slot says where it is among the
+    /// task's tables once the pipeline is built.
+    pub(crate) fn table(&mut self, group: usize, spec: TableSpec) -> TableSlot {
+        let slot = TableSlot::default();
+        self.table_at(group, spec, slot.clone());
+        slot
+    }
+
+    /// Gives `table` to the sub-topology of `group`, at `slot`.
+    pub(crate) fn table_at(&mut self, group: usize, spec: TableSpec, slot: TableSlot) {
+        if self.tables.iter().any(|t| t.spec.name == spec.name) {
+            self.errors.push(format!(
+                "pipeline `{}` keeps table `{}` twice; a table is kept by one aggregation",
+                self.pipeline, spec.name
+            ));
+        }
+        self.tables.push(TableEntry { spec, group, slot });
+    }
+
+    pub(crate) fn listen(&mut self, group: usize, slot: TableSlot, listener: Arc<dyn ChangeListener>) {
+        self.listeners.push((group, slot, listener));
+    }
+
+    /// The first source topic of a group's sub-topology (what its repartition topics are
+    /// partitioned like).
+    pub(crate) fn first_source(&mut self, group: usize) -> Option<String> {
+        let root = self.find(group);
+        let groups: Vec<usize> = self.sources.iter().map(|s| s.group).collect();
+        for (index, g) in groups.into_iter().enumerate() {
+            if self.find(g) == root {
+                return Some(self.sources[index].topic.name.to_string());
+            }
+        }
+        None
+    }
+
+    /// The repartition topic named `name`: `{app}-{name}-repartition`.
+    pub(crate) fn repartition_topic(&self, name: &str) -> String {
+        format!("{}-{name}-repartition", self.app_id)
+    }
+}
+
+/// Builds a pipeline: start streams from topics, tables from topics, and chain operations
+/// on them. [`crate::App::pipeline`] gives you one.
+///
+/// ```
+/// use streams_core::prelude::*;
+///
+/// #[record]
+/// #[derive(Clone)]
+/// struct Hit { hits: i64, user: String }
+///
+/// const HITS: Topic<(), Hit> = Topic::new("hits");
+/// const PER_USER: Table<String, i64> = Table::new("hits-per-user");
+///
+/// let app = App::new("counter").pipeline("count", |builder| {
+///     builder
+///         .stream(HITS)
+///         .filter(|_, hit| hit.hits > 20)
+///         .group_by("by-user", |_, hit| hit.user.clone())
+///         .count(PER_USER);
+/// });
+/// assert_eq!(app.tasks().len(), 2, "split at the repartition topic");
+/// ```
+pub struct StreamsBuilder {
+    pub(crate) graph: Rc<RefCell<Graph>>,
+}
+
+impl StreamsBuilder {
+    pub(crate) fn new(app_id: &str, pipeline: &str) -> Self {
+        Self {
+            graph: Rc::new(RefCell::new(Graph {
+                app_id: app_id.to_string(),
+                pipeline: pipeline.to_string(),
+                group_parent: Vec::new(),
+                nodes: Vec::new(),
+                sources: Vec::new(),
+                sinks: Vec::new(),
+                tables: Vec::new(),
+                listeners: Vec::new(),
+                fanouts: Vec::new(),
+                errors: Vec::new(),
+            })),
+        }
+    }
+
+    /// The records of `topic` as a stream, partitioned by their key.
+    pub fn stream<K: Key, V: Send + Sync + 'static>(&self, topic: Topic<K, V>) -> KStream<K, V, Keyed> {
+        let mut graph = self.graph.borrow_mut();
+        let next = graph.fanout::<K, V>();
+        let source = StreamSource {
+            values: topic.value_codec(),
+            next: Arc::clone(&next),
+        };
+        let group = graph.source(topic.spec(), topic.name().to_string(), Arc::new(source));
+        let node = graph.node(
+            topic.name(),
+            NodeKind::Source {
+                topic: topic.name().to_string(),
+            },
+            Vec::new(),
+            group,
+        );
+        KStream::new(Rc::clone(&self.graph), next, group, node)
+    }
+
+    /// The records of `topic` as a table kept in `store`: the latest value of each key (a
+    /// record without a value deletes its key). The store's key and value types are the
+    /// topic's.
+    pub fn table<K, V>(&self, topic: Topic<K, V>, store: Table<K, V>) -> KTable<K, V>
+    where
+        K: Key,
+        V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let mut graph = self.graph.borrow_mut();
+        let slot = TableSlot::default();
+        let source = TableSource {
+            values: topic.value_codec(),
+            store,
+            slot: slot.clone(),
+        };
+        let group = graph.source(topic.spec(), topic.name().to_string(), Arc::new(source));
+        let source_node = graph.node(
+            topic.name(),
+            NodeKind::Source {
+                topic: topic.name().to_string(),
+            },
+            Vec::new(),
+            group,
+        );
+        graph.table_at(group, store.spec(), slot.clone());
+        let changelog = store.spec().changelog_topic(&graph.app_id);
+        let node = graph.node(
+            store.name(),
+            NodeKind::Table {
+                table: store.name().to_string(),
+                changelog,
+            },
+            vec![source_node],
+            group,
+        );
+        KTable::new(Rc::clone(&self.graph), store, slot, group, node)
+    }
+
+    /// Finishes the pipeline: freezes its nodes and splits it into sub-topologies, one task
+    /// kind each.
+    pub(crate) fn build(self) -> Pipeline {
+        let mut graph = self.graph.borrow_mut();
+        for fanout in &graph.fanouts {
+            fanout.freeze();
+        }
+        // Sub-topologies: the groups that remain after merges, in the order of their first
+        // source (so that names and order do not depend on hashing).
+        let groups: Vec<usize> = graph.sources.iter().map(|s| s.group).collect();
+        let mut roots: Vec<usize> = Vec::new();
+        for group in groups {
+            let root = graph.find(group);
+            if !roots.contains(&root) {
+                roots.push(root);
+            }
+        }
+        let subtopology_of = |graph: &mut Graph, group: usize| -> usize {
+            let root = graph.find(group);
+            roots.iter().position(|r| *r == root).unwrap_or(0)
+        };
+        let mut subtopologies: Vec<Subtopology> = roots
+            .iter()
+            .map(|_| Subtopology {
+                sources: Vec::new(),
+                nodes: Vec::new(),
+                sinks: Vec::new(),
+                tables: Vec::new(),
+                listeners: Vec::new(),
+                display: String::new(),
+            })
+            .collect();
+        for index in 0..graph.sources.len() {
+            let group = graph.sources[index].group;
+            let sub = subtopology_of(&mut graph, group);
+            let entry = &graph.sources[index];
+            if subtopologies[sub].display.is_empty() {
+                subtopologies[sub].display = entry.display.clone();
+            }
+            subtopologies[sub]
+                .sources
+                .push((entry.topic.clone(), Arc::clone(&entry.node)));
+        }
+        for index in 0..graph.sinks.len() {
+            let group = graph.sinks[index].0;
+            let sub = subtopology_of(&mut graph, group);
+            let topic = graph.sinks[index].1.clone();
+            if !subtopologies[sub]
+                .sinks
+                .iter()
+                .any(|t: &TopicSpec| t.name == topic.name)
+            {
+                subtopologies[sub].sinks.push(topic);
+            }
+        }
+        for index in 0..graph.tables.len() {
+            let group = graph.tables[index].group;
+            let sub = subtopology_of(&mut graph, group);
+            let entry = &graph.tables[index];
+            entry.slot.set(subtopologies[sub].tables.len());
+            subtopologies[sub].tables.push(entry.spec.clone());
+        }
+        for index in 0..graph.listeners.len() {
+            let group = graph.listeners[index].0;
+            let sub = subtopology_of(&mut graph, group);
+            let (_, slot, listener) = &graph.listeners[index];
+            subtopologies[sub].listeners.push((slot.clone(), Arc::clone(listener)));
+        }
+        let mut nodes: Vec<NodeInfo> = Vec::with_capacity(graph.nodes.len());
+        for index in 0..graph.nodes.len() {
+            let group = graph.nodes[index].1;
+            let sub = subtopology_of(&mut graph, group);
+            let mut node = graph.nodes[index].0.clone();
+            node.subtopology = sub;
+            subtopologies[sub].nodes.push(index);
+            nodes.push(node);
+        }
+        let dead_letter_topic = format!("{}-{}-dlq", graph.app_id, graph.pipeline);
+        let tasks = subtopologies
+            .iter()
+            .map(|sub| {
+                let run = run_fn(Arc::new(SubTopology {
+                    sources: sub.sources.iter().map(|(_, node)| Arc::clone(node)).collect(),
+                    listeners: sub.listeners.clone(),
+                }));
+                TaskSpec {
+                    name: format!("{}/{}", graph.pipeline, sub.display),
+                    kind: TaskKind::Pipeline,
+                    sources: sub.sources.iter().map(|(topic, _)| topic.clone()).collect(),
+                    sends: sub.sinks.clone(),
+                    tables: sub.tables.clone(),
+                    dead_letter_topic: dead_letter_topic.clone(),
+                    run,
+                }
+            })
+            .collect();
+        Pipeline {
+            name: graph.pipeline.clone(),
+            tasks,
+            nodes,
+            subtopologies: subtopologies.iter().map(|s| s.nodes.clone()).collect(),
+            errors: graph.errors.clone(),
+        }
+    }
+}
+
+struct Subtopology {
+    sources: Vec<(TopicSpec, Arc<dyn SourceNode>)>,
+    nodes: Vec<usize>,
+    sinks: Vec<TopicSpec>,
+    tables: Vec<TableSpec>,
+    listeners: Vec<(TableSlot, Arc<dyn ChangeListener>)>,
+    display: String,
+}
+
+/// A built pipeline: its sub-topologies as tasks, and its graph.
+#[derive(Clone, Debug)]
+pub struct Pipeline {
+    /// The pipeline's name.
+    pub name: String,
+    /// One task kind per sub-topology.
+    pub tasks: Vec<TaskSpec>,
+    /// Every node, by id.
+    pub nodes: Vec<NodeInfo>,
+    /// The nodes of each sub-topology.
+    pub subtopologies: Vec<Vec<usize>>,
+    /// What does not fit (a topic read twice, a table kept twice): refused at start.
+    pub errors: Vec<String>,
+}
+
+/// A topic spec for a repartition topic: internal, partitioned like `like`, JSON values.
+pub(crate) fn repartition_spec<K: Key, V: crate::Record>(name: String, like: Option<String>) -> TopicSpec {
+    TopicSpec {
+        name: Cow::Owned(name),
+        partitions: None,
+        internal: true,
+        partitions_of: like.map(Cow::Owned),
+        key_type: std::any::type_name::<K>(),
+        value_type: std::any::type_name::<V>(),
+        value_format: "json",
+        codecs: crate::topic::codecs_of::<K, V>(crate::codec::ValueCodec::record()),
+    }
+}

@@ -1,0 +1,139 @@
+//! [`KGroupedStream`]: records grouped by key, on their way into a table.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::builder::{Graph, NodeKind};
+use super::node::{Cx, Fanout};
+use super::table::KTable;
+use crate::codec::{json, Key};
+use crate::table::Table;
+
+/// A stream grouped by key, partitioned by it (Kafka Streams' `KGroupedStream`): what it
+/// aggregates goes into a table, one value per key.
+#[must_use = "a grouped stream does nothing until it is aggregated (`count`, `reduce`, `aggregate`)"]
+pub struct KGroupedStream<K, V> {
+    graph: Rc<RefCell<Graph>>,
+    fanout: Arc<Fanout<K, V>>,
+    group: usize,
+    node: usize,
+}
+
+impl<K: Key, V: Send + Sync + 'static> KGroupedStream<K, V> {
+    pub(crate) fn new(graph: Rc<RefCell<Graph>>, fanout: Arc<Fanout<K, V>>, group: usize, node: usize) -> Self {
+        Self {
+            graph,
+            fanout,
+            group,
+            node,
+        }
+    }
+
+    /// Adds the aggregation into `table`: `change` turns the stored value (`None`: none yet)
+    /// and a record into the new value.
+    fn aggregate_with<A>(
+        self,
+        op: &str,
+        table: Table<K, A>,
+        change: impl Fn(&K, Option<A>, V) -> A + Send + Sync + 'static,
+    ) -> KTable<K, A>
+    where
+        A: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let (slot, node) = {
+            let mut graph = self.graph.borrow_mut();
+            let slot = graph.table(self.group, table.spec());
+            let changelog = table.spec().changelog_topic(&graph.app_id);
+            let aggregation = graph.node(op, NodeKind::Operation, vec![self.node], self.group);
+            let node = graph.node(
+                table.name(),
+                NodeKind::Table {
+                    table: table.name().to_string(),
+                    changelog,
+                },
+                vec![aggregation],
+                self.group,
+            );
+            (slot, node)
+        };
+        let name = table.name();
+        let write_slot = slot.clone();
+        self.fanout.add(Arc::new(move |cx: &mut Cx<'_>, key: K, value: V| {
+            let index = write_slot.get()?;
+            let bytes = key
+                .key_bytes()
+                .map_err(|e| format!("cannot encode a key of table `{name}`: {e}"))?;
+            cx.ctx
+                .update_now(index, &bytes, |stored| {
+                    let old = match stored.as_deref() {
+                        Some(bytes) => Some(json::decode::<A>(bytes).map_err(|source| crate::Error::Decode {
+                            what: format!("a value of table `{name}`"),
+                            source,
+                        })?),
+                        None => None,
+                    };
+                    let new = change(&key, old, value);
+                    // Written after the old bytes and moved to the front: the buffer is
+                    // reused, and a value that fails to encode leaves the old one as it was.
+                    let missing = stored.is_none();
+                    let buffer = stored.get_or_insert_with(Vec::new);
+                    let start = buffer.len();
+                    match serde_json::to_writer(&mut *buffer, &new) {
+                        Ok(()) => {
+                            buffer.drain(..start);
+                            Ok(())
+                        }
+                        Err(source) => {
+                            buffer.truncate(start);
+                            if missing {
+                                *stored = None;
+                            }
+                            Err(crate::Error::Encode {
+                                what: format!("table `{name}`"),
+                                source: source.into(),
+                            })
+                        }
+                    }
+                })
+                .map_err(|e| e.to_string())
+        }));
+        KTable::new(self.graph, table, slot, self.group, node)
+    }
+
+    /// Counts the records of each key into `table` (Kafka Streams' `count`).
+    pub fn count(self, table: Table<K, i64>) -> KTable<K, i64> {
+        self.aggregate_with("count", table, |_, count, _| count.unwrap_or(0) + 1)
+    }
+
+    /// Combines the records of each key into `table`: the first value as it is, then
+    /// `reducer(aggregate, value)` (Kafka Streams' `reduce`).
+    pub fn reduce(self, table: Table<K, V>, reducer: impl Fn(V, V) -> V + Send + Sync + 'static) -> KTable<K, V>
+    where
+        V: Serialize + DeserializeOwned,
+    {
+        self.aggregate_with("reduce", table, move |_, aggregate, value| match aggregate {
+            Some(aggregate) => reducer(aggregate, value),
+            None => value,
+        })
+    }
+
+    /// Folds the records of each key into `table`, starting from `init()`:
+    /// `adder(key, value, aggregate)` is the new aggregate (Kafka Streams' `aggregate`).
+    pub fn aggregate<A>(
+        self,
+        table: Table<K, A>,
+        init: impl Fn() -> A + Send + Sync + 'static,
+        adder: impl Fn(&K, V, A) -> A + Send + Sync + 'static,
+    ) -> KTable<K, A>
+    where
+        A: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        self.aggregate_with("aggregate", table, move |key, aggregate, value| {
+            adder(key, value, aggregate.unwrap_or_else(&init))
+        })
+    }
+}

@@ -1,0 +1,183 @@
+//! The nodes a pipeline is made of at run time. A record goes down a sub-topology's nodes
+//! synchronously, from its source to its sinks and tables, in the task that read it: no
+//! allocation or await per node. Nodes are shared by every task of the sub-topology; what a
+//! task owns (its tables, its producer) they reach through [`Cx`].
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::codec::{Key, ValueCodec};
+use crate::message::Message;
+use crate::task::sink::{OutRecord, SinkError};
+use crate::task::TaskContext;
+
+/// What a record carries down the nodes besides its key and value.
+pub(crate) struct Cx<'a> {
+    pub(crate) ctx: &'a Arc<TaskContext>,
+    /// The record's event time (ms): what it sends carries it.
+    pub(crate) timestamp: i64,
+    /// Records the producer could not take yet: sent, in order, before the next record.
+    pub(crate) backlog: &'a mut Vec<OutRecord>,
+}
+
+/// A node's outcome: an error sends the input record to the dead-letter topic.
+pub(crate) type Outcome = Result<(), String>;
+
+/// A node that takes records with keys `K` and values `V`.
+pub(crate) trait Node<K, V>: Send + Sync {
+    fn push(&self, cx: &mut Cx<'_>, key: K, value: V) -> Outcome;
+}
+
+impl<K, V, F> Node<K, V> for F
+where
+    F: Fn(&mut Cx<'_>, K, V) -> Outcome + Send + Sync,
+{
+    fn push(&self, cx: &mut Cx<'_>, key: K, value: V) -> Outcome {
+        self(cx, key, value)
+    }
+}
+
+/// Something built that must be frozen before it runs.
+pub(crate) trait Freeze {
+    fn freeze(&self);
+}
+
+type Copier<K, V> = fn(&K, &V) -> (K, V);
+/// A fanout once built: its children, and how to copy a record for all but the last.
+type Frozen<K, V> = (Box<[Arc<dyn Node<K, V>>]>, Option<Copier<K, V>>);
+
+/// Where a node sends its records: the nodes after it. Filled while the pipeline is built,
+/// frozen before it runs (then reading it costs one atomic load).
+pub(crate) struct Fanout<K, V> {
+    building: Mutex<Vec<Arc<dyn Node<K, V>>>>,
+    copier: Mutex<Option<Copier<K, V>>>,
+    frozen: OnceLock<Frozen<K, V>>,
+}
+
+impl<K, V> Fanout<K, V> {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            building: Mutex::new(Vec::new()),
+            copier: Mutex::new(None),
+            frozen: OnceLock::new(),
+        })
+    }
+
+    pub(crate) fn add(&self, child: Arc<dyn Node<K, V>>) {
+        self.building.lock().unwrap_or_else(|p| p.into_inner()).push(child);
+    }
+
+    /// Lets records be copied to several children (a stream that is used twice).
+    pub(crate) fn allow_copies(&self, copier: Copier<K, V>) {
+        *self.copier.lock().unwrap_or_else(|p| p.into_inner()) = Some(copier);
+    }
+
+    /// Hands a record to every child (copies to all but the last).
+    pub(crate) fn push(&self, cx: &mut Cx<'_>, key: K, value: V) -> Outcome {
+        let Some((children, copier)) = self.frozen.get() else {
+            return Err("the pipeline was not built".into());
+        };
+        match children.len() {
+            0 => Ok(()),
+            1 => children[0].push(cx, key, value),
+            n => {
+                let copy = copier.ok_or("a stream used twice cannot copy its records")?;
+                for child in &children[..n - 1] {
+                    let (key, value) = copy(&key, &value);
+                    child.push(cx, key, value)?;
+                }
+                children[n - 1].push(cx, key, value)
+            }
+        }
+    }
+}
+
+impl<K: Send, V: Send> Freeze for Fanout<K, V> {
+    fn freeze(&self) {
+        let children = std::mem::take(&mut *self.building.lock().unwrap_or_else(|p| p.into_inner()));
+        let copier = *self.copier.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self.frozen.set((children.into_boxed_slice(), copier));
+    }
+}
+
+/// Where a table is among its task's tables, known once the pipeline is built.
+#[derive(Clone, Default)]
+pub(crate) struct TableSlot(Arc<OnceLock<usize>>);
+
+impl TableSlot {
+    pub(crate) fn set(&self, index: usize) {
+        let _ = self.0.set(index);
+    }
+
+    pub(crate) fn get(&self) -> Result<usize, String> {
+        self.0
+            .get()
+            .copied()
+            .ok_or_else(|| "the pipeline was not built".to_string())
+    }
+}
+
+/// The first node of a sub-topology for one of its source topics: decodes a record.
+pub(crate) trait SourceNode: Send + Sync {
+    fn push_message(&self, cx: &mut Cx<'_>, message: &Message) -> Outcome;
+}
+
+/// A stream source: the record's key and value, decoded, go down the pipeline.
+pub(crate) struct StreamSource<K, V> {
+    pub(crate) values: ValueCodec<V>,
+    pub(crate) next: Arc<Fanout<K, V>>,
+}
+
+impl<K: Key, V: Send + Sync> SourceNode for StreamSource<K, V> {
+    fn push_message(&self, cx: &mut Cx<'_>, message: &Message) -> Outcome {
+        let key = K::decode_key(message.key()).map_err(|e| format!("key: {e}"))?;
+        let value = self
+            .values
+            .decode(message.payload().unwrap_or_default())
+            .map_err(|e| e.to_string())?;
+        self.next.push(cx, key, value)
+    }
+}
+
+/// Hands a record to the producer, after any that wait for room (so that records keep
+/// their order).
+pub(crate) fn send(cx: &mut Cx<'_>, record: OutRecord) -> Outcome {
+    if !cx.backlog.is_empty() {
+        cx.backlog.push(record);
+        return Ok(());
+    }
+    match cx.ctx.send_now(record) {
+        Ok(()) => Ok(()),
+        Err(SinkError::Full(record)) => {
+            cx.backlog.push(record);
+            Ok(())
+        }
+        Err(SinkError::Failed(error)) => Err(error),
+    }
+}
+
+/// A node that sends records to `topic`, encoded with `values`.
+pub(crate) fn sink<K: Key, V: Send + Sync + 'static>(topic: Arc<str>, values: ValueCodec<V>) -> Arc<dyn Node<K, V>> {
+    Arc::new(move |cx: &mut Cx<'_>, key: K, value: V| {
+        let key = key
+            .try_encode_key()
+            .map_err(|e| format!("cannot encode a key for topic `{topic}`: {e}"))?;
+        let value = values
+            .encode(&value)
+            .map_err(|e| format!("cannot encode a value for topic `{topic}`: {e}"))?;
+        let record = OutRecord {
+            topic: Arc::clone(&topic),
+            partition: None,
+            key,
+            value: Some(value),
+            headers: Vec::new(),
+            timestamp: Some(cx.timestamp),
+            changelog: false,
+        };
+        send(cx, record)
+    })
+}
+
+/// Receives the changes of a table at each cut (a `KTable::to_stream`).
+pub(crate) trait ChangeListener: Send + Sync {
+    fn change(&self, cx: &mut Cx<'_>, key: &[u8], value: Option<&[u8]>) -> Outcome;
+}

@@ -1,0 +1,107 @@
+//! A sub-topology of a pipeline as a task: the loop that takes its records, one at a time,
+//! down its nodes, and the work it does at each cut (sending its tables' changes on).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use super::node::{ChangeListener, Cx, SourceNode, TableSlot};
+use crate::task::input::{CutHook, RawStream};
+use crate::task::run::RunFn;
+use crate::task::sink::OutRecord;
+use crate::task::TaskContext;
+
+/// What runs in the tasks of one sub-topology.
+pub(crate) struct SubTopology {
+    /// One node per source topic, in the order of the task's sources.
+    pub(crate) sources: Vec<Arc<dyn SourceNode>>,
+    /// The tables whose changes go on at each cut, in the order they were declared (a
+    /// change can lead to a change of a later table).
+    pub(crate) listeners: Vec<(TableSlot, Arc<dyn ChangeListener>)>,
+}
+
+/// The task's code for a sub-topology.
+pub(crate) fn run_fn(sub: Arc<SubTopology>) -> RunFn {
+    Arc::new(move |raw: RawStream| Box::pin(run(raw, Arc::clone(&sub))))
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_string())
+}
+
+async fn run(mut raw: RawStream, sub: Arc<SubTopology>) -> Result<(), String> {
+    let Some(core) = raw.core.as_mut() else {
+        return Ok(());
+    };
+    if !sub.listeners.is_empty() {
+        core.set_hook(Box::new(Changes(Arc::clone(&sub))));
+    }
+    let ctx = Arc::clone(&core.ctx);
+    let mut backlog: Vec<OutRecord> = Vec::new();
+    while let Some((source, message)) = core.next_message().await {
+        let timestamp = message.timestamp().unwrap_or_else(|| ctx.event_time());
+        core.begin(source, message);
+        let outcome = match (core.current(), sub.sources.get(source)) {
+            (Some((_, message)), Some(node)) => {
+                let mut cx = Cx {
+                    ctx: &ctx,
+                    timestamp,
+                    backlog: &mut backlog,
+                };
+                std::panic::catch_unwind(AssertUnwindSafe(|| node.push_message(&mut cx, message)))
+                    .unwrap_or_else(|panic| Err(format!("panic: {}", panic_text(&*panic))))
+            }
+            _ => Ok(()),
+        };
+        if let Err(error) = outcome {
+            core.dead_letter_current(&error).await;
+        }
+        for record in backlog.drain(..) {
+            if let Err(error) = ctx.send_when_room(record).await {
+                ctx.metrics.fail(error);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// At each cut, the changes of the sub-topology's tables go on (coalesced per key since the
+/// last cut, like Kafka Streams' record cache), each with the time of the record that made it.
+struct Changes(Arc<SubTopology>);
+
+impl CutHook for Changes {
+    fn before_cut(&mut self, ctx: &Arc<TaskContext>, backlog: &mut Vec<OutRecord>) {
+        let before = ctx.event_time();
+        for (slot, listener) in &self.0.listeners {
+            let Ok(index) = slot.get() else { continue };
+            let mut changes: Vec<(Vec<u8>, Option<Vec<u8>>, i64)> = Vec::new();
+            if let Some(table) = ctx.tables().get(index) {
+                table.for_each_change(&mut |key, value, timestamp| {
+                    changes.push((key.to_vec(), value.map(<[u8]>::to_vec), timestamp));
+                });
+            }
+            for (key, value, timestamp) in changes {
+                ctx.set_event_time(timestamp);
+                let mut cx = Cx {
+                    ctx,
+                    timestamp,
+                    backlog,
+                };
+                let outcome =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| listener.change(&mut cx, &key, value.as_deref())))
+                        .unwrap_or_else(|panic| Err(format!("panic: {}", panic_text(&*panic))));
+                if let Err(error) = outcome {
+                    tracing::warn!(
+                        task = &*ctx.name,
+                        "a change of a table could not go on ({}): {error}",
+                        String::from_utf8_lossy(&key)
+                    );
+                }
+            }
+        }
+        ctx.set_event_time(before);
+    }
+}

@@ -1,0 +1,123 @@
+//! [`KTable`]: a table in a pipeline — an aggregation's result or a topic read as a table.
+
+use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::builder::{Graph, NodeKind};
+use super::node::{ChangeListener, Cx, Fanout, Outcome, SourceNode, TableSlot};
+use super::stream::{KStream, Keyed};
+use crate::codec::{json, Key, ValueCodec};
+use crate::message::Message;
+use crate::table::Table;
+
+/// A table in a pipeline (Kafka Streams' `KTable`): one value per key, kept in a store with
+/// a changelog like every table.
+pub struct KTable<K, V> {
+    graph: Rc<RefCell<Graph>>,
+    table: Table<K, V>,
+    slot: TableSlot,
+    group: usize,
+    node: usize,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> KTable<K, V>
+where
+    K: Key,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    pub(crate) fn new(
+        graph: Rc<RefCell<Graph>>,
+        table: Table<K, V>,
+        slot: TableSlot,
+        group: usize,
+        node: usize,
+    ) -> Self {
+        Self {
+            graph,
+            table,
+            slot,
+            group,
+            node,
+            _types: PhantomData,
+        }
+    }
+
+    /// The table's name.
+    pub fn name(&self) -> &'static str {
+        self.table.name()
+    }
+
+    /// The table's changes as a stream: at each commit interval, every key that changed
+    /// since the last one, with its new value (coalesced per key, like Kafka Streams' record
+    /// cache) and the time of the record that changed it. Deleted keys are not sent on.
+    pub fn to_stream(self) -> KStream<K, V, Keyed> {
+        let (next, node) = {
+            let mut graph = self.graph.borrow_mut();
+            let next = graph.fanout::<K, V>();
+            let node = graph.node("to_stream", NodeKind::Operation, vec![self.node], self.group);
+            let listener = Changes {
+                table: self.table,
+                next: Arc::clone(&next),
+            };
+            graph.listen(self.group, self.slot.clone(), Arc::new(listener));
+            (next, node)
+        };
+        KStream::new(self.graph, next, self.group, node)
+    }
+}
+
+/// Sends a table's changes on (decoded).
+struct Changes<K, V> {
+    table: Table<K, V>,
+    next: Arc<Fanout<K, V>>,
+}
+
+impl<K, V> ChangeListener for Changes<K, V>
+where
+    K: Key,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    fn change(&self, cx: &mut Cx<'_>, key: &[u8], value: Option<&[u8]>) -> Outcome {
+        let Some(value) = value else { return Ok(()) };
+        let key = K::decode_key(Some(key)).map_err(|e| format!("a key of table `{}`: {e}", self.table.name()))?;
+        let value: V = json::decode(value).map_err(|e| format!("a value of table `{}`: {e}", self.table.name()))?;
+        self.next.push(cx, key, value)
+    }
+}
+
+/// A topic read as a table: each record sets its key's value, a record without a value
+/// deletes it.
+pub(crate) struct TableSource<K, V> {
+    pub(crate) values: ValueCodec<V>,
+    pub(crate) store: Table<K, V>,
+    pub(crate) slot: TableSlot,
+}
+
+impl<K, V> SourceNode for TableSource<K, V>
+where
+    K: Key,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    fn push_message(&self, cx: &mut Cx<'_>, message: &Message) -> Outcome {
+        let index = self.slot.get()?;
+        let key = K::decode_key(message.key()).map_err(|e| format!("key: {e}"))?;
+        let key = key
+            .key_bytes()
+            .map_err(|e| format!("cannot encode a key of table `{}`: {e}", self.store.name()))?
+            .into_owned();
+        let value = match message.payload() {
+            None => None,
+            Some(bytes) => {
+                let value = self.values.decode(bytes).map_err(|e| e.to_string())?;
+                Some(self.store.encode(&value).map_err(|e| e.to_string())?)
+            }
+        };
+        cx.ctx.put_at(index, key, value).map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,127 @@
+//! What the runtime knows of declarations, without their types: names, partition counts,
+//! type names, and the functions that check and show their bytes. Topics and tables make
+//! these from their typed constants; agents, pipelines, the worker and the test driver work
+//! with them.
+
+use crate::DecodeError;
+
+/// What the runtime needs to know of a topic, without its types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// The topic's name.
+    pub name: std::borrow::Cow<'static, str>,
+    /// Declared partition count; `None` takes the existing count or the app's default.
+    pub partitions: Option<i32>,
+    /// Whether the app owns the topic (internal topics are the app's own intermediate data).
+    pub internal: bool,
+    /// A topic whose partition count this one takes when it has to be created (a
+    /// repartition topic takes its pipeline's source's).
+    pub partitions_of: Option<std::borrow::Cow<'static, str>>,
+    /// Name of the key type.
+    pub key_type: &'static str,
+    /// Name of the value type.
+    pub value_type: &'static str,
+    /// How values are encoded (`json`, `utf-8`, `bytes`, or a codec's own name).
+    pub value_format: &'static str,
+    /// The topic's key and value types at work on bytes (for the command line).
+    pub codecs: TopicCodecs,
+}
+
+/// Whether some bytes are a value of a topic's type.
+pub(crate) type ValueCheck = std::sync::Arc<dyn Fn(&[u8]) -> Result<(), DecodeError> + Send + Sync>;
+
+/// A topic's key and value types at work on bytes, without the types: checks what the
+/// command line sends, and shows what it reads.
+#[derive(Clone)]
+pub struct TopicCodecs {
+    pub(crate) check_key: fn(Option<&[u8]>) -> Result<(), DecodeError>,
+    pub(crate) check_value: ValueCheck,
+    pub(crate) parse_key: fn(&str) -> Result<Option<Vec<u8>>, String>,
+    pub(crate) show_key: fn(&[u8]) -> String,
+}
+
+impl TopicCodecs {
+    /// Whether `key` is a key of the topic's key type.
+    pub fn check_key(&self, key: Option<&[u8]>) -> Result<(), DecodeError> {
+        (self.check_key)(key)
+    }
+
+    /// Whether `value` is a value of the topic's value type.
+    pub fn check_value(&self, value: &[u8]) -> Result<(), DecodeError> {
+        (self.check_value)(value)
+    }
+
+    /// The key bytes of a key given as text (see [`Key::parse_key`]).
+    pub fn parse_key(&self, text: &str) -> Result<Option<Vec<u8>>, String> {
+        (self.parse_key)(text)
+    }
+
+    /// Key bytes as readable text.
+    pub fn show_key(&self, key: &[u8]) -> String {
+        (self.show_key)(key)
+    }
+}
+
+impl std::fmt::Debug for TopicCodecs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TopicCodecs")
+    }
+}
+
+/// Codecs follow from the types, which [`TopicSpec`] compares by name.
+impl PartialEq for TopicCodecs {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for TopicCodecs {}
+
+/// What the runtime needs to know of a table, without its types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSpec {
+    /// The table's name.
+    pub name: &'static str,
+    /// Name of the key type.
+    pub key_type: &'static str,
+    /// Name of the value type.
+    pub value_type: &'static str,
+    /// Key bytes as readable text (for `table` and `tail`).
+    pub show_key: KeyDisplay,
+}
+
+/// Key bytes as readable text (compared by nothing: it follows from the key type).
+#[derive(Clone, Copy)]
+pub struct KeyDisplay(pub fn(&[u8]) -> String);
+
+impl std::fmt::Debug for KeyDisplay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyDisplay")
+    }
+}
+
+impl PartialEq for KeyDisplay {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for KeyDisplay {}
+
+impl TableSpec {
+    /// The changelog topic of this table in the app `app_id`.
+    pub fn changelog_topic(&self, app_id: &str) -> String {
+        format!("{app_id}-{}-changelog", self.name)
+    }
+}
+
+/// A topic the app needs, with the partition count it must have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedTopic {
+    /// Topic name.
+    pub name: String,
+    /// Partition count.
+    pub partitions: i32,
+    /// Whether it is a compacted changelog.
+    pub compacted: bool,
+    /// Whether it exists already.
+    pub exists: bool,
+}

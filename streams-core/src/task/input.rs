@@ -1,0 +1,440 @@
+//! A task's input: the records of partition *p* of each of its source topics, as the worker
+//! (or the test driver) hands them over, with the cuts made between them — every commit
+//! interval, when the table cache is full, on revoke and on shutdown — and the dead-letter
+//! topic for records that cannot be processed.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::message::Headers;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::commit::{Ack, Cut, TableWrite};
+use super::sink::OutRecord;
+use super::TaskContext;
+use crate::message::Message;
+use crate::Origin;
+
+/// What the worker puts into a task's queue.
+pub(crate) enum Input {
+    /// Records of one source (by its index in the task's sources), in order.
+    Records(usize, Vec<Message>),
+    /// Where a source starts, decided once the task's stores are restored: its records
+    /// before it were read from an earlier position and are skipped (their effects are in
+    /// the stores already). The source counts as processed up to it: the task's first cut
+    /// commits it, with whatever the restore left to write again.
+    StartAt(usize, i64),
+    /// Finish: make a last cut, acknowledge it once committed, and end the stream.
+    Finish(Ack),
+    /// Make a cut now and acknowledge it once committed; the stream goes on.
+    Flush(Ack),
+}
+
+/// Work a task does at each cut before its table changes are written: a pipeline sends
+/// the changes of its tables downstream (`KTable::to_stream`).
+pub(crate) trait CutHook: Send {
+    /// Runs before the cut takes the tables' changes. Records the sink could not take yet
+    /// go to `backlog`; the cut waits until they are handed over.
+    fn before_cut(&mut self, ctx: &Arc<TaskContext>, backlog: &mut Vec<OutRecord>);
+}
+
+/// One source of a task.
+struct Source {
+    topic: Arc<str>,
+    queue: VecDeque<Message>,
+    /// Records before this offset are skipped (see [`Input::StartAt`]).
+    floor: i64,
+    /// The last offset processed.
+    processed: Option<i64>,
+}
+
+/// The state of a task's input that survives restarts of an agent.
+pub(crate) struct StreamCore {
+    pub(crate) ctx: Arc<TaskContext>,
+    rx: mpsc::Receiver<Input>,
+    sources: Vec<Source>,
+    /// The record being processed, with its source.
+    current: Option<(usize, Message)>,
+    last_cut: Vec<(Arc<str>, i64)>,
+    next_cut: Instant,
+    commit_interval: Duration,
+    since_clock: u32,
+    pub(crate) ended: bool,
+    hook: Option<Box<dyn CutHook>>,
+}
+
+impl StreamCore {
+    pub(crate) fn new(ctx: Arc<TaskContext>, rx: mpsc::Receiver<Input>, commit_interval: Duration) -> Self {
+        let sources = ctx
+            .sources
+            .iter()
+            .map(|topic| Source {
+                topic: Arc::clone(topic),
+                queue: VecDeque::new(),
+                floor: i64::MIN,
+                processed: None,
+            })
+            .collect();
+        Self {
+            ctx,
+            rx,
+            sources,
+            current: None,
+            last_cut: Vec::new(),
+            next_cut: Instant::now() + commit_interval,
+            commit_interval,
+            since_clock: 0,
+            ended: false,
+            hook: None,
+        }
+    }
+
+    /// Work to do at each cut (see [`CutHook`]).
+    pub(crate) fn set_hook(&mut self, hook: Box<dyn CutHook>) {
+        self.hook = Some(hook);
+    }
+
+    /// Where the record at `offset` of source `source` came from.
+    pub(crate) fn origin(&self, source: usize, offset: i64) -> Origin {
+        Origin {
+            topic: self
+                .sources
+                .get(source)
+                .map_or_else(|| Arc::from("?"), |s| Arc::clone(&s.topic)),
+            partition: self.ctx.partition,
+            offset,
+        }
+    }
+
+    /// The record being processed, with its source.
+    pub(crate) fn current(&self) -> Option<(usize, &Message)> {
+        self.current.as_ref().map(|(source, message)| (*source, message))
+    }
+
+    /// The task starts processing `message` of `source`.
+    pub(crate) fn begin(&mut self, source: usize, message: Message) {
+        self.ctx.record_started(source, &message);
+        self.current = Some((source, message));
+    }
+
+    /// The record the task was given last is done.
+    fn finish_current(&mut self) {
+        if let Some((source, message)) = self.current.take() {
+            if let Some(source) = self.sources.get_mut(source) {
+                source.processed = Some(message.offset());
+            }
+        }
+    }
+
+    /// The source whose next record comes first: the earliest timestamp among the sources
+    /// with records queued (a single source needs no choice).
+    fn pick(&self) -> Option<usize> {
+        if let [only] = self.sources.as_slice() {
+            return (!only.queue.is_empty()).then_some(0);
+        }
+        let mut best: Option<(usize, i64)> = None;
+        for (index, source) in self.sources.iter().enumerate() {
+            if let Some(message) = source.queue.front() {
+                let time = message.timestamp().unwrap_or(i64::MIN);
+                if best.is_none_or(|(_, earliest)| time < earliest) {
+                    best = Some((index, time));
+                }
+            }
+        }
+        best.map(|(index, _)| index)
+    }
+
+    /// The next record to process and its source. The common case (records are queued and
+    /// no clock check is due) is synchronous; everything else runs in a boxed future, so the
+    /// future a task awaits for every record stays small (awaiting moves it, byte by byte).
+    pub(crate) async fn next_message(&mut self) -> Option<(usize, Message)> {
+        self.finish_current();
+        let every_source_queued = self.sources.len() == 1 || self.sources.iter().all(|s| !s.queue.is_empty());
+        if !self.ended
+            && every_source_queued
+            && self.since_clock + 1 < 256
+            && !self.ctx.cut_wanted.load(Ordering::Relaxed)
+        {
+            if let Some(source) = self.pick() {
+                if let Some(message) = self.sources[source].queue.pop_front() {
+                    self.since_clock += 1;
+                    if message.offset() >= self.sources[source].floor {
+                        return Some((source, message));
+                    }
+                }
+            }
+        }
+        loop {
+            let (source, message) = Box::pin(self.next_message_slow()).await?;
+            if message.offset() >= self.sources[source].floor {
+                return Some((source, message));
+            }
+        }
+    }
+
+    async fn next_message_slow(&mut self) -> Option<(usize, Message)> {
+        loop {
+            if self.ended {
+                return None;
+            }
+            if self.ctx.finishing.load(Ordering::Relaxed) {
+                self.finish_now().await;
+                return None;
+            }
+            if self.ctx.cut_wanted.swap(false, Ordering::Relaxed) {
+                self.cut(None).await;
+            }
+            // Reading the clock for every record costs more than the record: look at it every
+            // 256 records, and whenever the queue is empty.
+            self.since_clock += 1;
+            if self.since_clock >= 256 {
+                self.since_clock = 0;
+                self.ctx.report();
+                if Instant::now() >= self.next_cut {
+                    self.cut(None).await;
+                }
+            }
+            // With several sources, take what else has arrived before choosing among them.
+            if self.sources.len() > 1 && self.sources.iter().any(|s| s.queue.is_empty()) {
+                while let Ok(input) = self.rx.try_recv() {
+                    if self.take(input).await {
+                        break;
+                    }
+                }
+                if self.ended {
+                    return None;
+                }
+            }
+            if let Some(source) = self.pick() {
+                if let Some(message) = self.sources[source].queue.pop_front() {
+                    return Some((source, message));
+                }
+            }
+            let input = match self.rx.try_recv() {
+                Ok(input) => Some(input),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    self.since_clock = 0;
+                    self.ctx.report();
+                    if Instant::now() >= self.next_cut {
+                        self.cut(None).await;
+                    }
+                    tokio::select! {
+                        biased;
+                        input = self.rx.recv() => input,
+                        _ = tokio::time::sleep_until(self.next_cut) => continue,
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            };
+            match input {
+                Some(input) => {
+                    self.take(input).await;
+                }
+                None => self.ended = true,
+            }
+        }
+    }
+
+    /// Takes one input from the queue; `true` when it was a cut or the end (the caller
+    /// looks at its state again).
+    async fn take(&mut self, input: Input) -> bool {
+        match input {
+            Input::Records(source, messages) => {
+                if let Some(source) = self.sources.get_mut(source) {
+                    if source.queue.is_empty() {
+                        source.queue = VecDeque::from(messages);
+                    } else {
+                        source.queue.extend(messages);
+                    }
+                }
+                false
+            }
+            Input::StartAt(source, start) => {
+                if let Some(source) = self.sources.get_mut(source) {
+                    source.floor = start;
+                    if source.processed.is_none() && start > 0 {
+                        source.processed = Some(start - 1);
+                    }
+                }
+                false
+            }
+            Input::Finish(ack) => {
+                self.cut(Some(ack)).await;
+                self.ended = true;
+                true
+            }
+            Input::Flush(ack) => {
+                self.cut(Some(ack)).await;
+                true
+            }
+        }
+    }
+
+    /// Finishes at this record boundary: records not started yet are dropped (the next
+    /// owner reads them again), the last cut is made and acknowledged, the stream ends.
+    async fn finish_now(&mut self) {
+        for source in &mut self.sources {
+            source.queue.clear();
+        }
+        loop {
+            let input = match self.rx.try_recv() {
+                Ok(input) => Some(input),
+                Err(mpsc::error::TryRecvError::Empty) => self.rx.recv().await,
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            };
+            match input {
+                Some(Input::Records(..) | Input::StartAt(..)) => {}
+                Some(Input::Flush(ack)) => self.cut(Some(ack)).await,
+                Some(Input::Finish(ack)) => {
+                    self.cut(Some(ack)).await;
+                    break;
+                }
+                None => break,
+            }
+        }
+        self.ended = true;
+    }
+
+    /// The current record could not be processed: it goes to the dead-letter topic with
+    /// `error` as it is.
+    pub(crate) async fn dead_letter_current(&mut self, error: &str) {
+        if let Some((source, message)) = self.current.take() {
+            self.dead_letter(source, message, error).await;
+        }
+    }
+
+    /// The task failed on the current record: it goes to the dead-letter topic.
+    pub(crate) async fn fail_current(&mut self, error: &str) {
+        if let Some((source, message)) = self.current.take() {
+            let error = format!("agent `{}` failed: {error}", self.ctx.name);
+            self.dead_letter(source, message, &error).await;
+        }
+    }
+
+    /// Copies a record that cannot be processed to the dead-letter topic, unchanged, with
+    /// headers naming its origin and the error; it then counts as processed.
+    pub(crate) async fn dead_letter(&mut self, source: usize, message: Message, error: &str) {
+        let origin = self.origin(source, message.offset());
+        let dlq = Arc::clone(&self.ctx.dead_letter_topic);
+        tracing::warn!(
+            task = &*self.ctx.name,
+            "cannot process record {origin}: {error}; copied to dead-letter topic {dlq}"
+        );
+        let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
+        if let Some(original) = message.headers() {
+            for header in original.iter() {
+                headers.push((header.key.to_string(), header.value.unwrap_or_default().to_vec()));
+            }
+        }
+        headers.push(("streams.dlq.topic".into(), origin.topic.as_bytes().to_vec()));
+        headers.push((
+            "streams.dlq.partition".into(),
+            origin.partition.to_string().into_bytes(),
+        ));
+        headers.push(("streams.dlq.offset".into(), origin.offset.to_string().into_bytes()));
+        headers.push(("streams.dlq.agent".into(), self.ctx.name.as_bytes().to_vec()));
+        headers.push(("streams.dlq.error".into(), error.as_bytes().to_vec()));
+        let record = OutRecord {
+            topic: dlq,
+            partition: None,
+            key: message.key().map(<[u8]>::to_vec),
+            value: message.payload().map(<[u8]>::to_vec),
+            headers,
+            timestamp: message.timestamp(),
+            changelog: false,
+        };
+        self.ctx.emit(record).await;
+        self.ctx.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        if let Some(source) = self.sources.get_mut(source) {
+            source.processed = Some(origin.offset);
+        }
+    }
+
+    /// A commit point for this partition: the changelog records of every table change since
+    /// the last cut are handed to the producer, and the store writes and the source offsets
+    /// go to the committer, which makes them durable in the order of ARCHITECTURE.md §1.
+    pub(crate) async fn cut(&mut self, ack: Option<Ack>) {
+        self.ctx.report();
+        self.next_cut = Instant::now() + self.commit_interval;
+        let positions: Vec<(Arc<str>, i64)> = self
+            .sources
+            .iter()
+            .filter_map(|s| Some((Arc::clone(&s.topic), s.processed?)))
+            .collect();
+        if positions == self.last_cut && ack.is_none() {
+            return;
+        }
+        let ctx = Arc::clone(&self.ctx);
+        if let Some(hook) = &mut self.hook {
+            let mut backlog = Vec::new();
+            hook.before_cut(&ctx, &mut backlog);
+            for record in backlog {
+                if let Err(error) = ctx.send_when_room(record).await {
+                    ctx.metrics.fail(error);
+                }
+            }
+        }
+        let mut writes: Vec<TableWrite> = Vec::new();
+        if !positions.is_empty() {
+            // Every store of the partition gets the cut's positions, changed or not: a
+            // store's positions say how far its state reflects the input.
+            let headers = crate::changelog::source_headers(&positions, ctx.partition);
+            for (changelog, store, changes) in ctx.take_changes() {
+                let mut entries = Vec::with_capacity(changes.len());
+                for (key, value, timestamp) in changes {
+                    let record = OutRecord {
+                        topic: changelog.clone(),
+                        partition: Some(ctx.partition),
+                        key: Some(key.clone()),
+                        value: value.clone(),
+                        headers: headers.clone(),
+                        timestamp: Some(timestamp),
+                        changelog: true,
+                    };
+                    ctx.emit(record).await;
+                    entries.push((key, value));
+                }
+                writes.push(TableWrite {
+                    changelog,
+                    store,
+                    entries,
+                });
+            }
+        }
+        let cut = Cut {
+            partition: ctx.partition,
+            positions: positions.clone(),
+            writes,
+            ack,
+        };
+        self.last_cut = positions;
+        ctx.commit(cut);
+    }
+}
+
+/// A task's input as its code holds it. The core outlives one run of an agent: dropping
+/// the stream gives it back, so that a restarted agent continues where this one stopped.
+pub struct RawStream {
+    pub(crate) core: Option<Box<StreamCore>>,
+    home: Arc<Mutex<Option<Box<StreamCore>>>>,
+}
+
+impl RawStream {
+    pub(crate) fn new(home: Arc<Mutex<Option<Box<StreamCore>>>>) -> Option<Self> {
+        let core = home.lock().ok()?.take()?;
+        Some(Self { core: Some(core), home })
+    }
+}
+
+impl Drop for RawStream {
+    fn drop(&mut self) {
+        if let Some(core) = self.core.take() {
+            if let Ok(mut home) = self.home.lock() {
+                *home = Some(core);
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Tasks: what runs on partition *p* of its source topics — an agent, or a sub-topology of a
+//! pipeline — with its per-partition context: its input ([`input`]), its tables
+//! ([`tables`]), where its records go ([`sink`]) and its cuts ([`commit`]).
+//!
+//! This layer lies under both the public handles (`Topic::send`, `Table::update`, an agent's
+//! `Stream`, the DSL's nodes), which reach the running task through [`TaskContext`], and the
+//! worker and the test driver, which feed tasks records and make their cuts durable. It
+//! knows nothing of Kafka, of typed topics or of the DSL.
+
+pub(crate) mod commit;
+pub(crate) mod input;
+pub(crate) mod run;
+pub(crate) mod sink;
+pub(crate) mod tables;
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use self::commit::Cut;
+use self::run::TaskSpec;
+use self::sink::{enqueue, enqueue_when_room, OutRecord, Sink, SinkError};
+use self::tables::TableState;
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::{Error, Result};
+
+/// What a running task reaches: its partition's tables and sinks, its counters and flags.
+pub(crate) struct TaskContext {
+    /// The agent's name, or the pipeline sub-topology's.
+    pub name: Arc<str>,
+    /// The task's source topics, in order (agents have one).
+    pub sources: Vec<Arc<str>>,
+    pub partition: i32,
+    pub dead_letter_topic: Arc<str>,
+    /// The topics the task may send to.
+    sends: Vec<Arc<str>>,
+    tables: Mutex<Vec<TableState>>,
+    pub(crate) sink: Arc<dyn Sink>,
+    committer: std::sync::mpsc::Sender<Cut>,
+    pub metrics: Arc<Metrics>,
+    /// Set when the table cache is over budget: the stream makes a cut before the next record.
+    pub cut_wanted: AtomicBool,
+    /// Set when the partition is revoked or the worker stops: the stream stops at the next
+    /// record boundary, leaving records it has not started for the next owner (see
+    /// [`TaskContext::request_finish`]).
+    pub finishing: AtomicBool,
+    /// Event time (ms) of the record being processed: table changes and outputs carry it.
+    event_time: AtomicI64,
+    /// This partition's counts not yet added to the shared [`Metrics`] (counting into the
+    /// shared counters for every record would bounce their cache line between threads).
+    pub(crate) counts: Counts,
+}
+
+/// Adds one to a partition's count. Only the partition's task writes its counts (and takes
+/// them in `report`), so a plain load and store do: no locked instruction per record.
+pub(crate) fn bump(count: &AtomicU64) {
+    count.store(count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+}
+
+#[derive(Default)]
+pub(crate) struct Counts {
+    pub records: AtomicU64,
+    pub sends: AtomicU64,
+    pub table_updates: AtomicU64,
+}
+
+tokio::task_local! {
+    static CONTEXT: Arc<TaskContext>;
+}
+
+impl TaskContext {
+    pub(crate) fn new(
+        spec: &TaskSpec,
+        partition: i32,
+        tables: Vec<TableState>,
+        sink: Arc<dyn Sink>,
+        committer: std::sync::mpsc::Sender<Cut>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            name: spec.name.as_str().into(),
+            sources: spec.sources.iter().map(|t| Arc::from(&*t.name)).collect(),
+            partition,
+            dead_letter_topic: spec.dead_letter_topic.as_str().into(),
+            sends: spec.sends.iter().map(|t| Arc::from(&*t.name)).collect(),
+            tables: Mutex::new(tables),
+            sink,
+            committer,
+            metrics,
+            cut_wanted: AtomicBool::new(false),
+            finishing: AtomicBool::new(false),
+            event_time: AtomicI64::new(0),
+            counts: Counts::default(),
+        }
+    }
+
+    /// Adds this partition's counts to the worker's metrics.
+    pub(crate) fn report(&self) {
+        let take = |count: &AtomicU64| {
+            let n = count.load(Ordering::Relaxed);
+            count.store(0, Ordering::Relaxed);
+            n
+        };
+        let metrics = &self.metrics;
+        for (local, shared) in [
+            (&self.counts.records, &metrics.records),
+            (&self.counts.sends, &metrics.sends),
+            (&self.counts.table_updates, &metrics.table_updates),
+        ] {
+            let n = take(local);
+            if n > 0 {
+                shared.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub(crate) fn tables(&self) -> MutexGuard<'_, Vec<TableState>> {
+        // A panic in user code never happens while this lock is held; recover regardless.
+        self.tables.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A record of source `source` is handed to the task.
+    pub(crate) fn record_started(&self, source: usize, message: &Message) {
+        bump(&self.counts.records);
+        if let Some(timestamp) = message.timestamp() {
+            self.event_time.store(timestamp, Ordering::Relaxed);
+        }
+        let topic = self.sources.get(source).map_or("?", |t| &**t);
+        self.metrics.record_in(&self.name, topic, self.partition, message);
+    }
+
+    /// Event time (ms) of the record being processed.
+    pub(crate) fn event_time(&self) -> i64 {
+        self.event_time.load(Ordering::Relaxed)
+    }
+
+    /// Sets the event time that outputs and table changes carry (a cut's emissions carry
+    /// the time of the change they report).
+    pub(crate) fn set_event_time(&self, timestamp: i64) {
+        self.event_time.store(timestamp, Ordering::Relaxed);
+    }
+
+    /// Hands a record to the sink, waiting while the producer's queue is full.
+    pub(crate) async fn emit(&self, record: OutRecord) {
+        if let Err(error) = enqueue(&*self.sink, record).await {
+            self.metrics.fail(error);
+        }
+    }
+
+    /// Hands a record the task sends to the sink; a full queue gives the record back.
+    pub(crate) fn send_now(&self, record: OutRecord) -> std::result::Result<(), SinkError> {
+        self.sink.enqueue(record)?;
+        bump(&self.counts.sends);
+        Ok(())
+    }
+
+    /// Hands a record back from [`TaskContext::send_now`] to the sink once it has room.
+    pub(crate) async fn send_when_room(&self, record: OutRecord) -> std::result::Result<(), String> {
+        enqueue_when_room(&*self.sink, record).await?;
+        bump(&self.counts.sends);
+        Ok(())
+    }
+
+    pub(crate) fn commit(&self, cut: Cut) {
+        if self.committer.send(cut).is_err() {
+            tracing::debug!(task = &*self.name, "committer is gone; cut dropped");
+        }
+    }
+
+    /// Asks the stream to finish at the next record boundary, before the records still
+    /// queued (an `Input::Finish` follows in the queue, carrying the acknowledgement).
+    pub(crate) fn request_finish(&self) {
+        self.finishing.store(true, Ordering::Relaxed);
+        self.cut_wanted.store(true, Ordering::Relaxed);
+    }
+
+    /// Runs `future` with this task as the current one (what `Topic::send` and table calls
+    /// reach).
+    pub(crate) async fn scope<F: std::future::Future>(self: &Arc<Self>, future: F) -> F::Output {
+        CONTEXT.scope(Arc::clone(self), future).await
+    }
+}
+
+/// Runs `f` with the current task's context (without touching its reference count: this
+/// runs for every send and table call).
+pub(crate) fn with_current<T>(what: impl FnOnce() -> String, f: impl FnOnce(&Arc<TaskContext>) -> T) -> Result<T> {
+    CONTEXT.try_with(f).map_err(|_| Error::NoAgentContext(what()))
+}
+
+/// `Topic::send` from inside an agent.
+pub(crate) async fn send_from_agent(topic: &'static str, key: Option<Vec<u8>>, value: Vec<u8>) -> Result<()> {
+    // Enqueued at once in the common case; a full producer queue is waited for outside.
+    let full = with_current(
+        || format!("topic `{topic}`"),
+        |ctx| {
+            let Some(name) = ctx.sends.iter().find(|declared| &***declared == topic) else {
+                return Err(Error::NotDeclared {
+                    agent: ctx.name.to_string(),
+                    what: "topic",
+                    key: "sends",
+                    name: topic.to_string(),
+                });
+            };
+            let record = OutRecord {
+                topic: Arc::clone(name),
+                partition: None,
+                key,
+                value: Some(value),
+                headers: Vec::new(),
+                timestamp: Some(ctx.event_time()),
+                changelog: false,
+            };
+            match ctx.send_now(record) {
+                Ok(()) => Ok(None),
+                Err(SinkError::Full(record)) => Ok(Some((Arc::clone(ctx), record))),
+                Err(SinkError::Failed(error)) => Err(Error::Config(error)),
+            }
+        },
+    )??;
+    if let Some((ctx, record)) = full {
+        Box::pin(ctx.send_when_room(record)).await.map_err(Error::Config)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! What runs on a partition: a [`TaskSpec`] — an agent, or a sub-topology of a pipeline —
+//! and the loop that runs it, starting it again when it fails.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+
+use super::input::{RawStream, StreamCore};
+use crate::spec::{TableSpec, TopicSpec};
+
+pub(crate) type TaskFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+pub(crate) type RunFn = Arc<dyn Fn(RawStream) -> TaskFuture + Send + Sync>;
+
+/// What the runtime runs on partition *p* of its sources: an agent, or a sub-topology of a
+/// pipeline. The worker and the test driver run one instance per assigned partition.
+#[derive(Clone)]
+pub struct TaskSpec {
+    /// The agent's name, or the sub-topology's (`{pipeline}/{source}`).
+    pub name: String,
+    /// Whether an agent or a pipeline runs here (for messages).
+    pub kind: TaskKind,
+    /// The topics the task reads; partition *p* of each belongs to the task of partition *p*.
+    pub sources: Vec<TopicSpec>,
+    /// The topics the task sends to.
+    pub sends: Vec<TopicSpec>,
+    /// The tables the task keeps.
+    pub tables: Vec<TableSpec>,
+    /// Where records it cannot process go.
+    pub dead_letter_topic: String,
+    pub(crate) run: RunFn,
+}
+
+/// What runs in a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskKind {
+    /// An `#[agent]` function.
+    Agent,
+    /// A sub-topology of a DSL pipeline.
+    Pipeline,
+}
+
+impl std::fmt::Debug for TaskSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskSpec")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("sources", &self.sources)
+            .field("sends", &self.sends)
+            .field("tables", &self.tables)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskSpec {
+    /// The index of `topic` among the task's sources.
+    pub fn source_index(&self, topic: &str) -> Option<usize> {
+        self.sources.iter().position(|s| s.name == topic)
+    }
+}
+
+/// Runs a task on one partition until its input ends. A task that fails (returns an error
+/// or panics) has the record it was processing sent to its dead-letter topic and is started
+/// again on the next record: one bad record never stops a partition.
+pub(crate) async fn run_partition(spec: Arc<TaskSpec>, core: StreamCore) {
+    let ctx = Arc::clone(&core.ctx);
+    let home = Arc::new(Mutex::new(Some(Box::new(core))));
+    loop {
+        let Some(raw) = RawStream::new(Arc::clone(&home)) else {
+            break;
+        };
+        let run = ctx.scope((spec.run)(raw));
+        let outcome = AssertUnwindSafe(run).catch_unwind().await;
+        let taken = home.lock().ok().and_then(|mut slot| slot.take());
+        let Some(mut core) = taken else {
+            tracing::error!(
+                task = spec.name,
+                partition = ctx.partition,
+                "the task kept its stream; partition stopped"
+            );
+            break;
+        };
+        match outcome {
+            Ok(Ok(())) if core.ended => break,
+            Ok(Ok(())) => {
+                tracing::warn!(
+                    task = spec.name,
+                    partition = ctx.partition,
+                    "task returned before its input ended; starting it again in 1s"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Ok(Err(error)) => {
+                tracing::error!(task = spec.name, partition = ctx.partition, "task failed: {error}");
+                core.fail_current(&error).await;
+            }
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".to_string());
+                tracing::error!(task = spec.name, partition = ctx.partition, "task panicked: {message}");
+                core.fail_current(&format!("panic: {message}")).await;
+            }
+        }
+        if core.ended {
+            break;
+        }
+        if let Ok(mut slot) = home.lock() {
+            *slot = Some(core);
+        }
+    }
+}

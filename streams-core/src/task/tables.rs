@@ -1,0 +1,394 @@
+//! A task's tables: each table partition is a store with a byte-budgeted cache in front.
+//! Reads and changes of cached keys never touch the store; changes wait in the cache until
+//! the next cut, which writes them to the changelog and the store (coalesced per key, like
+//! Kafka Streams' record cache). Past the budget the partition cuts early.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::{bump, with_current, TaskContext};
+use crate::store::{Entry as StoreEntry, StateStore};
+use crate::{Error, Result};
+
+/// What one cached entry costs beyond its key and value bytes: two `Vec`s, the hash
+/// table's slot, and the allocator's headers.
+const ENTRY_OVERHEAD: usize = 104;
+
+fn entry_bytes(key: &[u8], value: Option<&[u8]>) -> usize {
+    key.len() + value.map_or(0, <[u8]>::len) + ENTRY_OVERHEAD
+}
+
+/// A table partition as its task sees it.
+pub(crate) struct TableState {
+    pub name: &'static str,
+    pub changelog: Arc<str>,
+    pub store: Arc<dyn StateStore>,
+    cache: HashMap<Vec<u8>, Entry, foldhash::fast::RandomState>,
+    /// Estimated memory of `cache`, see [`entry_bytes`].
+    cache_bytes: usize,
+    /// Budget for `cache` (`App::table_cache_bytes`): past it, changed entries are committed
+    /// early (a cut) and unchanged ones dropped.
+    cache_limit: usize,
+    dirty: usize,
+}
+
+struct Entry {
+    value: Option<Vec<u8>>,
+    dirty: bool,
+    /// Event time of the record that made the last change.
+    timestamp: i64,
+}
+
+/// A change of a table since the last cut: key, value (`None`: deleted) and the event time
+/// of the record that made it.
+pub(crate) type Change = (Vec<u8>, Option<Vec<u8>>, i64);
+
+/// Visits a change: key, value (`None`: deleted), event time.
+pub(crate) type ChangeVisitor<'a> = dyn FnMut(&[u8], Option<&[u8]>, i64) + 'a;
+
+/// Changes of one table since the last cut: (changelog topic, store, changes).
+pub(crate) type DirtyTable = (Arc<str>, Arc<dyn StateStore>, Vec<Change>);
+
+impl TableState {
+    pub(crate) fn new(name: &'static str, changelog: String, store: Arc<dyn StateStore>, cache_limit: usize) -> Self {
+        Self {
+            name,
+            changelog: changelog.into(),
+            store,
+            cache: HashMap::default(),
+            cache_bytes: 0,
+            cache_limit,
+            dirty: 0,
+        }
+    }
+
+    /// Keeps the cache within budget after clean entries were added: drops it when nothing
+    /// in it waits for a cut; otherwise returns `true`, a cut is needed first.
+    fn evict_clean(&mut self) -> bool {
+        if self.cache_bytes <= self.cache_limit {
+            return false;
+        }
+        if self.dirty == 0 {
+            self.cache = HashMap::default();
+            self.cache_bytes = 0;
+            return false;
+        }
+        true
+    }
+
+    /// The changes since the last cut, leaving the cache clean (or empty when over budget).
+    fn take(&mut self) -> Vec<Change> {
+        let mut changes = Vec::with_capacity(self.dirty);
+        if self.dirty == 0 {
+            return changes;
+        }
+        if self.cache_bytes > self.cache_limit {
+            // Over budget: the entries move out (no copies) and the cache starts afresh.
+            for (key, entry) in std::mem::take(&mut self.cache) {
+                if entry.dirty {
+                    changes.push((key, entry.value, entry.timestamp));
+                }
+            }
+            self.cache_bytes = 0;
+        } else {
+            for (key, entry) in self.cache.iter_mut() {
+                if entry.dirty {
+                    entry.dirty = false;
+                    changes.push((key.clone(), entry.value.clone(), entry.timestamp));
+                }
+            }
+        }
+        self.dirty = 0;
+        changes
+    }
+
+    /// Visits the changes since the last cut without taking them.
+    pub(crate) fn for_each_change(&self, visit: &mut ChangeVisitor<'_>) {
+        if self.dirty == 0 {
+            return;
+        }
+        for (key, entry) in &self.cache {
+            if entry.dirty {
+                visit(key, entry.value.as_deref(), entry.timestamp);
+            }
+        }
+    }
+}
+
+impl TaskContext {
+    /// The index of table `name` among the task's tables.
+    pub(crate) fn table_index(&self, name: &str) -> Option<usize> {
+        self.tables().iter().position(|t| t.name == name)
+    }
+
+    /// The changes of every table of the partition since the last cut (empty for tables
+    /// without changes).
+    pub(crate) fn take_changes(&self) -> Vec<DirtyTable> {
+        self.tables()
+            .iter_mut()
+            .map(|table| (table.changelog.clone(), Arc::clone(&table.store), table.take()))
+            .collect()
+    }
+
+    /// Writes `entries` of table number `index` again at the next cut (see
+    /// `changelog::Restoration::restate`). Called before the partition processes anything.
+    pub(crate) fn restate(&self, index: usize, entries: Vec<StoreEntry>) {
+        let mut tables = self.tables();
+        let Some(state) = tables.get_mut(index) else { return };
+        let now = self.event_time();
+        for (key, value) in entries {
+            let key_len = key.len();
+            state.cache_bytes += entry_bytes(&key, value.as_deref());
+            let old = state.cache.insert(
+                key,
+                Entry {
+                    value,
+                    dirty: true,
+                    timestamp: now,
+                },
+            );
+            if let Some(old) = &old {
+                let replaced = key_len + old.value.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD;
+                state.cache_bytes = state.cache_bytes.saturating_sub(replaced);
+            }
+            if !old.is_some_and(|old| old.dirty) {
+                state.dirty += 1;
+            }
+        }
+    }
+
+    /// Changes `key` of table `index` in place, now: from the cache, the store's memory, or
+    /// the store's disk (the only blocking step, moved off the async executor's hands with
+    /// `block_in_place` where the runtime can).
+    pub(crate) fn update_now<T>(
+        &self,
+        index: usize,
+        key: &[u8],
+        change: impl FnOnce(&mut Option<Vec<u8>>) -> Result<T>,
+    ) -> Result<T> {
+        let (store, change) = {
+            let mut tables = self.tables();
+            let state = self.table_at_mut(&mut tables, index)?;
+            match change_cached(self, state, key, change) {
+                Ok(out) => return out,
+                Err(change) => (Arc::clone(&state.store), change),
+            }
+        };
+        let mut value = read_blocking(&*store, key)?;
+        let out = change(&mut value)?;
+        self.put_at(index, key.to_vec(), value)?;
+        Ok(out)
+    }
+
+    fn table_at_mut<'t>(&self, tables: &'t mut [TableState], index: usize) -> Result<&'t mut TableState> {
+        let name = &self.name;
+        tables
+            .get_mut(index)
+            .ok_or_else(|| Error::Config(format!("task `{name}` has no table number {index}")))
+    }
+
+    /// Caches a value read from the store (clean).
+    fn keep_clean(&self, index: usize, key: Vec<u8>, value: Option<Vec<u8>>) {
+        let mut tables = self.tables();
+        let Some(state) = tables.get_mut(index) else { return };
+        if state.cache.contains_key(&key) {
+            return;
+        }
+        state.cache_bytes += entry_bytes(&key, value.as_deref());
+        state.cache.insert(
+            key,
+            Entry {
+                value,
+                dirty: false,
+                timestamp: 0,
+            },
+        );
+        if state.evict_clean() {
+            self.cut_wanted.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes `key` of table `index` (made durable at the next cut).
+    pub(crate) fn put_at(&self, index: usize, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<()> {
+        let mut tables = self.tables();
+        let state = self.table_at_mut(&mut tables, index)?;
+        put(self, state, key, value);
+        Ok(())
+    }
+}
+
+/// Reads `key` from `store` where the caller stands: from memory when the store can answer
+/// without the disk; else a blocking read, announced to a multi-threaded runtime.
+fn read_blocking(store: &dyn StateStore, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    if let Some(value) = store.get_in_memory(key)? {
+        return Ok(value);
+    }
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| store.get(key)),
+        _ => store.get(key),
+    }
+}
+
+fn not_bound(ctx: &TaskContext, table: &str) -> Error {
+    Error::NotDeclared {
+        agent: ctx.name.to_string(),
+        what: "table",
+        key: "tables",
+        name: table.to_string(),
+    }
+}
+
+/// Reads a table key of the current partition and hands its bytes to `read`: the cache
+/// first, then the store (off the async executor threads, in a boxed future so that the
+/// common case, a cached key, keeps the future small).
+pub(crate) async fn table_get<T, R>(table: &'static str, key: &[u8], read: R) -> Result<T>
+where
+    R: FnOnce(Option<&[u8]>) -> T,
+{
+    type Miss<R> = (Arc<TaskContext>, usize, Arc<dyn StateStore>, R);
+    let lookup = with_current(
+        || format!("table `{table}`"),
+        |ctx| -> Result<std::result::Result<T, Miss<R>>> {
+            let tables = ctx.tables();
+            let index = tables
+                .iter()
+                .position(|t| t.name == table)
+                .ok_or_else(|| not_bound(ctx, table))?;
+            let state = &tables[index];
+            Ok(match state.cache.get(key) {
+                Some(entry) => Ok(read(entry.value.as_deref())),
+                None => Err((Arc::clone(ctx), index, Arc::clone(&state.store), read)),
+            })
+        },
+    )??;
+    match lookup {
+        Ok(value) => Ok(value),
+        Err((ctx, index, store, read)) => {
+            let value = Box::pin(load(table, store, key.to_vec())).await?;
+            ctx.keep_clean(index, key.to_vec(), value.clone());
+            Ok(read(value.as_deref()))
+        }
+    }
+}
+
+/// Reads a key from the store: from its memory when it can answer without the disk, else
+/// on a blocking thread.
+async fn load(table: &'static str, store: Arc<dyn StateStore>, key: Vec<u8>) -> Result<Option<Vec<u8>>> {
+    if let Some(value) = store.get_in_memory(&key)? {
+        return Ok(value);
+    }
+    tokio::task::spawn_blocking(move || store.get(&key))
+        .await
+        .map_err(|e| Error::Config(format!("table `{table}`: store read failed: {e}")))?
+}
+
+/// Changes a table key of the current partition in place: `change` gets the stored bytes
+/// (`None`: missing) and rewrites them, reusing their buffer. The store is read (off the
+/// executor, boxed) only when the key is not cached.
+pub(crate) async fn table_update<T, F>(table: &'static str, key: &[u8], change: F) -> Result<T>
+where
+    F: FnOnce(&mut Option<Vec<u8>>) -> Result<T>,
+{
+    type Miss<F> = (Arc<TaskContext>, usize, Arc<dyn StateStore>, F);
+    let attempt = with_current(
+        || format!("table `{table}`"),
+        |ctx| -> Result<std::result::Result<T, Miss<F>>> {
+            let mut tables = ctx.tables();
+            let index = tables
+                .iter()
+                .position(|t| t.name == table)
+                .ok_or_else(|| not_bound(ctx, table))?;
+            let state = &mut tables[index];
+            match change_cached(ctx, state, key, change) {
+                Ok(out) => Ok(Ok(out?)),
+                Err(change) => Ok(Err((Arc::clone(ctx), index, Arc::clone(&state.store), change))),
+            }
+        },
+    )??;
+    match attempt {
+        Ok(out) => Ok(out),
+        Err((ctx, index, store, change)) => {
+            let mut value = Box::pin(load(table, store, key.to_vec())).await?;
+            let out = change(&mut value)?;
+            ctx.put_at(index, key.to_vec(), value)?;
+            Ok(out)
+        }
+    }
+}
+
+/// Writes a table key of the current partition (made durable at the next cut).
+pub(crate) fn table_put(table: &'static str, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<()> {
+    with_current(
+        || format!("table `{table}`"),
+        |ctx| {
+            let index = ctx.table_index(table).ok_or_else(|| not_bound(ctx, table))?;
+            ctx.put_at(index, key, value)
+        },
+    )?
+}
+
+fn put(ctx: &TaskContext, state: &mut TableState, key: Vec<u8>, value: Option<Vec<u8>>) {
+    // The key is usually cached: changed by reference, since `insert` would consume it.
+    let mut value = Some(value);
+    if change_cached(ctx, state, &key, |slot| {
+        *slot = value.take().flatten();
+        Ok(())
+    })
+    .is_ok()
+    {
+        return;
+    }
+    let value = value.flatten();
+    state.cache_bytes += entry_bytes(&key, value.as_deref());
+    ctx.metrics.table_update(state.name, &key, value.as_deref());
+    state.cache.insert(
+        key,
+        Entry {
+            value,
+            dirty: true,
+            timestamp: ctx.event_time(),
+        },
+    );
+    state.dirty += 1;
+    changed(ctx, state);
+}
+
+/// Applies `change` to the cached entry of `key` and accounts for it; gives `change` back
+/// when the key is not cached.
+fn change_cached<T, F>(
+    ctx: &TaskContext,
+    state: &mut TableState,
+    key: &[u8],
+    change: F,
+) -> std::result::Result<Result<T>, F>
+where
+    F: FnOnce(&mut Option<Vec<u8>>) -> Result<T>,
+{
+    let Some(entry) = state.cache.get_mut(key) else {
+        return Err(change);
+    };
+    let before = entry.value.as_ref().map_or(0, Vec::len);
+    let out = match change(&mut entry.value) {
+        Ok(out) => out,
+        Err(error) => return Ok(Err(error)),
+    };
+    let after = entry.value.as_ref().map_or(0, Vec::len);
+    entry.timestamp = ctx.event_time();
+    if !entry.dirty {
+        entry.dirty = true;
+        state.dirty += 1;
+    }
+    state.cache_bytes = (state.cache_bytes + after).saturating_sub(before);
+    ctx.metrics.table_update(state.name, key, entry.value.as_deref());
+    changed(ctx, state);
+    Ok(Ok(out))
+}
+
+/// Counts a table change; past the cache budget, asks the stream for a cut.
+fn changed(ctx: &TaskContext, state: &TableState) {
+    bump(&ctx.counts.table_updates);
+    if state.cache_bytes > state.cache_limit {
+        ctx.cut_wanted.store(true, Ordering::Relaxed);
+    }
+}
