@@ -48,6 +48,9 @@ pub struct ValueCodec<V> {
     name: &'static str,
     encode: fn(&V) -> Result<Vec<u8>, EncodeError>,
     decode: fn(&[u8]) -> Result<V, DecodeError>,
+    /// The type's own encoding ([`ValueCodec::record`]): callers that know the type decode
+    /// with it directly, which lets the compiler inline it.
+    own: bool,
 }
 
 impl<V> Clone for ValueCodec<V> {
@@ -68,6 +71,7 @@ impl<V: crate::Record> ValueCodec<V> {
             name: "json",
             encode: encode_record::<V>,
             decode: V::decode,
+            own: true,
         }
     }
 }
@@ -76,6 +80,7 @@ impl ValueCodec<String> {
     /// UTF-8 text (Kafka Streams' `Serdes.String()`); bytes that are not UTF-8 do not decode.
     pub const fn utf8() -> Self {
         Self {
+            own: false,
             name: "utf-8",
             encode: |text| Ok(text.as_bytes().to_vec()),
             decode: |bytes| {
@@ -91,6 +96,7 @@ impl ValueCodec<Vec<u8>> {
     /// Raw bytes, as they are (Kafka Streams' `Serdes.ByteArray()`).
     pub const fn bytes() -> Self {
         Self {
+            own: false,
             name: "bytes",
             encode: |bytes| Ok(bytes.clone()),
             decode: |bytes| Ok(bytes.to_vec()),
@@ -105,7 +111,12 @@ impl<V> ValueCodec<V> {
         encode: fn(&V) -> Result<Vec<u8>, EncodeError>,
         decode: fn(&[u8]) -> Result<V, DecodeError>,
     ) -> Self {
-        Self { name, encode, decode }
+        Self {
+            name,
+            encode,
+            decode,
+            own: false,
+        }
     }
 
     /// The codec's name.
@@ -121,6 +132,18 @@ impl<V> ValueCodec<V> {
     /// The value of some bytes.
     pub fn decode(&self, bytes: &[u8]) -> Result<V, DecodeError> {
         (self.decode)(bytes)
+    }
+}
+
+impl<V: crate::Record> ValueCodec<V> {
+    /// [`ValueCodec::decode`], with the type's own decoding called directly (inlined).
+    #[inline]
+    pub(crate) fn decode_fast(&self, bytes: &[u8]) -> Result<V, DecodeError> {
+        if self.own {
+            V::decode(bytes)
+        } else {
+            (self.decode)(bytes)
+        }
     }
 }
 

@@ -77,7 +77,7 @@ impl<K: Key, V: Record> Stream<K, V> {
             // The key is decoded (and checked) even when only the value is wanted: a record
             // whose key does not decode goes to the dead-letter topic either way.
             let checked = K::check_key(message.key()).map_err(|e| DecodeError::new(format!("key: {e}")));
-            match checked.and_then(|()| self.values.decode(message.payload().unwrap_or_default())) {
+            match checked.and_then(|()| self.values.decode_fast(message.payload().unwrap_or_default())) {
                 Ok(value) => {
                     core.begin(source, message);
                     return Some(value);
@@ -94,7 +94,7 @@ impl<K: Key, V: Record> Stream<K, V> {
             let (source, message) = core.next_message().await?;
             let values = self.values;
             let decoded = decode_key::<K>(&message)
-                .and_then(|key| Ok((key, values.decode(message.payload().unwrap_or_default())?)));
+                .and_then(|key| Ok((key, values.decode_fast(message.payload().unwrap_or_default())?)));
             match decoded {
                 Ok((key, value)) => {
                     let event = Event {

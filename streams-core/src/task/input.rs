@@ -152,17 +152,22 @@ impl StreamCore {
     /// future a task awaits for every record stays small (awaiting moves it, byte by byte).
     pub(crate) async fn next_message(&mut self) -> Option<(usize, Message)> {
         self.finish_current();
-        let every_source_queued = self.sources.len() == 1 || self.sources.iter().all(|s| !s.queue.is_empty());
-        if !self.ended
-            && every_source_queued
-            && self.since_clock + 1 < 256
-            && !self.ctx.cut_wanted.load(Ordering::Relaxed)
-        {
-            if let Some(source) = self.pick() {
-                if let Some(message) = self.sources[source].queue.pop_front() {
+        let fast = !self.ended && self.since_clock + 1 < 256 && !self.ctx.cut_wanted.load(Ordering::Relaxed);
+        if fast {
+            if let [only] = self.sources.as_mut_slice() {
+                if let Some(message) = only.queue.pop_front() {
                     self.since_clock += 1;
-                    if message.offset() >= self.sources[source].floor {
-                        return Some((source, message));
+                    if message.offset() >= only.floor {
+                        return Some((0, message));
+                    }
+                }
+            } else if self.sources.iter().all(|s| !s.queue.is_empty()) {
+                if let Some(source) = self.pick() {
+                    if let Some(message) = self.sources[source].queue.pop_front() {
+                        self.since_clock += 1;
+                        if message.offset() >= self.sources[source].floor {
+                            return Some((source, message));
+                        }
                     }
                 }
             }
