@@ -11,7 +11,7 @@
 //! ```text
 //! cargo run --example word_count -- broker --port 9092 &
 //! cargo run --example word_count -- worker -l info --broker localhost:9092
-//! cargo run --example word_count -- send text-lines '"to be or not to be"' --broker localhost:9092
+//! cargo run --example word_count -- send text-lines 'to be or not to be' --broker localhost:9092
 //! cargo run --example word_count -- table word-counts-store
 //! ```
 use streams_core::prelude::*;

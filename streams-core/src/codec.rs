@@ -183,6 +183,11 @@ pub trait Key: Send + Sync + Clone + 'static {
     fn key_bytes(&self) -> Result<Cow<'_, [u8]>, EncodeError> {
         Ok(Cow::Owned(self.try_encode_key()?.unwrap_or_default()))
     }
+    /// Whether this is no key at all (Kafka's null key: `()`, `None`), which a table cannot
+    /// hold: an aggregation sends such records to the dead-letter topic.
+    fn is_null(&self) -> bool {
+        false
+    }
     /// The key from a record's key bytes.
     fn decode_key(bytes: Option<&[u8]>) -> Result<Self, DecodeError>;
     /// Checks that `bytes` decode as this key type without keeping the key (a stream's
@@ -302,6 +307,9 @@ impl Key for () {
     fn encode_key(&self) -> Option<Vec<u8>> {
         None
     }
+    fn is_null(&self) -> bool {
+        true
+    }
     fn decode_key(_: Option<&[u8]>) -> Result<Self, DecodeError> {
         Ok(())
     }
@@ -315,6 +323,9 @@ impl Key for () {
 impl<K: Key> Key for Option<K> {
     fn encode_key(&self) -> Option<Vec<u8>> {
         self.as_ref().and_then(K::encode_key)
+    }
+    fn is_null(&self) -> bool {
+        self.as_ref().is_none_or(K::is_null)
     }
     fn try_encode_key(&self) -> Result<Option<Vec<u8>>, EncodeError> {
         match self {

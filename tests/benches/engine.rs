@@ -44,6 +44,12 @@ fn pipeline(c: &mut Criterion) {
             true,
             &distinct_inputs,
         ),
+        (
+            "DSL, RocksDB store, every record a new key",
+            dsl,
+            true,
+            &distinct_inputs,
+        ),
     ];
     for (name, app, rocksdb, inputs) in cases {
         group.bench_function(name, |b| {

@@ -434,3 +434,134 @@ fn a_topic_read_twice_or_a_table_kept_twice_is_refused() {
     let error = kept.validate().expect_err("kept twice").to_string();
     assert!(error.contains("keeps table `orders-per-customer` twice"), "{error}");
 }
+
+const READINGS: Topic<String, i64> = Topic::new("readings").partitions(1);
+const SCALED: Topic<String, i64> = Topic::new("scaled");
+const COPIED: Topic<String, i64> = Topic::new("copied");
+const POSITIVE: Topic<String, i64> = Topic::new("positive");
+const PER_SENSOR: Table<String, i64> = Table::new("per-sensor");
+const PER_LABEL: Table<Option<String>, i64> = Table::new("per-label");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_branch_does_not_keep_a_record_from_the_others() {
+    let app = App::new("sensors").pipeline("scale", |builder| {
+        let readings = builder.stream(READINGS);
+        // First child panics on 0; the second must still get every record.
+        readings.clone().map_values(|_, n| 1000 / n).to(SCALED);
+        readings.to(COPIED);
+    });
+    let mut driver = TestDriver::new(app).expect("driver");
+    for n in [5, 0, 10] {
+        driver.pipe(&READINGS, "s1", &n).expect("pipe");
+    }
+    driver.run().await.expect("run");
+    let values = |topic| -> Vec<i64> {
+        driver
+            .records(topic)
+            .expect("records")
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect()
+    };
+    assert_eq!(values(&SCALED), vec![200, 100]);
+    assert_eq!(
+        values(&COPIED),
+        vec![5, 0, 10],
+        "the copy is not held back by the panic"
+    );
+    let dead = driver.raw_records("sensors-scale-dlq");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].header("streams.dlq.offset"), Some("1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn map_split_without_default_and_group_by_key_without_repartition() {
+    let app = App::new("sensors").pipeline("split", |builder| {
+        let readings = builder.stream(READINGS);
+        readings
+            .clone()
+            .split("sign")
+            .branch("positive", |_, n| *n > 0, |s| s.to(POSITIVE))
+            .no_default_branch();
+        // Grouped by the key the topic is partitioned by: no repartition topic.
+        readings.clone().group_by_key().reduce(PER_SENSOR, |a, b| a + b);
+        // A key change that may give no key: such records cannot be counted.
+        readings
+            .map(|sensor, n| ((n != 0).then(|| format!("{sensor}-{}", n.signum())), n))
+            .repartition("by-label")
+            .group_by_key()
+            .count(PER_LABEL);
+    });
+    assert_eq!(app.pipelines()[0].tasks.len(), 2, "one repartition topic only");
+    let mut driver = TestDriver::new(app).expect("driver");
+    for (sensor, n) in [("a", 3), ("a", -1), ("b", 0), ("b", 7), ("a", 2)] {
+        driver.pipe(&READINGS, sensor, &n).expect("pipe");
+    }
+    driver.run().await.expect("run");
+    let positive: Vec<(String, i64)> = driver.records(&POSITIVE).expect("records");
+    assert_eq!(
+        positive,
+        vec![("a".into(), 3), ("b".into(), 7), ("a".into(), 2)],
+        "non-positive readings are dropped"
+    );
+    assert_eq!(
+        driver.table(&PER_SENSOR).expect("table"),
+        BTreeMap::from([("a".into(), 4), ("b".into(), 7)])
+    );
+    assert_eq!(
+        driver.table(&PER_LABEL).expect("table"),
+        BTreeMap::from([
+            (Some("a-1".into()), 2),
+            (Some("a--1".into()), 1),
+            (Some("b-1".into()), 1)
+        ])
+    );
+    // The keyless record (b, 0) is kept in the dead-letter topic, not counted under no key.
+    let dead = driver.raw_records("sensors-split-dlq");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(
+        dead[0].header("streams.dlq.topic"),
+        Some("sensors-by-label-repartition")
+    );
+    assert!(dead[0]
+        .header("streams.dlq.error")
+        .is_some_and(|e| e.contains("without a key") && e.contains("per-label")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_fails_after_to_stream_goes_to_the_dead_letter_topic() {
+    let app = App::new("sensors").pipeline("totals", |builder| {
+        builder
+            .stream(READINGS)
+            .group_by_key()
+            .reduce(PER_SENSOR, |a, b| a + b)
+            .to_stream()
+            .map_values(|sensor, total| {
+                assert!(sensor != "bad", "no totals for bad sensors");
+                total
+            })
+            .to(SCALED);
+    });
+    let mut driver = TestDriver::new(app).expect("driver");
+    driver.pipe(&READINGS, "good", &1).expect("pipe");
+    driver.pipe(&READINGS, "bad", &2).expect("pipe");
+    driver.run().await.expect("run");
+    assert_eq!(driver.records(&SCALED).expect("records"), vec![("good".to_string(), 1)]);
+    let dead = driver.raw_records("sensors-totals-dlq");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].key.as_deref(), Some(b"bad".as_slice()));
+    assert_eq!(dead[0].value.as_deref(), Some(b"2".as_slice()), "the table's value");
+    assert_eq!(dead[0].header("streams.dlq.table"), Some("per-sensor"));
+    assert!(dead[0]
+        .header("streams.dlq.error")
+        .is_some_and(|e| e.contains("no totals for bad sensors")));
+    assert_eq!(
+        driver
+            .metrics()
+            .dead_lettered
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // The table itself is unaffected.
+    assert_eq!(driver.table(&PER_SENSOR).expect("table")["bad"], 2);
+}

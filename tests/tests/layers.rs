@@ -1,5 +1,6 @@
 //! The crate's layers (README, Layout): each module imports only modules of its own layer
-//! or below. Read from the sources: every `crate::…` path outside comments.
+//! or below. Read from the sources: every `crate::…` path and `use crate::{…}` group outside
+//! comments and unit tests.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -72,38 +73,96 @@ fn module_of(src: &Path, file: &Path) -> String {
     first.as_os_str().to_string_lossy().trim_end_matches(".rs").to_string()
 }
 
-/// The modules a line refers to through `crate::`.
-fn referenced(line: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = line;
-    while let Some(at) = rest.find("crate::") {
-        let after = &rest[at + "crate::".len()..];
-        let name: String = after.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
-        if !name.is_empty() {
-            let module = ROOT
-                .iter()
-                .find(|(item, _)| *item == name)
-                .map_or(name.clone(), |(_, module)| module.to_string());
-            out.push(module);
-        }
-        // `use crate::{a, b}`: every name in the braces.
-        if let Some(braced) = after.strip_prefix('{') {
-            let inside = braced.split('}').next().unwrap_or_default();
-            for item in inside.split(',') {
-                let name = item.trim().split("::").next().unwrap_or_default().trim();
-                if name.is_empty() {
-                    continue;
+/// The module an item named by `crate::{name}` is in.
+fn module_named(name: &str) -> String {
+    ROOT.iter()
+        .find(|(item, _)| *item == name)
+        .map_or(name.to_string(), |(_, module)| module.to_string())
+}
+
+/// The text of a `{ .. }` group that `text` starts with (nested groups included).
+fn braced(text: &str) -> &str {
+    let mut depth = 0;
+    for (at, c) in text.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return &text[1..at];
                 }
-                let module = ROOT
-                    .iter()
-                    .find(|(root, _)| *root == name)
-                    .map_or(name.to_string(), |(_, module)| module.to_string());
-                out.push(module);
+            }
+            _ => {}
+        }
+    }
+    &text[1..]
+}
+
+/// The first path segment of each item of a `use` group: `a, b::{c, d}, e` gives a, b, e.
+fn group_heads(group: &str) -> Vec<&str> {
+    let mut heads = Vec::new();
+    let mut depth = 0;
+    let mut start = 0;
+    for (at, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                heads.push(&group[start..at]);
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    heads.push(&group[start..]);
+    heads
+        .into_iter()
+        .map(|item| item.trim().split("::").next().unwrap_or_default().trim())
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
+/// The modules `code` refers to through `crate::`, each with its byte position: paths and
+/// `use crate::{..}` groups, over as many lines as they take.
+fn referenced(code: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(found) = code[from..].find("crate::") {
+        let at = from + found;
+        let after = &code[at + "crate::".len()..];
+        if after.starts_with('{') {
+            for name in group_heads(braced(after)) {
+                out.push((at, module_named(name)));
+            }
+        } else {
+            let name: String = after.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            if !name.is_empty() {
+                out.push((at, module_named(&name)));
             }
         }
-        rest = after;
+        from = at + "crate::".len();
     }
     out
+}
+
+/// A source file's code: up to its unit tests (which may use anything), comments blanked.
+fn code_of(text: &str) -> String {
+    let mut code = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line.trim_start().starts_with("#[cfg(test)]") {
+            break;
+        }
+        code.push_str(line.split("//").next().unwrap_or_default());
+        code.push('\n');
+    }
+    code
+}
+
+#[test]
+fn imports_over_several_lines_are_read() {
+    let code = code_of("use crate::{\n    a::X,\n    b::{c, d},\n    Error, // e::Y\n};\nfn f() { crate::f::g() }\n");
+    let modules: Vec<String> = referenced(&code).into_iter().map(|(_, m)| m).collect();
+    assert_eq!(modules, vec!["a", "b", "error", "f"]);
 }
 
 #[test]
@@ -124,29 +183,21 @@ fn every_module_imports_only_its_layer_and_below() {
             continue;
         };
         let text = std::fs::read_to_string(file).expect("read");
-        for (number, line) in text.lines().enumerate() {
-            let code = line.trim_start();
-            if code.starts_with("#[cfg(test)]") {
-                break; // unit tests (last in a file) may use anything
-            }
-            if code.starts_with("//") {
+        let code = code_of(&text);
+        for (at, target) in referenced(&code) {
+            if target == "self" || target == module {
                 continue;
             }
-            for target in referenced(code) {
-                if target == "self" || target == module {
-                    continue;
+            match layer(&target) {
+                Some(theirs) if theirs > own => {
+                    let line = code[..at].matches('\n').count() + 1;
+                    upward.entry(module.clone()).or_default().push(format!(
+                        "{}:{line} uses `{target}` (layer {theirs} above {own})",
+                        file.strip_prefix(&src).unwrap_or(file).display(),
+                    ));
                 }
-                match layer(&target) {
-                    Some(theirs) if theirs > own => {
-                        upward.entry(module.clone()).or_default().push(format!(
-                            "{}:{} uses `{target}` (layer {theirs} above {own})",
-                            file.strip_prefix(&src).unwrap_or(file).display(),
-                            number + 1
-                        ));
-                    }
-                    Some(_) => {}
-                    None => unknown.push(format!("{target} (from {module})")),
-                }
+                Some(_) => {}
+                None => unknown.push(format!("{target} (from {module})")),
             }
         }
     }

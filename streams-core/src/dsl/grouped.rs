@@ -64,6 +64,12 @@ impl<K: Key, V: Send + Sync + 'static> KGroupedStream<K, V> {
         let write_slot = slot.clone();
         self.fanout.add(Arc::new(move |cx: &mut Cx<'_>, key: K, value: V| {
             let index = write_slot.get()?;
+            if key.is_null() {
+                // Kafka Streams drops these; here they are kept, in the dead-letter topic.
+                return Err(format!(
+                    "a record without a key cannot be aggregated into table `{name}`"
+                ));
+            }
             let bytes = key
                 .key_bytes()
                 .map_err(|e| format!("cannot encode a key of table `{name}`: {e}"))?;

@@ -36,6 +36,22 @@ where
     }
 }
 
+/// Runs `push`, turning a panic into an error: one branch of a record that panics does not
+/// keep its other branches from running.
+pub(crate) fn guarded(push: impl FnOnce() -> Outcome) -> Outcome {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(push))
+        .unwrap_or_else(|panic| Err(format!("panic: {}", panic_text(&*panic))))
+}
+
+/// The message of a panic.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_string())
+}
+
 /// Something built that must be frozen before it runs.
 pub(crate) trait Freeze {
     fn freeze(&self);
@@ -71,7 +87,8 @@ impl<K, V> Fanout<K, V> {
         *self.copier.lock().unwrap_or_else(|p| p.into_inner()) = Some(copier);
     }
 
-    /// Hands a record to every child (copies to all but the last).
+    /// Hands a record to every child (copies to all but the last). A child that fails does
+    /// not keep the record from the others: the first error is returned once all had it.
     pub(crate) fn push(&self, cx: &mut Cx<'_>, key: K, value: V) -> Outcome {
         let Some((children, copier)) = self.frozen.get() else {
             return Err("the pipeline was not built".into());
@@ -81,11 +98,12 @@ impl<K, V> Fanout<K, V> {
             1 => children[0].push(cx, key, value),
             n => {
                 let copy = copier.ok_or("a stream used twice cannot copy its records")?;
+                let mut outcome = Ok(());
                 for child in &children[..n - 1] {
                     let (key, value) = copy(&key, &value);
-                    child.push(cx, key, value)?;
+                    outcome = outcome.and(guarded(|| child.push(cx, key, value)));
                 }
-                children[n - 1].push(cx, key, value)
+                outcome.and(guarded(|| children[n - 1].push(cx, key, value)))
             }
         }
     }

@@ -1,10 +1,10 @@
 //! A sub-topology of a pipeline as a task: the loop that takes its records, one at a time,
 //! down its nodes, and the work it does at each cut (sending its tables' changes on).
 
-use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::node::{ChangeListener, Cx, SourceNode, TableSlot};
+use super::node::{guarded, ChangeListener, Cx, SourceNode, TableSlot};
 use crate::task::input::{CutHook, RawStream};
 use crate::task::run::RunFn;
 use crate::task::sink::OutRecord;
@@ -22,14 +22,6 @@ pub(crate) struct SubTopology {
 /// The task's code for a sub-topology.
 pub(crate) fn run_fn(sub: Arc<SubTopology>) -> RunFn {
     Arc::new(move |raw: RawStream| Box::pin(run(raw, Arc::clone(&sub))))
-}
-
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".to_string())
 }
 
 async fn run(mut raw: RawStream, sub: Arc<SubTopology>) -> Result<(), String> {
@@ -51,8 +43,7 @@ async fn run(mut raw: RawStream, sub: Arc<SubTopology>) -> Result<(), String> {
                     timestamp,
                     backlog: &mut backlog,
                 };
-                std::panic::catch_unwind(AssertUnwindSafe(|| node.push_message(&mut cx, message)))
-                    .unwrap_or_else(|panic| Err(format!("panic: {}", panic_text(&*panic))))
+                guarded(|| node.push_message(&mut cx, message))
             }
             _ => Ok(()),
         };
@@ -78,7 +69,9 @@ impl CutHook for Changes {
         for (slot, listener) in &self.0.listeners {
             let Ok(index) = slot.get() else { continue };
             let mut changes: Vec<(Vec<u8>, Option<Vec<u8>>, i64)> = Vec::new();
+            let mut table_name = "";
             if let Some(table) = ctx.tables().get(index) {
+                table_name = table.name;
                 table.for_each_change(&mut |key, value, timestamp| {
                     changes.push((key.to_vec(), value.map(<[u8]>::to_vec), timestamp));
                 });
@@ -90,18 +83,44 @@ impl CutHook for Changes {
                     timestamp,
                     backlog,
                 };
-                let outcome =
-                    std::panic::catch_unwind(AssertUnwindSafe(|| listener.change(&mut cx, &key, value.as_deref())))
-                        .unwrap_or_else(|panic| Err(format!("panic: {}", panic_text(&*panic))));
+                let outcome = guarded(|| listener.change(&mut cx, &key, value.as_deref()));
                 if let Err(error) = outcome {
-                    tracing::warn!(
-                        task = &*ctx.name,
-                        "a change of a table could not go on ({}): {error}",
-                        String::from_utf8_lossy(&key)
-                    );
+                    backlog.push(dead_letter_change(ctx, table_name, key, value, timestamp, &error));
                 }
             }
         }
         ctx.set_event_time(before);
+    }
+}
+
+/// A change of a table that failed on its way on (after `to_stream`): it goes to the
+/// dead-letter topic as the table holds it, with headers naming the table and the error.
+fn dead_letter_change(
+    ctx: &TaskContext,
+    table: &str,
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+    timestamp: i64,
+    error: &str,
+) -> OutRecord {
+    let dlq = Arc::clone(&ctx.dead_letter_topic);
+    tracing::warn!(
+        task = &*ctx.name,
+        "a change of table `{table}` (key {}) could not go on: {error}; copied to dead-letter topic {dlq}",
+        String::from_utf8_lossy(&key)
+    );
+    ctx.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    OutRecord {
+        topic: dlq,
+        partition: None,
+        key: Some(key),
+        value,
+        headers: vec![
+            ("streams.dlq.table".into(), table.as_bytes().to_vec()),
+            ("streams.dlq.agent".into(), ctx.name.as_bytes().to_vec()),
+            ("streams.dlq.error".into(), error.as_bytes().to_vec()),
+        ],
+        timestamp: Some(timestamp),
+        changelog: false,
     }
 }

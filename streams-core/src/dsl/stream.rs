@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::builder::{repartition_spec, Graph, NodeKind};
 use super::grouped::KGroupedStream;
-use super::node::{sink, Cx, Fanout, Node, StreamSource};
+use super::node::{guarded, sink, Cx, Fanout, Node, StreamSource};
 use crate::codec::{Key, ValueCodec};
 use crate::record::Record;
 use crate::topic::Topic;
@@ -181,10 +181,12 @@ where
     {
         self.then("flat_map", |next| {
             Arc::new(move |cx: &mut Cx<'_>, key: K, value: V| {
+                // A record that fails further down does not keep the others from going on.
+                let mut outcome = Ok(());
                 for (key, value) in f(key, value) {
-                    next.push(cx, key, value)?;
+                    outcome = outcome.and(guarded(|| next.push(cx, key, value)));
                 }
-                Ok(())
+                outcome
             })
         })
     }
@@ -199,10 +201,11 @@ where
     {
         self.then("flat_map_values", |next| {
             Arc::new(move |cx: &mut Cx<'_>, key: K, value: V| {
+                let mut outcome = Ok(());
                 for value in f(&key, value) {
-                    next.push(cx, key.clone(), value)?;
+                    outcome = outcome.and(guarded(|| next.push(cx, key.clone(), value)));
                 }
-                Ok(())
+                outcome
             })
         })
     }

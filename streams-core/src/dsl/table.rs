@@ -107,6 +107,12 @@ where
     fn push_message(&self, cx: &mut Cx<'_>, message: &Message) -> Outcome {
         let index = self.slot.get()?;
         let key = K::decode_key(message.key()).map_err(|e| format!("key: {e}"))?;
+        if key.is_null() {
+            return Err(format!(
+                "a record without a key cannot go into table `{}`",
+                self.store.name()
+            ));
+        }
         let key = key
             .key_bytes()
             .map_err(|e| format!("cannot encode a key of table `{}`: {e}", self.store.name()))?

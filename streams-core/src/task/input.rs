@@ -373,7 +373,9 @@ impl StreamCore {
             return;
         }
         let ctx = Arc::clone(&self.ctx);
-        if let Some(hook) = &mut self.hook {
+        // The hook sees the changes this cut takes: none are taken before anything was
+        // processed (restated entries wait for the first real cut).
+        if let (Some(hook), false) = (&mut self.hook, positions.is_empty()) {
             let mut backlog = Vec::new();
             hook.before_cut(&ctx, &mut backlog);
             for record in backlog {

@@ -222,3 +222,10 @@ pub(crate) async fn send_from_agent(topic: &'static str, key: Option<Vec<u8>>, v
     }
     Ok(())
 }
+
+/// Milliseconds since the Unix epoch, by this machine's clock (0 before 1970).
+pub(crate) fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+}

@@ -136,7 +136,11 @@ impl TaskContext {
     pub(crate) fn restate(&self, index: usize, entries: Vec<StoreEntry>) {
         let mut tables = self.tables();
         let Some(state) = tables.get_mut(index) else { return };
-        let now = self.event_time();
+        // Nothing was processed yet, so no record's time applies: the changes are made now.
+        let now = match self.event_time() {
+            0 => super::wall_clock_ms(),
+            time => time,
+        };
         for (key, value) in entries {
             let key_len = key.len();
             state.cache_bytes += entry_bytes(&key, value.as_deref());

@@ -251,17 +251,26 @@ impl Shared {
             sources.sort_by_key(|(_, source)| *source);
             let spec = Arc::clone(&self.tasks[index]);
             if sources.len() < spec.sources.len() {
-                tracing::warn!(
-                    "{} `{}`: only {} of its {} sources' partition {partition} are assigned here",
-                    if spec.kind == TaskKind::Agent {
-                        "agent"
-                    } else {
-                        "pipeline"
-                    },
+                let what = if spec.kind == TaskKind::Agent {
+                    "agent"
+                } else {
+                    "pipeline"
+                };
+                let missing = format!(
+                    "{what} `{}`: only {} of its {} sources' partition {partition} are assigned here \
+                     (do all workers of the group run the same version of the app?)",
                     spec.name,
                     sources.len(),
                     spec.sources.len()
                 );
+                if !spec.tables.is_empty() {
+                    // Its tables' partition would have two writers: the worker that holds the
+                    // other sources updates the same changelog partition.
+                    return Err(crate::Error::Config(format!(
+                        "{missing}; its tables need all of them on one worker"
+                    )));
+                }
+                tracing::warn!("{missing}");
             }
             let mut tables = Vec::new();
             for table in &spec.tables {
