@@ -18,6 +18,10 @@ pub mod hit_counter;
 #[path = "../examples/hit_counter_dsl.rs"]
 pub mod hit_counter_dsl;
 
+/// Hits per user in windows of event time, compiled from the example itself.
+#[path = "../examples/hits_per_window.rs"]
+pub mod hits_per_window;
+
 /// Word count, compiled from the example itself.
 #[path = "../examples/word_count.rs"]
 pub mod word_count;

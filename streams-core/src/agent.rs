@@ -9,11 +9,10 @@ use std::fmt::Display;
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::codec::ValueCodec;
 use crate::stream::{RawStream, StreamParam};
 use crate::table::TableSpec;
 use crate::task::run::{RunFn, TaskKind, TaskSpec};
-use crate::topic::{Topic, TopicSpec};
+use crate::topic::{Topic, TopicReader, TopicSpec};
 
 /// Everything the runtime knows of an agent: its name, its source topic, the topics it
 /// sends to, the tables it uses, and how to run it.
@@ -57,9 +56,9 @@ impl AgentSpec {
         Fut: Future + Send + 'static,
         Fut::Output: AgentResult,
     {
-        let values = source.values;
+        let reader = source.reader;
         let run: RunFn = Arc::new(move |raw: RawStream| {
-            let fut = function(S::from_raw(raw, values));
+            let fut = function(S::from_raw(raw, reader));
             Box::pin(async move { fut.await.into_agent_result() })
         });
         Self {
@@ -130,10 +129,10 @@ impl<E: Display> AgentResult for Result<(), E> {
     }
 }
 
-/// An agent's source topic, with how its values are decoded.
+/// An agent's source topic, with how its records are read.
 pub struct Source<V> {
     spec: TopicSpec,
-    values: ValueCodec<V>,
+    reader: TopicReader<V>,
 }
 
 /// The source topic of an agent whose stream is `S`: the stream's key and value types must
@@ -141,7 +140,7 @@ pub struct Source<V> {
 pub fn source_of<S: StreamParam>(topic: &Topic<S::Key, S::Value>) -> Source<S::Value> {
     Source {
         spec: topic.spec(),
-        values: topic.value_codec(),
+        reader: topic.reader(),
     }
 }
 

@@ -20,6 +20,9 @@ pub const SOURCE_TOPIC: &str = "streams.source.topic";
 pub const SOURCE_PARTITION: &str = "streams.source.partition";
 /// Header naming the last offset processed in the source topic named just before.
 pub const SOURCE_OFFSET: &str = "streams.source.offset";
+/// Header with the task's stream time (ms) at the cut: a restore takes the stream time of
+/// the changes it applies from it.
+pub const STREAM_TIME: &str = "streams.stream.time";
 
 /// Each source topic of a task with the offset the group committed for it: the next offset
 /// to read. Where the group has committed nothing, the partition's first offset (its low
@@ -30,14 +33,29 @@ pub(crate) type Committed = [(String, i64)];
 
 /// The headers of a changelog record made at a cut: one topic/partition/offset triple per
 /// source the task has read from, in the order of its sources.
-pub(crate) fn source_headers(positions: &[(std::sync::Arc<str>, i64)], partition: i32) -> Vec<(String, Vec<u8>)> {
-    let mut headers = Vec::with_capacity(positions.len() * 3);
+/// Then the task's stream time, when it has one.
+pub(crate) fn source_headers(
+    positions: &[(std::sync::Arc<str>, i64)],
+    partition: i32,
+    stream_time: Option<i64>,
+) -> Vec<(String, Vec<u8>)> {
+    let mut headers = Vec::with_capacity(positions.len() * 3 + 1);
     for (topic, offset) in positions {
         headers.push((SOURCE_TOPIC.to_string(), topic.as_bytes().to_vec()));
         headers.push((SOURCE_PARTITION.to_string(), partition.to_string().into_bytes()));
         headers.push((SOURCE_OFFSET.to_string(), offset.to_string().into_bytes()));
     }
+    if let Some(time) = stream_time {
+        headers.push((STREAM_TIME.to_string(), time.to_string().into_bytes()));
+    }
     headers
+}
+
+/// The stream time a changelog record's headers carry.
+fn stream_time_of<'h>(headers: impl Iterator<Item = (&'h str, &'h [u8])>) -> Option<i64> {
+    headers
+        .filter(|(key, _)| *key == STREAM_TIME)
+        .find_map(|(_, value)| std::str::from_utf8(value).ok()?.parse().ok())
 }
 
 /// Whether a changelog record with these headers was made by input the group never
@@ -77,6 +95,8 @@ pub(crate) struct Restored {
     pub skipped: u64,
     /// The keys of the skipped records.
     pub skipped_keys: std::collections::BTreeSet<Vec<u8>>,
+    /// The largest stream time among the applied records.
+    pub stream_time: Option<i64>,
 }
 
 const BATCH: usize = 10_000;
@@ -124,10 +144,14 @@ impl<'a> Apply<'a> {
     ) -> Result<()> {
         self.last = Some(offset);
         let Some(key) = key else { return Ok(()) };
-        if from_uncommitted_input(headers, self.committed) {
+        let headers: Vec<(&str, &[u8])> = headers.collect();
+        if from_uncommitted_input(headers.iter().copied(), self.committed) {
             self.restored.skipped += 1;
             self.restored.skipped_keys.insert(key.to_vec());
             return Ok(());
+        }
+        if let Some(time) = stream_time_of(headers.into_iter()) {
+            self.restored.stream_time = Some(self.restored.stream_time.map_or(time, |t| t.max(time)));
         }
         self.batch.push((key.to_vec(), value.map(<[u8]>::to_vec)));
         self.restored.applied += 1;
@@ -141,6 +165,7 @@ impl<'a> Apply<'a> {
         let checkpoint = Checkpoint {
             changelog_offset: Some(through),
             sources: (self.restored.applied > 0).then(|| self.agreed.clone()),
+            stream_time: self.restored.stream_time,
         };
         self.store.write(&self.batch, &checkpoint)?;
         self.batch.clear();
@@ -237,6 +262,10 @@ pub(crate) struct Restoration {
     pub applied: u64,
     /// Whether the stores were rebuilt from the beginning of their changelogs.
     pub rebuilt: bool,
+    /// The task's stream time as its restored state knows it: the stores' own (the least of
+    /// their checkpoints, like their positions) or, once another owner's changes were
+    /// applied, the latest those changes carry.
+    pub stream_time: Option<i64>,
 }
 
 /// Restores the stores of one task (`stores`: each table's store and changelog), decides
@@ -279,6 +308,11 @@ pub(crate) fn restore_task(
         applied += restored.iter().map(|r| r.applied).sum::<u64>();
     }
     let starts = start_offsets(committed, &checkpoints, foreign);
+    let stream_time = if foreign {
+        restored.iter().filter_map(|r| r.stream_time).max()
+    } else {
+        checkpoints.iter().filter_map(|c| c.stream_time).min()
+    };
     let mut restate = Vec::with_capacity(stores.len());
     for ((store, _), restored) in stores.iter().zip(&restored) {
         let mut entries = Vec::with_capacity(restored.skipped_keys.len());
@@ -292,6 +326,7 @@ pub(crate) fn restore_task(
         restate,
         applied,
         rebuilt,
+        stream_time,
     }))
 }
 
@@ -301,7 +336,7 @@ mod tests {
 
     fn headers(sources: &[(&str, i64)]) -> Vec<(String, Vec<u8>)> {
         let positions: Vec<(std::sync::Arc<str>, i64)> = sources.iter().map(|(t, o)| (Arc::from(*t), *o)).collect();
-        source_headers(&positions, 3)
+        source_headers(&positions, 3, None)
     }
     use std::sync::Arc;
 
@@ -325,6 +360,7 @@ mod tests {
         Checkpoint {
             changelog_offset: Some(0),
             sources: Some(sources.iter().map(|(t, o)| (t.to_string(), *o)).collect()),
+            stream_time: None,
         }
     }
 

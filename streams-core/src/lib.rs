@@ -67,6 +67,7 @@ mod task;
 pub mod testing;
 pub mod topic;
 pub mod topology;
+pub mod window;
 pub mod worker;
 
 pub use agent::{Agent, AgentResult, AgentSpec};
@@ -78,7 +79,7 @@ pub use error::{DecodeError, EncodeError, Error, Origin, Result};
 pub use metrics::Metrics;
 pub use record::Record;
 pub use stream::{Event, Stream};
-pub use table::{Table, TableSpec};
+pub use table::{Table, TableSpec, WindowedTable};
 pub use task::run::{TaskKind, TaskSpec};
 pub use topic::{Topic, TopicSpec};
 pub use topology::Topology;
@@ -105,7 +106,8 @@ pub use streams_macros::topic;
 pub mod prelude {
     pub use crate::codec::ValueCodec;
     pub use crate::dsl::{KGroupedStream, KStream, KTable, StreamsBuilder};
-    pub use crate::{agent, record, topic, App, Event, Json, Key, Record, Result, Stream, Table, Topic};
+    pub use crate::window::{SessionWindows, SlidingWindows, TimeWindows, Window, Windowed};
+    pub use crate::{agent, record, topic, App, Event, Json, Key, Record, Result, Stream, Table, Topic, WindowedTable};
 }
 
 /// What the macros' output calls. Not a public API: it changes without notice.

@@ -13,6 +13,9 @@ pub struct Metrics {
     pub records: AtomicU64,
     /// Records copied to dead-letter topics.
     pub dead_lettered: AtomicU64,
+    /// Records a windowed aggregation dropped because every window they belong to had
+    /// closed (stream time was past its end and grace period).
+    pub late: AtomicU64,
     /// Records agents sent to topics.
     pub sends: AtomicU64,
     /// Table updates.
@@ -142,6 +145,7 @@ impl Metrics {
             ("sends", self.sends.load(Ordering::Relaxed)),
             ("table updates", self.table_updates.load(Ordering::Relaxed)),
             ("dead-lettered", self.dead_lettered.load(Ordering::Relaxed)),
+            ("late records dropped", self.late.load(Ordering::Relaxed)),
         ])
     }
 

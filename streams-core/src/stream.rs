@@ -2,10 +2,11 @@
 
 use std::marker::PhantomData;
 
-use crate::codec::{Key, ValueCodec};
+use crate::codec::Key;
 use crate::message::Message;
 use crate::record::Record;
 pub use crate::task::input::RawStream;
+use crate::topic::TopicReader;
 use crate::{DecodeError, Origin};
 
 /// One record as an agent sees it: decoded key and value plus where it came from.
@@ -17,7 +18,8 @@ pub struct Event<K, V> {
     pub value: V,
     /// Topic, partition and offset of the record.
     pub origin: Origin,
-    /// The record's timestamp in milliseconds since the epoch, when it has one.
+    /// The record's event time in milliseconds since the epoch: its timestamp, or what the
+    /// topic's extractor took from its value ([`crate::Topic::event_time`]).
     pub timestamp: Option<i64>,
 }
 
@@ -38,7 +40,7 @@ pub struct Event<K, V> {
 /// ```
 pub struct Stream<K, V> {
     raw: RawStream,
-    values: ValueCodec<V>,
+    reader: TopicReader<V>,
     _key: PhantomData<fn() -> K>,
 }
 
@@ -52,17 +54,17 @@ pub trait StreamParam: Send + 'static {
     type Key: Key;
     /// Value type of the records.
     type Value: Record;
-    /// Applies the types to the runtime's stream, whose values `values` decodes.
-    fn from_raw(raw: RawStream, values: ValueCodec<Self::Value>) -> Self;
+    /// Applies the types to the runtime's stream, whose records `reader` reads.
+    fn from_raw(raw: RawStream, reader: TopicReader<Self::Value>) -> Self;
 }
 
 impl<K: Key, V: Record> StreamParam for Stream<K, V> {
     type Key = K;
     type Value = V;
-    fn from_raw(raw: RawStream, values: ValueCodec<V>) -> Self {
+    fn from_raw(raw: RawStream, reader: TopicReader<V>) -> Self {
         Stream {
             raw,
-            values,
+            reader,
             _key: PhantomData,
         }
     }
@@ -77,12 +79,17 @@ impl<K: Key, V: Record> Stream<K, V> {
             // The key is decoded (and checked) even when only the value is wanted: a record
             // whose key does not decode goes to the dead-letter topic either way.
             let checked = K::check_key(message.key()).map_err(|e| DecodeError::new(format!("key: {e}")));
-            match checked.and_then(|()| self.values.decode_fast(message.payload().unwrap_or_default())) {
-                Ok(value) => {
-                    core.begin(source, message);
+            let reader = self.reader;
+            let read = checked
+                .and_then(|()| reader.values.decode_fast(message.payload().unwrap_or_default()))
+                .map_err(|e| e.to_string())
+                .and_then(|value| Ok((reader.time_of(&value, &message)?, value)));
+            match read {
+                Ok((time, value)) => {
+                    core.begin_at(source, message, time);
                     return Some(value);
                 }
-                Err(error) => core.dead_letter(source, message, &error.to_string()).await,
+                Err(error) => core.dead_letter(source, message, &error).await,
             }
         }
     }
@@ -92,21 +99,23 @@ impl<K: Key, V: Record> Stream<K, V> {
         let core = self.raw.core.as_mut()?;
         loop {
             let (source, message) = core.next_message().await?;
-            let values = self.values;
+            let reader = self.reader;
             let decoded = decode_key::<K>(&message)
-                .and_then(|key| Ok((key, values.decode_fast(message.payload().unwrap_or_default())?)));
+                .and_then(|key| Ok((key, reader.values.decode_fast(message.payload().unwrap_or_default())?)))
+                .map_err(|e| e.to_string())
+                .and_then(|(key, value)| Ok((reader.time_of(&value, &message)?, key, value)));
             match decoded {
-                Ok((key, value)) => {
+                Ok((time, key, value)) => {
                     let event = Event {
                         key,
                         value,
                         origin: core.origin(source, message.offset()),
-                        timestamp: message.timestamp(),
+                        timestamp: time,
                     };
-                    core.begin(source, message);
+                    core.begin_at(source, message, time);
                     return Some(event);
                 }
-                Err(error) => core.dead_letter(source, message, &error.to_string()).await,
+                Err(error) => core.dead_letter(source, message, &error).await,
             }
         }
     }

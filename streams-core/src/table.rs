@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::codec::{json, AsKey, Key};
 pub use crate::spec::TableSpec;
 use crate::task::tables as task;
+use crate::window::{Window, Windowed};
 use crate::{Error, Result};
 
 /// A table from `K` to `V`, in the spirit of Faust's `app.Table` and Kafka Streams'
@@ -197,6 +198,30 @@ impl<K: Key, V: Serialize + DeserializeOwned + Send + 'static> Table<K, V> {
     }
 }
 
+/// Decodes every entry of one store of table `name` into `out`.
+pub(crate) fn read_entries<K: Key + Ord, V: DeserializeOwned>(
+    name: &str,
+    store: &dyn crate::store::StateStore,
+    out: &mut std::collections::BTreeMap<K, V>,
+) -> Result<()> {
+    let mut failure = None;
+    store.for_each(&mut |key, value| {
+        let decoded = K::decode_key(Some(key))
+            .map_err(|e| e.to_string())
+            .and_then(|k| json::decode::<V>(value).map(|v| (k, v)).map_err(|e| e.to_string()));
+        match decoded {
+            Ok((k, v)) => {
+                out.insert(k, v);
+            }
+            Err(e) => failure = Some(e),
+        }
+    })?;
+    match failure {
+        Some(error) => Err(Error::Config(format!("table `{name}`: {error}"))),
+        None => Ok(()),
+    }
+}
+
 impl<K: Key + Ord, V: DeserializeOwned> Table<K, V> {
     /// Decodes every entry of one store of this table into `out`.
     pub(crate) fn read_store(
@@ -204,22 +229,7 @@ impl<K: Key + Ord, V: DeserializeOwned> Table<K, V> {
         store: &dyn crate::store::StateStore,
         out: &mut std::collections::BTreeMap<K, V>,
     ) -> Result<()> {
-        let mut failure = None;
-        store.for_each(&mut |key, value| {
-            let decoded = K::decode_key(Some(key))
-                .map_err(|e| e.to_string())
-                .and_then(|k| json::decode::<V>(value).map(|v| (k, v)).map_err(|e| e.to_string()));
-            match decoded {
-                Ok((k, v)) => {
-                    out.insert(k, v);
-                }
-                Err(e) => failure = Some(e),
-            }
-        })?;
-        match failure {
-            Some(error) => Err(Error::Config(format!("table `{}`: {error}", self.name))),
-            None => Ok(()),
-        }
+        read_entries(self.name, store, out)
     }
 
     /// Reads every partition of this table that is stored under `data_dir` for the app
@@ -231,5 +241,106 @@ impl<K: Key + Ord, V: DeserializeOwned> Table<K, V> {
             self.read_store(&store, &mut out)?;
         }
         Ok(out)
+    }
+}
+
+/// A windowed table: what a windowed aggregation keeps, one value per key and window
+/// (Kafka Streams' window and session stores). Like every table it lives in a store per
+/// partition with a changelog (`{app}-{table}-changelog`, keyed by [`Windowed`] keys), and
+/// is restored on the worker that takes a partition over; windows leave it (and its
+/// changelog, as tombstones) once they are past their retention.
+///
+/// ```
+/// use streams_core::prelude::*;
+///
+/// const HITS_PER_MINUTE: WindowedTable<String, i64> = WindowedTable::new("hits-per-minute");
+/// assert_eq!(HITS_PER_MINUTE.spec().changelog_topic("hits"), "hits-hits-per-minute-changelog");
+/// ```
+///
+/// The test driver reads it ([`crate::testing::TestDriver::windows`]), and so does a store
+/// opened by hand: [`WindowedTable::fetch`].
+pub struct WindowedTable<K, V> {
+    name: &'static str,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> Clone for WindowedTable<K, V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<K, V> Copy for WindowedTable<K, V> {}
+
+impl<K, V> WindowedTable<K, V> {
+    /// A windowed table with this name.
+    pub const fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            _types: PhantomData,
+        }
+    }
+
+    /// The table's name.
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The untyped description the runtime works with (its keys are `Windowed<K>`).
+    pub fn spec(&self) -> TableSpec
+    where
+        K: Key,
+    {
+        TableSpec {
+            name: self.name,
+            key_type: std::any::type_name::<Windowed<K>>(),
+            value_type: std::any::type_name::<V>(),
+            show_key: crate::spec::KeyDisplay(<Windowed<K> as Key>::display_key),
+        }
+    }
+}
+
+impl<K: Key, V: DeserializeOwned> WindowedTable<K, V> {
+    /// The windows of `key` that start between `from` and `to` (ms, both inclusive) in one
+    /// store of this table, earliest first, with their values (Kafka Streams' `fetch`).
+    pub fn fetch<Q: AsKey<K> + ?Sized>(
+        &self,
+        store: &dyn crate::store::StateStore,
+        key: &Q,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(Window, V)>> {
+        let key = key.as_key_bytes().map_err(|source| Error::Encode {
+            what: format!("a key of table `{}`", self.name),
+            source,
+        })?;
+        let mut out = Vec::new();
+        let mut failure = None;
+        // Windows never start or end before the epoch: an end of 0 is the least there is.
+        let low = crate::window::window_key(&key, Window::new(from.max(0), 0));
+        let high = match to.checked_add(1) {
+            Some(after) => crate::window::window_key(&key, Window::new(after, 0)),
+            None => {
+                let mut high = key.to_vec();
+                high.extend_from_slice(&[0xff; 17]);
+                high
+            }
+        };
+        store.range(&low, &high, &mut |bytes, value| {
+            // Keys of other lengths belong to other keys that start with this one's bytes.
+            let Some((found, window)) = crate::window::split_window_key(bytes) else {
+                return;
+            };
+            if found != &*key {
+                return;
+            }
+            match json::decode::<V>(value) {
+                Ok(value) => out.push((window, value)),
+                Err(error) => failure = Some(error.to_string()),
+            }
+        })?;
+        match failure {
+            Some(error) => Err(Error::Config(format!("table `{}`: {error}", self.name))),
+            None => Ok(out),
+        }
     }
 }

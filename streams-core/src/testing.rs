@@ -61,7 +61,7 @@ use crate::codec::{AsKey, Key};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::store::{MemoryStore, StateStore};
-use crate::table::Table;
+use crate::table::{Table, WindowedTable};
 use crate::task::commit::{self, OffsetCommit};
 use crate::task::input::{Input, StreamCore};
 use crate::task::run::{run_partition, TaskSpec};
@@ -69,6 +69,7 @@ use crate::task::sink::{OutRecord, Sink, SinkError};
 use crate::task::tables::TableState;
 use crate::task::TaskContext;
 use crate::topic::Topic;
+use crate::window::{Window, Windowed};
 use crate::{App, Error, Result};
 
 /// A record as it sits in a topic of the driver.
@@ -526,6 +527,7 @@ impl TestDriver {
         let (tx, rx) = mpsc::channel(1024);
         let mut delivered: Vec<i64> = committed.iter().map(|(_, offset)| *offset).collect();
         if let Some(restoration) = restoration {
+            ctx.restore_stream_time(restoration.stream_time);
             for (index, entries) in restoration.restate.into_iter().enumerate() {
                 ctx.restate(index, entries);
             }
@@ -647,6 +649,32 @@ impl TestDriver {
         let key = key.as_key().map_err(encode)?;
         let value = topic.value_codec().encode(value).map_err(encode)?;
         Ok(self.pipe_raw(topic.name(), key.as_deref(), Some(&value)))
+    }
+
+    /// [`TestDriver::pipe`] with the record's timestamp (ms) given, as a producer may set it:
+    /// for event time out of order, without moving the driver's clock.
+    pub fn pipe_at<K: Key, V, Q: AsKey<K> + ?Sized>(
+        &mut self,
+        topic: &Topic<K, V>,
+        key: &Q,
+        value: &V,
+        timestamp: i64,
+    ) -> Result<(i32, i64)> {
+        let encode = |source| Error::Encode {
+            what: format!("topic `{}`", topic.name()),
+            source,
+        };
+        let key = key.as_key().map_err(encode)?;
+        let value = topic.value_codec().encode(value).map_err(encode)?;
+        Ok(self.topics.append(OutRecord {
+            topic: topic.name().into(),
+            partition: None,
+            key,
+            value: Some(value),
+            headers: Vec::new(),
+            timestamp: Some(timestamp),
+            changelog: false,
+        }))
     }
 
     /// Appends raw bytes to a topic (for malformed input); returns partition and offset.
@@ -806,14 +834,56 @@ impl TestDriver {
     pub fn table<K: Key + Ord, V: DeserializeOwned>(&self, table: &Table<K, V>) -> Result<BTreeMap<K, V>> {
         self.app.knows_table(table.name())?;
         let mut out = BTreeMap::new();
-        for task in &self.tasks {
-            let uses = task.spec.tables.iter().any(|t| t.name == table.name());
-            let key = (task.owner.clone(), table.name().to_string(), task.partition);
-            if let Some(store) = self.stores.get(&key).filter(|_| uses) {
-                table.read_store(&**store, &mut out)?;
-            }
+        for store in self.stores_of(table.name()) {
+            table.read_store(store, &mut out)?;
         }
         Ok(out)
+    }
+
+    /// A windowed table's contents, every key and window, all partitions merged (as of the
+    /// last [`TestDriver::run`]).
+    pub fn windowed_table<K: Key + Ord, V: DeserializeOwned>(
+        &self,
+        table: &WindowedTable<K, V>,
+    ) -> Result<BTreeMap<Windowed<K>, V>> {
+        self.app.knows_table(table.name())?;
+        let mut out = BTreeMap::new();
+        for store in self.stores_of(table.name()) {
+            crate::table::read_entries(table.name(), store, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// The windows of `key` in a windowed table that start between `from` and `to` (ms, both
+    /// inclusive), earliest first, with their values: the lookup of
+    /// [`WindowedTable::fetch`] on the partition that holds the key.
+    pub fn windows<K: Key, V: DeserializeOwned, Q: AsKey<K> + ?Sized>(
+        &self,
+        table: &WindowedTable<K, V>,
+        key: &Q,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(Window, V)>> {
+        self.app.knows_table(table.name())?;
+        let mut out = Vec::new();
+        for store in self.stores_of(table.name()) {
+            out.extend(table.fetch(store, key, from, to)?);
+        }
+        out.sort_by_key(|(window, _)| *window);
+        Ok(out)
+    }
+
+    /// The current stores of table `name`, one per partition.
+    fn stores_of(&self, name: &str) -> Vec<&dyn StateStore> {
+        let mut stores = Vec::new();
+        for task in &self.tasks {
+            let uses = task.spec.tables.iter().any(|t| t.name == name);
+            let key = (task.owner.clone(), name.to_string(), task.partition);
+            if let Some(store) = self.stores.get(&key).filter(|_| uses) {
+                stores.push(&**store);
+            }
+        }
+        stores
     }
 
     /// The offset the app committed for `topic[partition]` (the next one to read).

@@ -34,7 +34,42 @@ pub struct Topic<K, V> {
     partitions: Option<i32>,
     internal: bool,
     values: ValueCodec<V>,
+    event_time: Option<fn(&V) -> i64>,
     _key: PhantomData<fn() -> K>,
+}
+
+/// How a task reads a topic's records: its value codec, and where a record's event time
+/// comes from (the record's timestamp, or the topic's extractor).
+pub struct TopicReader<V> {
+    pub(crate) values: ValueCodec<V>,
+    pub(crate) event_time: Option<fn(&V) -> i64>,
+}
+
+impl<V> Clone for TopicReader<V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<V> Copy for TopicReader<V> {}
+
+impl<V> TopicReader<V> {
+    /// The event time (ms) of a record with this value: the extractor's, or the record's
+    /// timestamp. An extractor that gives a negative time makes the record bad input.
+    pub(crate) fn time_of(
+        &self,
+        value: &V,
+        message: &crate::message::Message,
+    ) -> std::result::Result<Option<i64>, String> {
+        match self.event_time {
+            Some(extract) => match extract(value) {
+                time if time >= 0 => Ok(Some(time)),
+                time => Err(format!(
+                    "its event time is negative ({time} ms, from the topic's extractor)"
+                )),
+            },
+            None => Ok(message.timestamp()),
+        }
+    }
 }
 
 impl<K, V> Clone for Topic<K, V> {
@@ -67,6 +102,7 @@ impl<K, V: Record> Topic<K, V> {
             partitions: None,
             internal: false,
             values: ValueCodec::record(),
+            event_time: None,
             _key: PhantomData,
         }
     }
@@ -87,6 +123,7 @@ impl<K, V> Topic<K, V> {
             partitions: None,
             internal: false,
             values,
+            event_time: None,
             _key: PhantomData,
         }
     }
@@ -100,6 +137,34 @@ impl<K, V> Topic<K, V> {
     /// How values become bytes and back.
     pub const fn value_codec(&self) -> ValueCodec<V> {
         self.values
+    }
+
+    /// Takes each record's event time (ms since the epoch) from its value instead of its
+    /// Kafka timestamp (Kafka Streams' `TimestampExtractor`). Windows, stream time and the
+    /// timestamps of what a record causes follow it. A negative time makes the record bad
+    /// input: it goes to the dead-letter topic.
+    ///
+    /// ```
+    /// use streams_core::prelude::*;
+    ///
+    /// #[record]
+    /// struct Hit { hits: i64, timestamp: f64 }
+    ///
+    /// // The seed's `timestamp`: seconds since the epoch, as a float.
+    /// const HITS: Topic<(), Hit> = Topic::new("hit_count").event_time(|hit| (hit.timestamp * 1000.0) as i64);
+    /// # let _ = HITS;
+    /// ```
+    pub const fn event_time(mut self, extract: fn(&V) -> i64) -> Self {
+        self.event_time = Some(extract);
+        self
+    }
+
+    /// How tasks read the topic: its codec and its event time.
+    pub const fn reader(&self) -> TopicReader<V> {
+        TopicReader {
+            values: self.values,
+            event_time: self.event_time,
+        }
     }
 
     /// Declares the partition count.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// The layers, bottom first.
 const LAYERS: &[&[&str]] = &[
-    &["error", "message", "metrics", "record", "codec", "spec"],
+    &["error", "message", "metrics", "record", "codec", "window", "spec"],
     &["store"],
     &["changelog"],
     &["task"],
@@ -36,6 +36,7 @@ const ROOT: &[(&str, &str)] = &[
     ("Topic", "topic"),
     ("TopicSpec", "spec"),
     ("Table", "table"),
+    ("WindowedTable", "table"),
     ("TableSpec", "spec"),
     ("Stream", "stream"),
     ("Event", "stream"),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::node::{ChangeListener, Fanout, Freeze, SourceNode, StreamSource, TableSlot};
+use super::node::{ChangeListener, Fanout, Freeze, SourceNode, StreamSource, TableSlot, Tick};
 use super::run::{run_fn, SubTopology};
 use super::stream::{KStream, Keyed};
 use super::table::{KTable, TableSource};
@@ -69,6 +69,7 @@ pub(crate) struct Graph {
     sinks: Vec<(usize, TopicSpec)>,
     tables: Vec<TableEntry>,
     listeners: Vec<(usize, TableSlot, Arc<dyn ChangeListener>)>,
+    ticks: Vec<(usize, Arc<dyn Tick>)>,
     fanouts: Vec<Arc<dyn Freeze>>,
     pub(crate) errors: Vec<String>,
 }
@@ -187,6 +188,11 @@ impl Graph {
         self.listeners.push((group, slot, listener));
     }
 
+    /// Runs `tick` in the sub-topology of `group` at each cut.
+    pub(crate) fn tick(&mut self, group: usize, tick: Arc<dyn Tick>) {
+        self.ticks.push((group, tick));
+    }
+
     /// The first source topic of a group's sub-topology (what its repartition topics are
     /// partitioned like).
     pub(crate) fn first_source(&mut self, group: usize) -> Option<String> {
@@ -244,6 +250,7 @@ impl StreamsBuilder {
                 sinks: Vec::new(),
                 tables: Vec::new(),
                 listeners: Vec::new(),
+                ticks: Vec::new(),
                 fanouts: Vec::new(),
                 errors: Vec::new(),
             })),
@@ -255,7 +262,7 @@ impl StreamsBuilder {
         let mut graph = self.graph.borrow_mut();
         let next = graph.fanout::<K, V>();
         let source = StreamSource {
-            values: topic.value_codec(),
+            reader: topic.reader(),
             next: Arc::clone(&next),
         };
         let group = graph.source(topic.spec(), topic.name().to_string(), Arc::new(source));
@@ -281,7 +288,7 @@ impl StreamsBuilder {
         let mut graph = self.graph.borrow_mut();
         let slot = TableSlot::default();
         let source = TableSource {
-            values: topic.value_codec(),
+            reader: topic.reader(),
             store,
             slot: slot.clone(),
         };
@@ -305,7 +312,7 @@ impl StreamsBuilder {
             vec![source_node],
             group,
         );
-        KTable::new(Rc::clone(&self.graph), store, slot, group, node)
+        KTable::new(Rc::clone(&self.graph), store.name(), slot, group, node)
     }
 
     /// Finishes the pipeline: freezes its nodes and splits it into sub-topologies, one task
@@ -337,6 +344,7 @@ impl StreamsBuilder {
                 sinks: Vec::new(),
                 tables: Vec::new(),
                 listeners: Vec::new(),
+                ticks: Vec::new(),
                 display: String::new(),
             })
             .collect();
@@ -376,6 +384,12 @@ impl StreamsBuilder {
             let (_, slot, listener) = &graph.listeners[index];
             subtopologies[sub].listeners.push((slot.clone(), Arc::clone(listener)));
         }
+        for index in 0..graph.ticks.len() {
+            let group = graph.ticks[index].0;
+            let sub = subtopology_of(&mut graph, group);
+            let tick = Arc::clone(&graph.ticks[index].1);
+            subtopologies[sub].ticks.push(tick);
+        }
         let mut nodes: Vec<NodeInfo> = Vec::with_capacity(graph.nodes.len());
         for index in 0..graph.nodes.len() {
             let group = graph.nodes[index].1;
@@ -392,6 +406,7 @@ impl StreamsBuilder {
                 let run = run_fn(Arc::new(SubTopology {
                     sources: sub.sources.iter().map(|(_, node)| Arc::clone(node)).collect(),
                     listeners: sub.listeners.clone(),
+                    ticks: sub.ticks.clone(),
                 }));
                 TaskSpec {
                     name: format!("{}/{}", graph.pipeline, sub.display),
@@ -420,6 +435,7 @@ struct Subtopology {
     sinks: Vec<TopicSpec>,
     tables: Vec<TableSpec>,
     listeners: Vec<(TableSlot, Arc<dyn ChangeListener>)>,
+    ticks: Vec<Arc<dyn Tick>>,
     display: String,
 }
 

@@ -10,8 +10,12 @@ use serde::Serialize;
 use super::builder::{Graph, NodeKind};
 use super::node::{Cx, Fanout};
 use super::table::KTable;
+use super::windowed::WindowsOf;
 use crate::codec::{json, Key};
 use crate::table::Table;
+
+/// What a grouped stream is made of: its graph, its fanout, its group and its node.
+pub(crate) type Parts<K, V> = (Rc<RefCell<Graph>>, Arc<Fanout<K, V>>, usize, usize);
 
 /// A stream grouped by key, partitioned by it (Kafka Streams' `KGroupedStream`): what it
 /// aggregates goes into a table, one value per key.
@@ -31,6 +35,19 @@ impl<K: Key, V: Send + Sync + 'static> KGroupedStream<K, V> {
             group,
             node,
         }
+    }
+
+    /// What the grouped stream is made of.
+    pub(crate) fn into_parts(self) -> Parts<K, V> {
+        (self.graph, self.fanout, self.group, self.node)
+    }
+
+    /// The grouped records in windows of event time (Kafka Streams' `windowedBy`):
+    /// [`TimeWindows`](crate::window::TimeWindows) (tumbling or hopping),
+    /// [`SlidingWindows`](crate::window::SlidingWindows) or
+    /// [`SessionWindows`](crate::window::SessionWindows). See [`super::TimeWindowedKStream`].
+    pub fn windowed_by<W: WindowsOf<K, V>>(self, windows: W) -> W::Stream {
+        windows.window(self)
     }
 
     /// Adds the aggregation into `table`: `change` turns the stored value (`None`: none yet)
@@ -75,39 +92,12 @@ impl<K: Key, V: Send + Sync + 'static> KGroupedStream<K, V> {
                 .map_err(|e| format!("cannot encode a key of table `{name}`: {e}"))?;
             cx.ctx
                 .update_now(index, &bytes, |stored| {
-                    let old = match stored.as_deref() {
-                        Some(bytes) => Some(json::decode::<A>(bytes).map_err(|source| crate::Error::Decode {
-                            what: format!("a value of table `{name}`"),
-                            source,
-                        })?),
-                        None => None,
-                    };
-                    let new = change(&key, old, value);
-                    // Written after the old bytes and moved to the front: the buffer is
-                    // reused, and a value that fails to encode leaves the old one as it was.
-                    let missing = stored.is_none();
-                    let buffer = stored.get_or_insert_with(Vec::new);
-                    let start = buffer.len();
-                    match serde_json::to_writer(&mut *buffer, &new) {
-                        Ok(()) => {
-                            buffer.drain(..start);
-                            Ok(())
-                        }
-                        Err(source) => {
-                            buffer.truncate(start);
-                            if missing {
-                                *stored = None;
-                            }
-                            Err(crate::Error::Encode {
-                                what: format!("table `{name}`"),
-                                source: source.into(),
-                            })
-                        }
-                    }
+                    let old = read_value::<A>(stored.as_deref(), name)?;
+                    write_value(stored, &change(&key, old, value), name)
                 })
                 .map_err(|e| e.to_string())
         }));
-        KTable::new(self.graph, table, slot, self.group, node)
+        KTable::new(self.graph, table.name(), slot, self.group, node)
     }
 
     /// Counts the records of each key into `table` (Kafka Streams' `count`).
@@ -141,5 +131,41 @@ impl<K: Key, V: Send + Sync + 'static> KGroupedStream<K, V> {
         self.aggregate_with("aggregate", table, move |key, aggregate, value| {
             adder(key, value, aggregate.unwrap_or_else(&init))
         })
+    }
+}
+
+/// A table's stored value, decoded (`None`: none stored).
+pub(crate) fn read_value<A: DeserializeOwned>(stored: Option<&[u8]>, table: &str) -> crate::Result<Option<A>> {
+    stored
+        .map(|bytes| {
+            json::decode::<A>(bytes).map_err(|source| crate::Error::Decode {
+                what: format!("a value of table `{table}`"),
+                source,
+            })
+        })
+        .transpose()
+}
+
+/// Stores `value` in a table's slot, reusing its buffer: written after the old bytes and
+/// moved to the front, so that a value that fails to encode leaves the old one as it was.
+pub(crate) fn write_value<A: Serialize>(stored: &mut Option<Vec<u8>>, value: &A, table: &str) -> crate::Result<()> {
+    let missing = stored.is_none();
+    let buffer = stored.get_or_insert_with(Vec::new);
+    let start = buffer.len();
+    match serde_json::to_writer(&mut *buffer, value) {
+        Ok(()) => {
+            buffer.drain(..start);
+            Ok(())
+        }
+        Err(source) => {
+            buffer.truncate(start);
+            if missing {
+                *stored = None;
+            }
+            Err(crate::Error::Encode {
+                what: format!("table `{table}`"),
+                source: source.into(),
+            })
+        }
     }
 }

@@ -41,8 +41,10 @@ mod node;
 mod run;
 mod stream;
 mod table;
+mod windowed;
 
 pub use self::builder::{NodeInfo, NodeKind, Pipeline, StreamsBuilder};
 pub use self::grouped::KGroupedStream;
 pub use self::stream::{BranchedKStream, KStream, Keyed, PartitionedByKey, Rekeyed};
 pub use self::table::KTable;
+pub use self::windowed::{SessionWindowedKStream, TimeWindowedKStream, WindowsOf};

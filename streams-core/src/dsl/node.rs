@@ -3,12 +3,14 @@
 //! allocation or await per node. Nodes are shared by every task of the sub-topology; what a
 //! task owns (its tables, its producer) they reach through [`Cx`].
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::codec::{Key, ValueCodec};
 use crate::message::Message;
 use crate::task::sink::{OutRecord, SinkError};
 use crate::task::TaskContext;
+use crate::topic::TopicReader;
 
 /// What a record carries down the nodes besides its key and value.
 pub(crate) struct Cx<'a> {
@@ -141,7 +143,7 @@ pub(crate) trait SourceNode: Send + Sync {
 
 /// A stream source: the record's key and value, decoded, go down the pipeline.
 pub(crate) struct StreamSource<K, V> {
-    pub(crate) values: ValueCodec<V>,
+    pub(crate) reader: TopicReader<V>,
     pub(crate) next: Arc<Fanout<K, V>>,
 }
 
@@ -149,10 +151,21 @@ impl<K: Key, V: Send + Sync> SourceNode for StreamSource<K, V> {
     fn push_message(&self, cx: &mut Cx<'_>, message: &Message) -> Outcome {
         let key = K::decode_key(message.key()).map_err(|e| format!("key: {e}"))?;
         let value = self
+            .reader
             .values
             .decode(message.payload().unwrap_or_default())
             .map_err(|e| e.to_string())?;
+        observe_time(cx, self.reader.time_of(&value, message)?);
         self.next.push(cx, key, value)
+    }
+}
+
+/// The record being processed happened at `time`: what it causes carries that time, and
+/// the task's stream time moves up to it.
+pub(crate) fn observe_time(cx: &mut Cx<'_>, time: Option<i64>) {
+    if let Some(time) = time {
+        cx.timestamp = time;
+        cx.ctx.observe_time(time);
     }
 }
 
@@ -195,7 +208,46 @@ pub(crate) fn sink<K: Key, V: Send + Sync + 'static>(topic: Arc<str>, values: Va
     })
 }
 
+/// Work a node does at each cut, after the tables' changes went on (a windowed aggregation
+/// closes and expires its windows).
+pub(crate) trait Tick: Send + Sync {
+    fn tick(&self, cx: &mut Cx<'_>) -> Outcome;
+}
+
 /// Receives the changes of a table at each cut (a `KTable::to_stream`).
 pub(crate) trait ChangeListener: Send + Sync {
     fn change(&self, cx: &mut Cx<'_>, key: &[u8], value: Option<&[u8]>) -> Outcome;
+}
+
+/// A change of a table that failed on its way on (after `to_stream`, or a window's final
+/// result): it goes to the dead-letter topic as the table holds it, with headers naming the
+/// table and the error.
+pub(crate) fn dead_letter_change(
+    ctx: &TaskContext,
+    table: &str,
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+    timestamp: i64,
+    error: &str,
+) -> OutRecord {
+    let dlq = Arc::clone(&ctx.dead_letter_topic);
+    tracing::warn!(
+        task = &*ctx.name,
+        "a change of table `{table}` (key {}) could not go on: {error}; copied to dead-letter topic {dlq}",
+        String::from_utf8_lossy(&key)
+    );
+    ctx.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    OutRecord {
+        topic: dlq,
+        partition: None,
+        key: Some(key),
+        value,
+        headers: vec![
+            ("streams.dlq.table".into(), table.as_bytes().to_vec()),
+            ("streams.dlq.agent".into(), ctx.name.as_bytes().to_vec()),
+            ("streams.dlq.error".into(), error.as_bytes().to_vec()),
+        ],
+        timestamp: Some(timestamp),
+        changelog: false,
+    }
 }

@@ -1,10 +1,9 @@
 //! A sub-topology of a pipeline as a task: the loop that takes its records, one at a time,
 //! down its nodes, and the work it does at each cut (sending its tables' changes on).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::node::{guarded, ChangeListener, Cx, SourceNode, TableSlot};
+use super::node::{dead_letter_change, guarded, ChangeListener, Cx, SourceNode, TableSlot, Tick};
 use crate::task::input::{CutHook, RawStream};
 use crate::task::run::RunFn;
 use crate::task::sink::OutRecord;
@@ -17,6 +16,8 @@ pub(crate) struct SubTopology {
     /// The tables whose changes go on at each cut, in the order they were declared (a
     /// change can lead to a change of a later table).
     pub(crate) listeners: Vec<(TableSlot, Arc<dyn ChangeListener>)>,
+    /// What runs at each cut after the listeners (windowed aggregations closing windows).
+    pub(crate) ticks: Vec<Arc<dyn Tick>>,
 }
 
 /// The task's code for a sub-topology.
@@ -28,13 +29,14 @@ async fn run(mut raw: RawStream, sub: Arc<SubTopology>) -> Result<(), String> {
     let Some(core) = raw.core.as_mut() else {
         return Ok(());
     };
-    if !sub.listeners.is_empty() {
+    if !sub.listeners.is_empty() || !sub.ticks.is_empty() {
         core.set_hook(Box::new(Changes(Arc::clone(&sub))));
     }
     let ctx = Arc::clone(&core.ctx);
     let mut backlog: Vec<OutRecord> = Vec::new();
     while let Some((source, message)) = core.next_message().await {
-        let timestamp = message.timestamp().unwrap_or_else(|| ctx.event_time());
+        // The source node observes the record's time (its timestamp or its value's).
+        let timestamp = ctx.event_time();
         core.begin(source, message);
         let outcome = match (core.current(), sub.sources.get(source)) {
             (Some((_, message)), Some(node)) => {
@@ -89,38 +91,17 @@ impl CutHook for Changes {
                 }
             }
         }
+        for tick in &self.0.ticks {
+            let mut cx = Cx {
+                ctx,
+                timestamp: before,
+                backlog,
+            };
+            if let Err(error) = guarded(|| tick.tick(&mut cx)) {
+                ctx.metrics
+                    .fail(format!("task {}: at a commit point: {error}", ctx.name));
+            }
+        }
         ctx.set_event_time(before);
-    }
-}
-
-/// A change of a table that failed on its way on (after `to_stream`): it goes to the
-/// dead-letter topic as the table holds it, with headers naming the table and the error.
-fn dead_letter_change(
-    ctx: &TaskContext,
-    table: &str,
-    key: Vec<u8>,
-    value: Option<Vec<u8>>,
-    timestamp: i64,
-    error: &str,
-) -> OutRecord {
-    let dlq = Arc::clone(&ctx.dead_letter_topic);
-    tracing::warn!(
-        task = &*ctx.name,
-        "a change of table `{table}` (key {}) could not go on: {error}; copied to dead-letter topic {dlq}",
-        String::from_utf8_lossy(&key)
-    );
-    ctx.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
-    OutRecord {
-        topic: dlq,
-        partition: None,
-        key: Some(key),
-        value,
-        headers: vec![
-            ("streams.dlq.table".into(), table.as_bytes().to_vec()),
-            ("streams.dlq.agent".into(), ctx.name.as_bytes().to_vec()),
-            ("streams.dlq.error".into(), error.as_bytes().to_vec()),
-        ],
-        timestamp: Some(timestamp),
-        changelog: false,
     }
 }

@@ -11,6 +11,7 @@ use super::node::{guarded, sink, Cx, Fanout, Node, StreamSource};
 use crate::codec::{Key, ValueCodec};
 use crate::record::Record;
 use crate::topic::Topic;
+use crate::topic::TopicReader;
 
 /// Type state of a stream whose records are partitioned by their key: they can be grouped
 /// by it (and joined) as they are.
@@ -329,8 +330,12 @@ where
                 self.group,
             );
             let next = g.fanout::<K, V>();
+            // Records carry their event time as their timestamp: no extractor here.
             let source = StreamSource {
-                values: ValueCodec::<V>::record(),
+                reader: TopicReader {
+                    values: ValueCodec::<V>::record(),
+                    event_time: None,
+                },
                 next: Arc::clone(&next),
             };
             let group = g.source(spec, name.to_string(), Arc::new(source));

@@ -9,20 +9,24 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::builder::{Graph, NodeKind};
-use super::node::{ChangeListener, Cx, Fanout, Outcome, SourceNode, TableSlot};
+use super::node::{observe_time, ChangeListener, Cx, Fanout, Outcome, SourceNode, TableSlot};
 use super::stream::{KStream, Keyed};
-use crate::codec::{json, Key, ValueCodec};
+use crate::codec::{json, Key};
 use crate::message::Message;
 use crate::table::Table;
+use crate::topic::TopicReader;
 
 /// A table in a pipeline (Kafka Streams' `KTable`): one value per key, kept in a store with
 /// a changelog like every table.
 pub struct KTable<K, V> {
     graph: Rc<RefCell<Graph>>,
-    table: Table<K, V>,
+    name: &'static str,
     slot: TableSlot,
     group: usize,
     node: usize,
+    /// A windowed aggregation that emits final results: they, not the table's changes, are
+    /// its stream.
+    finals: Option<Arc<Fanout<K, V>>>,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -33,39 +37,55 @@ where
 {
     pub(crate) fn new(
         graph: Rc<RefCell<Graph>>,
-        table: Table<K, V>,
+        name: &'static str,
         slot: TableSlot,
         group: usize,
         node: usize,
     ) -> Self {
         Self {
             graph,
-            table,
+            name,
             slot,
             group,
             node,
+            finals: None,
             _types: PhantomData,
         }
     }
 
+    /// A windowed table whose stream is its windows' final results.
+    pub(crate) fn with_finals(mut self, finals: Arc<Fanout<K, V>>) -> Self {
+        self.finals = Some(finals);
+        self
+    }
+
     /// The table's name.
     pub fn name(&self) -> &'static str {
-        self.table.name()
+        self.name
     }
 
     /// The table's changes as a stream: at each commit interval, every key that changed
     /// since the last one, with its new value (coalesced per key, like Kafka Streams' record
     /// cache) and the time of the record that changed it. Deleted keys are not sent on.
+    ///
+    /// For a windowed aggregation with [`emit_final`](super::TimeWindowedKStream::emit_final),
+    /// the stream is each window's final result instead, once, when the window closes.
     pub fn to_stream(self) -> KStream<K, V, Keyed> {
         let (next, node) = {
             let mut graph = self.graph.borrow_mut();
-            let next = graph.fanout::<K, V>();
             let node = graph.node("to_stream", NodeKind::Operation, vec![self.node], self.group);
-            let listener = Changes {
-                table: self.table,
-                next: Arc::clone(&next),
+            let next = match self.finals {
+                Some(finals) => finals,
+                None => {
+                    let next = graph.fanout::<K, V>();
+                    let listener = Changes {
+                        name: self.name,
+                        next: Arc::clone(&next),
+                    };
+                    graph.listen(self.group, self.slot.clone(), Arc::new(listener));
+                    next
+                }
             };
-            graph.listen(self.group, self.slot.clone(), Arc::new(listener));
             (next, node)
         };
         KStream::new(self.graph, next, self.group, node)
@@ -74,7 +94,7 @@ where
 
 /// Sends a table's changes on (decoded).
 struct Changes<K, V> {
-    table: Table<K, V>,
+    name: &'static str,
     next: Arc<Fanout<K, V>>,
 }
 
@@ -85,8 +105,8 @@ where
 {
     fn change(&self, cx: &mut Cx<'_>, key: &[u8], value: Option<&[u8]>) -> Outcome {
         let Some(value) = value else { return Ok(()) };
-        let key = K::decode_key(Some(key)).map_err(|e| format!("a key of table `{}`: {e}", self.table.name()))?;
-        let value: V = json::decode(value).map_err(|e| format!("a value of table `{}`: {e}", self.table.name()))?;
+        let key = K::decode_key(Some(key)).map_err(|e| format!("a key of table `{}`: {e}", self.name))?;
+        let value: V = json::decode(value).map_err(|e| format!("a value of table `{}`: {e}", self.name))?;
         self.next.push(cx, key, value)
     }
 }
@@ -94,7 +114,7 @@ where
 /// A topic read as a table: each record sets its key's value, a record without a value
 /// deletes it.
 pub(crate) struct TableSource<K, V> {
-    pub(crate) values: ValueCodec<V>,
+    pub(crate) reader: TopicReader<V>,
     pub(crate) store: Table<K, V>,
     pub(crate) slot: TableSlot,
 }
@@ -120,10 +140,14 @@ where
         let value = match message.payload() {
             None => None,
             Some(bytes) => {
-                let value = self.values.decode(bytes).map_err(|e| e.to_string())?;
+                let value = self.reader.values.decode(bytes).map_err(|e| e.to_string())?;
+                observe_time(cx, self.reader.time_of(&value, message)?);
                 Some(self.store.encode(&value).map_err(|e| e.to_string())?)
             }
         };
+        if value.is_none() {
+            observe_time(cx, message.timestamp());
+        }
         cx.ctx.put_at(index, key, value).map_err(|e| e.to_string())
     }
 }

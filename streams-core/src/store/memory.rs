@@ -12,7 +12,7 @@ use crate::Result;
 /// use streams_core::store::{Checkpoint, MemoryStore, StateStore};
 ///
 /// let store = MemoryStore::default();
-/// let checkpoint = Checkpoint { changelog_offset: Some(0), sources: Some(vec![("hits".into(), 9)]) };
+/// let checkpoint = Checkpoint { changelog_offset: Some(0), sources: Some(vec![("hits".into(), 9)]), stream_time: Some(1_000) };
 /// store.write(&[(b"k".to_vec(), Some(b"1".to_vec()))], &checkpoint).unwrap();
 /// assert_eq!(store.get(b"k").unwrap(), Some(b"1".to_vec()));
 /// assert_eq!(store.checkpoint().unwrap(), checkpoint);
@@ -54,6 +54,9 @@ impl StateStore for MemoryStore {
         if let Some(sources) = &checkpoint.sources {
             state.1.sources = Some(sources.clone());
         }
+        if checkpoint.stream_time.is_some() {
+            state.1.stream_time = checkpoint.stream_time;
+        }
         Ok(())
     }
 
@@ -70,6 +73,20 @@ impl StateStore for MemoryStore {
 
     fn for_each(&self, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<()> {
         for (key, value) in self.state().0.iter() {
+            visit(key, value);
+        }
+        Ok(())
+    }
+
+    fn range(&self, from: &[u8], to: &[u8], visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<()> {
+        if from >= to {
+            return Ok(());
+        }
+        let state = self.state();
+        for (key, value) in state
+            .0
+            .range::<[u8], _>((std::ops::Bound::Included(from), std::ops::Bound::Excluded(to)))
+        {
             visit(key, value);
         }
         Ok(())

@@ -20,6 +20,9 @@ pub struct Checkpoint {
     /// stored list (empty when none). Written: `None` leaves the stored list as it is,
     /// `Some` replaces it (`Some(vec![])` clears it).
     pub sources: Option<Vec<(String, i64)>>,
+    /// The task's stream time (ms) at the cut: the largest event time it had processed.
+    /// `None`: none, or unchanged when writing.
+    pub stream_time: Option<i64>,
 }
 
 impl Checkpoint {
@@ -77,6 +80,14 @@ pub trait StateStore: Send + Sync + 'static {
     fn clear(&self) -> Result<()>;
     /// Calls `visit` with every key and value.
     fn for_each(&self, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<()>;
+    /// Calls `visit` with every key in `from..to` (bytewise order) and its value, in order.
+    fn range(&self, from: &[u8], to: &[u8], visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<()> {
+        self.for_each(&mut |key, value| {
+            if key >= from && key < to {
+                visit(key, value);
+            }
+        })
+    }
 }
 
 /// Directory of the store of `table`'s partition `partition` under a worker's table directory.

@@ -15,6 +15,7 @@ use crate::{Error, Result};
 const META: &str = "streams-meta";
 const CHANGELOG_OFFSET: &[u8] = b"changelog_offset";
 const SOURCES: &[u8] = b"sources";
+const STREAM_TIME: &[u8] = b"stream_time";
 
 /// Memory every store of the process shares: one block cache and one budget for memtables,
 /// so a worker with many partitions does not multiply RocksDB's per-database defaults.
@@ -34,7 +35,7 @@ fn shared_memory() -> &'static (Cache, WriteBufferManager) {
 ///
 /// let dir = tempfile::tempdir().unwrap();
 /// let store = RocksDbStore::open(dir.path()).unwrap();
-/// let checkpoint = Checkpoint { changelog_offset: Some(7), sources: Some(vec![("hits".into(), 41)]) };
+/// let checkpoint = Checkpoint { changelog_offset: Some(7), sources: Some(vec![("hits".into(), 41)]), stream_time: Some(60_000) };
 /// store.write(&[(b"u1".to_vec(), Some(b"3".to_vec()))], &checkpoint).unwrap();
 /// assert_eq!(store.get(b"u1").unwrap(), Some(b"3".to_vec()));
 /// assert_eq!(store.checkpoint().unwrap(), checkpoint);
@@ -43,7 +44,7 @@ fn shared_memory() -> &'static (Cache, WriteBufferManager) {
 /// store.write(&[(b"u2".to_vec(), Some(b"1".to_vec()))], &Checkpoint::default()).unwrap();
 /// store.clear().unwrap();
 /// assert_eq!((store.get(b"u1").unwrap(), store.get(b"u2").unwrap()), (None, None));
-/// assert_eq!(store.checkpoint().unwrap(), Checkpoint { changelog_offset: None, sources: Some(vec![]) });
+/// assert_eq!(store.checkpoint().unwrap(), Checkpoint { changelog_offset: None, sources: Some(vec![]), stream_time: None });
 /// ```
 pub struct RocksDbStore {
     db: DB,
@@ -148,6 +149,9 @@ impl StateStore for RocksDbStore {
         if let Some(sources) = &checkpoint.sources {
             batch.put_cf(meta, SOURCES, super::encode_sources(sources));
         }
+        if let Some(time) = checkpoint.stream_time {
+            batch.put_cf(meta, STREAM_TIME, time.to_be_bytes());
+        }
         self.db.write(batch).map_err(|e| store_error(&self.path, e))
     }
 
@@ -165,9 +169,14 @@ impl StateStore for RocksDbStore {
                 ))
             })?,
         };
+        let stream_time = self
+            .read_meta(STREAM_TIME)?
+            .and_then(|bytes| bytes.try_into().ok())
+            .map(i64::from_be_bytes);
         Ok(Checkpoint {
             changelog_offset,
             sources: Some(sources),
+            stream_time,
         })
     }
 
@@ -185,11 +194,23 @@ impl StateStore for RocksDbStore {
         let meta = self.meta()?;
         batch.delete_cf(meta, CHANGELOG_OFFSET);
         batch.delete_cf(meta, SOURCES);
+        batch.delete_cf(meta, STREAM_TIME);
         self.db.write(batch).map_err(|e| store_error(&self.path, e))
     }
 
     fn for_each(&self, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<()> {
         for item in self.db.iterator(IteratorMode::Start) {
+            let (key, value) = item.map_err(|e| store_error(&self.path, e))?;
+            visit(&key, &value);
+        }
+        Ok(())
+    }
+
+    fn range(&self, from: &[u8], to: &[u8], visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<()> {
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(to.to_vec());
+        let start = IteratorMode::From(from, rocksdb::Direction::Forward);
+        for item in self.db.iterator_opt(start, options) {
             let (key, value) = item.map_err(|e| store_error(&self.path, e))?;
             visit(&key, &value);
         }

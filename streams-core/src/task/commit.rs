@@ -28,6 +28,8 @@ pub(crate) struct Cut {
     /// The last offset processed in each source topic read so far (the next offset to read
     /// is one past it).
     pub positions: Vec<(Arc<str>, i64)>,
+    /// The task's stream time at the cut, when it has one.
+    pub stream_time: Option<i64>,
     pub writes: Vec<TableWrite>,
     pub ack: Option<Ack>,
 }
@@ -81,6 +83,7 @@ fn commit_batch(
             let checkpoint = Checkpoint {
                 changelog_offset,
                 sources: Some(sources.clone()),
+                stream_time: cut.stream_time,
             };
             if let Err(error) = write.store.write(&write.entries, &checkpoint) {
                 let error = format!("cannot write the store of {}: {error}", write.changelog);

@@ -120,6 +120,15 @@ impl StreamCore {
         self.current = Some((source, message));
     }
 
+    /// [`StreamCore::begin`] for a record that happened at `time` (its timestamp, or the
+    /// time its topic's extractor took from its value).
+    pub(crate) fn begin_at(&mut self, source: usize, message: Message, time: Option<i64>) {
+        if let Some(time) = time {
+            self.ctx.observe_time(time);
+        }
+        self.begin(source, message);
+    }
+
     /// The record the task was given last is done.
     fn finish_current(&mut self) {
         if let Some((source, message)) = self.current.take() {
@@ -385,10 +394,11 @@ impl StreamCore {
             }
         }
         let mut writes: Vec<TableWrite> = Vec::new();
+        let stream_time = Some(ctx.stream_time()).filter(|t| *t != super::NO_TIME);
         if !positions.is_empty() {
             // Every store of the partition gets the cut's positions, changed or not: a
             // store's positions say how far its state reflects the input.
-            let headers = crate::changelog::source_headers(&positions, ctx.partition);
+            let headers = crate::changelog::source_headers(&positions, ctx.partition, stream_time);
             for (changelog, store, changes) in ctx.take_changes() {
                 let mut entries = Vec::with_capacity(changes.len());
                 for (key, value, timestamp) in changes {
@@ -414,6 +424,7 @@ impl StreamCore {
         let cut = Cut {
             partition: ctx.partition,
             positions: positions.clone(),
+            stream_time,
             writes,
             ack,
         };

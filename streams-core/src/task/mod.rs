@@ -46,10 +46,18 @@ pub(crate) struct TaskContext {
     pub finishing: AtomicBool,
     /// Event time (ms) of the record being processed: table changes and outputs carry it.
     event_time: AtomicI64,
+    /// Stream time (ms): the largest event time the task has processed ([`NO_TIME`] before
+    /// any). Windows close by it; it is kept with the stores and restored with them.
+    stream_time: AtomicI64,
+    /// Stream time as the task's stores had it when it started ([`NO_TIME`]: none).
+    start_time: AtomicI64,
     /// This partition's counts not yet added to the shared [`Metrics`] (counting into the
     /// shared counters for every record would bounce their cache line between threads).
     pub(crate) counts: Counts,
 }
+
+/// Stream time before a task has processed anything.
+pub(crate) const NO_TIME: i64 = i64::MIN;
 
 /// Adds one to a partition's count. Only the partition's task writes its counts (and takes
 /// them in `report`), so a plain load and store do: no locked instruction per record.
@@ -90,6 +98,8 @@ impl TaskContext {
             cut_wanted: AtomicBool::new(false),
             finishing: AtomicBool::new(false),
             event_time: AtomicI64::new(0),
+            stream_time: AtomicI64::new(NO_TIME),
+            start_time: AtomicI64::new(NO_TIME),
             counts: Counts::default(),
         }
     }
@@ -119,14 +129,40 @@ impl TaskContext {
         self.tables.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// A record of source `source` is handed to the task.
+    /// A record of source `source` is handed to the task. Its time is observed separately
+    /// ([`TaskContext::observe_time`]): it may come from its value.
     pub(crate) fn record_started(&self, source: usize, message: &Message) {
         bump(&self.counts.records);
-        if let Some(timestamp) = message.timestamp() {
-            self.event_time.store(timestamp, Ordering::Relaxed);
-        }
         let topic = self.sources.get(source).map_or("?", |t| &**t);
         self.metrics.record_in(&self.name, topic, self.partition, message);
+    }
+
+    /// The record being processed happened at `time` (ms): its outputs and changes carry
+    /// it, and stream time moves up to it.
+    pub(crate) fn observe_time(&self, time: i64) {
+        self.event_time.store(time, Ordering::Relaxed);
+        if time > self.stream_time.load(Ordering::Relaxed) {
+            self.stream_time.store(time, Ordering::Relaxed);
+        }
+    }
+
+    /// Stream time: the largest event time processed ([`NO_TIME`] before any).
+    pub(crate) fn stream_time(&self) -> i64 {
+        self.stream_time.load(Ordering::Relaxed)
+    }
+
+    /// Stream time as restored with the task's stores (before the first record).
+    pub(crate) fn restore_stream_time(&self, time: Option<i64>) {
+        if let Some(time) = time {
+            self.stream_time.fetch_max(time, Ordering::Relaxed);
+            self.start_time.fetch_max(time, Ordering::Relaxed);
+        }
+    }
+
+    /// Stream time as the task's restored stores had it, before any record of this run:
+    /// windows that ended by then were closed by an earlier owner.
+    pub(crate) fn start_time(&self) -> i64 {
+        self.start_time.load(Ordering::Relaxed)
     }
 
     /// Event time (ms) of the record being processed.

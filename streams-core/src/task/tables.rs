@@ -31,6 +31,9 @@ pub(crate) struct TableState {
     /// early (a cut) and unchanged ones dropped.
     cache_limit: usize,
     dirty: usize,
+    /// What an operation keeps beside the table for this partition (a windowed
+    /// aggregation's index of its windows), made at its first use.
+    extension: Option<Box<dyn std::any::Any + Send>>,
 }
 
 struct Entry {
@@ -60,6 +63,7 @@ impl TableState {
             cache_bytes: 0,
             cache_limit,
             dirty: 0,
+            extension: None,
         }
     }
 
@@ -211,6 +215,44 @@ impl TaskContext {
         if state.evict_clean() {
             self.cut_wanted.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// The value of `key` in table `index`, now: from the cache, else from the store (a
+    /// blocking read where it must, see [`TaskContext::update_now`]); not cached.
+    pub(crate) fn get_now(&self, index: usize, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let store = {
+            let mut tables = self.tables();
+            let state = self.table_at_mut(&mut tables, index)?;
+            if let Some(entry) = state.cache.get(key) {
+                return Ok(entry.value.clone());
+            }
+            Arc::clone(&state.store)
+        };
+        read_blocking(&*store, key)
+    }
+
+    /// Runs `work` on what an operation keeps beside table `index` for this partition,
+    /// made by `make` from the table's store at the first call. `work` must not use the
+    /// task's tables (they are locked meanwhile).
+    pub(crate) fn with_extension<S: std::any::Any + Send, T>(
+        &self,
+        index: usize,
+        make: impl FnOnce(&dyn StateStore) -> Result<S>,
+        work: impl FnOnce(&mut S) -> T,
+    ) -> Result<T> {
+        let mut tables = self.tables();
+        let state = self.table_at_mut(&mut tables, index)?;
+        if state.extension.is_none() {
+            let made = make(&*state.store)?;
+            state.extension = Some(Box::new(made));
+        }
+        let name = state.name;
+        let extension = state
+            .extension
+            .as_mut()
+            .and_then(|e| e.downcast_mut::<S>())
+            .ok_or_else(|| Error::Config(format!("table `{name}` is kept by two kinds of operation")))?;
+        Ok(work(extension))
     }
 
     /// Writes `key` of table `index` (made durable at the next cut).

@@ -143,6 +143,7 @@ fn restore(job: RestoreJob, restorer: &Restorer, metrics: &Metrics) -> std::resu
             job.partition
         );
     }
+    job.ctx.restore_stream_time(restoration.stream_time);
     for (index, entries) in restoration.restate.into_iter().enumerate() {
         job.ctx.restate(index, entries);
     }

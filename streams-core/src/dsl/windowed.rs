@@ -1,0 +1,1075 @@
+//! Windowed aggregations (Kafka Streams' `windowedBy`): a grouped stream's records, per key
+//! and per window of event time, aggregated into a [`WindowedTable`].
+//!
+//! Each record goes into the windows its event time falls in, unless they have closed: a
+//! window closes once the task's stream time (the largest event time it has processed) is
+//! past its end by the grace period. A record whose windows have all closed is late: it is
+//! dropped, counted (`Metrics::late`), logged at debug, and sent to the topic given with
+//! `late_records_to`. Results go on either at every change (coalesced per commit interval,
+//! like any table's `to_stream`) or once per window when it closes (`emit_final`). Windows
+//! leave the table, as tombstones in its changelog, once past their retention (by default
+//! when they close), at the next commit point.
+//!
+//! What a task keeps beside its windowed table: an index of the windows in it (by end, to
+//! close and expire them in order; by key for sessions and sliding windows, to find the
+//! windows a record touches), made from the store at the task's first record, and, for
+//! sliding windows, the records of the last time difference + grace (a second table,
+//! `{table}-records`, with its own changelog), from which each window's result is computed.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::builder::{Graph, NodeKind};
+use super::grouped::{read_value, write_value, KGroupedStream};
+use super::node::{dead_letter_change, guarded, sink, Cx, Fanout, Node, Outcome, TableSlot, Tick};
+use super::table::KTable;
+use crate::codec::{json, Key};
+use crate::spec::{KeyDisplay, TableSpec};
+use crate::store::StateStore;
+use crate::table::WindowedTable;
+use crate::task::NO_TIME;
+use crate::topic::Topic;
+use crate::window::{split_window_key, window_key, SessionWindows, SlidingWindows, TimeWindows, Window, Windowed};
+
+/// The windows of an aggregation.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Fixed(TimeWindows),
+    Sliding(SlidingWindows),
+    Session(SessionWindows),
+}
+
+impl Kind {
+    /// Windows ending at or before this are closed when stream time is `now`.
+    fn closed_through(self, now: i64) -> i64 {
+        if now == NO_TIME {
+            return NO_TIME;
+        }
+        match self {
+            // [start, end): closed once end + grace <= now.
+            Kind::Fixed(w) => now.saturating_sub(w.grace),
+            // [start, end]: closed once end + grace < now.
+            Kind::Sliding(w) => now.saturating_sub(w.grace).saturating_sub(1),
+            // Sessions: closed once end + gap + grace < now (a record within the gap would
+            // still extend them).
+            Kind::Session(w) => now.saturating_sub(w.gap).saturating_sub(w.grace).saturating_sub(1),
+        }
+    }
+
+    /// Windows ending at or before this leave the table when stream time is `now`.
+    fn expired_through(self, now: i64) -> i64 {
+        if now == NO_TIME {
+            return NO_TIME;
+        }
+        match self {
+            // Kept `retention` from their start.
+            Kind::Fixed(w) => now.saturating_sub(w.retention_ms()).saturating_add(w.size),
+            Kind::Sliding(_) => self.closed_through(now),
+            // Kept `retention` after their end.
+            Kind::Session(w) => now.saturating_sub(w.retention_ms()).saturating_sub(1),
+        }
+    }
+
+    /// Whether the index keeps windows by key too.
+    fn keyed(self) -> bool {
+        !matches!(self, Kind::Fixed(_))
+    }
+
+    fn check(self) -> Option<String> {
+        match self {
+            Kind::Fixed(w) => w.check(),
+            Kind::Sliding(w) => w.check(),
+            Kind::Session(w) => w.check(),
+        }
+    }
+}
+
+/// The windows in a windowed table partition: by end (to close and expire them in order)
+/// and, for sessions and sliding windows, by key (start → end).
+struct WindowIndex {
+    by_end: BTreeSet<(i64, Box<[u8]>)>,
+    by_key: HashMap<Box<[u8]>, BTreeMap<i64, i64>>,
+    keyed: bool,
+    /// Windows ending at or before this have closed (their final results went on).
+    closed_through: i64,
+}
+
+impl WindowIndex {
+    fn load(store: &dyn StateStore, keyed: bool, closed_through: i64) -> crate::Result<Self> {
+        let mut index = Self {
+            by_end: BTreeSet::new(),
+            by_key: HashMap::new(),
+            keyed,
+            closed_through,
+        };
+        let mut scan = || store.for_each(&mut |key, _| index.insert(key));
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(scan)?,
+            _ => scan()?,
+        }
+        Ok(index)
+    }
+
+    fn insert(&mut self, window_key: &[u8]) {
+        let Some((key, window)) = split_window_key(window_key) else {
+            return;
+        };
+        if self.keyed {
+            self.by_key
+                .entry(key.into())
+                .or_default()
+                .insert(window.start, window.end);
+        }
+        self.by_end.insert((window.end, window_key.into()));
+    }
+
+    fn remove(&mut self, window_key: &[u8]) {
+        let Some((key, window)) = split_window_key(window_key) else {
+            return;
+        };
+        if self.keyed {
+            if let Some(windows) = self.by_key.get_mut(key) {
+                windows.remove(&window.start);
+                if windows.is_empty() {
+                    self.by_key.remove(key);
+                }
+            }
+        }
+        self.by_end.remove(&(window.end, window_key.into()));
+    }
+
+    /// The windows that closed since the last call, in order of their end (and key), when
+    /// `collect`; either way they count as closed from now on.
+    fn close(&mut self, through: i64, collect: bool) -> Vec<Box<[u8]>> {
+        if through <= self.closed_through {
+            return Vec::new();
+        }
+        let after = self.closed_through;
+        self.closed_through = through;
+        if !collect {
+            return Vec::new();
+        }
+        let low = (after.saturating_add(1), Box::<[u8]>::default());
+        self.by_end
+            .range(low..)
+            .take_while(|(end, _)| *end <= through)
+            .map(|(_, key)| key.clone())
+            .collect()
+    }
+
+    /// Takes the windows ending at or before `through` out of the index.
+    fn expire(&mut self, through: i64) -> Vec<Box<[u8]>> {
+        let mut gone = Vec::new();
+        while self.by_end.first().is_some_and(|(end, _)| *end <= through) {
+            if let Some((_, key)) = self.by_end.pop_first() {
+                if self.keyed {
+                    if let Some((k, window)) = split_window_key(&key) {
+                        if let Some(windows) = self.by_key.get_mut(k) {
+                            windows.remove(&window.start);
+                            if windows.is_empty() {
+                                self.by_key.remove(k);
+                            }
+                        }
+                    }
+                }
+                gone.push(key);
+            }
+        }
+        gone
+    }
+
+    /// The windows of `key` with a start at most `last_start` and an end at least
+    /// `first_end`, in order of their start.
+    fn overlapping(&self, key: &[u8], first_end: i64, last_start: i64) -> Vec<Window> {
+        self.by_key
+            .get(key)
+            .map(|windows| {
+                windows
+                    .range(..=last_start)
+                    .filter(|(_, end)| **end >= first_end)
+                    .map(|(start, end)| Window::new(*start, *end))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The records of the last time difference + grace, per key, for sliding windows: their
+/// key in the records table is the key's bytes, the event time and a sequence number (8 and
+/// 4 bytes, big-endian), their value the record's value as JSON.
+#[derive(Default)]
+struct RecordBuffer {
+    by_key: HashMap<Box<[u8]>, Records>,
+    by_time: BTreeSet<(i64, Box<[u8]>)>,
+}
+
+fn record_key(key: &[u8], time: i64, seq: u32) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(key.len() + 12);
+    bytes.extend_from_slice(key);
+    bytes.extend_from_slice(&time.to_be_bytes());
+    bytes.extend_from_slice(&seq.to_be_bytes());
+    bytes
+}
+
+fn split_record_key(bytes: &[u8]) -> Option<(&[u8], i64, u32)> {
+    let at = bytes.len().checked_sub(12)?;
+    let (key, rest) = bytes.split_at(at);
+    let time = i64::from_be_bytes(rest[..8].try_into().ok()?);
+    let seq = u32::from_be_bytes(rest[8..].try_into().ok()?);
+    Some((key, time, seq))
+}
+
+/// A records-table key as text: the key, `@` the event time, `#` the sequence number.
+fn show_record_key<K: Key>(bytes: &[u8]) -> String {
+    match split_record_key(bytes) {
+        Some((key, time, seq)) => format!("{}@{time}#{seq}", K::display_key(key)),
+        None => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
+impl RecordBuffer {
+    fn load(store: &dyn StateStore) -> crate::Result<Self> {
+        let mut buffer = Self::default();
+        let mut scan = || {
+            store.for_each(&mut |bytes, value| {
+                if let Some((key, time, seq)) = split_record_key(bytes) {
+                    buffer
+                        .by_key
+                        .entry(key.into())
+                        .or_default()
+                        .insert((time, seq), value.to_vec());
+                    buffer.by_time.insert((time, bytes.into()));
+                }
+            })
+        };
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(scan)?,
+            _ => scan()?,
+        }
+        Ok(buffer)
+    }
+
+    /// Adds a record; returns its key in the records table.
+    fn add(&mut self, key: &[u8], time: i64, value: Vec<u8>) -> Vec<u8> {
+        let records = self.by_key.entry(key.into()).or_default();
+        let seq = records
+            .range((time, 0)..=(time, u32::MAX))
+            .next_back()
+            .map_or(0, |((_, seq), _)| seq.saturating_add(1));
+        records.insert((time, seq), value);
+        let bytes = record_key(key, time, seq);
+        self.by_time.insert((time, bytes.clone().into_boxed_slice()));
+        bytes
+    }
+
+    /// The records of `key` with event times in `from..=to`, in order.
+    fn records(&self, key: &[u8], from: i64, to: i64) -> Vec<(i64, Vec<u8>)> {
+        self.by_key
+            .get(key)
+            .map(|records| {
+                records
+                    .range((from, 0)..=(to, u32::MAX))
+                    .map(|((time, _), value)| (*time, value.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Takes the records at or before `through` out of the buffer.
+    fn expire(&mut self, through: i64) -> Vec<Box<[u8]>> {
+        let mut gone = Vec::new();
+        while self.by_time.first().is_some_and(|(time, _)| *time <= through) {
+            if let Some((_, bytes)) = self.by_time.pop_first() {
+                if let Some((key, time, seq)) = split_record_key(&bytes) {
+                    if let Some(records) = self.by_key.get_mut(key) {
+                        records.remove(&(time, seq));
+                        if records.is_empty() {
+                            self.by_key.remove(key);
+                        }
+                    }
+                }
+                gone.push(bytes);
+            }
+        }
+        gone
+    }
+}
+
+/// One key's records: by event time and sequence number, their values as JSON.
+type Records = BTreeMap<(i64, u32), Vec<u8>>;
+
+type Add<K, V, A> = dyn Fn(&K, Option<A>, V) -> A + Send + Sync;
+type Merge<K, A> = dyn Fn(&K, A, A) -> A + Send + Sync;
+
+/// A windowed aggregation at work: the node its records reach, and what closes and expires
+/// its windows at each commit point.
+struct Aggregation<K, V, A> {
+    table: &'static str,
+    slot: TableSlot,
+    /// Sliding windows: the records table.
+    records: Option<(&'static str, TableSlot)>,
+    kind: Kind,
+    emit_final: bool,
+    add: Box<Add<K, V, A>>,
+    /// Sessions: combines two sessions' aggregates when a record merges them.
+    merge: Option<Box<Merge<K, A>>>,
+    finals: Arc<Fanout<Windowed<K>, A>>,
+    late: Arc<Fanout<K, V>>,
+}
+
+fn failed(error: impl std::fmt::Display) -> String {
+    error.to_string()
+}
+
+impl<K, V, A> Aggregation<K, V, A>
+where
+    K: Key,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    A: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Runs `work` on the task's index of this table's windows.
+    fn with_index<T>(&self, cx: &Cx<'_>, index: usize, work: impl FnOnce(&mut WindowIndex) -> T) -> Result<T, String> {
+        let keyed = self.kind.keyed();
+        let closed = self.kind.closed_through(cx.ctx.start_time());
+        cx.ctx
+            .with_extension(index, |store| WindowIndex::load(store, keyed, closed), work)
+            .map_err(failed)
+    }
+
+    /// A record all of whose windows have closed.
+    fn late(&self, cx: &mut Cx<'_>, key: K, value: V, time: i64) -> Outcome {
+        cx.ctx.metrics.late.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            task = &*cx.ctx.name,
+            "late record dropped from table `{}`: its event time {time} ms is past its windows' end and grace \
+             period (stream time {} ms)",
+            self.table,
+            cx.ctx.stream_time()
+        );
+        self.late.push(cx, key, value)
+    }
+
+    /// Enters the windows a record created (and drops those it merged away) into the index,
+    /// and sends on the final results of the windows that closed meanwhile.
+    fn settle(&self, cx: &mut Cx<'_>, index: usize, created: Vec<Vec<u8>>, removed: Vec<Vec<u8>>) -> Outcome {
+        let closed = self.kind.closed_through(cx.ctx.stream_time());
+        let emit = self.emit_final;
+        let closing = self.with_index(cx, index, |windows| {
+            for key in &removed {
+                windows.remove(key);
+            }
+            for key in &created {
+                windows.insert(key);
+            }
+            windows.close(closed, emit)
+        })?;
+        for window in closing {
+            self.emit(cx, index, &window);
+        }
+        Ok(())
+    }
+
+    /// Sends a closed window's result on; one that fails goes to the dead-letter topic.
+    fn emit(&self, cx: &mut Cx<'_>, index: usize, window_key: &[u8]) {
+        let stored = match cx.ctx.get_now(index, window_key) {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return,
+            Err(error) => {
+                cx.ctx.metrics.fail(format!("table `{}`: {error}", self.table));
+                return;
+            }
+        };
+        let decoded = Windowed::<K>::decode_key(Some(window_key))
+            .map_err(failed)
+            .and_then(|key| Ok((key, json::decode::<A>(&stored).map_err(failed)?)));
+        let time = match (self.kind, split_window_key(window_key)) {
+            // [start, end): the last moment in the window.
+            (Kind::Fixed(_), Some((_, window))) => window.end - 1,
+            (_, Some((_, window))) => window.end,
+            (_, None) => cx.timestamp,
+        };
+        let before = cx.timestamp;
+        cx.timestamp = time;
+        let outcome = decoded.and_then(|(key, value)| guarded(|| self.finals.push(cx, key, value)));
+        cx.timestamp = before;
+        if let Err(error) = outcome {
+            let record = dead_letter_change(cx.ctx, self.table, window_key.to_vec(), Some(stored), time, &error);
+            cx.backlog.push(record);
+        }
+    }
+
+    /// Puts `value` into the window `window_key`, with `change`; whether it is new.
+    fn update(
+        &self,
+        cx: &Cx<'_>,
+        index: usize,
+        window_key: &[u8],
+        change: impl FnOnce(Option<A>) -> A,
+    ) -> Result<bool, String> {
+        let mut created = false;
+        let table = self.table;
+        cx.ctx
+            .update_now(index, window_key, |stored| {
+                created = stored.is_none();
+                let old = read_value::<A>(stored.as_deref(), table)?;
+                write_value(stored, &change(old), table)
+            })
+            .map_err(failed)?;
+        Ok(created)
+    }
+
+    fn push_fixed(
+        &self,
+        cx: &mut Cx<'_>,
+        index: usize,
+        windows: TimeWindows,
+        key: K,
+        key_bytes: &[u8],
+        value: V,
+    ) -> Outcome {
+        let time = cx.timestamp;
+        let closed = self.kind.closed_through(cx.ctx.stream_time());
+        let mut open: Vec<Window> = Vec::with_capacity(1);
+        windows.each_window(time, |window| {
+            if window.end > closed {
+                open.push(window);
+            }
+        });
+        if open.is_empty() {
+            return self.late(cx, key, value, time);
+        }
+        let mut created = Vec::new();
+        let last = open.len() - 1;
+        let mut value = Some(value);
+        for (n, window) in open.iter().enumerate() {
+            let value = if n == last { value.take() } else { value.clone() };
+            let Some(value) = value else { break };
+            let window_key = window_key(key_bytes, *window);
+            if self.update(cx, index, &window_key, |old| (self.add)(&key, old, value))? {
+                created.push(window_key);
+            }
+        }
+        self.settle(cx, index, created, Vec::new())
+    }
+
+    fn push_session(
+        &self,
+        cx: &mut Cx<'_>,
+        index: usize,
+        sessions: SessionWindows,
+        key: K,
+        key_bytes: &[u8],
+        value: V,
+    ) -> Outcome {
+        let time = cx.timestamp;
+        let closed = self.kind.closed_through(cx.ctx.stream_time());
+        let near = self.with_index(cx, index, |windows| {
+            windows.overlapping(
+                key_bytes,
+                time.saturating_sub(sessions.gap),
+                time.saturating_add(sessions.gap),
+            )
+        })?;
+        let merged = near.iter().fold(Window::new(time, time), |merged, session| {
+            Window::new(merged.start.min(session.start), merged.end.max(session.end))
+        });
+        if merged.end <= closed {
+            return self.late(cx, key, value, time);
+        }
+        let merged_key = window_key(key_bytes, merged);
+        if let [only] = near.as_slice() {
+            if *only == merged {
+                // Within one session: it changes in place.
+                self.update(cx, index, &merged_key, |old| (self.add)(&key, old, value))?;
+                return self.settle(cx, index, Vec::new(), Vec::new());
+            }
+        }
+        let mut aggregate: Option<A> = None;
+        let mut removed = Vec::with_capacity(near.len());
+        for session in near {
+            let session_key = window_key(key_bytes, session);
+            let stored = cx.ctx.get_now(index, &session_key).map_err(failed)?;
+            if let Some(value) = read_value::<A>(stored.as_deref(), self.table).map_err(failed)? {
+                aggregate = Some(match (aggregate, &self.merge) {
+                    (Some(before), Some(merge)) => merge(&key, before, value),
+                    (_, _) => value,
+                });
+            }
+            cx.ctx.put_at(index, session_key.clone(), None).map_err(failed)?;
+            removed.push(session_key);
+        }
+        let new = (self.add)(&key, aggregate, value);
+        let mut stored = None;
+        write_value(&mut stored, &new, self.table).map_err(failed)?;
+        cx.ctx.put_at(index, merged_key.clone(), stored).map_err(failed)?;
+        self.settle(cx, index, vec![merged_key], removed)
+    }
+
+    fn push_sliding(
+        &self,
+        cx: &mut Cx<'_>,
+        index: usize,
+        windows: SlidingWindows,
+        key: K,
+        key_bytes: &[u8],
+        value: V,
+    ) -> Outcome {
+        let time = cx.timestamp;
+        let difference = windows.difference;
+        let closed = self.kind.closed_through(cx.ctx.stream_time());
+        // The last window that can hold this record ends `difference` after it.
+        if time.saturating_add(difference) <= closed {
+            return self.late(cx, key, value, time);
+        }
+        let Some((records_table, records_slot)) = &self.records else {
+            return Err("sliding windows without their records table".into());
+        };
+        let records_index = records_slot.get()?;
+        let bytes = serde_json::to_vec(&value).map_err(|e| format!("table `{records_table}`: {e}"))?;
+        // Every window this record changes lies within `difference` of it.
+        let nearby = cx
+            .ctx
+            .with_extension(records_index, RecordBuffer::load, |buffer: &mut RecordBuffer| {
+                let stored = buffer.add(key_bytes, time, bytes.clone());
+                let nearby = buffer.records(
+                    key_bytes,
+                    time.saturating_sub(difference),
+                    time.saturating_add(difference).saturating_add(1),
+                );
+                (stored, nearby)
+            })
+            .map_err(failed)?;
+        let (stored_key, nearby) = nearby;
+        cx.ctx.put_at(records_index, stored_key, Some(bytes)).map_err(failed)?;
+        // The windows that hold this record, or that it makes: its own (ending at it), those
+        // of the records after it that reach back to it, those starting just after the
+        // records before it that reach up to it, and the one starting just after it.
+        let mut changed: BTreeSet<Window> = BTreeSet::new();
+        let left = |end: i64| Window::new(end.saturating_sub(difference).max(0), end);
+        let right = |after: i64| Window::new(after + 1, after + 1 + difference);
+        changed.insert(left(time));
+        for (other, _) in &nearby {
+            if *other >= time && *other <= time + difference {
+                changed.insert(left(*other));
+            }
+            if *other < time && *other >= time - difference - 1 {
+                changed.insert(right(*other));
+            }
+        }
+        if nearby
+            .iter()
+            .any(|(other, _)| *other > time && *other <= time + 1 + difference)
+        {
+            changed.insert(right(time));
+        }
+        let mut created = Vec::new();
+        for window in changed {
+            if window.end <= closed {
+                continue;
+            }
+            let mut aggregate: Option<A> = None;
+            for (other, bytes) in &nearby {
+                if *other < window.start || *other > window.end {
+                    continue;
+                }
+                let value: V = json::decode(bytes).map_err(|e| format!("table `{records_table}`: {e}"))?;
+                aggregate = Some((self.add)(&key, aggregate, value));
+            }
+            let Some(aggregate) = aggregate else { continue };
+            let window_key = window_key(key_bytes, window);
+            if self.update(cx, index, &window_key, |_| aggregate)? {
+                created.push(window_key);
+            }
+        }
+        self.settle(cx, index, created, Vec::new())
+    }
+}
+
+impl<K, V, A> Node<K, V> for Aggregation<K, V, A>
+where
+    K: Key,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    A: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    fn push(&self, cx: &mut Cx<'_>, key: K, value: V) -> Outcome {
+        let index = self.slot.get()?;
+        if key.is_null() {
+            return Err(format!(
+                "a record without a key cannot be aggregated into table `{}`",
+                self.table
+            ));
+        }
+        let key_bytes = key
+            .key_bytes()
+            .map_err(|e| format!("cannot encode a key of table `{}`: {e}", self.table))?
+            .into_owned();
+        match self.kind {
+            Kind::Fixed(windows) => self.push_fixed(cx, index, windows, key, &key_bytes, value),
+            Kind::Session(sessions) => self.push_session(cx, index, sessions, key, &key_bytes, value),
+            Kind::Sliding(windows) => self.push_sliding(cx, index, windows, key, &key_bytes, value),
+        }
+    }
+}
+
+impl<K, V, A> Tick for Aggregation<K, V, A>
+where
+    K: Key,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    A: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// At a commit point, after the table's changes went on: closes the windows stream time
+    /// has passed (however it moved: other records of the task count too), and takes the
+    /// expired ones out of the table (tombstones in this commit's changelog records).
+    fn tick(&self, cx: &mut Cx<'_>) -> Outcome {
+        let index = self.slot.get()?;
+        self.settle(cx, index, Vec::new(), Vec::new())?;
+        let now = cx.ctx.stream_time();
+        let expired = self.kind.expired_through(now);
+        let gone = self.with_index(cx, index, |windows| windows.expire(expired))?;
+        for window in gone {
+            cx.ctx.put_at(index, window.into_vec(), None).map_err(failed)?;
+        }
+        if let (Kind::Sliding(windows), Some((_, records_slot))) = (self.kind, &self.records) {
+            // A record is needed while a window that can hold it is open: until stream time
+            // is past it by the time difference and the grace period.
+            let through = now
+                .saturating_sub(windows.difference)
+                .saturating_sub(windows.grace)
+                .saturating_sub(1);
+            if now != NO_TIME {
+                let records_index = records_slot.get()?;
+                let gone = cx
+                    .ctx
+                    .with_extension(records_index, RecordBuffer::load, |buffer: &mut RecordBuffer| {
+                        buffer.expire(through)
+                    })
+                    .map_err(failed)?;
+                for record in gone {
+                    cx.ctx.put_at(records_index, record.into_vec(), None).map_err(failed)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a windowed stream is made of, whatever its windows.
+struct Windowing<K, V> {
+    graph: Rc<RefCell<Graph>>,
+    fanout: Arc<Fanout<K, V>>,
+    group: usize,
+    node: usize,
+    kind: Kind,
+    emit_final: bool,
+    late: Arc<Fanout<K, V>>,
+}
+
+impl<K, V> Windowing<K, V>
+where
+    K: Key,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    fn new(grouped: KGroupedStream<K, V>, kind: Kind) -> Self {
+        let (graph, fanout, group, node) = grouped.into_parts();
+        let late = graph.borrow_mut().fanout::<K, V>();
+        if let Some(error) = kind.check() {
+            let mut graph = graph.borrow_mut();
+            let error = format!("pipeline `{}`: {error}", graph.pipeline);
+            graph.errors.push(error);
+        }
+        Self {
+            graph,
+            fanout,
+            group,
+            node,
+            kind,
+            emit_final: false,
+            late,
+        }
+    }
+
+    fn late_records_to(self, topic: Topic<K, V>) -> Self {
+        {
+            let mut graph = self.graph.borrow_mut();
+            graph.sink(self.group, topic.spec());
+            graph.node(
+                topic.name(),
+                NodeKind::Sink {
+                    topic: topic.name().to_string(),
+                },
+                vec![self.node],
+                self.group,
+            );
+        }
+        self.late
+            .add(sink::<K, V>(Arc::from(topic.name()), topic.value_codec()));
+        self
+    }
+
+    fn aggregate_into<A>(
+        self,
+        op: &str,
+        table: WindowedTable<K, A>,
+        add: Box<Add<K, V, A>>,
+        merge: Option<Box<Merge<K, A>>>,
+    ) -> KTable<Windowed<K>, A>
+    where
+        A: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let (slot, records, table_node, finals) = {
+            let mut graph = self.graph.borrow_mut();
+            let spec = table.spec();
+            let slot = graph.table(self.group, spec.clone());
+            let records = match self.kind {
+                Kind::Sliding(_) => {
+                    // Named once per pipeline build; the name lives as long as the app.
+                    let name: &'static str = Box::leak(format!("{}-records", table.name()).into_boxed_str());
+                    let records = TableSpec {
+                        name,
+                        key_type: std::any::type_name::<K>(),
+                        value_type: std::any::type_name::<V>(),
+                        show_key: KeyDisplay(show_record_key::<K>),
+                    };
+                    Some((name, graph.table(self.group, records)))
+                }
+                _ => None,
+            };
+            let changelog = spec.changelog_topic(&graph.app_id);
+            let aggregation = graph.node(op, NodeKind::Operation, vec![self.node], self.group);
+            let table_node = graph.node(
+                table.name(),
+                NodeKind::Table {
+                    table: table.name().to_string(),
+                    changelog,
+                },
+                vec![aggregation],
+                self.group,
+            );
+            (slot, records, table_node, graph.fanout::<Windowed<K>, A>())
+        };
+        let aggregation = Arc::new(Aggregation {
+            table: table.name(),
+            slot: slot.clone(),
+            records,
+            kind: self.kind,
+            emit_final: self.emit_final,
+            add,
+            merge,
+            finals: Arc::clone(&finals),
+            late: self.late,
+        });
+        self.fanout.add(Arc::clone(&aggregation) as Arc<dyn Node<K, V>>);
+        self.graph.borrow_mut().tick(self.group, aggregation);
+        let table = KTable::new(self.graph, table.name(), slot, self.group, table_node);
+        if self.emit_final {
+            table.with_finals(finals)
+        } else {
+            table
+        }
+    }
+}
+
+/// Windows a grouped stream can be aggregated in: [`TimeWindows`] and [`SlidingWindows`]
+/// give a [`TimeWindowedKStream`], [`SessionWindows`] a [`SessionWindowedKStream`].
+pub trait WindowsOf<K, V> {
+    /// The windowed stream.
+    type Stream;
+    /// The grouped stream in these windows.
+    fn window(self, grouped: KGroupedStream<K, V>) -> Self::Stream;
+}
+
+impl<K, V> WindowsOf<K, V> for TimeWindows
+where
+    K: Key,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    type Stream = TimeWindowedKStream<K, V>;
+    fn window(self, grouped: KGroupedStream<K, V>) -> Self::Stream {
+        TimeWindowedKStream(Windowing::new(grouped, Kind::Fixed(self)))
+    }
+}
+
+impl<K, V> WindowsOf<K, V> for SlidingWindows
+where
+    K: Key,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    type Stream = TimeWindowedKStream<K, V>;
+    fn window(self, grouped: KGroupedStream<K, V>) -> Self::Stream {
+        TimeWindowedKStream(Windowing::new(grouped, Kind::Sliding(self)))
+    }
+}
+
+impl<K, V> WindowsOf<K, V> for SessionWindows
+where
+    K: Key,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    type Stream = SessionWindowedKStream<K, V>;
+    fn window(self, grouped: KGroupedStream<K, V>) -> Self::Stream {
+        SessionWindowedKStream(Windowing::new(grouped, Kind::Session(self)))
+    }
+}
+
+/// A grouped stream in time windows, tumbling, hopping or sliding (Kafka Streams'
+/// `TimeWindowedKStream`): aggregate it into a [`WindowedTable`].
+///
+/// ```
+/// use std::time::Duration;
+/// use streams_core::prelude::*;
+///
+/// #[record]
+/// #[derive(Clone)]
+/// struct Hit { hits: i64, user: String, timestamp: f64 }
+///
+/// const HITS: Topic<(), Hit> = Topic::new("hits").event_time(|hit| (hit.timestamp * 1000.0) as i64);
+/// const PER_MINUTE: WindowedTable<String, i64> = WindowedTable::new("hits-per-minute");
+/// const MINUTES: Topic<Windowed<String>, i64> = Topic::new("hits-per-minute");
+///
+/// let app = App::new("minutes").pipeline("count", |builder| {
+///     builder
+///         .stream(HITS)
+///         .group_by("by-user", |_, hit| hit.user.clone())
+///         .windowed_by(TimeWindows::of(Duration::from_secs(60)).grace(Duration::from_secs(10)))
+///         .emit_final()
+///         .aggregate(PER_MINUTE, || 0, |_, hit, total| total + hit.hits)
+///         .to_stream()
+///         .to(MINUTES);
+/// });
+/// # assert!(app.pipelines()[0].errors.is_empty());
+/// ```
+#[must_use = "a windowed stream does nothing until it is aggregated (`count`, `reduce`, `aggregate`)"]
+pub struct TimeWindowedKStream<K, V>(Windowing<K, V>);
+
+impl<K, V> TimeWindowedKStream<K, V>
+where
+    K: Key,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Sends each window's result on once, when it closes (Kafka Streams' emit strategy
+    /// `onWindowClose`, or `suppress(untilWindowCloses)`), instead of at every change. After
+    /// a crash, at-least-once may send a final result again; it never loses one.
+    pub fn emit_final(mut self) -> Self {
+        self.0.emit_final = true;
+        self
+    }
+
+    /// Sends late records (those whose windows have all closed) to `topic`, besides
+    /// counting them.
+    pub fn late_records_to(self, topic: Topic<K, V>) -> Self {
+        Self(self.0.late_records_to(topic))
+    }
+
+    /// Counts the records of each key and window.
+    pub fn count(self, table: WindowedTable<K, i64>) -> KTable<Windowed<K>, i64> {
+        self.0.aggregate_into(
+            "windowed-count",
+            table,
+            Box::new(|_, count, _| count.unwrap_or(0) + 1),
+            None,
+        )
+    }
+
+    /// Combines the records of each key and window: the first value as it is, then
+    /// `reducer(aggregate, value)`.
+    pub fn reduce(
+        self,
+        table: WindowedTable<K, V>,
+        reducer: impl Fn(V, V) -> V + Send + Sync + 'static,
+    ) -> KTable<Windowed<K>, V> {
+        self.0.aggregate_into(
+            "windowed-reduce",
+            table,
+            Box::new(move |_, aggregate, value| match aggregate {
+                Some(aggregate) => reducer(aggregate, value),
+                None => value,
+            }),
+            None,
+        )
+    }
+
+    /// Folds the records of each key and window, starting from `init()`:
+    /// `adder(key, value, aggregate)` is the new aggregate.
+    pub fn aggregate<A>(
+        self,
+        table: WindowedTable<K, A>,
+        init: impl Fn() -> A + Send + Sync + 'static,
+        adder: impl Fn(&K, V, A) -> A + Send + Sync + 'static,
+    ) -> KTable<Windowed<K>, A>
+    where
+        A: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        self.0.aggregate_into(
+            "windowed-aggregate",
+            table,
+            Box::new(move |key, aggregate, value| adder(key, value, aggregate.unwrap_or_else(&init))),
+            None,
+        )
+    }
+}
+
+/// A grouped stream in session windows (Kafka Streams' `SessionWindowedKStream`): aggregate
+/// it into a [`WindowedTable`] whose windows are sessions, `[first record, last record]`.
+///
+/// ```
+/// use std::time::Duration;
+/// use streams_core::prelude::*;
+///
+/// #[record]
+/// #[derive(Clone)]
+/// struct Click { user: String }
+///
+/// const CLICKS: Topic<String, Click> = Topic::new("clicks");
+/// const SESSIONS: WindowedTable<String, i64> = WindowedTable::new("click-sessions");
+///
+/// let app = App::new("sessions").pipeline("sessions", |builder| {
+///     builder
+///         .stream(CLICKS)
+///         .group_by_key()
+///         .windowed_by(SessionWindows::with_inactivity_gap(Duration::from_secs(30)))
+///         .count(SESSIONS);
+/// });
+/// # assert!(app.pipelines()[0].errors.is_empty());
+/// ```
+#[must_use = "a windowed stream does nothing until it is aggregated (`count`, `reduce`, `aggregate`)"]
+pub struct SessionWindowedKStream<K, V>(Windowing<K, V>);
+
+impl<K, V> SessionWindowedKStream<K, V>
+where
+    K: Key,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Sends each session's result on once, when it closes (see
+    /// [`TimeWindowedKStream::emit_final`]).
+    pub fn emit_final(mut self) -> Self {
+        self.0.emit_final = true;
+        self
+    }
+
+    /// Sends late records (those that fall in no open session) to `topic`, besides
+    /// counting them.
+    pub fn late_records_to(self, topic: Topic<K, V>) -> Self {
+        Self(self.0.late_records_to(topic))
+    }
+
+    /// Counts the records of each session.
+    pub fn count(self, table: WindowedTable<K, i64>) -> KTable<Windowed<K>, i64> {
+        self.0.aggregate_into(
+            "session-count",
+            table,
+            Box::new(|_, count, _| count.unwrap_or(0) + 1),
+            Some(Box::new(|_, a, b| a + b)),
+        )
+    }
+
+    /// Combines the records of each session: the first value as it is, then
+    /// `reducer(aggregate, value)`; merged sessions combine with it too.
+    pub fn reduce(
+        self,
+        table: WindowedTable<K, V>,
+        reducer: impl Fn(V, V) -> V + Send + Sync + 'static,
+    ) -> KTable<Windowed<K>, V> {
+        let reducer = Arc::new(reducer);
+        let merger = Arc::clone(&reducer);
+        self.0.aggregate_into(
+            "session-reduce",
+            table,
+            Box::new(move |_, aggregate, value| match aggregate {
+                Some(aggregate) => reducer(aggregate, value),
+                None => value,
+            }),
+            Some(Box::new(move |_, a, b| merger(a, b))),
+        )
+    }
+
+    /// Folds the records of each session, starting from `init()`: `adder(key, value,
+    /// aggregate)`; when a record merges two sessions, `merger(key, a, b)` combines their
+    /// aggregates first (Kafka Streams' session `aggregate`).
+    pub fn aggregate<A>(
+        self,
+        table: WindowedTable<K, A>,
+        init: impl Fn() -> A + Send + Sync + 'static,
+        adder: impl Fn(&K, V, A) -> A + Send + Sync + 'static,
+        merger: impl Fn(&K, A, A) -> A + Send + Sync + 'static,
+    ) -> KTable<Windowed<K>, A>
+    where
+        A: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        self.0.aggregate_into(
+            "session-aggregate",
+            table,
+            Box::new(move |key, aggregate, value| adder(key, value, aggregate.unwrap_or_else(&init))),
+            Some(Box::new(merger)),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(k: &str, start: i64, end: i64) -> Vec<u8> {
+        window_key(k.as_bytes(), Window::new(start, end))
+    }
+
+    #[test]
+    fn the_index_closes_each_window_once_in_order_and_expires_the_oldest() {
+        let mut index = WindowIndex {
+            by_end: BTreeSet::new(),
+            by_key: HashMap::new(),
+            keyed: true,
+            closed_through: NO_TIME,
+        };
+        for (k, s, e) in [("b", 0, 10), ("a", 0, 10), ("a", 10, 20), ("a", 25, 30)] {
+            index.insert(&key(k, s, e));
+        }
+        let closing: Vec<Vec<u8>> = index.close(10, true).into_iter().map(Vec::from).collect();
+        assert_eq!(closing, vec![key("a", 0, 10), key("b", 0, 10)]);
+        assert!(index.close(10, true).is_empty(), "closed once");
+        assert!(index.close(5, true).is_empty(), "stream time does not go back");
+        assert_eq!(index.close(25, true).len(), 1);
+        assert_eq!(
+            index.overlapping(b"a", 15, 100),
+            vec![Window::new(10, 20), Window::new(25, 30)]
+        );
+        let gone: Vec<Vec<u8>> = index.expire(10).into_iter().map(Vec::from).collect();
+        assert_eq!(gone, vec![key("a", 0, 10), key("b", 0, 10)]);
+        assert_eq!(index.overlapping(b"b", 0, 100), vec![]);
+        index.remove(&key("a", 10, 20));
+        assert_eq!(index.overlapping(b"a", 0, 100), vec![Window::new(25, 30)]);
+    }
+
+    #[test]
+    fn the_record_buffer_numbers_records_of_one_time_and_expires_by_time() {
+        let mut buffer = RecordBuffer::default();
+        let first = buffer.add(b"k", 5, b"1".to_vec());
+        let second = buffer.add(b"k", 5, b"2".to_vec());
+        assert_eq!(split_record_key(&first), Some((&b"k"[..], 5, 0)));
+        assert_eq!(split_record_key(&second), Some((&b"k"[..], 5, 1)));
+        buffer.add(b"k", 9, b"3".to_vec());
+        assert_eq!(buffer.records(b"k", 0, 6).len(), 2);
+        assert_eq!(buffer.expire(5).len(), 2);
+        assert_eq!(buffer.records(b"k", 0, 100), vec![(9, b"3".to_vec())]);
+        assert_eq!(show_record_key::<String>(&record_key(b"k", 9, 0)), "k@9#0");
+    }
+
+    #[test]
+    fn thresholds_follow_each_kind_of_window() {
+        let fixed = Kind::Fixed(
+            TimeWindows::of(std::time::Duration::from_millis(60)).grace(std::time::Duration::from_millis(10)),
+        );
+        assert_eq!(fixed.closed_through(100), 90, "end + grace <= now");
+        assert_eq!(fixed.expired_through(100), 90, "by default when they close");
+        let session = Kind::Session(SessionWindows::with_inactivity_gap(std::time::Duration::from_millis(
+            30,
+        )));
+        assert_eq!(session.closed_through(100), 69, "end + gap + grace < now");
+        assert_eq!(fixed.closed_through(NO_TIME), NO_TIME);
+    }
+}

@@ -1,0 +1,607 @@
+//! Time and windows through the test driver: event time from values, window boundaries,
+//! grace and late records, hopping, sliding and session windows against models written
+//! out by hand, final results once, windowed stores restored mid-window, retention, and the
+//! `hits_per_window` example against its contract.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use streams_core::prelude::*;
+use streams_core::testing::TestDriver;
+use streams_tests::hits_per_window::{self, HitCount, MinuteHits, UserSession};
+
+const EVENTS: Topic<String, i64> = Topic::new("events").partitions(1);
+// One partition each, so that the order of their records is the order they were sent.
+const COUNTS: Topic<Windowed<String>, i64> = Topic::new("window-counts").partitions(1);
+const LATE: Topic<String, i64> = Topic::new("late-events").partitions(1);
+const PER_WINDOW: WindowedTable<String, i64> = WindowedTable::new("per-window");
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// `(key, window, value)` of every record on `topic`, in order.
+fn windowed(driver: &TestDriver, topic: &Topic<Windowed<String>, i64>) -> Vec<(String, i64, i64, i64)> {
+    driver
+        .records(topic)
+        .expect("records")
+        .into_iter()
+        .map(|(w, v)| (w.key, w.window.start, w.window.end, v))
+        .collect()
+}
+
+fn counting(windows: TimeWindows, final_only: bool) -> App {
+    App::new("windows").pipeline("count", move |builder| {
+        let windowed = builder.stream(EVENTS).group_by_key().windowed_by(windows);
+        let windowed = if final_only { windowed.emit_final() } else { windowed };
+        windowed.late_records_to(LATE).count(PER_WINDOW).to_stream().to(COUNTS);
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_at_a_windows_end_belongs_to_the_next_one() {
+    // A long grace period keeps the windows open (and in the table) for the lookups.
+    let windows = TimeWindows::of(ms(10)).grace(ms(1000));
+    let mut driver = TestDriver::new(counting(windows, false)).expect("driver");
+    for time in [0, 9, 10, 19, 20] {
+        driver.pipe_at(&EVENTS, "a", &1, time).expect("pipe");
+    }
+    driver.run().await.expect("run");
+    let table = driver.windowed_table(&PER_WINDOW).expect("table");
+    let counts: Vec<(i64, i64, i64)> = table.iter().map(|(w, n)| (w.window.start, w.window.end, *n)).collect();
+    assert_eq!(counts, vec![(0, 10, 2), (10, 20, 2), (20, 30, 1)]);
+    // Every change, coalesced per commit (one run is one commit here): one per window.
+    let mut sent = windowed(&driver, &COUNTS);
+    sent.sort();
+    assert_eq!(
+        sent,
+        vec![("a".into(), 0, 10, 2), ("a".into(), 10, 20, 2), ("a".into(), 20, 30, 1)]
+    );
+    // Lookups by key and start time, both ends inclusive.
+    let starts = |from, to| -> Vec<i64> {
+        driver
+            .windows(&PER_WINDOW, "a", from, to)
+            .expect("windows")
+            .into_iter()
+            .map(|(w, _)| w.start)
+            .collect()
+    };
+    assert_eq!(starts(0, 20), vec![0, 10, 20]);
+    assert_eq!(starts(1, 10), vec![10]);
+    assert_eq!(starts(21, 100), Vec::<i64>::new());
+    assert!(driver.windows(&PER_WINDOW, "b", 0, 100).expect("windows").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_records_are_counted_within_grace_and_dropped_after_it_and_finals_go_once() {
+    let windows = TimeWindows::of(ms(10)).grace(ms(5));
+    let mut driver = TestDriver::new(counting(windows, true)).expect("driver");
+    // (time, value); stream time is the largest time so far.
+    for (time, value) in [(1, 1), (12, 1), (3, 1), (15, 1), (4, 7), (30, 1)] {
+        driver.pipe_at(&EVENTS, "a", &value, time).expect("pipe");
+    }
+    driver.run().await.expect("run");
+    // 3 arrives at stream time 12: [0, 10) closes at 10 + 5 = 15, so it counts. 4 arrives at
+    // 15: that window has closed, so it is late. [10, 20) closes at 25, [30, 40) is open.
+    assert_eq!(
+        windowed(&driver, &COUNTS),
+        vec![("a".into(), 0, 10, 2), ("a".into(), 10, 20, 2)]
+    );
+    assert_eq!(driver.metrics().late.load(Ordering::Relaxed), 1);
+    assert_eq!(driver.records(&LATE).expect("late"), vec![("a".to_string(), 7)]);
+    // Later records close the next window; the closed ones are not sent again.
+    driver.pipe_at(&EVENTS, "a", &1, 46).expect("pipe");
+    driver.run().await.expect("run");
+    driver.run().await.expect("run");
+    assert_eq!(
+        windowed(&driver, &COUNTS),
+        vec![("a".into(), 0, 10, 2), ("a".into(), 10, 20, 2), ("a".into(), 30, 40, 1)]
+    );
+    // Closed windows left the table (retention defaults to size + grace).
+    let left: Vec<i64> = driver
+        .windowed_table(&PER_WINDOW)
+        .expect("table")
+        .keys()
+        .map(|w| w.window.start)
+        .collect();
+    assert_eq!(left, vec![40]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hopping_windows_count_each_record_in_every_window_that_holds_it() {
+    let windows = TimeWindows::of(ms(10)).advance_by(ms(4)).grace(ms(1000));
+    let mut driver = TestDriver::new(counting(windows, false)).expect("driver");
+    let times = [0, 3, 4, 7, 9, 11, 16, 25, 2];
+    for time in times {
+        driver.pipe_at(&EVENTS, "a", &1, time).expect("pipe");
+    }
+    driver.run().await.expect("run");
+    let mut expected: BTreeMap<(i64, i64), i64> = BTreeMap::new();
+    for time in times {
+        let mut start = 0;
+        while start <= time {
+            if time < start + 10 {
+                *expected.entry((start, start + 10)).or_default() += 1;
+            }
+            start += 4;
+        }
+    }
+    let table: BTreeMap<(i64, i64), i64> = driver
+        .windowed_table(&PER_WINDOW)
+        .expect("table")
+        .into_iter()
+        .map(|(w, n)| ((w.window.start, w.window.end), n))
+        .collect();
+    assert_eq!(table, expected);
+}
+
+const SESSIONS: WindowedTable<String, i64> = WindowedTable::new("sessions");
+const SESSION_COUNTS: Topic<Windowed<String>, i64> = Topic::new("session-counts").partitions(1);
+
+fn sessions_app(gap: u64, grace: u64, final_only: bool) -> App {
+    App::new("sessions").pipeline("sessions", move |builder| {
+        let windowed = builder
+            .stream(EVENTS)
+            .group_by_key()
+            .windowed_by(SessionWindows::with_inactivity_gap(ms(gap)).grace(ms(grace)));
+        let windowed = if final_only { windowed.emit_final() } else { windowed };
+        windowed.count(SESSIONS).to_stream().to(SESSION_COUNTS);
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_between_two_sessions_merges_them() {
+    let mut driver = TestDriver::new(sessions_app(10, 1000, false)).expect("driver");
+    for (key, time) in [("a", 0), ("a", 20), ("b", 5), ("a", 25)] {
+        driver.pipe_at(&EVENTS, key, &1, time).expect("pipe");
+    }
+    driver.run().await.expect("run");
+    let sessions = |driver: &TestDriver| -> Vec<(String, i64, i64, i64)> {
+        driver
+            .windowed_table(&SESSIONS)
+            .expect("table")
+            .into_iter()
+            .map(|(w, n)| (w.key, w.window.start, w.window.end, n))
+            .collect()
+    };
+    assert_eq!(
+        sessions(&driver),
+        vec![("a".into(), 0, 0, 1), ("a".into(), 20, 25, 2), ("b".into(), 5, 5, 1)]
+    );
+    // 10 is within the gap of both of a's sessions: one session from 0 to 25.
+    driver.pipe_at(&EVENTS, "a", &1, 10).expect("pipe");
+    driver.run().await.expect("run");
+    assert_eq!(sessions(&driver), vec![("a".into(), 0, 25, 4), ("b".into(), 5, 5, 1)]);
+    // The merged-away sessions are gone from the changelog too (tombstones).
+    let changelog = driver.raw_records("sessions-sessions-changelog");
+    let last_of = |start: i64, end: i64| {
+        let key = Windowed::new("a".to_string(), Window::new(start, end)).encode_key();
+        changelog.iter().rev().find(|r| r.key == key).map(|r| r.value.is_some())
+    };
+    assert_eq!(last_of(0, 0), Some(false));
+    assert_eq!(last_of(20, 25), Some(false));
+    assert_eq!(last_of(0, 25), Some(true));
+}
+
+/// A key's sessions: start, end, records.
+type Sessions = Vec<(i64, i64, i64)>;
+
+/// What `hits_per_window` sends: minutes and sessions, per user.
+type Contract = (Vec<(String, MinuteHits)>, Vec<(String, UserSession)>);
+
+/// Sessions the way the issue defines them, record by record: the final results, in the
+/// order they close.
+fn session_model(records: &[(&str, i64)], gap: i64, grace: i64) -> Vec<(String, i64, i64, i64)> {
+    let mut now = i64::MIN;
+    let mut open: BTreeMap<String, Vec<(i64, i64, i64)>> = BTreeMap::new();
+    let mut emitted = Vec::new();
+    let mut closed_through = i64::MIN;
+    let mut close = |open: &mut BTreeMap<String, Vec<(i64, i64, i64)>>, through: i64, emitted: &mut Vec<_>| {
+        let mut closing: Vec<(i64, String, i64, i64)> = Vec::new();
+        for (key, sessions) in open.iter() {
+            for (start, end, count) in sessions {
+                if *end > closed_through && *end <= through {
+                    closing.push((*end, key.clone(), *start, *count));
+                }
+            }
+        }
+        closing.sort();
+        for (end, key, start, count) in closing {
+            emitted.push((key, start, end, count));
+        }
+        closed_through = closed_through.max(through);
+    };
+    for (key, time) in records {
+        now = now.max(*time);
+        let through = now - gap - grace - 1;
+        let sessions = open.entry(key.to_string()).or_default();
+        let (near, far): (Sessions, Sessions) = sessions
+            .iter()
+            .partition(|(start, end, _)| *start <= time + gap && *end >= time - gap);
+        let start = near.iter().map(|s| s.0).min().unwrap_or(*time).min(*time);
+        let end = near.iter().map(|s| s.1).max().unwrap_or(*time).max(*time);
+        if end <= through {
+            continue; // late
+        }
+        let count = near.iter().map(|s| s.2).sum::<i64>() + 1;
+        let mut kept: Vec<(i64, i64, i64)> = far;
+        kept.push((start, end, count));
+        *sessions = kept;
+        close(&mut open, through, &mut emitted);
+    }
+    close(&mut open, now - gap - grace - 1, &mut emitted);
+    emitted
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_finals_match_the_model_and_go_once() {
+    let records: Vec<(&str, i64)> = vec![
+        ("a", 0),
+        ("b", 3),
+        ("a", 8),
+        ("a", 30),
+        ("b", 12),
+        ("a", 19),
+        ("c", 40),
+        ("b", 60),
+        ("a", 45),
+        ("a", 55),
+        ("b", 49),
+        ("c", 120),
+        ("a", 70),
+        ("b", 200),
+    ];
+    let expected = session_model(&records, 10, 0);
+    assert!(expected.len() >= 4, "{expected:?}");
+    let mut driver = TestDriver::new(sessions_app(10, 0, true)).expect("driver");
+    for (key, time) in &records {
+        driver.pipe_at(&EVENTS, *key, &1, *time).expect("pipe");
+    }
+    driver.run().await.expect("run");
+    assert_eq!(windowed(&driver, &SESSION_COUNTS), expected);
+}
+
+const SLIDING: WindowedTable<String, i64> = WindowedTable::new("sliding");
+const SLIDING_SUMS: WindowedTable<String, i64> = WindowedTable::new("sliding-sums");
+
+/// Kafka Streams' sliding windows of `difference` for `times`: a window ending at each
+/// record and one starting just after each record when later records fall in it; each
+/// holds the records in `[start, end]`.
+fn sliding_model(times: &[(i64, i64)], difference: i64) -> BTreeMap<(i64, i64), (i64, i64)> {
+    let mut windows = BTreeMap::new();
+    let contents = |start: i64, end: i64| -> (i64, i64) {
+        let inside: Vec<i64> = times
+            .iter()
+            .filter(|(t, _)| *t >= start && *t <= end)
+            .map(|(_, v)| *v)
+            .collect();
+        (inside.len() as i64, inside.iter().sum())
+    };
+    for (time, _) in times {
+        let left = ((time - difference).max(0), *time);
+        windows.insert(left, contents(left.0, left.1));
+        let right = (time + 1, time + 1 + difference);
+        let content = contents(right.0, right.1);
+        if content.0 > 0 {
+            windows.insert(right, content);
+        }
+    }
+    windows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sliding_windows_hold_exactly_the_records_of_each_distinct_window() {
+    let difference = 10;
+    let app = App::new("sliding").pipeline("sliding", move |builder| {
+        let grouped = builder.stream(EVENTS);
+        let windows = SlidingWindows::with_time_difference(ms(difference as u64)).grace(ms(1000));
+        grouped.clone().group_by_key().windowed_by(windows).count(SLIDING);
+        grouped
+            .group_by_key()
+            .windowed_by(windows)
+            .reduce(SLIDING_SUMS, |a, b| a + b);
+    });
+    // In order, with equal times, out of order, and far apart.
+    let times: Vec<(i64, i64)> = vec![
+        (20, 1),
+        (23, 2),
+        (28, 3),
+        (35, 4),
+        (36, 5),
+        (50, 6),
+        (31, 7),
+        (36, 8),
+        (51, 9),
+        (12, 10),
+    ];
+    let mut driver = TestDriver::new(app).expect("driver");
+    for (time, value) in &times {
+        driver.pipe_at(&EVENTS, "a", value, *time).expect("pipe");
+    }
+    driver.run().await.expect("run");
+    let expected = sliding_model(&times, difference);
+    let read = |table: &WindowedTable<String, i64>| -> BTreeMap<(i64, i64), i64> {
+        driver
+            .windowed_table(table)
+            .expect("table")
+            .into_iter()
+            .map(|(w, n)| ((w.window.start, w.window.end), n))
+            .collect()
+    };
+    let counts: BTreeMap<(i64, i64), i64> = expected.iter().map(|(w, (n, _))| (*w, *n)).collect();
+    let sums: BTreeMap<(i64, i64), i64> = expected.iter().map(|(w, (_, s))| (*w, *s)).collect();
+    assert_eq!(read(&SLIDING), counts);
+    assert_eq!(read(&SLIDING_SUMS), sums);
+}
+
+const RETAINED: WindowedTable<String, i64> = WindowedTable::new("retained");
+const RETAINED_FINALS: Topic<Windowed<String>, i64> = Topic::new("retained-finals").partitions(1);
+
+fn retained_app() -> App {
+    App::new("retained").pipeline("retained", |builder| {
+        builder
+            .stream(EVENTS)
+            .group_by_key()
+            .windowed_by(TimeWindows::of(ms(10)).retention(ms(100)))
+            .emit_final()
+            .count(RETAINED)
+            .to_stream()
+            .to(RETAINED_FINALS);
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_windowed_store_is_restored_mid_window_and_its_stream_time_with_it() {
+    let mut driver = TestDriver::new(retained_app()).expect("driver");
+    for time in [1, 2, 3] {
+        driver.pipe_at(&EVENTS, "a", &1, time).expect("pipe");
+    }
+    driver.run().await.expect("run");
+    // The partition moves mid-window, without a last commit: the new worker restores
+    // [0, 10) with 3 records from the changelog and goes on counting into it.
+    driver.crash_partition("events", 0, "worker-2").await.expect("crash");
+    for time in [4, 5] {
+        driver.pipe_at(&EVENTS, "a", &1, time).expect("pipe");
+    }
+    driver.pipe_at(&EVENTS, "a", &1, 12).expect("pipe");
+    driver.run().await.expect("run");
+    assert_eq!(windowed(&driver, &RETAINED_FINALS), vec![("a".into(), 0, 10, 5)]);
+    // Kept for 100 ms: the closed window is still in the table. Once more to another
+    // worker: its stream time (12) comes back with the store, so [0, 10) is known to be
+    // closed and its final result is not sent again.
+    driver.crash_partition("events", 0, "worker-3").await.expect("crash");
+    driver.pipe_at(&EVENTS, "a", &1, 25).expect("pipe");
+    driver.run().await.expect("run");
+    // Back to the first worker, whose own store is behind: the same.
+    driver.move_partition("events", 0, "worker-2").await.expect("move");
+    driver.pipe_at(&EVENTS, "a", &1, 31).expect("pipe");
+    driver.run().await.expect("run");
+    assert_eq!(
+        windowed(&driver, &RETAINED_FINALS),
+        vec![("a".into(), 0, 10, 5), ("a".into(), 10, 20, 1), ("a".into(), 20, 30, 1)]
+    );
+    let kept: Vec<i64> = driver
+        .windowed_table(&RETAINED)
+        .expect("table")
+        .keys()
+        .map(|w| w.window.start)
+        .collect();
+    assert_eq!(kept, vec![0, 10, 20, 30], "closed windows are kept for their retention");
+    // Past the retention (from a window's start), windows leave the table and the changelog.
+    driver.pipe_at(&EVENTS, "a", &1, 125).expect("pipe");
+    driver.run().await.expect("run");
+    let kept: Vec<i64> = driver
+        .windowed_table(&RETAINED)
+        .expect("table")
+        .keys()
+        .map(|w| w.window.start)
+        .collect();
+    assert_eq!(kept, vec![30, 120]);
+    let changelog = driver.raw_records("retained-retained-changelog");
+    let first = Windowed::new("a".to_string(), Window::new(0, 10)).encode_key();
+    let last = changelog
+        .iter()
+        .rev()
+        .find(|r| r.key == first)
+        .expect("in the changelog");
+    assert!(last.value.is_none(), "a tombstone");
+    assert_eq!(last.header("streams.stream.time"), Some("125"));
+}
+
+#[record]
+#[derive(Debug, Clone, PartialEq)]
+struct Reading {
+    at: i64,
+    value: i64,
+}
+
+const READINGS: Topic<String, Reading> = Topic::new("readings").partitions(1).event_time(|r| r.at);
+const READINGS_PER_WINDOW: WindowedTable<String, i64> = WindowedTable::new("readings-per-window");
+const TIMES: Topic<String, i64> = Topic::new("times");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_time_comes_from_the_value_and_travels_with_what_it_causes() {
+    let app = App::new("readings").pipeline("readings", |builder| {
+        let readings = builder.stream(READINGS);
+        readings.clone().map_values(|_, r| r.value).to(TIMES);
+        readings
+            .group_by_key()
+            .windowed_by(TimeWindows::of(ms(1000)).grace(ms(10_000)))
+            .count(READINGS_PER_WINDOW);
+    });
+    let mut driver = TestDriver::new(app).expect("driver");
+    driver.advance_time(Duration::from_secs(3600));
+    for at in [5_000, 5_999, 6_000] {
+        driver.pipe(&READINGS, "s", &Reading { at, value: at }).expect("pipe");
+    }
+    driver
+        .pipe(&READINGS, "s", &Reading { at: -1, value: 0 })
+        .expect("pipe");
+    driver.run().await.expect("run");
+    let windows: Vec<(i64, i64)> = driver
+        .windowed_table(&READINGS_PER_WINDOW)
+        .expect("table")
+        .into_iter()
+        .map(|(w, n)| (w.window.start, n))
+        .collect();
+    assert_eq!(
+        windows,
+        vec![(5_000, 2), (6_000, 1)],
+        "by the value's time, not the driver's clock"
+    );
+    let stamps: Vec<i64> = driver.raw_records("times").iter().map(|r| r.timestamp).collect();
+    assert_eq!(stamps, vec![5_000, 5_999, 6_000]);
+    let dead = driver.raw_records("readings-readings-dlq");
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0]
+            .header("streams.dlq.error")
+            .is_some_and(|e| e.contains("negative")),
+        "{:?}",
+        dead[0]
+    );
+}
+
+/// `hits_per_window`'s contract, computed record by record from its definition.
+fn window_model(hits: &[HitCount]) -> Contract {
+    let (size, grace, gap) = (60_000, 10_000, 30_000);
+    let mut now = i64::MIN;
+    let mut minutes: BTreeMap<(i64, String), (i64, i64)> = BTreeMap::new();
+    let mut minutes_closed = i64::MIN;
+    let mut minute_out = Vec::new();
+    let mut sessions: BTreeMap<String, Vec<(i64, i64, i64)>> = BTreeMap::new();
+    let mut sessions_closed = i64::MIN;
+    let mut session_out: Vec<(String, UserSession)> = Vec::new();
+    for hit in hits.iter().map(Some).chain([None]) {
+        if let Some(hit) = hit {
+            let time = (hit.timestamp * 1000.0).round() as i64;
+            now = now.max(time);
+            let start = time - time % size;
+            if start + size > now - grace {
+                let entry = minutes.entry((start + size, hit.user_id.clone())).or_default();
+                entry.0 += 1;
+                entry.1 += hit.hits;
+            }
+            let user = sessions.entry(hit.user_id.clone()).or_default();
+            let (near, far): (Sessions, Sessions) =
+                user.iter().partition(|(s, e, _)| *s <= time + gap && *e >= time - gap);
+            let s = near.iter().map(|x| x.0).min().unwrap_or(time).min(time);
+            let e = near.iter().map(|x| x.1).max().unwrap_or(time).max(time);
+            if e > now - gap - grace - 1 {
+                let mut kept = far;
+                kept.push((s, e, near.iter().map(|x| x.2).sum::<i64>() + 1));
+                *user = kept;
+            }
+        }
+        let through = now - grace;
+        for ((end, user), (count, hits)) in minutes.range((minutes_closed + 1, String::new())..) {
+            if *end > through {
+                break;
+            }
+            let value = MinuteHits {
+                start: end - size,
+                end: *end,
+                count: *count,
+                hits: *hits,
+            };
+            minute_out.push((user.clone(), value));
+        }
+        minutes_closed = minutes_closed.max(through);
+        let through = now - gap - grace - 1;
+        let mut closing: Vec<(i64, String, UserSession)> = Vec::new();
+        for (user, list) in &sessions {
+            for (s, e, count) in list {
+                if *e > sessions_closed && *e <= through {
+                    let value = UserSession {
+                        start: *s,
+                        end: *e,
+                        count: *count,
+                    };
+                    closing.push((*e, user.clone(), value));
+                }
+            }
+        }
+        closing.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        session_out.extend(closing.into_iter().map(|(_, user, value)| (user, value)));
+        sessions_closed = sessions_closed.max(through);
+    }
+    (minute_out, session_out)
+}
+
+/// Hits of a few users over ~10 minutes, a few seconds apart, some out of order, some
+/// beyond the grace period.
+fn spread_hits(count: usize) -> Vec<HitCount> {
+    let mut state: u64 = 7;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        state >> 33
+    };
+    let base = 1_764_000_000.0;
+    (0..count)
+        .map(|i| {
+            let jitter = (next() % 40) as f64 - 30.0;
+            HitCount {
+                hits: (next() % 50) as i64,
+                timestamp: base + i as f64 * 2.5 + jitter + (next() % 1000) as f64 / 1000.0,
+                user_id: format!("user-{}", next() % 4),
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_per_window_sends_each_minute_and_session_once_as_its_contract_says() {
+    let hits = spread_hits(400);
+    let (minutes, sessions) = window_model(&hits);
+    assert!(
+        minutes.len() > 20 && sessions.len() > 4,
+        "{} {}",
+        minutes.len(),
+        sessions.len()
+    );
+    let mut driver = TestDriver::with_partitions(hits_per_window::app(), &[("hit_count", 1)]).expect("driver");
+    for (n, hit) in hits.iter().enumerate() {
+        driver.pipe(&hits_per_window::HIT_COUNT, &(), hit).expect("pipe");
+        if n % 97 == 0 {
+            driver.run().await.expect("run"); // commits in between
+        }
+    }
+    driver.run().await.expect("run");
+    // Each partition of the output topics has its records in the order their windows
+    // closed; across partitions there is no order.
+    let minutes_sent = driver.records(&hits_per_window::HITS_PER_MINUTE).expect("minutes");
+    let sessions_sent = driver.records(&hits_per_window::USER_SESSIONS).expect("sessions");
+    for (user, _) in &minutes_sent {
+        let sent: Vec<&MinuteHits> = minutes_sent.iter().filter(|(u, _)| u == user).map(|(_, m)| m).collect();
+        let model: Vec<&MinuteHits> = minutes.iter().filter(|(u, _)| u == user).map(|(_, m)| m).collect();
+        assert_eq!(sent, model, "{user}");
+    }
+    assert_eq!(minutes_sent.len(), minutes.len());
+    for (user, _) in &sessions_sent {
+        let sent: Vec<&UserSession> = sessions_sent
+            .iter()
+            .filter(|(u, _)| u == user)
+            .map(|(_, s)| s)
+            .collect();
+        let model: Vec<&UserSession> = sessions.iter().filter(|(u, _)| u == user).map(|(_, s)| s).collect();
+        assert_eq!(sent, model, "{user}");
+    }
+    assert_eq!(sessions_sent.len(), sessions.len());
+    assert!(
+        driver.metrics().late.load(Ordering::Relaxed) > 0,
+        "the data has late records"
+    );
+    // The wire format of the contract.
+    let raw = driver.raw_records("hits-per-minute");
+    let first: serde_json::Value = serde_json::from_slice(raw[0].value.as_deref().expect("value")).expect("json");
+    let fields: Vec<&str> = first.as_object().expect("object").keys().map(String::as_str).collect();
+    assert_eq!(fields, vec!["count", "end", "hits", "start"]);
+    assert!(raw[0].key.as_deref().is_some_and(|k| k.starts_with(b"user-")));
+    let raw = driver.raw_records("user-sessions");
+    let first: serde_json::Value = serde_json::from_slice(raw[0].value.as_deref().expect("value")).expect("json");
+    let fields: Vec<&str> = first.as_object().expect("object").keys().map(String::as_str).collect();
+    assert_eq!(fields, vec!["count", "end", "start"]);
+}
