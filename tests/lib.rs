@@ -1,7 +1,7 @@
 //! Helpers for the integration tests: producing records, reading topics and offsets, and
 //! waiting until a group has committed everything.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -9,6 +9,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
+
+use hits_per_window::{HitCount, MinuteHits, UserSession};
 
 /// The seed app, compiled from the example itself.
 #[path = "../examples/hit_counter.rs"]
@@ -472,4 +474,101 @@ pub fn spawn_hit_counter_worker(bootstrap: &str, data_dir: &std::path::Path, ext
     let mut args = vec!["worker", "-l", "info", "--broker", bootstrap, "--data-dir", data_dir];
     args.extend_from_slice(extra);
     Child::spawn(&example_binary("hit_counter"), &args)
+}
+
+/// What `hits_per_window` sends: minutes and sessions, per user.
+pub type Contract = (Vec<(String, MinuteHits)>, Vec<(String, UserSession)>);
+
+/// A key's sessions: start, end, records.
+type Sessions = Vec<(i64, i64, i64)>;
+
+/// `hits_per_window`'s contract, computed record by record from its definition.
+pub fn window_model(hits: &[HitCount]) -> Contract {
+    let (size, grace, gap) = (60_000, 10_000, 30_000);
+    let mut now = i64::MIN;
+    let mut minutes: BTreeMap<(i64, String), (i64, i64)> = BTreeMap::new();
+    let mut minutes_closed = i64::MIN;
+    let mut minute_out = Vec::new();
+    let mut sessions: BTreeMap<String, Vec<(i64, i64, i64)>> = BTreeMap::new();
+    let mut sessions_closed = i64::MIN;
+    let mut session_out: Vec<(String, UserSession)> = Vec::new();
+    for hit in hits.iter().map(Some).chain([None]) {
+        if let Some(hit) = hit {
+            let time = (hit.timestamp * 1000.0).round() as i64;
+            now = now.max(time);
+            let start = time - time % size;
+            if start + size > now - grace {
+                let entry = minutes.entry((start + size, hit.user_id.clone())).or_default();
+                entry.0 += 1;
+                entry.1 += hit.hits;
+            }
+            let user = sessions.entry(hit.user_id.clone()).or_default();
+            let (near, far): (Sessions, Sessions) = user.iter().partition(|(s, e, _)| {
+                // Closed sessions are final.
+                *e > now - gap - grace - 1 && *s <= time + gap && *e >= time - gap
+            });
+            let s = near.iter().map(|x| x.0).min().unwrap_or(time).min(time);
+            let e = near.iter().map(|x| x.1).max().unwrap_or(time).max(time);
+            if e > now - gap - grace - 1 {
+                let mut kept = far;
+                kept.push((s, e, near.iter().map(|x| x.2).sum::<i64>() + 1));
+                *user = kept;
+            }
+        }
+        let through = now - grace;
+        for ((end, user), (count, hits)) in minutes.range((minutes_closed + 1, String::new())..) {
+            if *end > through {
+                break;
+            }
+            let value = MinuteHits {
+                start: end - size,
+                end: *end,
+                count: *count,
+                hits: *hits,
+            };
+            minute_out.push((user.clone(), value));
+        }
+        minutes_closed = minutes_closed.max(through);
+        let through = now - gap - grace - 1;
+        let mut closing: Vec<(i64, String, UserSession)> = Vec::new();
+        for (user, list) in &sessions {
+            for (s, e, count) in list {
+                if *e > sessions_closed && *e <= through {
+                    let value = UserSession {
+                        start: *s,
+                        end: *e,
+                        count: *count,
+                    };
+                    closing.push((*e, user.clone(), value));
+                }
+            }
+        }
+        closing.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        session_out.extend(closing.into_iter().map(|(_, user, value)| (user, value)));
+        sessions_closed = sessions_closed.max(through);
+    }
+    (minute_out, session_out)
+}
+
+/// Hits of a few users over ~10 minutes, a few seconds apart, some out of order, some
+/// beyond the grace period.
+pub fn spread_hits(count: usize) -> Vec<HitCount> {
+    let mut state: u64 = 7;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        state >> 33
+    };
+    let base = 1_764_000_000.0;
+    (0..count)
+        .map(|i| {
+            let jitter = (next() % 40) as f64 - 30.0;
+            HitCount {
+                hits: (next() % 50) as i64,
+                timestamp: base + i as f64 * 2.5 + jitter + (next() % 1000) as f64 / 1000.0,
+                user_id: format!("user-{}", next() % 4),
+            }
+        })
+        .collect()
 }

@@ -9,6 +9,7 @@ use crate::dsl::{Pipeline, StreamsBuilder};
 use crate::spec::PlannedTopic;
 use crate::table::TableSpec;
 use crate::task::run::{TaskKind, TaskSpec};
+use crate::timer::Timer;
 use crate::topic::TopicSpec;
 use crate::{Error, Result};
 
@@ -37,6 +38,7 @@ pub struct App {
     id: String,
     agents: Vec<AgentSpec>,
     pipelines: Vec<Pipeline>,
+    timers: Vec<Timer>,
     topic_partitions: i32,
     commit_interval: Duration,
     table_cache_bytes: usize,
@@ -50,6 +52,7 @@ impl App {
             id: id.into(),
             agents: Vec::new(),
             pipelines: Vec::new(),
+            timers: Vec::new(),
             topic_partitions: 8,
             commit_interval: Duration::from_secs(1),
             table_cache_bytes: 1 << 20,
@@ -87,6 +90,17 @@ impl App {
     /// The app's pipelines.
     pub fn pipelines(&self) -> &[Pipeline] {
         &self.pipelines
+    }
+
+    /// Adds a timer (see [`Timer`]): work on the wall clock, on every worker.
+    pub fn timer(mut self, timer: Timer) -> Self {
+        self.timers.push(timer);
+        self
+    }
+
+    /// The app's timers.
+    pub fn timers(&self) -> &[Timer] {
+        &self.timers
     }
 
     /// Partition count of topics the app creates without a declared count (default 8, as in Faust).
@@ -144,11 +158,17 @@ impl App {
     /// Every topic the app declares (sources and the topics its tasks send to), each once.
     pub fn topics(&self) -> Vec<TopicSpec> {
         let mut topics: Vec<TopicSpec> = Vec::new();
+        let timers = self.timers.iter().flat_map(|t| t.sends.iter().cloned());
         for task in self.tasks() {
             for topic in task.sources.into_iter().chain(task.sends) {
                 if !topics.iter().any(|t| t.name == topic.name) {
                     topics.push(topic);
                 }
+            }
+        }
+        for topic in timers {
+            if !topics.iter().any(|t| t.name == topic.name) {
+                topics.push(topic);
             }
         }
         topics
@@ -169,6 +189,14 @@ impl App {
     pub fn validate(&self) -> Result<()> {
         if let Some(error) = self.pipelines.iter().flat_map(|p| p.errors.iter()).next() {
             return Err(Error::Config(error.clone()));
+        }
+        if let Some(error) = self.timers.iter().find_map(Timer::check) {
+            return Err(Error::Config(error));
+        }
+        for (n, timer) in self.timers.iter().enumerate() {
+            if self.timers[..n].iter().any(|t| t.name() == timer.name()) {
+                return Err(Error::Config(format!("two timers are named `{}`", timer.name())));
+            }
         }
         validate(&self.id, &self.tasks())
     }
@@ -195,7 +223,8 @@ impl App {
     pub fn plan(&self, existing: &HashMap<String, i32>) -> Result<Vec<PlannedTopic>> {
         self.validate()?;
         let tasks = self.tasks();
-        plan(&self.id, &tasks, existing, self.topic_partitions)
+        let timers: Vec<TopicSpec> = self.timers.iter().flat_map(|t| t.sends.iter().cloned()).collect();
+        plan(&self.id, &tasks, &timers, existing, self.topic_partitions)
     }
 }
 
@@ -271,9 +300,16 @@ fn validate(id: &str, tasks: &[TaskSpec]) -> Result<()> {
     Ok(())
 }
 
-fn plan(id: &str, tasks: &[TaskSpec], existing: &HashMap<String, i32>, default: i32) -> Result<Vec<PlannedTopic>> {
+fn plan(
+    id: &str,
+    tasks: &[TaskSpec],
+    timers: &[TopicSpec],
+    existing: &HashMap<String, i32>,
+    default: i32,
+) -> Result<Vec<PlannedTopic>> {
     let mut declared: HashMap<&str, &TopicSpec> = HashMap::new();
-    for topic in tasks.iter().flat_map(|t| t.sources.iter().chain(t.sends.iter())) {
+    let tasks_topics = tasks.iter().flat_map(|t| t.sources.iter().chain(t.sends.iter()));
+    for topic in tasks_topics.chain(timers) {
         match declared.get(&*topic.name) {
             Some(other)
                 if other.partitions.is_some() && topic.partitions.is_some() && other.partitions != topic.partitions =>
@@ -369,6 +405,9 @@ fn plan(id: &str, tasks: &[TaskSpec], existing: &HashMap<String, i32>, default: 
             add(changelog, partitions, true);
         }
         add(task.dead_letter_topic.clone(), partitions, false);
+    }
+    for topic in timers {
+        add(topic.name.to_string(), partitions_of(&topic.name)?, false);
     }
     Ok(plan)
 }

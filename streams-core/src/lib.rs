@@ -65,6 +65,7 @@ pub mod table;
 mod tail;
 mod task;
 pub mod testing;
+pub mod timer;
 pub mod topic;
 pub mod topology;
 pub mod window;
@@ -78,7 +79,7 @@ pub use codec::{AsKey, Json, Key};
 pub use error::{DecodeError, EncodeError, Error, Origin, Result};
 pub use metrics::Metrics;
 pub use record::Record;
-pub use stream::{Event, Stream};
+pub use stream::{Event, Next, Punctuated, Stream};
 pub use table::{Table, TableSpec, WindowedTable};
 pub use task::run::{TaskKind, TaskSpec};
 pub use topic::{Topic, TopicSpec};
@@ -105,7 +106,9 @@ pub use streams_macros::topic;
 /// Everything an app needs: `use streams_core::prelude::*;`.
 pub mod prelude {
     pub use crate::codec::ValueCodec;
-    pub use crate::dsl::{KGroupedStream, KStream, KTable, StreamsBuilder};
+    pub use crate::dsl::{Forward, KGroupedStream, KStream, KTable, Processor, StreamsBuilder};
+    pub use crate::stream::Next;
+    pub use crate::timer::{Tick, Timer};
     pub use crate::window::{SessionWindows, SlidingWindows, TimeWindows, Window, Windowed};
     pub use crate::{agent, record, topic, App, Event, Json, Key, Record, Result, Stream, Table, Topic, WindowedTable};
 }

@@ -120,6 +120,33 @@ impl<K: Key, V: Record> Stream<K, V> {
         }
     }
 
+    /// This stream with punctuation on stream time every `every` (Kafka Streams'
+    /// `STREAM_TIME` punctuation): [`Punctuated::next`] gives [`Next::Tick`] each time the
+    /// partition's stream time (the largest event time it has processed) passes a multiple
+    /// of `every`, right after the record that moved it there.
+    ///
+    /// ```ignore
+    /// #[agent(topic = READINGS, sends = [MINUTE_MAX])]
+    /// async fn minute_max(readings: Stream<String, Reading>) -> Result<()> {
+    ///     let mut readings = readings.punctuate(Duration::from_secs(60));
+    ///     let mut max = HashMap::new();
+    ///     while let Some(next) = readings.next_event().await {
+    ///         match next {
+    ///             Next::Record(event) => { /* keep the max per key */ }
+    ///             Next::Tick(stream_time) => { /* send the maxima, clear them */ }
+    ///         }
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn punctuate(self, every: std::time::Duration) -> Punctuated<K, V> {
+        Punctuated {
+            stream: self,
+            every: i64::try_from(every.as_millis()).unwrap_or(i64::MAX).max(1),
+            next_tick: None,
+        }
+    }
+
     /// Where the record last returned by `next` came from.
     pub fn origin(&self) -> Option<Origin> {
         let core = self.raw.core.as_ref()?;
@@ -130,4 +157,64 @@ impl<K: Key, V: Record> Stream<K, V> {
 
 fn decode_key<K: Key>(message: &Message) -> Result<K, DecodeError> {
     K::decode_key(message.key()).map_err(|e| DecodeError::new(format!("key: {e}")))
+}
+
+/// What a [`Punctuated`] stream gives: a record, or a punctuation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next<T> {
+    /// The next record.
+    Record(T),
+    /// Stream time (ms) passed a multiple of the interval; this is the stream time.
+    Tick(i64),
+}
+
+/// A stream with punctuation on stream time (see [`Stream::punctuate`]).
+pub struct Punctuated<K, V> {
+    stream: Stream<K, V>,
+    every: i64,
+    next_tick: Option<i64>,
+}
+
+impl<K: Key, V: Record> Punctuated<K, V> {
+    /// A punctuation when one is due, else the next value.
+    pub async fn next(&mut self) -> Option<Next<V>> {
+        if let Some(time) = self.due() {
+            return Some(Next::Tick(time));
+        }
+        self.stream.next().await.map(Next::Record)
+    }
+
+    /// A punctuation when one is due, else the next record with its key and origin.
+    pub async fn next_event(&mut self) -> Option<Next<Event<K, V>>> {
+        if let Some(time) = self.due() {
+            return Some(Next::Tick(time));
+        }
+        self.stream.next_event().await.map(Next::Record)
+    }
+
+    /// The stream time, when it passed the next multiple of the interval.
+    fn due(&mut self) -> Option<i64> {
+        let core = self.stream.raw.core.as_ref()?;
+        let now = core.ctx.stream_time();
+        if now == crate::task::NO_TIME {
+            return None;
+        }
+        let next_multiple = now.div_euclid(self.every).saturating_add(1).saturating_mul(self.every);
+        match self.next_tick {
+            None => {
+                self.next_tick = Some(next_multiple);
+                None
+            }
+            Some(due) if now >= due => {
+                self.next_tick = Some(next_multiple);
+                Some(now)
+            }
+            Some(_) => None,
+        }
+    }
+
+    /// The stream underneath.
+    pub fn stream(&mut self) -> &mut Stream<K, V> {
+        &mut self.stream
+    }
 }

@@ -68,6 +68,7 @@ use crate::task::run::{run_partition, TaskSpec};
 use crate::task::sink::{OutRecord, Sink, SinkError};
 use crate::task::tables::TableState;
 use crate::task::TaskContext;
+use crate::timer::{Tick, Timer};
 use crate::topic::Topic;
 use crate::window::{Window, Windowed};
 use crate::{App, Error, Result};
@@ -398,6 +399,8 @@ pub struct TestDriver {
     /// Partitions delivered only up to an offset (see [`TestDriver::run_to`]).
     limits: HashMap<(String, i32), usize>,
     metrics: Arc<Metrics>,
+    /// The app's timers: each with its context and when it is next due (driver's clock).
+    timers: Vec<(Timer, Arc<TaskContext>, Option<i64>)>,
     _committer: std::sync::mpsc::Sender<commit::Cut>,
 }
 
@@ -442,6 +445,17 @@ impl TestDriver {
                 .spawn(move || commit::run(cut_rx, sink, offsets, metrics))
                 .map_err(|e| Error::io("starting the test committer", e))?;
         }
+        let start = topics.log().clock;
+        let timers = app
+            .timers()
+            .iter()
+            .map(|timer| {
+                let sink: Arc<dyn Sink> = Arc::new(topics.clone());
+                let name = format!("timer {}", timer.name());
+                let ctx = TaskContext::standalone(&name, &timer.sends, sink, Arc::clone(&metrics));
+                (timer.clone(), Arc::new(ctx), timer.next_after(start))
+            })
+            .collect();
         let mut driver = Self {
             app,
             topics,
@@ -451,6 +465,7 @@ impl TestDriver {
             store_kind: stores,
             limits: HashMap::new(),
             metrics,
+            timers,
             _committer: cuts,
         };
         for spec in driver.app.tasks() {
@@ -690,7 +705,28 @@ impl TestDriver {
         })
     }
 
-    /// Moves the driver's clock forward: records piped afterwards carry the later timestamp.
+    /// Runs every timer that is due on the driver's clock, each time it was due, in order
+    /// (what they send is processed by the run that follows).
+    async fn fire_timers(&mut self) {
+        let now = self.now();
+        loop {
+            let due = self
+                .timers
+                .iter()
+                .enumerate()
+                .filter_map(|(n, (_, _, next))| next.filter(|t| *t <= now).map(|t| (t, n)))
+                .min();
+            let Some((time, index)) = due else { break };
+            let (timer, ctx, next) = &mut self.timers[index];
+            if let Err(error) = timer.fire(Arc::clone(ctx), Tick { time }).await {
+                tracing::warn!("timer `{}` failed at {time}: {error}", timer.name());
+            }
+            *next = timer.next_after(time);
+        }
+    }
+
+    /// Moves the driver's clock forward: records piped afterwards carry the later timestamp,
+    /// and timers due by then run at the next [`TestDriver::run`].
     pub fn advance_time(&mut self, by: Duration) {
         self.topics.log().clock += i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
     }
@@ -704,6 +740,7 @@ impl TestDriver {
     /// one another, until nothing is left; then every partition has made a cut and it is
     /// committed (tables and offsets are up to date).
     pub async fn run(&mut self) -> Result<()> {
+        self.fire_timers().await;
         loop {
             let mut fed = 0usize;
             // One batch per partition in turn, as a consumer's fetches arrive: one wake-up for

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use streams_core::prelude::*;
 use streams_core::testing::TestDriver;
-use streams_tests::hits_per_window::{self, HitCount, MinuteHits, UserSession};
+use streams_tests::hits_per_window::{self, MinuteHits, UserSession};
+use streams_tests::{spread_hits, window_model};
 
 const EVENTS: Topic<String, i64> = Topic::new("events").partitions(1);
 // One partition each, so that the order of their records is the order they were sent.
@@ -187,9 +188,6 @@ async fn a_record_between_two_sessions_merges_them() {
 /// A key's sessions: start, end, records.
 type Sessions = Vec<(i64, i64, i64)>;
 
-/// What `hits_per_window` sends: minutes and sessions, per user.
-type Contract = (Vec<(String, MinuteHits)>, Vec<(String, UserSession)>);
-
 /// Sessions the way the issue defines them, record by record: the final results, in the
 /// order they close.
 fn session_model(records: &[(&str, i64)], gap: i64, grace: i64) -> Vec<(String, i64, i64, i64)> {
@@ -218,7 +216,7 @@ fn session_model(records: &[(&str, i64)], gap: i64, grace: i64) -> Vec<(String, 
         let sessions = open.entry(key.to_string()).or_default();
         let (near, far): (Sessions, Sessions) = sessions
             .iter()
-            .partition(|(start, end, _)| *start <= time + gap && *end >= time - gap);
+            .partition(|(start, end, _)| *end > through && *start <= time + gap && *end >= time - gap);
         let start = near.iter().map(|s| s.0).min().unwrap_or(*time).min(*time);
         let end = near.iter().map(|s| s.1).max().unwrap_or(*time).max(*time);
         if end <= through {
@@ -461,95 +459,6 @@ async fn event_time_comes_from_the_value_and_travels_with_what_it_causes() {
         "{:?}",
         dead[0]
     );
-}
-
-/// `hits_per_window`'s contract, computed record by record from its definition.
-fn window_model(hits: &[HitCount]) -> Contract {
-    let (size, grace, gap) = (60_000, 10_000, 30_000);
-    let mut now = i64::MIN;
-    let mut minutes: BTreeMap<(i64, String), (i64, i64)> = BTreeMap::new();
-    let mut minutes_closed = i64::MIN;
-    let mut minute_out = Vec::new();
-    let mut sessions: BTreeMap<String, Vec<(i64, i64, i64)>> = BTreeMap::new();
-    let mut sessions_closed = i64::MIN;
-    let mut session_out: Vec<(String, UserSession)> = Vec::new();
-    for hit in hits.iter().map(Some).chain([None]) {
-        if let Some(hit) = hit {
-            let time = (hit.timestamp * 1000.0).round() as i64;
-            now = now.max(time);
-            let start = time - time % size;
-            if start + size > now - grace {
-                let entry = minutes.entry((start + size, hit.user_id.clone())).or_default();
-                entry.0 += 1;
-                entry.1 += hit.hits;
-            }
-            let user = sessions.entry(hit.user_id.clone()).or_default();
-            let (near, far): (Sessions, Sessions) =
-                user.iter().partition(|(s, e, _)| *s <= time + gap && *e >= time - gap);
-            let s = near.iter().map(|x| x.0).min().unwrap_or(time).min(time);
-            let e = near.iter().map(|x| x.1).max().unwrap_or(time).max(time);
-            if e > now - gap - grace - 1 {
-                let mut kept = far;
-                kept.push((s, e, near.iter().map(|x| x.2).sum::<i64>() + 1));
-                *user = kept;
-            }
-        }
-        let through = now - grace;
-        for ((end, user), (count, hits)) in minutes.range((minutes_closed + 1, String::new())..) {
-            if *end > through {
-                break;
-            }
-            let value = MinuteHits {
-                start: end - size,
-                end: *end,
-                count: *count,
-                hits: *hits,
-            };
-            minute_out.push((user.clone(), value));
-        }
-        minutes_closed = minutes_closed.max(through);
-        let through = now - gap - grace - 1;
-        let mut closing: Vec<(i64, String, UserSession)> = Vec::new();
-        for (user, list) in &sessions {
-            for (s, e, count) in list {
-                if *e > sessions_closed && *e <= through {
-                    let value = UserSession {
-                        start: *s,
-                        end: *e,
-                        count: *count,
-                    };
-                    closing.push((*e, user.clone(), value));
-                }
-            }
-        }
-        closing.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-        session_out.extend(closing.into_iter().map(|(_, user, value)| (user, value)));
-        sessions_closed = sessions_closed.max(through);
-    }
-    (minute_out, session_out)
-}
-
-/// Hits of a few users over ~10 minutes, a few seconds apart, some out of order, some
-/// beyond the grace period.
-fn spread_hits(count: usize) -> Vec<HitCount> {
-    let mut state: u64 = 7;
-    let mut next = move || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        state >> 33
-    };
-    let base = 1_764_000_000.0;
-    (0..count)
-        .map(|i| {
-            let jitter = (next() % 40) as f64 - 30.0;
-            HitCount {
-                hits: (next() % 50) as i64,
-                timestamp: base + i as f64 * 2.5 + jitter + (next() % 1000) as f64 / 1000.0,
-                user_id: format!("user-{}", next() % 4),
-            }
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,6 +38,7 @@
 mod builder;
 mod grouped;
 mod node;
+mod process;
 mod run;
 mod stream;
 mod table;
@@ -45,6 +46,7 @@ mod windowed;
 
 pub use self::builder::{NodeInfo, NodeKind, Pipeline, StreamsBuilder};
 pub use self::grouped::KGroupedStream;
+pub use self::process::{Forward, Processor};
 pub use self::stream::{BranchedKStream, KStream, Keyed, PartitionedByKey, Rekeyed};
 pub use self::table::KTable;
 pub use self::windowed::{SessionWindowedKStream, TimeWindowedKStream, WindowsOf};

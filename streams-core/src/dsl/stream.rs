@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use super::builder::{repartition_spec, Graph, NodeKind};
 use super::grouped::KGroupedStream;
-use super::node::{guarded, sink, Cx, Fanout, Node, StreamSource};
+use super::node::{guarded, sink, Cx, Fanout, Node, StreamSource, Tick};
+use super::process::{ProcessNode, Processor};
 use crate::codec::{Key, ValueCodec};
 use crate::record::Record;
 use crate::topic::Topic;
@@ -219,6 +220,32 @@ where
                 next.push(cx, key, value)
             })
         })
+    }
+
+    /// Runs a [`Processor`] on each record (Kafka Streams' `process`): one instance per
+    /// task, made by `make`, forwarding any records it likes, with punctuation on stream
+    /// time. Its keys may differ from the input's: the stream is re-keyed. `name` names it
+    /// in the topology.
+    pub fn process<Proc>(
+        self,
+        name: &str,
+        make: impl Fn() -> Proc + Send + Sync + 'static,
+    ) -> KStream<Proc::Key, Proc::Value, Rekeyed>
+    where
+        Proc: Processor<K, V>,
+    {
+        let group = self.group;
+        let graph = Rc::clone(&self.graph);
+        let mut tick: Option<Arc<dyn Tick>> = None;
+        let stream = self.then("process", |next| {
+            let node = Arc::new(ProcessNode::new(make, next));
+            tick = Some(Arc::clone(&node) as Arc<dyn Tick>);
+            node
+        });
+        if let Some(tick) = tick {
+            graph.borrow_mut().tick(group, tick);
+        }
+        stream.named(name)
     }
 
     /// Looks at each record as it passes.

@@ -81,6 +81,16 @@ impl Kind {
         !matches!(self, Kind::Fixed(_))
     }
 
+    /// What the topology calls these windows.
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Fixed(w) if w.advance == w.size => "tumbling",
+            Kind::Fixed(_) => "hopping",
+            Kind::Sliding(_) => "sliding",
+            Kind::Session(_) => "session",
+        }
+    }
+
     fn check(self) -> Option<String> {
         match self {
             Kind::Fixed(w) => w.check(),
@@ -469,13 +479,18 @@ where
     ) -> Outcome {
         let time = cx.timestamp;
         let closed = self.kind.closed_through(cx.ctx.stream_time());
-        let near = self.with_index(cx, index, |windows| {
-            windows.overlapping(
-                key_bytes,
-                time.saturating_sub(sessions.gap),
-                time.saturating_add(sessions.gap),
-            )
-        })?;
+        // Closed sessions are final: a record near one starts a session of its own.
+        let near: Vec<Window> = self
+            .with_index(cx, index, |windows| {
+                windows.overlapping(
+                    key_bytes,
+                    time.saturating_sub(sessions.gap),
+                    time.saturating_add(sessions.gap),
+                )
+            })?
+            .into_iter()
+            .filter(|session| session.end > closed)
+            .collect();
         let merged = near.iter().fold(Window::new(time, time), |merged, session| {
             Window::new(merged.start.min(session.start), merged.end.max(session.end))
         });
@@ -741,7 +756,8 @@ where
                 _ => None,
             };
             let changelog = spec.changelog_topic(&graph.app_id);
-            let aggregation = graph.node(op, NodeKind::Operation, vec![self.node], self.group);
+            let op = format!("{}-{op}", self.kind.name());
+            let aggregation = graph.node(&op, NodeKind::Operation, vec![self.node], self.group);
             let table_node = graph.node(
                 table.name(),
                 NodeKind::Table {
@@ -869,7 +885,7 @@ where
     /// Counts the records of each key and window.
     pub fn count(self, table: WindowedTable<K, i64>) -> KTable<Windowed<K>, i64> {
         self.0.aggregate_into(
-            "windowed-count",
+            "count",
             table,
             Box::new(|_, count, _| count.unwrap_or(0) + 1),
             None,
@@ -884,7 +900,7 @@ where
         reducer: impl Fn(V, V) -> V + Send + Sync + 'static,
     ) -> KTable<Windowed<K>, V> {
         self.0.aggregate_into(
-            "windowed-reduce",
+            "reduce",
             table,
             Box::new(move |_, aggregate, value| match aggregate {
                 Some(aggregate) => reducer(aggregate, value),
@@ -906,7 +922,7 @@ where
         A: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
         self.0.aggregate_into(
-            "windowed-aggregate",
+            "aggregate",
             table,
             Box::new(move |key, aggregate, value| adder(key, value, aggregate.unwrap_or_else(&init))),
             None,
@@ -961,7 +977,7 @@ where
     /// Counts the records of each session.
     pub fn count(self, table: WindowedTable<K, i64>) -> KTable<Windowed<K>, i64> {
         self.0.aggregate_into(
-            "session-count",
+            "count",
             table,
             Box::new(|_, count, _| count.unwrap_or(0) + 1),
             Some(Box::new(|_, a, b| a + b)),
@@ -978,7 +994,7 @@ where
         let reducer = Arc::new(reducer);
         let merger = Arc::clone(&reducer);
         self.0.aggregate_into(
-            "session-reduce",
+            "reduce",
             table,
             Box::new(move |_, aggregate, value| match aggregate {
                 Some(aggregate) => reducer(aggregate, value),
@@ -1002,7 +1018,7 @@ where
         A: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
         self.0.aggregate_into(
-            "session-aggregate",
+            "aggregate",
             table,
             Box::new(move |key, aggregate, value| adder(key, value, aggregate.unwrap_or_else(&init))),
             Some(Box::new(merger)),

@@ -51,6 +51,9 @@ pub(crate) struct TaskContext {
     stream_time: AtomicI64,
     /// Stream time as the task's stores had it when it started ([`NO_TIME`]: none).
     start_time: AtomicI64,
+    /// What operations keep per task beside tables (a DSL processor's instance), by the
+    /// operation's id.
+    locals: Mutex<std::collections::HashMap<usize, Box<dyn std::any::Any + Send>>>,
     /// This partition's counts not yet added to the shared [`Metrics`] (counting into the
     /// shared counters for every record would bounce their cache line between threads).
     pub(crate) counts: Counts,
@@ -100,8 +103,52 @@ impl TaskContext {
             event_time: AtomicI64::new(0),
             stream_time: AtomicI64::new(NO_TIME),
             start_time: AtomicI64::new(NO_TIME),
+            locals: Mutex::default(),
             counts: Counts::default(),
         }
+    }
+
+    /// A context for work outside any partition (a timer): it may send to `sends`, has no
+    /// tables and no input, and makes no cuts (its sends are flushed with the worker's).
+    pub(crate) fn standalone(
+        name: &str,
+        sends: &[crate::topic::TopicSpec],
+        sink: Arc<dyn Sink>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let (committer, _) = std::sync::mpsc::channel();
+        Self {
+            name: name.into(),
+            sources: Vec::new(),
+            partition: -1,
+            dead_letter_topic: Arc::from(""),
+            sends: sends.iter().map(|t| Arc::from(&*t.name)).collect(),
+            tables: Mutex::new(Vec::new()),
+            sink,
+            committer,
+            metrics,
+            cut_wanted: AtomicBool::new(false),
+            finishing: AtomicBool::new(false),
+            event_time: AtomicI64::new(0),
+            stream_time: AtomicI64::new(NO_TIME),
+            start_time: AtomicI64::new(NO_TIME),
+            locals: Mutex::default(),
+            counts: Counts::default(),
+        }
+    }
+
+    /// Takes what operation `id` keeps for this task out (to put it back when done, so that
+    /// operations after it can take theirs meanwhile).
+    pub(crate) fn take_local<S: std::any::Any + Send>(&self, id: usize) -> Option<Box<S>> {
+        let mut locals = self.locals.lock().unwrap_or_else(|p| p.into_inner());
+        let local = locals.remove(&id)?;
+        local.downcast::<S>().ok()
+    }
+
+    /// Puts what operation `id` keeps for this task back.
+    pub(crate) fn put_local<S: std::any::Any + Send>(&self, id: usize, local: Box<S>) {
+        let mut locals = self.locals.lock().unwrap_or_else(|p| p.into_inner());
+        locals.insert(id, local);
     }
 
     /// Adds this partition's counts to the worker's metrics.

@@ -7,6 +7,7 @@
 pub(crate) mod consumer;
 pub(crate) mod producer;
 pub(crate) mod restore;
+mod timers;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use crate::broker::{self, EmbeddedBroker};
 use crate::metrics::Metrics;
 use crate::task::commit;
 use crate::task::sink::Sink;
+use crate::task::TaskContext;
 use crate::worker::restore::Restorer;
 use crate::{Error, Result};
 
@@ -324,6 +326,7 @@ impl Worker {
             let stop = Arc::clone(&stop);
             let finished = Arc::clone(&finished);
             let idle = options.idle_exit;
+            let sink = Arc::clone(&sink);
             std::thread::Builder::new()
                 .name("consumer".into())
                 .spawn(move || {
@@ -336,6 +339,11 @@ impl Worker {
                     consumer.unsubscribe();
                     drop(consumer);
                     let _ = committer.join();
+                    // What timers sent since the last commit point.
+                    stop.store(true, Ordering::Relaxed);
+                    if let Err(error) = sink.flush() {
+                        tracing::warn!("records sent by timers were not acknowledged: {error}");
+                    }
                     drop(lock);
                     finished.store(true, Ordering::Relaxed);
                     let _ = done_tx.send(());
@@ -343,6 +351,12 @@ impl Worker {
                 .map_err(|e| Error::io("starting the consumer thread", e))?;
         }
         let reporter = tokio::spawn(Arc::clone(&metrics).report_every_second());
+        for timer in app.timers() {
+            let name = format!("timer {}", timer.name());
+            let ctx = TaskContext::standalone(&name, &timer.sends, Arc::clone(&sink), Arc::clone(&metrics));
+            tokio::spawn(timers::run(timer.clone(), Arc::new(ctx), Arc::clone(&stop)));
+            tracing::info!("timer `{}` runs {}", timer.name(), timer.describe());
+        }
         Ok(WorkerHandle {
             stop,
             metrics,

@@ -1,0 +1,240 @@
+//! Timers on the wall clock (every interval, cron patterns) and punctuation on stream time
+//! (agents and DSL processors), through the test driver's two clocks, and a timer on a real
+//! worker.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use streams_core::prelude::*;
+use streams_core::testing::TestDriver;
+use streams_core::EmbeddedBroker;
+use streams_tests::read_all;
+
+const EVENTS: Topic<String, i64> = Topic::new("events").partitions(1);
+const SEEN: Topic<String, i64> = Topic::new("seen").partitions(1);
+const HEARTBEATS: Topic<String, i64> = Topic::new("heartbeats").partitions(1);
+
+/// An app needs a task: this one copies `events` to `seen`.
+fn copier(id: &str) -> App {
+    App::new(id).pipeline("copy", |builder| {
+        builder.stream(EVENTS).to(SEEN);
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_run_on_the_drivers_clock_each_time_they_are_due() {
+    static FAILURES: AtomicU64 = AtomicU64::new(0);
+    let app = copier("clock")
+        .timer(
+            Timer::every("heartbeat", Duration::from_secs(10), |tick: Tick| async move {
+                HEARTBEATS.send("beat", &tick.time).await
+            })
+            .sends(HEARTBEATS),
+        )
+        .timer(
+            Timer::cron("five-minutes", "*/5 * * * *", |tick: Tick| async move {
+                HEARTBEATS.send("cron", &tick.time).await
+            })
+            .sends(HEARTBEATS),
+        )
+        .timer(Timer::every(
+            "flaky",
+            Duration::from_secs(60),
+            |tick: Tick| async move {
+                FAILURES.fetch_add(1, Ordering::Relaxed);
+                if tick.time == 60_000 {
+                    panic!("the first run panics");
+                }
+                Err::<(), _>("and the others fail")
+            },
+        ));
+    let mut driver = TestDriver::new(app).expect("driver");
+    driver.run().await.expect("run");
+    assert!(driver.raw_records("heartbeats").is_empty(), "nothing is due at 0");
+    driver.advance_time(Duration::from_secs(35));
+    driver.run().await.expect("run");
+    let beats = |driver: &TestDriver, key: &str| -> Vec<i64> {
+        driver
+            .records(&HEARTBEATS)
+            .expect("records")
+            .into_iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, t)| t)
+            .collect()
+    };
+    assert_eq!(beats(&driver, "beat"), vec![10_000, 20_000, 30_000]);
+    // What a timer sends carries its due time.
+    let stamps: Vec<i64> = driver.raw_records("heartbeats").iter().map(|r| r.timestamp).collect();
+    assert_eq!(stamps, vec![10_000, 20_000, 30_000]);
+    driver.advance_time(Duration::from_secs(16 * 60 - 35));
+    driver.run().await.expect("run");
+    assert_eq!(beats(&driver, "beat").len(), 96);
+    assert_eq!(beats(&driver, "cron"), vec![300_000, 600_000, 900_000]);
+    // A timer that panics or fails is logged and keeps its schedule.
+    assert_eq!(FAILURES.load(Ordering::Relaxed), 16);
+}
+
+#[test]
+fn a_cron_pattern_that_does_not_parse_stops_the_app_naming_it() {
+    let app = copier("bad").timer(Timer::cron("report", "at noon", |_: Tick| async {}));
+    let error = app.validate().expect_err("refused").to_string();
+    assert!(error.contains("report") && error.contains("at noon"), "{error}");
+    let twice = copier("twice")
+        .timer(Timer::every("t", Duration::from_secs(1), |_: Tick| async {}))
+        .timer(Timer::every("t", Duration::from_secs(2), |_: Tick| async {}));
+    assert!(twice.validate().is_err());
+}
+
+#[record]
+#[derive(Debug, Clone, PartialEq)]
+struct Reading {
+    at: i64,
+    value: i64,
+}
+
+const READINGS: Topic<String, Reading> = Topic::new("readings").partitions(1).event_time(|r| r.at);
+const MINUTE_MAX: Topic<String, i64> = Topic::new("minute-max").partitions(1);
+
+/// Keeps the largest value per key and sends them every minute of stream time.
+#[agent(topic = READINGS, sends = [MINUTE_MAX])]
+async fn minute_max(readings: Stream<String, Reading>) -> Result<()> {
+    let mut readings = readings.punctuate(Duration::from_secs(60));
+    let mut max: BTreeMap<String, i64> = BTreeMap::new();
+    while let Some(next) = readings.next_event().await {
+        match next {
+            Next::Record(event) => {
+                let slot = max.entry(event.key).or_insert(i64::MIN);
+                *slot = (*slot).max(event.value.value);
+            }
+            Next::Tick(stream_time) => {
+                for (key, value) in std::mem::take(&mut max) {
+                    MINUTE_MAX.send(&key, &value).await?;
+                }
+                MINUTE_MAX.send("tick", &stream_time).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn reading(at: i64, value: i64) -> Reading {
+    Reading { at, value }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_punctuates_on_stream_time() {
+    let mut driver = TestDriver::new(App::new("maxima").agent(minute_max)).expect("driver");
+    // Stream time: 10 s, 50 s, 61 s (passes 60 s: a tick after it), 30 s (late: stream time
+    // stays), 130 s (passes 120 s: one tick, not one per minute skipped), 140 s.
+    for (key, at, value) in [
+        ("a", 10_000, 1),
+        ("b", 50_000, 5),
+        ("a", 61_000, 7),
+        ("a", 30_000, 9),
+        ("b", 130_000, 2),
+        ("a", 140_000, 3),
+    ] {
+        driver.pipe(&READINGS, key, &reading(at, value)).expect("pipe");
+    }
+    driver.run().await.expect("run");
+    let sent = driver.records(&MINUTE_MAX).expect("records");
+    assert_eq!(
+        sent,
+        vec![
+            ("a".to_string(), 7),
+            ("b".to_string(), 5),
+            ("tick".to_string(), 61_000),
+            ("a".to_string(), 9),
+            ("b".to_string(), 2),
+            ("tick".to_string(), 130_000),
+        ]
+    );
+}
+
+/// Sums each key's values and sends the sums every minute of stream time.
+#[derive(Default)]
+struct MinuteSums(BTreeMap<String, i64>);
+
+impl Processor<String, Reading> for MinuteSums {
+    type Key = String;
+    type Value = i64;
+    fn process(&mut self, key: String, value: Reading, out: &mut Forward<'_, '_, String, i64>) {
+        if value.value < 0 {
+            out.forward(format!("negative {key}"), value.value);
+        }
+        *self.0.entry(key).or_default() += value.value;
+    }
+    fn punctuation(&self) -> Option<Duration> {
+        Some(Duration::from_secs(60))
+    }
+    fn punctuate(&mut self, _stream_time: i64, out: &mut Forward<'_, '_, String, i64>) {
+        for (key, sum) in std::mem::take(&mut self.0) {
+            out.forward(key, sum);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_processor_forwards_and_punctuates_per_task() {
+    const SUMS: Topic<String, i64> = Topic::new("sums").partitions(1);
+    let app = App::new("sums").pipeline("sums", |builder| {
+        builder
+            .stream(READINGS)
+            .process("minute-sums", MinuteSums::default)
+            .to(SUMS);
+    });
+    assert!(app.topology().text().contains("minute-sums"));
+    let mut driver = TestDriver::new(app).expect("driver");
+    for (key, at, value) in [("a", 1_000, 1), ("b", 2_000, 2), ("a", 59_000, -3), ("a", 60_500, 10)] {
+        driver.pipe(&READINGS, key, &reading(at, value)).expect("pipe");
+    }
+    driver.run().await.expect("run");
+    let sent = driver.records(&SUMS).expect("records");
+    assert_eq!(
+        sent,
+        vec![
+            ("negative a".to_string(), -3),
+            ("a".to_string(), 8),
+            ("b".to_string(), 2),
+        ],
+        "the sums up to 60.5 s, sent after the record that passed 60 s"
+    );
+    let stamps: Vec<i64> = driver.raw_records("sums").iter().map(|r| r.timestamp).collect();
+    assert_eq!(stamps, vec![59_000, 60_500, 60_500]);
+}
+
+#[test]
+fn a_timer_runs_on_a_worker_and_what_it_sends_is_delivered() {
+    streams_core::init_logging("error");
+    let broker = EmbeddedBroker::start().expect("broker");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let app = copier("ticker").timer(
+        Timer::every("heartbeat", Duration::from_millis(200), |tick: Tick| async move {
+            HEARTBEATS.send("beat", &tick.time).await
+        })
+        .sends(HEARTBEATS),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = streams_tests::worker_options(dir.path(), &broker);
+    runtime.block_on(async {
+        let worker = streams_core::Worker::start(app, options).await.expect("worker");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        worker.stop().await.expect("stops");
+    });
+    let beats = read_all(broker.bootstrap_servers(), "heartbeats");
+    assert!(beats.len() >= 5, "{} heartbeats in 3 s", beats.len());
+    let times: Vec<i64> = beats
+        .iter()
+        .map(|r| serde_json::from_slice(r.value.as_deref().expect("value")).expect("a number"))
+        .collect();
+    // Due every 200 ms (a run late by more than that on this shared machine skips a time).
+    assert!(
+        times.windows(2).all(|w| w[1] > w[0] && (w[1] - w[0]) % 200 == 0),
+        "{times:?}"
+    );
+}
