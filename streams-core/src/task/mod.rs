@@ -112,7 +112,7 @@ impl TaskContext {
     /// tables and no input, and makes no cuts (its sends are flushed with the worker's).
     pub(crate) fn standalone(
         name: &str,
-        sends: &[crate::topic::TopicSpec],
+        sends: &[crate::spec::TopicSpec],
         sink: Arc<dyn Sink>,
         metrics: Arc<Metrics>,
     ) -> Self {
