@@ -159,7 +159,9 @@ impl Timer {
         match &self.schedule {
             Schedule::Every(ms) => after.checked_add((*ms).max(1)),
             Schedule::Cron(_, Ok(cron)) => {
-                let after = chrono::DateTime::from_timestamp_millis(after)?;
+                // Cron times are whole seconds: the next one after `after` is the next one
+                // after its second (croner keeps a fraction it is given).
+                let after = chrono::DateTime::from_timestamp(after.div_euclid(1000), 0)?;
                 let next = cron.find_next_occurrence(&after, false).ok()?;
                 Some(next.timestamp_millis())
             }
@@ -217,6 +219,12 @@ mod tests {
         assert_eq!(cron.next_after(0), Some(300_000));
         assert_eq!(cron.next_after(300_000), Some(600_000));
         assert_eq!(cron.next_due(0, 1_000_000), Some(1_200_000));
+        assert_eq!(
+            cron.next_after(299_999),
+            Some(300_000),
+            "a fraction of a second is not carried"
+        );
+        assert_eq!(cron.next_after(300_500), Some(600_000));
         let bad = Timer::cron("bad", "every minute", |_| async {});
         assert!(bad
             .check()
