@@ -28,6 +28,10 @@ pub mod hits_per_window;
 #[path = "../examples/word_count.rs"]
 pub mod word_count;
 
+/// The `page_views` example (joins), as a module.
+#[path = "../examples/page_views.rs"]
+pub mod page_views;
+
 /// Worker options for the embedded broker (workers give themselves short sessions there).
 pub fn worker_options(dir: &std::path::Path, broker: &streams_core::EmbeddedBroker) -> streams_core::WorkerOptions {
     streams_core::WorkerOptions::new(dir).embedded(broker)
@@ -41,6 +45,23 @@ pub fn produce(bootstrap: &str, topic: &str, values: &[(Option<String>, Vec<u8>)
             let record = BaseRecord::<[u8], [u8]>::to(topic).payload(value.as_slice());
             match key {
                 Some(key) => record.key(key.as_bytes()),
+                None => record,
+            }
+        }),
+    );
+}
+
+/// Produces records with their timestamps (ms) to `topic`: (key, value — `None` for a
+/// tombstone — and timestamp); waits until all are acknowledged.
+pub fn produce_at(bootstrap: &str, topic: &str, records: &[(String, Option<Vec<u8>>, i64)]) {
+    send_all(
+        bootstrap,
+        records.iter().map(|(key, value, timestamp)| {
+            let record = BaseRecord::<[u8], [u8]>::to(topic)
+                .key(key.as_bytes())
+                .timestamp(*timestamp);
+            match value {
+                Some(value) => record.payload(value.as_slice()),
                 None => record,
             }
         }),

@@ -155,10 +155,25 @@ impl App {
         agents.chain(pipelines).collect()
     }
 
+    /// The global tables of the app's pipelines.
+    pub fn global_tables(&self) -> Vec<crate::table::GlobalTableSpec> {
+        self.pipelines.iter().flat_map(|p| p.globals.iter().cloned()).collect()
+    }
+
+    /// Topics the app uses outside its tasks: what timers send to, what global tables copy.
+    fn other_topics(&self) -> Vec<TopicSpec> {
+        let timers = self.timers.iter().flat_map(|t| t.sends.iter().cloned());
+        let globals = self
+            .pipelines
+            .iter()
+            .flat_map(|p| p.globals.iter().map(|g| g.topic.clone()));
+        timers.chain(globals).collect()
+    }
+
     /// Every topic the app declares (sources and the topics its tasks send to), each once.
     pub fn topics(&self) -> Vec<TopicSpec> {
         let mut topics: Vec<TopicSpec> = Vec::new();
-        let timers = self.timers.iter().flat_map(|t| t.sends.iter().cloned());
+        let timers = self.other_topics();
         for task in self.tasks() {
             for topic in task.sources.into_iter().chain(task.sends) {
                 if !topics.iter().any(|t| t.name == topic.name) {
@@ -198,6 +213,16 @@ impl App {
                 return Err(Error::Config(format!("two timers are named `{}`", timer.name())));
             }
         }
+        let globals = self.global_tables();
+        let tables = self.tables();
+        for (n, global) in globals.iter().enumerate() {
+            let name = global.table.name;
+            if globals[..n].iter().any(|g| g.table.name == name) || tables.iter().any(|(t, _)| t.name == name) {
+                return Err(Error::Config(format!(
+                    "table `{name}` is declared twice (a global table and another table of the app); give each its own name"
+                )));
+            }
+        }
         validate(&self.id, &self.tasks())
     }
 
@@ -223,8 +248,7 @@ impl App {
     pub fn plan(&self, existing: &HashMap<String, i32>) -> Result<Vec<PlannedTopic>> {
         self.validate()?;
         let tasks = self.tasks();
-        let timers: Vec<TopicSpec> = self.timers.iter().flat_map(|t| t.sends.iter().cloned()).collect();
-        plan(&self.id, &tasks, &timers, existing, self.topic_partitions)
+        plan(&self.id, &tasks, &self.other_topics(), existing, self.topic_partitions)
     }
 }
 

@@ -97,6 +97,9 @@ pub(crate) struct Restored {
     pub skipped_keys: std::collections::BTreeSet<Vec<u8>>,
     /// The largest stream time among the applied records.
     pub stream_time: Option<i64>,
+    /// A probing pass (see [`Apply::new`]) found a record to apply and stopped there,
+    /// writing nothing.
+    pub found_foreign: bool,
 }
 
 const BATCH: usize = 10_000;
@@ -110,6 +113,12 @@ pub(crate) struct Apply<'a> {
     batch: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// Offset of the last record seen.
     last: Option<i64>,
+    /// Offset of the first record skipped: the checkpoint stays before it (see
+    /// [`Apply::flush`]).
+    first_skipped: Option<i64>,
+    /// Stop at the first record to apply, writing nothing (the store is ahead of the
+    /// group's commit: it is rebuilt instead).
+    probe: bool,
     pub restored: Restored,
 }
 
@@ -118,11 +127,18 @@ impl<'a> Apply<'a> {
     /// the source positions the store holds once another owner's changes are in it (see
     /// [`start_offsets`]); they are written with the first of those changes, in one batch,
     /// so that a store never holds such changes with its own, later, positions.
+    ///
+    /// `probe`: the store holds effects of input past the group's commit. A change of
+    /// another owner must then not be applied on top of them (the state would hold both, and
+    /// a crash before the rebuild would leave it so with the committed positions): the pass
+    /// stops at the first such change, writes nothing, and says so
+    /// ([`Restored::found_foreign`]); the caller rebuilds the store.
     pub(crate) fn new(
         store: &'a dyn StateStore,
         committed: &'a Committed,
         agreed: Vec<(String, i64)>,
         expected: u64,
+        probe: bool,
     ) -> Self {
         Self {
             store,
@@ -130,8 +146,16 @@ impl<'a> Apply<'a> {
             agreed,
             batch: Vec::with_capacity((expected as usize).min(BATCH)),
             last: None,
+            first_skipped: None,
+            probe,
             restored: Restored::default(),
         }
+    }
+
+    /// Whether the pass is over before the changelog's end (a probe found a change to
+    /// apply): the reader stops reading.
+    pub(crate) fn done(&self) -> bool {
+        self.restored.found_foreign
     }
 
     /// The changelog record at `offset`.
@@ -142,12 +166,20 @@ impl<'a> Apply<'a> {
         value: Option<&[u8]>,
         headers: impl Iterator<Item = (&'h str, &'h [u8])>,
     ) -> Result<()> {
+        if self.done() {
+            return Ok(());
+        }
         self.last = Some(offset);
         let Some(key) = key else { return Ok(()) };
         let headers: Vec<(&str, &[u8])> = headers.collect();
         if from_uncommitted_input(headers.iter().copied(), self.committed) {
             self.restored.skipped += 1;
             self.restored.skipped_keys.insert(key.to_vec());
+            self.first_skipped.get_or_insert(offset);
+            return Ok(());
+        }
+        if self.probe {
+            self.restored.found_foreign = true;
             return Ok(());
         }
         if let Some(time) = stream_time_of(headers.into_iter()) {
@@ -161,7 +193,16 @@ impl<'a> Apply<'a> {
         Ok(())
     }
 
+    /// Writes the batch with the checkpoint at `through` — or just before the first skipped
+    /// record, when there is one: what makes that skip safe later (the key's valid value
+    /// written again after it, [`Restoration::restate`]) is only durable once the task's
+    /// first cut is, and until then a restore of this store must see the skipped record
+    /// again (and skip, and restate it, again).
     fn flush(&mut self, through: i64) -> Result<()> {
+        let through = match self.first_skipped {
+            Some(skipped) => through.min(skipped - 1),
+            None => through,
+        };
         let checkpoint = Checkpoint {
             changelog_offset: Some(through),
             sources: (self.restored.applied > 0).then(|| self.agreed.clone()),
@@ -175,6 +216,9 @@ impl<'a> Apply<'a> {
     /// Writes what is left, with the checkpoint at `end` (the changelog's last offset when
     /// it was read to its end; records past the last one seen may have been compacted away).
     pub(crate) fn finish(mut self, end: Option<i64>) -> Result<Restored> {
+        if self.done() {
+            return Ok(self.restored);
+        }
         if let Some(end) = end.or(self.last) {
             self.flush(end)?;
         }
@@ -236,7 +280,7 @@ pub(crate) fn committed_positions(committed: &Committed) -> Vec<(String, i64)> {
 /// in-memory topics).
 pub(crate) trait ChangelogReader {
     /// Applies `changelog[partition]` to `store` from its checkpoint to the end (see
-    /// [`Apply`]); `None` when the restore was cancelled.
+    /// [`Apply`], and [`Apply::new`] for `probe`); `None` when the restore was cancelled.
     fn restore(
         &self,
         store: &dyn StateStore,
@@ -244,6 +288,7 @@ pub(crate) trait ChangelogReader {
         partition: i32,
         committed: &Committed,
         agreed: Vec<(String, i64)>,
+        probe: bool,
     ) -> Result<Option<Restored>>;
 }
 
@@ -281,27 +326,36 @@ pub(crate) fn restore_task(
         .map(|(store, _)| store.checkpoint())
         .collect::<Result<Vec<_>>>()?;
     let agreed = committed_positions(committed);
-    let restore_all = || -> Result<Option<Vec<Restored>>> {
+    // Stores ahead of the commit are only probed first: another owner's changes are not
+    // applied on top of their own later effects (they are rebuilt instead).
+    let ahead = must_rebuild(committed, &checkpoints);
+    let restore_all = |probe: bool| -> Result<Option<Vec<Restored>>> {
         let mut all = Vec::with_capacity(stores.len());
         for (store, changelog) in stores {
-            match reader.restore(&**store, changelog, partition, committed, agreed.clone())? {
-                Some(restored) => all.push(restored),
+            match reader.restore(&**store, changelog, partition, committed, agreed.clone(), probe)? {
+                Some(restored) => {
+                    let found = restored.found_foreign;
+                    all.push(restored);
+                    if found {
+                        break;
+                    }
+                }
                 None => return Ok(None),
             }
         }
         Ok(Some(all))
     };
-    let Some(mut restored) = restore_all()? else {
+    let Some(mut restored) = restore_all(ahead)? else {
         return Ok(None);
     };
-    let foreign = restored.iter().any(|r| r.applied > 0);
+    let foreign = restored.iter().any(|r| r.applied > 0 || r.found_foreign);
     let mut applied: u64 = restored.iter().map(|r| r.applied).sum();
-    let rebuilt = foreign && must_rebuild(committed, &checkpoints);
+    let rebuilt = foreign && ahead;
     if rebuilt {
         for (store, _) in stores {
             store.clear()?;
         }
-        restored = match restore_all()? {
+        restored = match restore_all(false)? {
             Some(again) => again,
             None => return Ok(None),
         };
@@ -362,6 +416,119 @@ mod tests {
             sources: Some(sources.iter().map(|(t, o)| (t.to_string(), *o)).collect()),
             stream_time: None,
         }
+    }
+
+    /// A changelog in memory: records with their source offset; the `cancel_after`-th
+    /// restore (and those after it) is cancelled, as a revoke would.
+    struct Log {
+        records: Vec<(Vec<u8>, Vec<u8>, i64)>,
+        calls: std::cell::Cell<usize>,
+        cancel_after: usize,
+    }
+
+    impl ChangelogReader for Log {
+        fn restore(
+            &self,
+            store: &dyn StateStore,
+            _: &str,
+            _: i32,
+            committed: &Committed,
+            agreed: Vec<(String, i64)>,
+            probe: bool,
+        ) -> Result<Option<Restored>> {
+            self.calls.set(self.calls.get() + 1);
+            if self.calls.get() > self.cancel_after {
+                return Ok(None);
+            }
+            let from = store.checkpoint()?.changelog_offset.map_or(0, |o| o + 1);
+            let mut apply = Apply::new(store, committed, agreed, 0, probe);
+            for (offset, (key, value, source)) in self.records.iter().enumerate().skip(from as usize) {
+                let headers = headers(&[("a", *source)]);
+                let headers = headers.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
+                apply.record(offset as i64, Some(key), Some(value), headers)?;
+                if apply.done() {
+                    break;
+                }
+            }
+            Ok(Some(apply.finish(Some(self.records.len() as i64 - 1))?))
+        }
+    }
+
+    /// A store whose `clear` fails, as a worker killed at that moment would stop there.
+    struct NoClear(crate::store::MemoryStore);
+
+    impl StateStore for NoClear {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+            self.0.get(key)
+        }
+        fn write(&self, entries: &[crate::store::Entry], checkpoint: &Checkpoint) -> Result<()> {
+            self.0.write(entries, checkpoint)
+        }
+        fn checkpoint(&self) -> Result<Checkpoint> {
+            self.0.checkpoint()
+        }
+        fn clear(&self) -> Result<()> {
+            Err(crate::Error::Config("killed".into()))
+        }
+        fn for_each(&self, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<()> {
+            self.0.for_each(visit)
+        }
+    }
+
+    /// A store ahead of the group's commit, returning after another owner's changes: those
+    /// are not applied on top of its own before it is rebuilt, so a crash between the two
+    /// leaves it as it was (still ahead, still to be rebuilt) rather than with both under
+    /// the committed positions (which would count its own effects again).
+    #[test]
+    fn a_store_ahead_takes_no_foreign_change_before_its_rebuild() {
+        let store: Arc<dyn StateStore> = Arc::new(NoClear(crate::store::MemoryStore::default()));
+        // Its own: k = 3 from input up to 9 (changelog offset 0), the group at 7.
+        let own = Checkpoint {
+            changelog_offset: Some(0),
+            sources: Some(vec![("a".into(), 9)]),
+            stream_time: None,
+        };
+        store.write(&[(b"k".to_vec(), Some(b"3".to_vec()))], &own).unwrap();
+        let log = Log {
+            records: vec![
+                (b"k".to_vec(), b"3".to_vec(), 9), // its own, uncommitted
+                (b"k".to_vec(), b"2".to_vec(), 6), // another owner's, committed
+            ],
+            calls: std::cell::Cell::new(0),
+            cancel_after: 9,
+        };
+        let committed = vec![("a".to_string(), 7)];
+        let stores = vec![(Arc::clone(&store), Arc::<str>::from("log"))];
+        // The probe finds the other owner's change; the worker dies before the rebuild.
+        assert!(restore_task(&log, &stores, 0, &committed).is_err());
+        assert_eq!(store.checkpoint().unwrap(), own, "its own checkpoint, untouched");
+        assert_eq!(store.get(b"k").unwrap(), Some(b"3".to_vec()));
+        // Restored with a store that can be cleared: rebuilt, from the committed offset.
+        let fresh: Arc<dyn StateStore> = Arc::new(crate::store::MemoryStore::default());
+        fresh.write(&[(b"k".to_vec(), Some(b"3".to_vec()))], &own).unwrap();
+        let stores = vec![(Arc::clone(&fresh), Arc::<str>::from("log"))];
+        let restoration = restore_task(&log, &stores, 0, &committed).unwrap().unwrap();
+        assert!(restoration.rebuilt);
+        assert_eq!(restoration.starts, vec![("a".into(), 7)]);
+        assert_eq!(fresh.get(b"k").unwrap(), Some(b"2".to_vec()));
+    }
+
+    /// A skipped record keeps the checkpoint before it until the task's first cut has made
+    /// the key's valid value durable after it.
+    #[test]
+    fn the_checkpoint_stays_before_a_skipped_change() {
+        use crate::store::MemoryStore;
+        let store = MemoryStore::default();
+        let committed = vec![("a".to_string(), 5)];
+        let mut apply = Apply::new(&store, &committed, committed_positions(&committed), 0, false);
+        for (offset, source) in [(0, 1), (1, 7), (2, 3)] {
+            let headers = headers(&[("a", source)]);
+            let headers = headers.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
+            apply.record(offset, Some(b"k"), Some(b"1"), headers).unwrap();
+        }
+        let restored = apply.finish(Some(2)).unwrap();
+        assert_eq!((restored.applied, restored.skipped), (2, 1));
+        assert_eq!(store.checkpoint().unwrap().changelog_offset, Some(0));
     }
 
     #[test]

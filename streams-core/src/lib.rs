@@ -106,7 +106,9 @@ pub use streams_macros::topic;
 /// Everything an app needs: `use streams_core::prelude::*;`.
 pub mod prelude {
     pub use crate::codec::ValueCodec;
-    pub use crate::dsl::{Forward, KGroupedStream, KStream, KTable, Processor, StreamsBuilder};
+    pub use crate::dsl::{
+        Forward, GlobalKTable, JoinWindows, KGroupedStream, KStream, KTable, Processor, StreamsBuilder,
+    };
     pub use crate::stream::Next;
     pub use crate::timer::{Tick, Timer};
     pub use crate::window::{SessionWindows, SlidingWindows, TimeWindows, Window, Windowed};

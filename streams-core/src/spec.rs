@@ -113,6 +113,33 @@ impl TableSpec {
     }
 }
 
+/// Turns a record of a global table's topic (key and value bytes) into the store's entry:
+/// key bytes and value (`None`: deleted); an error for a record that does not decode.
+pub(crate) type GlobalEntry =
+    std::sync::Arc<dyn Fn(Option<&[u8]>, Option<&[u8]>) -> Result<(Vec<u8>, Option<Vec<u8>>), String> + Send + Sync>;
+
+/// What the runtime needs to know of a global table: its store, the topic it copies, and
+/// how a record of that topic becomes an entry of the store.
+#[derive(Clone)]
+pub struct GlobalTableSpec {
+    /// The table (its store's name and types).
+    pub table: TableSpec,
+    /// The topic it is a copy of.
+    pub topic: TopicSpec,
+    /// Where records of the topic that do not decode go.
+    pub dead_letter_topic: String,
+    pub(crate) entry: GlobalEntry,
+}
+
+impl std::fmt::Debug for GlobalTableSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GlobalTableSpec")
+            .field("table", &self.table)
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A topic the app needs, with the partition count it must have.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedTopic {

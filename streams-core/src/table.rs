@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::codec::{json, AsKey, Key};
-pub use crate::spec::TableSpec;
+pub use crate::spec::{GlobalTableSpec, TableSpec};
 use crate::task::tables as task;
 use crate::window::{Window, Windowed};
 use crate::{Error, Result};

@@ -334,6 +334,7 @@ impl crate::changelog::ChangelogReader for DriverReader<'_> {
         partition: i32,
         committed: &crate::changelog::Committed,
         agreed: Vec<(String, i64)>,
+        probe: bool,
     ) -> Result<Option<crate::changelog::Restored>> {
         let checkpoint = store.checkpoint()?;
         let log = self.topics.log();
@@ -349,8 +350,11 @@ impl crate::changelog::ChangelogReader for DriverReader<'_> {
         if from >= end {
             return Ok(Some(Default::default()));
         }
-        let mut apply = crate::changelog::Apply::new(store, committed, agreed, (end - from) as u64);
+        let mut apply = crate::changelog::Apply::new(store, committed, agreed, (end - from) as u64, probe);
         for offset in from..end {
+            if apply.done() {
+                break;
+            }
             let record = records.record(partition, offset as usize);
             let headers = record.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));
             apply.record(offset, record.key.as_deref(), record.value.as_deref(), headers)?;
@@ -401,6 +405,10 @@ pub struct TestDriver {
     metrics: Arc<Metrics>,
     /// The app's timers: each with its context and when it is next due (driver's clock).
     timers: Vec<(Timer, Arc<TaskContext>, Option<i64>)>,
+    /// The app's global tables: each with its store and how far each partition of its
+    /// topic is applied.
+    globals: Vec<(crate::table::GlobalTableSpec, Arc<dyn StateStore>, Vec<usize>)>,
+    global_stores: crate::task::Globals,
     _committer: std::sync::mpsc::Sender<commit::Cut>,
 }
 
@@ -456,6 +464,19 @@ impl TestDriver {
                 (timer.clone(), Arc::new(ctx), timer.next_after(start))
             })
             .collect();
+        let mut globals = Vec::new();
+        let mut global_stores: HashMap<&'static str, Arc<dyn StateStore>> = HashMap::new();
+        for global in app.global_tables() {
+            let store: Arc<dyn StateStore> = match &stores {
+                Stores::Memory => Arc::new(MemoryStore::default()),
+                Stores::RocksDb(dir) => Arc::new(crate::store::RocksDbStore::open(
+                    &dir.join("global").join(global.table.name),
+                )?),
+            };
+            global_stores.insert(global.table.name, Arc::clone(&store));
+            let partitions = topics.log().topics.get(&*global.topic.name).map_or(1, Vec::len);
+            globals.push((global, store, vec![0; partitions]));
+        }
         let mut driver = Self {
             app,
             topics,
@@ -466,8 +487,11 @@ impl TestDriver {
             limits: HashMap::new(),
             metrics,
             timers,
+            globals,
+            global_stores: Arc::new(global_stores),
             _committer: cuts,
         };
+        driver.apply_globals()?;
         for spec in driver.app.tasks() {
             let spec = Arc::new(spec);
             let partitions = spec.sources.first().map_or(1, |s| driver.partitions(&s.name));
@@ -538,6 +562,7 @@ impl TestDriver {
             sink,
             self._committer.clone(),
             Arc::clone(&self.metrics),
+            Arc::clone(&self.global_stores),
         ));
         let (tx, rx) = mpsc::channel(1024);
         let mut delivered: Vec<i64> = committed.iter().map(|(_, offset)| *offset).collect();
@@ -705,6 +730,20 @@ impl TestDriver {
         })
     }
 
+    /// [`TestDriver::pipe_raw`] with the record's timestamp (ms) given: a tombstone
+    /// (`value: None`) at its place in event time, say.
+    pub fn pipe_raw_at(&mut self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>, timestamp: i64) -> (i32, i64) {
+        self.topics.append(OutRecord {
+            topic: topic.into(),
+            partition: None,
+            key: key.map(<[u8]>::to_vec),
+            value: value.map(<[u8]>::to_vec),
+            headers: Vec::new(),
+            timestamp: Some(timestamp),
+            changelog: false,
+        })
+    }
+
     /// Runs every timer that is due on the driver's clock, each time it was due, in order
     /// (what they send is processed by the run that follows).
     async fn fire_timers(&mut self) {
@@ -742,10 +781,16 @@ impl TestDriver {
     pub async fn run(&mut self) -> Result<()> {
         self.fire_timers().await;
         loop {
+            // Global tables take what their topics got first, as a worker's copies are kept
+            // current apart from its tasks.
+            self.apply_globals()?;
             let mut fed = 0usize;
             // One batch per partition in turn, as a consumer's fetches arrive: one wake-up for
             // many records, and only a batch per partition in memory at a time.
             loop {
+                // Each task knows which of its sources have records it was not given yet (a
+                // task with several sources waits for those, as on a worker).
+                self.mark_unread();
                 let mut progressed = false;
                 for index in 0..self.tasks.len() {
                     for source in 0..self.tasks[index].spec.sources.len() {
@@ -780,6 +825,7 @@ impl TestDriver {
                     }
                 }
                 if !progressed {
+                    self.mark_unread();
                     break;
                 }
             }
@@ -792,6 +838,78 @@ impl TestDriver {
             Some(error) => Err(Error::Config(error)),
             None => Ok(()),
         }
+    }
+
+    /// Tells every task which of its sources have records it was not given yet.
+    fn mark_unread(&self) {
+        let log = self.topics.log();
+        for task in &self.tasks {
+            for (source, spec) in task.spec.sources.iter().enumerate() {
+                let limit = self.limits.get(&(spec.name.to_string(), task.partition)).copied();
+                let end = log
+                    .topics
+                    .get(&*spec.name)
+                    .and_then(|parts| parts.get(task.partition as usize))
+                    .map_or(0, |log| limit.map_or(log.len(), |limit| limit.min(log.len())));
+                let delivered = task.delivered.get(source).copied().unwrap_or(0);
+                task.ctx.set_unread(source, delivered < end);
+            }
+        }
+    }
+
+    /// Brings every global table up to date with its topic; records that do not decode go
+    /// to the dead-letter topic.
+    fn apply_globals(&mut self) -> Result<()> {
+        for (spec, store, applied) in &mut self.globals {
+            let mut entries = Vec::new();
+            let mut dead = Vec::new();
+            {
+                let log = self.topics.log();
+                let Some(parts) = log.topics.get(&*spec.topic.name) else {
+                    continue;
+                };
+                for (partition, part) in parts.iter().enumerate() {
+                    let Some(from) = applied.get_mut(partition) else {
+                        continue;
+                    };
+                    for offset in *from..part.len() {
+                        let record = part.record(partition as i32, offset);
+                        match (spec.entry)(record.key.as_deref(), record.value.as_deref()) {
+                            Ok(entry) => entries.push(entry),
+                            Err(error) => dead.push((record, error)),
+                        }
+                    }
+                    *from = part.len();
+                }
+            }
+            store.write(&entries, &crate::store::Checkpoint::default())?;
+            for (record, error) in dead {
+                let mut headers: Vec<(String, Vec<u8>)> = record
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
+                    .collect();
+                headers.push(("streams.dlq.topic".into(), spec.topic.name.as_bytes().to_vec()));
+                headers.push((
+                    "streams.dlq.partition".into(),
+                    record.partition.to_string().into_bytes(),
+                ));
+                headers.push(("streams.dlq.offset".into(), record.offset.to_string().into_bytes()));
+                headers.push(("streams.dlq.table".into(), spec.table.name.as_bytes().to_vec()));
+                headers.push(("streams.dlq.error".into(), error.into_bytes()));
+                self.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                self.topics.append(OutRecord {
+                    topic: Arc::from(spec.dead_letter_topic.as_str()),
+                    partition: None,
+                    key: record.key,
+                    value: record.value,
+                    headers,
+                    timestamp: Some(record.timestamp),
+                    changelog: false,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Like [`TestDriver::run`], but `topic[partition]` is processed only up to `end`

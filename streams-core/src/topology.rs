@@ -223,6 +223,23 @@ impl Topology {
                         }
                         lines.push(format!("{}{from}", node.name));
                     }
+                    DslKind::GlobalTable { table, topic } => {
+                        let spec = app_global(pipeline, table);
+                        self.node(
+                            topic,
+                            NodeKind::Source,
+                            spec.map(|g| (g.topic.key_type, g.topic.value_type)),
+                        );
+                        self.node(
+                            table,
+                            NodeKind::Table,
+                            spec.map(|g| (g.table.key_type, g.table.value_type)),
+                        );
+                        self.edge(topic, table, "global copy");
+                        lines.push(format!(
+                            "global table `{table}` (a copy of topic `{topic}` on every worker)"
+                        ));
+                    }
                     DslKind::Table { table, changelog } => {
                         let types = pipeline
                             .tasks
@@ -251,6 +268,7 @@ impl Topology {
         let (from, label) = match &pipeline.nodes[parent].kind {
             DslKind::Source { topic } => (topic.clone(), "reads"),
             DslKind::Table { table, .. } => (table.clone(), "changes"),
+            DslKind::GlobalTable { table, .. } => (table.clone(), "lookups"),
             _ => (id(parent), ""),
         };
         self.edge(&from, to, label);
@@ -456,4 +474,9 @@ impl Topology {
         out.push_str("}\n");
         out
     }
+}
+
+/// The global table `name` of a pipeline.
+fn app_global<'p>(pipeline: &'p Pipeline, name: &str) -> Option<&'p crate::table::GlobalTableSpec> {
+    pipeline.globals.iter().find(|g| g.table.name == name)
 }

@@ -9,9 +9,37 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use streams_core::prelude::*;
 use streams_core::testing::{Stores, TestDriver};
 use streams_examples::seed;
 use streams_tests::{hit_counter, hit_counter_dsl};
+
+/// The seed's records with event time from their `timestamp` field.
+const HITS: Topic<(), hit_counter_dsl::HitCount> =
+    Topic::new("hit_count").event_time(|hit| (hit.timestamp * 1000.0) as i64);
+const PER_USER: Table<String, i64> = Table::new("hits-per-user");
+const PER_USER_MINUTE: WindowedTable<String, i64> = WindowedTable::new("hits-per-user-minute");
+
+/// Every record counted per user (no filter): the plain count the windowed one is compared with.
+fn plain_count() -> App {
+    App::new("plain").pipeline("count", |builder| {
+        builder
+            .stream(HITS)
+            .group_by("by-user", |_, hit| hit.user_id.clone())
+            .count(PER_USER);
+    })
+}
+
+/// Every record counted per user and minute of event time (tumbling windows, 10 s grace).
+fn windowed_count() -> App {
+    App::new("windowed").pipeline("count", |builder| {
+        builder
+            .stream(HITS)
+            .group_by("by-user", |_, hit| hit.user_id.clone())
+            .windowed_by(TimeWindows::of(Duration::from_secs(60)).grace(Duration::from_secs(10)))
+            .count(PER_USER_MINUTE);
+    })
+}
 
 const RECORDS: usize = 200_000;
 
@@ -32,6 +60,7 @@ fn pipeline(c: &mut Criterion) {
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
     let agents = hit_counter::app as fn() -> streams_core::App;
+    let (plain_count, windowed_count) = (plain_count as fn() -> App, windowed_count as fn() -> App);
     let dsl = hit_counter_dsl::app as fn() -> streams_core::App;
     let cases = [
         ("agents, memory store", agents, false, &seed_inputs),
@@ -49,6 +78,13 @@ fn pipeline(c: &mut Criterion) {
             dsl,
             true,
             &distinct_inputs,
+        ),
+        ("count per user, RocksDB store", plain_count, true, &seed_inputs),
+        (
+            "count per user and minute (tumbling windows), RocksDB store",
+            windowed_count,
+            true,
+            &seed_inputs,
         ),
     ];
     for (name, app, rocksdb, inputs) in cases {

@@ -194,6 +194,31 @@ async fn a_change_of_uncommitted_input_is_never_applied_later() {
     assert_eq!((table["x"], table["k"], table["y"]), (10, 10, 5));
 }
 
+/// The same, with the worker that skipped the change killed before its first cut: what it
+/// was to write again is lost with it, so its store must not count the skipped change as
+/// seen. The restore after the crash skips it, and writes the valid value again, once more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restate_lost_in_a_crash_is_made_again() {
+    let mut driver = driver();
+    pipe(&mut driver, "x", 10);
+    driver.run().await.expect("run");
+    driver.fail_commits(true);
+    pipe(&mut driver, "k", 10);
+    driver.run().await.expect("run"); // worker-1: k = 10 at offset 19, the group at 10
+    driver.move_partition("events", 0, "worker-2").await.expect("move");
+    driver.run_to("events", 0, 15).await.expect("run"); // worker-2: k = 5 at offset 14
+    driver.move_partition("events", 0, FIRST_OWNER).await.expect("move"); // skips k = 5
+                                                                          // Killed before its first cut: the restate of k is lost.
+    driver.crash_partition("events", 0, FIRST_OWNER).await.expect("crash");
+    driver.fail_commits(false);
+    pipe(&mut driver, "y", 5);
+    driver.run().await.expect("run");
+    assert_eq!(driver.committed("events", 0), Some(25));
+    driver.move_partition("events", 0, "worker-3").await.expect("move");
+    let table = driver.table(&COUNTS).expect("table");
+    assert_eq!((table["x"], table["k"], table["y"]), (10, 10, 5));
+}
+
 /// A worker whose store is ahead of the group's commit gets its partition back after another
 /// owner committed part of that input again: its store holds its own effects of input the
 /// partition now processes again, for keys the other owner did not touch too. It rebuilds its

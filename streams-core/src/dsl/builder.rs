@@ -10,12 +10,13 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::join::GlobalKTable;
 use super::node::{ChangeListener, Fanout, Freeze, SourceNode, StreamSource, TableSlot, Tick};
 use super::run::{run_fn, SubTopology};
 use super::stream::{KStream, Keyed};
 use super::table::{KTable, TableSource};
 use crate::codec::Key;
-use crate::spec::{TableSpec, TopicSpec};
+use crate::spec::{GlobalTableSpec, TableSpec, TopicSpec};
 use crate::table::Table;
 use crate::task::run::{TaskKind, TaskSpec};
 use crate::topic::Topic;
@@ -33,6 +34,13 @@ pub enum NodeKind {
     /// Sends to a topic.
     Sink {
         /// The topic.
+        topic: String,
+    },
+    /// A global table: a full copy of a topic on every worker.
+    GlobalTable {
+        /// The table.
+        table: String,
+        /// The topic it copies.
         topic: String,
     },
     /// Keeps a table (an aggregation, or a topic read as a table).
@@ -71,6 +79,8 @@ pub(crate) struct Graph {
     listeners: Vec<(usize, TableSlot, Arc<dyn ChangeListener>)>,
     ticks: Vec<(usize, Arc<dyn Tick>)>,
     fanouts: Vec<Arc<dyn Freeze>>,
+    /// Global tables, each with its node once a join uses it.
+    globals: Vec<(GlobalTableSpec, Option<usize>)>,
     pub(crate) errors: Vec<String>,
 }
 
@@ -206,6 +216,22 @@ impl Graph {
         None
     }
 
+    /// The node of global table `name` in the topology, made in `group`'s sub-topology the
+    /// first time a join uses it.
+    pub(crate) fn global_node(&mut self, name: &str, group: usize) -> Option<usize> {
+        let index = self.globals.iter().position(|(spec, _)| spec.table.name == name)?;
+        if let Some(node) = self.globals[index].1 {
+            return Some(node);
+        }
+        let kind = NodeKind::GlobalTable {
+            table: name.to_string(),
+            topic: self.globals[index].0.topic.name.to_string(),
+        };
+        let node = self.node(name, kind, Vec::new(), group);
+        self.globals[index].1 = Some(node);
+        Some(node)
+    }
+
     /// The repartition topic named `name`: `{app}-{name}-repartition`.
     pub(crate) fn repartition_topic(&self, name: &str) -> String {
         format!("{}-{name}-repartition", self.app_id)
@@ -252,9 +278,90 @@ impl StreamsBuilder {
                 listeners: Vec::new(),
                 ticks: Vec::new(),
                 fanouts: Vec::new(),
+                globals: Vec::new(),
                 errors: Vec::new(),
             })),
         }
+    }
+
+    /// The records of `topic` as a global table kept in `store`: a full copy on every
+    /// worker (Kafka Streams' `GlobalKTable`), filled from the topic before the worker
+    /// processes anything and kept current by a consumer of its own, with no changelog. The
+    /// latest value of each key counts; a record without a value deletes its key. Streams
+    /// join it by a key taken from their records ([`KStream::join_global`]), whatever their
+    /// partitioning.
+    ///
+    /// ```
+    /// use streams_core::prelude::*;
+    ///
+    /// #[record]
+    /// #[derive(Clone, Default)]
+    /// struct Product { name: String }
+    /// #[record]
+    /// #[derive(Clone)]
+    /// struct Order { product: String, amount: i64 }
+    ///
+    /// const PRODUCTS: Topic<String, Product> = Topic::new("products");
+    /// const PRODUCTS_STORE: Table<String, Product> = Table::new("products-store");
+    /// const ORDERS: Topic<String, Order> = Topic::new("orders");
+    /// const NAMED: Topic<String, String> = Topic::new("orders-named");
+    ///
+    /// let app = App::new("shop").pipeline("name-orders", |builder| {
+    ///     let products = builder.global_table(PRODUCTS, PRODUCTS_STORE);
+    ///     builder
+    ///         .stream(ORDERS)
+    ///         .left_join_global(&products, |_, order| order.product.clone(), |_, order, product| {
+    ///             format!("{} x {}", order.amount, product.map_or("?", |p| p.name.as_str()))
+    ///         })
+    ///         .to(NAMED);
+    /// });
+    /// assert_eq!(app.global_tables().len(), 1);
+    /// ```
+    pub fn global_table<K, V>(&self, topic: Topic<K, V>, store: Table<K, V>) -> GlobalKTable<K, V>
+    where
+        K: Key,
+        V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let mut graph = self.graph.borrow_mut();
+        if graph.globals.iter().any(|(spec, _)| spec.table.name == store.name()) {
+            let error = format!(
+                "pipeline `{}` declares global table `{}` twice",
+                graph.pipeline,
+                store.name()
+            );
+            graph.errors.push(error);
+        }
+        let reader = topic.reader();
+        let name = store.name();
+        let entry: crate::spec::GlobalEntry = Arc::new(move |key: Option<&[u8]>, value: Option<&[u8]>| {
+            let key = K::decode_key(key).map_err(|e| format!("key: {e}"))?;
+            if key.is_null() {
+                return Err(format!("a record without a key cannot go into global table `{name}`"));
+            }
+            let key = key
+                .key_bytes()
+                .map_err(|e| format!("cannot encode a key of global table `{name}`: {e}"))?
+                .into_owned();
+            let value = match value {
+                None => None,
+                Some(bytes) => {
+                    let value = reader.values.decode(bytes).map_err(|e| e.to_string())?;
+                    Some(store.encode(&value).map_err(|e| e.to_string())?)
+                }
+            };
+            Ok((key, value))
+        });
+        let dead_letter_topic = format!("{}-{}-dlq", graph.app_id, graph.pipeline);
+        graph.globals.push((
+            GlobalTableSpec {
+                table: store.spec(),
+                topic: topic.spec(),
+                dead_letter_topic,
+                entry,
+            },
+            None,
+        ));
+        GlobalKTable::new(name)
     }
 
     /// The records of `topic` as a stream, partitioned by their key.
@@ -424,6 +531,7 @@ impl StreamsBuilder {
             tasks,
             nodes,
             subtopologies: subtopologies.iter().map(|s| s.nodes.clone()).collect(),
+            globals: graph.globals.iter().map(|(spec, _)| spec.clone()).collect(),
             errors: graph.errors.clone(),
         }
     }
@@ -450,6 +558,8 @@ pub struct Pipeline {
     pub nodes: Vec<NodeInfo>,
     /// The nodes of each sub-topology.
     pub subtopologies: Vec<Vec<usize>>,
+    /// The global tables it declares.
+    pub globals: Vec<GlobalTableSpec>,
     /// What does not fit (a topic read twice, a table kept twice): refused at start.
     pub errors: Vec<String>,
 }

@@ -35,8 +35,10 @@
 //! # assert_eq!(app().tasks().len(), 2);
 //! ```
 
+mod buffer;
 mod builder;
 mod grouped;
+mod join;
 mod node;
 mod process;
 mod run;
@@ -46,6 +48,7 @@ mod windowed;
 
 pub use self::builder::{NodeInfo, NodeKind, Pipeline, StreamsBuilder};
 pub use self::grouped::KGroupedStream;
+pub use self::join::{GlobalKTable, JoinWindows};
 pub use self::process::{Forward, Processor};
 pub use self::stream::{BranchedKStream, KStream, Keyed, PartitionedByKey, Rekeyed};
 pub use self::table::KTable;

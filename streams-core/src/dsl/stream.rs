@@ -394,8 +394,8 @@ where
 #[diagnostic::on_unimplemented(
     message = "this stream's key was changed, so its records are not partitioned by it",
     label = "needs records partitioned by their key",
-    note = "send them through a named repartition topic first: `.repartition(\"name\").group_by_key()`, \
-            or group with `.group_by(\"name\", |key, value| ...)`"
+    note = "send them through a named repartition topic first, `.repartition(\"name\")`, then group or join \
+            them; or group them with `.group_by(\"name\", |key, value| ...)`"
 )]
 pub trait PartitionedByKey {}
 

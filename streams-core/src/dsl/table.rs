@@ -19,11 +19,11 @@ use crate::topic::TopicReader;
 /// A table in a pipeline (Kafka Streams' `KTable`): one value per key, kept in a store with
 /// a changelog like every table.
 pub struct KTable<K, V> {
-    graph: Rc<RefCell<Graph>>,
-    name: &'static str,
-    slot: TableSlot,
-    group: usize,
-    node: usize,
+    pub(crate) graph: Rc<RefCell<Graph>>,
+    pub(crate) name: &'static str,
+    pub(crate) slot: TableSlot,
+    pub(crate) group: usize,
+    pub(crate) node: usize,
     /// A windowed aggregation that emits final results: they, not the table's changes, are
     /// its stream.
     finals: Option<Arc<Fanout<K, V>>>,

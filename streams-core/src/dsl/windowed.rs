@@ -25,6 +25,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::buffer::{show_record_key, RecordBuffer};
 use super::builder::{Graph, NodeKind};
 use super::grouped::{read_value, write_value, KGroupedStream};
 use super::node::{dead_letter_change, guarded, sink, Cx, Fanout, Node, Outcome, TableSlot, Tick};
@@ -209,110 +210,6 @@ impl WindowIndex {
             .unwrap_or_default()
     }
 }
-
-/// The records of the last time difference + grace, per key, for sliding windows: their
-/// key in the records table is the key's bytes, the event time and a sequence number (8 and
-/// 4 bytes, big-endian), their value the record's value as JSON.
-#[derive(Default)]
-struct RecordBuffer {
-    by_key: HashMap<Box<[u8]>, Records>,
-    by_time: BTreeSet<(i64, Box<[u8]>)>,
-}
-
-fn record_key(key: &[u8], time: i64, seq: u32) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(key.len() + 12);
-    bytes.extend_from_slice(key);
-    bytes.extend_from_slice(&time.to_be_bytes());
-    bytes.extend_from_slice(&seq.to_be_bytes());
-    bytes
-}
-
-fn split_record_key(bytes: &[u8]) -> Option<(&[u8], i64, u32)> {
-    let at = bytes.len().checked_sub(12)?;
-    let (key, rest) = bytes.split_at(at);
-    let time = i64::from_be_bytes(rest[..8].try_into().ok()?);
-    let seq = u32::from_be_bytes(rest[8..].try_into().ok()?);
-    Some((key, time, seq))
-}
-
-/// A records-table key as text: the key, `@` the event time, `#` the sequence number.
-fn show_record_key<K: Key>(bytes: &[u8]) -> String {
-    match split_record_key(bytes) {
-        Some((key, time, seq)) => format!("{}@{time}#{seq}", K::display_key(key)),
-        None => String::from_utf8_lossy(bytes).into_owned(),
-    }
-}
-
-impl RecordBuffer {
-    fn load(store: &dyn StateStore) -> crate::Result<Self> {
-        let mut buffer = Self::default();
-        let mut scan = || {
-            store.for_each(&mut |bytes, value| {
-                if let Some((key, time, seq)) = split_record_key(bytes) {
-                    buffer
-                        .by_key
-                        .entry(key.into())
-                        .or_default()
-                        .insert((time, seq), value.to_vec());
-                    buffer.by_time.insert((time, bytes.into()));
-                }
-            })
-        };
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(scan)?,
-            _ => scan()?,
-        }
-        Ok(buffer)
-    }
-
-    /// Adds a record; returns its key in the records table.
-    fn add(&mut self, key: &[u8], time: i64, value: Vec<u8>) -> Vec<u8> {
-        let records = self.by_key.entry(key.into()).or_default();
-        let seq = records
-            .range((time, 0)..=(time, u32::MAX))
-            .next_back()
-            .map_or(0, |((_, seq), _)| seq.saturating_add(1));
-        records.insert((time, seq), value);
-        let bytes = record_key(key, time, seq);
-        self.by_time.insert((time, bytes.clone().into_boxed_slice()));
-        bytes
-    }
-
-    /// The records of `key` with event times in `from..=to`, in order.
-    fn records(&self, key: &[u8], from: i64, to: i64) -> Vec<(i64, Vec<u8>)> {
-        self.by_key
-            .get(key)
-            .map(|records| {
-                records
-                    .range((from, 0)..=(to, u32::MAX))
-                    .map(|((time, _), value)| (*time, value.clone()))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// Takes the records at or before `through` out of the buffer.
-    fn expire(&mut self, through: i64) -> Vec<Box<[u8]>> {
-        let mut gone = Vec::new();
-        while self.by_time.first().is_some_and(|(time, _)| *time <= through) {
-            if let Some((_, bytes)) = self.by_time.pop_first() {
-                if let Some((key, time, seq)) = split_record_key(&bytes) {
-                    if let Some(records) = self.by_key.get_mut(key) {
-                        records.remove(&(time, seq));
-                        if records.is_empty() {
-                            self.by_key.remove(key);
-                        }
-                    }
-                }
-                gone.push(bytes);
-            }
-        }
-        gone
-    }
-}
-
-/// One key's records: by event time and sequence number, their values as JSON.
-type Records = BTreeMap<(i64, u32), Vec<u8>>;
 
 type Add<K, V, A> = dyn Fn(&K, Option<A>, V) -> A + Send + Sync;
 type Merge<K, A> = dyn Fn(&K, A, A) -> A + Send + Sync;
@@ -884,12 +781,8 @@ where
 
     /// Counts the records of each key and window.
     pub fn count(self, table: WindowedTable<K, i64>) -> KTable<Windowed<K>, i64> {
-        self.0.aggregate_into(
-            "count",
-            table,
-            Box::new(|_, count, _| count.unwrap_or(0) + 1),
-            None,
-        )
+        self.0
+            .aggregate_into("count", table, Box::new(|_, count, _| count.unwrap_or(0) + 1), None)
     }
 
     /// Combines the records of each key and window: the first value as it is, then
@@ -1059,20 +952,6 @@ mod tests {
         assert_eq!(index.overlapping(b"b", 0, 100), vec![]);
         index.remove(&key("a", 10, 20));
         assert_eq!(index.overlapping(b"a", 0, 100), vec![Window::new(25, 30)]);
-    }
-
-    #[test]
-    fn the_record_buffer_numbers_records_of_one_time_and_expires_by_time() {
-        let mut buffer = RecordBuffer::default();
-        let first = buffer.add(b"k", 5, b"1".to_vec());
-        let second = buffer.add(b"k", 5, b"2".to_vec());
-        assert_eq!(split_record_key(&first), Some((&b"k"[..], 5, 0)));
-        assert_eq!(split_record_key(&second), Some((&b"k"[..], 5, 1)));
-        buffer.add(b"k", 9, b"3".to_vec());
-        assert_eq!(buffer.records(b"k", 0, 6).len(), 2);
-        assert_eq!(buffer.expire(5).len(), 2);
-        assert_eq!(buffer.records(b"k", 0, 100), vec![(9, b"3".to_vec())]);
-        assert_eq!(show_record_key::<String>(&record_key(b"k", 9, 0)), "k@9#0");
     }
 
     #[test]

@@ -31,7 +31,8 @@ pub(crate) struct Cut {
     /// The task's stream time at the cut, when it has one.
     pub stream_time: Option<i64>,
     pub writes: Vec<TableWrite>,
-    pub ack: Option<Ack>,
+    /// Who waits for the cut to be durable.
+    pub acks: Vec<Ack>,
 }
 
 /// Commits source offsets to the consumer group.
@@ -41,23 +42,31 @@ pub(crate) trait OffsetCommit: Send + Sync + 'static {
 
 /// Runs the committer on the calling thread until every sender is gone.
 pub(crate) fn run(cuts: Receiver<Cut>, sink: Arc<dyn Sink>, offsets: Arc<dyn OffsetCommit>, metrics: Arc<Metrics>) {
+    let mut committed = Committed::new();
     while let Ok(first) = cuts.recv() {
         let mut batch = vec![first];
         batch.extend(cuts.try_iter());
-        let outcome = commit_batch(&mut batch, &*sink, &*offsets, &metrics);
+        let outcome = commit_batch(&mut batch, &*sink, &*offsets, &metrics, &mut committed);
         for cut in batch {
-            if let Some(ack) = cut.ack {
+            for ack in cut.acks {
                 let _ = ack.send(outcome.clone());
             }
         }
     }
 }
 
+/// The offsets this committer has committed, by topic partition: a cut that moved nowhere
+/// since (a partition's last cut on revoke or shutdown, after a periodic one) commits
+/// nothing again. A group refuses commits while it rebalances; re-committing what it
+/// holds already would fail a clean shutdown for nothing.
+type Committed = HashMap<(String, i32), i64>;
+
 fn commit_batch(
     batch: &mut [Cut],
     sink: &dyn Sink,
     offsets: &dyn OffsetCommit,
     metrics: &Metrics,
+    committed: &mut Committed,
 ) -> Result<(), String> {
     if let Some(error) = metrics.fatal() {
         return Err(format!("not committed: the worker failed ({error})"));
@@ -101,13 +110,15 @@ fn commit_batch(
             *slot = (*slot).max(next);
         }
     }
+    latest.retain(|partition, offset| committed.get(partition) != Some(offset));
     if latest.is_empty() {
         return Ok(());
     }
-    let list: Vec<(String, i32, i64)> = latest.into_iter().map(|((t, p), o)| (t, p, o)).collect();
+    let list: Vec<(String, i32, i64)> = latest.iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect();
     match offsets.commit(&list) {
         Ok(()) => {
             metrics.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            committed.extend(latest);
             Ok(())
         }
         Err(error) => {

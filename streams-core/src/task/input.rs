@@ -18,6 +18,10 @@ use super::TaskContext;
 use crate::message::Message;
 use crate::Origin;
 
+/// The longest a task waits for records of one source that the broker is known to have
+/// (see `StreamCore::held_back`).
+pub(crate) const HOLD_BACK_LIMIT: Duration = Duration::from_secs(5);
+
 /// What the worker puts into a task's queue.
 pub(crate) enum Input {
     /// Records of one source (by its index in the task's sources), in order.
@@ -29,7 +33,8 @@ pub(crate) enum Input {
     StartAt(usize, i64),
     /// Finish: make a last cut, acknowledge it once committed, and end the stream.
     Finish(Ack),
-    /// Make a cut now and acknowledge it once committed; the stream goes on.
+    /// Make a cut once the records handed over before this are processed, and acknowledge
+    /// it once committed; the stream goes on.
     Flush(Ack),
 }
 
@@ -62,6 +67,11 @@ pub(crate) struct StreamCore {
     next_cut: Instant,
     commit_interval: Duration,
     since_clock: u32,
+    /// Since when the task holds back: it has records of some sources, and another source
+    /// with none queued has records on the broker (see [`StreamCore::held_back`]).
+    holding_since: Option<Instant>,
+    /// Flushes that wait for the records queued before them (see [`Input::Flush`]).
+    flushes: Vec<Ack>,
     pub(crate) ended: bool,
     hook: Option<Box<dyn CutHook>>,
 }
@@ -87,6 +97,8 @@ impl StreamCore {
             next_cut: Instant::now() + commit_interval,
             commit_interval,
             since_clock: 0,
+            holding_since: None,
+            flushes: Vec::new(),
             ended: false,
             hook: None,
         }
@@ -156,6 +168,34 @@ impl StreamCore {
         best.map(|(index, _)| index)
     }
 
+    /// Whether the task waits before taking its next record: a task with several sources
+    /// takes the record with the earliest time next, so it does not run ahead while a source
+    /// with nothing queued has records on the broker that it was not given yet (Kafka
+    /// Streams' KIP-695, `max.task.idle.ms` = 0). It waits at most [`HOLD_BACK_LIMIT`], in
+    /// case the broker's end offset is stale.
+    fn held_back(&mut self) -> bool {
+        let waiting_for = self
+            .sources
+            .iter()
+            .enumerate()
+            .any(|(index, source)| source.queue.is_empty() && self.ctx.has_unread(index));
+        let something_queued = self.sources.iter().any(|s| !s.queue.is_empty());
+        if self.sources.len() < 2 || !waiting_for || !something_queued {
+            self.holding_since = None;
+            return false;
+        }
+        let since = *self.holding_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= HOLD_BACK_LIMIT {
+            tracing::debug!(
+                task = &*self.ctx.name,
+                partition = self.ctx.partition,
+                "waited {HOLD_BACK_LIMIT:?} for records the broker has of another source; going on without them"
+            );
+            return false;
+        }
+        true
+    }
+
     /// The next record to process and its source. The common case (records are queued and
     /// no clock check is due) is synchronous; everything else runs in a boxed future, so the
     /// future a task awaits for every record stays small (awaiting moves it, byte by byte).
@@ -222,9 +262,17 @@ impl StreamCore {
                     return None;
                 }
             }
-            if let Some(source) = self.pick() {
-                if let Some(message) = self.sources[source].queue.pop_front() {
-                    return Some((source, message));
+            if !self.flushes.is_empty() && self.sources.iter().all(|s| s.queue.is_empty()) {
+                let acks = std::mem::take(&mut self.flushes);
+                self.cut_with(acks).await;
+                continue;
+            }
+            let holding = self.held_back();
+            if !holding {
+                if let Some(source) = self.pick() {
+                    if let Some(message) = self.sources[source].queue.pop_front() {
+                        return Some((source, message));
+                    }
                 }
             }
             let input = match self.rx.try_recv() {
@@ -235,10 +283,16 @@ impl StreamCore {
                     if Instant::now() >= self.next_cut {
                         self.cut(None).await;
                     }
+                    let wake = match (holding, self.holding_since) {
+                        (true, Some(since)) => self.next_cut.min(since + HOLD_BACK_LIMIT),
+                        _ => self.next_cut,
+                    };
+                    let ctx = Arc::clone(&self.ctx);
                     tokio::select! {
                         biased;
                         input = self.rx.recv() => input,
-                        _ = tokio::time::sleep_until(self.next_cut) => continue,
+                        _ = ctx.unread_cleared(), if holding => continue,
+                        _ = tokio::time::sleep_until(wake) => continue,
                     }
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
@@ -276,12 +330,21 @@ impl StreamCore {
                 false
             }
             Input::Finish(ack) => {
-                self.cut(Some(ack)).await;
+                let mut acks = std::mem::take(&mut self.flushes);
+                acks.push(ack);
+                self.cut_with(acks).await;
                 self.ended = true;
                 true
             }
             Input::Flush(ack) => {
-                self.cut(Some(ack)).await;
+                if self.sources.iter().all(|s| s.queue.is_empty()) {
+                    let mut acks = std::mem::take(&mut self.flushes);
+                    acks.push(ack);
+                    self.cut_with(acks).await;
+                } else {
+                    // Records queued before it come first.
+                    self.flushes.push(ack);
+                }
                 true
             }
         }
@@ -292,6 +355,10 @@ impl StreamCore {
     async fn finish_now(&mut self) {
         for source in &mut self.sources {
             source.queue.clear();
+        }
+        if !self.flushes.is_empty() {
+            let acks = std::mem::take(&mut self.flushes);
+            self.cut_with(acks).await;
         }
         loop {
             let input = match self.rx.try_recv() {
@@ -371,6 +438,11 @@ impl StreamCore {
     /// the last cut are handed to the producer, and the store writes and the source offsets
     /// go to the committer, which makes them durable in the order of ARCHITECTURE.md §1.
     pub(crate) async fn cut(&mut self, ack: Option<Ack>) {
+        self.cut_with(ack.into_iter().collect()).await;
+    }
+
+    /// [`StreamCore::cut`] for everyone in `acks`.
+    pub(crate) async fn cut_with(&mut self, acks: Vec<Ack>) {
         self.ctx.report();
         self.next_cut = Instant::now() + self.commit_interval;
         let positions: Vec<(Arc<str>, i64)> = self
@@ -378,7 +450,7 @@ impl StreamCore {
             .iter()
             .filter_map(|s| Some((Arc::clone(&s.topic), s.processed?)))
             .collect();
-        if positions == self.last_cut && ack.is_none() {
+        if positions == self.last_cut && acks.is_empty() {
             return;
         }
         let ctx = Arc::clone(&self.ctx);
@@ -426,7 +498,7 @@ impl StreamCore {
             positions: positions.clone(),
             stream_time,
             writes,
-            ack,
+            acks,
         };
         self.last_cut = positions;
         ctx.commit(cut);

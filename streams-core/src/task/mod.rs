@@ -57,7 +57,18 @@ pub(crate) struct TaskContext {
     /// This partition's counts not yet added to the shared [`Metrics`] (counting into the
     /// shared counters for every record would bounce their cache line between threads).
     pub(crate) counts: Counts,
+    /// The worker's global tables (a full copy each, shared by every task).
+    globals: Globals,
+    /// Per source: whether the broker holds records of it that the task has not been given
+    /// yet (set by the worker or the test driver; unknown counts as yes). A task with several
+    /// sources does not run ahead of one that has such records (KIP-695).
+    unread: Box<[AtomicBool]>,
+    /// Signalled when a source's `unread` clears.
+    unread_cleared: tokio::sync::Notify,
 }
+
+/// A worker's global tables by name: the store of each, kept current from its topic.
+pub(crate) type Globals = Arc<std::collections::HashMap<&'static str, Arc<dyn crate::store::StateStore>>>;
 
 /// Stream time before a task has processed anything.
 pub(crate) const NO_TIME: i64 = i64::MIN;
@@ -87,6 +98,7 @@ impl TaskContext {
         sink: Arc<dyn Sink>,
         committer: std::sync::mpsc::Sender<Cut>,
         metrics: Arc<Metrics>,
+        globals: Globals,
     ) -> Self {
         Self {
             name: spec.name.as_str().into(),
@@ -105,7 +117,39 @@ impl TaskContext {
             start_time: AtomicI64::new(NO_TIME),
             locals: Mutex::default(),
             counts: Counts::default(),
+            globals,
+            unread: spec.sources.iter().map(|_| AtomicBool::new(true)).collect(),
+            unread_cleared: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Says whether the broker holds records of source `source` not handed to the task yet.
+    pub(crate) fn set_unread(&self, source: usize, unread: bool) {
+        if let Some(flag) = self.unread.get(source) {
+            if flag.swap(unread, Ordering::Relaxed) && !unread {
+                self.unread_cleared.notify_one();
+            }
+        }
+    }
+
+    /// Whether source `source` has records on the broker that the task was not given yet.
+    pub(crate) fn has_unread(&self, source: usize) -> bool {
+        self.unread.get(source).is_some_and(|flag| flag.load(Ordering::Relaxed))
+    }
+
+    /// Waits until a source's `unread` clears.
+    pub(crate) async fn unread_cleared(&self) {
+        self.unread_cleared.notified().await;
+    }
+
+    /// The value of `key` in the global table `name` (from memory where the store can
+    /// answer so, else a blocking read announced to the runtime).
+    pub(crate) fn global_get(&self, name: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let store = self
+            .globals
+            .get(name)
+            .ok_or_else(|| Error::Config(format!("global table `{name}` is not kept by this worker")))?;
+        tables::read_blocking(&**store, key)
     }
 
     /// A context for work outside any partition (a timer): it may send to `sends`, has no
@@ -134,6 +178,9 @@ impl TaskContext {
             start_time: AtomicI64::new(NO_TIME),
             locals: Mutex::default(),
             counts: Counts::default(),
+            globals: Globals::default(),
+            unread: Box::default(),
+            unread_cleared: tokio::sync::Notify::new(),
         }
     }
 

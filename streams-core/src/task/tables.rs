@@ -266,7 +266,7 @@ impl TaskContext {
 
 /// Reads `key` from `store` where the caller stands: from memory when the store can answer
 /// without the disk; else a blocking read, announced to a multi-threaded runtime.
-fn read_blocking(store: &dyn StateStore, key: &[u8]) -> Result<Option<Vec<u8>>> {
+pub(crate) fn read_blocking(store: &dyn StateStore, key: &[u8]) -> Result<Option<Vec<u8>>> {
     if let Some(value) = store.get_in_memory(key)? {
         return Ok(value);
     }

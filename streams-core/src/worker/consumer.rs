@@ -48,6 +48,9 @@ struct Running {
     join: tokio::task::JoinHandle<()>,
     /// The task's source partitions held here: each topic with its index among the sources.
     sources: Vec<(String, usize)>,
+    /// Where each of those starts (`None`: from the beginning), until the consumer has a
+    /// position there.
+    starts: Vec<Option<i64>>,
     /// While the task's stores are restored: the restore, and records that arrived before
     /// its partitions were paused (handed over once the restore is done).
     restoring: Option<(Arc<RestoreProgress>, Vec<Parked>)>,
@@ -93,6 +96,8 @@ pub(crate) struct Shared {
     waiting: Mutex<Option<std::time::Instant>>,
     /// Whether the broker is the embedded broker (its joins are slow, see `worker/mod.rs`).
     pub on_embedded: bool,
+    /// The worker's global tables.
+    globals: crate::task::Globals,
 }
 
 impl Shared {
@@ -109,6 +114,7 @@ impl Shared {
         commit_interval: Duration,
         table_cache_bytes: usize,
         on_embedded: bool,
+        globals: crate::task::Globals,
     ) -> Result<Self> {
         let restores = restore::spawn(restorer, Arc::clone(&metrics))?;
         let mut by_topic = HashMap::new();
@@ -133,6 +139,7 @@ impl Shared {
             pending: Mutex::new(Vec::new()),
             waiting: Mutex::new(Some(std::time::Instant::now())),
             on_embedded,
+            globals,
         })
     }
 
@@ -310,6 +317,7 @@ impl Shared {
                 Arc::clone(&self.sink),
                 cuts,
                 Arc::clone(&self.metrics),
+                Arc::clone(&self.globals),
             ));
             let (tx, rx) = mpsc::channel(QUEUE * spec.sources.len().max(1));
             let job = (!stores.is_empty()).then(|| RestoreJob {
@@ -357,6 +365,7 @@ impl Shared {
                     ctx,
                     tx,
                     join,
+                    starts: starts.iter().map(|(_, start)| *start).collect(),
                     sources: sources.clone(),
                     restoring: restoring_progress,
                 },
@@ -383,10 +392,13 @@ impl Shared {
             let Some((_, mut parked)) = task.restoring.take() else {
                 continue;
             };
-            for (topic, source) in &task.sources {
+            for (n, (topic, source)) in task.sources.iter().enumerate() {
                 let Some(start) = starts.offsets.iter().find(|(t, _)| t == topic).map(|(_, s)| *s) else {
                     continue;
                 };
+                if let Some(slot) = task.starts.get_mut(n) {
+                    *slot = Some(start);
+                }
                 if starts.moved {
                     // Fetch from the decided start. Records fetched before it are dropped (the
                     // seek discards what librdkafka had prefetched); if the seek fails, the
@@ -423,6 +435,46 @@ impl Shared {
             self.metrics
                 .assigned
                 .fetch_add(task.sources.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Tells each task with several sources which of them have records on the broker that
+    /// it has not been given (KIP-695): the broker's end offset (as the last fetch response
+    /// had it) past the consumer's position there. Called by the poll thread after it hands
+    /// records over.
+    fn update_unread(&self, consumer: &BaseConsumer<WorkerContext>) {
+        let running = self.running();
+        if running.values().all(|task| task.sources.len() < 2) {
+            return;
+        }
+        let positions: HashMap<(String, i32), i64> = consumer
+            .position()
+            .map(|list| {
+                list.elements()
+                    .iter()
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(offset) => Some(((e.topic().to_string(), e.partition()), offset)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for ((_, partition), task) in running.iter() {
+            if task.sources.len() < 2 || task.restoring.is_some() {
+                continue;
+            }
+            for (n, (topic, source)) in task.sources.iter().enumerate() {
+                let unread = match cached_watermarks(consumer, topic, *partition) {
+                    Some((low, high)) if high >= 0 => {
+                        let start = task.starts.get(n).copied().flatten().unwrap_or(low);
+                        let at = positions.get(&(topic.clone(), *partition)).copied().unwrap_or(start);
+                        at < high
+                    }
+                    // Not known yet (no fetch response): as if there were.
+                    _ => true,
+                };
+                task.ctx.set_unread(*source, unread);
+            }
         }
     }
 
@@ -559,6 +611,26 @@ impl ClientContext for WorkerContext {
     fn error(&self, error: KafkaError, reason: &str) {
         self.shared.metrics.client_error("consumer", &error, reason);
     }
+}
+
+/// The watermarks of a partition as the consumer's last fetch response had them, without
+/// asking the broker (rdkafka has no wrapper for `rd_kafka_get_watermark_offsets`); `None`
+/// when not known.
+fn cached_watermarks(consumer: &BaseConsumer<WorkerContext>, topic: &str, partition: i32) -> Option<(i64, i64)> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client handle is live for `consumer`'s lifetime, `topic` is a valid C string
+    // for the call, and the two out-pointers point at locals.
+    let error = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (error == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && low >= 0 && high >= 0).then_some((low, high))
 }
 
 /// The consumer's member id in its group (librdkafka keeps it; rdkafka has no accessor).
@@ -709,6 +781,7 @@ pub(crate) fn poll_loop(
         }
         shared.hand_over();
         shared.resume_restored(consumer);
+        shared.update_unread(consumer);
         if let Some(idle) = idle_exit {
             if taken > 0 || !shared.settled() {
                 quiet_since = std::time::Instant::now();

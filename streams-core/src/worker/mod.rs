@@ -5,6 +5,7 @@
 //! named after the app, and runs agents on the partitions it is assigned.
 
 pub(crate) mod consumer;
+mod global;
 pub(crate) mod producer;
 pub(crate) mod restore;
 mod timers;
@@ -236,6 +237,20 @@ impl Worker {
 
         let metrics = Arc::new(Metrics::default());
         let sink: Arc<dyn Sink> = Arc::new(producer::KafkaSink::new(config.clone(), Arc::clone(&metrics))?);
+        // Global tables are filled before the worker joins its group: no task starts before
+        // its lookups can be answered.
+        let globals = {
+            let (id, specs, config, dir) = (
+                app.id().to_string(),
+                app.global_tables(),
+                config.clone(),
+                app_dir.join("global"),
+            );
+            let (sink, metrics, stop) = (Arc::clone(&sink), Arc::clone(&metrics), Arc::clone(&stop));
+            tokio::task::spawn_blocking(move || global::start(&id, specs, &config, &dir, &sink, &metrics, &stop))
+                .await
+                .map_err(|e| Error::Config(format!("filling the global tables: {e}")))??
+        };
         let (cuts_tx, cuts_rx) = std::sync::mpsc::channel();
         let shared = Arc::new(consumer::Shared::new(
             app.id().to_string(),
@@ -249,6 +264,7 @@ impl Worker {
             app.commit_interval_value(),
             app.table_cache_bytes_value(),
             on_embedded,
+            Arc::clone(&globals.stores),
         )?);
         let mut consumer_config = config.clone();
         consumer_config
@@ -327,6 +343,7 @@ impl Worker {
             let finished = Arc::clone(&finished);
             let idle = options.idle_exit;
             let sink = Arc::clone(&sink);
+            let global_threads = globals.threads;
             std::thread::Builder::new()
                 .name("consumer".into())
                 .spawn(move || {
@@ -341,6 +358,9 @@ impl Worker {
                     let _ = committer.join();
                     // What timers sent since the last commit point.
                     stop.store(true, Ordering::Relaxed);
+                    for thread in global_threads {
+                        let _ = thread.join();
+                    }
                     if let Err(error) = sink.flush() {
                         tracing::warn!("records sent by timers were not acknowledged: {error}");
                     }

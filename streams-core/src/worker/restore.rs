@@ -172,10 +172,11 @@ impl ChangelogReader for KafkaReader<'_> {
         partition: i32,
         committed: &changelog::Committed,
         agreed: Vec<(String, i64)>,
+        probe: bool,
     ) -> Result<Option<Restored>> {
         let restored = self
             .restorer
-            .restore(store, changelog, partition, committed, agreed, self.cancel)?;
+            .restore(store, changelog, partition, committed, agreed, probe, self.cancel)?;
         Ok((!self.cancel.load(Ordering::Relaxed)).then_some(restored))
     }
 }
@@ -282,8 +283,9 @@ impl Restorer {
     }
 
     /// Restores `store` from `topic[partition]`, from its checkpoint to the end (see
-    /// [`Apply`]). Stops early when `cancel` is set, keeping what it applied with its
-    /// checkpoint.
+    /// [`Apply`]; `probe`: see [`Apply::new`]). Stops early when `cancel` is set, keeping
+    /// what it applied with its checkpoint.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn restore(
         &self,
         store: &dyn StateStore,
@@ -291,6 +293,7 @@ impl Restorer {
         partition: i32,
         committed: &changelog::Committed,
         agreed: Vec<(String, i64)>,
+        probe: bool,
         cancel: &AtomicBool,
     ) -> Result<Restored> {
         let checkpoint = store.checkpoint()?;
@@ -314,7 +317,7 @@ impl Restorer {
         let began = Instant::now();
         let mut last_progress = Instant::now();
         let mut progress = Progress::new(topic, partition, total as u64);
-        let mut apply = Apply::new(store, committed, agreed, total as u64);
+        let mut apply = Apply::new(store, committed, agreed, total as u64, probe);
         let mut last = start - 1;
         let mut cancelled = false;
         while last < high - 1 {
@@ -333,6 +336,9 @@ impl Restorer {
                         .flat_map(|h| h.iter())
                         .map(|h| (h.key, h.value.unwrap_or_default()));
                     apply.record(last, message.key(), message.payload(), headers)?;
+                    if apply.done() {
+                        break;
+                    }
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => break,
                 Some(Err(error)) => tracing::warn!("restore of {topic}[{partition}]: {error}"),

@@ -1,0 +1,1080 @@
+//! Joins, with Kafka Streams' semantics: a stream with a table ([`KStream::join`],
+//! [`KStream::left_join`]), with a global table ([`KStream::join_global`]), two tables
+//! ([`KTable::join`], [`KTable::left_join`], [`KTable::outer_join`]) and two streams within a
+//! time window ([`KStream::join_windowed`] and its left and outer forms).
+//!
+//! The two sides of a join (but a global table) run in one task: the join reads partition
+//! *p* of both inputs, so their keys must be of one type (the compiler sees to that) and
+//! their topics must have equal partition counts (checked at start). The task takes its
+//! records in timestamp order across both inputs, and does not run ahead of an input that is
+//! known to have unread records (Kafka Streams' KIP-695), so a result does not depend on
+//! which fetch arrived first.
+
+use std::marker::PhantomData;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::buffer::{show_record_key, split_record_key, RecordBuffer};
+use super::builder::{Graph, NodeKind};
+use super::grouped::{read_value, write_value};
+use super::node::{guarded, ChangeListener, Cx, Fanout, Node, Outcome, TableSlot, Tick};
+use super::stream::{KStream, Keyed, PartitionedByKey};
+use super::table::KTable;
+use crate::codec::{json, Key};
+use crate::spec::{KeyDisplay, TableSpec};
+use crate::table::Table;
+use crate::task::NO_TIME;
+
+fn failed(error: impl std::fmt::Display) -> String {
+    error.to_string()
+}
+
+/// A table's value of `key` now, decoded (`None`: none).
+fn table_value<VT: DeserializeOwned>(
+    cx: &Cx<'_>,
+    slot: &TableSlot,
+    table: &str,
+    key: &[u8],
+) -> Result<Option<VT>, String> {
+    let index = slot.get()?;
+    let stored = cx.ctx.get_now(index, key).map_err(failed)?;
+    read_value::<VT>(stored.as_deref(), table).map_err(failed)
+}
+
+type StreamTableJoiner<K, V, VT, VR> = dyn Fn(&K, &V, Option<&VT>) -> Option<VR> + Send + Sync;
+
+/// A stream record joined with its key's value in a table of the same task.
+struct TableJoin<K, V, VT, VR> {
+    table: &'static str,
+    slot: TableSlot,
+    joiner: Box<StreamTableJoiner<K, V, VT, VR>>,
+    next: Arc<Fanout<K, VR>>,
+}
+
+impl<K, V, VT, VR> Node<K, V> for TableJoin<K, V, VT, VR>
+where
+    K: Key,
+    V: Send + Sync + 'static,
+    VT: DeserializeOwned + Send + Sync + 'static,
+    VR: Send + Sync + 'static,
+{
+    fn push(&self, cx: &mut Cx<'_>, key: K, value: V) -> Outcome {
+        // A record without a key has no row to meet (Kafka Streams: no match).
+        let found: Option<VT> = if key.is_null() {
+            None
+        } else {
+            let bytes = key
+                .key_bytes()
+                .map_err(|e| format!("cannot encode a key of table `{}`: {e}", self.table))?;
+            table_value(cx, &self.slot, self.table, &bytes)?
+        };
+        match (self.joiner)(&key, &value, found.as_ref()) {
+            Some(joined) => self.next.push(cx, key, joined),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<K, V, P> KStream<K, V, P>
+where
+    K: Key,
+    V: Send + Sync + 'static,
+{
+    /// Adds a node reading `table` after this stream: both go into one sub-topology.
+    fn with_table<VT, VR>(
+        self,
+        op: &str,
+        table: &KTable<K, VT>,
+        joiner: Box<StreamTableJoiner<K, V, VT, VR>>,
+    ) -> KStream<K, VR, Keyed>
+    where
+        VT: Serialize + DeserializeOwned + Send + Sync + 'static,
+        VR: Send + Sync + 'static,
+    {
+        let (next, group, node) = {
+            let mut graph = self.graph.borrow_mut();
+            let group = graph.union(self.group, table.group);
+            let next = graph.fanout::<K, VR>();
+            let node = graph.node(op, NodeKind::Operation, vec![self.node, table.node], group);
+            (next, group, node)
+        };
+        self.fanout.add(Arc::new(TableJoin {
+            table: table.name,
+            slot: table.slot.clone(),
+            joiner,
+            next: Arc::clone(&next),
+        }));
+        KStream::new(self.graph, next, group, node)
+    }
+
+    /// Joins each record with the value of its key in `table` at that moment (Kafka
+    /// Streams' stream–table `join`): `joiner(key, value, row)` for records whose key has a
+    /// row; the others are dropped. Updates of the table emit nothing.
+    ///
+    /// The stream and the table are *co-partitioned*: their keys are of one type (another
+    /// type does not compile) and their topics have the same partition count (checked when
+    /// the worker starts, naming both). A stream whose key was changed goes through a named
+    /// repartition topic first. The task takes the records of both in timestamp order, so a
+    /// record sees the rows written before its time.
+    ///
+    /// ```
+    /// use streams_core::prelude::*;
+    ///
+    /// #[record]
+    /// #[derive(Clone)]
+    /// struct View { page: String }
+    /// #[record]
+    /// #[derive(Clone, Default)]
+    /// struct User { region: String }
+    ///
+    /// const VIEWS: Topic<String, View> = Topic::new("views");
+    /// const USERS: Topic<String, User> = Topic::new("users");
+    /// const USERS_STORE: Table<String, User> = Table::new("users-store");
+    /// const VIEWS_BY_REGION: Topic<String, String> = Topic::new("views-with-region");
+    ///
+    /// let app = App::new("enrich").pipeline("enrich", |builder| {
+    ///     let users = builder.table(USERS, USERS_STORE);
+    ///     builder
+    ///         .stream(VIEWS)
+    ///         .join(&users, |_, view, user| format!("{} in {}", view.page, user.region))
+    ///         .to(VIEWS_BY_REGION);
+    /// });
+    /// assert_eq!(app.tasks().len(), 1, "one task reads both topics");
+    /// ```
+    pub fn join<VT, VR>(
+        self,
+        table: &KTable<K, VT>,
+        joiner: impl Fn(&K, &V, &VT) -> VR + Send + Sync + 'static,
+    ) -> KStream<K, VR, Keyed>
+    where
+        P: PartitionedByKey,
+        VT: Serialize + DeserializeOwned + Send + Sync + 'static,
+        VR: Send + Sync + 'static,
+    {
+        self.with_table(
+            "join",
+            table,
+            Box::new(move |key, value, row| row.map(|row| joiner(key, value, row))),
+        )
+    }
+
+    /// Like [`KStream::join`], but every record goes on: `joiner(key, value, row)` with
+    /// `None` where its key has no row (Kafka Streams' stream–table `leftJoin`).
+    pub fn left_join<VT, VR>(
+        self,
+        table: &KTable<K, VT>,
+        joiner: impl Fn(&K, &V, Option<&VT>) -> VR + Send + Sync + 'static,
+    ) -> KStream<K, VR, Keyed>
+    where
+        P: PartitionedByKey,
+        VT: Serialize + DeserializeOwned + Send + Sync + 'static,
+        VR: Send + Sync + 'static,
+    {
+        self.with_table(
+            "left_join",
+            table,
+            Box::new(move |key, value, row| Some(joiner(key, value, row))),
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Global tables.
+
+/// A table copied whole to every worker from its topic (Kafka Streams' `GlobalKTable`):
+/// filled from the topic at start, before any record is processed, kept current by a
+/// consumer of its own, with no changelog (the topic is its changelog). A stream joins it by
+/// a key taken from each record, so the two need not be co-partitioned. Made by
+/// [`StreamsBuilder::global_table`](super::StreamsBuilder::global_table).
+pub struct GlobalKTable<K, V> {
+    pub(crate) name: &'static str,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> GlobalKTable<K, V> {
+    pub(crate) fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            _types: PhantomData,
+        }
+    }
+
+    /// The table's name (its store's).
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+type GlobalJoiner<K, V, VT, VR> = dyn Fn(&K, &V, Option<&VT>) -> Option<VR> + Send + Sync;
+type KeyOf<K, V, GK> = dyn Fn(&K, &V) -> GK + Send + Sync;
+
+/// A stream record joined with a global table's value of a key taken from it.
+struct GlobalJoin<K, V, GK, VT, VR> {
+    table: &'static str,
+    key: Box<KeyOf<K, V, GK>>,
+    joiner: Box<GlobalJoiner<K, V, VT, VR>>,
+    next: Arc<Fanout<K, VR>>,
+}
+
+impl<K, V, GK, VT, VR> Node<K, V> for GlobalJoin<K, V, GK, VT, VR>
+where
+    K: Key,
+    V: Send + Sync + 'static,
+    GK: Key,
+    VT: DeserializeOwned + Send + Sync + 'static,
+    VR: Send + Sync + 'static,
+{
+    fn push(&self, cx: &mut Cx<'_>, key: K, value: V) -> Outcome {
+        let lookup = (self.key)(&key, &value);
+        let found: Option<VT> = if lookup.is_null() {
+            None
+        } else {
+            let bytes = lookup
+                .key_bytes()
+                .map_err(|e| format!("cannot encode a key of global table `{}`: {e}", self.table))?;
+            let stored = cx.ctx.global_get(self.table, &bytes).map_err(failed)?;
+            read_value::<VT>(stored.as_deref(), self.table).map_err(failed)?
+        };
+        match (self.joiner)(&key, &value, found.as_ref()) {
+            Some(joined) => self.next.push(cx, key, joined),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<K, V, P> KStream<K, V, P>
+where
+    K: Key,
+    V: Send + Sync + 'static,
+{
+    fn with_global<GK, VT, VR>(
+        self,
+        op: &str,
+        table: &GlobalKTable<GK, VT>,
+        key: Box<KeyOf<K, V, GK>>,
+        joiner: Box<GlobalJoiner<K, V, VT, VR>>,
+    ) -> KStream<K, VR, P>
+    where
+        GK: Key,
+        VT: DeserializeOwned + Send + Sync + 'static,
+        VR: Send + Sync + 'static,
+    {
+        let (next, node) = {
+            let mut graph = self.graph.borrow_mut();
+            let next = graph.fanout::<K, VR>();
+            let mut parents = vec![self.node];
+            parents.extend(graph.global_node(table.name, self.group));
+            let node = graph.node(op, NodeKind::Operation, parents, self.group);
+            (next, node)
+        };
+        self.fanout.add(Arc::new(GlobalJoin {
+            table: table.name,
+            key,
+            joiner,
+            next: Arc::clone(&next),
+        }));
+        KStream::new(self.graph, next, self.group, node)
+    }
+
+    /// Joins each record with the value that `table` (a global table) holds for
+    /// `key(record key, value)` (Kafka Streams' `join` with a `GlobalKTable`): `joiner(key,
+    /// value, row)`; records without a row are dropped. The stream keeps its key and its
+    /// partitioning.
+    pub fn join_global<GK, VT, VR>(
+        self,
+        table: &GlobalKTable<GK, VT>,
+        key: impl Fn(&K, &V) -> GK + Send + Sync + 'static,
+        joiner: impl Fn(&K, &V, &VT) -> VR + Send + Sync + 'static,
+    ) -> KStream<K, VR, P>
+    where
+        GK: Key,
+        VT: DeserializeOwned + Send + Sync + 'static,
+        VR: Send + Sync + 'static,
+    {
+        self.with_global(
+            "join_global",
+            table,
+            Box::new(key),
+            Box::new(move |key, value, row| row.map(|row| joiner(key, value, row))),
+        )
+    }
+
+    /// Like [`KStream::join_global`], but every record goes on, with `None` where the global
+    /// table has no row.
+    pub fn left_join_global<GK, VT, VR>(
+        self,
+        table: &GlobalKTable<GK, VT>,
+        key: impl Fn(&K, &V) -> GK + Send + Sync + 'static,
+        joiner: impl Fn(&K, &V, Option<&VT>) -> VR + Send + Sync + 'static,
+    ) -> KStream<K, VR, P>
+    where
+        GK: Key,
+        VT: DeserializeOwned + Send + Sync + 'static,
+        VR: Send + Sync + 'static,
+    {
+        self.with_global(
+            "left_join_global",
+            table,
+            Box::new(key),
+            Box::new(move |key, value, row| Some(joiner(key, value, row))),
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Table–table joins.
+
+/// Which rows of a table–table join have a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    /// Keys in both tables.
+    Inner,
+    /// Keys in the left table.
+    Left,
+    /// Keys in either table.
+    Outer,
+}
+
+type TableJoiner<K, V1, V2, VR> = dyn Fn(&K, Option<&V1>, Option<&V2>) -> VR + Send + Sync;
+
+/// The result of a table–table join, kept in its own table: a change of either side
+/// recomputes its key.
+struct TableTableJoin<K, V1, V2, VR> {
+    rows: Rows,
+    left: (&'static str, TableSlot),
+    right: (&'static str, TableSlot),
+    result: (&'static str, TableSlot),
+    joiner: Box<TableJoiner<K, V1, V2, VR>>,
+}
+
+impl<K, V1, V2, VR> TableTableJoin<K, V1, V2, VR>
+where
+    K: Key,
+    V1: DeserializeOwned + Send + Sync + 'static,
+    V2: DeserializeOwned + Send + Sync + 'static,
+    VR: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Recomputes `key` from both tables as they are now.
+    fn recompute(&self, cx: &mut Cx<'_>, key_bytes: &[u8]) -> Outcome {
+        let left: Option<V1> = table_value(cx, &self.left.1, self.left.0, key_bytes)?;
+        let right: Option<V2> = table_value(cx, &self.right.1, self.right.0, key_bytes)?;
+        let has_row = match self.rows {
+            Rows::Inner => left.is_some() && right.is_some(),
+            Rows::Left => left.is_some(),
+            Rows::Outer => left.is_some() || right.is_some(),
+        };
+        let index = self.result.1.get()?;
+        if !has_row {
+            // A key that had a row loses it (a tombstone); one that never had one stays away.
+            if cx.ctx.get_now(index, key_bytes).map_err(failed)?.is_some() {
+                cx.ctx.put_at(index, key_bytes.to_vec(), None).map_err(failed)?;
+            }
+            return Ok(());
+        }
+        let key = K::decode_key(Some(key_bytes)).map_err(|e| format!("a key of table `{}`: {e}", self.left.0))?;
+        let joined = guarded_value(|| (self.joiner)(&key, left.as_ref(), right.as_ref()))?;
+        let mut stored = None;
+        write_value(&mut stored, &joined, self.result.0).map_err(failed)?;
+        cx.ctx.put_at(index, key_bytes.to_vec(), stored).map_err(failed)
+    }
+}
+
+/// Runs a user's function, turning a panic into an error.
+fn guarded_value<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    let mut out = None;
+    guarded(|| {
+        out = Some(f());
+        Ok(())
+    })?;
+    out.ok_or_else(|| "the function gave no value".to_string())
+}
+
+/// Listens to one side of a table–table join.
+struct Side<K, V1, V2, VR>(Arc<TableTableJoin<K, V1, V2, VR>>);
+
+impl<K, V1, V2, VR> ChangeListener for Side<K, V1, V2, VR>
+where
+    K: Key,
+    V1: DeserializeOwned + Send + Sync + 'static,
+    V2: DeserializeOwned + Send + Sync + 'static,
+    VR: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    fn change(&self, cx: &mut Cx<'_>, key: &[u8], _: Option<&[u8]>) -> Outcome {
+        self.0.recompute(cx, key)
+    }
+}
+
+impl<K, V1> KTable<K, V1>
+where
+    K: Key,
+    V1: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    fn join_tables<V2, VR>(
+        &self,
+        op: &str,
+        rows: Rows,
+        other: &KTable<K, V2>,
+        store: Table<K, VR>,
+        joiner: Box<TableJoiner<K, V1, V2, VR>>,
+    ) -> KTable<K, VR>
+    where
+        V2: Serialize + DeserializeOwned + Send + Sync + 'static,
+        VR: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let graph = Rc::clone(&self.graph);
+        let mut g = graph.borrow_mut();
+        let group = g.union(self.group, other.group);
+        let slot = g.table(group, store.spec());
+        let join_node = g.node(op, NodeKind::Operation, vec![self.node, other.node], group);
+        let changelog = store.spec().changelog_topic(&g.app_id);
+        let node = g.node(
+            store.name(),
+            NodeKind::Table {
+                table: store.name().to_string(),
+                changelog,
+            },
+            vec![join_node],
+            group,
+        );
+        let join = Arc::new(TableTableJoin {
+            rows,
+            left: (self.name, self.slot.clone()),
+            right: (other.name, other.slot.clone()),
+            result: (store.name(), slot.clone()),
+            joiner,
+        });
+        // Both sides' changes recompute their keys at each commit point, before the
+        // result's own changes go on (listeners run in the order they were added).
+        g.listen(group, self.slot.clone(), Arc::new(Side(Arc::clone(&join))));
+        g.listen(group, other.slot.clone(), Arc::new(Side(join)));
+        drop(g);
+        KTable::new(graph, store.name(), slot, group, node)
+    }
+
+    /// Joins two tables on their key (Kafka Streams' table–table `join`): the result is a
+    /// table, kept in `store`, with `joiner(key, left, right)` for each key both tables
+    /// hold, recomputed when either side changes (at each commit point, as the changes of
+    /// any table go on), and deleted when either side loses the key. Send it on with
+    /// `to_stream()`. The tables are co-partitioned, as for [`KStream::join`].
+    ///
+    /// ```
+    /// use streams_core::prelude::*;
+    ///
+    /// const NAMES: Topic<String, String> = Topic::new("names");
+    /// const EMAILS: Topic<String, String> = Topic::new("emails");
+    /// const NAMES_STORE: Table<String, String> = Table::new("names-store");
+    /// const EMAILS_STORE: Table<String, String> = Table::new("emails-store");
+    /// const CONTACTS: Table<String, String> = Table::new("contacts");
+    /// const CONTACTS_TOPIC: Topic<String, String> = Topic::new("contacts");
+    ///
+    /// let app = App::new("contacts").pipeline("contacts", |builder| {
+    ///     let names = builder.table(NAMES, NAMES_STORE);
+    ///     let emails = builder.table(EMAILS, EMAILS_STORE);
+    ///     names
+    ///         .join(&emails, CONTACTS, |_, name, email| format!("{name} <{email}>"))
+    ///         .to_stream()
+    ///         .to(CONTACTS_TOPIC);
+    /// });
+    /// assert_eq!(app.tasks().len(), 1);
+    /// ```
+    pub fn join<V2, VR>(
+        &self,
+        other: &KTable<K, V2>,
+        store: Table<K, VR>,
+        joiner: impl Fn(&K, &V1, &V2) -> VR + Send + Sync + 'static,
+    ) -> KTable<K, VR>
+    where
+        V2: Serialize + DeserializeOwned + Send + Sync + 'static,
+        VR: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        self.join_tables(
+            "join",
+            Rows::Inner,
+            other,
+            store,
+            Box::new(move |key, left, right| match (left, right) {
+                (Some(left), Some(right)) => joiner(key, left, right),
+                // Only called for keys both tables hold.
+                _ => unreachable_row(),
+            }),
+        )
+    }
+
+    /// Like [`KTable::join`], for every key of this table: `joiner(key, left, right)` with
+    /// `None` where the other table has no row (Kafka Streams' table–table `leftJoin`).
+    pub fn left_join<V2, VR>(
+        &self,
+        other: &KTable<K, V2>,
+        store: Table<K, VR>,
+        joiner: impl Fn(&K, &V1, Option<&V2>) -> VR + Send + Sync + 'static,
+    ) -> KTable<K, VR>
+    where
+        V2: Serialize + DeserializeOwned + Send + Sync + 'static,
+        VR: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        self.join_tables(
+            "left_join",
+            Rows::Left,
+            other,
+            store,
+            Box::new(move |key, left, right| match left {
+                Some(left) => joiner(key, left, right),
+                None => unreachable_row(),
+            }),
+        )
+    }
+
+    /// Like [`KTable::join`], for every key of either table: `joiner(key, left, right)`,
+    /// each side `None` where its table has no row (Kafka Streams' `outerJoin`).
+    pub fn outer_join<V2, VR>(
+        &self,
+        other: &KTable<K, V2>,
+        store: Table<K, VR>,
+        joiner: impl Fn(&K, Option<&V1>, Option<&V2>) -> VR + Send + Sync + 'static,
+    ) -> KTable<K, VR>
+    where
+        V2: Serialize + DeserializeOwned + Send + Sync + 'static,
+        VR: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        self.join_tables("outer_join", Rows::Outer, other, store, Box::new(joiner))
+    }
+}
+
+/// A joiner called for a key without the row its join needs: never, by construction
+/// ([`TableTableJoin::recompute`] checks the rows first).
+fn unreachable_row<T>() -> T {
+    panic!("a table join was asked for a key without its rows")
+}
+
+// ---------------------------------------------------------------------------------------
+// Stream–stream windowed joins.
+
+/// The window of a stream–stream join (Kafka Streams' `JoinWindows`): two records meet
+/// when their event times differ by at most the time difference (both ends inclusive). A
+/// record whose window has closed — stream time past its time + difference + grace — is
+/// late: dropped and counted (`Metrics::late`).
+///
+/// ```
+/// use std::time::Duration;
+/// use streams_core::prelude::*;
+///
+/// let windows = JoinWindows::of_time_difference_and_grace(Duration::from_secs(30), Duration::from_secs(10));
+/// assert_eq!(windows.difference(), 30_000);
+/// assert_eq!(windows.grace_ms(), 10_000);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinWindows {
+    difference: i64,
+    grace: i64,
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl JoinWindows {
+    /// Records within `difference` of each other meet; records up to `grace` late still
+    /// count.
+    pub fn of_time_difference_and_grace(difference: Duration, grace: Duration) -> Self {
+        Self {
+            difference: millis(difference),
+            grace: millis(grace),
+        }
+    }
+
+    /// Records within `difference` of each other meet; no record is admitted late.
+    pub fn of_time_difference_without_grace(difference: Duration) -> Self {
+        Self::of_time_difference_and_grace(difference, Duration::ZERO)
+    }
+
+    /// The time difference (ms).
+    pub fn difference(&self) -> i64 {
+        self.difference
+    }
+
+    /// The grace period (ms).
+    pub fn grace_ms(&self) -> i64 {
+        self.grace
+    }
+
+    /// Stream time past which the window of a record at `time` has closed.
+    fn closes_after(&self, time: i64) -> i64 {
+        time.saturating_add(self.difference).saturating_add(self.grace)
+    }
+
+    /// Records at or before this can meet no record still to come (one that is not late).
+    fn expired_through(&self, now: i64) -> i64 {
+        now.saturating_sub(self.difference)
+            .saturating_sub(self.difference)
+            .saturating_sub(self.grace)
+            .saturating_sub(1)
+    }
+}
+
+/// Which side of a windowed join a record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    This,
+    Other,
+}
+
+type PairJoiner<K, V1, V2, VR> = dyn Fn(&K, Option<&V1>, Option<&V2>) -> VR + Send + Sync;
+
+/// What both sides of a windowed join share: the buffers of both sides, the records still
+/// without a match (left and outer joins), the windows and the joiner.
+struct WindowedJoin<K, V1, V2, VR> {
+    name: String,
+    windows: JoinWindows,
+    this: (&'static str, TableSlot),
+    other: (&'static str, TableSlot),
+    /// Records that have met nothing yet, by side (a first byte 0 or 1, then the record's
+    /// key in its side's buffer); `None` for inner joins.
+    unmatched: Option<(&'static str, TableSlot)>,
+    /// Whether records of this side (left joins), or of either side (outer joins), go on
+    /// without a match once their window closes.
+    outer_this: bool,
+    outer_other: bool,
+    joiner: Box<PairJoiner<K, V1, V2, VR>>,
+    next: Arc<Fanout<K, VR>>,
+}
+
+fn side_byte(which: Which) -> u8 {
+    match which {
+        Which::This => 0,
+        Which::Other => 1,
+    }
+}
+
+impl<K, V1, V2, VR> WindowedJoin<K, V1, V2, VR>
+where
+    K: Key,
+    V1: Serialize + DeserializeOwned + Send + Sync + 'static,
+    V2: Serialize + DeserializeOwned + Send + Sync + 'static,
+    VR: Send + Sync + 'static,
+{
+    fn buffer<T>(&self, cx: &Cx<'_>, which: Which, work: impl FnOnce(&mut RecordBuffer) -> T) -> Result<T, String> {
+        let slot = match which {
+            Which::This => &self.this.1,
+            Which::Other => &self.other.1,
+        };
+        cx.ctx
+            .with_extension(slot.get()?, RecordBuffer::load, work)
+            .map_err(failed)
+    }
+
+    /// Emits the join of a record of `which` with a record of the other side, at the later
+    /// of their times.
+    fn emit(&self, cx: &mut Cx<'_>, key: &K, which: Which, mine: &[u8], theirs: &[u8], time: i64) -> Outcome {
+        let (this, other) = match which {
+            Which::This => (mine, theirs),
+            Which::Other => (theirs, mine),
+        };
+        let this: V1 = json::decode(this).map_err(|e| format!("join `{}`: {e}", self.name))?;
+        let other: V2 = json::decode(other).map_err(|e| format!("join `{}`: {e}", self.name))?;
+        let joined = guarded_value(|| (self.joiner)(key, Some(&this), Some(&other)))?;
+        let before = cx.timestamp;
+        cx.timestamp = time;
+        let outcome = self.next.push(cx, key.clone(), joined);
+        cx.timestamp = before;
+        outcome
+    }
+
+    /// The records without a match whose window has closed go on alone (left and outer
+    /// joins), in order of their time; buffered records no future record can meet leave.
+    fn expire(&self, cx: &mut Cx<'_>) -> Outcome {
+        let now = cx.ctx.stream_time();
+        if now == NO_TIME {
+            return Ok(());
+        }
+        if let Some((table, slot)) = &self.unmatched {
+            let index = slot.get()?;
+            // Closed: time + difference + grace < now.
+            let through = now
+                .saturating_sub(self.windows.difference)
+                .saturating_sub(self.windows.grace)
+                .saturating_sub(1);
+            let closed = cx
+                .ctx
+                .with_extension(index, RecordBuffer::load, |buffer: &mut RecordBuffer| {
+                    buffer.expire_with_values(through)
+                })
+                .map_err(failed)?;
+            for (bytes, value) in closed {
+                cx.ctx.put_at(index, bytes.to_vec(), None).map_err(failed)?;
+                let Some((tagged, time, _)) = split_record_key(&bytes) else {
+                    continue;
+                };
+                let Some((&side, key)) = tagged.split_first() else {
+                    continue;
+                };
+                let key = K::decode_key(Some(key)).map_err(|e| format!("a key of table `{table}`: {e}"))?;
+                let joined = if side == side_byte(Which::This) {
+                    let this: V1 = json::decode(&value).map_err(|e| format!("join `{}`: {e}", self.name))?;
+                    guarded_value(|| (self.joiner)(&key, Some(&this), None))?
+                } else {
+                    let other: V2 = json::decode(&value).map_err(|e| format!("join `{}`: {e}", self.name))?;
+                    guarded_value(|| (self.joiner)(&key, None, Some(&other)))?
+                };
+                let before = cx.timestamp;
+                cx.timestamp = time;
+                let outcome = guarded(|| self.next.push(cx, key, joined));
+                cx.timestamp = before;
+                outcome?;
+            }
+        }
+        let through = self.windows.expired_through(now);
+        for which in [Which::This, Which::Other] {
+            let gone = self.buffer(cx, which, |buffer| buffer.expire(through))?;
+            let index = match which {
+                Which::This => self.this.1.get()?,
+                Which::Other => self.other.1.get()?,
+            };
+            for bytes in gone {
+                cx.ctx.put_at(index, bytes.into_vec(), None).map_err(failed)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A record of side `which`.
+    fn push(&self, cx: &mut Cx<'_>, which: Which, key: K, value: Vec<u8>) -> Outcome {
+        if key.is_null() {
+            // Kafka Streams drops these: a record without a key meets nothing.
+            tracing::debug!(
+                task = &*cx.ctx.name,
+                "join `{}`: a record without a key is dropped",
+                self.name
+            );
+            return Ok(());
+        }
+        let time = cx.timestamp;
+        let now = cx.ctx.stream_time();
+        // Results of records whose window closed before this one go first.
+        self.expire(cx)?;
+        if now != NO_TIME && self.windows.closes_after(time) < now {
+            cx.ctx.metrics.late.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                task = &*cx.ctx.name,
+                "late record dropped from join `{}`: its event time {time} ms is past its window and grace \
+                 period (stream time {now} ms)",
+                self.name
+            );
+            return Ok(());
+        }
+        let key_bytes = key
+            .key_bytes()
+            .map_err(|e| format!("cannot encode a key of join `{}`: {e}", self.name))?
+            .into_owned();
+        let theirs = match which {
+            Which::This => Which::Other,
+            Which::Other => Which::This,
+        };
+        let difference = self.windows.difference;
+        let (mine, matches) = {
+            let stored = self.buffer(cx, which, |buffer| buffer.add(&key_bytes, time, value.clone()))?;
+            let matches = self.buffer(cx, theirs, |buffer| {
+                buffer.records_keyed(
+                    &key_bytes,
+                    time.saturating_sub(difference),
+                    time.saturating_add(difference),
+                )
+            })?;
+            (stored, matches)
+        };
+        let index = match which {
+            Which::This => self.this.1.get()?,
+            Which::Other => self.other.1.get()?,
+        };
+        cx.ctx
+            .put_at(index, mine.clone(), Some(value.clone()))
+            .map_err(failed)?;
+        let mut outcome = Ok(());
+        for (their_key, their_time, their_value) in &matches {
+            outcome = outcome.and(guarded(|| {
+                self.emit(cx, &key, which, &value, their_value, time.max(*their_time))
+            }));
+            // The other record has met one now: it goes on no more alone.
+            if let Some((_, slot)) = &self.unmatched {
+                let unmatched = slot.get()?;
+                let tagged = tag(theirs, their_key);
+                let was = cx
+                    .ctx
+                    .with_extension(unmatched, RecordBuffer::load, |buffer: &mut RecordBuffer| {
+                        buffer.remove(&tagged)
+                    })
+                    .map_err(failed)?;
+                if was {
+                    cx.ctx.put_at(unmatched, tagged, None).map_err(failed)?;
+                }
+            }
+        }
+        let goes_alone = match which {
+            Which::This => self.outer_this,
+            Which::Other => self.outer_other,
+        };
+        if matches.is_empty() && goes_alone {
+            if let Some((_, slot)) = &self.unmatched {
+                let unmatched = slot.get()?;
+                let tagged = tag(which, &mine);
+                cx.ctx
+                    .with_extension(unmatched, RecordBuffer::load, |buffer: &mut RecordBuffer| {
+                        buffer.insert(&tagged, value.clone())
+                    })
+                    .map_err(failed)?;
+                cx.ctx.put_at(unmatched, tagged, Some(value)).map_err(failed)?;
+            }
+        }
+        outcome
+    }
+}
+
+/// A record's key in the buffer of records without a match: its side, then its key in its
+/// side's buffer.
+fn tag(which: Which, record_key: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(record_key.len() + 1);
+    bytes.push(side_byte(which));
+    bytes.extend_from_slice(record_key);
+    bytes
+}
+
+/// One side's entry into a windowed join.
+struct JoinSide<K, V1, V2, VR, V> {
+    join: Arc<WindowedJoin<K, V1, V2, VR>>,
+    which: Which,
+    _value: PhantomData<fn(V)>,
+}
+
+impl<K, V1, V2, VR, V> Node<K, V> for JoinSide<K, V1, V2, VR, V>
+where
+    K: Key,
+    V: Serialize + Send + Sync + 'static,
+    V1: Serialize + DeserializeOwned + Send + Sync + 'static,
+    V2: Serialize + DeserializeOwned + Send + Sync + 'static,
+    VR: Send + Sync + 'static,
+{
+    fn push(&self, cx: &mut Cx<'_>, key: K, value: V) -> Outcome {
+        let bytes = json::encode(&value).map_err(|e| format!("join `{}`: {e}", self.join.name))?;
+        self.join.push(cx, self.which, key, bytes)
+    }
+}
+
+impl<K, V1, V2, VR> Tick for WindowedJoin<K, V1, V2, VR>
+where
+    K: Key,
+    V1: Serialize + DeserializeOwned + Send + Sync + 'static,
+    V2: Serialize + DeserializeOwned + Send + Sync + 'static,
+    VR: Send + Sync + 'static,
+{
+    fn tick(&self, cx: &mut Cx<'_>) -> Outcome {
+        self.expire(cx)
+    }
+}
+
+/// A windowed join's buffer table, named after the join (`{name}-{what}-join-store`); the
+/// name lives as long as the app.
+fn buffer_table<K: Key>(graph: &mut Graph, group: usize, name: &str, what: &str) -> (&'static str, TableSlot) {
+    let table: &'static str = Box::leak(format!("{name}-{what}-join-store").into_boxed_str());
+    let spec = TableSpec {
+        name: table,
+        key_type: std::any::type_name::<K>(),
+        value_type: "json",
+        show_key: KeyDisplay(show_record_key::<K>),
+    };
+    (table, graph.table(group, spec))
+}
+
+impl<K, V1, P> KStream<K, V1, P>
+where
+    K: Key,
+    V1: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    #[allow(clippy::too_many_arguments)]
+    fn join_streams<V2, P2, VR>(
+        self,
+        op: &str,
+        other: KStream<K, V2, P2>,
+        name: &str,
+        windows: JoinWindows,
+        (outer_this, outer_other): (bool, bool),
+        joiner: Box<PairJoiner<K, V1, V2, VR>>,
+    ) -> KStream<K, VR, Keyed>
+    where
+        V2: Serialize + DeserializeOwned + Send + Sync + 'static,
+        VR: Send + Sync + 'static,
+    {
+        let graph = Rc::clone(&self.graph);
+        let (join, group, node) = {
+            let mut g = graph.borrow_mut();
+            let group = g.union(self.group, other.group);
+            check_join_name(&mut g, name, windows);
+            let this = buffer_table::<K>(&mut g, group, name, "this");
+            let theirs = buffer_table::<K>(&mut g, group, name, "other");
+            let unmatched = (outer_this || outer_other).then(|| buffer_table::<K>(&mut g, group, name, "outer"));
+            let next = g.fanout::<K, VR>();
+            let node = g.node(op, NodeKind::Operation, vec![self.node, other.node], group);
+            g.rename(node, name);
+            let join = Arc::new(WindowedJoin {
+                name: name.to_string(),
+                windows,
+                this,
+                other: theirs,
+                unmatched,
+                outer_this,
+                outer_other,
+                joiner,
+                next,
+            });
+            g.tick(group, Arc::clone(&join) as Arc<dyn Tick>);
+            (join, group, node)
+        };
+        self.fanout.add(Arc::new(JoinSide::<K, V1, V2, VR, V1> {
+            join: Arc::clone(&join),
+            which: Which::This,
+            _value: PhantomData,
+        }));
+        other.fanout.add(Arc::new(JoinSide::<K, V1, V2, VR, V2> {
+            join: Arc::clone(&join),
+            which: Which::Other,
+            _value: PhantomData,
+        }));
+        KStream::new(graph, Arc::clone(&join.next), group, node)
+    }
+
+    /// Joins the records of two streams whose keys are equal and whose event times differ
+    /// by at most the window's time difference (Kafka Streams' stream–stream `join` with
+    /// `JoinWindows`): `joiner(key, this, other)` for every such pair, at the later of the
+    /// two times, as soon as the second of them arrives. Both sides are kept in windowed
+    /// stores (`{name}-this-join-store`, `{name}-other-join-store`, with changelogs) for the
+    /// time difference twice plus the grace period. The streams are co-partitioned, as for
+    /// [`KStream::join`]; `name` names the join and its stores.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use streams_core::prelude::*;
+    ///
+    /// const IMPRESSIONS: Topic<String, i64> = Topic::new("impressions");
+    /// const CLICKS: Topic<String, i64> = Topic::new("clicks");
+    /// const ATTRIBUTED: Topic<String, String> = Topic::new("attributed");
+    ///
+    /// let app = App::new("ads").pipeline("attribution", |builder| {
+    ///     let impressions = builder.stream(IMPRESSIONS);
+    ///     builder
+    ///         .stream(CLICKS)
+    ///         .join_windowed(
+    ///             impressions,
+    ///             "click-impression",
+    ///             JoinWindows::of_time_difference_and_grace(Duration::from_secs(30), Duration::from_secs(10)),
+    ///             |_, click, impression| format!("click at {click}, impression at {impression}"),
+    ///         )
+    ///         .to(ATTRIBUTED);
+    /// });
+    /// assert_eq!(app.tasks().len(), 1);
+    /// ```
+    pub fn join_windowed<V2, P2, VR>(
+        self,
+        other: KStream<K, V2, P2>,
+        name: &str,
+        windows: JoinWindows,
+        joiner: impl Fn(&K, &V1, &V2) -> VR + Send + Sync + 'static,
+    ) -> KStream<K, VR, Keyed>
+    where
+        P: PartitionedByKey,
+        P2: PartitionedByKey,
+        V2: Serialize + DeserializeOwned + Send + Sync + 'static,
+        VR: Send + Sync + 'static,
+    {
+        self.join_streams(
+            "join",
+            other,
+            name,
+            windows,
+            (false, false),
+            Box::new(move |key, this, other| match (this, other) {
+                (Some(this), Some(other)) => joiner(key, this, other),
+                _ => unreachable_row(),
+            }),
+        )
+    }
+
+    /// Like [`KStream::join_windowed`], and a record of this stream that met no record of the
+    /// other by the time its window closes goes on alone, `joiner(key, this, None)`, once —
+    /// not at once, as Kafka Streams did before 3.1 (Kafka Streams' `leftJoin`).
+    pub fn left_join_windowed<V2, P2, VR>(
+        self,
+        other: KStream<K, V2, P2>,
+        name: &str,
+        windows: JoinWindows,
+        joiner: impl Fn(&K, &V1, Option<&V2>) -> VR + Send + Sync + 'static,
+    ) -> KStream<K, VR, Keyed>
+    where
+        P: PartitionedByKey,
+        P2: PartitionedByKey,
+        V2: Serialize + DeserializeOwned + Send + Sync + 'static,
+        VR: Send + Sync + 'static,
+    {
+        self.join_streams(
+            "left_join",
+            other,
+            name,
+            windows,
+            (true, false),
+            Box::new(move |key, this, other| match this {
+                Some(this) => joiner(key, this, other),
+                None => unreachable_row(),
+            }),
+        )
+    }
+
+    /// Like [`KStream::left_join_windowed`], for the records of both streams:
+    /// `joiner(key, this, other)`, with `None` for the side a record that met nothing lacks
+    /// (Kafka Streams' `outerJoin`).
+    pub fn outer_join_windowed<V2, P2, VR>(
+        self,
+        other: KStream<K, V2, P2>,
+        name: &str,
+        windows: JoinWindows,
+        joiner: impl Fn(&K, Option<&V1>, Option<&V2>) -> VR + Send + Sync + 'static,
+    ) -> KStream<K, VR, Keyed>
+    where
+        P: PartitionedByKey,
+        P2: PartitionedByKey,
+        V2: Serialize + DeserializeOwned + Send + Sync + 'static,
+        VR: Send + Sync + 'static,
+    {
+        self.join_streams("outer_join", other, name, windows, (true, true), Box::new(joiner))
+    }
+}
+
+/// Records what is wrong with a join's name or windows (refused at start).
+fn check_join_name(graph: &mut Graph, name: &str, windows: JoinWindows) {
+    let pipeline = graph.pipeline.clone();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+        graph.errors.push(format!(
+            "pipeline `{pipeline}`: join name `{name}` names its stores and changelog topics: use letters, \
+             digits, `.`, `_` and `-`"
+        ));
+    }
+    if windows.difference < 0 || windows.grace < 0 {
+        graph.errors.push(format!(
+            "pipeline `{pipeline}`: join `{name}` needs a time difference and grace of at least 0"
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_windows_close_after_the_difference_and_grace() {
+        let windows = JoinWindows::of_time_difference_and_grace(Duration::from_millis(30), Duration::from_millis(10));
+        assert_eq!(windows.closes_after(100), 140);
+        // A record at 59 can still meet one at 89, which is on time until stream time 129.
+        assert_eq!(windows.expired_through(130), 59);
+    }
+}
