@@ -115,5 +115,77 @@ fn pipeline(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pipeline);
+/// A user's row in the join's table.
+#[record]
+#[derive(Clone, Default)]
+struct Region {
+    region: String,
+}
+
+const USERS: Topic<String, Region> = Topic::new("users");
+const USERS_STORE: Table<String, Region> = Table::new("users-store");
+const VIEWS: Topic<String, hit_counter_dsl::HitCount> = Topic::new("views");
+const ENRICHED: Topic<String, String> = Topic::new("views-with-region");
+
+/// Each record joined with its user's row (a stream-table join), the region sent on.
+fn join() -> App {
+    App::new("join").pipeline("join", |builder| {
+        let users = builder.table(USERS, USERS_STORE);
+        builder
+            .stream(VIEWS)
+            .join(&users, |_, _, user| user.region.clone())
+            .to(ENRICHED);
+    })
+}
+
+/// A stream-table join with the RocksDB store: 10,000 users in the table, every record a
+/// lookup of one of them.
+fn stream_table_join(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    const USER_COUNT: usize = 10_000;
+    let rows: Vec<(Vec<u8>, Vec<u8>)> = (0..USER_COUNT)
+        .map(|u| (format!("u{u}").into_bytes(), format!(r#"{{"region":"r{}"}}"#, u % 7).into_bytes()))
+        .collect();
+    let views: Vec<(Vec<u8>, Vec<u8>)> = (0..RECORDS)
+        .map(|i| {
+            let user = format!("u{}", (i * 7919) % USER_COUNT);
+            let value = format!(r#"{{"hits":30,"timestamp":1.0,"userId":"{user}"}}"#);
+            (user.into_bytes(), value.into_bytes())
+        })
+        .collect();
+    let mut group = c.benchmark_group("stream-table join, broker-free, one core");
+    group.throughput(Throughput::Elements(RECORDS as u64));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(20));
+    group.bench_function("join with a table of 10,000 users, RocksDB store", |b| {
+        b.iter_custom(|iterations| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iterations {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let stores = Stores::RocksDb(dir.path().to_path_buf());
+                total += runtime.block_on(async {
+                    let partitions = [("users", 4), ("views", 4)];
+                    let mut driver = TestDriver::with_stores(join(), &partitions, stores).expect("driver");
+                    for (key, value) in &rows {
+                        driver.pipe_raw_at("users", Some(key), Some(value), 0);
+                    }
+                    driver.run().await.expect("table");
+                    for (key, value) in &views {
+                        driver.pipe_raw_at("views", Some(key), Some(value), 1);
+                    }
+                    let began = Instant::now();
+                    driver.run().await.expect("run");
+                    began.elapsed()
+                });
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, pipeline, stream_table_join);
 criterion_main!(benches);
