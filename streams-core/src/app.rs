@@ -40,8 +40,44 @@ pub struct App {
     pipelines: Vec<Pipeline>,
     timers: Vec<Timer>,
     topic_partitions: i32,
-    commit_interval: Duration,
+    /// `None`: the guarantee's default (1 s at-least-once, 100 ms exactly-once).
+    commit_interval: Option<Duration>,
     table_cache_bytes: usize,
+    guarantee: ProcessingGuarantee,
+}
+
+/// What a worker guarantees about the effects of each input record.
+///
+/// ```
+/// use streams_core::app::ProcessingGuarantee;
+/// use streams_core::App;
+///
+/// let app = App::new("payments").processing_guarantee(ProcessingGuarantee::ExactlyOnce);
+/// assert_eq!(app.guarantee(), ProcessingGuarantee::ExactlyOnce);
+/// assert_eq!(app.commit_interval_value(), std::time::Duration::from_millis(100));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProcessingGuarantee {
+    /// Every input record's effects happen at least once: after a crash, input since the last
+    /// commit is processed again, and what it sent may be sent twice (the default).
+    #[default]
+    AtLeastOnce,
+    /// Every input record's effects happen exactly once for readers with
+    /// `isolation.level=read_committed`: each commit interval is one Kafka transaction holding
+    /// the outputs, the changelog records and the source offsets (Kafka Streams'
+    /// `exactly_once_v2`).
+    ExactlyOnce,
+}
+
+impl std::str::FromStr for ProcessingGuarantee {
+    type Err = String;
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        match text {
+            "at-least-once" | "at_least_once" => Ok(Self::AtLeastOnce),
+            "exactly-once" | "exactly_once" | "exactly_once_v2" => Ok(Self::ExactlyOnce),
+            other => Err(format!("`{other}` is not a guarantee: at-least-once or exactly-once")),
+        }
+    }
 }
 
 impl App {
@@ -54,8 +90,9 @@ impl App {
             pipelines: Vec::new(),
             timers: Vec::new(),
             topic_partitions: 8,
-            commit_interval: Duration::from_secs(1),
+            commit_interval: None,
             table_cache_bytes: 1 << 20,
+            guarantee: ProcessingGuarantee::AtLeastOnce,
         }
     }
 
@@ -109,14 +146,31 @@ impl App {
         self
     }
 
-    /// How often each partition's progress is committed (default 1 s).
+    /// How often each partition's progress is committed (default 1 s; 100 ms under
+    /// exactly-once, as in Kafka Streams).
     pub fn commit_interval(mut self, interval: Duration) -> Self {
-        self.commit_interval = interval;
+        self.commit_interval = Some(interval);
         self
     }
 
-    pub(crate) fn commit_interval_value(&self) -> Duration {
-        self.commit_interval
+    /// The commit interval in effect.
+    pub fn commit_interval_value(&self) -> Duration {
+        self.commit_interval.unwrap_or(match self.guarantee {
+            ProcessingGuarantee::AtLeastOnce => Duration::from_secs(1),
+            ProcessingGuarantee::ExactlyOnce => Duration::from_millis(100),
+        })
+    }
+
+    /// Sets the processing guarantee (default at-least-once); the command line's
+    /// `worker --processing-guarantee` overrides it.
+    pub fn processing_guarantee(mut self, guarantee: ProcessingGuarantee) -> Self {
+        self.guarantee = guarantee;
+        self
+    }
+
+    /// The processing guarantee.
+    pub fn guarantee(&self) -> ProcessingGuarantee {
+        self.guarantee
     }
 
     /// Memory for table entries per table partition (default 1 MiB), like Kafka Streams'

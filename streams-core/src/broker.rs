@@ -12,7 +12,26 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, Producer};
+/// The requests of kind `api` a mock cluster has tracked.
+fn count_requests(raw: *mut rdkafka::bindings::rd_kafka_mock_cluster_t, api: RDKafkaApiKey) -> usize {
+    let mut count = 0usize;
+    // SAFETY: `raw` is a live mock cluster; the array and its requests are ours to read
+    // and then free with rd_kafka_mock_request_destroy_array.
+    unsafe {
+        let requests = rdkafka::bindings::rd_kafka_mock_get_requests(raw, &mut count);
+        if requests.is_null() {
+            return 0;
+        }
+        let wanted = api as i16;
+        let matching = (0..count)
+            .filter(|&i| rdkafka::bindings::rd_kafka_mock_request_api_key(*requests.add(i)) == wanted)
+            .count();
+        rdkafka::bindings::rd_kafka_mock_request_destroy_array(requests, count);
+        matching
+    }
+}
+
 /// Request kinds and error codes for [`EmbeddedBroker::fail_requests`].
 pub use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
@@ -25,6 +44,8 @@ enum Command {
     BrokerUp(i32, mpsc::Sender<Result<(), String>>),
     RoundTripTime(i32, Duration, mpsc::Sender<Result<(), String>>),
     RequestErrors(RDKafkaApiKey, Vec<RDKafkaRespErr>, mpsc::Sender<Result<(), String>>),
+    TrackRequests(mpsc::Sender<Result<(), String>>),
+    CountRequests(RDKafkaApiKey, mpsc::Sender<Result<usize, String>>),
     Stop,
 }
 
@@ -65,13 +86,21 @@ impl EmbeddedBroker {
         let thread = std::thread::Builder::new()
             .name("embedded-broker".into())
             .spawn(move || {
-                let cluster = match MockCluster::new(1) {
-                    Ok(cluster) => cluster,
+                // The cluster of a client made for it (librdkafka's `test.mock.num.brokers`):
+                // its handle also serves the request tracking rdkafka does not wrap.
+                let owner: BaseProducer = match ClientConfig::new().set("test.mock.num.brokers", "1").create() {
+                    Ok(owner) => owner,
                     Err(error) => {
                         let _ = ready.send(Err(error.to_string()));
                         return;
                     }
                 };
+                let Some(cluster) = owner.client().mock_cluster() else {
+                    let _ = ready.send(Err("the client has no mock cluster".into()));
+                    return;
+                };
+                // SAFETY: `owner`'s handle is live for this thread's whole loop.
+                let raw = unsafe { rdkafka::bindings::rd_kafka_handle_mock_cluster(owner.client().native_ptr()) };
                 let _ = ready.send(Ok(cluster.bootstrap_servers()));
                 for command in inbox {
                     match command {
@@ -95,6 +124,14 @@ impl EmbeddedBroker {
                             }
                             let _ = reply.send(Ok(()));
                         }
+                        Command::TrackRequests(reply) => {
+                            // SAFETY: `raw` is the live cluster of `owner`.
+                            unsafe { rdkafka::bindings::rd_kafka_mock_start_request_tracking(raw) };
+                            let _ = reply.send(Ok(()));
+                        }
+                        Command::CountRequests(api, reply) => {
+                            let _ = reply.send(Ok(count_requests(raw, api)));
+                        }
                         Command::Stop => break,
                     }
                 }
@@ -111,6 +148,25 @@ impl EmbeddedBroker {
                 thread: std::sync::Mutex::new(Some(thread)),
             }),
         })
+    }
+
+    /// From now on, the broker keeps a record of the requests it is sent (see
+    /// [`EmbeddedBroker::requests`]).
+    pub fn track_requests(&self) -> Result<()> {
+        self.call(Command::TrackRequests)
+    }
+
+    /// How many requests of kind `api` the broker was sent since [`EmbeddedBroker::track_requests`].
+    pub fn requests(&self, api: RDKafkaApiKey) -> Result<usize> {
+        let (reply, answer) = mpsc::channel();
+        self.inner
+            .commands
+            .send(Command::CountRequests(api, reply))
+            .map_err(|_| Error::Config("the embedded broker has stopped".into()))?;
+        answer
+            .recv()
+            .map_err(|_| Error::Config("the embedded broker has stopped".into()))?
+            .map_err(Error::Config)
     }
 
     /// The address clients connect to.

@@ -53,6 +53,13 @@ enum Command {
         /// Extra librdkafka setting for the group consumer, KEY=VALUE (repeatable).
         #[arg(long = "consumer-config", value_name = "KEY=VALUE", value_parser = parse_setting)]
         consumer_config: Vec<(String, String)>,
+        /// `at-least-once` or `exactly-once` (Kafka transactions) [default: the app's].
+        #[arg(long, value_name = "GUARANTEE", env = "STREAMS_PROCESSING_GUARANTEE")]
+        processing_guarantee: Option<crate::app::ProcessingGuarantee>,
+        /// The worker's identity under exactly-once (its transactional id is `{app}-{ID}`)
+        /// [default: one kept in the data directory].
+        #[arg(long, value_name = "ID", env = "STREAMS_WORKER_ID")]
+        worker_id: Option<String>,
     },
     /// Send one record to a topic (like `faust send`). For a topic the app declares, the key
     /// and value are checked against its types first.
@@ -178,12 +185,16 @@ fn main(app: App) -> ExitCode {
             idle_exit,
             config,
             consumer_config,
+            processing_guarantee,
+            worker_id,
         } => {
             let mut options = WorkerOptions::new(data_dir.unwrap_or_else(default_dir));
             options.broker = broker;
             options.idle_exit = idle_exit.map(Duration::from_secs_f64);
             options.client_config = config;
             options.consumer_config = consumer_config;
+            options.guarantee = processing_guarantee;
+            options.worker_id = worker_id;
             runtime.block_on(run_worker(app, options))
         }
         Command::Send {

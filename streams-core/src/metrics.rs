@@ -24,8 +24,11 @@ pub struct Metrics {
     pub restored: AtomicU64,
     /// Time spent restoring stores, in microseconds.
     pub restore_micros: AtomicU64,
-    /// Commits of source offsets.
+    /// Commits of source offsets (under exactly-once: transactions committed).
     pub commits: AtomicU64,
+    /// Transactions aborted (exactly-once): the partitions started again from their last
+    /// committed state.
+    pub aborts: AtomicU64,
     /// Partitions assigned to this worker right now (each restored and running).
     pub assigned: AtomicU64,
     /// Assignments the group has given this worker so far (one per rebalance that gave it

@@ -88,6 +88,9 @@ pub struct TestRecord {
     pub headers: Vec<(String, String)>,
     /// Timestamp (ms) on the driver's clock.
     pub timestamp: i64,
+    /// Sent in a transaction that was aborted (exactly-once): a `read_committed` reader never
+    /// sees it ([`TestDriver::records`] skips it; [`TestDriver::raw_records`] shows it).
+    pub aborted: bool,
 }
 
 impl TestRecord {
@@ -157,6 +160,8 @@ pub fn kafka_partition(key: &[u8], partitions: i32) -> i32 {
 struct PartitionLog {
     data: Vec<u8>,
     records: Vec<Stored>,
+    /// The first record of the open transaction, if any.
+    first_pending: Option<usize>,
 }
 
 #[derive(Clone)]
@@ -167,6 +172,17 @@ struct Stored {
     value_len: Option<usize>,
     headers: Vec<(String, String)>,
     timestamp: i64,
+    state: Visibility,
+}
+
+/// Where a record stands with its transaction (exactly-once; others are committed at once).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Visibility {
+    Committed,
+    /// In the open transaction: it and what follows it are not read yet (the partition's
+    /// last stable offset is before it).
+    Pending,
+    Aborted,
 }
 
 impl PartitionLog {
@@ -181,6 +197,7 @@ impl PartitionLog {
         value: Option<&[u8]>,
         headers: Vec<(String, String)>,
         timestamp: i64,
+        state: Visibility,
     ) -> i64 {
         let start = self.data.len();
         self.data.extend_from_slice(key.unwrap_or_default());
@@ -191,8 +208,37 @@ impl PartitionLog {
             value_len: value.map(<[u8]>::len),
             headers,
             timestamp,
+            state,
         });
+        if state == Visibility::Pending {
+            self.first_pending.get_or_insert(self.records.len() - 1);
+        }
         self.records.len() as i64 - 1
+    }
+
+    /// The end of what a `read_committed` reader reads: the first record of the open
+    /// transaction, or the end.
+    fn stable_end(&self) -> usize {
+        self.first_pending.unwrap_or(self.records.len())
+    }
+
+    /// Whether the record at `offset` belongs to an aborted transaction.
+    fn is_aborted(&self, offset: usize) -> bool {
+        self.records.get(offset).is_some_and(|r| r.state == Visibility::Aborted)
+    }
+
+    /// The open transaction ends: its records become committed or aborted.
+    fn settle(&mut self, committed: bool) {
+        let Some(first) = self.first_pending.take() else { return };
+        for record in &mut self.records[first..] {
+            if record.state == Visibility::Pending {
+                record.state = if committed {
+                    Visibility::Committed
+                } else {
+                    Visibility::Aborted
+                };
+            }
+        }
     }
 
     fn parts(&self, stored: &Stored) -> (Option<&[u8]>, Option<&[u8]>) {
@@ -231,6 +277,7 @@ impl PartitionLog {
             value: value.map(<[u8]>::to_vec),
             headers: stored.headers.clone(),
             timestamp: stored.timestamp,
+            aborted: stored.state == Visibility::Aborted,
         }
     }
 }
@@ -240,6 +287,19 @@ struct Log {
     topics: HashMap<String, Vec<PartitionLog>, foldhash::fast::RandomState>,
     round_robin: HashMap<String, usize, foldhash::fast::RandomState>,
     clock: i64,
+    /// Exactly-once: what the app sends belongs to the open transaction.
+    transactional: bool,
+}
+
+impl Log {
+    /// The open transaction ends, on every partition.
+    fn settle(&mut self, committed: bool) {
+        for parts in self.topics.values_mut() {
+            for part in parts {
+                part.settle(committed);
+            }
+        }
+    }
 }
 
 /// The driver's topics: the source of records and the sink of outputs.
@@ -252,6 +312,10 @@ impl Topics {
     }
 
     fn append(&self, record: OutRecord) -> (i32, i64) {
+        self.append_as(record, Visibility::Committed)
+    }
+
+    fn append_as(&self, record: OutRecord, state: Visibility) -> (i32, i64) {
         let mut log = self.log();
         let clock = log.clock;
         let partitions = log.topics.get(&*record.topic).map_or(1, |p| p.len()) as i32;
@@ -278,14 +342,25 @@ impl Topics {
             .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
             .collect();
         let timestamp = record.timestamp.unwrap_or(clock);
-        let offset = parts[index].push(record.key.as_deref(), record.value.as_deref(), headers, timestamp);
+        let offset = parts[index].push(
+            record.key.as_deref(),
+            record.value.as_deref(),
+            headers,
+            timestamp,
+            state,
+        );
         (index as i32, offset)
     }
 }
 
 impl Sink for Topics {
     fn enqueue(&self, record: OutRecord) -> Result<(), SinkError> {
-        self.append(record);
+        let state = if self.log().transactional {
+            Visibility::Pending
+        } else {
+            Visibility::Committed
+        };
+        self.append_as(record, state);
         Ok(())
     }
 
@@ -320,6 +395,26 @@ impl OffsetCommit for Offsets {
     }
 }
 
+/// Exactly-once in the driver: a transaction commits its offsets to the driver's group, or
+/// aborts while [`TestDriver::fail_commits`] is set. (The driver's topics keep what was sent
+/// either way: a reader of them reads uncommitted, like the embedded broker's.)
+struct DriverTransactions(Arc<Offsets>, Topics);
+
+impl commit::Transactions for DriverTransactions {
+    fn commit(&self, offsets: &[(String, i32, i64)]) -> std::result::Result<(), commit::TxnError> {
+        self.0.commit(offsets).map_err(commit::TxnError::Abortable)?;
+        self.1.log().settle(true);
+        Ok(())
+    }
+    fn abort(&self) -> std::result::Result<(), String> {
+        self.1.log().settle(false);
+        Ok(())
+    }
+    fn begin(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
+}
+
 /// The driver's topics as a [`crate::changelog::ChangelogReader`].
 struct DriverReader<'a> {
     topics: &'a Topics,
@@ -346,7 +441,8 @@ impl crate::changelog::ChangelogReader for DriverReader<'_> {
             return Ok(Some(Default::default()));
         };
         let from = checkpoint.changelog_offset.map_or(0, |offset| offset + 1);
-        let end = records.len() as i64;
+        // Read committed, as the worker's restores: up to the open transaction.
+        let end = records.stable_end() as i64;
         if from >= end {
             return Ok(Some(Default::default()));
         }
@@ -354,6 +450,9 @@ impl crate::changelog::ChangelogReader for DriverReader<'_> {
         for offset in from..end {
             if apply.done() {
                 break;
+            }
+            if records.is_aborted(offset as usize) {
+                continue;
             }
             let record = records.record(partition, offset as usize);
             let headers = record.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));
@@ -409,6 +508,8 @@ pub struct TestDriver {
     /// topic is applied.
     globals: Vec<(crate::table::GlobalTableSpec, Arc<dyn StateStore>, Vec<usize>)>,
     global_stores: crate::task::Globals,
+    /// Exactly-once: the rounds of cuts (each one transaction).
+    rounds: Option<Arc<crate::task::round::Rounds>>,
     _committer: std::sync::mpsc::Sender<commit::Cut>,
 }
 
@@ -444,13 +545,29 @@ impl TestDriver {
         let offsets = Arc::new(Offsets::default());
         let metrics = Arc::new(Metrics::default());
         let (cuts, cut_rx) = std::sync::mpsc::channel();
+        let rounds = (app.guarantee() == crate::app::ProcessingGuarantee::ExactlyOnce)
+            .then(|| Arc::new(crate::task::round::Rounds::at_barriers()));
         {
             let sink: Arc<dyn Sink> = Arc::new(topics.clone());
-            let offsets: Arc<dyn OffsetCommit> = offsets.clone();
             let metrics = Arc::clone(&metrics);
+            let rounds = rounds.clone();
+            let offsets = Arc::clone(&offsets);
+            let topics = topics.clone();
+            topics.log().transactional = rounds.is_some();
             std::thread::Builder::new()
                 .name(format!("test-committer-{}", DRIVERS.fetch_add(1, Ordering::Relaxed)))
-                .spawn(move || commit::run(cut_rx, sink, offsets, metrics))
+                .spawn(move || match rounds {
+                    // Rounds only at the driver's barriers: runs stay deterministic.
+                    Some(rounds) => commit::run_rounds(
+                        cut_rx,
+                        sink,
+                        Arc::new(DriverTransactions(offsets, topics)),
+                        rounds,
+                        metrics,
+                        Duration::from_secs(365 * 24 * 3600),
+                    ),
+                    None => commit::run(cut_rx, sink, offsets as Arc<dyn OffsetCommit>, metrics),
+                })
                 .map_err(|e| Error::io("starting the test committer", e))?;
         }
         let start = topics.log().clock;
@@ -489,6 +606,7 @@ impl TestDriver {
             timers,
             globals,
             global_stores: Arc::new(global_stores),
+            rounds,
             _committer: cuts,
         };
         driver.apply_globals()?;
@@ -580,6 +698,10 @@ impl TestDriver {
         }
         // Cuts happen at the driver's barriers, never on a timer: runs are deterministic.
         let core = StreamCore::new(Arc::clone(&ctx), rx, Duration::from_secs(365 * 24 * 3600));
+        let core = match &self.rounds {
+            Some(rounds) => core.with_rounds(Arc::clone(rounds)),
+            None => core,
+        };
         let join = tokio::spawn(run_partition(Arc::clone(&spec), core));
         Ok(Task {
             ctx,
@@ -794,7 +916,8 @@ impl TestDriver {
                 let mut progressed = false;
                 for index in 0..self.tasks.len() {
                     for source in 0..self.tasks[index].spec.sources.len() {
-                        let batch: Vec<Message> = {
+                        // Read committed: up to the open transaction, skipping aborted ones.
+                        let (batch, scanned): (Vec<Message>, usize) = {
                             let log = self.topics.log();
                             let task = &self.tasks[index];
                             let topic = &task.spec.sources[source].name;
@@ -803,19 +926,28 @@ impl TestDriver {
                                 .get(&**topic)
                                 .and_then(|parts| parts.get(task.partition as usize))
                                 .map(|log| {
-                                    let end = limit.map_or(log.len(), |limit| limit.min(log.len()));
+                                    let stable = log.stable_end();
+                                    let end = limit.map_or(stable, |limit| limit.min(stable));
                                     let from = task.delivered[source].min(end);
-                                    (from..end.min(from + 1024)).map(|offset| log.message(offset)).collect()
+                                    let to = end.min(from + 1024);
+                                    let batch = (from..to)
+                                        .filter(|offset| !log.is_aborted(*offset))
+                                        .map(|offset| log.message(offset))
+                                        .collect();
+                                    (batch, to - from)
                                 })
                                 .unwrap_or_default()
                         };
-                        if batch.is_empty() {
+                        if scanned == 0 {
                             continue;
                         }
                         progressed = true;
                         let task = &mut self.tasks[index];
-                        task.delivered[source] += batch.len();
-                        fed += batch.len();
+                        task.delivered[source] += scanned;
+                        fed += scanned;
+                        if batch.is_empty() {
+                            continue;
+                        }
                         task.tx.send(Input::Records(source, batch)).await.map_err(|_| {
                             Error::Config(format!(
                                 "{} on partition {} has stopped",
@@ -830,6 +962,21 @@ impl TestDriver {
                 }
             }
             self.barrier().await?;
+            if self.rounds.as_ref().is_some_and(|rounds| rounds.take_aborted()) {
+                // Exactly-once: the aborted round's work is gone; every partition starts again
+                // from its last committed state, as on a worker.
+                for index in 0..self.tasks.len() {
+                    let owner = self.tasks[index].owner.clone();
+                    self.replace_task(index, &owner).await?;
+                }
+                if self.offsets.failing.load(Ordering::Relaxed) {
+                    // Commits keep failing: nothing more can be done in this run.
+                    return Err(Error::Config(
+                        "test driver: transactions abort (TestDriver::fail_commits)".into(),
+                    ));
+                }
+                continue;
+            }
             if fed == 0 {
                 break;
             }
@@ -850,7 +997,9 @@ impl TestDriver {
                     .topics
                     .get(&*spec.name)
                     .and_then(|parts| parts.get(task.partition as usize))
-                    .map_or(0, |log| limit.map_or(log.len(), |limit| limit.min(log.len())));
+                    .map_or(0, |log| {
+                        limit.map_or(log.stable_end(), |limit| limit.min(log.stable_end()))
+                    });
                 let delivered = task.delivered.get(source).copied().unwrap_or(0);
                 task.ctx.set_unread(source, delivered < end);
             }
@@ -872,14 +1021,18 @@ impl TestDriver {
                     let Some(from) = applied.get_mut(partition) else {
                         continue;
                     };
-                    for offset in *from..part.len() {
+                    let end = part.stable_end();
+                    for offset in *from..end {
+                        if part.is_aborted(offset) {
+                            continue;
+                        }
                         let record = part.record(partition as i32, offset);
                         match (spec.entry)(record.key.as_deref(), record.value.as_deref()) {
                             Ok(entry) => entries.push(entry),
                             Err(error) => dead.push((record, error)),
                         }
                     }
-                    *from = part.len();
+                    *from = end;
                 }
             }
             store.write(&entries, &crate::store::Checkpoint::default())?;
@@ -957,9 +1110,13 @@ impl TestDriver {
     }
 
     /// Every record in `topic`, decoded.
+    ///
+    /// Under exactly-once, as a `read_committed` consumer reads them: records of aborted
+    /// transactions are skipped.
     pub fn records<K: Key, V>(&self, topic: &Topic<K, V>) -> Result<Vec<(K, V)>> {
         self.raw_records(topic.name())
             .into_iter()
+            .filter(|r| !r.aborted)
             .map(|r| {
                 let key = K::decode_key(r.key.as_deref()).map_err(|source| Error::Decode {
                     what: format!("a key of {}", topic.name()),

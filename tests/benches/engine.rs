@@ -147,7 +147,12 @@ fn stream_table_join(c: &mut Criterion) {
         .expect("runtime");
     const USER_COUNT: usize = 10_000;
     let rows: Vec<(Vec<u8>, Vec<u8>)> = (0..USER_COUNT)
-        .map(|u| (format!("u{u}").into_bytes(), format!(r#"{{"region":"r{}"}}"#, u % 7).into_bytes()))
+        .map(|u| {
+            (
+                format!("u{u}").into_bytes(),
+                format!(r#"{{"region":"r{}"}}"#, u % 7).into_bytes(),
+            )
+        })
         .collect();
     let views: Vec<(Vec<u8>, Vec<u8>)> = (0..RECORDS)
         .map(|i| {

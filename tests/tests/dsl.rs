@@ -361,6 +361,65 @@ async fn a_topic_read_as_a_table_keeps_the_latest_value_and_deletes_on_tombstone
     assert_eq!(renames, vec![("u1".to_string(), "Anna".to_string())]);
 }
 
+const NAMES_COPY: Topic<String, String> = Topic::new("user-names-copy").partitions(1);
+
+/// `KTable::to` sends the table's changes with deletions as tombstones: a copy of the topic,
+/// compacted, is the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_sent_to_a_topic_sends_deletions_as_tombstones() {
+    let app = App::new("directory").pipeline("names", |builder| {
+        builder.table(USERS, NAMES).to(NAMES_COPY);
+    });
+    let mut driver = TestDriver::new(app).expect("driver");
+    driver.pipe(&USERS, "u1", &"Ann".to_string()).expect("pipe");
+    driver.pipe(&USERS, "u2", &"Bob".to_string()).expect("pipe");
+    driver.run().await.expect("run");
+    driver.pipe_raw("user-names", Some(b"u2"), None);
+    driver.pipe(&USERS, "u1", &"Anna".to_string()).expect("pipe");
+    driver.run().await.expect("run");
+    let mut copy: Vec<(String, Option<String>)> = driver
+        .raw_records("user-names-copy")
+        .into_iter()
+        .map(|r| {
+            let key = String::from_utf8(r.key.unwrap_or_default()).expect("utf8");
+            let value = r.value.map(|v| serde_json::from_slice::<String>(&v).expect("json"));
+            (key, value)
+        })
+        .collect();
+    copy[..2].sort();
+    copy[2..].sort();
+    assert_eq!(
+        copy,
+        vec![
+            ("u1".to_string(), Some("Ann".to_string())),
+            ("u2".to_string(), Some("Bob".to_string())),
+            ("u1".to_string(), Some("Anna".to_string())),
+            ("u2".to_string(), None),
+        ]
+    );
+}
+
+/// Names become topic and node names: a repartition name a topic cannot have, or two
+/// operations of one name, are refused at start.
+#[test]
+fn bad_or_repeated_names_are_refused() {
+    let bad = App::new("bad").pipeline("p", |builder| {
+        builder
+            .stream(ORDERS)
+            .group_by("by customer!", |_, o| o.customer.clone())
+            .count(ORDER_COUNT);
+    });
+    let error = bad.validate().expect_err("bad name").to_string();
+    assert!(error.contains("repartition name `by customer!`"), "{error}");
+    let twice = App::new("twice").pipeline("p", |builder| {
+        let orders = builder.stream(ORDERS);
+        orders.clone().filter(|_, o| o.amount > 0).named("keep").to(BIG);
+        orders.filter(|_, o| o.amount < 0).named("keep").to(SMALL);
+    });
+    let error = twice.validate().expect_err("named twice").to_string();
+    assert!(error.contains("names two operations `keep`"), "{error}");
+}
+
 const RAW_IN: Topic<Vec<u8>, Vec<u8>> = Topic::new("raw-in").partitions(1).values(ValueCodec::bytes());
 const RAW_OUT: Topic<Vec<u8>, Vec<u8>> = Topic::new("raw-out").values(ValueCodec::bytes());
 

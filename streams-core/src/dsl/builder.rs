@@ -141,6 +141,18 @@ impl Graph {
 
     /// Gives node `id` a name of the user's.
     pub(crate) fn rename(&mut self, id: usize, name: &str) {
+        let taken = self
+            .nodes
+            .iter()
+            .enumerate()
+            .any(|(other, (node, _))| other != id && node.kind == NodeKind::Operation && node.name == name);
+        if taken {
+            // Two operations of one name would be one node of the topology.
+            self.errors.push(format!(
+                "pipeline `{}` names two operations `{name}`; give each its own name",
+                self.pipeline
+            ));
+        }
         if let Some((node, _)) = self.nodes.get_mut(id) {
             node.name = name.to_string();
         }
@@ -233,9 +245,21 @@ impl Graph {
     }
 
     /// The repartition topic named `name`: `{app}-{name}-repartition`.
-    pub(crate) fn repartition_topic(&self, name: &str) -> String {
+    pub(crate) fn repartition_topic(&mut self, name: &str) -> String {
+        if !valid_name(name) {
+            self.errors.push(format!(
+                "pipeline `{}`: repartition name `{name}` names the topic `{}-{name}-repartition`: use letters, \
+                 digits, `.`, `_` and `-`",
+                self.pipeline, self.app_id
+            ));
+        }
         format!("{}-{name}-repartition", self.app_id)
     }
+}
+
+/// Whether `name` can name a topic or a store: letters, digits, `.`, `_` and `-`.
+pub(crate) fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
 /// Builds a pipeline: start streams from topics, tables from topics, and chain operations

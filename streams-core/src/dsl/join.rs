@@ -1053,7 +1053,7 @@ where
 /// Records what is wrong with a join's name or windows (refused at start).
 fn check_join_name(graph: &mut Graph, name: &str, windows: JoinWindows) {
     let pipeline = graph.pipeline.clone();
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+    if !super::builder::valid_name(name) {
         graph.errors.push(format!(
             "pipeline `{pipeline}`: join name `{name}` names its stores and changelog topics: use letters, \
              digits, `.`, `_` and `-`"

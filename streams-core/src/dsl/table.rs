@@ -9,11 +9,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::builder::{Graph, NodeKind};
-use super::node::{observe_time, ChangeListener, Cx, Fanout, Outcome, SourceNode, TableSlot};
+use super::node::{observe_time, send, ChangeListener, Cx, Fanout, Outcome, SourceNode, TableSlot};
 use super::stream::{KStream, Keyed};
 use crate::codec::{json, Key};
 use crate::message::Message;
 use crate::table::Table;
+use crate::task::sink::OutRecord;
+use crate::topic::Topic;
 use crate::topic::TopicReader;
 
 /// A table in a pipeline (Kafka Streams' `KTable`): one value per key, kept in a store with
@@ -89,6 +91,97 @@ where
             (next, node)
         };
         KStream::new(self.graph, next, self.group, node)
+    }
+}
+
+impl<K, V> KTable<K, V>
+where
+    K: Key,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Sends every change of the table to `topic`, whose key and value types must be the
+    /// table's: at each commit interval, every key that changed with its new value (coalesced
+    /// per key) and every deleted key as a tombstone, a record without a value (Kafka
+    /// Streams' `table.toStream().to(topic)`). A compacted topic then holds the table, and
+    /// reading it back as a table (`builder.table`) deletes what the table deleted. For a
+    /// windowed aggregation with `emit_final`, its windows' final results go instead.
+    ///
+    /// ```
+    /// use streams_core::prelude::*;
+    ///
+    /// const PRICES: Topic<String, i64> = Topic::new("prices");
+    /// const LATEST: Table<String, i64> = Table::new("latest-prices");
+    /// const COPY: Topic<String, i64> = Topic::new("prices-copy");
+    ///
+    /// let app = App::new("copy").pipeline("copy", |builder| {
+    ///     builder.table(PRICES, LATEST).to(COPY);
+    /// });
+    /// assert_eq!(app.tasks()[0].sends[0].name, "prices-copy");
+    /// ```
+    pub fn to(self, topic: Topic<K, V>) {
+        if self.finals.is_some() {
+            self.to_stream().to(topic);
+            return;
+        }
+        let mut graph = self.graph.borrow_mut();
+        graph.sink(self.group, topic.spec());
+        graph.node(
+            topic.name(),
+            NodeKind::Sink {
+                topic: topic.name().to_string(),
+            },
+            vec![self.node],
+            self.group,
+        );
+        let listener: ToTopic<K, V> = ToTopic {
+            name: self.name,
+            topic: Arc::from(topic.name()),
+            values: topic.value_codec(),
+            _key: PhantomData,
+        };
+        graph.listen(self.group, self.slot.clone(), Arc::new(listener));
+    }
+}
+
+/// Sends a table's changes to a topic, deletions as tombstones.
+struct ToTopic<K, V> {
+    name: &'static str,
+    topic: Arc<str>,
+    values: crate::codec::ValueCodec<V>,
+    _key: PhantomData<fn() -> K>,
+}
+
+impl<K, V> ChangeListener for ToTopic<K, V>
+where
+    K: Key,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    fn change(&self, cx: &mut Cx<'_>, key: &[u8], value: Option<&[u8]>) -> Outcome {
+        let decoded = K::decode_key(Some(key)).map_err(|e| format!("a key of table `{}`: {e}", self.name))?;
+        let key = decoded
+            .try_encode_key()
+            .map_err(|e| format!("cannot encode a key for topic `{}`: {e}", self.topic))?;
+        let value = match value {
+            None => None,
+            Some(bytes) => {
+                let value: V = json::decode(bytes).map_err(|e| format!("a value of table `{}`: {e}", self.name))?;
+                let encoded = self
+                    .values
+                    .encode(&value)
+                    .map_err(|e| format!("cannot encode a value for topic `{}`: {e}", self.topic))?;
+                Some(encoded)
+            }
+        };
+        let record = OutRecord {
+            topic: Arc::clone(&self.topic),
+            partition: None,
+            key,
+            value,
+            headers: Vec::new(),
+            timestamp: Some(cx.timestamp),
+            changelog: false,
+        };
+        send(cx, record)
     }
 }
 

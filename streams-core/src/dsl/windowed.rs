@@ -55,8 +55,9 @@ impl Kind {
         match self {
             // [start, end): closed once end + grace <= now.
             Kind::Fixed(w) => now.saturating_sub(w.grace),
-            // [start, end]: closed once end + grace < now.
-            Kind::Sliding(w) => now.saturating_sub(w.grace).saturating_sub(1),
+            // [start, end]: closed once end + grace <= now, as in Kafka Streams (a window is
+            // updated while its end is past stream time - grace).
+            Kind::Sliding(w) => now.saturating_sub(w.grace),
             // Sessions: closed once end + gap + grace < now (a record within the gap would
             // still extend them).
             Kind::Session(w) => now.saturating_sub(w.gap).saturating_sub(w.grace).saturating_sub(1),
@@ -966,5 +967,14 @@ mod tests {
         )));
         assert_eq!(session.closed_through(100), 69, "end + gap + grace < now");
         assert_eq!(fixed.closed_through(NO_TIME), NO_TIME);
+        let sliding = Kind::Sliding(
+            SlidingWindows::with_time_difference(std::time::Duration::from_millis(30))
+                .grace(std::time::Duration::from_millis(10)),
+        );
+        assert_eq!(
+            sliding.closed_through(100),
+            90,
+            "end + grace <= now, as in Kafka Streams"
+        );
     }
 }

@@ -3,11 +3,17 @@
 //! 1. flush the producer: every output and changelog record of the cut is acknowledged;
 //! 2. write the store batch with the changelog and source offsets (one RocksDB write batch);
 //! 3. commit the source offsets to the group.
+//!
+//! Exactly-once ([`run_rounds`]) replaces 1 and 3 with a Kafka transaction per round of
+//! cuts (every task of the worker cuts in each round, see `round.rs`): the records sent
+//! since the last round, the changelog records and the source offsets commit together or
+//! not at all; the store batches are written only after the transaction committed.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
+use super::round::Rounds;
 use super::sink::Sink;
 use crate::metrics::Metrics;
 use crate::store::{Checkpoint, Entry, StateStore};
@@ -33,6 +39,8 @@ pub(crate) struct Cut {
     pub writes: Vec<TableWrite>,
     /// Who waits for the cut to be durable.
     pub acks: Vec<Ack>,
+    /// Exactly-once: the round this cut is part of (the task waits for its end).
+    pub ticket: Option<super::round::Ticket>,
 }
 
 /// Commits source offsets to the consumer group.
@@ -78,6 +86,45 @@ fn commit_batch(
         return Err(error);
     }
     // 2. Store batches, each with its checkpoint.
+    write_stores(batch, sink, metrics)?;
+    // 3. Source offsets.
+    let mut latest = next_offsets(batch);
+    latest.retain(|partition, offset| committed.get(partition) != Some(offset));
+    if latest.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<(String, i32, i64)> = latest.iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect();
+    match offsets.commit(&list) {
+        Ok(()) => {
+            metrics.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            committed.extend(latest);
+            Ok(())
+        }
+        Err(error) => {
+            // The stores hold the state with its source positions: a worker that takes the
+            // partition with these stores resumes after them; any other owner processes the
+            // input since the last commit again (at-least-once).
+            tracing::warn!("offset commit failed: {error}");
+            Err(format!("offset commit failed: {error}"))
+        }
+    }
+}
+
+/// The next offset to read of every source partition the cuts reached.
+fn next_offsets(batch: &[Cut]) -> HashMap<(String, i32), i64> {
+    let mut latest: HashMap<(String, i32), i64> = HashMap::new();
+    for cut in batch.iter() {
+        for (topic, offset) in &cut.positions {
+            let next = offset + 1;
+            let slot = latest.entry((topic.to_string(), cut.partition)).or_insert(next);
+            *slot = (*slot).max(next);
+        }
+    }
+    latest
+}
+
+/// Writes each cut's store batches, each with its checkpoint.
+fn write_stores(batch: &mut [Cut], sink: &dyn Sink, metrics: &Metrics) -> Result<(), String> {
     for cut in batch.iter_mut() {
         let sources: Vec<(String, i64)> = cut.positions.iter().map(|(t, o)| (t.to_string(), *o)).collect();
         for write in cut.writes.drain(..) {
@@ -101,32 +148,128 @@ fn commit_batch(
             }
         }
     }
-    // 3. Source offsets.
-    let mut latest: HashMap<(String, i32), i64> = HashMap::new();
-    for cut in batch.iter() {
-        for (topic, offset) in &cut.positions {
-            let next = offset + 1;
-            let slot = latest.entry((topic.to_string(), cut.partition)).or_insert(next);
-            *slot = (*slot).max(next);
+    Ok(())
+}
+
+/// Why a transaction did not commit.
+pub(crate) enum TxnError {
+    /// The transaction was aborted (or must be): the round's work is undone, and the tasks
+    /// start again from the last committed state.
+    Abortable(String),
+    /// The producer cannot go on (fenced by another producer with the same transactional id):
+    /// the worker stops without committing anything more.
+    Fatal(String),
+}
+
+/// A worker's transactions: one open at a time, holding everything sent since it began.
+pub(crate) trait Transactions: Send + Sync + 'static {
+    /// Adds the source offsets (the next to read) to the open transaction and commits it.
+    fn commit(&self, offsets: &[(String, i32, i64)]) -> Result<(), TxnError>;
+    /// Aborts the open transaction.
+    fn abort(&self) -> Result<(), String>;
+    /// Begins the next transaction.
+    fn begin(&self) -> Result<(), String>;
+}
+
+/// How long the committer waits between looks at a round's members.
+const ROUND_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Exactly-once: runs rounds of cuts on the calling thread, one transaction each, at every
+/// `interval` or when a task asks for one (a revoke, a full table cache, the driver's
+/// barrier), until every sender is gone and no task is left.
+pub(crate) fn run_rounds(
+    cuts: Receiver<Cut>,
+    sink: Arc<dyn Sink>,
+    transactions: Arc<dyn Transactions>,
+    rounds: Arc<Rounds>,
+    metrics: Arc<Metrics>,
+    interval: std::time::Duration,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut pending: Vec<Cut> = Vec::new();
+    let mut next = std::time::Instant::now() + interval;
+    let mut open = true;
+    while open {
+        let wait = next.saturating_duration_since(std::time::Instant::now());
+        match cuts.recv_timeout(wait) {
+            Ok(cut) => pending.push(cut),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => open = false,
+        }
+        // A round: asked for now, or the one a task has opened.
+        let round = rounds.request();
+        loop {
+            pending.extend(cuts.try_iter());
+            for cut in &pending {
+                if let Some(ticket) = &cut.ticket {
+                    rounds.delivered(ticket.member, ticket.round);
+                }
+            }
+            if rounds.complete(round) {
+                break;
+            }
+            match cuts.recv_timeout(ROUND_POLL) {
+                Ok(cut) => pending.push(cut),
+                Err(RecvTimeoutError::Timeout) => {}
+                // The last sender went while members remain (their tasks are ending).
+                Err(RecvTimeoutError::Disconnected) => std::thread::sleep(ROUND_POLL),
+            }
+        }
+        let outcome = commit_round(&mut pending, &*sink, &*transactions, &metrics);
+        rounds.finish(round, outcome.is_err() && !metrics.failed());
+        for cut in pending.drain(..) {
+            for ack in cut.acks {
+                let _ = ack.send(outcome.clone());
+            }
+            if let Some(ticket) = cut.ticket {
+                let _ = ticket.done.send(outcome.clone());
+            }
+        }
+        next = std::time::Instant::now() + interval;
+    }
+}
+
+/// Commits one round: its records are acknowledged, its offsets go into the transaction,
+/// the transaction commits, then the stores are written; the next transaction begins.
+fn commit_round(
+    batch: &mut [Cut],
+    sink: &dyn Sink,
+    transactions: &dyn Transactions,
+    metrics: &Metrics,
+) -> Result<(), String> {
+    if let Some(error) = metrics.fatal() {
+        return Err(format!("not committed: the worker failed ({error})"));
+    }
+    let aborted = |why: String| -> String {
+        tracing::warn!("transaction aborted: {why}");
+        metrics.aborts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Err(error) = transactions.abort() {
+            metrics.fail(format!("cannot abort the transaction: {error}"));
+        } else if let Err(error) = transactions.begin() {
+            metrics.fail(format!("cannot begin a transaction: {error}"));
+        }
+        format!("transaction aborted: {why}")
+    };
+    if let Err(error) = sink.flush() {
+        return Err(aborted(format!("records were not acknowledged by the broker: {error}")));
+    }
+    let offsets: Vec<(String, i32, i64)> = next_offsets(batch).into_iter().map(|((t, p), o)| (t, p, o)).collect();
+    match transactions.commit(&offsets) {
+        Ok(()) => {}
+        Err(TxnError::Abortable(why)) => return Err(aborted(why)),
+        Err(TxnError::Fatal(why)) => {
+            let error = format!("the transaction cannot commit: {why}; nothing more is committed");
+            metrics.fail(error.clone());
+            return Err(error);
         }
     }
-    latest.retain(|partition, offset| committed.get(partition) != Some(offset));
-    if latest.is_empty() {
-        return Ok(());
-    }
-    let list: Vec<(String, i32, i64)> = latest.iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect();
-    match offsets.commit(&list) {
-        Ok(()) => {
-            metrics.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            committed.extend(latest);
-            Ok(())
-        }
-        Err(error) => {
-            // The stores hold the state with its source positions: a worker that takes the
-            // partition with these stores resumes after them; any other owner processes the
-            // input since the last commit again (at-least-once).
-            tracing::warn!("offset commit failed: {error}");
-            Err(format!("offset commit failed: {error}"))
-        }
-    }
+    metrics.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // The changelog is the truth from here: a crash before the stores are written is
+    // repaired by their restore.
+    write_stores(batch, sink, metrics)?;
+    transactions.begin().map_err(|error| {
+        let error = format!("cannot begin a transaction: {error}");
+        metrics.fail(error.clone());
+        error
+    })
 }

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::commit::{Ack, Cut, TableWrite};
+use super::round::{Rounds, Ticket};
 use super::sink::OutRecord;
 use super::TaskContext;
 use crate::message::Message;
@@ -72,6 +73,10 @@ pub(crate) struct StreamCore {
     holding_since: Option<Instant>,
     /// Flushes that wait for the records queued before them (see [`Input::Flush`]).
     flushes: Vec<Ack>,
+    /// Exactly-once: the worker's rounds, this task's membership, and the last round it cut
+    /// for (see `round.rs`). Every cut is then a round's.
+    rounds: Option<(Arc<Rounds>, u64)>,
+    round_seen: u64,
     pub(crate) ended: bool,
     hook: Option<Box<dyn CutHook>>,
 }
@@ -99,9 +104,36 @@ impl StreamCore {
             since_clock: 0,
             holding_since: None,
             flushes: Vec::new(),
+            rounds: None,
+            round_seen: 0,
             ended: false,
             hook: None,
         }
+    }
+
+    /// Exactly-once: the task takes part in the worker's rounds; it cuts when a round is
+    /// asked for (never on its own timer), and waits for the round's transaction after.
+    pub(crate) fn with_rounds(mut self, rounds: Arc<Rounds>) -> Self {
+        let (member, seen) = rounds.join();
+        self.rounds = Some((rounds, member));
+        self.round_seen = seen;
+        // The worker's committer asks for rounds at the commit interval.
+        self.commit_interval = Duration::from_secs(365 * 24 * 3600);
+        self.next_cut = Instant::now() + self.commit_interval;
+        self
+    }
+
+    /// Whether a round was asked for that this task has not cut for yet.
+    fn round_due(&self) -> bool {
+        self.rounds
+            .as_ref()
+            .is_some_and(|(rounds, _)| rounds.interrupts() && rounds.requested() > self.round_seen)
+    }
+
+    /// Whether the task makes a cut of its own when its table cache is full (not under
+    /// exactly-once in the test driver, which cuts at its barriers only).
+    fn cuts_early(&self) -> bool {
+        self.rounds.as_ref().is_none_or(|(rounds, _)| rounds.interrupts())
     }
 
     /// Work to do at each cut (see [`CutHook`]).
@@ -201,7 +233,10 @@ impl StreamCore {
     /// future a task awaits for every record stays small (awaiting moves it, byte by byte).
     pub(crate) async fn next_message(&mut self) -> Option<(usize, Message)> {
         self.finish_current();
-        let fast = !self.ended && self.since_clock + 1 < 256 && !self.ctx.cut_wanted.load(Ordering::Relaxed);
+        let fast = !self.ended
+            && self.since_clock + 1 < 256
+            && !self.ctx.cut_wanted.load(Ordering::Relaxed)
+            && !self.round_due();
         if fast {
             if let [only] = self.sources.as_mut_slice() {
                 if let Some(message) = only.queue.pop_front() {
@@ -238,8 +273,9 @@ impl StreamCore {
                 self.finish_now().await;
                 return None;
             }
-            if self.ctx.cut_wanted.swap(false, Ordering::Relaxed) {
+            if (self.ctx.cut_wanted.swap(false, Ordering::Relaxed) && self.cuts_early()) || self.round_due() {
                 self.cut(None).await;
+                continue;
             }
             // Reading the clock for every record costs more than the record: look at it every
             // 256 records, and whenever the queue is empty.
@@ -288,9 +324,32 @@ impl StreamCore {
                         _ => self.next_cut,
                     };
                     let ctx = Arc::clone(&self.ctx);
+                    let rounds = self
+                        .rounds
+                        .as_ref()
+                        .filter(|(rounds, _)| rounds.interrupts())
+                        .map(|(rounds, _)| Arc::clone(rounds));
+                    let seen = self.round_seen;
+                    // Exactly-once: a round asked for wakes an idle task (listening before
+                    // looking, so that no request is missed in between).
+                    let round = async {
+                        match &rounds {
+                            Some(rounds) => {
+                                let notified = rounds.notified();
+                                tokio::pin!(notified);
+                                notified.as_mut().enable();
+                                if rounds.requested() > seen {
+                                    return;
+                                }
+                                notified.await;
+                            }
+                            None => std::future::pending::<()>().await,
+                        }
+                    };
                     tokio::select! {
                         biased;
                         input = self.rx.recv() => input,
+                        _ = round => continue,
                         _ = ctx.unread_cleared(), if holding => continue,
                         _ = tokio::time::sleep_until(wake) => continue,
                     }
@@ -450,7 +509,7 @@ impl StreamCore {
             .iter()
             .filter_map(|s| Some((Arc::clone(&s.topic), s.processed?)))
             .collect();
-        if positions == self.last_cut && acks.is_empty() {
+        if positions == self.last_cut && acks.is_empty() && self.rounds.is_none() {
             return;
         }
         let ctx = Arc::clone(&self.ctx);
@@ -493,15 +552,52 @@ impl StreamCore {
                 });
             }
         }
-        let cut = Cut {
+        let mut cut = Cut {
             partition: ctx.partition,
             positions: positions.clone(),
             stream_time,
             writes,
             acks,
+            ticket: None,
         };
         self.last_cut = positions;
+        let Some((rounds, member)) = &self.rounds else {
+            ctx.commit(cut);
+            return;
+        };
+        // Exactly-once: the cut is this task's part of a round, and nothing more is processed
+        // (or sent) until the round's transaction is committed.
+        let round = rounds.request();
+        let (done, finished) = tokio::sync::oneshot::channel();
+        cut.ticket = Some(Ticket {
+            member: *member,
+            round,
+            done,
+        });
+        self.round_seen = round;
         ctx.commit(cut);
+        match finished.await {
+            Ok(Ok(())) => ctx.set_committed(self.last_cut.clone()),
+            Ok(Err(error)) => {
+                // Aborted: what this task did since the last round is gone with the
+                // transaction; it stops, and the worker starts it again from the committed state.
+                tracing::warn!(
+                    task = &*ctx.name,
+                    partition = ctx.partition,
+                    "transaction aborted ({error}); the partition starts again from its last committed state"
+                );
+                self.ended = true;
+            }
+            Err(_) => self.ended = true,
+        }
+    }
+}
+
+impl Drop for StreamCore {
+    fn drop(&mut self) {
+        if let Some((rounds, member)) = &self.rounds {
+            rounds.leave(*member);
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub(crate) mod commit;
 pub(crate) mod input;
+pub(crate) mod round;
 pub(crate) mod run;
 pub(crate) mod sink;
 pub(crate) mod tables;
@@ -65,6 +66,8 @@ pub(crate) struct TaskContext {
     unread: Box<[AtomicBool]>,
     /// Signalled when a source's `unread` clears.
     unread_cleared: tokio::sync::Notify,
+    /// Exactly-once: the source positions of the task's last committed round.
+    committed: Mutex<Vec<(Arc<str>, i64)>>,
 }
 
 /// A worker's global tables by name: the store of each, kept current from its topic.
@@ -120,7 +123,19 @@ impl TaskContext {
             globals,
             unread: spec.sources.iter().map(|_| AtomicBool::new(true)).collect(),
             unread_cleared: tokio::sync::Notify::new(),
+            committed: Mutex::default(),
         }
+    }
+
+    /// Exactly-once: the task's round with these source positions was committed.
+    pub(crate) fn set_committed(&self, positions: Vec<(Arc<str>, i64)>) {
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = positions;
+    }
+
+    /// Exactly-once: the source positions (last offsets processed) of the task's last
+    /// committed round.
+    pub(crate) fn committed_positions(&self) -> Vec<(Arc<str>, i64)> {
+        self.committed.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Says whether the broker holds records of source `source` not handed to the task yet.
@@ -181,6 +196,7 @@ impl TaskContext {
             globals: Globals::default(),
             unread: Box::default(),
             unread_cleared: tokio::sync::Notify::new(),
+            committed: Mutex::default(),
         }
     }
 

@@ -98,6 +98,8 @@ pub(crate) struct Shared {
     pub on_embedded: bool,
     /// The worker's global tables.
     globals: crate::task::Globals,
+    /// Exactly-once: the worker's rounds of cuts (`None` at-least-once).
+    pub rounds: Option<Arc<crate::task::round::Rounds>>,
 }
 
 impl Shared {
@@ -115,6 +117,7 @@ impl Shared {
         table_cache_bytes: usize,
         on_embedded: bool,
         globals: crate::task::Globals,
+        rounds: Option<Arc<crate::task::round::Rounds>>,
     ) -> Result<Self> {
         let restores = restore::spawn(restorer, Arc::clone(&metrics))?;
         let mut by_topic = HashMap::new();
@@ -140,6 +143,7 @@ impl Shared {
             waiting: Mutex::new(Some(std::time::Instant::now())),
             on_embedded,
             globals,
+            rounds,
         })
     }
 
@@ -239,9 +243,15 @@ impl Shared {
         &self,
         consumer: &BaseConsumer<WorkerContext>,
         list: &mut TopicPartitionList,
+        known: &HashMap<(String, i32), i64>,
     ) -> Result<TopicPartitionList> {
         let mut restoring = TopicPartitionList::new();
-        let committed = committed_offsets(consumer, list)?;
+        let mut committed = committed_offsets(consumer, list)?;
+        // Offsets this worker committed itself (in its transactions) count too.
+        for (partition, next) in known {
+            let slot = committed.entry(partition.clone()).or_insert(*next);
+            *slot = (*slot).max(*next);
+        }
         // The assigned partitions by task: partition p of each of a task's sources.
         let mut groups: std::collections::BTreeMap<TaskKey, Vec<(String, usize)>> = Default::default();
         for element in list.elements() {
@@ -329,6 +339,10 @@ impl Shared {
                 progress: Arc::new(RestoreProgress::default()),
             });
             let core = StreamCore::new(Arc::clone(&ctx), rx, self.commit_interval);
+            let core = match &self.rounds {
+                Some(rounds) => core.with_rounds(Arc::clone(rounds)),
+                None => core,
+            };
             let join = self.runtime.spawn(run_partition(Arc::clone(&spec), core));
             let label = sources
                 .iter()
@@ -438,6 +452,54 @@ impl Shared {
         }
     }
 
+    /// Exactly-once, after a transaction was aborted: every task dropped what it did since
+    /// the last committed round; they all start again on the same partitions, from the
+    /// committed offsets and their stores (which hold only committed state). Called by the
+    /// poll thread.
+    fn restart_tasks(&self, consumer: &BaseConsumer<WorkerContext>) {
+        let mut list = match consumer.assignment() {
+            Ok(list) => list,
+            Err(error) => {
+                self.metrics.fail(format!(
+                    "cannot read the assignment to start again after an abort: {error}"
+                ));
+                return;
+            }
+        };
+        self.hand_over();
+        // Where each task's last committed round left its sources: what this worker's own
+        // transactions committed (the group's offsets say the same on Kafka).
+        let mut known: HashMap<(String, i32), i64> = HashMap::new();
+        for task in self.running().values() {
+            for (topic, last) in task.ctx.committed_positions() {
+                known.insert((topic.to_string(), task.ctx.partition), last + 1);
+            }
+        }
+        let _ = self.revoke(None, Release::Drop);
+        tracing::info!(
+            "starting {} partitions again from their last committed state",
+            list.count()
+        );
+        let restoring = match self.assign(consumer, &mut list, &known) {
+            Ok(restoring) => restoring,
+            Err(error) => {
+                self.metrics.fail(format!("cannot start partitions again: {error}"));
+                return;
+            }
+        };
+        // Assigning again sets every position to its start: what was fetched is dropped.
+        if let Err(error) = consumer.assign(&list) {
+            self.metrics.fail(format!("cannot start partitions again: {error}"));
+            return;
+        }
+        if restoring.count() > 0 {
+            if let Err(error) = consumer.pause(&restoring) {
+                self.metrics
+                    .fail(format!("cannot pause partitions while restoring: {error}"));
+            }
+        }
+    }
+
     /// Tells each task with several sources which of them have records on the broker that
     /// it has not been given (KIP-695): the broker's end offset (as the last fetch response
     /// had it) past the consumer's position there. Called by the poll thread after it hands
@@ -525,7 +587,7 @@ impl Shared {
                         continue;
                     }
                     Release::Drop => {
-                        tracing::warn!("{label} dropped without committing (the worker failed)");
+                        tracing::warn!("{label} dropped without committing");
                         task.join.abort();
                         continue;
                     }
@@ -657,7 +719,7 @@ impl ConsumerContext for WorkerContext {
                 self.shared.set_waiting(false);
                 self.shared.metrics.set_member_id(member_id(consumer));
                 self.shared.metrics.assignments.fetch_add(1, Ordering::Relaxed);
-                let restoring = match self.shared.assign(consumer, list) {
+                let restoring = match self.shared.assign(consumer, list, &HashMap::new()) {
                     Ok(restoring) => restoring,
                     Err(error) => {
                         self.shared
@@ -724,6 +786,82 @@ impl OffsetCommit for GroupCommit {
     }
 }
 
+/// Exactly-once: transactions on the worker's producer, with source offsets sent through the
+/// group consumer's metadata (KIP-447), so that a commit from a member of an older generation
+/// (a zombie whose partitions went elsewhere) is refused by the broker.
+pub(crate) struct KafkaTransactions {
+    pub sink: Arc<crate::worker::producer::KafkaSink>,
+    pub consumer: Weak<BaseConsumer<WorkerContext>>,
+}
+
+/// How long a transaction call may take before the broker is deemed away.
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn txn_error(what: &str, error: KafkaError) -> crate::task::commit::TxnError {
+    use crate::task::commit::TxnError;
+    let fatal = match &error {
+        KafkaError::Transaction(e) => e.is_fatal(),
+        _ => false,
+    };
+    let text = format!("{what}: {error}");
+    if fatal {
+        TxnError::Fatal(text)
+    } else {
+        TxnError::Abortable(text)
+    }
+}
+
+impl crate::task::commit::Transactions for KafkaTransactions {
+    fn commit(&self, offsets: &[(String, i32, i64)]) -> std::result::Result<(), crate::task::commit::TxnError> {
+        use crate::task::commit::TxnError;
+        use rdkafka::producer::Producer;
+        let producer = self.sink.producer();
+        if !offsets.is_empty() {
+            let consumer = self
+                .consumer
+                .upgrade()
+                .ok_or_else(|| TxnError::Abortable("the consumer is closed".into()))?;
+            let metadata = consumer
+                .group_metadata()
+                .ok_or_else(|| TxnError::Abortable("the consumer has no group metadata yet".into()))?;
+            let mut list = TopicPartitionList::new();
+            for (topic, partition, offset) in offsets {
+                list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                    .map_err(|e| TxnError::Abortable(e.to_string()))?;
+            }
+            producer
+                .send_offsets_to_transaction(&list, &metadata, TXN_TIMEOUT)
+                .map_err(|e| txn_error("adding the offsets to the transaction", e))?;
+        }
+        producer
+            .commit_transaction(TXN_TIMEOUT)
+            .map_err(|e| txn_error("committing the transaction", e))
+    }
+
+    fn abort(&self) -> std::result::Result<(), String> {
+        use rdkafka::producer::Producer;
+        // An abort the broker refuses is tried again (librdkafka starts it over); a fatal
+        // error ends it.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.sink.producer().abort_transaction(TXN_TIMEOUT) {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::Transaction(error)) if !error.is_fatal() && attempt < 5 => {
+                    tracing::warn!("aborting the transaction (attempt {attempt} of 5): {error}");
+                    std::thread::sleep(Duration::from_millis(100 * attempt));
+                }
+                Err(error) => return Err(error.to_string()),
+            }
+        }
+    }
+
+    fn begin(&self) -> std::result::Result<(), String> {
+        use rdkafka::producer::Producer;
+        self.sink.producer().begin_transaction().map_err(|e| e.to_string())
+    }
+}
+
 /// Polls until `stop` is set, the worker failed, or it has been idle for `idle_exit`;
 /// then makes the last cuts. A last cut that could not be committed fails the worker.
 pub(crate) fn poll_loop(
@@ -780,6 +918,9 @@ pub(crate) fn poll_loop(
             }
         }
         shared.hand_over();
+        if shared.rounds.as_ref().is_some_and(|rounds| rounds.take_aborted()) {
+            shared.restart_tasks(consumer);
+        }
         shared.resume_restored(consumer);
         shared.update_unread(consumer);
         if let Some(idle) = idle_exit {

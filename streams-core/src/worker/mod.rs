@@ -19,7 +19,7 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::app::App;
+use crate::app::{App, ProcessingGuarantee};
 use crate::broker::{self, EmbeddedBroker};
 use crate::metrics::Metrics;
 use crate::task::commit;
@@ -56,6 +56,14 @@ pub struct WorkerOptions {
     /// Setting this flag stops the worker, and a start in progress (see
     /// [`WorkerOptions::stop_flag`]).
     pub stop: Option<Arc<AtomicBool>>,
+    /// The processing guarantee, overriding the app's (the command line's
+    /// `--processing-guarantee`).
+    pub guarantee: Option<ProcessingGuarantee>,
+    /// The worker's identity under exactly-once: its transactional id is `{app}-{id}`. A
+    /// worker started with the identity of one that still runs fences it (it stops). Default:
+    /// an id made once and kept in the data directory (`{data_dir}/{app}/worker.id`), so that
+    /// a worker restarted on its data directory fences what is left of its predecessor.
+    pub worker_id: Option<String>,
 }
 
 impl WorkerOptions {
@@ -69,7 +77,21 @@ impl WorkerOptions {
             client_config: Vec::new(),
             consumer_config: Vec::new(),
             stop: None,
+            guarantee: None,
+            worker_id: None,
         }
+    }
+
+    /// Runs with this processing guarantee, whatever the app's.
+    pub fn processing_guarantee(mut self, guarantee: ProcessingGuarantee) -> Self {
+        self.guarantee = Some(guarantee);
+        self
+    }
+
+    /// Sets the worker's identity under exactly-once (see [`WorkerOptions::worker_id`]).
+    pub fn worker_id(mut self, id: impl Into<String>) -> Self {
+        self.worker_id = Some(id.into());
+        self
     }
 
     /// A flag that stops the worker once set, as [`WorkerHandle::request_stop`] does; set
@@ -236,7 +258,29 @@ impl Worker {
         stopping()?;
 
         let metrics = Arc::new(Metrics::default());
-        let sink: Arc<dyn Sink> = Arc::new(producer::KafkaSink::new(config.clone(), Arc::clone(&metrics))?);
+        let guarantee = options.guarantee.unwrap_or(app.guarantee());
+        let exactly_once = guarantee == ProcessingGuarantee::ExactlyOnce;
+        let kafka_sink = Arc::new(if exactly_once {
+            let id = match &options.worker_id {
+                Some(id) => id.clone(),
+                None => {
+                    let app_dir = app_dir.clone();
+                    tokio::task::spawn_blocking(move || worker_id(&app_dir))
+                        .await
+                        .map_err(|e| Error::Config(format!("reading the worker id: {e}")))??
+                }
+            };
+            let transactional_id = format!("{}-{id}", app.id());
+            tracing::info!("exactly-once: transactional id {transactional_id}");
+            let (config, metrics) = (config.clone(), Arc::clone(&metrics));
+            tokio::task::spawn_blocking(move || producer::KafkaSink::transactional(config, metrics, &transactional_id))
+                .await
+                .map_err(|e| Error::Config(format!("starting the transactional producer: {e}")))??
+        } else {
+            producer::KafkaSink::new(config.clone(), Arc::clone(&metrics))?
+        });
+        let sink: Arc<dyn Sink> = kafka_sink.clone();
+        let rounds = exactly_once.then(|| Arc::new(crate::task::round::Rounds::default()));
         // Global tables are filled before the worker joins its group: no task starts before
         // its lookups can be answered.
         let globals = {
@@ -265,6 +309,7 @@ impl Worker {
             app.table_cache_bytes_value(),
             on_embedded,
             Arc::clone(&globals.stores),
+            rounds.clone(),
         )?);
         let mut consumer_config = config.clone();
         consumer_config
@@ -277,6 +322,10 @@ impl Worker {
             // Records wait in at most two batches per partition on our side; librdkafka's
             // prefetch needs no more than this to keep partitions busy.
             .set("queued.max.messages.kbytes", "32768");
+        if exactly_once {
+            // Records of aborted transactions are never read (Kafka Streams does the same).
+            consumer_config.set("isolation.level", "read_committed");
+        }
         let chosen = |key: &str| {
             options
                 .consumer_config
@@ -331,9 +380,20 @@ impl Worker {
         let committer = {
             let (sink, metrics) = (Arc::clone(&sink), Arc::clone(&metrics));
             let offsets = Arc::new(consumer::GroupCommit(Arc::downgrade(&consumer)));
+            let interval = app.commit_interval_value();
+            let (rounds, kafka_sink) = (rounds.clone(), Arc::clone(&kafka_sink));
             std::thread::Builder::new()
                 .name("committer".into())
-                .spawn(move || commit::run(cuts_rx, sink, offsets, metrics))
+                .spawn(move || match rounds {
+                    Some(rounds) => {
+                        let transactions = Arc::new(consumer::KafkaTransactions {
+                            sink: kafka_sink,
+                            consumer: offsets.0.clone(),
+                        });
+                        commit::run_rounds(cuts_rx, sink, transactions, rounds, metrics, interval)
+                    }
+                    None => commit::run(cuts_rx, sink, offsets, metrics),
+                })
                 .map_err(|e| Error::io("starting the committer", e))?
         };
         let (done_tx, done) = tokio::sync::oneshot::channel();
@@ -386,6 +446,24 @@ impl Worker {
             _embedded: embedded,
         })
     }
+}
+
+/// The worker id kept in `app_dir` (made the first time: 16 hex digits from the clock and
+/// the process id).
+fn worker_id(app_dir: &Path) -> Result<String> {
+    let path = app_dir.join("worker.id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() {
+            return Ok(id.to_string());
+        }
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let id = format!("{:016x}", (nanos as u64) ^ (u64::from(std::process::id()) << 32));
+    std::fs::write(&path, &id).map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+    Ok(id)
 }
 
 /// Waits until the cluster's metadata shows every topic of the plan.

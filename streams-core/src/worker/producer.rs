@@ -62,6 +62,30 @@ pub(crate) struct KafkaSink {
 }
 
 impl KafkaSink {
+    /// Exactly-once: a transactional producer (`transactional.id`), its transactions
+    /// initialised (which fences an earlier producer with the same id) and the first begun.
+    /// Blocks until the broker answers.
+    pub(crate) fn transactional(
+        mut config: ClientConfig,
+        metrics: Arc<Metrics>,
+        transactional_id: &str,
+    ) -> Result<Self> {
+        config.set("transactional.id", transactional_id);
+        let sink = Self::new(config, metrics)?;
+        sink.producer
+            .init_transactions(Duration::from_secs(60))
+            .map_err(|e| Error::kafka("initialising transactions", e))?;
+        sink.producer
+            .begin_transaction()
+            .map_err(|e| Error::kafka("beginning a transaction", e))?;
+        Ok(sink)
+    }
+
+    /// The producer (exactly-once commits its transactions).
+    pub(crate) fn producer(&self) -> &ThreadedProducer<Deliveries> {
+        &self.producer
+    }
+
     pub(crate) fn new(mut config: ClientConfig, metrics: Arc<Metrics>) -> Result<Self> {
         config
             .set("enable.idempotence", "true")

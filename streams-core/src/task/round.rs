@@ -1,0 +1,156 @@
+//! Rounds of cuts, for exactly-once processing: every task of a worker cuts in the same
+//! round, and the round is one Kafka transaction holding every record the tasks sent since
+//! the last one and every task's source offsets (Kafka Streams' `exactly_once_v2`, where a
+//! stream thread commits all its tasks together). A task that has made its cut waits until
+//! the round is committed (or aborted) before it processes another record, so nothing it
+//! sends later can slip into this transaction without its offsets.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+/// The rounds of one worker (or test driver), and the tasks that take part in them.
+#[derive(Default)]
+pub(crate) struct Rounds {
+    /// The last round asked for (0: none yet).
+    requested: AtomicU64,
+    /// The last round finished (committed or aborted).
+    done: AtomicU64,
+    /// Each member (a running task) with the last round it delivered its cut for.
+    members: Mutex<HashMap<u64, u64>>,
+    next_member: AtomicU64,
+    /// Wakes idle tasks when a round is asked for.
+    wake: tokio::sync::Notify,
+    /// Set when a round was aborted: every task stops, and the worker starts them again from
+    /// the last committed state.
+    aborted: AtomicBool,
+    /// Tasks cut only when told to (the test driver's barriers), not as soon as a round is
+    /// asked for: the driver's runs stay deterministic.
+    at_barriers: bool,
+}
+
+/// A task's part in a round: which member, which round, and where to say how it ended.
+pub(crate) struct Ticket {
+    pub member: u64,
+    pub round: u64,
+    pub done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+impl Rounds {
+    /// Rounds whose tasks cut only at the test driver's barriers.
+    pub(crate) fn at_barriers() -> Self {
+        Self {
+            at_barriers: true,
+            ..Self::default()
+        }
+    }
+
+    /// Whether a task cuts as soon as a round is asked for (a worker's), or only when told
+    /// to (the test driver's).
+    pub(crate) fn interrupts(&self) -> bool {
+        !self.at_barriers
+    }
+
+    fn members(&self) -> MutexGuard<'_, HashMap<u64, u64>> {
+        self.members.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A task joins; it owes a cut for every round from the one open now.
+    pub(crate) fn join(&self) -> (u64, u64) {
+        let member = self.next_member.fetch_add(1, Ordering::Relaxed);
+        let done = self.done.load(Ordering::Acquire);
+        self.members().insert(member, done);
+        (member, done)
+    }
+
+    /// A task ends: no round waits for it any more.
+    pub(crate) fn leave(&self, member: u64) {
+        self.members().remove(&member);
+    }
+
+    /// The round to cut for: the open one, or a new one (which wakes every idle task).
+    pub(crate) fn request(&self) -> u64 {
+        loop {
+            let done = self.done.load(Ordering::Acquire);
+            let requested = self.requested.load(Ordering::Acquire);
+            if requested > done {
+                return requested;
+            }
+            if self
+                .requested
+                .compare_exchange(requested, requested + 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                self.wake.notify_waiters();
+                return requested + 1;
+            }
+        }
+    }
+
+    /// The last round asked for.
+    pub(crate) fn requested(&self) -> u64 {
+        self.requested.load(Ordering::Acquire)
+    }
+
+    /// Resolves when a round is asked for (create it before checking [`Rounds::requested`],
+    /// so that no request falls between the check and the wait).
+    pub(crate) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.wake.notified()
+    }
+
+    /// A member delivered its cut for `round`.
+    pub(crate) fn delivered(&self, member: u64, round: u64) {
+        if let Some(last) = self.members().get_mut(&member) {
+            *last = (*last).max(round);
+        }
+    }
+
+    /// Whether every member has delivered its cut for `round`.
+    pub(crate) fn complete(&self, round: u64) -> bool {
+        self.members().values().all(|last| *last >= round)
+    }
+
+    /// The round is over (committed, or aborted when `aborted`).
+    pub(crate) fn finish(&self, round: u64, aborted: bool) {
+        if aborted {
+            self.aborted.store(true, Ordering::Release);
+        }
+        self.done.fetch_max(round, Ordering::AcqRel);
+    }
+
+    /// Whether a round was aborted since the last call (the tasks must start again from the
+    /// last committed state).
+    pub(crate) fn take_aborted(&self) -> bool {
+        self.aborted.load(Ordering::Acquire) && self.aborted.swap(false, Ordering::AcqRel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_completes_when_every_member_has_cut() {
+        let rounds = Rounds::default();
+        let (a, _) = rounds.join();
+        let (b, _) = rounds.join();
+        let round = rounds.request();
+        assert_eq!(round, 1);
+        assert_eq!(rounds.request(), 1, "the open round");
+        rounds.delivered(a, round);
+        assert!(!rounds.complete(round));
+        rounds.leave(b);
+        assert!(rounds.complete(round), "a member that left is not waited for");
+        rounds.finish(round, false);
+        let (c, seen) = rounds.join();
+        assert_eq!(seen, 1);
+        assert_eq!(rounds.request(), 2);
+        assert!(!rounds.complete(2));
+        rounds.delivered(c, 2);
+        rounds.delivered(a, 2);
+        assert!(rounds.complete(2));
+        rounds.finish(2, true);
+        assert!(rounds.take_aborted());
+        assert!(!rounds.take_aborted());
+    }
+}
