@@ -71,6 +71,13 @@ impl KafkaSink {
         transactional_id: &str,
     ) -> Result<Self> {
         config.set("transactional.id", transactional_id);
+        // A transaction's first request after the last one's commit is often answered
+        // CONCURRENT_TRANSACTIONS while the broker writes the markers; librdkafka retries it
+        // after `retry.backoff.ms` (100 ms by default), a whole commit interval. Kafka's Java
+        // producer retries this case after 20 ms; so do we, unless set otherwise.
+        if config.get("retry.backoff.ms").is_none() {
+            config.set("retry.backoff.ms", "20");
+        }
         let sink = Self::new(config, metrics)?;
         sink.producer
             .init_transactions(Duration::from_secs(60))
@@ -143,16 +150,23 @@ impl Sink for KafkaSink {
     fn flush(&self) -> Result<(), String> {
         let mut waited = 0u64;
         loop {
-            match self.producer.flush(Duration::from_secs(10)) {
-                Ok(()) => break,
-                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => {
+            // librdkafka's own flush, which serves delivery reports itself and looks again
+            // every 10 ms. (rdkafka's `flush` waits in `poll` up to 100 ms at a time, while the
+            // producer's own thread takes the reports: every flush with records in flight took
+            // 100 ms, which every exactly-once commit waits for.)
+            // SAFETY: the handle is the live producer's, and rd_kafka_flush may be called from
+            // any thread.
+            let error = unsafe { rdkafka::bindings::rd_kafka_flush(self.producer.client().native_ptr(), 10_000) };
+            match RDKafkaErrorCode::from(error) {
+                RDKafkaErrorCode::NoError => break,
+                RDKafkaErrorCode::OperationTimedOut => {
                     waited += 10;
                     tracing::warn!(
                         "{} records not yet acknowledged after {waited}s; is the broker reachable?",
                         self.producer.in_flight_count()
                     );
                 }
-                Err(error) => return Err(error.to_string()),
+                error => return Err(KafkaError::Flush(error).to_string()),
             }
         }
         let failures = self
