@@ -38,7 +38,14 @@ pub struct TopicCodecs {
     pub(crate) check_value: ValueCheck,
     pub(crate) parse_key: fn(&str) -> Result<Option<Vec<u8>>, String>,
     pub(crate) show_key: fn(&[u8]) -> String,
+    /// The event time the topic's extractor takes from a value's bytes (`None`: the topic
+    /// has no extractor; the record's timestamp is its time). A task with several sources
+    /// takes their records in this order.
+    pub(crate) event_time: Option<EventTimeOf>,
 }
+
+/// The event time of a value's bytes, by a topic's extractor (`None` when it does not decode).
+pub(crate) type EventTimeOf = std::sync::Arc<dyn Fn(&[u8]) -> Option<i64> + Send + Sync>;
 
 impl TopicCodecs {
     /// Whether `key` is a key of the topic's key type.

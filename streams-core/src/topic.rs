@@ -89,6 +89,7 @@ pub(crate) fn codecs_of<K: Key, V: 'static>(values: ValueCodec<V>) -> TopicCodec
             key.try_encode_key().map_err(|e| e.to_string())
         },
         show_key: K::display_key,
+        event_time: None,
     }
 }
 
@@ -196,7 +197,14 @@ impl<K: Key, V: Send + Sync + 'static> Topic<K, V> {
             key_type: std::any::type_name::<K>(),
             value_type: std::any::type_name::<V>(),
             value_format: self.values.name(),
-            codecs: codecs_of::<K, V>(self.values),
+            codecs: TopicCodecs {
+                event_time: self.event_time.map(|extract| {
+                    let values = self.values;
+                    std::sync::Arc::new(move |bytes: &[u8]| values.decode(bytes).ok().map(|value| extract(&value)))
+                        as crate::spec::EventTimeOf
+                }),
+                ..codecs_of::<K, V>(self.values)
+            },
         }
     }
 

@@ -187,6 +187,7 @@ pub(crate) fn run_rounds(
 ) {
     use std::sync::mpsc::RecvTimeoutError;
     let mut pending: Vec<Cut> = Vec::new();
+    let mut committed = Committed::new();
     let mut next = std::time::Instant::now() + interval;
     let mut open = true;
     while open {
@@ -200,9 +201,12 @@ pub(crate) fn run_rounds(
         let round = rounds.request();
         loop {
             pending.extend(cuts.try_iter());
+            // A pending cut counts for this round whatever round its task cut for (one that
+            // joined while the last round committed cut for that one): it is answered at this
+            // round's end, and its task sends nothing until then.
             for cut in &pending {
                 if let Some(ticket) = &cut.ticket {
-                    rounds.delivered(ticket.member, ticket.round);
+                    rounds.delivered(ticket.member, ticket.round.max(round));
                 }
             }
             if rounds.complete(round) {
@@ -215,7 +219,7 @@ pub(crate) fn run_rounds(
                 Err(RecvTimeoutError::Disconnected) => std::thread::sleep(ROUND_POLL),
             }
         }
-        let outcome = commit_round(&mut pending, &*sink, &*transactions, &metrics);
+        let outcome = commit_round(&mut pending, &*sink, &*transactions, &rounds, &metrics, &mut committed);
         rounds.finish(round, outcome.is_err() && !metrics.failed());
         for cut in pending.drain(..) {
             for ack in cut.acks {
@@ -235,7 +239,9 @@ fn commit_round(
     batch: &mut [Cut],
     sink: &dyn Sink,
     transactions: &dyn Transactions,
+    rounds: &Rounds,
     metrics: &Metrics,
+    committed: &mut Committed,
 ) -> Result<(), String> {
     if let Some(error) = metrics.fatal() {
         return Err(format!("not committed: the worker failed ({error})"));
@@ -250,10 +256,29 @@ fn commit_round(
         }
         format!("transaction aborted: {why}")
     };
+    if rounds.take_abort_request() {
+        // Partitions were lost: what their tasks sent is in this transaction without their
+        // offsets, and their next owner processes that input again.
+        return Err(aborted("partitions were lost to the group".into()));
+    }
     if let Err(error) = sink.flush() {
         return Err(aborted(format!("records were not acknowledged by the broker: {error}")));
     }
-    let offsets: Vec<(String, i32, i64)> = next_offsets(batch).into_iter().map(|((t, p), o)| (t, p, o)).collect();
+    // Offsets that moved since the last committed round (an idle worker's rounds send none).
+    let mut latest = next_offsets(batch);
+    latest.retain(|partition, offset| committed.get(partition) != Some(offset));
+    let offsets: Vec<(String, i32, i64)> = latest.iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect();
+    // A cut that changed nothing and moved nowhere leaves its stores as they are.
+    for cut in batch.iter_mut() {
+        let moved = cut
+            .positions
+            .iter()
+            .any(|(topic, offset)| committed.get(&(topic.to_string(), cut.partition)) != Some(&(offset + 1)));
+        if !moved && cut.writes.iter().all(|w| w.entries.is_empty()) {
+            cut.writes.clear();
+        }
+    }
+    let changed = !offsets.is_empty() || batch.iter().any(|cut| !cut.writes.is_empty());
     match transactions.commit(&offsets) {
         Ok(()) => {}
         Err(TxnError::Abortable(why)) => return Err(aborted(why)),
@@ -263,7 +288,10 @@ fn commit_round(
             return Err(error);
         }
     }
-    metrics.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if changed {
+        metrics.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    committed.extend(latest);
     // The changelog is the truth from here: a crash before the stores are written is
     // repaired by their restore.
     write_stores(batch, sink, metrics)?;

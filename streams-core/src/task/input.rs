@@ -51,6 +51,9 @@ pub(crate) trait CutHook: Send {
 struct Source {
     topic: Arc<str>,
     queue: VecDeque<Message>,
+    /// The event times of the queued records, by the topic's extractor (kept only for a
+    /// topic with one, in a task with several sources, where they decide the order).
+    times: Option<VecDeque<i64>>,
     /// Records before this offset are skipped (see [`Input::StartAt`]).
     floor: i64,
     /// The last offset processed.
@@ -83,12 +86,15 @@ pub(crate) struct StreamCore {
 
 impl StreamCore {
     pub(crate) fn new(ctx: Arc<TaskContext>, rx: mpsc::Receiver<Input>, commit_interval: Duration) -> Self {
+        let several = ctx.sources.len() > 1;
         let sources = ctx
             .sources
             .iter()
-            .map(|topic| Source {
+            .enumerate()
+            .map(|(index, topic)| Source {
                 topic: Arc::clone(topic),
                 queue: VecDeque::new(),
+                times: (several && ctx.source_times.get(index).is_some_and(Option::is_some)).then(VecDeque::new),
                 floor: i64::MIN,
                 processed: None,
             })
@@ -191,13 +197,25 @@ impl StreamCore {
         let mut best: Option<(usize, i64)> = None;
         for (index, source) in self.sources.iter().enumerate() {
             if let Some(message) = source.queue.front() {
-                let time = message.timestamp().unwrap_or(i64::MIN);
+                let time = match source.times.as_ref().and_then(|t| t.front()) {
+                    Some(time) => *time,
+                    None => message.timestamp().unwrap_or(i64::MIN),
+                };
                 if best.is_none_or(|(_, earliest)| time < earliest) {
                     best = Some((index, time));
                 }
             }
         }
         best.map(|(index, _)| index)
+    }
+
+    /// Takes the next record of source `source` out of its queue.
+    fn pop(&mut self, source: usize) -> Option<Message> {
+        let source = self.sources.get_mut(source)?;
+        if let Some(times) = &mut source.times {
+            times.pop_front();
+        }
+        source.queue.pop_front()
     }
 
     /// Whether the task waits before taking its next record: a task with several sources
@@ -247,7 +265,7 @@ impl StreamCore {
                 }
             } else if self.sources.iter().all(|s| !s.queue.is_empty()) {
                 if let Some(source) = self.pick() {
-                    if let Some(message) = self.sources[source].queue.pop_front() {
+                    if let Some(message) = self.pop(source) {
                         self.since_clock += 1;
                         if message.offset() >= self.sources[source].floor {
                             return Some((source, message));
@@ -306,7 +324,7 @@ impl StreamCore {
             let holding = self.held_back();
             if !holding {
                 if let Some(source) = self.pick() {
-                    if let Some(message) = self.sources[source].queue.pop_front() {
+                    if let Some(message) = self.pop(source) {
                         return Some((source, message));
                     }
                 }
@@ -369,8 +387,19 @@ impl StreamCore {
     /// looks at its state again).
     async fn take(&mut self, input: Input) -> bool {
         match input {
-            Input::Records(source, messages) => {
-                if let Some(source) = self.sources.get_mut(source) {
+            Input::Records(index, messages) => {
+                if let Some(source) = self.sources.get_mut(index) {
+                    if let (Some(times), Some(Some(time_of))) = (&mut source.times, self.ctx.source_times.get(index)) {
+                        // A record whose value does not decode has no time of its own: its
+                        // timestamp stands in (it goes to the dead-letter topic).
+                        times.extend(messages.iter().map(|message| {
+                            message
+                                .payload()
+                                .and_then(|bytes| time_of(bytes))
+                                .or(message.timestamp())
+                                .unwrap_or(i64::MIN)
+                        }));
+                    }
                     if source.queue.is_empty() {
                         source.queue = VecDeque::from(messages);
                     } else {
@@ -414,6 +443,9 @@ impl StreamCore {
     async fn finish_now(&mut self) {
         for source in &mut self.sources {
             source.queue.clear();
+            if let Some(times) = &mut source.times {
+                times.clear();
+            }
         }
         if !self.flushes.is_empty() {
             let acks = std::mem::take(&mut self.flushes);

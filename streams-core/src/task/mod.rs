@@ -68,6 +68,8 @@ pub(crate) struct TaskContext {
     unread_cleared: tokio::sync::Notify,
     /// Exactly-once: the source positions of the task's last committed round.
     committed: Mutex<Vec<(Arc<str>, i64)>>,
+    /// Per source: the event time its extractor takes from a value, if it has one.
+    pub(crate) source_times: Vec<Option<crate::spec::EventTimeOf>>,
 }
 
 /// A worker's global tables by name: the store of each, kept current from its topic.
@@ -124,6 +126,7 @@ impl TaskContext {
             unread: spec.sources.iter().map(|_| AtomicBool::new(true)).collect(),
             unread_cleared: tokio::sync::Notify::new(),
             committed: Mutex::default(),
+            source_times: spec.sources.iter().map(|s| s.codecs.event_time.clone()).collect(),
         }
     }
 
@@ -197,6 +200,7 @@ impl TaskContext {
             unread: Box::default(),
             unread_cleared: tokio::sync::Notify::new(),
             committed: Mutex::default(),
+            source_times: Vec::new(),
         }
     }
 

@@ -27,6 +27,8 @@ pub(crate) struct Rounds {
     /// Tasks cut only when told to (the test driver's barriers), not as soon as a round is
     /// asked for: the driver's runs stay deterministic.
     at_barriers: bool,
+    /// The next round must abort (partitions were lost: what their tasks sent is in it).
+    abort_next: AtomicBool,
 }
 
 /// A task's part in a round: which member, which round, and where to say how it ended.
@@ -116,6 +118,16 @@ impl Rounds {
             self.aborted.store(true, Ordering::Release);
         }
         self.done.fetch_max(round, Ordering::AcqRel);
+    }
+
+    /// The open round (or the next) aborts instead of committing.
+    pub(crate) fn request_abort(&self) {
+        self.abort_next.store(true, Ordering::Release);
+    }
+
+    /// Whether the round being committed must abort instead (see [`Rounds::request_abort`]).
+    pub(crate) fn take_abort_request(&self) -> bool {
+        self.abort_next.load(Ordering::Acquire) && self.abort_next.swap(false, Ordering::AcqRel)
     }
 
     /// Whether a round was aborted since the last call (the tasks must start again from the

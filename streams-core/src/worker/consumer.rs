@@ -545,6 +545,13 @@ impl Shared {
     /// Returns the tasks whose last commit failed, with why.
     pub(crate) fn revoke(&self, partitions: Option<&[(String, i32)]>, release: Release) -> Vec<String> {
         let mut failed = Vec::new();
+        if release == Release::Lost {
+            // Exactly-once: the open transaction holds what the lost tasks sent; it must not
+            // commit (Kafka Streams aborts it too), and the other tasks start again after it.
+            if let Some(rounds) = &self.rounds {
+                rounds.request_abort();
+            }
+        }
         let mut finishing = Vec::new();
         {
             let mut running = self.running();

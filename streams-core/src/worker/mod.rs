@@ -205,6 +205,12 @@ impl Worker {
     /// Starts a worker for `app` and returns once it has joined the group (its partitions
     /// are assigned in the background). Must be called inside a multi-threaded tokio runtime.
     pub async fn start(app: App, options: WorkerOptions) -> Result<WorkerHandle> {
+        // The options' guarantee (the command line's) is the app's from here: its default
+        // commit interval follows it.
+        let app = match options.guarantee {
+            Some(guarantee) => app.processing_guarantee(guarantee),
+            None => app,
+        };
         app.validate()?;
         let stop = options.stop.clone().unwrap_or_default();
         let stopping = || -> Result<()> {
@@ -258,8 +264,7 @@ impl Worker {
         stopping()?;
 
         let metrics = Arc::new(Metrics::default());
-        let guarantee = options.guarantee.unwrap_or(app.guarantee());
-        let exactly_once = guarantee == ProcessingGuarantee::ExactlyOnce;
+        let exactly_once = app.guarantee() == ProcessingGuarantee::ExactlyOnce;
         let kafka_sink = Arc::new(if exactly_once {
             let id = match &options.worker_id {
                 Some(id) => id.clone(),
@@ -281,6 +286,14 @@ impl Worker {
         });
         let sink: Arc<dyn Sink> = kafka_sink.clone();
         let rounds = exactly_once.then(|| Arc::new(crate::task::round::Rounds::default()));
+        // What is sent outside the partitions' rounds (timers, dead letters of global tables)
+        // goes through a producer of its own under exactly-once, at-least-once: the
+        // transactional one only takes records between a round's begin and its commit.
+        let side_sink: Arc<dyn Sink> = if exactly_once {
+            Arc::new(producer::KafkaSink::new(config.clone(), Arc::clone(&metrics))?)
+        } else {
+            Arc::clone(&sink)
+        };
         // Global tables are filled before the worker joins its group: no task starts before
         // its lookups can be answered.
         let globals = {
@@ -290,7 +303,7 @@ impl Worker {
                 config.clone(),
                 app_dir.join("global"),
             );
-            let (sink, metrics, stop) = (Arc::clone(&sink), Arc::clone(&metrics), Arc::clone(&stop));
+            let (sink, metrics, stop) = (Arc::clone(&side_sink), Arc::clone(&metrics), Arc::clone(&stop));
             tokio::task::spawn_blocking(move || global::start(&id, specs, &config, &dir, &sink, &metrics, &stop))
                 .await
                 .map_err(|e| Error::Config(format!("filling the global tables: {e}")))??
@@ -402,7 +415,7 @@ impl Worker {
             let stop = Arc::clone(&stop);
             let finished = Arc::clone(&finished);
             let idle = options.idle_exit;
-            let sink = Arc::clone(&sink);
+            let sink = Arc::clone(&side_sink);
             let global_threads = globals.threads;
             std::thread::Builder::new()
                 .name("consumer".into())
@@ -433,7 +446,7 @@ impl Worker {
         let reporter = tokio::spawn(Arc::clone(&metrics).report_every_second());
         for timer in app.timers() {
             let name = format!("timer {}", timer.name());
-            let ctx = TaskContext::standalone(&name, &timer.sends, Arc::clone(&sink), Arc::clone(&metrics));
+            let ctx = TaskContext::standalone(&name, &timer.sends, Arc::clone(&side_sink), Arc::clone(&metrics));
             tokio::spawn(timers::run(timer.clone(), Arc::new(ctx), Arc::clone(&stop)));
             tracing::info!("timer `{}` runs {}", timer.name(), timer.describe());
         }

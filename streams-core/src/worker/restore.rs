@@ -353,9 +353,10 @@ impl Restorer {
                 }
             }
         }
-        // Read to the end: the checkpoint is the end (records past `last` may have been
-        // compacted away). Cancelled: only what was read.
-        let end = if cancelled { last } else { last.max(high - 1) };
+        // The checkpoint is the last record read. (Not the high watermark: reading committed,
+        // the end of a partition is its last stable offset, and the records of a transaction
+        // still open after it must be read by a later restore once it has ended.)
+        let end = last;
         let restored = apply.finish((end >= start).then_some(end))?;
         progress.done();
         self.consumer.unassign().map_err(|e| Error::kafka("restore", e))?;
