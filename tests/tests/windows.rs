@@ -356,8 +356,9 @@ async fn a_windowed_store_is_restored_mid_window_and_its_stream_time_with_it() {
         driver.pipe_at(&EVENTS, "a", &1, time).expect("pipe");
     }
     driver.run().await.expect("run");
-    // The partition moves mid-window, without a last commit: the new worker restores
-    // [0, 10) with 3 records from the changelog and goes on counting into it.
+    // The partition moves mid-window (after the run's commit; a crash, so no last cut of
+    // its own): the new worker restores [0, 10) with 3 records from the changelog and goes on
+    // counting into it.
     driver.crash_partition("events", 0, "worker-2").await.expect("crash");
     for time in [4, 5] {
         driver.pipe_at(&EVENTS, "a", &1, time).expect("pipe");
