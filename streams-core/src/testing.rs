@@ -841,13 +841,23 @@ impl TestDriver {
 
     /// Appends raw bytes to a topic (for malformed input); returns partition and offset.
     pub fn pipe_raw(&mut self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) -> (i32, i64) {
+        self.append_raw(topic, key, value, None)
+    }
+
+    fn append_raw(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        timestamp: Option<i64>,
+    ) -> (i32, i64) {
         self.topics.append(OutRecord {
             topic: topic.into(),
             partition: None,
             key: key.map(<[u8]>::to_vec),
             value: value.map(<[u8]>::to_vec),
             headers: Vec::new(),
-            timestamp: None,
+            timestamp,
             changelog: false,
         })
     }
@@ -855,15 +865,7 @@ impl TestDriver {
     /// [`TestDriver::pipe_raw`] with the record's timestamp (ms) given: a tombstone
     /// (`value: None`) at its place in event time, say.
     pub fn pipe_raw_at(&mut self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>, timestamp: i64) -> (i32, i64) {
-        self.topics.append(OutRecord {
-            topic: topic.into(),
-            partition: None,
-            key: key.map(<[u8]>::to_vec),
-            value: value.map(<[u8]>::to_vec),
-            headers: Vec::new(),
-            timestamp: Some(timestamp),
-            changelog: false,
-        })
+        self.append_raw(topic, key, value, Some(timestamp))
     }
 
     /// Runs every timer that is due on the driver's clock, each time it was due, in order

@@ -85,7 +85,10 @@ fn run_with_a_crash(
     let producer = produce_steadily(bootstrap.clone(), input, records, 4_000.0);
     first.wait_for_line("records/s", Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(1));
-    assert!(!producer.is_finished(), "the worker is killed while input still arrives");
+    assert!(
+        !producer.is_finished(),
+        "the worker is killed while input still arrives"
+    );
     kill_9(&mut first);
     let mut second = worker(example, &bootstrap, dir.path());
     producer.join().expect("producer");

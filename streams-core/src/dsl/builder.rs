@@ -187,6 +187,14 @@ impl Graph {
         self.sinks.push((group, topic));
     }
 
+    /// A node sending to `topic` after node `parent` of `group`'s sub-topology, which then
+    /// sends to it; returns the node.
+    pub(crate) fn sink_node(&mut self, group: usize, topic: TopicSpec, parent: usize) -> usize {
+        let name = topic.name.to_string();
+        self.sink(group, topic);
+        self.node(&name, NodeKind::Sink { topic: name.clone() }, vec![parent], group)
+    }
+
     /// Gives `table` to the sub-topology of `group`; its slot says where it is among the
     /// task's tables once the pipeline is built.
     pub(crate) fn table(&mut self, group: usize, spec: TableSpec) -> TableSlot {

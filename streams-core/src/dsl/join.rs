@@ -46,6 +46,22 @@ fn table_value<VT: DeserializeOwned>(
     read_value::<VT>(stored.as_deref(), table).map_err(failed)
 }
 
+/// Sends on what the joiner makes of a record and the row it found (nothing for an inner
+/// join without a row).
+fn forward_joined<K, V, VT, VR>(
+    cx: &mut Cx<'_>,
+    key: K,
+    value: V,
+    row: Option<&VT>,
+    joiner: &StreamTableJoiner<K, V, VT, VR>,
+    next: &Fanout<K, VR>,
+) -> Outcome {
+    match joiner(&key, &value, row) {
+        Some(joined) => next.push(cx, key, joined),
+        None => Ok(()),
+    }
+}
+
 type StreamTableJoiner<K, V, VT, VR> = dyn Fn(&K, &V, Option<&VT>) -> Option<VR> + Send + Sync;
 
 /// A stream record joined with its key's value in a table of the same task.
@@ -73,10 +89,7 @@ where
                 .map_err(|e| format!("cannot encode a key of table `{}`: {e}", self.table))?;
             table_value(cx, &self.slot, self.table, &bytes)?
         };
-        match (self.joiner)(&key, &value, found.as_ref()) {
-            Some(joined) => self.next.push(cx, key, joined),
-            None => Ok(()),
-        }
+        forward_joined(cx, key, value, found.as_ref(), &*self.joiner, &self.next)
     }
 }
 
@@ -240,10 +253,7 @@ where
             let stored = cx.ctx.global_get(self.table, &bytes).map_err(failed)?;
             read_value::<VT>(stored.as_deref(), self.table).map_err(failed)?
         };
-        match (self.joiner)(&key, &value, found.as_ref()) {
-            Some(joined) => self.next.push(cx, key, joined),
-            None => Ok(()),
-        }
+        forward_joined(cx, key, value, found.as_ref(), &*self.joiner, &self.next)
     }
 }
 

@@ -313,19 +313,7 @@ where
 
     /// Sends every record to `topic`, whose key and value types must be the stream's.
     pub fn to(self, topic: Topic<K, V>) {
-        let spec = topic.spec();
-        {
-            let mut graph = self.graph.borrow_mut();
-            graph.sink(self.group, spec);
-            graph.node(
-                topic.name(),
-                NodeKind::Sink {
-                    topic: topic.name().to_string(),
-                },
-                vec![self.node],
-                self.group,
-            );
-        }
+        self.graph.borrow_mut().sink_node(self.group, topic.spec(), self.node);
         self.fanout
             .add(sink::<K, V>(Arc::from(topic.name()), topic.value_codec()));
     }

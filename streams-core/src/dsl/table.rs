@@ -124,15 +124,7 @@ where
             return;
         }
         let mut graph = self.graph.borrow_mut();
-        graph.sink(self.group, topic.spec());
-        graph.node(
-            topic.name(),
-            NodeKind::Sink {
-                topic: topic.name().to_string(),
-            },
-            vec![self.node],
-            self.group,
-        );
+        graph.sink_node(self.group, topic.spec(), self.node);
         let listener: ToTopic<K, V> = ToTopic {
             name: self.name,
             topic: Arc::from(topic.name()),

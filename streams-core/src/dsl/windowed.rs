@@ -608,18 +608,7 @@ where
     }
 
     fn late_records_to(self, topic: Topic<K, V>) -> Self {
-        {
-            let mut graph = self.graph.borrow_mut();
-            graph.sink(self.group, topic.spec());
-            graph.node(
-                topic.name(),
-                NodeKind::Sink {
-                    topic: topic.name().to_string(),
-                },
-                vec![self.node],
-                self.group,
-            );
-        }
+        self.graph.borrow_mut().sink_node(self.group, topic.spec(), self.node);
         self.late
             .add(sink::<K, V>(Arc::from(topic.name()), topic.value_codec()));
         self
