@@ -93,11 +93,16 @@ fn options(dir: &Path, broker: &EmbeddedBroker, id: &str) -> WorkerOptions {
         .worker_id(id)
 }
 
-/// Waits until the table in `dir` equals `expected`.
-async fn wait_for_counts(dir: &Path, expected: &BTreeMap<String, i64>, timeout: Duration) {
+/// Waits until `table` of app `app` in `dir` equals `expected`.
+async fn wait_for_table(
+    table: Table<String, i64>,
+    (dir, app): (&Path, &str),
+    expected: &BTreeMap<String, i64>,
+    timeout: Duration,
+) {
     let deadline = Instant::now() + timeout;
     loop {
-        let counts = MAJOR_COUNT.read_local(dir, "hit_counter").unwrap_or_default();
+        let counts = table.read_local(dir, app).unwrap_or_default();
         if &counts == expected {
             return;
         }
@@ -130,7 +135,13 @@ async fn offsets_go_only_through_transactions() {
     let worker = Worker::start(exactly_once(), options(dir.path(), &broker, "w1"))
         .await
         .expect("worker");
-    wait_for_counts(dir.path(), &expected, Duration::from_secs(120)).await;
+    wait_for_table(
+        MAJOR_COUNT,
+        (dir.path(), "hit_counter"),
+        &expected,
+        Duration::from_secs(120),
+    )
+    .await;
     let metrics = worker.stop().await.expect("stops");
     let count = |api| broker.requests(api).expect("requests");
     assert_eq!(count(RDKafkaApiKey::OffsetCommit), 0, "no plain offset commit");
@@ -172,19 +183,6 @@ fn counting_app() -> App {
         .processing_guarantee(ProcessingGuarantee::ExactlyOnce)
 }
 
-/// Waits until the table `PER_USER` in `dir` equals `expected`.
-async fn wait_for_per_user(dir: &Path, expected: &BTreeMap<String, i64>, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let counts = PER_USER.read_local(dir, "counting").unwrap_or_default();
-        if &counts == expected {
-            return;
-        }
-        assert!(Instant::now() < deadline, "counts {counts:?}, expected {expected:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// The records keyed by their user, on `user-hits`.
 fn produce_keyed(broker: &EmbeddedBroker, records: &[serde_json::Value]) {
     let keyed: Vec<(Option<String>, Vec<u8>)> = records
@@ -223,7 +221,13 @@ async fn a_failed_commit_aborts_and_the_counts_stay_exact() {
     let worker = Worker::start(counting_app(), options(dir.path(), &broker, "w1"))
         .await
         .expect("worker");
-    wait_for_per_user(dir.path(), &per_user(&first), Duration::from_secs(120)).await;
+    wait_for_table(
+        PER_USER,
+        (dir.path(), "counting"),
+        &per_user(&first),
+        Duration::from_secs(120),
+    )
+    .await;
     // The next commit fails (EndTxn answered with an error librdkafka does not retry), and
     // so does the first try of its abort.
     broker
@@ -236,7 +240,13 @@ async fn a_failed_commit_aborts_and_the_counts_stay_exact() {
     produce_keyed(&broker, &second);
     let mut all = first.clone();
     all.extend(second);
-    wait_for_per_user(dir.path(), &per_user(&all), Duration::from_secs(120)).await;
+    wait_for_table(
+        PER_USER,
+        (dir.path(), "counting"),
+        &per_user(&all),
+        Duration::from_secs(120),
+    )
+    .await;
     let metrics = worker.stop().await.expect("stops");
     assert!(metrics.aborts.load(Ordering::Relaxed) >= 1, "a transaction was aborted");
 }
@@ -255,7 +265,13 @@ async fn a_fenced_worker_stops_without_committing() {
     let worker = Worker::start(counting_app(), options(dir.path(), &broker, "same"))
         .await
         .expect("worker");
-    wait_for_per_user(dir.path(), &per_user(&records), Duration::from_secs(120)).await;
+    wait_for_table(
+        PER_USER,
+        (dir.path(), "counting"),
+        &per_user(&records),
+        Duration::from_secs(120),
+    )
+    .await;
     let before = PER_USER.read_local(dir.path(), "counting").expect("table");
     broker
         .fail_requests(
@@ -304,7 +320,7 @@ mod real_kafka {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
     use streams_examples::seed;
-    use streams_tests::{example_binary, produce, unkeyed, Child};
+    use streams_tests::{produce, spawn_hit_counter_worker, unkeyed};
 
     /// Every record of `topic` as a `read_committed` consumer reads it, to its end.
     fn read_committed(bootstrap: &str, topic: &str) -> Vec<Vec<u8>> {
@@ -343,23 +359,14 @@ mod real_kafka {
         let truth = seed::expected_counts(&records);
         let dir = tempfile::tempdir().expect("tempdir");
         let worker = |dir: &std::path::Path| {
-            Child::spawn(
-                &example_binary("hit_counter"),
-                &[
-                    "worker",
-                    "-l",
-                    "info",
-                    "--broker",
-                    bootstrap,
-                    "--data-dir",
-                    dir.to_str().expect("utf8"),
-                    "--processing-guarantee",
-                    "exactly-once",
-                    // A killed member's partitions move after its session: keep it short.
-                    "--consumer-config",
-                    "session.timeout.ms=6000",
-                ],
-            )
+            // A killed member's partitions move after its session: keep it short.
+            let extra = [
+                "--processing-guarantee",
+                "exactly-once",
+                "--consumer-config",
+                "session.timeout.ms=6000",
+            ];
+            spawn_hit_counter_worker(bootstrap, dir, &extra)
         };
         let mut current = worker(dir.path());
         current.wait_for_line("assigned", Duration::from_secs(120));
