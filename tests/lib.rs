@@ -24,6 +24,10 @@ pub mod hit_counter_dsl;
 #[path = "../examples/hits_per_window.rs"]
 pub mod hits_per_window;
 
+/// The seed app declared Faust-compatible, compiled from the example itself.
+#[path = "../examples/faust_hit_counter.rs"]
+pub mod faust_hit_counter;
+
 /// Word count, compiled from the example itself.
 #[path = "../examples/word_count.rs"]
 pub mod word_count;
@@ -289,13 +293,19 @@ pub struct Child {
 impl Child {
     /// Starts `program` with `args`, stdout and stderr captured.
     pub fn spawn(program: &std::path::Path, args: &[&str]) -> Self {
-        let mut process = std::process::Command::new(program)
-            .args(args)
+        let mut command = std::process::Command::new(program);
+        command.args(args);
+        Self::spawn_command(command)
+    }
+
+    /// Starts `command` (its folder and environment as set), stdout and stderr captured.
+    pub fn spawn_command(mut command: std::process::Command) -> Self {
+        let mut process = command
             .env("NO_COLOR", "1")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .expect("spawn");
+            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
         let (tx, lines) = std::sync::mpsc::channel();
         for stream in [
             Box::new(process.stderr.take().expect("stderr")) as Box<dyn std::io::Read + Send>,
@@ -362,6 +372,14 @@ impl Child {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Everything it has written so far, stdout and stderr.
+    pub fn output(&mut self) -> String {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        self.seen.join("\n")
     }
 
     /// Sends SIGTERM.

@@ -55,6 +55,7 @@ mod cli;
 pub mod codec;
 pub mod dsl;
 mod error;
+pub mod faust;
 mod message;
 mod metrics;
 pub mod record;
@@ -87,6 +88,7 @@ pub use topology::Topology;
 pub use worker::{Worker, WorkerHandle, WorkerOptions};
 
 /// `#[record]`: serde's derives plus [`Record`], for a struct or an enum.
+/// `#[record(faust = "module.Class")]` adds [`faust::FaustRecord`], for Faust's format.
 pub use streams_macros::record;
 
 /// `#[agent(topic = T, sends = [..], tables = [..])]` on an `async fn(Stream<K, V>)`.
@@ -119,6 +121,7 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::agent::{source_of, table_of, Agent, AgentSpec};
+    pub use crate::faust::FaustRecord;
     pub use crate::record::Record;
     pub use crate::stream::StreamParam;
     pub use crate::table::Table;

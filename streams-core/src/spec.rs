@@ -94,6 +94,8 @@ pub struct TableSpec {
     pub value_type: &'static str,
     /// Key bytes as readable text (for `table` and `tail`).
     pub show_key: KeyDisplay,
+    /// Whether its keys are in Faust's form ([`crate::Table::faust`]).
+    pub faust: bool,
 }
 
 /// Key bytes as readable text (compared by nothing: it follows from the key type).

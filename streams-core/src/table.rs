@@ -39,8 +39,27 @@ use crate::{Error, Result};
 pub struct Table<K, V> {
     name: &'static str,
     default: fn() -> V,
+    faust: Option<FaustKeys<K>>,
     _key: PhantomData<fn() -> K>,
 }
+
+/// How a table declared with [`Table::faust`] keeps its keys: in Faust's form (JSON), in
+/// its store and its changelog alike, so that either app restores from the other's.
+struct FaustKeys<K> {
+    /// A key's bytes here to Faust's form.
+    encode: fn(&[u8]) -> std::result::Result<Vec<u8>, crate::EncodeError>,
+    /// A key from Faust's form.
+    decode: fn(&[u8]) -> std::result::Result<K, crate::DecodeError>,
+    /// Faust's form as readable text.
+    show: fn(&[u8]) -> String,
+}
+
+impl<K> Clone for FaustKeys<K> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<K> Copy for FaustKeys<K> {}
 
 impl<K, V> Clone for Table<K, V> {
     fn clone(&self) -> Self {
@@ -72,6 +91,7 @@ impl<K, V: TableDefault> Table<K, V> {
         Self {
             name,
             default: V::table_default,
+            faust: None,
             _key: PhantomData,
         }
     }
@@ -90,6 +110,7 @@ impl<K, V> Table<K, V> {
         Self {
             name,
             default,
+            faust: None,
             _key: PhantomData,
         }
     }
@@ -119,8 +140,42 @@ impl<K, V> Table<K, V> {
             name: self.name,
             key_type: std::any::type_name::<K>(),
             value_type: std::any::type_name::<V>(),
-            show_key: crate::spec::KeyDisplay(K::display_key),
+            show_key: crate::spec::KeyDisplay(match &self.faust {
+                Some(faust) => faust.show,
+                None => K::display_key,
+            }),
+            faust: self.faust.is_some(),
         }
+    }
+
+    /// Whether the table keeps its keys in Faust's form ([`Table::faust`]).
+    pub const fn is_faust(&self) -> bool {
+        self.faust.is_some()
+    }
+}
+
+impl<K: Key + Serialize + DeserializeOwned, V> Table<K, V> {
+    /// Keeps the table in Faust's changelog encoding: keys as JSON (`"u1"`), values as JSON
+    /// (as always), so that this app restores the table from the changelog of the Faust app
+    /// it takes over from (same app id, same table name: `{app}-{table}-changelog`) and a
+    /// Faust worker restores from the changes this app made. See [`crate::faust`].
+    ///
+    /// ```
+    /// use streams_core::prelude::*;
+    ///
+    /// // Faust: app.Table("major-count", key_type=str, value_type=int, default=int)
+    /// const MAJOR_COUNT: Table<String, i64> = Table::new("major-count").faust();
+    /// assert!(MAJOR_COUNT.is_faust());
+    /// // Shown as the key it is: `table major-count` prints `u1`, not `"u1"`.
+    /// assert_eq!((MAJOR_COUNT.spec().show_key.0)(br#""u1""#), "u1");
+    /// ```
+    pub const fn faust(mut self) -> Self {
+        self.faust = Some(FaustKeys {
+            encode: crate::faust::table_key::<K>,
+            decode: crate::faust::decode_table_key::<K>,
+            show: crate::faust::show_table_key::<K>,
+        });
+        self
     }
 }
 
@@ -143,7 +198,14 @@ impl<K: Key, V: Serialize + DeserializeOwned + Send + 'static> Table<K, V> {
     }
 
     fn key<'k, Q: AsKey<K> + ?Sized>(&self, key: &'k Q) -> Result<std::borrow::Cow<'k, [u8]>> {
-        key.as_key_bytes().map_err(|source| Error::Encode {
+        let encoded = match key.as_key_bytes() {
+            Ok(native) => match &self.faust {
+                None => Ok(native),
+                Some(faust) => (faust.encode)(&native).map(std::borrow::Cow::Owned),
+            },
+            Err(source) => Err(source),
+        };
+        encoded.map_err(|source| Error::Encode {
             what: format!("a key of table `{}`", self.name),
             source,
         })
@@ -204,9 +266,19 @@ pub(crate) fn read_entries<K: Key + Ord, V: DeserializeOwned>(
     store: &dyn crate::store::StateStore,
     out: &mut std::collections::BTreeMap<K, V>,
 ) -> Result<()> {
+    read_entries_keyed(name, store, |key| K::decode_key(Some(key)), out)
+}
+
+/// [`read_entries`] with keys decoded by `decode_key`.
+fn read_entries_keyed<K: Ord, V: DeserializeOwned>(
+    name: &str,
+    store: &dyn crate::store::StateStore,
+    decode_key: impl Fn(&[u8]) -> std::result::Result<K, crate::DecodeError>,
+    out: &mut std::collections::BTreeMap<K, V>,
+) -> Result<()> {
     let mut failure = None;
     store.for_each(&mut |key, value| {
-        let decoded = K::decode_key(Some(key))
+        let decoded = decode_key(key)
             .map_err(|e| e.to_string())
             .and_then(|k| json::decode::<V>(value).map(|v| (k, v)).map_err(|e| e.to_string()));
         match decoded {
@@ -229,7 +301,10 @@ impl<K: Key + Ord, V: DeserializeOwned> Table<K, V> {
         store: &dyn crate::store::StateStore,
         out: &mut std::collections::BTreeMap<K, V>,
     ) -> Result<()> {
-        read_entries(self.name, store, out)
+        match &self.faust {
+            Some(faust) => read_entries_keyed(self.name, store, faust.decode, out),
+            None => read_entries(self.name, store, out),
+        }
     }
 
     /// Reads every partition of this table that is stored under `data_dir` for the app
@@ -295,6 +370,7 @@ impl<K, V> WindowedTable<K, V> {
             key_type: std::any::type_name::<Windowed<K>>(),
             value_type: std::any::type_name::<V>(),
             show_key: crate::spec::KeyDisplay(<Windowed<K> as Key>::display_key),
+            faust: false,
         }
     }
 }

@@ -109,6 +109,14 @@ impl<K, V: Record> Topic<K, V> {
     }
 }
 
+impl<K, V: crate::faust::FaustRecord> Topic<K, V> {
+    /// Values in Faust's record format (`.values(ValueCodec::faust())`), for topics a Faust
+    /// app reads: see [`crate::faust`].
+    pub const fn faust(self) -> Self {
+        self.values(ValueCodec::faust())
+    }
+}
+
 impl<K> Topic<K, String> {
     /// Values are UTF-8 text (not JSON strings): `.values(ValueCodec::utf8())`.
     pub const fn utf8_values(self) -> Self {

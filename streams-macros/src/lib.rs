@@ -10,7 +10,8 @@ mod topic;
 use proc_macro::TokenStream;
 
 /// Makes a struct or enum a record: serde's `Serialize`/`Deserialize` (serde attributes such
-/// as `#[serde(rename = "userId")]` pass through) plus `streams_core::Record`.
+/// as `#[serde(rename = "userId")]` pass through) plus `streams_core::Record`;
+/// `#[record(faust = "module.Class")]` also names the Faust model it is (`FaustRecord`).
 #[proc_macro_attribute]
 pub fn record(args: TokenStream, item: TokenStream) -> TokenStream {
     record::expand(args.into(), item.into()).into()

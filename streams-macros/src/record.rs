@@ -8,9 +8,7 @@ use crate::attrs::Errors;
 
 pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
-    if !args.is_empty() {
-        errors.spanned(&args, "#[record] takes no arguments; use serde attributes such as #[serde(rename_all = \"camelCase\")] on the item");
-    }
+    let namespace = faust_namespace(args, &mut errors);
     let parsed: Item = match syn::parse2(item.clone()) {
         Ok(item) => item,
         Err(error) => return error.to_compile_error(),
@@ -38,13 +36,62 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
         return quote! { #parsed #errors };
     }
     let errors = errors.into_compile_errors();
+    let faust = namespace.map(|namespace| {
+        quote! {
+            impl ::streams_core::__private::FaustRecord for #ident {
+                const NAMESPACE: &'static str = #namespace;
+            }
+        }
+    });
     quote! {
         #[derive(::streams_core::__private::serde::Serialize, ::streams_core::__private::serde::Deserialize)]
         #[serde(crate = "::streams_core::__private::serde")]
         #parsed
         impl ::streams_core::__private::Record for #ident {}
+        #faust
         #errors
     }
+}
+
+/// `faust = "module.Class"`, the only argument: the namespace Faust knows the record by.
+fn faust_namespace(args: TokenStream, errors: &mut Errors) -> Option<syn::LitStr> {
+    if args.is_empty() {
+        return None;
+    }
+    let args = match crate::attrs::parse_args(args) {
+        Ok(args) => args,
+        Err(error) => {
+            errors.push(error);
+            return None;
+        }
+    };
+    let mut namespace = None;
+    for arg in args {
+        if arg.key != "faust" {
+            errors.spanned(
+                &arg.key,
+                "unknown argument: #[record] takes only `faust = \"module.Class\"` (the namespace of a Faust record); \
+                 for serde's options use serde attributes such as #[serde(rename_all = \"camelCase\")] on the item",
+            );
+            continue;
+        }
+        match &arg.value {
+            syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Str(text),
+                ..
+            }) if !text.value().is_empty() => {
+                if namespace.is_some() {
+                    errors.spanned(&arg.key, "`faust` is given twice");
+                }
+                namespace = Some(text.clone());
+            }
+            other => errors.spanned(
+                other,
+                "`faust` takes the Faust model's namespace as a string: its module and class, \"hit_counter.hitCount\"",
+            ),
+        }
+    }
+    namespace
 }
 
 /// The token to point at when an item kind is unsupported: its keyword.

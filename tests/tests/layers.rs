@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 /// The layers, bottom first.
 const LAYERS: &[&[&str]] = &[
-    &["error", "message", "metrics", "record", "codec", "window", "spec"],
+    &[
+        "error", "message", "metrics", "record", "codec", "faust", "window", "spec",
+    ],
     &["store"],
     &["changelog"],
     &["task"],

@@ -211,6 +211,13 @@ impl Graph {
                 self.pipeline, spec.name
             ));
         }
+        if spec.faust {
+            self.errors.push(format!(
+                "pipeline `{}` keeps table `{}`, declared `.faust()`: Faust's encoding is for tables \
+                 agents update (a Faust app's tables); declare the DSL's table without it",
+                self.pipeline, spec.name
+            ));
+        }
         self.tables.push(TableEntry { spec, group, slot });
     }
 
@@ -358,6 +365,15 @@ impl StreamsBuilder {
         if graph.globals.iter().any(|(spec, _)| spec.table.name == store.name()) {
             let error = format!(
                 "pipeline `{}` declares global table `{}` twice",
+                graph.pipeline,
+                store.name()
+            );
+            graph.errors.push(error);
+        }
+        if store.is_faust() {
+            let error = format!(
+                "pipeline `{}` keeps global table `{}`, declared `.faust()`: Faust's encoding is for \
+                 tables agents update (a Faust app's tables); declare the store without it",
                 graph.pipeline,
                 store.name()
             );

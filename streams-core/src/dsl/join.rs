@@ -894,6 +894,7 @@ fn buffer_table<K: Key>(graph: &mut Graph, group: usize, name: &str, what: &str)
         key_type: std::any::type_name::<K>(),
         value_type: "json",
         show_key: KeyDisplay(show_record_key::<K>),
+        faust: false,
     };
     (table, graph.table(group, spec))
 }

@@ -637,6 +637,7 @@ where
                         key_type: std::any::type_name::<K>(),
                         value_type: std::any::type_name::<V>(),
                         show_key: KeyDisplay(show_record_key::<K>),
+                        faust: false,
                     };
                     Some((name, graph.table(self.group, records)))
                 }

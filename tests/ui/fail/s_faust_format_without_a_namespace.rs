@@ -1,0 +1,18 @@
+use streams_core::prelude::*;
+
+#[record(faust = 7, serde = "camelCase")]
+pub struct Wrong {
+    pub hits: i64,
+}
+
+#[record]
+pub struct Plain {
+    pub hits: i64,
+}
+
+// Faust's record format needs the namespace Faust knows the record by.
+const PLAIN: Topic<String, Plain> = Topic::new("plain").faust();
+
+fn main() {
+    let _ = PLAIN;
+}
