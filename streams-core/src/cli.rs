@@ -37,8 +37,8 @@ struct Cli {
 enum Command {
     /// Start a worker: consume the app's topics, run its agents, keep its tables.
     Worker {
-        /// Kafka bootstrap servers (HOST:PORT[,...]). Without it, the embedded broker is
-        /// started in this process.
+        /// Kafka bootstrap servers (HOST:PORT[,...]) [default: `bootstrap.servers` of
+        /// --config-file]. Without either, the embedded broker is started in this process.
         #[arg(long, env = "STREAMS_BROKER")]
         broker: Option<String>,
         /// Directory for the tables' stores [default: ./{app id}-data].
@@ -50,6 +50,10 @@ enum Command {
         /// Extra librdkafka setting for every client, KEY=VALUE (repeatable).
         #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_setting)]
         config: Vec<(String, String)>,
+        /// librdkafka settings for every client from a properties file (KEY=VALUE lines,
+        /// `#` comments), e.g. SASL/SSL for a managed Kafka; `--config` overrides it.
+        #[arg(long, value_name = "FILE", env = "STREAMS_CONFIG_FILE")]
+        config_file: Option<PathBuf>,
         /// Extra librdkafka setting for the group consumer, KEY=VALUE (repeatable).
         #[arg(long = "consumer-config", value_name = "KEY=VALUE", value_parser = parse_setting)]
         consumer_config: Vec<(String, String)>,
@@ -77,12 +81,16 @@ enum Command {
         /// their dead-letter topic).
         #[arg(long)]
         raw: bool,
-        /// Kafka bootstrap servers.
+        /// Kafka bootstrap servers [default: `bootstrap.servers` of --config-file].
         #[arg(long, env = "STREAMS_BROKER")]
-        broker: String,
+        broker: Option<String>,
         /// Extra librdkafka setting, KEY=VALUE (repeatable), e.g. security settings.
         #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_setting)]
         config: Vec<(String, String)>,
+        /// librdkafka settings from a properties file (KEY=VALUE lines, `#` comments);
+        /// `--config` overrides it.
+        #[arg(long, value_name = "FILE", env = "STREAMS_CONFIG_FILE")]
+        config_file: Option<PathBuf>,
     },
     /// Print a topic's records as they arrive (key, value, partition, offset, headers),
     /// decoded with the app's types when the app declares the topic.
@@ -98,12 +106,16 @@ enum Command {
         /// Stop at the end of the topic instead of waiting for more.
         #[arg(long)]
         exit_at_end: bool,
-        /// Kafka bootstrap servers.
+        /// Kafka bootstrap servers [default: `bootstrap.servers` of --config-file].
         #[arg(long, env = "STREAMS_BROKER")]
-        broker: String,
+        broker: Option<String>,
         /// Extra librdkafka setting, KEY=VALUE (repeatable), e.g. security settings.
         #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_setting)]
         config: Vec<(String, String)>,
+        /// librdkafka settings from a properties file (KEY=VALUE lines, `#` comments);
+        /// `--config` overrides it.
+        #[arg(long, value_name = "FILE", env = "STREAMS_CONFIG_FILE")]
+        config_file: Option<PathBuf>,
     },
     /// Host the embedded broker for other processes, with the app's topics created.
     Broker {
@@ -121,6 +133,10 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: TopologyFormat,
     },
+    /// List the app's agents: the topic each reads, the topics it sends to, its tables.
+    Agents,
+    /// List the app's tables: key and value types, changelog topic, the agent that keeps it.
+    Tables,
     /// Print a table from this machine's stores (all partitions found under --data-dir).
     Table {
         /// The table's name.
@@ -136,6 +152,67 @@ enum TopologyFormat {
     Text,
     Mermaid,
     Dot,
+}
+
+/// The settings of a librdkafka properties file (as `kcat -F` reads them): `KEY=VALUE`
+/// lines; blank lines and lines starting with `#` or `!` are skipped.
+pub(crate) fn read_config_file(path: &std::path::Path) -> crate::Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| crate::Error::Config(format!("cannot read config file {}: {e}", path.display())))?;
+    parse_config_file(&text)
+        .map_err(|(line, what)| crate::Error::Config(format!("config file {}, line {line}: {what}", path.display())))
+}
+
+/// [`read_config_file`] of a file's text; an error names the line (from 1).
+fn parse_config_file(text: &str) -> Result<Vec<(String, String)>, (usize, String)> {
+    let mut settings = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+            continue;
+        }
+        match line.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                settings.push((key.trim().to_string(), value.trim().to_string()));
+            }
+            _ => return Err((index + 1, format!("`{line}` is not KEY=VALUE"))),
+        }
+    }
+    Ok(settings)
+}
+
+/// librdkafka settings, in the order they apply (a later one wins).
+type Settings = Vec<(String, String)>;
+
+/// The broker and librdkafka settings of a command: `--broker`, else the config file's
+/// `bootstrap.servers`; the file's other settings, then `--config`'s, which win (over
+/// `--broker` too).
+fn settings(
+    broker: Option<String>,
+    file: Option<&std::path::Path>,
+    flags: Vec<(String, String)>,
+) -> crate::Result<(Option<String>, Settings)> {
+    let mut all = match file {
+        Some(path) => read_config_file(path)?,
+        None => Vec::new(),
+    };
+    let from_file = all
+        .iter()
+        .rev()
+        .find(|(key, _)| key == "bootstrap.servers")
+        .map(|(_, value)| value.clone());
+    all.retain(|(key, _)| key != "bootstrap.servers");
+    all.extend(flags);
+    Ok((broker.or(from_file), all))
+}
+
+/// The broker of a command that needs one.
+fn required(broker: Option<String>) -> crate::Result<String> {
+    broker.ok_or_else(|| {
+        crate::Error::Config(
+            "no broker: give --broker HOST:PORT (or STREAMS_BROKER), or bootstrap.servers in --config-file".into(),
+        )
+    })
 }
 
 fn parse_setting(text: &str) -> Result<(String, String), String> {
@@ -160,8 +237,8 @@ pub fn init_logging(level: &str) {
 }
 
 impl App {
-    /// Runs the command line (`worker`, `send`, `tail`, `broker`, `table`, `topology`) and
-    /// returns the exit code.
+    /// Runs the command line (`worker`, `send`, `tail`, `broker`, `agents`, `tables`,
+    /// `table`, `topology`) and returns the exit code.
     pub fn main(self) -> ExitCode {
         main(self)
     }
@@ -177,17 +254,19 @@ fn main(app: App) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let default_dir = || PathBuf::from(format!("{}-data", app.id()));
+    let default = PathBuf::from(format!("{}-data", app.id()));
+    let default_dir = move || default;
     let result = match cli.command {
         Command::Worker {
             broker,
             data_dir,
             idle_exit,
             config,
+            config_file,
             consumer_config,
             processing_guarantee,
             worker_id,
-        } => {
+        } => settings(broker, config_file.as_deref(), config).and_then(|(broker, config)| {
             let mut options = WorkerOptions::new(data_dir.unwrap_or_else(default_dir));
             options.broker = broker;
             options.idle_exit = idle_exit.map(Duration::from_secs_f64);
@@ -196,7 +275,7 @@ fn main(app: App) -> ExitCode {
             options.guarantee = processing_guarantee;
             options.worker_id = worker_id;
             runtime.block_on(run_worker(app, options))
-        }
+        }),
         Command::Send {
             topic,
             value,
@@ -204,7 +283,11 @@ fn main(app: App) -> ExitCode {
             raw,
             broker,
             config,
-        } => runtime.block_on(send(&app, &broker, &config, &topic, key.as_deref(), &value, raw)),
+            config_file,
+        } => settings(broker, config_file.as_deref(), config).and_then(|(broker, config)| {
+            let broker = required(broker)?;
+            runtime.block_on(send(&app, &broker, &config, &topic, key.as_deref(), &value, raw))
+        }),
         Command::Tail {
             topic,
             from_beginning,
@@ -212,17 +295,29 @@ fn main(app: App) -> ExitCode {
             exit_at_end,
             broker,
             config,
-        } => crate::tail::tail(
-            &app,
-            &broker,
-            &config,
-            &topic,
-            crate::tail::Tail {
-                from_beginning,
-                limit,
-                exit_at_end,
-            },
-        ),
+            config_file,
+        } => settings(broker, config_file.as_deref(), config).and_then(|(broker, config)| {
+            let broker = required(broker)?;
+            crate::tail::tail(
+                &app,
+                &broker,
+                &config,
+                &topic,
+                crate::tail::Tail {
+                    from_beginning,
+                    limit,
+                    exit_at_end,
+                },
+            )
+        }),
+        Command::Agents => {
+            print!("{}", agents_text(&app));
+            Ok(())
+        }
+        Command::Tables => {
+            print!("{}", tables_text(&app));
+            Ok(())
+        }
         Command::Broker { port, partitions } => host_broker(app, port, partitions, &runtime),
         Command::Topology { format } => {
             let topology = app.topology();
@@ -528,9 +623,95 @@ fn print_table(app: &App, name: &str, data_dir: &std::path::Path) -> crate::Resu
     Ok(())
 }
 
+/// `APP agents`: each agent (and each pipeline's task) with what it reads, sends and keeps.
+fn agents_text(app: &App) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let names = |specs: &mut dyn Iterator<Item = String>| {
+        let all: Vec<String> = specs.collect();
+        if all.is_empty() {
+            "-".to_string()
+        } else {
+            all.join(", ")
+        }
+    };
+    let _ = writeln!(out, "AGENT\tTOPIC\tSENDS\tTABLES");
+    for agent in app.agents() {
+        let _ = writeln!(
+            out,
+            "{}\t{}\t{}\t{}",
+            agent.name,
+            agent.source.name,
+            names(&mut agent.sends.iter().map(|t| t.name.to_string())),
+            names(&mut agent.tables.iter().map(|t| t.name.to_string())),
+        );
+    }
+    for pipeline in app.pipelines() {
+        for task in &pipeline.tasks {
+            let _ = writeln!(
+                out,
+                "{} (pipeline)\t{}\t{}\t{}",
+                task.name,
+                names(&mut task.sources.iter().map(|t| t.name.to_string())),
+                names(&mut task.sends.iter().map(|t| t.name.to_string())),
+                names(&mut task.tables.iter().map(|t| t.name.to_string())),
+            );
+        }
+    }
+    out
+}
+
+/// `APP tables`: each table with its types, changelog and keeper.
+fn tables_text(app: &App) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "TABLE\tKEY\tVALUE\tCHANGELOG\tKEPT BY");
+    for (table, keeper) in app.tables() {
+        let faust = if table.faust { " (Faust's encoding)" } else { "" };
+        let _ = writeln!(
+            out,
+            "{}\t{}\t{}\t{}{faust}\t{keeper}",
+            table.name,
+            table.key_type,
+            table.value_type,
+            table.changelog_topic(app.id()),
+        );
+    }
+    for global in app.global_tables() {
+        let _ = writeln!(
+            out,
+            "{}\t{}\t{}\t(global: a copy of {})\tevery worker",
+            global.table.name, global.table.key_type, global.table.value_type, global.topic.name,
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::suggestion;
+
+    #[test]
+    fn config_files_are_key_value_lines() {
+        let text = "# Confluent Cloud\nbootstrap.servers=pkc-1.aws.confluent.cloud:9092\n\n  security.protocol = SASL_SSL\n! also a comment\nsasl.password=a=b\n";
+        assert_eq!(
+            super::parse_config_file(text).unwrap(),
+            vec![
+                (
+                    "bootstrap.servers".to_string(),
+                    "pkc-1.aws.confluent.cloud:9092".to_string()
+                ),
+                ("security.protocol".to_string(), "SASL_SSL".to_string()),
+                ("sasl.password".to_string(), "a=b".to_string()),
+            ]
+        );
+        assert_eq!(
+            super::parse_config_file("a=1\nsasl.mechanisms\n").unwrap_err(),
+            (2, "`sasl.mechanisms` is not KEY=VALUE".to_string())
+        );
+        let missing = super::read_config_file(std::path::Path::new("/nonexistent/app.properties")).unwrap_err();
+        assert!(missing.to_string().contains("/nonexistent/app.properties"), "{missing}");
+    }
 
     #[test]
     fn typos_get_a_suggestion() {

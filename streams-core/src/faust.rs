@@ -77,10 +77,33 @@ pub(crate) fn encode_record<V: FaustRecord>(value: &V) -> Result<Vec<u8>, Encode
     Ok(bytes)
 }
 
-/// A table key in Faust's form: the key as JSON (`"u1"` for a string), from its bytes here.
+/// A table key in Faust's form: the key as JSON (`"u1"` for a string), from its bytes here,
+/// byte for byte as Python's `json.dumps` writes it (Faust's JSON codec unless orjson is
+/// installed): ASCII only, every other character (and DEL) as `\uXXXX`, in UTF-16.
 pub(crate) fn table_key<K: Key + Serialize>(native: &[u8]) -> Result<Vec<u8>, EncodeError> {
     let key = K::decode_key(Some(native)).map_err(|e| EncodeError::new(e.to_string()))?;
-    serde_json::to_vec(&key).map_err(EncodeError::from)
+    let json = serde_json::to_string(&key).map_err(EncodeError::from)?;
+    Ok(ascii_json(&json).into_bytes())
+}
+
+/// JSON text with every character past `~` escaped as Python's `ensure_ascii` does (outside
+/// strings JSON holds only ASCII, so escaping the whole text escapes the strings' contents).
+fn ascii_json(json: &str) -> String {
+    if json.bytes().all(|b| b < 0x7f) {
+        return json.to_string();
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if (c as u32) < 0x7f {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
 }
 
 /// A table key from Faust's form.
@@ -163,6 +186,12 @@ mod tests {
         assert_eq!(table_key::<String>(b"u1").unwrap(), br#""u1""#);
         assert_eq!(table_key::<String>("a\"b".as_bytes()).unwrap(), br#""a\"b""#);
         assert_eq!(table_key::<i64>(&7i64.to_be_bytes()).unwrap(), b"7");
+        // As Python's json.dumps writes them (what Faust's changelog holds without orjson).
+        assert_eq!(table_key::<String>("café".as_bytes()).unwrap(), br#""caf\u00e9""#);
+        assert_eq!(table_key::<String>("a\u{7f}b".as_bytes()).unwrap(), br#""a\u007fb""#);
+        assert_eq!(table_key::<String>("😀".as_bytes()).unwrap(), br#""\ud83d\ude00""#);
+        assert_eq!(table_key::<String>("\n\u{1}".as_bytes()).unwrap(), br#""\n\u0001""#);
+        assert_eq!(decode_table_key::<String>(br#""caf\u00e9""#).unwrap(), "café");
         assert_eq!(decode_table_key::<String>(br#""u1""#).unwrap(), "u1");
         assert!(decode_table_key::<String>(b"u1").is_err());
         assert_eq!(show_table_key::<String>(br#""u1""#), "u1");

@@ -35,6 +35,23 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
         let errors = errors.into_compile_errors();
         return quote! { #parsed #errors };
     }
+    let named = matches!(
+        &parsed,
+        Item::Struct(ItemStruct {
+            fields: syn::Fields::Named(_),
+            ..
+        })
+    );
+    let namespace = match namespace {
+        Some(namespace) if !named => {
+            errors.spanned(
+                &namespace,
+                "`faust` is for structs with named fields: a Faust record is a JSON object of its fields",
+            );
+            None
+        }
+        other => other,
+    };
     let errors = errors.into_compile_errors();
     let faust = namespace.map(|namespace| {
         quote! {

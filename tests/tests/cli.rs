@@ -624,3 +624,84 @@ fn a_worker_waiting_for_its_group_says_so() {
         "{second}"
     );
 }
+
+/// `agents` and `tables` list what the app declares, without a broker.
+#[test]
+fn agents_and_tables_are_listed() {
+    let mut agents = Child::spawn(&hit_counter(), &["agents"]);
+    assert_eq!(agents.wait(Duration::from_secs(30)), Some(0));
+    let lines: Vec<String> = agents.seen.clone();
+    assert!(
+        lines.contains(&"find_major_hits\thit_count\tcount_topic\t-".to_string()),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&"count_hits\tcount_topic\t-\tmajor-count".to_string()),
+        "{lines:?}"
+    );
+    let mut tables = Child::spawn(&hit_counter(), &["tables"]);
+    assert_eq!(tables.wait(Duration::from_secs(30)), Some(0));
+    let row = "major-count\talloc::string::String\ti64\thit_counter-major-count-changelog\tcount_hits";
+    assert!(tables.seen.contains(&row.to_string()), "{:?}", tables.seen);
+    let mut faust = Child::spawn(&example_binary("faust_hit_counter"), &["tables"]);
+    assert_eq!(faust.wait(Duration::from_secs(30)), Some(0));
+    let output = faust.seen.join("\n");
+    assert!(
+        output.contains("hit_counter-major-count-changelog (Faust's encoding)"),
+        "{output}"
+    );
+}
+
+/// `--config-file`: librdkafka settings from a properties file, its `bootstrap.servers` the
+/// broker when `--broker` is not given; a malformed line is named.
+#[test]
+fn a_config_file_configures_the_clients() {
+    let broker = broker();
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("app.properties");
+    std::fs::write(
+        &file,
+        format!("# the cluster\nbootstrap.servers={bootstrap}\nclient.id = from-the-file\n"),
+    )
+    .expect("write");
+    let file = file.to_str().expect("utf8");
+    let hit = r#"{"hits": 30, "timestamp": 1.0, "userId": "ann"}"#;
+    let mut send = Child::spawn(&hit_counter(), &["send", "hit_count", hit, "--config-file", file]);
+    assert_eq!(send.wait(Duration::from_secs(30)), Some(0), "{}", send.seen.join("\n"));
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("utf8");
+    let mut worker = Child::spawn(
+        &hit_counter(),
+        &["worker", "--config-file", file, "--data-dir", data, "--idle-exit", "3"],
+    );
+    assert_eq!(
+        worker.wait(Duration::from_secs(120)),
+        Some(0),
+        "{}",
+        worker.seen.join("\n")
+    );
+    assert_eq!(printed_table(data), BTreeMap::from([("ann".to_string(), 1)]));
+
+    let bad = dir.path().join("bad.properties");
+    std::fs::write(&bad, "bootstrap.servers=x\nsasl.mechanisms\n").expect("write");
+    let mut worker = Child::spawn(
+        &hit_counter(),
+        &[
+            "worker",
+            "--config-file",
+            bad.to_str().expect("utf8"),
+            "--data-dir",
+            data,
+        ],
+    );
+    assert_eq!(worker.wait(Duration::from_secs(30)), Some(1));
+    let output = worker.seen.join("\n");
+    assert!(
+        output.contains("bad.properties, line 2: `sasl.mechanisms` is not KEY=VALUE"),
+        "{output}"
+    );
+    let mut tail = Child::spawn(&hit_counter(), &["tail", "hit_count"]);
+    assert_eq!(tail.wait(Duration::from_secs(30)), Some(1));
+    assert!(tail.seen.join("\n").contains("no broker"), "{:?}", tail.seen);
+}

@@ -16,3 +16,10 @@ const PLAIN: Topic<String, Plain> = Topic::new("plain").faust();
 fn main() {
     let _ = PLAIN;
 }
+
+// A Faust record is a JSON object of named fields.
+#[record(faust = "m.Kind")]
+pub enum Kind {
+    A,
+    B,
+}
