@@ -166,6 +166,8 @@ pub(crate) fn read_config_file(path: &std::path::Path) -> crate::Result<Vec<(Str
 /// [`read_config_file`] of a file's text; an error names the line (from 1).
 fn parse_config_file(text: &str) -> Result<Vec<(String, String)>, (usize, String)> {
     let mut settings = Vec::new();
+    // A byte order mark (Windows editors write one) is not part of the first key.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (index, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
@@ -175,7 +177,14 @@ fn parse_config_file(text: &str) -> Result<Vec<(String, String)>, (usize, String
             Some((key, value)) if !key.trim().is_empty() => {
                 settings.push((key.trim().to_string(), value.trim().to_string()));
             }
-            _ => return Err((index + 1, format!("`{line}` is not KEY=VALUE"))),
+            _ => {
+                // Only the line's first word: the rest may be a secret (`sasl.password: ...`).
+                let first: String = line
+                    .chars()
+                    .take_while(|c| !c.is_whitespace() && *c != ':' && *c != '=')
+                    .collect();
+                return Err((index + 1, format!("not KEY=VALUE (the line starts `{first}`)")));
+            }
         }
     }
     Ok(settings)
@@ -184,9 +193,10 @@ fn parse_config_file(text: &str) -> Result<Vec<(String, String)>, (usize, String
 /// librdkafka settings, in the order they apply (a later one wins).
 type Settings = Vec<(String, String)>;
 
-/// The broker and librdkafka settings of a command: `--broker`, else the config file's
-/// `bootstrap.servers`; the file's other settings, then `--config`'s, which win (over
-/// `--broker` too).
+/// The broker and librdkafka settings of a command. The broker: `bootstrap.servers` of
+/// `--config`, else `--broker` (or `STREAMS_BROKER`), else the config file's
+/// `bootstrap.servers`. The settings: the file's, then `--config`'s, which win; without
+/// `bootstrap.servers` (the broker is given on its own).
 fn settings(
     broker: Option<String>,
     file: Option<&std::path::Path>,
@@ -196,14 +206,17 @@ fn settings(
         Some(path) => read_config_file(path)?,
         None => Vec::new(),
     };
-    let from_file = all
-        .iter()
-        .rev()
-        .find(|(key, _)| key == "bootstrap.servers")
-        .map(|(_, value)| value.clone());
-    all.retain(|(key, _)| key != "bootstrap.servers");
+    let bootstrap = |settings: &Settings| {
+        settings
+            .iter()
+            .rev()
+            .find(|(key, _)| key == "bootstrap.servers")
+            .map(|(_, value)| value.clone())
+    };
+    let broker = bootstrap(&flags).or(broker).or_else(|| bootstrap(&all));
     all.extend(flags);
-    Ok((broker.or(from_file), all))
+    all.retain(|(key, _)| key != "bootstrap.servers");
+    Ok((broker, all))
 }
 
 /// The broker of a command that needs one.
@@ -707,8 +720,42 @@ mod tests {
         );
         assert_eq!(
             super::parse_config_file("a=1\nsasl.mechanisms\n").unwrap_err(),
-            (2, "`sasl.mechanisms` is not KEY=VALUE".to_string())
+            (2, "not KEY=VALUE (the line starts `sasl.mechanisms`)".to_string())
         );
+        // The secret of a line in another syntax is not repeated.
+        let error = super::parse_config_file("sasl.password: s3cret\n").unwrap_err();
+        assert!(!error.1.contains("s3cret"), "{error:?}");
+        // A byte order mark and CRLF line ends.
+        assert_eq!(
+            super::parse_config_file("\u{feff}# c\r\nclient.id=a\r\n").unwrap(),
+            vec![("client.id".to_string(), "a".to_string())]
+        );
+        // The broker: --config's bootstrap.servers, --broker, the file's, in that order.
+        let dir = std::env::temp_dir().join(format!("streams-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("app.properties");
+        std::fs::write(&file, "bootstrap.servers=file:9092\nclient.id=f\n").unwrap();
+        let flag = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        let (broker, settings) = super::settings(None, Some(&file), flag("client.id", "g")).unwrap();
+        assert_eq!(broker.as_deref(), Some("file:9092"));
+        assert_eq!(
+            settings,
+            vec![
+                ("client.id".to_string(), "f".to_string()),
+                ("client.id".to_string(), "g".to_string())
+            ]
+        );
+        let (broker, _) = super::settings(Some("flag:9092".into()), Some(&file), Vec::new()).unwrap();
+        assert_eq!(broker.as_deref(), Some("flag:9092"));
+        let (broker, settings) = super::settings(
+            Some("flag:9092".into()),
+            Some(&file),
+            flag("bootstrap.servers", "config:9092"),
+        )
+        .unwrap();
+        assert_eq!(broker.as_deref(), Some("config:9092"));
+        assert!(settings.iter().all(|(k, _)| k != "bootstrap.servers"));
+        let _ = std::fs::remove_dir_all(&dir);
         let missing = super::read_config_file(std::path::Path::new("/nonexistent/app.properties")).unwrap_err();
         assert!(missing.to_string().contains("/nonexistent/app.properties"), "{missing}");
     }
