@@ -4,8 +4,9 @@ SHELL := /bin/bash
 
 # Debian packages the build and the tests need: libclang for RocksDB's bindgen, a C/C++
 # toolchain and zlib for librdkafka and RocksDB, kcat for the interop test, docker-compose
-# to check docker-compose.yml (it parses without a Docker engine).
-APT_PACKAGES := libclang-dev clang g++ make pkg-config zlib1g-dev kcat docker-compose
+# to check docker-compose.yml (it parses without a Docker engine), chromium for the test that
+# loads the web server's topology page in a real browser.
+APT_PACKAGES := libclang-dev clang g++ make pkg-config zlib1g-dev kcat docker-compose chromium
 
 CARGO ?= cargo
 

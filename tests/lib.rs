@@ -300,6 +300,10 @@ impl Child {
 
     /// Starts `command` (its folder and environment as set), stdout and stderr captured.
     pub fn spawn_command(mut command: std::process::Command) -> Self {
+        // Workers started side by side each take a free port for their web server.
+        if !command.get_envs().any(|(key, _)| key == "STREAMS_WEB_PORT") {
+            command.env("STREAMS_WEB_PORT", "0");
+        }
         let mut process = command
             .env("NO_COLOR", "1")
             .stdout(std::process::Stdio::piped())

@@ -64,6 +64,20 @@ enum Command {
         /// [default: one kept in the data directory].
         #[arg(long, value_name = "ID", env = "STREAMS_WORKER_ID")]
         worker_id: Option<String>,
+        /// Port of the worker's web server (table lookups, /metrics, /topology, /health,
+        /// /ready); 0 takes any free port.
+        #[arg(long, value_name = "PORT", env = "STREAMS_WEB_PORT", default_value_t = crate::web::DEFAULT_PORT)]
+        web_port: u16,
+        /// Address the web server listens on (0.0.0.0: every interface).
+        #[arg(long, value_name = "ADDRESS", env = "STREAMS_WEB_BIND", default_value = "127.0.0.1")]
+        web_bind: std::net::IpAddr,
+        /// The URL other workers forward table lookups to (Kafka Streams'
+        /// `application.server`) [default: http://{web-bind}:{web-port}].
+        #[arg(long, value_name = "URL", env = "STREAMS_WEB_ADVERTISE")]
+        web_advertise: Option<String>,
+        /// No web server.
+        #[arg(long)]
+        no_web: bool,
     },
     /// Send one record to a topic (like `faust send`). For a topic the app declares, the key
     /// and value are checked against its types first.
@@ -137,6 +151,27 @@ enum Command {
     Agents,
     /// List the app's tables: key and value types, changelog topic, the agent that keeps it.
     Tables,
+    /// Reset the app, as Kafka Streams' reset tool does: delete its internal topics
+    /// (changelogs, repartition topics), set its group's offsets on its input topics to the
+    /// earliest, remove its local data directory. Refuses while workers of the app run.
+    Reset {
+        /// Do it (without, the reset is only described).
+        #[arg(long)]
+        yes: bool,
+        /// Directory of the stores [default: ./{app id}-data].
+        #[arg(long, env = "STREAMS_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Kafka bootstrap servers [default: `bootstrap.servers` of --config-file].
+        #[arg(long, env = "STREAMS_BROKER")]
+        broker: Option<String>,
+        /// Extra librdkafka setting, KEY=VALUE (repeatable), e.g. security settings.
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_setting)]
+        config: Vec<(String, String)>,
+        /// librdkafka settings from a properties file (KEY=VALUE lines, `#` comments);
+        /// `--config` overrides it.
+        #[arg(long, value_name = "FILE", env = "STREAMS_CONFIG_FILE")]
+        config_file: Option<PathBuf>,
+    },
     /// Print a table from this machine's stores (all partitions found under --data-dir).
     Table {
         /// The table's name.
@@ -251,7 +286,7 @@ pub fn init_logging(level: &str) {
 
 impl App {
     /// Runs the command line (`worker`, `send`, `tail`, `broker`, `agents`, `tables`,
-    /// `table`, `topology`) and returns the exit code.
+    /// `table`, `topology`, `reset`) and returns the exit code.
     pub fn main(self) -> ExitCode {
         main(self)
     }
@@ -279,6 +314,10 @@ fn main(app: App) -> ExitCode {
             consumer_config,
             processing_guarantee,
             worker_id,
+            web_port,
+            web_bind,
+            web_advertise,
+            no_web,
         } => settings(broker, config_file.as_deref(), config).and_then(|(broker, config)| {
             let mut options = WorkerOptions::new(data_dir.unwrap_or_else(default_dir));
             options.broker = broker;
@@ -287,6 +326,11 @@ fn main(app: App) -> ExitCode {
             options.consumer_config = consumer_config;
             options.guarantee = processing_guarantee;
             options.worker_id = worker_id;
+            options.web = (!no_web).then_some(crate::web::WebOptions {
+                bind: web_bind,
+                port: web_port,
+                advertised: web_advertise,
+            });
             runtime.block_on(run_worker(app, options))
         }),
         Command::Send {
@@ -342,6 +386,17 @@ fn main(app: App) -> ExitCode {
             Ok(())
         }
         Command::Table { name, data_dir } => print_table(&app, &name, &data_dir.unwrap_or_else(default_dir)),
+        Command::Reset {
+            yes,
+            data_dir,
+            broker,
+            config,
+            config_file,
+        } => settings(broker, config_file.as_deref(), config).and_then(|(broker, config)| {
+            let broker = required(broker)?;
+            let data_dir = data_dir.unwrap_or_else(default_dir);
+            runtime.block_on(crate::reset::reset(&app, &broker, &config, &data_dir, yes))
+        }),
     };
     // A blocking call that is still waiting on the network (a metadata request to an
     // unreachable broker) does not hold up the exit.

@@ -58,7 +58,9 @@ mod error;
 pub mod faust;
 mod message;
 mod metrics;
+pub mod partitioner;
 pub mod record;
+mod reset;
 mod spec;
 pub mod store;
 pub mod stream;
@@ -69,6 +71,7 @@ pub mod testing;
 pub mod timer;
 pub mod topic;
 pub mod topology;
+pub mod web;
 pub mod window;
 pub mod worker;
 

@@ -1,12 +1,90 @@
-//! Counters of a worker, and the once-a-second summary that `-l info` shows.
+//! Counters of a worker, the once-a-second summary that `-l info` shows, and the same in
+//! Prometheus' text format (the web server's `/metrics`, made with `prometheus-client`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::TypedMetric;
+
 use crate::message::Message;
 
-/// What a worker has done so far. Read it from [`crate::WorkerHandle::metrics`].
+/// A topic partition, as the labels of a metric.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TopicPartition {
+    pub topic: String,
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    pub(crate) fn new(topic: &str, partition: i32) -> Self {
+        Self {
+            topic: topic.to_string(),
+            partition,
+        }
+    }
+}
+
+/// Metrics per topic partition, and latencies, kept as `prometheus-client` metrics.
+#[derive(Debug)]
+pub(crate) struct Families {
+    /// Records handed to tasks, by source partition (added at each task's report).
+    pub records_in: Family<TopicPartition, Counter>,
+    /// Records the broker acknowledged, by the partition they went to (changelogs too).
+    pub records_out: Family<TopicPartition, Counter>,
+    /// Records on the broker past the consumer's position, by assigned partition.
+    pub lag: Family<TopicPartition, Gauge>,
+    /// Changelog records restored into stores, by changelog partition.
+    pub restored: Family<TopicPartition, Counter>,
+    /// Changelog records still to restore, by changelog partition (0 once restored).
+    pub restore_remaining: Family<TopicPartition, Gauge>,
+    /// How long committing source offsets (or a transaction) took.
+    pub commit_seconds: Histogram,
+    /// How long waiting for the broker to acknowledge what was sent took, per commit.
+    pub flush_seconds: Histogram,
+}
+
+impl Default for Families {
+    fn default() -> Self {
+        Self {
+            records_in: Family::default(),
+            records_out: Family::default(),
+            lag: Family::default(),
+            restored: Family::default(),
+            restore_remaining: Family::default(),
+            // 0.25 ms to 8 s.
+            commit_seconds: Histogram::new(exponential_buckets(0.000_25, 2.0, 16)),
+            flush_seconds: Histogram::new(exponential_buckets(0.000_25, 2.0, 16)),
+        }
+    }
+}
+
+/// The worker's counters and gauges that are plain atomics, encoded at each scrape.
+#[derive(Debug)]
+struct Totals(Vec<(&'static str, &'static str, u64, bool)>);
+
+impl prometheus_client::collector::Collector for Totals {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> std::fmt::Result {
+        for &(name, help, value, counter) in &self.0 {
+            if counter {
+                let metric = ConstCounter::new(value);
+                metric.encode(encoder.encode_descriptor(name, help, None, ConstCounter::<u64>::TYPE)?)?;
+            } else {
+                let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+                metric.encode(encoder.encode_descriptor(name, help, None, ConstGauge::<i64>::TYPE)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a worker has done so far. Read it from [`crate::WorkerHandle::metrics`], or in
+/// Prometheus' text format from [`Metrics::prometheus`] (the web server's `/metrics`).
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Records handed to agents.
@@ -40,6 +118,15 @@ pub struct Metrics {
     /// Errors the Kafka clients reported (an unreachable broker, a failed request): each is
     /// logged at warn, and the clients retry.
     pub client_errors: AtomicU64,
+    /// Reads of table keys answered from the table's cache.
+    pub cache_hits: AtomicU64,
+    /// Reads of table keys that went to the store.
+    pub cache_misses: AtomicU64,
+    /// Entries dropped from table caches to keep them within their budget.
+    pub cache_evictions: AtomicU64,
+    /// Rebalances that took partitions from this worker (revocations and losses).
+    pub revocations: AtomicU64,
+    pub(crate) families: Families,
     member_id: Mutex<Option<String>>,
     want_record_sample: AtomicBool,
     want_table_sample: AtomicBool,
@@ -140,6 +227,148 @@ impl Metrics {
     /// The failure that stopped the worker, if any.
     pub fn fatal(&self) -> Option<String> {
         self.fatal.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Everything in Prometheus' text format (OpenMetrics), every name prefixed `streams_`:
+    /// records in and out per topic partition, consumer lag per partition, commit and flush
+    /// latency histograms, restore progress per changelog partition, and the worker's
+    /// totals (dead letters, late records, table cache hits and evictions, rebalances,
+    /// assigned partitions, ...).
+    ///
+    /// ```
+    /// let metrics = streams_core::Metrics::default();
+    /// let text = metrics.prometheus();
+    /// assert!(text.contains("# TYPE streams_dead_letters counter"));
+    /// assert!(text.contains("streams_dead_letters_total 0"));
+    /// assert!(text.ends_with("# EOF\n"));
+    /// ```
+    pub fn prometheus(&self) -> String {
+        let mut registry = prometheus_client::registry::Registry::with_prefix("streams");
+        let f = &self.families;
+        registry.register(
+            "records_in",
+            "Records handed to agents and pipelines, by source topic partition",
+            f.records_in.clone(),
+        );
+        registry.register(
+            "records_out",
+            "Records the broker acknowledged, by topic partition (changelogs included)",
+            f.records_out.clone(),
+        );
+        registry.register(
+            "consumer_lag",
+            "Records on the broker past the consumer's position, by assigned topic partition",
+            f.lag.clone(),
+        );
+        registry.register(
+            "restored_records",
+            "Changelog records restored into stores, by changelog partition",
+            f.restored.clone(),
+        );
+        registry.register(
+            "restore_remaining_records",
+            "Changelog records still to restore, by changelog partition",
+            f.restore_remaining.clone(),
+        );
+        registry.register(
+            "commit_seconds",
+            "Time to commit source offsets (exactly-once: the transaction)",
+            f.commit_seconds.clone(),
+        );
+        registry.register(
+            "flush_seconds",
+            "Time to have every record sent acknowledged, per commit",
+            f.flush_seconds.clone(),
+        );
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        registry.register_collector(Box::new(Totals(vec![
+            ("records", "Records processed", load(&self.records), true),
+            ("sends", "Records agents sent", load(&self.sends), true),
+            ("table_updates", "Table updates", load(&self.table_updates), true),
+            (
+                "dead_letters",
+                "Records copied to dead-letter topics",
+                load(&self.dead_lettered),
+                true,
+            ),
+            (
+                "late_records",
+                "Records dropped because every window they belong to had closed",
+                load(&self.late),
+                true,
+            ),
+            (
+                "commits",
+                "Commits of source offsets (or transactions)",
+                load(&self.commits),
+                true,
+            ),
+            ("aborts", "Transactions aborted", load(&self.aborts), true),
+            (
+                "table_cache_hits",
+                "Table reads answered by the cache",
+                load(&self.cache_hits),
+                true,
+            ),
+            (
+                "table_cache_misses",
+                "Table reads that went to the store",
+                load(&self.cache_misses),
+                true,
+            ),
+            (
+                "table_cache_evictions",
+                "Entries dropped from table caches to stay within budget",
+                load(&self.cache_evictions),
+                true,
+            ),
+            (
+                "rebalances",
+                "Assignments the group gave this worker",
+                load(&self.assignments),
+                true,
+            ),
+            (
+                "revocations",
+                "Rebalances that took partitions from this worker",
+                load(&self.revocations),
+                true,
+            ),
+            (
+                "lost_partitions",
+                "Partitions lost to the group without a commit",
+                load(&self.lost),
+                true,
+            ),
+            (
+                "client_errors",
+                "Errors the Kafka clients reported",
+                load(&self.client_errors),
+                true,
+            ),
+            (
+                "restore_seconds",
+                "Time spent restoring stores, in whole seconds",
+                load(&self.restore_micros) / 1_000_000,
+                true,
+            ),
+            (
+                "assigned_partitions",
+                "Source partitions assigned, restored and processing",
+                load(&self.assigned),
+                false,
+            ),
+            (
+                "failed",
+                "1 once a failure stopped the worker",
+                u64::from(self.failed()),
+                false,
+            ),
+        ])));
+        let mut text = String::new();
+        // Writing to a String does not fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        text
     }
 
     fn snapshot(&self) -> BTreeMap<&'static str, u64> {

@@ -96,6 +96,44 @@ pub struct TableSpec {
     pub show_key: KeyDisplay,
     /// Whether its keys are in Faust's form ([`crate::Table::faust`]).
     pub faust: bool,
+    /// Whether it keeps windows of each key ([`crate::WindowedTable`]): a lookup of a key
+    /// gives its windows.
+    pub windowed: bool,
+    /// How a key given as text is looked up; `None` for tables kept by an operation for
+    /// itself (a join's buffers), which are not looked up.
+    pub lookup: Option<KeyLookup>,
+}
+
+/// A table key given as text (as `APP send --key` takes it) to its bytes twice: as records
+/// carry it (its partition follows from these, see [`crate::partitioner`]) and as the store
+/// keeps it (the same, but for [`crate::Table::faust`] tables).
+#[derive(Clone, Copy)]
+pub struct KeyLookup(pub LookupFn);
+
+/// A key as text to its record bytes and its store bytes, or why it is not a key.
+pub type LookupFn = fn(&str) -> Result<(Vec<u8>, Vec<u8>), String>;
+
+impl std::fmt::Debug for KeyLookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyLookup")
+    }
+}
+
+impl PartialEq for KeyLookup {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for KeyLookup {}
+
+/// [`KeyLookup`] of a key type whose store keys are its record keys.
+pub(crate) fn lookup_key<K: crate::codec::Key>(text: &str) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let key = K::parse_key(text).map_err(|e| e.to_string())?;
+    match key.try_encode_key() {
+        Ok(Some(bytes)) => Ok((bytes.clone(), bytes)),
+        Ok(None) => Err("the table's keys are empty (its key type is `()`)".into()),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// Key bytes as readable text (compared by nothing: it follows from the key type).

@@ -52,6 +52,8 @@ struct FaustKeys<K> {
     decode: fn(&[u8]) -> std::result::Result<K, crate::DecodeError>,
     /// Faust's form as readable text.
     show: fn(&[u8]) -> String,
+    /// A key as text to its record bytes and Faust's form.
+    lookup: crate::spec::LookupFn,
 }
 
 impl<K> Clone for FaustKeys<K> {
@@ -145,6 +147,11 @@ impl<K, V> Table<K, V> {
                 None => K::display_key,
             }),
             faust: self.faust.is_some(),
+            windowed: false,
+            lookup: Some(crate::spec::KeyLookup(match &self.faust {
+                Some(faust) => faust.lookup,
+                None => crate::spec::lookup_key::<K>,
+            })),
         }
     }
 
@@ -174,9 +181,17 @@ impl<K: Key + Serialize + DeserializeOwned, V> Table<K, V> {
             encode: crate::faust::table_key::<K>,
             decode: crate::faust::decode_table_key::<K>,
             show: crate::faust::show_table_key::<K>,
+            lookup: faust_lookup::<K>,
         });
         self
     }
+}
+
+/// A key as text to its record bytes and its Faust form (see [`Table::faust`]).
+fn faust_lookup<K: Key + Serialize>(text: &str) -> std::result::Result<(Vec<u8>, Vec<u8>), String> {
+    let (native, _) = crate::spec::lookup_key::<K>(text)?;
+    let faust = crate::faust::table_key::<K>(&native).map_err(|e| e.to_string())?;
+    Ok((native, faust))
 }
 
 impl<K: Key, V: Serialize + DeserializeOwned + Send + 'static> Table<K, V> {
@@ -371,6 +386,8 @@ impl<K, V> WindowedTable<K, V> {
             value_type: std::any::type_name::<V>(),
             show_key: crate::spec::KeyDisplay(<Windowed<K> as Key>::display_key),
             faust: false,
+            windowed: true,
+            lookup: Some(crate::spec::KeyLookup(crate::spec::lookup_key::<K>)),
         }
     }
 }

@@ -420,6 +420,25 @@ impl Topology {
 
     /// A Mermaid flowchart; each pipeline sub-topology is a subgraph.
     pub fn mermaid(&self) -> String {
+        self.mermaid_labelled(&|_, _, label| label.to_string())
+    }
+
+    /// [`Topology::mermaid`] with each edge's label made by `label(from, to, label)` (the
+    /// web server's `/topology` adds live rates so).
+    ///
+    /// ```
+    /// # use streams_core::prelude::*;
+    /// # #[record] struct Hit { user: String }
+    /// # const HITS: Topic<String, Hit> = Topic::new("hits");
+    /// # #[agent(topic = HITS)]
+    /// # async fn count(mut hits: Stream<String, Hit>) -> Result<()> { while hits.next_event().await.is_some() {} Ok(()) }
+    /// let topology = App::new("counter").agent(count).topology();
+    /// let drawn = topology.mermaid_labelled(&|from, _, label| {
+    ///     if from == "hits" { format!("{label} 5/s") } else { label.to_string() }
+    /// });
+    /// assert!(drawn.contains("topic_hits -->|reads 5/s| count"));
+    /// ```
+    pub fn mermaid_labelled(&self, label_text: &dyn Fn(&str, &str, &str) -> String) -> String {
         let mut out = String::from("flowchart LR\n");
         for node in self.nodes.iter().filter(|n| n.subtopology.is_none()) {
             let _ = writeln!(out, "    {}", self.mermaid_node(node));
@@ -432,6 +451,7 @@ impl Topology {
             let _ = writeln!(out, "    end");
         }
         for (from, to, label) in &self.edges {
+            let label = label_text(from, to, label);
             if label.is_empty() {
                 let _ = writeln!(out, "    {} --> {}", self.id(from), self.id(to));
             } else {

@@ -8,7 +8,15 @@ use std::path::{Path, PathBuf};
 /// The layers, bottom first.
 const LAYERS: &[&[&str]] = &[
     &[
-        "error", "message", "metrics", "record", "codec", "faust", "window", "spec",
+        "error",
+        "message",
+        "metrics",
+        "partitioner",
+        "record",
+        "codec",
+        "faust",
+        "window",
+        "spec",
     ],
     &["store"],
     &["changelog"],
@@ -17,8 +25,8 @@ const LAYERS: &[&[&str]] = &[
     &["stream", "agent", "timer"],
     &["dsl"],
     &["app"],
-    &["topology", "worker", "broker"],
-    &["testing", "tail", "cli"],
+    &["topology", "web", "worker", "broker"],
+    &["testing", "tail", "reset", "cli"],
 ];
 
 /// Items the crate root re-exports, by the module that defines them.

@@ -895,6 +895,8 @@ fn buffer_table<K: Key>(graph: &mut Graph, group: usize, name: &str, what: &str)
         value_type: "json",
         show_key: KeyDisplay(show_record_key::<K>),
         faust: false,
+        windowed: false,
+        lookup: None,
     };
     (table, graph.table(group, spec))
 }

@@ -638,6 +638,8 @@ where
                         value_type: std::any::type_name::<V>(),
                         show_key: KeyDisplay(show_record_key::<K>),
                         faust: false,
+                        windowed: false,
+                        lookup: None,
                     };
                     Some((name, graph.table(self.group, records)))
                 }

@@ -80,7 +80,10 @@ fn commit_batch(
         return Err(format!("not committed: the worker failed ({error})"));
     }
     // 1. Every record sent so far, including this batch's changelog records, is acknowledged.
-    if let Err(error) = sink.flush() {
+    let flushing = std::time::Instant::now();
+    let flushed = sink.flush();
+    metrics.families.flush_seconds.observe(flushing.elapsed().as_secs_f64());
+    if let Err(error) = flushed {
         let error = format!("records were not acknowledged by the broker, offsets not committed: {error}");
         metrics.fail(error.clone());
         return Err(error);
@@ -94,7 +97,13 @@ fn commit_batch(
         return Ok(());
     }
     let list: Vec<(String, i32, i64)> = latest.iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect();
-    match offsets.commit(&list) {
+    let committing = std::time::Instant::now();
+    let outcome = offsets.commit(&list);
+    metrics
+        .families
+        .commit_seconds
+        .observe(committing.elapsed().as_secs_f64());
+    match outcome {
         Ok(()) => {
             metrics.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             committed.extend(latest);
@@ -261,7 +270,10 @@ fn commit_round(
         // offsets, and their next owner processes that input again.
         return Err(aborted("partitions were lost to the group".into()));
     }
-    if let Err(error) = sink.flush() {
+    let flushing = std::time::Instant::now();
+    let flushed = sink.flush();
+    metrics.families.flush_seconds.observe(flushing.elapsed().as_secs_f64());
+    if let Err(error) = flushed {
         return Err(aborted(format!("records were not acknowledged by the broker: {error}")));
     }
     // Offsets that moved since the last committed round (an idle worker's rounds send none).
@@ -279,7 +291,13 @@ fn commit_round(
         }
     }
     let changed = !offsets.is_empty() || batch.iter().any(|cut| !cut.writes.is_empty());
-    match transactions.commit(&offsets) {
+    let committing = std::time::Instant::now();
+    let outcome = transactions.commit(&offsets);
+    metrics
+        .families
+        .commit_seconds
+        .observe(committing.elapsed().as_secs_f64());
+    match outcome {
         Ok(()) => {}
         Err(TxnError::Abortable(why)) => return Err(aborted(why)),
         Err(TxnError::Fatal(why)) => {

@@ -58,6 +58,8 @@ pub(crate) struct TaskContext {
     /// This partition's counts not yet added to the shared [`Metrics`] (counting into the
     /// shared counters for every record would bounce their cache line between threads).
     pub(crate) counts: Counts,
+    /// The worker's counters of records in, one per source (`streams_records_in`).
+    records_in: Vec<prometheus_client::metrics::counter::Counter>,
     /// The worker's global tables (a full copy each, shared by every task).
     globals: Globals,
     /// Per source: whether the broker holds records of it that the task has not been given
@@ -89,6 +91,20 @@ pub(crate) struct Counts {
     pub records: AtomicU64,
     pub sends: AtomicU64,
     pub table_updates: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    pub cache_evictions: AtomicU64,
+    /// Records per source, since the last report.
+    pub per_source: Box<[AtomicU64]>,
+}
+
+impl Counts {
+    fn new(sources: usize) -> Self {
+        Self {
+            per_source: (0..sources).map(|_| AtomicU64::new(0)).collect(),
+            ..Self::default()
+        }
+    }
 }
 
 tokio::task_local! {
@@ -105,6 +121,14 @@ impl TaskContext {
         metrics: Arc<Metrics>,
         globals: Globals,
     ) -> Self {
+        let records_in = spec
+            .sources
+            .iter()
+            .map(|t| {
+                let labels = crate::metrics::TopicPartition::new(&t.name, partition);
+                metrics.families.records_in.get_or_create_owned(&labels)
+            })
+            .collect();
         Self {
             name: spec.name.as_str().into(),
             sources: spec.sources.iter().map(|t| Arc::from(&*t.name)).collect(),
@@ -121,7 +145,8 @@ impl TaskContext {
             stream_time: AtomicI64::new(NO_TIME),
             start_time: AtomicI64::new(NO_TIME),
             locals: Mutex::default(),
-            counts: Counts::default(),
+            counts: Counts::new(spec.sources.len()),
+            records_in,
             globals,
             unread: spec.sources.iter().map(|_| AtomicBool::new(true)).collect(),
             unread_cleared: tokio::sync::Notify::new(),
@@ -196,6 +221,7 @@ impl TaskContext {
             start_time: AtomicI64::new(NO_TIME),
             locals: Mutex::default(),
             counts: Counts::default(),
+            records_in: Vec::new(),
             globals: Globals::default(),
             unread: Box::default(),
             unread_cleared: tokio::sync::Notify::new(),
@@ -230,10 +256,19 @@ impl TaskContext {
             (&self.counts.records, &metrics.records),
             (&self.counts.sends, &metrics.sends),
             (&self.counts.table_updates, &metrics.table_updates),
+            (&self.counts.cache_hits, &metrics.cache_hits),
+            (&self.counts.cache_misses, &metrics.cache_misses),
+            (&self.counts.cache_evictions, &metrics.cache_evictions),
         ] {
             let n = take(local);
             if n > 0 {
                 shared.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        for (local, counter) in self.counts.per_source.iter().zip(&self.records_in) {
+            let n = take(local);
+            if n > 0 {
+                counter.inc_by(n);
             }
         }
     }
@@ -247,6 +282,9 @@ impl TaskContext {
     /// ([`TaskContext::observe_time`]): it may come from its value.
     pub(crate) fn record_started(&self, source: usize, message: &Message) {
         bump(&self.counts.records);
+        if let Some(count) = self.counts.per_source.get(source) {
+            bump(count);
+        }
         let topic = self.sources.get(source).map_or("?", |t| &**t);
         self.metrics.record_in(&self.name, topic, self.partition, message);
     }

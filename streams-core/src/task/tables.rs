@@ -15,6 +15,11 @@ use crate::{Error, Result};
 /// table's slot, and the allocator's headers.
 const ENTRY_OVERHEAD: usize = 104;
 
+/// Adds `n` to a partition's count (see [`bump`]).
+fn add(count: &std::sync::atomic::AtomicU64, n: u64) {
+    count.store(count.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+}
+
 fn entry_bytes(key: &[u8], value: Option<&[u8]>) -> usize {
     key.len() + value.map_or(0, <[u8]>::len) + ENTRY_OVERHEAD
 }
@@ -69,11 +74,12 @@ impl TableState {
 
     /// Keeps the cache within budget after clean entries were added: drops it when nothing
     /// in it waits for a cut; otherwise returns `true`, a cut is needed first.
-    fn evict_clean(&mut self) -> bool {
+    fn evict_clean(&mut self, evictions: &std::sync::atomic::AtomicU64) -> bool {
         if self.cache_bytes <= self.cache_limit {
             return false;
         }
         if self.dirty == 0 {
+            add(evictions, self.cache.len() as u64);
             self.cache = HashMap::default();
             self.cache_bytes = 0;
             return false;
@@ -82,13 +88,14 @@ impl TableState {
     }
 
     /// The changes since the last cut, leaving the cache clean (or empty when over budget).
-    fn take(&mut self) -> Vec<Change> {
+    fn take(&mut self, evictions: &std::sync::atomic::AtomicU64) -> Vec<Change> {
         let mut changes = Vec::with_capacity(self.dirty);
         if self.dirty == 0 {
             return changes;
         }
         if self.cache_bytes > self.cache_limit {
             // Over budget: the entries move out (no copies) and the cache starts afresh.
+            add(evictions, self.cache.len() as u64);
             for (key, entry) in std::mem::take(&mut self.cache) {
                 if entry.dirty {
                     changes.push((key, entry.value, entry.timestamp));
@@ -131,7 +138,10 @@ impl TaskContext {
     pub(crate) fn take_changes(&self) -> Vec<DirtyTable> {
         self.tables()
             .iter_mut()
-            .map(|table| (table.changelog.clone(), Arc::clone(&table.store), table.take()))
+            .map(|table| {
+                let changes = table.take(&self.counts.cache_evictions);
+                (table.changelog.clone(), Arc::clone(&table.store), changes)
+            })
             .collect()
     }
 
@@ -179,8 +189,14 @@ impl TaskContext {
             let mut tables = self.tables();
             let state = self.table_at_mut(&mut tables, index)?;
             match change_cached(self, state, key, change) {
-                Ok(out) => return out,
-                Err(change) => (Arc::clone(&state.store), change),
+                Ok(out) => {
+                    bump(&self.counts.cache_hits);
+                    return out;
+                }
+                Err(change) => {
+                    bump(&self.counts.cache_misses);
+                    (Arc::clone(&state.store), change)
+                }
             }
         };
         let mut value = read_blocking(&*store, key)?;
@@ -212,7 +228,7 @@ impl TaskContext {
                 timestamp: 0,
             },
         );
-        if state.evict_clean() {
+        if state.evict_clean(&self.counts.cache_evictions) {
             self.cut_wanted.store(true, Ordering::Relaxed);
         }
     }
@@ -264,6 +280,76 @@ impl TaskContext {
     }
 }
 
+/// Entries a scan found, in key order, and whether there were more past its limit.
+pub(crate) type Scanned = (Vec<(Vec<u8>, Vec<u8>)>, bool);
+
+impl TaskContext {
+    /// The value of `key` in table `index` as it is now (changes not yet committed
+    /// included): from the cache, else from the store. Blocks on the store: call off the
+    /// async executor.
+    pub(crate) fn lookup(&self, index: usize, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let store = {
+            let mut tables = self.tables();
+            let state = self.table_at_mut(&mut tables, index)?;
+            if let Some(entry) = state.cache.get(key) {
+                return Ok(entry.value.clone());
+            }
+            Arc::clone(&state.store)
+        };
+        store.get(key)
+    }
+
+    /// The entries of table `index` with keys from `from` up to `to` (excluded; `None`:
+    /// to the end) that `keep` accepts, as they are now, in key order, at most `limit`.
+    /// Blocks on the store: call off the async executor. The cache is copied first (the
+    /// task goes on meanwhile), then the store is read and the copy laid over it.
+    pub(crate) fn scan(
+        &self,
+        index: usize,
+        from: &[u8],
+        to: Option<&[u8]>,
+        keep: &dyn Fn(&[u8]) -> bool,
+        limit: usize,
+    ) -> Result<Scanned> {
+        let within = |key: &[u8]| key >= from && to.is_none_or(|to| key < to) && keep(key);
+        let (store, cached) = {
+            let mut tables = self.tables();
+            let state = self.table_at_mut(&mut tables, index)?;
+            let cached: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> = state
+                .cache
+                .iter()
+                .filter(|(key, _)| within(key))
+                .map(|(key, entry)| (key.clone(), entry.value.clone()))
+                .collect();
+            (Arc::clone(&state.store), cached)
+        };
+        let mut found: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = std::collections::BTreeMap::new();
+        let mut more = false;
+        let mut add = |key: &[u8], value: &[u8]| {
+            found.insert(key.to_vec(), value.to_vec());
+            if found.len() > limit {
+                found.pop_last();
+                more = true;
+            }
+        };
+        let mut visit = |key: &[u8], value: &[u8]| {
+            if !cached.contains_key(key) && within(key) {
+                add(key, value);
+            }
+        };
+        match to {
+            Some(to) => store.range(from, to, &mut visit)?,
+            None => store.for_each(&mut visit)?,
+        }
+        for (key, value) in &cached {
+            if let Some(value) = value {
+                add(key, value);
+            }
+        }
+        Ok((found.into_iter().collect(), more))
+    }
+}
+
 /// Reads `key` from `store` where the caller stands: from memory when the store can answer
 /// without the disk; else a blocking read, announced to a multi-threaded runtime.
 pub(crate) fn read_blocking(store: &dyn StateStore, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -303,8 +389,14 @@ where
                 .ok_or_else(|| not_bound(ctx, table))?;
             let state = &tables[index];
             Ok(match state.cache.get(key) {
-                Some(entry) => Ok(read(entry.value.as_deref())),
-                None => Err((Arc::clone(ctx), index, Arc::clone(&state.store), read)),
+                Some(entry) => {
+                    bump(&ctx.counts.cache_hits);
+                    Ok(read(entry.value.as_deref()))
+                }
+                None => {
+                    bump(&ctx.counts.cache_misses);
+                    Err((Arc::clone(ctx), index, Arc::clone(&state.store), read))
+                }
             })
         },
     )??;
@@ -347,8 +439,14 @@ where
                 .ok_or_else(|| not_bound(ctx, table))?;
             let state = &mut tables[index];
             match change_cached(ctx, state, key, change) {
-                Ok(out) => Ok(Ok(out?)),
-                Err(change) => Ok(Err((Arc::clone(ctx), index, Arc::clone(&state.store), change))),
+                Ok(out) => {
+                    bump(&ctx.counts.cache_hits);
+                    Ok(Ok(out?))
+                }
+                Err(change) => {
+                    bump(&ctx.counts.cache_misses);
+                    Ok(Err((Arc::clone(ctx), index, Arc::clone(&state.store), change)))
+                }
             }
         },
     )??;

@@ -100,6 +100,12 @@ pub(crate) struct Shared {
     globals: crate::task::Globals,
     /// Exactly-once: the worker's rounds of cuts (`None` at-least-once).
     pub rounds: Option<Arc<crate::task::round::Rounds>>,
+    /// Each table's task (by index).
+    table_tasks: HashMap<&'static str, usize>,
+    /// Where the worker says which partitions it holds (with a web server).
+    pub directory: Mutex<Option<Arc<crate::web::directory::Directory>>>,
+    /// The partitions whose lag was last published (`streams_consumer_lag`).
+    lag_published: Mutex<Vec<crate::metrics::TopicPartition>>,
 }
 
 impl Shared {
@@ -121,9 +127,13 @@ impl Shared {
     ) -> Result<Self> {
         let restores = restore::spawn(restorer, Arc::clone(&metrics))?;
         let mut by_topic = HashMap::new();
+        let mut table_tasks = HashMap::new();
         for (index, task) in tasks.iter().enumerate() {
             for (source, topic) in task.sources.iter().enumerate() {
                 by_topic.insert(topic.name.to_string(), (index, source));
+            }
+            for table in &task.tables {
+                table_tasks.insert(table.name, index);
             }
         }
         Ok(Self {
@@ -144,7 +154,52 @@ impl Shared {
             on_embedded,
             globals,
             rounds,
+            table_tasks,
+            directory: Mutex::new(None),
+            lag_published: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The source partitions of every task held here (restored or not).
+    pub(crate) fn held_sources(&self) -> Vec<(String, i32)> {
+        self.running()
+            .iter()
+            .flat_map(|((_, partition), task)| task.sources.iter().map(move |(topic, _)| (topic.clone(), *partition)))
+            .collect()
+    }
+
+    /// Tells the directory (if the worker has a web server) what the worker holds now.
+    fn publish_held(&self, member: Option<String>) {
+        let directory = self.directory.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(directory) = directory {
+            directory.publish(member, self.held_sources());
+        }
+    }
+
+    /// Sets `streams_consumer_lag` of every assigned partition: the broker's end offset
+    /// (as the last fetch response had it) less the consumer's position; partitions no
+    /// longer assigned lose theirs. Called by the poll thread.
+    fn update_lag(&self, consumer: &BaseConsumer<WorkerContext>) {
+        let Ok(positions) = consumer.position() else { return };
+        let lag = &self.metrics.families.lag;
+        let mut now = Vec::new();
+        for element in positions.elements() {
+            let (topic, partition) = (element.topic(), element.partition());
+            let Some((_, high)) = cached_watermarks(consumer, topic, partition) else {
+                continue;
+            };
+            let Offset::Offset(position) = element.offset() else {
+                continue;
+            };
+            let labels = crate::metrics::TopicPartition::new(topic, partition);
+            lag.get_or_create(&labels).set((high - position).max(0));
+            now.push(labels);
+        }
+        let mut published = self.lag_published.lock().unwrap_or_else(|p| p.into_inner());
+        for gone in published.iter().filter(|labels| !now.contains(labels)) {
+            lag.remove(gone);
+        }
+        *published = now;
     }
 
     /// The source topics of every task (what the consumer subscribes to).
@@ -635,6 +690,44 @@ impl Shared {
     }
 }
 
+/// The worker as its web server sees it; gone once the worker has stopped.
+pub(crate) struct WebView(pub std::sync::Weak<Shared>);
+
+impl crate::web::Local for WebView {
+    fn held(&self, table: &str, partition: i32) -> crate::web::Held {
+        use crate::web::Held;
+        let Some(shared) = self.0.upgrade() else {
+            return Held::NotHere;
+        };
+        let Some(&task) = shared.table_tasks.get(table) else {
+            return Held::NotHere;
+        };
+        let running = shared.running();
+        match running.get(&(task, partition)) {
+            None => Held::NotHere,
+            Some(held) if held.restoring.is_some() => Held::Restoring,
+            Some(held) => match held.ctx.table_index(table) {
+                Some(index) => Held::Here(Arc::clone(&held.ctx), index),
+                None => Held::NotHere,
+            },
+        }
+    }
+
+    fn rebalancing(&self) -> bool {
+        self.0.upgrade().is_none_or(|shared| shared.waiting_since().is_some())
+    }
+
+    fn restoring(&self) -> usize {
+        self.0.upgrade().map_or(0, |shared| {
+            shared
+                .running()
+                .values()
+                .filter(|task| task.restoring.is_some())
+                .count()
+        })
+    }
+}
+
 /// The group's committed offsets of `list` (absent: nothing committed). Retried; a failure
 /// is an error rather than "nothing committed": that would start partitions from their
 /// beginning and restore their tables without the changes of committed input.
@@ -723,7 +816,6 @@ impl ConsumerContext for WorkerContext {
         self.shared.hand_over();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.shared.set_waiting(false);
                 self.shared.metrics.set_member_id(member_id(consumer));
                 self.shared.metrics.assignments.fetch_add(1, Ordering::Relaxed);
                 let restoring = match self.shared.assign(consumer, list, &HashMap::new()) {
@@ -746,6 +838,10 @@ impl ConsumerContext for WorkerContext {
                             .fail(format!("cannot pause partitions while restoring: {error}"));
                     }
                 }
+                self.shared.publish_held(member_id(consumer));
+                // Only now, with every assigned task in place (restoring or not): until here
+                // readiness and lookups see a rebalance.
+                self.shared.set_waiting(false);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 self.shared.set_waiting(true);
@@ -759,10 +855,12 @@ impl ConsumerContext for WorkerContext {
                 } else {
                     Release::Commit
                 };
+                self.shared.metrics.revocations.fetch_add(1, Ordering::Relaxed);
                 let _ = self.shared.revoke(Some(&partitions), release);
                 if let Err(error) = consumer.unassign() {
                     tracing::warn!("unassign failed: {error}");
                 }
+                self.shared.publish_held(member_id(consumer));
             }
             other => {
                 self.shared.set_waiting(true);
@@ -882,6 +980,7 @@ pub(crate) fn poll_loop(
     let mut quiet_since = std::time::Instant::now();
     let mut last_error = std::time::Instant::now() - Duration::from_secs(60);
     let mut membership_read = std::time::Instant::now();
+    let mut lag_read = std::time::Instant::now();
     let mut waiting_logged = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) && !shared.metrics.failed() {
         if let Some(since) = shared.waiting_since() {
@@ -930,6 +1029,10 @@ pub(crate) fn poll_loop(
         }
         shared.resume_restored(consumer);
         shared.update_unread(consumer);
+        if lag_read.elapsed() >= Duration::from_secs(1) {
+            lag_read = std::time::Instant::now();
+            shared.update_lag(consumer);
+        }
         if let Some(idle) = idle_exit {
             if taken > 0 || !shared.settled() {
                 quiet_since = std::time::Instant::now();

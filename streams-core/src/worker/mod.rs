@@ -64,6 +64,9 @@ pub struct WorkerOptions {
     /// an id made once and kept in the data directory (`{data_dir}/{app}/worker.id`), so that
     /// a worker restarted on its data directory fences what is left of its predecessor.
     pub worker_id: Option<String>,
+    /// The worker's web server (table lookups, metrics, topology, health): `None` for none
+    /// (the default here; the command line's workers have one on 127.0.0.1:6066).
+    pub web: Option<crate::web::WebOptions>,
 }
 
 impl WorkerOptions {
@@ -79,7 +82,20 @@ impl WorkerOptions {
             stop: None,
             guarantee: None,
             worker_id: None,
+            web: None,
         }
+    }
+
+    /// Runs a web server with the worker (see [`crate::web`]).
+    ///
+    /// ```
+    /// use streams_core::web::WebOptions;
+    /// let options = streams_core::WorkerOptions::new("/tmp/data").web(WebOptions::default().port(0));
+    /// assert_eq!(options.web.map(|w| w.port), Some(0));
+    /// ```
+    pub fn web(mut self, web: crate::web::WebOptions) -> Self {
+        self.web = Some(web);
+        self
     }
 
     /// Runs with this processing guarantee, whatever the app's.
@@ -140,6 +156,7 @@ pub struct WorkerHandle {
     done: tokio::sync::oneshot::Receiver<()>,
     finished: Arc<AtomicBool>,
     reporter: tokio::task::JoinHandle<()>,
+    web: Option<crate::web::WebServer>,
     _embedded: Option<EmbeddedBroker>,
 }
 
@@ -147,6 +164,17 @@ impl WorkerHandle {
     /// The worker's counters.
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.metrics)
+    }
+
+    /// The URL of the worker's web server (`None` without one): its advertised URL, e.g.
+    /// `http://127.0.0.1:6066`.
+    pub fn web_url(&self) -> Option<&str> {
+        self.web.as_ref().map(|web| web.url.as_str())
+    }
+
+    /// The address the web server listens on (with port 0, the port it was given).
+    pub fn web_addr(&self) -> Option<std::net::SocketAddr> {
+        self.web.as_ref().map(|web| web.local_addr)
     }
 
     /// Whether the worker is still running (it has not stopped, by request or by failure).
@@ -167,6 +195,9 @@ impl WorkerHandle {
     pub async fn wait(self) -> Result<Arc<Metrics>> {
         let _ = self.done.await;
         self.reporter.abort();
+        if let Some(web) = &self.web {
+            web.shutdown();
+        }
         match self.metrics.fatal() {
             Some(error) => Err(Error::Config(error)),
             None => Ok(self.metrics),
@@ -228,6 +259,11 @@ impl Worker {
                 .await
                 .map_err(|e| Error::Config(format!("locking the data directory: {e}")))??
         };
+        // The web server's port is taken first: a port in use fails the start at once.
+        let web_listener = match &options.web {
+            Some(web) => Some(crate::web::bind(web).await?),
+            None => None,
+        };
         let embedded = match (&options.embedded, &options.broker) {
             (Some(embedded), _) => Some(embedded.clone()),
             (None, Some(_)) => None,
@@ -256,7 +292,18 @@ impl Worker {
                 .map_err(|e| Error::Config(format!("startup failed: {e}")))??
         };
         let on_embedded = embedded.is_some() || cluster.is_embedded();
-        let plan = app.plan(&cluster.topics)?;
+        let mut plan = app.plan(&cluster.topics)?;
+        if web_listener.is_some() {
+            let name = crate::web::directory::topic_name(app.id());
+            plan.push(crate::spec::PlannedTopic {
+                exists: cluster.topics.contains_key(&name),
+                name,
+                partitions: 1,
+                compacted: true,
+            });
+        }
+        let partition_counts: std::collections::HashMap<String, i32> =
+            plan.iter().map(|t| (t.name.clone(), t.partitions)).collect();
         stopping()?;
         broker::create_topics(&plan, &config, embedded.as_ref()).await?;
         let names: Vec<String> = plan.iter().map(|t| t.name.clone()).collect();
@@ -317,13 +364,27 @@ impl Worker {
             Arc::clone(&sink),
             cuts_tx,
             Arc::clone(&metrics),
-            Restorer::new(&config)?,
+            Restorer::new(&config, Arc::clone(&metrics))?,
             app.commit_interval_value(),
             app.table_cache_bytes_value(),
             on_embedded,
             Arc::clone(&globals.stores),
             rounds.clone(),
         )?);
+        let web = match web_listener {
+            Some((listener, url)) => {
+                let directory =
+                    crate::web::directory::Directory::start(app.id(), &url, &config, Arc::clone(&side_sink))?;
+                *shared.directory.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&directory));
+                let state = web_state(&app, &url, &shared, &metrics, directory, partition_counts)?;
+                Some((crate::web::serve(listener, url, Arc::new(state.0))?, state.1))
+            }
+            None => None,
+        };
+        let (web, web_finished) = match web {
+            Some((server, finished)) => (Some(server), Some(finished)),
+            None => (None, None),
+        };
         let mut consumer_config = config.clone();
         consumer_config
             .set("group.id", app.id())
@@ -417,10 +478,12 @@ impl Worker {
             let idle = options.idle_exit;
             let sink = Arc::clone(&side_sink);
             let global_threads = globals.threads;
+            let web_finished = web_finished.clone();
             std::thread::Builder::new()
                 .name("consumer".into())
                 .spawn(move || {
                     consumer::poll_loop(&consumer, &shared, &stop, idle);
+                    let directory = shared.directory.lock().unwrap_or_else(|p| p.into_inner()).take();
                     // No new cuts: the committer ends once the last one is written.
                     if let Ok(mut cuts) = shared.cuts.lock() {
                         cuts.take();
@@ -433,6 +496,13 @@ impl Worker {
                     stop.store(true, Ordering::Relaxed);
                     for thread in global_threads {
                         let _ = thread.join();
+                    }
+                    // Out of the directory: lookups are no longer sent here.
+                    if let Some(directory) = directory {
+                        directory.withdraw();
+                    }
+                    if let Some(web_finished) = &web_finished {
+                        web_finished.store(true, Ordering::Relaxed);
                     }
                     if let Err(error) = sink.flush() {
                         tracing::warn!("records sent by timers were not acknowledged: {error}");
@@ -456,9 +526,56 @@ impl Worker {
             done,
             finished,
             reporter,
+            web,
             _embedded: embedded,
         })
     }
+}
+
+/// What the web server needs of the worker, and the flag that says it has stopped.
+fn web_state(
+    app: &App,
+    url: &str,
+    shared: &Arc<consumer::Shared>,
+    metrics: &Arc<Metrics>,
+    directory: Arc<crate::web::directory::Directory>,
+    partitions: std::collections::HashMap<String, i32>,
+) -> Result<(crate::web::WebState, Arc<AtomicBool>)> {
+    let tables = app
+        .tasks()
+        .into_iter()
+        .flat_map(|task| {
+            let source = task.sources.first().map(|s| s.name.to_string()).unwrap_or_default();
+            let count = partitions.get(&source).copied().unwrap_or(1);
+            let name = task.name.clone();
+            task.tables.into_iter().map(move |spec| crate::web::TableInfo {
+                spec,
+                task: name.clone(),
+                source: source.clone(),
+                partitions: count,
+            })
+        })
+        .collect();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .map_err(|e| Error::Config(format!("creating the web server's client: {e}")))?;
+    let finished = Arc::new(AtomicBool::new(false));
+    let state = crate::web::WebState {
+        app_id: app.id().to_string(),
+        url: url.to_string(),
+        tables,
+        local: Arc::new(consumer::WebView(Arc::downgrade(shared))),
+        metrics: Arc::clone(metrics),
+        directory,
+        client,
+        topology: app.topology(),
+        partitions,
+        rates: std::sync::Mutex::default(),
+        finished: Arc::clone(&finished),
+        started: std::time::Instant::now(),
+    };
+    Ok((state, finished))
 }
 
 /// The worker id kept in `app_dir` (made the first time: 16 hex digits from the clock and

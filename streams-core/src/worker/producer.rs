@@ -21,6 +21,28 @@ pub(crate) struct Deliveries {
     changelog_offsets: Mutex<HashMap<(String, i32), i64>>,
     failures: Mutex<Vec<String>>,
     metrics: Arc<Metrics>,
+    /// The worker's counters of records out (`streams_records_out`), by topic then
+    /// partition: found without allocating for each delivery.
+    out: Mutex<HashMap<String, Vec<Option<prometheus_client::metrics::counter::Counter>>>>,
+}
+
+impl Deliveries {
+    fn count_out(&self, topic: &str, partition: i32) {
+        let Ok(index) = usize::try_from(partition) else { return };
+        let Ok(mut out) = self.out.lock() else { return };
+        if !out.contains_key(topic) {
+            out.insert(topic.to_string(), Vec::new());
+        }
+        let Some(partitions) = out.get_mut(topic) else { return };
+        if partitions.len() <= index {
+            partitions.resize(index + 1, None);
+        }
+        let counter = partitions[index].get_or_insert_with(|| {
+            let labels = crate::metrics::TopicPartition::new(topic, partition);
+            self.metrics.families.records_out.get_or_create_owned(&labels)
+        });
+        counter.inc();
+    }
 }
 
 impl ClientContext for Deliveries {
@@ -36,6 +58,7 @@ impl ProducerContext for Deliveries {
     fn delivery(&self, result: &DeliveryResult<'_>, changelog: usize) {
         match result {
             Ok(message) => {
+                self.count_out(message.topic(), message.partition());
                 if changelog == 1 {
                     if let Ok(mut offsets) = self.changelog_offsets.lock() {
                         let slot = offsets
@@ -102,6 +125,7 @@ impl KafkaSink {
             changelog_offsets: Mutex::new(HashMap::new()),
             failures: Mutex::new(Vec::new()),
             metrics,
+            out: Mutex::new(HashMap::new()),
         };
         let producer = config
             .create_with_context(context)

@@ -241,10 +241,11 @@ impl Progress {
 /// Reads changelog partitions into stores. One per worker; not a member of any group.
 pub(crate) struct Restorer {
     consumer: BaseConsumer,
+    metrics: Arc<Metrics>,
 }
 
 impl Restorer {
-    pub(crate) fn new(config: &ClientConfig) -> Result<Self> {
+    pub(crate) fn new(config: &ClientConfig, metrics: Arc<Metrics>) -> Result<Self> {
         let mut config = config.clone();
         config
             .set("enable.auto.commit", "false")
@@ -255,7 +256,7 @@ impl Restorer {
         let consumer = config
             .create()
             .map_err(|e| Error::kafka("creating the restore consumer", e))?;
-        Ok(Self { consumer })
+        Ok(Self { consumer, metrics })
     }
 
     /// The partition's watermarks, retried until the broker answers; `None` when cancelled.
@@ -301,6 +302,10 @@ impl Restorer {
             return Ok(Restored::default());
         };
         let start = checkpoint.changelog_offset.map_or(low, |offset| (offset + 1).max(low));
+        let labels = crate::metrics::TopicPartition::new(topic, partition);
+        let remaining = self.metrics.families.restore_remaining.get_or_create_owned(&labels);
+        let restored_count = self.metrics.families.restored.get_or_create_owned(&labels);
+        remaining.set((high - start).max(0));
         if start >= high {
             tracing::debug!(
                 "{topic}[{partition}]: store is up to date (checkpoint {:?})",
@@ -330,6 +335,10 @@ impl Restorer {
                     last = message.offset();
                     last_progress = Instant::now();
                     progress.at((last - start + 1) as u64);
+                    restored_count.inc();
+                    if (last - start).trailing_zeros() >= 10 {
+                        remaining.set(high - 1 - last);
+                    }
                     let headers = message.headers();
                     let headers = headers
                         .into_iter()
@@ -357,6 +366,7 @@ impl Restorer {
         // the end of a partition is its last stable offset, and the records of a transaction
         // still open after it must be read by a later restore once it has ended.)
         let end = last;
+        remaining.set(if cancelled { high - 1 - end.max(start - 1) } else { 0 });
         let restored = apply.finish((end >= start).then_some(end))?;
         progress.done();
         self.consumer.unassign().map_err(|e| Error::kafka("restore", e))?;

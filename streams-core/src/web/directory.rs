@@ -1,0 +1,235 @@
+//! The app's directory of workers: which worker's web server holds which partitions, so
+//! that a lookup of a key held elsewhere is forwarded to its owner (Kafka Streams carries
+//! `application.server` in the group's member metadata; librdkafka's assignors carry no
+//! user data, so the workers say it in a topic of the app's own instead).
+//!
+//! The topic `{app}-workers` (compacted, one partition) holds one record per worker, keyed
+//! by its web URL: the source partitions it holds, written at every assignment and
+//! revocation, deleted when it stops. Every worker reads it from the beginning. A partition
+//! belongs to the worker whose latest record (by offset) names it: a worker that crashed
+//! holding it is superseded by the one the group gave it to next. A stale answer costs a
+//! 503 at worst: the worker a lookup is forwarded to answers only for partitions it holds.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message as _;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::task::sink::{OutRecord, Sink, SinkError};
+use crate::{Error, Result};
+
+/// The directory topic of app `app_id`.
+pub fn topic_name(app_id: &str) -> String {
+    format!("{app_id}-workers")
+}
+
+/// One worker's record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct Entry {
+    url: String,
+    member: Option<String>,
+    /// Source partitions held: (topic, partition).
+    partitions: Vec<(String, i32)>,
+}
+
+/// A worker's latest record: its offset, and the source partitions it holds.
+type Claim = (i64, Vec<(String, i32)>);
+
+/// A worker's view of the directory, and its way to write its own record.
+pub(crate) struct Directory {
+    topic: Arc<str>,
+    url: String,
+    sink: Arc<dyn Sink>,
+    /// By worker URL: the offset of its latest record and what it holds.
+    entries: Mutex<HashMap<String, Claim>>,
+    stop: AtomicBool,
+}
+
+impl Directory {
+    /// Starts reading the directory of `app_id` (a thread of its own) and returns it.
+    pub(crate) fn start(app_id: &str, url: &str, config: &ClientConfig, sink: Arc<dyn Sink>) -> Result<Arc<Self>> {
+        let topic = topic_name(app_id);
+        let mut config = config.clone();
+        config
+            .set("group.id", format!("{app_id}-directory-reader"))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", "100");
+        let consumer: BaseConsumer = config
+            .create()
+            .map_err(|e| Error::kafka("creating the directory reader", e))?;
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&topic, 0, Offset::Beginning)
+            .map_err(|e| Error::kafka("reading the directory", e))?;
+        consumer
+            .assign(&list)
+            .map_err(|e| Error::kafka("reading the directory", e))?;
+        let directory = Arc::new(Self {
+            topic: topic.into(),
+            url: url.to_string(),
+            sink,
+            entries: Mutex::new(HashMap::new()),
+            stop: AtomicBool::new(false),
+        });
+        let reader = Arc::downgrade(&directory);
+        std::thread::Builder::new()
+            .name("directory".into())
+            .spawn(move || read(&consumer, &reader))
+            .map_err(|e| Error::io("starting the directory reader", e))?;
+        Ok(directory)
+    }
+
+    /// Says which source partitions this worker holds now.
+    pub(crate) fn publish(&self, member: Option<String>, mut partitions: Vec<(String, i32)>) {
+        partitions.sort();
+        let entry = Entry {
+            url: self.url.clone(),
+            member,
+            partitions,
+        };
+        match serde_json::to_vec(&entry) {
+            Ok(value) => self.send(Some(value)),
+            Err(error) => tracing::warn!("directory: cannot encode this worker's record: {error}"),
+        }
+    }
+
+    /// Takes this worker out of the directory (it stops).
+    pub(crate) fn withdraw(&self) {
+        self.send(None);
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    fn send(&self, value: Option<Vec<u8>>) {
+        let record = OutRecord {
+            topic: Arc::clone(&self.topic),
+            partition: Some(0),
+            key: Some(self.url.clone().into_bytes()),
+            value,
+            headers: Vec::new(),
+            timestamp: None,
+            changelog: false,
+        };
+        match self.sink.enqueue(record) {
+            Ok(()) => {}
+            Err(SinkError::Full(_)) => tracing::warn!("directory: the producer's queue is full; record not written"),
+            Err(SinkError::Failed(error)) => tracing::warn!("directory: {error}"),
+        }
+    }
+
+    /// The web URL of the worker that holds `topic[partition]`, as far as the directory
+    /// says.
+    pub(crate) fn owner(&self, topic: &str, partition: i32) -> Option<String> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .iter()
+            .filter(|(_, (_, held))| held.iter().any(|(t, p)| t == topic && *p == partition))
+            .max_by_key(|(_, (offset, _))| *offset)
+            .map(|(url, _)| url.clone())
+    }
+
+    /// Every worker the directory knows, with the partitions it holds.
+    pub(crate) fn workers(&self) -> Vec<(String, Vec<(String, i32)>)> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut workers: Vec<_> = entries
+            .iter()
+            .map(|(url, (_, held))| (url.clone(), held.clone()))
+            .collect();
+        workers.sort();
+        workers
+    }
+
+    fn apply(&self, offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) {
+        let Some(url) = key.map(|k| String::from_utf8_lossy(k).into_owned()) else {
+            return;
+        };
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        match value {
+            None => {
+                entries.remove(&url);
+            }
+            Some(bytes) => match serde_json::from_slice::<Entry>(bytes) {
+                Ok(entry) => {
+                    entries.insert(url, (offset, entry.partitions));
+                }
+                Err(error) => tracing::warn!("directory: record at offset {offset} ignored: {error}"),
+            },
+        }
+    }
+}
+
+/// Reads the directory until it is dropped or withdrawn.
+fn read(consumer: &BaseConsumer, directory: &std::sync::Weak<Directory>) {
+    loop {
+        let message = consumer.poll(Duration::from_millis(200));
+        let Some(directory) = directory.upgrade() else { return };
+        if directory.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        match message {
+            Some(Ok(message)) => directory.apply(message.offset(), message.key(), message.payload()),
+            Some(Err(error)) => tracing::debug!("directory: {error}"),
+            None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nowhere;
+    impl Sink for Nowhere {
+        fn enqueue(&self, _: OutRecord) -> std::result::Result<(), SinkError> {
+            Ok(())
+        }
+        fn flush(&self) -> std::result::Result<(), String> {
+            Ok(())
+        }
+        fn changelog_offset(&self, _: &str, _: i32) -> Option<i64> {
+            None
+        }
+    }
+
+    fn directory() -> Directory {
+        Directory {
+            topic: "app-workers".into(),
+            url: "http://a".into(),
+            sink: Arc::new(Nowhere),
+            entries: Mutex::new(HashMap::new()),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    fn entry(url: &str, partitions: &[i32]) -> Vec<u8> {
+        let entry = Entry {
+            url: url.into(),
+            member: None,
+            partitions: partitions.iter().map(|p| ("hits".to_string(), *p)).collect(),
+        };
+        serde_json::to_vec(&entry).unwrap()
+    }
+
+    #[test]
+    fn the_latest_claim_of_a_partition_wins() {
+        let d = directory();
+        d.apply(0, Some(b"http://a"), Some(&entry("http://a", &[0, 1])));
+        assert_eq!(d.owner("hits", 1).as_deref(), Some("http://a"));
+        // A crashed without saying so; the group gave its partitions to B.
+        d.apply(1, Some(b"http://b"), Some(&entry("http://b", &[1])));
+        assert_eq!(d.owner("hits", 1).as_deref(), Some("http://b"));
+        assert_eq!(d.owner("hits", 0).as_deref(), Some("http://a"));
+        assert_eq!(d.owner("other", 0), None);
+        // B stops: its record is deleted.
+        d.apply(2, Some(b"http://b"), None);
+        assert_eq!(d.owner("hits", 1).as_deref(), Some("http://a"));
+        // A record that does not decode changes nothing.
+        d.apply(3, Some(b"http://a"), Some(b"not json"));
+        assert_eq!(d.owner("hits", 0).as_deref(), Some("http://a"));
+    }
+}
