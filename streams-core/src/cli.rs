@@ -567,7 +567,13 @@ async fn send(
             key.map(|k| k.as_bytes().to_vec())
         }
     };
-    let producer: FutureProducer = crate::broker::client_config(broker, config)
+    let mut client = crate::broker::client_config(broker, config);
+    // Keys go where the app's own producer puts them (Kafka's default partitioner, as the
+    // Java clients), unless told otherwise.
+    if !config.iter().any(|(key, _)| key == "partitioner") {
+        client.set("partitioner", "murmur2_random");
+    }
+    let producer: FutureProducer = client
         .create()
         .map_err(|e| crate::Error::kafka("creating a producer", e))?;
     let mut record = FutureRecord::to(topic).payload(value);
@@ -595,6 +601,10 @@ fn host_broker(app: App, port: u16, partitions: Option<i32>, runtime: &tokio::ru
         broker.create_topic(&topic.name, topic.partitions)?;
         created.push(format!("{} ({})", topic.name, topic.partitions));
     }
+    // The workers' directory (their web servers find each other there).
+    let directory = crate::web::directory::topic_name(app.id());
+    broker.create_topic(&directory, 1)?;
+    created.push(format!("{directory} (1)"));
     let listener = TcpListener::bind(("127.0.0.1", port))
         .map_err(|e| crate::Error::io(format!("cannot listen on 127.0.0.1:{port}"), e))?;
     println!("embedded broker listening on 127.0.0.1:{port}");

@@ -19,12 +19,23 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::app::App;
 use crate::{Error, Result};
 
+/// Where a reset sets the group's offsets on a source topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// An input topic: its earliest offsets.
+    Earliest,
+    /// A topic the app writes as well as reads: its end (the next run writes it anew).
+    End,
+    /// An internal topic, deleted and made again: 0.
+    Zero,
+}
+
 /// What a reset of the app does, worked out before it does anything.
 struct Plan {
     /// Internal topics that exist, to delete.
     delete: Vec<String>,
-    /// Input topics that exist, with their partition counts: offsets to their earliest.
-    inputs: Vec<(String, i32)>,
+    /// Source topics that exist, with their partition counts and where their offsets go.
+    offsets: Vec<(String, i32, Target)>,
     /// The local data directory of the app, if there is one.
     data_dir: Option<std::path::PathBuf>,
 }
@@ -70,19 +81,36 @@ pub(crate) async fn reset(
     internal.push(directory.clone());
     internal.sort();
     internal.dedup();
-    let mut inputs: Vec<(String, i32)> = app
-        .tasks()
+    let tasks = app.tasks();
+    let sent: Vec<&str> = tasks.iter().flat_map(|t| t.sends.iter().map(|s| &*s.name)).collect();
+    let mut offsets: Vec<(String, i32, Target)> = Vec::new();
+    let globals = app.global_tables();
+    for topic in tasks
         .iter()
         .flat_map(|task| task.sources.iter())
-        .chain(app.global_tables().iter().map(|g| &g.topic))
-        .filter(|t| !internal.iter().any(|i| *i == t.name))
-        .filter_map(|t| topics.get(&*t.name).map(|p| (t.name.to_string(), *p)))
-        .collect();
-    inputs.sort();
-    inputs.dedup();
+        .chain(globals.iter().map(|g| &g.topic))
+    {
+        let Some(&partitions) = topics.get(&*topic.name) else {
+            continue;
+        };
+        let target = if internal.iter().any(|i| *i == topic.name) {
+            // Deleted and made again: its offsets start at 0 (committed here too, for a
+            // broker that keeps a deleted topic's offsets).
+            Target::Zero
+        } else if sent.contains(&&*topic.name) {
+            // The app writes it too (an intermediate topic, not declared `.internal()`): the
+            // run after the reset writes it again, so what is there now is skipped.
+            Target::End
+        } else {
+            Target::Earliest
+        };
+        offsets.push((topic.name.to_string(), partitions, target));
+    }
+    offsets.sort_by(|a, b| a.0.cmp(&b.0));
+    offsets.dedup_by(|a, b| a.0 == b.0);
     let plan = Plan {
         delete: internal.into_iter().filter(|t| topics.contains_key(t)).collect(),
-        inputs,
+        offsets,
         data_dir: app_dir.exists().then(|| app_dir.clone()),
     };
     if topics.contains_key(&directory) {
@@ -98,8 +126,8 @@ pub(crate) async fn reset(
     // The offsets first: the group coordinator refuses them while the group has members,
     // before anything is deleted.
     {
-        let (config, app_id, inputs) = (config.clone(), app.id().to_string(), plan.inputs.clone());
-        tokio::task::spawn_blocking(move || reset_offsets(&config, &app_id, &inputs))
+        let (config, app_id, offsets) = (config.clone(), app.id().to_string(), plan.offsets.clone());
+        tokio::task::spawn_blocking(move || reset_offsets(&config, &app_id, &offsets))
             .await
             .map_err(|e| Error::Config(format!("resetting offsets: {e}")))??;
     }
@@ -195,8 +223,12 @@ fn listed_workers(config: &rdkafka::ClientConfig, topic: &str) -> Result<Vec<Str
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(message)) => {
                 if let Some(key) = message.key() {
-                    let url = String::from_utf8_lossy(key).into_owned();
-                    urls.insert(url, message.payload().is_some());
+                    // Keyed by worker; the value names its URL (none: it stopped).
+                    let url = message.payload().and_then(|value| {
+                        let entry: serde_json::Value = serde_json::from_slice(value).ok()?;
+                        entry.get("url")?.as_str().map(str::to_string)
+                    });
+                    urls.insert(key.to_vec(), url);
                 }
                 if message.offset() + 1 >= high {
                     break;
@@ -206,7 +238,10 @@ fn listed_workers(config: &rdkafka::ClientConfig, topic: &str) -> Result<Vec<Str
             None => {}
         }
     }
-    Ok(urls.into_iter().filter(|(_, live)| *live).map(|(url, _)| url).collect())
+    let mut live: Vec<String> = urls.into_values().flatten().collect();
+    live.sort();
+    live.dedup();
+    Ok(live)
 }
 
 fn print_plan(app: &App, broker: &str, plan: &Plan) {
@@ -216,18 +251,28 @@ fn print_plan(app: &App, broker: &str, plan: &Plan) {
     } else {
         println!("  delete internal topics: {}", plan.delete.join(", "));
     }
-    if plan.inputs.is_empty() {
+    let named = |target: Target| -> Vec<String> {
+        plan.offsets
+            .iter()
+            .filter(|(_, _, t)| *t == target)
+            .map(|(topic, partitions, _)| format!("{topic} ({partitions} partitions)"))
+            .collect()
+    };
+    let (earliest, end) = (named(Target::Earliest), named(Target::End));
+    if earliest.is_empty() {
         println!("  no input topics");
     } else {
-        let inputs: Vec<String> = plan
-            .inputs
-            .iter()
-            .map(|(t, p)| format!("{t} ({p} partitions)"))
-            .collect();
         println!(
             "  set group `{}`'s offsets to the earliest on: {}",
             app.id(),
-            inputs.join(", ")
+            earliest.join(", ")
+        );
+    }
+    if !end.is_empty() {
+        println!(
+            "  set group `{}`'s offsets to the end on the topics it also writes: {}",
+            app.id(),
+            end.join(", ")
         );
     }
     match &plan.data_dir {
@@ -236,9 +281,9 @@ fn print_plan(app: &App, broker: &str, plan: &Plan) {
     }
 }
 
-/// Commits each input partition's earliest offset for the group, as a client outside it.
-fn reset_offsets(config: &rdkafka::ClientConfig, group: &str, inputs: &[(String, i32)]) -> Result<()> {
-    if inputs.is_empty() {
+/// Commits, as a client outside the group, the offsets `offsets` say for each partition.
+fn reset_offsets(config: &rdkafka::ClientConfig, group: &str, offsets: &[(String, i32, Target)]) -> Result<()> {
+    if offsets.is_empty() {
         return Ok(());
     }
     let consumer: BaseConsumer = config
@@ -248,12 +293,22 @@ fn reset_offsets(config: &rdkafka::ClientConfig, group: &str, inputs: &[(String,
         .create()
         .map_err(|e| Error::kafka("creating a consumer", e))?;
     let mut list = TopicPartitionList::new();
-    for (topic, partitions) in inputs {
+    for (topic, partitions, target) in offsets {
         for partition in 0..*partitions {
-            let (low, _) = consumer
-                .fetch_watermarks(topic, partition, Duration::from_secs(10))
-                .map_err(|e| Error::kafka(format!("reading the earliest offset of {topic}[{partition}]"), e))?;
-            list.add_partition_offset(topic, partition, Offset::Offset(low))
+            let offset = match target {
+                Target::Zero => 0,
+                Target::Earliest | Target::End => {
+                    let (low, high) = consumer
+                        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+                        .map_err(|e| Error::kafka(format!("reading the offsets of {topic}[{partition}]"), e))?;
+                    if *target == Target::End {
+                        high
+                    } else {
+                        low
+                    }
+                }
+            };
+            list.add_partition_offset(topic, partition, Offset::Offset(offset))
                 .map_err(|e| Error::kafka("resetting offsets", e))?;
         }
     }
@@ -262,8 +317,13 @@ fn reset_offsets(config: &rdkafka::ClientConfig, group: &str, inputs: &[(String,
             "the group `{group}` refused the offset reset ({e}): are workers of the app still running? stop them first"
         ))
     })?;
-    for (topic, partitions) in inputs {
-        println!("  offsets of {topic} ({partitions} partitions) set to the earliest");
+    for (topic, partitions, target) in offsets {
+        let to = match target {
+            Target::Earliest => "the earliest",
+            Target::End => "the end",
+            Target::Zero => "0 (the topic is made anew)",
+        };
+        println!("  offsets of {topic} ({partitions} partitions) set to {to}");
     }
     Ok(())
 }

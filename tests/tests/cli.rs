@@ -748,3 +748,77 @@ fn a_config_file_configures_the_clients() {
     assert_eq!(tail.wait(Duration::from_secs(30)), Some(1));
     assert!(tail.seen.join("\n").contains("no broker"), "{:?}", tail.seen);
 }
+
+/// `worker` runs its web server on the port asked (`--web-port`), on loopback; a port in use
+/// stops a second worker's start with a message naming it; `--no-web` runs none.
+#[test]
+fn the_worker_serves_its_web_pages_where_asked() {
+    let broker = broker();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf8");
+    let port = free_port();
+    let port_text = port.to_string();
+    let worker_args = |data: &str, extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "worker",
+            "-l",
+            "info",
+            "--broker",
+            broker.bootstrap_servers(),
+            "--data-dir",
+            data,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let args = worker_args(data, &["--web-port", &port_text]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut worker = Child::spawn(&hit_counter(), &args);
+    worker.wait_for_line(
+        &format!("web server on http://127.0.0.1:{port}"),
+        Duration::from_secs(60),
+    );
+    streams_tests::wait_until("the worker is ready", Duration::from_secs(60), || {
+        streams_tests::http_get(port, "/ready").0 == 200
+    });
+    let (status, body) = streams_tests::http_get(port, "/health");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""app":"hit_counter""#), "{body}");
+    produce(broker.bootstrap_servers(), "hit_count", &unkeyed(&seed::hits(5, 300)));
+    let expected = seed::expected_counts(&seed::hits(5, 300));
+    let (user, count) = expected.iter().next().expect("a user");
+    streams_tests::wait_until("the lookup answers the count", Duration::from_secs(60), || {
+        streams_tests::http_get(port, &format!("/tables/major-count/{user}")) == (200, count.to_string())
+    });
+
+    // The same port for a second worker: it stops, saying why and what to do.
+    let other = tempfile::tempdir().expect("tempdir");
+    let args = worker_args(other.path().to_str().expect("utf8"), &["--web-port", &port_text]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut second = Child::spawn(&hit_counter(), &args);
+    assert_eq!(second.wait(Duration::from_secs(30)), Some(1));
+    let output = second.seen.join("\n");
+    assert!(
+        output.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{output}"
+    );
+    assert!(output.contains("--no-web"), "{output}");
+    worker.terminate();
+    assert_eq!(worker.wait(Duration::from_secs(60)), Some(0));
+
+    // --no-web: nothing listens.
+    let args = worker_args(data, &["--no-web", "--web-port", &port_text, "--idle-exit", "2"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut quiet = Child::spawn(&hit_counter(), &args);
+    quiet.wait_for_line("worker of hit_counter started", Duration::from_secs(60));
+    assert_eq!(
+        streams_tests::http_get(port, "/health").0,
+        0,
+        "something listens on {port}"
+    );
+    assert_eq!(quiet.wait(Duration::from_secs(60)), Some(0));
+    assert!(!quiet.seen.join("\n").contains("web server on"));
+}

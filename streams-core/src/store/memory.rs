@@ -78,6 +78,20 @@ impl StateStore for MemoryStore {
         Ok(())
     }
 
+    fn scan(&self, from: &[u8], to: Option<&[u8]>, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
+        let state = self.state();
+        let upper = match to {
+            Some(to) => std::ops::Bound::Excluded(to),
+            None => std::ops::Bound::Unbounded,
+        };
+        for (key, value) in state.0.range::<[u8], _>((std::ops::Bound::Included(from), upper)) {
+            if !visit(key, value) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn range(&self, from: &[u8], to: &[u8], visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<()> {
         if from >= to {
             return Ok(());

@@ -80,6 +80,16 @@ pub trait StateStore: Send + Sync + 'static {
     fn clear(&self) -> Result<()>;
     /// Calls `visit` with every key and value.
     fn for_each(&self, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<()>;
+    /// Calls `visit` with every key from `from` up to `to` (excluded; `None`: to the end),
+    /// in bytewise order, with its value, until `visit` returns `false`.
+    fn scan(&self, from: &[u8], to: Option<&[u8]>, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
+        let mut going = true;
+        self.for_each(&mut |key, value| {
+            if going && key >= from && to.is_none_or(|to| key < to) {
+                going = visit(key, value);
+            }
+        })
+    }
     /// Calls `visit` with every key in `from..to` (bytewise order) and its value, in order.
     fn range(&self, from: &[u8], to: &[u8], visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<()> {
         self.for_each(&mut |key, value| {

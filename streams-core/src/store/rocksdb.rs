@@ -206,6 +206,21 @@ impl StateStore for RocksDbStore {
         Ok(())
     }
 
+    fn scan(&self, from: &[u8], to: Option<&[u8]>, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
+        let mut options = ReadOptions::default();
+        if let Some(to) = to {
+            options.set_iterate_upper_bound(to.to_vec());
+        }
+        let start = IteratorMode::From(from, rocksdb::Direction::Forward);
+        for item in self.db.iterator_opt(start, options) {
+            let (key, value) = item.map_err(|e| store_error(&self.path, e))?;
+            if !visit(&key, &value) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn range(&self, from: &[u8], to: &[u8], visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<()> {
         let mut options = ReadOptions::default();
         options.set_iterate_upper_bound(to.to_vec());

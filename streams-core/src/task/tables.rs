@@ -300,9 +300,11 @@ impl TaskContext {
     }
 
     /// The entries of table `index` with keys from `from` up to `to` (excluded; `None`:
-    /// to the end) that `keep` accepts, as they are now, in key order, at most `limit`.
-    /// Blocks on the store: call off the async executor. The cache is copied first (the
-    /// task goes on meanwhile), then the store is read and the copy laid over it.
+    /// to the end) that `keep` accepts, as they are now, in key order, at most `limit`, and
+    /// whether there were more. Blocks on the store: call off the async executor. The cache
+    /// is copied first (the task goes on meanwhile), then the store is read in order, as far
+    /// as the first `limit` entries need, and the copy laid over it. Stops early (with what
+    /// it found) once the partition is revoked, so that its store can close.
     pub(crate) fn scan(
         &self,
         index: usize,
@@ -311,11 +313,12 @@ impl TaskContext {
         keep: &dyn Fn(&[u8]) -> bool,
         limit: usize,
     ) -> Result<Scanned> {
+        use std::collections::BTreeMap;
         let within = |key: &[u8]| key >= from && to.is_none_or(|to| key < to) && keep(key);
         let (store, cached) = {
             let mut tables = self.tables();
             let state = self.table_at_mut(&mut tables, index)?;
-            let cached: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> = state
+            let cached: BTreeMap<Vec<u8>, Option<Vec<u8>>> = state
                 .cache
                 .iter()
                 .filter(|(key, _)| within(key))
@@ -323,30 +326,27 @@ impl TaskContext {
                 .collect();
             (Arc::clone(&state.store), cached)
         };
-        let mut found: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = std::collections::BTreeMap::new();
-        let mut more = false;
-        let mut add = |key: &[u8], value: &[u8]| {
-            found.insert(key.to_vec(), value.to_vec());
-            if found.len() > limit {
-                found.pop_last();
-                more = true;
+        // The first `limit` entries of the whole are among the first `limit` of the store's
+        // entries the cache does not replace, and the cache's: one more tells whether more.
+        let mut found: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut from_store = 0usize;
+        store.scan(from, to, &mut |key, value| {
+            if self.finishing.load(Ordering::Relaxed) {
+                return false;
             }
-        };
-        let mut visit = |key: &[u8], value: &[u8]| {
-            if !cached.contains_key(key) && within(key) {
-                add(key, value);
+            if !cached.contains_key(key) && keep(key) {
+                from_store += 1;
+                found.insert(key.to_vec(), value.to_vec());
             }
-        };
-        match to {
-            Some(to) => store.range(from, to, &mut visit)?,
-            None => store.for_each(&mut visit)?,
-        }
-        for (key, value) in &cached {
+            from_store <= limit
+        })?;
+        for (key, value) in cached {
             if let Some(value) = value {
-                add(key, value);
+                found.insert(key, value);
             }
         }
-        Ok((found.into_iter().collect(), more))
+        let more = found.len() > limit;
+        Ok((found.into_iter().take(limit).collect(), more))
     }
 }
 

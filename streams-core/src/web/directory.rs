@@ -4,8 +4,9 @@
 //! user data, so the workers say it in a topic of the app's own instead).
 //!
 //! The topic `{app}-workers` (compacted, one partition) holds one record per worker, keyed
-//! by its web URL: the source partitions it holds, written at every assignment and
-//! revocation, deleted when it stops. Every worker reads it from the beginning. A partition
+//! by its web URL and an id made at its start: its URL and the source partitions it holds,
+//! written when it starts, at every assignment and revocation and every 30 s, deleted when it
+//! stops. Every worker reads it from the beginning. A partition
 //! belongs to the worker whose latest record (by offset) names it: a worker that crashed
 //! holding it is superseded by the one the group gave it to next. A stale answer costs a
 //! 503 at worst: the worker a lookup is forwarded to answers only for partitions it holds.
@@ -38,17 +39,21 @@ struct Entry {
     partitions: Vec<(String, i32)>,
 }
 
-/// A worker's latest record: its offset, and the source partitions it holds.
-type Claim = (i64, Vec<(String, i32)>);
+/// A worker's latest record: its offset, its URL and the source partitions it holds.
+type Claim = (i64, String, Vec<(String, i32)>);
 
 /// A worker's view of the directory, and its way to write its own record.
 pub(crate) struct Directory {
     topic: Arc<str>,
     url: String,
+    /// This worker's key in the directory: its URL and an id of this start (two workers
+    /// given the same URL by mistake do not delete each other's records).
+    key: Vec<u8>,
     sink: Arc<dyn Sink>,
     /// By worker URL: the offset of its latest record and what it holds.
-    entries: Mutex<HashMap<String, Claim>>,
+    entries: Mutex<HashMap<Vec<u8>, Claim>>,
     stop: AtomicBool,
+    reader: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Directory {
@@ -70,18 +75,25 @@ impl Directory {
         consumer
             .assign(&list)
             .map_err(|e| Error::kafka("reading the directory", e))?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let instance = (nanos as u64) ^ (u64::from(std::process::id()) << 32);
         let directory = Arc::new(Self {
             topic: topic.into(),
             url: url.to_string(),
+            key: format!("{url} {instance:016x}").into_bytes(),
             sink,
             entries: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),
+            reader: Mutex::new(None),
         });
         let reader = Arc::downgrade(&directory);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("directory".into())
             .spawn(move || read(&consumer, &reader))
             .map_err(|e| Error::io("starting the directory reader", e))?;
+        *directory.reader.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
         Ok(directory)
     }
 
@@ -99,17 +111,21 @@ impl Directory {
         }
     }
 
-    /// Takes this worker out of the directory (it stops).
+    /// Takes this worker out of the directory (it stops), and stops reading it.
     pub(crate) fn withdraw(&self) {
         self.send(None);
         self.stop.store(true, Ordering::Relaxed);
+        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(reader) = reader {
+            let _ = reader.join();
+        }
     }
 
     fn send(&self, value: Option<Vec<u8>>) {
         let record = OutRecord {
             topic: Arc::clone(&self.topic),
             partition: Some(0),
-            key: Some(self.url.clone().into_bytes()),
+            key: Some(self.key.clone()),
             value,
             headers: Vec::new(),
             timestamp: None,
@@ -127,35 +143,35 @@ impl Directory {
     pub(crate) fn owner(&self, topic: &str, partition: i32) -> Option<String> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries
-            .iter()
-            .filter(|(_, (_, held))| held.iter().any(|(t, p)| t == topic && *p == partition))
-            .max_by_key(|(_, (offset, _))| *offset)
-            .map(|(url, _)| url.clone())
+            .values()
+            .filter(|(_, _, held)| held.iter().any(|(t, p)| t == topic && *p == partition))
+            .max_by_key(|(offset, _, _)| *offset)
+            .map(|(_, url, _)| url.clone())
     }
 
     /// Every worker the directory knows, with the partitions it holds.
     pub(crate) fn workers(&self) -> Vec<(String, Vec<(String, i32)>)> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let mut workers: Vec<_> = entries
-            .iter()
-            .map(|(url, (_, held))| (url.clone(), held.clone()))
+            .values()
+            .map(|(_, url, held)| (url.clone(), held.clone()))
             .collect();
         workers.sort();
         workers
     }
 
     fn apply(&self, offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) {
-        let Some(url) = key.map(|k| String::from_utf8_lossy(k).into_owned()) else {
+        let Some(key) = key.map(<[u8]>::to_vec) else {
             return;
         };
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         match value {
             None => {
-                entries.remove(&url);
+                entries.remove(&key);
             }
             Some(bytes) => match serde_json::from_slice::<Entry>(bytes) {
                 Ok(entry) => {
-                    entries.insert(url, (offset, entry.partitions));
+                    entries.insert(key, (offset, entry.url, entry.partitions));
                 }
                 Err(error) => tracing::warn!("directory: record at offset {offset} ignored: {error}"),
             },
@@ -200,9 +216,11 @@ mod tests {
         Directory {
             topic: "app-workers".into(),
             url: "http://a".into(),
+            key: b"http://a 1".to_vec(),
             sink: Arc::new(Nowhere),
             entries: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),
+            reader: Mutex::new(None),
         }
     }
 
@@ -231,5 +249,11 @@ mod tests {
         // A record that does not decode changes nothing.
         d.apply(3, Some(b"http://a"), Some(b"not json"));
         assert_eq!(d.owner("hits", 0).as_deref(), Some("http://a"));
+        // Two workers given one URL by mistake keep their own records.
+        d.apply(4, Some(b"http://c 1"), Some(&entry("http://c", &[5])));
+        d.apply(5, Some(b"http://c 2"), Some(&entry("http://c", &[6])));
+        d.apply(6, Some(b"http://c 1"), None);
+        assert_eq!(d.owner("hits", 6).as_deref(), Some("http://c"));
+        assert_eq!(d.owner("hits", 5), None);
     }
 }

@@ -124,6 +124,15 @@ pub(super) async fn get(
     let partition = crate::partitioner::kafka_partition(&native, info.partitions);
     match state.local.held(&name, partition) {
         Held::Here(ctx, index) => {
+            // A worker whose partitions the group gave away without it knowing yet (its
+            // session expired) still holds them: the new owner's claim says otherwise.
+            if let Some(owner) = state.directory.owner(&info.source, partition) {
+                if owner != state.url {
+                    return unavailable(format!(
+                        "partition {partition} of table `{name}` now belongs to {owner}; ask again shortly"
+                    ));
+                }
+            }
             let (windowed, from, to) = (info.spec.windowed, params.from, params.to);
             let read = tokio::task::spawn_blocking(move || {
                 if windowed {
@@ -197,6 +206,10 @@ fn windows(
     to: Option<i64>,
 ) -> Result<Option<serde_json::Value>, String> {
     use crate::window::{split_window_key, window_key, Window};
+    // Windows start at or after the epoch.
+    if to.is_some_and(|to| to < 0) {
+        return Ok(None);
+    }
     let low = window_key(key, Window::new(from.unwrap_or(0).max(0), 0));
     let high = match to.and_then(|to| to.checked_add(1)) {
         Some(after) => window_key(key, Window::new(after, 0)),

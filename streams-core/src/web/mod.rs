@@ -179,6 +179,12 @@ pub(crate) async fn bind(options: &WebOptions) -> Result<(tokio::net::TcpListene
         None if local.ip().is_unspecified() => format!("http://{}:{}", host_name(), local.port()),
         None => format!("http://{local}"),
     };
+    if local.ip().is_loopback() && options.advertised.is_none() {
+        tracing::info!(
+            "the web server listens on loopback ({local}): workers on other machines cannot forward lookups \
+             here; give --web-bind 0.0.0.0 (or --web-advertise URL) when the app runs on several machines"
+        );
+    }
     Ok((listener, url))
 }
 

@@ -33,6 +33,8 @@ use crate::task::TaskContext;
 use crate::worker::restore::{self, RestoreJob, RestoreProgress, Restorer};
 use crate::{Error, Result};
 
+/// How often a worker tells the directory again what it holds.
+const DIRECTORY_REFRESH: Duration = Duration::from_secs(30);
 /// How often a worker waiting for its group says so.
 const WAITING_LOG_EVERY: Duration = Duration::from_secs(4);
 /// Batches buffered per partition between the poll thread and the agent.
@@ -100,12 +102,19 @@ pub(crate) struct Shared {
     globals: crate::task::Globals,
     /// Exactly-once: the worker's rounds of cuts (`None` at-least-once).
     pub rounds: Option<Arc<crate::task::round::Rounds>>,
-    /// Each table's task (by index).
-    table_tasks: HashMap<&'static str, usize>,
+    /// Each table's task (by index) and its index among the task's tables.
+    table_tasks: HashMap<&'static str, (usize, usize)>,
     /// Where the worker says which partitions it holds (with a web server).
     pub directory: Mutex<Option<Arc<crate::web::directory::Directory>>>,
     /// The partitions whose lag was last published (`streams_consumer_lag`).
     lag_published: Mutex<Vec<crate::metrics::TopicPartition>>,
+    /// What the web server sees of `running`: each task held here, with its context once
+    /// restored (`None` while restoring). Its own lock, never held while waiting: the poll
+    /// thread keeps `running` locked while it waits for a task's queue, and lookups must
+    /// not wait for that.
+    held: Mutex<HashMap<TaskKey, Option<Arc<TaskContext>>>>,
+    /// When the directory was last told what this worker holds.
+    published: Mutex<std::time::Instant>,
 }
 
 impl Shared {
@@ -132,8 +141,8 @@ impl Shared {
             for (source, topic) in task.sources.iter().enumerate() {
                 by_topic.insert(topic.name.to_string(), (index, source));
             }
-            for table in &task.tables {
-                table_tasks.insert(table.name, index);
+            for (position, table) in task.tables.iter().enumerate() {
+                table_tasks.insert(table.name, (index, position));
             }
         }
         Ok(Self {
@@ -157,7 +166,13 @@ impl Shared {
             table_tasks,
             directory: Mutex::new(None),
             lag_published: Mutex::new(Vec::new()),
+            held: Mutex::new(HashMap::new()),
+            published: Mutex::new(std::time::Instant::now()),
         })
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<TaskKey, Option<Arc<TaskContext>>>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The source partitions of every task held here (restored or not).
@@ -173,6 +188,16 @@ impl Shared {
         let directory = self.directory.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(directory) = directory {
             directory.publish(member, self.held_sources());
+            *self.published.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+        }
+    }
+
+    /// Tells the directory again what this worker holds, every 30 s (a record lost on its
+    /// way, or compacted under a reader that started late, is made good so).
+    fn republish_held(&self, consumer: &BaseConsumer<WorkerContext>) {
+        let due = self.published.lock().unwrap_or_else(|p| p.into_inner()).elapsed() >= DIRECTORY_REFRESH;
+        if due && self.waiting_since().is_none() {
+            self.publish_held(member_id(consumer));
         }
     }
 
@@ -428,6 +453,8 @@ impl Shared {
                     None
                 }
             };
+            let serving = restoring_progress.is_none().then(|| Arc::clone(&ctx));
+            self.held().insert((index, partition), serving);
             self.running().insert(
                 (index, partition),
                 Running {
@@ -447,7 +474,8 @@ impl Shared {
     /// restore that failed stops the worker. Called by the poll thread.
     fn resume_restored(&self, consumer: &BaseConsumer<WorkerContext>) {
         let mut running = self.running();
-        for ((_, partition), task) in running.iter_mut() {
+        for ((index, partition), task) in running.iter_mut() {
+            let index = *index;
             let Some(outcome) = task.restoring.as_ref().and_then(|(progress, _)| progress.outcome()) else {
                 continue;
             };
@@ -461,6 +489,7 @@ impl Shared {
             let Some((_, mut parked)) = task.restoring.take() else {
                 continue;
             };
+            self.held().insert((index, *partition), Some(Arc::clone(&task.ctx)));
             for (n, (topic, source)) in task.sources.iter().enumerate() {
                 let Some(start) = starts.offsets.iter().find(|(t, _)| t == topic).map(|(_, s)| *s) else {
                     continue;
@@ -627,6 +656,9 @@ impl Shared {
             }
             for key in selected {
                 let Some(task) = running.remove(&key) else { continue };
+                self.held().remove(&key);
+                // A lookup's scan of its stores stops: they close with the task.
+                task.ctx.finishing.store(true, Ordering::Relaxed);
                 let label = format!("{}[{}]", task.ctx.name, key.1);
                 match &task.restoring {
                     // Revoked while restoring: wait until the restore lets go of the stores
@@ -699,17 +731,14 @@ impl crate::web::Local for WebView {
         let Some(shared) = self.0.upgrade() else {
             return Held::NotHere;
         };
-        let Some(&task) = shared.table_tasks.get(table) else {
+        let Some(&(task, index)) = shared.table_tasks.get(table) else {
             return Held::NotHere;
         };
-        let running = shared.running();
-        match running.get(&(task, partition)) {
+        let held = shared.held();
+        match held.get(&(task, partition)) {
             None => Held::NotHere,
-            Some(held) if held.restoring.is_some() => Held::Restoring,
-            Some(held) => match held.ctx.table_index(table) {
-                Some(index) => Held::Here(Arc::clone(&held.ctx), index),
-                None => Held::NotHere,
-            },
+            Some(None) => Held::Restoring,
+            Some(Some(ctx)) => Held::Here(Arc::clone(ctx), index),
         }
     }
 
@@ -718,13 +747,9 @@ impl crate::web::Local for WebView {
     }
 
     fn restoring(&self) -> usize {
-        self.0.upgrade().map_or(0, |shared| {
-            shared
-                .running()
-                .values()
-                .filter(|task| task.restoring.is_some())
-                .count()
-        })
+        self.0
+            .upgrade()
+            .map_or(0, |shared| shared.held().values().filter(|ctx| ctx.is_none()).count())
     }
 }
 
@@ -1032,6 +1057,7 @@ pub(crate) fn poll_loop(
         if lag_read.elapsed() >= Duration::from_secs(1) {
             lag_read = std::time::Instant::now();
             shared.update_lag(consumer);
+            shared.republish_held(consumer);
         }
         if let Some(idle) = idle_exit {
             if taken > 0 || !shared.settled() {

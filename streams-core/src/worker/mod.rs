@@ -295,12 +295,17 @@ impl Worker {
         let mut plan = app.plan(&cluster.topics)?;
         if web_listener.is_some() {
             let name = crate::web::directory::topic_name(app.id());
-            plan.push(crate::spec::PlannedTopic {
-                exists: cluster.topics.contains_key(&name),
-                name,
-                partitions: 1,
-                compacted: true,
-            });
+            let exists = cluster.topics.contains_key(&name);
+            // The embedded broker of another process takes no CreateTopics; it creates a
+            // topic when the directory's producer first asks for it.
+            if exists || embedded.is_some() || !cluster.is_embedded() {
+                plan.push(crate::spec::PlannedTopic {
+                    exists,
+                    name,
+                    partitions: 1,
+                    compacted: true,
+                });
+            }
         }
         let partition_counts: std::collections::HashMap<String, i32> =
             plan.iter().map(|t| (t.name.clone(), t.partitions)).collect();
@@ -375,6 +380,8 @@ impl Worker {
             Some((listener, url)) => {
                 let directory =
                     crate::web::directory::Directory::start(app.id(), &url, &config, Arc::clone(&side_sink))?;
+                // Listed from its start, holding nothing yet (`reset` asks every listed worker).
+                directory.publish(None, Vec::new());
                 *shared.directory.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&directory));
                 let state = web_state(&app, &url, &shared, &metrics, directory, partition_counts)?;
                 Some((crate::web::serve(listener, url, Arc::new(state.0))?, state.1))

@@ -23,8 +23,12 @@ pub(crate) struct Deliveries {
     metrics: Arc<Metrics>,
     /// The worker's counters of records out (`streams_records_out`), by topic then
     /// partition: found without allocating for each delivery.
-    out: Mutex<HashMap<String, Vec<Option<prometheus_client::metrics::counter::Counter>>>>,
+    out: Mutex<RecordsOut>,
 }
+
+/// Counters of records out by topic, then partition.
+type RecordsOut =
+    HashMap<String, Vec<Option<prometheus_client::metrics::counter::Counter>>, foldhash::fast::RandomState>;
 
 impl Deliveries {
     fn count_out(&self, topic: &str, partition: i32) {
@@ -125,7 +129,7 @@ impl KafkaSink {
             changelog_offsets: Mutex::new(HashMap::new()),
             failures: Mutex::new(Vec::new()),
             metrics,
-            out: Mutex::new(HashMap::new()),
+            out: Mutex::new(HashMap::default()),
         };
         let producer = config
             .create_with_context(context)

@@ -124,6 +124,25 @@ fn restore(job: RestoreJob, restorer: &Restorer, metrics: &Metrics) -> std::resu
         };
         committed.push((topic.clone(), offset));
     }
+    // A store whose checkpoint is past its changelog's end holds changes the changelog does
+    // not: the changelog was made anew (`reset` deletes it). Neither its entries nor the
+    // source positions it keeps can be trusted; Kafka Streams wipes such a store too.
+    for (store, changelog) in &job.tables {
+        let Some(offset) = store.checkpoint().map_err(failed)?.changelog_offset else {
+            continue;
+        };
+        let Some((_, high)) = restorer.watermarks(changelog, job.partition, job.progress.is_cancelled()) else {
+            return Err("revoked during its restore".into());
+        };
+        if offset >= high {
+            tracing::warn!(
+                "{changelog}[{}]: the store's checkpoint (offset {offset}) is past the changelog's end ({high}): \
+                 the changelog was made anew; restoring the store from scratch",
+                job.partition
+            );
+            store.clear().map_err(failed)?;
+        }
+    }
     let reader = KafkaReader {
         restorer,
         cancel: job.progress.is_cancelled(),
@@ -366,7 +385,12 @@ impl Restorer {
         // the end of a partition is its last stable offset, and the records of a transaction
         // still open after it must be read by a later restore once it has ended.)
         let end = last;
-        remaining.set(if cancelled { high - 1 - end.max(start - 1) } else { 0 });
+        if cancelled {
+            // The partition went elsewhere: this worker restores nothing of it any more.
+            self.metrics.families.restore_remaining.remove(&labels);
+        } else {
+            remaining.set(0);
+        }
         let restored = apply.finish((end >= start).then_some(end))?;
         progress.done();
         self.consumer.unassign().map_err(|e| Error::kafka("restore", e))?;
