@@ -613,3 +613,83 @@ async fn the_topology_page_draws_the_app_with_live_rates_in_a_browser() {
     assert!(drawn.contains("/s"), "no rates on the edges: {drawn}");
     worker.stop().await.expect("stops");
 }
+
+/// A windowed table answers a key's windows, `?from=` and `?to=` choosing them by start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_windowed_table_answers_a_keys_windows() {
+    use streams_tests::hits_per_window;
+    let broker = EmbeddedBroker::start().expect("broker");
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let dir = tempfile::tempdir().expect("dir");
+    let options = worker_options(dir.path(), &broker).web(WebOptions::default().port(0));
+    let worker = Worker::start(hits_per_window::app(), options)
+        .await
+        .expect("worker starts");
+    let metrics = worker.metrics();
+    tokio::task::spawn_blocking(move || {
+        wait_until("the worker holds its partitions", Duration::from_secs(120), || {
+            metrics.assigned.load(Ordering::Relaxed) == 16
+        })
+    })
+    .await
+    .expect("wait");
+    // Minute [0, 60 s): 3 records, 12 hits; minute [60 s, 120 s): 1 record, 4 hits. Stream
+    // time ends at 65 s: both are still open (grace 10 s).
+    let hits: Vec<serde_json::Value> = [(10.0, 5), (20.0, 4), (30.0, 3), (65.0, 4)]
+        .iter()
+        .map(|(at, hits)| serde_json::json!({"hits": hits, "timestamp": at, "userId": "u"}))
+        .collect();
+    {
+        let bootstrap = bootstrap.clone();
+        tokio::task::spawn_blocking(move || {
+            produce(&bootstrap, "hit_count", &unkeyed(&hits));
+            wait_caught_up(
+                &bootstrap,
+                "hits_per_window",
+                &["hit_count", "hits_per_window-by-user-repartition"],
+                Duration::from_secs(120),
+            );
+        })
+        .await
+        .expect("produce");
+    }
+    let client = client();
+    let base = url(&worker);
+    // A rebalance of the embedded broker's group (its sessions are short) is 503 meanwhile.
+    let get = |url: String| {
+        let client = client.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let answer = get(&client, &url).await;
+                if answer.status != 503 || Instant::now() > deadline {
+                    return answer;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let first = serde_json::json!({"start": 0, "end": 60_000, "value": {"count": 3, "hits": 12}});
+    let second = serde_json::json!({"start": 60_000, "end": 120_000, "value": {"count": 1, "hits": 4}});
+    let answer = get(format!("{base}/tables/minute-totals/u")).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(answer.body, serde_json::json!([first, second]));
+    let answer = get(format!("{base}/tables/minute-totals/u?from=1&to=60000")).await;
+    assert_eq!(answer.body, serde_json::json!([second]));
+    let answer = get(format!("{base}/tables/minute-totals/u?to=59999")).await;
+    assert_eq!(answer.body, serde_json::json!([first]));
+    for query in ["?from=120000", "?to=-1", "?from=120000&to=60000"] {
+        let answer = get(format!("{base}/tables/minute-totals/u{query}")).await;
+        assert_eq!(answer.status, 404, "{query}: {:?}", answer.body);
+    }
+    let answer = get(format!("{base}/tables/minute-totals/nobody")).await;
+    assert_eq!(answer.status, 404);
+    let answer = get(format!("{base}/tables")).await;
+    let tables = answer.body["tables"].as_array().expect("tables");
+    let minute = tables
+        .iter()
+        .find(|t| t["name"] == "minute-totals")
+        .expect("minute-totals");
+    assert_eq!(minute["windowed"], serde_json::json!(true));
+    worker.stop().await.expect("stops");
+}

@@ -79,6 +79,9 @@ impl StateStore for MemoryStore {
     }
 
     fn scan(&self, from: &[u8], to: Option<&[u8]>, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
+        if to.is_some_and(|to| from >= to) {
+            return Ok(());
+        }
         let state = self.state();
         let upper = match to {
             Some(to) => std::ops::Bound::Excluded(to),

@@ -39,8 +39,21 @@ struct Entry {
     partitions: Vec<(String, i32)>,
 }
 
-/// A worker's latest record: its offset, its URL and the source partitions it holds.
-type Claim = (i64, String, Vec<(String, i32)>);
+/// A worker's latest record, as read.
+#[derive(Debug, Clone)]
+struct Claim {
+    url: String,
+    /// The partitions it holds, each with the offset of the first record of this worker's
+    /// that named it (since when it holds it, in the directory's order: a record that says
+    /// again what a worker holds does not make its claims newer).
+    held: Vec<((String, i32), i64)>,
+    /// When this reader read it (a worker says what it holds every 30 s).
+    seen: std::time::Instant,
+}
+
+/// How long a worker's record counts without being said again: a worker that crashed
+/// without taking itself out of the directory drops out after this.
+const STALE_AFTER: Duration = Duration::from_secs(100);
 
 /// A worker's view of the directory, and its way to write its own record.
 pub(crate) struct Directory {
@@ -144,9 +157,13 @@ impl Directory {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries
             .values()
-            .filter(|(_, _, held)| held.iter().any(|(t, p)| t == topic && *p == partition))
-            .max_by_key(|(offset, _, _)| *offset)
-            .map(|(_, url, _)| url.clone())
+            .filter(|claim| claim.seen.elapsed() < STALE_AFTER)
+            .filter_map(|claim| {
+                let (_, since) = claim.held.iter().find(|((t, p), _)| t == topic && *p == partition)?;
+                Some((*since, &claim.url))
+            })
+            .max_by_key(|(since, _)| *since)
+            .map(|(_, url)| url.clone())
     }
 
     /// Every worker the directory knows, with the partitions it holds.
@@ -154,7 +171,8 @@ impl Directory {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let mut workers: Vec<_> = entries
             .values()
-            .map(|(_, url, held)| (url.clone(), held.clone()))
+            .filter(|claim| claim.seen.elapsed() < STALE_AFTER)
+            .map(|claim| (claim.url.clone(), claim.held.iter().map(|(tp, _)| tp.clone()).collect()))
             .collect();
         workers.sort();
         workers
@@ -171,7 +189,21 @@ impl Directory {
             }
             Some(bytes) => match serde_json::from_slice::<Entry>(bytes) {
                 Ok(entry) => {
-                    entries.insert(key, (offset, entry.url, entry.partitions));
+                    let before = entries.get(&key).map(|claim| claim.held.clone()).unwrap_or_default();
+                    let held = entry
+                        .partitions
+                        .into_iter()
+                        .map(|tp| {
+                            let since = before.iter().find(|(held, _)| *held == tp).map_or(offset, |(_, s)| *s);
+                            (tp, since)
+                        })
+                        .collect();
+                    let claim = Claim {
+                        url: entry.url,
+                        held,
+                        seen: std::time::Instant::now(),
+                    };
+                    entries.insert(key, claim);
                 }
                 Err(error) => tracing::warn!("directory: record at offset {offset} ignored: {error}"),
             },
@@ -249,6 +281,13 @@ mod tests {
         // A record that does not decode changes nothing.
         d.apply(3, Some(b"http://a"), Some(b"not json"));
         assert_eq!(d.owner("hits", 0).as_deref(), Some("http://a"));
+        // A worker that says again what it holds (a zombie whose session expired unnoticed)
+        // does not take back what was given to another since.
+        d.apply(7, Some(b"http://a"), Some(&entry("http://a", &[0, 1])));
+        assert_eq!(d.owner("hits", 0).as_deref(), Some("http://a"));
+        d.apply(8, Some(b"http://d"), Some(&entry("http://d", &[0])));
+        d.apply(9, Some(b"http://a"), Some(&entry("http://a", &[0, 1])));
+        assert_eq!(d.owner("hits", 0).as_deref(), Some("http://d"));
         // Two workers given one URL by mistake keep their own records.
         d.apply(4, Some(b"http://c 1"), Some(&entry("http://c", &[5])));
         d.apply(5, Some(b"http://c 2"), Some(&entry("http://c", &[6])));

@@ -134,6 +134,7 @@ pub(super) async fn get(
                 }
             }
             let (windowed, from, to) = (info.spec.windowed, params.from, params.to);
+            let task = Arc::clone(&ctx);
             let read = tokio::task::spawn_blocking(move || {
                 if windowed {
                     windows(&ctx, index, &stored, from, to)
@@ -144,6 +145,12 @@ pub(super) async fn get(
                 }
             })
             .await;
+            // Revoked meanwhile (a scan stops then, with part of the answer).
+            if task.finishing.load(std::sync::atomic::Ordering::Relaxed) {
+                return unavailable(format!(
+                    "partition {partition} of table `{name}` left this worker during the lookup; ask again shortly"
+                ));
+            }
             let value = match read {
                 Ok(Ok(value)) => value,
                 Ok(Err(why)) => return error(StatusCode::INTERNAL_SERVER_ERROR, why),
@@ -332,6 +339,7 @@ pub(super) async fn list(
     let prefix = params.prefix.unwrap_or_default();
     let show = info.spec.show_key.0;
     let partitions: Vec<i32> = held.iter().map(|(p, _, _)| *p).collect();
+    let tasks: Vec<Arc<crate::task::TaskContext>> = held.iter().map(|(_, ctx, _)| Arc::clone(ctx)).collect();
     let read = tokio::task::spawn_blocking(move || -> Result<(Vec<serde_json::Value>, bool), String> {
         let keep = |key: &[u8]| show(key).starts_with(&prefix);
         let mut found: Vec<(String, serde_json::Value)> = Vec::new();
@@ -353,6 +361,12 @@ pub(super) async fn list(
         Ok((entries, more))
     })
     .await;
+    if tasks
+        .iter()
+        .any(|t| t.finishing.load(std::sync::atomic::Ordering::Relaxed))
+    {
+        return unavailable("a partition left this worker during the listing; ask again shortly");
+    }
     match read {
         Ok(Ok((entries, more))) => axum::Json(serde_json::json!({
             "table": name,

@@ -127,6 +127,7 @@ fn restore(job: RestoreJob, restorer: &Restorer, metrics: &Metrics) -> std::resu
     // A store whose checkpoint is past its changelog's end holds changes the changelog does
     // not: the changelog was made anew (`reset` deletes it). Neither its entries nor the
     // source positions it keeps can be trusted; Kafka Streams wipes such a store too.
+    let mut wiped = false;
     for (store, changelog) in &job.tables {
         let Some(offset) = store.checkpoint().map_err(failed)?.changelog_offset else {
             continue;
@@ -140,6 +141,13 @@ fn restore(job: RestoreJob, restorer: &Restorer, metrics: &Metrics) -> std::resu
                  the changelog was made anew; restoring the store from scratch",
                 job.partition
             );
+            wiped = true;
+        }
+    }
+    // The task's stores go together: the source positions any of them keeps say where the
+    // task starts.
+    if wiped {
+        for (store, _) in &job.tables {
             store.clear().map_err(failed)?;
         }
     }
