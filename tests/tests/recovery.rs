@@ -417,18 +417,21 @@ fn workers_crash_join_and_leave() {
     let mut w1 = spawn_worker(&bootstrap, dirs[0].path()); // same data dir
     std::thread::sleep(Duration::from_secs(5));
     kill_9(&mut w1);
+    let last_kill = std::time::Instant::now();
     let _w1 = spawn_worker(&bootstrap, dirs[3].path()); // an empty data dir
     std::thread::sleep(Duration::from_secs(3));
     let mut w4 = spawn_worker(&bootstrap, dirs[4].path());
     // w3 leaves once w4 has joined (the embedded broker refuses commits while its group
     // rebalances, so a worker leaving mid-rebalance would exit 1, its last commit refused).
+    // Nor while the killed worker's session (6 s) has yet to expire: that is a rebalance too.
     w4.wait_for_line("assigned", Duration::from_secs(60));
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(Duration::from_secs(1).max(Duration::from_secs(9).saturating_sub(last_kill.elapsed())));
     w3.terminate();
     assert_eq!(
         w3.wait(Duration::from_secs(60)),
         Some(0),
-        "a worker that leaves exits 0"
+        "a worker that leaves exits 0: {}",
+        w3.seen.join("\n")
     );
 
     producer.join().expect("producer");
