@@ -726,6 +726,22 @@ pub mod tools {
         }
         (child, format!("127.0.0.1:{port}"))
     }
+
+    /// Creates a topic through the admin API (tansu creates none on request).
+    pub fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
+        let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .create()
+            .expect("admin client");
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let topic = rdkafka::admin::NewTopic::new(name, partitions, rdkafka::admin::TopicReplication::Fixed(1));
+        let results = runtime
+            .block_on(admin.create_topics(&[topic], &rdkafka::admin::AdminOptions::new()))
+            .expect("create topics");
+        for result in results {
+            result.unwrap_or_else(|(topic, e)| panic!("create {topic}: {e}"));
+        }
+    }
 }
 
 /// A plain HTTP/1.0 GET of `path` on 127.0.0.1:`port`: status and body (status 0 when nothing

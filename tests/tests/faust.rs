@@ -29,14 +29,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use streams_examples::seed;
-use streams_tests::tools::{build_dir, tansu, venv};
+use streams_tests::tools::{build_dir, create_topic, tansu, venv};
 use streams_tests::{committed, example_binary, free_port, produce, unkeyed, Child};
 
 const APP: &str = "hit_counter";
@@ -62,21 +60,6 @@ fn tools() -> Result<Tools, String> {
 
 fn start_tansu(tools: &Tools) -> (Child, String) {
     streams_tests::tools::start_tansu(&tools.tansu)
-}
-
-fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("admin client");
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    let results = runtime
-        .block_on(admin.create_topics(&[topic], &AdminOptions::new()))
-        .expect("create topics");
-    for result in results {
-        result.unwrap_or_else(|(topic, e)| panic!("create {topic}: {e}"));
-    }
 }
 
 /// A record as read back.

@@ -10,8 +10,6 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use streams_examples::seed;
@@ -25,21 +23,6 @@ const PARTITIONS: i32 = 4;
 /// past its changelog's end, and be restored anew, up to that early end. The workers here
 /// write one record per batch, for which both agree.
 const ONE_PER_BATCH: &str = "--config=batch.num.messages=1";
-
-fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("admin client");
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    let results = runtime
-        .block_on(admin.create_topics(&[topic], &AdminOptions::new()))
-        .expect("create topics");
-    for result in results {
-        result.unwrap_or_else(|(topic, e)| panic!("create {topic}: {e}"));
-    }
-}
 
 fn topics(bootstrap: &str) -> Vec<String> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -84,7 +67,7 @@ fn reset_then_a_fresh_run_gives_the_same_counts() {
         }
     };
     let (_broker, bootstrap) = tools::start_tansu(&tansu);
-    create_topic(&bootstrap, "hit_count", PARTITIONS);
+    tools::create_topic(&bootstrap, "hit_count", PARTITIONS);
     let records = seed::hits(11, 3_000);
     let expected = seed::expected_counts(&records);
     produce(&bootstrap, "hit_count", &unkeyed(&records));

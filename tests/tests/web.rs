@@ -15,6 +15,23 @@ use streams_tests::*;
 /// Partitions of the hit counter's two source topics, as its workers create them (8 each).
 const SOURCE_PARTITIONS: u64 = 16;
 
+/// Produces `records` to `hit_count` (unkeyed) and waits until `group` has committed all of
+/// `topics`.
+async fn produce_and_wait(
+    bootstrap: &str,
+    records: Vec<serde_json::Value>,
+    group: &'static str,
+    topics: &'static [&'static str],
+) {
+    let bootstrap = bootstrap.to_string();
+    tokio::task::spawn_blocking(move || {
+        produce(&bootstrap, "hit_count", &unkeyed(&records));
+        wait_caught_up(&bootstrap, group, topics, Duration::from_secs(180));
+    })
+    .await
+    .expect("produce");
+}
+
 async fn start(broker: &EmbeddedBroker, dir: &std::path::Path) -> WorkerHandle {
     streams_core::init_logging(&std::env::var("STREAMS_TEST_LOG").unwrap_or_else(|_| "error".into()));
     let options = worker_options(dir, broker).web(WebOptions::default().port(0));
@@ -95,20 +112,7 @@ async fn lookups_are_answered_by_either_worker_during_and_after_a_rebalance() {
     let records = seed::hits(7, 6_000);
     let expected = seed::expected_counts(&records);
     assert_eq!(expected.len(), seed::USERS as usize);
-    {
-        let bootstrap = bootstrap.clone();
-        tokio::task::spawn_blocking(move || {
-            produce(&bootstrap, "hit_count", &unkeyed(&records));
-            wait_caught_up(
-                &bootstrap,
-                "hit_counter",
-                &["hit_count", "count_topic"],
-                Duration::from_secs(120),
-            );
-        })
-        .await
-        .expect("produce");
-    }
+    produce_and_wait(&bootstrap, records, "hit_counter", &["hit_count", "count_topic"]).await;
     let client = client();
     let (url_a, url_b) = (url(&a), url(&b));
     assert_ne!(url_a, url_b);
@@ -367,20 +371,7 @@ async fn metrics_parse_as_prometheus_text_and_ready_follows_a_restore() {
     let records: Vec<serde_json::Value> = (0..users)
         .map(|i| serde_json::json!({"hits": 30, "timestamp": 1.0, "userId": format!("u{i}")}))
         .collect();
-    {
-        let bootstrap = bootstrap.clone();
-        tokio::task::spawn_blocking(move || {
-            produce(&bootstrap, "hit_count", &unkeyed(&records));
-            wait_caught_up(
-                &bootstrap,
-                "hit_counter",
-                &["hit_count", "count_topic"],
-                Duration::from_secs(180),
-            );
-        })
-        .await
-        .expect("produce");
-    }
+    produce_and_wait(&bootstrap, records, "hit_counter", &["hit_count", "count_topic"]).await;
     let client = client();
     let url_first = url(&first);
     // Lag is read once a second.
@@ -639,20 +630,13 @@ async fn a_windowed_table_answers_a_keys_windows() {
         .iter()
         .map(|(at, hits)| serde_json::json!({"hits": hits, "timestamp": at, "userId": "u"}))
         .collect();
-    {
-        let bootstrap = bootstrap.clone();
-        tokio::task::spawn_blocking(move || {
-            produce(&bootstrap, "hit_count", &unkeyed(&hits));
-            wait_caught_up(
-                &bootstrap,
-                "hits_per_window",
-                &["hit_count", "hits_per_window-by-user-repartition"],
-                Duration::from_secs(120),
-            );
-        })
-        .await
-        .expect("produce");
-    }
+    produce_and_wait(
+        &bootstrap,
+        hits,
+        "hits_per_window",
+        &["hit_count", "hits_per_window-by-user-repartition"],
+    )
+    .await;
     let client = client();
     let base = url(&worker);
     // A rebalance of the embedded broker's group (its sessions are short) is 503 meanwhile.
