@@ -49,6 +49,14 @@ pub(crate) struct Families {
     pub flush_seconds: Histogram,
 }
 
+/// Runs `work` and observes how long it took, in seconds, in `histogram`.
+pub(crate) fn timed<T>(histogram: &Histogram, work: impl FnOnce() -> T) -> T {
+    let began = std::time::Instant::now();
+    let out = work();
+    histogram.observe(began.elapsed().as_secs_f64());
+    out
+}
+
 impl Default for Families {
     fn default() -> Self {
         Self {

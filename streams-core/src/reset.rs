@@ -50,7 +50,13 @@ pub(crate) async fn reset(
     yes: bool,
 ) -> Result<()> {
     let app_dir = data_dir.join(app.id());
-    let _lock = lock(&app_dir)?;
+    // File system calls: off the async executor.
+    let _lock = {
+        let app_dir = app_dir.clone();
+        tokio::task::spawn_blocking(move || lock(&app_dir))
+            .await
+            .map_err(|e| Error::Config(format!("locking the data directory: {e}")))??
+    };
     let config = crate::broker::client_config(broker, settings);
     let cluster = {
         let config = config.clone();
@@ -134,8 +140,10 @@ pub(crate) async fn reset(
     if !plan.delete.is_empty() {
         delete_topics(&config, &plan.delete).await?;
     }
-    if let Some(dir) = &plan.data_dir {
-        remove_data_dir(dir)?;
+    if let Some(dir) = plan.data_dir.clone() {
+        tokio::task::spawn_blocking(move || remove_data_dir(&dir))
+            .await
+            .map_err(|e| Error::Config(format!("removing the data directory: {e}")))??;
     }
     println!(
         "app `{}` reset: its next worker starts from the beginning of its input",

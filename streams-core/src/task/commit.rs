@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use super::round::Rounds;
 use super::sink::Sink;
-use crate::metrics::Metrics;
+use crate::metrics::{timed, Metrics};
 use crate::store::{Checkpoint, Entry, StateStore};
 
 /// Signals that a cut is durable, or why it could not be made so.
@@ -80,9 +80,7 @@ fn commit_batch(
         return Err(format!("not committed: the worker failed ({error})"));
     }
     // 1. Every record sent so far, including this batch's changelog records, is acknowledged.
-    let flushing = std::time::Instant::now();
-    let flushed = sink.flush();
-    metrics.families.flush_seconds.observe(flushing.elapsed().as_secs_f64());
+    let flushed = timed(&metrics.families.flush_seconds, || sink.flush());
     if let Err(error) = flushed {
         let error = format!("records were not acknowledged by the broker, offsets not committed: {error}");
         metrics.fail(error.clone());
@@ -97,12 +95,7 @@ fn commit_batch(
         return Ok(());
     }
     let list: Vec<(String, i32, i64)> = latest.iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect();
-    let committing = std::time::Instant::now();
-    let outcome = offsets.commit(&list);
-    metrics
-        .families
-        .commit_seconds
-        .observe(committing.elapsed().as_secs_f64());
+    let outcome = timed(&metrics.families.commit_seconds, || offsets.commit(&list));
     match outcome {
         Ok(()) => {
             metrics.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -270,9 +263,7 @@ fn commit_round(
         // offsets, and their next owner processes that input again.
         return Err(aborted("partitions were lost to the group".into()));
     }
-    let flushing = std::time::Instant::now();
-    let flushed = sink.flush();
-    metrics.families.flush_seconds.observe(flushing.elapsed().as_secs_f64());
+    let flushed = timed(&metrics.families.flush_seconds, || sink.flush());
     if let Err(error) = flushed {
         return Err(aborted(format!("records were not acknowledged by the broker: {error}")));
     }
@@ -291,12 +282,7 @@ fn commit_round(
         }
     }
     let changed = !offsets.is_empty() || batch.iter().any(|cut| !cut.writes.is_empty());
-    let committing = std::time::Instant::now();
-    let outcome = transactions.commit(&offsets);
-    metrics
-        .families
-        .commit_seconds
-        .observe(committing.elapsed().as_secs_f64());
+    let outcome = timed(&metrics.families.commit_seconds, || transactions.commit(&offsets));
     match outcome {
         Ok(()) => {}
         Err(TxnError::Abortable(why)) => return Err(aborted(why)),

@@ -236,15 +236,20 @@ impl TaskContext {
     /// The value of `key` in table `index`, now: from the cache, else from the store (a
     /// blocking read where it must, see [`TaskContext::update_now`]); not cached.
     pub(crate) fn get_now(&self, index: usize, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let store = {
-            let mut tables = self.tables();
-            let state = self.table_at_mut(&mut tables, index)?;
-            if let Some(entry) = state.cache.get(key) {
-                return Ok(entry.value.clone());
-            }
-            Arc::clone(&state.store)
-        };
-        read_blocking(&*store, key)
+        match self.cached(index, key)? {
+            Ok(value) => Ok(value),
+            Err(store) => read_blocking(&*store, key),
+        }
+    }
+
+    /// The cached value of `key` in table `index`, or the store to read it from.
+    fn cached(&self, index: usize, key: &[u8]) -> Result<Cached> {
+        let mut tables = self.tables();
+        let state = self.table_at_mut(&mut tables, index)?;
+        Ok(match state.cache.get(key) {
+            Some(entry) => Ok(entry.value.clone()),
+            None => Err(Arc::clone(&state.store)),
+        })
     }
 
     /// Runs `work` on what an operation keeps beside table `index` for this partition,
@@ -280,6 +285,9 @@ impl TaskContext {
     }
 }
 
+/// A key's cached value, or (not cached) the store to read it from.
+type Cached = std::result::Result<Option<Vec<u8>>, Arc<dyn StateStore>>;
+
 /// Entries a scan found, in key order, and whether there were more past its limit.
 pub(crate) type Scanned = (Vec<(Vec<u8>, Vec<u8>)>, bool);
 
@@ -288,15 +296,10 @@ impl TaskContext {
     /// included): from the cache, else from the store. Blocks on the store: call off the
     /// async executor.
     pub(crate) fn lookup(&self, index: usize, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let store = {
-            let mut tables = self.tables();
-            let state = self.table_at_mut(&mut tables, index)?;
-            if let Some(entry) = state.cache.get(key) {
-                return Ok(entry.value.clone());
-            }
-            Arc::clone(&state.store)
-        };
-        store.get(key)
+        match self.cached(index, key)? {
+            Ok(value) => Ok(value),
+            Err(store) => store.get(key),
+        }
     }
 
     /// The entries of table `index` with keys from `from` up to `to` (excluded; `None`:
