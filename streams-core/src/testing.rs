@@ -237,6 +237,9 @@ struct Log {
     clock: i64,
     /// Exactly-once: what the app sends belongs to the open transaction.
     transactional: bool,
+    /// How long a flush waits, as for a broker's acknowledgements (see
+    /// [`TestDriver::ack_latency`]).
+    ack_latency: Duration,
 }
 
 impl Log {
@@ -313,6 +316,10 @@ impl Sink for Topics {
     }
 
     fn flush(&self) -> Result<(), String> {
+        let latency = self.log().ack_latency;
+        if !latency.is_zero() {
+            std::thread::sleep(latency);
+        }
         Ok(())
     }
 
@@ -726,6 +733,13 @@ impl TestDriver {
         let task = self.start_task(spec, partition, owner)?;
         self.tasks[index] = task;
         Ok(())
+    }
+
+    /// Makes every flush of the driver's producer wait `latency` before the records count
+    /// as acknowledged, as a broker's round trip does: commits (and the store writes that
+    /// follow them) lag behind the tasks, which go on meanwhile, as on a worker.
+    pub fn ack_latency(&mut self, latency: Duration) {
+        self.topics.log().ack_latency = latency;
     }
 
     /// While `failing`, offset commits fail (as a broker refuses them during a rebalance):

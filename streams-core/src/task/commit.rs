@@ -10,6 +10,7 @@
 //! not at all; the store batches are written only after the transaction committed.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
@@ -41,6 +42,76 @@ pub(crate) struct Cut {
     pub acks: Vec<Ack>,
     /// Exactly-once: the round this cut is part of (the task waits for its end).
     pub ticket: Option<super::round::Ticket>,
+    /// The cut's number among its task's cuts (from 1), and where the committer says that
+    /// the cut's store writes are done (see [`Written`]).
+    pub seq: u64,
+    pub written: Arc<Written>,
+    /// Set once the cut's store batches are written.
+    pub stored: bool,
+}
+
+/// How far the committer has written a task's cuts into its stores.
+///
+/// Reads of a table go to its cache first and to its store for keys the cache does not
+/// hold. A cut hands its changes to the committer, which writes the store only after the
+/// producer's flush (at-least-once) or the transaction's commit (exactly-once): until then
+/// the store is behind. So a task keeps every change in its cache until the cut that took it
+/// is written, and drops clean entries only once [`Written::through`] has reached its last
+/// cut (Kafka Streams gets the same rule by writing its cache into the store on the stream
+/// thread before it commits; here the store write stays off the task, after the flush, so
+/// that a store never holds a change whose changelog record and outputs are not acknowledged).
+#[derive(Default)]
+pub(crate) struct Written {
+    through: AtomicU64,
+    failed: AtomicBool,
+    changed: tokio::sync::Notify,
+}
+
+impl Written {
+    /// The last cut whose store writes are done (every cut before it too).
+    pub(crate) fn through(&self) -> u64 {
+        self.through.load(Ordering::Acquire)
+    }
+
+    /// The stores hold cut `seq` and every cut before it.
+    pub(crate) fn advance(&self, seq: u64) {
+        self.through.fetch_max(seq, Ordering::AcqRel);
+        self.changed.notify_waiters();
+    }
+
+    /// A cut of the task will never be written (the worker failed, the round aborted, the
+    /// committer is gone): nobody waits for it any more.
+    pub(crate) fn fail(&self) {
+        self.failed.store(true, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until cut `seq` is written; `false` if it never will be.
+    pub(crate) async fn wait_for(&self, seq: u64) -> bool {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.through() >= seq {
+                return true;
+            }
+            if self.failed.load(Ordering::Acquire) {
+                return false;
+            }
+            changed.await;
+        }
+    }
+}
+
+impl Cut {
+    /// Tells the task how its cut ended: written, or never to be.
+    fn settle(&self) {
+        if self.stored {
+            self.written.advance(self.seq);
+        } else {
+            self.written.fail();
+        }
+    }
 }
 
 /// Commits source offsets to the consumer group.
@@ -56,6 +127,7 @@ pub(crate) fn run(cuts: Receiver<Cut>, sink: Arc<dyn Sink>, offsets: Arc<dyn Off
         batch.extend(cuts.try_iter());
         let outcome = commit_batch(&mut batch, &*sink, &*offsets, &metrics, &mut committed);
         for cut in batch {
+            cut.settle();
             for ack in cut.acks {
                 let _ = ack.send(outcome.clone());
             }
@@ -149,6 +221,7 @@ fn write_stores(batch: &mut [Cut], sink: &dyn Sink, metrics: &Metrics) -> Result
                 return Err(error);
             }
         }
+        cut.stored = true;
     }
     Ok(())
 }
@@ -222,6 +295,10 @@ pub(crate) fn run_rounds(
             }
         }
         let outcome = commit_round(&mut pending, &*sink, &*transactions, &rounds, &metrics, &mut committed);
+        // The tasks learn that their cuts are in the stores before they go on.
+        for cut in &pending {
+            cut.settle();
+        }
         rounds.finish(round, outcome.is_err() && !metrics.failed());
         for cut in pending.drain(..) {
             for ack in cut.acks {

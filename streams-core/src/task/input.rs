@@ -536,6 +536,18 @@ impl StreamCore {
     pub(crate) async fn cut_with(&mut self, acks: Vec<Ack>) {
         self.ctx.report();
         self.next_cut = Instant::now() + self.commit_interval;
+        // A cache over budget drops its clean entries first, once the stores hold them
+        // (see `tables.rs`: a key the cache does not hold is read from the store).
+        if let Some(through) = self.ctx.cut_to_evict() {
+            if !self.ctx.written.wait_for(through).await {
+                tracing::debug!(
+                    task = &*self.ctx.name,
+                    partition = self.ctx.partition,
+                    "an earlier cut was not written; the cache keeps its entries"
+                );
+            }
+        }
+        self.ctx.evict_written();
         let positions: Vec<(Arc<str>, i64)> = self
             .sources
             .iter()
@@ -557,12 +569,13 @@ impl StreamCore {
             }
         }
         let mut writes: Vec<TableWrite> = Vec::new();
+        let seq = ctx.next_cut();
         let stream_time = Some(ctx.stream_time()).filter(|t| *t != super::NO_TIME);
         if !positions.is_empty() {
             // Every store of the partition gets the cut's positions, changed or not: a
             // store's positions say how far its state reflects the input.
             let headers = crate::changelog::source_headers(&positions, ctx.partition, stream_time);
-            for (changelog, store, changes) in ctx.take_changes() {
+            for (changelog, store, changes) in ctx.take_changes(seq) {
                 let mut entries = Vec::with_capacity(changes.len());
                 for (key, value, timestamp) in changes {
                     let record = OutRecord {
@@ -591,6 +604,9 @@ impl StreamCore {
             writes,
             acks,
             ticket: None,
+            seq,
+            written: Arc::clone(&ctx.written),
+            stored: false,
         };
         self.last_cut = positions;
         let Some((rounds, member)) = &self.rounds else {

@@ -17,7 +17,7 @@ pub(crate) mod tables;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use self::commit::Cut;
+use self::commit::{Cut, Written};
 use self::run::TaskSpec;
 use self::sink::{enqueue, enqueue_when_room, OutRecord, Sink, SinkError};
 use self::tables::TableState;
@@ -38,6 +38,10 @@ pub(crate) struct TaskContext {
     tables: Mutex<Vec<TableState>>,
     pub(crate) sink: Arc<dyn Sink>,
     committer: std::sync::mpsc::Sender<Cut>,
+    /// How far the committer has written this task's cuts (see [`Written`]).
+    pub(crate) written: Arc<Written>,
+    /// The number of the task's last cut.
+    cuts: AtomicU64,
     pub metrics: Arc<Metrics>,
     /// Set when the table cache is over budget: the stream makes a cut before the next record.
     pub cut_wanted: AtomicBool,
@@ -138,6 +142,8 @@ impl TaskContext {
             tables: Mutex::new(tables),
             sink,
             committer,
+            written: Arc::default(),
+            cuts: AtomicU64::new(0),
             metrics,
             cut_wanted: AtomicBool::new(false),
             finishing: AtomicBool::new(false),
@@ -213,6 +219,8 @@ impl TaskContext {
             tables: Mutex::new(Vec::new()),
             sink,
             committer,
+            written: Arc::default(),
+            cuts: AtomicU64::new(0),
             metrics,
             cut_wanted: AtomicBool::new(false),
             finishing: AtomicBool::new(false),
@@ -349,9 +357,15 @@ impl TaskContext {
         Ok(())
     }
 
+    /// The number of the task's next cut (from 1).
+    pub(crate) fn next_cut(&self) -> u64 {
+        self.cuts.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     pub(crate) fn commit(&self, cut: Cut) {
         if self.committer.send(cut).is_err() {
             tracing::debug!(task = &*self.name, "committer is gone; cut dropped");
+            self.written.fail();
         }
     }
 

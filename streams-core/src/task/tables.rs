@@ -2,6 +2,18 @@
 //! Reads and changes of cached keys never touch the store; changes wait in the cache until
 //! the next cut, which writes them to the changelog and the store (coalesced per key, like
 //! Kafka Streams' record cache). Past the budget the partition cuts early.
+//!
+//! **Read your own writes.** A cut's store writes happen later, on the committer (after the
+//! producer's flush, or after the transaction's commit), so the store may be behind the
+//! cache. The rule that keeps every read right: *a key the cache does not hold has its
+//! latest value in the store.* A change stays in the cache after its cut (clean, no longer
+//! dirty) until the committer has written that cut ([`Written`](super::commit::Written));
+//! clean entries are dropped only when every cut that took changes of the table is written.
+//! Past the budget, a cut drops the clean entries (waiting first for the task's earlier cuts
+//! to be written, rarely needed: they had a whole budget's worth of records to get there),
+//! then takes the changes, which stay as the cache's *pinned* part. The next early cut comes
+//! when the cache is over the budget on top of that part: the cache stays within about twice
+//! the budget.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -33,9 +45,15 @@ pub(crate) struct TableState {
     /// Estimated memory of `cache`, see [`entry_bytes`].
     cache_bytes: usize,
     /// Budget for `cache` (`App::table_cache_bytes`): past it, changed entries are committed
-    /// early (a cut) and unchanged ones dropped.
+    /// early (a cut) and unchanged ones dropped once the store has them.
     cache_limit: usize,
     dirty: usize,
+    /// The number of the last cut that took changes of this table (0: none): the cache's
+    /// clean entries may be dropped once the committer has written it.
+    last_cut: u64,
+    /// Bytes of the changes the last early cut took, which stay cached until they are in
+    /// the store: the budget counts on top of them.
+    pinned: usize,
     /// What an operation keeps beside the table for this partition (a windowed
     /// aggregation's index of its windows), made at its first use.
     extension: Option<Box<dyn std::any::Any + Send>>,
@@ -68,49 +86,71 @@ impl TableState {
             cache_bytes: 0,
             cache_limit,
             dirty: 0,
+            last_cut: 0,
+            pinned: 0,
             extension: None,
         }
     }
 
+    /// Whether the cache is over its budget, on top of the last early cut's changes.
+    fn wants_cut(&self) -> bool {
+        self.cache_bytes > self.cache_limit.saturating_add(self.pinned)
+    }
+
     /// Keeps the cache within budget after clean entries were added: drops it when nothing
-    /// in it waits for a cut; otherwise returns `true`, a cut is needed first.
-    fn evict_clean(&mut self, evictions: &std::sync::atomic::AtomicU64) -> bool {
-        if self.cache_bytes <= self.cache_limit {
+    /// in it waits for a cut or for the store (`written`: the task's last cut in the
+    /// store); otherwise returns `true`, a cut is needed first.
+    fn evict_clean(&mut self, written: u64, evictions: &std::sync::atomic::AtomicU64) -> bool {
+        if !self.wants_cut() {
             return false;
         }
-        if self.dirty == 0 {
+        if self.dirty == 0 && written >= self.last_cut {
             add(evictions, self.cache.len() as u64);
             self.cache = HashMap::default();
             self.cache_bytes = 0;
+            self.pinned = 0;
             return false;
         }
         true
     }
 
-    /// The changes since the last cut, leaving the cache clean (or empty when over budget).
-    fn take(&mut self, evictions: &std::sync::atomic::AtomicU64) -> Vec<Change> {
+    /// At a cut, over budget and with every cut that took changes of the table written
+    /// (`written`): drops the clean entries, keeping the changes this cut takes, which become
+    /// the pinned part.
+    fn evict_written(&mut self, written: u64, evictions: &std::sync::atomic::AtomicU64) {
+        if self.cache_bytes <= self.cache_limit || written < self.last_cut {
+            return;
+        }
+        let before = self.cache.len();
+        if self.dirty == 0 {
+            self.cache = HashMap::default();
+        } else {
+            self.cache.retain(|_, entry| entry.dirty);
+        }
+        add(evictions, (before - self.cache.len()) as u64);
+        self.cache_bytes = self
+            .cache
+            .iter()
+            .map(|(key, entry)| entry_bytes(key, entry.value.as_deref()))
+            .sum();
+        self.pinned = self.cache_bytes;
+    }
+
+    /// The changes since the last cut, for cut number `cut`: they stay in the cache, clean,
+    /// until that cut is written.
+    fn take(&mut self, cut: u64) -> Vec<Change> {
         let mut changes = Vec::with_capacity(self.dirty);
         if self.dirty == 0 {
             return changes;
         }
-        if self.cache_bytes > self.cache_limit {
-            // Over budget: the entries move out (no copies) and the cache starts afresh.
-            add(evictions, self.cache.len() as u64);
-            for (key, entry) in std::mem::take(&mut self.cache) {
-                if entry.dirty {
-                    changes.push((key, entry.value, entry.timestamp));
-                }
-            }
-            self.cache_bytes = 0;
-        } else {
-            for (key, entry) in self.cache.iter_mut() {
-                if entry.dirty {
-                    entry.dirty = false;
-                    changes.push((key.clone(), entry.value.clone(), entry.timestamp));
-                }
+        for (key, entry) in self.cache.iter_mut() {
+            if entry.dirty {
+                entry.dirty = false;
+                changes.push((key.clone(), entry.value.clone(), entry.timestamp));
             }
         }
         self.dirty = 0;
+        self.last_cut = cut;
         changes
     }
 
@@ -133,16 +173,35 @@ impl TaskContext {
         self.tables().iter().position(|t| t.name == name)
     }
 
-    /// The changes of every table of the partition since the last cut (empty for tables
-    /// without changes).
-    pub(crate) fn take_changes(&self) -> Vec<DirtyTable> {
+    /// The changes of every table of the partition since the last cut, for cut number
+    /// `cut` (empty for tables without changes).
+    pub(crate) fn take_changes(&self, cut: u64) -> Vec<DirtyTable> {
         self.tables()
             .iter_mut()
             .map(|table| {
-                let changes = table.take(&self.counts.cache_evictions);
+                let changes = table.take(cut);
                 (table.changelog.clone(), Arc::clone(&table.store), changes)
             })
             .collect()
+    }
+
+    /// The last cut that the stores must hold before the caches over budget can drop their
+    /// clean entries (`None`: no cache is over budget, or nothing to wait for).
+    pub(crate) fn cut_to_evict(&self) -> Option<u64> {
+        let written = self.written.through();
+        self.tables()
+            .iter()
+            .filter(|table| table.wants_cut() && table.last_cut > written)
+            .map(|table| table.last_cut)
+            .max()
+    }
+
+    /// Drops the clean entries of the caches over budget whose cuts are all written.
+    pub(crate) fn evict_written(&self) {
+        let written = self.written.through();
+        for table in self.tables().iter_mut() {
+            table.evict_written(written, &self.counts.cache_evictions);
+        }
     }
 
     /// Writes `entries` of table number `index` again at the next cut (see
@@ -228,7 +287,7 @@ impl TaskContext {
                 timestamp: 0,
             },
         );
-        if state.evict_clean(&self.counts.cache_evictions) {
+        if state.evict_clean(self.written.through(), &self.counts.cache_evictions) {
             self.cut_wanted.store(true, Ordering::Relaxed);
         }
     }
@@ -535,7 +594,7 @@ where
 /// Counts a table change; past the cache budget, asks the stream for a cut.
 fn changed(ctx: &TaskContext, state: &TableState) {
     bump(&ctx.counts.table_updates);
-    if state.cache_bytes > state.cache_limit {
+    if state.wants_cut() {
         ctx.cut_wanted.store(true, Ordering::Relaxed);
     }
 }
