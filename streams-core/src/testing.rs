@@ -332,19 +332,24 @@ impl Sink for Topics {
 
 #[derive(Default)]
 struct Offsets {
-    committed: Mutex<HashMap<(String, i32), i64>>,
+    /// The next offset to read of each source partition, and its metadata (the stream time
+    /// of the task that committed it).
+    committed: Mutex<HashMap<(String, i32), (i64, String)>>,
     /// Set by [`TestDriver::fail_commits`].
     failing: std::sync::atomic::AtomicBool,
 }
 
 impl OffsetCommit for Offsets {
-    fn commit(&self, offsets: &[(String, i32, i64)]) -> Result<(), String> {
+    fn commit(&self, offsets: &[commit::SourceOffset]) -> Result<(), String> {
         if self.failing.load(Ordering::Relaxed) {
             return Err("the test driver fails offset commits (TestDriver::fail_commits)".into());
         }
         let mut committed = self.committed.lock().map_err(|_| "poisoned")?;
-        for (topic, partition, offset) in offsets {
-            committed.insert((topic.clone(), *partition), *offset);
+        for offset in offsets {
+            committed.insert(
+                (offset.topic.clone(), offset.partition),
+                (offset.next, commit::offset_metadata(offset.stream_time)),
+            );
         }
         Ok(())
     }
@@ -356,7 +361,7 @@ impl OffsetCommit for Offsets {
 struct DriverTransactions(Arc<Offsets>, Topics);
 
 impl commit::Transactions for DriverTransactions {
-    fn commit(&self, offsets: &[(String, i32, i64)]) -> std::result::Result<(), commit::TxnError> {
+    fn commit(&self, offsets: &[commit::SourceOffset]) -> std::result::Result<(), commit::TxnError> {
         self.0.commit(offsets).map_err(commit::TxnError::Abortable)?;
         self.1.log().settle(true);
         Ok(())
@@ -465,6 +470,8 @@ pub struct TestDriver {
     global_stores: crate::task::Globals,
     /// Exactly-once: the rounds of cuts (each one transaction).
     rounds: Option<Arc<crate::task::round::Rounds>>,
+    /// Records handed to a task at once, per source (see [`TestDriver::batch_size`]).
+    batch: usize,
     _committer: std::sync::mpsc::Sender<commit::Cut>,
 }
 
@@ -562,6 +569,7 @@ impl TestDriver {
             globals,
             global_stores: Arc::new(global_stores),
             rounds,
+            batch: 1024,
             _committer: cuts,
         };
         driver.apply_globals()?;
@@ -637,6 +645,14 @@ impl TestDriver {
             Arc::clone(&self.metrics),
             Arc::clone(&self.global_stores),
         ));
+        // Stream time as the last commit left it, as a worker takes it from the offsets'
+        // metadata (the restore may know a later one).
+        let committed_time = spec
+            .sources
+            .iter()
+            .filter_map(|s| self.committed_stream_time(&s.name, partition))
+            .max();
+        ctx.restore_stream_time(committed_time);
         let (tx, rx) = mpsc::channel(1024);
         let mut delivered: Vec<i64> = committed.iter().map(|(_, offset)| *offset).collect();
         if let Some(restoration) = restoration {
@@ -710,9 +726,26 @@ impl TestDriver {
         let index = self.task_index(topic, partition)?;
         let (ack, acked) = std::sync::mpsc::channel();
         self.tasks[index].ctx.request_finish();
+        let mut acks = Vec::new();
         if self.tasks[index].tx.send(Input::Finish(ack)).await.is_ok() {
-            let _ = tokio::task::spawn_blocking(move || acked.recv_timeout(Duration::from_secs(60))).await;
+            acks.push(acked);
         }
+        if self.rounds.is_some() {
+            // Exactly-once: the last cut is part of a round, which every task cuts for (a
+            // worker's tasks cut when a round is asked for; the driver's at its barriers).
+            for (n, task) in self.tasks.iter().enumerate() {
+                let (ack, acked) = std::sync::mpsc::channel();
+                if n != index && task.tx.send(Input::Flush(ack)).await.is_ok() {
+                    acks.push(acked);
+                }
+            }
+        }
+        let _ = tokio::task::spawn_blocking(move || {
+            for acked in acks {
+                let _ = acked.recv_timeout(Duration::from_secs(60));
+            }
+        })
+        .await;
         self.replace_task(index, owner).await
     }
 
@@ -867,64 +900,7 @@ impl TestDriver {
     pub async fn run(&mut self) -> Result<()> {
         self.fire_timers().await;
         loop {
-            // Global tables take what their topics got first, as a worker's copies are kept
-            // current apart from its tasks.
-            self.apply_globals()?;
-            let mut fed = 0usize;
-            // One batch per partition in turn, as a consumer's fetches arrive: one wake-up for
-            // many records, and only a batch per partition in memory at a time.
-            loop {
-                // Each task knows which of its sources have records it was not given yet (a
-                // task with several sources waits for those, as on a worker).
-                self.mark_unread();
-                let mut progressed = false;
-                for index in 0..self.tasks.len() {
-                    for source in 0..self.tasks[index].spec.sources.len() {
-                        // Read committed: up to the open transaction, skipping aborted ones.
-                        let (batch, scanned): (Vec<Message>, usize) = {
-                            let log = self.topics.log();
-                            let task = &self.tasks[index];
-                            let topic = &task.spec.sources[source].name;
-                            let limit = self.limits.get(&(topic.to_string(), task.partition)).copied();
-                            log.topics
-                                .get(&**topic)
-                                .and_then(|parts| parts.get(task.partition as usize))
-                                .map(|log| {
-                                    let stable = log.stable_end();
-                                    let end = limit.map_or(stable, |limit| limit.min(stable));
-                                    let from = task.delivered[source].min(end);
-                                    let to = end.min(from + 1024);
-                                    let batch = (from..to)
-                                        .filter(|offset| !log.is_aborted(*offset))
-                                        .map(|offset| log.message(offset))
-                                        .collect();
-                                    (batch, to - from)
-                                })
-                                .unwrap_or_default()
-                        };
-                        if scanned == 0 {
-                            continue;
-                        }
-                        progressed = true;
-                        let task = &mut self.tasks[index];
-                        task.delivered[source] += scanned;
-                        fed += scanned;
-                        if batch.is_empty() {
-                            continue;
-                        }
-                        task.tx.send(Input::Records(source, batch)).await.map_err(|_| {
-                            Error::Config(format!(
-                                "{} on partition {} has stopped",
-                                task.spec.name, task.partition
-                            ))
-                        })?;
-                    }
-                }
-                if !progressed {
-                    self.mark_unread();
-                    break;
-                }
-            }
+            let fed = self.feed().await?;
             self.barrier().await?;
             if self.rounds.as_ref().is_some_and(|rounds| rounds.take_aborted()) {
                 // Exactly-once: the aborted round's work is gone; every partition starts again
@@ -948,6 +924,120 @@ impl TestDriver {
         match self.metrics.fatal() {
             Some(error) => Err(Error::Config(error)),
             None => Ok(()),
+        }
+    }
+
+    /// Processes every record like [`TestDriver::run`], but commits nothing at its end: what
+    /// the tasks did since their last cut stays uncommitted, as on a worker between two
+    /// commit points (a cut still happens where a table's cache goes over its budget). A
+    /// [`TestDriver::crash_partition`] after it loses that work, as a crash would.
+    ///
+    /// ```
+    /// # use streams_core::prelude::*;
+    /// # use streams_core::testing::TestDriver;
+    /// # const NUMBERS: Topic<String, i64> = Topic::new("numbers").partitions(1);
+    /// # const SUMS: Table<String, i64> = Table::new("sums");
+    /// # #[agent(topic = NUMBERS, tables = [SUMS])]
+    /// # async fn sum(mut numbers: Stream<String, i64>) -> Result<()> {
+    /// #     while let Some(event) = numbers.next_event().await {
+    /// #         SUMS.update(&event.key, |s| *s += event.value).await?;
+    /// #     }
+    /// #     Ok(())
+    /// # }
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> streams_core::Result<()> {
+    /// let mut driver = TestDriver::new(App::new("sums").agent(sum))?;
+    /// driver.pipe(&NUMBERS, "a", &2)?;
+    /// driver.run().await?; // committed
+    /// driver.pipe(&NUMBERS, "a", &3)?;
+    /// driver.process().await?; // processed, not committed
+    /// assert_eq!(driver.committed("numbers", 0), Some(1));
+    /// driver.crash_partition("numbers", 0, "worker-2").await?;
+    /// driver.run().await?; // the record at offset 1 is processed again, once
+    /// assert_eq!(driver.table(&SUMS)?["a"], 5);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn process(&mut self) -> Result<()> {
+        self.fire_timers().await;
+        while self.feed().await? > 0 {
+            self.settle().await?;
+        }
+        // The cuts made on the way (caches over budget) are committed before this returns.
+        for task in &self.tasks {
+            task.ctx.written.wait_for(task.ctx.cuts_made()).await;
+        }
+        match self.metrics.fatal() {
+            Some(error) => Err(Error::Config(error)),
+            None => Ok(()),
+        }
+    }
+
+    /// Hands each task at most `records` at a time, per source (1024 by default): the
+    /// batches a consumer's fetches would bring.
+    pub fn batch_size(&mut self, records: usize) {
+        self.batch = records.max(1);
+    }
+
+    /// Hands every task the records it was not given yet, in batches; returns how many.
+    async fn feed(&mut self) -> Result<usize> {
+        // Global tables take what their topics got first, as a worker's copies are kept
+        // current apart from its tasks.
+        self.apply_globals()?;
+        let mut fed = 0usize;
+        // One batch per partition in turn, as a consumer's fetches arrive: one wake-up for
+        // many records, and only a batch per partition in memory at a time.
+        loop {
+            // Each task knows which of its sources have records it was not given yet (a
+            // task with several sources waits for those, as on a worker).
+            self.mark_unread();
+            let mut progressed = false;
+            for index in 0..self.tasks.len() {
+                for source in 0..self.tasks[index].spec.sources.len() {
+                    // Read committed: up to the open transaction, skipping aborted ones.
+                    let (batch, scanned): (Vec<Message>, usize) = {
+                        let log = self.topics.log();
+                        let task = &self.tasks[index];
+                        let topic = &task.spec.sources[source].name;
+                        let limit = self.limits.get(&(topic.to_string(), task.partition)).copied();
+                        log.topics
+                            .get(&**topic)
+                            .and_then(|parts| parts.get(task.partition as usize))
+                            .map(|log| {
+                                let stable = log.stable_end();
+                                let end = limit.map_or(stable, |limit| limit.min(stable));
+                                let from = task.delivered[source].min(end);
+                                let to = end.min(from + self.batch);
+                                let batch = (from..to)
+                                    .filter(|offset| !log.is_aborted(*offset))
+                                    .map(|offset| log.message(offset))
+                                    .collect();
+                                (batch, to - from)
+                            })
+                            .unwrap_or_default()
+                    };
+                    if scanned == 0 {
+                        continue;
+                    }
+                    progressed = true;
+                    let task = &mut self.tasks[index];
+                    task.delivered[source] += scanned;
+                    fed += scanned;
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    task.tx.send(Input::Records(source, batch)).await.map_err(|_| {
+                        Error::Config(format!(
+                            "{} on partition {} has stopped",
+                            task.spec.name, task.partition
+                        ))
+                    })?;
+                }
+            }
+            if !progressed {
+                self.mark_unread();
+                return Ok(fed);
+            }
         }
     }
 
@@ -1041,10 +1131,16 @@ impl TestDriver {
 
     /// Every partition finishes what it was given and commits.
     async fn barrier(&self) -> Result<()> {
+        self.ask_every_task(Input::Flush).await
+    }
+
+    /// Puts `input` (with an acknowledgement) into every task's queue after what it was
+    /// given, and waits for every acknowledgement.
+    async fn ask_every_task(&self, input: fn(commit::Ack) -> Input) -> Result<()> {
         let mut acks = Vec::new();
         for task in &self.tasks {
             let (ack, acked) = std::sync::mpsc::channel();
-            if task.tx.send(Input::Flush(ack)).await.is_ok() {
+            if task.tx.send(input(ack)).await.is_ok() {
                 acks.push(acked);
             }
         }
@@ -1055,6 +1151,11 @@ impl TestDriver {
         })
         .await
         .map_err(|e| Error::Config(format!("test driver: {e}")))
+    }
+
+    /// Every partition has processed what it was given (no cut, no commit).
+    async fn settle(&self) -> Result<()> {
+        self.ask_every_task(Input::Processed).await
     }
 
     /// Every record in `topic`, raw, in partition and offset order.
@@ -1165,7 +1266,14 @@ impl TestDriver {
     /// The offset the app committed for `topic[partition]` (the next one to read).
     pub fn committed(&self, topic: &str, partition: i32) -> Option<i64> {
         let committed = self.offsets.committed.lock().ok()?;
-        committed.get(&(topic.to_string(), partition)).copied()
+        committed.get(&(topic.to_string(), partition)).map(|(next, _)| *next)
+    }
+
+    /// The stream time committed with `topic[partition]`'s offset.
+    fn committed_stream_time(&self, topic: &str, partition: i32) -> Option<i64> {
+        let committed = self.offsets.committed.lock().ok()?;
+        let (_, metadata) = committed.get(&(topic.to_string(), partition))?;
+        commit::stream_time_of_metadata(metadata)
     }
 
     /// The driver's counters (records, sends, table updates, dead letters).

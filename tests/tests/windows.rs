@@ -515,3 +515,44 @@ async fn hits_per_window_sends_each_minute_and_session_once_as_its_contract_says
     let fields: Vec<&str> = first.as_object().expect("object").keys().map(String::as_str).collect();
     assert_eq!(fields, vec!["count", "end", "start"]);
 }
+
+/// Stream time moved by records that changed no table (here: filtered out before the
+/// window) reaches the next owner of the partition through the committed offsets' metadata,
+/// as in Kafka Streams: a window closed and sent by one worker stays closed on the next, and
+/// a record late on the first is late on the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_time_moves_with_the_committed_offsets() {
+    let app = App::new("handover").pipeline("count", |builder| {
+        builder
+            .stream(EVENTS)
+            .filter(|_, value| *value != 1)
+            .group_by_key()
+            // Kept a minute: the window's expiry writes no changelog record at 15 s.
+            .windowed_by(TimeWindows::of(ms(10_000)).retention(ms(60_000)))
+            .emit_final()
+            .late_records_to(LATE)
+            .count(PER_WINDOW)
+            .to_stream()
+            .to(COUNTS);
+    });
+    let mut driver = TestDriver::new(app).expect("driver");
+    driver.pipe_at(&EVENTS, "a", &0, 1_000).expect("pipe");
+    driver.run().await.expect("run");
+    // Filtered out, but stream time moves to 15 s: the window [0, 10 s) closes and is sent.
+    driver.pipe_at(&EVENTS, "a", &1, 15_000).expect("pipe");
+    driver.run().await.expect("run");
+    assert_eq!(windowed(&driver, &COUNTS), vec![("a".into(), 0, 10_000, 1)]);
+    // Another worker takes the partition: its stores come from the changelog, whose last
+    // record was made at 1 s.
+    driver.move_partition("events", 0, "worker-2").await.expect("move");
+    driver.pipe_at(&EVENTS, "a", &0, 2_000).expect("pipe");
+    driver.pipe_at(&EVENTS, "a", &0, 40_000).expect("pipe");
+    driver.run().await.expect("run");
+    assert_eq!(
+        windowed(&driver, &COUNTS),
+        vec![("a".into(), 0, 10_000, 1)],
+        "the window closed at 15 s is not sent again, and the record at 2 s is late"
+    );
+    assert_eq!(driver.records(&LATE).expect("late"), vec![("a".to_string(), 0)]);
+    assert_eq!(driver.metrics().late.load(Ordering::Relaxed), 1);
+}

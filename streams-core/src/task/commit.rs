@@ -114,9 +114,37 @@ impl Cut {
     }
 }
 
+/// A source partition's position to commit: the next offset to read, and the stream time
+/// of the task that reads it, as far as it has read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SourceOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub next: i64,
+    pub stream_time: Option<i64>,
+}
+
+/// What a committed offset's metadata says: the stream time of the task that committed
+/// it. Kafka Streams keeps stream time in the commit metadata too: windows closed and sent
+/// by one owner stay closed for the next, even when the records that moved stream time
+/// changed no table (and so wrote no changelog record to carry it).
+pub(crate) fn offset_metadata(stream_time: Option<i64>) -> String {
+    match stream_time {
+        Some(time) => format!("{STREAM_TIME_METADATA}{time}"),
+        None => String::new(),
+    }
+}
+
+/// The stream time a committed offset's metadata carries (see [`offset_metadata`]).
+pub(crate) fn stream_time_of_metadata(metadata: &str) -> Option<i64> {
+    metadata.strip_prefix(STREAM_TIME_METADATA)?.parse().ok()
+}
+
+const STREAM_TIME_METADATA: &str = "streams.stream.time=";
+
 /// Commits source offsets to the consumer group.
 pub(crate) trait OffsetCommit: Send + Sync + 'static {
-    fn commit(&self, offsets: &[(String, i32, i64)]) -> Result<(), String>;
+    fn commit(&self, offsets: &[SourceOffset]) -> Result<(), String>;
 }
 
 /// Runs the committer on the calling thread until every sender is gone.
@@ -162,16 +190,16 @@ fn commit_batch(
     write_stores(batch, sink, metrics)?;
     // 3. Source offsets.
     let mut latest = next_offsets(batch);
-    latest.retain(|partition, offset| committed.get(partition) != Some(offset));
+    latest.retain(|partition, (next, _)| committed.get(partition) != Some(next));
     if latest.is_empty() {
         return Ok(());
     }
-    let list: Vec<(String, i32, i64)> = latest.iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect();
+    let list = source_offsets(&latest);
     let outcome = timed(&metrics.families.commit_seconds, || offsets.commit(&list));
     match outcome {
         Ok(()) => {
             metrics.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            committed.extend(latest);
+            committed.extend(latest.into_iter().map(|(partition, (next, _))| (partition, next)));
             Ok(())
         }
         Err(error) => {
@@ -184,17 +212,34 @@ fn commit_batch(
     }
 }
 
-/// The next offset to read of every source partition the cuts reached.
-fn next_offsets(batch: &[Cut]) -> HashMap<(String, i32), i64> {
-    let mut latest: HashMap<(String, i32), i64> = HashMap::new();
+/// The next offset to read of every source partition the cuts reached, with the stream
+/// time of its task there.
+fn next_offsets(batch: &[Cut]) -> HashMap<(String, i32), (i64, Option<i64>)> {
+    let mut latest: HashMap<(String, i32), (i64, Option<i64>)> = HashMap::new();
     for cut in batch.iter() {
         for (topic, offset) in &cut.positions {
             let next = offset + 1;
-            let slot = latest.entry((topic.to_string(), cut.partition)).or_insert(next);
-            *slot = (*slot).max(next);
+            let slot = latest
+                .entry((topic.to_string(), cut.partition))
+                .or_insert((next, cut.stream_time));
+            if next >= slot.0 {
+                *slot = (next, cut.stream_time.max(slot.1));
+            }
         }
     }
     latest
+}
+
+fn source_offsets(latest: &HashMap<(String, i32), (i64, Option<i64>)>) -> Vec<SourceOffset> {
+    latest
+        .iter()
+        .map(|((topic, partition), (next, stream_time))| SourceOffset {
+            topic: topic.clone(),
+            partition: *partition,
+            next: *next,
+            stream_time: *stream_time,
+        })
+        .collect()
 }
 
 /// Writes each cut's store batches, each with its checkpoint.
@@ -239,7 +284,7 @@ pub(crate) enum TxnError {
 /// A worker's transactions: one open at a time, holding everything sent since it began.
 pub(crate) trait Transactions: Send + Sync + 'static {
     /// Adds the source offsets (the next to read) to the open transaction and commits it.
-    fn commit(&self, offsets: &[(String, i32, i64)]) -> Result<(), TxnError>;
+    fn commit(&self, offsets: &[SourceOffset]) -> Result<(), TxnError>;
     /// Aborts the open transaction.
     fn abort(&self) -> Result<(), String>;
     /// Begins the next transaction.
@@ -346,8 +391,8 @@ fn commit_round(
     }
     // Offsets that moved since the last committed round (an idle worker's rounds send none).
     let mut latest = next_offsets(batch);
-    latest.retain(|partition, offset| committed.get(partition) != Some(offset));
-    let offsets: Vec<(String, i32, i64)> = latest.iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect();
+    latest.retain(|partition, (next, _)| committed.get(partition) != Some(next));
+    let offsets = source_offsets(&latest);
     // A cut that changed nothing and moved nowhere leaves its stores as they are.
     for cut in batch.iter_mut() {
         let moved = cut
@@ -372,7 +417,7 @@ fn commit_round(
     if changed {
         metrics.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    committed.extend(latest);
+    committed.extend(latest.into_iter().map(|(partition, (next, _))| (partition, next)));
     // The changelog is the truth from here: a crash before the stores are written is
     // repaired by their restore.
     write_stores(batch, sink, metrics)?;

@@ -37,6 +37,9 @@ pub(crate) enum Input {
     /// Make a cut once the records handed over before this are processed, and acknowledge
     /// it once committed; the stream goes on.
     Flush(Ack),
+    /// Acknowledge once the records handed over before this are processed, without a cut
+    /// (the test driver's `process`).
+    Processed(Ack),
 }
 
 /// Work a task does at each cut before its table changes are written: a pipeline sends
@@ -76,6 +79,9 @@ pub(crate) struct StreamCore {
     holding_since: Option<Instant>,
     /// Flushes that wait for the records queued before them (see [`Input::Flush`]).
     flushes: Vec<Ack>,
+    /// Acknowledgements that wait for the records queued before them (see
+    /// [`Input::Processed`]).
+    processed: Vec<Ack>,
     /// Exactly-once: the worker's rounds, this task's membership, and the last round it cut
     /// for (see `round.rs`). Every cut is then a round's.
     rounds: Option<(Arc<Rounds>, u64)>,
@@ -110,6 +116,7 @@ impl StreamCore {
             since_clock: 0,
             holding_since: None,
             flushes: Vec::new(),
+            processed: Vec::new(),
             rounds: None,
             round_seen: 0,
             ended: false,
@@ -316,6 +323,11 @@ impl StreamCore {
                     return None;
                 }
             }
+            if !self.processed.is_empty() && self.sources.iter().all(|s| s.queue.is_empty()) {
+                for ack in self.processed.drain(..) {
+                    let _ = ack.send(Ok(()));
+                }
+            }
             if !self.flushes.is_empty() && self.sources.iter().all(|s| s.queue.is_empty()) {
                 let acks = std::mem::take(&mut self.flushes);
                 self.cut_with(acks).await;
@@ -424,6 +436,14 @@ impl StreamCore {
                 self.ended = true;
                 true
             }
+            Input::Processed(ack) => {
+                if self.sources.iter().all(|s| s.queue.is_empty()) {
+                    let _ = ack.send(Ok(()));
+                } else {
+                    self.processed.push(ack);
+                }
+                false
+            }
             Input::Flush(ack) => {
                 if self.sources.iter().all(|s| s.queue.is_empty()) {
                     let mut acks = std::mem::take(&mut self.flushes);
@@ -447,6 +467,9 @@ impl StreamCore {
                 times.clear();
             }
         }
+        for ack in self.processed.drain(..) {
+            let _ = ack.send(Ok(()));
+        }
         if !self.flushes.is_empty() {
             let acks = std::mem::take(&mut self.flushes);
             self.cut_with(acks).await;
@@ -459,6 +482,9 @@ impl StreamCore {
             };
             match input {
                 Some(Input::Records(..) | Input::StartAt(..)) => {}
+                Some(Input::Processed(ack)) => {
+                    let _ = ack.send(Ok(()));
+                }
                 Some(Input::Flush(ack)) => self.cut(Some(ack)).await,
                 Some(Input::Finish(ack)) => {
                     self.cut(Some(ack)).await;

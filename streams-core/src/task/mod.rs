@@ -357,6 +357,11 @@ impl TaskContext {
         Ok(())
     }
 
+    /// How many cuts the task has made.
+    pub(crate) fn cuts_made(&self) -> u64 {
+        self.cuts.load(Ordering::Relaxed)
+    }
+
     /// The number of the task's next cut (from 1).
     pub(crate) fn next_cut(&self) -> u64 {
         self.cuts.fetch_add(1, Ordering::Relaxed) + 1

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::store::{RocksDbStore, StateStore};
-use crate::task::commit::{Cut, OffsetCommit};
+use crate::task::commit::{Cut, OffsetCommit, SourceOffset};
 use crate::task::input::{Input, StreamCore};
 use crate::task::run::{run_partition, TaskKind, TaskSpec};
 use crate::task::sink::Sink;
@@ -326,7 +326,10 @@ impl Shared {
         known: &HashMap<(String, i32), i64>,
     ) -> Result<TopicPartitionList> {
         let mut restoring = TopicPartitionList::new();
-        let mut committed = committed_offsets(consumer, list)?;
+        let Committed {
+            offsets: mut committed,
+            stream_times,
+        } = committed_offsets(consumer, list)?;
         // Offsets this worker committed itself (in its transactions) count too.
         for (partition, next) in known {
             let slot = committed.entry(partition.clone()).or_insert(*next);
@@ -409,6 +412,13 @@ impl Shared {
                 Arc::clone(&self.metrics),
                 Arc::clone(&self.globals),
             ));
+            // Stream time as the last commit of these sources left it (its stores may know a
+            // later one: the restore takes the larger).
+            let committed_time = sources
+                .iter()
+                .filter_map(|(topic, _)| stream_times.get(&(topic.clone(), partition)).copied())
+                .max();
+            ctx.restore_stream_time(committed_time);
             let (tx, rx) = mpsc::channel(QUEUE * spec.sources.len().max(1));
             let job = (!stores.is_empty()).then(|| RestoreJob {
                 topic: sources.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>().join("+"),
@@ -753,25 +763,35 @@ impl crate::web::Local for WebView {
     }
 }
 
+/// What the group has committed for some partitions.
+#[derive(Default)]
+struct Committed {
+    /// The next offset to read.
+    offsets: HashMap<(String, i32), i64>,
+    /// The stream time of the task that committed it (from the offset's metadata).
+    stream_times: HashMap<(String, i32), i64>,
+}
+
 /// The group's committed offsets of `list` (absent: nothing committed). Retried; a failure
 /// is an error rather than "nothing committed": that would start partitions from their
 /// beginning and restore their tables without the changes of committed input.
-fn committed_offsets(
-    consumer: &BaseConsumer<WorkerContext>,
-    list: &TopicPartitionList,
-) -> Result<HashMap<(String, i32), i64>> {
+fn committed_offsets(consumer: &BaseConsumer<WorkerContext>, list: &TopicPartitionList) -> Result<Committed> {
     let mut last_error = String::new();
     for attempt in 1..=5 {
         match consumer.committed_offsets(list.clone(), Duration::from_secs(10)) {
             Ok(committed) => {
-                let mut out = HashMap::new();
+                let mut out = Committed::default();
                 let mut failed = None;
                 for element in committed.elements() {
                     if let Err(error) = element.error() {
                         failed = Some(format!("{}[{}]: {error}", element.topic(), element.partition()));
                     }
+                    let partition = (element.topic().to_string(), element.partition());
                     if let Offset::Offset(offset) = element.offset() {
-                        out.insert((element.topic().to_string(), element.partition()), offset);
+                        out.offsets.insert(partition.clone(), offset);
+                    }
+                    if let Some(time) = crate::task::commit::stream_time_of_metadata(element.metadata()) {
+                        out.stream_times.insert(partition, time);
                     }
                 }
                 match failed {
@@ -902,14 +922,23 @@ impl ConsumerContext for WorkerContext {
 /// Commits through a consumer that may be gone (then the commit is skipped).
 pub(crate) struct GroupCommit(pub Weak<BaseConsumer<WorkerContext>>);
 
-impl OffsetCommit for GroupCommit {
-    fn commit(&self, offsets: &[(String, i32, i64)]) -> Result<(), String> {
-        let consumer = self.0.upgrade().ok_or("the consumer is closed")?;
-        let mut list = TopicPartitionList::new();
-        for (topic, partition, offset) in offsets {
-            list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
-                .map_err(|e| e.to_string())?;
+/// The offsets to commit as a list, each with its stream time in its metadata.
+fn offset_list(offsets: &[SourceOffset]) -> std::result::Result<TopicPartitionList, String> {
+    let mut list = TopicPartitionList::new();
+    for offset in offsets {
+        list.add_partition_offset(&offset.topic, offset.partition, Offset::Offset(offset.next))
+            .map_err(|e| e.to_string())?;
+        if let Some(mut element) = list.find_partition(&offset.topic, offset.partition) {
+            element.set_metadata(crate::task::commit::offset_metadata(offset.stream_time));
         }
+    }
+    Ok(list)
+}
+
+impl OffsetCommit for GroupCommit {
+    fn commit(&self, offsets: &[SourceOffset]) -> Result<(), String> {
+        let consumer = self.0.upgrade().ok_or("the consumer is closed")?;
+        let list = offset_list(offsets)?;
         consumer
             .commit(&list, rdkafka::consumer::CommitMode::Sync)
             .map_err(|e| e.to_string())
@@ -942,7 +971,7 @@ fn txn_error(what: &str, error: KafkaError) -> crate::task::commit::TxnError {
 }
 
 impl crate::task::commit::Transactions for KafkaTransactions {
-    fn commit(&self, offsets: &[(String, i32, i64)]) -> std::result::Result<(), crate::task::commit::TxnError> {
+    fn commit(&self, offsets: &[SourceOffset]) -> std::result::Result<(), crate::task::commit::TxnError> {
         use crate::task::commit::TxnError;
         use rdkafka::producer::Producer;
         let producer = self.sink.producer();
@@ -954,11 +983,7 @@ impl crate::task::commit::Transactions for KafkaTransactions {
             let metadata = consumer
                 .group_metadata()
                 .ok_or_else(|| TxnError::Abortable("the consumer has no group metadata yet".into()))?;
-            let mut list = TopicPartitionList::new();
-            for (topic, partition, offset) in offsets {
-                list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
-                    .map_err(|e| TxnError::Abortable(e.to_string()))?;
-            }
+            let list = offset_list(offsets).map_err(TxnError::Abortable)?;
             producer
                 .send_offsets_to_transaction(&list, &metadata, TXN_TIMEOUT)
                 .map_err(|e| txn_error("adding the offsets to the transaction", e))?;

@@ -1,0 +1,636 @@
+//! A model-based, property-based test of the engine (proptest): generated pipelines (stateless
+//! steps, a re-key, aggregations, tumbling/hopping/session windows with grace and
+//! emit-final, stream–table, table–table and stream–stream joins), generated inputs (a few
+//! hot keys and a long tail, out-of-order and late records, tombstones on tables) and
+//! generated knobs (table cache budget from 0, the broker's acknowledgement latency, batch
+//! sizes, commit points, partitions moved between workers, tasks crashed with and without
+//! failing commits, at-least-once or exactly-once), run through the test driver and compared
+//! with a plain reference model ([`reference`]):
+//! - exact when nothing crashed;
+//! - after crashes (at-least-once): the crashed stage's own tables exact; what the input
+//!   stage sent again counted downstream at most once more per record, never less; a
+//!   window's final result sent at least once.
+//!
+//! A failure shrinks to a minimal pipeline, input and knobs, printed with the seed that
+//! found it. `STREAMS_MODEL_CASES=n` runs `n` cases (default 8,000, about a minute here);
+//! `STREAMS_MODEL_SEED=…` replays a seed.
+
+mod engine;
+mod reference;
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
+
+use engine::{Action, Actual, Knobs, Stage};
+use reference::{Agg, Expected, JoinKind, Pipeline, Rec, Segment, Step, Terminal, WindowKind, Windows};
+
+/// One generated case.
+#[derive(Debug, Clone)]
+struct Case {
+    partitions: i32,
+    pipeline: Pipeline,
+    /// Per segment: input records, side records, and what follows them.
+    segments: Vec<(Vec<Rec>, Vec<Rec>, Action)>,
+    knobs: Knobs,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (2..5i64)
+            .prop_flat_map(|modulus| (Just(modulus), 0..modulus))
+            .prop_map(|(modulus, drop)| Step::Filter { modulus, drop }),
+        // Values stay at 0 or more: sums only grow (crash bounds rely on it).
+        (1..3i64, 0..3i64).prop_map(|(mul, add)| Step::MapValues { mul, add }),
+        (0..3i64).prop_map(|copies| Step::FlatMap { copies }),
+    ]
+}
+
+fn agg() -> impl Strategy<Value = Agg> {
+    prop_oneof![Just(Agg::Count), Just(Agg::Sum), Just(Agg::Max), Just(Agg::Latest)]
+}
+
+fn join_kind() -> impl Strategy<Value = JoinKind> {
+    prop_oneof![Just(JoinKind::Inner), Just(JoinKind::Left), Just(JoinKind::Outer)]
+}
+
+fn windows() -> impl Strategy<Value = Windows> {
+    let kind = prop_oneof![
+        prop_oneof![Just(20i64), Just(60), Just(200)].prop_map(|size| WindowKind::Tumbling { size }),
+        (prop_oneof![Just(40i64), Just(120)], 1..4i64).prop_map(|(size, n)| WindowKind::Hopping {
+            size,
+            advance: size / n
+        }),
+        prop_oneof![Just(10i64), Just(50)].prop_map(|gap| WindowKind::Session { gap }),
+    ];
+    (
+        kind,
+        prop_oneof![Just(0i64), Just(30), Just(100)],
+        proptest::option::weighted(0.2, prop_oneof![Just(50i64), Just(1000)]),
+        any::<bool>(),
+        prop_oneof![Just(Agg::Count), Just(Agg::Sum)],
+    )
+        .prop_map(|(kind, grace, keep_longer, emit_final, agg)| Windows {
+            kind,
+            grace,
+            keep_longer,
+            emit_final,
+            agg,
+        })
+}
+
+fn terminal() -> impl Strategy<Value = Terminal> {
+    prop_oneof![
+        3 => agg().prop_map(Terminal::Aggregate),
+        3 => windows().prop_map(Terminal::Windowed),
+        1 => any::<bool>().prop_map(|left| Terminal::StreamTable { left }),
+        1 => (agg(), join_kind()).prop_map(|(agg, kind)| Terminal::TableTable { agg, kind }),
+        1 => (join_kind(), prop_oneof![Just(0i64), Just(20), Just(80)], prop_oneof![Just(0i64), Just(40)])
+            .prop_map(|(kind, difference, grace)| Terminal::StreamStream { kind, difference, grace }),
+    ]
+}
+
+fn pipeline() -> impl Strategy<Value = Pipeline> {
+    (
+        proptest::collection::vec(step(), 0..3),
+        proptest::option::weighted(0.4, 1..5i64),
+        proptest::collection::vec(step(), 0..2),
+        terminal(),
+    )
+        .prop_map(|(pre, rekey, post, terminal)| Pipeline {
+            pre,
+            rekey,
+            post,
+            terminal,
+        })
+}
+
+/// A key: two hot ones, and a long tail.
+fn key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => Just("h0".to_string()),
+        2 => Just("h1".to_string()),
+        3 => (0..40u8).prop_map(|n| format!("t{n}")),
+    ]
+}
+
+/// Records: (key, value, how far out of order); times are laid out afterwards.
+fn records(max: usize) -> impl Strategy<Value = Vec<(String, i64, i64)>> {
+    proptest::collection::vec(
+        (
+            key(),
+            0..7i64,
+            prop_oneof![8 => Just(0i64), 3 => -40..40i64, 1 => -400..-100i64],
+        ),
+        0..max,
+    )
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    let stage = prop_oneof![Just(Stage::Input), Just(Stage::Rekeyed)];
+    prop_oneof![
+        3 => Just(Action::Commit),
+        1 => (stage.clone(), 0..3i32, 1..4u8).prop_map(|(stage, partition, owner)| Action::Move { stage, partition, owner }),
+        2 => (stage, 0..3i32, 1..4u8, any::<bool>()).prop_map(|(stage, partition, owner, commits_fail)| Action::Crash {
+            stage,
+            partition,
+            owner,
+            commits_fail,
+        }),
+    ]
+}
+
+fn knobs() -> impl Strategy<Value = Knobs> {
+    (
+        prop_oneof![Just(0usize), Just(150), Just(1_000), Just(10_000), Just(1 << 20)],
+        prop_oneof![2 => Just(0u64), 1 => Just(1)],
+        prop_oneof![Just(1usize), Just(2), Just(7), Just(1024)],
+        proptest::bool::weighted(0.2),
+    )
+        .prop_map(|(cache_bytes, ack_latency_ms, batch, exactly_once)| Knobs {
+            cache_bytes,
+            ack_latency_ms,
+            batch,
+            exactly_once,
+        })
+}
+
+/// Lays out times: input records 20 ms apart (even times, moved by their offset), side
+/// records spread over the same span (odd times): the two never tie.
+fn timed(input: Vec<(String, i64, i64)>, side: Vec<(String, Option<i64>, i64)>) -> (Vec<Rec>, Vec<Rec>) {
+    let input: Vec<Rec> = input
+        .into_iter()
+        .enumerate()
+        .map(|(i, (key, value, offset))| Rec {
+            key,
+            value: Some(value),
+            ts: 2 * (1_000 + 10 * i as i64 + offset).max(0),
+        })
+        .collect();
+    let span = (input.len().max(side.len()) as i64) * 10;
+    let count = side.len().max(1) as i64;
+    let side = side
+        .into_iter()
+        .enumerate()
+        .map(|(i, (key, value, offset))| Rec {
+            key,
+            value,
+            ts: 2 * (1_000 + span * i as i64 / count + offset).max(0) + 1,
+        })
+        .collect();
+    (input, side)
+}
+
+/// Splits records into segments by shares.
+fn split(records: Vec<Rec>, shares: &[usize]) -> Vec<Vec<Rec>> {
+    let total: usize = shares.iter().sum::<usize>().max(1);
+    let mut out = Vec::new();
+    let mut rest = records.into_iter();
+    let n = rest.len();
+    let mut taken = 0;
+    let mut acc = 0;
+    for share in shares {
+        acc += share;
+        let upto = n * acc / total;
+        out.push(rest.by_ref().take(upto - taken).collect());
+        taken = upto;
+    }
+    out
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        1..4i32,
+        pipeline(),
+        records(120),
+        proptest::collection::vec((key(), proptest::option::weighted(0.85, 0..7i64), -40..40i64), 0..40),
+        proptest::collection::vec((1..6usize, action()), 1..4),
+        knobs(),
+    )
+        .prop_map(|(partitions, pipeline, input, side, plan, knobs)| {
+            let (input, side) = timed(input, side);
+            let shares: Vec<usize> = plan.iter().map(|(share, _)| *share).collect();
+            let segments = split(input, &shares)
+                .into_iter()
+                .zip(split(side, &shares))
+                .zip(plan.into_iter().map(|(_, action)| action))
+                .map(|((input, side), action)| (input, side, action))
+                .collect();
+            normalize(Case {
+                partitions,
+                pipeline,
+                segments,
+                knobs,
+            })
+        })
+}
+
+/// Keeps a generated case within what the model can tell exactly.
+fn normalize(mut case: Case) -> Case {
+    let p = &mut case.pipeline;
+    // Stream joins take their records in time order across both inputs: after a re-key the
+    // order across them is the driver's, not the model's. They join the stream as it is.
+    if matches!(p.terminal, Terminal::StreamTable { .. } | Terminal::StreamStream { .. }) && p.rekey.take().is_some() {
+        let post = std::mem::take(&mut p.post);
+        p.pre.extend(post);
+    }
+    if p.rekey.is_none() {
+        p.post.clear();
+    }
+    // After a re-key on several partitions, records of several input partitions interleave
+    // in the repartition topic: only results that do not depend on their order are known.
+    if p.rekey.is_some() && case.partitions > 1 && p.terminal.ordered() {
+        p.terminal = match p.terminal {
+            Terminal::TableTable { kind, .. } => Terminal::TableTable { agg: Agg::Sum, kind },
+            _ => Terminal::Aggregate(Agg::Sum),
+        };
+    }
+    let side = p.terminal.has_side();
+    let stream_side = matches!(p.terminal, Terminal::StreamStream { .. });
+    // Crashes: the stream joins' results after one depend on what the new owner finds (at-
+    // least-once); exactly-once crashes come with the transactions' double.
+    let no_crash =
+        case.knobs.exactly_once || matches!(p.terminal, Terminal::StreamTable { .. } | Terminal::StreamStream { .. });
+    // Records the input stage sends again reach the next stage later than the first time:
+    // the latest value of a key is then not known, and a record that was late for its
+    // session may now extend one that reaches back to it (as in Kafka Streams). The crash
+    // then hits the re-keyed stage instead.
+    let order_matters_after_rekey = p.rekey.is_some()
+        && matches!(
+            p.terminal,
+            Terminal::Aggregate(Agg::Latest)
+                | Terminal::TableTable { agg: Agg::Latest, .. }
+                | Terminal::Windowed(Windows {
+                    kind: WindowKind::Session { .. },
+                    ..
+                })
+        );
+    let rekeyed = p.rekey.is_some();
+    for (_, side_records, action) in &mut case.segments {
+        if !side {
+            side_records.clear();
+        }
+        if stream_side {
+            for r in side_records.iter_mut() {
+                r.value.get_or_insert(0);
+            }
+        }
+        match action {
+            Action::Crash { .. } if no_crash => *action = Action::Commit,
+            Action::Crash { stage, .. } | Action::Move { stage, .. } if !rekeyed => *stage = Stage::Input,
+            Action::Crash { stage, .. } if order_matters_after_rekey => *stage = Stage::Rekeyed,
+            _ => {}
+        }
+    }
+    case
+}
+
+/// What the model expects with the input records processed again by the input stage counted
+/// once more each (downstream of a re-key, an upper bound).
+fn expected_with(case: &Case, reprocessed: &BTreeMap<(i32, i64), usize>) -> Expected {
+    let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
+    let segments: Vec<Segment> = case
+        .segments
+        .iter()
+        .map(|(input, side, _)| {
+            let mut doubled = Vec::new();
+            for r in input {
+                let partition = streams_core::testing::kafka_partition(r.key.as_bytes(), case.partitions);
+                let offset = offsets.entry(partition).or_insert(0);
+                let times = 1 + reprocessed.get(&(partition, *offset)).copied().unwrap_or(0);
+                *offset += 1;
+                for _ in 0..times {
+                    doubled.push(r.clone());
+                }
+            }
+            Segment {
+                input: doubled,
+                side: side.clone(),
+            }
+        })
+        .collect();
+    reference::run(&case.pipeline, &segments, case.partitions)
+}
+
+fn crashed(case: &Case) -> bool {
+    case.segments.iter().any(|(_, _, a)| matches!(a, Action::Crash { .. }))
+}
+
+fn ensure(ok: bool, what: impl FnOnce() -> String) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(what())
+    }
+}
+
+/// Keys whose values differ, at most a few, for messages.
+fn differences<K: Ord + Clone + std::fmt::Debug, V: PartialEq + Clone + std::fmt::Debug>(
+    expected: &BTreeMap<K, V>,
+    actual: &BTreeMap<K, V>,
+) -> String {
+    let mut out = Vec::new();
+    for key in expected.keys().chain(actual.keys()) {
+        if expected.get(key) != actual.get(key) && !out.iter().any(|(k, _, _)| k == key) {
+            out.push((key.clone(), expected.get(key).cloned(), actual.get(key).cloned()));
+        }
+    }
+    let shown: Vec<String> = out
+        .iter()
+        .take(8)
+        .map(|(k, e, a)| format!("{k:?}: expected {e:?}, got {a:?}"))
+        .collect();
+    format!("{} differ: {}", out.len(), shown.join("; "))
+}
+
+/// `actual` within `lo..=hi` for every key (missing counts as absent in both).
+fn within<K: Ord + Clone + std::fmt::Debug>(
+    what: &str,
+    lo: &BTreeMap<K, i64>,
+    hi: &BTreeMap<K, i64>,
+    actual: &BTreeMap<K, i64>,
+) -> Result<(), String> {
+    for (key, value) in actual {
+        let (low, high) = (lo.get(key), hi.get(key));
+        ensure(high.is_some(), || {
+            format!("{what}: {key:?} = {value} was never expected")
+        })?;
+        ensure(
+            low.is_none_or(|low| value >= low) && high.is_none_or(|high| value <= high),
+            || format!("{what}: {key:?} = {value}, expected {low:?} ..= {high:?}"),
+        )?;
+    }
+    for key in lo.keys() {
+        ensure(actual.contains_key(key), || format!("{what}: {key:?} missing"))?;
+    }
+    Ok(())
+}
+
+/// Whether `sent` is a subsequence of `history`.
+fn subsequence(sent: &[i64], history: &[i64]) -> bool {
+    let mut at = history.iter();
+    sent.iter().all(|value| at.any(|h| h == value))
+}
+
+fn check(case: &Case, actual: &Actual) -> Result<(), String> {
+    let segments: Vec<Segment> = case
+        .segments
+        .iter()
+        .map(|(input, side, _)| Segment {
+            input: input.clone(),
+            side: side.clone(),
+        })
+        .collect();
+    let lo = reference::run(&case.pipeline, &segments, case.partitions);
+    let resent = !actual.reprocessed.is_empty();
+    let hi = if resent {
+        expected_with(case, &actual.reprocessed)
+    } else {
+        lo.clone()
+    };
+    let crashed = crashed(case);
+    match case.pipeline.terminal {
+        Terminal::Aggregate(agg) | Terminal::TableTable { agg, .. } => {
+            // Re-sent records are counted once more each: exactly the upper model, whatever
+            // their order, for the aggregations a re-key allows on several partitions.
+            let table = if matches!(case.pipeline.terminal, Terminal::Aggregate(_)) {
+                (&hi.table, &lo.table)
+            } else {
+                (&hi.left, &lo.left)
+            };
+            let _ = (agg, table.1);
+            ensure(*table.0 == actual.agg, || {
+                format!("aggregation: {}", differences(table.0, &actual.agg))
+            })?;
+            // Every change of a key went on, coalesced: the last is the table's.
+            for (key, value) in &actual.agg {
+                if let (Terminal::Aggregate(_), Some(sent)) = (case.pipeline.terminal, actual.out.get(key)) {
+                    ensure(sent.last() == Some(value), || {
+                        format!(
+                            "`out`: the last value sent for {key:?} is {:?}, the table has {value}",
+                            sent.last()
+                        )
+                    })?;
+                    // The order of a key's values is known unless re-keyed records of several
+                    // partitions interleave.
+                    let ordered = case.pipeline.rekey.is_none() || case.partitions == 1;
+                    if !crashed && ordered {
+                        let history = lo.history.get(key).map(Vec::as_slice).unwrap_or_default();
+                        ensure(subsequence(sent, history), || {
+                            format!("`out`: {key:?} sent {sent:?}, not among the values it took {history:?}")
+                        })?;
+                    }
+                }
+            }
+            if let Terminal::Aggregate(_) = case.pipeline.terminal {
+                for key in actual.agg.keys() {
+                    ensure(actual.out.contains_key(key), || format!("`out`: {key:?} never sent"))?;
+                }
+            }
+        }
+        _ => {}
+    }
+    if let Terminal::TableTable { kind, .. } = case.pipeline.terminal {
+        ensure(lo.side == actual.side, || {
+            format!("side table: {}", differences(&lo.side, &actual.side))
+        })?;
+        // The join's table agrees with its two tables as they are.
+        let mut agreed = BTreeMap::new();
+        for key in actual.agg.keys().chain(actual.side.keys()) {
+            let (l, r) = (actual.agg.get(key).copied(), actual.side.get(key).copied());
+            let row = match kind {
+                JoinKind::Inner => l.is_some() && r.is_some(),
+                JoinKind::Left => l.is_some(),
+                JoinKind::Outer => l.is_some() || r.is_some(),
+            };
+            if row {
+                agreed.insert(key.clone(), reference::joined(l, r));
+            }
+        }
+        ensure(agreed == actual.joined, || {
+            format!("joined table: {}", differences(&agreed, &actual.joined))
+        })?;
+        if !resent {
+            ensure(lo.table == actual.joined, || {
+                format!("joined table: {}", differences(&lo.table, &actual.joined))
+            })?;
+        }
+        for (key, value) in &actual.joined {
+            if let Some(sent) = actual.out.get(key) {
+                ensure(sent.last() == Some(value), || {
+                    format!(
+                        "`out`: last joined value sent for {key:?} is {:?}, the table has {value}",
+                        sent.last()
+                    )
+                })?;
+            } else {
+                return Err(format!("`out`: joined {key:?} never sent"));
+            }
+        }
+    }
+    if let Terminal::Windowed(windows) = case.pipeline.terminal {
+        if resent {
+            within("windowed table", &lo.windows, &hi.windows, &actual.windows)?;
+        } else {
+            ensure(lo.windows == actual.windows, || {
+                format!("windowed table: {}", differences(&lo.windows, &actual.windows))
+            })?;
+        }
+        if windows.emit_final {
+            for (window, sent) in &actual.out_windows {
+                let (low, high) = (lo.finals.get(window), hi.finals.get(window));
+                ensure(high.is_some(), || {
+                    format!("final result of {window:?} ({sent:?}) never expected")
+                })?;
+                ensure(crashed || sent.len() == 1, || {
+                    format!("final result of {window:?} sent {} times: {sent:?}", sent.len())
+                })?;
+                for value in sent {
+                    ensure(
+                        low.is_none_or(|low| value >= low) && high.is_none_or(|high| value <= high),
+                        || format!("final result of {window:?}: {value}, expected {low:?} ..= {high:?}"),
+                    )?;
+                }
+            }
+            for window in lo.finals.keys() {
+                ensure(actual.out_windows.contains_key(window), || {
+                    format!("final result of {window:?} never sent")
+                })?;
+            }
+        } else if !crashed {
+            for (window, sent) in &actual.out_windows {
+                if let Some(value) = lo.all_windows.get(window) {
+                    ensure(sent.last() == Some(value), || {
+                        format!(
+                            "`out-windows`: last value of {window:?} is {:?}, expected {value}",
+                            sent.last()
+                        )
+                    })?;
+                }
+            }
+        }
+    }
+    match case.pipeline.terminal {
+        Terminal::StreamTable { .. } => {
+            ensure(lo.side == actual.side, || {
+                format!("side table: {}", differences(&lo.side, &actual.side))
+            })?;
+            ensure(lo.joins == actual.out, || {
+                format!("joined stream: {}", differences(&lo.joins, &actual.out))
+            })?;
+        }
+        Terminal::StreamStream { .. } => {
+            let sorted = |m: &BTreeMap<String, Vec<i64>>| -> BTreeMap<String, Vec<i64>> {
+                m.iter()
+                    .map(|(k, v)| {
+                        let mut v = v.clone();
+                        v.sort_unstable();
+                        (k.clone(), v)
+                    })
+                    .collect()
+            };
+            let (expected, got) = (sorted(&lo.joins), sorted(&actual.out));
+            ensure(expected == got, || {
+                format!("joined stream: {}", differences(&expected, &got))
+            })?;
+        }
+        _ => {}
+    }
+    if !crashed {
+        ensure(lo.late == actual.late, || {
+            format!("late records: expected {}, counted {}", lo.late, actual.late)
+        })?;
+    }
+    Ok(())
+}
+
+fn run_case(case: &Case) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let run = engine::run(&case.pipeline, case.partitions, &case.knobs, &case.segments);
+    let actual = runtime
+        .block_on(async { tokio::time::timeout(std::time::Duration::from_secs(30), run).await })
+        .map_err(|_| "the engine did not finish within 30 s".to_string())?
+        .map_err(|e| format!("the engine failed: {e}"))?;
+    // A task stuck in a blocking wait must not keep the next case waiting.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    check(case, &actual)
+}
+
+fn seed() -> u64 {
+    match std::env::var("STREAMS_MODEL_SEED") {
+        Ok(text) => u64::from_str_radix(text.trim().trim_start_matches("0x"), 16)
+            .unwrap_or_else(|_| panic!("STREAMS_MODEL_SEED must be hexadecimal, got {text:?}")),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64),
+    }
+}
+
+#[test]
+fn the_engine_agrees_with_the_model() {
+    let cases: u32 = std::env::var("STREAMS_MODEL_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(8_000);
+    let seed = seed();
+    println!("model test: {cases} cases, seed {seed:016x} (replay: STREAMS_MODEL_SEED={seed:016x})");
+    let mut bytes = [0u8; 32];
+    for (i, chunk) in bytes.chunks_mut(8).enumerate() {
+        chunk.copy_from_slice(&(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_le_bytes());
+    }
+    let config = Config {
+        cases,
+        failure_persistence: None,
+        max_shrink_time: 120_000,
+        ..Config::default()
+    };
+    let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes));
+    let started = std::time::Instant::now();
+    let outcome = runner.run(&case(), |case| run_case(&case).map_err(TestCaseError::fail));
+    println!("model test: done in {:.1} s", started.elapsed().as_secs_f64());
+    match outcome {
+        Ok(()) => {}
+        Err(TestError::Fail(reason, case)) => panic!(
+            "the engine disagrees with the model: {reason}\nminimal case:\n{}\nreplay: STREAMS_MODEL_SEED={seed:016x}",
+            as_text(&case)
+        ),
+        Err(TestError::Abort(reason)) => panic!("model test aborted: {reason} (seed {seed:016x})"),
+    }
+}
+
+/// A case, compactly: records as `key=value@time` (`key=∅@time`: a tombstone).
+fn as_text(case: &Case) -> String {
+    let records = |records: &[Rec]| -> String {
+        let each: Vec<String> = records
+            .iter()
+            .map(|r| match r.value {
+                Some(value) => format!("{}={value}@{}", r.key, r.ts),
+                None => format!("{}=∅@{}", r.key, r.ts),
+            })
+            .collect();
+        format!("[{}]", each.join(" "))
+    };
+    let segments: Vec<String> = case
+        .segments
+        .iter()
+        .map(|(input, side, action)| {
+            format!(
+                "  input {}\n  side {}\n  then {action:?}",
+                records(input),
+                records(side)
+            )
+        })
+        .collect();
+    format!(
+        "partitions: {}\npipeline: {:?}\nknobs: {:?}\nsegments:\n{}",
+        case.partitions,
+        case.pipeline,
+        case.knobs,
+        segments.join("\n")
+    )
+}
