@@ -32,6 +32,10 @@ pub mod faust_hit_counter;
 #[path = "../examples/word_count.rs"]
 pub mod word_count;
 
+/// The system test's app, compiled from the example itself.
+#[path = "../examples/smoke.rs"]
+pub mod smoke;
+
 /// The `page_views` example (joins), as a module.
 #[path = "../examples/page_views.rs"]
 pub mod page_views;

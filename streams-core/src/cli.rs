@@ -65,9 +65,10 @@ enum Command {
         #[arg(long, value_name = "ID", env = "STREAMS_WORKER_ID")]
         worker_id: Option<String>,
         /// Port of the worker's web server (table lookups, /metrics, /topology, /health,
-        /// /ready); 0 takes any free port.
-        #[arg(long, value_name = "PORT", env = "STREAMS_WEB_PORT", default_value_t = crate::web::DEFAULT_PORT)]
-        web_port: u16,
+        /// /ready); 0 takes any free port. A port given here that is in use fails the start
+        /// [default: 6066, or any free port when 6066 is taken].
+        #[arg(long, value_name = "PORT", env = "STREAMS_WEB_PORT")]
+        web_port: Option<u16>,
         /// Address the web server listens on (0.0.0.0: every interface).
         #[arg(long, value_name = "ADDRESS", env = "STREAMS_WEB_BIND", default_value = "127.0.0.1")]
         web_bind: std::net::IpAddr,
@@ -78,6 +79,19 @@ enum Command {
         /// No web server.
         #[arg(long)]
         no_web: bool,
+        /// Bytes each table partition's cache may hold (changes wait there until the next
+        /// commit, coalesced per key) [default: the app's, 1 MiB unless it says otherwise].
+        #[arg(long, value_name = "BYTES", env = "STREAMS_TABLE_CACHE_BYTES")]
+        table_cache_bytes: Option<usize>,
+        /// Seconds a stop (SIGINT/SIGTERM) may take to finish the records and commit; past
+        /// it the worker exits 1 without its last commits.
+        #[arg(
+            long,
+            value_name = "SECONDS",
+            env = "STREAMS_SHUTDOWN_TIMEOUT",
+            default_value_t = 30.0
+        )]
+        shutdown_timeout: f64,
     },
     /// Send one record to a topic (like `faust send`). For a topic the app declares, the key
     /// and value are checked against its types first.
@@ -152,12 +166,20 @@ enum Command {
     /// List the app's tables: key and value types, changelog topic, the agent that keeps it.
     Tables,
     /// Reset the app, as Kafka Streams' reset tool does: delete its internal topics
-    /// (changelogs, repartition topics), set its group's offsets on its input topics to the
-    /// earliest, remove its local data directory. Refuses while workers of the app run.
+    /// (changelogs, repartition topics, internal topics named after the app), set its group's
+    /// offsets on its input topics to the earliest, remove its local data directory. Refuses
+    /// while workers of the app run.
     Reset {
         /// Do it (without, the reset is only described).
         #[arg(long)]
         yes: bool,
+        /// Delete this internal topic too, though it is not named after the app (another app
+        /// may read it) (repeatable).
+        #[arg(long = "delete-topic", value_name = "TOPIC")]
+        delete_topics: Vec<String>,
+        /// Delete every internal topic of the app, whatever its name.
+        #[arg(long)]
+        all_internal_topics: bool,
         /// Directory of the stores [default: ./{app id}-data].
         #[arg(long, env = "STREAMS_DATA_DIR")]
         data_dir: Option<PathBuf>,
@@ -318,6 +340,8 @@ fn main(app: App) -> ExitCode {
             web_bind,
             web_advertise,
             no_web,
+            table_cache_bytes,
+            shutdown_timeout,
         } => settings(broker, config_file.as_deref(), config).and_then(|(broker, config)| {
             let mut options = WorkerOptions::new(data_dir.unwrap_or_else(default_dir));
             options.broker = broker;
@@ -326,10 +350,18 @@ fn main(app: App) -> ExitCode {
             options.consumer_config = consumer_config;
             options.guarantee = processing_guarantee;
             options.worker_id = worker_id;
-            options.web = (!no_web).then_some(crate::web::WebOptions {
-                bind: web_bind,
-                port: web_port,
-                advertised: web_advertise,
+            options.table_cache_bytes = table_cache_bytes;
+            options.shutdown_timeout = Duration::try_from_secs_f64(shutdown_timeout)
+                .map_err(|e| crate::Error::Config(format!("--shutdown-timeout {shutdown_timeout}: {e}")))?;
+            options.web = (!no_web).then(|| {
+                let mut web = crate::web::WebOptions::default().bind(web_bind);
+                if let Some(port) = web_port {
+                    web = web.port(port);
+                }
+                if let Some(url) = web_advertise {
+                    web = web.advertised(url);
+                }
+                web
             });
             runtime.block_on(run_worker(app, options))
         }),
@@ -388,6 +420,8 @@ fn main(app: App) -> ExitCode {
         Command::Table { name, data_dir } => print_table(&app, &name, &data_dir.unwrap_or_else(default_dir)),
         Command::Reset {
             yes,
+            delete_topics,
+            all_internal_topics,
             data_dir,
             broker,
             config,
@@ -395,7 +429,12 @@ fn main(app: App) -> ExitCode {
         } => settings(broker, config_file.as_deref(), config).and_then(|(broker, config)| {
             let broker = required(broker)?;
             let data_dir = data_dir.unwrap_or_else(default_dir);
-            runtime.block_on(crate::reset::reset(&app, &broker, &config, &data_dir, yes))
+            let options = crate::reset::ResetOptions {
+                yes,
+                delete: delete_topics,
+                all_internal: all_internal_topics,
+            };
+            runtime.block_on(crate::reset::reset(&app, &broker, &config, &data_dir, &options))
         }),
     };
     // A blocking call that is still waiting on the network (a metadata request to an
@@ -504,6 +543,7 @@ async fn run_worker(app: App, options: WorkerOptions) -> crate::Result<()> {
     };
     // Either a signal asks to stop, or the worker ends by itself (idle exit or failure).
     let stop_flag = worker.stop_flag();
+    let timeout = worker.shutdown_timeout;
     let wait = worker.wait();
     tokio::pin!(wait);
     tokio::select! {
@@ -512,7 +552,14 @@ async fn run_worker(app: App, options: WorkerOptions) -> crate::Result<()> {
         _ = failed => {},
     }
     stop_flag.store(true, Ordering::Relaxed);
-    wait.await.map(|_| ())
+    match tokio::time::timeout(timeout, wait).await {
+        Ok(result) => result.map(|_| ()),
+        Err(_) => Err(crate::Error::Config(format!(
+            "the worker did not stop within {} s (--shutdown-timeout; is the broker reachable?): exiting without \
+             its last commits; the input since the last commit will be processed again by the next owner",
+            timeout.as_secs_f64()
+        ))),
+    }
 }
 
 async fn send(

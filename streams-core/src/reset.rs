@@ -1,7 +1,11 @@
 //! `APP reset`: Kafka Streams' application reset tool. The app starts over from the
-//! beginning of its input: its internal topics (changelogs, repartition and other
-//! `.internal()` topics, the workers' directory) are deleted, its consumer group's offsets
-//! on its input topics are set to their earliest, and its local data directory is removed.
+//! beginning of its input: its internal topics (changelogs, repartition topics, the workers'
+//! directory, and `.internal()` topics named after the app) are deleted, its consumer group's
+//! offsets on its input topics are set to their earliest, and its local data directory is
+//! removed. An `.internal()` topic not named after the app (`{app}-…`) may be read by another
+//! app: it is kept, and listed, unless named with `--delete-topic` or all are asked for with
+//! `--all-internal-topics`; a kept one the app writes has its offsets set to its end (the
+//! next run writes it anew).
 //!
 //! It refuses while a worker of the app runs: one that holds the data directory here, one
 //! whose web server answers (the directory lists them), or one the broker knows as a member
@@ -30,10 +34,24 @@ enum Target {
     Zero,
 }
 
+/// What to reset beyond the defaults, and whether to do it.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ResetOptions {
+    /// Do it (without: say what would be done).
+    pub yes: bool,
+    /// `.internal()` topics not named after the app, to delete too.
+    pub delete: Vec<String>,
+    /// Delete every `.internal()` topic of the app, whatever its name.
+    pub all_internal: bool,
+}
+
 /// What a reset of the app does, worked out before it does anything.
 struct Plan {
     /// Internal topics that exist, to delete.
     delete: Vec<String>,
+    /// Internal topics that exist and are not named after the app, kept (another app may
+    /// read them).
+    keep: Vec<String>,
     /// Source topics that exist, with their partition counts and where their offsets go.
     offsets: Vec<(String, i32, Target)>,
     /// The local data directory of the app, if there is one.
@@ -47,8 +65,9 @@ pub(crate) async fn reset(
     broker: &str,
     settings: &[(String, String)],
     data_dir: &Path,
-    yes: bool,
+    options: &ResetOptions,
 ) -> Result<()> {
+    let yes = options.yes;
     let app_dir = data_dir.join(app.id());
     // File system calls: off the async executor.
     let _lock = {
@@ -87,6 +106,22 @@ pub(crate) async fn reset(
     internal.push(directory.clone());
     internal.sort();
     internal.dedup();
+    for name in &options.delete {
+        if !internal.contains(name) {
+            return Err(Error::Config(format!(
+                "`{name}` is not an internal topic of app `{}` (its internal topics: {}); reset deletes only those",
+                app.id(),
+                internal.join(", ")
+            )));
+        }
+    }
+    // Named after the app: its own. Others may be read by another app: only when asked.
+    let prefix = format!("{}-", app.id());
+    let (delete, keep): (Vec<String>, Vec<String>) = internal
+        .iter()
+        .filter(|t| topics.contains_key(*t))
+        .cloned()
+        .partition(|t| t.starts_with(&prefix) || options.all_internal || options.delete.contains(t));
     let tasks = app.tasks();
     let sent: Vec<&str> = tasks.iter().flat_map(|t| t.sends.iter().map(|s| &*s.name)).collect();
     let mut offsets: Vec<(String, i32, Target)> = Vec::new();
@@ -99,7 +134,7 @@ pub(crate) async fn reset(
         let Some(&partitions) = topics.get(&*topic.name) else {
             continue;
         };
-        let target = if internal.iter().any(|i| *i == topic.name) {
+        let target = if delete.iter().any(|i| *i == topic.name) {
             // Deleted and made again: its offsets start at 0 (committed here too, for a
             // broker that keeps a deleted topic's offsets).
             Target::Zero
@@ -115,7 +150,8 @@ pub(crate) async fn reset(
     offsets.sort_by(|a, b| a.0.cmp(&b.0));
     offsets.dedup_by(|a, b| a.0 == b.0);
     let plan = Plan {
-        delete: internal.into_iter().filter(|t| topics.contains_key(t)).collect(),
+        delete,
+        keep,
         offsets,
         data_dir: app_dir.exists().then(|| app_dir.clone()),
     };
@@ -258,6 +294,13 @@ fn print_plan(app: &App, broker: &str, plan: &Plan) {
         println!("  no internal topics to delete");
     } else {
         println!("  delete internal topics: {}", plan.delete.join(", "));
+    }
+    if !plan.keep.is_empty() {
+        println!(
+            "  keep internal topics not named after the app (another app may read them): {}; delete them with \
+             --delete-topic NAME or --all-internal-topics",
+            plan.keep.join(", ")
+        );
     }
     let named = |target: Target| -> Vec<String> {
         plan.offsets

@@ -822,3 +822,119 @@ fn the_worker_serves_its_web_pages_where_asked() {
     assert_eq!(quiet.wait(Duration::from_secs(60)), Some(0));
     assert!(!quiet.seen.join("\n").contains("web server on"));
 }
+
+/// Three workers of one app started on one machine with default options (no `--web-port`),
+/// as the README's scaling section says: the first takes 6066 (unless something else has
+/// it), the others any free port, each saying which; all three run, and a lookup sent to
+/// any of them reaches the worker that holds the key, whatever its port.
+#[test]
+fn three_workers_with_default_options_run_side_by_side() {
+    let broker = broker();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+    let mut workers = Vec::new();
+    let mut ports = Vec::new();
+    for dir in &dirs {
+        let mut command = std::process::Command::new(hit_counter());
+        command
+            .args([
+                "worker",
+                "-l",
+                "info",
+                "--broker",
+                broker.bootstrap_servers(),
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            // The defaults, not the test helpers' any-port setting.
+            .env_remove("STREAMS_WEB_PORT");
+        let mut worker = Child::spawn_command(command);
+        let line = worker.wait_for_line("web server on http://127.0.0.1:", Duration::from_secs(60));
+        let port: u16 = line
+            .rsplit("http://127.0.0.1:")
+            .next()
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|digits| digits.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        ports.push(port);
+        workers.push(worker);
+    }
+    let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+    assert_eq!(distinct.len(), 3, "ports {ports:?}");
+    if ports[0] == 6066 {
+        for worker in &workers[1..] {
+            assert!(
+                worker.seen.join("\n").contains("port 6066 is in use"),
+                "{}",
+                worker.seen.join("\n")
+            );
+        }
+    }
+    let records = seed::hits(11, 600);
+    produce(broker.bootstrap_servers(), "hit_count", &unkeyed(&records));
+    let expected = seed::expected_counts(&records);
+    for port in &ports {
+        streams_tests::wait_until("every worker answers every key", Duration::from_secs(120), || {
+            expected.iter().all(|(user, count)| {
+                streams_tests::http_get(*port, &format!("/tables/major-count/{user}")) == (200, count.to_string())
+            })
+        });
+    }
+    // One after another, each once the others hold every partition again: the embedded
+    // broker refuses the last commit of a worker that stops mid-rebalance (Kafka accepts it).
+    for n in 0..workers.len() {
+        workers[n].terminate();
+        assert_eq!(
+            workers[n].wait(Duration::from_secs(90)),
+            Some(0),
+            "{}",
+            workers[n].seen.join("\n")
+        );
+        for port in &ports[n + 1..] {
+            streams_tests::wait_until("the others are ready", Duration::from_secs(120), || {
+                streams_tests::http_get(*port, "/ready").0 == 200
+            });
+        }
+    }
+}
+
+/// A worker told to stop while its broker cannot be reached does not wait for it forever:
+/// past `--shutdown-timeout` it exits 1 without its last commits, and says so.
+#[test]
+fn a_stop_is_bounded_when_the_broker_is_unreachable() {
+    let broker = broker();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut worker = Child::spawn(
+        &hit_counter(),
+        &[
+            "worker",
+            "-l",
+            "info",
+            "--broker",
+            broker.bootstrap_servers(),
+            "--data-dir",
+            dir.path().to_str().expect("utf8"),
+            "--shutdown-timeout",
+            "5",
+        ],
+    );
+    worker.wait_for_line("restored; processing", Duration::from_secs(120));
+    produce(broker.bootstrap_servers(), "hit_count", &unkeyed(&seed::hits(3, 200)));
+    let bootstrap = broker.bootstrap_servers().to_string();
+    streams_tests::wait_until("a commit", Duration::from_secs(60), || {
+        (0..4).any(|p| streams_tests::committed(&bootstrap, "hit_counter", "hit_count", p) > 0)
+    });
+    broker.broker_down(1).expect("broker down");
+    let asked = std::time::Instant::now();
+    worker.terminate();
+    assert_eq!(
+        worker.wait(Duration::from_secs(60)),
+        Some(1),
+        "{}",
+        worker.seen.join("\n")
+    );
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(30), "stopped after {took:?}");
+    let output = worker.seen.join("\n");
+    assert!(output.contains("did not stop within 5 s"), "{output}");
+    broker.broker_up(1).expect("broker up");
+}

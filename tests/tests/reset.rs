@@ -126,29 +126,66 @@ fn reset_then_a_fresh_run_gives_the_same_counts() {
     assert_eq!(code, Some(1), "{said}");
     assert!(said.contains("nothing done: run `reset --yes`"), "{said}");
     assert!(
-        said.contains("delete internal topics: count_topic, hit_counter-major-count-changelog, hit_counter-workers"),
+        said.contains("delete internal topics: hit_counter-major-count-changelog, hit_counter-workers"),
+        "{said}"
+    );
+    // `count_topic` is internal but not named after the app: another app may read it.
+    assert!(
+        said.contains("keep internal topics not named after the app (another app may read them): count_topic"),
+        "{said}"
+    );
+    assert!(
+        said.contains("set group `hit_counter`'s offsets to the end on the topics it also writes: count_topic"),
         "{said}"
     );
     assert!(
         said.contains("set group `hit_counter`'s offsets to the earliest on: hit_count (4 partitions)"),
         "{said}"
     );
+    let (code, said) = reset(&bootstrap, data.path(), &["--delete-topic", "hit_count"]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("`hit_count` is not an internal topic of app `hit_counter`"),
+        "{said}"
+    );
     assert!(app_dir.exists());
 
+    let count_topic_ends: Vec<i64> = (0..PARTITIONS)
+        .map(|p| streams_tests::high_watermark(&bootstrap, "count_topic", p))
+        .collect();
     let (code, said) = reset(&bootstrap, data.path(), &["--yes"]);
     assert_eq!(code, Some(0), "{said}");
     assert!(!app_dir.exists(), "{said}");
     let left = topics(&bootstrap);
-    for topic in internal {
+    for topic in &internal[1..] {
         assert!(!left.iter().any(|t| t == topic), "{topic} still exists: {said}");
     }
+    assert!(left.iter().any(|t| t == "count_topic"), "kept: {said}");
     assert!(left.iter().any(|t| t == "hit_count"), "the input is kept");
     for partition in 0..PARTITIONS {
         assert_eq!(committed(&bootstrap, "hit_counter", "hit_count", partition), 0);
+        assert_eq!(
+            committed(&bootstrap, "hit_counter", "count_topic", partition),
+            count_topic_ends[partition as usize],
+            "count_topic[{partition}] skips what the first run wrote"
+        );
     }
 
     // The next run starts over: the same counts.
     assert_eq!(count_once(&bootstrap, data.path()), expected, "the run after the reset");
+
+    // Asked by name, the shared internal topic goes too; the run after: the same counts.
+    let (code, said) = reset(&bootstrap, data.path(), &["--yes", "--delete-topic", "count_topic"]);
+    assert_eq!(code, Some(0), "{said}");
+    let left = topics(&bootstrap);
+    for topic in internal {
+        assert!(!left.iter().any(|t| t == topic), "{topic} still exists: {said}");
+    }
+    assert_eq!(
+        count_once(&bootstrap, data.path()),
+        expected,
+        "the run after the second reset"
+    );
 }
 
 #[test]

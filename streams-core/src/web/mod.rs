@@ -48,9 +48,12 @@ pub const DEFAULT_PORT: u16 = 6066;
 /// let web = streams_core::web::WebOptions::default();
 /// assert_eq!(web.bind.to_string(), "127.0.0.1");
 /// assert_eq!(web.port, 6066);
-/// // Port 0: any free port (see `WorkerHandle::web_url`).
+/// // 6066 taken (another worker on this machine): any free port, said in the log.
+/// assert!(web.any_port_if_taken);
+/// // A port asked for is that port or a failed start; 0: any free port (see
+/// // `WorkerHandle::web_url`).
 /// let web = streams_core::web::WebOptions::default().port(0);
-/// assert_eq!(web.port, 0);
+/// assert_eq!((web.port, web.any_port_if_taken), (0, false));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebOptions {
@@ -58,6 +61,12 @@ pub struct WebOptions {
     pub bind: IpAddr,
     /// The port; 0 takes any free port.
     pub port: u16,
+    /// When `port` is taken, take any free port instead (and say which) rather than fail
+    /// the start: the default's choice, so that several workers of one app (or several
+    /// apps) start side by side on one machine with default options. Lookups find a worker
+    /// through the app's directory, whatever its port. Off once a port or an advertised URL
+    /// is given.
+    pub any_port_if_taken: bool,
     /// The URL other workers forward lookups to (Kafka Streams' `application.server`).
     /// Default: `http://{bind}:{port}`, with the host's name when bound to every interface.
     pub advertised: Option<String>,
@@ -68,15 +77,17 @@ impl Default for WebOptions {
         Self {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: DEFAULT_PORT,
+            any_port_if_taken: true,
             advertised: None,
         }
     }
 }
 
 impl WebOptions {
-    /// Listens on this port (0: any free port).
+    /// Listens on this port (0: any free port); a port in use fails the worker's start.
     pub fn port(mut self, port: u16) -> Self {
         self.port = port;
+        self.any_port_if_taken = false;
         self
     }
 
@@ -86,9 +97,10 @@ impl WebOptions {
         self
     }
 
-    /// Advertises this URL to the other workers.
+    /// Advertises this URL to the other workers (the port is then the one asked for).
     pub fn advertised(mut self, url: impl Into<String>) -> Self {
         self.advertised = Some(url.into());
+        self.any_port_if_taken = false;
         self
     }
 }
@@ -166,11 +178,31 @@ impl Drop for WebServer {
 /// it advertises.
 pub(crate) async fn bind(options: &WebOptions) -> Result<(tokio::net::TcpListener, String)> {
     let address = SocketAddr::new(options.bind, options.port);
-    let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
-        Error::Config(format!(
+    let listener = match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => listener,
+        Err(e)
+            if e.kind() == std::io::ErrorKind::AddrInUse
+                && options.any_port_if_taken
+                && options.advertised.is_none() =>
+        {
+            let listener = tokio::net::TcpListener::bind(SocketAddr::new(options.bind, 0))
+                .await
+                .map_err(|e| Error::Config(format!("the web server cannot listen on {}: {e}", options.bind)))?;
+            if let Ok(local) = listener.local_addr() {
+                tracing::warn!(
+                    "port {} is in use (another worker on this machine?); the web server listens on {local} instead \
+                     (lookups reach it through the app's directory; --web-port asks for a port)",
+                    options.port
+                );
+            }
+            listener
+        }
+        Err(e) => {
+            return Err(Error::Config(format!(
             "the web server cannot listen on {address}: {e}; give another --web-port (0: any free port), or --no-web"
-        ))
-    })?;
+        )))
+        }
+    };
     let local = listener
         .local_addr()
         .map_err(|e| Error::io("reading the web server's address", e))?;

@@ -67,7 +67,18 @@ pub struct WorkerOptions {
     /// The worker's web server (table lookups, metrics, topology, health): `None` for none
     /// (the default here; the command line's workers have one on 127.0.0.1:6066).
     pub web: Option<crate::web::WebOptions>,
+    /// The table cache's budget per table partition, overriding the app's
+    /// (`App::table_cache_bytes`; the command line's `--table-cache-bytes`).
+    pub table_cache_bytes: Option<usize>,
+    /// How long a stop may take to finish its records and make its last commits (30 s by
+    /// default): past it, [`WorkerHandle::stop`] gives up with an error, and the command
+    /// line's worker exits 1 without them (a broker that cannot be reached would otherwise
+    /// keep it waiting forever; an orchestrator would kill it anyway).
+    pub shutdown_timeout: Duration,
 }
+
+/// How long a stop may take by default (see [`WorkerOptions::shutdown_timeout`]).
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl WorkerOptions {
     /// Options with a data directory and everything else at its default.
@@ -83,7 +94,33 @@ impl WorkerOptions {
             guarantee: None,
             worker_id: None,
             web: None,
+            table_cache_bytes: None,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
+    }
+
+    /// Gives each table partition's cache this budget, whatever the app's (see
+    /// `App::table_cache_bytes`).
+    ///
+    /// ```
+    /// let options = streams_core::WorkerOptions::new("/tmp/data").table_cache_bytes(64 << 10);
+    /// assert_eq!(options.table_cache_bytes, Some(64 << 10));
+    /// ```
+    pub fn table_cache_bytes(mut self, bytes: usize) -> Self {
+        self.table_cache_bytes = Some(bytes);
+        self
+    }
+
+    /// Bounds how long a stop may take (see [`WorkerOptions::shutdown_timeout`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let options = streams_core::WorkerOptions::new("/tmp/data").shutdown_timeout(Duration::from_secs(10));
+    /// assert_eq!(options.shutdown_timeout, Duration::from_secs(10));
+    /// ```
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
     }
 
     /// Runs a web server with the worker (see [`crate::web`]).
@@ -157,6 +194,7 @@ pub struct WorkerHandle {
     finished: Arc<AtomicBool>,
     reporter: tokio::task::JoinHandle<()>,
     web: Option<crate::web::WebServer>,
+    pub(crate) shutdown_timeout: Duration,
     _embedded: Option<EmbeddedBroker>,
 }
 
@@ -204,10 +242,19 @@ impl WorkerHandle {
         }
     }
 
-    /// Stops the worker and waits for it (see [`WorkerHandle::request_stop`]).
+    /// Stops the worker and waits for it (see [`WorkerHandle::request_stop`]), at most its
+    /// [`WorkerOptions::shutdown_timeout`]: past it, an error says that the last commits
+    /// were not made (the worker's threads are left to the process's end).
     pub async fn stop(self) -> Result<Arc<Metrics>> {
         self.request_stop();
-        self.wait().await
+        let timeout = self.shutdown_timeout;
+        match tokio::time::timeout(timeout, self.wait()).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Config(format!(
+                "the worker did not stop within {timeout:?} (is the broker reachable?): its last commits were \
+                 not made; the input since the last commit will be processed again by the next owner"
+            ))),
+        }
     }
 }
 
@@ -240,6 +287,10 @@ impl Worker {
         // commit interval follows it.
         let app = match options.guarantee {
             Some(guarantee) => app.processing_guarantee(guarantee),
+            None => app,
+        };
+        let app = match options.table_cache_bytes {
+            Some(bytes) => app.table_cache_bytes(bytes),
             None => app,
         };
         app.validate()?;
@@ -534,6 +585,7 @@ impl Worker {
             finished,
             reporter,
             web,
+            shutdown_timeout: options.shutdown_timeout,
             _embedded: embedded,
         })
     }

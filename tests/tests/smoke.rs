@@ -1,0 +1,300 @@
+//! The system test, like Kafka Streams' smoke test: three worker processes of the `smoke`
+//! example (a count per user, a sum per product through a repartition topic, a count per
+//! user in windows, a stream–table join; table caches of 1 MiB, 0 and 2,000 bytes) on the
+//! embedded broker, killed with SIGKILL and
+//! started again at random points (on their data directory or an empty one) while orders
+//! flow. Then a verifier that knows nothing of the library — it decodes the topics itself and
+//! computes the truth from the orders it sent — checks, under at-least-once:
+//! - the count per user and the counts per window (tables of the task that reads the input)
+//!   exactly: a restore skips the changes of input processed again, so a crash never counts
+//!   twice there;
+//! - the sum per product never below the truth (records processed again after a crash may
+//!   count twice downstream of a repartition topic);
+//! - every order enriched with its user's region, at least once.
+//!
+//! `STREAMS_SMOKE_SEED=…` replays a run's choices (kills, restarts, data); the seed is printed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use streams_core::EmbeddedBroker;
+use streams_tests::{create_app_topics, example_binary, produce_at, read_all, wait_caught_up, Child, Read};
+
+const WORKERS: usize = 3;
+const USERS: u32 = 40;
+const PRODUCTS: u32 = 15;
+const ORDERS: u64 = 24_000;
+/// Orders are sent in batches this far apart: about 40 s of input.
+const BATCH: u64 = 300;
+const BATCH_EVERY: Duration = Duration::from_millis(500);
+/// Event time: orders 5 ms apart, up to 1 s out of order (the windows' grace is 5 s).
+const START: i64 = 1_764_000_000_000;
+
+/// A record to produce: key, value, timestamp.
+type Timed = (String, Option<Vec<u8>>, i64);
+
+struct Order {
+    id: u64,
+    user: String,
+    product: String,
+    amount: i64,
+    time: i64,
+}
+
+fn orders(rng: &mut StdRng) -> Vec<Order> {
+    (0..ORDERS)
+        .map(|id| {
+            // A hot user and a long tail.
+            let user = if rng.random_bool(0.3) {
+                0
+            } else {
+                rng.random_range(0..USERS)
+            };
+            Order {
+                id,
+                user: format!("user-{user}"),
+                product: format!("product-{}", rng.random_range(0..PRODUCTS)),
+                amount: rng.random_range(1..100),
+                time: START + id as i64 * 5 + rng.random_range(0..1_000),
+            }
+        })
+        .collect()
+}
+
+fn region(user: &str) -> String {
+    format!(
+        "region-{}",
+        user.len() % 3 + user.bytes().map(u32::from).sum::<u32>() as usize % 4
+    )
+}
+
+struct Worker {
+    dir: PathBuf,
+    process: Option<Child>,
+}
+
+/// Starts worker `n`: the first with the default table cache, the second with none (every
+/// change a cut of its own), the third with a small one (over budget all the time).
+fn spawn(bootstrap: &str, dir: &std::path::Path, n: usize) -> Child {
+    let cache = ["1048576", "0", "2000"][n % 3];
+    Child::spawn(
+        &example_binary("smoke"),
+        &[
+            "worker",
+            "-l",
+            "warn",
+            "--broker",
+            bootstrap,
+            "--data-dir",
+            dir.to_str().expect("utf8"),
+            "--table-cache-bytes",
+            cache,
+        ],
+    )
+}
+
+/// The last value of every key of an integer-valued topic, and its largest.
+fn last_and_max(records: &[Read]) -> (BTreeMap<Vec<u8>, i64>, BTreeMap<Vec<u8>, i64>) {
+    let (mut last, mut max) = (BTreeMap::new(), BTreeMap::new());
+    for record in records {
+        let Some(key) = record.key.clone() else { continue };
+        let value = record
+            .value
+            .as_deref()
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok());
+        match value {
+            Some(value) => {
+                last.insert(key.clone(), value);
+                let slot = max.entry(key).or_insert(value);
+                *slot = (*slot).max(value);
+            }
+            None => {
+                last.remove(&key);
+            }
+        }
+    }
+    (last, max)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn workers_killed_at_random_never_lose_a_record() {
+    let seed: u64 = std::env::var("STREAMS_SMOKE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(7, |d| d.as_millis() as u64)
+        });
+    println!("smoke test seed {seed} (replay: STREAMS_SMOKE_SEED={seed})");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let broker = EmbeddedBroker::start().expect("broker");
+    let bootstrap = broker.bootstrap_servers().to_string();
+    broker.create_topic("smoke-orders", 4).expect("topic");
+    broker.create_topic("smoke-users", 4).expect("topic");
+    create_app_topics(&broker, &streams_tests::smoke::app());
+
+    // The users first, before any order in event time: every order finds its user.
+    let users: Vec<Timed> = (0..USERS)
+        .map(|u| {
+            let user = format!("user-{u}");
+            let value = serde_json::to_vec(&region(&user)).expect("json");
+            (user, Some(value), START - 60_000)
+        })
+        .collect();
+    produce_at(&bootstrap, "smoke-users", &users);
+    let orders = orders(&mut rng);
+
+    let dirs: Vec<tempfile::TempDir> = (0..WORKERS * 4).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let mut spare = dirs.iter().skip(WORKERS).map(|d| d.path().to_path_buf());
+    let mut workers: Vec<Worker> = dirs
+        .iter()
+        .take(WORKERS)
+        .enumerate()
+        .map(|(n, d)| Worker {
+            dir: d.path().to_path_buf(),
+            process: Some(spawn(&bootstrap, d.path(), n)),
+        })
+        .collect();
+
+    // Orders flow from another thread while workers are killed and started again here.
+    let producer = {
+        let bootstrap = bootstrap.clone();
+        let batches: Vec<Vec<Timed>> = orders
+            .chunks(BATCH as usize)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .map(|o| {
+                        let value = serde_json::json!({
+                            "id": o.id, "user": o.user, "product": o.product, "amount": o.amount, "time": o.time
+                        });
+                        (o.user.clone(), Some(value.to_string().into_bytes()), o.time)
+                    })
+                    .collect()
+            })
+            .collect();
+        std::thread::spawn(move || {
+            for batch in batches {
+                produce_at(&bootstrap, "smoke-orders", &batch);
+                std::thread::sleep(BATCH_EVERY);
+            }
+        })
+    };
+    let mut kills = 0;
+    let mut fresh = 0;
+    while !producer.is_finished() {
+        std::thread::sleep(Duration::from_millis(rng.random_range(3_000..8_000)));
+        if producer.is_finished() {
+            break;
+        }
+        let n = rng.random_range(0..WORKERS);
+        let worker = &mut workers[n];
+        if let Some(mut process) = worker.process.take() {
+            let _ = process.process.kill();
+            let _ = process.process.wait();
+            kills += 1;
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..2_000)));
+        // Sometimes on another machine: an empty data directory, restored from the changelogs.
+        if rng.random_bool(0.3) {
+            if let Some(dir) = spare.next() {
+                worker.dir = dir;
+                fresh += 1;
+            }
+        }
+        worker.process = Some(spawn(&bootstrap, &worker.dir, n));
+    }
+    producer.join().expect("producer");
+    println!("smoke test: {kills} workers killed, {fresh} of them started again on an empty data directory");
+    wait_caught_up(
+        &bootstrap,
+        "smoke",
+        &["smoke-orders", "smoke-users", "smoke-by-product-repartition"],
+        Duration::from_secs(240),
+    );
+    for worker in &workers {
+        if let Some(process) = &worker.process {
+            process.terminate();
+        }
+    }
+    for worker in &mut workers {
+        if let Some(process) = &mut worker.process {
+            process.wait(Duration::from_secs(120));
+        }
+    }
+
+    // The truth, from the orders alone.
+    let mut per_user: BTreeMap<String, i64> = BTreeMap::new();
+    let mut per_product: BTreeMap<String, i64> = BTreeMap::new();
+    let mut per_window: BTreeMap<(String, i64), i64> = BTreeMap::new();
+    let size = streams_tests::smoke::WINDOW.as_millis() as i64;
+    for o in &orders {
+        *per_user.entry(o.user.clone()).or_default() += 1;
+        *per_product.entry(o.product.clone()).or_default() += o.amount;
+        *per_window.entry((o.user.clone(), o.time - o.time % size)).or_default() += 1;
+    }
+
+    // Counts per user: exact, in the table's changelog and in what was sent.
+    let (changelog, _) = last_and_max(&read_all(&bootstrap, "smoke-orders-per-user-changelog"));
+    let changelog: BTreeMap<String, i64> = changelog.into_iter().map(|(k, v)| (text(&k), v)).collect();
+    assert_eq!(changelog, per_user, "count per user, in its changelog (seed {seed})");
+    let (sent, _) = last_and_max(&read_all(&bootstrap, "smoke-user-counts"));
+    let sent: BTreeMap<String, i64> = sent.into_iter().map(|(k, v)| (text(&k), v)).collect();
+    assert_eq!(sent, per_user, "count per user, as sent (seed {seed})");
+
+    // Sums per product: never below.
+    let (changelog, _) = last_and_max(&read_all(&bootstrap, "smoke-amount-per-product-changelog"));
+    let mut above = 0;
+    for (product, truth) in &per_product {
+        let got = changelog.get(product.as_bytes()).copied().unwrap_or(0);
+        assert!(got >= *truth, "{product}: {got} < {truth} (seed {seed})");
+        above += i64::from(got > *truth);
+    }
+    println!(
+        "smoke test: {above} of {} products above the truth (records processed again)",
+        per_product.len()
+    );
+
+    // Counts per window: the largest value sent for each.
+    let (_, max) = last_and_max(&read_all(&bootstrap, "smoke-user-windows"));
+    let mut windows: BTreeMap<(String, i64), i64> = BTreeMap::new();
+    for (key, value) in max {
+        let at = key.len() - 16;
+        let start = i64::from_be_bytes(key[at..at + 8].try_into().expect("start"));
+        let slot = windows.entry((text(&key[..at]), start)).or_default();
+        *slot = (*slot).max(value);
+    }
+    // The windows are kept by the task that reads the input too: exact, like the counts.
+    for (window, truth) in &per_window {
+        let got = windows.get(window).copied().unwrap_or(0);
+        assert_eq!(got, *truth, "window {window:?} (seed {seed})");
+    }
+    assert_eq!(
+        windows.len(),
+        per_window.len(),
+        "windows sent that never had an order (seed {seed})"
+    );
+
+    // Every order enriched, with its user's region.
+    let mut enriched: BTreeSet<u64> = BTreeSet::new();
+    for record in read_all(&bootstrap, "smoke-enriched") {
+        let value: serde_json::Value = serde_json::from_slice(&record.value.unwrap_or_default()).expect("json");
+        let id = value["id"].as_u64().expect("id");
+        let user = text(&record.key.unwrap_or_default());
+        assert_eq!(value["region"].as_str(), Some(region(&user).as_str()), "order {id}");
+        enriched.insert(id);
+    }
+    let missing: Vec<u64> = (0..ORDERS).filter(|id| !enriched.contains(id)).take(10).collect();
+    assert!(
+        missing.is_empty(),
+        "orders never enriched, e.g. {missing:?} (seed {seed})"
+    );
+}
