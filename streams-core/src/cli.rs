@@ -556,7 +556,7 @@ async fn run_worker(app: App, options: WorkerOptions) -> crate::Result<()> {
         Ok(result) => result.map(|_| ()),
         Err(_) => Err(crate::Error::Config(format!(
             "the worker did not stop within {} s (--shutdown-timeout; is the broker reachable?): exiting without \
-             its last commits; the input since the last commit will be processed again by the next owner",
+             waiting for its last commits; the input since the last commit will be processed again by the next owner",
             timeout.as_secs_f64()
         ))),
     }

@@ -132,6 +132,9 @@ pub struct Metrics {
     pub cache_misses: AtomicU64,
     /// Entries dropped from table caches to keep them within their budget.
     pub cache_evictions: AtomicU64,
+    /// The largest estimated size of one table partition's cache seen at a commit point, in
+    /// bytes (see `App::table_cache_bytes`).
+    pub cache_peak_bytes: AtomicU64,
     /// Rebalances that took partitions from this worker (revocations and losses).
     pub revocations: AtomicU64,
     pub(crate) families: Families,
@@ -329,6 +332,12 @@ impl Metrics {
                 "Entries dropped from table caches to stay within budget",
                 load(&self.cache_evictions),
                 true,
+            ),
+            (
+                "table_cache_peak_bytes",
+                "The largest table partition cache seen at a commit point, in bytes",
+                load(&self.cache_peak_bytes),
+                false,
             ),
             (
                 "rebalances",

@@ -472,6 +472,8 @@ pub struct TestDriver {
     rounds: Option<Arc<crate::task::round::Rounds>>,
     /// Records handed to a task at once, per source (see [`TestDriver::batch_size`]).
     batch: usize,
+    /// Tasks also cut on this timer (see [`TestDriver::commit_interval`]).
+    interval: Option<Duration>,
     _committer: std::sync::mpsc::Sender<commit::Cut>,
 }
 
@@ -570,6 +572,7 @@ impl TestDriver {
             global_stores: Arc::new(global_stores),
             rounds,
             batch: 1024,
+            interval: None,
             _committer: cuts,
         };
         driver.apply_globals()?;
@@ -673,6 +676,10 @@ impl TestDriver {
             Some(rounds) => core.with_rounds(Arc::clone(rounds)),
             None => core,
         };
+        if let Some(interval) = self.interval {
+            tx.try_send(Input::Interval(interval))
+                .map_err(|_| Error::Config("test driver: a new task's queue is full".into()))?;
+        }
         let join = tokio::spawn(run_partition(Arc::clone(&spec), core));
         Ok(Task {
             ctx,
@@ -970,6 +977,17 @@ impl TestDriver {
         match self.metrics.fatal() {
             Some(error) => Err(Error::Config(error)),
             None => Ok(()),
+        }
+    }
+
+    /// Makes every task also cut on a timer, every `interval` of the wall clock, as a
+    /// worker's tasks do at its commit interval (at-least-once; exactly-once rounds stay at the
+    /// driver's barriers). Off by default: cuts then happen only at the end of a run and where
+    /// a table's cache goes over budget, so runs are deterministic.
+    pub async fn commit_interval(&mut self, interval: Duration) {
+        self.interval = Some(interval);
+        for task in &self.tasks {
+            let _ = task.tx.send(Input::Interval(interval)).await;
         }
     }
 

@@ -129,3 +129,42 @@ async fn window_finals_are_exact_with_a_small_cache() {
     );
     assert_eq!(finals.len(), expected.len(), "no window sent that did not close");
 }
+
+/// The memory bound holds when the keys changed again and again outnumber the budget: 100
+/// hot keys in no order (each entry about 110 bytes: some 11 kB, against a budget of 2,000
+/// bytes) with a new key now and then. The cache never holds more than about twice its
+/// budget (one cut's changes on their way to the store, the budget besides), and every count
+/// is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_stays_within_twice_its_budget_when_a_large_hot_set_keeps_changing() {
+    const BUDGET: usize = 2_000;
+    const HOT: usize = 100;
+    let app = App::new("bound").table_cache_bytes(BUDGET).agent(count);
+    let mut driver = TestDriver::new(app).expect("driver");
+    driver.ack_latency(Duration::from_millis(1));
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
+    for i in 0..6_000 {
+        // A hot key picked at random (from a fixed seed), a new key now and then.
+        let pick: usize = rand::Rng::random_range(&mut rng, 0..HOT);
+        let key = if i % 100 == 99 {
+            format!("new-{i}")
+        } else {
+            format!("hot-{pick:03}")
+        };
+        driver.pipe(&HITS, &key, &1).expect("pipe");
+        *expected.entry(key).or_default() += 1;
+    }
+    driver.run().await.expect("run");
+    assert_eq!(driver.table(&COUNTS).expect("table"), expected);
+    let peak = driver
+        .metrics()
+        .cache_peak_bytes
+        .load(std::sync::atomic::Ordering::Relaxed) as usize;
+    assert!(peak > BUDGET, "the cache went over budget at all ({peak} bytes)");
+    // Twice the budget, and one record's entry over each half.
+    assert!(
+        peak <= 2 * (BUDGET + 120),
+        "the cache held {peak} bytes with a budget of {BUDGET}"
+    );
+}

@@ -48,6 +48,9 @@ pub(crate) struct Cut {
     pub written: Arc<Written>,
     /// Set once the cut's store batches are written.
     pub stored: bool,
+    /// Set once the task was told how the cut ended (see [`Cut::settle`]); a cut dropped
+    /// before (a committer that panicked) tells it the cut will never be written.
+    pub settled: bool,
 }
 
 /// How far the committer has written a task's cuts into its stores.
@@ -105,10 +108,20 @@ impl Written {
 
 impl Cut {
     /// Tells the task how its cut ended: written, or never to be.
-    fn settle(&self) {
+    fn settle(&mut self) {
+        self.settled = true;
         if self.stored {
             self.written.advance(self.seq);
         } else {
+            self.written.fail();
+        }
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        if !self.settled {
+            // Nobody waits for a cut that will never be written.
             self.written.fail();
         }
     }
@@ -154,9 +167,9 @@ pub(crate) fn run(cuts: Receiver<Cut>, sink: Arc<dyn Sink>, offsets: Arc<dyn Off
         let mut batch = vec![first];
         batch.extend(cuts.try_iter());
         let outcome = commit_batch(&mut batch, &*sink, &*offsets, &metrics, &mut committed);
-        for cut in batch {
+        for mut cut in batch {
             cut.settle();
-            for ack in cut.acks {
+            for ack in std::mem::take(&mut cut.acks) {
                 let _ = ack.send(outcome.clone());
             }
         }
@@ -341,15 +354,15 @@ pub(crate) fn run_rounds(
         }
         let outcome = commit_round(&mut pending, &*sink, &*transactions, &rounds, &metrics, &mut committed);
         // The tasks learn that their cuts are in the stores before they go on.
-        for cut in &pending {
+        for cut in &mut pending {
             cut.settle();
         }
         rounds.finish(round, outcome.is_err() && !metrics.failed());
-        for cut in pending.drain(..) {
-            for ack in cut.acks {
+        for mut cut in pending.drain(..) {
+            for ack in std::mem::take(&mut cut.acks) {
                 let _ = ack.send(outcome.clone());
             }
-            if let Some(ticket) = cut.ticket {
+            if let Some(ticket) = cut.ticket.take() {
                 let _ = ticket.done.send(outcome.clone());
             }
         }

@@ -40,6 +40,8 @@ pub(crate) enum Input {
     /// Acknowledge once the records handed over before this are processed, without a cut
     /// (the test driver's `process`).
     Processed(Ack),
+    /// Cut every `interval` from now on (the test driver's `commit_interval`).
+    Interval(Duration),
 }
 
 /// Work a task does at each cut before its table changes are written: a pipeline sends
@@ -436,6 +438,13 @@ impl StreamCore {
                 self.ended = true;
                 true
             }
+            Input::Interval(interval) => {
+                if self.rounds.is_none() {
+                    self.commit_interval = interval;
+                    self.next_cut = Instant::now() + interval;
+                }
+                false
+            }
             Input::Processed(ack) => {
                 if self.sources.iter().all(|s| s.queue.is_empty()) {
                     let _ = ack.send(Ok(()));
@@ -481,7 +490,7 @@ impl StreamCore {
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
             };
             match input {
-                Some(Input::Records(..) | Input::StartAt(..)) => {}
+                Some(Input::Records(..) | Input::StartAt(..) | Input::Interval(..)) => {}
                 Some(Input::Processed(ack)) => {
                     let _ = ack.send(Ok(()));
                 }
@@ -633,6 +642,7 @@ impl StreamCore {
             seq,
             written: Arc::clone(&ctx.written),
             stored: false,
+            settled: false,
         };
         self.last_cut = positions;
         let Some((rounds, member)) = &self.rounds else {

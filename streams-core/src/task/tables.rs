@@ -9,11 +9,15 @@
 //! latest value in the store.* A change stays in the cache after its cut (clean, no longer
 //! dirty) until the committer has written that cut ([`Written`](super::commit::Written));
 //! clean entries are dropped only when every cut that took changes of the table is written.
-//! Past the budget, a cut drops the clean entries (waiting first for the task's earlier cuts
-//! to be written, rarely needed: they had a whole budget's worth of records to get there),
-//! then takes the changes, which stay as the cache's *pinned* part. The next early cut comes
-//! when the cache is over the budget on top of that part: the cache stays within about twice
-//! the budget.
+//!
+//! **The budget.** The cache's entries are *dirty* (changed since the last cut), *pinned*
+//! (taken by a cut the store does not hold yet) or *clean* (in the store too). The budget
+//! counts the dirty and clean ones: past it, the partition cuts early. That cut first drops
+//! the clean entries — waiting, if it must, for the task's earlier cuts to be written, which
+//! had a budget's worth of records to get there — then takes the changes, which become the
+//! pinned part. A pinned entry changed again is dirty again and counts against the budget. So
+//! the cache holds at most about twice the budget: one cut's changes on their way to the
+//! store, and up to the budget besides.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -51,8 +55,9 @@ pub(crate) struct TableState {
     /// The number of the last cut that took changes of this table (0: none): the cache's
     /// clean entries may be dropped once the committer has written it.
     last_cut: u64,
-    /// Bytes of the changes the last early cut took, which stay cached until they are in
-    /// the store: the budget counts on top of them.
+    /// Bytes of the pinned entries (taken by cuts the store may not hold yet): the budget
+    /// counts the others. An estimate from above: entries of cuts written since the last
+    /// cut stay counted until the next one.
     pinned: usize,
     /// What an operation keeps beside the table for this partition (a windowed
     /// aggregation's index of its windows), made at its first use.
@@ -64,6 +69,8 @@ struct Entry {
     dirty: bool,
     /// Event time of the record that made the last change.
     timestamp: i64,
+    /// The cut that took the entry's last change (0: none; read from the store).
+    cut: u64,
 }
 
 /// A change of a table since the last cut: key, value (`None`: deleted) and the event time
@@ -92,9 +99,9 @@ impl TableState {
         }
     }
 
-    /// Whether the cache is over its budget, on top of the last early cut's changes.
+    /// Whether the cache's dirty and clean entries are over its budget.
     fn wants_cut(&self) -> bool {
-        self.cache_bytes > self.cache_limit.saturating_add(self.pinned)
+        self.cache_bytes.saturating_sub(self.pinned) > self.cache_limit
     }
 
     /// Keeps the cache within budget after clean entries were added: drops it when nothing
@@ -115,8 +122,7 @@ impl TableState {
     }
 
     /// At a cut, over budget and with every cut that took changes of the table written
-    /// (`written`): drops the clean entries, keeping the changes this cut takes, which become
-    /// the pinned part.
+    /// (`written`): drops the clean entries, keeping the changes this cut takes.
     fn evict_written(&mut self, written: u64, evictions: &std::sync::atomic::AtomicU64) {
         if self.cache_bytes <= self.cache_limit || written < self.last_cut {
             return;
@@ -133,19 +139,25 @@ impl TableState {
             .iter()
             .map(|(key, entry)| entry_bytes(key, entry.value.as_deref()))
             .sum();
-        self.pinned = self.cache_bytes;
+        self.pinned = 0;
     }
 
-    /// The changes since the last cut, for cut number `cut`: they stay in the cache, clean,
-    /// until that cut is written.
-    fn take(&mut self, cut: u64) -> Vec<Change> {
+    /// The changes since the last cut, for cut number `cut` (`written`: the task's last cut
+    /// in the store): they stay in the cache, pinned, until that cut is written.
+    fn take(&mut self, cut: u64, written: u64) -> Vec<Change> {
         let mut changes = Vec::with_capacity(self.dirty);
         if self.dirty == 0 {
             return changes;
         }
+        if written >= self.last_cut {
+            // What earlier cuts pinned is in the store.
+            self.pinned = 0;
+        }
         for (key, entry) in self.cache.iter_mut() {
             if entry.dirty {
                 entry.dirty = false;
+                entry.cut = cut;
+                self.pinned += entry_bytes(key, entry.value.as_deref());
                 changes.push((key.clone(), entry.value.clone(), entry.timestamp));
             }
         }
@@ -179,17 +191,26 @@ impl TaskContext {
         self.tables()
             .iter_mut()
             .map(|table| {
-                let changes = table.take(cut);
+                let changes = table.take(cut, self.written.through());
                 (table.changelog.clone(), Arc::clone(&table.store), changes)
             })
             .collect()
     }
 
     /// The last cut that the stores must hold before the caches over budget can drop their
-    /// clean entries (`None`: no cache is over budget, or nothing to wait for).
+    /// clean entries (`None`: no cache is over budget, or nothing to wait for). Notes the
+    /// largest cache for `Metrics::cache_peak_bytes` on the way (a cache is at its largest
+    /// at a cut, before it drops anything).
     pub(crate) fn cut_to_evict(&self) -> Option<u64> {
         let written = self.written.through();
-        self.tables()
+        let tables = self.tables();
+        let largest = tables.iter().map(|table| table.cache_bytes).max().unwrap_or(0);
+        if largest as u64 > self.metrics.cache_peak_bytes.load(Ordering::Relaxed) {
+            self.metrics
+                .cache_peak_bytes
+                .fetch_max(largest as u64, Ordering::Relaxed);
+        }
+        tables
             .iter()
             .filter(|table| table.wants_cut() && table.last_cut > written)
             .map(|table| table.last_cut)
@@ -223,6 +244,7 @@ impl TaskContext {
                     value,
                     dirty: true,
                     timestamp: now,
+                    cut: 0,
                 },
             );
             if let Some(old) = &old {
@@ -285,6 +307,7 @@ impl TaskContext {
                 value,
                 dirty: false,
                 timestamp: 0,
+                cut: 0,
             },
         );
         if state.evict_clean(self.written.through(), &self.counts.cache_evictions) {
@@ -554,6 +577,7 @@ fn put(ctx: &TaskContext, state: &mut TableState, key: Vec<u8>, value: Option<Ve
             value,
             dirty: true,
             timestamp: ctx.event_time(),
+            cut: 0,
         },
     );
     state.dirty += 1;
@@ -584,6 +608,10 @@ where
     if !entry.dirty {
         entry.dirty = true;
         state.dirty += 1;
+        if entry.cut > ctx.written.through() {
+            // Pinned until now: a change again, counted against the budget.
+            state.pinned = state.pinned.saturating_sub(key.len() + before + ENTRY_OVERHEAD);
+        }
     }
     state.cache_bytes = (state.cache_bytes + after).saturating_sub(before);
     ctx.metrics.table_update(state.name, key, entry.value.as_deref());

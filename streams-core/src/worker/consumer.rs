@@ -782,7 +782,7 @@ fn committed_offsets(consumer: &BaseConsumer<WorkerContext>, list: &TopicPartiti
             Ok(committed) => {
                 let mut out = Committed::default();
                 let mut failed = None;
-                for element in committed.elements() {
+                for (index, element) in committed.elements().iter().enumerate() {
                     if let Err(error) = element.error() {
                         failed = Some(format!("{}[{}]: {error}", element.topic(), element.partition()));
                     }
@@ -790,7 +790,11 @@ fn committed_offsets(consumer: &BaseConsumer<WorkerContext>, list: &TopicPartiti
                     if let Offset::Offset(offset) = element.offset() {
                         out.offsets.insert(partition.clone(), offset);
                     }
-                    if let Some(time) = crate::task::commit::stream_time_of_metadata(element.metadata()) {
+                    let metadata = metadata_bytes(&committed, index);
+                    let time = std::str::from_utf8(&metadata)
+                        .ok()
+                        .and_then(crate::task::commit::stream_time_of_metadata);
+                    if let Some(time) = time {
                         out.stream_times.insert(partition, time);
                     }
                 }
@@ -807,6 +811,25 @@ fn committed_offsets(consumer: &BaseConsumer<WorkerContext>, list: &TopicPartiti
     Err(Error::Config(format!(
         "cannot read the group's committed offsets ({last_error}); stopping rather than guessing where to start"
     )))
+}
+
+/// The metadata of element `index` of `list`, as bytes: rdkafka's `metadata()` panics on
+/// metadata that is not UTF-8, and any client of the group may have committed such.
+fn metadata_bytes(list: &TopicPartitionList, index: usize) -> Vec<u8> {
+    // SAFETY: `list.ptr()` is the live list `list` owns, read only while `list` is borrowed;
+    // `index` is checked against its count; librdkafka keeps an element's `metadata` null or
+    // pointing at `metadata_size` bytes it owns.
+    unsafe {
+        let raw = &*list.ptr();
+        if index >= usize::try_from(raw.cnt).unwrap_or(0) || raw.elems.is_null() {
+            return Vec::new();
+        }
+        let element = &*raw.elems.add(index);
+        if element.metadata.is_null() || element.metadata_size == 0 {
+            return Vec::new();
+        }
+        std::slice::from_raw_parts(element.metadata.cast::<u8>(), element.metadata_size).to_vec()
+    }
 }
 
 /// The consumer's context: rebalances go through [`Shared`].

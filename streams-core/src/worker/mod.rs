@@ -248,12 +248,17 @@ impl WorkerHandle {
     pub async fn stop(self) -> Result<Arc<Metrics>> {
         self.request_stop();
         let timeout = self.shutdown_timeout;
+        let reporter = self.reporter.abort_handle();
         match tokio::time::timeout(timeout, self.wait()).await {
             Ok(result) => result,
-            Err(_) => Err(Error::Config(format!(
-                "the worker did not stop within {timeout:?} (is the broker reachable?): its last commits were \
-                 not made; the input since the last commit will be processed again by the next owner"
-            ))),
+            Err(_) => {
+                reporter.abort();
+                Err(Error::Config(format!(
+                    "the worker did not stop within {timeout:?} (is the broker reachable?): its last commits may \
+                     not have been made (the input since the last commit will then be processed again by the \
+                     next owner); its threads end with the process, and its data directory stays locked until then"
+                )))
+            }
         }
     }
 }

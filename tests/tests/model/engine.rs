@@ -53,6 +53,8 @@ pub struct Knobs {
     pub cache_bytes: usize,
     pub ack_latency_ms: u64,
     pub batch: usize,
+    /// Tasks also cut on a timer this often (ms), as a worker's do.
+    pub commit_interval_ms: Option<u64>,
     pub exactly_once: bool,
 }
 
@@ -97,8 +99,22 @@ fn aggregate(grouped: KGroupedStream<String, i64>, agg: Agg) -> KTable<String, i
     }
 }
 
+/// Emit-final or not, then a count or a sum: the same calls on time windows and sessions.
+macro_rules! aggregate_windows {
+    ($stream:expr, $windows:expr) => {{
+        let mut stream = $stream;
+        if $windows.emit_final {
+            stream = stream.emit_final();
+        }
+        if $windows.agg == Agg::Sum {
+            stream.reduce(WIN, |a, b| a + b)
+        } else {
+            stream.count(WIN)
+        }
+    }};
+}
+
 fn windowed(grouped: KGroupedStream<String, i64>, windows: Windows) -> KTable<Windowed<String>, i64> {
-    let sum = windows.agg == Agg::Sum;
     match windows.kind {
         WindowKind::Tumbling { size } | WindowKind::Hopping { size, .. } => {
             let advance = match windows.kind {
@@ -111,30 +127,14 @@ fn windowed(grouped: KGroupedStream<String, i64>, windows: Windows) -> KTable<Wi
             if let Some(longer) = windows.keep_longer {
                 spec = spec.retention(ms(size + windows.grace + longer));
             }
-            let mut stream = grouped.windowed_by(spec);
-            if windows.emit_final {
-                stream = stream.emit_final();
-            }
-            if sum {
-                stream.reduce(WIN, |a, b| a + b)
-            } else {
-                stream.count(WIN)
-            }
+            aggregate_windows!(grouped.windowed_by(spec), windows)
         }
         WindowKind::Session { gap } => {
             let mut spec = SessionWindows::with_inactivity_gap(ms(gap)).grace(ms(windows.grace));
             if let Some(longer) = windows.keep_longer {
                 spec = spec.retention(ms(gap + windows.grace + longer));
             }
-            let mut stream = grouped.windowed_by(spec);
-            if windows.emit_final {
-                stream = stream.emit_final();
-            }
-            if sum {
-                stream.reduce(WIN, |a, b| a + b)
-            } else {
-                stream.count(WIN)
-            }
+            aggregate_windows!(grouped.windowed_by(spec), windows)
         }
     }
 }
@@ -221,6 +221,9 @@ pub async fn run(
     let mut driver = TestDriver::new(app(pipeline, partitions, knobs))?;
     driver.ack_latency(Duration::from_millis(knobs.ack_latency_ms));
     driver.batch_size(knobs.batch);
+    if let Some(ms) = knobs.commit_interval_ms {
+        driver.commit_interval(Duration::from_millis(ms)).await;
+    }
     let input: Topic<String, i64> = Topic::new(INPUT).partitions(partitions);
     let side: Topic<String, i64> = Topic::new(SIDE).partitions(partitions);
     let mut reprocessed: BTreeMap<(i32, i64), usize> = BTreeMap::new();

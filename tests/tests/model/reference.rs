@@ -239,8 +239,10 @@ pub struct Expected {
     pub history: BTreeMap<String, Vec<i64>>,
     /// The windowed table, after retention.
     pub windows: BTreeMap<WindowKey, i64>,
-    /// Every window ever made, with its last value.
+    /// Every window made, with its last value (sessions merged into others left out).
     pub all_windows: BTreeMap<WindowKey, i64>,
+    /// Every window ever made, sessions merged into others included.
+    pub ever_windows: BTreeSet<WindowKey>,
     /// Final results of closed windows (emit-final).
     pub finals: BTreeMap<WindowKey, i64>,
     /// Stream join results, per key, in the order they were made.
@@ -462,6 +464,7 @@ impl<'p> Task<'p> {
                     let slot = (key.to_string(), start, end);
                     let new = windows.agg.add(self.windows.get(&slot).copied(), value);
                     self.windows.insert(slot.clone(), new);
+                    out.ever_windows.insert(slot.clone());
                     out.all_windows.insert(slot, new);
                 }
             }
@@ -483,6 +486,7 @@ impl<'p> Task<'p> {
                 if near.len() == 1 && near[0] == merged_key {
                     let new = windows.agg.add(self.windows.get(&merged_key).copied(), value);
                     self.windows.insert(merged_key.clone(), new);
+                    out.ever_windows.insert(merged_key.clone());
                     out.all_windows.insert(merged_key, new);
                 } else {
                     let mut aggregate: Option<i64> = None;
@@ -494,6 +498,7 @@ impl<'p> Task<'p> {
                     }
                     let new = windows.agg.add(aggregate, value);
                     self.windows.insert(merged_key.clone(), new);
+                    out.ever_windows.insert(merged_key.clone());
                     out.all_windows.insert(merged_key, new);
                 }
             }
