@@ -276,6 +276,116 @@ pub(crate) fn committed_positions(committed: &Committed) -> Vec<(String, i64)> {
         .collect()
 }
 
+/// What reading a changelog partition gives next.
+pub(crate) enum Fetched<'a> {
+    /// A record. Reading is read committed: records of aborted transactions and control
+    /// records are skipped.
+    Record {
+        offset: i64,
+        key: Option<&'a [u8]>,
+        value: Option<&'a [u8]>,
+        headers: Vec<(&'a str, &'a [u8])>,
+    },
+    /// No record now; every offset before this one is read or skipped. A position before the
+    /// partition's end is its last stable offset: a transaction after it has not ended yet.
+    At(i64),
+    /// Nothing known now.
+    Nothing,
+}
+
+/// A changelog partition as a restore reads it: Kafka through a consumer, the test driver's
+/// in-memory topics.
+pub(crate) trait ChangelogLog {
+    /// Where the partition's records begin and end, committed or not (Kafka's log start
+    /// offset and high watermark as a read_uncommitted reader sees them); `None` when the
+    /// restore was cancelled.
+    fn bounds(&mut self) -> Result<Option<(i64, i64)>>;
+    /// Reads on from `offset`.
+    fn seek(&mut self, offset: i64) -> Result<()>;
+    /// The next record, waiting up to `wait` for one.
+    fn fetch(&mut self, wait: std::time::Duration) -> Result<Fetched<'_>>;
+    /// Whether the restore was cancelled (the partition was revoked).
+    fn cancelled(&self) -> bool;
+    /// Names the partition in messages.
+    fn label(&self) -> String;
+}
+
+/// Applies a changelog partition to `store` from its checkpoint to the partition's end —
+/// the end as a read_uncommitted reader sees it, not the last stable offset (Kafka's
+/// KAFKA-10167): records of a transaction that has committed but whose markers are not yet
+/// written would be missing otherwise, while the group's offsets (fetched as stable) already
+/// include the round that wrote them. Reading is read committed, so the restore waits there
+/// until those transactions have ended (a transaction's timeout bounds the wait). `None` when
+/// cancelled (what was applied stays, with its checkpoint). `on_record(offset, end)` is told
+/// of every record read.
+pub(crate) fn read_changelog(
+    log: &mut dyn ChangelogLog,
+    store: &dyn StateStore,
+    committed: &Committed,
+    agreed: Vec<(String, i64)>,
+    probe: bool,
+    on_record: &mut dyn FnMut(i64, i64),
+) -> Result<Option<Restored>> {
+    let checkpoint = store.checkpoint()?;
+    let Some((low, end)) = log.bounds()? else {
+        return Ok(None);
+    };
+    let start = checkpoint.changelog_offset.map_or(low, |offset| (offset + 1).max(low));
+    if start >= end {
+        return Ok(Some(Restored::default()));
+    }
+    log.seek(start)?;
+    let label = log.label();
+    let mut apply = Apply::new(store, committed, agreed, (end - start) as u64, probe);
+    // Every offset up to `last` is read or skipped.
+    let mut last = start - 1;
+    let mut waiting = std::time::Instant::now();
+    loop {
+        if log.cancelled() {
+            apply.finish((last >= start).then_some(last))?;
+            return Ok(None);
+        }
+        match log.fetch(std::time::Duration::from_millis(200))? {
+            Fetched::Record {
+                offset,
+                key,
+                value,
+                headers,
+            } => {
+                last = offset;
+                waiting = std::time::Instant::now();
+                on_record(offset, end);
+                apply.record(offset, key, value, headers.into_iter())?;
+                if apply.done() || offset + 1 >= end {
+                    break;
+                }
+            }
+            Fetched::At(position) if position >= end => {
+                last = end - 1;
+                break;
+            }
+            fetched => {
+                if waiting.elapsed() >= std::time::Duration::from_secs(10) {
+                    waiting = std::time::Instant::now();
+                    match fetched {
+                        Fetched::At(position) => tracing::warn!(
+                            "restore of {}: waiting for the transactions before offset {end} to end (their records \
+                             are read once they have; stable up to offset {position})",
+                            label
+                        ),
+                        _ => tracing::warn!(
+                            "restore of {} waiting: at offset {} of {end}; the broker is not sending records",
+                            label,
+                            last + 1
+                        ),
+                    }
+                }
+            }
+        }
+    }
+    apply.finish(Some(last)).map(Some)
+}
+
 /// Reads a changelog partition into a store (the worker reads Kafka, the test driver its
 /// in-memory topics).
 pub(crate) trait ChangelogReader {

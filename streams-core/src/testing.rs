@@ -108,7 +108,8 @@ pub use crate::partitioner::{kafka_partition, murmur2};
 struct PartitionLog {
     data: Vec<u8>,
     records: Vec<Stored>,
-    /// The first record of the open transaction, if any.
+    /// The first record of a transaction that has not ended (or whose markers are not
+    /// written yet), if any: the partition's last stable offset.
     first_pending: Option<usize>,
 }
 
@@ -127,9 +128,9 @@ struct Stored {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Visibility {
     Committed,
-    /// In the open transaction: it and what follows it are not read yet (the partition's
-    /// last stable offset is before it).
-    Pending,
+    /// In transaction number `n`, not ended (or its markers not written yet): it and what
+    /// follows it are not read yet (the partition's last stable offset is before it).
+    Pending(u64),
     Aborted,
 }
 
@@ -158,7 +159,7 @@ impl PartitionLog {
             timestamp,
             state,
         });
-        if state == Visibility::Pending {
+        if matches!(state, Visibility::Pending(_)) {
             self.first_pending.get_or_insert(self.records.len() - 1);
         }
         self.records.len() as i64 - 1
@@ -175,18 +176,26 @@ impl PartitionLog {
         self.records.get(offset).is_some_and(|r| r.state == Visibility::Aborted)
     }
 
-    /// The open transaction ends: its records become committed or aborted.
-    fn settle(&mut self, committed: bool) {
-        let Some(first) = self.first_pending.take() else { return };
-        for record in &mut self.records[first..] {
-            if record.state == Visibility::Pending {
-                record.state = if committed {
-                    Visibility::Committed
-                } else {
-                    Visibility::Aborted
-                };
+    /// Transaction `txn`'s markers are written: its records become committed or aborted.
+    fn settle(&mut self, txn: u64, committed: bool) {
+        let Some(first) = self.first_pending else { return };
+        let mut still = None;
+        for (offset, record) in self.records.iter_mut().enumerate().skip(first) {
+            match record.state {
+                Visibility::Pending(n) if n == txn => {
+                    record.state = if committed {
+                        Visibility::Committed
+                    } else {
+                        Visibility::Aborted
+                    };
+                }
+                Visibility::Pending(_) => {
+                    still.get_or_insert(offset);
+                }
+                _ => {}
             }
         }
+        self.first_pending = still;
     }
 
     fn parts(&self, stored: &Stored) -> (Option<&[u8]>, Option<&[u8]>) {
@@ -237,17 +246,24 @@ struct Log {
     clock: i64,
     /// Exactly-once: what the app sends belongs to the open transaction.
     transactional: bool,
+    /// The open transaction's number.
+    txn: u64,
+    /// Transactions committed whose markers are not written yet (see
+    /// [`TestDriver::marker_latency`]).
+    unmarked: usize,
+    /// How long after a transaction's commit its markers are written.
+    marker_latency: Duration,
     /// How long a flush waits, as for a broker's acknowledgements (see
     /// [`TestDriver::ack_latency`]).
     ack_latency: Duration,
 }
 
 impl Log {
-    /// The open transaction ends, on every partition.
-    fn settle(&mut self, committed: bool) {
+    /// Transaction `txn`'s markers are written, on every partition.
+    fn settle(&mut self, txn: u64, committed: bool) {
         for parts in self.topics.values_mut() {
             for part in parts {
-                part.settle(committed);
+                part.settle(txn, committed);
             }
         }
     }
@@ -306,10 +322,13 @@ impl Topics {
 
 impl Sink for Topics {
     fn enqueue(&self, record: OutRecord) -> Result<(), SinkError> {
-        let state = if self.log().transactional {
-            Visibility::Pending
-        } else {
-            Visibility::Committed
+        let state = {
+            let log = self.log();
+            if log.transactional {
+                Visibility::Pending(log.txn)
+            } else {
+                Visibility::Committed
+            }
         };
         self.append_as(record, state);
         Ok(())
@@ -361,13 +380,36 @@ impl OffsetCommit for Offsets {
 struct DriverTransactions(Arc<Offsets>, Topics);
 
 impl commit::Transactions for DriverTransactions {
+    /// The offsets are committed (visible to the group at once); the markers on the data
+    /// partitions follow after the marker latency, as Kafka writes them: between the two, a
+    /// read_committed reader does not see the transaction's records yet.
     fn commit(&self, offsets: &[commit::SourceOffset]) -> std::result::Result<(), commit::TxnError> {
         self.0.commit(offsets).map_err(commit::TxnError::Abortable)?;
-        self.1.log().settle(true);
+        let (txn, latency) = {
+            let mut log = self.1.log();
+            let txn = log.txn;
+            log.txn += 1;
+            (txn, log.marker_latency)
+        };
+        if latency.is_zero() {
+            self.1.log().settle(txn, true);
+        } else {
+            self.1.log().unmarked += 1;
+            let topics = self.1.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(latency);
+                let mut log = topics.log();
+                log.settle(txn, true);
+                log.unmarked -= 1;
+            });
+        }
         Ok(())
     }
     fn abort(&self) -> std::result::Result<(), String> {
-        self.1.log().settle(false);
+        let mut log = self.1.log();
+        let txn = log.txn;
+        log.txn += 1;
+        log.settle(txn, false);
         Ok(())
     }
     fn begin(&self) -> std::result::Result<(), String> {
@@ -375,7 +417,8 @@ impl commit::Transactions for DriverTransactions {
     }
 }
 
-/// The driver's topics as a [`crate::changelog::ChangelogReader`].
+/// The driver's topics as a [`crate::changelog::ChangelogReader`]: the worker's restore
+/// ([`crate::changelog::read_changelog`]) on the in-memory topics.
 struct DriverReader<'a> {
     topics: &'a Topics,
     metrics: &'a Metrics,
@@ -391,36 +434,89 @@ impl crate::changelog::ChangelogReader for DriverReader<'_> {
         agreed: Vec<(String, i64)>,
         probe: bool,
     ) -> Result<Option<crate::changelog::Restored>> {
-        let checkpoint = store.checkpoint()?;
-        let log = self.topics.log();
-        let Some(records) = log
-            .topics
-            .get(changelog)
-            .and_then(|parts| parts.get(partition as usize))
-        else {
-            return Ok(Some(Default::default()));
+        let mut log = DriverLog {
+            topics: self.topics,
+            topic: changelog,
+            partition,
+            at: 0,
+            record: None,
         };
-        let from = checkpoint.changelog_offset.map_or(0, |offset| offset + 1);
-        // Read committed, as the worker's restores: up to the open transaction.
-        let end = records.stable_end() as i64;
-        if from >= end {
-            return Ok(Some(Default::default()));
+        let restored = crate::changelog::read_changelog(&mut log, store, committed, agreed, probe, &mut |_, _| {})?;
+        if let Some(restored) = &restored {
+            self.metrics.restored.fetch_add(restored.applied, Ordering::Relaxed);
         }
-        let mut apply = crate::changelog::Apply::new(store, committed, agreed, (end - from) as u64, probe);
-        for offset in from..end {
-            if apply.done() {
-                break;
+        Ok(restored)
+    }
+}
+
+/// A partition of the driver's topics as a restore reads it: read committed, up to its
+/// last stable offset (the first record of a transaction that has not ended, or whose markers
+/// are not written yet).
+struct DriverLog<'a> {
+    topics: &'a Topics,
+    topic: &'a str,
+    partition: i32,
+    /// The next offset to read.
+    at: usize,
+    /// The record last read (its data is lent to the restore).
+    record: Option<TestRecord>,
+}
+
+impl crate::changelog::ChangelogLog for DriverLog<'_> {
+    fn bounds(&mut self) -> Result<Option<(i64, i64)>> {
+        let log = self.topics.log();
+        let end = log
+            .topics
+            .get(self.topic)
+            .and_then(|parts| parts.get(self.partition as usize))
+            .map_or(0, PartitionLog::len);
+        Ok(Some((0, end as i64)))
+    }
+
+    fn seek(&mut self, offset: i64) -> Result<()> {
+        self.at = usize::try_from(offset).unwrap_or(0);
+        Ok(())
+    }
+
+    fn fetch(&mut self, wait: Duration) -> Result<crate::changelog::Fetched<'_>> {
+        use crate::changelog::Fetched;
+        let found = {
+            let log = self.topics.log();
+            let Some(part) = log
+                .topics
+                .get(self.topic)
+                .and_then(|parts| parts.get(self.partition as usize))
+            else {
+                return Ok(Fetched::At(self.at as i64));
+            };
+            let stable = part.stable_end();
+            while self.at < stable && part.is_aborted(self.at) {
+                self.at += 1;
             }
-            if records.is_aborted(offset as usize) {
-                continue;
-            }
-            let record = records.record(partition, offset as usize);
-            let headers = record.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));
-            apply.record(offset, record.key.as_deref(), record.value.as_deref(), headers)?;
-        }
-        let restored = apply.finish(Some(end - 1))?;
-        self.metrics.restored.fetch_add(restored.applied, Ordering::Relaxed);
-        Ok(Some(restored))
+            (self.at < stable).then(|| part.record(self.partition, self.at))
+        };
+        let Some(record) = found else {
+            // Up to the last stable offset: a transaction's markers may come (they are
+            // written on a thread of their own, see `marker_latency`).
+            std::thread::sleep(wait.min(Duration::from_millis(1)));
+            return Ok(Fetched::At(self.at as i64));
+        };
+        self.at += 1;
+        let record = self.record.insert(record);
+        Ok(Fetched::Record {
+            offset: record.offset,
+            key: record.key.as_deref(),
+            value: record.value.as_deref(),
+            headers: record.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())).collect(),
+        })
+    }
+
+    fn cancelled(&self) -> bool {
+        false
+    }
+
+    fn label(&self) -> String {
+        format!("{}[{}]", self.topic, self.partition)
     }
 }
 
@@ -782,6 +878,16 @@ impl TestDriver {
         self.topics.log().ack_latency = latency;
     }
 
+    /// Exactly-once: writes a transaction's markers on the data partitions (outputs,
+    /// repartition topics, changelogs) `latency` after its commit, as Kafka does after the
+    /// coordinator has logged the commit, while the offsets it committed are the group's at
+    /// once. Meanwhile a read_committed reader stops before the transaction's records (their
+    /// partition's last stable offset is before them): a restore must wait for them, or it
+    /// misses changes of input the group has committed (Kafka's KAFKA-10167).
+    pub fn marker_latency(&mut self, latency: Duration) {
+        self.topics.log().marker_latency = latency;
+    }
+
     /// While `failing`, offset commits fail (as a broker refuses them during a rebalance):
     /// stores are written at each cut, but the group's offsets stay where they are.
     pub fn fail_commits(&mut self, failing: bool) {
@@ -1053,6 +1159,12 @@ impl TestDriver {
                 }
             }
             if !progressed {
+                if self.topics.log().unmarked > 0 {
+                    // Committed transactions whose markers are not written yet: their records
+                    // are read once they are (see `marker_latency`).
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
                 self.mark_unread();
                 return Ok(fed);
             }

@@ -15,7 +15,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::changelog::{self, Apply, ChangelogReader, Restored};
+use crate::changelog::{self, ChangelogReader, Restored};
 use crate::metrics::Metrics;
 use crate::store::StateStore;
 use crate::task::TaskContext;
@@ -267,7 +267,11 @@ impl Progress {
 
 /// Reads changelog partitions into stores. One per worker; not a member of any group.
 pub(crate) struct Restorer {
+    /// Reads the changelogs, read committed.
     consumer: BaseConsumer,
+    /// Asks for partitions' ends as a read_uncommitted reader sees them (the high
+    /// watermark; a read_committed reader is told the last stable offset).
+    ends: BaseConsumer,
     metrics: Arc<Metrics>,
 }
 
@@ -283,20 +287,27 @@ impl Restorer {
         let consumer = config
             .create()
             .map_err(|e| Error::kafka("creating the restore consumer", e))?;
-        Ok(Self { consumer, metrics })
+        config.set("isolation.level", "read_uncommitted");
+        let ends = config
+            .create()
+            .map_err(|e| Error::kafka("creating the restore consumer", e))?;
+        Ok(Self {
+            consumer,
+            ends,
+            metrics,
+        })
     }
 
-    /// The partition's watermarks, retried until the broker answers; `None` when cancelled.
+    /// The partition's watermarks as a read_uncommitted reader sees them (its first offset
+    /// and its end, transactions open or not), retried until the broker answers; `None`
+    /// when cancelled.
     pub(crate) fn watermarks(&self, topic: &str, partition: i32, cancel: &AtomicBool) -> Option<(i64, i64)> {
         let mut attempt = 0u32;
         loop {
             if cancel.load(Ordering::Relaxed) {
                 return None;
             }
-            match self
-                .consumer
-                .fetch_watermarks(topic, partition, Duration::from_secs(10))
-            {
+            match self.ends.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
                 Ok(marks) => return Some(marks),
                 Err(error) => {
                     attempt += 1;
@@ -311,8 +322,8 @@ impl Restorer {
     }
 
     /// Restores `store` from `topic[partition]`, from its checkpoint to the end (see
-    /// [`Apply`]; `probe`: see [`Apply::new`]). Stops early when `cancel` is set, keeping
-    /// what it applied with its checkpoint.
+    /// [`changelog::read_changelog`]; `probe`: see [`changelog::Apply::new`]). Stops early when `cancel`
+    /// is set, keeping what it applied with its checkpoint.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn restore(
         &self,
@@ -324,100 +335,137 @@ impl Restorer {
         probe: bool,
         cancel: &AtomicBool,
     ) -> Result<Restored> {
-        let checkpoint = store.checkpoint()?;
-        let Some((low, high)) = self.watermarks(topic, partition, cancel) else {
-            return Ok(Restored::default());
-        };
-        let start = checkpoint.changelog_offset.map_or(low, |offset| (offset + 1).max(low));
         let labels = crate::metrics::TopicPartition::new(topic, partition);
         let remaining = self.metrics.families.restore_remaining.get_or_create_owned(&labels);
         let restored_count = self.metrics.families.restored.get_or_create_owned(&labels);
-        remaining.set((high - start).max(0));
-        if start >= high {
-            tracing::debug!(
-                "{topic}[{partition}]: store is up to date (checkpoint {:?})",
-                checkpoint.changelog_offset
-            );
-            return Ok(Restored::default());
-        }
-        let total = high - start;
-        tracing::info!("restoring {topic}[{partition}]: {total} records from offset {start}");
-        let mut list = TopicPartitionList::new();
-        list.add_partition_offset(topic, partition, Offset::Offset(start))
-            .map_err(|e| Error::kafka("restore", e))?;
-        self.consumer.assign(&list).map_err(|e| Error::kafka("restore", e))?;
+        let mut log = KafkaLog {
+            restorer: self,
+            topic,
+            partition,
+            cancel,
+            first: None,
+        };
         let began = Instant::now();
-        let mut last_progress = Instant::now();
-        let mut progress = Progress::new(topic, partition, total as u64);
-        let mut apply = Apply::new(store, committed, agreed, total as u64, probe);
-        let mut last = start - 1;
-        let mut cancelled = false;
-        while last < high - 1 {
-            if cancel.load(Ordering::Relaxed) {
-                cancelled = true;
-                break;
+        let mut progress: Option<(i64, Progress)> = None;
+        let outcome = changelog::read_changelog(&mut log, store, committed, agreed, probe, &mut |offset, end| {
+            let (start, shown) = progress.get_or_insert_with(|| {
+                tracing::info!(
+                    "restoring {topic}[{partition}]: {} records from offset {offset}",
+                    end - offset
+                );
+                (offset, Progress::new(topic, partition, (end - offset) as u64))
+            });
+            shown.at((offset - *start + 1) as u64);
+            restored_count.inc();
+            if (offset - *start).trailing_zeros() >= 10 {
+                remaining.set(end - 1 - offset);
             }
-            match self.consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(message)) => {
-                    last = message.offset();
-                    last_progress = Instant::now();
-                    progress.at((last - start + 1) as u64);
-                    restored_count.inc();
-                    if (last - start).trailing_zeros() >= 10 {
-                        remaining.set(high - 1 - last);
-                    }
-                    let headers = message.headers();
-                    let headers = headers
-                        .into_iter()
-                        .flat_map(|h| h.iter())
-                        .map(|h| (h.key, h.value.unwrap_or_default()));
-                    apply.record(last, message.key(), message.payload(), headers)?;
-                    if apply.done() {
-                        break;
-                    }
-                }
-                Some(Err(KafkaError::PartitionEOF(_))) => break,
-                Some(Err(error)) => tracing::warn!("restore of {topic}[{partition}]: {error}"),
-                None => {
-                    if last_progress.elapsed() > Duration::from_secs(10) {
-                        tracing::warn!(
-                            "restore of {topic}[{partition}] waiting: at offset {} of {high}; the broker is not sending records",
-                            last + 1
-                        );
-                        last_progress = Instant::now();
-                    }
-                }
-            }
+        });
+        if let Some((_, shown)) = &progress {
+            shown.done();
         }
-        // The checkpoint is the last record read. (Not the high watermark: reading committed,
-        // the end of a partition is its last stable offset, and the records of a transaction
-        // still open after it must be read by a later restore once it has ended.)
-        let end = last;
-        if cancelled {
-            // The partition went elsewhere: this worker restores nothing of it any more.
-            self.metrics.families.restore_remaining.remove(&labels);
-        } else {
-            remaining.set(0);
-        }
-        let restored = apply.finish((end >= start).then_some(end))?;
-        progress.done();
         self.consumer.unassign().map_err(|e| Error::kafka("restore", e))?;
-        if cancelled {
+        let restored = match outcome? {
+            Some(restored) => restored,
+            None => {
+                // The partition went elsewhere: this worker restores nothing of it any more.
+                self.metrics.families.restore_remaining.remove(&labels);
+                tracing::info!(
+                    "restore of {topic}[{partition}] stopped (partition revoked); a restore here resumes from \
+                     its checkpoint"
+                );
+                return Ok(Restored::default());
+            }
+        };
+        remaining.set(0);
+        if progress.is_some() {
+            let seconds = began.elapsed().as_secs_f64();
             tracing::info!(
-                "restore of {topic}[{partition}] stopped (partition revoked): {} records applied; \
-                 a restore here resumes from offset {}",
+                "restored {topic}[{partition}]: {} records applied, {} from uncommitted input skipped, in {seconds:.2}s ({:.0} records/s)",
                 restored.applied,
-                end.max(start - 1) + 1
+                restored.skipped,
+                (restored.applied + restored.skipped) as f64 / seconds.max(1e-9)
             );
-            return Ok(restored);
+        } else {
+            tracing::debug!("{topic}[{partition}]: store is up to date");
         }
-        let seconds = began.elapsed().as_secs_f64();
-        tracing::info!(
-            "restored {topic}[{partition}]: {} records applied, {} from uncommitted input skipped, in {seconds:.2}s ({:.0} records/s)",
-            restored.applied,
-            restored.skipped,
-            (restored.applied + restored.skipped) as f64 / seconds.max(1e-9)
-        );
         Ok(restored)
+    }
+}
+
+/// A changelog partition read through the restorer's consumers.
+struct KafkaLog<'a> {
+    restorer: &'a Restorer,
+    topic: &'a str,
+    partition: i32,
+    cancel: &'a AtomicBool,
+    /// The record last polled (its data is lent to the restore).
+    first: Option<rdkafka::message::BorrowedMessage<'a>>,
+}
+
+impl changelog::ChangelogLog for KafkaLog<'_> {
+    fn bounds(&mut self) -> Result<Option<(i64, i64)>> {
+        Ok(self.restorer.watermarks(self.topic, self.partition, self.cancel))
+    }
+
+    fn seek(&mut self, offset: i64) -> Result<()> {
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(self.topic, self.partition, Offset::Offset(offset))
+            .map_err(|e| Error::kafka("restore", e))?;
+        self.restorer
+            .consumer
+            .assign(&list)
+            .map_err(|e| Error::kafka("restore", e))
+    }
+
+    fn fetch(&mut self, wait: Duration) -> Result<changelog::Fetched<'_>> {
+        self.first = None;
+        match self.restorer.consumer.poll(wait) {
+            Some(Ok(message)) => {
+                let message = self.first.insert(message);
+                let headers = message
+                    .headers()
+                    .map(|headers| headers.iter().map(|h| (h.key, h.value.unwrap_or_default())).collect())
+                    .unwrap_or_default();
+                Ok(changelog::Fetched::Record {
+                    offset: message.offset(),
+                    key: message.key(),
+                    value: message.payload(),
+                    headers,
+                })
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) | None => Ok(self.position()),
+            Some(Err(error)) => {
+                tracing::warn!("restore of {}[{}]: {error}", self.topic, self.partition);
+                Ok(changelog::Fetched::Nothing)
+            }
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
+    fn label(&self) -> String {
+        format!("{}[{}]", self.topic, self.partition)
+    }
+}
+
+impl KafkaLog<'_> {
+    /// Where the consumer stands: every offset before it read or skipped.
+    fn position(&self) -> changelog::Fetched<'static> {
+        let position = self.restorer.consumer.position().ok().and_then(|list| {
+            list.elements_for_topic(self.topic)
+                .iter()
+                .find(|e| e.partition() == self.partition)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(offset) => Some(offset),
+                    _ => None,
+                })
+        });
+        match position {
+            Some(position) => changelog::Fetched::At(position),
+            None => changelog::Fetched::Nothing,
+        }
     }
 }
