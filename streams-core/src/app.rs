@@ -44,6 +44,10 @@ pub struct App {
     commit_interval: Option<Duration>,
     table_cache_bytes: usize,
     guarantee: ProcessingGuarantee,
+    /// What to do with records the broker refuses for good.
+    on_production_error: crate::task::sink::OnError,
+    /// Where refused records go (`{app}-dlq` unless named).
+    production_dead_letters: Option<String>,
 }
 
 /// What a worker guarantees about the effects of each input record.
@@ -93,7 +97,47 @@ impl App {
             commit_interval: None,
             table_cache_bytes: 1 << 20,
             guarantee: ProcessingGuarantee::AtLeastOnce,
+            on_production_error: crate::task::sink::OnError::Fail,
+            production_dead_letters: None,
         }
+    }
+
+    /// What to do with a record the broker refuses for good (too large for its topic, a
+    /// topic the worker may not write, …), as Kafka Streams' production exception handler:
+    /// [`OnError::Fail`](crate::OnError::Fail) (the default) stops the worker with an error
+    /// naming the record's topic and the broker's answer; [`OnError::DeadLetter`](crate::OnError::DeadLetter)
+    /// sends the record to the dead-letter topic (`{app}-dlq`, or
+    /// [`App::production_dead_letter_topic`]) with headers saying where it was going and why,
+    /// and goes on. Under exactly-once the refusal aborts the transaction; sent again after
+    /// the abort, the record goes to the dead-letter topic. A table's changelog record is
+    /// never dead-lettered: its refusal stops the worker either way.
+    ///
+    /// ```
+    /// use streams_core::{App, OnError};
+    /// let app = App::new("orders").on_production_error(OnError::DeadLetter);
+    /// # let _ = app;
+    /// ```
+    pub fn on_production_error(mut self, handling: crate::task::sink::OnError) -> Self {
+        self.on_production_error = handling;
+        self
+    }
+
+    /// Where records the broker refused go with [`OnError::DeadLetter`](crate::OnError::DeadLetter)
+    /// (default `{app}-dlq`).
+    pub fn production_dead_letter_topic(mut self, topic: impl Into<String>) -> Self {
+        self.production_dead_letters = Some(topic.into());
+        self
+    }
+
+    /// How the app's workers handle records the broker refuses.
+    pub(crate) fn production_errors(&self) -> crate::task::sink::ProductionErrors {
+        crate::task::sink::ProductionErrors::new(self.on_production_error, self.production_dead_letter_topic_name())
+    }
+
+    fn production_dead_letter_topic_name(&self) -> String {
+        self.production_dead_letters
+            .clone()
+            .unwrap_or_else(|| format!("{}-dlq", self.id))
     }
 
     /// Adds an agent (a function marked `#[agent]`).
@@ -302,7 +346,19 @@ impl App {
     pub fn plan(&self, existing: &HashMap<String, i32>) -> Result<Vec<PlannedTopic>> {
         self.validate()?;
         let tasks = self.tasks();
-        plan(&self.id, &tasks, &self.other_topics(), existing, self.topic_partitions)
+        let mut planned = plan(&self.id, &tasks, &self.other_topics(), existing, self.topic_partitions)?;
+        if self.on_production_error == crate::task::sink::OnError::DeadLetter {
+            let name = self.production_dead_letter_topic_name();
+            if !planned.iter().any(|t| t.name == name) {
+                planned.push(PlannedTopic {
+                    exists: existing.contains_key(&name),
+                    partitions: existing.get(&name).copied().unwrap_or(self.topic_partitions),
+                    name,
+                    compacted: false,
+                });
+            }
+        }
+        Ok(planned)
     }
 }
 

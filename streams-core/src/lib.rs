@@ -86,6 +86,7 @@ pub use record::Record;
 pub use stream::{Event, Next, Punctuated, Stream};
 pub use table::{Table, TableSpec, WindowedTable};
 pub use task::run::{TaskKind, TaskSpec};
+pub use task::sink::OnError;
 pub use topic::{Topic, TopicSpec};
 pub use topology::Topology;
 pub use worker::{Worker, WorkerHandle, WorkerOptions};
@@ -117,7 +118,9 @@ pub mod prelude {
     pub use crate::stream::Next;
     pub use crate::timer::{Tick, Timer};
     pub use crate::window::{SessionWindows, SlidingWindows, TimeWindows, Window, Windowed};
-    pub use crate::{agent, record, topic, App, Event, Json, Key, Record, Result, Stream, Table, Topic, WindowedTable};
+    pub use crate::{
+        agent, record, topic, App, Event, Json, Key, OnError, Record, Result, Stream, Table, Topic, WindowedTable,
+    };
 }
 
 /// What the macros' output calls. Not a public API: it changes without notice.

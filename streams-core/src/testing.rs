@@ -65,7 +65,7 @@ use crate::table::{Table, WindowedTable};
 use crate::task::commit::{self, OffsetCommit};
 use crate::task::input::{Input, StreamCore};
 use crate::task::run::{run_partition, TaskSpec};
-use crate::task::sink::{OutRecord, Sink, SinkError};
+use crate::task::sink::{FlushError, OutRecord, Refused, Sink, SinkError};
 use crate::task::tables::TableState;
 use crate::task::TaskContext;
 use crate::timer::{Tick, Timer};
@@ -253,6 +253,10 @@ struct Log {
     unmarked: usize,
     /// How long after a transaction's commit its markers are written.
     marker_latency: Duration,
+    /// Topics whose larger records the broker refuses: (topic, largest value in bytes).
+    refusing: Vec<(String, usize)>,
+    /// Records refused since the last flush.
+    refused: Vec<Refused>,
     /// How long a flush waits, as for a broker's acknowledgements (see
     /// [`TestDriver::ack_latency`]).
     ack_latency: Duration,
@@ -323,7 +327,20 @@ impl Topics {
 impl Sink for Topics {
     fn enqueue(&self, record: OutRecord) -> Result<(), SinkError> {
         let state = {
-            let log = self.log();
+            let mut log = self.log();
+            let size = record.value.as_ref().map_or(0, Vec::len);
+            let refused = log
+                .refusing
+                .iter()
+                .any(|(topic, largest)| **topic == *record.topic && size > *largest);
+            if refused {
+                // As a broker answers a record over the topic's `max.message.bytes`.
+                log.refused.push(Refused {
+                    record,
+                    error: "Broker: Message size too large".into(),
+                });
+                return Ok(());
+            }
             if log.transactional {
                 Visibility::Pending(log.txn)
             } else {
@@ -334,12 +351,17 @@ impl Sink for Topics {
         Ok(())
     }
 
-    fn flush(&self) -> Result<(), String> {
+    fn flush(&self) -> Result<(), FlushError> {
         let latency = self.log().ack_latency;
         if !latency.is_zero() {
             std::thread::sleep(latency);
         }
-        Ok(())
+        let refused = std::mem::take(&mut self.log().refused);
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(FlushError { refused, other: None })
+        }
     }
 
     fn changelog_offset(&self, topic: &str, partition: i32) -> Option<i64> {
@@ -356,6 +378,14 @@ struct Offsets {
     committed: Mutex<HashMap<(String, i32), (i64, String)>>,
     /// Set by [`TestDriver::fail_commits`].
     failing: std::sync::atomic::AtomicBool,
+    /// The group's generation: one more at every move or crash of a partition (a rebalance).
+    generation: std::sync::atomic::AtomicU64,
+    /// Transactional commits still to time out (see [`TestDriver::time_out_commits`]), and
+    /// whether they commit before they do.
+    timeouts: Mutex<(usize, bool)>,
+    /// Transactional producers made: the first, and one after each commit whose outcome was
+    /// not known.
+    producers: std::sync::atomic::AtomicU64,
 }
 
 impl OffsetCommit for Offsets {
@@ -380,10 +410,39 @@ impl OffsetCommit for Offsets {
 struct DriverTransactions(Arc<Offsets>, Topics);
 
 impl commit::Transactions for DriverTransactions {
+    fn generation(&self) -> commit::Generation {
+        Box::new(self.0.generation.load(Ordering::Acquire))
+    }
+
     /// The offsets are committed (visible to the group at once); the markers on the data
     /// partitions follow after the marker latency, as Kafka writes them: between the two, a
-    /// read_committed reader does not see the transaction's records yet.
-    fn commit(&self, offsets: &[commit::SourceOffset]) -> std::result::Result<(), commit::TxnError> {
+    /// read_committed reader does not see the transaction's records yet. A round cut in an
+    /// earlier generation of the group is refused, as Kafka refuses a zombie's (KIP-447).
+    fn commit(
+        &self,
+        offsets: &[commit::SourceOffset],
+        generation: &commit::Generation,
+    ) -> std::result::Result<(), commit::TxnError> {
+        let now = self.0.generation.load(Ordering::Acquire);
+        let cut_in = generation.downcast_ref::<u64>().copied();
+        if !offsets.is_empty() && cut_in != Some(now) {
+            return Err(commit::TxnError::Abortable(format!(
+                "the group is in generation {now}, the round was cut in {cut_in:?}: its offsets are refused \
+                 (ILLEGAL_GENERATION)"
+            )));
+        }
+        let timeout = {
+            let mut timeouts = self.0.timeouts.lock().unwrap_or_else(|p| p.into_inner());
+            (timeouts.0 > 0).then(|| {
+                timeouts.0 -= 1;
+                timeouts.1
+            })
+        };
+        if timeout == Some(false) {
+            return Err(commit::TxnError::Unknown(
+                "committing the transaction timed out (test driver; it did not commit)".into(),
+            ));
+        }
         self.0.commit(offsets).map_err(commit::TxnError::Abortable)?;
         let (txn, latency) = {
             let mut log = self.1.log();
@@ -403,6 +462,11 @@ impl commit::Transactions for DriverTransactions {
                 log.unmarked -= 1;
             });
         }
+        if timeout == Some(true) {
+            return Err(commit::TxnError::Unknown(
+                "committing the transaction timed out (test driver; it committed)".into(),
+            ));
+        }
         Ok(())
     }
     fn abort(&self) -> std::result::Result<(), String> {
@@ -414,6 +478,11 @@ impl commit::Transactions for DriverTransactions {
     }
     fn begin(&self) -> std::result::Result<(), String> {
         Ok(())
+    }
+    /// A new producer's initialisation aborts what the old one left open.
+    fn reinit(&self) -> std::result::Result<(), String> {
+        self.0.producers.fetch_add(1, Ordering::Relaxed);
+        self.abort()
     }
 }
 
@@ -570,6 +639,11 @@ pub struct TestDriver {
     batch: usize,
     /// Tasks also cut on this timer (see [`TestDriver::commit_interval`]).
     interval: Option<Duration>,
+    /// How long a moved task may take to finish (see [`TestDriver::finish_timeout`]).
+    finish_timeout: Duration,
+    /// Where tasks send: the topics, with records the broker refused diverted (see
+    /// `App::on_production_error`).
+    sink: Arc<dyn Sink>,
     _committer: std::sync::mpsc::Sender<commit::Cut>,
 }
 
@@ -607,9 +681,20 @@ impl TestDriver {
         let (cuts, cut_rx) = std::sync::mpsc::channel();
         let rounds = (app.guarantee() == crate::app::ProcessingGuarantee::ExactlyOnce)
             .then(|| Arc::new(crate::task::round::Rounds::at_barriers()));
+        // Records the broker refused go to the dead-letter topic when sent again, if the app
+        // says so (see `App::on_production_error`).
+        let errors = Arc::new(app.production_errors());
+        let sink: Arc<dyn Sink> = Arc::new(crate::task::sink::Guarded {
+            inner: Arc::new(topics.clone()),
+            errors: Arc::clone(&errors),
+        });
+        offsets.producers.store(1, Ordering::Relaxed);
         {
-            let sink: Arc<dyn Sink> = Arc::new(topics.clone());
-            let metrics = Arc::clone(&metrics);
+            let committer = commit::Committer {
+                sink: Arc::clone(&sink),
+                metrics: Arc::clone(&metrics),
+                errors,
+            };
             let rounds = rounds.clone();
             let offsets = Arc::clone(&offsets);
             let topics = topics.clone();
@@ -620,13 +705,12 @@ impl TestDriver {
                     // Rounds only at the driver's barriers: runs stay deterministic.
                     Some(rounds) => commit::run_rounds(
                         cut_rx,
-                        sink,
+                        committer,
                         Arc::new(DriverTransactions(offsets, topics)),
                         rounds,
-                        metrics,
                         Duration::from_secs(365 * 24 * 3600),
                     ),
-                    None => commit::run(cut_rx, sink, offsets as Arc<dyn OffsetCommit>, metrics),
+                    None => commit::run(cut_rx, committer, offsets as Arc<dyn OffsetCommit>),
                 })
                 .map_err(|e| Error::io("starting the test committer", e))?;
         }
@@ -669,6 +753,8 @@ impl TestDriver {
             rounds,
             batch: 1024,
             interval: None,
+            finish_timeout: Duration::from_secs(60),
+            sink,
             _committer: cuts,
         };
         driver.apply_globals()?;
@@ -734,7 +820,7 @@ impl TestDriver {
             };
             crate::changelog::restore_task(&reader, &stores, partition, &committed)?
         };
-        let sink: Arc<dyn Sink> = Arc::new(self.topics.clone());
+        let sink = Arc::clone(&self.sink);
         let ctx = Arc::new(TaskContext::new(
             &spec,
             partition,
@@ -829,26 +915,39 @@ impl TestDriver {
         let index = self.task_index(topic, partition)?;
         let (ack, acked) = std::sync::mpsc::channel();
         self.tasks[index].ctx.request_finish();
-        let mut acks = Vec::new();
-        if self.tasks[index].tx.send(Input::Finish(ack)).await.is_ok() {
-            acks.push(acked);
-        }
+        let sent = self.tasks[index].tx.send(Input::Finish(ack)).await.is_ok();
+        let mut others = Vec::new();
         if self.rounds.is_some() {
             // Exactly-once: the last cut is part of a round, which every task cuts for (a
             // worker's tasks cut when a round is asked for; the driver's at its barriers).
             for (n, task) in self.tasks.iter().enumerate() {
                 let (ack, acked) = std::sync::mpsc::channel();
                 if n != index && task.tx.send(Input::Flush(ack)).await.is_ok() {
-                    acks.push(acked);
+                    others.push(acked);
                 }
             }
         }
+        let timeout = self.finish_timeout;
+        let finished = sent
+            && tokio::task::spawn_blocking(move || acked.recv_timeout(timeout).is_ok())
+                .await
+                .unwrap_or(false);
+        if sent && !finished {
+            // As a worker does with a revoked task that does not finish in time: dropped
+            // without its cut, so what it sent since the last round must not commit.
+            tracing::warn!("test driver: {topic}[{partition}] did not finish within {timeout:?}; dropped");
+            if let Some(rounds) = &self.rounds {
+                rounds.request_abort();
+            }
+            self.tasks[index].join.abort();
+        }
         let _ = tokio::task::spawn_blocking(move || {
-            for acked in acks {
-                let _ = acked.recv_timeout(Duration::from_secs(60));
+            for acked in others {
+                let _ = acked.recv_timeout(timeout);
             }
         })
         .await;
+        self.offsets.generation.fetch_add(1, Ordering::AcqRel);
         self.replace_task(index, owner).await
     }
 
@@ -857,8 +956,36 @@ impl TestDriver {
     /// written at its last cut) and is processed again by `owner`.
     pub async fn crash_partition(&mut self, topic: &str, partition: i32, owner: &str) -> Result<()> {
         let index = self.task_index(topic, partition)?;
+        // Exactly-once: what the crashed task sent since the last round is in the open
+        // transaction without its offsets; the group fences the worker that is gone, so that
+        // transaction never commits (its records are aborted).
+        if let Some(rounds) = &self.rounds {
+            rounds.request_abort();
+        }
         self.tasks[index].join.abort();
+        self.offsets.generation.fetch_add(1, Ordering::AcqRel);
         self.replace_task(index, owner).await
+    }
+
+    /// Exactly-once: the next `count` commits time out, as when the broker does not answer
+    /// in time — having committed (`committed`) or not. Either way the worker cannot know:
+    /// it makes its transactional producer anew and starts its partitions again from what the
+    /// group has committed.
+    pub fn time_out_commits(&mut self, count: usize, committed: bool) {
+        *self.offsets.timeouts.lock().unwrap_or_else(|p| p.into_inner()) = (count, committed);
+    }
+
+    /// How many transactional producers the driver's worker has made: the first, and one
+    /// after each commit whose outcome was not known.
+    pub fn transactional_producers(&self) -> u64 {
+        self.offsets.producers.load(Ordering::Relaxed)
+    }
+
+    /// How long a moved partition's task may take to finish its record and make its last
+    /// cut (60 s by default, as a worker's revoked tasks): past it, it is dropped without
+    /// its cut, as a worker drops it.
+    pub fn finish_timeout(&mut self, timeout: Duration) {
+        self.finish_timeout = timeout;
     }
 
     async fn replace_task(&mut self, index: usize, owner: &str) -> Result<()> {
@@ -876,6 +1003,13 @@ impl TestDriver {
     /// follow them) lag behind the tasks, which go on meanwhile, as on a worker.
     pub fn ack_latency(&mut self, latency: Duration) {
         self.topics.log().ack_latency = latency;
+    }
+
+    /// Makes the driver's broker refuse the records of `topic` whose value is larger than
+    /// `largest` bytes, as a topic with a smaller `max.message.bytes` does: the flush that
+    /// waits for them fails, naming them (see `App::on_production_error`).
+    pub fn refuse_records(&mut self, topic: &str, largest: usize) {
+        self.topics.log().refusing.push((topic.to_string(), largest));
     }
 
     /// Exactly-once: writes a transaction's markers on the data partitions (outputs,
@@ -1017,7 +1151,11 @@ impl TestDriver {
             self.barrier().await?;
             if self.rounds.as_ref().is_some_and(|rounds| rounds.take_aborted()) {
                 // Exactly-once: the aborted round's work is gone; every partition starts again
-                // from its last committed state, as on a worker.
+                // from its last committed state, as on a worker (from the group's offsets:
+                // after a commit whose outcome is unknown too).
+                if let Some(rounds) = &self.rounds {
+                    rounds.take_unknown();
+                }
                 for index in 0..self.tasks.len() {
                     let owner = self.tasks[index].owner.clone();
                     self.replace_task(index, &owner).await?;
@@ -1274,9 +1412,10 @@ impl TestDriver {
                 acks.push(acked);
             }
         }
+        let timeout = self.finish_timeout;
         tokio::task::spawn_blocking(move || {
             for acked in acks {
-                let _ = acked.recv_timeout(Duration::from_secs(60));
+                let _ = acked.recv_timeout(timeout);
             }
         })
         .await

@@ -9,6 +9,7 @@ use std::time::Duration;
 use streams_core::app::ProcessingGuarantee;
 use streams_core::prelude::*;
 use streams_core::testing::TestDriver;
+use streams_core::OnError;
 
 const NUMBERS: Topic<String, i64> = Topic::new("numbers").partitions(1);
 const SUMS: Table<String, i64> = Table::new("sums");
@@ -58,4 +59,152 @@ async fn a_restore_waits_for_the_markers_of_a_committed_round() {
         (1..=101).collect::<Vec<i64>>(),
         "read committed: each total once, in order"
     );
+}
+
+/// Runs `driver` with a bound: a worker that aborts the same transaction forever would
+/// keep the run going.
+async fn run_bounded(driver: &mut TestDriver) -> streams_core::Result<()> {
+    tokio::time::timeout(Duration::from_secs(60), driver.run())
+        .await
+        .unwrap_or_else(|_| panic!("the run did not end within 60 s (an abort loop?)"))
+}
+
+/// The broker refuses totals of three digits (a topic whose `max.message.bytes` is smaller
+/// than the records): under exactly-once each round with one aborts, and the same record is
+/// sent again. By default the worker stops, naming the topic and the broker's answer, rather
+/// than abort forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_broker_refuses_stops_the_worker_by_default() {
+    for guarantee in [ProcessingGuarantee::ExactlyOnce, ProcessingGuarantee::AtLeastOnce] {
+        let mut driver = TestDriver::new(app().processing_guarantee(guarantee)).expect("driver");
+        driver.refuse_records("totals", 2);
+        for _ in 0..150 {
+            driver.pipe(&NUMBERS, "k", &1).expect("pipe");
+        }
+        let error = run_bounded(&mut driver).await.expect_err("refused").to_string();
+        assert!(error.contains("totals"), "{guarantee:?}: {error}");
+        assert!(error.contains("Message size too large"), "{guarantee:?}: {error}");
+        // Nothing of the refused round is visible to a read_committed reader.
+        let totals: Vec<i64> = driver
+            .records(&TOTALS)
+            .expect("totals")
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        assert!(totals.iter().all(|t| *t < 100), "{guarantee:?}: {totals:?}");
+    }
+}
+
+/// With `OnError::DeadLetter`, a refused record goes to the dead-letter topic, with where it
+/// was going and why, and the worker goes on; everything else is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_broker_refuses_goes_to_the_dead_letter_topic_when_asked() {
+    for guarantee in [ProcessingGuarantee::ExactlyOnce, ProcessingGuarantee::AtLeastOnce] {
+        let app = app()
+            .processing_guarantee(guarantee)
+            .on_production_error(OnError::DeadLetter);
+        let mut driver = TestDriver::new(app).expect("driver");
+        driver.refuse_records("totals", 2);
+        for _ in 0..150 {
+            driver.pipe(&NUMBERS, "k", &1).expect("pipe");
+        }
+        run_bounded(&mut driver).await.expect("run");
+        assert_eq!(driver.table(&SUMS).expect("table")["k"], 150, "{guarantee:?}");
+        let totals: Vec<i64> = driver
+            .records(&TOTALS)
+            .expect("totals")
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        assert_eq!(totals, (1..100).collect::<Vec<i64>>(), "{guarantee:?}");
+        let dead: Vec<_> = driver
+            .raw_records("txn-dlq")
+            .into_iter()
+            .filter(|r| !r.aborted)
+            .collect();
+        let values: Vec<String> = dead
+            .iter()
+            .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
+            .collect();
+        assert_eq!(
+            values,
+            (100..=150).map(|n| n.to_string()).collect::<Vec<_>>(),
+            "{guarantee:?}"
+        );
+        assert!(dead.iter().all(|r| r.header("streams.dlq.topic") == Some("totals")));
+        assert!(dead.iter().all(|r| r
+            .header("streams.dlq.error")
+            .is_some_and(|e| e.contains("Message size too large"))));
+    }
+}
+
+/// A commit that times out: whether the transaction committed is not known. The worker makes
+/// its transactional producer anew and starts again from what the group has committed:
+/// exact either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_outcome_is_unknown_makes_the_producer_anew() {
+    for committed in [false, true] {
+        let mut driver = TestDriver::new(app()).expect("driver");
+        for _ in 0..10 {
+            driver.pipe(&NUMBERS, "k", &1).expect("pipe");
+        }
+        run_bounded(&mut driver).await.expect("run");
+        driver.time_out_commits(1, committed);
+        for _ in 0..10 {
+            driver.pipe(&NUMBERS, "k", &1).expect("pipe");
+        }
+        run_bounded(&mut driver).await.expect("run");
+        assert_eq!(driver.transactional_producers(), 2, "committed: {committed}");
+        assert_eq!(driver.table(&SUMS).expect("table")["k"], 20, "committed: {committed}");
+        let totals: Vec<i64> = driver
+            .records(&TOTALS)
+            .expect("totals")
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        assert_eq!(totals, (1..=20).collect::<Vec<i64>>(), "committed: {committed}");
+    }
+}
+
+const SLOW: Topic<String, i64> = Topic::new("slow").partitions(1);
+const SLOW_OUT: Topic<String, i64> = Topic::new("slow-out").partitions(1);
+static STUCK_ONCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Sends each value on; the first time it sees -1, it hangs (as a task stuck in a call that
+/// never returns).
+#[agent(topic = SLOW, sends = [SLOW_OUT])]
+async fn forward(mut values: Stream<String, i64>) -> Result<()> {
+    while let Some(event) = values.next_event().await {
+        SLOW_OUT.send(&event.key, &event.value).await?;
+        if event.value == -1 && STUCK_ONCE.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+    }
+    Ok(())
+}
+
+/// A revoked task that does not finish in time is dropped without its cut: what it sent
+/// since the last round must not commit (the next owner processes that input again), so the
+/// round aborts; a read_committed reader sees each record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_dropped_without_its_cut_aborts_the_round() {
+    let app = App::new("slow")
+        .processing_guarantee(ProcessingGuarantee::ExactlyOnce)
+        .agent(forward);
+    let mut driver = TestDriver::new(app).expect("driver");
+    driver.finish_timeout(Duration::from_millis(500));
+    for value in [1, 2, 3, -1, 4] {
+        driver.pipe(&SLOW, "k", &value).expect("pipe");
+    }
+    // Processed up to the stuck record (its sends in the open transaction), not committed.
+    driver.process().await.expect("process");
+    driver.move_partition("slow", 0, "worker-2").await.expect("move");
+    run_bounded(&mut driver).await.expect("run");
+    let seen: Vec<i64> = driver
+        .records(&SLOW_OUT)
+        .expect("out")
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(seen, vec![1, 2, 3, -1, 4], "each once");
 }

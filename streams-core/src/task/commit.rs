@@ -15,7 +15,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
 use super::round::Rounds;
-use super::sink::Sink;
+use super::sink::{FlushError, ProductionErrors, Sink, SinkError};
 use crate::metrics::{timed, Metrics};
 use crate::store::{Checkpoint, Entry, StateStore};
 
@@ -160,13 +160,21 @@ pub(crate) trait OffsetCommit: Send + Sync + 'static {
     fn commit(&self, offsets: &[SourceOffset]) -> Result<(), String>;
 }
 
+/// What the committer works with, besides its cuts: the sink to flush, the metrics, and how
+/// records the broker refuses are handled.
+pub(crate) struct Committer {
+    pub sink: Arc<dyn Sink>,
+    pub metrics: Arc<Metrics>,
+    pub errors: Arc<ProductionErrors>,
+}
+
 /// Runs the committer on the calling thread until every sender is gone.
-pub(crate) fn run(cuts: Receiver<Cut>, sink: Arc<dyn Sink>, offsets: Arc<dyn OffsetCommit>, metrics: Arc<Metrics>) {
+pub(crate) fn run(cuts: Receiver<Cut>, committer: Committer, offsets: Arc<dyn OffsetCommit>) {
     let mut committed = Committed::new();
     while let Ok(first) = cuts.recv() {
         let mut batch = vec![first];
         batch.extend(cuts.try_iter());
-        let outcome = commit_batch(&mut batch, &*sink, &*offsets, &metrics, &mut committed);
+        let outcome = commit_batch(&mut batch, &committer, &*offsets, &mut committed);
         for mut cut in batch {
             cut.settle();
             for ack in std::mem::take(&mut cut.acks) {
@@ -184,18 +192,23 @@ type Committed = HashMap<(String, i32), i64>;
 
 fn commit_batch(
     batch: &mut [Cut],
-    sink: &dyn Sink,
+    committer: &Committer,
     offsets: &dyn OffsetCommit,
-    metrics: &Metrics,
     committed: &mut Committed,
 ) -> Result<(), String> {
+    let (sink, metrics) = (&*committer.sink, &*committer.metrics);
     if let Some(error) = metrics.fatal() {
         return Err(format!("not committed: the worker failed ({error})"));
     }
-    // 1. Every record sent so far, including this batch's changelog records, is acknowledged.
-    let flushed = timed(&metrics.families.flush_seconds, || sink.flush());
+    // 1. Every record sent so far, including this batch's changelog records, is acknowledged
+    // (those the broker refused sent to the dead-letter topic instead, where the app says so).
+    let flushed = timed(&metrics.families.flush_seconds, || sink.flush())
+        .or_else(|error| dead_letter_refused(sink, &committer.errors, error));
     if let Err(error) = flushed {
-        let error = format!("records were not acknowledged by the broker, offsets not committed: {error}");
+        let error = format!(
+            "records were refused by the broker or not acknowledged ({error}); offsets not committed, the worker \
+             stops (App::on_production_error chooses)"
+        );
         metrics.fail(error.clone());
         return Err(error);
     }
@@ -223,6 +236,35 @@ fn commit_batch(
             Err(format!("offset commit failed: {error}"))
         }
     }
+}
+
+/// After a flush that failed on records the broker refused: where the app chose so, sends
+/// them to the dead-letter topic and flushes again; otherwise, or when that fails too, the
+/// error.
+fn dead_letter_refused(sink: &dyn Sink, errors: &ProductionErrors, error: FlushError) -> Result<(), FlushError> {
+    if error.other.is_some() || !errors.dead_letters(&error.refused) {
+        return Err(error);
+    }
+    for refused in &error.refused {
+        tracing::warn!(
+            "the broker refused a record to {} ({}); it goes to the dead-letter topic {}",
+            refused.record.topic,
+            refused.error,
+            errors.dead_letter_topic
+        );
+        let mut record = errors.dead_letter(refused);
+        loop {
+            match sink.enqueue(record) {
+                Ok(()) => break,
+                Err(SinkError::Full(back)) => {
+                    record = back;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(SinkError::Failed(failed)) => return Err(FlushError::other(failed)),
+            }
+        }
+    }
+    sink.flush()
 }
 
 /// The next offset to read of every source partition the cuts reached, with the stream
@@ -289,20 +331,39 @@ pub(crate) enum TxnError {
     /// The transaction was aborted (or must be): the round's work is undone, and the tasks
     /// start again from the last committed state.
     Abortable(String),
+    /// Whether the transaction committed is not known (a commit that timed out): the
+    /// producer is made anew (which ends the transaction either way, fencing what the old
+    /// one still had in flight, as the Jepsen analyses of Kafka's transactions advise), and
+    /// the tasks start again from what the group has committed.
+    Unknown(String),
     /// The producer cannot go on (fenced by another producer with the same transactional id):
     /// the worker stops without committing anything more.
     Fatal(String),
 }
 
+/// The group's generation as the consumer saw it when a round's cuts were all in (KIP-447):
+/// its commit carries it, so that the broker refuses the round once the group has moved on
+/// (a zombie's partitions belong to someone else by then).
+pub(crate) type Generation = Box<dyn std::any::Any + Send>;
+
 /// A worker's transactions: one open at a time, holding everything sent since it began.
 pub(crate) trait Transactions: Send + Sync + 'static {
-    /// Adds the source offsets (the next to read) to the open transaction and commits it.
-    fn commit(&self, offsets: &[SourceOffset]) -> Result<(), TxnError>;
+    /// The group's generation now (see [`Generation`]).
+    fn generation(&self) -> Generation;
+    /// Adds the source offsets (the next to read) to the open transaction, with the group's
+    /// generation of the round, and commits it.
+    fn commit(&self, offsets: &[SourceOffset], generation: &Generation) -> Result<(), TxnError>;
     /// Aborts the open transaction.
     fn abort(&self) -> Result<(), String>;
     /// Begins the next transaction.
     fn begin(&self) -> Result<(), String>;
+    /// Makes the transactional producer anew (after [`TxnError::Unknown`]): the new one's
+    /// initialisation ends what the old one left open, and fences it.
+    fn reinit(&self) -> Result<(), String>;
 }
+
+/// Aborts in a row for the same cause after which the worker stops.
+const MAX_ABORTS: u32 = 3;
 
 /// How long the committer waits between looks at a round's members.
 const ROUND_POLL: std::time::Duration = std::time::Duration::from_millis(20);
@@ -312,15 +373,17 @@ const ROUND_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 /// barrier), until every sender is gone and no task is left.
 pub(crate) fn run_rounds(
     cuts: Receiver<Cut>,
-    sink: Arc<dyn Sink>,
+    committer: Committer,
     transactions: Arc<dyn Transactions>,
     rounds: Arc<Rounds>,
-    metrics: Arc<Metrics>,
     interval: std::time::Duration,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
+    let metrics = Arc::clone(&committer.metrics);
     let mut pending: Vec<Cut> = Vec::new();
     let mut committed = Committed::new();
+    // The last abort's cause, and how many rounds in a row aborted for it.
+    let mut aborts: Option<(String, u32)> = None;
     let mut next = std::time::Instant::now() + interval;
     let mut open = true;
     while open {
@@ -352,7 +415,33 @@ pub(crate) fn run_rounds(
                 Err(RecvTimeoutError::Disconnected) => std::thread::sleep(ROUND_POLL),
             }
         }
-        let outcome = commit_round(&mut pending, &*sink, &*transactions, &rounds, &metrics, &mut committed);
+        // The generation the round's cuts were made in: a commit after the group moved on is
+        // refused (read here, not at commit time, when a quick rejoin may have renewed it).
+        let generation = transactions.generation();
+        let outcome = commit_round(
+            &mut pending,
+            &committer,
+            &*transactions,
+            &rounds,
+            generation,
+            &mut committed,
+        );
+        match &outcome {
+            Ok(()) => aborts = None,
+            Err(cause) if !metrics.failed() => {
+                let count = match &aborts {
+                    Some((last, count)) if last == cause => count + 1,
+                    _ => 1,
+                };
+                if count >= MAX_ABORTS {
+                    metrics.fail(format!(
+                        "{count} transactions in a row aborted for the same cause, giving up: {cause}"
+                    ));
+                }
+                aborts = Some((cause.clone(), count));
+            }
+            Err(_) => {}
+        }
         // The tasks learn that their cuts are in the stores before they go on.
         for cut in &mut pending {
             cut.settle();
@@ -374,12 +463,13 @@ pub(crate) fn run_rounds(
 /// the transaction commits, then the stores are written; the next transaction begins.
 fn commit_round(
     batch: &mut [Cut],
-    sink: &dyn Sink,
+    committer: &Committer,
     transactions: &dyn Transactions,
     rounds: &Rounds,
-    metrics: &Metrics,
+    generation: Generation,
     committed: &mut Committed,
 ) -> Result<(), String> {
+    let (sink, metrics) = (&*committer.sink, &*committer.metrics);
     if let Some(error) = metrics.fatal() {
         return Err(format!("not committed: the worker failed ({error})"));
     }
@@ -400,7 +490,22 @@ fn commit_round(
     }
     let flushed = timed(&metrics.families.flush_seconds, || sink.flush());
     if let Err(error) = flushed {
+        let errors = &committer.errors;
+        if error.other.is_none() && errors.dead_letters(&error.refused) {
+            // Sent again after the abort, they go to the dead-letter topic.
+            errors.remember(&error.refused);
+        } else if error.other.is_none() {
+            let error =
+                format!("the broker refused records ({error}); the worker stops (App::on_production_error chooses)");
+            let _ = aborted(error.clone());
+            metrics.fail(error.clone());
+            return Err(error);
+        }
         return Err(aborted(format!("records were not acknowledged by the broker: {error}")));
+    }
+    if rounds.take_abort_request() {
+        // Partitions were lost while the round's records were flushed.
+        return Err(aborted("partitions were lost to the group".into()));
     }
     // Offsets that moved since the last committed round (an idle worker's rounds send none).
     let mut latest = next_offsets(batch);
@@ -417,10 +522,21 @@ fn commit_round(
         }
     }
     let changed = !offsets.is_empty() || batch.iter().any(|cut| !cut.writes.is_empty());
-    let outcome = timed(&metrics.families.commit_seconds, || transactions.commit(&offsets));
+    let outcome = timed(&metrics.families.commit_seconds, || {
+        transactions.commit(&offsets, &generation)
+    });
     match outcome {
         Ok(()) => {}
         Err(TxnError::Abortable(why)) => return Err(aborted(why)),
+        Err(TxnError::Unknown(why)) => {
+            tracing::warn!("the transaction's outcome is unknown ({why}); making the producer anew");
+            metrics.aborts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            rounds.outcome_unknown();
+            if let Err(error) = transactions.reinit() {
+                metrics.fail(format!("cannot make the transactional producer anew: {error}"));
+            }
+            return Err(format!("the transaction's outcome is unknown: {why}"));
+        }
         Err(TxnError::Fatal(why)) => {
             let error = format!("the transaction cannot commit: {why}; nothing more is committed");
             metrics.fail(error.clone());
@@ -439,4 +555,174 @@ fn commit_round(
         metrics.fail(error.clone());
         error
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The exactly-once committer against a double of Kafka's transactions: a flush that
+    //! waits while the test makes something happen (a loss, a rejoin), and a broker that
+    //! refuses a round's offsets when the group's generation has moved on since the round's
+    //! cuts (KIP-447).
+
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::mpsc;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::store::{MemoryStore, StateStore};
+    use crate::task::round::{Rounds, Ticket};
+    use crate::task::sink::{OnError, OutRecord, ProductionErrors, Sink, SinkError};
+
+    /// A sink whose flush says it has begun, then waits to be let go.
+    struct HeldFlush {
+        begun: Mutex<mpsc::Sender<()>>,
+        release: Mutex<mpsc::Receiver<()>>,
+    }
+
+    impl Sink for HeldFlush {
+        fn enqueue(&self, _: OutRecord) -> std::result::Result<(), SinkError> {
+            Ok(())
+        }
+        fn flush(&self) -> std::result::Result<(), FlushError> {
+            let _ = self.begun.lock().unwrap_or_else(|p| p.into_inner()).send(());
+            let _ = self.release.lock().unwrap_or_else(|p| p.into_inner()).recv();
+            Ok(())
+        }
+        fn changelog_offset(&self, _: &str, _: i32) -> Option<i64> {
+            Some(0)
+        }
+    }
+
+    /// Kafka's transactions as far as the committer sees them: the group's generation, and
+    /// offsets refused when the round's generation is not the group's.
+    #[derive(Default)]
+    struct Broker {
+        generation: AtomicU64,
+        commits: AtomicU64,
+        aborts: AtomicU64,
+    }
+
+    impl Transactions for Broker {
+        fn generation(&self) -> Generation {
+            Box::new(self.generation.load(Ordering::SeqCst))
+        }
+        /// Counts the commits of offsets (a round without any commits nothing to refuse).
+        fn commit(&self, offsets: &[SourceOffset], generation: &Generation) -> std::result::Result<(), TxnError> {
+            if offsets.is_empty() {
+                return Ok(());
+            }
+            if generation.downcast_ref::<u64>() != Some(&self.generation.load(Ordering::SeqCst)) {
+                return Err(TxnError::Abortable("ILLEGAL_GENERATION".into()));
+            }
+            self.commits.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn abort(&self) -> std::result::Result<(), String> {
+            self.aborts.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn begin(&self) -> std::result::Result<(), String> {
+            Ok(())
+        }
+        fn reinit(&self) -> std::result::Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// One task's round through the committer: `during_flush` happens while its records are
+    /// flushed. Returns the round's outcome, the task's store and the broker.
+    fn one_round(
+        during_flush: impl FnOnce(&Rounds, &Broker),
+    ) -> (std::result::Result<(), String>, Arc<MemoryStore>, Arc<Broker>) {
+        let (begun_tx, begun) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let sink = Arc::new(HeldFlush {
+            begun: Mutex::new(begun_tx),
+            release: Mutex::new(release_rx),
+        });
+        let broker = Arc::new(Broker::default());
+        let rounds = Arc::new(Rounds::default());
+        let (member, _) = rounds.join();
+        let (cuts, cut_rx) = mpsc::channel();
+        let committer = Committer {
+            sink,
+            metrics: Arc::new(Metrics::default()),
+            errors: Arc::new(ProductionErrors::new(OnError::Fail, "dlq")),
+        };
+        let thread = {
+            let (broker, rounds) = (Arc::clone(&broker), Arc::clone(&rounds));
+            std::thread::spawn(move || {
+                run_rounds(cut_rx, committer, broker, rounds, std::time::Duration::from_secs(3600))
+            })
+        };
+        let store = Arc::new(MemoryStore::default());
+        let round = rounds.request();
+        let (done, finished) = tokio::sync::oneshot::channel();
+        cuts.send(Cut {
+            partition: 0,
+            positions: vec![(Arc::from("in"), 9)],
+            stream_time: None,
+            writes: vec![TableWrite {
+                changelog: Arc::from("changelog"),
+                store: Arc::clone(&store) as Arc<dyn StateStore>,
+                entries: vec![(b"k".to_vec(), Some(b"1".to_vec()))],
+            }],
+            acks: Vec::new(),
+            ticket: Some(Ticket { member, round, done }),
+            seq: 1,
+            written: Arc::default(),
+            stored: false,
+            settled: false,
+        })
+        .expect("cut");
+        begun.recv().expect("the flush begins");
+        during_flush(&rounds, &broker);
+        release.send(()).expect("release");
+        let outcome = finished.blocking_recv().expect("the round ends");
+        rounds.leave(member);
+        // The committer's last round (its cuts are gone) flushes too: nothing holds it.
+        drop(release);
+        drop(cuts);
+        thread.join().expect("committer");
+        (outcome, store, broker)
+    }
+
+    #[test]
+    fn a_round_commits_its_cuts_and_then_writes_the_stores() {
+        let (outcome, store, broker) = one_round(|_, _| {});
+        assert_eq!(outcome, Ok(()));
+        assert_eq!(broker.commits.load(Ordering::SeqCst), 1);
+        assert_eq!(store.get(b"k").expect("get"), Some(b"1".to_vec()));
+    }
+
+    /// Partitions lost while a round's records are flushed: what their tasks sent is in the
+    /// round without their offsets, so the round aborts rather than commits.
+    #[test]
+    fn partitions_lost_during_the_flush_abort_the_round() {
+        let (outcome, store, broker) = one_round(|rounds, _| rounds.request_abort());
+        assert!(outcome.as_ref().is_err_and(|e| e.contains("lost")), "{outcome:?}");
+        assert_eq!(broker.commits.load(Ordering::SeqCst), 0);
+        assert_eq!(broker.aborts.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            store.get(b"k").expect("get"),
+            None,
+            "the stores keep the committed state"
+        );
+    }
+
+    /// KIP-447: the group moves on (a quick rejoin) while the round is flushed. The round's
+    /// commit carries the generation its cuts were made in, and the broker refuses it: the
+    /// zombie's round does not commit and its stores are not written.
+    #[test]
+    fn a_round_from_an_older_generation_is_refused_and_writes_no_store() {
+        let (outcome, store, broker) = one_round(|_, broker| {
+            broker.generation.fetch_add(1, Ordering::SeqCst);
+        });
+        assert!(
+            outcome.as_ref().is_err_and(|e| e.contains("ILLEGAL_GENERATION")),
+            "{outcome:?}"
+        );
+        assert_eq!(broker.commits.load(Ordering::SeqCst), 0);
+        assert_eq!(store.get(b"k").expect("get"), None);
+    }
 }

@@ -29,6 +29,9 @@ pub(crate) struct Rounds {
     at_barriers: bool,
     /// The next round must abort (partitions were lost: what their tasks sent is in it).
     abort_next: AtomicBool,
+    /// The last round's outcome is not known: the tasks start again from what the group has
+    /// committed, not from what this worker believes it committed.
+    unknown: AtomicBool,
 }
 
 /// A task's part in a round: which member, which round, and where to say how it ended.
@@ -128,6 +131,16 @@ impl Rounds {
     /// Whether the round being committed must abort instead (see [`Rounds::request_abort`]).
     pub(crate) fn take_abort_request(&self) -> bool {
         self.abort_next.load(Ordering::Acquire) && self.abort_next.swap(false, Ordering::AcqRel)
+    }
+
+    /// The round being committed ended without knowing whether it committed.
+    pub(crate) fn outcome_unknown(&self) {
+        self.unknown.store(true, Ordering::Release);
+    }
+
+    /// Whether a round's outcome was unknown since the last call.
+    pub(crate) fn take_unknown(&self) -> bool {
+        self.unknown.load(Ordering::Acquire) && self.unknown.swap(false, Ordering::AcqRel)
     }
 
     /// Whether a round was aborted since the last call (the tasks must start again from the

@@ -29,12 +29,59 @@ pub(crate) enum SinkError {
     Failed(String),
 }
 
+/// A record the broker refused for good (its retries spent, or an answer no retry mends:
+/// too large for the topic, not allowed to write it, …).
+#[derive(Debug, Clone)]
+pub(crate) struct Refused {
+    pub record: OutRecord,
+    /// The broker's answer.
+    pub error: String,
+}
+
+/// Why a flush failed: records refused, or something else (the producer itself).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FlushError {
+    pub refused: Vec<Refused>,
+    pub other: Option<String>,
+}
+
+impl FlushError {
+    /// A failure that is not about records.
+    pub(crate) fn other(error: impl Into<String>) -> Self {
+        Self {
+            refused: Vec::new(),
+            other: Some(error.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for FlushError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts: Vec<String> = self
+            .refused
+            .iter()
+            .take(5)
+            .map(|r| match r.record.partition {
+                Some(partition) => format!("{}[{partition}]: {}", r.record.topic, r.error),
+                None => format!("{}: {}", r.record.topic, r.error),
+            })
+            .collect();
+        if self.refused.len() > 5 {
+            parts.push(format!("and {} more records", self.refused.len() - 5));
+        }
+        if let Some(other) = &self.other {
+            parts.push(other.clone());
+        }
+        write!(f, "{}", parts.join("; "))
+    }
+}
+
 /// Where records go.
 pub(crate) trait Sink: Send + Sync + 'static {
     /// Hands a record over without waiting for the broker.
     fn enqueue(&self, record: OutRecord) -> Result<(), SinkError>;
     /// Waits until every record handed over so far is acknowledged; an error if any failed.
-    fn flush(&self) -> Result<(), String>;
+    fn flush(&self) -> Result<(), FlushError>;
     /// Offset of the last acknowledged record of a changelog partition.
     fn changelog_offset(&self, topic: &str, partition: i32) -> Option<i64>;
 }
@@ -69,5 +116,123 @@ pub(crate) async fn enqueue_when_room(sink: &dyn Sink, mut record: OutRecord) ->
             }
             Err(SinkError::Failed(error)) => return Err(error),
         }
+    }
+}
+
+/// What to do with a record the broker refuses for good (Kafka Streams' production
+/// exception handler, KIP-1033/1034).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnError {
+    /// Stop the worker with an error naming the record's topic and the broker's answer
+    /// (the default, as Kafka Streams' `DefaultProductionExceptionHandler`).
+    #[default]
+    Fail,
+    /// Send the record to the dead-letter topic instead, with headers saying where it was
+    /// going and why it was refused, and go on.
+    DeadLetter,
+}
+
+/// The production errors' handling: the app's choice, the dead-letter topic, and the records
+/// known to be refused (under exactly-once, a refused record aborts its transaction; sent
+/// again after the abort, it goes to the dead-letter topic instead).
+pub(crate) struct ProductionErrors {
+    pub handler: OnError,
+    pub dead_letter_topic: Arc<str>,
+    /// Fingerprints of refused records, with the broker's answer.
+    refused: std::sync::Mutex<std::collections::HashMap<u64, String>>,
+    any_refused: std::sync::atomic::AtomicBool,
+}
+
+impl ProductionErrors {
+    pub(crate) fn new(handler: OnError, dead_letter_topic: impl Into<Arc<str>>) -> Self {
+        Self {
+            handler,
+            dead_letter_topic: dead_letter_topic.into(),
+            refused: std::sync::Mutex::default(),
+            any_refused: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Whether `refused` may go to the dead-letter topic: the app says so, and it is no
+    /// changelog record (a table's state never goes missing from its changelog).
+    pub(crate) fn dead_letters(&self, refused: &[Refused]) -> bool {
+        self.handler == OnError::DeadLetter && !refused.is_empty() && refused.iter().all(|r| !r.record.changelog)
+    }
+
+    /// Records to divert to the dead-letter topic when they are sent again.
+    pub(crate) fn remember(&self, refused: &[Refused]) {
+        let mut known = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        for r in refused {
+            known.insert(fingerprint(&r.record), r.error.clone());
+        }
+        self.any_refused.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// `record` as the dead letter of a refused one.
+    pub(crate) fn dead_letter(&self, refused: &Refused) -> OutRecord {
+        let record = &refused.record;
+        let mut headers = record.headers.clone();
+        headers.push(("streams.dlq.topic".into(), record.topic.as_bytes().to_vec()));
+        if let Some(partition) = record.partition {
+            headers.push(("streams.dlq.partition".into(), partition.to_string().into_bytes()));
+        }
+        headers.push(("streams.dlq.stage".into(), b"production".to_vec()));
+        headers.push(("streams.dlq.error".into(), refused.error.as_bytes().to_vec()));
+        OutRecord {
+            topic: Arc::clone(&self.dead_letter_topic),
+            partition: None,
+            key: record.key.clone(),
+            value: record.value.clone(),
+            headers,
+            timestamp: record.timestamp,
+            changelog: false,
+        }
+    }
+}
+
+fn fingerprint(record: &OutRecord) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    record.topic.hash(&mut hasher);
+    record.key.hash(&mut hasher);
+    record.value.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A sink that sends records known to be refused to the dead-letter topic instead (see
+/// [`ProductionErrors`]).
+pub(crate) struct Guarded {
+    pub inner: Arc<dyn Sink>,
+    pub errors: Arc<ProductionErrors>,
+}
+
+impl Sink for Guarded {
+    fn enqueue(&self, record: OutRecord) -> Result<(), SinkError> {
+        if self.errors.any_refused.load(std::sync::atomic::Ordering::Acquire) && !record.changelog {
+            let known = self
+                .errors
+                .refused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&fingerprint(&record))
+                .cloned();
+            if let Some(error) = known {
+                tracing::warn!(
+                    "a record to {} that the broker refused ({error}) goes to the dead-letter topic {}",
+                    record.topic,
+                    self.errors.dead_letter_topic
+                );
+                return self.inner.enqueue(self.errors.dead_letter(&Refused { record, error }));
+            }
+        }
+        self.inner.enqueue(record)
+    }
+
+    fn flush(&self) -> Result<(), FlushError> {
+        self.inner.flush()
+    }
+
+    fn changelog_offset(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.inner.changelog_offset(topic, partition)
     }
 }

@@ -236,7 +236,7 @@ mod tests {
         fn enqueue(&self, _: OutRecord) -> std::result::Result<(), SinkError> {
             Ok(())
         }
-        fn flush(&self) -> std::result::Result<(), String> {
+        fn flush(&self) -> std::result::Result<(), crate::task::sink::FlushError> {
             Ok(())
         }
         fn changelog_offset(&self, _: &str, _: i32) -> Option<i64> {

@@ -562,9 +562,12 @@ impl Shared {
         };
         self.hand_over();
         // Where each task's last committed round left its sources: what this worker's own
-        // transactions committed (the group's offsets say the same on Kafka).
+        // transactions committed (the group's offsets say the same on Kafka) — unless the
+        // last round's outcome is unknown: then only the group knows (its offsets are
+        // fetched as stable, after that transaction's end).
+        let unknown = self.rounds.as_ref().is_some_and(|rounds| rounds.take_unknown());
         let mut known: HashMap<(String, i32), i64> = HashMap::new();
-        for task in self.running().values() {
+        for task in self.running().values().filter(|_| !unknown) {
             for (topic, last) in task.ctx.committed_positions() {
                 known.insert((topic.to_string(), task.ctx.partition), last + 1);
             }
@@ -721,6 +724,12 @@ impl Shared {
                         "{label}: task did not finish within {FINISH_TIMEOUT:?}; released without a commit"
                     );
                     failed.push(format!("{label}: its task did not finish within {FINISH_TIMEOUT:?}"));
+                    // Exactly-once: what it sent since the last round is in the open
+                    // transaction without its offsets; the next owner processes that input
+                    // again, so the transaction must not commit.
+                    if let Some(rounds) = &self.rounds {
+                        rounds.request_abort();
+                    }
                     join.abort();
                 }
             }
@@ -981,34 +990,39 @@ const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn txn_error(what: &str, error: KafkaError) -> crate::task::commit::TxnError {
     use crate::task::commit::TxnError;
-    let fatal = match &error {
-        KafkaError::Transaction(e) => e.is_fatal(),
-        _ => false,
-    };
     let text = format!("{what}: {error}");
-    if fatal {
-        TxnError::Fatal(text)
-    } else {
-        TxnError::Abortable(text)
+    match &error {
+        KafkaError::Transaction(e) if e.is_fatal() => TxnError::Fatal(text),
+        KafkaError::Transaction(e) if e.txn_requires_abort() => TxnError::Abortable(text),
+        // Retriable: the call timed out, and whether the transaction committed is not known.
+        KafkaError::Transaction(e) if e.is_retriable() => TxnError::Unknown(text),
+        _ => TxnError::Abortable(text),
     }
 }
 
 impl crate::task::commit::Transactions for KafkaTransactions {
-    fn commit(&self, offsets: &[SourceOffset]) -> std::result::Result<(), crate::task::commit::TxnError> {
+    fn generation(&self) -> crate::task::commit::Generation {
+        Box::new(self.consumer.upgrade().and_then(|consumer| consumer.group_metadata()))
+    }
+
+    fn commit(
+        &self,
+        offsets: &[SourceOffset],
+        generation: &crate::task::commit::Generation,
+    ) -> std::result::Result<(), crate::task::commit::TxnError> {
         use crate::task::commit::TxnError;
         use rdkafka::producer::Producer;
         let producer = self.sink.producer();
         if !offsets.is_empty() {
-            let consumer = self
-                .consumer
-                .upgrade()
-                .ok_or_else(|| TxnError::Abortable("the consumer is closed".into()))?;
-            let metadata = consumer
-                .group_metadata()
-                .ok_or_else(|| TxnError::Abortable("the consumer has no group metadata yet".into()))?;
+            // The group's metadata as the round's cuts were made: a commit after the group
+            // moved on is refused (KIP-447), as a zombie's must be.
+            let metadata = generation
+                .downcast_ref::<Option<rdkafka::consumer::ConsumerGroupMetadata>>()
+                .and_then(Option::as_ref)
+                .ok_or_else(|| TxnError::Abortable("the consumer had no group metadata for the round".into()))?;
             let list = offset_list(offsets).map_err(TxnError::Abortable)?;
             producer
-                .send_offsets_to_transaction(&list, &metadata, TXN_TIMEOUT)
+                .send_offsets_to_transaction(&list, metadata, TXN_TIMEOUT)
                 .map_err(|e| txn_error("adding the offsets to the transaction", e))?;
         }
         producer
@@ -1037,6 +1051,10 @@ impl crate::task::commit::Transactions for KafkaTransactions {
     fn begin(&self) -> std::result::Result<(), String> {
         use rdkafka::producer::Producer;
         self.sink.producer().begin_transaction().map_err(|e| e.to_string())
+    }
+
+    fn reinit(&self) -> std::result::Result<(), String> {
+        self.sink.reinit().map_err(|e| e.to_string())
     }
 }
 

@@ -392,7 +392,13 @@ impl Worker {
         } else {
             producer::KafkaSink::new(config.clone(), Arc::clone(&metrics))?
         });
-        let sink: Arc<dyn Sink> = kafka_sink.clone();
+        // Records the broker refused go to the dead-letter topic when sent again, if the app
+        // says so (see `App::on_production_error`).
+        let errors = Arc::new(app.production_errors());
+        let sink: Arc<dyn Sink> = Arc::new(crate::task::sink::Guarded {
+            inner: kafka_sink.clone(),
+            errors: Arc::clone(&errors),
+        });
         let rounds = exactly_once.then(|| Arc::new(crate::task::round::Rounds::default()));
         // What is sent outside the partitions' rounds (timers, dead letters of global tables)
         // goes through a producer of its own under exactly-once, at-least-once: the
@@ -515,7 +521,11 @@ impl Worker {
         tracing::info!("worker of {} started; consuming {}", app.id(), sources.join(", "));
 
         let committer = {
-            let (sink, metrics) = (Arc::clone(&sink), Arc::clone(&metrics));
+            let committing = commit::Committer {
+                sink: Arc::clone(&sink),
+                metrics: Arc::clone(&metrics),
+                errors,
+            };
             let offsets = Arc::new(consumer::GroupCommit(Arc::downgrade(&consumer)));
             let interval = app.commit_interval_value();
             let (rounds, kafka_sink) = (rounds.clone(), Arc::clone(&kafka_sink));
@@ -527,9 +537,9 @@ impl Worker {
                             sink: kafka_sink,
                             consumer: offsets.0.clone(),
                         });
-                        commit::run_rounds(cuts_rx, sink, transactions, rounds, metrics, interval)
+                        commit::run_rounds(cuts_rx, committing, transactions, rounds, interval)
                     }
-                    None => commit::run(cuts_rx, sink, offsets, metrics),
+                    None => commit::run(cuts_rx, committing, offsets),
                 })
                 .map_err(|e| Error::io("starting the committer", e))?
         };

@@ -7,30 +7,38 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
 use crate::metrics::Metrics;
-use crate::task::sink::{OutRecord, Sink, SinkError};
+use crate::task::sink::{FlushError, OutRecord, Refused, Sink, SinkError};
 use crate::{Error, Result};
+
+/// A producer's context: its deliveries go to the sink's [`DeliveryState`] (which outlives
+/// the producer when a transactional one is made anew).
+pub(crate) struct Deliveries(Arc<DeliveryState>);
 
 /// Tracks deliveries: failures since the last flush, and the last acknowledged offset of
 /// every changelog partition (the stores' checkpoints).
-pub(crate) struct Deliveries {
+pub(crate) struct DeliveryState {
     changelog_offsets: Mutex<HashMap<(String, i32), i64>>,
-    failures: Mutex<Vec<String>>,
+    /// Records refused since the last flush (at most [`MAX_REFUSED`] kept).
+    failures: Mutex<Vec<Refused>>,
     metrics: Arc<Metrics>,
     /// The worker's counters of records out (`streams_records_out`), by topic then
     /// partition: found without allocating for each delivery.
     out: Mutex<RecordsOut>,
 }
 
+/// Refused records a flush reports at most (the first ones).
+const MAX_REFUSED: usize = 100;
+
 /// Counters of records out by topic, then partition.
 type RecordsOut =
     HashMap<String, Vec<Option<prometheus_client::metrics::counter::Counter>>, foldhash::fast::RandomState>;
 
-impl Deliveries {
+impl DeliveryState {
     fn count_out(&self, topic: &str, partition: i32) {
         let Ok(index) = usize::try_from(partition) else { return };
         let Ok(mut out) = self.out.lock() else { return };
@@ -51,7 +59,7 @@ impl Deliveries {
 
 impl ClientContext for Deliveries {
     fn error(&self, error: KafkaError, reason: &str) {
-        self.metrics.client_error("producer", &error, reason);
+        self.0.metrics.client_error("producer", &error, reason);
     }
 }
 
@@ -60,11 +68,12 @@ impl ProducerContext for Deliveries {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, changelog: usize) {
+        let state = &self.0;
         match result {
             Ok(message) => {
-                self.count_out(message.topic(), message.partition());
+                state.count_out(message.topic(), message.partition());
                 if changelog == 1 {
-                    if let Ok(mut offsets) = self.changelog_offsets.lock() {
+                    if let Ok(mut offsets) = state.changelog_offsets.lock() {
                         let slot = offsets
                             .entry((message.topic().to_string(), message.partition()))
                             .or_insert(message.offset());
@@ -73,9 +82,29 @@ impl ProducerContext for Deliveries {
                 }
             }
             Err((error, message)) => {
-                if let Ok(mut failures) = self.failures.lock() {
-                    if failures.len() < 10 {
-                        failures.push(format!("{}[{}]: {error}", message.topic(), message.partition()));
+                if let Ok(mut failures) = state.failures.lock() {
+                    if failures.len() < MAX_REFUSED {
+                        let headers = message
+                            .headers()
+                            .map(|headers| {
+                                headers
+                                    .iter()
+                                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        failures.push(Refused {
+                            record: OutRecord {
+                                topic: message.topic().into(),
+                                partition: Some(message.partition()),
+                                key: message.key().map(<[u8]>::to_vec),
+                                value: message.payload().map(<[u8]>::to_vec),
+                                headers,
+                                timestamp: message.timestamp().to_millis(),
+                                changelog: changelog == 1,
+                            },
+                            error: error.to_string(),
+                        });
                     }
                 }
             }
@@ -85,7 +114,12 @@ impl ProducerContext for Deliveries {
 
 /// The Kafka producer as a [`Sink`].
 pub(crate) struct KafkaSink {
-    producer: ThreadedProducer<Deliveries>,
+    /// The producer: made anew (under exactly-once) after a transaction whose outcome is
+    /// not known.
+    producer: std::sync::RwLock<Arc<ThreadedProducer<Deliveries>>>,
+    state: Arc<DeliveryState>,
+    /// The settings to make it anew with.
+    config: ClientConfig,
 }
 
 impl KafkaSink {
@@ -106,18 +140,19 @@ impl KafkaSink {
             config.set("retry.backoff.ms", "20");
         }
         let sink = Self::new(config, metrics)?;
-        sink.producer
+        let producer = sink.producer();
+        producer
             .init_transactions(Duration::from_secs(60))
             .map_err(|e| Error::kafka("initialising transactions", e))?;
-        sink.producer
+        producer
             .begin_transaction()
             .map_err(|e| Error::kafka("beginning a transaction", e))?;
         Ok(sink)
     }
 
     /// The producer (exactly-once commits its transactions).
-    pub(crate) fn producer(&self) -> &ThreadedProducer<Deliveries> {
-        &self.producer
+    pub(crate) fn producer(&self) -> Arc<ThreadedProducer<Deliveries>> {
+        Arc::clone(&self.producer.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     pub(crate) fn new(mut config: ClientConfig, metrics: Arc<Metrics>) -> Result<Self> {
@@ -125,16 +160,48 @@ impl KafkaSink {
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .set("partitioner", "murmur2_random");
-        let context = Deliveries {
+        let state = Arc::new(DeliveryState {
             changelog_offsets: Mutex::new(HashMap::new()),
             failures: Mutex::new(Vec::new()),
             metrics,
             out: Mutex::new(HashMap::default()),
-        };
+        });
         let producer = config
-            .create_with_context(context)
+            .create_with_context(Deliveries(Arc::clone(&state)))
             .map_err(|e| Error::kafka("creating the producer", e))?;
-        Ok(Self { producer })
+        Ok(Self {
+            producer: std::sync::RwLock::new(Arc::new(producer)),
+            state,
+            config,
+        })
+    }
+
+    /// Exactly-once, after a transaction whose outcome is unknown: a new producer with the
+    /// same transactional id, its transactions initialised — which ends the old one's open
+    /// transaction and fences whatever it still has in flight — and the next one begun.
+    pub(crate) fn reinit(&self) -> Result<()> {
+        let fresh: ThreadedProducer<Deliveries> = self
+            .config
+            .create_with_context(Deliveries(Arc::clone(&self.state)))
+            .map_err(|e| Error::kafka("making the transactional producer anew", e))?;
+        let old = {
+            let mut slot = self.producer.write().unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *slot, Arc::new(fresh))
+        };
+        // What the old one had queued is dropped: the transaction it belonged to is over.
+        old.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+        drop(old);
+        let producer = self.producer();
+        producer
+            .init_transactions(Duration::from_secs(60))
+            .map_err(|e| Error::kafka("initialising transactions", e))?;
+        producer
+            .begin_transaction()
+            .map_err(|e| Error::kafka("beginning a transaction", e))?;
+        if let Ok(mut failures) = self.state.failures.lock() {
+            failures.clear();
+        }
+        Ok(())
     }
 }
 
@@ -165,7 +232,8 @@ impl Sink for KafkaSink {
         if let Some(timestamp) = record.timestamp {
             base = base.timestamp(timestamp);
         }
-        match self.producer.send(base) {
+        let producer = self.producer.read().unwrap_or_else(|p| p.into_inner());
+        match producer.send(base) {
             Ok(()) => Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(SinkError::Full(record)),
             Err((error, _)) => Err(SinkError::Failed(format!(
@@ -175,7 +243,7 @@ impl Sink for KafkaSink {
         }
     }
 
-    fn flush(&self) -> Result<(), String> {
+    fn flush(&self) -> Result<(), FlushError> {
         let mut waited = 0u64;
         loop {
             // librdkafka's own flush, which serves delivery reports itself and looks again
@@ -184,22 +252,22 @@ impl Sink for KafkaSink {
             // 100 ms, which every exactly-once commit waits for.)
             // SAFETY: the handle is the live producer's, and rd_kafka_flush may be called from
             // any thread.
-            let error = unsafe { rdkafka::bindings::rd_kafka_flush(self.producer.client().native_ptr(), 10_000) };
+            let producer = self.producer();
+            let error = unsafe { rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), 10_000) };
             match RDKafkaErrorCode::from(error) {
                 RDKafkaErrorCode::NoError => break,
                 RDKafkaErrorCode::OperationTimedOut => {
                     waited += 10;
                     tracing::warn!(
                         "{} records not yet acknowledged after {waited}s; is the broker reachable?",
-                        self.producer.in_flight_count()
+                        producer.in_flight_count()
                     );
                 }
-                error => return Err(KafkaError::Flush(error).to_string()),
+                error => return Err(FlushError::other(KafkaError::Flush(error).to_string())),
             }
         }
         let failures = self
-            .producer
-            .context()
+            .state
             .failures
             .lock()
             .map(|mut f| std::mem::take(&mut *f))
@@ -207,12 +275,15 @@ impl Sink for KafkaSink {
         if failures.is_empty() {
             Ok(())
         } else {
-            Err(failures.join("; "))
+            Err(FlushError {
+                refused: failures,
+                other: None,
+            })
         }
     }
 
     fn changelog_offset(&self, topic: &str, partition: i32) -> Option<i64> {
-        let offsets = self.producer.context().changelog_offsets.lock().ok()?;
+        let offsets = self.state.changelog_offsets.lock().ok()?;
         offsets.get(&(topic.to_string(), partition)).copied()
     }
 }

@@ -56,6 +56,10 @@ pub struct Knobs {
     /// Tasks also cut on a timer this often (ms), as a worker's do.
     pub commit_interval_ms: Option<u64>,
     pub exactly_once: bool,
+    /// Exactly-once: a transaction's markers written this long (ms) after its commit.
+    pub marker_latency_ms: u64,
+    /// Exactly-once: the first commits time out, having committed (`true`) or not.
+    pub commit_timeouts: Option<bool>,
 }
 
 /// What the engine produced.
@@ -224,6 +228,10 @@ pub async fn run(
     if let Some(ms) = knobs.commit_interval_ms {
         driver.commit_interval(Duration::from_millis(ms)).await;
     }
+    driver.marker_latency(Duration::from_millis(knobs.marker_latency_ms));
+    if let Some(committed) = knobs.commit_timeouts {
+        driver.time_out_commits(2, committed);
+    }
     let input: Topic<String, i64> = Topic::new(INPUT).partitions(partitions);
     let side: Topic<String, i64> = Topic::new(SIDE).partitions(partitions);
     let mut reprocessed: BTreeMap<(i32, i64), usize> = BTreeMap::new();
@@ -264,7 +272,7 @@ pub async fn run(
                 driver.process().await?;
                 let partition = partition % partitions;
                 let topic = stage_topic(pipeline, stage);
-                if topic == INPUT && pipeline.rekey.is_some() {
+                if topic == INPUT && pipeline.rekey.is_some() && !knobs.exactly_once {
                     // What the input stage sent since its commit is sent again.
                     let from = driver.committed(INPUT, partition).unwrap_or(0);
                     for offset in from..ends.get(&partition).copied().unwrap_or(0) {
