@@ -300,11 +300,13 @@ async fn a_fenced_worker_stops_without_committing() {
 }
 
 /// Against a real Kafka (`STREAMS_TEST_KAFKA=host:port`, e.g. `docker-compose up -d`): the
-/// seed app with exactly-once, its worker killed with SIGKILL 3 times during 50,000 inputs; a
+/// seed app with exactly-once on three workers with their own ids, killed with SIGKILL and
+/// started again (once on an empty data directory: a takeover), one frozen past its session
+/// and thawed (a zombie the broker must fence, KIP-447), during 50,000 inputs; a
 /// `read_committed` reader of `count_topic` sees each qualifying input exactly once and the
-/// table is exact.
+/// table's changelog is exact.
 #[test]
-fn real_kafka_sigkill_three_times_each_input_once() {
+fn real_kafka_takeover_and_fencing_each_input_once() {
     let Ok(bootstrap) = std::env::var("STREAMS_TEST_KAFKA") else {
         eprintln!("skipped: set STREAMS_TEST_KAFKA=host:port to run this test against a real Kafka");
         return;
@@ -347,6 +349,52 @@ mod real_kafka {
         out
     }
 
+    /// The last value of every key of a changelog, read committed.
+    fn table(bootstrap: &str, changelog: &str, prefix: &str) -> BTreeMap<String, i64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", format!("streams-test-table-{}", std::process::id()))
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&[changelog]).expect("subscribe");
+        let mut table = BTreeMap::new();
+        let mut idle = 0;
+        while idle < 50 {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(message)) => {
+                    idle = 0;
+                    let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+                    if !key.starts_with(prefix) {
+                        continue;
+                    }
+                    match message
+                        .payload()
+                        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+                    {
+                        Some(count) => table.insert(key, count),
+                        None => table.remove(&key),
+                    };
+                }
+                _ => idle += 1,
+            }
+        }
+        table
+    }
+
+    fn signal(child: &streams_tests::Child, signal: &str) {
+        let _ = std::process::Command::new("kill")
+            .args([signal, &child.process.id().to_string()])
+            .status();
+    }
+
+    /// Three workers with their own ids and data directories while 50,000 inputs arrive:
+    /// killed with SIGKILL and started again (on their directory, or on an empty one: another
+    /// machine taking over), and one frozen past its session (SIGSTOP) and thawed (SIGCONT) —
+    /// a zombie whose partitions went to others, whose commits the broker must refuse
+    /// (KIP-447). A read_committed reader of `count_topic` then sees each qualifying input
+    /// exactly once, and the table's changelog is exact.
     pub fn run(bootstrap: &str) {
         // Users of this run only: the topics may hold earlier runs' records.
         let run_id = std::process::id();
@@ -357,29 +405,49 @@ mod real_kafka {
             record["userId"] = serde_json::Value::String(format!("{prefix}{user}"));
         }
         let truth = seed::expected_counts(&records);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let worker = |dir: &std::path::Path| {
+        let dirs: Vec<tempfile::TempDir> = (0..6).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+        let worker = |dir: &std::path::Path, id: usize| {
             // A killed member's partitions move after its session: keep it short.
+            let id = format!("{run_id}-worker-{id}");
             let extra = [
                 "--processing-guarantee",
                 "exactly-once",
+                "--worker-id",
+                id.as_str(),
                 "--consumer-config",
                 "session.timeout.ms=6000",
             ];
             spawn_hit_counter_worker(bootstrap, dir, &extra)
         };
-        let mut current = worker(dir.path());
-        current.wait_for_line("assigned", Duration::from_secs(120));
-        for (n, chunk) in records.chunks(records.len() / 4).enumerate() {
+        let mut workers: Vec<streams_tests::Child> = (0..3).map(|n| worker(dirs[n].path(), n)).collect();
+        workers[0].wait_for_line("assigned", Duration::from_secs(120));
+        let chunks: Vec<&[serde_json::Value]> = records.chunks(records.len() / 8).collect();
+        for (n, chunk) in chunks.iter().enumerate() {
             produce(bootstrap, "hit_count", &unkeyed(chunk));
-            if n < 3 {
-                std::thread::sleep(Duration::from_secs(2));
-                let _ = std::process::Command::new("kill")
-                    .args(["-KILL", &current.process.id().to_string()])
-                    .status();
-                let _ = current.process.wait();
-                current = worker(dir.path());
-                current.wait_for_line("assigned", Duration::from_secs(120));
+            std::thread::sleep(Duration::from_secs(2));
+            match n {
+                // SIGKILL, started again on its own directory.
+                1 | 5 => {
+                    let victim = n % 3;
+                    signal(&workers[victim], "-KILL");
+                    let _ = workers[victim].process.wait();
+                    workers[victim] = worker(dirs[victim].path(), victim);
+                }
+                // SIGKILL, started again elsewhere: an empty directory, its stores restored from
+                // the changelogs another worker wrote meanwhile.
+                3 => {
+                    signal(&workers[1], "-KILL");
+                    let _ = workers[1].process.wait();
+                    workers[1] = worker(dirs[4].path(), 1);
+                }
+                // Frozen past its session: the group gives its partitions to the others; thawed,
+                // it is a zombie of an older generation, whose commits are refused.
+                6 => {
+                    signal(&workers[2], "-STOP");
+                    std::thread::sleep(Duration::from_secs(10));
+                    signal(&workers[2], "-CONT");
+                }
+                _ => {}
             }
         }
         // Until every qualifying input has come through (or the time is up): never more
@@ -405,13 +473,24 @@ mod real_kafka {
             }
             std::thread::sleep(Duration::from_secs(5));
         };
-        current.terminate();
-        let _ = current.wait(Duration::from_secs(60));
         assert_eq!(seen, truth, "each qualifying input exactly once on count_topic");
-        let mut table = streams_tests::hit_counter::MAJOR_COUNT
-            .read_local(dir.path(), "hit_counter")
-            .expect("table");
-        table.retain(|user, _| user.starts_with(&prefix));
-        assert_eq!(table, truth, "the table is exact");
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let table = table(bootstrap, "hit_counter-major-count-changelog", &prefix);
+            if table == truth {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the table's changelog is not exact: {table:?}"
+            );
+            std::thread::sleep(Duration::from_secs(5));
+        }
+        for child in &workers {
+            child.terminate();
+        }
+        for child in &mut workers {
+            let _ = child.wait(Duration::from_secs(60));
+        }
     }
 }
