@@ -476,16 +476,27 @@ pub fn table_from_changelog(bootstrap: &str, changelog: &str) -> std::collection
     table
 }
 
-/// Waits, polling every 100 ms, until `condition` holds; panics after `timeout`.
-pub fn wait_until(what: &str, timeout: Duration, condition: impl Fn() -> bool) {
+/// Polls `condition` every 100 ms until it holds (true) or `timeout` passes (false), for
+/// callers that say themselves what went wrong.
+pub fn poll_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Waits, polling every 100 ms, until `condition` holds; panics after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, condition: impl Fn() -> bool) {
+    assert!(
+        poll_until(timeout, condition),
+        "timed out after {timeout:?} waiting for {what}"
+    );
 }
 
 /// Stops workers of one group one after another. Each leaves only once the others hold

@@ -122,15 +122,29 @@ fn show(shown: &Shown, topic: &str, message: &rdkafka::message::BorrowedMessage<
     out
 }
 
+/// The tail consumer's context: reaching a partition's end is how a tail ends, not an
+/// error to report (librdkafka reports it as one too).
+struct Quiet;
+
+impl rdkafka::ClientContext for Quiet {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(rdkafka::error::RDKafkaErrorCode::PartitionEOF) {
+            tracing::warn!("tail: {error}: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Quiet {}
+
 /// Prints `topic`'s records until `limit`, the end (with `exit_at_end`) or Ctrl-C.
 pub(crate) fn tail(app: &App, broker: &str, config: &[(String, String)], topic: &str, how: Tail) -> Result<()> {
     let shown_as = Shown::of(app, topic);
-    let consumer: BaseConsumer = crate::broker::client_config(broker, config)
+    let consumer: BaseConsumer<Quiet> = crate::broker::client_config(broker, config)
         .set("group.id", format!("{}-tail", app.id()))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("allow.auto.create.topics", "false")
-        .create()
+        .create_with_context(Quiet)
         .map_err(|e| Error::kafka("creating a consumer", e))?;
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
