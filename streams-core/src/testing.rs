@@ -257,6 +257,10 @@ struct Log {
     refusing: Vec<(String, usize)>,
     /// Records refused since the last flush.
     refused: Vec<Refused>,
+    /// Exactly-once: records not taken since the last flush because a refused record
+    /// doomed the transaction (librdkafka takes no more records into a transaction that can
+    /// only abort).
+    not_taken: usize,
     /// How long a flush waits, as for a broker's acknowledgements (see
     /// [`TestDriver::ack_latency`]).
     ack_latency: Duration,
@@ -333,6 +337,12 @@ impl Sink for Topics {
                 .refusing
                 .iter()
                 .any(|(topic, largest)| **topic == *record.topic && size > *largest);
+            if log.transactional && !log.refused.is_empty() {
+                // The transaction can only abort: the record is not taken, and made again
+                // when the input is processed again.
+                log.not_taken += 1;
+                return Ok(());
+            }
             if refused {
                 // As a broker answers a record over the topic's `max.message.bytes`.
                 log.refused.push(Refused {
@@ -356,11 +366,17 @@ impl Sink for Topics {
         if !latency.is_zero() {
             std::thread::sleep(latency);
         }
-        let refused = std::mem::take(&mut self.log().refused);
-        if refused.is_empty() {
-            Ok(())
-        } else {
+        let mut log = self.log();
+        let refused = std::mem::take(&mut log.refused);
+        let not_taken = std::mem::take(&mut log.not_taken);
+        if !refused.is_empty() {
             Err(FlushError { refused, other: None })
+        } else if not_taken > 0 {
+            Err(FlushError::other(format!(
+                "{not_taken} records were not taken: the transaction can only abort"
+            )))
+        } else {
+            Ok(())
         }
     }
 
@@ -426,7 +442,7 @@ impl commit::Transactions for DriverTransactions {
         let now = self.0.generation.load(Ordering::Acquire);
         let cut_in = generation.downcast_ref::<u64>().copied();
         if !offsets.is_empty() && cut_in != Some(now) {
-            return Err(commit::TxnError::Abortable(format!(
+            return Err(commit::TxnError::Rebalanced(format!(
                 "the group is in generation {now}, the round was cut in {cut_in:?}: its offsets are refused \
                  (ILLEGAL_GENERATION)"
             )));
@@ -474,6 +490,9 @@ impl commit::Transactions for DriverTransactions {
         let txn = log.txn;
         log.txn += 1;
         log.settle(txn, false);
+        // What failed belonged to the aborted transaction.
+        log.refused.clear();
+        log.not_taken = 0;
         Ok(())
     }
     fn begin(&self) -> std::result::Result<(), String> {
@@ -801,7 +820,7 @@ impl TestDriver {
         for table in &spec.tables {
             let store = self.store(owner, table.name, partition)?;
             tables.push(TableState::new(
-                table.name,
+                table,
                 table.changelog_topic(self.app.id()),
                 store,
                 self.app.table_cache_bytes_value(),

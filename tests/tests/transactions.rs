@@ -78,13 +78,16 @@ async fn a_record_the_broker_refuses_stops_the_worker_by_default() {
     for guarantee in [ProcessingGuarantee::ExactlyOnce, ProcessingGuarantee::AtLeastOnce] {
         let mut driver = TestDriver::new(app().processing_guarantee(guarantee)).expect("driver");
         driver.refuse_records("totals", 2);
-        for _ in 0..150 {
+        for _ in 0..50 {
+            driver.pipe(&NUMBERS, "k", &1).expect("pipe");
+        }
+        run_bounded(&mut driver).await.expect("the first 50 commit");
+        for _ in 0..100 {
             driver.pipe(&NUMBERS, "k", &1).expect("pipe");
         }
         let error = run_bounded(&mut driver).await.expect_err("refused").to_string();
         assert!(error.contains("totals"), "{guarantee:?}: {error}");
         assert!(error.contains("Message size too large"), "{guarantee:?}: {error}");
-        // Nothing of the refused round is visible to a read_committed reader.
         let totals: Vec<i64> = driver
             .records(&TOTALS)
             .expect("totals")
@@ -92,6 +95,22 @@ async fn a_record_the_broker_refuses_stops_the_worker_by_default() {
             .map(|(_, t)| t)
             .collect();
         assert!(totals.iter().all(|t| *t < 100), "{guarantee:?}: {totals:?}");
+        if guarantee == ProcessingGuarantee::ExactlyOnce {
+            // Nothing of the refused round is visible to a read_committed reader: the totals
+            // are those of the committed rounds, 1 to the last committed sum, as is the
+            // changelog's last committed value.
+            let last = *totals.last().expect("rounds before the refused one committed");
+            assert_eq!(totals, (1..=last).collect::<Vec<i64>>(), "{totals:?}");
+            assert!(last >= 50, "the first run's round committed: {last}");
+            let sums: Vec<i64> = driver
+                .raw_records("txn-sums-changelog")
+                .into_iter()
+                .filter(|r| !r.aborted)
+                .filter_map(|r| serde_json::from_slice(r.value.as_deref()?).ok())
+                .collect();
+            assert_eq!(sums.last(), Some(&last), "{sums:?}");
+            assert!(last < 99, "the refused round held more than the refused record: {last}");
+        }
     }
 }
 

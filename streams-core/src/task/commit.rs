@@ -331,6 +331,10 @@ pub(crate) enum TxnError {
     /// The transaction was aborted (or must be): the round's work is undone, and the tasks
     /// start again from the last committed state.
     Abortable(String),
+    /// The group moved on since the round's cuts (a rebalance: ILLEGAL_GENERATION, an unknown
+    /// member): the round aborts, and this does not count toward giving up, however often
+    /// it happens (a rolling restart moves the group many times).
+    Rebalanced(String),
     /// Whether the transaction committed is not known (a commit that timed out): the
     /// producer is made anew (which ends the transaction either way, fencing what the old
     /// one still had in flight, as the Jepsen analyses of Kafka's transactions advise), and
@@ -362,8 +366,15 @@ pub(crate) trait Transactions: Send + Sync + 'static {
     fn reinit(&self) -> Result<(), String>;
 }
 
-/// Aborts in a row for the same cause after which the worker stops.
+/// Aborts in a row for the same cause after which the worker stops (rebalances excepted).
 const MAX_ABORTS: u32 = 3;
+
+/// How the abort of a round the group's movement undid begins its cause.
+const GROUP_MOVED: &str = "the group moved on";
+
+/// How the abort of a round begins its cause when records the broker refused for the first
+/// time go to the dead-letter topic when the round is made again.
+const DIVERTED: &str = "refused records go to the dead-letter topic";
 
 /// How long the committer waits between looks at a round's members.
 const ROUND_POLL: std::time::Duration = std::time::Duration::from_millis(20);
@@ -428,6 +439,10 @@ pub(crate) fn run_rounds(
         );
         match &outcome {
             Ok(()) => aborts = None,
+            // Rebalances abort rounds without limit: they are the group's doing, and pass.
+            Err(cause) if cause.contains(GROUP_MOVED) => {}
+            // Progress: the records go elsewhere next time.
+            Err(cause) if cause.contains(DIVERTED) => aborts = None,
             Err(cause) if !metrics.failed() => {
                 let count = match &aborts {
                     Some((last, count)) if last == cause => count + 1,
@@ -486,14 +501,19 @@ fn commit_round(
     if rounds.take_abort_request() {
         // Partitions were lost: what their tasks sent is in this transaction without their
         // offsets, and their next owner processes that input again.
-        return Err(aborted("partitions were lost to the group".into()));
+        return Err(aborted(format!("{GROUP_MOVED}: partitions were lost")));
     }
     let flushed = timed(&metrics.families.flush_seconds, || sink.flush());
     if let Err(error) = flushed {
         let errors = &committer.errors;
         if error.other.is_none() && errors.dead_letters(&error.refused) {
-            // Sent again after the abort, they go to the dead-letter topic.
-            errors.remember(&error.refused);
+            // Sent again after the abort, they go to the dead-letter topic. Each refused
+            // record dooms its transaction (Kafka takes no more records into it), so a run
+            // of them costs an abort each: those do not count toward giving up while each
+            // brings a record not refused before.
+            if errors.remember(&error.refused) {
+                return Err(aborted(format!("{DIVERTED}: {error}")));
+            }
         } else if error.other.is_none() {
             let error =
                 format!("the broker refused records ({error}); the worker stops (App::on_production_error chooses)");
@@ -505,7 +525,7 @@ fn commit_round(
     }
     if rounds.take_abort_request() {
         // Partitions were lost while the round's records were flushed.
-        return Err(aborted("partitions were lost to the group".into()));
+        return Err(aborted(format!("{GROUP_MOVED}: partitions were lost")));
     }
     // Offsets that moved since the last committed round (an idle worker's rounds send none).
     let mut latest = next_offsets(batch);
@@ -528,6 +548,7 @@ fn commit_round(
     match outcome {
         Ok(()) => {}
         Err(TxnError::Abortable(why)) => return Err(aborted(why)),
+        Err(TxnError::Rebalanced(why)) => return Err(aborted(format!("{GROUP_MOVED}: {why}"))),
         Err(TxnError::Unknown(why)) => {
             tracing::warn!("the transaction's outcome is unknown ({why}); making the producer anew");
             metrics.aborts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -600,6 +621,8 @@ mod tests {
         generation: AtomicU64,
         commits: AtomicU64,
         aborts: AtomicU64,
+        /// Every commit finds the group moved on (a long rolling restart).
+        always_moved: bool,
     }
 
     impl Transactions for Broker {
@@ -611,8 +634,8 @@ mod tests {
             if offsets.is_empty() {
                 return Ok(());
             }
-            if generation.downcast_ref::<u64>() != Some(&self.generation.load(Ordering::SeqCst)) {
-                return Err(TxnError::Abortable("ILLEGAL_GENERATION".into()));
+            if self.always_moved || generation.downcast_ref::<u64>() != Some(&self.generation.load(Ordering::SeqCst)) {
+                return Err(TxnError::Rebalanced("ILLEGAL_GENERATION".into()));
             }
             self.commits.fetch_add(1, Ordering::SeqCst);
             Ok(())
@@ -724,5 +747,100 @@ mod tests {
         );
         assert_eq!(broker.commits.load(Ordering::SeqCst), 0);
         assert_eq!(store.get(b"k").expect("get"), None);
+    }
+
+    /// A sink whose flush always fails with a failure of the producer's own.
+    struct Unacknowledged;
+
+    impl Sink for Unacknowledged {
+        fn enqueue(&self, _: OutRecord) -> std::result::Result<(), SinkError> {
+            Ok(())
+        }
+        fn flush(&self) -> std::result::Result<(), FlushError> {
+            Err(FlushError::other("Local: Message timed out"))
+        }
+        fn changelog_offset(&self, _: &str, _: i32) -> Option<i64> {
+            Some(0)
+        }
+    }
+
+    /// Sends one cut a round for `rounds` rounds (or until the worker fails); the metrics.
+    fn rounds_against(sink: Arc<dyn Sink>, broker: Broker, count: i64) -> Arc<Metrics> {
+        let broker = Arc::new(broker);
+        let rounds = Arc::new(Rounds::default());
+        let (member, _) = rounds.join();
+        let (cuts, cut_rx) = mpsc::channel();
+        let metrics = Arc::new(Metrics::default());
+        let committer = Committer {
+            sink,
+            metrics: Arc::clone(&metrics),
+            errors: Arc::new(ProductionErrors::new(OnError::Fail, "dlq")),
+        };
+        let thread = {
+            let rounds = Arc::clone(&rounds);
+            let broker = Arc::clone(&broker) as Arc<dyn Transactions>;
+            std::thread::spawn(move || run_rounds(cut_rx, committer, broker, rounds, std::time::Duration::ZERO))
+        };
+        for offset in 0..count {
+            if metrics.failed() {
+                break;
+            }
+            let round = rounds.request();
+            let (done, finished) = tokio::sync::oneshot::channel();
+            cuts.send(Cut {
+                partition: 0,
+                positions: vec![(Arc::from("in"), offset)],
+                stream_time: None,
+                writes: Vec::new(),
+                acks: Vec::new(),
+                ticket: Some(Ticket { member, round, done }),
+                seq: u64::try_from(offset + 1).unwrap_or_default(),
+                written: Arc::default(),
+                stored: false,
+                settled: false,
+            })
+            .expect("cut");
+            let _ = finished.blocking_recv();
+        }
+        rounds.leave(member);
+        drop(cuts);
+        thread.join().expect("committer");
+        metrics
+    }
+
+    /// A round that aborts for the same cause again and again gives up on the third.
+    #[test]
+    fn the_same_cause_three_times_in_a_row_stops_the_worker() {
+        let metrics = rounds_against(Arc::new(Unacknowledged), Broker::default(), 10);
+        let fatal = metrics.fatal().unwrap_or_default();
+        assert!(fatal.contains("3 transactions in a row aborted"), "{fatal}");
+        assert!(fatal.contains("Message timed out"), "{fatal}");
+    }
+
+    /// Rebalances abort rounds as often as they come, without giving up.
+    #[test]
+    fn rounds_the_group_undoes_never_stop_the_worker() {
+        let (sink, _) = held_open();
+        let broker = Broker {
+            always_moved: true,
+            ..Broker::default()
+        };
+        let metrics = rounds_against(sink, broker, 6);
+        assert_eq!(metrics.fatal(), None);
+        assert_eq!(metrics.aborts.load(Ordering::SeqCst), 6);
+    }
+
+    /// A [`HeldFlush`] whose flushes are never held (its release always open).
+    fn held_open() -> (Arc<dyn Sink>, mpsc::Receiver<()>) {
+        let (begun_tx, begun) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        for _ in 0..64 {
+            let _ = release.send(());
+        }
+        let sink = Arc::new(HeldFlush {
+            begun: Mutex::new(begun_tx),
+            release: Mutex::new(release_rx),
+        });
+        (sink, begun)
     }
 }

@@ -156,16 +156,23 @@ impl ProductionErrors {
     /// Whether `refused` may go to the dead-letter topic: the app says so, and it is no
     /// changelog record (a table's state never goes missing from its changelog).
     pub(crate) fn dead_letters(&self, refused: &[Refused]) -> bool {
-        self.handler == OnError::DeadLetter && !refused.is_empty() && refused.iter().all(|r| !r.record.changelog)
+        self.handler == OnError::DeadLetter
+            && !refused.is_empty()
+            && refused
+                .iter()
+                .all(|r| !r.record.changelog && r.record.topic != self.dead_letter_topic)
     }
 
-    /// Records to divert to the dead-letter topic when they are sent again.
-    pub(crate) fn remember(&self, refused: &[Refused]) {
+    /// Records to divert to the dead-letter topic when they are sent again; whether any of
+    /// them was not known yet (the next attempt gets further).
+    pub(crate) fn remember(&self, refused: &[Refused]) -> bool {
         let mut known = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        let mut new = false;
         for r in refused {
-            known.insert(fingerprint(&r.record), r.error.clone());
+            new |= known.insert(fingerprint(&r.record), r.error.clone()).is_none();
         }
         self.any_refused.store(true, std::sync::atomic::Ordering::Release);
+        new
     }
 
     /// `record` as the dead letter of a refused one.

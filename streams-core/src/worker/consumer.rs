@@ -376,7 +376,7 @@ impl Shared {
             for table in &spec.tables {
                 let store = self.open_store(table.name, partition)?;
                 tables.push(TableState::new(
-                    table.name,
+                    table,
                     table.changelog_topic(&self.app_id),
                     store,
                     self.table_cache_bytes,
@@ -993,6 +993,16 @@ fn txn_error(what: &str, error: KafkaError) -> crate::task::commit::TxnError {
     let text = format!("{what}: {error}");
     match &error {
         KafkaError::Transaction(e) if e.is_fatal() => TxnError::Fatal(text),
+        KafkaError::Transaction(e)
+            if matches!(
+                e.code(),
+                rdkafka::error::RDKafkaErrorCode::IllegalGeneration
+                    | rdkafka::error::RDKafkaErrorCode::UnknownMemberId
+                    | rdkafka::error::RDKafkaErrorCode::RebalanceInProgress
+            ) =>
+        {
+            TxnError::Rebalanced(text)
+        }
         KafkaError::Transaction(e) if e.txn_requires_abort() => TxnError::Abortable(text),
         // Retriable: the call timed out, and whether the transaction committed is not known.
         KafkaError::Transaction(e) if e.is_retriable() => TxnError::Unknown(text),
@@ -1038,7 +1048,10 @@ impl crate::task::commit::Transactions for KafkaTransactions {
         loop {
             attempt += 1;
             match self.sink.producer().abort_transaction(TXN_TIMEOUT) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.sink.forget_failures();
+                    return Ok(());
+                }
                 Err(KafkaError::Transaction(error)) if !error.is_fatal() && attempt < 5 => {
                     tracing::warn!("aborting the transaction (attempt {attempt} of 5): {error}");
                     std::thread::sleep(Duration::from_millis(100 * attempt));

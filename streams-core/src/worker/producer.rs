@@ -23,8 +23,8 @@ pub(crate) struct Deliveries(Arc<DeliveryState>);
 /// every changelog partition (the stores' checkpoints).
 pub(crate) struct DeliveryState {
     changelog_offsets: Mutex<HashMap<(String, i32), i64>>,
-    /// Records refused since the last flush (at most [`MAX_REFUSED`] kept).
-    failures: Mutex<Vec<Refused>>,
+    /// Deliveries that failed since the last flush.
+    failures: Mutex<Failures>,
     metrics: Arc<Metrics>,
     /// The worker's counters of records out (`streams_records_out`), by topic then
     /// partition: found without allocating for each delivery.
@@ -33,6 +33,68 @@ pub(crate) struct DeliveryState {
 
 /// Refused records a flush reports at most (the first ones).
 const MAX_REFUSED: usize = 100;
+
+/// What failed since the last flush.
+#[derive(Default)]
+struct Failures {
+    /// Records the broker refused, each for itself (at most [`MAX_REFUSED`] kept).
+    refused: Vec<Refused>,
+    /// Refused records past [`MAX_REFUSED`], not kept: they can go nowhere, so the flush
+    /// fails whatever the app chose for refused records.
+    more: usize,
+    /// The first failure that is not a record's own (a timeout, a fenced producer).
+    other: Option<String>,
+    /// Records not taken because the transaction can only abort: the consequence of a
+    /// refused record (which then says why), or of something the commit will report.
+    not_taken: Option<String>,
+}
+
+impl Failures {
+    fn take(&mut self) -> std::result::Result<(), FlushError> {
+        let mut failures = std::mem::take(self);
+        if failures.refused.is_empty() && failures.other.is_none() {
+            failures.other = failures.not_taken.take();
+        }
+        let other = match (failures.more, failures.other) {
+            (0, other) => other,
+            (more, None) => Some(format!("{more} more records refused")),
+            (more, Some(other)) => Some(format!("{more} more records refused; {other}")),
+        };
+        if failures.refused.is_empty() && other.is_none() {
+            Ok(())
+        } else {
+            Err(FlushError {
+                refused: failures.refused,
+                other,
+            })
+        }
+    }
+}
+
+/// Whether the broker refused this record for what it is (its size, its contents, its topic),
+/// so that the same record would be refused again: those may go to a dead-letter topic. Other
+/// failures (timeouts, a fenced producer, records purged by a transaction's abort) are the
+/// producer's, not the record's.
+fn refuses_the_record(error: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            InvalidMessage
+                | InvalidMessageSize
+                | MessageSizeTooLarge
+                | MessageBatchTooLarge
+                | InvalidTopic
+                | TopicAuthorizationFailed
+                | InvalidTimestamp
+                | PolicyViolation
+                | InvalidRecord
+                | UnknownTopic
+                | UnknownTopicOrPartition
+                | UnknownPartition
+        )
+    )
+}
 
 /// Counters of records out by topic, then partition.
 type RecordsOut =
@@ -81,9 +143,28 @@ impl ProducerContext for Deliveries {
                     }
                 }
             }
+            Err((error, _))
+                if matches!(
+                    error.rdkafka_error_code(),
+                    Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+                ) =>
+            {
+                // Purged by an abort (or a producer made anew): their transaction is over and
+                // its input is processed again.
+                tracing::debug!("a record of an aborted transaction was purged");
+            }
+            Err((error, message)) if !refuses_the_record(error) => {
+                if let Ok(mut failures) = state.failures.lock() {
+                    failures
+                        .other
+                        .get_or_insert_with(|| format!("a record to {} failed: {error}", message.topic()));
+                }
+            }
             Err((error, message)) => {
                 if let Ok(mut failures) = state.failures.lock() {
-                    if failures.len() < MAX_REFUSED {
+                    if failures.refused.len() >= MAX_REFUSED {
+                        failures.more += 1;
+                    } else {
                         let headers = message
                             .headers()
                             .map(|headers| {
@@ -93,7 +174,7 @@ impl ProducerContext for Deliveries {
                                     .collect()
                             })
                             .unwrap_or_default();
-                        failures.push(Refused {
+                        failures.refused.push(Refused {
                             record: OutRecord {
                                 topic: message.topic().into(),
                                 partition: Some(message.partition()),
@@ -120,6 +201,8 @@ pub(crate) struct KafkaSink {
     state: Arc<DeliveryState>,
     /// The settings to make it anew with.
     config: ClientConfig,
+    /// Whether it is transactional (exactly-once).
+    transactional: bool,
 }
 
 impl KafkaSink {
@@ -139,7 +222,8 @@ impl KafkaSink {
         if config.get("retry.backoff.ms").is_none() {
             config.set("retry.backoff.ms", "20");
         }
-        let sink = Self::new(config, metrics)?;
+        let mut sink = Self::new(config, metrics)?;
+        sink.transactional = true;
         let producer = sink.producer();
         producer
             .init_transactions(Duration::from_secs(60))
@@ -162,7 +246,7 @@ impl KafkaSink {
             .set("partitioner", "murmur2_random");
         let state = Arc::new(DeliveryState {
             changelog_offsets: Mutex::new(HashMap::new()),
-            failures: Mutex::new(Vec::new()),
+            failures: Mutex::new(Failures::default()),
             metrics,
             out: Mutex::new(HashMap::default()),
         });
@@ -173,6 +257,7 @@ impl KafkaSink {
             producer: std::sync::RwLock::new(Arc::new(producer)),
             state,
             config,
+            transactional: false,
         })
     }
 
@@ -198,10 +283,15 @@ impl KafkaSink {
         producer
             .begin_transaction()
             .map_err(|e| Error::kafka("beginning a transaction", e))?;
-        if let Ok(mut failures) = self.state.failures.lock() {
-            failures.clear();
-        }
+        self.forget_failures();
         Ok(())
+    }
+
+    /// After an abort: what failed belonged to the aborted transaction.
+    pub(crate) fn forget_failures(&self) {
+        if let Ok(mut failures) = self.state.failures.lock() {
+            *failures = Failures::default();
+        }
     }
 }
 
@@ -236,6 +326,21 @@ impl Sink for KafkaSink {
         match producer.send(base) {
             Ok(()) => Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(SinkError::Full(record)),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::State), _)) if self.transactional => {
+                // The transaction can only abort now (a record of it was refused, or the
+                // producer was fenced): librdkafka takes no more records into it. This one is
+                // made again when the round's input is processed again after the abort; the
+                // round's flush fails, naming the first cause.
+                if let Ok(mut failures) = self.state.failures.lock() {
+                    failures.not_taken.get_or_insert_with(|| {
+                        format!(
+                            "records to {} were not taken: the transaction can only abort",
+                            record.topic
+                        )
+                    });
+                }
+                Ok(())
+            }
             Err((error, _)) => Err(SinkError::Failed(format!(
                 "cannot produce to {}: {error}",
                 record.topic
@@ -266,19 +371,9 @@ impl Sink for KafkaSink {
                 error => return Err(FlushError::other(KafkaError::Flush(error).to_string())),
             }
         }
-        let failures = self
-            .state
-            .failures
-            .lock()
-            .map(|mut f| std::mem::take(&mut *f))
-            .unwrap_or_default();
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(FlushError {
-                refused: failures,
-                other: None,
-            })
+        match self.state.failures.lock() {
+            Ok(mut failures) => failures.take(),
+            Err(_) => Err(FlushError::other("the delivery state was poisoned")),
         }
     }
 
