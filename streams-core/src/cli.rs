@@ -597,7 +597,7 @@ async fn send(
                 } else {
                     ""
                 };
-                refuse(&format!("the value is not a {value_type}{hint}"), &e)
+                refuse(&format!("the value is not of type {value_type}{hint}"), &e)
             })?;
             key
         }
@@ -797,8 +797,8 @@ fn tables_text(app: &App) -> String {
             out,
             "{}\t{}\t{}\t{}{faust}\t{keeper}",
             table.name,
-            table.key_type,
-            table.value_type,
+            crate::topology::short_type(table.key_type),
+            crate::topology::short_type(table.value_type),
             table.changelog_topic(app.id()),
         );
     }
@@ -806,7 +806,10 @@ fn tables_text(app: &App) -> String {
         let _ = writeln!(
             out,
             "{}\t{}\t{}\t(global: a copy of {})\tevery worker",
-            global.table.name, global.table.key_type, global.table.value_type, global.topic.name,
+            global.table.name,
+            crate::topology::short_type(global.table.key_type),
+            crate::topology::short_type(global.table.value_type),
+            global.topic.name,
         );
     }
     out

@@ -147,16 +147,20 @@ pub struct Metrics {
 }
 
 fn text(bytes: &[u8], limit: usize) -> String {
-    let s = String::from_utf8_lossy(bytes);
+    shorten(String::from_utf8_lossy(bytes).into_owned(), limit)
+}
+
+/// `s` cut to at most `limit` bytes (at a character's boundary), `…` marking a cut.
+fn shorten(mut s: String, limit: usize) -> String {
     if s.len() > limit {
         let mut end = limit;
         while !s.is_char_boundary(end) {
             end -= 1;
         }
-        format!("{}…", &s[..end])
-    } else {
-        s.into_owned()
+        s.truncate(end);
+        s.push('…');
     }
+    s
 }
 
 /// Clears a flag that is set once a second; reading before swapping keeps the cache line
@@ -185,10 +189,10 @@ impl Metrics {
     }
 
     /// Logs a table update (at debug level, or as the once-a-second sample).
-    pub(crate) fn table_update(&self, table: &str, key: &[u8], value: Option<&[u8]>) {
+    pub(crate) fn table_update(&self, table: &str, show_key: fn(&[u8]) -> String, key: &[u8], value: Option<&[u8]>) {
         let show = || {
             let value = value.map(|v| text(v, 60)).unwrap_or_else(|| "(deleted)".into());
-            format!("{table}[{}] = {value}", text(key, 60))
+            format!("{table}[{}] = {value}", shorten(show_key(key), 60))
         };
         if tracing::enabled!(tracing::Level::DEBUG) {
             tracing::debug!("{}", show());

@@ -126,6 +126,10 @@ impl<K: Key> Key for Windowed<K> {
     }
 }
 
+/// How long windows stay in their table unless told otherwise: a day (Kafka Streams' default
+/// retention), so lookups of windows closed today still find them.
+pub const DEFAULT_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
+
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
@@ -181,8 +185,9 @@ impl TimeWindows {
         self
     }
 
-    /// How long windows are kept in their table, from their start (default and minimum:
-    /// size + grace, when they close). Longer keeps closed windows for lookups.
+    /// How long windows are kept in their table, from their start, for lookups after they
+    /// close (default: a day, or size + grace when that is longer, as Kafka Streams keeps
+    /// them; minimum: size + grace, when they close). Shorter keeps the store smaller.
     pub fn retention(mut self, retention: Duration) -> Self {
         self.retention = Some(millis(retention));
         self
@@ -231,7 +236,8 @@ impl TimeWindows {
 
     /// How long a window is kept from its start.
     pub(crate) fn retention_ms(&self) -> i64 {
-        self.retention.unwrap_or(self.size + self.grace)
+        self.retention
+            .unwrap_or((self.size + self.grace).max(DEFAULT_RETENTION_MS))
     }
 }
 
@@ -309,8 +315,9 @@ impl SessionWindows {
         self
     }
 
-    /// How long sessions are kept in their table after their end (default and minimum:
-    /// gap + grace, when they close). Longer keeps closed sessions for lookups.
+    /// How long sessions are kept in their table after their end, for lookups after they
+    /// close (default: a day, or gap + grace when that is longer; minimum: gap + grace, when
+    /// they close). Shorter keeps the store smaller.
     pub fn retention(mut self, retention: Duration) -> Self {
         self.retention = Some(millis(retention));
         self
@@ -330,7 +337,8 @@ impl SessionWindows {
     }
 
     pub(crate) fn retention_ms(&self) -> i64 {
-        self.retention.unwrap_or(self.gap + self.grace)
+        self.retention
+            .unwrap_or((self.gap + self.grace).max(DEFAULT_RETENTION_MS))
     }
 }
 

@@ -357,10 +357,16 @@ fn show(side: Option<&AdEvent>) -> String {
 }
 
 fn pairs(kind: Kind) -> App {
+    pairs_within(
+        kind,
+        JoinWindows::of_time_difference_and_grace(Duration::from_millis(100), Duration::from_millis(50)),
+    )
+}
+
+fn pairs_within(kind: Kind, windows: JoinWindows) -> App {
     App::new("pairs").pipeline("pairs", move |builder| {
         let impressions = builder.stream(IMPRESSIONS);
         let clicks = builder.stream(CLICKS);
-        let windows = JoinWindows::of_time_difference_and_grace(Duration::from_millis(100), Duration::from_millis(50));
         let joined = match kind {
             Kind::Inner => clicks.join_windowed(impressions, "pairs", windows, |_, c, i| {
                 format!("{} {}", show(Some(c)), show(Some(i)))
@@ -441,6 +447,60 @@ async fn streams_join_within_a_time_difference_and_grace() {
             Kind::Left | Kind::Outer => vec!["c4@3000 -", "c5@5000 i4@5000"],
         };
         assert_eq!(after, expected, "{kind:?}");
+    }
+}
+
+/// Windows reaching only after a record of this stream (`before(0)`): a click meets the
+/// impressions up to 100 ms after it, none before it; each side's window closes by its own
+/// reach (an impression's right away, a click's 100 ms later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_window_can_reach_after_a_record_only() {
+    let windows = JoinWindows::of_time_difference_without_grace(Duration::from_millis(100)).before(Duration::ZERO);
+    for kind in [Kind::Inner, Kind::Outer] {
+        let mut driver = TestDriver::new(pairs_within(kind, windows)).expect("driver");
+        for (side, user, ts) in [
+            (&IMPRESSIONS, "i0", 950), // 50 before c1: not in its window
+            (&CLICKS, "c1", 1000),
+            (&IMPRESSIONS, "i1", 1050), // 50 after c1: a pair
+            (&IMPRESSIONS, "i2", 1101), // 101 after c1: none
+            (&CLICKS, "c2", 1200),      // 99 after i2, but i2 is before it: none
+            (&CLICKS, "c3", 5000),
+        ] {
+            driver.pipe_at(side, "ad", &ad(user, ts), ts).expect("pipe");
+            driver.run().await.expect("run");
+        }
+        let got: Vec<String> = driver
+            .records(&PAIRS)
+            .expect("records")
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        let expected = match kind {
+            Kind::Inner => vec!["c1@1000 i1@1050"],
+            _ => vec!["- i0@950", "c1@1000 i1@1050", "- i2@1101", "c2@1200 -"],
+        };
+        assert_eq!(got, expected, "{kind:?}");
+        // The same records with the window the other way round (`after(0)`): a click meets
+        // the impressions up to 100 ms before it.
+        let backwards = JoinWindows::of_time_difference_without_grace(Duration::from_millis(100)).after(Duration::ZERO);
+        let mut driver = TestDriver::new(pairs_within(kind, backwards)).expect("driver");
+        for (side, user, ts) in [
+            (&IMPRESSIONS, "i0", 950),
+            (&CLICKS, "c1", 1000),
+            (&IMPRESSIONS, "i2", 1101),
+            (&CLICKS, "c2", 1200),
+        ] {
+            driver.pipe_at(side, "ad", &ad(user, ts), ts).expect("pipe");
+            driver.run().await.expect("run");
+        }
+        let mut got: Vec<String> = driver
+            .records(&PAIRS)
+            .expect("records")
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        got.sort();
+        assert_eq!(got, vec!["c1@1000 i0@950", "c2@1200 i2@1101"], "{kind:?}");
     }
 }
 

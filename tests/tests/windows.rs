@@ -99,14 +99,38 @@ async fn late_records_are_counted_within_grace_and_dropped_after_it_and_finals_g
         windowed(&driver, &COUNTS),
         vec![("a".into(), 0, 10, 2), ("a".into(), 10, 20, 2), ("a".into(), 30, 40, 1)]
     );
-    // Closed windows left the table (retention defaults to size + grace).
-    let left: Vec<i64> = driver
-        .windowed_table(&PER_WINDOW)
-        .expect("table")
-        .keys()
-        .map(|w| w.window.start)
-        .collect();
-    assert_eq!(left, vec![40]);
+    // Closed windows stay in the table for lookups: a day by default, as in Kafka Streams.
+    let left = |driver: &TestDriver| -> Vec<i64> {
+        driver
+            .windowed_table(&PER_WINDOW)
+            .expect("table")
+            .keys()
+            .map(|w| w.window.start)
+            .collect()
+    };
+    assert_eq!(left(&driver), vec![0, 10, 30, 40]);
+    assert_eq!(
+        starts_of(&driver, "a", 0, 20),
+        vec![0, 10],
+        "closed windows can be looked up"
+    );
+    // A day after a window's start (stream time), it leaves the table.
+    let day = streams_core::window::DEFAULT_RETENTION_MS;
+    driver.pipe_at(&EVENTS, "a", &1, day + 15).expect("pipe");
+    driver.run().await.expect("run");
+    assert_eq!(left(&driver), vec![30, 40, day + 10]);
+    driver.pipe_at(&EVENTS, "a", &1, day + 60).expect("pipe");
+    driver.run().await.expect("run");
+    assert_eq!(left(&driver), vec![day + 10, day + 60]);
+}
+
+fn starts_of(driver: &TestDriver, key: &str, from: i64, to: i64) -> Vec<i64> {
+    driver
+        .windows(&PER_WINDOW, key, from, to)
+        .expect("windows")
+        .into_iter()
+        .map(|(w, _)| w.start)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -564,22 +564,28 @@ fn unreachable_row<T>() -> T {
 // ---------------------------------------------------------------------------------------
 // Stream–stream windowed joins.
 
-/// The window of a stream–stream join (Kafka Streams' `JoinWindows`): two records meet
-/// when their event times differ by at most the time difference (both ends inclusive). A
-/// record whose window has closed — stream time past its time + difference + grace — is
-/// late: dropped and counted (`Metrics::late`).
+/// The window of a stream–stream join (Kafka Streams' `JoinWindows`): a record of this
+/// stream at time `t` meets the other stream's records from `t - before` to `t + after`
+/// (both ends inclusive); `of_time_difference_*` makes both sides the same difference. A
+/// record whose window has closed — stream time past its time + its side's reach + grace —
+/// is late: dropped and counted (`Metrics::late`).
 ///
 /// ```
 /// use std::time::Duration;
 /// use streams_core::prelude::*;
 ///
 /// let windows = JoinWindows::of_time_difference_and_grace(Duration::from_secs(30), Duration::from_secs(10));
-/// assert_eq!(windows.difference(), 30_000);
+/// assert_eq!((windows.before_ms(), windows.after_ms()), (30_000, 30_000));
 /// assert_eq!(windows.grace_ms(), 10_000);
+///
+/// // A payment within 10 minutes after its order, never before it.
+/// let after_only = JoinWindows::of_time_difference_without_grace(Duration::from_secs(600)).before(Duration::ZERO);
+/// assert_eq!((after_only.before_ms(), after_only.after_ms()), (0, 600_000));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JoinWindows {
-    difference: i64,
+    before: i64,
+    after: i64,
     grace: i64,
 }
 
@@ -592,7 +598,8 @@ impl JoinWindows {
     /// count.
     pub fn of_time_difference_and_grace(difference: Duration, grace: Duration) -> Self {
         Self {
-            difference: millis(difference),
+            before: millis(difference),
+            after: millis(difference),
             grace: millis(grace),
         }
     }
@@ -602,9 +609,34 @@ impl JoinWindows {
         Self::of_time_difference_and_grace(difference, Duration::ZERO)
     }
 
-    /// The time difference (ms).
+    /// How far before a record of this stream the other stream's records may be, the
+    /// window's after-side kept (Kafka Streams' `JoinWindows::before`).
+    pub fn before(mut self, before: Duration) -> Self {
+        self.before = millis(before);
+        self
+    }
+
+    /// How far after a record of this stream the other stream's records may be, the
+    /// window's before-side kept (Kafka Streams' `JoinWindows::after`).
+    pub fn after(mut self, after: Duration) -> Self {
+        self.after = millis(after);
+        self
+    }
+
+    /// The larger of [`before_ms`](Self::before_ms) and [`after_ms`](Self::after_ms): the
+    /// time difference of symmetric windows.
     pub fn difference(&self) -> i64 {
-        self.difference
+        self.before.max(self.after)
+    }
+
+    /// How far before a record of this stream its matches may be (ms).
+    pub fn before_ms(&self) -> i64 {
+        self.before
+    }
+
+    /// How far after a record of this stream its matches may be (ms).
+    pub fn after_ms(&self) -> i64 {
+        self.after
     }
 
     /// The grace period (ms).
@@ -612,15 +644,36 @@ impl JoinWindows {
         self.grace
     }
 
-    /// Stream time past which the window of a record at `time` has closed.
-    fn closes_after(&self, time: i64) -> i64 {
-        time.saturating_add(self.difference).saturating_add(self.grace)
+    /// The times of the other side's records that a record of `which` side at `time` meets.
+    fn reach(&self, which: Which, time: i64) -> (i64, i64) {
+        let (before, after) = self.sides(which);
+        (time.saturating_sub(before), time.saturating_add(after))
+    }
+
+    /// (before, after) as seen from `which` side: the other side sees them reversed.
+    fn sides(&self, which: Which) -> (i64, i64) {
+        match which {
+            Which::This => (self.before, self.after),
+            Which::Other => (self.after, self.before),
+        }
+    }
+
+    /// Stream time past which the window of a record of `which` side at `time` has closed.
+    fn closes_after(&self, which: Which, time: i64) -> i64 {
+        time.saturating_add(self.sides(which).1).saturating_add(self.grace)
+    }
+
+    /// Records of `which` side at or before this have closed windows at stream time `now`.
+    fn closed_through(&self, which: Which, now: i64) -> i64 {
+        now.saturating_sub(self.sides(which).1)
+            .saturating_sub(self.grace)
+            .saturating_sub(1)
     }
 
     /// Records at or before this can meet no record still to come (one that is not late).
     fn expired_through(&self, now: i64) -> i64 {
-        now.saturating_sub(self.difference)
-            .saturating_sub(self.difference)
+        now.saturating_sub(self.before)
+            .saturating_sub(self.after)
             .saturating_sub(self.grace)
             .saturating_sub(1)
     }
@@ -703,15 +756,34 @@ where
         }
         if let Some((table, slot)) = &self.unmatched {
             let index = slot.get()?;
-            // Closed: time + difference + grace < now.
-            let through = now
-                .saturating_sub(self.windows.difference)
-                .saturating_sub(self.windows.grace)
-                .saturating_sub(1);
+            // Closed: time + its side's reach after it + grace < now. The buffer holds
+            // both sides: what is taken out up to the later bound of the two and has not
+            // closed on its own side goes back.
+            let this_through = self.windows.closed_through(Which::This, now);
+            let other_through = self.windows.closed_through(Which::Other, now);
             let closed = cx
                 .ctx
                 .with_extension(index, RecordBuffer::load, |buffer: &mut RecordBuffer| {
-                    buffer.expire_with_values(through)
+                    let mut closed = buffer.expire_with_values(this_through.max(other_through));
+                    closed.retain(|(bytes, value)| {
+                        let done = match split_record_key(bytes) {
+                            Some((tagged, time, _)) => {
+                                let side = tagged.first().copied();
+                                let through = if side == Some(side_byte(Which::This)) {
+                                    this_through
+                                } else {
+                                    other_through
+                                };
+                                time <= through
+                            }
+                            None => true,
+                        };
+                        if !done {
+                            buffer.insert(bytes, value.clone());
+                        }
+                        done
+                    });
+                    closed
                 })
                 .map_err(failed)?;
             for (bytes, value) in closed {
@@ -766,7 +838,7 @@ where
         let now = cx.ctx.stream_time();
         // Results of records whose window closed before this one go first.
         self.expire(cx)?;
-        if now != NO_TIME && self.windows.closes_after(time) < now {
+        if now != NO_TIME && self.windows.closes_after(which, time) < now {
             cx.ctx.metrics.late.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
                 task = &*cx.ctx.name,
@@ -784,16 +856,10 @@ where
             Which::This => Which::Other,
             Which::Other => Which::This,
         };
-        let difference = self.windows.difference;
+        let (from, to) = self.windows.reach(which, time);
         let (mine, matches) = {
             let stored = self.buffer(cx, which, |buffer| buffer.add(&key_bytes, time, value.clone()))?;
-            let matches = self.buffer(cx, theirs, |buffer| {
-                buffer.records_keyed(
-                    &key_bytes,
-                    time.saturating_sub(difference),
-                    time.saturating_add(difference),
-                )
-            })?;
+            let matches = self.buffer(cx, theirs, |buffer| buffer.records_keyed(&key_bytes, from, to))?;
             (stored, matches)
         };
         let index = match which {
@@ -1072,7 +1138,7 @@ fn check_join_name(graph: &mut Graph, name: &str, windows: JoinWindows) {
              digits, `.`, `_` and `-`"
         ));
     }
-    if windows.difference < 0 || windows.grace < 0 {
+    if windows.before < 0 || windows.after < 0 || windows.grace < 0 {
         graph.errors.push(format!(
             "pipeline `{pipeline}`: join `{name}` needs a time difference and grace of at least 0"
         ));
@@ -1086,8 +1152,23 @@ mod tests {
     #[test]
     fn join_windows_close_after_the_difference_and_grace() {
         let windows = JoinWindows::of_time_difference_and_grace(Duration::from_millis(30), Duration::from_millis(10));
-        assert_eq!(windows.closes_after(100), 140);
+        assert_eq!(windows.closes_after(Which::This, 100), 140);
+        assert_eq!(windows.closes_after(Which::Other, 100), 140);
         // A record at 59 can still meet one at 89, which is on time until stream time 129.
         assert_eq!(windows.expired_through(130), 59);
+    }
+
+    #[test]
+    fn uneven_join_windows_reach_each_side_by_its_own_difference() {
+        // This side meets the other's records 0 ms before and 30 ms after it.
+        let windows = JoinWindows::of_time_difference_and_grace(Duration::from_millis(30), Duration::from_millis(10))
+            .before(Duration::ZERO);
+        assert_eq!(windows.reach(Which::This, 100), (100, 130));
+        assert_eq!(windows.reach(Which::Other, 100), (70, 100));
+        assert_eq!(windows.closes_after(Which::This, 100), 140);
+        assert_eq!(windows.closes_after(Which::Other, 100), 110);
+        assert_eq!(windows.closed_through(Which::Other, 111), 100);
+        // A record of this side at 60 meets the other's up to 90, on time until 100.
+        assert_eq!(windows.expired_through(100), 59);
     }
 }

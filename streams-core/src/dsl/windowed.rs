@@ -953,7 +953,18 @@ mod tests {
             TimeWindows::of(std::time::Duration::from_millis(60)).grace(std::time::Duration::from_millis(10)),
         );
         assert_eq!(fixed.closed_through(100), 90, "end + grace <= now");
-        assert_eq!(fixed.expired_through(100), 90, "by default when they close");
+        let day = crate::window::DEFAULT_RETENTION_MS;
+        assert_eq!(
+            fixed.expired_through(day + 100),
+            160,
+            "by default a day after they start"
+        );
+        let kept_briefly = Kind::Fixed(
+            TimeWindows::of(std::time::Duration::from_millis(60))
+                .grace(std::time::Duration::from_millis(10))
+                .retention(std::time::Duration::from_millis(70)),
+        );
+        assert_eq!(kept_briefly.expired_through(100), 90, "at the least when they close");
         let session = Kind::Session(SessionWindows::with_inactivity_gap(std::time::Duration::from_millis(
             30,
         )));

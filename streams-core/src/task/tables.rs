@@ -24,6 +24,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{bump, with_current, TaskContext};
+use crate::spec::TableSpec;
 use crate::store::{Entry as StoreEntry, StateStore};
 use crate::{Error, Result};
 
@@ -43,6 +44,8 @@ fn entry_bytes(key: &[u8], value: Option<&[u8]>) -> usize {
 /// A table partition as its task sees it.
 pub(crate) struct TableState {
     pub name: &'static str,
+    /// Key bytes as readable text, for logs (a windowed key as `key@start..end`).
+    show_key: fn(&[u8]) -> String,
     pub changelog: Arc<str>,
     pub store: Arc<dyn StateStore>,
     cache: HashMap<Vec<u8>, Entry, foldhash::fast::RandomState>,
@@ -84,9 +87,10 @@ pub(crate) type ChangeVisitor<'a> = dyn FnMut(&[u8], Option<&[u8]>, i64) + 'a;
 pub(crate) type DirtyTable = (Arc<str>, Arc<dyn StateStore>, Vec<Change>);
 
 impl TableState {
-    pub(crate) fn new(name: &'static str, changelog: String, store: Arc<dyn StateStore>, cache_limit: usize) -> Self {
+    pub(crate) fn new(table: &TableSpec, changelog: String, store: Arc<dyn StateStore>, cache_limit: usize) -> Self {
         Self {
-            name,
+            name: table.name,
+            show_key: table.show_key.0,
             changelog: changelog.into(),
             store,
             cache: HashMap::default(),
@@ -570,7 +574,8 @@ fn put(ctx: &TaskContext, state: &mut TableState, key: Vec<u8>, value: Option<Ve
     }
     let value = value.flatten();
     state.cache_bytes += entry_bytes(&key, value.as_deref());
-    ctx.metrics.table_update(state.name, &key, value.as_deref());
+    ctx.metrics
+        .table_update(state.name, state.show_key, &key, value.as_deref());
     state.cache.insert(
         key,
         Entry {
@@ -614,7 +619,8 @@ where
         }
     }
     state.cache_bytes = (state.cache_bytes + after).saturating_sub(before);
-    ctx.metrics.table_update(state.name, key, entry.value.as_deref());
+    ctx.metrics
+        .table_update(state.name, state.show_key, key, entry.value.as_deref());
     changed(ctx, state);
     Ok(Ok(out))
 }

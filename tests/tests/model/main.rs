@@ -67,7 +67,7 @@ fn windows() -> impl Strategy<Value = Windows> {
     (
         kind,
         prop_oneof![Just(0i64), Just(30), Just(100)],
-        proptest::option::weighted(0.2, prop_oneof![Just(50i64), Just(1000)]),
+        proptest::option::weighted(0.7, prop_oneof![Just(0i64), Just(50), Just(1000)]),
         any::<bool>(),
         prop_oneof![Just(Agg::Count), Just(Agg::Sum)],
     )

@@ -98,7 +98,7 @@ pub enum WindowKind {
 pub struct Windows {
     pub kind: WindowKind,
     pub grace: i64,
-    /// Extra retention beyond the minimum (size + grace, gap + grace).
+    /// Extra retention beyond the minimum (size + grace, gap + grace); `None`: the default.
     pub keep_longer: Option<i64>,
     pub emit_final: bool,
     /// Count or Sum.
@@ -111,7 +111,11 @@ impl Windows {
             WindowKind::Tumbling { size } | WindowKind::Hopping { size, .. } => size + self.grace,
             WindowKind::Session { gap } => gap + self.grace,
         };
-        minimum + self.keep_longer.unwrap_or(0)
+        match self.keep_longer {
+            Some(longer) => minimum + longer,
+            // The library's default: a day, or the minimum when that is longer.
+            None => minimum.max(24 * 60 * 60 * 1000),
+        }
     }
 
     /// Windows ending at or before this are closed at stream time `now`.
