@@ -121,6 +121,8 @@ pub mod prelude {
     pub use crate::{
         agent, record, topic, App, Event, Json, Key, OnError, Record, Result, Stream, Table, Topic, WindowedTable,
     };
+    /// Windows, grace periods, intervals and timeouts are `Duration`s.
+    pub use std::time::Duration;
 }
 
 /// What the macros' output calls. Not a public API: it changes without notice.

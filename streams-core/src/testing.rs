@@ -122,6 +122,8 @@ struct Stored {
     headers: Vec<(String, String)>,
     timestamp: i64,
     state: Visibility,
+    /// Its place among every record appended to any topic: the order they were produced in.
+    seq: u64,
 }
 
 /// Where a record stands with its transaction (exactly-once; others are committed at once).
@@ -147,6 +149,7 @@ impl PartitionLog {
         headers: Vec<(String, String)>,
         timestamp: i64,
         state: Visibility,
+        seq: u64,
     ) -> i64 {
         let start = self.data.len();
         self.data.extend_from_slice(key.unwrap_or_default());
@@ -158,6 +161,7 @@ impl PartitionLog {
             headers,
             timestamp,
             state,
+            seq,
         });
         if matches!(state, Visibility::Pending(_)) {
             self.first_pending.get_or_insert(self.records.len() - 1);
@@ -243,6 +247,8 @@ impl PartitionLog {
 struct Log {
     topics: HashMap<String, Vec<PartitionLog>, foldhash::fast::RandomState>,
     round_robin: HashMap<String, usize, foldhash::fast::RandomState>,
+    /// Records appended so far, to any topic (the next one's [`Stored::seq`]).
+    appended: u64,
     clock: i64,
     /// Exactly-once: what the app sends belongs to the open transaction.
     transactional: bool,
@@ -303,6 +309,8 @@ impl Topics {
                 ((*next - 1) % partitions as usize) as i32
             }
         };
+        let seq = log.appended;
+        log.appended += 1;
         let parts = match log.topics.get_mut(&*record.topic) {
             Some(parts) => parts,
             None => log
@@ -323,6 +331,7 @@ impl Topics {
             headers,
             timestamp,
             state,
+            seq,
         );
         (index as i32, offset)
     }
@@ -1462,14 +1471,45 @@ impl TestDriver {
             .unwrap_or_default()
     }
 
-    /// Every record in `topic`, decoded.
+    /// Every record in `topic`, decoded, in the order they were produced (across
+    /// partitions, as Kafka Streams' `TopologyTestDriver` gives an output topic's records).
+    /// [`TestDriver::records_by_partition`] gives them partition by partition, as consumers
+    /// of the partitions read them.
     ///
     /// Under exactly-once, as a `read_committed` consumer reads them: records of aborted
     /// transactions are skipped.
     pub fn records<K: Key, V>(&self, topic: &Topic<K, V>) -> Result<Vec<(K, V)>> {
-        self.raw_records(topic.name())
-            .into_iter()
-            .filter(|r| !r.aborted)
+        let mut raw: Vec<(u64, TestRecord)> = {
+            let log = self.topics.log();
+            log.topics
+                .get(topic.name())
+                .map(|parts| {
+                    parts
+                        .iter()
+                        .enumerate()
+                        .flat_map(|(partition, log)| {
+                            log.records
+                                .iter()
+                                .enumerate()
+                                .map(move |(offset, stored)| (stored.seq, log.record(partition as i32, offset)))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        raw.sort_by_key(|(seq, _)| *seq);
+        Self::decoded(topic, raw.into_iter().map(|(_, record)| record))
+    }
+
+    /// Every record in `topic`, decoded, partition by partition (each in offset order).
+    ///
+    /// Under exactly-once, records of aborted transactions are skipped.
+    pub fn records_by_partition<K: Key, V>(&self, topic: &Topic<K, V>) -> Result<Vec<(K, V)>> {
+        Self::decoded(topic, self.raw_records(topic.name()).into_iter())
+    }
+
+    fn decoded<K: Key, V>(topic: &Topic<K, V>, raw: impl Iterator<Item = TestRecord>) -> Result<Vec<(K, V)>> {
+        raw.filter(|r| !r.aborted)
             .map(|r| {
                 let key = K::decode_key(r.key.as_deref()).map_err(|source| Error::Decode {
                     what: format!("a key of {}", topic.name()),

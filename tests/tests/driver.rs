@@ -483,3 +483,49 @@ async fn borrowed_keys_in_sends_and_tables() {
     let echoed: Vec<(String, i64)> = driver.records(&ECHO).expect("echo");
     assert_eq!(echoed.last(), Some(&("total".to_string(), 6)));
 }
+
+const WORDS: Topic<String, String> = Topic::new("words").partitions(1);
+const ECHOES: Topic<String, String> = Topic::new("echoes");
+
+#[agent(topic = WORDS, sends = [ECHOES])]
+async fn echo(mut words: Stream<String, String>) -> Result<()> {
+    while let Some(event) = words.next_event().await {
+        ECHOES.send(&event.key, &event.value).await?;
+    }
+    Ok(())
+}
+
+/// An output topic's records come back in the order they were produced, whatever partitions
+/// they went to (`echoes` has the app's default partition count, the input one partition);
+/// `records_by_partition` gives them as each partition's consumer reads them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_come_back_in_the_order_they_were_produced() {
+    let mut driver = TestDriver::new(App::new("echo").agent(echo)).expect("driver");
+    let words: Vec<String> = (0..40).map(|n| format!("word-{n}")).collect();
+    for word in &words {
+        driver.pipe(&WORDS, word, word).expect("pipe");
+    }
+    driver.run().await.expect("run");
+    let got: Vec<String> = driver
+        .records(&ECHOES)
+        .expect("echoes")
+        .into_iter()
+        .map(|(_, w)| w)
+        .collect();
+    assert_eq!(got, words);
+    let partitions: std::collections::BTreeSet<i32> =
+        driver.raw_records("echoes").iter().map(|r| r.partition).collect();
+    assert!(partitions.len() > 1, "the keys spread over partitions: {partitions:?}");
+    let by_partition: Vec<String> = driver
+        .records_by_partition(&ECHOES)
+        .expect("echoes")
+        .into_iter()
+        .map(|(_, w)| w)
+        .collect();
+    assert_ne!(by_partition, words, "partition by partition is another order");
+    let mut sorted = by_partition;
+    sorted.sort();
+    let mut expected = words.clone();
+    expected.sort();
+    assert_eq!(sorted, expected);
+}
