@@ -887,25 +887,7 @@ fn three_workers_with_default_options_run_side_by_side() {
     // partition held by one of them.
     let sources = i64::from(streams_tests::partitions(broker.bootstrap_servers(), "hit_count"))
         + i64::from(streams_tests::partitions(broker.bootstrap_servers(), "count_topic"));
-    let mut ready = String::new();
-    let settled = streams_tests::poll_until(Duration::from_secs(120), || {
-        let answers: Vec<(u16, String)> = ports
-            .iter()
-            .map(|port| streams_tests::http_get(*port, "/ready"))
-            .collect();
-        let held: i64 = answers
-            .iter()
-            .filter_map(|(_, body)| serde_json::from_str::<serde_json::Value>(body).ok())
-            .filter_map(|body| body["assigned_partitions"].as_i64())
-            .sum();
-        ready = format!("{answers:?}");
-        answers.iter().all(|(status, _)| *status == 200) && held == sources
-    });
-    assert!(
-        settled,
-        "the group never settled on {sources} partitions: {ready}\n{}",
-        outputs(&workers)
-    );
+    wait_settled(&ports, sources, &workers);
     let records = seed::hits(11, 600);
     produce(broker.bootstrap_servers(), "hit_count", &unkeyed(&records));
     let expected = seed::expected_counts(&records);
@@ -939,12 +921,35 @@ fn three_workers_with_default_options_run_side_by_side() {
             "{}",
             workers[n].seen.join("\n")
         );
-        for port in &ports[n + 1..] {
-            streams_tests::wait_until("the others are ready", Duration::from_secs(120), || {
-                streams_tests::http_get(*port, "/ready").0 == 200
-            });
+        // "Ready" alone is not enough: a worker learns of a rebalance at its next heartbeat.
+        if n + 1 < workers.len() {
+            wait_settled(&ports[n + 1..], sources, &workers[n + 1..]);
         }
     }
+}
+
+/// Waits until the workers on `ports` are all ready and hold the app's `sources` source
+/// partitions between them: the group has settled.
+fn wait_settled(ports: &[u16], sources: i64, workers: &[Child]) {
+    let mut ready = String::new();
+    let settled = streams_tests::poll_until(Duration::from_secs(120), || {
+        let answers: Vec<(u16, String)> = ports
+            .iter()
+            .map(|port| streams_tests::http_get(*port, "/ready"))
+            .collect();
+        let held: i64 = answers
+            .iter()
+            .filter_map(|(_, body)| serde_json::from_str::<serde_json::Value>(body).ok())
+            .filter_map(|body| body["assigned_partitions"].as_i64())
+            .sum();
+        ready = format!("{answers:?}");
+        answers.iter().all(|(status, _)| *status == 200) && held == sources
+    });
+    assert!(
+        settled,
+        "the group never settled on {sources} partitions: {ready}\n{}",
+        outputs(workers)
+    );
 }
 
 /// A worker told to stop while its broker cannot be reached does not wait for it forever:

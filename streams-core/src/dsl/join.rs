@@ -23,6 +23,7 @@ use super::buffer::{show_record_key, split_record_key, RecordBuffer};
 use super::builder::{Graph, NodeKind};
 use super::grouped::{read_value, write_value};
 use super::node::{guarded, ChangeListener, Cx, Fanout, Node, Outcome, TableSlot, Tick};
+use super::same_key::SameKey;
 use super::stream::{KStream, Keyed, PartitionedByKey};
 use super::table::KTable;
 use crate::codec::{json, Key};
@@ -159,38 +160,40 @@ where
     /// });
     /// assert_eq!(app.tasks().len(), 1, "one task reads both topics");
     /// ```
-    pub fn join<VT, VR>(
+    pub fn join<KT, VT, VR>(
         self,
-        table: &KTable<K, VT>,
+        table: &KTable<KT, VT>,
         joiner: impl Fn(&K, &V, &VT) -> VR + Send + Sync + 'static,
     ) -> KStream<K, VR, Keyed>
     where
+        KT: SameKey<K>,
         P: PartitionedByKey,
         VT: Serialize + DeserializeOwned + Send + Sync + 'static,
         VR: Send + Sync + 'static,
     {
         self.with_table(
             "join",
-            table,
+            KT::table(table),
             Box::new(move |key, value, row| row.map(|row| joiner(key, value, row))),
         )
     }
 
     /// Like [`KStream::join`], but every record goes on: `joiner(key, value, row)` with
     /// `None` where its key has no row (Kafka Streams' stream–table `leftJoin`).
-    pub fn left_join<VT, VR>(
+    pub fn left_join<KT, VT, VR>(
         self,
-        table: &KTable<K, VT>,
+        table: &KTable<KT, VT>,
         joiner: impl Fn(&K, &V, Option<&VT>) -> VR + Send + Sync + 'static,
     ) -> KStream<K, VR, Keyed>
     where
+        KT: SameKey<K>,
         P: PartitionedByKey,
         VT: Serialize + DeserializeOwned + Send + Sync + 'static,
         VR: Send + Sync + 'static,
     {
         self.with_table(
             "left_join",
-            table,
+            KT::table(table),
             Box::new(move |key, value, row| Some(joiner(key, value, row))),
         )
     }
@@ -492,16 +495,18 @@ where
     /// });
     /// assert_eq!(app.tasks().len(), 1);
     /// ```
-    pub fn join<V2, VR>(
+    pub fn join<K2, V2, VR>(
         &self,
-        other: &KTable<K, V2>,
+        other: &KTable<K2, V2>,
         store: Table<K, VR>,
         joiner: impl Fn(&K, &V1, &V2) -> VR + Send + Sync + 'static,
     ) -> KTable<K, VR>
     where
+        K2: SameKey<K>,
         V2: Serialize + DeserializeOwned + Send + Sync + 'static,
         VR: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
+        let other = K2::table(other);
         self.join_tables(
             "join",
             Rows::Inner,
@@ -517,16 +522,18 @@ where
 
     /// Like [`KTable::join`], for every key of this table: `joiner(key, left, right)` with
     /// `None` where the other table has no row (Kafka Streams' table–table `leftJoin`).
-    pub fn left_join<V2, VR>(
+    pub fn left_join<K2, V2, VR>(
         &self,
-        other: &KTable<K, V2>,
+        other: &KTable<K2, V2>,
         store: Table<K, VR>,
         joiner: impl Fn(&K, &V1, Option<&V2>) -> VR + Send + Sync + 'static,
     ) -> KTable<K, VR>
     where
+        K2: SameKey<K>,
         V2: Serialize + DeserializeOwned + Send + Sync + 'static,
         VR: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
+        let other = K2::table(other);
         self.join_tables(
             "left_join",
             Rows::Left,
@@ -541,16 +548,18 @@ where
 
     /// Like [`KTable::join`], for every key of either table: `joiner(key, left, right)`,
     /// each side `None` where its table has no row (Kafka Streams' `outerJoin`).
-    pub fn outer_join<V2, VR>(
+    pub fn outer_join<K2, V2, VR>(
         &self,
-        other: &KTable<K, V2>,
+        other: &KTable<K2, V2>,
         store: Table<K, VR>,
         joiner: impl Fn(&K, Option<&V1>, Option<&V2>) -> VR + Send + Sync + 'static,
     ) -> KTable<K, VR>
     where
+        K2: SameKey<K>,
         V2: Serialize + DeserializeOwned + Send + Sync + 'static,
         VR: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
+        let other = K2::table(other);
         self.join_tables("outer_join", Rows::Outer, other, store, Box::new(joiner))
     }
 }
@@ -1054,14 +1063,15 @@ where
     /// });
     /// assert_eq!(app.tasks().len(), 1);
     /// ```
-    pub fn join_windowed<V2, P2, VR>(
+    pub fn join_windowed<K2, V2, P2, VR>(
         self,
-        other: KStream<K, V2, P2>,
+        other: KStream<K2, V2, P2>,
         name: &str,
         windows: JoinWindows,
         joiner: impl Fn(&K, &V1, &V2) -> VR + Send + Sync + 'static,
     ) -> KStream<K, VR, Keyed>
     where
+        K2: SameKey<K>,
         P: PartitionedByKey,
         P2: PartitionedByKey,
         V2: Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -1069,7 +1079,7 @@ where
     {
         self.join_streams(
             "join",
-            other,
+            K2::stream(other),
             name,
             windows,
             (false, false),
@@ -1083,14 +1093,15 @@ where
     /// Like [`KStream::join_windowed`], and a record of this stream that met no record of the
     /// other by the time its window closes goes on alone, `joiner(key, this, None)`, once —
     /// not at once, as Kafka Streams did before 3.1 (Kafka Streams' `leftJoin`).
-    pub fn left_join_windowed<V2, P2, VR>(
+    pub fn left_join_windowed<K2, V2, P2, VR>(
         self,
-        other: KStream<K, V2, P2>,
+        other: KStream<K2, V2, P2>,
         name: &str,
         windows: JoinWindows,
         joiner: impl Fn(&K, &V1, Option<&V2>) -> VR + Send + Sync + 'static,
     ) -> KStream<K, VR, Keyed>
     where
+        K2: SameKey<K>,
         P: PartitionedByKey,
         P2: PartitionedByKey,
         V2: Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -1098,7 +1109,7 @@ where
     {
         self.join_streams(
             "left_join",
-            other,
+            K2::stream(other),
             name,
             windows,
             (true, false),
@@ -1112,20 +1123,28 @@ where
     /// Like [`KStream::left_join_windowed`], for the records of both streams:
     /// `joiner(key, this, other)`, with `None` for the side a record that met nothing lacks
     /// (Kafka Streams' `outerJoin`).
-    pub fn outer_join_windowed<V2, P2, VR>(
+    pub fn outer_join_windowed<K2, V2, P2, VR>(
         self,
-        other: KStream<K, V2, P2>,
+        other: KStream<K2, V2, P2>,
         name: &str,
         windows: JoinWindows,
         joiner: impl Fn(&K, Option<&V1>, Option<&V2>) -> VR + Send + Sync + 'static,
     ) -> KStream<K, VR, Keyed>
     where
+        K2: SameKey<K>,
         P: PartitionedByKey,
         P2: PartitionedByKey,
         V2: Serialize + DeserializeOwned + Send + Sync + 'static,
         VR: Send + Sync + 'static,
     {
-        self.join_streams("outer_join", other, name, windows, (true, true), Box::new(joiner))
+        self.join_streams(
+            "outer_join",
+            K2::stream(other),
+            name,
+            windows,
+            (true, true),
+            Box::new(joiner),
+        )
     }
 }
 
