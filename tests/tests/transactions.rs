@@ -101,7 +101,7 @@ async fn a_record_the_broker_refuses_stops_the_worker_by_default() {
             // changelog's last committed value.
             let last = *totals.last().expect("rounds before the refused one committed");
             assert_eq!(totals, (1..=last).collect::<Vec<i64>>(), "{totals:?}");
-            assert!(last >= 50, "the first run's round committed: {last}");
+            assert_eq!(last, 50, "the first run's round committed, nothing of the refused one");
             let sums: Vec<i64> = driver
                 .raw_records("txn-sums-changelog")
                 .into_iter()
@@ -109,7 +109,6 @@ async fn a_record_the_broker_refuses_stops_the_worker_by_default() {
                 .filter_map(|r| serde_json::from_slice(r.value.as_deref()?).ok())
                 .collect();
             assert_eq!(sums.last(), Some(&last), "{sums:?}");
-            assert!(last < 99, "the refused round held more than the refused record: {last}");
         }
     }
 }

@@ -126,8 +126,40 @@ impl RecordBuffer {
         was
     }
 
+    /// Takes the records at or before `through` for which `closed(bytes, time)` holds out of
+    /// the buffer, with their values, in order of their time; the others stay where they are.
+    pub(crate) fn expire_where(
+        &mut self,
+        through: i64,
+        closed: impl Fn(&[u8], i64) -> bool,
+    ) -> Vec<(Box<[u8]>, Vec<u8>)> {
+        let chosen: Vec<(i64, Box<[u8]>)> = self
+            .by_time
+            .iter()
+            .take_while(|(time, _)| *time <= through)
+            .filter(|(time, bytes)| closed(bytes, *time))
+            .cloned()
+            .collect();
+        let mut gone = Vec::with_capacity(chosen.len());
+        for (time, bytes) in chosen {
+            self.by_time.remove(&(time, bytes.clone()));
+            if let Some((key, time, seq)) = split_record_key(&bytes) {
+                if let Some(records) = self.by_key.get_mut(key) {
+                    if let Some(value) = records.remove(&(time, seq)) {
+                        gone.push((bytes.clone(), value));
+                    }
+                    if records.is_empty() {
+                        self.by_key.remove(key);
+                    }
+                }
+            }
+        }
+        gone
+    }
+
     /// Takes the records at or before `through` out of the buffer, with their values, in
     /// order of their time.
+    #[cfg(test)]
     pub(crate) fn expire_with_values(&mut self, through: i64) -> Vec<(Box<[u8]>, Vec<u8>)> {
         let mut gone = Vec::new();
         while self.by_time.first().is_some_and(|(time, _)| *time <= through) {

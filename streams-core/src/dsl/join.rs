@@ -765,34 +765,19 @@ where
         }
         if let Some((table, slot)) = &self.unmatched {
             let index = slot.get()?;
-            // Closed: time + its side's reach after it + grace < now. The buffer holds
-            // both sides: what is taken out up to the later bound of the two and has not
-            // closed on its own side goes back.
+            // Closed: time + its side's reach after it + grace < now. The buffer holds both
+            // sides, each closing by its own reach.
             let this_through = self.windows.closed_through(Which::This, now);
             let other_through = self.windows.closed_through(Which::Other, now);
             let closed = cx
                 .ctx
                 .with_extension(index, RecordBuffer::load, |buffer: &mut RecordBuffer| {
-                    let mut closed = buffer.expire_with_values(this_through.max(other_through));
-                    closed.retain(|(bytes, value)| {
-                        let done = match split_record_key(bytes) {
-                            Some((tagged, time, _)) => {
-                                let side = tagged.first().copied();
-                                let through = if side == Some(side_byte(Which::This)) {
-                                    this_through
-                                } else {
-                                    other_through
-                                };
-                                time <= through
-                            }
-                            None => true,
-                        };
-                        if !done {
-                            buffer.insert(bytes, value.clone());
-                        }
-                        done
-                    });
-                    closed
+                    buffer.expire_where(this_through.max(other_through), |bytes, time| {
+                        let this = split_record_key(bytes)
+                            .and_then(|(tagged, _, _)| tagged.first().copied())
+                            .is_some_and(|side| side == side_byte(Which::This));
+                        time <= if this { this_through } else { other_through }
+                    })
                 })
                 .map_err(failed)?;
             for (bytes, value) in closed {
@@ -1038,7 +1023,7 @@ where
     /// `JoinWindows`): `joiner(key, this, other)` for every such pair, at the later of the
     /// two times, as soon as the second of them arrives. Both sides are kept in windowed
     /// stores (`{name}-this-join-store`, `{name}-other-join-store`, with changelogs) for the
-    /// time difference twice plus the grace period. The streams are co-partitioned, as for
+    /// window's before + after plus the grace period. The streams are co-partitioned, as for
     /// [`KStream::join`]; `name` names the join and its stores.
     ///
     /// ```

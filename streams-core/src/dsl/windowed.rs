@@ -7,8 +7,8 @@
 //! dropped, counted (`Metrics::late`), logged at debug, and sent to the topic given with
 //! `late_records_to`. Results go on either at every change (coalesced per commit interval,
 //! like any table's `to_stream`) or once per window when it closes (`emit_final`). Windows
-//! leave the table, as tombstones in its changelog, once past their retention (by default
-//! when they close), at the next commit point.
+//! leave the table, as tombstones in its changelog, once past their retention (by default a
+//! day; sliding windows when they close), at the next commit point.
 //!
 //! What a task keeps beside its windowed table: an index of the windows in it (by end, to
 //! close and expire them in order; by key for sessions and sliding windows, to find the
@@ -199,16 +199,23 @@ impl WindowIndex {
     /// The windows of `key` with a start at most `last_start` and an end at least
     /// `first_end`, in order of their start.
     fn overlapping(&self, key: &[u8], first_end: i64, last_start: i64) -> Vec<Window> {
-        self.by_key
+        // A key's windows end in the order they start (sessions do not overlap; sliding
+        // windows have one size): from the last that starts in range back to the first
+        // that ends before it, not through every window kept.
+        let mut found: Vec<Window> = self
+            .by_key
             .get(key)
             .map(|windows| {
                 windows
                     .range(..=last_start)
-                    .filter(|(_, end)| **end >= first_end)
+                    .rev()
+                    .take_while(|(_, end)| **end >= first_end)
                     .map(|(start, end)| Window::new(*start, *end))
                     .collect()
             })
-            .unwrap_or_default()
+            .unwrap_or_default();
+        found.reverse();
+        found
     }
 }
 

@@ -22,6 +22,9 @@ pub(crate) struct Deliveries(Arc<DeliveryState>);
 /// Tracks deliveries: failures since the last flush, and the last acknowledged offset of
 /// every changelog partition (the stores' checkpoints).
 pub(crate) struct DeliveryState {
+    /// Whether the producer is transactional: only then are purged records (an abort's)
+    /// of no concern.
+    transactional: bool,
     changelog_offsets: Mutex<HashMap<(String, i32), i64>>,
     /// Deliveries that failed since the last flush.
     failures: Mutex<Failures>,
@@ -75,6 +78,8 @@ impl Failures {
 /// so that the same record would be refused again: those may go to a dead-letter topic. Other
 /// failures (timeouts, a fenced producer, records purged by a transaction's abort) are the
 /// producer's, not the record's.
+/// A topic the worker may not write, or that does not exist, fails every record sent to it:
+/// that stops the worker (a dead-letter topic would get the whole stream).
 fn refuses_the_record(error: &KafkaError) -> bool {
     use RDKafkaErrorCode::*;
     matches!(
@@ -83,15 +88,9 @@ fn refuses_the_record(error: &KafkaError) -> bool {
             InvalidMessage
                 | InvalidMessageSize
                 | MessageSizeTooLarge
-                | MessageBatchTooLarge
-                | InvalidTopic
-                | TopicAuthorizationFailed
                 | InvalidTimestamp
                 | PolicyViolation
                 | InvalidRecord
-                | UnknownTopic
-                | UnknownTopicOrPartition
-                | UnknownPartition
         )
     )
 }
@@ -144,10 +143,11 @@ impl ProducerContext for Deliveries {
                 }
             }
             Err((error, _))
-                if matches!(
-                    error.rdkafka_error_code(),
-                    Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
-                ) =>
+                if state.transactional
+                    && matches!(
+                        error.rdkafka_error_code(),
+                        Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+                    ) =>
             {
                 // Purged by an abort (or a producer made anew): their transaction is over and
                 // its input is processed again.
@@ -222,8 +222,7 @@ impl KafkaSink {
         if config.get("retry.backoff.ms").is_none() {
             config.set("retry.backoff.ms", "20");
         }
-        let mut sink = Self::new(config, metrics)?;
-        sink.transactional = true;
+        let sink = Self::with(config, metrics, true)?;
         let producer = sink.producer();
         producer
             .init_transactions(Duration::from_secs(60))
@@ -239,12 +238,17 @@ impl KafkaSink {
         Arc::clone(&self.producer.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    pub(crate) fn new(mut config: ClientConfig, metrics: Arc<Metrics>) -> Result<Self> {
+    pub(crate) fn new(config: ClientConfig, metrics: Arc<Metrics>) -> Result<Self> {
+        Self::with(config, metrics, false)
+    }
+
+    fn with(mut config: ClientConfig, metrics: Arc<Metrics>, transactional: bool) -> Result<Self> {
         config
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .set("partitioner", "murmur2_random");
         let state = Arc::new(DeliveryState {
+            transactional,
             changelog_offsets: Mutex::new(HashMap::new()),
             failures: Mutex::new(Failures::default()),
             metrics,
@@ -257,7 +261,7 @@ impl KafkaSink {
             producer: std::sync::RwLock::new(Arc::new(producer)),
             state,
             config,
-            transactional: false,
+            transactional,
         })
     }
 
@@ -370,6 +374,12 @@ impl Sink for KafkaSink {
                 }
                 error => return Err(FlushError::other(KafkaError::Flush(error).to_string())),
             }
+        }
+        if let Some((code, reason)) = self.producer().client().fatal_error() {
+            // The producer cannot go on (its queue was purged): nothing it had is delivered.
+            return Err(FlushError::other(format!(
+                "the producer failed for good: {code}: {reason}"
+            )));
         }
         match self.state.failures.lock() {
             Ok(mut failures) => failures.take(),
