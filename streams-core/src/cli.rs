@@ -538,7 +538,8 @@ async fn run_worker(app: App, options: WorkerOptions) -> crate::Result<()> {
             if metrics.fatal().is_some() {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // A failure is rare and its stop may take a second: no need to look more often.
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     };
     // Either a signal asks to stop, or the worker ends by itself (idle exit or failure).

@@ -23,6 +23,10 @@ use crate::Origin;
 /// (see `StreamCore::held_back`).
 pub(crate) const HOLD_BACK_LIMIT: Duration = Duration::from_secs(5);
 
+/// How long a quiet task (see `StreamCore::quiet`) sleeps when no input comes: input wakes
+/// it at once, so this only bounds the sleep.
+const QUIET_WAKE: Duration = Duration::from_secs(60);
+
 /// What the worker puts into a task's queue.
 pub(crate) enum Input {
     /// Records of one source (by its index in the task's sources), in order.
@@ -74,6 +78,9 @@ pub(crate) struct StreamCore {
     current: Option<(usize, Message)>,
     last_cut: Vec<(Arc<str>, i64)>,
     next_cut: Instant,
+    /// The last cut found nothing to take (no record since the one before, no round): an
+    /// idle task then sleeps until input comes instead of waking every commit interval.
+    quiet: bool,
     commit_interval: Duration,
     since_clock: u32,
     /// Since when the task holds back: it has records of some sources, and another source
@@ -114,6 +121,7 @@ impl StreamCore {
             current: None,
             last_cut: Vec::new(),
             next_cut: Instant::now() + commit_interval,
+            quiet: false,
             commit_interval,
             since_clock: 0,
             holding_since: None,
@@ -353,6 +361,8 @@ impl StreamCore {
                     }
                     let wake = match (holding, self.holding_since) {
                         (true, Some(since)) => self.next_cut.min(since + HOLD_BACK_LIMIT),
+                        // Nothing to cut until input comes (an idle worker's tasks sleep).
+                        _ if self.quiet => Instant::now() + QUIET_WAKE,
                         _ => self.next_cut,
                     };
                     let ctx = Arc::clone(&self.ctx);
@@ -390,6 +400,7 @@ impl StreamCore {
             };
             match input {
                 Some(input) => {
+                    self.quiet = false;
                     self.take(input).await;
                 }
                 None => self.ended = true,
@@ -589,8 +600,12 @@ impl StreamCore {
             .filter_map(|s| Some((Arc::clone(&s.topic), s.processed?)))
             .collect();
         if positions == self.last_cut && acks.is_empty() && self.rounds.is_none() {
+            // Nothing since the last cut; more cuts find nothing either until input comes,
+            // unless clean entries wait to leave an over-budget cache.
+            self.quiet = !self.ctx.over_budget();
             return;
         }
+        self.quiet = false;
         let ctx = Arc::clone(&self.ctx);
         // The hook sees the changes this cut takes: none are taken before anything was
         // processed (restated entries wait for the first real cut).

@@ -222,6 +222,11 @@ impl TaskContext {
     }
 
     /// Drops the clean entries of the caches over budget whose cuts are all written.
+    /// Whether a table's cache is over its budget (clean entries wait to be dropped).
+    pub(crate) fn over_budget(&self) -> bool {
+        self.tables().iter().any(TableState::wants_cut)
+    }
+
     pub(crate) fn evict_written(&self) {
         let written = self.written.through();
         for table in self.tables().iter_mut() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 
 use crate::metrics::Metrics;
@@ -193,11 +193,59 @@ impl ProducerContext for Deliveries {
     }
 }
 
+/// A producer whose delivery reports a thread of its own serves.
+///
+/// rdkafka's `ThreadedProducer` polls in calls of 100 ms, and each call spins through its
+/// last millisecond (a remaining wait under 1 ms is 0 ms for librdkafka, which returns at
+/// once): measured, ~9 ms of CPU every second on an idle worker, most of its idle cost. This
+/// thread's calls last a second: a delivery report still ends a wait at once, so reports are
+/// served as soon, and the spin is at most 1 ms a second.
+pub(crate) struct PolledProducer {
+    producer: Arc<BaseProducer<Deliveries>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PolledProducer {
+    fn create(config: &ClientConfig, state: &Arc<DeliveryState>) -> Result<Self> {
+        let producer: BaseProducer<Deliveries> = config
+            .create_with_context(Deliveries(Arc::clone(state)))
+            .map_err(|e| Error::kafka("creating the producer", e))?;
+        let producer = Arc::new(producer);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (polled, stopped) = (Arc::clone(&producer), Arc::clone(&stop));
+        std::thread::Builder::new()
+            .name("producer-reports".into())
+            .spawn(move || {
+                // Ends within a second of the stop; the producer is dropped (and destroyed)
+                // with this thread's handle on it.
+                while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    polled.poll(Duration::from_secs(1));
+                }
+            })
+            .map_err(|e| Error::Config(format!("cannot start the producer's thread: {e}")))?;
+        Ok(Self { producer, stop })
+    }
+}
+
+impl std::ops::Deref for PolledProducer {
+    type Target = BaseProducer<Deliveries>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.producer
+    }
+}
+
+impl Drop for PolledProducer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The Kafka producer as a [`Sink`].
 pub(crate) struct KafkaSink {
     /// The producer: made anew (under exactly-once) after a transaction whose outcome is
     /// not known.
-    producer: std::sync::RwLock<Arc<ThreadedProducer<Deliveries>>>,
+    producer: std::sync::RwLock<Arc<PolledProducer>>,
     state: Arc<DeliveryState>,
     /// The settings to make it anew with.
     config: ClientConfig,
@@ -234,7 +282,7 @@ impl KafkaSink {
     }
 
     /// The producer (exactly-once commits its transactions).
-    pub(crate) fn producer(&self) -> Arc<ThreadedProducer<Deliveries>> {
+    pub(crate) fn producer(&self) -> Arc<PolledProducer> {
         Arc::clone(&self.producer.read().unwrap_or_else(|p| p.into_inner()))
     }
 
@@ -254,9 +302,7 @@ impl KafkaSink {
             metrics,
             out: Mutex::new(HashMap::default()),
         });
-        let producer = config
-            .create_with_context(Deliveries(Arc::clone(&state)))
-            .map_err(|e| Error::kafka("creating the producer", e))?;
+        let producer = PolledProducer::create(&config, &state)?;
         Ok(Self {
             producer: std::sync::RwLock::new(Arc::new(producer)),
             state,
@@ -269,10 +315,7 @@ impl KafkaSink {
     /// same transactional id, its transactions initialised — which ends the old one's open
     /// transaction and fences whatever it still has in flight — and the next one begun.
     pub(crate) fn reinit(&self) -> Result<()> {
-        let fresh: ThreadedProducer<Deliveries> = self
-            .config
-            .create_with_context(Deliveries(Arc::clone(&self.state)))
-            .map_err(|e| Error::kafka("making the transactional producer anew", e))?;
+        let fresh = PolledProducer::create(&self.config, &self.state)?;
         let old = {
             let mut slot = self.producer.write().unwrap_or_else(|p| p.into_inner());
             std::mem::replace(&mut *slot, Arc::new(fresh))
