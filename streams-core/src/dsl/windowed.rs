@@ -199,23 +199,18 @@ impl WindowIndex {
     /// The windows of `key` with a start at most `last_start` and an end at least
     /// `first_end`, in order of their start.
     fn overlapping(&self, key: &[u8], first_end: i64, last_start: i64) -> Vec<Window> {
-        // A key's windows end in the order they start (sessions do not overlap; sliding
-        // windows have one size): from the last that starts in range back to the first
-        // that ends before it, not through every window kept.
-        let mut found: Vec<Window> = self
-            .by_key
+        // Not a scan from the last back: a session that merged past a closed one (which
+        // stays, final) starts before it and ends after it (the model test found this).
+        self.by_key
             .get(key)
             .map(|windows| {
                 windows
                     .range(..=last_start)
-                    .rev()
-                    .take_while(|(_, end)| **end >= first_end)
+                    .filter(|(_, end)| **end >= first_end)
                     .map(|(start, end)| Window::new(*start, *end))
                     .collect()
             })
-            .unwrap_or_default();
-        found.reverse();
-        found
+            .unwrap_or_default()
     }
 }
 

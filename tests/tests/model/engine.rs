@@ -183,11 +183,12 @@ fn build(builder: &StreamsBuilder, pipeline: &Pipeline, partitions: i32) {
         }
         Terminal::StreamStream {
             kind,
-            difference,
+            before,
+            after,
             grace,
         } => {
             let other = builder.stream(side);
-            let windows = JoinWindows::of_time_difference_and_grace(ms(difference), ms(grace));
+            let windows = JoinWindows::of_time_difference_and_grace(ms(after), ms(grace)).before(ms(before));
             let joined_stream = match kind {
                 JoinKind::Inner => stream.join_windowed(other, "pair", windows, |_, a, b| joined(Some(*a), Some(*b))),
                 JoinKind::Left => {

@@ -67,7 +67,8 @@ fn windows() -> impl Strategy<Value = Windows> {
     (
         kind,
         prop_oneof![Just(0i64), Just(30), Just(100)],
-        proptest::option::weighted(0.7, prop_oneof![Just(0i64), Just(50), Just(1000)]),
+        // The minimum retention (size + grace) most often, as before the default became a day.
+        prop_oneof![6 => Just(Some(0i64)), 2 => Just(None), 1 => Just(Some(50)), 1 => Just(Some(1000))],
         any::<bool>(),
         prop_oneof![Just(Agg::Count), Just(Agg::Sum)],
     )
@@ -80,14 +81,25 @@ fn windows() -> impl Strategy<Value = Windows> {
         })
 }
 
+/// How far a join window reaches on one side.
+fn reach() -> impl Strategy<Value = i64> {
+    prop_oneof![Just(0i64), Just(20), Just(80)]
+}
+
 fn terminal() -> impl Strategy<Value = Terminal> {
     prop_oneof![
         3 => agg().prop_map(Terminal::Aggregate),
         3 => windows().prop_map(Terminal::Windowed),
         1 => any::<bool>().prop_map(|left| Terminal::StreamTable { left }),
         1 => (agg(), join_kind()).prop_map(|(agg, kind)| Terminal::TableTable { agg, kind }),
-        1 => (join_kind(), prop_oneof![Just(0i64), Just(20), Just(80)], prop_oneof![Just(0i64), Just(40)])
-            .prop_map(|(kind, difference, grace)| Terminal::StreamStream { kind, difference, grace }),
+        1 => (join_kind(), reach(), reach(), prop_oneof![Just(0i64), Just(40)], any::<bool>())
+            .prop_map(|(kind, before, after, grace, even)| Terminal::StreamStream {
+                kind,
+                before,
+                // Even windows (Kafka Streams' `ofTimeDifference`) as often as uneven ones.
+                after: if even { before } else { after },
+                grace
+            }),
     ]
 }
 

@@ -188,10 +188,12 @@ pub enum Terminal {
         agg: Agg,
         kind: JoinKind,
     },
-    /// The stream joined with the side topic read as a stream, within a window.
+    /// The stream joined with the side topic read as a stream, within a window: a record of
+    /// the stream at t meets the side's from t - before to t + after.
     StreamStream {
         kind: JoinKind,
-        difference: i64,
+        before: i64,
+        after: i64,
         grace: i64,
     },
 }
@@ -419,9 +421,10 @@ impl<'p> Task<'p> {
             },
             Terminal::StreamStream {
                 kind,
-                difference,
+                before,
+                after,
                 grace,
-            } => self.stream_join(1, kind, difference, grace, &r.key, r.value.unwrap_or(0), r.ts, out),
+            } => self.stream_join(1, kind, (before, after), grace, &r.key, r.value.unwrap_or(0), r.ts, out),
             _ => {}
         }
     }
@@ -445,9 +448,10 @@ impl<'p> Task<'p> {
             }
             Terminal::StreamStream {
                 kind,
-                difference,
+                before,
+                after,
                 grace,
-            } => self.stream_join(0, kind, difference, grace, key, value, ts, out),
+            } => self.stream_join(0, kind, (before, after), grace, key, value, ts, out),
         }
     }
 
@@ -532,15 +536,17 @@ impl<'p> Task<'p> {
         &mut self,
         side: usize,
         kind: JoinKind,
-        difference: i64,
+        (before, after): (i64, i64),
         grace: i64,
         key: &str,
         value: i64,
         ts: i64,
         out: &mut Expected,
     ) {
-        self.expire_join(kind, difference, grace, out);
-        if self.now != NO_TIME && ts + difference + grace < self.now {
+        self.expire_join(kind, (before, after), grace, out);
+        // As seen from this record's side: the side topic sees the window reversed.
+        let (back, ahead) = if side == 0 { (before, after) } else { (after, before) };
+        if self.now != NO_TIME && ts + ahead + grace < self.now {
             out.late += 1;
             return;
         }
@@ -550,7 +556,7 @@ impl<'p> Task<'p> {
         let theirs = 1 - side;
         let mut matches: Vec<(i64, i64, u64)> = self.buffers[theirs]
             .iter()
-            .filter(|(k, t, _, _)| k == key && *t >= ts - difference && *t <= ts + difference)
+            .filter(|(k, t, _, _)| k == key && *t >= ts - back && *t <= ts + ahead)
             .map(|(_, t, v, n)| (*t, *v, *n))
             .collect();
         matches.sort();
@@ -573,16 +579,18 @@ impl<'p> Task<'p> {
         }
     }
 
-    fn expire_join(&mut self, kind: JoinKind, difference: i64, grace: i64, out: &mut Expected) {
+    fn expire_join(&mut self, kind: JoinKind, (before, after): (i64, i64), grace: i64, out: &mut Expected) {
         if self.now == NO_TIME {
             return;
         }
         if kind != JoinKind::Inner {
-            let through = self.now - difference - grace - 1;
+            // Each side's window closes by its reach ahead: after for the stream, before for
+            // the side topic.
+            let through = |side: usize| self.now - if side == 0 { after } else { before } - grace - 1;
             let mut closed: Vec<(i64, usize, u64, String, i64)> = Vec::new();
             for &(side, number) in &self.unmatched {
                 if let Some((key, t, v, _)) = self.buffers[side].iter().find(|(_, _, _, n)| *n == number) {
-                    if *t <= through {
+                    if *t <= through(side) {
                         closed.push((*t, side, number, key.clone(), *v));
                     }
                 }
@@ -598,7 +606,7 @@ impl<'p> Task<'p> {
                 out.joins.entry(key).or_default().push(result);
             }
         }
-        let through = self.now - 2 * difference - grace - 1;
+        let through = self.now - before - after - grace - 1;
         for buffer in &mut self.buffers {
             buffer.retain(|(_, t, _, _)| *t > through);
         }
@@ -616,9 +624,10 @@ impl<'p> Task<'p> {
             }
             Terminal::StreamStream {
                 kind,
-                difference,
+                before,
+                after,
                 grace,
-            } => self.expire_join(kind, difference, grace, out),
+            } => self.expire_join(kind, (before, after), grace, out),
             Terminal::TableTable { kind, .. } => {
                 let keys: BTreeSet<String> = self.table.keys().chain(self.side.keys()).cloned().collect();
                 for key in keys {
