@@ -161,22 +161,7 @@ impl RecordBuffer {
     /// order of their time.
     #[cfg(test)]
     pub(crate) fn expire_with_values(&mut self, through: i64) -> Vec<(Box<[u8]>, Vec<u8>)> {
-        let mut gone = Vec::new();
-        while self.by_time.first().is_some_and(|(time, _)| *time <= through) {
-            if let Some((_, bytes)) = self.by_time.pop_first() {
-                if let Some((key, time, seq)) = split_record_key(&bytes) {
-                    if let Some(records) = self.by_key.get_mut(key) {
-                        if let Some(value) = records.remove(&(time, seq)) {
-                            gone.push((bytes.clone(), value));
-                        }
-                        if records.is_empty() {
-                            self.by_key.remove(key);
-                        }
-                    }
-                }
-            }
-        }
-        gone
+        self.expire_where(through, |_, _| true)
     }
 
     /// Takes the records at or before `through` out of the buffer.

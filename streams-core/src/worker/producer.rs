@@ -271,13 +271,7 @@ impl KafkaSink {
             config.set("retry.backoff.ms", "20");
         }
         let sink = Self::with(config, metrics, true)?;
-        let producer = sink.producer();
-        producer
-            .init_transactions(Duration::from_secs(60))
-            .map_err(|e| Error::kafka("initialising transactions", e))?;
-        producer
-            .begin_transaction()
-            .map_err(|e| Error::kafka("beginning a transaction", e))?;
+        sink.start_transactions()?;
         Ok(sink)
     }
 
@@ -323,6 +317,14 @@ impl KafkaSink {
         // What the old one had queued is dropped: the transaction it belonged to is over.
         old.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
         drop(old);
+        self.start_transactions()?;
+        self.forget_failures();
+        Ok(())
+    }
+
+    /// Initialises the producer's transactions (fencing an earlier producer with the same
+    /// id) and begins the first. Blocks until the broker answers.
+    fn start_transactions(&self) -> Result<()> {
         let producer = self.producer();
         producer
             .init_transactions(Duration::from_secs(60))
@@ -330,7 +332,6 @@ impl KafkaSink {
         producer
             .begin_transaction()
             .map_err(|e| Error::kafka("beginning a transaction", e))?;
-        self.forget_failures();
         Ok(())
     }
 
