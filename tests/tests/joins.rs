@@ -356,6 +356,16 @@ fn show(side: Option<&AdEvent>) -> String {
     side.map_or_else(|| "-".to_string(), |e| format!("{}@{}", e.user, e.ts))
 }
 
+/// The joined values sent to `pairs`, in the order they were produced.
+fn pair_values(driver: &TestDriver) -> Vec<String> {
+    driver
+        .records(&PAIRS)
+        .expect("records")
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect()
+}
+
 fn pairs(kind: Kind) -> App {
     pairs_within(
         kind,
@@ -406,12 +416,7 @@ async fn streams_join_within_a_time_difference_and_grace() {
         // One at 1900 is out of order but within c3's window and grace.
         impression(&mut driver, "i3", 1900);
         driver.run().await.expect("run");
-        let mut got: Vec<String> = driver
-            .records(&PAIRS)
-            .expect("records")
-            .into_iter()
-            .map(|(_, v)| v)
-            .collect();
+        let mut got: Vec<String> = pair_values(&driver);
         let mut expected = vec![
             "c1@1100 i1@1000",
             "c1@1100 i2@1200",
@@ -469,12 +474,7 @@ async fn a_join_window_can_reach_after_a_record_only() {
             driver.pipe_at(side, "ad", &ad(user, ts), ts).expect("pipe");
             driver.run().await.expect("run");
         }
-        let got: Vec<String> = driver
-            .records(&PAIRS)
-            .expect("records")
-            .into_iter()
-            .map(|(_, v)| v)
-            .collect();
+        let got: Vec<String> = pair_values(&driver);
         let expected = match kind {
             Kind::Inner => vec!["c1@1000 i1@1050"],
             _ => vec!["- i0@950", "c1@1000 i1@1050", "- i2@1101", "c2@1200 -"],
@@ -493,12 +493,7 @@ async fn a_join_window_can_reach_after_a_record_only() {
             driver.pipe_at(side, "ad", &ad(user, ts), ts).expect("pipe");
             driver.run().await.expect("run");
         }
-        let mut got: Vec<String> = driver
-            .records(&PAIRS)
-            .expect("records")
-            .into_iter()
-            .map(|(_, v)| v)
-            .collect();
+        let mut got: Vec<String> = pair_values(&driver);
         got.sort();
         assert_eq!(got, vec!["c1@1000 i0@950", "c2@1200 i2@1101"], "{kind:?}");
     }

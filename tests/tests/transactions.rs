@@ -24,6 +24,16 @@ async fn sum(mut numbers: Stream<String, i64>) -> Result<()> {
     Ok(())
 }
 
+/// The totals a read_committed reader sees, in order.
+fn totals(driver: &TestDriver) -> Vec<i64> {
+    driver
+        .records(&TOTALS)
+        .expect("totals")
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect()
+}
+
 fn app() -> App {
     App::new("txn")
         .processing_guarantee(ProcessingGuarantee::ExactlyOnce)
@@ -48,12 +58,7 @@ async fn a_restore_waits_for_the_markers_of_a_committed_round() {
     driver.pipe(&NUMBERS, "k", &1).expect("pipe");
     driver.run().await.expect("run");
     assert_eq!(driver.table(&SUMS).expect("table")["k"], 101);
-    let totals: Vec<i64> = driver
-        .records(&TOTALS)
-        .expect("totals")
-        .into_iter()
-        .map(|(_, t)| t)
-        .collect();
+    let totals: Vec<i64> = totals(&driver);
     assert_eq!(
         totals,
         (1..=101).collect::<Vec<i64>>(),
@@ -88,12 +93,7 @@ async fn a_record_the_broker_refuses_stops_the_worker_by_default() {
         let error = run_bounded(&mut driver).await.expect_err("refused").to_string();
         assert!(error.contains("totals"), "{guarantee:?}: {error}");
         assert!(error.contains("Message size too large"), "{guarantee:?}: {error}");
-        let totals: Vec<i64> = driver
-            .records(&TOTALS)
-            .expect("totals")
-            .into_iter()
-            .map(|(_, t)| t)
-            .collect();
+        let totals: Vec<i64> = totals(&driver);
         assert!(totals.iter().all(|t| *t < 100), "{guarantee:?}: {totals:?}");
         if guarantee == ProcessingGuarantee::ExactlyOnce {
             // Nothing of the refused round is visible to a read_committed reader: the totals
@@ -128,12 +128,7 @@ async fn a_record_the_broker_refuses_goes_to_the_dead_letter_topic_when_asked() 
         }
         run_bounded(&mut driver).await.expect("run");
         assert_eq!(driver.table(&SUMS).expect("table")["k"], 150, "{guarantee:?}");
-        let totals: Vec<i64> = driver
-            .records(&TOTALS)
-            .expect("totals")
-            .into_iter()
-            .map(|(_, t)| t)
-            .collect();
+        let totals: Vec<i64> = totals(&driver);
         assert_eq!(totals, (1..100).collect::<Vec<i64>>(), "{guarantee:?}");
         let dead: Vec<_> = driver
             .raw_records("txn-dlq")
@@ -174,12 +169,7 @@ async fn a_commit_whose_outcome_is_unknown_makes_the_producer_anew() {
         run_bounded(&mut driver).await.expect("run");
         assert_eq!(driver.transactional_producers(), 2, "committed: {committed}");
         assert_eq!(driver.table(&SUMS).expect("table")["k"], 20, "committed: {committed}");
-        let totals: Vec<i64> = driver
-            .records(&TOTALS)
-            .expect("totals")
-            .into_iter()
-            .map(|(_, t)| t)
-            .collect();
+        let totals: Vec<i64> = totals(&driver);
         assert_eq!(totals, (1..=20).collect::<Vec<i64>>(), "committed: {committed}");
     }
 }
