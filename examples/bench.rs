@@ -4,8 +4,9 @@
 //! (b) a stateless agent (decode + filter + send), (c) the seed pipeline (filter → internal
 //! topic → count in RocksDB with changelog, at-least-once); then a restore of 1M changelog
 //! records into an empty data dir and the peak RSS of a worker holding 1M distinct keys.
-//! Each figure is a rate in records/s, its ratio to (a), and CPU seconds (user+sys) of this
-//! process per million records. The broker runs in its own process (tansu when it is
+//! Each figure is a rate in records/s, its ratio to (a), and CPU µs (user+sys) of this
+//! process per input record; `--cases` picks cases by letter (`--cases c`: the seed
+//! pipeline alone, e.g. under a profiler). The broker runs in its own process (tansu when it is
 //! installed, else the embedded broker; `BENCH_BROKER=embedded` forces the embedded one), so
 //! its CPU is not counted.
 use std::collections::HashMap;
@@ -44,6 +45,10 @@ struct Args {
     /// Hits for (f), the windowed example.
     #[arg(long, default_value_t = 100_000)]
     window_records: usize,
+    /// Which cases to run, by letter: `a`–`f` as printed, `r` the restore and memory
+    /// figures (`d` runs the exactly-once comparison, which also runs its own (c)).
+    #[arg(long, default_value = "abcdefr")]
+    cases: String,
     /// Internal: host the embedded broker on this port with the benchmark's topics.
     #[arg(long, hide = true)]
     serve_broker: Option<u16>,
@@ -579,6 +584,7 @@ async fn run_app(
     (records, processed): (usize, u64),
     topics: &[(&str, i32)],
 ) -> Result<Figure, String> {
+    println!("running {name}");
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let group = app.id().to_string();
     let exactly_once = app.guarantee() == streams_core::app::ProcessingGuarantee::ExactlyOnce;
@@ -727,40 +733,76 @@ fn run(args: &Args) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let a = ceiling(&broker.bootstrap, produced)?;
-    let b = runtime.block_on(run_app(
-        "(b) stateless agent: decode + filter + send",
-        stateless_app(),
-        &broker.bootstrap,
-        (produced, produced as u64),
-        &[("hit_count", PARTITIONS)],
-    ))?;
-    let c = runtime.block_on(run_app(
-        "(c) seed pipeline: filter → count_topic → RocksDB count",
-        hit_counter::app(),
-        &broker.bootstrap,
-        (produced, produced as u64 + majors as u64),
-        &[("hit_count", PARTITIONS), ("count_topic", 8)],
-    ))?;
-    let e = hot_key(&runtime, args.hot_key_records)?;
-    let f = windowed(&runtime, args.window_records)?;
+    let wants = |case: char| args.cases.contains(case);
+    println!(
+        "process {} (for a profiler: `perf record -g -p {}`)",
+        std::process::id(),
+        std::process::id()
+    );
+    let mut figures = Vec::new();
+    if wants('a') {
+        figures.push(ceiling(&broker.bootstrap, produced)?);
+    }
+    if wants('b') {
+        figures.push(runtime.block_on(run_app(
+            "(b) stateless agent: decode + filter + send",
+            stateless_app(),
+            &broker.bootstrap,
+            (produced, produced as u64),
+            &[("hit_count", PARTITIONS)],
+        ))?);
+    }
+    if wants('c') {
+        figures.push(runtime.block_on(run_app(
+            "(c) seed pipeline: filter → count_topic → RocksDB count",
+            hit_counter::app(),
+            &broker.bootstrap,
+            (produced, produced as u64 + majors as u64),
+            &[("hit_count", PARTITIONS), ("count_topic", 8)],
+        ))?);
+    }
+    if wants('e') {
+        figures.push(hot_key(&runtime, args.hot_key_records)?);
+    }
+    if wants('f') {
+        figures.push(windowed(&runtime, args.window_records)?);
+    }
     println!(
         "{:<58} {:>12} {:>9} {:>16}",
         "", "records/s", "vs (a)", "CPU µs / input"
     );
-    for figure in [&a, &b, &c, &e, &f] {
+    let ceiling_rate = figures.first().filter(|f| f.name.starts_with("(a)")).map(Figure::rate);
+    for figure in &figures {
+        let ratio = ceiling_rate.map_or_else(|| "-".to_string(), |a| format!("{:.2}x", figure.rate() / a));
         println!(
-            "{:<58} {:>12.0} {:>8.2}x {:>16.2}",
+            "{:<58} {:>12.0} {:>9} {:>16.2}",
             figure.name,
             figure.rate(),
-            figure.rate() / a.rate(),
+            ratio,
             figure.cpu / figure.records as f64 * 1e6
         );
     }
+    if !wants('d') && !wants('r') {
+        return Ok(());
+    }
 
-    // Exactly-once against at-least-once: the seed pipeline on the embedded broker (tansu has
-    // no transactions), each on a fresh broker of its own with the same input, one after
-    // the other, each at its guarantee's default commit interval.
+    if wants('d') {
+        exactly_once_pair(&runtime, &records, majors)?;
+    }
+    if !wants('r') {
+        return Ok(());
+    }
+    restore_and_memory(broker, args.keys)
+}
+
+/// (d) Exactly-once against at-least-once: the seed pipeline on the embedded broker (tansu
+/// has no transactions), each on a fresh broker of its own with the same input, one after
+/// the other, each at its guarantee's default commit interval.
+fn exactly_once_pair(
+    runtime: &tokio::runtime::Runtime,
+    records: &[serde_json::Value],
+    majors: i64,
+) -> Result<(), String> {
     println!(
         "\nexactly-once against at-least-once (the seed pipeline, the embedded broker, default commit intervals):"
     );
@@ -800,7 +842,11 @@ fn run(args: &Args) -> Result<(), String> {
         );
     }
     println!("exactly-once / at-least-once: {:.2}x", pair[1].rate() / pair[0].rate());
+    Ok(())
+}
 
+/// (r) 1M distinct keys: the restore rate and peak RSS, in a fresh process.
+fn restore_and_memory(broker: Broker, keys: usize) -> Result<(), String> {
     // 1M distinct keys: restore rate and peak RSS, in a fresh process. On the embedded
     // broker: restores read to the high watermark, and tansu's (the last batch's base offset
     // + 1) would end them one batch short of the end of every partition.
@@ -815,7 +861,6 @@ fn run(args: &Args) -> Result<(), String> {
     } else {
         broker
     };
-    let keys = args.keys;
     let users = (0..keys).map(|i| {
         let user = format!("u{i:07}");
         let value = format!(r#"{{"hits":30,"timestamp":1.0,"userId":"{user}"}}"#);

@@ -21,7 +21,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use crate::message::Message;
+use crate::message::{Keep, Message, Spent};
 use crate::metrics::Metrics;
 use crate::store::{RocksDbStore, StateStore};
 use crate::task::commit::{Cut, OffsetCommit, SourceOffset};
@@ -115,6 +115,8 @@ pub(crate) struct Shared {
     held: Mutex<HashMap<TaskKey, Option<Arc<TaskContext>>>>,
     /// When the directory was last told what this worker holds.
     published: Mutex<std::time::Instant>,
+    /// Records the tasks are done with, freed by the poll thread (see [`Spent`]).
+    pub spent: Arc<Spent>,
 }
 
 impl Shared {
@@ -168,6 +170,7 @@ impl Shared {
             lag_published: Mutex::new(Vec::new()),
             held: Mutex::new(HashMap::new()),
             published: Mutex::new(std::time::Instant::now()),
+            spent: Arc::default(),
         })
     }
 
@@ -251,19 +254,22 @@ impl Shared {
     }
 
     /// Keeps a polled record until [`Shared::hand_over`], in its partition's batch.
-    fn buffer(&self, message: &BorrowedMessage<'_>) {
+    /// `consumer` keeps the consumer alive while the record is (see [`Message::from_kafka`]).
+    fn buffer(&self, message: BorrowedMessage<'_>, consumer: &Keep) {
         use rdkafka::message::Message as _;
-        let (topic, partition) = (message.topic(), message.partition());
+        let partition = message.partition();
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let batch = match pending.iter().position(|(t, p, _)| *p == partition && t == topic) {
-            Some(index) => &mut pending[index].2,
+        let index = match pending
+            .iter()
+            .position(|(t, p, _)| *p == partition && t == message.topic())
+        {
+            Some(index) => index,
             None => {
-                pending.push((topic.to_string(), partition, Vec::new()));
-                let last = pending.len() - 1;
-                &mut pending[last].2
+                pending.push((message.topic().to_string(), partition, Vec::new()));
+                pending.len() - 1
             }
         };
-        batch.push(Message::from_kafka(message));
+        pending[index].2.push(Message::from_kafka(message, consumer));
     }
 
     /// Hands buffered records to their tasks, one batch per partition, in order, waiting
@@ -428,7 +434,8 @@ impl Shared {
                 ctx: Arc::clone(&ctx),
                 progress: Arc::new(RestoreProgress::default()),
             });
-            let core = StreamCore::new(Arc::clone(&ctx), rx, self.commit_interval);
+            let core =
+                StreamCore::new(Arc::clone(&ctx), rx, self.commit_interval).with_returns(Arc::clone(&self.spent));
             let core = match &self.rounds {
                 Some(rounds) => core.with_rounds(Arc::clone(rounds)),
                 None => core,
@@ -1074,7 +1081,7 @@ impl crate::task::commit::Transactions for KafkaTransactions {
 /// Polls until `stop` is set, the worker failed, or it has been idle for `idle_exit`;
 /// then makes the last cuts. A last cut that could not be committed fails the worker.
 pub(crate) fn poll_loop(
-    consumer: &BaseConsumer<WorkerContext>,
+    consumer: &Arc<BaseConsumer<WorkerContext>>,
     shared: &Shared,
     stop: &AtomicBool,
     idle_exit: Option<Duration>,
@@ -1086,6 +1093,7 @@ pub(crate) fn poll_loop(
     let mut membership_read = std::time::Instant::now();
     let mut lag_read = std::time::Instant::now();
     let mut waiting_logged = std::time::Instant::now();
+    let keep: Keep = Arc::clone(consumer) as Keep;
     while !stop.load(Ordering::Relaxed) && !shared.metrics.failed() {
         if let Some(since) = shared.waiting_since() {
             if waiting_logged.elapsed() >= WAITING_LOG_EVERY {
@@ -1115,7 +1123,7 @@ pub(crate) fn poll_loop(
                 Some(Ok(message)) => {
                     taken += 1;
                     wait = Duration::ZERO;
-                    shared.buffer(&message);
+                    shared.buffer(message, &keep);
                 }
                 Some(Err(error)) => {
                     if last_error.elapsed() > Duration::from_secs(5) {
@@ -1128,6 +1136,7 @@ pub(crate) fn poll_loop(
             }
         }
         shared.hand_over();
+        shared.spent.free();
         if shared.rounds.as_ref().is_some_and(|rounds| rounds.take_aborted()) {
             shared.restart_tasks(consumer);
         }

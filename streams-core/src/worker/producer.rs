@@ -25,7 +25,9 @@ pub(crate) struct DeliveryState {
     /// Whether the producer is transactional: only then are purged records (an abort's)
     /// of no concern.
     transactional: bool,
-    changelog_offsets: Mutex<HashMap<(String, i32), i64>>,
+    /// By topic, then partition (-1: none acknowledged yet): found without allocating for
+    /// each delivery.
+    changelog_offsets: Mutex<HashMap<String, Vec<i64>, foldhash::fast::RandomState>>,
     /// Deliveries that failed since the last flush.
     failures: Mutex<Failures>,
     metrics: Arc<Metrics>,
@@ -134,11 +136,18 @@ impl ProducerContext for Deliveries {
             Ok(message) => {
                 state.count_out(message.topic(), message.partition());
                 if changelog == 1 {
-                    if let Ok(mut offsets) = state.changelog_offsets.lock() {
-                        let slot = offsets
-                            .entry((message.topic().to_string(), message.partition()))
-                            .or_insert(message.offset());
-                        *slot = (*slot).max(message.offset());
+                    if let (Ok(mut offsets), Ok(index)) =
+                        (state.changelog_offsets.lock(), usize::try_from(message.partition()))
+                    {
+                        if !offsets.contains_key(message.topic()) {
+                            offsets.insert(message.topic().to_string(), Vec::new());
+                        }
+                        if let Some(partitions) = offsets.get_mut(message.topic()) {
+                            if partitions.len() <= index {
+                                partitions.resize(index + 1, -1);
+                            }
+                            partitions[index] = partitions[index].max(message.offset());
+                        }
                     }
                 }
             }
@@ -291,7 +300,7 @@ impl KafkaSink {
             .set("partitioner", "murmur2_random");
         let state = Arc::new(DeliveryState {
             transactional,
-            changelog_offsets: Mutex::new(HashMap::new()),
+            changelog_offsets: Mutex::new(HashMap::default()),
             failures: Mutex::new(Failures::default()),
             metrics,
             out: Mutex::new(HashMap::default()),
@@ -433,6 +442,7 @@ impl Sink for KafkaSink {
 
     fn changelog_offset(&self, topic: &str, partition: i32) -> Option<i64> {
         let offsets = self.state.changelog_offsets.lock().ok()?;
-        offsets.get(&(topic.to_string(), partition)).copied()
+        let offset = *offsets.get(topic)?.get(usize::try_from(partition).ok()?)?;
+        (offset >= 0).then_some(offset)
     }
 }
