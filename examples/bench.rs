@@ -609,7 +609,7 @@ async fn run_app(
         if Instant::now() > deadline {
             return Err(format!("{name}: not all records processed"));
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let figure = Figure {
         name,

@@ -321,8 +321,8 @@ impl Topics {
         let index = (partition.max(0) as usize).min(parts.len() - 1);
         let headers = record
             .headers
-            .into_iter()
-            .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+            .iter()
+            .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
             .collect();
         let timestamp = record.timestamp.unwrap_or(clock);
         let offset = parts[index].push(
@@ -1103,7 +1103,7 @@ impl TestDriver {
             partition: None,
             key,
             value: Some(value),
-            headers: Vec::new(),
+            headers: Default::default(),
             timestamp: Some(timestamp),
             changelog: false,
         }))
@@ -1126,7 +1126,7 @@ impl TestDriver {
             partition: None,
             key: key.map(<[u8]>::to_vec),
             value: value.map(<[u8]>::to_vec),
-            headers: Vec::new(),
+            headers: Default::default(),
             timestamp,
             changelog: false,
         })
@@ -1406,7 +1406,7 @@ impl TestDriver {
                     partition: None,
                     key: record.key,
                     value: record.value,
-                    headers,
+                    headers: headers.into(),
                     timestamp: Some(record.timestamp),
                     changelog: false,
                 });

@@ -200,7 +200,7 @@ pub(crate) fn sink<K: Key, V: Send + Sync + 'static>(topic: Arc<str>, values: Va
             partition: None,
             key,
             value: Some(value),
-            headers: Vec::new(),
+            headers: Default::default(),
             timestamp: Some(cx.timestamp),
             changelog: false,
         };
@@ -246,7 +246,8 @@ pub(crate) fn dead_letter_change(
             ("streams.dlq.table".into(), table.as_bytes().to_vec()),
             ("streams.dlq.agent".into(), ctx.name.as_bytes().to_vec()),
             ("streams.dlq.error".into(), error.as_bytes().to_vec()),
-        ],
+        ]
+        .into(),
         timestamp: Some(timestamp),
         changelog: false,
     }

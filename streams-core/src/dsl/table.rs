@@ -169,7 +169,7 @@ where
             partition: None,
             key,
             value,
-            headers: Vec::new(),
+            headers: Default::default(),
             timestamp: Some(cx.timestamp),
             changelog: false,
         };

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::commit::{Ack, Cut, TableWrite};
 use super::round::{Rounds, Ticket};
-use super::sink::OutRecord;
+use super::sink::{Headers, OutRecord};
 use super::TaskContext;
 use crate::message::{Message, Spent};
 use crate::Origin;
@@ -582,7 +582,7 @@ impl StreamCore {
             partition: None,
             key: message.key().map(<[u8]>::to_vec),
             value: message.payload().map(<[u8]>::to_vec),
-            headers,
+            headers: headers.into(),
             timestamp: message.timestamp(),
             changelog: false,
         };
@@ -646,7 +646,7 @@ impl StreamCore {
         if !positions.is_empty() {
             // Every store of the partition gets the cut's positions, changed or not: a
             // store's positions say how far its state reflects the input.
-            let headers = crate::changelog::source_headers(&positions, ctx.partition, stream_time);
+            let headers: Headers = crate::changelog::source_headers(&positions, ctx.partition, stream_time).into();
             for (changelog, store, changes) in ctx.take_changes(seq) {
                 let mut entries = Vec::with_capacity(changes.len());
                 for (key, value, timestamp) in changes {

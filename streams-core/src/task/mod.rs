@@ -413,7 +413,7 @@ pub(crate) async fn send_from_agent(topic: &'static str, key: Option<Vec<u8>>, v
                 partition: None,
                 key,
                 value: Some(value),
-                headers: Vec::new(),
+                headers: Default::default(),
                 timestamp: Some(ctx.event_time()),
                 changelog: false,
             };

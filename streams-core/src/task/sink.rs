@@ -13,12 +13,41 @@ pub(crate) struct OutRecord {
     pub partition: Option<i32>,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Headers,
     /// The record's timestamp (ms): that of the input record that caused it, so that event
     /// time travels through the app's topics. `None`: the producer's clock.
     pub timestamp: Option<i64>,
     /// A changelog record: its acknowledged offset becomes the store's checkpoint.
     pub changelog: bool,
+}
+
+/// A record's headers, shared: the changelog records of a cut all carry one list (a copy
+/// per record was a dozen allocations).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub(crate) struct Headers(Option<Arc<[(String, Vec<u8>)]>>);
+
+impl Headers {
+    pub(crate) fn iter(&self) -> std::slice::Iter<'_, (String, Vec<u8>)> {
+        self.0.as_deref().unwrap_or_default().iter()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.as_deref().map_or(0, <[_]>::len)
+    }
+
+    pub(crate) fn to_vec(&self) -> Vec<(String, Vec<u8>)> {
+        self.iter().cloned().collect()
+    }
+}
+
+impl From<Vec<(String, Vec<u8>)>> for Headers {
+    fn from(headers: Vec<(String, Vec<u8>)>) -> Self {
+        Self((!headers.is_empty()).then(|| headers.into()))
+    }
 }
 
 /// Why a record could not be handed over.
@@ -178,7 +207,7 @@ impl ProductionErrors {
     /// `record` as the dead letter of a refused one.
     pub(crate) fn dead_letter(&self, refused: &Refused) -> OutRecord {
         let record = &refused.record;
-        let mut headers = record.headers.clone();
+        let mut headers = record.headers.to_vec();
         headers.push(("streams.dlq.topic".into(), record.topic.as_bytes().to_vec()));
         if let Some(partition) = record.partition {
             headers.push(("streams.dlq.partition".into(), partition.to_string().into_bytes()));
@@ -190,7 +219,7 @@ impl ProductionErrors {
             partition: None,
             key: record.key.clone(),
             value: record.value.clone(),
-            headers,
+            headers: headers.into(),
             timestamp: record.timestamp,
             changelog: false,
         }

@@ -140,7 +140,7 @@ impl Directory {
             partition: Some(0),
             key: Some(self.key.clone()),
             value,
-            headers: Vec::new(),
+            headers: Default::default(),
             timestamp: None,
             changelog: false,
         };

@@ -278,7 +278,7 @@ impl Applier {
             partition: None,
             key: message.key().map(<[u8]>::to_vec),
             value: message.payload().map(<[u8]>::to_vec),
-            headers,
+            headers: headers.into(),
             timestamp: message.timestamp().to_millis(),
             changelog: false,
         };

@@ -180,9 +180,10 @@ impl ProducerContext for Deliveries {
                                 headers
                                     .iter()
                                     .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                                    .collect()
+                                    .collect::<Vec<_>>()
                             })
-                            .unwrap_or_default();
+                            .unwrap_or_default()
+                            .into();
                         failures.refused.push(Refused {
                             record: OutRecord {
                                 topic: message.topic().into(),
@@ -359,7 +360,7 @@ impl Sink for KafkaSink {
         // Headers are a native allocation in librdkafka: only for records that have some.
         if !record.headers.is_empty() {
             let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-            for (key, value) in &record.headers {
+            for (key, value) in record.headers.iter() {
                 headers = headers.insert(Header {
                     key,
                     value: Some(value),
