@@ -203,13 +203,17 @@ impl ProducerContext for Deliveries {
     }
 }
 
+/// How long one wait of the delivery reports' thread lasts.
+const REPORT_WAIT: Duration = Duration::from_secs(5);
+
 /// A producer whose delivery reports a thread of its own serves.
 ///
 /// rdkafka's `ThreadedProducer` polls in calls of 100 ms, and each call spins through its
 /// last millisecond (a remaining wait under 1 ms is 0 ms for librdkafka, which returns at
 /// once): measured, ~9 ms of CPU every second on an idle worker, most of its idle cost. This
-/// thread's calls last a second: a delivery report still ends a wait at once, so reports are
-/// served as soon, and the spin is at most 1 ms a second.
+/// thread's calls last [`REPORT_WAIT`]: a delivery report still ends a wait at once, so
+/// reports are served as soon, and the spin is at most 1 ms per call. A stopped producer's
+/// thread ends (and destroys it) within that time; nothing waits for it.
 pub(crate) struct PolledProducer {
     producer: Arc<BaseProducer<Deliveries>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -229,7 +233,7 @@ impl PolledProducer {
                 // Ends within a second of the stop; the producer is dropped (and destroyed)
                 // with this thread's handle on it.
                 while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
-                    polled.poll(Duration::from_secs(1));
+                    polled.poll(REPORT_WAIT);
                 }
             })
             .map_err(|e| Error::Config(format!("cannot start the producer's thread: {e}")))?;
