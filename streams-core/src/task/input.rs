@@ -150,7 +150,10 @@ impl StreamCore {
     /// Hands the done records back.
     fn give_back(&mut self) {
         if let Some(returns) = &self.returns {
-            returns.give(&mut self.spent);
+            if !self.spent.is_empty() {
+                returns.give(&mut self.spent);
+                self.spent.reserve(SPENT_BATCH);
+            }
         }
     }
 
@@ -697,6 +700,8 @@ impl StreamCore {
         });
         self.round_seen = round;
         ctx.commit(cut);
+        // Records done with go back now: the round may take a while.
+        self.give_back();
         match finished.await {
             Ok(Ok(())) => ctx.set_committed(self.last_cut.clone()),
             Ok(Err(error)) => {

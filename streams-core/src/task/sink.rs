@@ -24,7 +24,10 @@ pub(crate) struct OutRecord {
 /// A record's headers, shared: the changelog records of a cut all carry one list (a copy
 /// per record was a dozen allocations).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub(crate) struct Headers(Option<Arc<[(String, Vec<u8>)]>>);
+pub(crate) struct Headers(Option<Arc<[Header]>>);
+
+/// One header: its name and value.
+pub(crate) type Header = (String, Vec<u8>);
 
 impl Headers {
     pub(crate) fn iter(&self) -> std::slice::Iter<'_, (String, Vec<u8>)> {
@@ -270,5 +273,22 @@ impl Sink for Guarded {
 
     fn changelog_offset(&self, topic: &str, partition: i32) -> Option<i64> {
         self.inner.changelog_offset(topic, partition)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Headers;
+
+    #[test]
+    fn headers_are_shared_and_an_empty_list_is_none() {
+        let empty = Headers::from(Vec::new());
+        assert!(empty.is_empty() && empty.iter().next().is_none());
+        assert_eq!(empty.len(), 0);
+        assert_eq!(empty, Headers::default());
+        let list = Headers::from(vec![("a".to_string(), b"1".to_vec()), ("b".to_string(), Vec::new())]);
+        let copy = list.clone();
+        assert_eq!((copy.len(), copy.to_vec()), (2, list.to_vec()));
+        assert_eq!(copy.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["a", "b"]);
     }
 }

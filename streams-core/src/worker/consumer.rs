@@ -1080,6 +1080,43 @@ impl crate::task::commit::Transactions for KafkaTransactions {
 
 /// Polls until `stop` is set, the worker failed, or it has been idle for `idle_exit`;
 /// then makes the last cuts. A last cut that could not be committed fails the worker.
+/// Closes the consumer once the records it fetched are freed (they are librdkafka's and keep
+/// it alive; see [`Message::from_kafka`]). The tasks have ended, so their records are on
+/// their way back: this waits for them up to 5 s, so that the consumer closes here rather than
+/// on the thread that drops its last record. A task that has not ended by then (an agent
+/// stuck in its own code) keeps the consumer open until it ends: a thread of its own closes
+/// it then.
+pub(crate) fn close(consumer: Arc<BaseConsumer<WorkerContext>>, spent: &Arc<Spent>) {
+    let waiting = std::time::Instant::now();
+    spent.free();
+    while Arc::strong_count(&consumer) > 1 && waiting.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+        spent.free();
+    }
+    if Arc::strong_count(&consumer) == 1 {
+        drop(consumer);
+        return;
+    }
+    tracing::warn!("a task that has not ended holds records of the consumer; it closes when the task ends");
+    let spent = Arc::clone(spent);
+    let closing = std::thread::Builder::new()
+        .name("consumer-close".into())
+        .spawn(move || {
+            while Arc::strong_count(&consumer) > 1 {
+                std::thread::sleep(Duration::from_millis(100));
+                spent.free();
+            }
+            drop(consumer);
+        });
+    if let Err(error) = closing {
+        tracing::warn!("cannot start the thread that closes the consumer: {error}");
+    }
+}
+
+/// How long the poll thread waits for records before it looks after the rest (restores
+/// done, the member id, lag): each wait costs a wake-up, most of an idle worker's CPU.
+const IDLE_WAIT: Duration = Duration::from_millis(250);
+
 pub(crate) fn poll_loop(
     consumer: &Arc<BaseConsumer<WorkerContext>>,
     shared: &Shared,
@@ -1116,7 +1153,7 @@ pub(crate) fn poll_loop(
             shared.metrics.set_member_id(member_id(consumer));
         }
         let mut taken = 0;
-        let mut wait = Duration::from_millis(100);
+        let mut wait = IDLE_WAIT;
         // Take what librdkafka has ready (up to BURST records), then hand it over at once.
         while taken < BURST {
             match consumer.poll(wait) {

@@ -564,16 +564,7 @@ impl Worker {
                     let spent = Arc::clone(&shared.spent);
                     drop(shared);
                     consumer.unsubscribe();
-                    // Records not yet processed keep the consumer alive (they are librdkafka's);
-                    // the tasks have ended, so they are being dropped: close it here rather
-                    // than on the thread that drops the last one.
-                    let waiting = std::time::Instant::now();
-                    spent.free();
-                    while Arc::strong_count(&consumer) > 1 && waiting.elapsed() < Duration::from_secs(5) {
-                        std::thread::sleep(Duration::from_millis(5));
-                        spent.free();
-                    }
-                    drop(consumer);
+                    consumer::close(consumer, &spent);
                     let _ = committer.join();
                     // What timers sent since the last commit point.
                     stop.store(true, Ordering::Relaxed);

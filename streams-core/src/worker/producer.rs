@@ -102,6 +102,29 @@ type RecordsOut =
     HashMap<String, Vec<Option<prometheus_client::metrics::counter::Counter>>, foldhash::fast::RandomState>;
 
 impl DeliveryState {
+    /// A changelog record was acknowledged at `offset`.
+    fn changelog_acknowledged(&self, topic: &str, partition: i32, offset: i64) {
+        let (Ok(mut offsets), Ok(index)) = (self.changelog_offsets.lock(), usize::try_from(partition)) else {
+            return;
+        };
+        if !offsets.contains_key(topic) {
+            offsets.insert(topic.to_string(), Vec::new());
+        }
+        if let Some(partitions) = offsets.get_mut(topic) {
+            if partitions.len() <= index {
+                partitions.resize(index + 1, -1);
+            }
+            partitions[index] = partitions[index].max(offset);
+        }
+    }
+
+    /// The last acknowledged offset of a changelog partition, if any.
+    fn changelog_offset(&self, topic: &str, partition: i32) -> Option<i64> {
+        let offsets = self.changelog_offsets.lock().ok()?;
+        let offset = *offsets.get(topic)?.get(usize::try_from(partition).ok()?)?;
+        (offset >= 0).then_some(offset)
+    }
+
     fn count_out(&self, topic: &str, partition: i32) {
         let Ok(index) = usize::try_from(partition) else { return };
         let Ok(mut out) = self.out.lock() else { return };
@@ -136,19 +159,7 @@ impl ProducerContext for Deliveries {
             Ok(message) => {
                 state.count_out(message.topic(), message.partition());
                 if changelog == 1 {
-                    if let (Ok(mut offsets), Ok(index)) =
-                        (state.changelog_offsets.lock(), usize::try_from(message.partition()))
-                    {
-                        if !offsets.contains_key(message.topic()) {
-                            offsets.insert(message.topic().to_string(), Vec::new());
-                        }
-                        if let Some(partitions) = offsets.get_mut(message.topic()) {
-                            if partitions.len() <= index {
-                                partitions.resize(index + 1, -1);
-                            }
-                            partitions[index] = partitions[index].max(message.offset());
-                        }
-                    }
+                    state.changelog_acknowledged(message.topic(), message.partition(), message.offset());
                 }
             }
             Err((error, _))
@@ -230,8 +241,8 @@ impl PolledProducer {
         std::thread::Builder::new()
             .name("producer-reports".into())
             .spawn(move || {
-                // Ends within a second of the stop; the producer is dropped (and destroyed)
-                // with this thread's handle on it.
+                // Ends within REPORT_WAIT of the stop; the producer is dropped (and
+                // destroyed) with this thread's handle on it.
                 while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
                     polled.poll(REPORT_WAIT);
                 }
@@ -446,8 +457,47 @@ impl Sink for KafkaSink {
     }
 
     fn changelog_offset(&self, topic: &str, partition: i32) -> Option<i64> {
-        let offsets = self.state.changelog_offsets.lock().ok()?;
-        let offset = *offsets.get(topic)?.get(usize::try_from(partition).ok()?)?;
-        (offset >= 0).then_some(offset)
+        self.state.changelog_offset(topic, partition)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> DeliveryState {
+        DeliveryState {
+            transactional: false,
+            changelog_offsets: Mutex::new(HashMap::default()),
+            failures: Mutex::new(Failures::default()),
+            metrics: Arc::new(Metrics::default()),
+            out: Mutex::new(HashMap::default()),
+        }
+    }
+
+    #[test]
+    fn a_changelog_partition_has_its_last_acknowledged_offset_or_none() {
+        let state = state();
+        assert_eq!(
+            state.changelog_offset("app-t-changelog", 0),
+            None,
+            "nothing acknowledged"
+        );
+        state.changelog_acknowledged("app-t-changelog", 3, 7);
+        state.changelog_acknowledged("app-t-changelog", 3, 5);
+        assert_eq!(state.changelog_offset("app-t-changelog", 3), Some(7), "the largest");
+        assert_eq!(
+            state.changelog_offset("app-t-changelog", 1),
+            None,
+            "a partition below it"
+        );
+        assert_eq!(
+            state.changelog_offset("app-t-changelog", 4),
+            None,
+            "a partition above it"
+        );
+        assert_eq!(state.changelog_offset("app-u-changelog", 3), None, "another topic");
+        state.changelog_acknowledged("app-t-changelog", 0, 0);
+        assert_eq!(state.changelog_offset("app-t-changelog", 0), Some(0), "offset 0 counts");
     }
 }
