@@ -561,10 +561,9 @@ impl Worker {
                     if let Ok(mut cuts) = shared.cuts.lock() {
                         cuts.take();
                     }
-                    let spent = Arc::clone(&shared.spent);
                     drop(shared);
                     consumer.unsubscribe();
-                    consumer::close(consumer, &spent);
+                    drop(consumer);
                     let _ = committer.join();
                     // What timers sent since the last commit point.
                     stop.store(true, Ordering::Relaxed);
