@@ -545,6 +545,7 @@ async fn run_worker(app: App, options: WorkerOptions) -> crate::Result<()> {
     // Either a signal asks to stop, or the worker ends by itself (idle exit or failure).
     let stop_flag = worker.stop_flag();
     let timeout = worker.shutdown_timeout;
+    let step = worker.shutdown_step();
     let wait = worker.wait();
     tokio::pin!(wait);
     tokio::select! {
@@ -556,9 +557,11 @@ async fn run_worker(app: App, options: WorkerOptions) -> crate::Result<()> {
     match tokio::time::timeout(timeout, wait).await {
         Ok(result) => result.map(|_| ()),
         Err(_) => Err(crate::Error::Config(format!(
-            "the worker did not stop within {} s (--shutdown-timeout; is the broker reachable?): exiting without \
-             waiting for its last commits; the input since the last commit will be processed again by the next owner",
-            timeout.as_secs_f64()
+            "the worker did not stop within {} s (--shutdown-timeout; it was {}; is the broker reachable?): exiting \
+             without waiting for its last commits; the input since the last commit will be processed again by the \
+             next owner",
+            timeout.as_secs_f64(),
+            step.current()
         ))),
     }
 }

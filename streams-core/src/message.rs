@@ -1,6 +1,13 @@
 //! Messages: one record of a partition as the poll thread hands it to the partition's
 //! stream, still in bytes. The partition's task knows its topic and partition, so a message
-//! carries neither; key and payload share one allocation.
+//! carries neither.
+//!
+//! A record fetched from Kafka is not copied: the message keeps librdkafka's own (its key
+//! and payload stay in the fetch buffer) and parses its headers only if they are asked for —
+//! a copy and a header parse per record were most of the poll thread's cost (BENCHMARKS.md).
+//! The test driver's records own their bytes.
+
+use std::sync::Arc;
 
 use rdkafka::message::{BorrowedMessage, Message as _, OwnedHeaders};
 
@@ -8,12 +15,61 @@ use rdkafka::message::{BorrowedMessage, Message as _, OwnedHeaders};
 pub(crate) struct Message {
     offset: i64,
     timestamp: Option<i64>,
-    /// Key bytes followed by payload bytes.
-    bytes: Vec<u8>,
-    /// Length of the key within `bytes`; `None`: the record has no key.
-    key_len: Option<usize>,
-    has_payload: bool,
-    headers: Option<OwnedHeaders>,
+    body: Body,
+}
+
+enum Body {
+    /// The test driver's records: key bytes followed by payload bytes.
+    Owned {
+        bytes: Vec<u8>,
+        /// Length of the key within `bytes`; `None`: the record has no key.
+        key_len: Option<usize>,
+        has_payload: bool,
+        headers: Option<OwnedHeaders>,
+    },
+    /// A record as librdkafka fetched it.
+    Fetched(Fetched),
+}
+
+/// What keeps a fetched record's consumer alive (librdkafka's records must not outlive their
+/// client): the consumer itself, shared by the records of a poll.
+pub(crate) type Keep = Arc<dyn std::any::Any + Send + Sync>;
+
+/// Fetched records a task is done with, on their way back to the poll thread to be freed.
+///
+/// A fetched record's memory is librdkafka's, allocated by its broker thread: freeing it on
+/// the tasks' threads made them contend for the allocator's lock with it (measured: a
+/// quarter of the tasks' time went to freeing records). The poll thread frees them in
+/// batches instead, as it did when it copied them.
+#[derive(Default)]
+pub(crate) struct Spent(std::sync::Mutex<Vec<Message>>);
+
+impl Spent {
+    /// Hands a task's done records over (leaving `batch` empty).
+    pub(crate) fn give(&self, batch: &mut Vec<Message>) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut spent = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if spent.is_empty() {
+            std::mem::swap(&mut *spent, batch);
+        } else {
+            spent.append(batch);
+        }
+    }
+
+    /// Frees the records handed over so far (on the calling thread).
+    pub(crate) fn free(&self) {
+        let spent = std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()));
+        drop(spent);
+    }
+}
+
+/// A fetched record and what keeps its consumer alive. Fields drop in order: the record
+/// first.
+struct Fetched {
+    message: BorrowedMessage<'static>,
+    _consumer: Keep,
 }
 
 impl Message {
@@ -32,22 +88,37 @@ impl Message {
         Self {
             offset,
             timestamp,
-            bytes,
-            key_len,
-            has_payload: payload.is_some(),
-            headers,
+            body: Body::Owned {
+                bytes,
+                key_len,
+                has_payload: payload.is_some(),
+                headers,
+            },
         }
     }
 
-    /// Copies a message out of librdkafka's buffer.
-    pub(crate) fn from_kafka(message: &BorrowedMessage<'_>) -> Self {
-        Self::new(
-            message.offset(),
-            message.timestamp().to_millis(),
-            message.key(),
-            message.payload(),
-            message.headers().map(|h| h.detach()),
-        )
+    /// Takes a fetched record over without copying it; `consumer` is (or keeps alive) the
+    /// consumer it was polled from.
+    pub(crate) fn from_kafka(message: BorrowedMessage<'_>, consumer: &Keep) -> Self {
+        let (offset, timestamp) = (message.offset(), message.timestamp().to_millis());
+        // SAFETY: a `BorrowedMessage` borrows its consumer only to keep the consumer alive
+        // while the record is (librdkafka frees a fetched record with the event it came in,
+        // independently of the client, from any thread). `Fetched` keeps the consumer alive
+        // by the `Keep` stored beside the record, which drops after it.
+        let message = unsafe { std::mem::transmute::<BorrowedMessage<'_>, BorrowedMessage<'static>>(message) };
+        Self {
+            offset,
+            timestamp,
+            body: Body::Fetched(Fetched {
+                message,
+                _consumer: Arc::clone(consumer),
+            }),
+        }
+    }
+
+    /// Whether the record is librdkafka's (see [`Spent`]).
+    pub(crate) fn is_fetched(&self) -> bool {
+        matches!(self.body, Body::Fetched(_))
     }
 
     /// Offset of the record in its partition.
@@ -62,26 +133,38 @@ impl Message {
 
     /// Key bytes.
     pub(crate) fn key(&self) -> Option<&[u8]> {
-        self.key_len.map(|len| &self.bytes[..len])
+        match &self.body {
+            Body::Owned { bytes, key_len, .. } => key_len.map(|len| &bytes[..len]),
+            Body::Fetched(fetched) => fetched.message.key(),
+        }
     }
 
     /// Payload bytes.
     pub(crate) fn payload(&self) -> Option<&[u8]> {
-        self.has_payload.then(|| &self.bytes[self.key_len.unwrap_or(0)..])
+        match &self.body {
+            Body::Owned {
+                bytes,
+                key_len,
+                has_payload,
+                ..
+            } => has_payload.then(|| &bytes[key_len.unwrap_or(0)..]),
+            Body::Fetched(fetched) => fetched.message.payload(),
+        }
     }
 
-    /// The record's headers, in order.
+    /// The record's headers, in order (parsed now for a fetched record: only a record that
+    /// goes to the dead-letter topic needs them).
     pub(crate) fn headers(&self) -> Vec<(String, Vec<u8>)> {
-        use rdkafka::message::Headers as _;
-        self.headers
-            .as_ref()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default()
+        fn pairs(headers: &impl rdkafka::message::Headers) -> Vec<(String, Vec<u8>)> {
+            headers
+                .iter()
+                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        }
+        match &self.body {
+            Body::Owned { headers, .. } => headers.as_ref().map(pairs).unwrap_or_default(),
+            Body::Fetched(fetched) => fetched.message.headers().map(pairs).unwrap_or_default(),
+        }
     }
 }
 
@@ -95,10 +178,10 @@ mod tests {
         assert_eq!(message.key(), Some(&b"key"[..]));
         assert_eq!(message.payload(), Some(&b"value"[..]));
         assert_eq!((message.offset(), message.timestamp()), (7, Some(1)));
+        assert!(message.headers().is_empty());
 
         let bare = Message::new(0, None, None, Some(b""), None);
         assert_eq!((bare.key(), bare.payload()), (None, Some(&b""[..])));
-        assert!(bare.headers().is_empty());
         let tombstone = Message::new(0, None, Some(b""), None, None);
         assert_eq!((tombstone.key(), tombstone.payload()), (Some(&b""[..]), None));
     }

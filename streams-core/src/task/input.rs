@@ -15,7 +15,7 @@ use super::commit::{Ack, Cut, TableWrite};
 use super::round::{Rounds, Ticket};
 use super::sink::{Headers, OutRecord};
 use super::TaskContext;
-use crate::message::Message;
+use crate::message::{Message, Spent};
 use crate::Origin;
 
 /// The longest a task waits for records of one source that the broker is known to have
@@ -96,7 +96,13 @@ pub(crate) struct StreamCore {
     round_seen: u64,
     pub(crate) ended: bool,
     hook: Option<Box<dyn CutHook>>,
+    /// Fetched records done with, and where they go to be freed (see [`Spent`]).
+    spent: Vec<Message>,
+    returns: Option<Arc<Spent>>,
 }
+
+/// Done records handed back to the poll thread at a time.
+const SPENT_BATCH: usize = 256;
 
 impl StreamCore {
     pub(crate) fn new(ctx: Arc<TaskContext>, rx: mpsc::Receiver<Input>, commit_interval: Duration) -> Self {
@@ -130,6 +136,24 @@ impl StreamCore {
             round_seen: 0,
             ended: false,
             hook: None,
+            spent: Vec::new(),
+            returns: None,
+        }
+    }
+
+    /// Fetched records this task is done with go back to `returns` to be freed.
+    pub(crate) fn with_returns(mut self, returns: Arc<Spent>) -> Self {
+        self.returns = Some(returns);
+        self
+    }
+
+    /// Hands the done records back.
+    fn give_back(&mut self) {
+        if let Some(returns) = &self.returns {
+            if !self.spent.is_empty() {
+                returns.give(&mut self.spent);
+                self.spent.reserve(SPENT_BATCH);
+            }
         }
     }
 
@@ -200,6 +224,12 @@ impl StreamCore {
         if let Some((source, message)) = self.current.take() {
             if let Some(source) = self.sources.get_mut(source) {
                 source.processed = Some(message.offset());
+            }
+            if self.returns.is_some() && message.is_fetched() {
+                self.spent.push(message);
+                if self.spent.len() >= SPENT_BATCH {
+                    self.give_back();
+                }
             }
         }
     }
@@ -353,6 +383,7 @@ impl StreamCore {
             let input = match self.rx.try_recv() {
                 Ok(input) => Some(input),
                 Err(mpsc::error::TryRecvError::Empty) => {
+                    self.give_back();
                     self.since_clock = 0;
                     self.ctx.report();
                     if Instant::now() >= self.next_cut {
@@ -669,6 +700,8 @@ impl StreamCore {
         });
         self.round_seen = round;
         ctx.commit(cut);
+        // Records done with go back now: the round may take a while.
+        self.give_back();
         match finished.await {
             Ok(Ok(())) => ctx.set_committed(self.last_cut.clone()),
             Ok(Err(error)) => {
@@ -691,6 +724,7 @@ impl Drop for StreamCore {
         if let Some((rounds, member)) = &self.rounds {
             rounds.leave(*member);
         }
+        self.give_back();
     }
 }
 

@@ -21,7 +21,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use crate::message::Message;
+use crate::message::{Keep, Message, Spent};
 use crate::metrics::Metrics;
 use crate::store::{RocksDbStore, StateStore};
 use crate::task::commit::{Cut, OffsetCommit, SourceOffset};
@@ -115,6 +115,8 @@ pub(crate) struct Shared {
     held: Mutex<HashMap<TaskKey, Option<Arc<TaskContext>>>>,
     /// When the directory was last told what this worker holds.
     published: Mutex<std::time::Instant>,
+    /// Records the tasks are done with, freed by the poll thread (see [`Spent`]).
+    pub spent: Arc<Spent>,
 }
 
 impl Shared {
@@ -168,6 +170,7 @@ impl Shared {
             lag_published: Mutex::new(Vec::new()),
             held: Mutex::new(HashMap::new()),
             published: Mutex::new(std::time::Instant::now()),
+            spent: Arc::default(),
         })
     }
 
@@ -251,19 +254,22 @@ impl Shared {
     }
 
     /// Keeps a polled record until [`Shared::hand_over`], in its partition's batch.
-    fn buffer(&self, message: &BorrowedMessage<'_>) {
+    /// `consumer` keeps the consumer alive while the record is (see [`Message::from_kafka`]).
+    fn buffer(&self, message: BorrowedMessage<'_>, consumer: &Keep) {
         use rdkafka::message::Message as _;
-        let (topic, partition) = (message.topic(), message.partition());
+        let partition = message.partition();
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let batch = match pending.iter().position(|(t, p, _)| *p == partition && t == topic) {
-            Some(index) => &mut pending[index].2,
+        let index = match pending
+            .iter()
+            .position(|(t, p, _)| *p == partition && t == message.topic())
+        {
+            Some(index) => index,
             None => {
-                pending.push((topic.to_string(), partition, Vec::new()));
-                let last = pending.len() - 1;
-                &mut pending[last].2
+                pending.push((message.topic().to_string(), partition, Vec::new()));
+                pending.len() - 1
             }
         };
-        batch.push(Message::from_kafka(message));
+        pending[index].2.push(Message::from_kafka(message, consumer));
     }
 
     /// Hands buffered records to their tasks, one batch per partition, in order, waiting
@@ -428,7 +434,8 @@ impl Shared {
                 ctx: Arc::clone(&ctx),
                 progress: Arc::new(RestoreProgress::default()),
             });
-            let core = StreamCore::new(Arc::clone(&ctx), rx, self.commit_interval);
+            let core =
+                StreamCore::new(Arc::clone(&ctx), rx, self.commit_interval).with_returns(Arc::clone(&self.spent));
             let core = match &self.rounds {
                 Some(rounds) => core.with_rounds(Arc::clone(rounds)),
                 None => core,
@@ -733,9 +740,15 @@ impl Shared {
                     join.abort();
                 }
             }
-            let _ = self
+            let abort = join.abort_handle();
+            let ended = self
                 .runtime
                 .block_on(async move { tokio::time::timeout(Duration::from_secs(10), join).await });
+            if ended.is_err() {
+                // Its commit is made (or reported failed): what it still does is dropped.
+                tracing::warn!("{label}: its task did not end within 10 s of its last commit; aborted");
+                abort.abort();
+            }
         }
         failed
     }
@@ -1073,6 +1086,39 @@ impl crate::task::commit::Transactions for KafkaTransactions {
 
 /// Polls until `stop` is set, the worker failed, or it has been idle for `idle_exit`;
 /// then makes the last cuts. A last cut that could not be committed fails the worker.
+/// Closes the consumer once the records it fetched are freed (they are librdkafka's and keep
+/// it alive; see [`Message::from_kafka`]). The tasks have ended, so their records are on
+/// their way back: this waits for them up to 5 s, so that the consumer closes here rather than
+/// on the thread that drops its last record. A task that has not ended by then (an agent
+/// stuck in its own code) keeps the consumer open until it ends: a thread of its own closes
+/// it then.
+pub(crate) fn close(consumer: Arc<BaseConsumer<WorkerContext>>, spent: &Arc<Spent>) {
+    let waiting = std::time::Instant::now();
+    spent.free();
+    while Arc::strong_count(&consumer) > 1 && waiting.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+        spent.free();
+    }
+    if Arc::strong_count(&consumer) == 1 {
+        drop(consumer);
+        return;
+    }
+    tracing::warn!("a task that has not ended holds records of the consumer; it closes when the task ends");
+    let spent = Arc::clone(spent);
+    let closing = std::thread::Builder::new()
+        .name("consumer-close".into())
+        .spawn(move || {
+            while Arc::strong_count(&consumer) > 1 {
+                std::thread::sleep(Duration::from_millis(100));
+                spent.free();
+            }
+            drop(consumer);
+        });
+    if let Err(error) = closing {
+        tracing::warn!("cannot start the thread that closes the consumer: {error}");
+    }
+}
+
 /// How long the poll thread waits for records before it looks after the rest (restores
 /// done, the member id, lag): each wait costs a wake-up, most of an idle worker's CPU.
 const IDLE_WAIT: Duration = Duration::from_millis(250);
@@ -1090,6 +1136,7 @@ pub(crate) fn poll_loop(
     let mut membership_read = std::time::Instant::now();
     let mut lag_read = std::time::Instant::now();
     let mut waiting_logged = std::time::Instant::now();
+    let keep: Keep = Arc::clone(consumer) as Keep;
     while !stop.load(Ordering::Relaxed) && !shared.metrics.failed() {
         if let Some(since) = shared.waiting_since() {
             if waiting_logged.elapsed() >= WAITING_LOG_EVERY {
@@ -1119,7 +1166,7 @@ pub(crate) fn poll_loop(
                 Some(Ok(message)) => {
                     taken += 1;
                     wait = Duration::ZERO;
-                    shared.buffer(&message);
+                    shared.buffer(message, &keep);
                 }
                 Some(Err(error)) => {
                     if last_error.elapsed() > Duration::from_secs(5) {
@@ -1132,6 +1179,7 @@ pub(crate) fn poll_loop(
             }
         }
         shared.hand_over();
+        shared.spent.free();
         if shared.rounds.as_ref().is_some_and(|rounds| rounds.take_aborted()) {
             shared.restart_tasks(consumer);
         }

@@ -195,7 +195,33 @@ pub struct WorkerHandle {
     reporter: tokio::task::JoinHandle<()>,
     web: Option<crate::web::WebServer>,
     pub(crate) shutdown_timeout: Duration,
+    /// The step of the stop the worker is in (named when a stop takes too long).
+    step: ShutdownStep,
     _embedded: Option<EmbeddedBroker>,
+}
+
+/// Where a stopping worker is, for the error when its stop takes longer than allowed.
+#[derive(Clone)]
+pub(crate) struct ShutdownStep(Arc<std::sync::Mutex<&'static str>>);
+
+impl Default for ShutdownStep {
+    fn default() -> Self {
+        Self(Arc::new(std::sync::Mutex::new(
+            "finishing its tasks and their last commits",
+        )))
+    }
+}
+
+impl ShutdownStep {
+    fn enter(&self, step: &'static str) {
+        tracing::debug!("stopping: {step}");
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = step;
+    }
+
+    /// The step the stop is in.
+    pub(crate) fn current(&self) -> &'static str {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl WorkerHandle {
@@ -221,6 +247,11 @@ impl WorkerHandle {
     }
 
     /// Asks the worker to stop: its partitions finish their records and are committed.
+    /// Where its stop is (see [`ShutdownStep`]).
+    pub(crate) fn shutdown_step(&self) -> ShutdownStep {
+        self.step.clone()
+    }
+
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
     }
@@ -248,15 +279,17 @@ impl WorkerHandle {
     pub async fn stop(self) -> Result<Arc<Metrics>> {
         self.request_stop();
         let timeout = self.shutdown_timeout;
+        let step = self.step.clone();
         let reporter = self.reporter.abort_handle();
         match tokio::time::timeout(timeout, self.wait()).await {
             Ok(result) => result,
             Err(_) => {
                 reporter.abort();
                 Err(Error::Config(format!(
-                    "the worker did not stop within {timeout:?} (is the broker reachable?): its last commits may \
-                     not have been made (the input since the last commit will then be processed again by the \
-                     next owner); its threads end with the process, and its data directory stays locked until then"
+                    "the worker did not stop within {timeout:?} (it was {}; is the broker reachable?): its last \
+                     commits may not have been made (the input since the last commit will then be processed again by the \
+                     next owner); its threads end with the process, and its data directory stays locked until then",
+                    step.current()
                 )))
             }
         }
@@ -545,7 +578,9 @@ impl Worker {
         };
         let (done_tx, done) = tokio::sync::oneshot::channel();
         let finished = Arc::new(AtomicBool::new(false));
+        let step = ShutdownStep::default();
         {
+            let step = step.clone();
             let stop = Arc::clone(&stop);
             let finished = Arc::clone(&finished);
             let idle = options.idle_exit;
@@ -556,27 +591,33 @@ impl Worker {
                 .name("consumer".into())
                 .spawn(move || {
                     consumer::poll_loop(&consumer, &shared, &stop, idle);
+                    step.enter("closing the consumer");
                     let directory = shared.directory.lock().unwrap_or_else(|p| p.into_inner()).take();
                     // No new cuts: the committer ends once the last one is written.
                     if let Ok(mut cuts) = shared.cuts.lock() {
                         cuts.take();
                     }
+                    let spent = Arc::clone(&shared.spent);
                     drop(shared);
                     consumer.unsubscribe();
-                    drop(consumer);
+                    consumer::close(consumer, &spent);
+                    step.enter("waiting for the committer's last writes");
                     let _ = committer.join();
                     // What timers sent since the last commit point.
                     stop.store(true, Ordering::Relaxed);
+                    step.enter("waiting for the global tables' threads");
                     for thread in global_threads {
                         let _ = thread.join();
                     }
                     // Out of the directory: lookups are no longer sent here.
                     if let Some(directory) = directory {
+                        step.enter("leaving the directory of workers");
                         directory.withdraw();
                     }
                     if let Some(web_finished) = &web_finished {
                         web_finished.store(true, Ordering::Relaxed);
                     }
+                    step.enter("flushing what timers sent");
                     if let Err(error) = sink.flush() {
                         tracing::warn!("records sent by timers were not acknowledged: {error}");
                     }
@@ -601,6 +642,7 @@ impl Worker {
             reporter,
             web,
             shutdown_timeout: options.shutdown_timeout,
+            step,
             _embedded: embedded,
         })
     }
