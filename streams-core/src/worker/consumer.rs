@@ -1092,10 +1092,14 @@ impl crate::task::commit::Transactions for KafkaTransactions {
 /// on the thread that drops its last record. A task that has not ended by then (an agent
 /// stuck in its own code) keeps the consumer open until it ends: a thread of its own closes
 /// it then.
-pub(crate) fn close(consumer: Arc<BaseConsumer<WorkerContext>>, spent: &Arc<Spent>) {
+pub(crate) fn close<C: Send + Sync + 'static>(consumer: Arc<C>, spent: &Arc<Spent>) {
+    close_within(consumer, spent, Duration::from_secs(5));
+}
+
+fn close_within<C: Send + Sync + 'static>(consumer: Arc<C>, spent: &Arc<Spent>, wait: Duration) {
     let waiting = std::time::Instant::now();
     spent.free();
-    while Arc::strong_count(&consumer) > 1 && waiting.elapsed() < Duration::from_secs(5) {
+    while Arc::strong_count(&consumer) > 1 && waiting.elapsed() < wait {
         std::thread::sleep(Duration::from_millis(5));
         spent.free();
     }
@@ -1210,5 +1214,57 @@ pub(crate) fn poll_loop(
             "the last commit failed for {}; their input since the last successful commit will be processed again by their next owner",
             failed.join("; ")
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::close_within;
+    use crate::message::Spent;
+
+    /// Stands for the consumer: says when it is dropped (closed).
+    struct Consumer(Arc<AtomicBool>);
+
+    impl Drop for Consumer {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_consumer_closes_once_the_last_record_is_back_and_not_before() {
+        let closed = Arc::new(AtomicBool::new(false));
+        let consumer = Arc::new(Consumer(Arc::clone(&closed)));
+        // A task still holding a record (its `Keep`) for 300 ms.
+        let record = Arc::clone(&consumer);
+        let task = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(record);
+        });
+        close_within(consumer, &Arc::new(Spent::default()), Duration::from_secs(5));
+        assert!(closed.load(Ordering::SeqCst), "closed once the record was back");
+        task.join().expect("task");
+    }
+
+    #[test]
+    fn a_record_held_past_the_wait_closes_the_consumer_when_it_is_dropped() {
+        let closed = Arc::new(AtomicBool::new(false));
+        let consumer = Arc::new(Consumer(Arc::clone(&closed)));
+        let record = Arc::clone(&consumer);
+        close_within(consumer, &Arc::new(Spent::default()), Duration::from_millis(50));
+        assert!(!closed.load(Ordering::SeqCst), "not closed while a record is held");
+        drop(record);
+        let waited = std::time::Instant::now();
+        while !closed.load(Ordering::SeqCst) && waited.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            closed.load(Ordering::SeqCst),
+            "closed by its own thread once the record was dropped"
+        );
     }
 }
