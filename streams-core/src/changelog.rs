@@ -23,6 +23,9 @@ pub const SOURCE_OFFSET: &str = "streams.source.offset";
 /// Header with the task's stream time (ms) at the cut: a restore takes the stream time of
 /// the changes it applies from it.
 pub const STREAM_TIME: &str = "streams.stream.time";
+/// Header of a changelog record made at a cut: the stream times of the task's operations
+/// that keep their own (windowed aggregations and joins), as `table=ms` pairs.
+pub const STREAM_CLOCKS: &str = "streams.stream.clocks";
 
 /// Each source topic of a task with the offset the group committed for it: the next offset
 /// to read. Where the group has committed nothing, the partition's first offset (its low
@@ -33,13 +36,15 @@ pub(crate) type Committed = [(String, i64)];
 
 /// The headers of a changelog record made at a cut: one topic/partition/offset triple per
 /// source the task has read from, in the order of its sources.
-/// Then the task's stream time, when it has one.
+/// Then the task's stream time, when it has one, and its operations' own (see
+/// [`crate::task::TaskContext::clocks`]), when it has any.
 pub(crate) fn source_headers(
     positions: &[(std::sync::Arc<str>, i64)],
     partition: i32,
     stream_time: Option<i64>,
+    clocks: &[(String, i64)],
 ) -> Vec<(String, Vec<u8>)> {
-    let mut headers = Vec::with_capacity(positions.len() * 3 + 1);
+    let mut headers = Vec::with_capacity(positions.len() * 3 + 2);
     for (topic, offset) in positions {
         headers.push((SOURCE_TOPIC.to_string(), topic.as_bytes().to_vec()));
         headers.push((SOURCE_PARTITION.to_string(), partition.to_string().into_bytes()));
@@ -47,6 +52,9 @@ pub(crate) fn source_headers(
     }
     if let Some(time) = stream_time {
         headers.push((STREAM_TIME.to_string(), time.to_string().into_bytes()));
+    }
+    if !clocks.is_empty() {
+        headers.push((STREAM_CLOCKS.to_string(), crate::task::clocks_text(clocks).into_bytes()));
     }
     headers
 }
@@ -56,6 +64,14 @@ fn stream_time_of<'h>(headers: impl Iterator<Item = (&'h str, &'h [u8])>) -> Opt
     headers
         .filter(|(key, _)| *key == STREAM_TIME)
         .find_map(|(_, value)| std::str::from_utf8(value).ok()?.parse().ok())
+}
+
+/// The operations' stream times a changelog record's headers carry.
+fn clocks_of<'h>(headers: impl Iterator<Item = (&'h str, &'h [u8])>) -> crate::task::Clocks {
+    headers
+        .filter(|(key, _)| *key == STREAM_CLOCKS)
+        .find_map(|(_, value)| std::str::from_utf8(value).ok().map(crate::task::clocks_of_text))
+        .unwrap_or_default()
 }
 
 /// Whether a changelog record with these headers was made by input the group never
@@ -97,6 +113,8 @@ pub(crate) struct Restored {
     pub skipped_keys: std::collections::BTreeSet<Vec<u8>>,
     /// The largest stream time among the applied records.
     pub stream_time: Option<i64>,
+    /// The largest stream time of each operation among the applied records.
+    pub clocks: crate::task::Clocks,
     /// A probing pass (see [`Apply::new`]) found a record to apply and stopped there,
     /// writing nothing.
     pub found_foreign: bool,
@@ -182,9 +200,10 @@ impl<'a> Apply<'a> {
             self.restored.found_foreign = true;
             return Ok(());
         }
-        if let Some(time) = stream_time_of(headers.into_iter()) {
+        if let Some(time) = stream_time_of(headers.iter().copied()) {
             self.restored.stream_time = Some(self.restored.stream_time.map_or(time, |t| t.max(time)));
         }
+        crate::task::merge_clocks(&mut self.restored.clocks, &clocks_of(headers.into_iter()), i64::max);
         self.batch.push((key.to_vec(), value.map(<[u8]>::to_vec)));
         self.restored.applied += 1;
         if self.batch.len() >= BATCH {
@@ -207,6 +226,7 @@ impl<'a> Apply<'a> {
             changelog_offset: Some(through),
             sources: (self.restored.applied > 0).then(|| self.agreed.clone()),
             stream_time: self.restored.stream_time,
+            clocks: self.restored.clocks.clone(),
         };
         self.store.write(&self.batch, &checkpoint)?;
         self.batch.clear();
@@ -421,6 +441,8 @@ pub(crate) struct Restoration {
     /// their checkpoints, like their positions) or, once another owner's changes were
     /// applied, the latest those changes carry.
     pub stream_time: Option<i64>,
+    /// The operations' stream times, taken as `stream_time` is.
+    pub clocks: crate::task::Clocks,
 }
 
 /// Restores the stores of one task (`stores`: each table's store and changelog), decides
@@ -477,6 +499,16 @@ pub(crate) fn restore_task(
     } else {
         checkpoints.iter().filter_map(|c| c.stream_time).min()
     };
+    let mut clocks = crate::task::Clocks::new();
+    if foreign {
+        for r in &restored {
+            crate::task::merge_clocks(&mut clocks, &r.clocks, i64::max);
+        }
+    } else {
+        for c in &checkpoints {
+            crate::task::merge_clocks(&mut clocks, &c.clocks, i64::min);
+        }
+    }
     let mut restate = Vec::with_capacity(stores.len());
     for ((store, _), restored) in stores.iter().zip(&restored) {
         let mut entries = Vec::with_capacity(restored.skipped_keys.len());
@@ -491,6 +523,7 @@ pub(crate) fn restore_task(
         applied,
         rebuilt,
         stream_time,
+        clocks,
     }))
 }
 
@@ -500,7 +533,7 @@ mod tests {
 
     fn headers(sources: &[(&str, i64)]) -> Vec<(String, Vec<u8>)> {
         let positions: Vec<(std::sync::Arc<str>, i64)> = sources.iter().map(|(t, o)| (Arc::from(*t), *o)).collect();
-        source_headers(&positions, 3, None)
+        source_headers(&positions, 3, None, &[])
     }
     use std::sync::Arc;
 
@@ -525,6 +558,7 @@ mod tests {
             changelog_offset: Some(0),
             sources: Some(sources.iter().map(|(t, o)| (t.to_string(), *o)).collect()),
             stream_time: None,
+            clocks: Vec::new(),
         }
     }
 
@@ -597,6 +631,7 @@ mod tests {
             changelog_offset: Some(0),
             sources: Some(vec![("a".into(), 9)]),
             stream_time: None,
+            clocks: Vec::new(),
         };
         store.write(&[(b"k".to_vec(), Some(b"3".to_vec()))], &own).unwrap();
         let log = Log {

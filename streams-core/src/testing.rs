@@ -422,7 +422,7 @@ impl OffsetCommit for Offsets {
         for offset in offsets {
             committed.insert(
                 (offset.topic.clone(), offset.partition),
-                (offset.next, commit::offset_metadata(offset.stream_time)),
+                (offset.next, commit::offset_metadata(offset.stream_time, &offset.clocks)),
             );
         }
         Ok(())
@@ -866,10 +866,14 @@ impl TestDriver {
             .filter_map(|s| self.committed_stream_time(&s.name, partition))
             .max();
         ctx.restore_stream_time(committed_time);
+        for source in &spec.sources {
+            ctx.restore_clocks(&self.committed_clocks(&source.name, partition));
+        }
         let (tx, rx) = mpsc::channel(1024);
         let mut delivered: Vec<i64> = committed.iter().map(|(_, offset)| *offset).collect();
         if let Some(restoration) = restoration {
             ctx.restore_stream_time(restoration.stream_time);
+            ctx.restore_clocks(&restoration.clocks);
             for (index, entries) in restoration.restate.into_iter().enumerate() {
                 ctx.restate(index, entries);
             }
@@ -1602,6 +1606,17 @@ impl TestDriver {
         let committed = self.offsets.committed.lock().ok()?;
         let (_, metadata) = committed.get(&(topic.to_string(), partition))?;
         commit::stream_time_of_metadata(metadata)
+    }
+
+    /// The operations' stream times committed with `topic[partition]`'s offset.
+    fn committed_clocks(&self, topic: &str, partition: i32) -> crate::task::Clocks {
+        let Ok(committed) = self.offsets.committed.lock() else {
+            return Vec::new();
+        };
+        committed
+            .get(&(topic.to_string(), partition))
+            .map(|(_, metadata)| commit::clocks_of_metadata(metadata))
+            .unwrap_or_default()
     }
 
     /// The driver's counters (records, sends, table updates, dead letters).

@@ -394,8 +394,10 @@ fn pairs_within(kind: Kind, windows: JoinWindows) -> App {
 
 /// Stream–stream windowed joins: pairs within the time difference (both ends inclusive) as
 /// soon as the second arrives, at the later time; sides out of order within grace still
-/// meet; late records are dropped and counted; left and outer results for records that met
-/// nothing come once, when their window closes, never for records that met one.
+/// meet; late records are counted, meet what the other side still buffers and, in an outer
+/// join, go on alone at once when they meet nothing (as in Kafka Streams); left and outer
+/// results for records that met nothing come once, when their window closes, never for
+/// records that met one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_join_within_a_time_difference_and_grace() {
     for kind in [Kind::Inner, Kind::Left, Kind::Outer] {
@@ -423,6 +425,10 @@ async fn streams_join_within_a_time_difference_and_grace() {
             "c2@1101 i2@1200",
             "c3@2000 i3@1900",
         ];
+        if let Kind::Outer = kind {
+            // The late impression meets nothing left in the clicks' buffer.
+            expected.push("- late@1140");
+        }
         got.sort();
         expected.sort();
         assert_eq!(got, expected, "{kind:?}");
@@ -436,7 +442,8 @@ async fn streams_join_within_a_time_difference_and_grace() {
         click(&mut driver, "c4", 3000);
         driver.run().await.expect("run");
         let before = driver.records(&PAIRS).expect("records").len();
-        assert_eq!(before, 4, "{kind:?}: nothing goes alone before its window closes");
+        let sent = if let Kind::Outer = kind { 5 } else { 4 };
+        assert_eq!(before, sent, "{kind:?}: nothing goes alone before its window closes");
         click(&mut driver, "c5", 5000);
         impression(&mut driver, "i4", 5000);
         driver.run().await.expect("run");
@@ -518,6 +525,110 @@ async fn an_outer_join_sends_either_side_alone_once_its_window_closes() {
     );
     let times: Vec<i64> = driver.raw_records("pairs").iter().map(|r| r.timestamp).collect();
     assert_eq!(times, vec![100, 150]);
+}
+
+/// Kafka Streams' stream–stream join takes a late record (its window and grace are behind
+/// the join's stream time) rather than dropping it: it meets the other side's records the
+/// join still buffers (those within the window's size and grace of stream time), is buffered
+/// itself while a later record can meet it, and in a left join goes on alone at once when it
+/// meets nothing. 100 ms each way, 50 ms grace: the buffers keep 250 ms behind stream time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_record_still_joins_what_is_buffered_and_goes_alone_at_once() {
+    for kind in [Kind::Inner, Kind::Left] {
+        let mut driver = TestDriver::new(pairs(kind)).expect("driver");
+        for (side, user, ts) in [
+            (&IMPRESSIONS, "i1", 1000),
+            // Stream time 1300; c1 meets nothing (impressions in [1200, 1400]).
+            (&CLICKS, "c1", 1300),
+            // Late (1140 + 100 + 50 < 1300), but kept: 1140 is within 250 ms of 1300.
+            (&IMPRESSIONS, "x", 1140),
+            // Late too; meets x, which is buffered, and not i1, which is 140 ms before it.
+            (&CLICKS, "c2", 1140),
+            // Too old to buffer; i1 has left the buffer (1000 <= 1300 - 250 - 1): alone at
+            // once in a left join.
+            (&CLICKS, "c3", 1000),
+        ] {
+            driver.pipe_at(side, "ad", &ad(user, ts), ts).expect("pipe");
+            driver.run().await.expect("run");
+        }
+        let got = pair_values(&driver);
+        let expected = match kind {
+            Kind::Inner => vec!["c2@1140 x@1140"],
+            _ => vec!["c2@1140 x@1140", "c3@1000 -"],
+        };
+        assert_eq!(got, expected, "{kind:?}");
+        assert_eq!(
+            driver.metrics().late.load(std::sync::atomic::Ordering::Relaxed),
+            3,
+            "{kind:?}"
+        );
+        // c1's window closes at 1300 + 100 + 50: it goes alone (left) once stream time is past.
+        driver.pipe_at(&CLICKS, "ad", &ad("c4", 1451), 1451).expect("pipe");
+        driver.run().await.expect("run");
+        let alone: Vec<String> = pair_values(&driver).into_iter().skip(expected.len()).collect();
+        let expected: Vec<&str> = match kind {
+            Kind::Inner => vec![],
+            _ => vec!["c1@1300 -"],
+        };
+        assert_eq!(alone, expected, "{kind:?}");
+    }
+}
+
+const MAYBE_CLICKS: Topic<Option<String>, AdEvent> = Topic::new("maybe-clicks").event_time(|e| e.ts);
+const MAYBE_IMPRESSIONS: Topic<Option<String>, AdEvent> = Topic::new("maybe-impressions").event_time(|e| e.ts);
+const MAYBE_PAIRS: Topic<Option<String>, String> = Topic::new("maybe-pairs").partitions(1);
+
+/// KIP-962 (Kafka Streams 3.7): a record without a key meets nothing; a left join (for its
+/// left side) and an outer join (for either side) send it on alone at once, an inner join
+/// drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_without_a_key_goes_alone_through_left_and_outer_joins() {
+    for kind in [Kind::Inner, Kind::Left, Kind::Outer] {
+        let app = App::new("maybe").pipeline("maybe", move |builder| {
+            let impressions = builder.stream(MAYBE_IMPRESSIONS);
+            let clicks = builder.stream(MAYBE_CLICKS);
+            let windows = JoinWindows::of_time_difference_without_grace(Duration::from_millis(100));
+            let joined = match kind {
+                Kind::Inner => clicks.join_windowed(impressions, "maybe", windows, |_, c, i| {
+                    format!("{} {}", show(Some(c)), show(Some(i)))
+                }),
+                Kind::Left => clicks.left_join_windowed(impressions, "maybe", windows, |_, c, i| {
+                    format!("{} {}", show(Some(c)), show(i))
+                }),
+                Kind::Outer => clicks.outer_join_windowed(impressions, "maybe", windows, |_, c, i| {
+                    format!("{} {}", show(c), show(i))
+                }),
+            };
+            joined.to(MAYBE_PAIRS);
+        });
+        let mut driver = TestDriver::new(app).expect("driver");
+        let keyed = Some("ad".to_string());
+        driver
+            .pipe_at(&MAYBE_IMPRESSIONS, &keyed, &ad("i", 1000), 1000)
+            .expect("pipe");
+        driver
+            .pipe_at(&MAYBE_CLICKS, &None, &ad("c-none", 1000), 1000)
+            .expect("pipe");
+        driver
+            .pipe_at(&MAYBE_IMPRESSIONS, &None, &ad("i-none", 1010), 1010)
+            .expect("pipe");
+        driver
+            .pipe_at(&MAYBE_CLICKS, &keyed, &ad("c", 1020), 1020)
+            .expect("pipe");
+        driver.run().await.expect("run");
+        let got: Vec<(Option<String>, String)> = driver.records(&MAYBE_PAIRS).expect("records");
+        let ad_key = Some("ad".to_string());
+        let expected: Vec<(Option<String>, String)> = match kind {
+            Kind::Inner => vec![(ad_key, "c@1020 i@1000".into())],
+            Kind::Left => vec![(None, "c-none@1000 -".into()), (ad_key, "c@1020 i@1000".into())],
+            Kind::Outer => vec![
+                (None, "c-none@1000 -".into()),
+                (None, "- i-none@1010".into()),
+                (ad_key, "c@1020 i@1000".into()),
+            ],
+        };
+        assert_eq!(got, expected, "{kind:?}");
+    }
 }
 
 /// The `page_views` example's contract: views counted per region (users not in the table

@@ -1,7 +1,8 @@
-//! Stream time reaches a partition's next owner through the committed offsets' metadata, on
-//! the embedded broker (`windows.rs` shows the same through the test driver): a window closed
-//! and sent by one worker is not sent again by the next, though the records that moved stream
-//! time past it changed no table and so wrote no changelog record.
+//! Stream time reaches a partition's next owner through the committed offsets' metadata and
+//! the changelog, on the embedded broker (`windows.rs` shows the same through the test
+//! driver): a window closed and sent by one worker is not sent again by the next. The
+//! metadata carries the task's stream time and the aggregation's own, which records filtered
+//! out before it do not move (as in Kafka Streams).
 
 use std::time::Duration;
 
@@ -66,9 +67,9 @@ async fn a_window_sent_by_one_worker_is_not_sent_again_by_the_next() {
             .expect("wait")
     };
     caught_up(bootstrap.clone()).await;
-    // Filtered out, but stream time moves to 15 s: [0, 10 s) closes and is sent, in a commit
-    // of its own that changes no table.
-    produce_at(&bootstrap, "st-events", &[event(1, 15_000)]);
+    // The aggregation's stream time moves to 15 s: [0, 10 s) closes and is sent. The record
+    // at 30 s is filtered out: it moves the task's stream time only.
+    produce_at(&bootstrap, "st-events", &[event(0, 15_000), event(1, 30_000)]);
     caught_up(bootstrap.clone()).await;
     worker.stop().await.expect("stops");
     let metadata = tokio::task::spawn_blocking({
@@ -77,11 +78,16 @@ async fn a_window_sent_by_one_worker_is_not_sent_again_by_the_next() {
     })
     .await
     .expect("metadata");
-    assert_eq!(metadata, "streams.stream.time=15000");
+    assert_eq!(metadata, "streams.stream.time=30000;streams.clock.st-per-window=15000");
 
-    // Another worker, on an empty data directory: its stores come from the changelog, whose
-    // last record was made at 1 s. The record at 2 s is late; 40 s closes nothing new.
-    produce_at(&bootstrap, "st-events", &[event(0, 2_000), event(0, 40_000)]);
+    // Another worker, on an empty data directory: its stores come from the changelog. The
+    // record at 2 s is late; the one at 12 s is not (the window [10 s, 20 s) is open at the
+    // aggregation's 15 s); 40 s closes it.
+    produce_at(
+        &bootstrap,
+        "st-events",
+        &[event(0, 2_000), event(0, 12_000), event(0, 40_000)],
+    );
     let second = tempfile::tempdir().expect("dir");
     let worker = Worker::start(app(), worker_options(second.path(), &broker))
         .await
@@ -92,9 +98,19 @@ async fn a_window_sent_by_one_worker_is_not_sent_again_by_the_next() {
         .into_iter()
         .map(|r| (r.key.unwrap_or_default(), r.value.unwrap_or_default()))
         .collect();
-    let mut window = b"a".to_vec();
-    window.extend_from_slice(&0i64.to_be_bytes());
-    window.extend_from_slice(&10_000i64.to_be_bytes());
-    assert_eq!(finals, vec![(window, b"1".to_vec())], "[0, 10 s) sent once, with 1");
+    let window = |start: i64, end: i64| {
+        let mut key = b"a".to_vec();
+        key.extend_from_slice(&start.to_be_bytes());
+        key.extend_from_slice(&end.to_be_bytes());
+        key
+    };
+    assert_eq!(
+        finals,
+        vec![
+            (window(0, 10_000), b"1".to_vec()),
+            (window(10_000, 20_000), b"2".to_vec())
+        ],
+        "[0, 10 s) sent once, with 1; [10 s, 20 s) with 15 s and 12 s"
+    );
     assert_eq!(metrics.late.load(std::sync::atomic::Ordering::Relaxed), 1);
 }

@@ -133,6 +133,44 @@ fn starts_of(driver: &TestDriver, key: &str, from: i64, to: i64) -> Vec<i64> {
         .collect()
 }
 
+const BIG: Topic<String, i64> = Topic::new("big-events").partitions(1);
+
+/// As in Kafka Streams, a windowed aggregation keeps its own stream time, moved by the
+/// records that reach it: a record filtered out before it, or sent down another branch,
+/// closes no window and makes no later record late, whatever its time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_that_do_not_reach_a_window_do_not_close_it() {
+    let app = App::new("windows").pipeline("count", |builder| {
+        // Values of 100 and more go another way, 1 is filtered out.
+        builder
+            .stream(EVENTS)
+            .split("size")
+            .branch("big", |_, v| *v >= 100, |big| big.to(BIG))
+            .default_branch("small", |small| {
+                small
+                    .filter(|_, v| *v != 1)
+                    .group_by_key()
+                    .windowed_by(TimeWindows::of(ms(10)))
+                    .emit_final()
+                    .count(PER_WINDOW)
+                    .to_stream()
+                    .to(COUNTS)
+            });
+    });
+    let mut driver = TestDriver::new(app).expect("driver");
+    for (value, time) in [(0, 5), (1, 1_000), (100, 2_000), (0, 7)] {
+        driver.pipe_at(&EVENTS, "a", &value, time).expect("pipe");
+    }
+    driver.run().await.expect("run");
+    assert_eq!(driver.metrics().late.load(Ordering::Relaxed), 0, "7 is not late");
+    assert!(windowed(&driver, &COUNTS).is_empty(), "[0, 10) is still open");
+    assert_eq!(driver.records(&BIG).expect("big"), vec![("a".to_string(), 100)]);
+    // A record that reaches the aggregation closes it.
+    driver.pipe_at(&EVENTS, "a", &0, 10).expect("pipe");
+    driver.run().await.expect("run");
+    assert_eq!(windowed(&driver, &COUNTS), vec![("a".into(), 0, 10, 2)]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hopping_windows_count_each_record_in_every_window_that_holds_it() {
     let windows = TimeWindows::of(ms(10)).advance_by(ms(4)).grace(ms(1000));
@@ -540,10 +578,10 @@ async fn hits_per_window_sends_each_minute_and_session_once_as_its_contract_says
     assert_eq!(fields, vec!["count", "end", "start"]);
 }
 
-/// Stream time moved by records that changed no table (here: filtered out before the
-/// window) reaches the next owner of the partition through the committed offsets' metadata,
-/// as in Kafka Streams: a window closed and sent by one worker stays closed on the next, and
-/// a record late on the first is late on the second.
+/// The aggregation's stream time reaches the next owner of the partition (with the
+/// changelog's headers and the committed offsets' metadata), as in Kafka Streams: a window
+/// closed and sent by one worker stays closed on the next, a record late on the first is late
+/// on the second, and a record filtered out before the window moves neither.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_time_moves_with_the_committed_offsets() {
     let app = App::new("handover").pipeline("count", |builder| {
@@ -562,20 +600,22 @@ async fn stream_time_moves_with_the_committed_offsets() {
     let mut driver = TestDriver::new(app).expect("driver");
     driver.pipe_at(&EVENTS, "a", &0, 1_000).expect("pipe");
     driver.run().await.expect("run");
-    // Filtered out, but stream time moves to 15 s: the window [0, 10 s) closes and is sent.
-    driver.pipe_at(&EVENTS, "a", &1, 15_000).expect("pipe");
+    // The aggregation's stream time moves to 15 s: the window [0, 10 s) closes and is sent.
+    driver.pipe_at(&EVENTS, "a", &0, 15_000).expect("pipe");
+    // Filtered out: the task's stream time moves to 30 s, the aggregation's does not.
+    driver.pipe_at(&EVENTS, "a", &1, 30_000).expect("pipe");
     driver.run().await.expect("run");
     assert_eq!(windowed(&driver, &COUNTS), vec![("a".into(), 0, 10_000, 1)]);
-    // Another worker takes the partition: its stores come from the changelog, whose last
-    // record was made at 1 s.
+    // Another worker takes the partition: its stores come from the changelog.
     driver.move_partition("events", 0, "worker-2").await.expect("move");
     driver.pipe_at(&EVENTS, "a", &0, 2_000).expect("pipe");
+    driver.pipe_at(&EVENTS, "a", &0, 12_000).expect("pipe");
     driver.pipe_at(&EVENTS, "a", &0, 40_000).expect("pipe");
     driver.run().await.expect("run");
     assert_eq!(
         windowed(&driver, &COUNTS),
-        vec![("a".into(), 0, 10_000, 1)],
-        "the window closed at 15 s is not sent again, and the record at 2 s is late"
+        vec![("a".into(), 0, 10_000, 1), ("a".into(), 10_000, 20_000, 2)],
+        "the window closed at 15 s is not sent again, the record at 2 s is late, the one at 12 s is not"
     );
     assert_eq!(driver.records(&LATE).expect("late"), vec![("a".to_string(), 0)]);
     assert_eq!(driver.metrics().late.load(Ordering::Relaxed), 1);

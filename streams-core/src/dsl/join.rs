@@ -759,7 +759,7 @@ where
     /// The records without a match whose window has closed go on alone (left and outer
     /// joins), in order of their time; buffered records no future record can meet leave.
     fn expire(&self, cx: &mut Cx<'_>) -> Outcome {
-        let now = cx.ctx.stream_time();
+        let now = cx.ctx.clock(self.this.1.get()?);
         if now == NO_TIME {
             return Ok(());
         }
@@ -817,30 +817,60 @@ where
         Ok(())
     }
 
-    /// A record of side `which`.
+    /// Sends a record of `which` side on alone (left and outer joins), at `time`.
+    fn emit_alone(&self, cx: &mut Cx<'_>, key: K, which: Which, value: &[u8], time: i64) -> Outcome {
+        let joined = match which {
+            Which::This => {
+                let this: V1 = json::decode(value).map_err(|e| format!("join `{}`: {e}", self.name))?;
+                guarded_value(|| (self.joiner)(&key, Some(&this), None))?
+            }
+            Which::Other => {
+                let other: V2 = json::decode(value).map_err(|e| format!("join `{}`: {e}", self.name))?;
+                guarded_value(|| (self.joiner)(&key, None, Some(&other)))?
+            }
+        };
+        let before = cx.timestamp;
+        cx.timestamp = time;
+        let outcome = self.next.push(cx, key, joined);
+        cx.timestamp = before;
+        outcome
+    }
+
+    /// A record of side `which`, as Kafka Streams' stream–stream join takes it: the join's
+    /// stream time (shared by its sides) moves up to it; it meets the other side's buffered
+    /// records within its reach; it is buffered itself while a record still to come can
+    /// meet it. Without a match in a left or outer join it goes on alone: at once when its
+    /// reach is already behind stream time (a late record too), else when its window closes.
     fn push(&self, cx: &mut Cx<'_>, which: Which, key: K, value: Vec<u8>) -> Outcome {
+        let time = cx.timestamp;
+        let now = cx.ctx.advance_clock(self.this.1.get()?, time);
+        let goes_alone = match which {
+            Which::This => self.outer_this,
+            Which::Other => self.outer_other,
+        };
         if key.is_null() {
-            // Kafka Streams drops these: a record without a key meets nothing.
+            if goes_alone {
+                // KIP-962: a left or outer join lets a record without a key through, unjoined.
+                return self.emit_alone(cx, key, which, &value, time);
+            }
             tracing::debug!(
                 task = &*cx.ctx.name,
-                "join `{}`: a record without a key is dropped",
+                "join `{}`: a record without a key meets nothing and is dropped",
                 self.name
             );
             return Ok(());
         }
-        let time = cx.timestamp;
-        let now = cx.ctx.stream_time();
         // Results of records whose window closed before this one go first.
         self.expire(cx)?;
-        if now != NO_TIME && self.windows.closes_after(which, time) < now {
+        if self.windows.closes_after(which, time) < now {
             cx.ctx.metrics.late.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
                 task = &*cx.ctx.name,
-                "late record dropped from join `{}`: its event time {time} ms is past its window and grace \
-                 period (stream time {now} ms)",
+                "join `{}`: a late record (event time {time} ms, its window and grace period are past stream time \
+                 {now} ms) meets what the other side still buffers, and goes on alone at once if it meets nothing \
+                 in a left or outer join",
                 self.name
             );
-            return Ok(());
         }
         let key_bytes = key
             .key_bytes()
@@ -851,18 +881,23 @@ where
             Which::Other => Which::This,
         };
         let (from, to) = self.windows.reach(which, time);
-        let (mine, matches) = {
-            let stored = self.buffer(cx, which, |buffer| buffer.add(&key_bytes, time, value.clone()))?;
-            let matches = self.buffer(cx, theirs, |buffer| buffer.records_keyed(&key_bytes, from, to))?;
-            (stored, matches)
+        // No record still to come can meet one at or before this: it is not buffered.
+        let buffered = time > self.windows.expired_through(now);
+        let mine = if buffered {
+            Some(self.buffer(cx, which, |buffer| buffer.add(&key_bytes, time, value.clone()))?)
+        } else {
+            None
         };
-        let index = match which {
-            Which::This => self.this.1.get()?,
-            Which::Other => self.other.1.get()?,
-        };
-        cx.ctx
-            .put_at(index, mine.clone(), Some(value.clone()))
-            .map_err(failed)?;
+        let matches = self.buffer(cx, theirs, |buffer| buffer.records_keyed(&key_bytes, from, to))?;
+        if let Some(mine) = &mine {
+            let index = match which {
+                Which::This => self.this.1.get()?,
+                Which::Other => self.other.1.get()?,
+            };
+            cx.ctx
+                .put_at(index, mine.clone(), Some(value.clone()))
+                .map_err(failed)?;
+        }
         let mut outcome = Ok(());
         for (their_key, their_time, their_value) in &matches {
             outcome = outcome.and(guarded(|| {
@@ -883,20 +918,21 @@ where
                 }
             }
         }
-        let goes_alone = match which {
-            Which::This => self.outer_this,
-            Which::Other => self.outer_other,
-        };
         if matches.is_empty() && goes_alone {
-            if let Some((_, slot)) = &self.unmatched {
-                let unmatched = slot.get()?;
-                let tagged = tag(which, &mine);
-                cx.ctx
-                    .with_extension(unmatched, RecordBuffer::load, |buffer: &mut RecordBuffer| {
-                        buffer.insert(&tagged, value.clone())
-                    })
-                    .map_err(failed)?;
-                cx.ctx.put_at(unmatched, tagged, Some(value)).map_err(failed)?;
+            match (&mine, &self.unmatched) {
+                // Its reach is behind stream time: Kafka Streams sends it on at once.
+                _ if to < now => outcome = outcome.and(guarded(|| self.emit_alone(cx, key, which, &value, time))),
+                (Some(mine), Some((_, slot))) => {
+                    let unmatched = slot.get()?;
+                    let tagged = tag(which, mine);
+                    cx.ctx
+                        .with_extension(unmatched, RecordBuffer::load, |buffer: &mut RecordBuffer| {
+                            buffer.insert(&tagged, value.clone())
+                        })
+                        .map_err(failed)?;
+                    cx.ctx.put_at(unmatched, tagged, Some(value)).map_err(failed)?;
+                }
+                _ => outcome = outcome.and(guarded(|| self.emit_alone(cx, key, which, &value, time))),
             }
         }
         outcome

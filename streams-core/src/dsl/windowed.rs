@@ -246,7 +246,7 @@ where
     /// Runs `work` on the task's index of this table's windows.
     fn with_index<T>(&self, cx: &Cx<'_>, index: usize, work: impl FnOnce(&mut WindowIndex) -> T) -> Result<T, String> {
         let keyed = self.kind.keyed();
-        let closed = self.kind.closed_through(cx.ctx.start_time());
+        let closed = self.kind.closed_through(cx.ctx.start_clock(index));
         cx.ctx
             .with_extension(index, |store| WindowIndex::load(store, keyed, closed), work)
             .map_err(failed)
@@ -260,7 +260,7 @@ where
             "late record dropped from table `{}`: its event time {time} ms is past its windows' end and grace \
              period (stream time {} ms)",
             self.table,
-            cx.ctx.stream_time()
+            self.slot.get().map_or(NO_TIME, |index| cx.ctx.clock(index))
         );
         self.late.push(cx, key, value)
     }
@@ -268,7 +268,7 @@ where
     /// Enters the windows a record created (and drops those it merged away) into the index,
     /// and sends on the final results of the windows that closed meanwhile.
     fn settle(&self, cx: &mut Cx<'_>, index: usize, created: Vec<Vec<u8>>, removed: Vec<Vec<u8>>) -> Outcome {
-        let closed = self.kind.closed_through(cx.ctx.stream_time());
+        let closed = self.kind.closed_through(cx.ctx.clock(index));
         let emit = self.emit_final;
         let closing = self.with_index(cx, index, |windows| {
             for key in &removed {
@@ -344,7 +344,7 @@ where
         value: V,
     ) -> Outcome {
         let time = cx.timestamp;
-        let closed = self.kind.closed_through(cx.ctx.stream_time());
+        let closed = self.kind.closed_through(cx.ctx.clock(index));
         let mut open: Vec<Window> = Vec::with_capacity(1);
         windows.each_window(time, |window| {
             if window.end > closed {
@@ -378,7 +378,7 @@ where
         value: V,
     ) -> Outcome {
         let time = cx.timestamp;
-        let closed = self.kind.closed_through(cx.ctx.stream_time());
+        let closed = self.kind.closed_through(cx.ctx.clock(index));
         // Closed sessions are final: a record near one starts a session of its own.
         let near: Vec<Window> = self
             .with_index(cx, index, |windows| {
@@ -437,7 +437,7 @@ where
     ) -> Outcome {
         let time = cx.timestamp;
         let difference = windows.difference;
-        let closed = self.kind.closed_through(cx.ctx.stream_time());
+        let closed = self.kind.closed_through(cx.ctx.clock(index));
         // The last window that can hold this record ends `difference` after it.
         if time.saturating_add(difference) <= closed {
             return self.late(cx, key, value, time);
@@ -520,6 +520,9 @@ where
                 self.table
             ));
         }
+        // Like Kafka Streams' window processors, the aggregation keeps its own stream time:
+        // records filtered out before it, or sent down another branch, do not close windows.
+        cx.ctx.advance_clock(index, cx.timestamp);
         let key_bytes = key
             .key_bytes()
             .map_err(|e| format!("cannot encode a key of table `{}`: {e}", self.table))?
@@ -544,7 +547,7 @@ where
     fn tick(&self, cx: &mut Cx<'_>) -> Outcome {
         let index = self.slot.get()?;
         self.settle(cx, index, Vec::new(), Vec::new())?;
-        let now = cx.ctx.stream_time();
+        let now = cx.ctx.clock(index);
         let expired = self.kind.expired_through(now);
         let gone = self.with_index(cx, index, |windows| windows.expire(expired))?;
         for window in gone {

@@ -12,7 +12,7 @@ use crate::Result;
 /// use streams_core::store::{Checkpoint, MemoryStore, StateStore};
 ///
 /// let store = MemoryStore::default();
-/// let checkpoint = Checkpoint { changelog_offset: Some(0), sources: Some(vec![("hits".into(), 9)]), stream_time: Some(1_000) };
+/// let checkpoint = Checkpoint { changelog_offset: Some(0), sources: Some(vec![("hits".into(), 9)]), stream_time: Some(1_000), clocks: vec![] };
 /// store.write(&[(b"k".to_vec(), Some(b"1".to_vec()))], &checkpoint).unwrap();
 /// assert_eq!(store.get(b"k").unwrap(), Some(b"1".to_vec()));
 /// assert_eq!(store.checkpoint().unwrap(), checkpoint);
@@ -56,6 +56,9 @@ impl StateStore for MemoryStore {
         }
         if checkpoint.stream_time.is_some() {
             state.1.stream_time = checkpoint.stream_time;
+        }
+        if !checkpoint.clocks.is_empty() {
+            state.1.clocks = checkpoint.clocks.clone();
         }
         Ok(())
     }

@@ -23,6 +23,10 @@ pub struct Checkpoint {
     /// The task's stream time (ms) at the cut: the largest event time it had processed.
     /// `None`: none, or unchanged when writing.
     pub stream_time: Option<i64>,
+    /// The stream times of the task's operations that keep their own (windowed aggregations
+    /// and joins, which Kafka Streams times by the records that reach them), by the name
+    /// of the table each keeps. Empty: none, or unchanged when writing.
+    pub clocks: Vec<(String, i64)>,
 }
 
 impl Checkpoint {

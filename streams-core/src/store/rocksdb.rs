@@ -16,6 +16,7 @@ const META: &str = "streams-meta";
 const CHANGELOG_OFFSET: &[u8] = b"changelog_offset";
 const SOURCES: &[u8] = b"sources";
 const STREAM_TIME: &[u8] = b"stream_time";
+const CLOCKS: &[u8] = b"clocks";
 
 /// Memory every store of the process shares: one block cache and one budget for memtables,
 /// so a worker with many partitions does not multiply RocksDB's per-database defaults.
@@ -35,7 +36,7 @@ fn shared_memory() -> &'static (Cache, WriteBufferManager) {
 ///
 /// let dir = tempfile::tempdir().unwrap();
 /// let store = RocksDbStore::open(dir.path()).unwrap();
-/// let checkpoint = Checkpoint { changelog_offset: Some(7), sources: Some(vec![("hits".into(), 41)]), stream_time: Some(60_000) };
+/// let checkpoint = Checkpoint { changelog_offset: Some(7), sources: Some(vec![("hits".into(), 41)]), stream_time: Some(60_000), clocks: vec![] };
 /// store.write(&[(b"u1".to_vec(), Some(b"3".to_vec()))], &checkpoint).unwrap();
 /// assert_eq!(store.get(b"u1").unwrap(), Some(b"3".to_vec()));
 /// assert_eq!(store.checkpoint().unwrap(), checkpoint);
@@ -44,7 +45,7 @@ fn shared_memory() -> &'static (Cache, WriteBufferManager) {
 /// store.write(&[(b"u2".to_vec(), Some(b"1".to_vec()))], &Checkpoint::default()).unwrap();
 /// store.clear().unwrap();
 /// assert_eq!((store.get(b"u1").unwrap(), store.get(b"u2").unwrap()), (None, None));
-/// assert_eq!(store.checkpoint().unwrap(), Checkpoint { changelog_offset: None, sources: Some(vec![]), stream_time: None });
+/// assert_eq!(store.checkpoint().unwrap(), Checkpoint { changelog_offset: None, sources: Some(vec![]), stream_time: None, clocks: vec![] });
 /// ```
 pub struct RocksDbStore {
     db: DB,
@@ -152,6 +153,9 @@ impl StateStore for RocksDbStore {
         if let Some(time) = checkpoint.stream_time {
             batch.put_cf(meta, STREAM_TIME, time.to_be_bytes());
         }
+        if !checkpoint.clocks.is_empty() {
+            batch.put_cf(meta, CLOCKS, super::encode_sources(&checkpoint.clocks));
+        }
         self.db.write(batch).map_err(|e| store_error(&self.path, e))
     }
 
@@ -173,10 +177,20 @@ impl StateStore for RocksDbStore {
             .read_meta(STREAM_TIME)?
             .and_then(|bytes| bytes.try_into().ok())
             .map(i64::from_be_bytes);
+        let clocks = match self.read_meta(CLOCKS)? {
+            None => Vec::new(),
+            Some(bytes) => super::decode_sources(&bytes).ok_or_else(|| {
+                Error::Config(format!(
+                    "store {}: its checkpoint's stream times are unreadable",
+                    self.path.display()
+                ))
+            })?,
+        };
         Ok(Checkpoint {
             changelog_offset,
             sources: Some(sources),
             stream_time,
+            clocks,
         })
     }
 
@@ -195,6 +209,7 @@ impl StateStore for RocksDbStore {
         batch.delete_cf(meta, CHANGELOG_OFFSET);
         batch.delete_cf(meta, SOURCES);
         batch.delete_cf(meta, STREAM_TIME);
+        batch.delete_cf(meta, CLOCKS);
         self.db.write(batch).map_err(|e| store_error(&self.path, e))
     }
 

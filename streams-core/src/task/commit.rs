@@ -37,6 +37,8 @@ pub(crate) struct Cut {
     pub positions: Vec<(Arc<str>, i64)>,
     /// The task's stream time at the cut, when it has one.
     pub stream_time: Option<i64>,
+    /// Its operations' stream times at the cut ([`super::TaskContext::clocks`]).
+    pub clocks: super::Clocks,
     pub writes: Vec<TableWrite>,
     /// Who waits for the cut to be durable.
     pub acks: Vec<Ack>,
@@ -135,25 +137,46 @@ pub(crate) struct SourceOffset {
     pub partition: i32,
     pub next: i64,
     pub stream_time: Option<i64>,
+    /// The task's operations' stream times there ([`super::TaskContext::clocks`]).
+    pub clocks: super::Clocks,
 }
 
 /// What a committed offset's metadata says: the stream time of the task that committed
-/// it. Kafka Streams keeps stream time in the commit metadata too: windows closed and sent
-/// by one owner stay closed for the next, even when the records that moved stream time
-/// changed no table (and so wrote no changelog record to carry it).
-pub(crate) fn offset_metadata(stream_time: Option<i64>) -> String {
-    match stream_time {
+/// it, then its operations' own (`;streams.clock.{table}={ms}` each). Kafka Streams keeps
+/// stream time in the commit metadata too: windows closed and sent by one owner stay closed
+/// for the next, even when the records that moved stream time changed no table (and so
+/// wrote no changelog record to carry it).
+pub(crate) fn offset_metadata(stream_time: Option<i64>, clocks: &[(String, i64)]) -> String {
+    let mut text = match stream_time {
         Some(time) => format!("{STREAM_TIME_METADATA}{time}"),
         None => String::new(),
+    };
+    for (name, time) in clocks {
+        text.push_str(&format!(";{CLOCK_METADATA}{name}={time}"));
     }
+    text
 }
 
 /// The stream time a committed offset's metadata carries (see [`offset_metadata`]).
 pub(crate) fn stream_time_of_metadata(metadata: &str) -> Option<i64> {
-    metadata.strip_prefix(STREAM_TIME_METADATA)?.parse().ok()
+    metadata
+        .split(';')
+        .find_map(|part| part.strip_prefix(STREAM_TIME_METADATA)?.parse().ok())
+}
+
+/// The operations' stream times a committed offset's metadata carries.
+pub(crate) fn clocks_of_metadata(metadata: &str) -> super::Clocks {
+    metadata
+        .split(';')
+        .filter_map(|part| {
+            let (name, time) = part.strip_prefix(CLOCK_METADATA)?.split_once('=')?;
+            Some((name.to_string(), time.parse().ok()?))
+        })
+        .collect()
 }
 
 const STREAM_TIME_METADATA: &str = "streams.stream.time=";
+const CLOCK_METADATA: &str = "streams.clock.";
 
 /// Commits source offsets to the consumer group.
 pub(crate) trait OffsetCommit: Send + Sync + 'static {
@@ -216,7 +239,7 @@ fn commit_batch(
     write_stores(batch, sink, metrics)?;
     // 3. Source offsets.
     let mut latest = next_offsets(batch);
-    latest.retain(|partition, (next, _)| committed.get(partition) != Some(next));
+    latest.retain(|partition, (next, _, _)| committed.get(partition) != Some(next));
     if latest.is_empty() {
         return Ok(());
     }
@@ -225,7 +248,7 @@ fn commit_batch(
     match outcome {
         Ok(()) => {
             metrics.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            committed.extend(latest.into_iter().map(|(partition, (next, _))| (partition, next)));
+            committed.extend(latest.into_iter().map(|(partition, (next, _, _))| (partition, next)));
             Ok(())
         }
         Err(error) => {
@@ -267,32 +290,39 @@ fn dead_letter_refused(sink: &dyn Sink, errors: &ProductionErrors, error: FlushE
     sink.flush()
 }
 
+/// Where a source partition's commit stands: the next offset to read, and the stream times
+/// of its task there.
+type Next = (i64, Option<i64>, super::Clocks);
+
 /// The next offset to read of every source partition the cuts reached, with the stream
-/// time of its task there.
-fn next_offsets(batch: &[Cut]) -> HashMap<(String, i32), (i64, Option<i64>)> {
-    let mut latest: HashMap<(String, i32), (i64, Option<i64>)> = HashMap::new();
+/// times of its task there.
+fn next_offsets(batch: &[Cut]) -> HashMap<(String, i32), Next> {
+    let mut latest: HashMap<(String, i32), Next> = HashMap::new();
     for cut in batch.iter() {
         for (topic, offset) in &cut.positions {
             let next = offset + 1;
             let slot = latest
                 .entry((topic.to_string(), cut.partition))
-                .or_insert((next, cut.stream_time));
+                .or_insert_with(|| (next, cut.stream_time, cut.clocks.clone()));
             if next >= slot.0 {
-                *slot = (next, cut.stream_time.max(slot.1));
+                slot.0 = next;
+                slot.1 = cut.stream_time.max(slot.1);
+                super::merge_clocks(&mut slot.2, &cut.clocks, i64::max);
             }
         }
     }
     latest
 }
 
-fn source_offsets(latest: &HashMap<(String, i32), (i64, Option<i64>)>) -> Vec<SourceOffset> {
+fn source_offsets(latest: &HashMap<(String, i32), Next>) -> Vec<SourceOffset> {
     latest
         .iter()
-        .map(|((topic, partition), (next, stream_time))| SourceOffset {
+        .map(|((topic, partition), (next, stream_time, clocks))| SourceOffset {
             topic: topic.clone(),
             partition: *partition,
             next: *next,
             stream_time: *stream_time,
+            clocks: clocks.clone(),
         })
         .collect()
 }
@@ -314,6 +344,7 @@ fn write_stores(batch: &mut [Cut], sink: &dyn Sink, metrics: &Metrics) -> Result
                 changelog_offset,
                 sources: Some(sources.clone()),
                 stream_time: cut.stream_time,
+                clocks: cut.clocks.clone(),
             };
             if let Err(error) = write.store.write(&write.entries, &checkpoint) {
                 let error = format!("cannot write the store of {}: {error}", write.changelog);
@@ -529,7 +560,7 @@ fn commit_round(
     }
     // Offsets that moved since the last committed round (an idle worker's rounds send none).
     let mut latest = next_offsets(batch);
-    latest.retain(|partition, (next, _)| committed.get(partition) != Some(next));
+    latest.retain(|partition, (next, _, _)| committed.get(partition) != Some(next));
     let offsets = source_offsets(&latest);
     // A cut that changed nothing and moved nowhere leaves its stores as they are.
     for cut in batch.iter_mut() {
@@ -567,7 +598,7 @@ fn commit_round(
     if changed {
         metrics.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    committed.extend(latest.into_iter().map(|(partition, (next, _))| (partition, next)));
+    committed.extend(latest.into_iter().map(|(partition, (next, _, _))| (partition, next)));
     // The changelog is the truth from here: a crash before the stores are written is
     // repaired by their restore.
     write_stores(batch, sink, metrics)?;
@@ -592,6 +623,26 @@ mod tests {
     use super::*;
     use crate::store::{MemoryStore, StateStore};
     use crate::task::round::{Rounds, Ticket};
+
+    #[test]
+    fn offset_metadata_carries_stream_time_and_the_operations_own() {
+        let clocks = vec![
+            ("per-window".to_string(), 15_000),
+            ("pairs-this-join-store".to_string(), -3),
+        ];
+        let text = offset_metadata(Some(30_000), &clocks);
+        assert_eq!(
+            text,
+            "streams.stream.time=30000;streams.clock.per-window=15000;streams.clock.pairs-this-join-store=-3"
+        );
+        assert_eq!(stream_time_of_metadata(&text), Some(30_000));
+        assert_eq!(clocks_of_metadata(&text), clocks);
+        // What earlier versions wrote still reads.
+        assert_eq!(stream_time_of_metadata("streams.stream.time=7"), Some(7));
+        assert!(clocks_of_metadata("streams.stream.time=7").is_empty());
+        assert_eq!(offset_metadata(None, &[]), "");
+        assert_eq!(stream_time_of_metadata("something else"), None);
+    }
     use crate::task::sink::{OnError, OutRecord, ProductionErrors, Sink, SinkError};
 
     /// A sink whose flush says it has begun, then waits to be let go.
@@ -685,6 +736,7 @@ mod tests {
             partition: 0,
             positions: vec![(Arc::from("in"), 9)],
             stream_time: None,
+            clocks: Vec::new(),
             writes: vec![TableWrite {
                 changelog: Arc::from("changelog"),
                 store: Arc::clone(&store) as Arc<dyn StateStore>,
@@ -791,6 +843,7 @@ mod tests {
                 partition: 0,
                 positions: vec![(Arc::from("in"), offset)],
                 stream_time: None,
+                clocks: Vec::new(),
                 writes: Vec::new(),
                 acks: Vec::new(),
                 ticket: Some(Ticket { member, round, done }),

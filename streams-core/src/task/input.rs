@@ -646,10 +646,12 @@ impl StreamCore {
         let mut writes: Vec<TableWrite> = Vec::new();
         let seq = ctx.next_cut();
         let stream_time = Some(ctx.stream_time()).filter(|t| *t != super::NO_TIME);
+        let clocks = ctx.clocks();
         if !positions.is_empty() {
             // Every store of the partition gets the cut's positions, changed or not: a
             // store's positions say how far its state reflects the input.
-            let headers: Headers = crate::changelog::source_headers(&positions, ctx.partition, stream_time).into();
+            let headers: Headers =
+                crate::changelog::source_headers(&positions, ctx.partition, stream_time, &clocks).into();
             for (changelog, store, changes) in ctx.take_changes(seq) {
                 let mut entries = Vec::with_capacity(changes.len());
                 for (key, value, timestamp) in changes {
@@ -676,6 +678,7 @@ impl StreamCore {
             partition: ctx.partition,
             positions: positions.clone(),
             stream_time,
+            clocks,
             writes,
             acks,
             ticket: None,

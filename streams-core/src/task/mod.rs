@@ -54,8 +54,12 @@ pub(crate) struct TaskContext {
     /// Stream time (ms): the largest event time the task has processed ([`NO_TIME`] before
     /// any). Windows close by it; it is kept with the stores and restored with them.
     stream_time: AtomicI64,
-    /// Stream time as the task's stores had it when it started ([`NO_TIME`]: none).
-    start_time: AtomicI64,
+    /// Per table: the stream time of the operation that keeps it, where the operation has
+    /// its own (a windowed aggregation, a windowed join): the largest event time of the
+    /// records that reached it, as Kafka Streams keeps per processor. [`NO_TIME`]: none.
+    clocks: Box<[AtomicI64]>,
+    /// `clocks` as the task's stores had them when it started.
+    start_clocks: Box<[AtomicI64]>,
     /// What operations keep per task beside tables (a DSL processor's instance), by the
     /// operation's id.
     locals: Mutex<std::collections::HashMap<usize, Box<dyn std::any::Any + Send>>>,
@@ -83,6 +87,40 @@ pub(crate) type Globals = Arc<std::collections::HashMap<&'static str, Arc<dyn cr
 
 /// Stream time before a task has processed anything.
 pub(crate) const NO_TIME: i64 = i64::MIN;
+
+/// Stream times per operation, by the name of the table that keeps it (see
+/// [`TaskContext::clocks`]).
+pub(crate) type Clocks = Vec<(String, i64)>;
+
+/// Merges `from` into `into`: a name in both gets `pick` of the two times.
+pub(crate) fn merge_clocks(into: &mut Clocks, from: &[(String, i64)], pick: fn(i64, i64) -> i64) {
+    for (name, time) in from {
+        match into.iter_mut().find(|(n, _)| n == name) {
+            Some((_, mine)) => *mine = pick(*mine, *time),
+            None => into.push((name.clone(), *time)),
+        }
+    }
+}
+
+/// Clocks as text: `name=time` pairs, comma-separated (table names have no `=`, `,` or `;`).
+pub(crate) fn clocks_text(clocks: &[(String, i64)]) -> String {
+    let pairs: Vec<String> = clocks.iter().map(|(name, time)| format!("{name}={time}")).collect();
+    pairs.join(",")
+}
+
+/// Clocks from [`clocks_text`]; pairs that do not parse are skipped.
+pub(crate) fn clocks_of_text(text: &str) -> Clocks {
+    text.split(',')
+        .filter_map(|pair| {
+            let (name, time) = pair.split_once('=')?;
+            Some((name.to_string(), time.parse().ok()?))
+        })
+        .collect()
+}
+
+fn no_clocks(tables: usize) -> Box<[AtomicI64]> {
+    (0..tables).map(|_| AtomicI64::new(NO_TIME)).collect()
+}
 
 /// Adds one to a partition's count. Only the partition's task writes its counts (and takes
 /// them in `report`), so a plain load and store do: no locked instruction per record.
@@ -133,6 +171,7 @@ impl TaskContext {
                 metrics.families.records_in.get_or_create_owned(&labels)
             })
             .collect();
+        let table_count = tables.len();
         Self {
             name: spec.name.as_str().into(),
             sources: spec.sources.iter().map(|t| Arc::from(&*t.name)).collect(),
@@ -149,7 +188,8 @@ impl TaskContext {
             finishing: AtomicBool::new(false),
             event_time: AtomicI64::new(0),
             stream_time: AtomicI64::new(NO_TIME),
-            start_time: AtomicI64::new(NO_TIME),
+            clocks: no_clocks(table_count),
+            start_clocks: no_clocks(table_count),
             locals: Mutex::default(),
             counts: Counts::new(spec.sources.len()),
             records_in,
@@ -226,7 +266,8 @@ impl TaskContext {
             finishing: AtomicBool::new(false),
             event_time: AtomicI64::new(0),
             stream_time: AtomicI64::new(NO_TIME),
-            start_time: AtomicI64::new(NO_TIME),
+            clocks: Box::default(),
+            start_clocks: Box::default(),
             locals: Mutex::default(),
             counts: Counts::default(),
             records_in: Vec::new(),
@@ -315,14 +356,69 @@ impl TaskContext {
     pub(crate) fn restore_stream_time(&self, time: Option<i64>) {
         if let Some(time) = time {
             self.stream_time.fetch_max(time, Ordering::Relaxed);
-            self.start_time.fetch_max(time, Ordering::Relaxed);
         }
     }
 
-    /// Stream time as the task's restored stores had it, before any record of this run:
-    /// windows that ended by then were closed by an earlier owner.
-    pub(crate) fn start_time(&self) -> i64 {
-        self.start_time.load(Ordering::Relaxed)
+    /// A record at `time` reached the operation that keeps table `table`: its stream time
+    /// moves up to it. Returns the operation's stream time.
+    pub(crate) fn advance_clock(&self, table: usize, time: i64) -> i64 {
+        match self.clocks.get(table) {
+            Some(clock) => {
+                let now = clock.load(Ordering::Relaxed);
+                if time > now {
+                    clock.store(time, Ordering::Relaxed);
+                    time
+                } else {
+                    now
+                }
+            }
+            None => NO_TIME,
+        }
+    }
+
+    /// The stream time of the operation that keeps table `table` ([`NO_TIME`]: none yet).
+    pub(crate) fn clock(&self, table: usize) -> i64 {
+        self.clocks.get(table).map_or(NO_TIME, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// [`TaskContext::clock`] as the task's restored state had it, before any record of
+    /// this run: windows that ended by then were closed by an earlier owner.
+    pub(crate) fn start_clock(&self, table: usize) -> i64 {
+        self.start_clocks
+            .get(table)
+            .map_or(NO_TIME, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// The operations' stream times that are set, by their tables' names: kept with the
+    /// stores, in the changelog's headers and in the committed offsets, like stream time.
+    pub(crate) fn clocks(&self) -> Clocks {
+        let mut clocks = Clocks::new();
+        for (index, clock) in self.clocks.iter().enumerate() {
+            let time = clock.load(Ordering::Relaxed);
+            if time != NO_TIME {
+                if let Some(table) = self.tables().get(index) {
+                    clocks.push((table.name.to_string(), time));
+                }
+            }
+        }
+        clocks
+    }
+
+    /// The operations' stream times as restored (before the first record); names of
+    /// tables the task does not have are ignored.
+    pub(crate) fn restore_clocks(&self, clocks: &[(String, i64)]) {
+        if clocks.is_empty() {
+            return;
+        }
+        let tables = self.tables();
+        for (name, time) in clocks {
+            if let Some(index) = tables.iter().position(|t| t.name == name) {
+                if let (Some(clock), Some(start)) = (self.clocks.get(index), self.start_clocks.get(index)) {
+                    clock.fetch_max(*time, Ordering::Relaxed);
+                    start.fetch_max(*time, Ordering::Relaxed);
+                }
+            }
+        }
     }
 
     /// Event time (ms) of the record being processed.
@@ -435,4 +531,23 @@ pub(crate) fn wall_clock_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clocks_merge_by_name_and_read_back_from_text() {
+        let mut clocks: Clocks = vec![("a".into(), 5), ("b".into(), 9)];
+        merge_clocks(&mut clocks, &[("b".into(), 7), ("c".into(), 1)], i64::max);
+        assert_eq!(clocks, vec![("a".into(), 5), ("b".into(), 9), ("c".into(), 1)]);
+        merge_clocks(&mut clocks, &[("b".into(), 7)], i64::min);
+        assert_eq!(clocks[1], ("b".into(), 7));
+        let text = clocks_text(&clocks);
+        assert_eq!(text, "a=5,b=7,c=1");
+        assert_eq!(clocks_of_text(&text), clocks);
+        assert!(clocks_of_text("").is_empty());
+        assert_eq!(clocks_of_text("x=1,broken,y=z"), vec![("x".to_string(), 1)]);
+    }
 }

@@ -335,6 +335,7 @@ impl Shared {
         let Committed {
             offsets: mut committed,
             stream_times,
+            clocks,
         } = committed_offsets(consumer, list)?;
         // Offsets this worker committed itself (in its transactions) count too.
         for (partition, next) in known {
@@ -425,6 +426,11 @@ impl Shared {
                 .filter_map(|(topic, _)| stream_times.get(&(topic.clone(), partition)).copied())
                 .max();
             ctx.restore_stream_time(committed_time);
+            for (topic, _) in &sources {
+                if let Some(clocks) = clocks.get(&(topic.clone(), partition)) {
+                    ctx.restore_clocks(clocks);
+                }
+            }
             let (tx, rx) = mpsc::channel(QUEUE * spec.sources.len().max(1));
             let job = (!stores.is_empty()).then(|| RestoreJob {
                 topic: sources.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>().join("+"),
@@ -792,6 +798,8 @@ struct Committed {
     offsets: HashMap<(String, i32), i64>,
     /// The stream time of the task that committed it (from the offset's metadata).
     stream_times: HashMap<(String, i32), i64>,
+    /// Its operations' stream times (from the offset's metadata).
+    clocks: HashMap<(String, i32), crate::task::Clocks>,
 }
 
 /// The group's committed offsets of `list` (absent: nothing committed). Retried; a failure
@@ -813,11 +821,13 @@ fn committed_offsets(consumer: &BaseConsumer<WorkerContext>, list: &TopicPartiti
                         out.offsets.insert(partition.clone(), offset);
                     }
                     let metadata = metadata_bytes(&committed, index);
-                    let time = std::str::from_utf8(&metadata)
-                        .ok()
-                        .and_then(crate::task::commit::stream_time_of_metadata);
-                    if let Some(time) = time {
-                        out.stream_times.insert(partition, time);
+                    let text = std::str::from_utf8(&metadata).unwrap_or_default();
+                    if let Some(time) = crate::task::commit::stream_time_of_metadata(text) {
+                        out.stream_times.insert(partition.clone(), time);
+                    }
+                    let clocks = crate::task::commit::clocks_of_metadata(text);
+                    if !clocks.is_empty() {
+                        out.clocks.insert(partition, clocks);
                     }
                 }
                 match failed {
@@ -974,7 +984,7 @@ fn offset_list(offsets: &[SourceOffset]) -> std::result::Result<TopicPartitionLi
         list.add_partition_offset(&offset.topic, offset.partition, Offset::Offset(offset.next))
             .map_err(|e| e.to_string())?;
         if let Some(mut element) = list.find_partition(&offset.topic, offset.partition) {
-            element.set_metadata(crate::task::commit::offset_metadata(offset.stream_time));
+            element.set_metadata(crate::task::commit::offset_metadata(offset.stream_time, &offset.clocks));
         }
     }
     Ok(list)

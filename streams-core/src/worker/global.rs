@@ -315,6 +315,7 @@ impl Applier {
             changelog_offset: None,
             sources: Some(self.next.iter().map(|(p, next)| (p.to_string(), next - 1)).collect()),
             stream_time: None,
+            clocks: Vec::new(),
         };
         self.store.write(&self.batch, &checkpoint)?;
         self.batch.clear();

@@ -385,12 +385,8 @@ impl<'p> Task<'p> {
     }
 
     fn take(&mut self, taken: &Taken, out: &mut Expected) {
-        // Stream time moves at the source, for every record the task takes.
-        let ts = match taken {
-            Taken::Input { ts, .. } => *ts,
-            Taken::Side(r) => r.ts,
-        };
-        self.now = self.now.max(ts);
+        // Stream time is the windowed aggregation's or the join's own (as in Kafka Streams):
+        // it moves with the records that reach it, not with those filtered out before.
         match taken {
             Taken::Side(r) => self.side_record(r, out),
             Taken::Input { key, values, ts } => {
@@ -456,6 +452,7 @@ impl<'p> Task<'p> {
     }
 
     fn window(&mut self, windows: &Windows, key: &str, value: i64, ts: i64, out: &mut Expected) {
+        self.now = self.now.max(ts);
         let closed = windows.closed_through(self.now);
         match windows.kind {
             WindowKind::Tumbling { .. } | WindowKind::Hopping { .. } => {
@@ -543,16 +540,21 @@ impl<'p> Task<'p> {
         ts: i64,
         out: &mut Expected,
     ) {
+        self.now = self.now.max(ts);
         self.expire_join(kind, (before, after), grace, out);
         // As seen from this record's side: the side topic sees the window reversed.
         let (back, ahead) = if side == 0 { (before, after) } else { (after, before) };
-        if self.now != NO_TIME && ts + ahead + grace < self.now {
+        if ts + ahead + grace < self.now {
+            // Late: it still meets what the other side holds, and goes on alone at once.
             out.late += 1;
-            return;
         }
+        // Buffered while a record still to come can meet it.
+        let buffered = ts > self.now - before - after - grace - 1;
         let number = self.next;
         self.next += 1;
-        self.buffers[side].push((key.to_string(), ts, value, number));
+        if buffered {
+            self.buffers[side].push((key.to_string(), ts, value, number));
+        }
         let theirs = 1 - side;
         let mut matches: Vec<(i64, i64, u64)> = self.buffers[theirs]
             .iter()
@@ -575,7 +577,17 @@ impl<'p> Task<'p> {
             JoinKind::Outer => true,
         };
         if matches.is_empty() && alone {
-            self.unmatched.insert((side, number));
+            if ts + ahead < self.now || !buffered {
+                // Its reach is behind stream time: on at once, as Kafka Streams does.
+                let result = if side == 0 {
+                    joined(Some(value), None)
+                } else {
+                    joined(None, Some(value))
+                };
+                out.joins.entry(key.to_string()).or_default().push(result);
+            } else {
+                self.unmatched.insert((side, number));
+            }
         }
     }
 
