@@ -339,7 +339,12 @@ fn sliding_model(times: &[(i64, i64)], difference: i64) -> BTreeMap<(i64, i64), 
         (inside.len() as i64, inside.iter().sum())
     };
     for (time, _) in times {
-        let left = ((time - difference).max(0), *time);
+        // Records before `difference` share [0, difference].
+        let left = if *time < difference {
+            (0, difference)
+        } else {
+            (time - difference, *time)
+        };
         windows.insert(left, contents(left.0, left.1));
         let right = (time + 1, time + 1 + difference);
         let content = contents(right.0, right.1);
@@ -393,6 +398,67 @@ async fn sliding_windows_hold_exactly_the_records_of_each_distinct_window() {
     let sums: BTreeMap<(i64, i64), i64> = expected.iter().map(|(w, (_, s))| (*w, *s)).collect();
     assert_eq!(read(&SLIDING), counts);
     assert_eq!(read(&SLIDING_SUMS), sums);
+}
+
+/// Kafka Streams' sliding windows near time 0 and at the edge of lateness: records earlier
+/// than the time difference share the window [0, difference] (there is no window ending at
+/// each); a window closes once its end is before stream time - grace, and a record is late
+/// only when even the window starting just after it has closed (t + 1 + difference <= stream
+/// time - grace).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sliding_windows_begin_with_one_window_from_zero_and_drop_late_records_as_kafka_streams() {
+    let difference = 10;
+    let app = |grace: u64| {
+        App::new("sliding").pipeline("sliding", move |builder| {
+            builder
+                .stream(EVENTS)
+                .group_by_key()
+                .windowed_by(SlidingWindows::with_time_difference(ms(difference as u64)).grace(ms(grace)))
+                .count(SLIDING)
+                .to_stream()
+                .to(COUNTS);
+        })
+    };
+    let times: Vec<(i64, i64)> = vec![(2, 1), (5, 1), (8, 1), (14, 1), (40, 1)];
+    let mut driver = TestDriver::new(app(1000)).expect("driver");
+    for (time, value) in &times {
+        driver.pipe_at(&EVENTS, "a", value, *time).expect("pipe");
+    }
+    driver.run().await.expect("run");
+    let table: BTreeMap<(i64, i64), i64> = driver
+        .windowed_table(&SLIDING)
+        .expect("table")
+        .into_iter()
+        .map(|(w, n)| ((w.window.start, w.window.end), n))
+        .collect();
+    let expected: BTreeMap<(i64, i64), i64> = [
+        ((0, 10), 3),  // 2, 5 and 8
+        ((3, 13), 2),  // after 2: 5 and 8
+        ((4, 14), 3),  // ending at 14: 5, 8, 14
+        ((6, 16), 2),  // after 5: 8 and 14
+        ((9, 19), 1),  // after 8: 14
+        ((30, 40), 1), // ending at 40
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(table, expected);
+    assert_eq!(
+        expected,
+        sliding_model(&times, difference).into_iter().map(|(w, (n, _))| (w, n)).collect()
+    );
+
+    // No grace: at stream time 30, a record at 19 is late (19 + 1 + 10 <= 30); one at 20
+    // is not: [20, 30] is still open (its end is not before 30) and takes it, and the window
+    // just after it, [21, 31], holds 30.
+    let mut driver = TestDriver::new(app(0)).expect("driver");
+    for time in [30, 19, 20] {
+        driver.pipe_at(&EVENTS, "a", &1, time).expect("pipe");
+    }
+    driver.run().await.expect("run");
+    let mut sent = windowed(&driver, &COUNTS);
+    sent.sort();
+    assert_eq!(sent, vec![("a".into(), 20, 30, 2), ("a".into(), 21, 31, 1)]);
+    assert_eq!(driver.metrics().late.load(Ordering::Relaxed), 1);
 }
 
 const RETAINED: WindowedTable<String, i64> = WindowedTable::new("retained");

@@ -55,9 +55,9 @@ impl Kind {
         match self {
             // [start, end): closed once end + grace <= now.
             Kind::Fixed(w) => now.saturating_sub(w.grace),
-            // [start, end]: closed once end + grace <= now, as in Kafka Streams (a window is
-            // updated while its end is past stream time - grace).
-            Kind::Sliding(w) => now.saturating_sub(w.grace),
+            // [start, end]: closed once end + grace < now, as in Kafka Streams (a window is
+            // updated while its end is at or past stream time - grace).
+            Kind::Sliding(w) => now.saturating_sub(w.grace).saturating_sub(1),
             // Sessions: closed once end + gap + grace < now (a record within the gap would
             // still extend them).
             Kind::Session(w) => now.saturating_sub(w.gap).saturating_sub(w.grace).saturating_sub(1),
@@ -438,8 +438,10 @@ where
         let time = cx.timestamp;
         let difference = windows.difference;
         let closed = self.kind.closed_through(cx.ctx.clock(index));
-        // The last window that can hold this record ends `difference` after it.
-        if time.saturating_add(difference) <= closed {
+        // The last window this record can change, the one starting just after it, ends
+        // `difference` + 1 after it: late when that window has closed (Kafka Streams: when
+        // t + 1 + difference <= stream time - grace).
+        if time.saturating_add(difference).saturating_add(1) <= closed.saturating_add(1) {
             return self.late(cx, key, value, time);
         }
         let Some((records_table, records_slot)) = &self.records else {
@@ -466,7 +468,15 @@ where
         // of the records after it that reach back to it, those starting just after the
         // records before it that reach up to it, and the one starting just after it.
         let mut changed: BTreeSet<Window> = BTreeSet::new();
-        let left = |end: i64| Window::new(end.saturating_sub(difference).max(0), end);
+        // A record earlier than `difference` has no window ending at it: as in Kafka Streams,
+        // the records in [0, difference] share that one window.
+        let left = |end: i64| {
+            if end < difference {
+                Window::new(0, difference)
+            } else {
+                Window::new(end.saturating_sub(difference), end)
+            }
+        };
         let right = |after: i64| Window::new(after + 1, after + 1 + difference);
         changed.insert(left(time));
         for (other, _) in &nearby {
