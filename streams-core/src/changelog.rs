@@ -27,6 +27,36 @@ pub const STREAM_TIME: &str = "streams.stream.time";
 /// that keep their own (windowed aggregations and joins), as `table=ms` pairs.
 pub const STREAM_CLOCKS: &str = "streams.stream.clocks";
 
+/// Stream times per operation, by the name of the table that keeps it (see
+/// `TaskContext::clocks`).
+pub(crate) type Clocks = Vec<(String, i64)>;
+
+/// Merges `from` into `into`: a name in both gets `pick` of the two times.
+pub(crate) fn merge_clocks(into: &mut Clocks, from: &[(String, i64)], pick: fn(i64, i64) -> i64) {
+    for (name, time) in from {
+        match into.iter_mut().find(|(n, _)| n == name) {
+            Some((_, mine)) => *mine = pick(*mine, *time),
+            None => into.push((name.clone(), *time)),
+        }
+    }
+}
+
+/// Clocks as text: `name=time` pairs, comma-separated (table names have no `=`, `,` or `;`).
+pub(crate) fn clocks_text(clocks: &[(String, i64)]) -> String {
+    let pairs: Vec<String> = clocks.iter().map(|(name, time)| format!("{name}={time}")).collect();
+    pairs.join(",")
+}
+
+/// Clocks from [`clocks_text`]; pairs that do not parse are skipped.
+pub(crate) fn clocks_of_text(text: &str) -> Clocks {
+    text.split(',')
+        .filter_map(|pair| {
+            let (name, time) = pair.split_once('=')?;
+            Some((name.to_string(), time.parse().ok()?))
+        })
+        .collect()
+}
+
 /// Each source topic of a task with the offset the group committed for it: the next offset
 /// to read. Where the group has committed nothing, the partition's first offset (its low
 /// watermark) stands in: changes made by input that can still be read are then treated as
@@ -37,7 +67,7 @@ pub(crate) type Committed = [(String, i64)];
 /// The headers of a changelog record made at a cut: one topic/partition/offset triple per
 /// source the task has read from, in the order of its sources.
 /// Then the task's stream time, when it has one, and its operations' own (see
-/// [`crate::task::TaskContext::clocks`]), when it has any.
+/// `TaskContext::clocks`), when it has any.
 pub(crate) fn source_headers(
     positions: &[(std::sync::Arc<str>, i64)],
     partition: i32,
@@ -54,7 +84,7 @@ pub(crate) fn source_headers(
         headers.push((STREAM_TIME.to_string(), time.to_string().into_bytes()));
     }
     if !clocks.is_empty() {
-        headers.push((STREAM_CLOCKS.to_string(), crate::task::clocks_text(clocks).into_bytes()));
+        headers.push((STREAM_CLOCKS.to_string(), clocks_text(clocks).into_bytes()));
     }
     headers
 }
@@ -67,10 +97,10 @@ fn stream_time_of<'h>(headers: impl Iterator<Item = (&'h str, &'h [u8])>) -> Opt
 }
 
 /// The operations' stream times a changelog record's headers carry.
-fn clocks_of<'h>(headers: impl Iterator<Item = (&'h str, &'h [u8])>) -> crate::task::Clocks {
+fn clocks_of<'h>(headers: impl Iterator<Item = (&'h str, &'h [u8])>) -> Clocks {
     headers
         .filter(|(key, _)| *key == STREAM_CLOCKS)
-        .find_map(|(_, value)| std::str::from_utf8(value).ok().map(crate::task::clocks_of_text))
+        .find_map(|(_, value)| std::str::from_utf8(value).ok().map(clocks_of_text))
         .unwrap_or_default()
 }
 
@@ -114,7 +144,7 @@ pub(crate) struct Restored {
     /// The largest stream time among the applied records.
     pub stream_time: Option<i64>,
     /// The largest stream time of each operation among the applied records.
-    pub clocks: crate::task::Clocks,
+    pub clocks: Clocks,
     /// A probing pass (see [`Apply::new`]) found a record to apply and stopped there,
     /// writing nothing.
     pub found_foreign: bool,
@@ -203,7 +233,7 @@ impl<'a> Apply<'a> {
         if let Some(time) = stream_time_of(headers.iter().copied()) {
             self.restored.stream_time = Some(self.restored.stream_time.map_or(time, |t| t.max(time)));
         }
-        crate::task::merge_clocks(&mut self.restored.clocks, &clocks_of(headers.into_iter()), i64::max);
+        merge_clocks(&mut self.restored.clocks, &clocks_of(headers.into_iter()), i64::max);
         self.batch.push((key.to_vec(), value.map(<[u8]>::to_vec)));
         self.restored.applied += 1;
         if self.batch.len() >= BATCH {
@@ -442,7 +472,7 @@ pub(crate) struct Restoration {
     /// applied, the latest those changes carry.
     pub stream_time: Option<i64>,
     /// The operations' stream times, taken as `stream_time` is.
-    pub clocks: crate::task::Clocks,
+    pub clocks: Clocks,
 }
 
 /// Restores the stores of one task (`stores`: each table's store and changelog), decides
@@ -499,14 +529,14 @@ pub(crate) fn restore_task(
     } else {
         checkpoints.iter().filter_map(|c| c.stream_time).min()
     };
-    let mut clocks = crate::task::Clocks::new();
+    let mut clocks = Clocks::new();
     if foreign {
         for r in &restored {
-            crate::task::merge_clocks(&mut clocks, &r.clocks, i64::max);
+            merge_clocks(&mut clocks, &r.clocks, i64::max);
         }
     } else {
         for c in &checkpoints {
-            crate::task::merge_clocks(&mut clocks, &c.clocks, i64::min);
+            merge_clocks(&mut clocks, &c.clocks, i64::min);
         }
     }
     let mut restate = Vec::with_capacity(stores.len());
@@ -530,6 +560,20 @@ pub(crate) fn restore_task(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clocks_merge_by_name_and_read_back_from_text() {
+        let mut clocks: Clocks = vec![("a".into(), 5), ("b".into(), 9)];
+        merge_clocks(&mut clocks, &[("b".into(), 7), ("c".into(), 1)], i64::max);
+        assert_eq!(clocks, vec![("a".into(), 5), ("b".into(), 9), ("c".into(), 1)]);
+        merge_clocks(&mut clocks, &[("b".into(), 7)], i64::min);
+        assert_eq!(clocks[1], ("b".into(), 7));
+        let text = clocks_text(&clocks);
+        assert_eq!(text, "a=5,b=7,c=1");
+        assert_eq!(clocks_of_text(&text), clocks);
+        assert!(clocks_of_text("").is_empty());
+        assert_eq!(clocks_of_text("x=1,broken,y=z"), vec![("x".to_string(), 1)]);
+    }
 
     fn headers(sources: &[(&str, i64)]) -> Vec<(String, Vec<u8>)> {
         let positions: Vec<(std::sync::Arc<str>, i64)> = sources.iter().map(|(t, o)| (Arc::from(*t), *o)).collect();

@@ -444,7 +444,10 @@ async fn sliding_windows_begin_with_one_window_from_zero_and_drop_late_records_a
     assert_eq!(table, expected);
     assert_eq!(
         expected,
-        sliding_model(&times, difference).into_iter().map(|(w, (n, _))| (w, n)).collect()
+        sliding_model(&times, difference)
+            .into_iter()
+            .map(|(w, (n, _))| (w, n))
+            .collect()
     );
 
     // No grace: at stream time 30, a record at 19 is late (19 + 1 + 10 <= 30); one at 20

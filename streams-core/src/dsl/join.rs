@@ -356,13 +356,40 @@ enum Rows {
 type TableJoiner<K, V1, V2, VR> = dyn Fn(&K, Option<&V1>, Option<&V2>) -> VR + Send + Sync;
 
 /// The result of a table–table join, kept in its own table: a change of either side
-/// recomputes its key.
+/// recomputes its key. The result carries the later of the two rows' times, as in Kafka
+/// Streams; the tables keep values only, so the join keeps each key's two row times in a
+/// table of its own (`{result}-join-times`).
 struct TableTableJoin<K, V1, V2, VR> {
     rows: Rows,
     left: (&'static str, TableSlot),
     right: (&'static str, TableSlot),
     result: (&'static str, TableSlot),
+    times: (&'static str, TableSlot),
     joiner: Box<TableJoiner<K, V1, V2, VR>>,
+}
+
+/// A key's row times in the two tables of a table–table join (16 bytes: left then right,
+/// big-endian; `i64::MIN` where the table has no row).
+fn read_times(stored: Option<&[u8]>) -> [Option<i64>; 2] {
+    let at = |n: usize| {
+        stored
+            .and_then(|bytes| bytes.get(n * 8..n * 8 + 8))
+            .and_then(|b| b.try_into().ok())
+            .map(i64::from_be_bytes)
+            .filter(|t| *t != i64::MIN)
+    };
+    [at(0), at(1)]
+}
+
+fn write_times(times: [Option<i64>; 2]) -> Option<Vec<u8>> {
+    if times == [None, None] {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(16);
+    for time in times {
+        bytes.extend_from_slice(&time.unwrap_or(i64::MIN).to_be_bytes());
+    }
+    Some(bytes)
 }
 
 impl<K, V1, V2, VR> TableTableJoin<K, V1, V2, VR>
@@ -372,8 +399,30 @@ where
     V2: DeserializeOwned + Send + Sync + 'static,
     VR: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    /// Recomputes `key` from both tables as they are now.
-    fn recompute(&self, cx: &mut Cx<'_>, key_bytes: &[u8]) -> Outcome {
+    /// Side `side` (0 left, 1 right) of `key` changed at `cx.timestamp` (`deleted`: it
+    /// lost its row): recomputes the key from both tables as they are now.
+    fn recompute(&self, cx: &mut Cx<'_>, key_bytes: &[u8], side: usize, deleted: bool) -> Outcome {
+        let times_index = self.times.1.get()?;
+        let mut times = read_times(cx.ctx.get_now(times_index, key_bytes).map_err(failed)?.as_deref());
+        let time = cx.timestamp;
+        times[side] = (!deleted).then_some(time);
+        let stored_times = write_times(times);
+        if cx.ctx.get_now(times_index, key_bytes).map_err(failed)? != stored_times {
+            cx.ctx
+                .put_at(times_index, key_bytes.to_vec(), stored_times)
+                .map_err(failed)?;
+        }
+        // Kafka Streams: the later of this change's time and the other side's row's.
+        let result_time = times[1 - side].map_or(time, |other| other.max(time));
+        let before = cx.ctx.event_time();
+        cx.ctx.set_event_time(result_time);
+        let outcome = self.put_result(cx, key_bytes);
+        cx.ctx.set_event_time(before);
+        outcome
+    }
+
+    /// Writes `key`'s row of the result (or its deletion) from both tables as they are now.
+    fn put_result(&self, cx: &mut Cx<'_>, key_bytes: &[u8]) -> Outcome {
         let left: Option<V1> = table_value(cx, &self.left.1, self.left.0, key_bytes)?;
         let right: Option<V2> = table_value(cx, &self.right.1, self.right.0, key_bytes)?;
         let has_row = match self.rows {
@@ -407,8 +456,8 @@ fn guarded_value<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     out.ok_or_else(|| "the function gave no value".to_string())
 }
 
-/// Listens to one side of a table–table join.
-struct Side<K, V1, V2, VR>(Arc<TableTableJoin<K, V1, V2, VR>>);
+/// Listens to one side (0 left, 1 right) of a table–table join.
+struct Side<K, V1, V2, VR>(Arc<TableTableJoin<K, V1, V2, VR>>, usize);
 
 impl<K, V1, V2, VR> ChangeListener for Side<K, V1, V2, VR>
 where
@@ -417,8 +466,8 @@ where
     V2: DeserializeOwned + Send + Sync + 'static,
     VR: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    fn change(&self, cx: &mut Cx<'_>, key: &[u8], _: Option<&[u8]>) -> Outcome {
-        self.0.recompute(cx, key)
+    fn change(&self, cx: &mut Cx<'_>, key: &[u8], value: Option<&[u8]>) -> Outcome {
+        self.0.recompute(cx, key, self.1, value.is_none())
     }
 }
 
@@ -454,17 +503,29 @@ where
             vec![join_node],
             group,
         );
+        let times: &'static str = Box::leak(format!("{}-join-times", store.name()).into_boxed_str());
+        let times_spec = TableSpec {
+            name: times,
+            key_type: std::any::type_name::<K>(),
+            value_type: "row times",
+            show_key: KeyDisplay(K::display_key),
+            faust: false,
+            windowed: false,
+            lookup: None,
+        };
+        let times_slot = g.table(group, times_spec);
         let join = Arc::new(TableTableJoin {
             rows,
             left: (self.name, self.slot.clone()),
             right: (other.name, other.slot.clone()),
             result: (store.name(), slot.clone()),
+            times: (times, times_slot),
             joiner,
         });
         // Both sides' changes recompute their keys at each commit point, before the
         // result's own changes go on (listeners run in the order they were added).
-        g.listen(group, self.slot.clone(), Arc::new(Side(Arc::clone(&join))));
-        g.listen(group, other.slot.clone(), Arc::new(Side(join)));
+        g.listen(group, self.slot.clone(), Arc::new(Side(Arc::clone(&join), 0)));
+        g.listen(group, other.slot.clone(), Arc::new(Side(join, 1)));
         drop(g);
         KTable::new(graph, store.name(), slot, group, node)
     }

@@ -991,8 +991,8 @@ mod tests {
         );
         assert_eq!(
             sliding.closed_through(100),
-            90,
-            "end + grace <= now, as in Kafka Streams"
+            89,
+            "end + grace < now, as in Kafka Streams (updated while end >= now - grace)"
         );
     }
 }

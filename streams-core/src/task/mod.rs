@@ -88,35 +88,7 @@ pub(crate) type Globals = Arc<std::collections::HashMap<&'static str, Arc<dyn cr
 /// Stream time before a task has processed anything.
 pub(crate) const NO_TIME: i64 = i64::MIN;
 
-/// Stream times per operation, by the name of the table that keeps it (see
-/// [`TaskContext::clocks`]).
-pub(crate) type Clocks = Vec<(String, i64)>;
-
-/// Merges `from` into `into`: a name in both gets `pick` of the two times.
-pub(crate) fn merge_clocks(into: &mut Clocks, from: &[(String, i64)], pick: fn(i64, i64) -> i64) {
-    for (name, time) in from {
-        match into.iter_mut().find(|(n, _)| n == name) {
-            Some((_, mine)) => *mine = pick(*mine, *time),
-            None => into.push((name.clone(), *time)),
-        }
-    }
-}
-
-/// Clocks as text: `name=time` pairs, comma-separated (table names have no `=`, `,` or `;`).
-pub(crate) fn clocks_text(clocks: &[(String, i64)]) -> String {
-    let pairs: Vec<String> = clocks.iter().map(|(name, time)| format!("{name}={time}")).collect();
-    pairs.join(",")
-}
-
-/// Clocks from [`clocks_text`]; pairs that do not parse are skipped.
-pub(crate) fn clocks_of_text(text: &str) -> Clocks {
-    text.split(',')
-        .filter_map(|pair| {
-            let (name, time) = pair.split_once('=')?;
-            Some((name.to_string(), time.parse().ok()?))
-        })
-        .collect()
-}
+pub(crate) use crate::changelog::{merge_clocks, Clocks};
 
 fn no_clocks(tables: usize) -> Box<[AtomicI64]> {
     (0..tables).map(|_| AtomicI64::new(NO_TIME)).collect()
@@ -531,23 +503,4 @@ pub(crate) fn wall_clock_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn clocks_merge_by_name_and_read_back_from_text() {
-        let mut clocks: Clocks = vec![("a".into(), 5), ("b".into(), 9)];
-        merge_clocks(&mut clocks, &[("b".into(), 7), ("c".into(), 1)], i64::max);
-        assert_eq!(clocks, vec![("a".into(), 5), ("b".into(), 9), ("c".into(), 1)]);
-        merge_clocks(&mut clocks, &[("b".into(), 7)], i64::min);
-        assert_eq!(clocks[1], ("b".into(), 7));
-        let text = clocks_text(&clocks);
-        assert_eq!(text, "a=5,b=7,c=1");
-        assert_eq!(clocks_of_text(&text), clocks);
-        assert!(clocks_of_text("").is_empty());
-        assert_eq!(clocks_of_text("x=1,broken,y=z"), vec![("x".to_string(), 1)]);
-    }
 }
