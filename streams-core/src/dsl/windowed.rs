@@ -2,8 +2,8 @@
 //! and per window of event time, aggregated into a [`WindowedTable`].
 //!
 //! Each record goes into the windows its event time falls in, unless they have closed: a
-//! window closes once the task's stream time (the largest event time it has processed) is
-//! past its end by the grace period. A record whose windows have all closed is late: it is
+//! window closes once the aggregation's stream time (the largest event time of the records
+//! that reached it, as Kafka Streams keeps per processor) is past its end by the grace period. A record whose windows have all closed is late: it is
 //! dropped, counted (`Metrics::late`), logged at debug, and sent to the topic given with
 //! `late_records_to`. Results go on either at every change (coalesced per commit interval,
 //! like any table's `to_stream`) or once per window when it closes (`emit_final`). Windows
@@ -551,9 +551,9 @@ where
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
     A: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    /// At a commit point, after the table's changes went on: closes the windows stream time
-    /// has passed (however it moved: other records of the task count too), and takes the
-    /// expired ones out of the table (tombstones in this commit's changelog records).
+    /// At a commit point, after the table's changes went on: closes the windows the
+    /// aggregation's stream time has passed, and takes the expired ones out of the table
+    /// (tombstones in this commit's changelog records).
     fn tick(&self, cx: &mut Cx<'_>) -> Outcome {
         let index = self.slot.get()?;
         self.settle(cx, index, Vec::new(), Vec::new())?;
