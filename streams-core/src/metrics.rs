@@ -100,7 +100,9 @@ pub struct Metrics {
     /// Records copied to dead-letter topics.
     pub dead_lettered: AtomicU64,
     /// Records a windowed aggregation dropped because every window they belong to had
-    /// closed (stream time was past its end and grace period).
+    /// closed (stream time was past its end and grace period), and records a stream–stream
+    /// join did not keep in its buffer because they were older than it keeps (they were
+    /// still joined with what the other side holds, as in Kafka Streams).
     pub late: AtomicU64,
     /// Records agents sent to topics.
     pub sends: AtomicU64,
@@ -308,7 +310,7 @@ impl Metrics {
             ),
             (
                 "late_records",
-                "Records dropped because every window they belong to had closed",
+                "Records dropped because every window they belong to had closed (joins: not buffered)",
                 load(&self.late),
                 true,
             ),

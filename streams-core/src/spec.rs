@@ -102,6 +102,9 @@ pub struct TableSpec {
     /// How a key given as text is looked up; `None` for tables kept by an operation for
     /// itself (a join's buffers), which are not looked up.
     pub lookup: Option<KeyLookup>,
+    /// Whether the operation that keeps it has a stream time of its own (a windowed
+    /// aggregation, a stream–stream join's buffers), kept with the task's state.
+    pub keeps_time: bool,
 }
 
 /// A table key given as text (as `APP send --key` takes it) to its bytes twice: as records

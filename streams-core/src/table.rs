@@ -152,6 +152,7 @@ impl<K, V> Table<K, V> {
                 Some(faust) => faust.lookup,
                 None => crate::spec::lookup_key::<K>,
             })),
+            keeps_time: false,
         }
     }
 
@@ -388,6 +389,7 @@ impl<K, V> WindowedTable<K, V> {
             faust: false,
             windowed: true,
             lookup: Some(crate::spec::KeyLookup(crate::spec::lookup_key::<K>)),
+            keeps_time: true,
         }
     }
 }

@@ -884,6 +884,7 @@ impl TestDriver {
                     .map_err(|_| Error::Config("test driver: a new task's queue is full".into()))?;
             }
         }
+        ctx.seed_clocks();
         // Cuts happen at the driver's barriers, never on a timer: runs are deterministic.
         let core = StreamCore::new(Arc::clone(&ctx), rx, Duration::from_secs(365 * 24 * 3600));
         let core = match &self.rounds {

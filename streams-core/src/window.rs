@@ -243,9 +243,9 @@ impl TimeWindows {
 
 /// Sliding windows (Kafka Streams' `SlidingWindows`): windows of a fixed time difference
 /// `[start, start + difference]` (both ends inclusive), one for each distinct set of records
-/// of a key that fit in one — a window ending at each record, and one starting just after it
-/// when later records fall in it. Each result is the aggregate of exactly the records in its
-/// window.
+/// of a key that fit in one — a window ending at each record (records before `difference`
+/// share `[0, difference]`), and one starting just after it when later records fall in it.
+/// Each result is the aggregate of exactly the records in its window.
 ///
 /// ```
 /// use std::time::Duration;

@@ -512,6 +512,7 @@ where
             faust: false,
             windowed: false,
             lookup: None,
+            keeps_time: false,
         };
         let times_slot = g.table(group, times_spec);
         let join = Arc::new(TableTableJoin {
@@ -636,9 +637,10 @@ fn unreachable_row<T>() -> T {
 
 /// The window of a stream–stream join (Kafka Streams' `JoinWindows`): a record of this
 /// stream at time `t` meets the other stream's records from `t - before` to `t + after`
-/// (both ends inclusive); `of_time_difference_*` makes both sides the same difference. A
-/// record whose window has closed — stream time past its time + its side's reach + grace —
-/// is late: dropped and counted (`Metrics::late`).
+/// (both ends inclusive); `of_time_difference_*` makes both sides the same difference. Each
+/// side's buffer keeps records `before + after + grace` behind the latest time put into it;
+/// a record older than that is not kept, and counted (`Metrics::late`), but still meets what
+/// the other side holds, as in Kafka Streams.
 ///
 /// ```
 /// use std::time::Duration;
@@ -728,11 +730,6 @@ impl JoinWindows {
         }
     }
 
-    /// Stream time past which the window of a record of `which` side at `time` has closed.
-    fn closes_after(&self, which: Which, time: i64) -> i64 {
-        time.saturating_add(self.sides(which).1).saturating_add(self.grace)
-    }
-
     /// Records of `which` side at or before this have closed windows at stream time `now`.
     fn closed_through(&self, which: Which, now: i64) -> i64 {
         now.saturating_sub(self.sides(which).1)
@@ -820,14 +817,15 @@ where
     /// The records without a match whose window has closed go on alone (left and outer
     /// joins), in order of their time; buffered records no future record can meet leave.
     fn expire(&self, cx: &mut Cx<'_>) -> Outcome {
-        let now = cx.ctx.clock(self.this.1.get()?);
-        if now == NO_TIME {
-            return Ok(());
-        }
         if let Some((table, slot)) = &self.unmatched {
             let index = slot.get()?;
+            // The join's own stream time, shared by its sides (kept on this table).
+            let now = cx.ctx.clock(index);
             // Closed: time + its side's reach after it + grace < now. The buffer holds both
             // sides, each closing by its own reach.
+            if now == NO_TIME {
+                return self.expire_buffers(cx);
+            }
             let this_through = self.windows.closed_through(Which::This, now);
             let other_through = self.windows.closed_through(Which::Other, now);
             let closed = cx
@@ -864,18 +862,33 @@ where
                 outcome?;
             }
         }
-        let through = self.windows.expired_through(now);
+        self.expire_buffers(cx)
+    }
+
+    /// Each side's buffered records that no record still to come can meet leave, by the
+    /// side's own stream time (as Kafka Streams' window stores keep theirs).
+    fn expire_buffers(&self, cx: &mut Cx<'_>) -> Outcome {
         for which in [Which::This, Which::Other] {
+            let index = self.side_slot(which)?;
+            let now = cx.ctx.clock(index);
+            if now == NO_TIME {
+                continue;
+            }
+            let through = self.windows.expired_through(now);
             let gone = self.buffer(cx, which, |buffer| buffer.expire(through))?;
-            let index = match which {
-                Which::This => self.this.1.get()?,
-                Which::Other => self.other.1.get()?,
-            };
             for bytes in gone {
                 cx.ctx.put_at(index, bytes.into_vec(), None).map_err(failed)?;
             }
         }
         Ok(())
+    }
+
+    /// The table of `which` side's buffer.
+    fn side_slot(&self, which: Which) -> Result<usize, String> {
+        match which {
+            Which::This => self.this.1.get(),
+            Which::Other => self.other.1.get(),
+        }
     }
 
     /// Sends a record of `which` side on alone (left and outer joins), at `time`.
@@ -904,7 +917,12 @@ where
     /// reach is already behind stream time (a late record too), else when its window closes.
     fn push(&self, cx: &mut Cx<'_>, which: Which, key: K, value: Vec<u8>) -> Outcome {
         let time = cx.timestamp;
-        let now = cx.ctx.advance_clock(self.this.1.get()?, time);
+        // The join's stream time, shared by its sides: what closes windows of records
+        // without a match (left and outer joins keep it on their unmatched table).
+        let now = match &self.unmatched {
+            Some((_, slot)) => cx.ctx.advance_clock(slot.get()?, time),
+            None => NO_TIME,
+        };
         let goes_alone = match which {
             Which::This => self.outer_this,
             Which::Other => self.outer_other,
@@ -921,15 +939,22 @@ where
             );
             return Ok(());
         }
+        // This side's buffer keeps a stream time of its own, moved by the keyed records put
+        // into it, as Kafka Streams' window stores do.
+        let buffer_now = cx.ctx.advance_clock(self.side_slot(which)?, time);
         // Results of records whose window closed before this one go first.
         self.expire(cx)?;
-        if self.windows.closes_after(which, time) < now {
+        // No record still to come can meet one at or before this: it is not buffered (Kafka
+        // Streams' window store drops it, and counts it), but still meets what the other
+        // side holds.
+        let buffered = time > self.windows.expired_through(buffer_now);
+        if !buffered {
             cx.ctx.metrics.late.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
                 task = &*cx.ctx.name,
-                "join `{}`: a late record (event time {time} ms, its window and grace period are past stream time \
-                 {now} ms) meets what the other side still buffers, and goes on alone at once if it meets nothing \
-                 in a left or outer join",
+                "join `{}`: a record at {time} ms is older than its buffer keeps (its stream time is {buffer_now} \
+                 ms): not buffered; it meets what the other side still buffers, and goes on alone at once if it \
+                 meets nothing in a left or outer join",
                 self.name
             );
         }
@@ -942,8 +967,6 @@ where
             Which::Other => Which::This,
         };
         let (from, to) = self.windows.reach(which, time);
-        // No record still to come can meet one at or before this: it is not buffered.
-        let buffered = time > self.windows.expired_through(now);
         let mine = if buffered {
             Some(self.buffer(cx, which, |buffer| buffer.add(&key_bytes, time, value.clone()))?)
         } else {
@@ -951,10 +974,7 @@ where
         };
         let matches = self.buffer(cx, theirs, |buffer| buffer.records_keyed(&key_bytes, from, to))?;
         if let Some(mine) = &mine {
-            let index = match which {
-                Which::This => self.this.1.get()?,
-                Which::Other => self.other.1.get()?,
-            };
+            let index = self.side_slot(which)?;
             cx.ctx
                 .put_at(index, mine.clone(), Some(value.clone()))
                 .map_err(failed)?;
@@ -1054,6 +1074,7 @@ fn buffer_table<K: Key>(graph: &mut Graph, group: usize, name: &str, what: &str)
         faust: false,
         windowed: false,
         lookup: None,
+        keeps_time: true,
     };
     (table, graph.table(group, spec))
 }
@@ -1174,7 +1195,9 @@ where
 
     /// Like [`KStream::join_windowed`], and a record of this stream that met no record of the
     /// other by the time its window closes goes on alone, `joiner(key, this, None)`, once —
-    /// not at once, as Kafka Streams did before 3.1 (Kafka Streams' `leftJoin`).
+    /// not at once, as Kafka Streams did before 3.1 (Kafka Streams' `leftJoin`); one whose
+    /// reach is already behind the join's stream time when it arrives, or that has no key,
+    /// goes on alone at once, as in Kafka Streams 3.7.
     pub fn left_join_windowed<K2, V2, P2, VR>(
         self,
         other: KStream<K2, V2, P2>,
@@ -1253,8 +1276,9 @@ mod tests {
     #[test]
     fn join_windows_close_after_the_difference_and_grace() {
         let windows = JoinWindows::of_time_difference_and_grace(Duration::from_millis(30), Duration::from_millis(10));
-        assert_eq!(windows.closes_after(Which::This, 100), 140);
-        assert_eq!(windows.closes_after(Which::Other, 100), 140);
+        // A record at 100 has its window closed once stream time is past 140.
+        assert_eq!(windows.closed_through(Which::This, 141), 100);
+        assert_eq!(windows.closed_through(Which::Other, 140), 99);
         // A record at 59 can still meet one at 89, which is on time until stream time 129.
         assert_eq!(windows.expired_through(130), 59);
     }
@@ -1266,9 +1290,9 @@ mod tests {
             .before(Duration::ZERO);
         assert_eq!(windows.reach(Which::This, 100), (100, 130));
         assert_eq!(windows.reach(Which::Other, 100), (70, 100));
-        assert_eq!(windows.closes_after(Which::This, 100), 140);
-        assert_eq!(windows.closes_after(Which::Other, 100), 110);
+        assert_eq!(windows.closed_through(Which::This, 141), 100);
         assert_eq!(windows.closed_through(Which::Other, 111), 100);
+        assert_eq!(windows.closed_through(Which::Other, 110), 99);
         // A record of this side at 60 meets the other's up to 90, on time until 100.
         assert_eq!(windows.expired_through(100), 59);
     }

@@ -655,6 +655,7 @@ where
                         faust: false,
                         windowed: false,
                         lookup: None,
+                        keeps_time: false,
                     };
                     Some((name, graph.table(self.group, records)))
                 }

@@ -152,10 +152,21 @@ pub(crate) fn offset_metadata(stream_time: Option<i64>, clocks: &[(String, i64)]
         None => String::new(),
     };
     for (name, time) in clocks {
-        text.push_str(&format!(";{CLOCK_METADATA}{name}={time}"));
+        let clock = format!(";{CLOCK_METADATA}{name}={time}");
+        if text.len() + clock.len() > METADATA_BUDGET {
+            // Brokers refuse metadata past `offset.metadata.max.bytes` (4096 by default);
+            // the stores and the changelog keep the rest.
+            tracing::debug!("offset metadata is full: the stream time of `{name}` is kept with its store only");
+            continue;
+        }
+        text.push_str(&clock);
     }
     text
 }
+
+/// What a committed offset's metadata may take (Kafka's `offset.metadata.max.bytes` is
+/// 4096 by default).
+const METADATA_BUDGET: usize = 3_000;
 
 /// The stream time a committed offset's metadata carries (see [`offset_metadata`]).
 pub(crate) fn stream_time_of_metadata(metadata: &str) -> Option<i64> {
@@ -641,6 +652,11 @@ mod tests {
         assert_eq!(stream_time_of_metadata("streams.stream.time=7"), Some(7));
         assert!(clocks_of_metadata("streams.stream.time=7").is_empty());
         assert_eq!(offset_metadata(None, &[]), "");
+        // Within the broker's limit, however many clocks.
+        let many: Vec<(String, i64)> = (0..500).map(|n| (format!("table-{n}"), n)).collect();
+        let text = offset_metadata(Some(1), &many);
+        assert!(text.len() <= METADATA_BUDGET, "{}", text.len());
+        assert!(clocks_of_metadata(&text).len() > 50);
         assert_eq!(stream_time_of_metadata("something else"), None);
     }
     use crate::task::sink::{OnError, OutRecord, ProductionErrors, Sink, SinkError};

@@ -60,6 +60,8 @@ pub(crate) struct TaskContext {
     clocks: Box<[AtomicI64]>,
     /// `clocks` as the task's stores had them when it started.
     start_clocks: Box<[AtomicI64]>,
+    /// Per table: whether its operation keeps a stream time ([`crate::spec::TableSpec::keeps_time`]).
+    keeps_time: Box<[bool]>,
     /// What operations keep per task beside tables (a DSL processor's instance), by the
     /// operation's id.
     locals: Mutex<std::collections::HashMap<usize, Box<dyn std::any::Any + Send>>>,
@@ -144,6 +146,10 @@ impl TaskContext {
             })
             .collect();
         let table_count = tables.len();
+        let keeps_time = tables
+            .iter()
+            .map(|table| spec.tables.iter().any(|t| t.name == table.name && t.keeps_time))
+            .collect();
         Self {
             name: spec.name.as_str().into(),
             sources: spec.sources.iter().map(|t| Arc::from(&*t.name)).collect(),
@@ -162,6 +168,7 @@ impl TaskContext {
             stream_time: AtomicI64::new(NO_TIME),
             clocks: no_clocks(table_count),
             start_clocks: no_clocks(table_count),
+            keeps_time,
             locals: Mutex::default(),
             counts: Counts::new(spec.sources.len()),
             records_in,
@@ -240,6 +247,7 @@ impl TaskContext {
             stream_time: AtomicI64::new(NO_TIME),
             clocks: Box::default(),
             start_clocks: Box::default(),
+            keeps_time: Box::default(),
             locals: Mutex::default(),
             counts: Counts::default(),
             records_in: Vec::new(),
@@ -367,13 +375,32 @@ impl TaskContext {
         let mut clocks = Clocks::new();
         for (index, clock) in self.clocks.iter().enumerate() {
             let time = clock.load(Ordering::Relaxed);
-            if time != NO_TIME {
+            if time != NO_TIME && self.keeps_time.get(index).copied().unwrap_or(false) {
                 if let Some(table) = self.tables().get(index) {
                     clocks.push((table.name.to_string(), time));
                 }
             }
         }
         clocks
+    }
+
+    /// After a restore: state written before operations kept stream times of their own
+    /// has the task's stream time and no clocks at all. Each operation then starts from the
+    /// task's stream time, which is what closed its windows then (without it, windows
+    /// closed and sent before an upgrade would be sent again).
+    pub(crate) fn seed_clocks(&self) {
+        let time = self.stream_time();
+        let unknown = self.clocks.iter().all(|c| c.load(Ordering::Relaxed) == NO_TIME);
+        if time == NO_TIME || !unknown {
+            return;
+        }
+        let clocks = self.clocks.iter().zip(self.start_clocks.iter());
+        for ((clock, start), keeps_time) in clocks.zip(self.keeps_time.iter()) {
+            if *keeps_time {
+                clock.store(time, Ordering::Relaxed);
+                start.store(time, Ordering::Relaxed);
+            }
+        }
     }
 
     /// The operations' stream times as restored (before the first record); names of

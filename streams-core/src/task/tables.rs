@@ -239,10 +239,13 @@ impl TaskContext {
     pub(crate) fn restate(&self, index: usize, entries: Vec<StoreEntry>) {
         let mut tables = self.tables();
         let Some(state) = tables.get_mut(index) else { return };
-        // Nothing was processed yet, so no record's time applies: the changes are made now.
-        let now = match self.event_time() {
-            0 => super::wall_clock_ms(),
-            time => time,
+        // Nothing was processed yet, so no record's time applies. The value's own time is
+        // not kept; the task's restored stream time is the latest it can be (the wall clock
+        // only where there is none: a backfill's joins and windows must not jump to now).
+        let now = match (self.stream_time(), self.event_time()) {
+            (stream_time, _) if stream_time != super::NO_TIME => stream_time,
+            (_, 0) => super::wall_clock_ms(),
+            (_, time) => time,
         };
         for (key, value) in entries {
             let key_len = key.len();

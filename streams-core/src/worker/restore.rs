@@ -172,6 +172,7 @@ fn restore(job: RestoreJob, restorer: &Restorer, metrics: &Metrics) -> std::resu
     }
     job.ctx.restore_stream_time(restoration.stream_time);
     job.ctx.restore_clocks(&restoration.clocks);
+    job.ctx.seed_clocks();
     for (index, entries) in restoration.restate.into_iter().enumerate() {
         job.ctx.restate(index, entries);
     }

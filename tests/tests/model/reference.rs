@@ -365,6 +365,9 @@ struct Task<'p> {
     /// Stream–stream joins: each side's buffer (key, time, value, number), and the records
     /// that met nothing yet (side, number).
     buffers: [Vec<(String, i64, i64, u64)>; 2],
+    /// Stream–stream joins: each side's buffer's own stream time (Kafka Streams' window
+    /// stores keep theirs; `now` is the join's, shared by both sides).
+    buffer_now: [i64; 2],
     unmatched: BTreeSet<(usize, u64)>,
     next: u64,
 }
@@ -379,6 +382,7 @@ impl<'p> Task<'p> {
             windows: BTreeMap::new(),
             closed_through: NO_TIME,
             buffers: [Vec::new(), Vec::new()],
+            buffer_now: [NO_TIME, NO_TIME],
             unmatched: BTreeSet::new(),
             next: 0,
         }
@@ -541,15 +545,16 @@ impl<'p> Task<'p> {
         out: &mut Expected,
     ) {
         self.now = self.now.max(ts);
+        self.buffer_now[side] = self.buffer_now[side].max(ts);
         self.expire_join(kind, (before, after), grace, out);
         // As seen from this record's side: the side topic sees the window reversed.
         let (back, ahead) = if side == 0 { (before, after) } else { (after, before) };
-        if ts + ahead + grace < self.now {
-            // Late: it still meets what the other side holds, and goes on alone at once.
+        // Buffered while its buffer's retention (before + after + grace) holds it; a
+        // record too old for it still meets what the other side holds, and is counted.
+        let buffered = ts > self.buffer_now[side] - before - after - grace - 1;
+        if !buffered {
             out.late += 1;
         }
-        // Buffered while a record still to come can meet it.
-        let buffered = ts > self.now - before - after - grace - 1;
         let number = self.next;
         self.next += 1;
         if buffered {
@@ -618,9 +623,11 @@ impl<'p> Task<'p> {
                 out.joins.entry(key).or_default().push(result);
             }
         }
-        let through = self.now - before - after - grace - 1;
-        for buffer in &mut self.buffers {
-            buffer.retain(|(_, t, _, _)| *t > through);
+        for (buffer, now) in self.buffers.iter_mut().zip(self.buffer_now) {
+            if now != NO_TIME {
+                let through = now - before - after - grace - 1;
+                buffer.retain(|(_, t, _, _)| *t > through);
+            }
         }
     }
 
