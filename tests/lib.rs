@@ -40,6 +40,10 @@ pub mod smoke;
 #[path = "../examples/page_views.rs"]
 pub mod page_views;
 
+/// The `order_enrichment` example (a foreign-key join), as a module.
+#[path = "../examples/order_enrichment.rs"]
+pub mod order_enrichment;
+
 /// Worker options for the embedded broker (workers give themselves short sessions there).
 pub fn worker_options(dir: &std::path::Path, broker: &streams_core::EmbeddedBroker) -> streams_core::WorkerOptions {
     streams_core::WorkerOptions::new(dir).embedded(broker)

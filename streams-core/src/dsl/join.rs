@@ -628,7 +628,7 @@ where
 
 /// A joiner called for a key without the row its join needs: never, by construction
 /// ([`TableTableJoin::recompute`] checks the rows first).
-fn unreachable_row<T>() -> T {
+pub(super) fn unreachable_row<T>() -> T {
     panic!("a table join was asked for a key without its rows")
 }
 

@@ -37,6 +37,7 @@
 
 mod buffer;
 mod builder;
+mod foreign;
 mod grouped;
 mod join;
 mod node;
