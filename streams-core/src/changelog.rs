@@ -43,16 +43,38 @@ pub(crate) fn merge_clocks(into: &mut Clocks, from: &[(String, i64)], pick: fn(i
 
 /// Clocks as text: `name=time` pairs, comma-separated (table names have no `=`, `,` or `;`).
 pub(crate) fn clocks_text(clocks: &[(String, i64)]) -> String {
-    let pairs: Vec<String> = clocks.iter().map(|(name, time)| format!("{name}={time}")).collect();
+    let pairs: Vec<String> = clocks
+        .iter()
+        .map(|(name, time)| format!("{name}={}", clock_text(*time)))
+        .collect();
     pairs.join(",")
+}
+
+/// One operation's stream time as text: empty while it has none (`i64::MIN`).
+pub(crate) fn clock_text(time: i64) -> String {
+    if time == i64::MIN {
+        String::new()
+    } else {
+        time.to_string()
+    }
+}
+
+/// One operation's stream time from [`clock_text`]; `None` when it does not parse.
+pub(crate) fn clock_of_text(text: &str) -> Option<i64> {
+    if text.is_empty() {
+        Some(i64::MIN)
+    } else {
+        text.parse().ok()
+    }
 }
 
 /// Clocks from [`clocks_text`]; pairs that do not parse are skipped.
 pub(crate) fn clocks_of_text(text: &str) -> Clocks {
     text.split(',')
+        .filter(|pair| !pair.is_empty())
         .filter_map(|pair| {
             let (name, time) = pair.split_once('=')?;
-            Some((name.to_string(), time.parse().ok()?))
+            Some((name.to_string(), clock_of_text(time)?))
         })
         .collect()
 }
@@ -573,6 +595,10 @@ mod tests {
         assert_eq!(clocks_of_text(&text), clocks);
         assert!(clocks_of_text("").is_empty());
         assert_eq!(clocks_of_text("x=1,broken,y=z"), vec![("x".to_string(), 1)]);
+        // An operation no record reached yet is listed without a time.
+        let unset: Clocks = vec![("a".into(), i64::MIN), ("b".into(), -3)];
+        assert_eq!(clocks_text(&unset), "a=,b=-3");
+        assert_eq!(clocks_of_text("a=,b=-3"), unset);
     }
 
     fn headers(sources: &[(&str, i64)]) -> Vec<(String, Vec<u8>)> {

@@ -152,7 +152,7 @@ pub(crate) fn offset_metadata(stream_time: Option<i64>, clocks: &[(String, i64)]
         None => String::new(),
     };
     for (name, time) in clocks {
-        let clock = format!(";{CLOCK_METADATA}{name}={time}");
+        let clock = format!(";{CLOCK_METADATA}{name}={}", crate::changelog::clock_text(*time));
         if text.len() + clock.len() > METADATA_BUDGET {
             // Brokers refuse metadata past `offset.metadata.max.bytes` (4096 by default);
             // the stores and the changelog keep the rest.
@@ -181,7 +181,7 @@ pub(crate) fn clocks_of_metadata(metadata: &str) -> super::Clocks {
         .split(';')
         .filter_map(|part| {
             let (name, time) = part.strip_prefix(CLOCK_METADATA)?.split_once('=')?;
-            Some((name.to_string(), time.parse().ok()?))
+            Some((name.to_string(), crate::changelog::clock_of_text(time)?))
         })
         .collect()
 }
@@ -658,6 +658,11 @@ mod tests {
         assert!(text.len() <= METADATA_BUDGET, "{}", text.len());
         assert!(clocks_of_metadata(&text).len() > 50);
         assert_eq!(stream_time_of_metadata("something else"), None);
+        // An operation no record reached yet is listed without a time.
+        let unset = vec![("win".to_string(), i64::MIN)];
+        let text = offset_metadata(Some(1), &unset);
+        assert_eq!(text, "streams.stream.time=1;streams.clock.win=");
+        assert_eq!(clocks_of_metadata(&text), unset);
     }
     use crate::task::sink::{OnError, OutRecord, ProductionErrors, Sink, SinkError};
 

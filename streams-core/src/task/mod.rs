@@ -62,6 +62,9 @@ pub(crate) struct TaskContext {
     start_clocks: Box<[AtomicI64]>,
     /// Per table: whether its operation keeps a stream time ([`crate::spec::TableSpec::keeps_time`]).
     keeps_time: Box<[bool]>,
+    /// Whether the restored state said what the operations' stream times were (even that
+    /// none had one yet): state written before operations kept their own says nothing.
+    clocks_known: AtomicBool,
     /// What operations keep per task beside tables (a DSL processor's instance), by the
     /// operation's id.
     locals: Mutex<std::collections::HashMap<usize, Box<dyn std::any::Any + Send>>>,
@@ -169,6 +172,7 @@ impl TaskContext {
             clocks: no_clocks(table_count),
             start_clocks: no_clocks(table_count),
             keeps_time,
+            clocks_known: AtomicBool::new(false),
             locals: Mutex::default(),
             counts: Counts::new(spec.sources.len()),
             records_in,
@@ -248,6 +252,7 @@ impl TaskContext {
             clocks: Box::default(),
             start_clocks: Box::default(),
             keeps_time: Box::default(),
+            clocks_known: AtomicBool::new(false),
             locals: Mutex::default(),
             counts: Counts::default(),
             records_in: Vec::new(),
@@ -369,13 +374,16 @@ impl TaskContext {
             .map_or(NO_TIME, |c| c.load(Ordering::Relaxed))
     }
 
-    /// The operations' stream times that are set, by their tables' names: kept with the
-    /// stores, in the changelog's headers and in the committed offsets, like stream time.
+    /// The operations' stream times, by their tables' names ([`NO_TIME`]: no record reached
+    /// the operation yet): kept with the stores, in the changelog's headers and in the
+    /// committed offsets, like stream time. Every operation that keeps one is listed, set or
+    /// not: a restore then tells state that has no record at an operation from state
+    /// written before operations kept stream times of their own.
     pub(crate) fn clocks(&self) -> Clocks {
         let mut clocks = Clocks::new();
         for (index, clock) in self.clocks.iter().enumerate() {
             let time = clock.load(Ordering::Relaxed);
-            if time != NO_TIME && self.keeps_time.get(index).copied().unwrap_or(false) {
+            if self.keeps_time.get(index).copied().unwrap_or(false) {
                 if let Some(table) = self.tables().get(index) {
                     clocks.push((table.name.to_string(), time));
                 }
@@ -390,7 +398,8 @@ impl TaskContext {
     /// closed and sent before an upgrade would be sent again).
     pub(crate) fn seed_clocks(&self) {
         let time = self.stream_time();
-        let unknown = self.clocks.iter().all(|c| c.load(Ordering::Relaxed) == NO_TIME);
+        let unknown = !self.clocks_known.load(Ordering::Relaxed)
+            && self.clocks.iter().all(|c| c.load(Ordering::Relaxed) == NO_TIME);
         if time == NO_TIME || !unknown {
             return;
         }
@@ -412,6 +421,9 @@ impl TaskContext {
         let tables = self.tables();
         for (name, time) in clocks {
             if let Some(index) = tables.iter().position(|t| t.name == name) {
+                if self.keeps_time.get(index).copied().unwrap_or(false) {
+                    self.clocks_known.store(true, Ordering::Relaxed);
+                }
                 if let (Some(clock), Some(start)) = (self.clocks.get(index), self.start_clocks.get(index)) {
                     clock.fetch_max(*time, Ordering::Relaxed);
                     start.fetch_max(*time, Ordering::Relaxed);

@@ -663,3 +663,83 @@ fn as_text(case: &Case) -> String {
         segments.join("\n")
     )
 }
+
+/// Records in [`as_text`]'s notation: `key=value@time`, `key=∅@time` a tombstone.
+fn parse_records(text: &str) -> Vec<Rec> {
+    text.split_whitespace()
+        .map(|record| {
+            let (key, rest) = record.split_once('=').expect("key=value@time");
+            let (value, ts) = rest.split_once('@').expect("key=value@time");
+            Rec {
+                key: key.to_string(),
+                value: (value != "∅").then(|| value.parse().expect("a number")),
+                ts: ts.parse().expect("a time"),
+            }
+        })
+        .collect()
+}
+
+/// Minimal cases the generated runs once found, kept so that they run every time.
+#[test]
+fn the_cases_found_before_still_agree() {
+    let session_final = Pipeline {
+        pre: vec![
+            Step::Filter { modulus: 3, drop: 2 },
+            Step::Filter { modulus: 3, drop: 1 },
+        ],
+        rekey: None,
+        post: vec![],
+        terminal: Terminal::Windowed(Windows {
+            kind: WindowKind::Session { gap: 50 },
+            grace: 30,
+            keep_longer: Some(0),
+            emit_final: true,
+            agg: Agg::Sum,
+        }),
+    };
+    let cases = [Case {
+        // A session window's final result, with a crash while commits fail (exactly-once).
+        partitions: 2,
+        pipeline: session_final,
+        segments: vec![
+            (
+                parse_records("t26=0@2018 h0=3@2020 h0=2@1428 t16=5@2060 t0=5@2080 h0=4@2100 t25=6@2120 h0=4@2140 t23=5@2160 h0=2@2206"),
+                vec![],
+                Action::Commit,
+            ),
+            (
+                parse_records("h0=3@2200 t7=1@2220 h0=3@2240 h1=6@2260 t9=3@1910 h0=6@2246 t29=6@2320 h0=6@2340 h0=0@2280 h0=4@2306 t25=6@2400"),
+                vec![],
+                Action::Crash {
+                    stage: Stage::Input,
+                    partition: 1,
+                    owner: 1,
+                    commits_fail: true,
+                },
+            ),
+            (
+                parse_records("h0=5@2398 t27=5@2440 h0=2@2460 t2=1@2480 h0=0@2500 h0=3@2520 h0=6@1976"),
+                vec![],
+                Action::Commit,
+            ),
+        ],
+        knobs: Knobs {
+            cache_bytes: 0,
+            ack_latency_ms: 0,
+            batch: 1024,
+            commit_interval_ms: None,
+            exactly_once: true,
+            marker_latency_ms: 2,
+            commit_timeouts: Some(false),
+        },
+    }];
+    for case in cases {
+        let case = normalize(case);
+        if let Err(reason) = run_case(&case) {
+            panic!(
+                "the engine disagrees with the model: {reason}\ncase:\n{}",
+                as_text(&case)
+            );
+        }
+    }
+}
