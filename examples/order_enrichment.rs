@@ -17,8 +17,8 @@
 //!
 //! ```text
 //! cargo run --example order_enrichment -- broker --port 9092 &
-//! cargo run --example order_enrichment -- send customers c1 '{"name": "Ada", "tier": "gold"}' --broker localhost:9092
-//! cargo run --example order_enrichment -- send orders o1 '{"customer_id": "c1", "amount": 30}' --broker localhost:9092
+//! cargo run --example order_enrichment -- send customers '{"name": "Ada", "tier": "gold"}' --key c1 --broker localhost:9092
+//! cargo run --example order_enrichment -- send orders '{"customer_id": "c1", "amount": 30}' --key o1 --broker localhost:9092
 //! cargo run --example order_enrichment -- worker -l info --broker localhost:9092
 //! cargo run --example order_enrichment -- tail orders-enriched --from-beginning --broker localhost:9092
 //! ```

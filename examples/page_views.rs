@@ -19,8 +19,8 @@
 //!
 //! ```text
 //! cargo run --example page_views -- broker --port 9092 &
-//! cargo run --example page_views -- send users u1 '{"region": "emea"}' --broker localhost:9092
-//! cargo run --example page_views -- send page-views u1 '{"page": "/", "ts": 1764000000000}' --broker localhost:9092
+//! cargo run --example page_views -- send users '{"region": "emea"}' --key u1 --broker localhost:9092
+//! cargo run --example page_views -- send page-views '{"page": "/", "ts": 1764000000000}' --key u1 --broker localhost:9092
 //! cargo run --example page_views -- worker -l info --broker localhost:9092
 //! cargo run --example page_views -- tail views-per-region --from-beginning --broker localhost:9092
 //! ```

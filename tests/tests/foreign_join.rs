@@ -287,3 +287,31 @@ async fn a_left_foreign_key_join_keeps_every_row() {
     driver.run().await.expect("run");
     assert_eq!(table(&driver), map(&[("o2", "2 -")]));
 }
+
+/// A customer's change reaches its orders when it is committed at a rebalance: the
+/// customers' task that takes it over starts with its subscriptions in its store only (not in
+/// its cache), and its last commit, as the partition moves again, still answers them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_committed_as_its_partition_moves_reaches_every_subscriber() {
+    let mut driver =
+        TestDriver::with_partitions(order_enrichment::app(), &[("orders", 1), ("customers", 1)]).expect("driver");
+    driver.pipe(&CUSTOMERS, "c1", &customer(1, 0)).expect("pipe");
+    for id in 0..5 {
+        let order = Order {
+            customer_id: "c1".into(),
+            amount: id,
+        };
+        driver.pipe(&ORDERS, &format!("o{id}"), &order).expect("pipe");
+    }
+    driver.run().await.expect("run");
+    driver.move_partition("customers", 0, "worker-2").await.expect("move");
+    driver.pipe(&CUSTOMERS, "c1", &customer(1, 7)).expect("pipe");
+    driver.process().await.expect("process");
+    driver.move_partition("customers", 0, "worker-3").await.expect("move");
+    driver.run().await.expect("run");
+    let tiers: Vec<String> = latest(&driver, "orders-enriched")
+        .into_values()
+        .map(|e| e.tier)
+        .collect();
+    assert_eq!(tiers, vec!["tier-7"; 5]);
+}

@@ -10,7 +10,8 @@
 //! - The right table's task keeps the subscriptions by foreign key in
 //!   `{name}-subscription-store` and answers each with a *response* to
 //!   `{app}-{name}-subscription-response-topic`, keyed by the row's key, on the partition the
-//!   subscription came from (so the left table's topic may be written with any partitioner):
+//!   subscription came from (so the left table's topic may be written with any partitioner that keeps each key on
+//!   one partition):
 //!   "for the row whose value hashed to `h`, `fk`'s row is `vo`". A change of a right row
 //!   answers every row subscribed to it. The right table's topic must be partitioned by
 //!   Kafka's default partitioner (murmur2 of the key), as Kafka Streams also requires.
@@ -18,7 +19,7 @@
 //!   response is dropped: a newer one is on its way), and writes the joined row, or its
 //!   deletion, to the result table.
 //!
-//! A deleted left row deletes its result at once. So the result table always converges to
+//! A deleted left row deletes its result without a round trip (at the next commit point). So the result table always converges to
 //! the join of the latest rows of both tables.
 
 use std::sync::Arc;
@@ -252,7 +253,7 @@ where
                 .map_err(failed)?;
         }
         match (value, foreign, stored) {
-            // Deleted: so is the result, at once.
+            // Deleted: so is the result, without a round trip.
             (None, _, _) | (_, _, None) => self.put_result(cx, key, None),
             // No foreign key: a left join's row joins nothing.
             (Some(value), None, _) => {
@@ -292,14 +293,15 @@ where
         let mut prefix = (foreign.len() as u32).to_be_bytes().to_vec();
         prefix.extend_from_slice(foreign);
         let end = prefix_end(&prefix);
-        let scan = || cx.ctx.scan(index, &prefix, end.as_deref(), &|_| true, usize::MAX);
-        let (subscribers, _) = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        // Not cut short at a revocation: this may be the task's last commit.
+        let scan = || cx.ctx.scan_in_task(index, &prefix, end.as_deref());
+        let subscribers = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(scan),
             _ => scan(),
         }
         .map_err(failed)?;
         for (stored_key, stored) in subscribers {
-            let Some(key) = stored_key.get(prefix.len()..) else {
+            let Some(key) = stored_key.strip_prefix(prefix.as_slice()) else {
                 continue;
             };
             let (Some(hash), Some(partition)) = (stored.first_chunk::<8>(), stored.get(8..12)) else {
@@ -576,7 +578,7 @@ where
     /// for each row whose foreign key `other` holds. A change on either side updates
     /// exactly the rows it affects: a row whose foreign key moves joins its new row (or, in
     /// an inner join, loses its result if there is none); a deleted row of `other` deletes
-    /// the results of the rows that named it; a deleted row deletes its result.
+    /// the results of the rows that named it; a deleted row deletes its result without a round trip (at the next commit point).
     ///
     /// The tables need not be co-partitioned: the join goes through two internal topics,
     /// `{app}-{name}-subscription-registration-topic` (partitioned like `other`) and

@@ -410,6 +410,26 @@ impl TaskContext {
         keep: &dyn Fn(&[u8]) -> bool,
         limit: usize,
     ) -> Result<Scanned> {
+        self.scan_until(index, from, to, keep, limit, true)
+    }
+
+    /// Every entry of table `index` with keys from `from` up to `to` (excluded), as they
+    /// are now, in key order, for the task's own work: unlike [`TaskContext::scan`] (for
+    /// lookups from outside), it is not cut short when the partition is revoked, since the
+    /// task's last commit may need it, and its store stays open until the task ends.
+    pub(crate) fn scan_in_task(&self, index: usize, from: &[u8], to: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        Ok(self.scan_until(index, from, to, &|_| true, usize::MAX, false)?.0)
+    }
+
+    fn scan_until(
+        &self,
+        index: usize,
+        from: &[u8],
+        to: Option<&[u8]>,
+        keep: &dyn Fn(&[u8]) -> bool,
+        limit: usize,
+        stop_when_finishing: bool,
+    ) -> Result<Scanned> {
         use std::collections::BTreeMap;
         let within = |key: &[u8]| key >= from && to.is_none_or(|to| key < to) && keep(key);
         let (store, cached) = {
@@ -428,7 +448,7 @@ impl TaskContext {
         let mut found: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         let mut from_store = 0usize;
         store.scan(from, to, &mut |key, value| {
-            if self.finishing.load(Ordering::Relaxed) {
+            if stop_when_finishing && self.finishing.load(Ordering::Relaxed) {
                 return false;
             }
             if !cached.contains_key(key) && keep(key) {
