@@ -514,10 +514,19 @@ impl StreamsBuilder {
                 .sources
                 .push((entry.topic.clone(), Arc::clone(&entry.node)));
         }
+        co_partition_repartition_topics(&mut subtopologies);
         for index in 0..graph.sinks.len() {
             let group = graph.sinks[index].0;
             let sub = subtopology_of(&mut graph, group);
-            let topic = graph.sinks[index].1.clone();
+            let mut topic = graph.sinks[index].1.clone();
+            // Partitioned as its readers' sub-topology decided.
+            if let Some((read, _)) = subtopologies
+                .iter()
+                .flat_map(|s| &s.sources)
+                .find(|(read, _)| read.name == topic.name)
+            {
+                topic.partitions_of = read.partitions_of.clone();
+            }
             if !subtopologies[sub]
                 .sinks
                 .iter()
@@ -581,6 +590,37 @@ impl StreamsBuilder {
             subtopologies: subtopologies.iter().map(|s| s.nodes.clone()).collect(),
             globals: graph.globals.iter().map(|(spec, _)| spec.clone()).collect(),
             errors: graph.errors.clone(),
+        }
+    }
+}
+
+/// A repartition topic read with other topics by one sub-topology (a join, a cogroup) is
+/// partitioned like them, as Kafka Streams sizes repartition topics by the topics they are
+/// co-partitioned with: like the sub-topology's first source that is not partitioned like
+/// another sub-topology's topics. Otherwise it keeps the partitions of the topic its
+/// records came from.
+fn co_partition_repartition_topics(subtopologies: &mut [Subtopology]) {
+    for sub in subtopologies.iter_mut() {
+        let names: Vec<String> = sub.sources.iter().map(|(t, _)| t.name.to_string()).collect();
+        // A source partitioned by itself, or like a topic of this sub-topology.
+        let anchored = |topic: &TopicSpec| {
+            topic
+                .partitions_of
+                .as_deref()
+                .is_none_or(|like| names.iter().any(|n| n == like))
+        };
+        let Some(anchor) = sub
+            .sources
+            .iter()
+            .find(|(t, _)| anchored(t))
+            .map(|(t, _)| t.name.clone())
+        else {
+            continue;
+        };
+        for (topic, _) in &mut sub.sources {
+            if !anchored(topic) {
+                topic.partitions_of = Some(anchor.clone());
+            }
         }
     }
 }

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::builder::{Graph, NodeKind};
-use super::node::{Cx, Fanout};
+use super::node::{Cx, Fanout, TableSlot};
 use super::table::KTable;
 use super::windowed::WindowsOf;
 use crate::codec::{json, Key};
@@ -61,42 +61,8 @@ impl<K: Key, V: Send + Sync + 'static> KGroupedStream<K, V> {
     where
         A: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
-        let (slot, node) = {
-            let mut graph = self.graph.borrow_mut();
-            let slot = graph.table(self.group, table.spec());
-            let changelog = table.spec().changelog_topic(&graph.app_id);
-            let aggregation = graph.node(op, NodeKind::Operation, vec![self.node], self.group);
-            let node = graph.node(
-                table.name(),
-                NodeKind::Table {
-                    table: table.name().to_string(),
-                    changelog,
-                },
-                vec![aggregation],
-                self.group,
-            );
-            (slot, node)
-        };
-        let name = table.name();
-        let write_slot = slot.clone();
-        self.fanout.add(Arc::new(move |cx: &mut Cx<'_>, key: K, value: V| {
-            let index = write_slot.get()?;
-            if key.is_null() {
-                // Kafka Streams drops these; here they are kept, in the dead-letter topic.
-                return Err(format!(
-                    "a record without a key cannot be aggregated into table `{name}`"
-                ));
-            }
-            let bytes = key
-                .key_bytes()
-                .map_err(|e| format!("cannot encode a key of table `{name}`: {e}"))?;
-            cx.ctx
-                .update_now(index, &bytes, |stored| {
-                    let old = read_value::<A>(stored.as_deref(), name)?;
-                    write_value(stored, &change(&key, old, value), name)
-                })
-                .map_err(|e| e.to_string())
-        }));
+        let (slot, node) = aggregation_nodes(&mut self.graph.borrow_mut(), self.group, op, vec![self.node], &table);
+        aggregate_into(&self.fanout, slot.clone(), table.name(), change);
         KTable::new(self.graph, table.name(), slot, self.group, node)
     }
 
@@ -132,6 +98,66 @@ impl<K: Key, V: Send + Sync + 'static> KGroupedStream<K, V> {
             adder(key, value, aggregate.unwrap_or_else(&init))
         })
     }
+}
+
+/// Adds aggregation `op` of `parents` into `table` to the sub-topology of `group`: the
+/// table's slot and its node.
+pub(crate) fn aggregation_nodes<K, A>(
+    graph: &mut Graph,
+    group: usize,
+    op: &str,
+    parents: Vec<usize>,
+    table: &Table<K, A>,
+) -> (TableSlot, usize)
+where
+    K: Key,
+    A: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    let slot = graph.table(group, table.spec());
+    let changelog = table.spec().changelog_topic(&graph.app_id);
+    let aggregation = graph.node(op, NodeKind::Operation, parents, group);
+    let node = graph.node(
+        table.name(),
+        NodeKind::Table {
+            table: table.name().to_string(),
+            changelog,
+        },
+        vec![aggregation],
+        group,
+    );
+    (slot, node)
+}
+
+/// Makes `fanout`'s records update table `name` (at `slot`): `change` turns the stored value
+/// (`None`: none yet) and a record into the new value.
+pub(crate) fn aggregate_into<K, V, A>(
+    fanout: &Fanout<K, V>,
+    slot: TableSlot,
+    name: &'static str,
+    change: impl Fn(&K, Option<A>, V) -> A + Send + Sync + 'static,
+) where
+    K: Key,
+    V: Send + Sync + 'static,
+    A: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    fanout.add(Arc::new(move |cx: &mut Cx<'_>, key: K, value: V| {
+        let index = slot.get()?;
+        if key.is_null() {
+            // Kafka Streams drops these; here they are kept, in the dead-letter topic.
+            return Err(format!(
+                "a record without a key cannot be aggregated into table `{name}`"
+            ));
+        }
+        let bytes = key
+            .key_bytes()
+            .map_err(|e| format!("cannot encode a key of table `{name}`: {e}"))?;
+        cx.ctx
+            .update_now(index, &bytes, |stored| {
+                let old = read_value::<A>(stored.as_deref(), name)?;
+                write_value(stored, &change(&key, old, value), name)
+            })
+            .map_err(|e| e.to_string())
+    }));
 }
 
 /// A table's stored value, decoded (`None`: none stored).

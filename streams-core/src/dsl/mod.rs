@@ -37,6 +37,7 @@
 
 mod buffer;
 mod builder;
+mod cogroup;
 mod foreign;
 mod grouped;
 mod join;
@@ -49,6 +50,7 @@ mod table;
 mod windowed;
 
 pub use self::builder::{NodeInfo, NodeKind, Pipeline, StreamsBuilder};
+pub use self::cogroup::CogroupedKStream;
 pub use self::grouped::KGroupedStream;
 pub use self::join::{GlobalKTable, JoinWindows};
 pub use self::process::{Forward, Processor};
