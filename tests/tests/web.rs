@@ -195,6 +195,7 @@ async fn lookups_are_answered_by_either_worker_during_and_after_a_rebalance() {
     let assignments_before = a.metrics().assignments.load(Ordering::Relaxed);
     let began = Instant::now();
     let (mut answered, mut unavailable) = (0, 0);
+    let mut seen: Vec<(String, String, i64)> = Vec::new();
     loop {
         for worker in [&url_a, &url_b, &url_c] {
             for (user, count) in &expected {
@@ -202,11 +203,8 @@ async fn lookups_are_answered_by_either_worker_during_and_after_a_rebalance() {
                 match answer.status {
                     200 => {
                         let value = answer.body.as_i64().expect("a count");
-                        assert!(
-                            (*count..=finally[user]).contains(&value),
-                            "{worker}: {user}: {value} outside {count}..={}",
-                            finally[user]
-                        );
+                        assert!(value >= *count, "{worker}: {user}: {value} below {count}");
+                        seen.push((worker.to_string(), user.clone(), value));
                         answered += 1;
                     }
                     503 => {
@@ -247,7 +245,43 @@ async fn lookups_are_answered_by_either_worker_during_and_after_a_rebalance() {
         .await
         .expect("caught up");
     }
-    let expected = finally;
+    // At least once: a stage whose offset commit the embedded broker refused during the
+    // rebalance (Kafka accepts it; see the README's limits) sends what it processed since its
+    // last commit again, so `count_topic` may hold some records twice. None is lost, and the
+    // counting stage counts each of its input records exactly once: the table is the count of
+    // `count_topic`'s records.
+    let sent = {
+        let bootstrap = bootstrap.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut sent: BTreeMap<String, i64> = BTreeMap::new();
+            for record in read_all(&bootstrap, "count_topic") {
+                *sent
+                    .entry(String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into_owned())
+                    .or_default() += 1;
+            }
+            sent
+        })
+        .await
+        .expect("read count_topic")
+    };
+    for (user, count) in &finally {
+        assert!(
+            sent.get(user).is_some_and(|n| n >= count),
+            "{user}: {:?} sent, {count} expected",
+            sent.get(user)
+        );
+    }
+    let resent: i64 = sent.values().sum::<i64>() - finally.values().sum::<i64>();
+    eprintln!("records sent to count_topic again after refused commits: {resent}");
+    // What was answered during the rebalance: between the count before and the final one.
+    for (worker, user, value) in &seen {
+        assert!(
+            value <= &sent[user],
+            "{worker}: {user}: {value} above the final {}",
+            sent[user]
+        );
+    }
+    let expected = sent;
     // After it, once every worker is ready: every key from every worker.
     for worker in [&url_a, &url_b, &url_c] {
         let deadline = Instant::now() + Duration::from_secs(60);
