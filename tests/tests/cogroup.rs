@@ -254,6 +254,18 @@ fn a_cogroup_is_one_operation_over_one_store() {
         .flat_map(|task| task.tables.iter().map(|table| table.name))
         .collect();
     assert_eq!(tables, vec!["activity"]);
+    // The task that keeps it reads the three streams, partition p of each.
+    let tasks = app.tasks();
+    let task = tasks
+        .iter()
+        .find(|task| task.tables.iter().any(|table| table.name == "activity"))
+        .expect("the aggregating task");
+    let mut sources: Vec<&str> = task.sources.iter().map(|topic| &*topic.name).collect();
+    sources.sort_unstable();
+    assert_eq!(
+        sources,
+        vec!["clicks", "cogroup-test-refunds-by-user-repartition", "purchases"]
+    );
 }
 
 /// The exact updates, in order, for one user across the streams.

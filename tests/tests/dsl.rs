@@ -624,3 +624,90 @@ async fn a_change_that_fails_after_to_stream_goes_to_the_dead_letter_topic() {
     // The table itself is unaffected.
     assert_eq!(driver.table(&PER_SENSOR).expect("table")["bad"], 2);
 }
+
+mod co_partitioning {
+    use std::collections::HashMap;
+
+    use streams_core::prelude::*;
+
+    #[record]
+    #[derive(Clone)]
+    struct Visit {
+        user: String,
+        customer: String,
+    }
+
+    const VISITS: Topic<String, Visit> = Topic::new("visits");
+    const USERS: Topic<String, String> = Topic::new("users");
+    const USERS_STORE: Table<String, String> = Table::new("users-store");
+    const CUSTOMERS: Topic<String, String> = Topic::new("customers");
+    const CUSTOMERS_STORE: Table<String, String> = Table::new("customers-store");
+    const VISITS_BY_CUSTOMER: Table<String, i64> = Table::new("visits-by-customer");
+    const NAMED: Table<String, String> = Table::new("named");
+    const SEEN: Topic<String, String> = Topic::new("seen");
+
+    fn partitions(app: &App, existing: &[(&str, i32)], topic: &str) -> i32 {
+        let existing: HashMap<String, i32> = existing.iter().map(|(t, p)| (t.to_string(), *p)).collect();
+        let plan = app.plan(&existing).unwrap_or_else(|e| panic!("{e}"));
+        plan.iter()
+            .find(|t| t.name == topic)
+            .unwrap_or_else(|| panic!("{topic} in the plan"))
+            .partitions
+    }
+
+    /// A re-keyed stream joined with a table of another partition count: its repartition
+    /// topic is sized like the table's topic (as Kafka Streams does), not like its source.
+    #[test]
+    fn a_repartition_topic_is_sized_like_the_topics_it_is_joined_with() {
+        let app = App::new("shop").pipeline("p", |builder| {
+            let users = builder.table(USERS, USERS_STORE);
+            builder
+                .stream(VISITS)
+                .select_key(|_, visit| visit.user.clone())
+                .repartition("by-user")
+                .join(&users, |_, visit, name| format!("{} {name}", visit.customer))
+                .to(SEEN);
+        });
+        let existing = [("visits", 3), ("users", 8)];
+        assert_eq!(partitions(&app, &existing, "shop-by-user-repartition"), 8);
+        // Alone, it keeps its source's count.
+        let alone = App::new("shop").pipeline("p", |builder| {
+            builder
+                .stream(VISITS)
+                .group_by("by-user", |_, visit| visit.user.clone())
+                .count(VISITS_BY_CUSTOMER);
+        });
+        assert_eq!(partitions(&alone, &existing, "shop-by-user-repartition"), 3);
+    }
+
+    /// A foreign-key join on an aggregated table: its response topic is partitioned like the
+    /// repartition topic the table is read from, which is partitioned like its source — no
+    /// loop between them.
+    #[test]
+    fn a_foreign_key_join_on_an_aggregated_table_plans() {
+        let app = App::new("shop").pipeline("p", |builder| {
+            let customers = builder.table(CUSTOMERS, CUSTOMERS_STORE);
+            builder
+                .stream(VISITS)
+                .group_by("by-customer", |_, visit| visit.customer.clone())
+                .count(VISITS_BY_CUSTOMER)
+                .join_foreign(
+                    &customers,
+                    "visit-customer",
+                    |_| Some("c".to_string()),
+                    NAMED,
+                    |_, n, name| format!("{name}: {n}"),
+                );
+        });
+        let existing = [("visits", 3), ("customers", 2)];
+        assert_eq!(partitions(&app, &existing, "shop-by-customer-repartition"), 3);
+        assert_eq!(
+            partitions(&app, &existing, "shop-visit-customer-subscription-response-topic"),
+            3
+        );
+        assert_eq!(
+            partitions(&app, &existing, "shop-visit-customer-subscription-registration-topic"),
+            2
+        );
+    }
+}

@@ -250,26 +250,44 @@ async fn lookups_are_answered_by_either_worker_during_and_after_a_rebalance() {
     // last commit again, so `count_topic` may hold some records twice. None is lost, and the
     // counting stage counts each of its input records exactly once: the table is the count of
     // `count_topic`'s records.
-    let sent = {
+    let forwarded = {
         let bootstrap = bootstrap.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut sent: BTreeMap<String, i64> = BTreeMap::new();
-            for record in read_all(&bootstrap, "count_topic") {
-                *sent
-                    .entry(String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into_owned())
-                    .or_default() += 1;
-            }
-            sent
-        })
-        .await
-        .expect("read count_topic")
+        tokio::task::spawn_blocking(move || read_all(&bootstrap, "count_topic"))
+            .await
+            .expect("read count_topic")
     };
-    for (user, count) in &finally {
+    // Each record by its fields: every major hit of the input is there, at least once, and
+    // nothing else is.
+    let fields = |hit: &serde_json::Value| {
+        (
+            hit["userId"].to_string(),
+            hit["hits"].to_string(),
+            hit["timestamp"].to_string(),
+        )
+    };
+    let mut wanted: BTreeMap<(String, String, String), i64> = BTreeMap::new();
+    for hit in all.iter().filter(|hit| hit["hits"].as_i64().unwrap_or(0) > 20) {
+        *wanted.entry(fields(hit)).or_default() += 1;
+    }
+    let mut got: BTreeMap<(String, String, String), i64> = BTreeMap::new();
+    let mut sent: BTreeMap<String, i64> = BTreeMap::new();
+    for record in &forwarded {
+        let hit: serde_json::Value =
+            serde_json::from_slice(record.value.as_deref().unwrap_or_default()).expect("a hit");
+        *got.entry(fields(&hit)).or_default() += 1;
+        *sent
+            .entry(String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into_owned())
+            .or_default() += 1;
+    }
+    for (hit, n) in &wanted {
         assert!(
-            sent.get(user).is_some_and(|n| n >= count),
-            "{user}: {:?} sent, {count} expected",
-            sent.get(user)
+            got.get(hit).is_some_and(|m| m >= n),
+            "{hit:?}: {:?} sent, {n} expected",
+            got.get(hit)
         );
+    }
+    for hit in got.keys() {
+        assert!(wanted.contains_key(hit), "{hit:?} sent but not in the input");
     }
     let resent: i64 = sent.values().sum::<i64>() - finally.values().sum::<i64>();
     eprintln!("records sent to count_topic again after refused commits: {resent}");

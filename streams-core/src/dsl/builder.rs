@@ -596,29 +596,22 @@ impl StreamsBuilder {
 
 /// A repartition topic read with other topics by one sub-topology (a join, a cogroup) is
 /// partitioned like them, as Kafka Streams sizes repartition topics by the topics they are
-/// co-partitioned with: like the sub-topology's first source that is not partitioned like
-/// another sub-topology's topics. Otherwise it keeps the partitions of the topic its
-/// records came from.
+/// co-partitioned with: like the sub-topology's first topic of its own (one no other topic's
+/// count decides). A sub-topology that reads only internal topics keeps their counts.
 fn co_partition_repartition_topics(subtopologies: &mut [Subtopology]) {
     for sub in subtopologies.iter_mut() {
-        let names: Vec<String> = sub.sources.iter().map(|(t, _)| t.name.to_string()).collect();
-        // A source partitioned by itself, or like a topic of this sub-topology.
-        let anchored = |topic: &TopicSpec| {
-            topic
-                .partitions_of
-                .as_deref()
-                .is_none_or(|like| names.iter().any(|n| n == like))
-        };
+        // Only a topic partitioned by itself: pointing at an internal topic could make a
+        // loop (a foreign-key join's response topic is partitioned like its table's source).
         let Some(anchor) = sub
             .sources
             .iter()
-            .find(|(t, _)| anchored(t))
-            .map(|(t, _)| t.name.clone())
+            .find(|(topic, _)| topic.partitions_of.is_none())
+            .map(|(topic, _)| topic.name.clone())
         else {
             continue;
         };
         for (topic, _) in &mut sub.sources {
-            if !anchored(topic) {
+            if topic.partitions_of.is_some() {
                 topic.partitions_of = Some(anchor.clone());
             }
         }

@@ -151,7 +151,10 @@ pub(crate) fn offset_metadata(stream_time: Option<i64>, clocks: &[(String, i64)]
         Some(time) => format!("{STREAM_TIME_METADATA}{time}"),
         None => String::new(),
     };
-    for (name, time) in clocks {
+    // Set clocks first: when the budget runs out, unset ones are what is left out.
+    let set = clocks.iter().filter(|(_, time)| *time != i64::MIN);
+    let unset = clocks.iter().filter(|(_, time)| *time == i64::MIN);
+    for (name, time) in set.chain(unset) {
         let clock = format!(";{CLOCK_METADATA}{name}={}", crate::changelog::clock_text(*time));
         if text.len() + clock.len() > METADATA_BUDGET {
             // Brokers refuse metadata past `offset.metadata.max.bytes` (4096 by default);
