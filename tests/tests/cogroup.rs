@@ -1,7 +1,7 @@
 //! Cogroup (Kafka Streams' KIP-150) through the test driver: three grouped streams of three
 //! value types — two read as they are, one re-keyed through a repartition topic — aggregated
 //! into one table, against a reference fold of each key's records, over generated records
-//! (hot keys), partition counts, cache budgets (zero included), commit points and partition
+//! (hot keys), partition counts, cache budgets (the default, zero and 200 bytes), commit points and partition
 //! moves, under either guarantee.
 
 use std::collections::BTreeMap;
@@ -73,8 +73,12 @@ fn on_refund(activity: &mut Activity, refund: Refund) {
     activity.refunded += refund.amount;
 }
 
-fn app(cache_bytes: usize, exactly_once: bool) -> App {
-    let mut app = App::new("cogroup-test").table_cache_bytes(cache_bytes);
+/// `cache_bytes`: the table cache's budget; `None` leaves the default a user runs with.
+fn app(cache_bytes: Option<usize>, exactly_once: bool) -> App {
+    let mut app = App::new("cogroup-test");
+    if let Some(bytes) = cache_bytes {
+        app = app.table_cache_bytes(bytes);
+    }
     if exactly_once {
         app = app.processing_guarantee(ProcessingGuarantee::ExactlyOnce);
     }
@@ -140,7 +144,7 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-fn run(steps: &[Step], partitions: i32, cache_bytes: usize, exactly_once: bool) -> Result<(), TestCaseError> {
+fn run(steps: &[Step], partitions: i32, cache_bytes: Option<usize>, exactly_once: bool) -> Result<(), TestCaseError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -213,8 +217,8 @@ fn run(steps: &[Step], partitions: i32, cache_bytes: usize, exactly_once: bool) 
     outcome.map_err(|_| TestCaseError::fail("the driver did not finish within 20 s"))?
 }
 
-fn cache_bytes() -> impl Strategy<Value = usize> {
-    prop_oneof![Just(0usize), Just(200), Just(64 * 1024 * 1024)]
+fn cache_bytes() -> impl Strategy<Value = Option<usize>> {
+    prop_oneof![Just(None), Just(Some(0usize)), Just(Some(200))]
 }
 
 proptest! {
@@ -238,7 +242,7 @@ proptest! {
 /// parents; the two direct streams are read by one sub-topology.
 #[test]
 fn a_cogroup_is_one_operation_over_one_store() {
-    let app = app(0, false);
+    let app = app(None, false);
     let topology = app.topology();
     let mermaid = topology.mermaid();
     let cogroup = topology
@@ -271,7 +275,7 @@ fn a_cogroup_is_one_operation_over_one_store() {
 /// The exact updates, in order, for one user across the streams.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_record_of_each_stream_updates_the_aggregate() {
-    let mut driver = TestDriver::new(app(0, false)).expect("driver");
+    let mut driver = TestDriver::new(app(None, false)).expect("driver");
     driver
         .pipe_at(&CLICKS, "ada", &Click { page: "home".into() }, 10)
         .expect("pipe");
