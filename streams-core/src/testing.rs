@@ -973,6 +973,7 @@ impl TestDriver {
                 rounds.request_abort();
             }
             self.tasks[index].join.abort();
+            self.tasks[index].ctx.written.close();
         }
         let _ = tokio::task::spawn_blocking(move || {
             for acked in others {
@@ -996,6 +997,8 @@ impl TestDriver {
             rounds.request_abort();
         }
         self.tasks[index].join.abort();
+        // Its cuts still with the committer die with it.
+        self.tasks[index].ctx.written.close();
         self.offsets.generation.fetch_add(1, Ordering::AcqRel);
         self.replace_task(index, owner).await
     }

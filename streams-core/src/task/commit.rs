@@ -65,14 +65,29 @@ pub(crate) struct Cut {
 /// cut (Kafka Streams gets the same rule by writing its cache into the store on the stream
 /// thread before it commits; here the store write stays off the task, after the flush, so
 /// that a store never holds a change whose changelog record and outputs are not acknowledged).
+///
+/// A task dropped without finishing (killed, lost, past its finish timeout) is
+/// [`closed`](Written::close): its cuts still with the committer are never written to its
+/// stores. The partition's next owner may be this same worker, restoring the same stores
+/// from the changelog meanwhile; a late write of the dropped task's cut would put older
+/// values (and a checkpoint past changes it never saw) over what the restore brought.
 #[derive(Default)]
 pub(crate) struct Written {
     through: AtomicU64,
     failed: AtomicBool,
     changed: tokio::sync::Notify,
+    /// Held while the committer writes a cut of the task; `true` once the task is dropped.
+    closed: std::sync::Mutex<bool>,
 }
 
 impl Written {
+    /// The task was dropped without finishing: none of its cuts is written from now on.
+    /// Returns once a write of one already under way is done.
+    pub(crate) fn close(&self) {
+        *self.closed.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.fail();
+    }
+
     /// The last cut whose store writes are done (every cut before it too).
     pub(crate) fn through(&self) -> u64 {
         self.through.load(Ordering::Acquire)
@@ -344,6 +359,13 @@ fn source_offsets(latest: &HashMap<(String, i32), Next>) -> Vec<SourceOffset> {
 /// Writes each cut's store batches, each with its checkpoint.
 fn write_stores(batch: &mut [Cut], sink: &dyn Sink, metrics: &Metrics) -> Result<(), String> {
     for cut in batch.iter_mut() {
+        let written = Arc::clone(&cut.written);
+        let closed = written.closed.lock().unwrap_or_else(|p| p.into_inner());
+        if *closed {
+            // Dropped: its stores are the next owner's to restore (see [`Written`]).
+            cut.writes.clear();
+            continue;
+        }
         let sources: Vec<(String, i64)> = cut.positions.iter().map(|(t, o)| (t.to_string(), *o)).collect();
         for write in cut.writes.drain(..) {
             // Without changes in this cut, the changelog offset stays as stored: the
@@ -883,6 +905,45 @@ mod tests {
         drop(cuts);
         thread.join().expect("committer");
         metrics
+    }
+
+    /// A cut of a task dropped meanwhile (killed, lost) is not written: its stores may be
+    /// restored by the partition's next owner on this worker, and the cut's older values
+    /// must not land on top.
+    #[test]
+    fn a_dropped_tasks_cut_is_never_written() {
+        let cut = |written: &Arc<Written>, store: &Arc<MemoryStore>, value: &[u8]| Cut {
+            partition: 0,
+            positions: vec![(Arc::from("in"), 3)],
+            stream_time: None,
+            clocks: Vec::new(),
+            writes: vec![TableWrite {
+                changelog: Arc::from("changelog"),
+                store: Arc::clone(store) as Arc<dyn StateStore>,
+                entries: vec![(b"k".to_vec(), Some(value.to_vec()))],
+            }],
+            acks: Vec::new(),
+            ticket: None,
+            seq: 1,
+            written: Arc::clone(written),
+            stored: false,
+            settled: false,
+        };
+        let (sink, _) = held_open();
+        let metrics = Metrics::default();
+        let (live, dropped) = (Arc::new(Written::default()), Arc::new(Written::default()));
+        let (mine, theirs) = (Arc::new(MemoryStore::default()), Arc::new(MemoryStore::default()));
+        dropped.close();
+        let mut batch = vec![cut(&live, &mine, b"1"), cut(&dropped, &theirs, b"2")];
+        write_stores(&mut batch, &*sink, &metrics).expect("written");
+        assert_eq!(mine.get(b"k").expect("get"), Some(b"1".to_vec()));
+        assert_eq!(
+            theirs.get(b"k").expect("get"),
+            None,
+            "the dropped task's cut is not written"
+        );
+        assert_eq!(theirs.checkpoint().expect("checkpoint").changelog_offset, None);
+        assert!(batch[0].stored && !batch[1].stored);
     }
 
     /// A round that aborts for the same cause again and again gives up on the third.

@@ -704,11 +704,13 @@ impl Shared {
                             .lost
                             .fetch_add(task.sources.len() as u64, Ordering::Relaxed);
                         task.join.abort();
+                        task.ctx.written.close();
                         continue;
                     }
                     Release::Drop => {
                         tracing::warn!("{label} dropped without committing");
                         task.join.abort();
+                        task.ctx.written.close();
                         continue;
                     }
                 }
@@ -722,10 +724,10 @@ impl Shared {
                     .iter()
                     .map(|(topic, _)| format!("{topic}[{}]", key.1))
                     .collect();
-                finishing.push((partitions.join(", "), acked, task.join));
+                finishing.push((partitions.join(", "), acked, task.join, Arc::clone(&task.ctx.written)));
             }
         }
-        for (label, acked, join) in finishing {
+        for (label, acked, join, written) in finishing {
             match acked.recv_timeout(FINISH_TIMEOUT) {
                 Ok(Ok(())) => tracing::info!("{label} committed and released"),
                 Ok(Err(error)) => {
@@ -744,6 +746,7 @@ impl Shared {
                         rounds.request_abort();
                     }
                     join.abort();
+                    written.close();
                 }
             }
             let abort = join.abort_handle();

@@ -732,6 +732,52 @@ fn the_cases_found_before_still_agree() {
             marker_latency_ms: 2,
             commit_timeouts: Some(false),
         },
+    },
+    Case {
+        // A count at least once: a crash hands the partition to worker 2, which moves it
+        // back to worker 1, whose store still held what it had before the crash.
+        partitions: 1,
+        pipeline: Pipeline {
+            pre: vec![],
+            rekey: None,
+            post: vec![],
+            terminal: Terminal::Aggregate(Agg::Count),
+        },
+        segments: vec![
+            (
+                parse_records("h0=0@2000 h1=0@2020 h0=0@2040 h0=0@2060"),
+                vec![],
+                Action::Crash {
+                    stage: Stage::Input,
+                    partition: 0,
+                    owner: 2,
+                    commits_fail: false,
+                },
+            ),
+            (
+                parse_records("h1=0@2080 h0=0@2100 h0=0@2120"),
+                vec![],
+                Action::Move {
+                    stage: Stage::Input,
+                    partition: 0,
+                    owner: 1,
+                },
+            ),
+            (
+                parse_records("h0=0@2140 h0=0@2160 h0=0@2180 h0=0@2200 h0=0@2220 h0=0@2240 h0=0@2260"),
+                vec![],
+                Action::Commit,
+            ),
+        ],
+        knobs: Knobs {
+            cache_bytes: 150,
+            ack_latency_ms: 3,
+            batch: 1,
+            commit_interval_ms: Some(1),
+            exactly_once: false,
+            marker_latency_ms: 0,
+            commit_timeouts: None,
+        },
     }];
     for case in cases {
         let case = normalize(case);
