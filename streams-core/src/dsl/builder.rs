@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::join::GlobalKTable;
-use super::node::{ChangeListener, Fanout, Freeze, SourceNode, StreamSource, TableSlot, Tick};
+use super::node::{ChangeFanout, ChangeListener, Fanout, Freeze, SourceNode, StreamSource, TableSlot, Tick};
 use super::run::{run_fn, SubTopology};
 use super::stream::{KStream, Keyed};
 use super::table::{KTable, TableSource};
@@ -160,6 +160,12 @@ impl Graph {
 
     pub(crate) fn fanout<K: Send + 'static, V: Send + 'static>(&mut self) -> Arc<Fanout<K, V>> {
         let fanout = Fanout::new();
+        self.fanouts.push(Arc::clone(&fanout) as Arc<dyn Freeze>);
+        fanout
+    }
+
+    pub(crate) fn change_fanout(&mut self) -> Arc<ChangeFanout> {
+        let fanout = ChangeFanout::new();
         self.fanouts.push(Arc::clone(&fanout) as Arc<dyn Freeze>);
         fanout
     }

@@ -483,6 +483,8 @@ where
     {
         let graph = std::rc::Rc::clone(&self.graph);
         let mut g = graph.borrow_mut();
+        self.check_joinable(&mut g, op);
+        other.check_joinable(&mut g, op);
         if !super::builder::valid_name(name) {
             let error = format!(
                 "pipeline `{}`: the foreign-key join's name `{name}` names its topics and stores: use letters, \

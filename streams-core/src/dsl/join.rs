@@ -112,6 +112,7 @@ where
     {
         let (next, group, node) = {
             let mut graph = self.graph.borrow_mut();
+            table.check_joinable(&mut graph, op);
             let group = graph.union(self.group, table.group);
             let next = graph.fanout::<K, VR>();
             let node = graph.node(op, NodeKind::Operation, vec![self.node, table.node], group);
@@ -490,6 +491,8 @@ where
     {
         let graph = Rc::clone(&self.graph);
         let mut g = graph.borrow_mut();
+        self.check_joinable(&mut g, op);
+        other.check_joinable(&mut g, op);
         let group = g.union(self.group, other.group);
         let slot = g.table(group, store.spec());
         let join_node = g.node(op, NodeKind::Operation, vec![self.node, other.node], group);

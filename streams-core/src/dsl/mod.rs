@@ -46,6 +46,7 @@ mod process;
 mod run;
 mod same_key;
 mod stream;
+mod suppress;
 mod table;
 mod windowed;
 
@@ -56,5 +57,6 @@ pub use self::join::{GlobalKTable, JoinWindows};
 pub use self::process::{Forward, Processor};
 pub use self::same_key::SameKey;
 pub use self::stream::{BranchedKStream, KStream, Keyed, PartitionedByKey, Rekeyed};
+pub use self::suppress::{BufferConfig, Suppressed};
 pub use self::table::KTable;
 pub use self::windowed::{SessionWindowedKStream, TimeWindowedKStream, WindowsOf};

@@ -219,6 +219,46 @@ pub(crate) trait ChangeListener: Send + Sync {
     fn change(&self, cx: &mut Cx<'_>, key: &[u8], value: Option<&[u8]>) -> Outcome;
 }
 
+/// Where an operation that makes changes of its own out of a table's (a suppression) sends
+/// them: the listeners added while the pipeline is built, frozen before it runs.
+pub(crate) struct ChangeFanout {
+    building: Mutex<Vec<Arc<dyn ChangeListener>>>,
+    frozen: OnceLock<Box<[Arc<dyn ChangeListener>]>>,
+}
+
+impl ChangeFanout {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            building: Mutex::new(Vec::new()),
+            frozen: OnceLock::new(),
+        })
+    }
+
+    pub(crate) fn add(&self, listener: Arc<dyn ChangeListener>) {
+        self.building.lock().unwrap_or_else(|p| p.into_inner()).push(listener);
+    }
+
+    /// Hands a change to every listener; one that fails does not keep it from the others:
+    /// the first error is returned once all had it.
+    pub(crate) fn change(&self, cx: &mut Cx<'_>, key: &[u8], value: Option<&[u8]>) -> Outcome {
+        let Some(listeners) = self.frozen.get() else {
+            return Err("the pipeline was not built".into());
+        };
+        let mut outcome = Ok(());
+        for listener in listeners.iter() {
+            outcome = outcome.and(guarded(|| listener.change(cx, key, value)));
+        }
+        outcome
+    }
+}
+
+impl Freeze for ChangeFanout {
+    fn freeze(&self) {
+        let listeners = std::mem::take(&mut *self.building.lock().unwrap_or_else(|p| p.into_inner()));
+        let _ = self.frozen.set(listeners.into_boxed_slice());
+    }
+}
+
 /// A change of a table that failed on its way on (after `to_stream`, or a window's final
 /// result): it goes to the dead-letter topic as the table holds it, with headers naming the
 /// table and the error.

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::builder::{Graph, NodeKind};
-use super::node::{observe_time, send, ChangeListener, Cx, Fanout, Outcome, SourceNode, TableSlot};
+use super::node::{observe_time, send, ChangeFanout, ChangeListener, Cx, Fanout, Outcome, SourceNode, TableSlot};
 use super::stream::{KStream, Keyed};
 use crate::codec::{json, Key};
 use crate::message::Message;
@@ -29,6 +29,9 @@ pub struct KTable<K, V> {
     /// A windowed aggregation that emits final results: they, not the table's changes, are
     /// its stream.
     finals: Option<Arc<Fanout<K, V>>>,
+    /// A suppression's table: what goes on are the changes it lets through, not the
+    /// table's own (see [`KTable::suppress`](super::suppress)).
+    emitter: Option<Arc<ChangeFanout>>,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -51,7 +54,37 @@ where
             group,
             node,
             finals: None,
+            emitter: None,
             _types: PhantomData,
+        }
+    }
+
+    /// A table whose changes are those `emitter` sends (a suppression's).
+    pub(crate) fn with_emitter(mut self, emitter: Arc<ChangeFanout>) -> Self {
+        self.emitter = Some(emitter);
+        self
+    }
+
+    /// Makes `listener` receive the table's changes at each cut (a suppression's: those it
+    /// lets through).
+    pub(crate) fn listen(&self, graph: &mut Graph, listener: Arc<dyn ChangeListener>) {
+        match &self.emitter {
+            Some(emitter) => emitter.add(listener),
+            None => graph.listen(self.group, self.slot.clone(), listener),
+        }
+    }
+
+    /// Refuses a join that reads the table's values when they are not what its changes say
+    /// (a suppression's table holds the table before the suppression).
+    pub(crate) fn check_joinable(&self, graph: &mut Graph, op: &str) {
+        if self.emitter.is_some() {
+            let error = format!(
+                "pipeline `{}`: `{op}` reads table `{}` after `suppress`, which only holds back its changes (its \
+                 values are those of the table before it); join the table before suppressing, or send the \
+                 suppressed changes on with `to_stream` and read them as a table",
+                graph.pipeline, self.name
+            );
+            graph.errors.push(error);
         }
     }
 
@@ -76,15 +109,15 @@ where
         let (next, node) = {
             let mut graph = self.graph.borrow_mut();
             let node = graph.node("to_stream", NodeKind::Operation, vec![self.node], self.group);
-            let next = match self.finals {
-                Some(finals) => finals,
+            let next = match &self.finals {
+                Some(finals) => Arc::clone(finals),
                 None => {
                     let next = graph.fanout::<K, V>();
                     let listener = Changes {
                         name: self.name,
                         next: Arc::clone(&next),
                     };
-                    graph.listen(self.group, self.slot.clone(), Arc::new(listener));
+                    self.listen(&mut graph, Arc::new(listener));
                     next
                 }
             };
@@ -131,7 +164,7 @@ where
             values: topic.value_codec(),
             _key: PhantomData,
         };
-        graph.listen(self.group, self.slot.clone(), Arc::new(listener));
+        self.listen(&mut graph, Arc::new(listener));
     }
 }
 
