@@ -84,6 +84,8 @@ impl AgentSpec {
             sends: self.sends.clone(),
             tables: self.tables.clone(),
             dead_letter_topic: self.dead_letter_topic(app_id),
+            on_deserialization_error: crate::task::sink::OnError::DeadLetter,
+            on_processing_error: crate::task::sink::OnError::DeadLetter,
             run: Arc::clone(&self.run),
         }
     }

@@ -48,6 +48,10 @@ pub struct App {
     on_production_error: crate::task::sink::OnError,
     /// Where refused records go (`{app}-dlq` unless named).
     production_dead_letters: Option<String>,
+    on_deserialization_error: crate::task::sink::OnError,
+    on_processing_error: crate::task::sink::OnError,
+    /// One dead-letter topic for every agent and pipeline, when named.
+    dead_letters: Option<String>,
 }
 
 /// What a worker guarantees about the effects of each input record.
@@ -99,7 +103,64 @@ impl App {
             guarantee: ProcessingGuarantee::AtLeastOnce,
             on_production_error: crate::task::sink::OnError::Fail,
             production_dead_letters: None,
+            on_deserialization_error: crate::task::sink::OnError::DeadLetter,
+            on_processing_error: crate::task::sink::OnError::DeadLetter,
+            dead_letters: None,
         }
+    }
+
+    /// What to do with a record that does not decode (its key or value, or a value's event
+    /// time): [`OnError::DeadLetter`](crate::OnError::DeadLetter), the default, copies it
+    /// unchanged to the dead-letter topic with `streams.dlq.{topic,partition,offset,stage,error}`
+    /// headers and goes on; [`OnError::Continue`](crate::OnError::Continue) logs and drops it;
+    /// [`OnError::Fail`](crate::OnError::Fail) stops the worker before it, with an error
+    /// naming its topic, partition and offset (Kafka Streams' deserialization exception
+    /// handler; its default is to fail, ours keeps bad input out of the way without losing
+    /// it).
+    ///
+    /// ```
+    /// use streams_core::{App, OnError};
+    /// let app = App::new("orders").on_deserialization_error(OnError::Fail);
+    /// assert_eq!(app.tasks().len(), 0);
+    /// ```
+    pub fn on_deserialization_error(mut self, handling: crate::task::sink::OnError) -> Self {
+        self.on_deserialization_error = handling;
+        self
+    }
+
+    /// What to do with a record whose processing fails (an agent that returns an error or
+    /// panics on it, a DSL closure that panics, a value a table or topic cannot encode): the
+    /// same choices as [`App::on_deserialization_error`], with the same default (KIP-1033's
+    /// processing exception handler).
+    ///
+    /// ```
+    /// use streams_core::{App, OnError};
+    /// let app = App::new("orders").on_processing_error(OnError::Continue);
+    /// # let _ = app;
+    /// ```
+    pub fn on_processing_error(mut self, handling: crate::task::sink::OnError) -> Self {
+        self.on_processing_error = handling;
+        self
+    }
+
+    /// One dead-letter topic for the records every agent and pipeline cannot process
+    /// (KIP-1034's `errors.dead.letter.queue.topic.name`), instead of one per agent
+    /// (`{app}-{agent}-dlq`) and pipeline (`{app}-{pipeline}-dlq`). The records' headers
+    /// name the agent or sub-topology (`streams.dlq.agent`).
+    ///
+    /// ```
+    /// use streams_core::App;
+    /// let app = App::new("orders").dead_letter_topic("orders-dead-letters");
+    /// # let _ = app;
+    /// ```
+    pub fn dead_letter_topic(mut self, topic: impl Into<String>) -> Self {
+        self.dead_letters = Some(topic.into());
+        self
+    }
+
+    /// The dead-letter topic of an agent or pipeline whose own is `own`.
+    pub(crate) fn dead_letter_topic_for(&self, own: String) -> String {
+        self.dead_letters.clone().unwrap_or(own)
     }
 
     /// What to do with a record the broker refuses for good (too large for its topic, a
@@ -250,7 +311,15 @@ impl App {
     pub fn tasks(&self) -> Vec<TaskSpec> {
         let agents = self.agents.iter().map(|agent| agent.task(&self.id));
         let pipelines = self.pipelines.iter().flat_map(|p| p.tasks.iter().cloned());
-        agents.chain(pipelines).collect()
+        agents
+            .chain(pipelines)
+            .map(|mut task| {
+                task.dead_letter_topic = self.dead_letter_topic_for(task.dead_letter_topic);
+                task.on_deserialization_error = self.on_deserialization_error;
+                task.on_processing_error = self.on_processing_error;
+                task
+            })
+            .collect()
     }
 
     /// The global tables of the app's pipelines.

@@ -99,6 +99,8 @@ pub struct Metrics {
     pub records: AtomicU64,
     /// Records copied to dead-letter topics.
     pub dead_lettered: AtomicU64,
+    /// Records that failed and were dropped, as the app chose (`OnError::Continue`).
+    pub skipped: AtomicU64,
     /// Records a windowed aggregation dropped because every window they belong to had
     /// closed (stream time was past its end and grace period), and records a stream–stream
     /// join did not keep in its buffer because they were older than it keeps (they were
@@ -309,6 +311,12 @@ impl Metrics {
                 true,
             ),
             (
+                "skipped_records",
+                "Records that failed and were dropped, as the app chose (OnError::Continue)",
+                load(&self.skipped),
+                true,
+            ),
+            (
                 "late_records",
                 "Records dropped because every window they belong to had closed (joins: not buffered)",
                 load(&self.late),
@@ -400,6 +408,7 @@ impl Metrics {
             ("sends", self.sends.load(Ordering::Relaxed)),
             ("table updates", self.table_updates.load(Ordering::Relaxed)),
             ("dead-lettered", self.dead_lettered.load(Ordering::Relaxed)),
+            ("skipped", self.skipped.load(Ordering::Relaxed)),
             ("late records dropped", self.late.load(Ordering::Relaxed)),
         ])
     }

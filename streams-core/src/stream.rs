@@ -6,6 +6,7 @@ use crate::codec::Key;
 use crate::message::Message;
 use crate::record::Record;
 pub use crate::task::input::RawStream;
+use crate::task::input::Stage;
 use crate::topic::TopicReader;
 use crate::{DecodeError, Origin};
 
@@ -89,7 +90,7 @@ impl<K: Key, V: Record> Stream<K, V> {
                     core.begin_at(source, message, time);
                     return Some(value);
                 }
-                Err(error) => core.dead_letter(source, message, &error).await,
+                Err(error) => core.reject(source, message, Stage::Deserialization, &error).await,
             }
         }
     }
@@ -115,7 +116,7 @@ impl<K: Key, V: Record> Stream<K, V> {
                     core.begin_at(source, message, time);
                     return Some(event);
                 }
-                Err(error) => core.dead_letter(source, message, &error).await,
+                Err(error) => core.reject(source, message, Stage::Deserialization, &error).await,
             }
         }
     }

@@ -155,18 +155,28 @@ impl Topology {
                 topology.edge(agent.name, table.name, "updates");
                 topology.edge(table.name, &changelog, "changelog");
             }
-            let dlq = agent.dead_letter_topic(app.id());
+            let dlq = app.dead_letter_topic_for(agent.dead_letter_topic(app.id()));
             topology.node(&dlq, NodeKind::DeadLetter, None);
             topology.edge(agent.name, &dlq, "bad records");
         }
         for pipeline in app.pipelines() {
-            topology.add_pipeline(app.id(), pipeline, &sent, &read);
+            let dlq = app.dead_letter_topic_for(pipeline.tasks.first().map_or_else(
+                || format!("{}-{}-dlq", app.id(), pipeline.name),
+                |t| t.dead_letter_topic.clone(),
+            ));
+            topology.add_pipeline(pipeline, dlq, &sent, &read);
         }
         topology
     }
 
     /// A pipeline's nodes and edges, and its view by sub-topology.
-    fn add_pipeline(&mut self, app_id: &str, pipeline: &Pipeline, sent: &[String], read: &dyn Fn(&str) -> bool) {
+    fn add_pipeline(
+        &mut self,
+        pipeline: &Pipeline,
+        dead_letter_topic: String,
+        sent: &[String],
+        read: &dyn Fn(&str) -> bool,
+    ) {
         let spec_of = |topic: &str| {
             pipeline
                 .tasks
@@ -179,10 +189,7 @@ impl Topology {
         let mut view = PipelineView {
             name: pipeline.name.clone(),
             subtopologies: Vec::new(),
-            dead_letter_topic: pipeline.tasks.first().map_or_else(
-                || format!("{app_id}-{}-dlq", pipeline.name),
-                |t| t.dead_letter_topic.clone(),
-            ),
+            dead_letter_topic,
         };
         for (sub, members) in pipeline.subtopologies.iter().enumerate() {
             let sub_name = pipeline.tasks.get(sub).map_or_else(String::new, |t| t.name.clone());

@@ -585,6 +585,8 @@ impl StreamsBuilder {
                     sends: sub.sinks.clone(),
                     tables: sub.tables.clone(),
                     dead_letter_topic: dead_letter_topic.clone(),
+                    on_deserialization_error: crate::task::sink::OnError::DeadLetter,
+                    on_processing_error: crate::task::sink::OnError::DeadLetter,
                     run,
                 }
             })

@@ -393,6 +393,7 @@ where
                 self.0.name
             ));
         };
+        cx.decoded = true;
         self.0.subscription(cx, foreign, bytes)
     }
 }
@@ -413,6 +414,7 @@ where
         let (Some(key), Some(bytes)) = (message.key(), message.payload()) else {
             return Err(format!("join `{}`: a response without a key or a value", self.0.name));
         };
+        cx.decoded = true;
         self.0.response(cx, key, bytes)
     }
 }

@@ -19,6 +19,9 @@ pub(crate) struct Cx<'a> {
     pub(crate) timestamp: i64,
     /// Records the producer could not take yet: sent, in order, before the next record.
     pub(crate) backlog: &'a mut Vec<OutRecord>,
+    /// Set by a source node once the record is decoded: an error before is a
+    /// deserialization error, after it a processing error (the app handles them apart).
+    pub(crate) decoded: bool,
 }
 
 /// A node's outcome: an error sends the input record to the dead-letter topic.
@@ -156,6 +159,7 @@ impl<K: Key, V: Send + Sync> SourceNode for StreamSource<K, V> {
             .decode(message.payload().unwrap_or_default())
             .map_err(|e| e.to_string())?;
         observe_time(cx, self.reader.time_of(&value, message)?);
+        cx.decoded = true;
         self.next.push(cx, key, value)
     }
 }

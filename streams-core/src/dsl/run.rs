@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::node::{dead_letter_change, guarded, ChangeListener, Cx, SourceNode, TableSlot, Tick};
-use crate::task::input::{CutHook, RawStream};
+use crate::task::input::{CutHook, RawStream, Stage};
 use crate::task::run::RunFn;
 use crate::task::sink::OutRecord;
 use crate::task::TaskContext;
@@ -44,13 +44,20 @@ async fn run(mut raw: RawStream, sub: Arc<SubTopology>) -> Result<(), String> {
                     ctx: &ctx,
                     timestamp,
                     backlog: &mut backlog,
+                    decoded: false,
                 };
-                guarded(|| node.push_message(&mut cx, message))
+                let outcome = guarded(|| node.push_message(&mut cx, message));
+                let stage = if cx.decoded {
+                    Stage::Processing
+                } else {
+                    Stage::Deserialization
+                };
+                outcome.map_err(|error| (stage, error))
             }
             _ => Ok(()),
         };
-        if let Err(error) = outcome {
-            core.dead_letter_current(&error).await;
+        if let Err((stage, error)) = outcome {
+            core.reject_current(stage, &error).await;
         }
         for record in backlog.drain(..) {
             if let Err(error) = ctx.send_when_room(record).await {
@@ -84,6 +91,7 @@ impl CutHook for Changes {
                     ctx,
                     timestamp,
                     backlog,
+                    decoded: true,
                 };
                 let outcome = guarded(|| listener.change(&mut cx, &key, value.as_deref()));
                 if let Err(error) = outcome {
@@ -96,6 +104,7 @@ impl CutHook for Changes {
                 ctx,
                 timestamp: before,
                 backlog,
+                decoded: true,
             };
             if let Err(error) = guarded(|| tick.tick(&mut cx)) {
                 // No input record to send to the dead-letter topic: what failed is logged.

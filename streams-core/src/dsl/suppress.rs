@@ -275,6 +275,7 @@ impl Suppression {
             ctx: cx.ctx,
             timestamp: time,
             backlog: &mut *cx.backlog,
+            decoded: true,
         };
         let outcome = self.next.change(&mut out, key, value);
         cx.ctx.put_at(index, key.to_vec(), None).map_err(failed)?;

@@ -266,6 +266,7 @@ where
         if value.is_none() {
             observe_time(cx, message.timestamp());
         }
+        cx.decoded = true;
         cx.ctx.put_at(index, key, value).map_err(|e| e.to_string())
     }
 }

@@ -15,7 +15,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
 use super::round::Rounds;
-use super::sink::{FlushError, ProductionErrors, Sink, SinkError};
+use super::sink::{FlushError, OnError, ProductionErrors, Sink, SinkError};
 use crate::metrics::{timed, Metrics};
 use crate::store::{Checkpoint, Entry, StateStore};
 
@@ -298,6 +298,14 @@ fn dead_letter_refused(sink: &dyn Sink, errors: &ProductionErrors, error: FlushE
         return Err(error);
     }
     for refused in &error.refused {
+        if errors.handler == OnError::Continue {
+            tracing::warn!(
+                "the broker refused a record to {} ({}); it is dropped",
+                refused.record.topic,
+                refused.error
+            );
+            continue;
+        }
         tracing::warn!(
             "the broker refused a record to {} ({}); it goes to the dead-letter topic {}",
             refused.record.topic,
@@ -689,7 +697,7 @@ mod tests {
         assert_eq!(text, "streams.stream.time=1;streams.clock.win=");
         assert_eq!(clocks_of_metadata(&text), unset);
     }
-    use crate::task::sink::{OnError, OutRecord, ProductionErrors, Sink, SinkError};
+    use crate::task::sink::{OutRecord, ProductionErrors, Sink, SinkError};
 
     /// A sink whose flush says it has begun, then waits to be let go.
     struct HeldFlush {

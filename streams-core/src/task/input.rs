@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::commit::{Ack, Cut, TableWrite};
 use super::round::{Rounds, Ticket};
-use super::sink::{Headers, OutRecord};
+use super::sink::{Headers, OnError, OutRecord};
 use super::TaskContext;
 use crate::message::{Message, Spent};
 use crate::Origin;
@@ -45,6 +45,24 @@ pub(crate) enum Input {
     Processed(Ack),
     /// Cut every `interval` from now on (the test driver's `commit_interval`).
     Interval(Duration),
+}
+
+/// Where a record failed: which of the app's handlers decides what becomes of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// Its key, value or event time does not decode.
+    Deserialization,
+    /// What the task does with it failed.
+    Processing,
+}
+
+impl Stage {
+    fn name(self) -> &'static str {
+        match self {
+            Stage::Deserialization => "deserialization",
+            Stage::Processing => "processing",
+        }
+    }
 }
 
 /// Work a task does at each cut before its table changes are written: a pipeline sends
@@ -548,23 +566,63 @@ impl StreamCore {
 
     /// The current record could not be processed: it goes to the dead-letter topic with
     /// `error` as it is.
-    pub(crate) async fn dead_letter_current(&mut self, error: &str) {
+    pub(crate) async fn reject_current(&mut self, stage: Stage, error: &str) {
         if let Some((source, message)) = self.current.take() {
-            self.dead_letter(source, message, error).await;
+            self.reject(source, message, stage, error).await;
         }
     }
 
-    /// The task failed on the current record: it goes to the dead-letter topic.
+    /// The task failed on the current record.
     pub(crate) async fn fail_current(&mut self, error: &str) {
         if let Some((source, message)) = self.current.take() {
             let error = format!("agent `{}` failed: {error}", self.ctx.name);
-            self.dead_letter(source, message, &error).await;
+            self.reject(source, message, Stage::Processing, &error).await;
+        }
+    }
+
+    /// A record that cannot be processed goes where the app says (`App::on_deserialization_error`,
+    /// `App::on_processing_error`): to the dead-letter topic or nowhere, and then it counts as
+    /// processed; or the worker stops before it, and the task takes no more records (what it
+    /// did since its last cut is not committed: the partition's next owner meets the record
+    /// again).
+    pub(crate) async fn reject(&mut self, source: usize, message: Message, stage: Stage, error: &str) {
+        let handler = match stage {
+            Stage::Deserialization => self.ctx.on_deserialization_error,
+            Stage::Processing => self.ctx.on_processing_error,
+        };
+        match handler {
+            OnError::DeadLetter => self.dead_letter(source, message, stage, error).await,
+            OnError::Continue => {
+                let origin = self.origin(source, message.offset());
+                tracing::warn!(
+                    task = &*self.ctx.name,
+                    "cannot process record {origin} ({}): {error}; skipped",
+                    stage.name()
+                );
+                self.ctx.metrics.skipped.fetch_add(1, Ordering::Relaxed);
+                if let Some(source) = self.sources.get_mut(source) {
+                    source.processed = Some(origin.offset);
+                }
+            }
+            OnError::Fail => {
+                let origin = self.origin(source, message.offset());
+                self.ctx.metrics.fail(format!(
+                    "task `{}` cannot process record {origin} ({}): {error}; the worker stops, as \
+                     App::on_{}_error says",
+                    self.ctx.name,
+                    stage.name(),
+                    stage.name()
+                ));
+                self.current = None;
+                self.ended = true;
+            }
         }
     }
 
     /// Copies a record that cannot be processed to the dead-letter topic, unchanged, with
-    /// headers naming its origin and the error; it then counts as processed.
-    pub(crate) async fn dead_letter(&mut self, source: usize, message: Message, error: &str) {
+    /// headers naming its origin, the stage that failed and the error; it then counts as
+    /// processed.
+    async fn dead_letter(&mut self, source: usize, message: Message, stage: Stage, error: &str) {
         let origin = self.origin(source, message.offset());
         let dlq = Arc::clone(&self.ctx.dead_letter_topic);
         tracing::warn!(
@@ -579,6 +637,7 @@ impl StreamCore {
         ));
         headers.push(("streams.dlq.offset".into(), origin.offset.to_string().into_bytes()));
         headers.push(("streams.dlq.agent".into(), self.ctx.name.as_bytes().to_vec()));
+        headers.push(("streams.dlq.stage".into(), stage.name().as_bytes().to_vec()));
         headers.push(("streams.dlq.error".into(), error.as_bytes().to_vec()));
         let record = OutRecord {
             topic: dlq,

@@ -33,6 +33,9 @@ pub(crate) struct TaskContext {
     pub sources: Vec<Arc<str>>,
     pub partition: i32,
     pub dead_letter_topic: Arc<str>,
+    /// What becomes of a record that does not decode, and of one whose processing fails.
+    pub on_deserialization_error: sink::OnError,
+    pub on_processing_error: sink::OnError,
     /// The topics the task may send to.
     sends: Vec<Arc<str>>,
     tables: Mutex<Vec<TableState>>,
@@ -158,6 +161,8 @@ impl TaskContext {
             sources: spec.sources.iter().map(|t| Arc::from(&*t.name)).collect(),
             partition,
             dead_letter_topic: spec.dead_letter_topic.as_str().into(),
+            on_deserialization_error: spec.on_deserialization_error,
+            on_processing_error: spec.on_processing_error,
             sends: spec.sends.iter().map(|t| Arc::from(&*t.name)).collect(),
             tables: Mutex::new(tables),
             sink,
@@ -238,6 +243,8 @@ impl TaskContext {
             sources: Vec::new(),
             partition: -1,
             dead_letter_topic: Arc::from(""),
+            on_deserialization_error: sink::OnError::DeadLetter,
+            on_processing_error: sink::OnError::DeadLetter,
             sends: sends.iter().map(|t| Arc::from(&*t.name)).collect(),
             tables: Mutex::new(Vec::new()),
             sink,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::FutureExt;
 
 use super::input::{RawStream, StreamCore};
+use super::sink::OnError;
 use crate::spec::{TableSpec, TopicSpec};
 
 pub(crate) type TaskFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
@@ -31,6 +32,10 @@ pub struct TaskSpec {
     pub tables: Vec<TableSpec>,
     /// Where records it cannot process go.
     pub dead_letter_topic: String,
+    /// What becomes of a record that does not decode (`App::on_deserialization_error`).
+    pub on_deserialization_error: OnError,
+    /// What becomes of a record whose processing fails (`App::on_processing_error`).
+    pub on_processing_error: OnError,
     pub(crate) run: RunFn,
 }
 

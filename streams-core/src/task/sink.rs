@@ -151,17 +151,23 @@ pub(crate) async fn enqueue_when_room(sink: &dyn Sink, mut record: OutRecord) ->
     }
 }
 
-/// What to do with a record the broker refuses for good (Kafka Streams' production
-/// exception handler, KIP-1033/1034).
+/// What to do with a record that fails: one that does not decode, one whose processing
+/// fails, one the broker refuses for good (Kafka Streams' exception handlers, KIP-1033/1034;
+/// see `App::on_deserialization_error`, `App::on_processing_error`,
+/// `App::on_production_error`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnError {
-    /// Stop the worker with an error naming the record's topic and the broker's answer
-    /// (the default, as Kafka Streams' `DefaultProductionExceptionHandler`).
+    /// Stop the worker with an error naming the record (Kafka Streams' `LogAndFail`, and its
+    /// default production handler). The record is not committed: the partition's next owner
+    /// meets it again.
     #[default]
     Fail,
-    /// Send the record to the dead-letter topic instead, with headers saying where it was
-    /// going and why it was refused, and go on.
+    /// Send the record to the dead-letter topic, with headers saying where it came from (or
+    /// was going) and why, and go on.
     DeadLetter,
+    /// Log it and go on without it (Kafka Streams' `LogAndContinue`): the record is dropped
+    /// (a task's input records are counted in the `skipped_records` metric).
+    Continue,
 }
 
 /// The production errors' handling: the app's choice, the dead-letter topic, and the records
@@ -188,7 +194,7 @@ impl ProductionErrors {
     /// Whether `refused` may go to the dead-letter topic: the app says so, and it is no
     /// changelog record (a table's state never goes missing from its changelog).
     pub(crate) fn dead_letters(&self, refused: &[Refused]) -> bool {
-        self.handler == OnError::DeadLetter
+        matches!(self.handler, OnError::DeadLetter | OnError::Continue)
             && !refused.is_empty()
             && refused
                 .iter()
@@ -256,6 +262,13 @@ impl Sink for Guarded {
                 .get(&fingerprint(&record))
                 .cloned();
             if let Some(error) = known {
+                if self.errors.handler == OnError::Continue {
+                    tracing::warn!(
+                        "a record to {} that the broker refused ({error}) is dropped",
+                        record.topic
+                    );
+                    return Ok(());
+                }
                 tracing::warn!(
                     "a record to {} that the broker refused ({error}) goes to the dead-letter topic {}",
                     record.topic,
