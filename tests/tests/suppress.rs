@@ -54,12 +54,13 @@ enum Group {
     /// The clicks piped, then one run: one commit point for all (the default cache only:
     /// a small one makes commit points of its own).
     Together(Vec<Click>),
-    /// One by one, then a partition moves to another worker.
-    Move(Vec<Click>, i32),
+    /// One by one, then a partition moves to a worker (`worker-{n}`; worker 1 owns every
+    /// partition at first): one that held it before takes its stores back.
+    Move(Vec<Click>, i32, u8),
     /// Exactly-once: the clicks processed without a commit, then a partition's worker is
     /// killed; everything not committed is processed again with the next group's first
     /// commit point.
-    Crash(Vec<Click>, i32),
+    Crash(Vec<Click>, i32, u8),
 }
 
 /// One partition of Kafka Streams' suppression, as a model: the counts, the held-back keys
@@ -131,7 +132,6 @@ fn run(groups: &[Group], knobs: &Knobs) -> Result<(), TestCaseError> {
             TestDriver::with_partitions(app, &[("clicks", partitions), ("counts-limited", 1)]).expect("driver");
         let mut models: Vec<Model> = (0..partitions).map(|_| Model::default()).collect();
         let limit = i64::try_from(knobs.limit_ms).unwrap_or(i64::MAX);
-        let mut owners = 0u32;
         // Clicks processed but not at a commit point yet (after a crash: all since the last).
         let mut pending: Vec<Click> = Vec::new();
         let commit_point = |pending: &mut Vec<Click>, models: &mut Vec<Model>| {
@@ -149,17 +149,16 @@ fn run(groups: &[Group], knobs: &Knobs) -> Result<(), TestCaseError> {
         };
         for group in groups {
             match group {
-                Group::OneByOne(clicks) | Group::Move(clicks, _) => {
+                Group::OneByOne(clicks) | Group::Move(clicks, _, _) => {
                     for (key, time) in clicks {
                         driver.pipe_at(&CLICKS, key, &1, *time).expect("pipe");
                         pending.push((key.clone(), *time));
                         driver.run().await.expect("run");
                         commit_point(&mut pending, &mut models);
                     }
-                    if let Group::Move(_, partition) = group {
-                        owners += 1;
+                    if let Group::Move(_, partition, owner) = group {
                         driver
-                            .move_partition("clicks", partition % partitions, &format!("worker-{owners}"))
+                            .move_partition("clicks", partition % partitions, &format!("worker-{owner}"))
                             .await
                             .expect("move");
                     }
@@ -172,15 +171,14 @@ fn run(groups: &[Group], knobs: &Knobs) -> Result<(), TestCaseError> {
                     driver.run().await.expect("run");
                     commit_point(&mut pending, &mut models);
                 }
-                Group::Crash(clicks, partition) => {
+                Group::Crash(clicks, partition, owner) => {
                     for (key, time) in clicks {
                         driver.pipe_at(&CLICKS, key, &1, *time).expect("pipe");
                         pending.push((key.clone(), *time));
                     }
                     driver.process().await.expect("process");
-                    owners += 1;
                     driver
-                        .crash_partition("clicks", partition % partitions, &format!("worker-{owners}"))
+                        .crash_partition("clicks", partition % partitions, &format!("worker-{owner}"))
                         .await
                         .expect("crash");
                 }
@@ -223,13 +221,23 @@ fn clicks() -> impl Strategy<Value = Vec<Click>> {
 fn group(together: bool, crash: bool) -> impl Strategy<Value = Group> {
     let mut groups: Vec<(u32, BoxedStrategy<Group>)> = vec![
         (4, clicks().prop_map(Group::OneByOne).boxed()),
-        (1, (clicks(), 0i32..3).prop_map(|(c, p)| Group::Move(c, p)).boxed()),
+        (
+            2,
+            (clicks(), 0i32..3, 1u8..4)
+                .prop_map(|(c, p, o)| Group::Move(c, p, o))
+                .boxed(),
+        ),
     ];
     if together {
         groups.push((2, clicks().prop_map(Group::Together).boxed()));
     }
     if crash {
-        groups.push((1, (clicks(), 0i32..3).prop_map(|(c, p)| Group::Crash(c, p)).boxed()));
+        groups.push((
+            2,
+            (clicks(), 0i32..3, 1u8..4)
+                .prop_map(|(c, p, o)| Group::Crash(c, p, o))
+                .boxed(),
+        ));
     }
     proptest::strategy::Union::new_weighted(groups)
 }
@@ -274,8 +282,8 @@ fn case() -> impl Strategy<Value = (Knobs, Vec<Group>)> {
                 .map(|g| match g {
                     Group::OneByOne(c) => Group::OneByOne(timed(c)),
                     Group::Together(c) => Group::Together(timed(c)),
-                    Group::Move(c, p) => Group::Move(timed(c), *p),
-                    Group::Crash(c, p) => Group::Crash(timed(c), *p),
+                    Group::Move(c, p, o) => Group::Move(timed(c), *p, *o),
+                    Group::Crash(c, p, o) => Group::Crash(timed(c), *p, *o),
                 })
                 .collect();
             (knobs, groups)
@@ -293,7 +301,7 @@ impl std::fmt::Debug for Knobs {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     /// What goes on is what Kafka Streams' suppression sends for the same changes: each key
     /// at most once per time limit after its first held change, with its latest value and
@@ -404,5 +412,92 @@ async fn a_full_buffer_told_to_shut_down_stops_the_worker() {
     assert!(
         driver.records(&LIMITED).expect("records").is_empty(),
         "nothing went on early"
+    );
+}
+
+/// What goes on at the end of a commit point — a suppression's keys, a window's final
+/// result — into a later table of the same task reaches that table's own downstream too
+/// (at that commit point), with the time of the change that went on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_goes_on_into_a_later_table_goes_on_from_it_too() {
+    const LATEST: Table<String, i64> = Table::new("latest-limited");
+    const FROM_LATEST: Topic<String, i64> = Topic::new("from-latest");
+    const WINDOWS: WindowedTable<String, i64> = WindowedTable::new("per-window");
+    const FINALS: Table<Windowed<String>, i64> = Table::new("finals");
+    const FROM_FINALS: Topic<Windowed<String>, i64> = Topic::new("from-finals");
+    let app = App::new("chained").pipeline("chained", |builder| {
+        let clicks = builder.stream(CLICKS);
+        clicks
+            .clone()
+            .group_by_key()
+            .count(COUNTS)
+            .suppress(
+                "limit",
+                Suppressed::until_time_limit(Duration::from_millis(100), BufferConfig::unbounded()),
+            )
+            .to_stream()
+            .group_by_key()
+            .reduce(LATEST, |_, latest| latest)
+            .to(FROM_LATEST);
+        clicks
+            .group_by_key()
+            .windowed_by(TimeWindows::of(Duration::from_millis(100)))
+            .emit_final()
+            .count(WINDOWS)
+            .to_stream()
+            .group_by_key()
+            .reduce(FINALS, |_, last| last)
+            .to(FROM_FINALS);
+    });
+    assert_eq!(app.tasks().len(), 1, "one task: the later tables are its own");
+    let mut driver = TestDriver::new(app).expect("driver");
+    let (a, b) = ("a".to_string(), "b".to_string());
+    for (key, time) in [(&a, 1_000), (&a, 1_010), (&b, 1_150)] {
+        driver.pipe_at(&CLICKS, key, &1, time).expect("pipe");
+        driver.run().await.expect("run");
+    }
+    // At 1150, a (held since 1000) is due, with its latest count, made at 1010.
+    assert_eq!(driver.records(&FROM_LATEST).expect("records"), vec![(a.clone(), 2)]);
+    let sent = driver.raw_records("from-latest");
+    assert_eq!(sent[0].timestamp, 1_010, "the time of the change that went on");
+    let finals: Vec<i64> = driver
+        .records(&FROM_FINALS)
+        .expect("records")
+        .into_iter()
+        .map(|(_, count)| count)
+        .collect();
+    assert_eq!(finals, vec![2], "the window [1000, 1100) closed with 2");
+}
+
+/// A deletion is held back like any change and goes on as one: a tombstone with `to`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_goes_on_as_a_tombstone() {
+    const PRICES: Topic<String, i64> = Topic::new("prices").partitions(1);
+    const LATEST: Table<String, i64> = Table::new("prices-latest");
+    let app = App::new("prices").pipeline("prices", |builder| {
+        builder
+            .table(PRICES, LATEST)
+            .suppress(
+                "limit",
+                Suppressed::until_time_limit(Duration::from_millis(100), BufferConfig::unbounded()),
+            )
+            .to(LIMITED);
+    });
+    let mut driver = TestDriver::new(app).expect("driver");
+    driver.pipe_at(&PRICES, "a", &5, 1_000).expect("pipe");
+    driver.run().await.expect("run");
+    driver.pipe_raw_at("prices", Some(b"a"), None, 1_050);
+    driver.run().await.expect("run");
+    driver.pipe_at(&PRICES, "b", &7, 1_100).expect("pipe");
+    driver.run().await.expect("run");
+    let sent: Vec<(String, Option<Vec<u8>>)> = driver
+        .raw_records("counts-limited")
+        .into_iter()
+        .map(|r| (String::from_utf8(r.key.unwrap_or_default()).expect("key"), r.value))
+        .collect();
+    assert_eq!(
+        sent,
+        vec![("a".to_string(), None)],
+        "a's latest change, its deletion, went on"
     );
 }

@@ -70,18 +70,24 @@ async fn run(mut raw: RawStream, sub: Arc<SubTopology>) -> Result<(), String> {
 
 /// At each cut, the changes of the sub-topology's tables go on (coalesced per key since the
 /// last cut, like Kafka Streams' record cache), each with the time of the record that made it.
+/// Then the ticks run (windows close, suppressions send keys on); what they change in tables
+/// goes to those tables' listeners in another pass, and so on until nothing changes (at most
+/// [`PASSES`] passes, the last delivering only: ticks still due then run at the next cut).
 struct Changes(Arc<SubTopology>);
 
-impl CutHook for Changes {
-    fn before_cut(&mut self, ctx: &Arc<TaskContext>, backlog: &mut Vec<OutRecord>) {
-        let before = ctx.event_time();
+/// Passes of listeners and ticks at one cut.
+const PASSES: usize = 8;
+
+impl Changes {
+    /// Hands the changes made in change pass `from` or later to the listeners.
+    fn deliver(&self, ctx: &Arc<TaskContext>, backlog: &mut Vec<OutRecord>, from: u64) {
         for (slot, listener) in &self.0.listeners {
             let Ok(index) = slot.get() else { continue };
             let mut changes: Vec<(Vec<u8>, Option<Vec<u8>>, i64)> = Vec::new();
             let mut table_name = "";
             if let Some(table) = ctx.tables().get(index) {
                 table_name = table.name;
-                table.for_each_change(&mut |key, value, timestamp| {
+                table.for_each_change(from, &mut |key, value, timestamp| {
                     changes.push((key.to_vec(), value.map(<[u8]>::to_vec), timestamp));
                 });
             }
@@ -99,16 +105,35 @@ impl CutHook for Changes {
                 }
             }
         }
-        for tick in &self.0.ticks {
-            let mut cx = Cx {
-                ctx,
-                timestamp: before,
-                backlog,
-                decoded: true,
-            };
-            if let Err(error) = guarded(|| tick.tick(&mut cx)) {
-                // No input record to send to the dead-letter topic: what failed is logged.
-                tracing::error!(task = &*ctx.name, "at a commit point: {error}");
+    }
+}
+
+impl CutHook for Changes {
+    fn before_cut(&mut self, ctx: &Arc<TaskContext>, backlog: &mut Vec<OutRecord>) {
+        let before = ctx.event_time();
+        let mut from = 0;
+        for pass in 1..=PASSES {
+            self.deliver(ctx, backlog, from);
+            // The last pass only delivers: every change made goes on before the cut.
+            if self.0.ticks.is_empty() || pass == PASSES {
+                break;
+            }
+            from = ctx.next_change_pass();
+            for tick in &self.0.ticks {
+                ctx.set_event_time(before);
+                let mut cx = Cx {
+                    ctx,
+                    timestamp: before,
+                    backlog,
+                    decoded: true,
+                };
+                if let Err(error) = guarded(|| tick.tick(&mut cx)) {
+                    // No input record to send to the dead-letter topic: what failed is logged.
+                    tracing::error!(task = &*ctx.name, "at a commit point: {error}");
+                }
+            }
+            if !ctx.changed_since_pass(from) {
+                break;
             }
         }
         ctx.set_event_time(before);

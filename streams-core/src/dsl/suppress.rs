@@ -277,7 +277,11 @@ impl Suppression {
             backlog: &mut *cx.backlog,
             decoded: true,
         };
+        // What it changes downstream carries the time of the change that goes on.
+        let before = cx.ctx.event_time();
+        out.ctx.set_event_time(time);
         let outcome = self.next.change(&mut out, key, value);
+        cx.ctx.set_event_time(before);
         cx.ctx.put_at(index, key.to_vec(), None).map_err(failed)?;
         outcome
     }

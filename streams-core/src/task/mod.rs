@@ -48,6 +48,10 @@ pub(crate) struct TaskContext {
     pub metrics: Arc<Metrics>,
     /// Set when the table cache is over budget: the stream makes a cut before the next record.
     pub cut_wanted: AtomicBool,
+    /// The change pass table changes are made in now, and the latest one any change was
+    /// made in (see [`TaskContext::next_change_pass`]).
+    change_pass: AtomicU64,
+    last_change_pass: AtomicU64,
     /// Set when the partition is revoked or the worker stops: the stream stops at the next
     /// record boundary, leaving records it has not started for the next owner (see
     /// [`TaskContext::request_finish`]).
@@ -171,6 +175,8 @@ impl TaskContext {
             cuts: AtomicU64::new(0),
             metrics,
             cut_wanted: AtomicBool::new(false),
+            change_pass: AtomicU64::new(0),
+            last_change_pass: AtomicU64::new(0),
             finishing: AtomicBool::new(false),
             event_time: AtomicI64::new(0),
             stream_time: AtomicI64::new(NO_TIME),
@@ -253,6 +259,8 @@ impl TaskContext {
             cuts: AtomicU64::new(0),
             metrics,
             cut_wanted: AtomicBool::new(false),
+            change_pass: AtomicU64::new(0),
+            last_change_pass: AtomicU64::new(0),
             finishing: AtomicBool::new(false),
             event_time: AtomicI64::new(0),
             stream_time: AtomicI64::new(NO_TIME),
@@ -474,6 +482,23 @@ impl TaskContext {
     /// How many cuts the task has made.
     pub(crate) fn cuts_made(&self) -> u64 {
         self.cuts.load(Ordering::Relaxed)
+    }
+
+    /// The change pass table changes are marked with now.
+    pub(crate) fn change_pass(&self) -> u64 {
+        self.change_pass.load(Ordering::Relaxed)
+    }
+
+    /// Starts a new change pass: changes from now on are told apart from earlier ones (at a
+    /// commit point, those that operations make at its end — a suppression sending a key
+    /// on into a later table — go to that table's listeners too). Returns its number.
+    pub(crate) fn next_change_pass(&self) -> u64 {
+        self.change_pass.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Whether any table changed in change pass `pass` or later.
+    pub(crate) fn changed_since_pass(&self, pass: u64) -> bool {
+        self.last_change_pass.load(Ordering::Relaxed) >= pass
     }
 
     /// The number of the task's next cut (from 1).

@@ -74,6 +74,8 @@ struct Entry {
     timestamp: i64,
     /// The cut that took the entry's last change (0: none; read from the store).
     cut: u64,
+    /// The change pass of its last change (see [`TaskContext::next_change_pass`]).
+    pass: u64,
 }
 
 /// A change of a table since the last cut: key, value (`None`: deleted) and the event time
@@ -170,13 +172,14 @@ impl TableState {
         changes
     }
 
-    /// Visits the changes since the last cut without taking them.
-    pub(crate) fn for_each_change(&self, visit: &mut ChangeVisitor<'_>) {
+    /// Visits the changes since the last cut made in change pass `from` or later, without
+    /// taking them.
+    pub(crate) fn for_each_change(&self, from: u64, visit: &mut ChangeVisitor<'_>) {
         if self.dirty == 0 {
             return;
         }
         for (key, entry) in &self.cache {
-            if entry.dirty {
+            if entry.dirty && entry.pass >= from {
                 visit(key, entry.value.as_deref(), entry.timestamp);
             }
         }
@@ -257,6 +260,7 @@ impl TaskContext {
                     dirty: true,
                     timestamp: now,
                     cut: 0,
+                    pass: self.change_pass(),
                 },
             );
             if let Some(old) = &old {
@@ -320,6 +324,7 @@ impl TaskContext {
                 dirty: false,
                 timestamp: 0,
                 cut: 0,
+                pass: 0,
             },
         );
         if state.evict_clean(self.written.through(), &self.counts.cache_evictions) {
@@ -611,6 +616,7 @@ fn put(ctx: &TaskContext, state: &mut TableState, key: Vec<u8>, value: Option<Ve
             dirty: true,
             timestamp: ctx.event_time(),
             cut: 0,
+            pass: ctx.change_pass(),
         },
     );
     state.dirty += 1;
@@ -638,6 +644,7 @@ where
     };
     let after = entry.value.as_ref().map_or(0, Vec::len);
     entry.timestamp = ctx.event_time();
+    entry.pass = ctx.change_pass();
     if !entry.dirty {
         entry.dirty = true;
         state.dirty += 1;
@@ -656,6 +663,7 @@ where
 /// Counts a table change; past the cache budget, asks the stream for a cut.
 fn changed(ctx: &TaskContext, state: &TableState) {
     bump(&ctx.counts.table_updates);
+    ctx.last_change_pass.fetch_max(ctx.change_pass(), Ordering::Relaxed);
     if state.wants_cut() {
         ctx.cut_wanted.store(true, Ordering::Relaxed);
     }
