@@ -711,3 +711,59 @@ mod co_partitioning {
         );
     }
 }
+
+/// `process_values` keeps the keys: the stream is still partitioned by them, so
+/// `group_by_key` reads it in the same task (no repartition topic), and what the processor
+/// forwards when it punctuates goes under keys it was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_values_keeps_keys_and_punctuates_under_kept_ones() {
+    use std::collections::BTreeMap;
+    use streams_core::dsl::{ForwardKept, ForwardValues, Kept, ValueProcessor};
+
+    /// Forwards each running total at once, and every key's total again each 100 ms of
+    /// stream time, as a negative number (to tell the two apart).
+    #[derive(Default)]
+    struct Totals(BTreeMap<String, (Kept<String>, i64)>);
+
+    impl ValueProcessor<String, i64> for Totals {
+        type Value = i64;
+        fn process(&mut self, key: &String, value: i64, out: &mut ForwardValues<'_, '_, '_, String, i64>) {
+            let kept = out.keep();
+            let total = self.0.entry(key.clone()).or_insert((kept, 0));
+            total.1 += value;
+            out.forward(total.1);
+        }
+        fn punctuation(&self) -> Option<std::time::Duration> {
+            Some(std::time::Duration::from_millis(100))
+        }
+        fn punctuate(&mut self, _: i64, out: &mut ForwardKept<'_, '_, '_, String, i64>) {
+            for (kept, total) in self.0.values() {
+                out.forward(kept, -total);
+            }
+        }
+    }
+
+    const AMOUNTS: Topic<String, i64> = Topic::new("amounts").partitions(1);
+    const SEEN: Table<String, i64> = Table::new("totals-seen");
+    const TOTALS: Topic<String, i64> = Topic::new("totals");
+    let app = App::new("totals").pipeline("totals", |builder| {
+        let totals = builder.stream(AMOUNTS).process_values("totals", Totals::default);
+        totals.clone().to(TOTALS);
+        totals.group_by_key().count(SEEN);
+    });
+    assert_eq!(app.tasks().len(), 1, "no repartition topic");
+    let mut driver = TestDriver::new(app).expect("driver");
+    for (key, amount, time) in [("a", 5, 1_000), ("b", 1, 1_020), ("a", 2, 1_050), ("b", 3, 1_130)] {
+        driver.pipe_at(&AMOUNTS, key, &amount, time).expect("pipe");
+        driver.run().await.expect("run");
+    }
+    // The totals as processed; at 1130 stream time passed 1100: every kept key's total again.
+    let sent: Vec<(String, i64)> = driver.records(&TOTALS).expect("records");
+    let expected: Vec<(String, i64)> = [("a", 5), ("b", 1), ("a", 7), ("b", 4), ("a", -7), ("b", -4)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    assert_eq!(sent, expected);
+    let counts = driver.table(&SEEN).expect("table");
+    assert_eq!(counts, BTreeMap::from([("a".to_string(), 3), ("b".to_string(), 3)]));
+}

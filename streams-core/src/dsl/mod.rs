@@ -54,7 +54,7 @@ pub use self::builder::{NodeInfo, NodeKind, Pipeline, StreamsBuilder};
 pub use self::cogroup::CogroupedKStream;
 pub use self::grouped::KGroupedStream;
 pub use self::join::{GlobalKTable, JoinWindows};
-pub use self::process::{Forward, Processor};
+pub use self::process::{Forward, ForwardKept, ForwardValues, Kept, Processor, ValueProcessor};
 pub use self::same_key::SameKey;
 pub use self::stream::{BranchedKStream, KStream, Keyed, PartitionedByKey, Rekeyed};
 pub use self::suppress::{BufferConfig, Suppressed};

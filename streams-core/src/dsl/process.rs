@@ -101,6 +101,150 @@ impl<K, V> Forward<'_, '_, K, V> {
     }
 }
 
+/// A processor that keeps each record's key (Kafka Streams' `processValues` with a
+/// `FixedKeyProcessor`): it forwards values only, under the key of the record it is
+/// processing — or, from [`ValueProcessor::punctuate`], under a key it was given before and
+/// kept ([`ForwardValues::keep`]). The types prove the keys unchanged, so the stream stays
+/// partitioned as it was: `group_by_key` and joins follow without a repartition topic
+/// (`KStream::process`, which may change keys, makes the stream re-keyed).
+///
+/// ```
+/// use streams_core::dsl::{ForwardKept, ForwardValues, Kept, ValueProcessor};
+/// use streams_core::prelude::*;
+///
+/// /// Each key's running total, and the keys seen, repeated every second of stream time.
+/// #[derive(Default)]
+/// struct Totals(std::collections::BTreeMap<String, (Kept<String>, i64)>);
+///
+/// impl ValueProcessor<String, i64> for Totals {
+///     type Value = i64;
+///     fn process(&mut self, key: &String, value: i64, out: &mut ForwardValues<'_, '_, '_, String, i64>) {
+///         let kept = out.keep();
+///         let entry = self.0.entry(key.clone()).or_insert((kept, 0));
+///         entry.1 += value;
+///         out.forward(entry.1);
+///     }
+///     fn punctuation(&self) -> Option<std::time::Duration> {
+///         Some(std::time::Duration::from_secs(1))
+///     }
+///     fn punctuate(&mut self, _stream_time: i64, out: &mut ForwardKept<'_, '_, '_, String, i64>) {
+///         for (kept, total) in self.0.values() {
+///             out.forward(kept, *total);
+///         }
+///     }
+/// }
+///
+/// const AMOUNTS: Topic<String, i64> = Topic::new("amounts");
+/// const TOTALS: Table<String, i64> = Table::new("latest-totals");
+///
+/// let app = App::new("totals").pipeline("totals", |builder| {
+///     builder
+///         .stream(AMOUNTS)
+///         .process_values("totals", Totals::default)
+///         .group_by_key() // no repartition topic: the keys are the input's
+///         .reduce(TOTALS, |_, latest| latest);
+/// });
+/// assert_eq!(app.tasks().len(), 1);
+/// ```
+pub trait ValueProcessor<K, V>: Send + 'static {
+    /// Value of the records it forwards.
+    type Value: Send + Sync + 'static;
+
+    /// Handles one record; `out.forward(value)` sends a value on under the record's key,
+    /// with its event time.
+    fn process(&mut self, key: &K, value: V, out: &mut ForwardValues<'_, '_, '_, K, Self::Value>);
+
+    /// How often [`ValueProcessor::punctuate`] runs, in stream time (`None`, the default:
+    /// never).
+    fn punctuation(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Runs when the task's stream time passes a multiple of
+    /// [`ValueProcessor::punctuation`]; it forwards under keys it kept, with `stream_time`.
+    fn punctuate(&mut self, stream_time: i64, out: &mut ForwardKept<'_, '_, '_, K, Self::Value>) {
+        let _ = (stream_time, out);
+    }
+}
+
+/// A key a [`ValueProcessor`] was given, kept to forward under later (from
+/// [`ValueProcessor::punctuate`]); only [`ForwardValues::keep`] makes one.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Kept<K>(K);
+
+impl<K> Kept<K> {
+    /// The key.
+    pub fn key(&self) -> &K {
+        &self.0
+    }
+}
+
+/// Where a [`ValueProcessor`] sends values while it processes a record: under its key.
+pub struct ForwardValues<'k, 'a, 'c, K, V> {
+    key: &'k K,
+    out: &'k mut Forward<'a, 'c, K, V>,
+}
+
+impl<K: Clone, V> ForwardValues<'_, '_, '_, K, V> {
+    /// Sends a value on under the record's key.
+    pub fn forward(&mut self, value: V) {
+        self.out.forward(self.key.clone(), value);
+    }
+
+    /// The record's key, kept to forward under from [`ValueProcessor::punctuate`].
+    pub fn keep(&self) -> Kept<K> {
+        Kept(self.key.clone())
+    }
+
+    /// The event time (ms) of the record being processed.
+    pub fn timestamp(&self) -> i64 {
+        self.out.timestamp()
+    }
+
+    /// The task's stream time (ms).
+    pub fn stream_time(&self) -> i64 {
+        self.out.stream_time()
+    }
+}
+
+/// Where a [`ValueProcessor`] sends values when it punctuates: under keys it kept.
+pub struct ForwardKept<'k, 'a, 'c, K, V> {
+    out: &'k mut Forward<'a, 'c, K, V>,
+}
+
+impl<K: Clone, V> ForwardKept<'_, '_, '_, K, V> {
+    /// Sends a value on under a kept key.
+    pub fn forward(&mut self, key: &Kept<K>, value: V) {
+        self.out.forward(key.0.clone(), value);
+    }
+}
+
+/// A [`ValueProcessor`] as a [`Processor`] whose keys are its input's.
+pub(crate) struct KeyKept<VP, K, V>(pub(crate) VP, pub(crate) std::marker::PhantomData<fn(K, V)>);
+
+impl<VP, K, V> Processor<K, V> for KeyKept<VP, K, V>
+where
+    VP: ValueProcessor<K, V>,
+    K: Key,
+    V: 'static,
+{
+    type Key = K;
+    type Value = VP::Value;
+
+    fn process(&mut self, key: K, value: V, out: &mut Forward<'_, '_, K, VP::Value>) {
+        let mut values = ForwardValues { key: &key, out };
+        self.0.process(&key, value, &mut values);
+    }
+
+    fn punctuation(&self) -> Option<Duration> {
+        self.0.punctuation()
+    }
+
+    fn punctuate(&mut self, stream_time: i64, out: &mut Forward<'_, '_, K, VP::Value>) {
+        self.0.punctuate(stream_time, &mut ForwardKept { out });
+    }
+}
+
 /// What a task keeps for a processor: its instance and when it punctuates next.
 struct Instance<P> {
     processor: P,

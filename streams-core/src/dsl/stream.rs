@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::builder::{repartition_spec, Graph, NodeKind};
 use super::grouped::KGroupedStream;
 use super::node::{guarded, sink, Cx, Fanout, Node, StreamSource, Tick};
-use super::process::{ProcessNode, Processor};
+use super::process::{KeyKept, ProcessNode, Processor, ValueProcessor};
 use crate::codec::{Key, ValueCodec};
 use crate::record::Record;
 use crate::topic::Topic;
@@ -239,6 +239,35 @@ where
         let mut tick: Option<Arc<dyn Tick>> = None;
         let stream = self.then("process", |next| {
             let node = Arc::new(ProcessNode::new(make, next));
+            tick = Some(Arc::clone(&node) as Arc<dyn Tick>);
+            node
+        });
+        if let Some(tick) = tick {
+            graph.borrow_mut().tick(group, tick);
+        }
+        stream.named(name)
+    }
+
+    /// Runs a [`ValueProcessor`](super::ValueProcessor) on each record: one instance per
+    /// task, made by `make`, forwarding values under the record's key (or, when it
+    /// punctuates, under keys it kept). The keys are the input's, so the stream keeps its
+    /// partitioning (Kafka Streams' `processValues`). `name` names it in the topology.
+    pub fn process_values<Proc>(
+        self,
+        name: &str,
+        make: impl Fn() -> Proc + Send + Sync + 'static,
+    ) -> KStream<K, Proc::Value, P>
+    where
+        Proc: ValueProcessor<K, V>,
+    {
+        let group = self.group;
+        let graph = Rc::clone(&self.graph);
+        let mut tick: Option<Arc<dyn Tick>> = None;
+        let stream = self.then("process_values", |next| {
+            let node = Arc::new(ProcessNode::new(
+                move || KeyKept(make(), std::marker::PhantomData),
+                next,
+            ));
             tick = Some(Arc::clone(&node) as Arc<dyn Tick>);
             node
         });
