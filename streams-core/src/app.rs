@@ -324,7 +324,15 @@ impl App {
 
     /// The global tables of the app's pipelines.
     pub fn global_tables(&self) -> Vec<crate::table::GlobalTableSpec> {
-        self.pipelines.iter().flat_map(|p| p.globals.iter().cloned()).collect()
+        self.pipelines
+            .iter()
+            .flat_map(|p| p.globals.iter().cloned())
+            .map(|mut global| {
+                global.dead_letter_topic = self.dead_letter_topic_for(global.dead_letter_topic);
+                global.on_deserialization_error = self.on_deserialization_error;
+                global
+            })
+            .collect()
     }
 
     /// Topics the app uses outside its tasks: what timers send to, what global tables copy.

@@ -144,3 +144,22 @@ impl Error {
 
 /// Result with the streams [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What to do with a record that fails: one that does not decode, one whose processing
+/// fails, one the broker refuses for good (Kafka Streams' exception handlers, KIP-1033/1034;
+/// see `App::on_deserialization_error`, `App::on_processing_error`,
+/// `App::on_production_error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnError {
+    /// Stop the worker with an error naming the record (Kafka Streams' `LogAndFail`, and its
+    /// default production handler). The record is not committed: the partition's next owner
+    /// meets it again.
+    #[default]
+    Fail,
+    /// Send the record to the dead-letter topic, with headers saying where it came from (or
+    /// was going) and why, and go on.
+    DeadLetter,
+    /// Log it and go on without it (Kafka Streams' `LogAndContinue`): the record is dropped
+    /// (a task's input records are counted in the `skipped_records` metric).
+    Continue,
+}

@@ -178,6 +178,9 @@ pub struct GlobalTableSpec {
     pub topic: TopicSpec,
     /// Where records of the topic that do not decode go.
     pub dead_letter_topic: String,
+    /// What becomes of a record of the topic that does not decode
+    /// (`App::on_deserialization_error`).
+    pub on_deserialization_error: crate::error::OnError,
     pub(crate) entry: GlobalEntry,
 }
 

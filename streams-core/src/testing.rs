@@ -1395,6 +1395,20 @@ impl TestDriver {
             }
             store.write(&entries, &crate::store::Checkpoint::default())?;
             for (record, error) in dead {
+                match spec.on_deserialization_error {
+                    crate::task::sink::OnError::DeadLetter => {}
+                    crate::task::sink::OnError::Continue => {
+                        self.metrics.skipped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    crate::task::sink::OnError::Fail => {
+                        self.metrics.fail(format!(
+                            "global table `{}`: cannot take record {}[{}]@{}: {error}",
+                            spec.table.name, spec.topic.name, record.partition, record.offset
+                        ));
+                        continue;
+                    }
+                }
                 let mut headers: Vec<(String, Vec<u8>)> = record
                     .headers
                     .iter()
@@ -1407,6 +1421,7 @@ impl TestDriver {
                 ));
                 headers.push(("streams.dlq.offset".into(), record.offset.to_string().into_bytes()));
                 headers.push(("streams.dlq.table".into(), spec.table.name.as_bytes().to_vec()));
+                headers.push(("streams.dlq.stage".into(), b"deserialization".to_vec()));
                 headers.push(("streams.dlq.error".into(), error.into_bytes()));
                 self.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 self.topics.append(OutRecord {

@@ -36,6 +36,7 @@ const ROOT: &[(&str, &str)] = &[
     ("DecodeError", "error"),
     ("EncodeError", "error"),
     ("Origin", "error"),
+    ("OnError", "error"),
     ("Record", "record"),
     ("Key", "codec"),
     ("AsKey", "codec"),

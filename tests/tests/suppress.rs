@@ -501,3 +501,37 @@ async fn a_deletion_goes_on_as_a_tombstone() {
         "a's latest change, its deletion, went on"
     );
 }
+
+/// Windows leaving the store (sliding windows as they close, others past their retention)
+/// leave their changelog with tombstones, but nothing downstream hears of it: their results
+/// stay on the output topic (Kafka Streams sends no deletion for them either).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_windows_send_no_deletion_downstream() {
+    const SLIDING: WindowedTable<String, i64> = WindowedTable::new("sliding-counts");
+    const SLIDING_OUT: Topic<Windowed<String>, i64> = Topic::new("sliding-out");
+    let app = App::new("expiry").pipeline("expiry", |builder| {
+        builder
+            .stream(CLICKS)
+            .group_by_key()
+            .windowed_by(SlidingWindows::with_time_difference(Duration::from_millis(50)))
+            .count(SLIDING)
+            .to(SLIDING_OUT);
+    });
+    let mut driver = TestDriver::new(app).expect("driver");
+    for time in [1_000, 1_020, 2_000, 3_000] {
+        driver.pipe_at(&CLICKS, "a", &1, time).expect("pipe");
+        driver.run().await.expect("run");
+    }
+    let tombstones = driver
+        .raw_records("sliding-out")
+        .into_iter()
+        .filter(|r| r.value.is_none())
+        .count();
+    assert_eq!(tombstones, 0);
+    let changelog_tombstones = driver
+        .raw_records("expiry-sliding-counts-changelog")
+        .into_iter()
+        .filter(|r| r.value.is_none())
+        .count();
+    assert!(changelog_tombstones > 0, "the expired windows left the store");
+}

@@ -411,6 +411,7 @@ impl StreamsBuilder {
                 table: store.spec(),
                 topic: topic.spec(),
                 dead_letter_topic,
+                on_deserialization_error: crate::task::sink::OnError::DeadLetter,
                 entry,
             },
             None,

@@ -22,7 +22,7 @@ use serde::Serialize;
 use super::buffer::{show_record_key, split_record_key, RecordBuffer};
 use super::builder::{Graph, NodeKind};
 use super::grouped::{read_value, write_value};
-use super::node::{guarded, ChangeListener, Cx, Fanout, Node, Outcome, TableSlot, Tick};
+use super::node::{at_time, guarded, ChangeListener, Cx, Fanout, Node, Outcome, TableSlot, Tick};
 use super::same_key::SameKey;
 use super::stream::{KStream, Keyed, PartitionedByKey};
 use super::table::KTable;
@@ -843,7 +843,7 @@ where
                 })
                 .map_err(failed)?;
             for (bytes, value) in closed {
-                cx.ctx.put_at(index, bytes.to_vec(), None).map_err(failed)?;
+                cx.ctx.expire_at(index, bytes.to_vec()).map_err(failed)?;
                 let Some((tagged, time, _)) = split_record_key(&bytes) else {
                     continue;
                 };
@@ -858,11 +858,7 @@ where
                     let other: V2 = json::decode(&value).map_err(|e| format!("join `{}`: {e}", self.name))?;
                     guarded_value(|| (self.joiner)(&key, None, Some(&other)))?
                 };
-                let before = cx.timestamp;
-                cx.timestamp = time;
-                let outcome = guarded(|| self.next.push(cx, key, joined));
-                cx.timestamp = before;
-                outcome?;
+                at_time(cx, time, |cx| guarded(|| self.next.push(cx, key, joined)))?;
             }
         }
         self.expire_buffers(cx)
@@ -880,7 +876,7 @@ where
             let through = self.windows.expired_through(now);
             let gone = self.buffer(cx, which, |buffer| buffer.expire(through))?;
             for bytes in gone {
-                cx.ctx.put_at(index, bytes.into_vec(), None).map_err(failed)?;
+                cx.ctx.expire_at(index, bytes.into_vec()).map_err(failed)?;
             }
         }
         Ok(())

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::codec::{Key, ValueCodec};
 use crate::message::Message;
-use crate::task::sink::{OutRecord, SinkError};
+use crate::task::sink::{OnError, OutRecord, SinkError};
 use crate::task::TaskContext;
 use crate::topic::TopicReader;
 
@@ -173,6 +173,19 @@ pub(crate) fn observe_time(cx: &mut Cx<'_>, time: Option<i64>) {
     }
 }
 
+/// Runs `f` with what it causes carrying `time` (records sent, table changes), as when an
+/// operation sends on at a commit point what an earlier record made (a window's final
+/// result, a suppressed change, a join's record without a match).
+pub(crate) fn at_time<T>(cx: &mut Cx<'_>, time: i64, f: impl FnOnce(&mut Cx<'_>) -> T) -> T {
+    let (before, event_time) = (cx.timestamp, cx.ctx.event_time());
+    cx.timestamp = time;
+    cx.ctx.set_event_time(time);
+    let out = f(cx);
+    cx.timestamp = before;
+    cx.ctx.set_event_time(event_time);
+    out
+}
+
 /// Hands a record to the producer, after any that wait for room (so that records keep
 /// their order).
 pub(crate) fn send(cx: &mut Cx<'_>, record: OutRecord) -> Outcome {
@@ -264,9 +277,42 @@ impl Freeze for ChangeFanout {
 }
 
 /// A change of a table that failed on its way on (after `to_stream`, or a window's final
-/// result): it goes to the dead-letter topic as the table holds it, with headers naming the
-/// table and the error.
-pub(crate) fn dead_letter_change(
+/// result), handled as the app says of processing errors (`App::on_processing_error`): the
+/// record for the dead-letter topic, or none (dropped, or the worker stops).
+pub(crate) fn change_failed(
+    ctx: &TaskContext,
+    table: &str,
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+    timestamp: i64,
+    error: &str,
+) -> Option<OutRecord> {
+    match ctx.on_processing_error {
+        OnError::DeadLetter => Some(dead_letter_change(ctx, table, key, value, timestamp, error)),
+        OnError::Continue => {
+            tracing::warn!(
+                task = &*ctx.name,
+                "a change of table `{table}` (key {}) could not go on: {error}; skipped",
+                String::from_utf8_lossy(&key)
+            );
+            ctx.metrics.skipped.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        OnError::Fail => {
+            ctx.metrics.fail(format!(
+                "task `{}`: a change of table `{table}` (key {}) could not go on: {error}; the worker stops, as \
+                 App::on_processing_error says",
+                ctx.name,
+                String::from_utf8_lossy(&key)
+            ));
+            None
+        }
+    }
+}
+
+/// A change of a table that failed on its way on, for the dead-letter topic as the table
+/// holds it, with headers naming the table and the error.
+fn dead_letter_change(
     ctx: &TaskContext,
     table: &str,
     key: Vec<u8>,
@@ -289,6 +335,7 @@ pub(crate) fn dead_letter_change(
         headers: vec![
             ("streams.dlq.table".into(), table.as_bytes().to_vec()),
             ("streams.dlq.agent".into(), ctx.name.as_bytes().to_vec()),
+            ("streams.dlq.stage".into(), b"processing".to_vec()),
             ("streams.dlq.error".into(), error.as_bytes().to_vec()),
         ]
         .into(),

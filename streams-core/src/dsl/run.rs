@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::node::{dead_letter_change, guarded, ChangeListener, Cx, SourceNode, TableSlot, Tick};
+use super::node::{change_failed, guarded, ChangeListener, Cx, SourceNode, TableSlot, Tick};
 use crate::task::input::{CutHook, RawStream, Stage};
 use crate::task::run::RunFn;
 use crate::task::sink::OutRecord;
@@ -58,6 +58,10 @@ async fn run(mut raw: RawStream, sub: Arc<SubTopology>) -> Result<(), String> {
         };
         if let Err((stage, error)) = outcome {
             core.reject_current(stage, &error).await;
+            if core.ended {
+                // Stopped at the record: nothing it made goes out.
+                backlog.clear();
+            }
         }
         for record in backlog.drain(..) {
             if let Err(error) = ctx.send_when_room(record).await {
@@ -101,7 +105,7 @@ impl Changes {
                 };
                 let outcome = guarded(|| listener.change(&mut cx, &key, value.as_deref()));
                 if let Err(error) = outcome {
-                    backlog.push(dead_letter_change(ctx, table_name, key, value, timestamp, &error));
+                    backlog.extend(change_failed(ctx, table_name, key, value, timestamp, &error));
                 }
             }
         }

@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use super::buffer::scan_store;
 use super::builder::NodeKind;
-use super::node::{ChangeFanout, ChangeListener, Cx, Outcome, TableSlot, Tick};
+use super::node::{at_time, ChangeFanout, ChangeListener, Cx, Outcome, TableSlot, Tick};
 use super::table::KTable;
 use crate::codec::Key;
 use crate::spec::{KeyDisplay, TableSpec};
@@ -271,18 +271,9 @@ impl Suppression {
         let Some((_, time, value)) = stored.as_deref().and_then(split_entry) else {
             return Ok(());
         };
-        let mut out = Cx {
-            ctx: cx.ctx,
-            timestamp: time,
-            backlog: &mut *cx.backlog,
-            decoded: true,
-        };
         // What it changes downstream carries the time of the change that goes on.
-        let before = cx.ctx.event_time();
-        out.ctx.set_event_time(time);
-        let outcome = self.next.change(&mut out, key, value);
-        cx.ctx.set_event_time(before);
-        cx.ctx.put_at(index, key.to_vec(), None).map_err(failed)?;
+        let outcome = at_time(cx, time, |cx| self.next.change(cx, key, value));
+        cx.ctx.expire_at(index, key.to_vec()).map_err(failed)?;
         outcome
     }
 }

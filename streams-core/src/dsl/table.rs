@@ -245,6 +245,15 @@ where
     fn push_message(&self, cx: &mut Cx<'_>, message: &Message) -> Outcome {
         let index = self.slot.get()?;
         let key = K::decode_key(message.key()).map_err(|e| format!("key: {e}"))?;
+        let value = match message.payload() {
+            None => None,
+            Some(bytes) => {
+                let value = self.reader.values.decode(bytes).map_err(|e| e.to_string())?;
+                let time = self.reader.time_of(&value, message)?;
+                Some((value, time))
+            }
+        };
+        cx.decoded = true;
         if key.is_null() {
             return Err(format!(
                 "a record without a key cannot go into table `{}`",
@@ -255,18 +264,16 @@ where
             .key_bytes()
             .map_err(|e| format!("cannot encode a key of table `{}`: {e}", self.store.name()))?
             .into_owned();
-        let value = match message.payload() {
-            None => None,
-            Some(bytes) => {
-                let value = self.reader.values.decode(bytes).map_err(|e| e.to_string())?;
-                observe_time(cx, self.reader.time_of(&value, message)?);
+        let value = match value {
+            None => {
+                observe_time(cx, message.timestamp());
+                None
+            }
+            Some((value, time)) => {
+                observe_time(cx, time);
                 Some(self.store.encode(&value).map_err(|e| e.to_string())?)
             }
         };
-        if value.is_none() {
-            observe_time(cx, message.timestamp());
-        }
-        cx.decoded = true;
         cx.ctx.put_at(index, key, value).map_err(|e| e.to_string())
     }
 }

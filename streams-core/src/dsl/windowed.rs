@@ -28,7 +28,7 @@ use serde::Serialize;
 use super::buffer::{show_record_key, RecordBuffer};
 use super::builder::{Graph, NodeKind};
 use super::grouped::{read_value, write_value, KGroupedStream};
-use super::node::{dead_letter_change, guarded, sink, Cx, Fanout, Node, Outcome, TableSlot, Tick};
+use super::node::{at_time, change_failed, guarded, sink, Cx, Fanout, Node, Outcome, TableSlot, Tick};
 use super::table::KTable;
 use crate::codec::{json, Key};
 use crate::spec::{KeyDisplay, TableSpec};
@@ -304,13 +304,11 @@ where
             (_, Some((_, window))) => window.end,
             (_, None) => cx.timestamp,
         };
-        let before = cx.timestamp;
-        cx.timestamp = time;
-        let outcome = decoded.and_then(|(key, value)| guarded(|| self.finals.push(cx, key, value)));
-        cx.timestamp = before;
+        let outcome =
+            decoded.and_then(|(key, value)| at_time(cx, time, |cx| guarded(|| self.finals.push(cx, key, value))));
         if let Err(error) = outcome {
-            let record = dead_letter_change(cx.ctx, self.table, window_key.to_vec(), Some(stored), time, &error);
-            cx.backlog.push(record);
+            let record = change_failed(cx.ctx, self.table, window_key.to_vec(), Some(stored), time, &error);
+            cx.backlog.extend(record);
         }
     }
 
@@ -561,7 +559,7 @@ where
         let expired = self.kind.expired_through(now);
         let gone = self.with_index(cx, index, |windows| windows.expire(expired))?;
         for window in gone {
-            cx.ctx.put_at(index, window.into_vec(), None).map_err(failed)?;
+            cx.ctx.expire_at(index, window.into_vec()).map_err(failed)?;
         }
         if let (Kind::Sliding(windows), Some((_, records_slot))) = (self.kind, &self.records) {
             // A record is needed while a window that can hold it is open: until stream time
@@ -579,7 +577,7 @@ where
                     })
                     .map_err(failed)?;
                 for record in gone {
-                    cx.ctx.put_at(records_index, record.into_vec(), None).map_err(failed)?;
+                    cx.ctx.expire_at(records_index, record.into_vec()).map_err(failed)?;
                 }
             }
         }

@@ -51,7 +51,7 @@ pub(crate) struct TaskContext {
     /// The change pass table changes are made in now, and the latest one any change was
     /// made in (see [`TaskContext::next_change_pass`]).
     change_pass: AtomicU64,
-    last_change_pass: AtomicU64,
+    pub(crate) last_change_pass: AtomicU64,
     /// Set when the partition is revoked or the worker stops: the stream stops at the next
     /// record boundary, leaving records it has not started for the next owner (see
     /// [`TaskContext::request_finish`]).

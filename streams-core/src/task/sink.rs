@@ -151,24 +151,7 @@ pub(crate) async fn enqueue_when_room(sink: &dyn Sink, mut record: OutRecord) ->
     }
 }
 
-/// What to do with a record that fails: one that does not decode, one whose processing
-/// fails, one the broker refuses for good (Kafka Streams' exception handlers, KIP-1033/1034;
-/// see `App::on_deserialization_error`, `App::on_processing_error`,
-/// `App::on_production_error`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OnError {
-    /// Stop the worker with an error naming the record (Kafka Streams' `LogAndFail`, and its
-    /// default production handler). The record is not committed: the partition's next owner
-    /// meets it again.
-    #[default]
-    Fail,
-    /// Send the record to the dead-letter topic, with headers saying where it came from (or
-    /// was going) and why, and go on.
-    DeadLetter,
-    /// Log it and go on without it (Kafka Streams' `LogAndContinue`): the record is dropped
-    /// (a task's input records are counted in the `skipped_records` metric).
-    Continue,
-}
+pub use crate::error::OnError;
 
 /// The production errors' handling: the app's choice, the dead-letter topic, and the records
 /// known to be refused (under exactly-once, a refused record aborts its transaction; sent

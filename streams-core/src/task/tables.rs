@@ -382,6 +382,22 @@ impl TaskContext {
         put(self, state, key, value);
         Ok(())
     }
+
+    /// Deletes `key` of table `index` as housekeeping at a commit point (an expired window,
+    /// a buffered record no longer needed): the changelog gets its tombstone, but the
+    /// table's listeners are not told (Kafka Streams sends no deletion for those either).
+    pub(crate) fn expire_at(&self, index: usize, key: Vec<u8>) -> Result<()> {
+        let mut tables = self.tables();
+        let state = self.table_at_mut(&mut tables, index)?;
+        let last = self.last_change_pass.load(Ordering::Relaxed);
+        put(self, state, key.clone(), None);
+        // Marked as made before any pass of this commit point: no listener gets it.
+        if let Some(entry) = state.cache.get_mut(&key) {
+            entry.pass = 0;
+        }
+        self.last_change_pass.store(last, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 /// A key's cached value, or (not cached) the store to read it from.

@@ -20,6 +20,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::metrics::Metrics;
 use crate::spec::GlobalTableSpec;
 use crate::store::{Checkpoint, Entry, RocksDbStore, StateStore};
+use crate::task::sink::OnError;
 use crate::task::sink::{OutRecord, Sink, SinkError};
 use crate::task::Globals;
 use crate::{Error, Result};
@@ -247,7 +248,23 @@ impl Applier {
         self.next.insert(partition, offset + 1);
         match (self.spec.entry)(message.key(), message.payload()) {
             Ok(entry) => self.batch.push(entry),
-            Err(error) => self.dead_letter(message, &error),
+            Err(error) => match self.spec.on_deserialization_error {
+                OnError::DeadLetter => self.dead_letter(message, &error),
+                OnError::Continue => {
+                    tracing::warn!(
+                        "global table `{}`: cannot take record {}[{partition}]@{offset}: {error}; skipped",
+                        self.spec.table.name,
+                        message.topic()
+                    );
+                    self.metrics.skipped.fetch_add(1, Ordering::Relaxed);
+                }
+                OnError::Fail => self.metrics.fail(format!(
+                    "global table `{}`: cannot take record {}[{partition}]@{offset}: {error}; the worker stops, as \
+                     App::on_deserialization_error says",
+                    self.spec.table.name,
+                    message.topic()
+                )),
+            },
         }
         if self.batch.len() >= BATCH {
             self.write()?;
@@ -272,6 +289,7 @@ impl Applier {
         headers.push(("streams.dlq.partition".into(), partition.to_string().into_bytes()));
         headers.push(("streams.dlq.offset".into(), offset.to_string().into_bytes()));
         headers.push(("streams.dlq.table".into(), self.spec.table.name.as_bytes().to_vec()));
+        headers.push(("streams.dlq.stage".into(), b"deserialization".to_vec()));
         headers.push(("streams.dlq.error".into(), error.as_bytes().to_vec()));
         let record = OutRecord {
             topic: Arc::from(dlq),
