@@ -314,6 +314,23 @@ impl App {
         agents
             .chain(pipelines)
             .map(|mut task| {
+                // A TTL table's times live in a table of their own, kept by the same task.
+                let times: Vec<TableSpec> = task
+                    .tables
+                    .iter()
+                    .filter(|table| table.ttl.is_some())
+                    .map(|table| TableSpec {
+                        name: Box::leak(table.ttl_table_name().into_boxed_str()),
+                        value_type: "ttl times",
+                        lookup: None,
+                        ttl: None,
+                        keeps_time: false,
+                        windowed: false,
+                        faust: false,
+                        ..table.clone()
+                    })
+                    .collect();
+                task.tables.extend(times);
                 task.dead_letter_topic = self.dead_letter_topic_for(task.dead_letter_topic);
                 task.on_deserialization_error = self.on_deserialization_error;
                 task.on_processing_error = self.on_processing_error;

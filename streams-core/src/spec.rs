@@ -105,6 +105,25 @@ pub struct TableSpec {
     /// Whether the operation that keeps it has a stream time of its own (a windowed
     /// aggregation, a stream–stream join's buffers), kept with the task's state.
     pub keeps_time: bool,
+    /// Entries not updated for this long are deleted ([`crate::Table::ttl`]).
+    pub ttl: Option<Ttl>,
+}
+
+/// How long a table's entries live without an update ([`crate::Table::ttl`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ttl {
+    /// Milliseconds since the entry's last update after which it is deleted.
+    pub after_ms: i64,
+    /// Measured on the wall clock (the time of the commit point that took the update)
+    /// rather than stream time (the event time of the record that made it).
+    pub wall_clock: bool,
+}
+
+impl TableSpec {
+    /// The name of the table that keeps the times of a TTL table's entries.
+    pub fn ttl_table_name(&self) -> String {
+        format!("{}-ttl", self.name)
+    }
 }
 
 /// A table key given as text (as `APP send --key` takes it) to its bytes twice: as records

@@ -40,6 +40,7 @@ pub struct Table<K, V> {
     name: &'static str,
     default: fn() -> V,
     faust: Option<FaustKeys<K>>,
+    ttl: Option<crate::spec::Ttl>,
     _key: PhantomData<fn() -> K>,
 }
 
@@ -94,6 +95,7 @@ impl<K, V: TableDefault> Table<K, V> {
             name,
             default: V::table_default,
             faust: None,
+            ttl: None,
             _key: PhantomData,
         }
     }
@@ -113,6 +115,7 @@ impl<K, V> Table<K, V> {
             name,
             default,
             faust: None,
+            ttl: None,
             _key: PhantomData,
         }
     }
@@ -126,6 +129,37 @@ impl<K, V> Table<K, V> {
     /// The table's name.
     pub const fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// Deletes entries not updated for `after` of stream time: at each commit point, a key
+    /// whose last update was made by a record more than `after` older than the task's stream
+    /// time is deleted, with a tombstone in the changelog (and downstream, for a pipeline's
+    /// table sent on with `to`). The times live in a table of their own
+    /// (`{name}-ttl`, with its changelog), so they survive restarts and moves.
+    ///
+    /// ```
+    /// # use streams_core::prelude::*;
+    /// use std::time::Duration;
+    /// const SESSIONS: Table<String, i64> = Table::new("sessions").ttl(Duration::from_secs(30 * 60));
+    /// assert_eq!(SESSIONS.spec().ttl.map(|ttl| ttl.after_ms), Some(1_800_000));
+    /// ```
+    pub const fn ttl(mut self, after: std::time::Duration) -> Self {
+        self.ttl = Some(crate::spec::Ttl {
+            after_ms: after.as_millis() as i64,
+            wall_clock: false,
+        });
+        self
+    }
+
+    /// Like [`Table::ttl`], on the wall clock: an entry is deleted at the first commit point
+    /// `after` past the commit point that took its last update. A partition without input
+    /// makes no commit points: its entries go at its next record.
+    pub const fn ttl_on_wall_clock(mut self, after: std::time::Duration) -> Self {
+        self.ttl = Some(crate::spec::Ttl {
+            after_ms: after.as_millis() as i64,
+            wall_clock: true,
+        });
+        self
     }
 
     /// The value a missing key reads as.
@@ -153,6 +187,7 @@ impl<K, V> Table<K, V> {
                 None => crate::spec::lookup_key::<K>,
             })),
             keeps_time: false,
+            ttl: self.ttl,
         }
     }
 
@@ -390,6 +425,7 @@ impl<K, V> WindowedTable<K, V> {
             windowed: true,
             lookup: Some(crate::spec::KeyLookup(crate::spec::lookup_key::<K>)),
             keeps_time: true,
+            ttl: None,
         }
     }
 }

@@ -40,20 +40,10 @@ pub(crate) fn show_record_key<K: Key>(bytes: &[u8]) -> String {
     }
 }
 
-/// Visits every entry of a store, from a task: a blocking read, so off the runtime's worker
-/// thread where it can be (an index of a table in memory is loaded so, once per task).
-pub(crate) fn scan_store(store: &dyn StateStore, visit: &mut dyn FnMut(&[u8], &[u8])) -> crate::Result<()> {
-    let mut scan = || store.for_each(visit);
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(scan),
-        _ => scan(),
-    }
-}
-
 impl RecordBuffer {
     pub(crate) fn load(store: &dyn StateStore) -> crate::Result<Self> {
         let mut buffer = Self::default();
-        scan_store(store, &mut |bytes, value| {
+        crate::store::for_each_blocking(store, &mut |bytes, value| {
             if let Some((key, time, seq)) = split_record_key(bytes) {
                 buffer
                     .by_key

@@ -458,6 +458,7 @@ fn internal_table<KX: Key>(name: &str, what: &str, show_key: fn(&[u8]) -> String
         windowed: false,
         lookup: None,
         keeps_time: false,
+        ttl: None,
     };
     (table, spec)
 }

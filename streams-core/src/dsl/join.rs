@@ -516,6 +516,7 @@ where
             windowed: false,
             lookup: None,
             keeps_time: false,
+            ttl: None,
         };
         let times_slot = g.table(group, times_spec);
         let join = Arc::new(TableTableJoin {
@@ -1074,6 +1075,7 @@ fn buffer_table<K: Key>(graph: &mut Graph, group: usize, name: &str, what: &str)
         windowed: false,
         lookup: None,
         keeps_time: true,
+        ttl: None,
     };
     (table, graph.table(group, spec))
 }

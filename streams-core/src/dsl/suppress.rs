@@ -22,7 +22,6 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::buffer::scan_store;
 use super::builder::NodeKind;
 use super::node::{at_time, ChangeFanout, ChangeListener, Cx, Outcome, TableSlot, Tick};
 use super::table::KTable;
@@ -159,6 +158,7 @@ where
             windowed: false,
             lookup: None,
             keeps_time: true,
+            ttl: None,
         };
         let slot = g.table(self.group, spec);
         let node = g.node("suppress", NodeKind::Operation, vec![self.node], self.group);
@@ -212,7 +212,7 @@ struct Held {
 impl Held {
     fn load(store: &dyn StateStore) -> crate::Result<Self> {
         let mut held = Self::default();
-        scan_store(store, &mut |key, value| {
+        crate::store::for_each_blocking(store, &mut |key, value| {
             if let Some((since, _, _)) = split_entry(value) {
                 held.insert(key, since, key.len() + value.len());
             }

@@ -654,6 +654,7 @@ where
                         windowed: false,
                         lookup: None,
                         keeps_time: false,
+                        ttl: None,
                     };
                     Some((name, graph.table(self.group, records)))
                 }

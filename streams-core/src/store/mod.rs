@@ -122,6 +122,16 @@ pub fn local_partitions(data_dir: &std::path::Path, app_id: &str, table: &str) -
     found
 }
 
+/// Visits every entry of a store from a task: a blocking read, so off the runtime's worker
+/// thread where it can be (an index of a table in memory is loaded so, once per task).
+pub(crate) fn for_each_blocking(store: &dyn StateStore, visit: &mut dyn FnMut(&[u8], &[u8])) -> crate::Result<()> {
+    let mut scan = || store.for_each(visit);
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(scan),
+        _ => scan(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -691,6 +691,17 @@ impl StreamCore {
         }
         self.quiet = false;
         let ctx = Arc::clone(&self.ctx);
+        // TTL tables: the times of the changes, and what is past its time deleted, before
+        // the hook, which sends those deletions on too; then the times of what it changed.
+        let keep_ttls = |expire: bool| {
+            if let Err(error) = ctx.keep_ttls(expire) {
+                ctx.metrics
+                    .fail(format!("task `{}`: table entries' times: {error}", ctx.name));
+            }
+        };
+        if !positions.is_empty() {
+            keep_ttls(true);
+        }
         // The hook sees the changes this cut takes: none are taken before anything was
         // processed (restated entries wait for the first real cut).
         if let (Some(hook), false) = (&mut self.hook, positions.is_empty()) {
@@ -701,6 +712,7 @@ impl StreamCore {
                     ctx.metrics.fail(error);
                 }
             }
+            keep_ttls(false);
         }
         let mut writes: Vec<TableWrite> = Vec::new();
         let seq = ctx.next_cut();

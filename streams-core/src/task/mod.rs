@@ -13,6 +13,7 @@ pub(crate) mod round;
 pub(crate) mod run;
 pub(crate) mod sink;
 pub(crate) mod tables;
+pub(crate) mod ttl;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -69,6 +70,8 @@ pub(crate) struct TaskContext {
     start_clocks: Box<[AtomicI64]>,
     /// Per table: whether its operation keeps a stream time ([`crate::spec::TableSpec::keeps_time`]).
     keeps_time: Box<[bool]>,
+    /// The tables whose entries live for a while ([`crate::Table::ttl`]).
+    ttl_tables: Box<[ttl::TtlTable]>,
     /// Whether the restored state said what the operations' stream times were (even that
     /// none had one yet): state written before operations kept their own says nothing.
     clocks_known: AtomicBool,
@@ -160,6 +163,8 @@ impl TaskContext {
             .iter()
             .map(|table| spec.tables.iter().any(|t| t.name == table.name && t.keeps_time))
             .collect();
+        let names: Vec<&str> = tables.iter().map(|t| t.name).collect();
+        let ttl_tables = ttl::ttl_tables(&names, &spec.tables);
         Self {
             name: spec.name.as_str().into(),
             sources: spec.sources.iter().map(|t| Arc::from(&*t.name)).collect(),
@@ -183,6 +188,7 @@ impl TaskContext {
             clocks: no_clocks(table_count),
             start_clocks: no_clocks(table_count),
             keeps_time,
+            ttl_tables,
             clocks_known: AtomicBool::new(false),
             locals: Mutex::default(),
             counts: Counts::new(spec.sources.len()),
@@ -267,6 +273,7 @@ impl TaskContext {
             clocks: Box::default(),
             start_clocks: Box::default(),
             keeps_time: Box::default(),
+            ttl_tables: Box::default(),
             clocks_known: AtomicBool::new(false),
             locals: Mutex::default(),
             counts: Counts::default(),
