@@ -320,7 +320,7 @@ impl App {
                     .iter()
                     .filter(|table| table.ttl.is_some())
                     .map(|table| TableSpec {
-                        name: Box::leak(table.ttl_table_name().into_boxed_str()),
+                        name: crate::spec::static_name(table.ttl_table_name()),
                         value_type: "ttl times",
                         lookup: None,
                         ttl: None,
@@ -415,7 +415,29 @@ impl App {
                 )));
             }
         }
-        validate(&self.id, &self.tasks())
+        let tasks = self.tasks();
+        let all: Vec<&TableSpec> = tasks.iter().flat_map(|t| t.tables.iter()).collect();
+        for table in all.iter().filter(|t| t.ttl.is_some()) {
+            let times = table.ttl_table_name();
+            if all.iter().filter(|t| t.name == times).count() > 1 {
+                return Err(Error::Config(format!(
+                    "table `{}` has a TTL, and its entries' times are kept in a table named `{times}`: another \
+                     table has that name; give it another",
+                    table.name
+                )));
+            }
+        }
+        for task in &tasks {
+            for (n, table) in task.tables.iter().enumerate() {
+                if task.tables[..n].iter().any(|t| t.name == table.name) {
+                    return Err(Error::Config(format!(
+                        "`{}` keeps two tables named `{}`; give each its own name",
+                        task.name, table.name
+                    )));
+                }
+            }
+        }
+        validate(&self.id, &tasks)
     }
 
     /// Checks that `table` is kept by one of the app's tasks (naming them when it is not).

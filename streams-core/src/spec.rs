@@ -119,6 +119,28 @@ pub struct Ttl {
     pub wall_clock: bool,
 }
 
+/// A name made at run time that lives as long as the program (table names are `&'static
+/// str`): each distinct name is allocated once, however often it is made.
+pub(crate) fn static_name(name: String) -> &'static str {
+    static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(known) = names.iter().find(|n| **n == name) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(name.into_boxed_str());
+    names.push(leaked);
+    leaked
+}
+
+impl Ttl {
+    /// A TTL of `after`, in ms (saturating: `Duration::MAX` is as good as forever).
+    pub(crate) const fn of(after: std::time::Duration, wall_clock: bool) -> Self {
+        let ms = after.as_millis();
+        let after_ms = if ms > i64::MAX as u128 { i64::MAX } else { ms as i64 };
+        Self { after_ms, wall_clock }
+    }
+}
+
 impl TableSpec {
     /// The name of the table that keeps the times of a TTL table's entries.
     pub fn ttl_table_name(&self) -> String {

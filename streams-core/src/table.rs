@@ -132,8 +132,8 @@ impl<K, V> Table<K, V> {
     }
 
     /// Deletes entries not updated for `after` of stream time: at each commit point, a key
-    /// whose last update was made by a record more than `after` older than the task's stream
-    /// time is deleted, with a tombstone in the changelog (and downstream, for a pipeline's
+    /// whose last update was made by records at least `after` older than the task's stream
+    /// time (the latest of their times: a late record does not age a key) is deleted, with a tombstone in the changelog (and downstream, for a pipeline's
     /// table sent on with `to`). The times live in a table of their own
     /// (`{name}-ttl`, with its changelog), so they survive restarts and moves.
     ///
@@ -144,10 +144,7 @@ impl<K, V> Table<K, V> {
     /// assert_eq!(SESSIONS.spec().ttl.map(|ttl| ttl.after_ms), Some(1_800_000));
     /// ```
     pub const fn ttl(mut self, after: std::time::Duration) -> Self {
-        self.ttl = Some(crate::spec::Ttl {
-            after_ms: after.as_millis() as i64,
-            wall_clock: false,
-        });
+        self.ttl = Some(crate::spec::Ttl::of(after, false));
         self
     }
 
@@ -155,10 +152,7 @@ impl<K, V> Table<K, V> {
     /// `after` past the commit point that took its last update. A partition without input
     /// makes no commit points: its entries go at its next record.
     pub const fn ttl_on_wall_clock(mut self, after: std::time::Duration) -> Self {
-        self.ttl = Some(crate::spec::Ttl {
-            after_ms: after.as_millis() as i64,
-            wall_clock: true,
-        });
+        self.ttl = Some(crate::spec::Ttl::of(after, true));
         self
     }
 

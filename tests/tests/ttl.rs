@@ -14,10 +14,13 @@ use streams_core::testing::TestDriver;
 const CLICKS: Topic<String, i64> = Topic::new("clicks").partitions(2);
 const COUNTS_OUT: Topic<String, i64> = Topic::new("counts-out");
 
-fn app(ttl_ms: u64, cache_bytes: Option<usize>) -> App {
+fn app(ttl_ms: u64, cache_bytes: Option<usize>, exactly_once: bool) -> App {
     // A table declared at run time here (the TTL varies); users declare theirs as constants.
     let counts: Table<String, i64> = Table::new("counts").ttl(Duration::from_millis(ttl_ms));
     let mut app = App::new("ttl-test");
+    if exactly_once {
+        app = app.processing_guarantee(streams_core::app::ProcessingGuarantee::ExactlyOnce);
+    }
     if let Some(bytes) = cache_bytes {
         app = app.table_cache_bytes(bytes);
     }
@@ -44,8 +47,10 @@ struct Model {
 
 impl Model {
     fn click(&mut self, key: &str, time: i64, ttl: i64, latest: &mut BTreeMap<String, Option<i64>>) {
-        let count = self.counts.get(key).map_or(0, |(c, _)| *c) + 1;
-        self.counts.insert(key.to_string(), (count, time));
+        // A key's time is the latest of its updates' (a late click does not age it).
+        let (count, at) = self.counts.get(key).map_or((0, time), |(c, at)| (*c, time.max(*at)));
+        let count = count + 1;
+        self.counts.insert(key.to_string(), (count, at));
         latest.insert(key.to_string(), Some(count));
         let now = self.stream_time.map_or(time, |t| t.max(time));
         self.stream_time = Some(now);
@@ -62,14 +67,14 @@ impl Model {
     }
 }
 
-fn run(steps: &[Step], ttl_ms: u64, cache_bytes: Option<usize>) -> Result<(), TestCaseError> {
+fn run(steps: &[Step], ttl_ms: u64, cache_bytes: Option<usize>, exactly_once: bool) -> Result<(), TestCaseError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
     let run = async {
-        let mut driver = TestDriver::new(app(ttl_ms, cache_bytes)).expect("driver");
+        let mut driver = TestDriver::new(app(ttl_ms, cache_bytes, exactly_once)).expect("driver");
         let mut models: Vec<Model> = vec![Model::default(), Model::default()];
         let mut latest: BTreeMap<String, Option<i64>> = BTreeMap::new();
         let ttl = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
@@ -142,8 +147,9 @@ proptest! {
         steps in steps(),
         ttl_ms in prop_oneof![Just(1u64), 20u64..300],
         cache_bytes in prop_oneof![Just(None), Just(Some(0usize)), Just(Some(200))],
+        exactly_once in any::<bool>(),
     ) {
-        run(&steps, ttl_ms, cache_bytes)?;
+        run(&steps, ttl_ms, cache_bytes, exactly_once)?;
     }
 }
 
@@ -153,7 +159,11 @@ const VISITS: Topic<String, i64> = Topic::new("visits").partitions(1);
 #[agent(topic = VISITS, tables = [SEEN])]
 async fn remember(mut visits: Stream<String, i64>) -> Result<()> {
     while let Some(event) = visits.next_event().await {
-        SEEN.update(&event.key, |seen| *seen += event.value).await?;
+        if event.value == 0 {
+            SEEN.delete(&event.key).await?;
+        } else {
+            SEEN.update(&event.key, |seen| *seen += event.value).await?;
+        }
     }
     Ok(())
 }
@@ -186,13 +196,19 @@ async fn an_agents_table_forgets_keys_not_updated_for_the_ttl() {
     driver.run().await.expect("run");
     let seen = driver.table(&SEEN).expect("table");
     assert_eq!(seen, BTreeMap::from([("c".to_string(), 1)]));
+    // A key the agent deletes loses its time too.
+    driver.pipe_at(&VISITS, "c", &0, 1_240).expect("pipe");
+    driver.run().await.expect("run");
+    let times = driver.raw_records("visits-seen-ttl-changelog");
+    let last_of_c = times.iter().rev().find(|r| r.key.as_deref() == Some(b"c"));
+    assert_eq!(last_of_c.map(|r| r.value.is_none()), Some(true), "{times:?}");
 }
 
 /// On the wall clock: an entry goes at the first commit point past its TTL after the one
 /// that took its last update, whatever the records' times.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_the_wall_clock_entries_go_by_the_time_of_day() {
-    const FRESH: Table<String, i64> = Table::new("fresh").ttl_on_wall_clock(Duration::from_millis(300));
+    const FRESH: Table<String, i64> = Table::new("fresh").ttl_on_wall_clock(Duration::from_secs(2));
     let app = App::new("fresh").pipeline("fresh", |builder| {
         builder.stream(VISITS).group_by_key().count(FRESH);
     });
@@ -203,9 +219,52 @@ async fn on_the_wall_clock_entries_go_by_the_time_of_day() {
     driver.run().await.expect("run");
     let fresh = driver.table(&FRESH).expect("table");
     assert_eq!(fresh.len(), 2, "stream time does not matter: {fresh:?}");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
     driver.pipe_at(&VISITS, "c", &1, 2).expect("pipe");
     driver.run().await.expect("run");
     let fresh = driver.table(&FRESH).expect("table");
     assert_eq!(fresh, BTreeMap::from([("c".to_string(), 1)]));
+}
+
+/// A table written at commit points (a table–table join's result) gets its entries' times
+/// too, and a late update does not age an entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_result_table_expires_and_late_records_do_not_age_entries() {
+    const LEFT: Topic<String, i64> = Topic::new("left").partitions(1);
+    const RIGHT: Topic<String, i64> = Topic::new("right").partitions(1);
+    const LEFT_T: Table<String, i64> = Table::new("left-t");
+    const RIGHT_T: Table<String, i64> = Table::new("right-t");
+    const SUMS: Table<String, i64> = Table::new("sums").ttl(Duration::from_millis(100));
+    let app = App::new("sums").pipeline("sums", |builder| {
+        let right = builder.table(RIGHT, RIGHT_T);
+        builder.table(LEFT, LEFT_T).join(&right, SUMS, |_, a, b| a + b);
+    });
+    let mut driver = TestDriver::new(app).expect("driver");
+    driver.pipe_at(&LEFT, "k", &1, 1_000).expect("pipe");
+    driver.pipe_at(&RIGHT, "k", &2, 1_000).expect("pipe");
+    driver.run().await.expect("run");
+    driver.pipe_at(&LEFT, "k", &5, 1_050).expect("pipe");
+    driver.run().await.expect("run");
+    // A late record at 900 changes the sum, but its entry stays as fresh as 1050.
+    driver.pipe_at(&LEFT, "k", &7, 900).expect("pipe");
+    driver.pipe_at(&LEFT, "other", &1, 1_120).expect("pipe");
+    driver.run().await.expect("run");
+    assert_eq!(driver.table(&SUMS).expect("table").get("k"), Some(&9));
+    driver.pipe_at(&LEFT, "other", &1, 1_150).expect("pipe");
+    driver.run().await.expect("run");
+    assert_eq!(driver.table(&SUMS).expect("table").get("k"), None, "1050 + 100 <= 1150");
+}
+
+/// A table named like another's times table is refused, naming why.
+#[test]
+fn a_table_named_like_a_ttl_tables_times_is_refused() {
+    const S: Table<String, i64> = Table::new("s").ttl(Duration::from_secs(1));
+    const S_TTL: Table<String, i64> = Table::new("s-ttl");
+    let app = App::new("clash").pipeline("p", |builder| {
+        let counts = builder.stream(VISITS).group_by_key();
+        counts.count(S);
+        builder.table(CLICKS, S_TTL);
+    });
+    let error = app.validate().err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.contains("s-ttl") && error.contains("TTL"), "{error}");
 }

@@ -376,6 +376,15 @@ impl StreamsBuilder {
             );
             graph.errors.push(error);
         }
+        if store.spec().ttl.is_some() {
+            let error = format!(
+                "pipeline `{}`: global table `{}` has a TTL; a global table is a copy of its topic (use the \
+                 topic's retention or compaction instead)",
+                graph.pipeline,
+                store.name()
+            );
+            graph.errors.push(error);
+        }
         if store.is_faust() {
             let error = format!(
                 "pipeline `{}` keeps global table `{}`, declared `.faust()`: Faust's encoding is for \

@@ -22,14 +22,29 @@ struct Times {
 }
 
 impl Times {
-    fn load(store: &dyn StateStore) -> Result<Self> {
-        let mut times = Self::default();
+    /// The times of the entries of `table` from its times table `store`. An entry without
+    /// one (state from before the table had a TTL) gets `since`; a time whose entry is gone
+    /// (the TTL was off meanwhile) is left out.
+    fn load(store: &dyn StateStore, table: &dyn StateStore, since: i64) -> Result<Self> {
+        let mut kept: HashMap<Box<[u8]>, i64> = HashMap::new();
         crate::store::for_each_blocking(store, &mut |key, value| {
             if let Some(time) = time_of(value) {
-                times.set(key, time);
+                kept.insert(key.into(), time);
             }
         })?;
+        let mut times = Self::default();
+        crate::store::for_each_blocking(table, &mut |key, _| {
+            times.set(key, kept.get(key).copied().unwrap_or(since));
+        })?;
         Ok(times)
+    }
+
+    /// The time of `key`'s last update: the latest of its updates' times (a late record
+    /// does not make an entry older).
+    fn update(&mut self, key: &[u8], time: i64) -> i64 {
+        let time = self.by_key.get(key).map_or(time, |old| time.max(*old));
+        self.set(key, time);
+        time
     }
 
     fn set(&mut self, key: &[u8], time: i64) {
@@ -104,20 +119,29 @@ impl TaskContext {
 
     fn keep_ttl(&self, t: &TtlTable, expire: bool) -> Result<()> {
         let mut changes: Vec<(Vec<u8>, bool, i64)> = Vec::new();
+        let mut store = None;
         if let Some(table) = self.tables().get(t.table) {
+            store = Some(std::sync::Arc::clone(&table.store));
             table.for_each_change(0, &mut |key, value, timestamp| {
                 changes.push((key.to_vec(), value.is_some(), timestamp));
             });
         }
+        let Some(store) = store else { return Ok(()) };
         let wall_clock = super::wall_clock_ms();
+        // Entries restored without a time start their TTL now.
+        let since = match self.stream_time() {
+            _ if t.ttl.wall_clock => wall_clock,
+            super::NO_TIME => 0,
+            time => time,
+        };
+        let load = |times: &dyn StateStore| Times::load(times, &*store, since);
         for (key, present, timestamp) in changes {
             let time = if t.ttl.wall_clock { wall_clock } else { timestamp };
-            let known = self.with_extension(t.times, Times::load, |times: &mut Times| {
+            let (known, time) = self.with_extension(t.times, load, |times: &mut Times| {
                 if present {
-                    times.set(&key, time);
-                    true
+                    (true, times.update(&key, time))
                 } else {
-                    times.remove(&key)
+                    (times.remove(&key), time)
                 }
             })?;
             if present {
@@ -138,19 +162,23 @@ impl TaskContext {
             return Ok(());
         }
         let through = now.saturating_sub(t.ttl.after_ms);
-        let gone = self.with_extension(t.times, Times::load, |times: &mut Times| times.expire(through))?;
+        let gone = self.with_extension(t.times, load, |times: &mut Times| times.expire(through))?;
         if gone.is_empty() {
             return Ok(());
         }
-        // The deletions carry the time they were decided at.
+        // The deletions carry the task's stream time (never the time of day: what reads them
+        // downstream keeps event time).
         let event_time = self.event_time();
-        self.set_event_time(now);
-        for key in gone {
-            self.put_at(t.table, key.to_vec(), None)?;
-            self.put_at(t.times, key.into_vec(), None)?;
+        let stream_time = self.stream_time();
+        if stream_time != super::NO_TIME {
+            self.set_event_time(stream_time);
         }
+        let deleted = gone.into_iter().try_for_each(|key| {
+            self.put_at(t.table, key.to_vec(), None)?;
+            self.put_at(t.times, key.into_vec(), None)
+        });
         self.set_event_time(event_time);
-        Ok(())
+        deleted
     }
 }
 
@@ -161,14 +189,44 @@ mod tests {
     #[test]
     fn times_move_with_updates_and_expire_in_order() {
         let mut times = Times::default();
-        times.set(b"a", 10);
-        times.set(b"b", 5);
-        times.set(b"a", 30);
+        times.update(b"a", 10);
+        times.update(b"b", 5);
+        assert_eq!(times.update(b"a", 30), 30);
+        assert_eq!(times.update(b"a", 20), 30, "a late update does not age a key");
         assert_eq!(times.expire(10), vec![Box::from(&b"b"[..])], "a's time moved to 30");
         assert!(times.remove(b"a"));
         assert!(!times.remove(b"a"));
         assert!(times.expire(i64::MAX).is_empty());
         assert_eq!(time_of(&7i64.to_be_bytes()), Some(7));
         assert_eq!(time_of(b"short"), None);
+    }
+
+    #[test]
+    fn entries_restored_without_a_time_get_one_and_times_of_gone_entries_are_left_out() {
+        use crate::store::{Checkpoint, MemoryStore};
+        let (times, table) = (MemoryStore::default(), MemoryStore::default());
+        let write = |store: &MemoryStore, entries: Vec<(&[u8], Vec<u8>)>| {
+            let entries: Vec<_> = entries.into_iter().map(|(k, v)| (k.to_vec(), Some(v))).collect();
+            store.write(&entries, &Checkpoint::default()).expect("write");
+        };
+        write(&table, vec![(b"a", b"1".to_vec()), (b"b", b"2".to_vec())]);
+        write(
+            &times,
+            vec![
+                (b"a", 10i64.to_be_bytes().to_vec()),
+                (b"gone", 5i64.to_be_bytes().to_vec()),
+            ],
+        );
+        let mut loaded = Times::load(&times, &table, 99).expect("load");
+        assert_eq!(
+            loaded.expire(i64::MAX),
+            vec![Box::from(&b"a"[..]), Box::from(&b"b"[..])]
+        );
+        let mut loaded = Times::load(&times, &table, 99).expect("load");
+        assert_eq!(
+            loaded.expire(98),
+            vec![Box::from(&b"a"[..])],
+            "b starts at 99; `gone` is not loaded"
+        );
     }
 }
