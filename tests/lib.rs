@@ -44,6 +44,20 @@ pub mod page_views;
 #[path = "../examples/order_enrichment.rs"]
 pub mod order_enrichment;
 
+/// Runs one generated case through the test driver on a runtime of its own, for at most
+/// `limit`: `None` when it did not finish (a task stuck in a blocking wait does not keep the
+/// next case waiting either: the runtime is shut down after a second).
+pub fn run_case<T>(limit: Duration, case: impl std::future::Future<Output = T>) -> Option<T> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let outcome = runtime.block_on(async { tokio::time::timeout(limit, case).await });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    outcome.ok()
+}
+
 /// Worker options for the embedded broker (workers give themselves short sessions there).
 pub fn worker_options(dir: &std::path::Path, broker: &streams_core::EmbeddedBroker) -> streams_core::WorkerOptions {
     streams_core::WorkerOptions::new(dir).embedded(broker)

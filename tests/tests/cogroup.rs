@@ -145,11 +145,6 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 fn run(steps: &[Step], partitions: i32, cache_bytes: Option<usize>, exactly_once: bool) -> Result<(), TestCaseError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
     let run = async {
         let mut driver = TestDriver::with_partitions(
             app(cache_bytes, exactly_once),
@@ -211,10 +206,8 @@ fn run(steps: &[Step], partitions: i32, cache_bytes: Option<usize>, exactly_once
         prop_assert_eq!(latest, expected);
         Ok(())
     };
-    let outcome = runtime.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(20), run).await });
-    // A task stuck in a blocking wait must not keep the next case waiting.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    outcome.map_err(|_| TestCaseError::fail("the driver did not finish within 20 s"))?
+    streams_tests::run_case(std::time::Duration::from_secs(20), run)
+        .ok_or_else(|| TestCaseError::fail("the driver did not finish within 20 s"))?
 }
 
 fn cache_bytes() -> impl Strategy<Value = Option<usize>> {

@@ -31,15 +31,20 @@ fn app(limit_ms: u64, max_records: Option<usize>, cache_bytes: Option<usize>, ex
         Some(records) => BufferConfig::max_records(records),
         None => BufferConfig::unbounded(),
     };
+    limited(
+        app,
+        Suppressed::until_time_limit(Duration::from_millis(limit_ms), buffer),
+    )
+}
+
+/// `app` with the pipeline under test: clicks counted per key, the counts suppressed.
+fn limited(app: App, suppressed: Suppressed) -> App {
     app.pipeline("limited", move |builder| {
         builder
             .stream(CLICKS)
             .group_by_key()
             .count(COUNTS)
-            .suppress(
-                "limit",
-                Suppressed::until_time_limit(Duration::from_millis(limit_ms), buffer),
-            )
+            .suppress("limit", suppressed)
             .to(LIMITED);
     })
 }
@@ -120,11 +125,6 @@ struct Knobs {
 }
 
 fn run(groups: &[Group], knobs: &Knobs) -> Result<(), TestCaseError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
     let partitions = knobs.partitions;
     let run = async {
         let app = app(knobs.limit_ms, knobs.max_records, knobs.cache_bytes, knobs.exactly_once);
@@ -202,9 +202,8 @@ fn run(groups: &[Group], knobs: &Knobs) -> Result<(), TestCaseError> {
         }
         Ok(())
     };
-    let outcome = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(20), run).await });
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    outcome.map_err(|_| TestCaseError::fail("the driver did not finish within 20 s"))?
+    streams_tests::run_case(Duration::from_secs(20), run)
+        .ok_or_else(|| TestCaseError::fail("the driver did not finish within 20 s"))?
 }
 
 fn clicks() -> impl Strategy<Value = Vec<Click>> {
@@ -387,20 +386,11 @@ fn a_suppression_is_drawn_and_keeps_its_buffer_in_a_table() {
 /// before its time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_buffer_told_to_shut_down_stops_the_worker() {
-    let app = App::new("strict").pipeline("limited", |builder| {
-        builder
-            .stream(CLICKS)
-            .group_by_key()
-            .count(COUNTS)
-            .suppress(
-                "limit",
-                Suppressed::until_time_limit(
-                    Duration::from_secs(60),
-                    BufferConfig::max_records(1).shut_down_when_full(),
-                ),
-            )
-            .to(LIMITED);
-    });
+    let strict = BufferConfig::max_records(1).shut_down_when_full();
+    let app = limited(
+        App::new("strict"),
+        Suppressed::until_time_limit(Duration::from_secs(60), strict),
+    );
     let mut driver = TestDriver::new(app).expect("driver");
     driver.pipe_at(&CLICKS, "a", &1, 1_000).expect("pipe");
     driver.run().await.expect("run");

@@ -68,11 +68,6 @@ impl Model {
 }
 
 fn run(steps: &[Step], ttl_ms: u64, cache_bytes: Option<usize>, exactly_once: bool) -> Result<(), TestCaseError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
     let run = async {
         let mut driver = TestDriver::new(app(ttl_ms, cache_bytes, exactly_once)).expect("driver");
         let mut models: Vec<Model> = vec![Model::default(), Model::default()];
@@ -110,9 +105,8 @@ fn run(steps: &[Step], ttl_ms: u64, cache_bytes: Option<usize>, exactly_once: bo
         prop_assert_eq!(sent, latest);
         Ok(())
     };
-    let outcome = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(20), run).await });
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    outcome.map_err(|_| TestCaseError::fail("the driver did not finish within 20 s"))?
+    streams_tests::run_case(Duration::from_secs(20), run)
+        .ok_or_else(|| TestCaseError::fail("the driver did not finish within 20 s"))?
 }
 
 fn steps() -> impl Strategy<Value = Vec<Step>> {
