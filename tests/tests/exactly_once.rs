@@ -93,10 +93,11 @@ fn options(dir: &Path, broker: &EmbeddedBroker, id: &str) -> WorkerOptions {
         .worker_id(id)
 }
 
-/// Waits until `table` of app `app` in `dir` equals `expected`.
+/// Waits until `table` of app `app` in `dir` equals `expected`; on a timeout the failure
+/// shows the worker's metrics (positions, lag, restores, aborts) to tell a stall from a loss.
 async fn wait_for_table(
     table: Table<String, i64>,
-    (dir, app): (&Path, &str),
+    (dir, app, worker): (&Path, &str, &streams_core::WorkerHandle),
     expected: &BTreeMap<String, i64>,
     timeout: Duration,
 ) {
@@ -106,7 +107,11 @@ async fn wait_for_table(
         if &counts == expected {
             return;
         }
-        assert!(Instant::now() < deadline, "counts {counts:?}, expected {expected:?}");
+        assert!(
+            Instant::now() < deadline,
+            "counts {counts:?}, expected {expected:?}; the worker's metrics:\n{}",
+            worker.metrics().prometheus()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -137,7 +142,7 @@ async fn offsets_go_only_through_transactions() {
         .expect("worker");
     wait_for_table(
         MAJOR_COUNT,
-        (dir.path(), "hit_counter"),
+        (dir.path(), "hit_counter", &worker),
         &expected,
         Duration::from_secs(120),
     )
@@ -223,7 +228,7 @@ async fn a_failed_commit_aborts_and_the_counts_stay_exact() {
         .expect("worker");
     wait_for_table(
         PER_USER,
-        (dir.path(), "counting"),
+        (dir.path(), "counting", &worker),
         &per_user(&first),
         Duration::from_secs(120),
     )
@@ -242,7 +247,7 @@ async fn a_failed_commit_aborts_and_the_counts_stay_exact() {
     all.extend(second);
     wait_for_table(
         PER_USER,
-        (dir.path(), "counting"),
+        (dir.path(), "counting", &worker),
         &per_user(&all),
         Duration::from_secs(120),
     )
@@ -267,7 +272,7 @@ async fn a_fenced_worker_stops_without_committing() {
         .expect("worker");
     wait_for_table(
         PER_USER,
-        (dir.path(), "counting"),
+        (dir.path(), "counting", &worker),
         &per_user(&records),
         Duration::from_secs(120),
     )
