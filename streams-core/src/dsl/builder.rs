@@ -456,14 +456,31 @@ impl StreamsBuilder {
         K: Key,
         V: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
+        let reader = topic.reader();
+        self.source_table(topic, store, |slot| {
+            Arc::new(TableSource {
+                reader,
+                store,
+                slot: slot.clone(),
+            })
+        })
+    }
+
+    /// A table read from `topic` into `store` by the source node `source` makes (given the
+    /// store's slot).
+    pub(crate) fn source_table<K, V>(
+        &self,
+        topic: Topic<K, V>,
+        store: Table<K, V>,
+        source: impl FnOnce(&TableSlot) -> Arc<dyn SourceNode>,
+    ) -> KTable<K, V>
+    where
+        K: Key,
+        V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
         let mut graph = self.graph.borrow_mut();
         let slot = TableSlot::default();
-        let source = TableSource {
-            reader: topic.reader(),
-            store,
-            slot: slot.clone(),
-        };
-        let group = graph.source(topic.spec(), topic.name().to_string(), Arc::new(source));
+        let group = graph.source(topic.spec(), topic.name().to_string(), source(&slot));
         let source_node = graph.node(
             topic.name(),
             NodeKind::Source {

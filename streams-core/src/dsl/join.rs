@@ -26,6 +26,7 @@ use super::node::{at_time, guarded, ChangeListener, Cx, Fanout, Node, Outcome, T
 use super::same_key::SameKey;
 use super::stream::{KStream, Keyed, PartitionedByKey};
 use super::table::KTable;
+use super::versioned::{value_as_of, Versions};
 use crate::codec::{json, Key};
 use crate::spec::{KeyDisplay, TableSpec};
 use crate::table::Table;
@@ -47,9 +48,27 @@ fn table_value<VT: DeserializeOwned>(
     read_value::<VT>(stored.as_deref(), table).map_err(failed)
 }
 
+/// The row a stream record at `time` meets in a table: the key's value now, or in a
+/// versioned table the one it had at `time`.
+pub(crate) fn row_at<VT: DeserializeOwned>(
+    cx: &Cx<'_>,
+    (slot, versions): (&TableSlot, Option<&Versions>),
+    table: &str,
+    key: &[u8],
+    time: i64,
+) -> Result<Option<VT>, String> {
+    match versions {
+        None => table_value(cx, slot, table, key),
+        Some(versions) => {
+            let stored = value_as_of(cx, versions, key, time)?;
+            read_value::<VT>(stored.as_deref(), table).map_err(failed)
+        }
+    }
+}
+
 /// Sends on what the joiner makes of a record and the row it found (nothing for an inner
 /// join without a row).
-fn forward_joined<K, V, VT, VR>(
+pub(crate) fn forward_joined<K, V, VT, VR>(
     cx: &mut Cx<'_>,
     key: K,
     value: V,
@@ -63,12 +82,14 @@ fn forward_joined<K, V, VT, VR>(
     }
 }
 
-type StreamTableJoiner<K, V, VT, VR> = dyn Fn(&K, &V, Option<&VT>) -> Option<VR> + Send + Sync;
+pub(crate) type StreamTableJoiner<K, V, VT, VR> = dyn Fn(&K, &V, Option<&VT>) -> Option<VR> + Send + Sync;
 
 /// A stream record joined with its key's value in a table of the same task.
 struct TableJoin<K, V, VT, VR> {
     table: &'static str,
     slot: TableSlot,
+    /// A versioned table's history: the record meets the row of its time.
+    versions: Option<Versions>,
     joiner: Box<StreamTableJoiner<K, V, VT, VR>>,
     next: Arc<Fanout<K, VR>>,
 }
@@ -88,7 +109,13 @@ where
             let bytes = key
                 .key_bytes()
                 .map_err(|e| format!("cannot encode a key of table `{}`: {e}", self.table))?;
-            table_value(cx, &self.slot, self.table, &bytes)?
+            row_at(
+                cx,
+                (&self.slot, self.versions.as_ref()),
+                self.table,
+                &bytes,
+                cx.timestamp,
+            )?
         };
         forward_joined(cx, key, value, found.as_ref(), &*self.joiner, &self.next)
     }
@@ -121,6 +148,7 @@ where
         self.fanout.add(Arc::new(TableJoin {
             table: table.name,
             slot: table.slot.clone(),
+            versions: table.versions.clone(),
             joiner,
             next: Arc::clone(&next),
         }));

@@ -4,6 +4,7 @@
 
 use super::stream::KStream;
 use super::table::KTable;
+use super::versioned::VersionedKTable;
 
 /// The key type `K` of the stream or table a join is called on, as the other side's key
 /// type `Self`: implemented only when they are the same type.
@@ -21,6 +22,8 @@ pub trait SameKey<K>: Sized {
     fn stream<V, P>(stream: KStream<Self, V, P>) -> KStream<K, V, P>;
     /// The other side's table, as keyed by `K`.
     fn table<V>(table: &KTable<Self, V>) -> &KTable<K, V>;
+    /// The other side's versioned table, as keyed by `K`.
+    fn versioned<V>(table: &VersionedKTable<Self, V>) -> &VersionedKTable<K, V>;
 }
 
 impl<K> SameKey<K> for K {
@@ -29,6 +32,10 @@ impl<K> SameKey<K> for K {
     }
 
     fn table<V>(table: &KTable<K, V>) -> &KTable<K, V> {
+        table
+    }
+
+    fn versioned<V>(table: &VersionedKTable<K, V>) -> &VersionedKTable<K, V> {
         table
     }
 }

@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::builder::{Graph, NodeKind};
 use super::node::{observe_time, send, ChangeFanout, ChangeListener, Cx, Fanout, Outcome, SourceNode, TableSlot};
 use super::stream::{KStream, Keyed};
+use super::versioned::Versions;
 use crate::codec::{json, Key};
 use crate::message::Message;
 use crate::table::Table;
@@ -32,6 +33,9 @@ pub struct KTable<K, V> {
     /// A suppression's table: what goes on are the changes it lets through, not the
     /// table's own (see [`KTable::suppress`](super::suppress)).
     emitter: Option<Arc<ChangeFanout>>,
+    /// A versioned table's history: a stream joined with it meets the value its key had at
+    /// each record's time (see [`VersionedKTable`](super::versioned::VersionedKTable)).
+    pub(crate) versions: Option<Versions>,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -55,6 +59,7 @@ where
             node,
             finals: None,
             emitter: None,
+            versions: None,
             _types: PhantomData,
         }
     }
