@@ -109,6 +109,9 @@ pub struct TableSpec {
     pub ttl: Option<Ttl>,
 }
 
+/// The [`TableSpec::value_type`] of a versioned table's history (`{store}-versions`).
+pub(crate) const HISTORY_VALUE_TYPE: &str = "versions";
+
 /// How long a table's entries live without an update ([`crate::Table::ttl`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ttl {

@@ -69,9 +69,10 @@ struct Model {
     versions: BTreeMap<String, BTreeMap<i64, Option<i64>>>,
     /// The table's stream time (the latest time put into it).
     table_time: Option<i64>,
-    /// The grace join's stream time, and its buffer by (time, arrival).
+    /// The grace join's stream time, and its buffer by time, key and arrival (Kafka Streams'
+    /// time-ordered buffer keys its records by time, key bytes and a sequence number).
     join_time: Option<i64>,
-    buffer: BTreeMap<(i64, usize), (String, i64)>,
+    buffer: BTreeMap<(i64, String, usize), i64>,
     arrivals: usize,
     joined: Vec<Sent>,
     graced: Vec<Sent>,
@@ -114,15 +115,14 @@ impl Model {
                     let price = self.as_of(key, *time, history);
                     self.graced.push((key.clone(), format!("{quantity}x{price:?}"), *time));
                 } else {
-                    self.buffer.insert((*time, self.arrivals), (key.clone(), *quantity));
+                    self.buffer.insert((*time, key.clone(), self.arrivals), *quantity);
                     self.arrivals += 1;
                 }
                 while let Some(entry) = self.buffer.first_entry() {
-                    let (due, _) = *entry.key();
-                    if due > now - grace {
+                    if entry.key().0 > now - grace {
                         break;
                     }
-                    let (key, quantity) = entry.remove();
+                    let ((due, key, _), quantity) = entry.remove_entry();
                     let price = self.as_of(&key, due, history);
                     self.graced.push((key, format!("{quantity}x{price:?}"), due));
                 }
@@ -343,6 +343,90 @@ async fn a_grace_period_lets_a_late_price_reach_an_earlier_order() {
     assert_eq!(graced, vec![(apple.clone(), "2xSome(4)".to_string())]);
     let joined = driver.records(&JOINED).expect("records");
     assert_eq!(joined[0], (apple, "2x3".to_string()), "no grace: the price known then");
+}
+
+/// A record without a key meets no row: the inner join drops it, the left join with a grace
+/// period sends it on at once with `None` (KIP-962), ahead of the records held back, and it
+/// moves the join's stream time like any record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_without_a_key_goes_on_at_once_through_the_left_join() {
+    // One partition: a record without a key may go to any.
+    const PRICES_BY: Topic<Option<String>, i64> = Topic::new("prices").partitions(1);
+    const STORE_BY: Table<Option<String>, i64> = Table::new("prices-store");
+    const ORDERS_BY: Topic<Option<String>, i64> = Topic::new("orders").partitions(1);
+    const GRACED_BY: Topic<Option<String>, String> = Topic::new("orders-graced").partitions(1);
+    const JOINED_BY: Topic<Option<String>, String> = Topic::new("orders-joined").partitions(1);
+    let app = App::new("versioned-test").pipeline("priced", |builder| {
+        let prices = builder.versioned_table(PRICES_BY, STORE_BY, Duration::from_secs(10));
+        let orders = builder.stream(ORDERS_BY);
+        orders
+            .clone()
+            .join(&prices, |_, quantity, price| format!("{quantity}x{price}"))
+            .to(JOINED_BY);
+        orders
+            .left_join_with_grace(&prices, "priced", Duration::from_millis(100), |_, quantity, price| {
+                format!("{quantity}x{price:?}")
+            })
+            .to(GRACED_BY);
+    });
+    let mut driver = TestDriver::new(app).expect("driver");
+    let apple = Some("apple".to_string());
+    driver.pipe_at(&PRICES_BY, &apple, &3, 1_000).expect("pipe");
+    driver.pipe_at(&ORDERS_BY, &apple, &2, 1_100).expect("pipe");
+    driver.run().await.expect("run");
+    driver.pipe_at(&ORDERS_BY, &None, &7, 1_250).expect("pipe");
+    driver.run().await.expect("run");
+    assert_eq!(
+        driver.records(&GRACED_BY).expect("records"),
+        vec![(None, "7xNone".to_string()), (apple, "2xSome(3)".to_string())],
+        "the keyless order at once, then the held one its time let go"
+    );
+    assert_eq!(
+        driver.records(&JOINED_BY).expect("records").len(),
+        1,
+        "the inner join drops it"
+    );
+}
+
+/// A held order that fails when it is joined (here the joiner panics on 13) goes to the
+/// dead-letter topic on its own, as the buffer held it; the orders released with it go on,
+/// and the order being processed when they were released is not blamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_order_that_fails_goes_to_the_dead_letter_topic_alone() {
+    let app = App::new("versioned-test").pipeline("priced", |builder| {
+        let prices = builder.versioned_table(PRICES, PRICE_STORE, Duration::from_secs(10));
+        builder
+            .stream(ORDERS)
+            .join_with_grace(&prices, "priced", Duration::from_millis(100), |_, quantity, price| {
+                assert_ne!(*quantity, 13, "unlucky");
+                format!("{quantity}x{price:?}")
+            })
+            .to(GRACED);
+    });
+    let mut driver = TestDriver::with_partitions(app, &[("prices", 1), ("orders", 1)]).expect("driver");
+    let apple = "apple".to_string();
+    driver.pipe_at(&PRICES, &apple, &3, 1_000).expect("pipe");
+    driver.pipe_at(&ORDERS, &apple, &13, 1_100).expect("pipe");
+    driver.pipe_at(&ORDERS, &apple, &2, 1_150).expect("pipe");
+    driver.run().await.expect("run");
+    driver.pipe_at(&ORDERS, &apple, &1, 1_300).expect("pipe");
+    driver.run().await.expect("run");
+    assert_eq!(
+        driver.records(&GRACED).expect("records"),
+        vec![(apple, "2x3".to_string())],
+        "the other held order went on; the current one waits"
+    );
+    let dead = driver.raw_records("versioned-test-priced-dlq");
+    let dead: Vec<(Option<String>, Option<&str>)> = dead
+        .iter()
+        .map(|r| {
+            (
+                r.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()),
+                r.header("streams.dlq.table"),
+            )
+        })
+        .collect();
+    assert_eq!(dead, vec![(Some("13".to_string()), Some("priced-grace-join-store"))]);
 }
 
 /// A grace period longer than the table's history is refused when the app is made (the

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use super::builder::{valid_name, NodeKind};
 use super::join::{forward_joined, row_at, StreamTableJoiner};
-use super::node::{at_time, guarded, Cx, Fanout, Node, Outcome, TableSlot};
+use super::node::{at_time, change_failed, guarded, Cx, Fanout, Node, Outcome, TableSlot};
 use super::same_key::SameKey;
 use super::stream::{KStream, Keyed, PartitionedByKey};
 use super::versioned::{VersionedKTable, Versions};
@@ -21,14 +21,18 @@ use crate::codec::{json, Key};
 use crate::spec::{KeyDisplay, TableSpec};
 use crate::store::StateStore;
 
-/// The records a grace join holds, in the order they go on: by time, then arrival (Kafka
-/// Streams' time-ordered buffer). In their table each is keyed by its time and arrival
-/// number (8 bytes each, big-endian), then its key's bytes; its value is the record's, as JSON.
+/// The records a grace join holds, in the order they go on: by time, then key bytes, then
+/// arrival (Kafka Streams' time-ordered buffer keys them by time, key and a sequence
+/// number). In their table each is keyed by its time and arrival number (8 bytes each,
+/// big-endian), then its key's bytes; its value is the record's, as JSON.
 #[derive(Default)]
 struct Waiting {
-    records: BTreeMap<(i64, u64), Box<[u8]>>,
+    records: BTreeMap<Place, Box<[u8]>>,
     next: u64,
 }
+
+/// Where a held record stands in the order: time, key bytes, arrival.
+type Place = (i64, Box<[u8]>, u64);
 
 fn waiting_key(time: i64, arrival: u64, key: &[u8]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(16 + key.len());
@@ -56,8 +60,8 @@ impl Waiting {
     fn load(store: &dyn StateStore) -> crate::Result<Self> {
         let mut waiting = Self::default();
         crate::store::for_each_blocking(store, &mut |bytes, _| {
-            if let Some((time, arrival, _)) = split_waiting_key(bytes) {
-                waiting.records.insert((time, arrival), bytes.into());
+            if let Some((time, arrival, key)) = split_waiting_key(bytes) {
+                waiting.records.insert((time, key.into(), arrival), bytes.into());
                 waiting.next = waiting.next.max(arrival.saturating_add(1));
             }
         })?;
@@ -69,7 +73,8 @@ impl Waiting {
         let arrival = self.next;
         self.next = self.next.saturating_add(1);
         let bytes = waiting_key(time, arrival, key);
-        self.records.insert((time, arrival), bytes.clone().into_boxed_slice());
+        self.records
+            .insert((time, key.into(), arrival), bytes.clone().into_boxed_slice());
         bytes
     }
 
@@ -122,29 +127,34 @@ where
     }
 
     /// Joins the buffered records the grace period has passed (at or before `through`), in
-    /// order of their time, each with the row of its time.
+    /// order, each with the row of its time. A held record that fails (it does not decode,
+    /// the joiner panics, what follows fails) is handled as the app says of processing
+    /// errors, on its own: it goes to the dead-letter topic as the buffer held it, and the
+    /// others go on (the record being processed has no part in it).
     fn release(&self, cx: &mut Cx<'_>, through: i64) -> Outcome {
         let index = self.buffer.1.get()?;
         let due = cx
             .ctx
             .with_extension(index, Waiting::load, |waiting: &mut Waiting| waiting.due(through))
             .map_err(|e| e.to_string())?;
-        let mut outcome = Ok(());
         for bytes in due {
-            let value = cx
-                .ctx
-                .get_now(index, &bytes)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("join `{}`: a held record is missing from its table", self.name))?;
+            let held = cx.ctx.get_now(index, &bytes).map_err(|e| e.to_string())?;
             cx.ctx.expire_at(index, bytes.to_vec()).map_err(|e| e.to_string())?;
             let Some((time, _, key)) = split_waiting_key(&bytes) else {
                 continue;
             };
-            let key = K::decode_key(Some(key)).map_err(|e| format!("a key of table `{}`: {e}", self.buffer.0))?;
-            let value: V = json::decode(&value).map_err(|e| format!("join `{}`: {e}", self.name))?;
-            outcome = outcome.and(guarded(|| self.join(cx, key, value, time)));
+            let joined = guarded(|| {
+                let value = held.as_deref().ok_or("the held record is missing from its table")?;
+                let key = K::decode_key(Some(key)).map_err(|e| format!("a key of table `{}`: {e}", self.buffer.0))?;
+                let value: V = json::decode(value).map_err(|e| format!("join `{}`: {e}", self.name))?;
+                self.join(cx, key, value, time)
+            });
+            if let Err(error) = joined {
+                let record = change_failed(cx.ctx, self.buffer.0, key.to_vec(), held, time, &error);
+                cx.backlog.extend(record);
+            }
         }
-        outcome
+        Ok(())
     }
 }
 
@@ -220,11 +230,7 @@ where
             );
             g.errors.push(error);
         }
-        let versions = table.versions.clone().unwrap_or_else(|| Versions {
-            table: table.name,
-            slot: table.slot.clone(),
-            history: 0,
-        });
+        let versions = table.versions.clone();
         let group = g.union(self.group, table.group);
         let store = crate::spec::static_name(format!("{name}-grace-join-store"));
         let spec = TableSpec {

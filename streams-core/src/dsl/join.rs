@@ -60,7 +60,7 @@ pub(crate) fn row_at<VT: DeserializeOwned>(
     match versions {
         None => table_value(cx, slot, table, key),
         Some(versions) => {
-            let stored = value_as_of(cx, versions, key, time)?;
+            let stored = value_as_of(cx, (slot, versions), key, time)?;
             read_value::<VT>(stored.as_deref(), table).map_err(failed)
         }
     }

@@ -50,6 +50,7 @@ fn encode_versions(versions: &[(i64, Option<Vec<u8>>)]) -> Vec<u8> {
         match value {
             Some(value) => {
                 bytes.push(1);
+                // Kafka's records are far smaller (its sizes are signed 32-bit numbers).
                 let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
                 bytes.extend_from_slice(&len.to_be_bytes());
                 bytes.extend_from_slice(value);
@@ -90,23 +91,36 @@ fn prune(versions: &mut VersionList, bound: i64) {
 /// The value `key` had in a versioned table at `time` (its bytes, as the table keeps them):
 /// the latest version at or before it. `None` when the key had none then, was deleted then,
 /// or `time` is older than the history keeps (its stream time less the retention: Kafka
-/// Streams answers nothing there too).
-pub(crate) fn value_as_of(cx: &Cx<'_>, versions: &Versions, key: &[u8], time: i64) -> Result<Option<Vec<u8>>, String> {
-    let index = versions.slot.get()?;
-    let now = cx.ctx.clock(index);
+/// Streams answers nothing there too). `table` is the table's own slot.
+pub(crate) fn value_as_of(
+    cx: &Cx<'_>,
+    (table, versions): (&TableSlot, &Versions),
+    key: &[u8],
+    time: i64,
+) -> Result<Option<Vec<u8>>, String> {
+    let now = cx.ctx.clock(versions.slot.get()?);
     if now != NO_TIME && time < now.saturating_sub(versions.history) {
         return Ok(None);
     }
-    let Some(bytes) = cx.ctx.get_now(index, key).map_err(|e| e.to_string())? else {
-        return Ok(None);
-    };
-    let list = decode_versions(&bytes)
-        .ok_or_else(|| format!("table `{}` holds a damaged list of versions", versions.table))?;
+    let list = history_of(cx, (table, versions), key)?;
     Ok(list
         .into_iter()
         .rev()
         .find(|(at, _)| *at <= time)
         .and_then(|(_, value)| value))
+}
+
+/// A key's versions. A key the table holds without a history (a table that was not
+/// versioned before) has its value, of a time unknown, as its only version, from the start.
+fn history_of(cx: &Cx<'_>, (table, versions): (&TableSlot, &Versions), key: &[u8]) -> Result<VersionList, String> {
+    match cx.ctx.get_now(versions.slot.get()?, key).map_err(|e| e.to_string())? {
+        Some(bytes) => decode_versions(&bytes)
+            .ok_or_else(|| format!("table `{}` holds a damaged list of versions", versions.table)),
+        None => {
+            let value = cx.ctx.get_now(table.get()?, key).map_err(|e| e.to_string())?;
+            Ok(value.map(|value| vec![(i64::MIN, Some(value))]).unwrap_or_default())
+        }
+    }
 }
 
 /// A versioned table in a pipeline, made by [`StreamsBuilder::versioned_table`]: a
@@ -116,6 +130,7 @@ pub(crate) fn value_as_of(cx: &Cx<'_>, versions: &Versions, key: &[u8], time: i6
 /// ([`KStream::join_with_grace`](super::KStream::join_with_grace)).
 pub struct VersionedKTable<K, V> {
     table: KTable<K, V>,
+    pub(crate) versions: Versions,
     history: Duration,
 }
 
@@ -213,7 +228,7 @@ impl StreamsBuilder {
             let history = TableSpec {
                 name: versions.table,
                 key_type: spec.key_type,
-                value_type: "versions",
+                value_type: crate::spec::HISTORY_VALUE_TYPE,
                 show_key: KeyDisplay(spec.show_key.0),
                 faust: false,
                 windowed: false,
@@ -223,8 +238,12 @@ impl StreamsBuilder {
             };
             graph.table_at(table.group, history, versions.slot.clone());
         }
-        table.versions = Some(versions);
-        VersionedKTable { table, history }
+        table.versions = Some(versions.clone());
+        VersionedKTable {
+            table,
+            versions,
+            history,
+        }
     }
 }
 
@@ -281,11 +300,7 @@ where
             );
             return Ok(());
         }
-        let mut list = match cx.ctx.get_now(history_index, &key).map_err(|e| e.to_string())? {
-            Some(bytes) => decode_versions(&bytes)
-                .ok_or_else(|| format!("table `{}` holds a damaged list of versions", self.versions.table))?,
-            None => Vec::new(),
-        };
+        let mut list = history_of(cx, (&self.slot, &self.versions), &key)?;
         // The key's latest by time: an update at or after it (Kafka Streams: a later or
         // equal timestamp) is the table's value; an earlier one only history.
         let latest = list.last().is_none_or(|(at, _)| time >= *at);

@@ -70,6 +70,9 @@ pub(crate) struct TaskContext {
     start_clocks: Box<[AtomicI64]>,
     /// Per table: whether its operation keeps a stream time ([`crate::spec::TableSpec::keeps_time`]).
     keeps_time: Box<[bool]>,
+    /// Per table: a versioned table's history, whose stream time starts with its first
+    /// record, not at the task's (see [`TaskContext::seed_clocks`]).
+    histories: Box<[bool]>,
     /// The tables whose entries live for a while ([`crate::Table::ttl`]).
     ttl_tables: Box<[ttl::TtlTable]>,
     /// Whether the restored state said what the operations' stream times were (even that
@@ -163,6 +166,14 @@ impl TaskContext {
             .iter()
             .map(|table| spec.tables.iter().any(|t| t.name == table.name && t.keeps_time))
             .collect();
+        let histories = tables
+            .iter()
+            .map(|table| {
+                spec.tables
+                    .iter()
+                    .any(|t| t.name == table.name && t.value_type == crate::spec::HISTORY_VALUE_TYPE)
+            })
+            .collect();
         let names: Vec<&str> = tables.iter().map(|t| t.name).collect();
         let ttl_tables = ttl::ttl_tables(&names, &spec.tables);
         Self {
@@ -188,6 +199,7 @@ impl TaskContext {
             clocks: no_clocks(table_count),
             start_clocks: no_clocks(table_count),
             keeps_time,
+            histories,
             ttl_tables,
             clocks_known: AtomicBool::new(false),
             locals: Mutex::default(),
@@ -273,6 +285,7 @@ impl TaskContext {
             clocks: Box::default(),
             start_clocks: Box::default(),
             keeps_time: Box::default(),
+            histories: Box::default(),
             ttl_tables: Box::default(),
             clocks_known: AtomicBool::new(false),
             locals: Mutex::default(),
@@ -417,7 +430,9 @@ impl TaskContext {
     /// After a restore: state written before operations kept stream times of their own
     /// has the task's stream time and no clocks at all. Each operation then starts from the
     /// task's stream time, which is what closed its windows then (without it, windows
-    /// closed and sent before an upgrade would be sent again).
+    /// closed and sent before an upgrade would be sent again). A versioned table's history
+    /// is new then: its stream time starts with its first record (seeded, the table's
+    /// topic read from its start would be dropped as older than the history).
     pub(crate) fn seed_clocks(&self) {
         let time = self.stream_time();
         let unknown = !self.clocks_known.load(Ordering::Relaxed)
@@ -426,8 +441,8 @@ impl TaskContext {
             return;
         }
         let clocks = self.clocks.iter().zip(self.start_clocks.iter());
-        for ((clock, start), keeps_time) in clocks.zip(self.keeps_time.iter()) {
-            if *keeps_time {
+        for (index, ((clock, start), keeps_time)) in clocks.zip(self.keeps_time.iter()).enumerate() {
+            if *keeps_time && !self.histories.get(index).copied().unwrap_or(false) {
                 clock.store(time, Ordering::Relaxed);
                 start.store(time, Ordering::Relaxed);
             }
