@@ -230,6 +230,28 @@ impl Shared {
         *published = now;
     }
 
+    /// Resumes, again, the partitions of every task that is not restoring (called once a
+    /// second). Nothing else pauses them, so this changes nothing unless a resume was lost:
+    /// librdkafka can drop a resume issued while a fresh assignment restarts the partition's
+    /// fetch (it counts as an outdated op, and `resume` still returns Ok), which would leave
+    /// a restored partition paused for good. Resuming a partition that is not paused is a
+    /// no-op there.
+    fn keep_resumed(&self, consumer: &BaseConsumer<WorkerContext>) {
+        let mut list = TopicPartitionList::new();
+        for ((_, partition), task) in self.running().iter() {
+            if task.restoring.is_none() {
+                for (topic, _) in &task.sources {
+                    list.add_partition(topic, *partition);
+                }
+            }
+        }
+        if list.count() > 0 {
+            if let Err(error) = consumer.resume(&list) {
+                tracing::debug!("resuming processed partitions again: {error}");
+            }
+        }
+    }
+
     /// The source topics of every task (what the consumer subscribes to).
     pub(crate) fn source_topics(&self) -> Vec<String> {
         self.by_topic.keys().cloned().collect()
@@ -1204,6 +1226,7 @@ pub(crate) fn poll_loop(
         shared.update_unread(consumer);
         if lag_read.elapsed() >= Duration::from_secs(1) {
             lag_read = std::time::Instant::now();
+            shared.keep_resumed(consumer);
             shared.update_lag(consumer);
             shared.republish_held(consumer);
         }
