@@ -858,6 +858,9 @@ impl TestDriver {
             Arc::clone(&self.metrics),
             Arc::clone(&self.global_stores),
         ));
+        // Wall-clock punctuation reads the driver's clock (`advance_time`).
+        let topics = self.topics.clone();
+        ctx.use_clock(Arc::new(move || topics.log().clock));
         // Stream time as the last commit left it, as a worker takes it from the offsets'
         // metadata (the restore may know a later one).
         let committed_time = spec

@@ -238,3 +238,105 @@ fn a_timer_runs_on_a_worker_and_what_it_sends_is_delivered() {
         "{times:?}"
     );
 }
+
+/// Counts records per key and sends the counts every second of the wall clock, records or not.
+#[derive(Default)]
+struct CountsEverySecond(BTreeMap<String, i64>, i64);
+
+impl Processor<String, i64> for CountsEverySecond {
+    type Key = String;
+    type Value = i64;
+    fn process(&mut self, key: String, _: i64, _: &mut Forward<'_, '_, String, i64>) {
+        *self.0.entry(key).or_default() += 1;
+    }
+    fn wall_clock_punctuation(&self) -> Option<Duration> {
+        Some(Duration::from_secs(1))
+    }
+    fn punctuate_wall_clock(&mut self, wall_time: i64, out: &mut Forward<'_, '_, String, i64>) {
+        self.1 += 1;
+        out.forward(format!("run {} at {wall_time}", self.1), 0);
+        for (key, count) in &self.0 {
+            out.forward(key.clone(), *count);
+        }
+    }
+}
+
+fn counting(id: &str) -> App {
+    App::new(id).pipeline("counts", |builder| {
+        builder
+            .stream(EVENTS)
+            .process("counts-every-second", CountsEverySecond::default)
+            .to(SEEN);
+    })
+}
+
+/// Wall-clock punctuation in a pipeline's processor, on the driver's clock: it runs when
+/// the clock has passed the next whole second, at the driver's next run, without any record;
+/// missed seconds are not made up; what it forwards carries the task's stream time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_processor_punctuates_on_the_wall_clock() {
+    let mut driver = TestDriver::new(counting("wall")).expect("driver");
+    let start = driver.now();
+    driver.pipe_at(&EVENTS, "a", &1, 5_000).expect("pipe");
+    driver.pipe_at(&EVENTS, "a", &1, 7_000).expect("pipe");
+    driver.run().await.expect("run");
+    assert!(driver.records(&SEEN).expect("records").is_empty(), "not due yet");
+    // Past the next whole second, no record: it runs at this run.
+    driver.advance_time(Duration::from_millis(1_000));
+    driver.run().await.expect("run");
+    let first_due = (start / 1_000 + 1) * 1_000;
+    let sent = driver.records(&SEEN).expect("records");
+    assert_eq!(
+        sent,
+        vec![(format!("run 1 at {}", start + 1_000), 0), ("a".to_string(), 2)],
+        "due at {first_due}"
+    );
+    let stamps: Vec<i64> = driver.raw_records("seen").iter().map(|r| r.timestamp).collect();
+    assert_eq!(stamps, vec![7_000, 7_000], "the task's stream time, not the wall time");
+    // Five seconds later: once, not five times.
+    driver.advance_time(Duration::from_secs(5));
+    driver.run().await.expect("run");
+    driver.run().await.expect("run");
+    assert_eq!(driver.records(&SEEN).expect("records").len(), 4, "one more run");
+}
+
+/// On a worker, an idle task wakes for its processor's wall-clock punctuation by itself:
+/// with one record in, the counts keep going out every second, though the task commits only
+/// every minute.
+#[test]
+fn an_idle_worker_punctuates_on_the_wall_clock() {
+    streams_core::init_logging("error");
+    let broker = EmbeddedBroker::start().expect("broker");
+    broker.create_topic("events", 1).expect("topic");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = streams_tests::worker_options(dir.path(), &broker);
+    streams_tests::produce(
+        broker.bootstrap_servers(),
+        "events",
+        &[(Some("a".to_string()), b"1".to_vec())],
+    );
+    runtime.block_on(async {
+        let app = counting("idle-wall").commit_interval(Duration::from_secs(60));
+        let worker = streams_core::Worker::start(app, options).await.expect("worker");
+        // The group forms within a few seconds; then nothing comes but the clock.
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        worker.stop().await.expect("stops");
+    });
+    let sent = read_all(broker.bootstrap_servers(), "seen");
+    let runs = sent
+        .iter()
+        .filter(|r| r.key.as_deref().is_some_and(|k| k.starts_with(b"run ")))
+        .count();
+    let counts: Vec<&[u8]> = sent
+        .iter()
+        .filter(|r| r.key.as_deref() == Some(b"a".as_slice()))
+        .filter_map(|r| r.value.as_deref())
+        .collect();
+    assert!(runs >= 3, "{runs} runs in the seconds after the record");
+    assert!(counts.iter().all(|v| *v == b"1"), "{counts:?}");
+}

@@ -229,6 +229,13 @@ pub(crate) fn sink<K: Key, V: Send + Sync + 'static>(topic: Arc<str>, values: Va
 /// closes and expires its windows).
 pub(crate) trait Tick: Send + Sync {
     fn tick(&self, cx: &mut Cx<'_>) -> Outcome;
+
+    /// When (the task's wall time, ms) this node's wall-clock punctuation is due next, if
+    /// it has one: the task cuts then, and the cut's tick runs it.
+    fn wall_clock_due(&self, ctx: &Arc<TaskContext>) -> Option<i64> {
+        let _ = ctx;
+        None
+    }
 }
 
 /// Receives the changes of a table at each cut (a `KTable::to_stream`).

@@ -1,13 +1,13 @@
 //! [`Processor`]: a pipeline operation written by hand (Kafka Streams' Processor API), with
-//! its own state per task and punctuation on stream time.
+//! its own state per task and punctuation on stream time and on the wall clock.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::node::{guarded, Cx, Fanout, Node, Outcome, Tick};
+use super::node::{at_time, guarded, Cx, Fanout, Node, Outcome, Tick};
 use crate::codec::Key;
-use crate::task::NO_TIME;
+use crate::task::{TaskContext, NO_TIME};
 
 /// An operation of a pipeline written by hand: it sees each record and forwards any number
 /// of records, with new keys and values if it likes (Kafka Streams' `process`). Each task of
@@ -16,7 +16,10 @@ use crate::task::NO_TIME;
 ///
 /// With [`Processor::punctuation`], [`Processor::punctuate`] runs each time the task's stream
 /// time passes a multiple of that interval (Kafka Streams' `STREAM_TIME` punctuation): after
-/// the record that moved it there, or at the next commit point.
+/// the record that moved it there, or at the next commit point. With
+/// [`Processor::wall_clock_punctuation`], [`Processor::punctuate_wall_clock`] runs each time
+/// the wall clock passes a multiple of that interval, records or not (Kafka Streams'
+/// `WALL_CLOCK_TIME` punctuation).
 ///
 /// An instance's fields live in memory only: after a restart or a rebalance the new
 /// instance starts empty (keep what must survive in an aggregation's table).
@@ -73,6 +76,19 @@ pub trait Processor<K, V>: Send + 'static {
     /// what it forwards carries `stream_time`.
     fn punctuate(&mut self, stream_time: i64, out: &mut Forward<'_, '_, Self::Key, Self::Value>) {
         let _ = (stream_time, out);
+    }
+    /// How often [`Processor::punctuate_wall_clock`] runs, on the wall clock (`None`, the
+    /// default: never). Kafka Streams' `WALL_CLOCK_TIME` punctuation.
+    fn wall_clock_punctuation(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Runs when the wall clock passes a multiple of [`Processor::wall_clock_punctuation`]
+    /// (`wall_time`: ms since the epoch), whether records come or not; runs it missed
+    /// (the task was busy or not running) are not made up. What it forwards carries the
+    /// task's stream time (see the README on why not the wall time).
+    fn punctuate_wall_clock(&mut self, wall_time: i64, out: &mut Forward<'_, '_, Self::Key, Self::Value>) {
+        let _ = (wall_time, out);
     }
 }
 
@@ -165,6 +181,18 @@ pub trait ValueProcessor<K, V>: Send + 'static {
     fn punctuate(&mut self, stream_time: i64, out: &mut ForwardKept<'_, '_, '_, K, Self::Value>) {
         let _ = (stream_time, out);
     }
+    /// How often [`ValueProcessor::punctuate_wall_clock`] runs, on the wall clock (`None`,
+    /// the default: never).
+    fn wall_clock_punctuation(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Runs when the wall clock passes a multiple of
+    /// [`ValueProcessor::wall_clock_punctuation`], as [`Processor::punctuate_wall_clock`]
+    /// does; it forwards under keys it kept.
+    fn punctuate_wall_clock(&mut self, wall_time: i64, out: &mut ForwardKept<'_, '_, '_, K, Self::Value>) {
+        let _ = (wall_time, out);
+    }
 }
 
 /// A key a [`ValueProcessor`] was given, kept to forward under later (from
@@ -243,12 +271,22 @@ where
     fn punctuate(&mut self, stream_time: i64, out: &mut Forward<'_, '_, K, VP::Value>) {
         self.0.punctuate(stream_time, &mut ForwardKept { out });
     }
+
+    fn wall_clock_punctuation(&self) -> Option<Duration> {
+        self.0.wall_clock_punctuation()
+    }
+
+    fn punctuate_wall_clock(&mut self, wall_time: i64, out: &mut Forward<'_, '_, K, VP::Value>) {
+        self.0.punctuate_wall_clock(wall_time, &mut ForwardKept { out });
+    }
 }
 
-/// What a task keeps for a processor: its instance and when it punctuates next.
+/// What a task keeps for a processor: its instance and when it punctuates next, on stream
+/// time and on the wall clock.
 struct Instance<P> {
     processor: P,
     next_punctuation: Option<i64>,
+    next_wall_clock: Option<i64>,
 }
 
 /// Ids of processor nodes: what a task's instances are kept under.
@@ -287,6 +325,7 @@ where
             Box::new(Instance {
                 processor: (self.make)(),
                 next_punctuation: None,
+                next_wall_clock: None,
             })
         })
     }
@@ -326,6 +365,51 @@ where
     }
 }
 
+impl<P, F, K, V> ProcessNode<P, F, K, V>
+where
+    P: Processor<K, V>,
+    F: Fn() -> P + Send + Sync + 'static,
+{
+    /// Punctuates when the wall clock has passed the next multiple of the interval; the
+    /// first is scheduled when the instance first looks (at its first record).
+    fn maybe_punctuate_wall_clock(&self, cx: &mut Cx<'_>, instance: &mut Instance<P>) -> Outcome {
+        let Some(every) = instance.processor.wall_clock_punctuation() else {
+            return Ok(());
+        };
+        let every = i64::try_from(every.as_millis()).unwrap_or(i64::MAX).max(1);
+        let now = cx.ctx.wall_time();
+        match instance.next_wall_clock {
+            Some(due) if now >= due => {}
+            None => {
+                instance.next_wall_clock = Some(next_multiple(now, every));
+                return Ok(());
+            }
+            Some(_) => return Ok(()),
+        }
+        instance.next_wall_clock = Some(next_multiple(now, every));
+        // What it forwards carries the task's stream time: event time, as everything
+        // downstream measures it.
+        let stream_time = cx.ctx.stream_time();
+        let time = if stream_time == NO_TIME {
+            cx.timestamp
+        } else {
+            stream_time
+        };
+        at_time(cx, time, |cx| {
+            let mut out = Forward {
+                cx,
+                next: &self.next,
+                outcome: Ok(()),
+            };
+            let punctuated = guarded(|| {
+                instance.processor.punctuate_wall_clock(now, &mut out);
+                Ok(())
+            });
+            punctuated.and(out.outcome)
+        })
+    }
+}
+
 impl<P, F, K, V> Node<K, V> for ProcessNode<P, F, K, V>
 where
     P: Processor<K, V>,
@@ -346,8 +430,9 @@ where
         });
         let outcome = processed.and(out.outcome);
         let punctuated = self.maybe_punctuate(cx, &mut instance);
+        let on_wall_clock = self.maybe_punctuate_wall_clock(cx, &mut instance);
         cx.ctx.put_local(self.id, instance);
-        outcome.and(punctuated)
+        outcome.and(punctuated).and(on_wall_clock)
     }
 }
 
@@ -361,7 +446,15 @@ where
     fn tick(&self, cx: &mut Cx<'_>) -> Outcome {
         let mut instance = self.instance(cx);
         let outcome = self.maybe_punctuate(cx, &mut instance);
+        let on_wall_clock = self.maybe_punctuate_wall_clock(cx, &mut instance);
         cx.ctx.put_local(self.id, instance);
-        outcome
+        outcome.and(on_wall_clock)
+    }
+
+    fn wall_clock_due(&self, ctx: &Arc<TaskContext>) -> Option<i64> {
+        let instance = ctx.take_local::<Instance<P>>(self.id)?;
+        let due = instance.next_wall_clock;
+        ctx.put_local(self.id, instance);
+        due
     }
 }

@@ -113,6 +113,10 @@ impl Changes {
 }
 
 impl CutHook for Changes {
+    fn wall_clock_due(&self, ctx: &Arc<TaskContext>) -> Option<i64> {
+        self.0.ticks.iter().filter_map(|tick| tick.wall_clock_due(ctx)).min()
+    }
+
     fn before_cut(&mut self, ctx: &Arc<TaskContext>, backlog: &mut Vec<OutRecord>) {
         let before = ctx.event_time();
         let mut from = 0;

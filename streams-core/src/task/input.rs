@@ -71,6 +71,13 @@ pub(crate) trait CutHook: Send {
     /// Runs before the cut takes the tables' changes. Records the sink could not take yet
     /// go to `backlog`; the cut waits until they are handed over.
     fn before_cut(&mut self, ctx: &Arc<TaskContext>, backlog: &mut Vec<OutRecord>);
+
+    /// When (the task's wall time, ms) wall-clock punctuation is due next, if any is
+    /// scheduled: the task cuts then, idle or not, and the cut runs it.
+    fn wall_clock_due(&self, ctx: &Arc<TaskContext>) -> Option<i64> {
+        let _ = ctx;
+        None
+    }
 }
 
 /// One source of a task.
@@ -404,7 +411,7 @@ impl StreamCore {
                     self.give_back();
                     self.since_clock = 0;
                     self.ctx.report();
-                    if Instant::now() >= self.next_cut {
+                    if Instant::now() >= self.next_cut || self.wall_clock_due() {
                         self.cut(None).await;
                     }
                     let wake = match (holding, self.holding_since) {
@@ -412,6 +419,10 @@ impl StreamCore {
                         // Nothing to cut until input comes (an idle worker's tasks sleep).
                         _ if self.quiet => Instant::now() + QUIET_WAKE,
                         _ => self.next_cut,
+                    };
+                    let wake = match self.wall_clock_wake() {
+                        Some(due) => wake.min(due),
+                        None => wake,
                     };
                     let ctx = Arc::clone(&self.ctx);
                     let rounds = self
@@ -655,6 +666,24 @@ impl StreamCore {
         }
     }
 
+    /// Whether wall-clock punctuation is due (a cut runs it, with or without input).
+    fn wall_clock_due(&self) -> bool {
+        let Some(hook) = &self.hook else { return false };
+        hook.wall_clock_due(&self.ctx)
+            .is_some_and(|due| self.ctx.wall_time() >= due)
+    }
+
+    /// When the task must wake for wall-clock punctuation (on this machine's clock only: the
+    /// test driver punctuates at its runs, deterministically).
+    fn wall_clock_wake(&self) -> Option<Instant> {
+        if !self.ctx.on_machine_clock() {
+            return None;
+        }
+        let due = self.hook.as_ref()?.wall_clock_due(&self.ctx)?;
+        let wait = u64::try_from(due.saturating_sub(self.ctx.wall_time())).unwrap_or(0);
+        Some(Instant::now() + Duration::from_millis(wait))
+    }
+
     /// A commit point for this partition: the changelog records of every table change since
     /// the last cut are handed to the producer, and the store writes and the source offsets
     /// go to the committer, which makes them durable in the order of ARCHITECTURE.md §1.
@@ -683,7 +712,7 @@ impl StreamCore {
             .iter()
             .filter_map(|s| Some((Arc::clone(&s.topic), s.processed?)))
             .collect();
-        if positions == self.last_cut && acks.is_empty() && self.rounds.is_none() {
+        if positions == self.last_cut && acks.is_empty() && self.rounds.is_none() && !self.wall_clock_due() {
             // Nothing since the last cut; more cuts find nothing either until input comes,
             // unless clean entries wait to leave an over-budget cache.
             self.quiet = !self.ctx.over_budget();

@@ -81,6 +81,8 @@ pub(crate) struct TaskContext {
     /// What operations keep per task beside tables (a DSL processor's instance), by the
     /// operation's id.
     locals: Mutex<std::collections::HashMap<usize, Box<dyn std::any::Any + Send>>>,
+    /// The clock wall-clock punctuation reads (the test driver's; this machine's if unset).
+    clock: std::sync::OnceLock<WallClock>,
     /// This partition's counts not yet added to the shared [`Metrics`] (counting into the
     /// shared counters for every record would bounce their cache line between threads).
     pub(crate) counts: Counts,
@@ -203,6 +205,7 @@ impl TaskContext {
             ttl_tables,
             clocks_known: AtomicBool::new(false),
             locals: Mutex::default(),
+            clock: std::sync::OnceLock::new(),
             counts: Counts::new(spec.sources.len()),
             records_in,
             globals,
@@ -289,6 +292,7 @@ impl TaskContext {
             ttl_tables: Box::default(),
             clocks_known: AtomicBool::new(false),
             locals: Mutex::default(),
+            clock: std::sync::OnceLock::new(),
             counts: Counts::default(),
             records_in: Vec::new(),
             globals: Globals::default(),
@@ -368,6 +372,26 @@ impl TaskContext {
     }
 
     /// Stream time: the largest event time processed ([`NO_TIME`] before any).
+    /// Makes wall-clock punctuation read `clock` (ms since the epoch) instead of this
+    /// machine's clock: the test driver's, which its tests move by hand.
+    pub(crate) fn use_clock(&self, clock: WallClock) {
+        let _ = self.clock.set(clock);
+    }
+
+    /// Whether the task reads this machine's clock (it then wakes for wall-clock punctuation
+    /// by itself; under the test driver's clock it punctuates at the driver's runs only).
+    pub(crate) fn on_machine_clock(&self) -> bool {
+        self.clock.get().is_none()
+    }
+
+    /// The wall clock's time (ms since the epoch) as the task's punctuation sees it.
+    pub(crate) fn wall_time(&self) -> i64 {
+        match self.clock.get() {
+            Some(clock) => clock(),
+            None => wall_clock_ms(),
+        }
+    }
+
     pub(crate) fn stream_time(&self) -> i64 {
         self.stream_time.load(Ordering::Relaxed)
     }
@@ -590,6 +614,9 @@ pub(crate) async fn send_from_agent(topic: &'static str, key: Option<Vec<u8>>, v
     }
     Ok(())
 }
+
+/// A clock other than this machine's (the test driver's): ms since the epoch.
+pub(crate) type WallClock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
 /// Milliseconds since the Unix epoch, by this machine's clock (0 before 1970).
 pub(crate) fn wall_clock_ms() -> i64 {
