@@ -340,3 +340,59 @@ fn an_idle_worker_punctuates_on_the_wall_clock() {
     assert!(runs >= 3, "{runs} runs in the seconds after the record");
     assert!(counts.iter().all(|v| *v == b"1"), "{counts:?}");
 }
+
+/// Punctuates on the wall clock twice, then says it no longer does: counts how often it was
+/// asked.
+struct TwiceThenNever(u32);
+
+static ASKED: AtomicU64 = AtomicU64::new(0);
+
+impl Processor<String, i64> for TwiceThenNever {
+    type Key = String;
+    type Value = i64;
+    fn process(&mut self, _: String, _: i64, _: &mut Forward<'_, '_, String, i64>) {}
+    fn wall_clock_punctuation(&self) -> Option<Duration> {
+        ASKED.fetch_add(1, Ordering::Relaxed);
+        (self.0 < 2).then_some(Duration::from_millis(300))
+    }
+    fn punctuate_wall_clock(&mut self, _: i64, out: &mut Forward<'_, '_, String, i64>) {
+        self.0 += 1;
+        out.forward("run".to_string(), i64::from(self.0));
+    }
+}
+
+/// A processor that stops punctuating (its interval becomes `None`) leaves its task idle:
+/// the task does not keep waking for a time that has passed (it would spin, asking the
+/// processor again and again).
+#[test]
+fn a_processor_that_stops_punctuating_leaves_its_task_idle() {
+    streams_core::init_logging("error");
+    let broker = EmbeddedBroker::start().expect("broker");
+    broker.create_topic("events", 1).expect("topic");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = streams_tests::worker_options(dir.path(), &broker);
+    streams_tests::produce(
+        broker.bootstrap_servers(),
+        "events",
+        &[(Some("a".to_string()), b"1".to_vec())],
+    );
+    let app = App::new("stops")
+        .commit_interval(Duration::from_secs(60))
+        .pipeline("twice", |builder| {
+            builder.stream(EVENTS).process("twice", || TwiceThenNever(0)).to(SEEN);
+        });
+    runtime.block_on(async {
+        let worker = streams_core::Worker::start(app, options).await.expect("worker");
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        worker.stop().await.expect("stops");
+    });
+    let runs = read_all(broker.bootstrap_servers(), "seen").len();
+    assert_eq!(runs, 2, "two runs, then none");
+    let asked = ASKED.load(Ordering::Relaxed);
+    assert!(asked < 100, "asked {asked} times for its interval: the task spun");
+}

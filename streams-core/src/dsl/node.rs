@@ -236,6 +236,12 @@ pub(crate) trait Tick: Send + Sync {
         let _ = ctx;
         None
     }
+
+    /// Runs this node's wall-clock punctuation if it is due (between records).
+    fn wall_clock(&self, cx: &mut Cx<'_>) -> Outcome {
+        let _ = cx;
+        Ok(())
+    }
 }
 
 /// Receives the changes of a table at each cut (a `KTable::to_stream`).

@@ -374,6 +374,8 @@ where
     /// first is scheduled when the instance first looks (at its first record).
     fn maybe_punctuate_wall_clock(&self, cx: &mut Cx<'_>, instance: &mut Instance<P>) -> Outcome {
         let Some(every) = instance.processor.wall_clock_punctuation() else {
+            // None (any more): nothing is due.
+            instance.next_wall_clock = None;
             return Ok(());
         };
         let every = i64::try_from(every.as_millis()).unwrap_or(i64::MAX).max(1);
@@ -430,9 +432,12 @@ where
         });
         let outcome = processed.and(out.outcome);
         let punctuated = self.maybe_punctuate(cx, &mut instance);
-        let on_wall_clock = self.maybe_punctuate_wall_clock(cx, &mut instance);
+        // Wall-clock punctuation has nothing to do with the record: it is not blamed for it.
+        if let Err(error) = guarded(|| self.maybe_punctuate_wall_clock(cx, &mut instance)) {
+            tracing::error!(task = &*cx.ctx.name, "wall-clock punctuation: {error}");
+        }
         cx.ctx.put_local(self.id, instance);
-        outcome.and(punctuated).and(on_wall_clock)
+        outcome.and(punctuated)
     }
 }
 
@@ -456,5 +461,12 @@ where
         let due = instance.next_wall_clock;
         ctx.put_local(self.id, instance);
         due
+    }
+
+    fn wall_clock(&self, cx: &mut Cx<'_>) -> Outcome {
+        let mut instance = self.instance(cx);
+        let outcome = guarded(|| self.maybe_punctuate_wall_clock(cx, &mut instance));
+        cx.ctx.put_local(self.id, instance);
+        outcome
     }
 }

@@ -117,6 +117,22 @@ impl CutHook for Changes {
         self.0.ticks.iter().filter_map(|tick| tick.wall_clock_due(ctx)).min()
     }
 
+    fn wall_clock(&mut self, ctx: &Arc<TaskContext>, backlog: &mut Vec<OutRecord>) {
+        let before = ctx.event_time();
+        for tick in &self.0.ticks {
+            let mut cx = Cx {
+                ctx,
+                timestamp: before,
+                backlog,
+                decoded: true,
+            };
+            if let Err(error) = guarded(|| tick.wall_clock(&mut cx)) {
+                tracing::error!(task = &*ctx.name, "wall-clock punctuation: {error}");
+            }
+        }
+        ctx.set_event_time(before);
+    }
+
     fn before_cut(&mut self, ctx: &Arc<TaskContext>, backlog: &mut Vec<OutRecord>) {
         let before = ctx.event_time();
         let mut from = 0;

@@ -78,6 +78,12 @@ pub(crate) trait CutHook: Send {
         let _ = ctx;
         None
     }
+
+    /// Runs the wall-clock punctuation that is due, between records: what it sends goes to
+    /// `backlog`; what it changes in tables waits for the next cut.
+    fn wall_clock(&mut self, ctx: &Arc<TaskContext>, backlog: &mut Vec<OutRecord>) {
+        let _ = (ctx, backlog);
+    }
 }
 
 /// One source of a task.
@@ -121,6 +127,9 @@ pub(crate) struct StreamCore {
     round_seen: u64,
     pub(crate) ended: bool,
     hook: Option<Box<dyn CutHook>>,
+    /// Wall-clock punctuation changed something since the last cut: the next cut is made
+    /// even without input, so that it is committed.
+    punctuated: bool,
     /// Fetched records done with, and where they go to be freed (see [`Spent`]).
     spent: Vec<Message>,
     returns: Option<Arc<Spent>>,
@@ -161,6 +170,7 @@ impl StreamCore {
             round_seen: 0,
             ended: false,
             hook: None,
+            punctuated: false,
             spent: Vec::new(),
             returns: None,
         }
@@ -372,6 +382,9 @@ impl StreamCore {
             if self.since_clock >= 256 {
                 self.since_clock = 0;
                 self.ctx.report();
+                if self.wall_clock_due() {
+                    self.punctuate_wall_clock().await;
+                }
                 if Instant::now() >= self.next_cut {
                     self.cut(None).await;
                 }
@@ -411,7 +424,10 @@ impl StreamCore {
                     self.give_back();
                     self.since_clock = 0;
                     self.ctx.report();
-                    if Instant::now() >= self.next_cut || self.wall_clock_due() {
+                    if self.wall_clock_due() {
+                        self.punctuate_wall_clock().await;
+                    }
+                    if Instant::now() >= self.next_cut {
                         self.cut(None).await;
                     }
                     let wake = match (holding, self.holding_since) {
@@ -666,11 +682,31 @@ impl StreamCore {
         }
     }
 
-    /// Whether wall-clock punctuation is due (a cut runs it, with or without input).
+    /// Whether wall-clock punctuation is due on this machine's clock (under the test
+    /// driver's clock it runs at the driver's cuts only, deterministically).
     fn wall_clock_due(&self) -> bool {
         let Some(hook) = &self.hook else { return false };
-        hook.wall_clock_due(&self.ctx)
-            .is_some_and(|due| self.ctx.wall_time() >= due)
+        self.ctx.on_machine_clock()
+            && hook
+                .wall_clock_due(&self.ctx)
+                .is_some_and(|due| self.ctx.wall_time() >= due)
+    }
+
+    /// Runs the wall-clock punctuation that is due, between records (Kafka Streams runs it
+    /// between records too, and commits nothing for it): what it sends goes out now, what
+    /// it changes is committed by the next cut, which is made even without input.
+    async fn punctuate_wall_clock(&mut self) {
+        let Some(hook) = &mut self.hook else { return };
+        let mut backlog = Vec::new();
+        let ctx = Arc::clone(&self.ctx);
+        hook.wall_clock(&ctx, &mut backlog);
+        for record in backlog {
+            if let Err(error) = ctx.send_when_room(record).await {
+                ctx.metrics.fail(error);
+            }
+        }
+        self.punctuated = true;
+        self.quiet = false;
     }
 
     /// When the task must wake for wall-clock punctuation (on this machine's clock only: the
@@ -712,13 +748,14 @@ impl StreamCore {
             .iter()
             .filter_map(|s| Some((Arc::clone(&s.topic), s.processed?)))
             .collect();
-        if positions == self.last_cut && acks.is_empty() && self.rounds.is_none() && !self.wall_clock_due() {
+        if positions == self.last_cut && acks.is_empty() && self.rounds.is_none() && !self.punctuated {
             // Nothing since the last cut; more cuts find nothing either until input comes,
             // unless clean entries wait to leave an over-budget cache.
             self.quiet = !self.ctx.over_budget();
             return;
         }
         self.quiet = false;
+        self.punctuated = false;
         let ctx = Arc::clone(&self.ctx);
         // TTL tables: the times of the changes, and what is past its time deleted, before
         // the hook, which sends those deletions on too; then the times of what it changed.
