@@ -8,7 +8,8 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::builder::Graph;
+use super::builder::{Graph, NodeKind};
+use super::cogroup_windowed::{wire, Adder, CoRecord, CogroupWindowsOf, CogroupedRecords, Wire};
 use super::grouped::{aggregate_into, aggregation_nodes, KGroupedStream};
 use super::node::TableSlot;
 use super::table::KTable;
@@ -21,9 +22,6 @@ type Attach<A> = Box<dyn FnOnce(&TableSlot, &'static str, Arc<Init<A>>)>;
 
 /// An aggregate's initial value.
 type Init<A> = dyn Fn() -> A + Send + Sync;
-
-/// One stream's adder: `adder(key, value, aggregate)` is the new aggregate.
-type Adder<K, V, A> = dyn Fn(&K, V, A) -> A + Send + Sync;
 
 /// Several grouped streams, each with its own value type and adder, on their way into one
 /// table (Kafka Streams' `CogroupedKStream`): start with [`KGroupedStream::cogroup`], add
@@ -38,13 +36,15 @@ pub struct CogroupedKStream<K, A> {
     group: usize,
     nodes: Vec<usize>,
     attach: Vec<Attach<A>>,
+    /// The same streams' way into a windowed aggregate ([`CogroupedKStream::windowed_by`]).
+    wires: Vec<Wire<K, A>>,
     _key: std::marker::PhantomData<fn() -> K>,
 }
 
 impl<K, V> KGroupedStream<K, V>
 where
     K: Key,
-    V: Send + Sync + 'static,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     /// Starts a cogroup (Kafka Streams' `cogroup`, KIP-150): this stream's records update an
     /// aggregate of type `A` through `adder(key, value, aggregate)`; the other streams'
@@ -95,7 +95,8 @@ where
             graph,
             group,
             nodes: vec![node],
-            attach: vec![attach(fanout, adder)],
+            attach: vec![attach(Arc::clone(&fanout), adder.clone())],
+            wires: vec![wire(fanout, adder)],
             _key: std::marker::PhantomData,
         }
     }
@@ -129,13 +130,73 @@ where
         adder: impl Fn(&K, V2, A) -> A + Send + Sync + 'static,
     ) -> Self
     where
-        V2: Send + Sync + 'static,
+        V2: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
         let (_, fanout, group, node) = other.into_parts();
         self.group = self.graph.borrow_mut().union(self.group, group);
         self.nodes.push(node);
-        self.attach.push(attach(fanout, Arc::new(adder)));
+        let adder = Arc::new(adder);
+        self.attach.push(attach(Arc::clone(&fanout), adder.clone()));
+        self.wires.push(wire(fanout, adder));
         self
+    }
+
+    /// The cogrouped records in windows of event time (Kafka Streams'
+    /// `CogroupedKStream.windowedBy`): [`TimeWindows`](crate::window::TimeWindows) (tumbling
+    /// or hopping), [`SlidingWindows`](crate::window::SlidingWindows) or
+    /// [`SessionWindows`](crate::window::SessionWindows); then `aggregate` into a
+    /// [`WindowedTable`](crate::WindowedTable). One windowed aggregation takes the records
+    /// of every stream, each through its adder: the same windows, grace, closing,
+    /// `emit_final` and retention as a single stream's.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use streams_core::prelude::*;
+    ///
+    /// #[record]
+    /// struct Click { page: String }
+    /// #[record]
+    /// struct Purchase { amount: i64 }
+    /// #[record]
+    /// #[derive(Default)]
+    /// struct Activity { clicks: i64, spent: i64 }
+    ///
+    /// const CLICKS: Topic<String, Click> = Topic::new("clicks");
+    /// const PURCHASES: Topic<String, Purchase> = Topic::new("purchases");
+    /// const PER_MINUTE: WindowedTable<String, Activity> = WindowedTable::new("activity-per-minute");
+    ///
+    /// let app = App::new("activity").pipeline("activity", |builder| {
+    ///     let clicks = builder.stream(CLICKS).group_by_key();
+    ///     let purchases = builder.stream(PURCHASES).group_by_key();
+    ///     clicks
+    ///         .cogroup(|_, _click, mut activity: Activity| {
+    ///             activity.clicks += 1;
+    ///             activity
+    ///         })
+    ///         .cogroup(purchases, |_, purchase, mut activity| {
+    ///             activity.spent += purchase.amount;
+    ///             activity
+    ///         })
+    ///         .windowed_by(TimeWindows::of(Duration::from_secs(60)))
+    ///         .aggregate(PER_MINUTE, Activity::default);
+    /// });
+    /// assert_eq!(app.tasks().len(), 1);
+    /// ```
+    pub fn windowed_by<W: CogroupWindowsOf<K, A>>(self, windows: W) -> W::Stream {
+        let (merged, node) = {
+            let mut graph = self.graph.borrow_mut();
+            let merged = graph.fanout::<K, CoRecord>();
+            let node = graph.node("cogroup", NodeKind::Operation, self.nodes, self.group);
+            (merged, node)
+        };
+        let adders = self
+            .wires
+            .into_iter()
+            .enumerate()
+            .map(|(stream, wire)| wire(&merged, stream))
+            .collect();
+        let grouped = KGroupedStream::new(self.graph, merged, self.group, node);
+        windows.window_cogroup(CogroupedRecords::new(grouped, adders))
     }
 
     /// Keeps the aggregate in `table`, starting each key from `init()` (Kafka Streams'

@@ -38,6 +38,7 @@
 mod buffer;
 mod builder;
 mod cogroup;
+mod cogroup_windowed;
 mod foreign;
 mod grace;
 mod grouped;
@@ -54,6 +55,9 @@ mod windowed;
 
 pub use self::builder::{NodeInfo, NodeKind, Pipeline, StreamsBuilder};
 pub use self::cogroup::CogroupedKStream;
+pub use self::cogroup_windowed::{
+    CogroupWindowsOf, CogroupedRecords, CogroupedSessionWindowedKStream, CogroupedTimeWindowedKStream,
+};
 pub use self::grouped::KGroupedStream;
 pub use self::join::{GlobalKTable, JoinWindows};
 pub use self::process::{Forward, ForwardKept, ForwardValues, Kept, Processor, ValueProcessor};
