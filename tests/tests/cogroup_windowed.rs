@@ -1,8 +1,8 @@
 //! Windowed cogroups (Kafka Streams' `CogroupedKStream.windowedBy`) through the test driver:
 //! clicks and purchases of two value types aggregated per user and window into one windowed
-//! table, against a model of Kafka Streams' windowed aggregation (the aggregation's own
-//! stream time, taken from both streams; windows closing at end + grace; late records
-//! dropped), over generated records (hot keys, times out of order), tumbling and hopping
+//! table, against a model of a windowed aggregation (one stream time for the cogroup, taken
+//! from both streams, where Kafka Streams keeps one per stream; windows closing at end +
+//! grace; late records dropped), over generated records (hot keys, times out of order), tumbling and hopping
 //! windows, grace periods, partition counts, cache budgets (the default, zero and 200 bytes)
 //! and partition moves; then sessions and sliding windows by hand.
 
@@ -217,12 +217,13 @@ fn case() -> impl Strategy<Value = (Knobs, Vec<Step>)> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
-    /// The windowed table holds what Kafka Streams' windowed aggregation of both streams
-    /// holds: every record in each of its windows still open by the aggregation's stream
-    /// time (moved by the records of either stream), through its stream's adder, in the
-    /// order the task took them; late records nowhere — across moves and cache budgets.
+    /// The windowed table holds what a windowed aggregation of both streams holds (Kafka
+    /// Streams' windows, grace and lateness, with one stream time for the cogroup, moved by
+    /// the records of either stream — Kafka Streams keeps one per stream): every record in
+    /// each of its windows still open, through its stream's adder, in the order the task
+    /// took them; late records nowhere — across moves and cache budgets.
     #[test]
-    fn a_windowed_cogroup_agrees_with_kafka_streams((knobs, steps) in case()) {
+    fn a_windowed_cogroup_agrees_with_its_model((knobs, steps) in case()) {
         run(&steps, &knobs)?;
     }
 }

@@ -396,3 +396,67 @@ fn a_processor_that_stops_punctuating_leaves_its_task_idle() {
     let asked = ASKED.load(Ordering::Relaxed);
     assert!(asked < 100, "asked {asked} times for its interval: the task spun");
 }
+
+/// Sends 1 under every key it was given, every 300 ms of the wall clock.
+#[derive(Default)]
+struct Beats(Vec<streams_core::dsl::Kept<String>>);
+
+impl streams_core::dsl::ValueProcessor<String, i64> for Beats {
+    type Value = i64;
+    fn process(&mut self, _: &String, _: i64, out: &mut streams_core::dsl::ForwardValues<'_, '_, '_, String, i64>) {
+        self.0.push(out.keep());
+    }
+    fn wall_clock_punctuation(&self) -> Option<Duration> {
+        Some(Duration::from_millis(300))
+    }
+    fn punctuate_wall_clock(&mut self, _: i64, out: &mut streams_core::dsl::ForwardKept<'_, '_, '_, String, i64>) {
+        for kept in &self.0 {
+            out.forward(kept, 1);
+        }
+    }
+}
+
+/// What wall-clock punctuation changes in a table is committed at the task's commit points
+/// though no record comes: the table's changelog keeps up while the worker runs.
+#[test]
+fn what_punctuation_changes_is_committed_without_input() {
+    const BEATS: Table<String, i64> = Table::new("beats");
+    streams_core::init_logging("error");
+    let broker = EmbeddedBroker::start().expect("broker");
+    broker.create_topic("events", 1).expect("topic");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = streams_tests::worker_options(dir.path(), &broker);
+    streams_tests::produce(
+        broker.bootstrap_servers(),
+        "events",
+        &[(Some("a".to_string()), b"1".to_vec())],
+    );
+    let app = App::new("beating")
+        .commit_interval(Duration::from_secs(1))
+        .pipeline("beats", |builder| {
+            builder
+                .stream(EVENTS)
+                .process_values("beats", Beats::default)
+                .group_by_key()
+                .count(BEATS);
+        });
+    let changelog = BEATS.spec().changelog_topic("beating");
+    runtime.block_on(async {
+        let worker = streams_core::Worker::start(app, options).await.expect("worker");
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        // Read while the worker runs: its last commit point (at the stop) does not count.
+        let committed = read_all(broker.bootstrap_servers(), &changelog);
+        let latest: i64 = committed
+            .last()
+            .and_then(|r| r.value.as_deref())
+            .and_then(|v| serde_json::from_slice(v).ok())
+            .unwrap_or(0);
+        assert!(latest >= 5, "the changelog has the beats counted up to {latest}");
+        worker.stop().await.expect("stops");
+    });
+}

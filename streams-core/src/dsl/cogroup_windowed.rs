@@ -4,7 +4,9 @@
 //! The streams' records meet in one windowed aggregation, the same as a single stream's
 //! (same windows, grace, closing, emit-final and retention), as records that say which
 //! stream they came from and carry their value as JSON: the streams' value types differ, and
-//! sliding windows keep the records they may need again in a table.
+//! sliding windows keep the records they may need again in a table. Unlike Kafka Streams,
+//! which runs one window processor per stream, each with its own stream time, the cogroup
+//! has one stream time, moved by the records of every stream (what `emit_final` needs).
 
 use std::sync::Arc;
 
@@ -47,6 +49,9 @@ where
         let merged = Arc::clone(merged);
         fanout.add(Arc::new(move |cx: &mut Cx<'_>, key: K, value: V| {
             let value = serde_json::to_value(&value).map_err(|e| format!("a cogrouped value: {e}"))?;
+            // It must read back (the adder takes it from JSON): checked before any window
+            // changes, so a value that does not fails alone, as the app's handler says.
+            V::deserialize(&value).map_err(|e| format!("a cogrouped value does not read back from its JSON: {e}"))?;
             merged.push(cx, key, CoRecord { stream, value })
         }));
         Arc::new(move |key: &K, value: &serde_json::Value, aggregate: A| {
@@ -85,7 +90,13 @@ where
 {
     move |key: &K, record: CoRecord, aggregate: A| match adders.get(record.stream) {
         Some(adder) => adder(key, &record.value, aggregate),
-        None => aggregate,
+        // A record kept (sliding windows) by a build of the app with more streams: the
+        // record fails, as the app's handler says, rather than count for another stream.
+        None => panic!(
+            "a cogrouped record of stream {} of a cogroup of {} streams (the app's cogroup changed)",
+            record.stream,
+            adders.len()
+        ),
     }
 }
 

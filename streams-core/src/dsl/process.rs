@@ -287,6 +287,8 @@ struct Instance<P> {
     processor: P,
     next_punctuation: Option<i64>,
     next_wall_clock: Option<i64>,
+    /// Whether its wall-clock interval was asked for (at its first record or commit point).
+    asked: bool,
 }
 
 /// Ids of processor nodes: what a task's instances are kept under.
@@ -326,6 +328,7 @@ where
                 processor: (self.make)(),
                 next_punctuation: None,
                 next_wall_clock: None,
+                asked: false,
             })
         })
     }
@@ -373,21 +376,32 @@ where
     /// Punctuates when the wall clock has passed the next multiple of the interval; the
     /// first is scheduled when the instance first looks (at its first record).
     fn maybe_punctuate_wall_clock(&self, cx: &mut Cx<'_>, instance: &mut Instance<P>) -> Outcome {
-        let Some(every) = instance.processor.wall_clock_punctuation() else {
-            // None (any more): nothing is due.
-            instance.next_wall_clock = None;
-            return Ok(());
-        };
-        let every = i64::try_from(every.as_millis()).unwrap_or(i64::MAX).max(1);
         let now = cx.ctx.wall_time();
         match instance.next_wall_clock {
             Some(due) if now >= due => {}
-            None => {
-                instance.next_wall_clock = Some(next_multiple(now, every));
+            None if !instance.asked => {
+                self.schedule_wall_clock(cx, instance);
                 return Ok(());
             }
-            Some(_) => return Ok(()),
+            _ => return Ok(()),
         }
+        // Asked again at each run: an interval that becomes `None` (or a method that
+        // panics) stops it, rather than leaving a time that has passed due.
+        instance.next_wall_clock = None;
+        let asked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            instance.processor.wall_clock_punctuation()
+        }));
+        let every = match asked {
+            Ok(Some(every)) => every,
+            Ok(None) => return Ok(()),
+            Err(panic) => {
+                return Err(format!(
+                    "wall_clock_punctuation panicked: {}; no more wall-clock punctuation",
+                    super::node::panic_text(&*panic)
+                ))
+            }
+        };
+        let every = i64::try_from(every.as_millis()).unwrap_or(i64::MAX).max(1);
         instance.next_wall_clock = Some(next_multiple(now, every));
         // What it forwards carries the task's stream time: event time, as everything
         // downstream measures it.
@@ -412,6 +426,25 @@ where
     }
 }
 
+impl<P, F, K, V> ProcessNode<P, F, K, V>
+where
+    P: Processor<K, V>,
+    F: Fn() -> P + Send + Sync + 'static,
+{
+    /// Schedules the first wall-clock punctuation, once per instance (at its first record or
+    /// commit point): the next multiple of its interval.
+    fn schedule_wall_clock(&self, cx: &Cx<'_>, instance: &mut Instance<P>) {
+        instance.asked = true;
+        let asked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            instance.processor.wall_clock_punctuation()
+        }));
+        if let Ok(Some(every)) = asked {
+            let every = i64::try_from(every.as_millis()).unwrap_or(i64::MAX).max(1);
+            instance.next_wall_clock = Some(next_multiple(cx.ctx.wall_time(), every));
+        }
+    }
+}
+
 impl<P, F, K, V> Node<K, V> for ProcessNode<P, F, K, V>
 where
     P: Processor<K, V>,
@@ -432,9 +465,10 @@ where
         });
         let outcome = processed.and(out.outcome);
         let punctuated = self.maybe_punctuate(cx, &mut instance);
-        // Wall-clock punctuation has nothing to do with the record: it is not blamed for it.
-        if let Err(error) = guarded(|| self.maybe_punctuate_wall_clock(cx, &mut instance)) {
-            tracing::error!(task = &*cx.ctx.name, "wall-clock punctuation: {error}");
+        // Wall-clock punctuation is scheduled at the first record and runs from the task's
+        // loop (between records, looked at every 256 records and when idle), not here.
+        if !instance.asked {
+            self.schedule_wall_clock(cx, &mut instance);
         }
         cx.ctx.put_local(self.id, instance);
         outcome.and(punctuated)

@@ -127,8 +127,8 @@ pub(crate) struct StreamCore {
     round_seen: u64,
     pub(crate) ended: bool,
     hook: Option<Box<dyn CutHook>>,
-    /// Wall-clock punctuation changed something since the last cut: the next cut is made
-    /// even without input, so that it is committed.
+    /// Wall-clock punctuation changed tables since the last cut: the next cut is made even
+    /// without input, so that the changes are committed.
     punctuated: bool,
     /// Fetched records done with, and where they go to be freed (see [`Spent`]).
     spent: Vec<Message>,
@@ -699,14 +699,18 @@ impl StreamCore {
         let Some(hook) = &mut self.hook else { return };
         let mut backlog = Vec::new();
         let ctx = Arc::clone(&self.ctx);
+        let from = ctx.next_change_pass();
         hook.wall_clock(&ctx, &mut backlog);
         for record in backlog {
             if let Err(error) = ctx.send_when_room(record).await {
                 ctx.metrics.fail(error);
             }
         }
-        self.punctuated = true;
-        self.quiet = false;
+        if ctx.changed_since_pass(from) {
+            // Tables changed: the next commit point commits them, input or not.
+            self.punctuated = true;
+            self.quiet = false;
+        }
     }
 
     /// When the task must wake for wall-clock punctuation (on this machine's clock only: the
