@@ -488,6 +488,11 @@ impl StreamCore {
     async fn take(&mut self, input: Input) -> bool {
         match input {
             Input::Records(index, messages) => {
+                // Input: the task is not quiet any more, however the records were taken (a
+                // task with several sources also takes them while it chooses its next
+                // record). Left quiet, it would sleep a minute once they are processed,
+                // holding back their commit point and what its listeners send.
+                self.quiet = false;
                 if let Some(source) = self.sources.get_mut(index) {
                     if let (Some(times), Some(Some(time_of))) = (&mut source.times, self.ctx.source_times.get(index)) {
                         // A record whose value does not decode has no time of its own: its
@@ -754,8 +759,10 @@ impl StreamCore {
             .collect();
         if positions == self.last_cut && acks.is_empty() && self.rounds.is_none() && !self.punctuated {
             // Nothing since the last cut; more cuts find nothing either until input comes,
-            // unless clean entries wait to leave an over-budget cache.
-            self.quiet = !self.ctx.over_budget();
+            // unless clean entries wait to leave an over-budget cache, or records wait in the
+            // queues (a task holding back for another source's records, KIP-695: once it
+            // goes on, what it processes needs its commit point, not a minute's sleep).
+            self.quiet = !self.ctx.over_budget() && self.sources.iter().all(|s| s.queue.is_empty());
             return;
         }
         self.quiet = false;
