@@ -167,8 +167,8 @@ impl App {
     /// topic the worker may not write, …), as Kafka Streams' production exception handler:
     /// [`OnError::Fail`](crate::OnError::Fail) (the default) stops the worker with an error
     /// naming the record's topic and the broker's answer; [`OnError::DeadLetter`](crate::OnError::DeadLetter)
-    /// sends the record to the dead-letter topic (`{app}-dlq`, or
-    /// [`App::production_dead_letter_topic`]) with headers saying where it was going and why,
+    /// sends the record to the dead-letter topic ([`App::production_dead_letter_topic`], or
+    /// the app's [`App::dead_letter_topic`], or `{app}-dlq`) with headers saying where it was going and why,
     /// and goes on. Under exactly-once the refusal aborts the transaction; sent again after
     /// the abort, the record goes to the dead-letter topic. A table's changelog record is
     /// never dead-lettered: its refusal stops the worker either way.
@@ -184,7 +184,7 @@ impl App {
     }
 
     /// Where records the broker refused go with [`OnError::DeadLetter`](crate::OnError::DeadLetter)
-    /// (default `{app}-dlq`).
+    /// (default: the app's [`App::dead_letter_topic`] if it names one, else `{app}-dlq`).
     pub fn production_dead_letter_topic(mut self, topic: impl Into<String>) -> Self {
         self.production_dead_letters = Some(topic.into());
         self
@@ -198,6 +198,7 @@ impl App {
     fn production_dead_letter_topic_name(&self) -> String {
         self.production_dead_letters
             .clone()
+            .or_else(|| self.dead_letters.clone())
             .unwrap_or_else(|| format!("{}-dlq", self.id))
     }
 

@@ -151,6 +151,7 @@ impl Topology {
             for table in &agent.tables {
                 let changelog = table.changelog_topic(app.id());
                 topology.node(table.name, NodeKind::Table, Some((table.key_type, table.value_type)));
+                let _ = topology.note_ttl(table.name, table.ttl);
                 topology.node(&changelog, NodeKind::Changelog, None);
                 topology.edge(agent.name, table.name, "updates");
                 topology.edge(table.name, &changelog, "changelog");
@@ -248,19 +249,19 @@ impl Topology {
                         ));
                     }
                     DslKind::Table { table, changelog } => {
-                        let types = pipeline
+                        let spec = pipeline
                             .tasks
                             .iter()
                             .flat_map(|t| t.tables.iter())
-                            .find(|t| t.name == table)
-                            .map(|t| (t.key_type, t.value_type));
-                        self.node(table, NodeKind::Table, types);
+                            .find(|t| t.name == table);
+                        self.node(table, NodeKind::Table, spec.map(|t| (t.key_type, t.value_type)));
+                        let ttl = self.note_ttl(table, spec.and_then(|t| t.ttl));
                         self.node(changelog, NodeKind::Changelog, None);
                         for parent in &node.parents {
                             self.edge_from(pipeline, *parent, table, &id);
                         }
                         self.edge(table, changelog, "changelog");
-                        lines.push(format!("table `{table}` (changelog `{changelog}`){from}"));
+                        lines.push(format!("table `{table}` (changelog `{changelog}`{ttl}){from}"));
                     }
                 }
             }
@@ -288,6 +289,25 @@ impl Topology {
             types: Some((name.to_string(), String::new())),
             subtopology: Some(subtopology.to_string()),
         });
+    }
+
+    /// Adds a table's time to live to its drawing (after its value type); returns it as
+    /// text (`; TTL 30s of stream time`, or nothing).
+    fn note_ttl(&mut self, table: &str, ttl: Option<crate::spec::Ttl>) -> String {
+        let Some(ttl) = ttl else { return String::new() };
+        let clock = if ttl.wall_clock { "wall clock" } else { "stream time" };
+        let after = std::time::Duration::from_millis(u64::try_from(ttl.after_ms).unwrap_or(0));
+        let note = format!("; TTL {after:?} of {clock}");
+        if let Some(node) = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == table && n.kind == NodeKind::Table)
+        {
+            if let Some((_, value)) = &mut node.types {
+                value.push_str(&note);
+            }
+        }
+        note
     }
 
     fn node(&mut self, name: &str, kind: NodeKind, types: Option<(&str, &str)>) {

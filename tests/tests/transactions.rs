@@ -151,6 +151,32 @@ async fn a_record_the_broker_refuses_goes_to_the_dead_letter_topic_when_asked() 
     }
 }
 
+/// The dead-letter topic of refused records: the app's own when it names one
+/// (`App::dead_letter_topic`), or the one `App::production_dead_letter_topic` names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_records_go_to_the_dead_letter_topic_the_app_names() {
+    for (app, topic) in [
+        (app().dead_letter_topic("everything-bad"), "everything-bad"),
+        (
+            app()
+                .dead_letter_topic("everything-bad")
+                .production_dead_letter_topic("refused"),
+            "refused",
+        ),
+    ] {
+        let app = app.on_production_error(OnError::DeadLetter);
+        let mut driver = TestDriver::new(app).expect("driver");
+        driver.refuse_records("totals", 2);
+        for _ in 0..120 {
+            driver.pipe(&NUMBERS, "k", &1).expect("pipe");
+        }
+        run_bounded(&mut driver).await.expect("run");
+        let dead = driver.raw_records(topic).into_iter().filter(|r| !r.aborted).count();
+        assert_eq!(dead, 21, "{topic}");
+        assert!(driver.raw_records("txn-dlq").is_empty(), "{topic}");
+    }
+}
+
 /// A commit that times out: whether the transaction committed is not known. The worker makes
 /// its transactional producer anew and starts again from what the group has committed:
 /// exact either way.

@@ -213,11 +213,20 @@ async fn on_the_wall_clock_entries_go_by_the_time_of_day() {
     driver.run().await.expect("run");
     let fresh = driver.table(&FRESH).expect("table");
     assert_eq!(fresh.len(), 2, "stream time does not matter: {fresh:?}");
-    tokio::time::sleep(Duration::from_millis(2_300)).await;
+    // The driver's wall clock (no real time passes: the stream's times do not matter).
+    driver.advance_time(Duration::from_millis(1_900));
+    driver.pipe_at(&VISITS, "b", &1, 1_000_001).expect("pipe");
+    driver.run().await.expect("run");
+    assert_eq!(driver.table(&FRESH).expect("table").len(), 2, "1.9 s: both stay");
+    driver.advance_time(Duration::from_millis(400));
     driver.pipe_at(&VISITS, "c", &1, 2).expect("pipe");
     driver.run().await.expect("run");
     let fresh = driver.table(&FRESH).expect("table");
-    assert_eq!(fresh, BTreeMap::from([("c".to_string(), 1)]));
+    assert_eq!(
+        fresh,
+        BTreeMap::from([("b".to_string(), 2), ("c".to_string(), 1)]),
+        "a went 2 s after its update; b was updated 0.4 s ago"
+    );
 }
 
 /// A table written at commit points (a table–table join's result) gets its entries' times
@@ -261,4 +270,32 @@ fn a_table_named_like_a_ttl_tables_times_is_refused() {
     });
     let error = app.validate().err().map(|e| e.to_string()).unwrap_or_default();
     assert!(error.contains("s-ttl") && error.contains("TTL"), "{error}");
+}
+
+/// The topology says which tables expire entries, and on which clock.
+#[test]
+fn a_tables_ttl_is_drawn() {
+    const FRESH: Table<String, i64> = Table::new("fresh").ttl_on_wall_clock(Duration::from_secs(2));
+    let app = App::new("drawn").pipeline("drawn", |builder| {
+        builder.stream(VISITS).group_by_key().count(SEEN);
+    });
+    let topology = app.topology();
+    assert!(
+        topology.text().contains("TTL 100ms of stream time"),
+        "{}",
+        topology.text()
+    );
+    assert!(
+        topology.mermaid().contains("TTL 100ms of stream time"),
+        "{}",
+        topology.mermaid()
+    );
+    let app = App::new("drawn").pipeline("drawn", |builder| {
+        builder.stream(VISITS).group_by_key().count(FRESH);
+    });
+    assert!(
+        app.topology().text().contains("TTL 2s of wall clock"),
+        "{}",
+        app.topology().text()
+    );
 }

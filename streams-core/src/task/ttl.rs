@@ -127,7 +127,8 @@ impl TaskContext {
             });
         }
         let Some(store) = store else { return Ok(()) };
-        let wall_clock = super::wall_clock_ms();
+        // The task's wall clock: this machine's, or the test driver's (`advance_time`).
+        let wall_clock = self.wall_time();
         // Entries restored without a time start their TTL now.
         let since = match self.stream_time() {
             _ if t.ttl.wall_clock => wall_clock,
