@@ -305,28 +305,9 @@ async fn a_pipeline_processor_punctuates_on_the_wall_clock() {
 /// every minute.
 #[test]
 fn an_idle_worker_punctuates_on_the_wall_clock() {
-    streams_core::init_logging("error");
-    let broker = EmbeddedBroker::start().expect("broker");
-    broker.create_topic("events", 1).expect("topic");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let options = streams_tests::worker_options(dir.path(), &broker);
-    streams_tests::produce(
-        broker.bootstrap_servers(),
-        "events",
-        &[(Some("a".to_string()), b"1".to_vec())],
-    );
-    runtime.block_on(async {
-        let app = counting("idle-wall").commit_interval(Duration::from_secs(60));
-        let worker = streams_core::Worker::start(app, options).await.expect("worker");
-        // The group forms within a few seconds; then nothing comes but the clock.
-        tokio::time::sleep(Duration::from_secs(9)).await;
-        worker.stop().await.expect("stops");
-    });
+    // The group forms within a few seconds; then nothing comes but the clock.
+    let app = counting("idle-wall").commit_interval(Duration::from_secs(60));
+    let broker = run_after_one_event(app, Duration::from_secs(9), |_| {});
     let sent = read_all(broker.bootstrap_servers(), "seen");
     let runs = sent
         .iter()
@@ -366,31 +347,12 @@ impl Processor<String, i64> for TwiceThenNever {
 /// processor again and again).
 #[test]
 fn a_processor_that_stops_punctuating_leaves_its_task_idle() {
-    streams_core::init_logging("error");
-    let broker = EmbeddedBroker::start().expect("broker");
-    broker.create_topic("events", 1).expect("topic");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let options = streams_tests::worker_options(dir.path(), &broker);
-    streams_tests::produce(
-        broker.bootstrap_servers(),
-        "events",
-        &[(Some("a".to_string()), b"1".to_vec())],
-    );
     let app = App::new("stops")
         .commit_interval(Duration::from_secs(60))
         .pipeline("twice", |builder| {
             builder.stream(EVENTS).process("twice", || TwiceThenNever(0)).to(SEEN);
         });
-    runtime.block_on(async {
-        let worker = streams_core::Worker::start(app, options).await.expect("worker");
-        tokio::time::sleep(Duration::from_secs(8)).await;
-        worker.stop().await.expect("stops");
-    });
+    let broker = run_after_one_event(app, Duration::from_secs(8), |_| {});
     let runs = read_all(broker.bootstrap_servers(), "seen").len();
     assert_eq!(runs, 2, "two runs, then none");
     let asked = ASKED.load(Ordering::Relaxed);
@@ -421,6 +383,31 @@ impl streams_core::dsl::ValueProcessor<String, i64> for Beats {
 #[test]
 fn what_punctuation_changes_is_committed_without_input() {
     const BEATS: Table<String, i64> = Table::new("beats");
+    let app = App::new("beating")
+        .commit_interval(Duration::from_secs(1))
+        .pipeline("beats", |builder| {
+            builder
+                .stream(EVENTS)
+                .process_values("beats", Beats::default)
+                .group_by_key()
+                .count(BEATS);
+        });
+    let changelog = BEATS.spec().changelog_topic("beating");
+    // Read while the worker runs: its last commit point (at the stop) does not count.
+    run_after_one_event(app, Duration::from_secs(9), |broker| {
+        let committed = read_all(broker.bootstrap_servers(), &changelog);
+        let latest: i64 = committed
+            .last()
+            .and_then(|r| r.value.as_deref())
+            .and_then(|v| serde_json::from_slice(v).ok())
+            .unwrap_or(0);
+        assert!(latest >= 5, "the changelog has the beats counted up to {latest}");
+    });
+}
+
+/// Runs `app` on a worker of the embedded broker for `time` after one record (key "a") in
+/// `events`; `at_the_end` looks at the broker while the worker still runs.
+fn run_after_one_event(app: App, time: Duration, at_the_end: impl FnOnce(&EmbeddedBroker)) -> EmbeddedBroker {
     streams_core::init_logging("error");
     let broker = EmbeddedBroker::start().expect("broker");
     broker.create_topic("events", 1).expect("topic");
@@ -436,27 +423,11 @@ fn what_punctuation_changes_is_committed_without_input() {
         "events",
         &[(Some("a".to_string()), b"1".to_vec())],
     );
-    let app = App::new("beating")
-        .commit_interval(Duration::from_secs(1))
-        .pipeline("beats", |builder| {
-            builder
-                .stream(EVENTS)
-                .process_values("beats", Beats::default)
-                .group_by_key()
-                .count(BEATS);
-        });
-    let changelog = BEATS.spec().changelog_topic("beating");
     runtime.block_on(async {
         let worker = streams_core::Worker::start(app, options).await.expect("worker");
-        tokio::time::sleep(Duration::from_secs(9)).await;
-        // Read while the worker runs: its last commit point (at the stop) does not count.
-        let committed = read_all(broker.bootstrap_servers(), &changelog);
-        let latest: i64 = committed
-            .last()
-            .and_then(|r| r.value.as_deref())
-            .and_then(|v| serde_json::from_slice(v).ok())
-            .unwrap_or(0);
-        assert!(latest >= 5, "the changelog has the beats counted up to {latest}");
+        tokio::time::sleep(time).await;
+        at_the_end(&broker);
         worker.stop().await.expect("stops");
     });
+    broker
 }
