@@ -249,36 +249,52 @@ where
 {
     fn push_message(&self, cx: &mut Cx<'_>, message: &Message) -> Outcome {
         let index = self.slot.get()?;
-        let key = K::decode_key(message.key()).map_err(|e| format!("key: {e}"))?;
-        let value = match message.payload() {
-            None => None,
-            Some(bytes) => {
-                let value = self.reader.values.decode(bytes).map_err(|e| e.to_string())?;
-                let time = self.reader.time_of(&value, message)?;
-                Some((value, time))
-            }
-        };
-        cx.decoded = true;
-        if key.is_null() {
-            return Err(format!(
-                "a record without a key cannot go into table `{}`",
-                self.store.name()
-            ));
-        }
-        let key = key
-            .key_bytes()
-            .map_err(|e| format!("cannot encode a key of table `{}`: {e}", self.store.name()))?
-            .into_owned();
-        let value = match value {
-            None => {
-                observe_time(cx, message.timestamp());
-                None
-            }
-            Some((value, time)) => {
-                observe_time(cx, time);
-                Some(self.store.encode(&value).map_err(|e| e.to_string())?)
-            }
-        };
+        let (key, value) = table_entry(cx, message, &self.reader, &self.store)?;
         cx.ctx.put_at(index, key, value).map_err(|e| e.to_string())
     }
+}
+
+/// A record of a topic read as a table (into `store`): its key's bytes and its value as the
+/// store keeps it (`None`: a deletion). The record's time becomes the event time.
+pub(crate) fn table_entry<K, V>(
+    cx: &mut Cx<'_>,
+    message: &Message,
+    reader: &TopicReader<V>,
+    store: &Table<K, V>,
+) -> Result<(Vec<u8>, Option<Vec<u8>>), String>
+where
+    K: Key,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    let key = K::decode_key(message.key()).map_err(|e| format!("key: {e}"))?;
+    let value = match message.payload() {
+        None => None,
+        Some(bytes) => {
+            let value = reader.values.decode(bytes).map_err(|e| e.to_string())?;
+            let time = reader.time_of(&value, message)?;
+            Some((value, time))
+        }
+    };
+    cx.decoded = true;
+    if key.is_null() {
+        return Err(format!(
+            "a record without a key cannot go into table `{}`",
+            store.name()
+        ));
+    }
+    let key = key
+        .key_bytes()
+        .map_err(|e| format!("cannot encode a key of table `{}`: {e}", store.name()))?
+        .into_owned();
+    let value = match value {
+        None => {
+            observe_time(cx, message.timestamp());
+            None
+        }
+        Some((value, time)) => {
+            observe_time(cx, time);
+            Some(store.encode(&value).map_err(|e| e.to_string())?)
+        }
+    };
+    Ok((key, value))
 }

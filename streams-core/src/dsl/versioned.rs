@@ -19,8 +19,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::builder::StreamsBuilder;
-use super::node::{observe_time, Cx, Outcome, SourceNode, TableSlot};
-use super::table::KTable;
+use super::node::{Cx, Outcome, SourceNode, TableSlot};
+use super::table::{table_entry, KTable};
 use crate::codec::Key;
 use crate::message::Message;
 use crate::spec::{KeyDisplay, TableSpec};
@@ -263,29 +263,7 @@ where
 {
     fn push_message(&self, cx: &mut Cx<'_>, message: &Message) -> Outcome {
         let (index, history_index) = (self.slot.get()?, self.versions.slot.get()?);
-        let key = K::decode_key(message.key()).map_err(|e| format!("key: {e}"))?;
-        let value = match message.payload() {
-            None => {
-                observe_time(cx, message.timestamp());
-                None
-            }
-            Some(bytes) => {
-                let value = self.reader.values.decode(bytes).map_err(|e| e.to_string())?;
-                observe_time(cx, self.reader.time_of(&value, message)?);
-                Some(self.store.encode(&value).map_err(|e| e.to_string())?)
-            }
-        };
-        cx.decoded = true;
-        if key.is_null() {
-            return Err(format!(
-                "a record without a key cannot go into table `{}`",
-                self.store.name()
-            ));
-        }
-        let key = key
-            .key_bytes()
-            .map_err(|e| format!("cannot encode a key of table `{}`: {e}", self.store.name()))?
-            .into_owned();
+        let (key, value) = table_entry(cx, message, &self.reader, &self.store)?;
         let time = cx.timestamp;
         let now = cx.ctx.advance_clock(history_index, time);
         let bound = now.saturating_sub(self.versions.history);
