@@ -247,6 +247,57 @@ async fn a_record_between_two_sessions_merges_them() {
     assert_eq!(last_of(0, 25), Some(true));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_grown_between_commit_points_leaves_no_trace_of_its_earlier_shapes() {
+    // Each record grows a's session ([0, 0], [0, 1], …): every shape has a key of its own,
+    // and all but the last lived only between two commit points. Only the last reaches the
+    // changelog and the listeners (Kafka Streams' cache forwards no deletion of a session
+    // it never sent either); a session that reached them is deleted from both (the test
+    // above). The table goes to the topic as it changes, deletions included (tombstones).
+    let app = App::new("sessions").pipeline("sessions", |builder| {
+        let windowed = builder
+            .stream(EVENTS)
+            .group_by_key()
+            .windowed_by(SessionWindows::with_inactivity_gap(ms(10)).grace(ms(1000)));
+        windowed.count(SESSIONS).to(SESSION_COUNTS);
+    });
+    let mut driver = TestDriver::new(app).expect("driver");
+    for time in 0..10 {
+        driver.pipe_at(&EVENTS, "a", &1, time).expect("pipe");
+    }
+    driver.run().await.expect("run");
+    let changelog = driver.raw_records("sessions-sessions-changelog");
+    let session = |start: i64, end: i64| Windowed::new("a".to_string(), Window::new(start, end)).encode_key();
+    let shapes: Vec<(Option<Vec<u8>>, bool)> = changelog.iter().map(|r| (r.key.clone(), r.value.is_some())).collect();
+    assert_eq!(shapes, vec![(session(0, 9), true)]);
+    let sent = driver.raw_records("session-counts");
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(windowed(&driver, &SESSION_COUNTS), vec![("a".into(), 0, 9, 10)]);
+    // The next commit point grows the session again: the shape it had reached the
+    // changelog and the listeners, so both are told it is gone.
+    driver.pipe_at(&EVENTS, "a", &1, 12).expect("pipe");
+    driver.run().await.expect("run");
+    let changelog = driver.raw_records("sessions-sessions-changelog");
+    let last: Vec<(Option<Vec<u8>>, bool)> = changelog
+        .iter()
+        .skip(1)
+        .map(|r| (r.key.clone(), r.value.is_some()))
+        .collect();
+    assert_eq!(last.len(), 2, "{last:?}");
+    assert!(last.contains(&(session(0, 9), false)), "{last:?}");
+    assert!(last.contains(&(session(0, 12), true)), "{last:?}");
+    let sent: Vec<(Option<Vec<u8>>, bool)> = driver
+        .raw_records("session-counts")
+        .iter()
+        .map(|r| (r.key.clone(), r.value.is_some()))
+        .collect();
+    // One commit point's changes go in no particular order.
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert_eq!(sent[0], (session(0, 9), true));
+    assert!(sent[1..].contains(&(session(0, 9), false)), "{sent:?}");
+    assert!(sent[1..].contains(&(session(0, 12), true)), "{sent:?}");
+}
+
 /// A key's sessions: start, end, records.
 type Sessions = Vec<(i64, i64, i64)>;
 

@@ -420,7 +420,10 @@ where
         let new = (self.add)(&key, aggregate, value);
         let mut stored = None;
         write_value(&mut stored, &new, self.table).map_err(failed)?;
-        cx.ctx.put_at(index, merged_key.clone(), stored).map_err(failed)?;
+        // The index holds every session of the table: this one is new to it.
+        cx.ctx
+            .put_new_at(index, merged_key.clone(), stored.unwrap_or_default())
+            .map_err(failed)?;
         self.settle(cx, index, vec![merged_key], removed)
     }
 

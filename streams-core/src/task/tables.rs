@@ -76,6 +76,12 @@ struct Entry {
     cut: u64,
     /// The change pass of its last change (see [`TaskContext::next_change_pass`]).
     pass: u64,
+    /// Made by [`TaskContext::put_new_at`] in this change pass, for a key with no value
+    /// anywhere else (not in the store, not in a cut the store may not hold yet), and
+    /// changed in no other pass since: until a cut takes it or the pass ends, nobody has
+    /// seen it, so deleting it leaves no trace (no tombstone for the changelog or the
+    /// listeners). `None` for every other entry.
+    fresh: Option<u64>,
 }
 
 /// A change of a table since the last cut: key, value (`None`: deleted) and the event time
@@ -162,6 +168,7 @@ impl TableState {
         for (key, entry) in self.cache.iter_mut() {
             if entry.dirty {
                 entry.dirty = false;
+                entry.fresh = None;
                 entry.cut = cut;
                 self.pinned += entry_bytes(key, entry.value.as_deref());
                 changes.push((key.clone(), entry.value.clone(), entry.timestamp));
@@ -261,6 +268,7 @@ impl TaskContext {
                     timestamp: now,
                     cut: 0,
                     pass: self.change_pass(),
+                    fresh: None,
                 },
             );
             if let Some(old) = &old {
@@ -325,6 +333,7 @@ impl TaskContext {
                 timestamp: 0,
                 cut: 0,
                 pass: 0,
+                fresh: None,
             },
         );
         if state.evict_clean(self.written.through(), &self.counts.cache_evictions) {
@@ -380,6 +389,24 @@ impl TaskContext {
         let mut tables = self.tables();
         let state = self.table_at_mut(&mut tables, index)?;
         put(self, state, key, value);
+        Ok(())
+    }
+
+    /// Writes `key` of table `index`, a key the caller knows has no value in the table
+    /// (an operation's index of its keys says so: a new session's window). Deleted again
+    /// before anyone saw it (see [`Entry::fresh`]), it leaves no trace: a session grown by
+    /// every record between two commit points sends one record to its changelog, not one
+    /// tombstone per record.
+    pub(crate) fn put_new_at(&self, index: usize, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
+        let mut tables = self.tables();
+        let state = self.table_at_mut(&mut tables, index)?;
+        if state.cache.contains_key(&key) {
+            // A deletion not yet in the store: the key has had a value.
+            put(self, state, key, Some(value));
+        } else {
+            let pass = self.change_pass();
+            insert_dirty(self, state, key, Some(value), Some(pass));
+        }
         Ok(())
     }
 
@@ -621,7 +648,11 @@ fn put(ctx: &TaskContext, state: &mut TableState, key: Vec<u8>, value: Option<Ve
     {
         return;
     }
-    let value = value.flatten();
+    insert_dirty(ctx, state, key, value.flatten(), None);
+}
+
+/// Caches a change of `key`, which the cache does not hold.
+fn insert_dirty(ctx: &TaskContext, state: &mut TableState, key: Vec<u8>, value: Option<Vec<u8>>, fresh: Option<u64>) {
     state.cache_bytes += entry_bytes(&key, value.as_deref());
     ctx.metrics
         .table_update(state.name, state.show_key, &key, value.as_deref());
@@ -633,6 +664,7 @@ fn put(ctx: &TaskContext, state: &mut TableState, key: Vec<u8>, value: Option<Ve
             timestamp: ctx.event_time(),
             cut: 0,
             pass: ctx.change_pass(),
+            fresh,
         },
     );
     state.dirty += 1;
@@ -659,8 +691,21 @@ where
         Err(error) => return Ok(Err(error)),
     };
     let after = entry.value.as_ref().map_or(0, Vec::len);
+    let pass = ctx.change_pass();
+    if entry.value.is_none() && entry.fresh == Some(pass) {
+        // Made and deleted in this pass, seen by nobody (see `Entry::fresh`): gone.
+        state.cache.remove(key);
+        state.dirty = state.dirty.saturating_sub(1);
+        state.cache_bytes = state.cache_bytes.saturating_sub(key.len() + before + ENTRY_OVERHEAD);
+        ctx.metrics.table_update(state.name, state.show_key, key, None);
+        bump(&ctx.counts.table_updates);
+        return Ok(Ok(out));
+    }
+    if entry.fresh.is_some_and(|made| made != pass) {
+        entry.fresh = None;
+    }
     entry.timestamp = ctx.event_time();
-    entry.pass = ctx.change_pass();
+    entry.pass = pass;
     if !entry.dirty {
         entry.dirty = true;
         state.dirty += 1;
