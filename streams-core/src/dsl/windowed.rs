@@ -106,7 +106,7 @@ impl Kind {
 /// and, for sessions and sliding windows, by key (start → end).
 struct WindowIndex {
     by_end: BTreeSet<(i64, Box<[u8]>)>,
-    by_key: HashMap<Box<[u8]>, BTreeMap<i64, i64>>,
+    by_key: HashMap<Box<[u8]>, BTreeMap<i64, i64>, foldhash::fast::RandomState>,
     keyed: bool,
     /// Windows ending at or before this have closed (their final results went on).
     closed_through: i64,
@@ -116,7 +116,7 @@ impl WindowIndex {
     fn load(store: &dyn StateStore, keyed: bool, closed_through: i64) -> crate::Result<Self> {
         let mut index = Self {
             by_end: BTreeSet::new(),
-            by_key: HashMap::new(),
+            by_key: HashMap::default(),
             keyed,
             closed_through,
         };
@@ -133,10 +133,15 @@ impl WindowIndex {
             return;
         };
         if self.keyed {
-            self.by_key
-                .entry(key.into())
-                .or_default()
-                .insert(window.start, window.end);
+            // Most windows are of a key the index knows: its bytes are copied only once.
+            match self.by_key.get_mut(key) {
+                Some(windows) => {
+                    windows.insert(window.start, window.end);
+                }
+                None => {
+                    self.by_key.insert(key.into(), BTreeMap::from([(window.start, window.end)]));
+                }
+            }
         }
         self.by_end.insert((window.end, window_key.into()));
     }
@@ -942,7 +947,7 @@ mod tests {
     fn the_index_closes_each_window_once_in_order_and_expires_the_oldest() {
         let mut index = WindowIndex {
             by_end: BTreeSet::new(),
-            by_key: HashMap::new(),
+            by_key: HashMap::default(),
             keyed: true,
             closed_through: NO_TIME,
         };
