@@ -139,7 +139,8 @@ impl WindowIndex {
                     windows.insert(window.start, window.end);
                 }
                 None => {
-                    self.by_key.insert(key.into(), BTreeMap::from([(window.start, window.end)]));
+                    self.by_key
+                        .insert(key.into(), BTreeMap::from([(window.start, window.end)]));
                 }
             }
         }

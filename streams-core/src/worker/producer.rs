@@ -217,6 +217,10 @@ impl ProducerContext for Deliveries {
 /// How long one wait of the delivery reports' thread lasts.
 const REPORT_WAIT: Duration = Duration::from_secs(5);
 
+/// The producer's `linger.ms` unless the user's settings (`--config`, the config file) name
+/// one: how long records wait to fill a batch.
+const DEFAULT_LINGER_MS: &str = "5";
+
 /// A producer whose delivery reports a thread of its own serves.
 ///
 /// rdkafka's `ThreadedProducer` polls in calls of 100 ms, and each call spins through its
@@ -310,10 +314,15 @@ impl KafkaSink {
     }
 
     fn with(mut config: ClientConfig, metrics: Arc<Metrics>, transactional: bool) -> Result<Self> {
+        // Idempotence keeps each partition's records in order through retries; the
+        // partitioner is the Java clients' (a key goes where Kafka Streams would put it).
         config
             .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
             .set("partitioner", "murmur2_random");
+        // (`queue.buffering.max.ms` is librdkafka's other name for it.)
+        if config.get("linger.ms").is_none() && config.get("queue.buffering.max.ms").is_none() {
+            config.set("linger.ms", DEFAULT_LINGER_MS);
+        }
         let state = Arc::new(DeliveryState {
             transactional,
             changelog_offsets: Mutex::new(HashMap::default()),
@@ -473,6 +482,23 @@ mod tests {
             metrics: Arc::new(Metrics::default()),
             out: Mutex::new(HashMap::default()),
         }
+    }
+
+    #[test]
+    fn the_users_linger_setting_is_kept_and_ours_fills_in_for_none() {
+        let sink = |linger: Option<&str>| {
+            let mut config = ClientConfig::new();
+            config.set("bootstrap.servers", "127.0.0.1:1");
+            if let Some(linger) = linger {
+                config.set("linger.ms", linger);
+            }
+            KafkaSink::new(config, Arc::new(Metrics::default())).expect("producer")
+        };
+        assert_eq!(sink(Some("50")).config.get("linger.ms"), Some("50"));
+        assert_eq!(sink(None).config.get("linger.ms"), Some(DEFAULT_LINGER_MS));
+        // What keeps records in order and partitioned as Kafka's Java clients do stays.
+        assert_eq!(sink(None).config.get("enable.idempotence"), Some("true"));
+        assert_eq!(sink(None).config.get("partitioner"), Some("murmur2_random"));
     }
 
     #[test]
