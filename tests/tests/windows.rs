@@ -298,6 +298,62 @@ async fn a_session_grown_between_commit_points_leaves_no_trace_of_its_earlier_sh
     assert!(sent[1..].contains(&(session(0, 12), true)), "{sent:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_beside_a_closed_one_with_the_same_start_keeps_its_own_place() {
+    for cache in [0, 1 << 20] {
+        a_session_beside_a_closed_one(cache).await;
+    }
+}
+
+/// Closed sessions are final: a record near one makes a session of its own, which can start
+/// where the closed one starts. Both are in the table, and each must stay what it is until
+/// it expires (the index once knew a key's sessions by their start only: the closed one's
+/// expiry took the other's place, which the next records then missed and wrote over).
+async fn a_session_beside_a_closed_one(cache: usize) {
+    let app = App::new("sessions")
+        .table_cache_bytes(cache)
+        .pipeline("sessions", |builder| {
+            let windowed = builder.stream(EVENTS).group_by_key().windowed_by(
+                SessionWindows::with_inactivity_gap(ms(10))
+                    .grace(ms(0))
+                    .retention(ms(10)),
+            );
+            windowed.count(SESSIONS).to_stream().to(SESSION_COUNTS);
+        });
+    let mut driver = TestDriver::new(app).expect("driver");
+    let sessions = |driver: &TestDriver| -> Vec<(String, i64, i64, i64)> {
+        driver
+            .windowed_table(&SESSIONS)
+            .expect("table")
+            .into_iter()
+            .map(|(w, n)| (w.key, w.window.start, w.window.end, n))
+            .collect()
+    };
+    let mut pipe = |records: &[(&str, i64)]| {
+        for (key, time) in records {
+            driver.pipe_at(&EVENTS, *key, &1, *time).expect("pipe");
+        }
+    };
+    pipe(&[("a", 0), ("a", 5)]);
+    driver.run().await.expect("run");
+    assert_eq!(sessions(&driver), vec![("a".into(), 0, 5, 2)]);
+    // b moves stream time to 16: [0, 5] is closed. a at 8, then at 0: a new session [0, 8].
+    let mut pipe = |records: &[(&str, i64)]| {
+        for (key, time) in records {
+            driver.pipe_at(&EVENTS, *key, &1, *time).expect("pipe");
+        }
+    };
+    pipe(&[("b", 16), ("a", 8), ("a", 0)]);
+    driver.run().await.expect("run");
+    // [0, 5] expired at that commit point (retention 10 ms).
+    assert_eq!(sessions(&driver), vec![("a".into(), 0, 8, 2), ("b".into(), 16, 16, 1)]);
+    for (key, time) in [("a", 8), ("a", 0), ("a", 9)] {
+        driver.pipe_at(&EVENTS, key, &1, time).expect("pipe");
+    }
+    driver.run().await.expect("run");
+    assert_eq!(sessions(&driver), vec![("a".into(), 0, 9, 5), ("b".into(), 16, 16, 1)]);
+}
+
 /// A key's sessions: start, end, records.
 type Sessions = Vec<(i64, i64, i64)>;
 

@@ -138,11 +138,15 @@ impl CutHook for Changes {
         let mut from = 0;
         for pass in 1..=PASSES {
             self.deliver(ctx, backlog, from);
+            // What the listeners were given is seen: changes from now on are of a new pass
+            // (a table entry made and deleted within one pass leaves no trace, see
+            // `TaskContext::put_new_at`).
+            let next = ctx.next_change_pass();
             // The last pass only delivers: every change made goes on before the cut.
             if self.0.ticks.is_empty() || pass == PASSES {
                 break;
             }
-            from = ctx.next_change_pass();
+            from = next;
             for tick in &self.0.ticks {
                 ctx.set_event_time(before);
                 let mut cx = Cx {

@@ -17,7 +17,7 @@
 //! `{table}-records`, with its own changelog), from which each window's result is computed.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -103,10 +103,11 @@ impl Kind {
 }
 
 /// The windows in a windowed table partition: by end (to close and expire them in order)
-/// and, for sessions and sliding windows, by key (start → end).
+/// and, for sessions and sliding windows, by key (start and end: two sessions of a key can
+/// start at the same time, a closed one and one made beside it).
 struct WindowIndex {
     by_end: BTreeSet<(i64, Box<[u8]>)>,
-    by_key: HashMap<Box<[u8]>, BTreeMap<i64, i64>, foldhash::fast::RandomState>,
+    by_key: HashMap<Box<[u8]>, BTreeSet<(i64, i64)>, foldhash::fast::RandomState>,
     keyed: bool,
     /// Windows ending at or before this have closed (their final results went on).
     closed_through: i64,
@@ -136,11 +137,11 @@ impl WindowIndex {
             // Most windows are of a key the index knows: its bytes are copied only once.
             match self.by_key.get_mut(key) {
                 Some(windows) => {
-                    windows.insert(window.start, window.end);
+                    windows.insert((window.start, window.end));
                 }
                 None => {
                     self.by_key
-                        .insert(key.into(), BTreeMap::from([(window.start, window.end)]));
+                        .insert(key.into(), BTreeSet::from([(window.start, window.end)]));
                 }
             }
         }
@@ -153,7 +154,7 @@ impl WindowIndex {
         };
         if self.keyed {
             if let Some(windows) = self.by_key.get_mut(key) {
-                windows.remove(&window.start);
+                windows.remove(&(window.start, window.end));
                 if windows.is_empty() {
                     self.by_key.remove(key);
                 }
@@ -189,7 +190,7 @@ impl WindowIndex {
                 if self.keyed {
                     if let Some((k, window)) = split_window_key(&key) {
                         if let Some(windows) = self.by_key.get_mut(k) {
-                            windows.remove(&window.start);
+                            windows.remove(&(window.start, window.end));
                             if windows.is_empty() {
                                 self.by_key.remove(k);
                             }
@@ -211,8 +212,8 @@ impl WindowIndex {
             .get(key)
             .map(|windows| {
                 windows
-                    .range(..=last_start)
-                    .filter(|(_, end)| **end >= first_end)
+                    .range(..=(last_start, i64::MAX))
+                    .filter(|(_, end)| *end >= first_end)
                     .map(|(start, end)| Window::new(*start, *end))
                     .collect()
             })

@@ -76,11 +76,12 @@ struct Entry {
     cut: u64,
     /// The change pass of its last change (see [`TaskContext::next_change_pass`]).
     pass: u64,
-    /// Made by [`TaskContext::put_new_at`] in this change pass, for a key with no value
-    /// anywhere else (not in the store, not in a cut the store may not hold yet), and
-    /// changed in no other pass since: until a cut takes it or the pass ends, nobody has
-    /// seen it, so deleting it leaves no trace (no tombstone for the changelog or the
-    /// listeners). `None` for every other entry.
+    /// Made by [`TaskContext::put_new_at`] in change pass `Some(n)`, for a key with no
+    /// value anywhere else (not in the store, not in a cut the store may not hold yet), and
+    /// changed in no other pass since. A pass ends when the table's listeners are given its
+    /// changes (which a cut takes next), so while the pass lasts nobody has seen the entry:
+    /// deleting it leaves no trace (no tombstone for the changelog or the listeners).
+    /// `None` for every other entry.
     fresh: Option<u64>,
 }
 
