@@ -308,7 +308,7 @@ async fn a_session_beside_a_closed_one_with_the_same_start_keeps_its_own_place()
 /// Closed sessions are final: a record near one makes a session of its own, which can start
 /// where the closed one starts. Both are in the table, and each must stay what it is until
 /// it expires (the index once knew a key's sessions by their start only: the closed one's
-/// expiry took the other's place, which the next records then missed and wrote over).
+/// expiry took the other's place, whose next record then started a session of its own).
 async fn a_session_beside_a_closed_one(cache: usize) {
     let app = App::new("sessions")
         .table_cache_bytes(cache)
@@ -316,7 +316,7 @@ async fn a_session_beside_a_closed_one(cache: usize) {
             let windowed = builder.stream(EVENTS).group_by_key().windowed_by(
                 SessionWindows::with_inactivity_gap(ms(10))
                     .grace(ms(0))
-                    .retention(ms(10)),
+                    .retention(ms(15)),
             );
             windowed.count(SESSIONS).to_stream().to(SESSION_COUNTS);
         });
@@ -329,29 +329,24 @@ async fn a_session_beside_a_closed_one(cache: usize) {
             .map(|(w, n)| (w.key, w.window.start, w.window.end, n))
             .collect()
     };
-    let mut pipe = |records: &[(&str, i64)]| {
+    let steps: [(&[(&str, i64)], Vec<(String, i64, i64, i64)>); 4] = [
+        (&[("a", 0), ("a", 5)], vec![("a".into(), 0, 5, 2)]),
+        // b moves stream time to 16: [0, 5] is closed. a at 11, 5 and 0: [0, 11] beside it.
+        (
+            &[("b", 16), ("a", 11), ("a", 5), ("a", 0)],
+            vec![("a".into(), 0, 5, 2), ("a".into(), 0, 11, 3), ("b".into(), 16, 16, 1)],
+        ),
+        // Stream time 21: [0, 5] expires (retention 15 ms); [0, 11] is still open.
+        (&[("b", 21)], vec![("a".into(), 0, 11, 3), ("b".into(), 16, 21, 2)]),
+        (&[("a", 12)], vec![("a".into(), 0, 12, 4), ("b".into(), 16, 21, 2)]),
+    ];
+    for (n, (records, expected)) in steps.into_iter().enumerate() {
         for (key, time) in records {
             driver.pipe_at(&EVENTS, *key, &1, *time).expect("pipe");
         }
-    };
-    pipe(&[("a", 0), ("a", 5)]);
-    driver.run().await.expect("run");
-    assert_eq!(sessions(&driver), vec![("a".into(), 0, 5, 2)]);
-    // b moves stream time to 16: [0, 5] is closed. a at 8, then at 0: a new session [0, 8].
-    let mut pipe = |records: &[(&str, i64)]| {
-        for (key, time) in records {
-            driver.pipe_at(&EVENTS, *key, &1, *time).expect("pipe");
-        }
-    };
-    pipe(&[("b", 16), ("a", 8), ("a", 0)]);
-    driver.run().await.expect("run");
-    // [0, 5] expired at that commit point (retention 10 ms).
-    assert_eq!(sessions(&driver), vec![("a".into(), 0, 8, 2), ("b".into(), 16, 16, 1)]);
-    for (key, time) in [("a", 8), ("a", 0), ("a", 9)] {
-        driver.pipe_at(&EVENTS, key, &1, time).expect("pipe");
+        driver.run().await.expect("run");
+        assert_eq!(sessions(&driver), expected, "cache {cache} B, step {n}");
     }
-    driver.run().await.expect("run");
-    assert_eq!(sessions(&driver), vec![("a".into(), 0, 9, 5), ("b".into(), 16, 16, 1)]);
 }
 
 /// A key's sessions: start, end, records.

@@ -973,6 +973,27 @@ mod tests {
     }
 
     #[test]
+    fn two_sessions_of_a_key_with_one_start_are_both_known_until_each_expires() {
+        let mut index = WindowIndex {
+            by_end: BTreeSet::new(),
+            by_key: HashMap::default(),
+            keyed: true,
+            closed_through: NO_TIME,
+        };
+        index.insert(&key("a", 0, 5));
+        index.insert(&key("a", 0, 8));
+        assert_eq!(
+            index.overlapping(b"a", 0, 10),
+            vec![Window::new(0, 5), Window::new(0, 8)]
+        );
+        assert_eq!(index.expire(5), vec![Box::from(key("a", 0, 5))]);
+        assert_eq!(index.overlapping(b"a", 0, 10), vec![Window::new(0, 8)]);
+        index.remove(&key("a", 0, 8));
+        assert!(index.overlapping(b"a", 0, 10).is_empty());
+        assert!(index.by_key.is_empty());
+    }
+
+    #[test]
     fn thresholds_follow_each_kind_of_window() {
         let fixed = Kind::Fixed(
             TimeWindows::of(std::time::Duration::from_millis(60)).grace(std::time::Duration::from_millis(10)),
