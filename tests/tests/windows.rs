@@ -310,6 +310,8 @@ async fn a_session_beside_a_closed_one_with_the_same_start_keeps_its_own_place()
 /// it expires (the index once knew a key's sessions by their start only: the closed one's
 /// expiry took the other's place, whose next record then started a session of its own).
 async fn a_session_beside_a_closed_one(cache: usize) {
+    /// Each session: key, start, end, records.
+    type KeyedSessions = Vec<(String, i64, i64, i64)>;
     let app = App::new("sessions")
         .table_cache_bytes(cache)
         .pipeline("sessions", |builder| {
@@ -329,7 +331,7 @@ async fn a_session_beside_a_closed_one(cache: usize) {
             .map(|(w, n)| (w.key, w.window.start, w.window.end, n))
             .collect()
     };
-    let steps: [(&[(&str, i64)], Vec<(String, i64, i64, i64)>); 4] = [
+    let steps: [(&[(&str, i64)], KeyedSessions); 4] = [
         (&[("a", 0), ("a", 5)], vec![("a".into(), 0, 5, 2)]),
         // b moves stream time to 16: [0, 5] is closed. a at 11, 5 and 0: [0, 11] beside it.
         (
