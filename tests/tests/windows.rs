@@ -213,6 +213,19 @@ fn sessions_app(gap: u64, grace: u64, final_only: bool) -> App {
     })
 }
 
+/// Each session: key, start, end, records.
+type KeyedSessions = Vec<(String, i64, i64, i64)>;
+
+/// The sessions in the `SESSIONS` table, in key order.
+fn sessions(driver: &TestDriver) -> KeyedSessions {
+    driver
+        .windowed_table(&SESSIONS)
+        .expect("table")
+        .into_iter()
+        .map(|(w, n)| (w.key, w.window.start, w.window.end, n))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_between_two_sessions_merges_them() {
     let mut driver = TestDriver::new(sessions_app(10, 1000, false)).expect("driver");
@@ -220,14 +233,6 @@ async fn a_record_between_two_sessions_merges_them() {
         driver.pipe_at(&EVENTS, key, &1, time).expect("pipe");
     }
     driver.run().await.expect("run");
-    let sessions = |driver: &TestDriver| -> Vec<(String, i64, i64, i64)> {
-        driver
-            .windowed_table(&SESSIONS)
-            .expect("table")
-            .into_iter()
-            .map(|(w, n)| (w.key, w.window.start, w.window.end, n))
-            .collect()
-    };
     assert_eq!(
         sessions(&driver),
         vec![("a".into(), 0, 0, 1), ("a".into(), 20, 25, 2), ("b".into(), 5, 5, 1)]
@@ -310,8 +315,6 @@ async fn a_session_beside_a_closed_one_with_the_same_start_keeps_its_own_place()
 /// it expires (the index once knew a key's sessions by their start only: the closed one's
 /// expiry took the other's place, whose next record then started a session of its own).
 async fn a_session_beside_a_closed_one(cache: usize) {
-    /// Each session: key, start, end, records.
-    type KeyedSessions = Vec<(String, i64, i64, i64)>;
     let app = App::new("sessions")
         .table_cache_bytes(cache)
         .pipeline("sessions", |builder| {
@@ -323,14 +326,6 @@ async fn a_session_beside_a_closed_one(cache: usize) {
             windowed.count(SESSIONS).to_stream().to(SESSION_COUNTS);
         });
     let mut driver = TestDriver::new(app).expect("driver");
-    let sessions = |driver: &TestDriver| -> Vec<(String, i64, i64, i64)> {
-        driver
-            .windowed_table(&SESSIONS)
-            .expect("table")
-            .into_iter()
-            .map(|(w, n)| (w.key, w.window.start, w.window.end, n))
-            .collect()
-    };
     let steps: [(&[(&str, i64)], KeyedSessions); 4] = [
         (&[("a", 0), ("a", 5)], vec![("a".into(), 0, 5, 2)]),
         // b moves stream time to 16: [0, 5] is closed. a at 11, 5 and 0: [0, 11] beside it.
