@@ -486,16 +486,21 @@ mod tests {
 
     #[test]
     fn the_users_linger_setting_is_kept_and_ours_fills_in_for_none() {
-        let sink = |linger: Option<&str>| {
+        let sink_with = |name: &str, linger: Option<&str>| {
             let mut config = ClientConfig::new();
             config.set("bootstrap.servers", "127.0.0.1:1");
             if let Some(linger) = linger {
-                config.set("linger.ms", linger);
+                config.set(name, linger);
             }
             KafkaSink::new(config, Arc::new(Metrics::default())).expect("producer")
         };
+        let sink = |linger: Option<&str>| sink_with("linger.ms", linger);
         assert_eq!(sink(Some("50")).config.get("linger.ms"), Some("50"));
         assert_eq!(sink(None).config.get("linger.ms"), Some(DEFAULT_LINGER_MS));
+        // librdkafka's other name for it counts as the user's setting too.
+        let alias = sink_with("queue.buffering.max.ms", Some("50"));
+        assert_eq!(alias.config.get("linger.ms"), None);
+        assert_eq!(alias.config.get("queue.buffering.max.ms"), Some("50"));
         // What keeps records in order and partitioned as Kafka's Java clients do stays.
         assert_eq!(sink(None).config.get("enable.idempotence"), Some("true"));
         assert_eq!(sink(None).config.get("partitioner"), Some("murmur2_random"));
