@@ -108,6 +108,9 @@ pub(crate) struct Shared {
     pub directory: Mutex<Option<Arc<crate::web::directory::Directory>>>,
     /// The partitions whose lag was last published (`streams_consumer_lag`).
     lag_published: Mutex<Vec<crate::metrics::TopicPartition>>,
+    /// Whether the consumer's `auto.offset.reset` is the end (`latest`): where a partition
+    /// with no committed offset starts again after an abort.
+    reset_to_end: AtomicBool,
     /// What the web server sees of `running`: each task held here, with its context once
     /// restored (`None` while restoring). Its own lock, never held while waiting: the poll
     /// thread keeps `running` locked while it waits for a task's queue, and lookups must
@@ -168,6 +171,7 @@ impl Shared {
             table_tasks,
             directory: Mutex::new(None),
             lag_published: Mutex::new(Vec::new()),
+            reset_to_end: AtomicBool::new(false),
             held: Mutex::new(HashMap::new()),
             published: Mutex::new(std::time::Instant::now()),
             spent: Arc::default(),
@@ -250,6 +254,13 @@ impl Shared {
                 tracing::debug!("resuming processed partitions again: {error}");
             }
         }
+    }
+
+    /// Tells which `auto.offset.reset` the consumer was made with (any of librdkafka's
+    /// names for the end counts as the end).
+    pub(crate) fn set_reset_policy(&self, policy: Option<&str>) {
+        let to_end = matches!(policy, Some("latest" | "largest" | "end"));
+        self.reset_to_end.store(to_end, Ordering::Relaxed);
     }
 
     /// The source topics of every task (what the consumer subscribes to).
@@ -619,16 +630,71 @@ impl Shared {
                 return;
             }
         };
-        // Assigning again sets every position to its start: what was fetched is dropped.
-        if let Err(error) = consumer.assign(&list) {
-            self.metrics.fail(format!("cannot start partitions again: {error}"));
-            return;
-        }
+        // The partitions stay assigned; this thread pauses them and seeks each to its start
+        // (a seek drops what was fetched before it). Assigning them again would stop and
+        // start their fetchers, and librdkafka starts a re-assigned partition on its own
+        // thread once the stop is done: a pause from here in between can outdate that start,
+        // and the partition then never fetches again (an abort lost a partition's input so,
+        // 1 run in ~15).
         if restoring.count() > 0 {
             if let Err(error) = consumer.pause(&restoring) {
                 self.metrics
                     .fail(format!("cannot pause partitions while restoring: {error}"));
+                return;
             }
+        }
+        let mut starts = TopicPartitionList::new();
+        for element in list.elements() {
+            let start = match element.offset() {
+                offset @ (Offset::Offset(_) | Offset::Beginning | Offset::End) => offset,
+                // No committed offset and no store: where the group's reset policy says.
+                _ => self.reset_start(),
+            };
+            if let Err(error) = starts.add_partition_offset(element.topic(), element.partition(), start) {
+                self.metrics.fail(format!("cannot start partitions again: {error}"));
+                return;
+            }
+        }
+        // A seek can be outdated by an operation of librdkafka's own on the partition (a
+        // rebalance starting): those seeks are made again.
+        let mut refused = Vec::new();
+        for _attempt in 0..3 {
+            refused.clear();
+            let mut again = TopicPartitionList::new();
+            match consumer.seek_partitions(starts.clone(), Duration::from_secs(10)) {
+                Ok(result) => {
+                    for element in result.elements() {
+                        if let Err(error) = element.error() {
+                            refused.push(format!("{}[{}]: {error}", element.topic(), element.partition()));
+                            let _ = again.add_partition_offset(element.topic(), element.partition(), element.offset());
+                        }
+                    }
+                }
+                Err(error) => {
+                    refused.push(error.to_string());
+                    again = starts.clone();
+                }
+            }
+            if refused.is_empty() {
+                return;
+            }
+            starts = again;
+        }
+        // A partition left where it was would skip the aborted round's input.
+        self.metrics.fail(format!(
+            "cannot start partitions again from their committed offsets after an abort ({}); \
+             stopping: their next owner starts from the committed state",
+            refused.join(", ")
+        ));
+    }
+
+    /// Where a source partition with no committed offset (and no store) starts: the
+    /// consumer's `auto.offset.reset`.
+    fn reset_start(&self) -> Offset {
+        if self.reset_to_end.load(Ordering::Relaxed) {
+            Offset::End
+        } else {
+            Offset::Beginning
         }
     }
 
@@ -952,12 +1018,18 @@ impl ConsumerContext for WorkerContext {
                         TopicPartitionList::new()
                     }
                 };
+                // Nothing is fetched for these until their stores are restored. They are
+                // paused before they are assigned: librdkafka starts an assigned partition's
+                // fetch on its own thread (later, if the partition is still being stopped),
+                // and a pause from here racing with that start can outdate it for good. (A
+                // pause outlives assignments there.)
+                let unpaused = pause_each(consumer, &restoring);
                 if let Err(error) = consumer.assign(list) {
                     tracing::error!("assign failed: {error}");
                 }
-                // Nothing is fetched for these until their stores are restored.
-                if restoring.count() > 0 {
-                    if let Err(error) = consumer.pause(&restoring) {
+                // Partitions librdkafka did not know before the assignment.
+                if unpaused.count() > 0 {
+                    if let Err(error) = consumer.pause(&unpaused) {
                         self.shared
                             .metrics
                             .fail(format!("cannot pause partitions while restoring: {error}"));
@@ -1117,6 +1189,26 @@ impl crate::task::commit::Transactions for KafkaTransactions {
     fn reinit(&self) -> std::result::Result<(), String> {
         self.sink.reinit().map_err(|e| e.to_string())
     }
+}
+
+/// Pauses `partitions`; returns those it could not pause (librdkafka has no state for a
+/// partition it never saw, so a partition not yet assigned may be among them).
+fn pause_each<C: Consumer<WorkerContext>>(consumer: &C, partitions: &TopicPartitionList) -> TopicPartitionList {
+    let mut unpaused = TopicPartitionList::new();
+    if partitions.count() == 0 {
+        return unpaused;
+    }
+    // librdkafka writes each partition's outcome into the list it is given.
+    let outcome = partitions.clone();
+    if consumer.pause(&outcome).is_err() {
+        return partitions.clone();
+    }
+    for element in outcome.elements() {
+        if element.error().is_err() {
+            unpaused.add_partition(element.topic(), element.partition());
+        }
+    }
+    unpaused
 }
 
 /// Polls until `stop` is set, the worker failed, or it has been idle for `idle_exit`;
