@@ -296,7 +296,7 @@ async fn abort_rounds(seed: u64, rounds: u64) {
         let more = seed::hits(seed * 1_000 + round, 300);
         produce_keyed(&broker, &more);
         all.extend(more);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while metrics.aborts.load(Ordering::Relaxed) == aborts {
             assert!(Instant::now() < deadline, "worker {seed}, round {round}: no abort");
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -305,7 +305,7 @@ async fn abort_rounds(seed: u64, rounds: u64) {
             PER_USER,
             (dir.path(), "counting", &worker),
             &per_user(&all),
-            Duration::from_secs(30),
+            Duration::from_secs(60),
         )
         .await;
     }

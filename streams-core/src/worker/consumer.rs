@@ -108,9 +108,6 @@ pub(crate) struct Shared {
     pub directory: Mutex<Option<Arc<crate::web::directory::Directory>>>,
     /// The partitions whose lag was last published (`streams_consumer_lag`).
     lag_published: Mutex<Vec<crate::metrics::TopicPartition>>,
-    /// Whether the consumer's `auto.offset.reset` is the end (`latest`): where a partition
-    /// with no committed offset starts again after an abort.
-    reset_to_end: AtomicBool,
     /// What the web server sees of `running`: each task held here, with its context once
     /// restored (`None` while restoring). Its own lock, never held while waiting: the poll
     /// thread keeps `running` locked while it waits for a task's queue, and lookups must
@@ -171,7 +168,6 @@ impl Shared {
             table_tasks,
             directory: Mutex::new(None),
             lag_published: Mutex::new(Vec::new()),
-            reset_to_end: AtomicBool::new(false),
             held: Mutex::new(HashMap::new()),
             published: Mutex::new(std::time::Instant::now()),
             spent: Arc::default(),
@@ -254,13 +250,6 @@ impl Shared {
                 tracing::debug!("resuming processed partitions again: {error}");
             }
         }
-    }
-
-    /// Tells which `auto.offset.reset` the consumer was made with (any of librdkafka's
-    /// names for the end counts as the end).
-    pub(crate) fn set_reset_policy(&self, policy: Option<&str>) {
-        let to_end = matches!(policy, Some("latest" | "largest" | "end"));
-        self.reset_to_end.store(to_end, Ordering::Relaxed);
     }
 
     /// The source topics of every task (what the consumer subscribes to).
@@ -647,26 +636,42 @@ impl Shared {
         for element in list.elements() {
             let start = match element.offset() {
                 offset @ (Offset::Offset(_) | Offset::Beginning | Offset::End) => offset,
-                // No committed offset and no store: where the group's reset policy says.
-                _ => self.reset_start(),
+                // No committed offset and no store: librdkafka's `auto.offset.reset` decides,
+                // as it did at the assignment.
+                _ => Offset::Invalid,
             };
             if let Err(error) = starts.add_partition_offset(element.topic(), element.partition(), start) {
                 self.metrics.fail(format!("cannot start partitions again: {error}"));
                 return;
             }
         }
+        if starts.count() == 0 {
+            // Nothing assigned (the group took the partitions, which caused the abort).
+            return;
+        }
         // A seek can be outdated by an operation of librdkafka's own on the partition (a
-        // rebalance starting): those seeks are made again.
+        // rebalance starting): those seeks are made again, a moment later.
         let mut refused = Vec::new();
-        for _attempt in 0..3 {
+        for attempt in 0..3_u64 {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(200 * attempt * attempt));
+            }
             refused.clear();
             let mut again = TopicPartitionList::new();
             match consumer.seek_partitions(starts.clone(), Duration::from_secs(10)) {
                 Ok(result) => {
                     for element in result.elements() {
-                        if let Err(error) = element.error() {
-                            refused.push(format!("{}[{}]: {error}", element.topic(), element.partition()));
-                            let _ = again.add_partition_offset(element.topic(), element.partition(), element.offset());
+                        match element.error() {
+                            Ok(()) => {}
+                            // Not started yet (its committed offset is still being fetched):
+                            // nothing was fetched from it, and it starts where the
+                            // assignment says.
+                            Err(KafkaError::OffsetFetch(rdkafka::error::RDKafkaErrorCode::State)) => {}
+                            Err(error) => {
+                                refused.push(format!("{}[{}]: {error}", element.topic(), element.partition()));
+                                let _ =
+                                    again.add_partition_offset(element.topic(), element.partition(), element.offset());
+                            }
                         }
                     }
                 }
@@ -686,16 +691,6 @@ impl Shared {
              stopping: their next owner starts from the committed state",
             refused.join(", ")
         ));
-    }
-
-    /// Where a source partition with no committed offset (and no store) starts: the
-    /// consumer's `auto.offset.reset`.
-    fn reset_start(&self) -> Offset {
-        if self.reset_to_end.load(Ordering::Relaxed) {
-            Offset::End
-        } else {
-            Offset::Beginning
-        }
     }
 
     /// Tells each task with several sources which of them have records on the broker that
@@ -1025,7 +1020,10 @@ impl ConsumerContext for WorkerContext {
                 // pause outlives assignments there.)
                 let unpaused = pause_each(consumer, &restoring);
                 if let Err(error) = consumer.assign(list) {
-                    tracing::error!("assign failed: {error}");
+                    // Its tasks would wait for records that never come.
+                    self.shared
+                        .metrics
+                        .fail(format!("cannot take over partitions: the assignment failed ({error})"));
                 }
                 // Partitions librdkafka did not know before the assignment.
                 if unpaused.count() > 0 {

@@ -538,7 +538,6 @@ impl Worker {
                 );
             }
         }
-        shared.set_reset_policy(consumer_config.get("auto.offset.reset"));
         let consumer: Arc<BaseConsumer<consumer::WorkerContext>> = Arc::new(
             consumer_config
                 .create_with_context(consumer::WorkerContext {
