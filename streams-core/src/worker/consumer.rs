@@ -663,10 +663,13 @@ impl Shared {
                     for element in result.elements() {
                         match element.error() {
                             Ok(()) => {}
-                            // Not started yet (its committed offset is still being fetched):
-                            // nothing was fetched from it, and it starts where the
-                            // assignment says.
-                            Err(KafkaError::OffsetFetch(rdkafka::error::RDKafkaErrorCode::State)) => {}
+                            // Not started yet (its committed offset is still being fetched,
+                            // or its previous fetcher is still stopping): nothing was fetched
+                            // from it, and it starts where the assignment says.
+                            Err(KafkaError::OffsetFetch(
+                                rdkafka::error::RDKafkaErrorCode::State
+                                | rdkafka::error::RDKafkaErrorCode::PreviousInProgress,
+                            )) => {}
                             Err(error) => {
                                 refused.push(format!("{}[{}]: {error}", element.topic(), element.partition()));
                                 let _ =
