@@ -83,6 +83,14 @@ enum Command {
         /// commit, coalesced per key) [default: the app's, 1 MiB unless it says otherwise].
         #[arg(long, value_name = "BYTES", env = "STREAMS_TABLE_CACHE_BYTES")]
         table_cache_bytes: Option<usize>,
+        /// Memory all the worker's RocksDB stores share (one block cache, memtables included):
+        /// bytes or e.g. 256MB, 1GiB [default: 128MiB].
+        #[arg(long, value_name = "SIZE", env = "STREAMS_STATE_MEMORY", value_parser = crate::store::parse_size)]
+        state_memory: Option<usize>,
+        /// How many partitions restore their stores side by side [default: the machine's
+        /// cores, at most 4].
+        #[arg(long, value_name = "N", env = "STREAMS_RESTORE_THREADS")]
+        restore_threads: Option<usize>,
         /// Seconds a stop (SIGINT/SIGTERM) may take to finish the records and commit; past
         /// it the worker exits 1 without its last commits.
         #[arg(
@@ -341,6 +349,8 @@ fn main(app: App) -> ExitCode {
             web_advertise,
             no_web,
             table_cache_bytes,
+            state_memory,
+            restore_threads,
             shutdown_timeout,
         } => settings(broker, config_file.as_deref(), config).and_then(|(broker, config)| {
             let mut options = WorkerOptions::new(data_dir.unwrap_or_else(default_dir));
@@ -351,6 +361,10 @@ fn main(app: App) -> ExitCode {
             options.guarantee = processing_guarantee;
             options.worker_id = worker_id;
             options.table_cache_bytes = table_cache_bytes;
+            options.state_memory = state_memory;
+            if let Some(threads) = restore_threads {
+                options.restore_threads = threads.max(1);
+            }
             options.shutdown_timeout = Duration::try_from_secs_f64(shutdown_timeout)
                 .map_err(|e| crate::Error::Config(format!("--shutdown-timeout {shutdown_timeout}: {e}")))?;
             options.web = (!no_web).then(|| {

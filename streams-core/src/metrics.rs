@@ -141,6 +141,11 @@ pub struct Metrics {
     pub cache_peak_bytes: AtomicU64,
     /// Rebalances that took partitions from this worker (revocations and losses).
     pub revocations: AtomicU64,
+    /// What the worker's RocksDB stores hold in their shared memory (block cache and
+    /// memtables), in bytes, read once a second.
+    pub state_memory_bytes: AtomicU64,
+    /// The stores' shared memory budget, in bytes (`--state-memory`).
+    pub state_memory_limit_bytes: AtomicU64,
     pub(crate) families: Families,
     member_id: Mutex<Option<String>>,
     want_record_sample: AtomicBool,
@@ -351,6 +356,18 @@ impl Metrics {
                 "table_cache_peak_bytes",
                 "The largest table partition cache seen at a commit point, in bytes",
                 load(&self.cache_peak_bytes),
+                false,
+            ),
+            (
+                "state_memory_bytes",
+                "What the RocksDB stores hold in their shared memory (block cache and memtables), in bytes",
+                load(&self.state_memory_bytes),
+                false,
+            ),
+            (
+                "state_memory_limit_bytes",
+                "The RocksDB stores' shared memory budget (--state-memory), in bytes",
+                load(&self.state_memory_limit_bytes),
                 false,
             ),
             (

@@ -232,3 +232,70 @@ async fn a_deleted_key_stays_deleted_after_a_restore_from_kafka() {
     assert_eq!(table.get("probe-1"), None, "deleted after the restore");
     assert_eq!(table.get("probe-2"), Some(&30.0));
 }
+
+const BULK: Topic<String, Reading> = Topic::new("bulk-readings").partitions(16);
+const LATEST: Table<String, f64> = Table::new("latest-bulk");
+
+/// Keeps each probe's last reading (many probes, long names).
+#[agent(topic = BULK, tables = [LATEST])]
+async fn keep_latest(mut readings: Stream<String, Reading>) -> Result<()> {
+    while let Some(event) = readings.next_event().await {
+        LATEST.set(&event.key, event.value.celsius).await?;
+    }
+    Ok(())
+}
+
+/// The RocksDB stores of a worker share one memory budget (`--state-memory`): 16 partitions
+/// of a table given ~26 MB of keys keep their block cache and memtables, all together, near
+/// 16 MiB (each partition's memtables alone may take 8 MiB without it), the memtables are
+/// counted in it, and no key is lost. The bound is RocksDB's: a store flushes its memtables
+/// at its next write once the total is over, so a budget must hold what one round of commits
+/// writes (here 16 table caches of 256 KiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stores_share_one_memory_budget() {
+    log();
+    let broker = EmbeddedBroker::start().expect("broker");
+    let app = || App::new("bulk").agent(keep_latest);
+    create_app_topics(&broker, &app());
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let name = "x".repeat(90);
+    let records: Vec<(Option<String>, Vec<u8>)> = (0..200_000)
+        .map(|i| {
+            (
+                Some(format!("probe-{i:07}-{name}")),
+                format!("{{\"celsius\": {i}.5}}").into_bytes(),
+            )
+        })
+        .collect();
+    produce(&bootstrap, "bulk-readings", &records);
+    let dir = tempfile::tempdir().expect("dir");
+    let budget = 16 << 20;
+    let options = worker_options(dir.path(), &broker)
+        .state_memory(budget)
+        .table_cache_bytes(256 << 10);
+    let worker = Worker::start(app(), options).await.expect("worker");
+    let metrics = worker.metrics();
+    let probe = bootstrap.clone();
+    let caught_up = tokio::task::spawn_blocking(move || {
+        streams_tests::wait_caught_up(&probe, "bulk", &["bulk-readings"], Duration::from_secs(120))
+    });
+    let mut peak = 0;
+    while !caught_up.is_finished() {
+        peak = peak.max(metrics.state_memory_bytes.load(Ordering::Relaxed));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    caught_up.await.expect("wait");
+    peak = peak.max(metrics.state_memory_bytes.load(Ordering::Relaxed));
+    assert_eq!(metrics.state_memory_limit_bytes.load(Ordering::Relaxed), budget as u64);
+    assert!(peak >= 1 << 20, "the memtables are counted in the budget: {peak} bytes");
+    assert!(
+        peak <= budget as u64 * 3 / 2,
+        "{peak} bytes in RocksDB's shared memory for a budget of {budget}"
+    );
+    worker.stop().await.expect("stop");
+    assert_eq!(
+        LATEST.read_local(dir.path(), "bulk").expect("table").len(),
+        200_000,
+        "every key kept"
+    );
+}

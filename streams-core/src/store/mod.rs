@@ -1,9 +1,11 @@
 //! State stores: where a table partition's data lives on a worker. Stores know nothing of
 //! agents or Kafka; they keep bytes and a checkpoint.
 
+mod budget;
 mod memory;
 mod rocksdb;
 
+pub use self::budget::{parse_size, StateMemory, DEFAULT_STATE_MEMORY, MIN_STATE_MEMORY};
 pub use self::memory::MemoryStore;
 pub use self::rocksdb::RocksDbStore;
 

@@ -2,14 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
-use std::sync::OnceLock;
-
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, ErrorKind, IteratorMode, Options, ReadOptions, ReadTier,
-    WriteBatch, WriteBufferManager, DB,
+    BlockBasedOptions, ColumnFamilyDescriptor, ErrorKind, IteratorMode, Options, ReadOptions, ReadTier, WriteBatch, DB,
 };
 
-use super::{Checkpoint, StateStore};
+use super::{Checkpoint, StateMemory, StateStore};
 use crate::{Error, Result};
 
 const META: &str = "streams-meta";
@@ -17,17 +14,6 @@ const CHANGELOG_OFFSET: &[u8] = b"changelog_offset";
 const SOURCES: &[u8] = b"sources";
 const STREAM_TIME: &[u8] = b"stream_time";
 const CLOCKS: &[u8] = b"clocks";
-
-/// Memory every store of the process shares: one block cache and one budget for memtables,
-/// so a worker with many partitions does not multiply RocksDB's per-database defaults.
-fn shared_memory() -> &'static (Cache, WriteBufferManager) {
-    static SHARED: OnceLock<(Cache, WriteBufferManager)> = OnceLock::new();
-    SHARED.get_or_init(|| {
-        let cache = Cache::new_lru_cache(32 << 20);
-        let buffers = WriteBufferManager::new_write_buffer_manager_with_cache(64 << 20, false, cache.clone());
-        (cache, buffers)
-    })
-}
 
 /// A table partition in RocksDB.
 ///
@@ -60,22 +46,28 @@ fn store_error(path: &Path, source: rocksdb::Error) -> Error {
 }
 
 impl RocksDbStore {
-    /// Opens (or creates) the store at `path`.
+    /// Opens (or creates) the store at `path`, within the process's default memory budget
+    /// ([`StateMemory::process_default`]).
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_in(path, StateMemory::process_default())
+    }
+
+    /// Opens (or creates) the store at `path`, its block cache and memtables within `memory`
+    /// (shared with the other stores opened in it).
+    pub fn open_in(path: &Path, memory: &StateMemory) -> Result<Self> {
         std::fs::create_dir_all(path).map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_keep_log_file_num(2);
-        let (cache, buffers) = shared_memory();
-        options.set_write_buffer_manager(buffers);
+        options.set_write_buffer_manager(memory.buffers());
         // The data's column family: small memtables, the shared block cache, and a bloom
         // filter so that looking up a key the table does not have rarely reads the disk.
         let mut data = Options::default();
         data.set_write_buffer_size(4 << 20);
         data.set_max_write_buffer_number(2);
         let mut table = BlockBasedOptions::default();
-        table.set_block_cache(cache);
+        table.set_block_cache(memory.cache());
         table.set_bloom_filter(10.0, false);
         table.set_cache_index_and_filter_blocks(true);
         table.set_pin_l0_filter_and_index_blocks_in_cache(true);

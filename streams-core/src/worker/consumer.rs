@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::message::{Keep, Message, Spent};
 use crate::metrics::Metrics;
-use crate::store::{RocksDbStore, StateStore};
+use crate::store::{RocksDbStore, StateMemory, StateStore};
 use crate::task::commit::{Cut, OffsetCommit, SourceOffset};
 use crate::task::input::{Input, StreamCore};
 use crate::task::run::{run_partition, TaskKind, TaskSpec};
@@ -108,6 +108,8 @@ pub(crate) struct Shared {
     pub directory: Mutex<Option<Arc<crate::web::directory::Directory>>>,
     /// The partitions whose lag was last published (`streams_consumer_lag`).
     lag_published: Mutex<Vec<crate::metrics::TopicPartition>>,
+    /// The memory budget the worker's stores share.
+    memory: StateMemory,
     /// What the web server sees of `running`: each task held here, with its context once
     /// restored (`None` while restoring). Its own lock, never held while waiting: the poll
     /// thread keeps `running` locked while it waits for a task's queue, and lookups must
@@ -129,14 +131,15 @@ impl Shared {
         sink: Arc<dyn Sink>,
         cuts: std::sync::mpsc::Sender<Cut>,
         metrics: Arc<Metrics>,
-        restorer: Restorer,
+        restorers: Vec<Restorer>,
         commit_interval: Duration,
         table_cache_bytes: usize,
         on_embedded: bool,
         globals: crate::task::Globals,
         rounds: Option<Arc<crate::task::round::Rounds>>,
+        memory: StateMemory,
     ) -> Result<Self> {
-        let restores = restore::spawn(restorer, Arc::clone(&metrics))?;
+        let restores = restore::spawn(restorers, Arc::clone(&metrics))?;
         let mut by_topic = HashMap::new();
         let mut table_tasks = HashMap::new();
         for (index, task) in tasks.iter().enumerate() {
@@ -168,6 +171,7 @@ impl Shared {
             table_tasks,
             directory: Mutex::new(None),
             lag_published: Mutex::new(Vec::new()),
+            memory,
             held: Mutex::new(HashMap::new()),
             published: Mutex::new(std::time::Instant::now()),
             spent: Arc::default(),
@@ -228,6 +232,17 @@ impl Shared {
             lag.remove(gone);
         }
         *published = now;
+    }
+
+    /// Publishes what the stores' shared memory holds (`streams_state_memory_bytes`).
+    fn update_state_memory(&self) {
+        let metrics = &self.metrics;
+        metrics
+            .state_memory_bytes
+            .store(self.memory.used() as u64, Ordering::Relaxed);
+        metrics
+            .state_memory_limit_bytes
+            .store(self.memory.limit() as u64, Ordering::Relaxed);
     }
 
     /// Resumes, again, the partitions of every task that is not restoring (called once a
@@ -325,7 +340,7 @@ impl Shared {
         let dir = self.store_dir(table, partition);
         let mut attempt = 0;
         loop {
-            match RocksDbStore::open(&dir) {
+            match RocksDbStore::open_in(&dir, &self.memory) {
                 Ok(store) => return Ok(Arc::new(store)),
                 // The previous owner of this partition (in this process) may still be closing it.
                 Err(error) if attempt < 50 => {
@@ -1321,6 +1336,7 @@ pub(crate) fn poll_loop(
             lag_read = std::time::Instant::now();
             shared.keep_resumed(consumer);
             shared.update_lag(consumer);
+            shared.update_state_memory();
             shared.republish_held(consumer);
         }
         if let Some(idle) = idle_exit {

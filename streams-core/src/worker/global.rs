@@ -19,7 +19,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::metrics::Metrics;
 use crate::spec::GlobalTableSpec;
-use crate::store::{Checkpoint, Entry, RocksDbStore, StateStore};
+use crate::store::{Checkpoint, Entry, RocksDbStore, StateMemory, StateStore};
 use crate::task::sink::OnError;
 use crate::task::sink::{OutRecord, Sink, SinkError};
 use crate::task::Globals;
@@ -61,7 +61,7 @@ pub(crate) fn start(
     app_id: &str,
     specs: Vec<GlobalTableSpec>,
     config: &ClientConfig,
-    dir: &Path,
+    (dir, memory): (&Path, &StateMemory),
     sink: &Arc<dyn Sink>,
     metrics: &Arc<Metrics>,
     stop: &Arc<AtomicBool>,
@@ -70,7 +70,7 @@ pub(crate) fn start(
     let mut threads = Vec::new();
     for spec in specs {
         let name = spec.table.name;
-        let store: Arc<dyn StateStore> = Arc::new(RocksDbStore::open(&dir.join(name))?);
+        let store: Arc<dyn StateStore> = Arc::new(RocksDbStore::open_in(&dir.join(name), memory)?);
         let mut copy = Copy::open(app_id, spec, Arc::clone(&store), config, sink, metrics)?;
         copy.fill(stop)?;
         stores.insert(name, store);

@@ -70,11 +70,26 @@ pub struct WorkerOptions {
     /// The table cache's budget per table partition, overriding the app's
     /// (`App::table_cache_bytes`; the command line's `--table-cache-bytes`).
     pub table_cache_bytes: Option<usize>,
+    /// The memory every RocksDB store of the worker shares, in bytes: one block cache that
+    /// also carries the memtables (the command line's `--state-memory`). `None`: the
+    /// process's default budget, [`crate::store::DEFAULT_STATE_MEMORY`] (128 MiB), shared by
+    /// every worker of the process.
+    pub state_memory: Option<usize>,
+    /// How many partitions restore their stores side by side, each on a thread with
+    /// consumers of its own (the command line's `--restore-threads`; by default the
+    /// machine's cores, at most 4).
+    pub restore_threads: usize,
     /// How long a stop may take to finish its records and make its last commits (30 s by
     /// default): past it, [`WorkerHandle::stop`] gives up with an error, and the command
     /// line's worker exits 1 without them (a broker that cannot be reached would otherwise
     /// keep it waiting forever; an orchestrator would kill it anyway).
     pub shutdown_timeout: Duration,
+}
+
+/// How many partitions restore side by side by default: the machine's cores, at most 4
+/// (restores read the broker and write RocksDB; more threads than cores only wait).
+pub(crate) fn default_restore_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(4))
 }
 
 /// How long a stop may take by default (see [`WorkerOptions::shutdown_timeout`]).
@@ -95,6 +110,8 @@ impl WorkerOptions {
             worker_id: None,
             web: None,
             table_cache_bytes: None,
+            state_memory: None,
+            restore_threads: default_restore_threads(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
@@ -108,6 +125,29 @@ impl WorkerOptions {
     /// ```
     pub fn table_cache_bytes(mut self, bytes: usize) -> Self {
         self.table_cache_bytes = Some(bytes);
+        self
+    }
+
+    /// Gives the worker's RocksDB stores, all of them together, this memory budget (see
+    /// [`crate::store::StateMemory`]): one block cache, with the memtables charged to it.
+    ///
+    /// ```
+    /// let options = streams_core::WorkerOptions::new("/tmp/data").state_memory(256 << 20);
+    /// assert_eq!(options.state_memory, Some(256 << 20));
+    /// ```
+    pub fn state_memory(mut self, bytes: usize) -> Self {
+        self.state_memory = Some(bytes);
+        self
+    }
+
+    /// Restores up to `threads` partitions' stores side by side (at least 1).
+    ///
+    /// ```
+    /// let options = streams_core::WorkerOptions::new("/tmp/data").restore_threads(8);
+    /// assert_eq!(options.restore_threads, 8);
+    /// ```
+    pub fn restore_threads(mut self, threads: usize) -> Self {
+        self.restore_threads = threads.max(1);
         self
     }
 
@@ -441,6 +481,10 @@ impl Worker {
         } else {
             Arc::clone(&sink)
         };
+        let memory = match options.state_memory {
+            Some(bytes) => crate::store::StateMemory::new(bytes),
+            None => crate::store::StateMemory::process_default().clone(),
+        };
         // Global tables are filled before the worker joins its group: no task starts before
         // its lookups can be answered.
         let globals = {
@@ -451,9 +495,12 @@ impl Worker {
                 app_dir.join("global"),
             );
             let (sink, metrics, stop) = (Arc::clone(&side_sink), Arc::clone(&metrics), Arc::clone(&stop));
-            tokio::task::spawn_blocking(move || global::start(&id, specs, &config, &dir, &sink, &metrics, &stop))
-                .await
-                .map_err(|e| Error::Config(format!("filling the global tables: {e}")))??
+            let memory = memory.clone();
+            tokio::task::spawn_blocking(move || {
+                global::start(&id, specs, &config, (&dir, &memory), &sink, &metrics, &stop)
+            })
+            .await
+            .map_err(|e| Error::Config(format!("filling the global tables: {e}")))??
         };
         let (cuts_tx, cuts_rx) = std::sync::mpsc::channel();
         let shared = Arc::new(consumer::Shared::new(
@@ -464,12 +511,15 @@ impl Worker {
             Arc::clone(&sink),
             cuts_tx,
             Arc::clone(&metrics),
-            Restorer::new(&config, Arc::clone(&metrics))?,
+            (0..options.restore_threads.max(1))
+                .map(|_| Restorer::new(&config, Arc::clone(&metrics)))
+                .collect::<Result<Vec<_>>>()?,
             app.commit_interval_value(),
             app.table_cache_bytes_value(),
             on_embedded,
             Arc::clone(&globals.stores),
             rounds.clone(),
+            memory,
         )?);
         let web = match web_listener {
             Some((listener, url)) => {

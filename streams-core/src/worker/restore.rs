@@ -1,11 +1,12 @@
-//! Restores off the poll thread. An assigned partition with tables is paused while this
-//! thread reads its changelogs into its stores; the poll thread keeps polling, so the worker
+//! Restores off the poll thread. An assigned partition with tables is paused while a
+//! restore thread reads its changelogs into its stores (the partitions of an assignment side
+//! by side, on up to `--restore-threads` threads); the poll thread keeps polling, so the worker
 //! takes part in the next rebalance at once instead of after the restore, and resumes the
 //! partition when its restore is done (Kafka Streams restores the same way). The restore
 //! also decides where the partition starts ([`crate::changelog::start_offsets`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -85,32 +86,86 @@ impl RestoreProgress {
     }
 }
 
-/// Starts the restore thread; it ends when the returned sender is dropped.
-pub(crate) fn spawn(restorer: Restorer, metrics: Arc<Metrics>) -> Result<Sender<RestoreJob>> {
-    let (jobs, inbox) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("restore".into())
-        .spawn(move || run(&inbox, &restorer, &metrics))
-        .map_err(|e| Error::io("starting the restore thread", e))?;
+/// Starts the restore threads, one per restorer (each reads changelogs through consumers of
+/// its own): they take the jobs in turn, so the partitions of an assignment restore side by
+/// side, and end when the returned sender is dropped.
+pub(crate) fn spawn(restorers: Vec<Restorer>, metrics: Arc<Metrics>) -> Result<Sender<RestoreJob>> {
+    let busy = Arc::new(Busy::default());
+    pool(restorers, move |job, restorer| run(job, restorer, &metrics, &busy))
+}
+
+/// Threads, one per `state`, that hand each job sent to the returned sender to `work` with
+/// their state, whichever thread is free first; they end when the sender is dropped.
+fn pool<J, S, F>(states: Vec<S>, work: F) -> Result<Sender<J>>
+where
+    J: Send + 'static,
+    S: Send + 'static,
+    F: Fn(J, &S) + Send + Sync + 'static,
+{
+    let (jobs, inbox) = std::sync::mpsc::channel::<J>();
+    let inbox = Arc::new(Mutex::new(inbox));
+    let work = Arc::new(work);
+    for (n, state) in states.into_iter().enumerate() {
+        let (inbox, work) = (Arc::clone(&inbox), Arc::clone(&work));
+        std::thread::Builder::new()
+            .name(format!("restore-{n}"))
+            .spawn(move || loop {
+                // One thread waits for the next job while the others work.
+                let job = inbox.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                match job {
+                    Ok(job) => work(job, &state),
+                    Err(_) => return,
+                }
+            })
+            .map_err(|e| Error::io("starting a restore thread", e))?;
+    }
     Ok(jobs)
 }
 
-fn run(jobs: &Receiver<RestoreJob>, restorer: &Restorer, metrics: &Metrics) {
-    for job in jobs {
-        let progress = Arc::clone(&job.progress);
-        if progress.is_cancelled().load(Ordering::Relaxed) {
-            progress.finish(Err("revoked before its restore".into()));
-            continue;
+/// The wall time during which any restore runs (`Metrics::restore_micros`): restores side by
+/// side count once.
+#[derive(Default)]
+struct Busy {
+    /// Restores running, and since when one has been.
+    running: Mutex<(usize, Option<Instant>)>,
+}
+
+impl Busy {
+    fn begin(&self) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if running.0 == 0 {
+            running.1 = Some(Instant::now());
         }
-        progress.started.store(true, Ordering::Relaxed);
-        let outcome = restore(job, restorer, metrics);
-        // The job (and its stores) is dropped by now: a waiting revoke may close them.
-        progress.finish(outcome);
+        running.0 += 1;
+    }
+
+    fn end(&self, metrics: &Metrics) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running.0 = running.0.saturating_sub(1);
+        if running.0 == 0 {
+            if let Some(since) = running.1.take() {
+                let micros = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+                metrics.restore_micros.fetch_add(micros, Ordering::Relaxed);
+            }
+        }
     }
 }
 
+fn run(job: RestoreJob, restorer: &Restorer, metrics: &Metrics, busy: &Busy) {
+    let progress = Arc::clone(&job.progress);
+    if progress.is_cancelled().load(Ordering::Relaxed) {
+        progress.finish(Err("revoked before its restore".into()));
+        return;
+    }
+    progress.started.store(true, Ordering::Relaxed);
+    busy.begin();
+    let outcome = restore(job, restorer, metrics);
+    busy.end(metrics);
+    // The job (and its stores) is dropped by now: a waiting revoke may close them.
+    progress.finish(outcome);
+}
+
 fn restore(job: RestoreJob, restorer: &Restorer, metrics: &Metrics) -> std::result::Result<Starts, String> {
-    let began = Instant::now();
     let failed = |e: Error| format!("cannot restore the tables of {}[{}]: {e}", job.topic, job.partition);
     // Where nothing is committed, the partition's first offset stands in (see `Committed`).
     let mut committed: Vec<(String, i64)> = Vec::with_capacity(job.committed.len());
@@ -160,8 +215,6 @@ fn restore(job: RestoreJob, restorer: &Restorer, metrics: &Metrics) -> std::resu
         return Err("revoked during its restore".into());
     };
     metrics.restored.fetch_add(restoration.applied, Ordering::Relaxed);
-    let micros = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
-    metrics.restore_micros.fetch_add(micros, Ordering::Relaxed);
     if restoration.rebuilt {
         tracing::info!(
             "{}[{}]: the changelog held changes another worker made after this worker's checkpoint, \
@@ -469,5 +522,58 @@ impl KafkaLog<'_> {
             Some(position) => changelog::Fetched::At(position),
             None => changelog::Fetched::Nothing,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Barrier};
+    use std::time::Duration;
+
+    use super::pool;
+
+    /// Jobs run side by side, one per thread: three jobs that each wait for the other two
+    /// finish only on three threads at once.
+    #[test]
+    fn the_pool_runs_jobs_side_by_side() {
+        let barrier = Arc::new(Barrier::new(3));
+        let (done, finished) = std::sync::mpsc::channel();
+        let jobs = pool(vec![(), (), ()], move |n: u32, _: &()| {
+            barrier.wait();
+            let _ = done.send(n);
+        })
+        .expect("pool");
+        for n in 0..3 {
+            jobs.send(n).expect("send");
+        }
+        let mut seen: Vec<u32> = (0..3)
+            .map(|_| {
+                finished
+                    .recv_timeout(Duration::from_secs(10))
+                    .expect("three jobs at once")
+            })
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, vec![0, 1, 2]);
+    }
+
+    /// One thread takes the jobs in the order sent; dropping the sender ends the threads.
+    #[test]
+    fn one_thread_takes_jobs_in_order_and_ends_with_the_sender() {
+        let (done, finished) = std::sync::mpsc::channel();
+        let jobs = pool(vec![()], move |n: u32, _: &()| {
+            let _ = done.send(n);
+        })
+        .expect("pool");
+        for n in 0..5 {
+            jobs.send(n).expect("send");
+        }
+        drop(jobs);
+        let seen: Vec<u32> = finished.iter().collect();
+        assert_eq!(
+            seen,
+            vec![0, 1, 2, 3, 4],
+            "in order, and the thread ended (the channel closed)"
+        );
     }
 }
