@@ -145,6 +145,15 @@ impl Error {
 /// Result with the streams [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The message of a panic.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_string())
+}
+
 /// What to do with a record that fails: one that does not decode, one whose processing
 /// fails, one the broker refuses for good (Kafka Streams' exception handlers, KIP-1033/1034;
 /// see `App::on_deserialization_error`, `App::on_processing_error`,

@@ -192,14 +192,7 @@ impl Timer {
         let outcome = std::panic::AssertUnwindSafe(ctx.scope(work)).catch_unwind().await;
         match outcome {
             Ok(result) => result,
-            Err(panic) => Err(format!(
-                "panic: {}",
-                panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default()
-            )),
+            Err(panic) => Err(format!("panic: {}", crate::error::panic_text(&*panic))),
         }
     }
 }

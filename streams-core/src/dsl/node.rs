@@ -45,16 +45,7 @@ where
 /// keep its other branches from running.
 pub(crate) fn guarded(push: impl FnOnce() -> Outcome) -> Outcome {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(push))
-        .unwrap_or_else(|panic| Err(format!("panic: {}", panic_text(&*panic))))
-}
-
-/// The message of a panic.
-pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".to_string())
+        .unwrap_or_else(|panic| Err(format!("panic: {}", crate::error::panic_text(&*panic))))
 }
 
 /// Something built that must be frozen before it runs.

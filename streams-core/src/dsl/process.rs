@@ -397,7 +397,7 @@ where
             Err(panic) => {
                 return Err(format!(
                     "wall_clock_punctuation panicked: {}; no more wall-clock punctuation",
-                    super::node::panic_text(&*panic)
+                    crate::error::panic_text(&*panic)
                 ))
             }
         };

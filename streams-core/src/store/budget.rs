@@ -42,8 +42,14 @@ pub struct StateMemory {
 
 impl StateMemory {
     /// A budget of `bytes` (at least [`MIN_STATE_MEMORY`]) for the block cache and the
-    /// memtables together; memtables take at most half of it.
+    /// memtables together; memtables take about half of it (RocksDB flushes a store's
+    /// memtables at its next write once they are over; see [`StateMemory`]).
     pub fn new(bytes: usize) -> Self {
+        if bytes < MIN_STATE_MEMORY {
+            tracing::warn!(
+                "a state memory budget of {bytes} bytes is below the least taken; taking {MIN_STATE_MEMORY}"
+            );
+        }
         let limit = bytes.max(MIN_STATE_MEMORY);
         let cache = Cache::new_lru_cache(limit);
         let buffers = WriteBufferManager::new_write_buffer_manager_with_cache(limit / 2, false, cache.clone());
@@ -87,6 +93,8 @@ impl StateMemory {
 /// assert_eq!(parse_size("1 GiB"), Ok(1 << 30));
 /// assert_eq!(parse_size("4096"), Ok(4096));
 /// assert!(parse_size("lots").is_err());
+/// assert!(parse_size("-1").is_err());
+/// assert!(parse_size("512m").is_err(), "say MB or MiB");
 /// ```
 pub fn parse_size(text: &str) -> Result<usize, String> {
     let text = text.trim();
@@ -94,11 +102,16 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(text.len());
     let (number, unit) = (&text[..split], text[split..].trim());
+    if number.is_empty() {
+        return Err(format!(
+            "`{text}` is not a size: a number first (e.g. 256MB, 1GiB, 4096)"
+        ));
+    }
     let factor: f64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
-        "kb" | "k" => 1e3,
-        "mb" | "m" => 1e6,
-        "gb" | "g" => 1e9,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
         "kib" => 1024.0,
         "mib" => 1024.0 * 1024.0,
         "gib" => 1024.0 * 1024.0 * 1024.0,

@@ -104,11 +104,7 @@ pub(crate) async fn run_partition(spec: Arc<TaskSpec>, core: StreamCore) {
                 core.fail_current(&error).await;
             }
             Err(panic) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panic".to_string());
+                let message = crate::error::panic_text(&*panic);
                 tracing::error!(task = spec.name, partition = ctx.partition, "task panicked: {message}");
                 core.fail_current(&format!("panic: {message}")).await;
             }

@@ -87,7 +87,7 @@ pub(crate) struct Shared {
     pub cuts: Mutex<Option<std::sync::mpsc::Sender<Cut>>>,
     pub metrics: Arc<Metrics>,
     /// Jobs for the restore thread.
-    restores: std::sync::mpsc::Sender<RestoreJob>,
+    restores: std::sync::mpsc::Sender<Arc<RestoreProgress>>,
     pub commit_interval: Duration,
     pub table_cache_bytes: usize,
     running: Mutex<HashMap<TaskKey, Running>>,
@@ -475,7 +475,6 @@ impl Shared {
                 tables: stores,
                 committed: starts.clone(),
                 ctx: Arc::clone(&ctx),
-                progress: Arc::new(RestoreProgress::default()),
             });
             let core =
                 StreamCore::new(Arc::clone(&ctx), rx, self.commit_interval).with_returns(Arc::clone(&self.spent));
@@ -496,8 +495,8 @@ impl Shared {
                 .join(", ");
             let restoring_progress = match job {
                 Some(job) => {
-                    let progress = Arc::clone(&job.progress);
-                    self.restores.send(job).map_err(|_| Error::Stopping)?;
+                    let progress = RestoreProgress::of(job);
+                    self.restores.send(Arc::clone(&progress)).map_err(|_| Error::Stopping)?;
                     for (topic, _) in &sources {
                         restoring.add_partition(topic, partition);
                     }

@@ -503,15 +503,22 @@ impl Worker {
             .map_err(|e| Error::Config(format!("filling the global tables: {e}")))??
         };
         let (cuts_tx, cuts_rx) = std::sync::mpsc::channel();
+        let tasks = app.tasks();
+        // Restore threads (each with two consumers of its own) only for an app with tables.
+        let restore_threads = if tasks.iter().any(|task| !task.tables.is_empty()) {
+            options.restore_threads.max(1)
+        } else {
+            0
+        };
         let shared = Arc::new(consumer::Shared::new(
             app.id().to_string(),
-            app.tasks(),
+            tasks,
             app_dir.join("tables"),
             tokio::runtime::Handle::current(),
             Arc::clone(&sink),
             cuts_tx,
             Arc::clone(&metrics),
-            (0..options.restore_threads.max(1))
+            (0..restore_threads)
                 .map(|_| Restorer::new(&config, Arc::clone(&metrics)))
                 .collect::<Result<Vec<_>>>()?,
             app.commit_interval_value(),

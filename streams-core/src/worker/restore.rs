@@ -32,7 +32,6 @@ pub(crate) struct RestoreJob {
     pub committed: Vec<(String, Option<i64>)>,
     /// The task: changes to write again at its first cut go into its tables' caches.
     pub ctx: Arc<TaskContext>,
-    pub progress: Arc<RestoreProgress>,
 }
 
 /// Where a restored partition starts: each source's offset, and whether that differs from
@@ -43,20 +42,35 @@ pub(crate) struct Starts {
     pub moved: bool,
 }
 
-/// How a restore stands, shared by the poll thread and the restore thread.
-#[derive(Default)]
+/// How a restore stands, shared by the poll thread and the restore threads. It holds its job
+/// until a restore thread takes it up, so that a job revoked while it waits for a thread
+/// lets go of its stores at once.
 pub(crate) struct RestoreProgress {
     cancelled: AtomicBool,
-    started: AtomicBool,
+    job: Handoff<RestoreJob>,
     outcome: Mutex<Option<std::result::Result<Starts, String>>>,
     finished: Condvar,
 }
 
 impl RestoreProgress {
+    /// The progress of `job`, which waits in it for a restore thread.
+    pub(crate) fn of(job: RestoreJob) -> Arc<Self> {
+        Arc::new(Self {
+            cancelled: AtomicBool::new(false),
+            job: Handoff::new(job),
+            outcome: Mutex::new(None),
+            finished: Condvar::new(),
+        })
+    }
+
     /// The partition was revoked: stop at the next record (what is restored so far stays,
-    /// with its checkpoint).
+    /// with its checkpoint); a job no thread has taken up yet is dropped, with its stores.
     pub(crate) fn cancel(&self) {
         self.cancelled.store(true, Ordering::Relaxed);
+        if let Some(job) = self.job.withdraw() {
+            drop(job);
+            self.finish(Err("revoked before its restore".into()));
+        }
     }
 
     pub(crate) fn is_cancelled(&self) -> &AtomicBool {
@@ -71,7 +85,7 @@ impl RestoreProgress {
     /// Waits until the restore thread has let go of the stores (at once when it never took
     /// them up).
     pub(crate) fn wait_released(&self, timeout: Duration) {
-        if !self.started.load(Ordering::Relaxed) {
+        if !self.job.taken_up() {
             return;
         }
         let outcome = self.outcome.lock().unwrap_or_else(|p| p.into_inner());
@@ -86,12 +100,50 @@ impl RestoreProgress {
     }
 }
 
+/// A value handed from one thread to another exactly once: taken up by the one, or withdrawn
+/// (and dropped) by the other, never both. Whether it was taken up is known afterwards.
+struct Handoff<T> {
+    /// The value until it is taken up or withdrawn; whether it was taken up.
+    slot: Mutex<(Option<T>, bool)>,
+}
+
+impl<T> Handoff<T> {
+    fn new(value: T) -> Self {
+        Self {
+            slot: Mutex::new((Some(value), false)),
+        }
+    }
+
+    /// The value, unless it was withdrawn first.
+    fn take_up(&self) -> Option<T> {
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        let value = slot.0.take();
+        slot.1 |= value.is_some();
+        value
+    }
+
+    /// The value, unless it was taken up first.
+    fn withdraw(&self) -> Option<T> {
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.1 {
+            return None;
+        }
+        slot.0.take()
+    }
+
+    fn taken_up(&self) -> bool {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).1
+    }
+}
+
 /// Starts the restore threads, one per restorer (each reads changelogs through consumers of
 /// its own): they take the jobs in turn, so the partitions of an assignment restore side by
 /// side, and end when the returned sender is dropped.
-pub(crate) fn spawn(restorers: Vec<Restorer>, metrics: Arc<Metrics>) -> Result<Sender<RestoreJob>> {
+pub(crate) fn spawn(restorers: Vec<Restorer>, metrics: Arc<Metrics>) -> Result<Sender<Arc<RestoreProgress>>> {
     let busy = Arc::new(Busy::default());
-    pool(restorers, move |job, restorer| run(job, restorer, &metrics, &busy))
+    pool(restorers, move |progress: Arc<RestoreProgress>, restorer: &Restorer| {
+        run(&progress, restorer, &metrics, &busy)
+    })
 }
 
 /// Threads, one per `state`, that hand each job sent to the returned sender to `work` with
@@ -123,56 +175,75 @@ where
 }
 
 /// The wall time during which any restore runs (`Metrics::restore_micros`): restores side by
-/// side count once.
+/// side count once, and the time is added as each restore ends.
 #[derive(Default)]
 struct Busy {
-    /// Restores running, and since when one has been.
+    /// Restores running, and since when the time is not yet counted.
     running: Mutex<(usize, Option<Instant>)>,
 }
 
 impl Busy {
-    fn begin(&self) {
+    /// Counts a restore as running until the returned guard is dropped (a panic included).
+    fn enter<'a>(&'a self, metrics: &'a Metrics) -> Running<'a> {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         if running.0 == 0 {
             running.1 = Some(Instant::now());
         }
         running.0 += 1;
+        Running { busy: self, metrics }
     }
+}
 
-    fn end(&self, metrics: &Metrics) {
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+/// A restore counted as running by [`Busy`].
+struct Running<'a> {
+    busy: &'a Busy,
+    metrics: &'a Metrics,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut running = self.busy.running.lock().unwrap_or_else(|p| p.into_inner());
         running.0 = running.0.saturating_sub(1);
-        if running.0 == 0 {
-            if let Some(since) = running.1.take() {
-                let micros = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
-                metrics.restore_micros.fetch_add(micros, Ordering::Relaxed);
-            }
+        if let Some(since) = running.1.take() {
+            let micros = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.metrics.restore_micros.fetch_add(micros, Ordering::Relaxed);
+        }
+        if running.0 > 0 {
+            running.1 = Some(Instant::now());
         }
     }
 }
 
-fn run(job: RestoreJob, restorer: &Restorer, metrics: &Metrics, busy: &Busy) {
-    let progress = Arc::clone(&job.progress);
-    if progress.is_cancelled().load(Ordering::Relaxed) {
-        progress.finish(Err("revoked before its restore".into()));
+fn run(progress: &RestoreProgress, restorer: &Restorer, metrics: &Metrics, busy: &Busy) {
+    let Some(job) = progress.job.take_up() else {
+        // Revoked while it waited: `cancel` said so.
         return;
-    }
-    progress.started.store(true, Ordering::Relaxed);
-    busy.begin();
-    let outcome = restore(job, restorer, metrics);
-    busy.end(metrics);
+    };
+    let outcome = {
+        let _running = busy.enter(metrics);
+        // A panic ends this restore (the partition's task cannot start), not the thread.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            restore(job, progress.is_cancelled(), restorer, metrics)
+        }))
+        .unwrap_or_else(|panic| Err(format!("the restore panicked: {}", crate::error::panic_text(&*panic))))
+    };
     // The job (and its stores) is dropped by now: a waiting revoke may close them.
     progress.finish(outcome);
 }
 
-fn restore(job: RestoreJob, restorer: &Restorer, metrics: &Metrics) -> std::result::Result<Starts, String> {
+fn restore(
+    job: RestoreJob,
+    cancel: &AtomicBool,
+    restorer: &Restorer,
+    metrics: &Metrics,
+) -> std::result::Result<Starts, String> {
     let failed = |e: Error| format!("cannot restore the tables of {}[{}]: {e}", job.topic, job.partition);
     // Where nothing is committed, the partition's first offset stands in (see `Committed`).
     let mut committed: Vec<(String, i64)> = Vec::with_capacity(job.committed.len());
     for (topic, offset) in &job.committed {
         let offset = match offset {
             Some(offset) => *offset,
-            None => match restorer.watermarks(topic, job.partition, job.progress.is_cancelled()) {
+            None => match restorer.watermarks(topic, job.partition, cancel) {
                 Some((low, _)) => low,
                 None => return Err("revoked during its restore".into()),
             },
@@ -187,7 +258,7 @@ fn restore(job: RestoreJob, restorer: &Restorer, metrics: &Metrics) -> std::resu
         let Some(offset) = store.checkpoint().map_err(failed)?.changelog_offset else {
             continue;
         };
-        let Some((_, high)) = restorer.watermarks(changelog, job.partition, job.progress.is_cancelled()) else {
+        let Some((_, high)) = restorer.watermarks(changelog, job.partition, cancel) else {
             return Err("revoked during its restore".into());
         };
         if offset >= high {
@@ -206,10 +277,7 @@ fn restore(job: RestoreJob, restorer: &Restorer, metrics: &Metrics) -> std::resu
             store.clear().map_err(failed)?;
         }
     }
-    let reader = KafkaReader {
-        restorer,
-        cancel: job.progress.is_cancelled(),
-    };
+    let reader = KafkaReader { restorer, cancel };
     let Some(restoration) = changelog::restore_task(&reader, &job.tables, job.partition, &committed).map_err(failed)?
     else {
         return Err("revoked during its restore".into());
@@ -278,7 +346,11 @@ impl Progress {
         use std::io::IsTerminal;
         let label = format!("{topic}[{partition}]");
         let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::new(total);
+            // Restores side by side show one bar each, one under another.
+            static BARS: std::sync::OnceLock<indicatif::MultiProgress> = std::sync::OnceLock::new();
+            let bar = BARS
+                .get_or_init(indicatif::MultiProgress::new)
+                .add(indicatif::ProgressBar::new(total));
             let style = indicatif::ProgressStyle::with_template(
                 "restoring {msg} [{bar:30}] {pos}/{len} ({per_sec}, {eta} left)",
             );
@@ -337,6 +409,9 @@ impl Restorer {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", "50")
+            // One partition at a time per consumer: a smaller prefetch than librdkafka's
+            // 64 MiB keeps several restore threads' buffers small.
+            .set("queued.max.messages.kbytes", "16384")
             .set("group.id", "streams-restore")
             .set("isolation.level", "read_committed");
         let consumer = config
@@ -530,7 +605,7 @@ mod tests {
     use std::sync::{Arc, Barrier};
     use std::time::Duration;
 
-    use super::pool;
+    use super::{pool, Handoff};
 
     /// Jobs run side by side, one per thread: three jobs that each wait for the other two
     /// finish only on three threads at once.
@@ -555,6 +630,24 @@ mod tests {
             .collect();
         seen.sort_unstable();
         assert_eq!(seen, vec![0, 1, 2]);
+    }
+
+    /// A job revoked before a thread took it up is dropped at once (its stores close); one
+    /// taken up stays with its thread, and the revoke knows to wait for it.
+    #[test]
+    fn a_handoff_goes_to_one_side_only() {
+        let stores = Arc::new(());
+        let waiting = Handoff::new(Arc::clone(&stores));
+        assert!(waiting.withdraw().is_some());
+        assert_eq!(Arc::strong_count(&stores), 1, "dropped with the withdrawal");
+        assert!(waiting.take_up().is_none());
+        assert!(!waiting.taken_up(), "nothing to wait for");
+
+        let taken = Handoff::new(Arc::clone(&stores));
+        let job = taken.take_up();
+        assert!(job.is_some());
+        assert!(taken.withdraw().is_none());
+        assert!(taken.taken_up(), "the revoke waits for the restore");
     }
 
     /// One thread takes the jobs in the order sent; dropping the sender ends the threads.
