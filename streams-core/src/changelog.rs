@@ -411,7 +411,9 @@ pub(crate) fn read_changelog(
     let mut apply = Apply::new(store, committed, agreed, (end - start) as u64, probe);
     // Every offset up to `last` is read or skipped.
     let mut last = start - 1;
-    let mut waiting = std::time::Instant::now();
+    // Since when no record came (read only when none does: a clock read per record showed in
+    // a restore's profile).
+    let mut waiting: Option<std::time::Instant> = None;
     loop {
         if log.cancelled() {
             apply.finish((last >= start).then_some(last))?;
@@ -425,7 +427,7 @@ pub(crate) fn read_changelog(
                 headers,
             } => {
                 last = offset;
-                waiting = std::time::Instant::now();
+                waiting = None;
                 on_record(offset, end);
                 apply.record(offset, key, value, headers.into_iter())?;
                 if apply.done() || offset + 1 >= end {
@@ -437,8 +439,9 @@ pub(crate) fn read_changelog(
                 break;
             }
             fetched => {
-                if waiting.elapsed() >= std::time::Duration::from_secs(10) {
-                    waiting = std::time::Instant::now();
+                let since = *waiting.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= std::time::Duration::from_secs(10) {
+                    waiting = Some(std::time::Instant::now());
                     match fetched {
                         Fetched::At(position) => tracing::warn!(
                             "restore of {}: waiting for the transactions before offset {end} to end (their records \

@@ -370,10 +370,12 @@ impl Progress {
     }
 
     fn at(&mut self, position: u64) {
+        // Every 1024 records: a clock read per record showed in a restore's profile.
+        if !position.is_multiple_of(1024) {
+            return;
+        }
         if let Some(bar) = &self.bar {
-            if position.is_multiple_of(1024) {
-                bar.set_position(position);
-            }
+            bar.set_position(position);
         } else if self.logged.elapsed() >= Duration::from_secs(2) {
             self.logged = Instant::now();
             let rate = position as f64 / self.began.elapsed().as_secs_f64().max(1e-9);
