@@ -89,9 +89,18 @@ impl RestoreProgress {
             return;
         }
         let outcome = self.outcome.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = self
+        let waited = self
             .finished
             .wait_timeout_while(outcome, timeout, |outcome| outcome.is_none());
+        let timed_out = match waited {
+            Ok((_, result)) => result.timed_out(),
+            Err(_) => true,
+        };
+        if timed_out {
+            tracing::warn!(
+                "a revoked partition's restore did not stop within {timeout:?}; its stores close when it does"
+            );
+        }
     }
 
     fn finish(&self, outcome: std::result::Result<Starts, String>) {
@@ -338,6 +347,8 @@ struct Progress {
     total: u64,
     began: Instant,
     logged: Instant,
+    /// Records seen so far (the position counts offsets, which a compacted log skips).
+    seen: u64,
     bar: Option<indicatif::ProgressBar>,
 }
 
@@ -365,13 +376,15 @@ impl Progress {
             total,
             began: Instant::now(),
             logged: Instant::now(),
+            seen: 0,
             bar,
         }
     }
 
     fn at(&mut self, position: u64) {
         // Every 1024 records: a clock read per record showed in a restore's profile.
-        if !position.is_multiple_of(1024) {
+        self.seen += 1;
+        if !self.seen.is_multiple_of(1024) {
             return;
         }
         if let Some(bar) = &self.bar {
@@ -411,11 +424,13 @@ impl Restorer {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", "50")
-            // One partition at a time per consumer: a smaller prefetch than librdkafka's
-            // 64 MiB keeps several restore threads' buffers small.
-            .set("queued.max.messages.kbytes", "16384")
             .set("group.id", "streams-restore")
             .set("isolation.level", "read_committed");
+        if config.get("queued.max.messages.kbytes").is_none() {
+            // One partition at a time per consumer: a smaller prefetch than librdkafka's
+            // 64 MiB keeps several restore threads' buffers small (a user's setting stands).
+            config.set("queued.max.messages.kbytes", "16384");
+        }
         let consumer = config
             .create()
             .map_err(|e| Error::kafka("creating the restore consumer", e))?;
