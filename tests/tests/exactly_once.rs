@@ -214,6 +214,25 @@ fn per_user(records: &[serde_json::Value]) -> BTreeMap<String, i64> {
     counts
 }
 
+/// Starts the counting app as worker `w1` on `dir` and waits until it has counted `records`.
+async fn start_counting(
+    broker: &EmbeddedBroker,
+    dir: &Path,
+    records: &[serde_json::Value],
+) -> streams_core::WorkerHandle {
+    let worker = Worker::start(counting_app(), options(dir, broker, "w1"))
+        .await
+        .expect("worker");
+    wait_for_table(
+        PER_USER,
+        (dir, "counting", &worker),
+        &per_user(records),
+        Duration::from_secs(120),
+    )
+    .await;
+    worker
+}
+
 /// A commit that fails aborts its transaction: the stores stay at the committed state (the
 /// aborted round's changelog records are skipped by the restore as changes of uncommitted
 /// input), the partitions start again from the last committed round, and the counts end
@@ -223,16 +242,7 @@ async fn a_failed_commit_aborts_and_the_counts_stay_exact() {
     let first = seed::hits(6, 3_000);
     let broker = keyed_broker(&first);
     let dir = tempfile::tempdir().expect("tempdir");
-    let worker = Worker::start(counting_app(), options(dir.path(), &broker, "w1"))
-        .await
-        .expect("worker");
-    wait_for_table(
-        PER_USER,
-        (dir.path(), "counting", &worker),
-        &per_user(&first),
-        Duration::from_secs(120),
-    )
-    .await;
+    let worker = start_counting(&broker, dir.path(), &first).await;
     // The next commit fails (EndTxn answered with an error librdkafka does not retry), and
     // so does the first try of its abort.
     broker
@@ -273,17 +283,8 @@ async fn abort_rounds(seed: u64, rounds: u64) {
     let mut all = seed::hits(seed, 1_000);
     let broker = keyed_broker(&all);
     let dir = tempfile::tempdir().expect("tempdir");
-    let worker = Worker::start(counting_app(), options(dir.path(), &broker, "w1"))
-        .await
-        .expect("worker");
+    let worker = start_counting(&broker, dir.path(), &all).await;
     let metrics = worker.metrics();
-    wait_for_table(
-        PER_USER,
-        (dir.path(), "counting", &worker),
-        &per_user(&all),
-        Duration::from_secs(120),
-    )
-    .await;
     for round in 0..rounds {
         let aborts = metrics.aborts.load(Ordering::Relaxed);
         let failures = 1 + (round % 2) as usize;
