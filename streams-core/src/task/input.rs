@@ -133,6 +133,10 @@ pub(crate) struct StreamCore {
     /// Fetched records done with, and where they go to be freed (see [`Spent`]).
     spent: Vec<Message>,
     returns: Option<Arc<Spent>>,
+    /// Unit tests: runs after the queue was drained and before the task chooses, where a
+    /// hand-over may come.
+    #[cfg(test)]
+    between: Option<Box<dyn FnMut() + Send>>,
 }
 
 /// Done records handed back to the poll thread at a time.
@@ -173,6 +177,8 @@ impl StreamCore {
             punctuated: false,
             spent: Vec::new(),
             returns: None,
+            #[cfg(test)]
+            between: None,
         }
     }
 
@@ -303,13 +309,17 @@ impl StreamCore {
     /// takes the record with the earliest time next, so it does not run ahead while a source
     /// with nothing queued has records on the broker that it was not given yet (Kafka
     /// Streams' KIP-695, `max.task.idle.ms` = 0). It waits at most [`HOLD_BACK_LIMIT`], in
-    /// case the broker's end offset is stale.
-    fn held_back(&mut self) -> bool {
-        let waiting_for = self
-            .sources
-            .iter()
-            .enumerate()
-            .any(|(index, source)| source.queue.is_empty() && self.ctx.has_unread(index));
+    /// case the broker's end offset is stale. `unread` has a bit per source (the first 64)
+    /// that has records on the broker not handed over, read before the queue was last drained
+    /// (see [`TaskContext::unread_flags`]).
+    fn held_back(&mut self, unread: u64) -> bool {
+        let waiting_for = self.sources.iter().enumerate().any(|(index, source)| {
+            source.queue.is_empty()
+                && match index {
+                    0..64 => unread & (1 << index) != 0,
+                    _ => self.ctx.has_unread(index),
+                }
+        });
         let something_queued = self.sources.iter().any(|s| !s.queue.is_empty());
         if self.sources.len() < 2 || !waiting_for || !something_queued {
             self.holding_since = None;
@@ -390,15 +400,27 @@ impl StreamCore {
                 }
             }
             // With several sources, take what else has arrived before choosing among them.
+            // Which sources have records on the broker not handed over is read first: a
+            // source said to have none had them all put into the queue before it was said,
+            // so the queue holds them now (read after, a hand-over between the two would
+            // go unseen, and a later record of another source would be taken first).
+            let mut unread = None;
             if self.sources.len() > 1 && self.sources.iter().any(|s| s.queue.is_empty()) {
+                unread = Some(self.ctx.unread_flags());
                 while let Ok(input) = self.rx.try_recv() {
                     if self.take(input).await {
+                        // Something may still wait behind it: the flags as they are now.
+                        unread = None;
                         break;
                     }
                 }
                 if self.ended {
                     return None;
                 }
+            }
+            #[cfg(test)]
+            if let Some(between) = &mut self.between {
+                between();
             }
             if !self.processed.is_empty() && self.sources.iter().all(|s| s.queue.is_empty()) {
                 for ack in self.processed.drain(..) {
@@ -410,7 +432,7 @@ impl StreamCore {
                 self.cut_with(acks).await;
                 continue;
             }
-            let holding = self.held_back();
+            let holding = self.held_back(unread.unwrap_or_else(|| self.ctx.unread_flags()));
             if !holding {
                 if let Some(source) = self.pick() {
                     if let Some(message) = self.pop(source) {
@@ -900,5 +922,87 @@ impl Drop for RawStream {
                 *home = Some(core);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::mpsc;
+
+    use super::{Input, StreamCore};
+    use crate::message::Message;
+    use crate::metrics::Metrics;
+    use crate::task::run::{TaskKind, TaskSpec};
+    use crate::task::sink::{FlushError, OnError, OutRecord, Sink, SinkError};
+    use crate::task::{Globals, TaskContext};
+    use crate::Topic;
+
+    struct Nowhere;
+
+    impl Sink for Nowhere {
+        fn enqueue(&self, _: OutRecord) -> Result<(), SinkError> {
+            Ok(())
+        }
+        fn flush(&self) -> Result<(), FlushError> {
+            Ok(())
+        }
+        fn changelog_offset(&self, _: &str, _: i32) -> Option<i64> {
+            None
+        }
+    }
+
+    fn record(offset: i64, time: i64) -> Message {
+        Message::new(offset, Some(time), Some(b"k"), Some(b"1"), None)
+    }
+
+    /// A task with two sources whose first source's record is handed over (and its flag
+    /// cleared) just after the task drained its queue: the task must still take that record
+    /// (time 10) before the other source's (time 20), not go on because the flag says the
+    /// broker has nothing more of it.
+    #[tokio::test]
+    async fn a_record_handed_over_while_the_task_chooses_comes_in_time_order() {
+        let (a, b): (Topic<String, i64>, Topic<String, i64>) = (Topic::new("a"), Topic::new("b"));
+        let spec = TaskSpec {
+            name: "join".into(),
+            kind: TaskKind::Agent,
+            sources: vec![a.spec(), b.spec()],
+            sends: Vec::new(),
+            tables: Vec::new(),
+            dead_letter_topic: "dead-letters".into(),
+            on_deserialization_error: OnError::DeadLetter,
+            on_processing_error: OnError::DeadLetter,
+            run: Arc::new(|_| Box::pin(async { Ok(()) })),
+        };
+        let (committer, _cuts) = std::sync::mpsc::channel();
+        let ctx = Arc::new(TaskContext::new(
+            &spec,
+            0,
+            Vec::new(),
+            Arc::new(Nowhere),
+            committer,
+            Arc::new(Metrics::default()),
+            Globals::default(),
+        ));
+        let (tx, rx) = mpsc::channel(16);
+        let mut core = StreamCore::new(Arc::clone(&ctx), rx, Duration::from_secs(3600));
+        tx.send(Input::Records(1, vec![record(0, 20)])).await.expect("queued");
+        ctx.set_unread(0, true);
+        ctx.set_unread(1, false);
+        let (late, flags) = (tx.clone(), Arc::clone(&ctx));
+        let mut handed = false;
+        core.between = Some(Box::new(move || {
+            if !std::mem::replace(&mut handed, true) {
+                late.try_send(Input::Records(0, vec![record(0, 10)])).expect("queued");
+                flags.set_unread(0, false);
+            }
+        }));
+        let (source, message) = tokio::time::timeout(Duration::from_secs(10), core.next_message())
+            .await
+            .expect("a record within 10 s")
+            .expect("a record");
+        assert_eq!((source, message.timestamp()), (0, Some(10)), "the earlier record first");
     }
 }

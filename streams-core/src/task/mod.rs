@@ -228,9 +228,11 @@ impl TaskContext {
     }
 
     /// Says whether the broker holds records of source `source` not handed to the task yet.
+    /// Call it after handing the task what was read: a task that sees the flag cleared then
+    /// finds those records in its queue.
     pub(crate) fn set_unread(&self, source: usize, unread: bool) {
         if let Some(flag) = self.unread.get(source) {
-            if flag.swap(unread, Ordering::Relaxed) && !unread {
+            if flag.swap(unread, Ordering::AcqRel) && !unread {
                 self.unread_cleared.notify_one();
             }
         }
@@ -238,7 +240,15 @@ impl TaskContext {
 
     /// Whether source `source` has records on the broker that the task was not given yet.
     pub(crate) fn has_unread(&self, source: usize) -> bool {
-        self.unread.get(source).is_some_and(|flag| flag.load(Ordering::Relaxed))
+        self.unread.get(source).is_some_and(|flag| flag.load(Ordering::Acquire))
+    }
+
+    /// [`TaskContext::has_unread`] of the first 64 sources, a bit each. Read it before
+    /// draining the task's queue: what was handed over before a flag cleared is then in it.
+    pub(crate) fn unread_flags(&self) -> u64 {
+        self.unread.iter().take(64).enumerate().fold(0, |flags, (index, flag)| {
+            flags | (u64::from(flag.load(Ordering::Acquire)) << index)
+        })
     }
 
     /// Waits until a source's `unread` clears.
