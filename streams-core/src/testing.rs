@@ -270,6 +270,13 @@ struct Log {
     /// How long a flush waits, as for a broker's acknowledgements (see
     /// [`TestDriver::ack_latency`]).
     ack_latency: Duration,
+    /// Exactly-once: the open transaction is being committed (from the round's flush until
+    /// its commit or abort): a record sent now would go into a transaction that commits
+    /// without its source offsets.
+    sealed: bool,
+    /// Records sent while the transaction was sealed: an exactly-once violation of the
+    /// engine, which the driver's runs report.
+    slipped: Vec<String>,
 }
 
 impl Log {
@@ -282,6 +289,10 @@ impl Log {
         }
     }
 }
+
+/// Unit tests: what runs when a pass of the driver's feed found nothing to hand over.
+#[cfg(test)]
+type IdleHook = Box<dyn FnMut(&Topics) + Send>;
 
 /// The driver's topics: the source of records and the sink of outputs.
 #[derive(Clone, Default)]
@@ -297,7 +308,13 @@ impl Topics {
     }
 
     fn append_as(&self, record: OutRecord, state: Visibility) -> (i32, i64) {
-        let mut log = self.log();
+        self.log().append(record, state)
+    }
+}
+
+impl Log {
+    fn append(&mut self, record: OutRecord, state: Visibility) -> (i32, i64) {
+        let log = self;
         let clock = log.clock;
         let partitions = log.topics.get(&*record.topic).map_or(1, |p| p.len()) as i32;
         let partition = match (record.partition, &record.key) {
@@ -339,39 +356,52 @@ impl Topics {
 
 impl Sink for Topics {
     fn enqueue(&self, record: OutRecord) -> Result<(), SinkError> {
-        let state = {
-            let mut log = self.log();
-            let size = record.value.as_ref().map_or(0, Vec::len);
-            let refused = log
-                .refusing
-                .iter()
-                .any(|(topic, largest)| **topic == *record.topic && size > *largest);
-            if log.transactional && !log.refused.is_empty() {
-                // The transaction can only abort: the record is not taken, and made again
-                // when the input is processed again.
-                log.not_taken += 1;
-                return Ok(());
+        // One lock for the choice of the record's transaction and its append: a commit in
+        // between would leave it in a transaction that has ended.
+        let mut log = self.log();
+        let size = record.value.as_ref().map_or(0, Vec::len);
+        let refused = log
+            .refusing
+            .iter()
+            .any(|(topic, largest)| **topic == *record.topic && size > *largest);
+        if log.transactional && !log.refused.is_empty() {
+            // The transaction can only abort: the record is not taken, and made again
+            // when the input is processed again.
+            log.not_taken += 1;
+            return Ok(());
+        }
+        if refused {
+            // As a broker answers a record over the topic's `max.message.bytes`.
+            log.refused.push(Refused {
+                record,
+                error: "Broker: Message size too large".into(),
+            });
+            return Ok(());
+        }
+        let state = if log.transactional {
+            if log.sealed {
+                let what = format!(
+                    "a record to `{}` was sent while transaction {} was being committed: it goes \
+                     into that transaction without its source offsets",
+                    record.topic, log.txn
+                );
+                log.slipped.push(what);
             }
-            if refused {
-                // As a broker answers a record over the topic's `max.message.bytes`.
-                log.refused.push(Refused {
-                    record,
-                    error: "Broker: Message size too large".into(),
-                });
-                return Ok(());
-            }
-            if log.transactional {
-                Visibility::Pending(log.txn)
-            } else {
-                Visibility::Committed
-            }
+            Visibility::Pending(log.txn)
+        } else {
+            Visibility::Committed
         };
-        self.append_as(record, state);
+        log.append(record, state);
         Ok(())
     }
 
     fn flush(&self) -> Result<(), FlushError> {
-        let latency = self.log().ack_latency;
+        let latency = {
+            let mut log = self.log();
+            // Exactly-once: only the committer flushes, as the round's transaction commits.
+            log.sealed = log.transactional;
+            log.ack_latency
+        };
         if !latency.is_zero() {
             std::thread::sleep(latency);
         }
@@ -473,12 +503,16 @@ impl commit::Transactions for DriverTransactions {
             let mut log = self.1.log();
             let txn = log.txn;
             log.txn += 1;
-            (txn, log.marker_latency)
+            log.sealed = false;
+            let latency = log.marker_latency;
+            if latency.is_zero() {
+                log.settle(txn, true);
+            } else {
+                log.unmarked += 1;
+            }
+            (txn, latency)
         };
-        if latency.is_zero() {
-            self.1.log().settle(txn, true);
-        } else {
-            self.1.log().unmarked += 1;
+        if !latency.is_zero() {
             let topics = self.1.clone();
             std::thread::spawn(move || {
                 std::thread::sleep(latency);
@@ -498,6 +532,7 @@ impl commit::Transactions for DriverTransactions {
         let mut log = self.1.log();
         let txn = log.txn;
         log.txn += 1;
+        log.sealed = false;
         log.settle(txn, false);
         // What failed belonged to the aborted transaction.
         log.refused.clear();
@@ -667,6 +702,10 @@ pub struct TestDriver {
     batch: usize,
     /// Tasks also cut on this timer (see [`TestDriver::commit_interval`]).
     interval: Option<Duration>,
+    /// Unit tests: runs when a pass of the feed found nothing to hand over, before it decides
+    /// whether the feed is done.
+    #[cfg(test)]
+    idle: Option<IdleHook>,
     /// How long a moved task may take to finish (see [`TestDriver::finish_timeout`]).
     finish_timeout: Duration,
     /// Where tasks send: the topics, with records the broker refused diverted (see
@@ -781,6 +820,8 @@ impl TestDriver {
             rounds,
             batch: 1024,
             interval: None,
+            #[cfg(test)]
+            idle: None,
             finish_timeout: Duration::from_secs(60),
             sink,
             _committer: cuts,
@@ -1211,10 +1252,7 @@ impl TestDriver {
                 break;
             }
         }
-        match self.metrics.fatal() {
-            Some(error) => Err(Error::Config(error)),
-            None => Ok(()),
-        }
+        self.outcome()
     }
 
     /// Processes every record like [`TestDriver::run`], but commits nothing at its end: what
@@ -1257,10 +1295,7 @@ impl TestDriver {
         for task in &self.tasks {
             task.ctx.written.wait_for(task.ctx.cuts_made()).await;
         }
-        match self.metrics.fatal() {
-            Some(error) => Err(Error::Config(error)),
-            None => Ok(()),
-        }
+        self.outcome()
     }
 
     /// Makes every task also cut on a timer, every `interval` of the wall clock, as a
@@ -1280,6 +1315,22 @@ impl TestDriver {
         self.batch = records.max(1);
     }
 
+    /// How a run ended: the worker's failure, or an exactly-once violation the driver's
+    /// broker saw (a record sent into a transaction being committed).
+    fn outcome(&self) -> Result<()> {
+        if let Some(error) = self.metrics.fatal() {
+            return Err(Error::Config(error));
+        }
+        let slipped = std::mem::take(&mut self.topics.log().slipped);
+        match slipped.first() {
+            Some(first) => Err(Error::Config(format!(
+                "test driver: {} records were sent while a transaction was being committed; the first: {first}",
+                slipped.len()
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Hands every task the records it was not given yet, in batches; returns how many.
     async fn feed(&mut self) -> Result<usize> {
         // Global tables take what their topics got first, as a worker's copies are kept
@@ -1292,6 +1343,10 @@ impl TestDriver {
             // Each task knows which of its sources have records it was not given yet (a
             // task with several sources waits for those, as on a worker).
             self.mark_unread();
+            // Committed transactions whose markers are not written yet, counted before the
+            // pass: their records may become readable while it runs (after the partition
+            // was looked at), and only a count taken before tells that another pass is due.
+            let unmarked = self.topics.log().unmarked;
             let mut progressed = false;
             for index in 0..self.tasks.len() {
                 for source in 0..self.tasks[index].spec.sources.len() {
@@ -1336,7 +1391,11 @@ impl TestDriver {
                 }
             }
             if !progressed {
-                if self.topics.log().unmarked > 0 {
+                #[cfg(test)]
+                if let Some(idle) = &mut self.idle {
+                    idle(&self.topics);
+                }
+                if unmarked > 0 {
                     // Committed transactions whose markers are not written yet: their records
                     // are read once they are (see `marker_latency`).
                     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -1644,5 +1703,57 @@ impl TestDriver {
     /// The driver's counters (records, sends, table updates, dead letters).
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.metrics)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::TestDriver;
+    use crate::app::ProcessingGuarantee;
+    use crate::prelude::*;
+
+    const WORDS: Topic<String, i64> = Topic::new("words").partitions(1);
+    const PASSED: Topic<String, i64> = Topic::new("passed").partitions(1).internal();
+    const COUNTS: Table<String, i64> = Table::new("counts");
+
+    #[agent(topic = WORDS, sends = [PASSED])]
+    async fn pass(mut words: Stream<String, i64>) -> Result<()> {
+        while let Some(event) = words.next_event().await {
+            PASSED.send(&event.key, &event.value).await?;
+        }
+        Ok(())
+    }
+
+    #[agent(topic = PASSED, tables = [COUNTS])]
+    async fn count(mut passed: Stream<String, i64>) -> Result<()> {
+        while let Some(event) = passed.next_event().await {
+            COUNTS.update(&event.key, |n| *n += event.value).await?;
+        }
+        Ok(())
+    }
+
+    /// Exactly-once with markers written after the commit: a feed that found a committed
+    /// transaction's records not readable yet, and whose markers came while it looked
+    /// elsewhere, passes again instead of ending the run without them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_waits_for_markers_written_while_the_feed_looked() -> crate::Result<()> {
+        let app = App::new("markers")
+            .processing_guarantee(ProcessingGuarantee::ExactlyOnce)
+            .agent(pass)
+            .agent(count);
+        let mut driver = TestDriver::new(app)?;
+        driver.marker_latency(Duration::from_millis(2));
+        // Every idle pass: the markers are written before the feed decides.
+        driver.idle = Some(Box::new(|topics| {
+            while topics.log().unmarked > 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }));
+        driver.pipe(&WORDS, "ann", &1)?;
+        driver.run().await?;
+        assert_eq!(driver.table(&COUNTS)?.get("ann"), Some(&1));
+        Ok(())
     }
 }

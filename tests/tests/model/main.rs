@@ -778,6 +778,103 @@ fn the_cases_found_before_still_agree() {
             marker_latency_ms: 0,
             commit_timeouts: None,
         },
+    },
+    Case {
+        // A re-key into a table-table join under exactly-once, with markers written 2 ms
+        // after each commit: the driver's last feed of a run looked at the repartition topic
+        // before the markers came and at its count of unmarked transactions after, and ended
+        // the run without handing the aggregation the second segment (a timing bug of the
+        // test driver, found under load; `a_run_waits_for_markers_written_while_the_feed_looked`
+        // reproduces it every time).
+        partitions: 2,
+        pipeline: Pipeline {
+            pre: vec![],
+            rekey: Some(3),
+            post: vec![],
+            terminal: Terminal::TableTable {
+                agg: Agg::Sum,
+                kind: JoinKind::Inner,
+            },
+        },
+        segments: vec![
+            (
+                parse_records("h1=6@2000 h1=6@2020 h1=5@2040 h0=1@2032 h0=4@2080 h0=4@2134 h0=6@2120 t0=2@2140 h0=2@2160 t15=4@2180 t27=1@2200 h1=2@2220 t8=0@2302 h0=4@2210 h0=2@2280 t33=6@2300 t1=2@2320 t37=3@1704 t29=5@2360"),
+                parse_records("h1=∅@2001"),
+                Action::Commit,
+            ),
+            (
+                parse_records(
+                    "h1=5@2380 h0=6@2472 t33=0@2420 t18=2@2516 h0=1@1764 t16=0@1848 h0=5@2534 t23=5@2520 h1=1@1904 t26=6@2560 h1=6@2012 h0=4@2598 h0=5@2582 h0=5@2640 h1=5@2706 h1=5@2680 h0=6@2756 h0=3@2720 t6=0@2740 t18=5@2112 t14=5@2764 h1=3@2800 h1=0@2820 h0=0@2888 h0=4@2860 h0=3@2556 h0=3@2900 h0=1@2920 t21=5@2940 t30=3@2960 h1=6@2980 h0=4@2690 h0=1@3020 t38=0@3040 h1=5@3060 h0=5@2680 h0=0@3100 t21=1@2380 t32=1@3118 h0=2@3092 t38=2@2500 h0=3@2966 h0=0@3148 h0=3@3240 h0=5@3260 t32=5@3280 t30=0@3300 t35=0@3320 h0=0@3340 h0=6@3360 h0=2@3382 h0=5@3400 t30=5@3420 h0=5@3440 t7=0@3418 h0=2@3480 h0=4@3534 h1=3@3520 t31=3@3540 t25=6@3248 t5=4@3580 h0=3@3600 h0=4@3586 h1=3@3652 h1=4@3648 h0=1@3662 t24=4@3738 h0=5@3720 h0=5@3702 h1=0@3760 t17=5@3780 h0=4@3788 h1=3@3820 h1=5@3840 h1=3@3920 h1=1@3880 h0=1@3946 t9=4@3920 t16=1@3940 h0=1@3962 h0=5@3980 h0=1@4000 h0=2@4020 t12=0@4040 t5=6@4060 h0=3@4000 h0=6@4058 h0=1@4120 t2=4@4140 h1=5@4208 h1=1@4180 h1=3@4200 h0=6@4220 h0=5@4240 h1=3@4308 h0=1@4280 h0=3@4300 t31=2@4320 h1=1@4298 t23=2@4400",
+                ),
+                parse_records("h0=4@2315 t33=4@2613 h0=4@2815 h1=2@3117 t22=5@3433 h1=5@3707 t2=0@4047"),
+                Action::Crash {
+                    stage: Stage::Input,
+                    partition: 1,
+                    owner: 3,
+                    commits_fail: true,
+                },
+            ),
+        ],
+        knobs: Knobs {
+            cache_bytes: 0,
+            ack_latency_ms: 0,
+            batch: 7,
+            commit_interval_ms: Some(1),
+            exactly_once: true,
+            marker_latency_ms: 2,
+            commit_timeouts: None,
+        },
+    },
+    Case {
+        // A stream-table left join at least once: a task with two sources emptied its queue,
+        // the driver handed it an input record and said the input had nothing more, and the
+        // task read that before looking at its queue again: it took a later table update first
+        // (`a_record_handed_over_while_the_task_chooses_comes_in_time_order` reproduces it).
+        partitions: 2,
+        pipeline: Pipeline {
+            pre: vec![Step::MapValues { mul: 1, add: 0 }],
+            rekey: None,
+            post: vec![],
+            terminal: Terminal::StreamTable { left: true },
+        },
+        segments: vec![
+            (
+                parse_records(
+                    "t35=4@2000 t12=0@2066 h1=4@2008 h0=3@2060 h1=6@2080 h0=6@2060 h1=2@2120 t34=1@2140 t26=4@2160 t0=2@2202 t8=1@2200 h0=2@2220 h1=6@1822",
+                ),
+                parse_records(
+                    "h1=3@1979 t20=3@2027 h0=3@2039 t16=4@2053 h0=4@2143 t37=4@2199 h0=2@2117 h1=∅@2139 h1=1@2251 t0=0@2237",
+                ),
+                Action::Commit,
+            ),
+            (
+                parse_records(
+                    "t31=1@2260 t35=2@2280 t0=5@2300 h1=6@2320 h0=0@2294 h1=4@2360 t30=0@2374 h0=4@2400 h0=0@2420 t11=5@2426 h0=4@2460 t6=1@2480 h0=3@2500",
+                ),
+                parse_records(
+                    "h0=0@2205 h0=2@2351 t37=∅@2315 t21=6@2283 t34=5@2307 h1=4@2373 t33=5@2427 h0=5@2359 t32=3@2519 h0=1@2503",
+                ),
+                Action::Commit,
+            ),
+            (
+                parse_records(
+                    "h0=4@2520 h1=3@2516 t24=2@2560 t31=6@2580 h1=4@2600 h0=4@2620 h1=1@2640 h1=5@2734 h0=0@2680 h0=0@2700 h0=3@2736 t26=1@2740 t0=6@2760 t0=1@2780 t34=6@2800 t38=5@2066 h1=6@2840 t39=1@2932 h1=4@2880 t22=0@2900 h1=5@2946 t9=1@2936 t0=5@3024",
+                ),
+                parse_records(
+                    "h1=4@2513 h1=3@2561 h0=5@2579 h0=5@2647 t34=0@2563 h0=6@2577 t31=3@2661 h0=0@2639 h1=4@2689 h0=3@2757 h0=0@2847 t34=0@2755 h1=4@2835 t2=0@2785 h1=1@2843 t21=0@2883 t1=2@2899 h0=0@2949",
+                ),
+                Action::Commit,
+            ),
+        ],
+        knobs: Knobs {
+            cache_bytes: 0,
+            ack_latency_ms: 0,
+            batch: 2,
+            commit_interval_ms: Some(1),
+            exactly_once: false,
+            marker_latency_ms: 0,
+            commit_timeouts: None,
+        },
     }];
     for case in cases {
         let case = normalize(case);
