@@ -359,6 +359,14 @@ impl Sink for Topics {
         // One lock for the choice of the record's transaction and its append: a commit in
         // between would leave it in a transaction that has ended.
         let mut log = self.log();
+        if log.transactional && log.sealed {
+            let what = format!(
+                "a record to `{}` was sent while transaction {} was being committed: it goes into that \
+                 transaction without its source offsets",
+                record.topic, log.txn
+            );
+            log.slipped.push(what);
+        }
         let size = record.value.as_ref().map_or(0, Vec::len);
         let refused = log
             .refusing
@@ -379,14 +387,6 @@ impl Sink for Topics {
             return Ok(());
         }
         let state = if log.transactional {
-            if log.sealed {
-                let what = format!(
-                    "a record to `{}` was sent while transaction {} was being committed: it goes \
-                     into that transaction without its source offsets",
-                    record.topic, log.txn
-                );
-                log.slipped.push(what);
-            }
             Visibility::Pending(log.txn)
         } else {
             Visibility::Committed
@@ -1318,10 +1318,10 @@ impl TestDriver {
     /// How a run ended: the worker's failure, or an exactly-once violation the driver's
     /// broker saw (a record sent into a transaction being committed).
     fn outcome(&self) -> Result<()> {
+        let slipped = std::mem::take(&mut self.topics.log().slipped);
         if let Some(error) = self.metrics.fatal() {
             return Err(Error::Config(error));
         }
-        let slipped = std::mem::take(&mut self.topics.log().slipped);
         match slipped.first() {
             Some(first) => Err(Error::Config(format!(
                 "test driver: {} records were sent while a transaction was being committed; the first: {first}",
@@ -1744,7 +1744,8 @@ mod tests {
             .agent(pass)
             .agent(count);
         let mut driver = TestDriver::new(app)?;
-        driver.marker_latency(Duration::from_millis(2));
+        // Long enough that the feed after the commit always looks before the markers come.
+        driver.marker_latency(Duration::from_millis(150));
         // Every idle pass: the markers are written before the feed decides.
         driver.idle = Some(Box::new(|topics| {
             while topics.log().unmarked > 0 {

@@ -409,7 +409,10 @@ impl StreamCore {
                 unread = Some(self.ctx.unread_flags());
                 while let Ok(input) = self.rx.try_recv() {
                     if self.take(input).await {
-                        // Something may still wait behind it: the flags as they are now.
+                        // A flush or a finish: records handed over behind it wait for it,
+                        // so no snapshot is exact here. The flags as they are now stand (the
+                        // worker sends nothing behind a finish, the driver nothing behind a
+                        // flush until it is answered).
                         unread = None;
                         break;
                     }
