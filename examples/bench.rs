@@ -46,8 +46,9 @@ struct Args {
     #[arg(long, default_value_t = 100_000)]
     window_records: usize,
     /// Which cases to run, by letter: `a`–`f` as printed, `r` the restore and memory
-    /// figures (`d` runs the exactly-once comparison, which also runs its own (c)).
-    #[arg(long, default_value = "abcdefr")]
+    /// figures, `s` a failover after SIGKILL with and without standby replicas (`d` runs
+    /// the exactly-once comparison, which also runs its own (c)).
+    #[arg(long, default_value = "abcdefrs")]
     cases: String,
     /// Internal: host the embedded broker on this port with the benchmark's topics.
     #[arg(long, hide = true)]
@@ -58,6 +59,19 @@ struct Args {
     /// Internal: run the 1M-key worker in this process and print its peak RSS.
     #[arg(long, hide = true)]
     rss_worker: Option<String>,
+    /// Distinct keys of the failover figures (`s`; the embedded broker keeps the newest
+    /// 5 MiB of each partition, which 1M keys' changelog over 32 partitions fits).
+    #[arg(long, default_value_t = 1_000_000)]
+    failover_keys: usize,
+    /// Internal: run a worker of the keyed app on this broker (`s`), printing its state.
+    #[arg(long, hide = true)]
+    failover_worker: Option<String>,
+    /// Internal: that worker's data directory.
+    #[arg(long, hide = true)]
+    data_dir: Option<std::path::PathBuf>,
+    /// Internal: that worker's standby replicas.
+    #[arg(long, hide = true, default_value_t = 0)]
+    standbys: usize,
 }
 
 /// The embedded broker keeps the newest 5 MiB of each partition: 8 partitions hold the input.
@@ -695,6 +709,12 @@ fn main() -> std::process::ExitCode {
     streams_core::init_logging("error");
     let result = if let Some(port) = args.serve_broker {
         serve_broker(port, &args.serve_topics)
+    } else if let Some(bootstrap) = &args.failover_worker {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| rt.block_on(failover_worker(bootstrap, args.data_dir.as_deref(), args.standbys)))
     } else if let Some(bootstrap) = &args.rss_worker {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -782,17 +802,159 @@ fn run(args: &Args) -> Result<(), String> {
             figure.cpu / figure.records as f64 * 1e6
         );
     }
-    if !wants('d') && !wants('r') {
+    if !wants('d') && !wants('r') && !wants('s') {
         return Ok(());
     }
 
     if wants('d') {
         exactly_once_pair(&runtime, &records, majors)?;
     }
-    if !wants('r') {
-        return Ok(());
+    if wants('r') {
+        restore_and_memory(broker, args.keys)?;
+    } else {
+        drop(broker);
     }
-    restore_and_memory(broker, args.keys)
+    if wants('s') {
+        println!("\nfailover: two workers of a {}-key table ({KEY_PARTITIONS} partitions), one killed with SIGKILL (the embedded broker, sessions of 6 s):", args.failover_keys);
+        for standbys in [0, 1] {
+            failover(args.failover_keys, standbys)?;
+        }
+    }
+    Ok(())
+}
+
+/// A worker of the keyed app for the failover figures: prints `state ASSIGNED RESTORED
+/// STANDBY_PARTITIONS STANDBY_LAG` every 100 ms until it is killed.
+async fn failover_worker(bootstrap: &str, dir: Option<&std::path::Path>, standbys: usize) -> Result<(), String> {
+    use std::io::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = dir.ok_or("--data-dir is needed")?;
+    let worker = Worker::start(keys_app(), worker_options(dir, bootstrap).standby_replicas(standbys))
+        .await
+        .map_err(|e| e.to_string())?;
+    let metrics = worker.metrics();
+    loop {
+        let line = format!(
+            "state {} {} {} {}\n",
+            metrics.assigned.load(Relaxed),
+            metrics.restored.load(Relaxed),
+            metrics.standby_partitions.load(Relaxed),
+            metrics.standby_lag.load(Relaxed)
+        );
+        let mut out = std::io::stdout().lock();
+        if out.write_all(line.as_bytes()).and_then(|()| out.flush()).is_err() {
+            break;
+        }
+        drop(out);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    worker.stop().await.map(drop).map_err(|e| e.to_string())
+}
+
+/// What a failover worker said last: assigned, restored, standby partitions, standby lag.
+type WorkerState = std::sync::Arc<std::sync::Mutex<[u64; 4]>>;
+
+/// Starts a failover worker process and a thread that keeps its last state.
+fn spawn_failover_worker(
+    bootstrap: &str,
+    dir: &std::path::Path,
+    standbys: usize,
+) -> Result<(Child, WorkerState), String> {
+    use std::io::BufRead;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .args(["--failover-worker", bootstrap, "--standbys", &standbys.to_string()])
+        .arg("--data-dir")
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let state: WorkerState = std::sync::Arc::default();
+    let kept = std::sync::Arc::clone(&state);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let figures: Vec<u64> = line.split_whitespace().skip(1).filter_map(|n| n.parse().ok()).collect();
+            if let (Some("state"), [a, b, c, d]) = (line.split_whitespace().next(), figures.as_slice()) {
+                *kept.lock().unwrap_or_else(|p| p.into_inner()) = [*a, *b, *c, *d];
+            }
+        }
+    });
+    Ok((child, state))
+}
+
+fn read_state(state: &WorkerState) -> [u64; 4] {
+    *state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn wait_for(what: &str, timeout: Duration, condition: impl Fn() -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        if Instant::now() >= deadline {
+            return Err(format!("timed out after {timeout:?} waiting for {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// (s) Two workers hold a table of `keys` keys; one is killed with SIGKILL: the seconds until
+/// the other holds every partition again, restored and running, and what it restored.
+fn failover(keys: usize, standbys: usize) -> Result<(), String> {
+    let broker = start_broker(false)?;
+    let users = (0..keys).map(|i| {
+        let user = format!("u{i:07}");
+        let value = format!(r#"{{"hits":30,"timestamp":1.0,"userId":"{user}"}}"#);
+        (Some(user), value)
+    });
+    produce(&broker.bootstrap, "bench_users", users)?;
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().map_err(|e| e.to_string())?,
+        tempfile::tempdir().map_err(|e| e.to_string())?,
+    );
+    let (mut a, a_state) = spawn_failover_worker(&broker.bootstrap, dir_a.path(), standbys)?;
+    let (mut b, b_state) = spawn_failover_worker(&broker.bootstrap, dir_b.path(), standbys)?;
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .set("group.id", "bench-keys")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let all = KEY_PARTITIONS as u64;
+    let outcome = (|| {
+        wait_for("both workers holding partitions", Duration::from_secs(300), || {
+            let (a, b) = (read_state(&a_state), read_state(&b_state));
+            a[0] > 0 && b[0] > 0 && a[0] + b[0] == all
+        })?;
+        wait_for("the group caught up", Duration::from_secs(600), || {
+            lag(&client, &[("bench_users", KEY_PARTITIONS)]).is_ok_and(|lag| lag == 0)
+        })?;
+        if standbys > 0 {
+            wait_for("standby copies current", Duration::from_secs(300), || {
+                let (a, b) = (read_state(&a_state), read_state(&b_state));
+                a[2] + b[2] == all && a[3] == 0 && b[3] == 0
+            })?;
+        }
+        let restored_before = read_state(&b_state)[1];
+        a.kill().map_err(|e| e.to_string())?;
+        let killed = Instant::now();
+        let _ = a.wait();
+        wait_for(
+            "the other worker holding every partition",
+            Duration::from_secs(300),
+            || read_state(&b_state)[0] == all,
+        )?;
+        let seconds = killed.elapsed().as_secs_f64();
+        let restored = read_state(&b_state)[1] - restored_before;
+        println!(
+            "  {standbys} standby replicas: every partition served again {seconds:.2} s after the kill, {restored} changelog records restored"
+        );
+        Ok(())
+    })();
+    let _ = a.kill();
+    let _ = b.kill();
+    let _ = a.wait();
+    let _ = b.wait();
+    outcome
 }
 
 /// (d) Exactly-once against at-least-once: the seed pipeline on the embedded broker (tansu

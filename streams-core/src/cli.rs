@@ -91,6 +91,10 @@ enum Command {
         /// cores, at most 4].
         #[arg(long, value_name = "N", env = "STREAMS_RESTORE_THREADS")]
         restore_threads: Option<usize>,
+        /// Workers besides each table partition's owner that keep a warm copy of it, so that
+        /// a failover restores only the tail.
+        #[arg(long, value_name = "N", env = "STREAMS_STANDBY_REPLICAS", default_value_t = 0)]
+        standby_replicas: usize,
         /// Seconds a stop (SIGINT/SIGTERM) may take to finish the records and commit; past
         /// it the worker exits 1 without its last commits.
         #[arg(
@@ -351,6 +355,7 @@ fn main(app: App) -> ExitCode {
             table_cache_bytes,
             state_memory,
             restore_threads,
+            standby_replicas,
             shutdown_timeout,
         } => settings(broker, config_file.as_deref(), config).and_then(|(broker, config)| {
             let mut options = WorkerOptions::new(data_dir.unwrap_or_else(default_dir));
@@ -365,6 +370,7 @@ fn main(app: App) -> ExitCode {
             if let Some(threads) = restore_threads {
                 options.restore_threads = threads.max(1);
             }
+            options.standby_replicas = standby_replicas;
             options.shutdown_timeout = Duration::try_from_secs_f64(shutdown_timeout)
                 .map_err(|e| crate::Error::Config(format!("--shutdown-timeout {shutdown_timeout}: {e}")))?;
             options.web = (!no_web).then(|| {

@@ -146,6 +146,13 @@ pub struct Metrics {
     pub state_memory_bytes: AtomicU64,
     /// The stores' shared memory budget, in bytes (`--state-memory`).
     pub state_memory_limit_bytes: AtomicU64,
+    /// Standby copies of other workers' table partitions kept here (`--standby-replicas`).
+    pub standby_partitions: AtomicU64,
+    /// Changelog records applied to standby copies.
+    pub standby_records: AtomicU64,
+    /// Changelog records the standby copies are behind their changelogs' ends, as of their
+    /// last pass (a change of input the group has not committed yet waits until it has).
+    pub standby_lag: AtomicU64,
     pub(crate) families: Families,
     member_id: Mutex<Option<String>>,
     want_record_sample: AtomicBool,
@@ -368,6 +375,24 @@ impl Metrics {
                 "state_memory_limit_bytes",
                 "The RocksDB stores' shared memory budget (--state-memory), in bytes",
                 load(&self.state_memory_limit_bytes),
+                false,
+            ),
+            (
+                "standby_partitions",
+                "Standby copies of other workers' table partitions kept here (--standby-replicas)",
+                load(&self.standby_partitions),
+                false,
+            ),
+            (
+                "standby_records",
+                "Changelog records applied to standby copies",
+                load(&self.standby_records),
+                true,
+            ),
+            (
+                "standby_lag_records",
+                "Changelog records the standby copies are behind, as of their last pass",
+                load(&self.standby_lag),
                 false,
             ),
             (

@@ -166,6 +166,11 @@ impl Directory {
             .map(|(_, url)| url.clone())
     }
 
+    /// This worker's web URL, as the directory lists it.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
     /// Every worker the directory knows, with the partitions it holds.
     pub(crate) fn workers(&self) -> Vec<(String, Vec<(String, i32)>)> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());

@@ -73,7 +73,7 @@ pub(crate) enum Release {
 }
 
 /// A running task: its spec (by index) and partition.
-type TaskKey = (usize, i32);
+pub(crate) type TaskKey = (usize, i32);
 
 /// Everything the poll thread and the rebalance callback share.
 pub(crate) struct Shared {
@@ -119,6 +119,8 @@ pub(crate) struct Shared {
     published: Mutex<std::time::Instant>,
     /// Records the tasks are done with, freed by the poll thread (see [`Spent`]).
     pub spent: Arc<Spent>,
+    /// Standby copies of partitions other workers hold (`--standby-replicas`).
+    pub standbys: Arc<super::standby::Standbys>,
 }
 
 impl Shared {
@@ -138,6 +140,7 @@ impl Shared {
         globals: crate::task::Globals,
         rounds: Option<Arc<crate::task::round::Rounds>>,
         memory: StateMemory,
+        standbys: Arc<super::standby::Standbys>,
     ) -> Result<Self> {
         let restores = restore::spawn(restorers, Arc::clone(&metrics))?;
         let mut by_topic = HashMap::new();
@@ -175,6 +178,7 @@ impl Shared {
             held: Mutex::new(HashMap::new()),
             published: Mutex::new(std::time::Instant::now()),
             spent: Arc::default(),
+            standbys,
         })
     }
 
@@ -336,6 +340,20 @@ impl Shared {
         }
     }
 
+    /// The tasks of the app, by index.
+    pub(crate) fn task_specs(&self) -> &[Arc<TaskSpec>] {
+        &self.tasks
+    }
+
+    /// Opens the store of `table`'s partition `partition` once: an error when it is open
+    /// elsewhere in this process.
+    pub(crate) fn open_store_once(&self, table: &str, partition: i32) -> Result<Arc<dyn StateStore>> {
+        Ok(Arc::new(RocksDbStore::open_in(
+            &self.store_dir(table, partition),
+            &self.memory,
+        )?))
+    }
+
     fn open_store(&self, table: &str, partition: i32) -> Result<Arc<dyn StateStore>> {
         let dir = self.store_dir(table, partition);
         let mut attempt = 0;
@@ -417,6 +435,11 @@ impl Shared {
                 tracing::warn!("{missing}");
             }
             let mut tables = Vec::new();
+            if !spec.tables.is_empty() {
+                // A standby copy of the partition kept here closes first: its stores are the
+                // task's, caught up as far as the group had committed.
+                self.standbys.hold((index, partition));
+            }
             for table in &spec.tables {
                 let store = self.open_store(table.name, partition)?;
                 tables.push(TableState::new(
@@ -783,6 +806,9 @@ impl Shared {
             for key in selected {
                 let Some(task) = running.remove(&key) else { continue };
                 self.held().remove(&key);
+                // From the next pass, a standby copy may be kept here (once the task has
+                // closed the stores).
+                self.standbys.release(key);
                 // A lookup's scan of its stores stops: they close with the task.
                 task.ctx.finishing.store(true, Ordering::Relaxed);
                 let label = format!("{}[{}]", task.ctx.name, key.1);

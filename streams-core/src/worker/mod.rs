@@ -8,6 +8,7 @@ pub(crate) mod consumer;
 mod global;
 pub(crate) mod producer;
 pub(crate) mod restore;
+mod standby;
 mod timers;
 
 use std::fs::File;
@@ -79,6 +80,11 @@ pub struct WorkerOptions {
     /// consumers of its own (the command line's `--restore-threads`; by default the
     /// machine's cores, at most 4).
     pub restore_threads: usize,
+    /// Standby replicas: how many workers besides a table partition's owner keep a warm
+    /// copy of it, caught up from its changelog every half second, so that a failover
+    /// restores only the tail (the command line's `--standby-replicas`; 0 by default). See
+    /// the README's "Standby replicas" for where copies go.
+    pub standby_replicas: usize,
     /// How long a stop may take to finish its records and make its last commits (30 s by
     /// default): past it, [`WorkerHandle::stop`] gives up with an error, and the command
     /// line's worker exits 1 without them (a broker that cannot be reached would otherwise
@@ -112,6 +118,7 @@ impl WorkerOptions {
             table_cache_bytes: None,
             state_memory: None,
             restore_threads: default_restore_threads(),
+            standby_replicas: 0,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
@@ -148,6 +155,18 @@ impl WorkerOptions {
     /// ```
     pub fn restore_threads(mut self, threads: usize) -> Self {
         self.restore_threads = threads.max(1);
+        self
+    }
+
+    /// Keeps warm copies of other workers' table partitions (see
+    /// [`WorkerOptions::standby_replicas`]).
+    ///
+    /// ```
+    /// let options = streams_core::WorkerOptions::new("/tmp/data").standby_replicas(1);
+    /// assert_eq!(options.standby_replicas, 1);
+    /// ```
+    pub fn standby_replicas(mut self, replicas: usize) -> Self {
+        self.standby_replicas = replicas;
         self
     }
 
@@ -527,7 +546,19 @@ impl Worker {
             Arc::clone(&globals.stores),
             rounds.clone(),
             memory,
+            Arc::new(standby::Standbys::new(options.standby_replicas)),
         )?);
+        let standby_thread = if restore_threads > 0 && options.standby_replicas > 0 {
+            Some(start_standbys(
+                &shared,
+                &config,
+                app.id(),
+                exactly_once,
+                partition_counts.clone(),
+            )?)
+        } else {
+            None
+        };
         let web = match web_listener {
             Some((listener, url)) => {
                 let directory =
@@ -648,6 +679,11 @@ impl Worker {
                 .name("consumer".into())
                 .spawn(move || {
                     consumer::poll_loop(&consumer, &shared, &stop, idle);
+                    if let Some(thread) = standby_thread {
+                        step.enter("closing the standby copies");
+                        shared.standbys.stop();
+                        let _ = thread.join();
+                    }
                     step.enter("closing the consumer");
                     let directory = shared.directory.lock().unwrap_or_else(|p| p.into_inner()).take();
                     // No new cuts: the committer ends once the last one is written.
@@ -703,6 +739,39 @@ impl Worker {
             _embedded: embedded,
         })
     }
+}
+
+/// Starts the thread that keeps the worker's standby copies (see `standby.rs`), with a
+/// restorer of its own and a consumer that reads the group's committed offsets.
+fn start_standbys(
+    shared: &Arc<consumer::Shared>,
+    config: &ClientConfig,
+    app_id: &str,
+    exactly_once: bool,
+    partitions: std::collections::HashMap<String, i32>,
+) -> Result<std::thread::JoinHandle<()>> {
+    let restorer = Restorer::new(config, Arc::clone(&shared.metrics))?;
+    let mut offsets_config = config.clone();
+    offsets_config
+        .set("group.id", app_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    if exactly_once {
+        // Offsets of transactions still open are not taken for committed.
+        offsets_config.set("isolation.level", "read_committed");
+    }
+    let offsets: rdkafka::consumer::BaseConsumer = offsets_config
+        .create()
+        .map_err(|e| Error::kafka("creating the standby copies' consumer", e))?;
+    let shared = Arc::clone(shared);
+    tracing::info!(
+        "standby replicas: {}; this worker keeps warm copies of table partitions other workers hold",
+        shared.standbys.replicas()
+    );
+    std::thread::Builder::new()
+        .name("standby".into())
+        .spawn(move || standby::run(&shared.standbys, &shared, &restorer, &offsets, &partitions))
+        .map_err(|e| Error::io("starting the standby thread", e))
 }
 
 /// What the web server needs of the worker, and the flag that says it has stopped.

@@ -246,48 +246,14 @@ fn restore(
     restorer: &Restorer,
     metrics: &Metrics,
 ) -> std::result::Result<Starts, String> {
-    let failed = |e: Error| format!("cannot restore the tables of {}[{}]: {e}", job.topic, job.partition);
-    // Where nothing is committed, the partition's first offset stands in (see `Committed`).
-    let mut committed: Vec<(String, i64)> = Vec::with_capacity(job.committed.len());
-    for (topic, offset) in &job.committed {
-        let offset = match offset {
-            Some(offset) => *offset,
-            None => match restorer.watermarks(topic, job.partition, cancel) {
-                Some((low, _)) => low,
-                None => return Err("revoked during its restore".into()),
-            },
-        };
-        committed.push((topic.clone(), offset));
-    }
-    // A store whose checkpoint is past its changelog's end holds changes the changelog does
-    // not: the changelog was made anew (`reset` deletes it). Neither its entries nor the
-    // source positions it keeps can be trusted; Kafka Streams wipes such a store too.
-    let mut wiped = false;
-    for (store, changelog) in &job.tables {
-        let Some(offset) = store.checkpoint().map_err(failed)?.changelog_offset else {
-            continue;
-        };
-        let Some((_, high)) = restorer.watermarks(changelog, job.partition, cancel) else {
-            return Err("revoked during its restore".into());
-        };
-        if offset >= high {
-            tracing::warn!(
-                "{changelog}[{}]: the store's checkpoint (offset {offset}) is past the changelog's end ({high}): \
-                 the changelog was made anew; restoring the store from scratch",
-                job.partition
-            );
-            wiped = true;
-        }
-    }
-    // The task's stores go together: the source positions any of them keeps say where the
-    // task starts.
-    if wiped {
-        for (store, _) in &job.tables {
-            store.clear().map_err(failed)?;
-        }
-    }
-    let reader = KafkaReader { restorer, cancel };
-    let Some(restoration) = changelog::restore_task(&reader, &job.tables, job.partition, &committed).map_err(failed)?
+    let Some((restoration, committed)) = restore_stores(
+        &job.tables,
+        &job.topic,
+        job.partition,
+        &job.committed,
+        restorer,
+        Quiet::No(cancel),
+    )?
     else {
         return Err("revoked during its restore".into());
     };
@@ -317,10 +283,90 @@ fn restore(
     })
 }
 
+/// How a restore shows itself: a task's restore logs and counts as one
+/// (`restored_records`, a progress bar), a standby copy's pass stays quiet (it runs every
+/// second; its records count as `standby_records`).
+#[derive(Clone, Copy)]
+pub(crate) enum Quiet<'a> {
+    /// A task's restore, stopped by the flag.
+    No(&'a AtomicBool),
+    /// A standby copy's pass, stopped by the flag.
+    Standby(&'a AtomicBool),
+}
+
+impl<'a> Quiet<'a> {
+    fn cancel(self) -> &'a AtomicBool {
+        match self {
+            Quiet::No(cancel) | Quiet::Standby(cancel) => cancel,
+        }
+    }
+}
+
+/// A task's stores restored: the restoration, with the committed offsets it went by.
+pub(crate) type RestoredTask = (changelog::Restoration, Vec<(String, i64)>);
+
+/// Brings the stores of one task's partition (`tables`: each table's store and changelog)
+/// up to their changelogs' ends, as far as the group has committed the input behind them
+/// (`committed`: each source with its committed offset, `None` when nothing is), and decides
+/// where the partition starts. `None` when cancelled; what was applied stays, with its
+/// checkpoint. Returns the restoration with the committed offsets it went by.
+pub(crate) fn restore_stores(
+    tables: &[(Arc<dyn StateStore>, Arc<str>)],
+    topic: &str,
+    partition: i32,
+    committed_offsets: &[(String, Option<i64>)],
+    restorer: &Restorer,
+    quiet: Quiet<'_>,
+) -> std::result::Result<Option<RestoredTask>, String> {
+    let cancel = quiet.cancel();
+    let failed = |e: Error| format!("cannot restore the tables of {topic}[{partition}]: {e}");
+    // Where nothing is committed, the partition's first offset stands in (see `Committed`).
+    let mut committed: Vec<(String, i64)> = Vec::with_capacity(committed_offsets.len());
+    for (topic, offset) in committed_offsets {
+        let offset = match offset {
+            Some(offset) => *offset,
+            None => match restorer.watermarks(topic, partition, cancel) {
+                Some((low, _)) => low,
+                None => return Ok(None),
+            },
+        };
+        committed.push((topic.clone(), offset));
+    }
+    // A store whose checkpoint is past its changelog's end holds changes the changelog does
+    // not: the changelog was made anew (`reset` deletes it). Neither its entries nor the
+    // source positions it keeps can be trusted; Kafka Streams wipes such a store too.
+    let mut wiped = false;
+    for (store, changelog) in tables {
+        let Some(offset) = store.checkpoint().map_err(failed)?.changelog_offset else {
+            continue;
+        };
+        let Some((_, high)) = restorer.watermarks(changelog, partition, cancel) else {
+            return Ok(None);
+        };
+        if offset >= high {
+            tracing::warn!(
+                "{changelog}[{partition}]: the store's checkpoint (offset {offset}) is past the changelog's end ({high}): \
+                 the changelog was made anew; restoring the store from scratch"
+            );
+            wiped = true;
+        }
+    }
+    // The task's stores go together: the source positions any of them keeps say where the
+    // task starts.
+    if wiped {
+        for (store, _) in tables {
+            store.clear().map_err(failed)?;
+        }
+    }
+    let reader = KafkaReader { restorer, quiet };
+    let restoration = changelog::restore_task(&reader, tables, partition, &committed).map_err(failed)?;
+    Ok(restoration.map(|restoration| (restoration, committed)))
+}
+
 /// The worker's restorer as a [`ChangelogReader`], stopping when the partition is revoked.
 struct KafkaReader<'a> {
     restorer: &'a Restorer,
-    cancel: &'a AtomicBool,
+    quiet: Quiet<'a>,
 }
 
 impl ChangelogReader for KafkaReader<'_> {
@@ -333,10 +379,15 @@ impl ChangelogReader for KafkaReader<'_> {
         agreed: Vec<(String, i64)>,
         probe: bool,
     ) -> Result<Option<Restored>> {
-        let restored = self
-            .restorer
-            .restore(store, changelog, partition, committed, agreed, probe, self.cancel)?;
-        Ok((!self.cancel.load(Ordering::Relaxed)).then_some(restored))
+        let restored = match self.quiet {
+            Quiet::No(cancel) => self
+                .restorer
+                .restore(store, changelog, partition, committed, agreed, probe, cancel)?,
+            Quiet::Standby(cancel) => self
+                .restorer
+                .catch_up(store, changelog, partition, committed, agreed, probe, cancel)?,
+        };
+        Ok((!self.quiet.cancel().load(Ordering::Relaxed)).then_some(restored))
     }
 }
 
@@ -536,6 +587,35 @@ impl Restorer {
         } else {
             tracing::debug!("{topic}[{partition}]: store is up to date");
         }
+        Ok(restored)
+    }
+
+    /// [`Restorer::restore`] for a standby copy: quiet (its passes run every second), its
+    /// records counted as `standby_records`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn catch_up(
+        &self,
+        store: &dyn StateStore,
+        topic: &str,
+        partition: i32,
+        committed: &changelog::Committed,
+        agreed: Vec<(String, i64)>,
+        probe: bool,
+        cancel: &AtomicBool,
+    ) -> Result<Restored> {
+        let mut log = KafkaLog {
+            restorer: self,
+            topic,
+            partition,
+            cancel,
+            first: None,
+        };
+        let outcome = changelog::read_changelog(&mut log, store, committed, agreed, probe, &mut |_, _| {});
+        self.consumer.unassign().map_err(|e| Error::kafka("standby", e))?;
+        let restored = outcome?.unwrap_or_default();
+        self.metrics
+            .standby_records
+            .fetch_add(restored.applied, Ordering::Relaxed);
         Ok(restored)
     }
 }

@@ -1,0 +1,122 @@
+//! Standby replicas (`--standby-replicas`): each worker keeps warm copies of the table
+//! partitions the other holds, current with what the group has committed, so that a
+//! failover restores nothing it already had; without them the same failover restores the
+//! whole half of the table that moves.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use streams_core::{EmbeddedBroker, Metrics, Worker, WorkerHandle};
+use streams_examples::seed;
+use streams_tests::hit_counter::{app, MAJOR_COUNT};
+use streams_tests::{create_app_topics, produce, unkeyed, wait_caught_up, wait_until, worker_options};
+
+const GROUP: &str = "hit_counter";
+const TOPICS: [&str; 2] = ["hit_count", "count_topic"];
+/// The partitions of `count_topic`, whose task keeps the table.
+const TABLE_PARTITIONS: u64 = 8;
+
+async fn start(broker: &EmbeddedBroker, dir: &Path, standbys: usize) -> WorkerHandle {
+    Worker::start(app(), worker_options(dir, broker).standby_replicas(standbys))
+        .await
+        .expect("worker starts")
+}
+
+async fn blocking(what: &'static str, condition: impl Fn() -> bool + Send + 'static) {
+    tokio::task::spawn_blocking(move || wait_until(what, Duration::from_secs(120), condition))
+        .await
+        .expect("wait");
+}
+
+async fn caught_up(broker: &EmbeddedBroker) {
+    let bootstrap = broker.bootstrap_servers().to_string();
+    tokio::task::spawn_blocking(move || wait_caught_up(&bootstrap, GROUP, &TOPICS, Duration::from_secs(180)))
+        .await
+        .expect("wait");
+}
+
+/// Both workers' standby copies hold every partition the other worker holds, and are behind
+/// by nothing.
+async fn copies_current(a: &Arc<Metrics>, b: &Arc<Metrics>) {
+    let (a, b) = (Arc::clone(a), Arc::clone(b));
+    blocking("standby copies of every partition, behind by nothing", move || {
+        a.standby_partitions.load(Ordering::Relaxed) + b.standby_partitions.load(Ordering::Relaxed) == TABLE_PARTITIONS
+            && a.standby_lag.load(Ordering::Relaxed) == 0
+            && b.standby_lag.load(Ordering::Relaxed) == 0
+    })
+    .await;
+}
+
+/// Two workers count hits (the input in two parts, the second while both run); the first
+/// stops and the second takes over its partitions. Returns the changelog records the second
+/// restored when it took them over, the counts it then holds, and the true counts.
+async fn failover(standbys: usize) -> (u64, BTreeMap<String, i64>, BTreeMap<String, i64>) {
+    streams_core::init_logging(&std::env::var("STREAMS_TEST_LOG").unwrap_or_else(|_| "error".into()));
+    let broker = EmbeddedBroker::start().expect("broker");
+    broker.create_topic("hit_count", 4).expect("topic");
+    create_app_topics(&broker, &app());
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let records = seed::hits(400, 12_000);
+    let (first, second) = records.split_at(6_000);
+    produce(&bootstrap, "hit_count", &unkeyed(first));
+
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let a = start(&broker, dir_a.path(), standbys).await;
+    let b = start(&broker, dir_b.path(), standbys).await;
+    let (a_metrics, b_metrics) = (a.metrics(), b.metrics());
+    {
+        let (a, b) = (Arc::clone(&a_metrics), Arc::clone(&b_metrics));
+        blocking("both workers holding partitions", move || {
+            let (held_a, held_b) = (a.assigned.load(Ordering::Relaxed), b.assigned.load(Ordering::Relaxed));
+            held_a > 0 && held_b > 0 && held_a + held_b == 12
+        })
+        .await;
+    }
+    caught_up(&broker).await;
+    if standbys > 0 {
+        copies_current(&a_metrics, &b_metrics).await;
+    }
+    // More input while both run: the copies follow the owners' changes.
+    produce(&bootstrap, "hit_count", &unkeyed(second));
+    caught_up(&broker).await;
+    if standbys > 0 {
+        copies_current(&a_metrics, &b_metrics).await;
+    } else {
+        assert_eq!(a_metrics.standby_partitions.load(Ordering::Relaxed), 0);
+        assert_eq!(b_metrics.standby_records.load(Ordering::Relaxed), 0);
+    }
+
+    let restored_before = b_metrics.restored.load(Ordering::Relaxed);
+    a.stop().await.expect("the first worker stops");
+    {
+        let b = Arc::clone(&b_metrics);
+        blocking("the second worker holding every partition", move || {
+            b.assigned.load(Ordering::Relaxed) == 12
+        })
+        .await;
+    }
+    let restored = b_metrics.restored.load(Ordering::Relaxed) - restored_before;
+    b.stop().await.expect("the second worker stops");
+    let counted = MAJOR_COUNT.read_local(dir_b.path(), GROUP).expect("table");
+    (restored, counted, seed::expected_counts(&records))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_to_a_standby_copy_restores_nothing() {
+    let (restored, counted, expected) = failover(1).await;
+    assert_eq!(counted, expected, "the copies' counts, taken over");
+    assert_eq!(restored, 0, "the copies were current: nothing to restore");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_standby_copies_the_same_failover_restores_what_moves() {
+    let (restored, counted, expected) = failover(0).await;
+    assert_eq!(counted, expected);
+    assert!(restored > 0, "the moved partitions were restored from their changelogs");
+}
