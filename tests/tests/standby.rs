@@ -1,7 +1,8 @@
 //! Standby replicas (`--standby-replicas`): each worker keeps warm copies of the table
 //! partitions the other holds, current with what the group has committed, so that a
 //! failover restores nothing it already had; without them the same failover restores the
-//! whole half of the table that moves.
+//! whole half of the table that moves. A lookup that accepts a stale value is answered from
+//! a copy, marked so; any other lookup is answered by the partition's owner.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use streams_core::web::WebOptions;
 use streams_core::{EmbeddedBroker, Metrics, Worker, WorkerHandle};
 use streams_examples::seed;
 use streams_tests::hit_counter::{app, MAJOR_COUNT};
@@ -119,4 +121,96 @@ async fn without_standby_copies_the_same_failover_restores_what_moves() {
     let (restored, counted, expected) = failover(0).await;
     assert_eq!(counted, expected);
     assert!(restored > 0, "the moved partitions were restored from their changelogs");
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let answer = client
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = answer.status().as_u16();
+    let headers = answer.headers().clone();
+    let text = answer.text().await.expect("body");
+    (
+        status,
+        headers,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+fn header<'a>(headers: &'a reqwest::header::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Two workers with web servers and a copy each of the other's partitions: a lookup with
+/// `?stale=true` of a key the asked worker does not hold is answered by that worker from its
+/// copy (marked stale, with the copy's lag), with the right count; without it, by the owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_lookup_is_answered_from_a_copy_only_when_asked() {
+    streams_core::init_logging(&std::env::var("STREAMS_TEST_LOG").unwrap_or_else(|_| "error".into()));
+    let broker = EmbeddedBroker::start().expect("broker");
+    broker.create_topic("hit_count", 4).expect("topic");
+    create_app_topics(&broker, &app());
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let records = seed::hits(60, 3_000);
+    produce(&bootstrap, "hit_count", &unkeyed(&records));
+    let expected = seed::expected_counts(&records);
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let options = |dir: &Path| {
+        worker_options(dir, &broker)
+            .standby_replicas(1)
+            .web(WebOptions::default().port(0))
+    };
+    let a = Worker::start(app(), options(dir_a.path()))
+        .await
+        .expect("worker starts");
+    let b = Worker::start(app(), options(dir_b.path()))
+        .await
+        .expect("worker starts");
+    let (a_metrics, b_metrics) = (a.metrics(), b.metrics());
+    {
+        let (a, b) = (Arc::clone(&a_metrics), Arc::clone(&b_metrics));
+        blocking("both workers holding partitions", move || {
+            let (held_a, held_b) = (a.assigned.load(Ordering::Relaxed), b.assigned.load(Ordering::Relaxed));
+            held_a > 0 && held_b > 0 && held_a + held_b == 12
+        })
+        .await;
+    }
+    caught_up(&broker).await;
+    copies_current(&a_metrics, &b_metrics).await;
+
+    let client = reqwest::Client::builder().no_proxy().build().expect("client");
+    let asked = a.web_url().expect("a web server").to_string();
+    let mut stale = 0;
+    for (user, count) in &expected {
+        let (status, headers, body) = get(&client, &format!("{asked}/tables/major-count/{user}")).await;
+        assert_eq!((status, &body), (200, &serde_json::json!(count)), "{user}");
+        assert_eq!(header(&headers, "x-streams-stale"), None, "{user}: only when asked");
+        let owner = header(&headers, "x-streams-served-by").expect("served by").to_string();
+
+        let (status, headers, body) = get(&client, &format!("{asked}/tables/major-count/{user}?stale=true")).await;
+        assert_eq!((status, &body), (200, &serde_json::json!(count)), "{user}, stale");
+        if owner == asked {
+            assert_eq!(header(&headers, "x-streams-stale"), None, "{user}: held here, current");
+        } else {
+            assert_eq!(
+                header(&headers, "x-streams-stale"),
+                Some("true"),
+                "{user}: from the copy"
+            );
+            assert_eq!(header(&headers, "x-streams-served-by"), Some(asked.as_str()));
+            assert_eq!(
+                header(&headers, "x-streams-standby-lag"),
+                Some("0"),
+                "{user}: the copy is current"
+            );
+            stale += 1;
+        }
+    }
+    assert!(stale > 0, "some keys are held by the other worker");
+    streams_tests::stop_in_turn(vec![a, b], 12).await;
 }

@@ -2,7 +2,9 @@
 //! partition. A worker asked for a key it does not hold forwards the request to the owner
 //! the directory names (or, with `?local=true`, answers 404 naming it). While the
 //! partition is restored, or the group rebalances, the answer is 503 with `Retry-After`:
-//! never a stale or empty value presented as current.
+//! never a stale or empty value presented as current. A caller that accepts a stale value
+//! (`?stale=true`) is answered from this worker's standby copy of the partition when it has
+//! one and does not hold it, marked so with the copy's lag (Kafka Streams' KIP-535).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +23,10 @@ const SERVED_BY: &str = "x-streams-served-by";
 const PARTITION: &str = "x-streams-partition";
 /// On a 404 of `?local=true`: the worker that holds the key.
 const OWNER: &str = "x-streams-owner";
+/// On an answer from a standby copy (`?stale=true`): `true`, and how many changelog records
+/// the copy was behind as of its last pass.
+const STALE: &str = "x-streams-stale";
+const STANDBY_LAG: &str = "x-streams-standby-lag";
 
 /// How many entries a listing gives unless `limit` says otherwise, and at most.
 const DEFAULT_LIMIT: usize = 100;
@@ -32,6 +38,10 @@ pub(super) struct Params {
     /// Answer from this worker only: 404 naming the owner when it is elsewhere.
     #[serde(default)]
     local: bool,
+    /// A stale value will do: from this worker's standby copy, when it keeps one of a
+    /// partition it does not hold (tables that are not windowed).
+    #[serde(default)]
+    stale: bool,
     /// Windowed tables: windows starting from (ms, inclusive).
     from: Option<i64>,
     /// Windowed tables: windows starting up to (ms, inclusive).
@@ -122,7 +132,15 @@ pub(super) async fn get(
         }
     };
     let partition = crate::partitioner::kafka_partition(&native, info.partitions);
-    match state.local.held(&name, partition) {
+    let held = state.local.held(&name, partition);
+    // A caller that takes a stale value gets this worker's copy, if it keeps one, of a
+    // partition it does not hold (or still restores); else the answer any caller gets.
+    if params.stale && !info.spec.windowed && !matches!(held, Held::Here(..)) {
+        if let Some((store, lag)) = state.local.standby(&name, partition) {
+            return from_standby(&state, store, lag, &name, &key, stored, partition).await;
+        }
+    }
+    match held {
         Held::Here(ctx, index) => {
             // A worker whose partitions the group gave away without it knowing yet (its
             // session expired) still holds them: the new owner's claim says otherwise.
@@ -202,6 +220,33 @@ pub(super) async fn get(
             forward(&state, &owner, &name, &key, raw.as_deref()).await
         }
     }
+}
+
+/// A key's value from this worker's standby copy, marked stale with the copy's lag.
+async fn from_standby(
+    state: &WebState,
+    store: Arc<dyn crate::store::StateStore>,
+    lag: u64,
+    name: &str,
+    key: &str,
+    stored: Vec<u8>,
+    partition: i32,
+) -> Response {
+    let read = tokio::task::spawn_blocking(move || store.get(&stored)).await;
+    let mut response = match read {
+        Ok(Ok(Some(value))) => axum::Json(json_of(&value)).into_response(),
+        Ok(Ok(None)) => error(
+            StatusCode::NOT_FOUND,
+            format!("table `{name}` has no key `{key}` (partition {partition}, standby copy)"),
+        ),
+        Ok(Err(why)) => return error(StatusCode::INTERNAL_SERVER_ERROR, why.to_string()),
+        Err(why) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("lookup failed: {why}")),
+    };
+    set(&mut response, SERVED_BY, &state.url);
+    set(&mut response, PARTITION, &partition.to_string());
+    set(&mut response, STALE, "true");
+    set(&mut response, STANDBY_LAG, &lag.to_string());
+    response
 }
 
 /// The windows of a key from the store key's bytes, as JSON; `None` when it has none.

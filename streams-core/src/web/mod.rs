@@ -123,6 +123,10 @@ pub(crate) trait Local: Send + Sync + 'static {
     fn rebalancing(&self) -> bool;
     /// How many of the worker's tasks are restoring their stores.
     fn restoring(&self) -> usize;
+    /// The store of this worker's standby copy of partition `partition` of table `table`,
+    /// with how many changelog records the copy was behind as of its last pass (see
+    /// `worker/standby.rs`); `None` without one.
+    fn standby(&self, table: &str, partition: i32) -> Option<(Arc<dyn crate::store::StateStore>, u64)>;
 }
 
 /// A table as the web server serves it.

@@ -913,6 +913,12 @@ impl crate::web::Local for WebView {
         self.0.upgrade().is_none_or(|shared| shared.waiting_since().is_some())
     }
 
+    fn standby(&self, table: &str, partition: i32) -> Option<(Arc<dyn StateStore>, u64)> {
+        let shared = self.0.upgrade()?;
+        let &(task, index) = shared.table_tasks.get(table)?;
+        shared.standbys.copy((task, partition), index)
+    }
+
     fn restoring(&self) -> usize {
         self.0
             .upgrade()

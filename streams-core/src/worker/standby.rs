@@ -51,8 +51,10 @@ pub(crate) struct Standbys {
 struct State {
     /// Partitions this worker holds itself: never copied here.
     held: HashSet<TaskKey>,
-    /// The copies open between passes.
+    /// The copies open, the one being caught up too.
     open: HashMap<TaskKey, Copy>,
+    /// How many changelog records each copy was behind after its last pass.
+    lags: HashMap<TaskKey, u64>,
     /// The copy being caught up now, with the flag that stops its pass.
     busy: Option<(TaskKey, Arc<AtomicBool>)>,
     stopped: bool,
@@ -104,8 +106,19 @@ impl Standbys {
             };
         }
         let copy = state.open.remove(&key);
+        state.lags.remove(&key);
         drop(state);
         drop(copy);
+    }
+
+    /// The store of table `index` of the copy of `key`, with how many changelog records the
+    /// copy was behind after its last pass; `None` when no copy is kept here (or its first
+    /// pass has not ended).
+    pub(crate) fn copy(&self, key: TaskKey, index: usize) -> Option<(Arc<dyn StateStore>, u64)> {
+        let state = self.state();
+        let lag = *state.lags.get(&key)?;
+        let (store, _) = state.open.get(&key)?.get(index)?;
+        Some((Arc::clone(store), lag))
     }
 
     /// The partition `key` is no longer held here: it may be copied here from the next pass.
@@ -176,8 +189,9 @@ pub(crate) fn run(
                 break;
             }
             let keep: HashSet<TaskKey> = wanted.iter().map(|w| w.key).collect();
-            let State { open, held, .. } = &mut *state;
+            let State { open, held, lags, .. } = &mut *state;
             open.retain(|key, _| keep.contains(key) && !held.contains(key));
+            lags.retain(|key, _| open.contains_key(key));
         }
         let mut lag = 0u64;
         let mut kept = 0u64;
@@ -202,7 +216,11 @@ pub(crate) fn run(
         }
         let _ = standbys.changed.wait_timeout(state, PASS);
     }
-    let copies = std::mem::take(&mut standbys.state().open);
+    let copies = {
+        let mut state = standbys.state();
+        state.lags.clear();
+        std::mem::take(&mut state.open)
+    };
     drop(copies);
     metrics.standby_partitions.store(0, Ordering::Relaxed);
 }
@@ -286,7 +304,7 @@ fn catch_up(
             return None;
         }
         state.busy = Some((key, Arc::clone(&cancel)));
-        state.open.remove(&key)
+        state.open.get(&key).cloned()
     };
     let stores = match open {
         Some(stores) => Some(stores),
@@ -324,9 +342,18 @@ fn catch_up(
     match stores {
         Some(stores) if keep => {
             state.open.insert(key, stores);
+            match behind {
+                Some(behind) => state.lags.insert(key, behind),
+                None => state.lags.remove(&key),
+            };
         }
-        // Closed before the hand-over goes on (`Standbys::hold` waits for `busy`).
-        stores => drop(stores),
+        // Closed before the hand-over goes on (`Standbys::hold` waits for `busy`), unless a
+        // stale lookup still reads them.
+        stores => {
+            let kept = state.open.remove(&key);
+            state.lags.remove(&key);
+            drop((stores, kept));
+        }
     }
     state.busy = None;
     standbys.changed.notify_all();
