@@ -824,7 +824,7 @@ fn run(args: &Args) -> Result<(), String> {
 }
 
 /// A worker of the keyed app for the failover figures: prints `state ASSIGNED RESTORED
-/// STANDBY_PARTITIONS STANDBY_LAG` every 100 ms until it is killed.
+/// STANDBY_PARTITIONS STANDBY_LAG ASSIGNMENTS` every 20 ms until it is killed.
 async fn failover_worker(bootstrap: &str, dir: Option<&std::path::Path>, standbys: usize) -> Result<(), String> {
     use std::io::Write;
     use std::sync::atomic::Ordering::Relaxed;
@@ -835,24 +835,26 @@ async fn failover_worker(bootstrap: &str, dir: Option<&std::path::Path>, standby
     let metrics = worker.metrics();
     loop {
         let line = format!(
-            "state {} {} {} {}\n",
+            "state {} {} {} {} {}\n",
             metrics.assigned.load(Relaxed),
             metrics.restored.load(Relaxed),
             metrics.standby_partitions.load(Relaxed),
-            metrics.standby_lag.load(Relaxed)
+            metrics.standby_lag.load(Relaxed),
+            metrics.assignments.load(Relaxed)
         );
         let mut out = std::io::stdout().lock();
         if out.write_all(line.as_bytes()).and_then(|()| out.flush()).is_err() {
             break;
         }
         drop(out);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     worker.stop().await.map(drop).map_err(|e| e.to_string())
 }
 
-/// What a failover worker said last: assigned, restored, standby partitions, standby lag.
-type WorkerState = std::sync::Arc<std::sync::Mutex<[u64; 4]>>;
+/// What a failover worker said last: assigned, restored, standby partitions, standby lag,
+/// assignments.
+type WorkerState = std::sync::Arc<std::sync::Mutex<[u64; 5]>>;
 
 /// Starts a failover worker process and a thread that keeps its last state.
 fn spawn_failover_worker(
@@ -875,15 +877,15 @@ fn spawn_failover_worker(
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
             let figures: Vec<u64> = line.split_whitespace().skip(1).filter_map(|n| n.parse().ok()).collect();
-            if let (Some("state"), [a, b, c, d]) = (line.split_whitespace().next(), figures.as_slice()) {
-                *kept.lock().unwrap_or_else(|p| p.into_inner()) = [*a, *b, *c, *d];
+            if let (Some("state"), [a, b, c, d, e]) = (line.split_whitespace().next(), figures.as_slice()) {
+                *kept.lock().unwrap_or_else(|p| p.into_inner()) = [*a, *b, *c, *d, *e];
             }
         }
     });
     Ok((child, state))
 }
 
-fn read_state(state: &WorkerState) -> [u64; 4] {
+fn read_state(state: &WorkerState) -> [u64; 5] {
     *state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -934,10 +936,15 @@ fn failover(keys: usize, standbys: usize) -> Result<(), String> {
                 a[2] + b[2] == all && a[3] == 0 && b[3] == 0
             })?;
         }
-        let restored_before = read_state(&b_state)[1];
+        let [_, restored_before, _, _, assignments] = read_state(&b_state);
         a.kill().map_err(|e| e.to_string())?;
         let killed = Instant::now();
         let _ = a.wait();
+        // The group's part (the session timing out, the rebalance), then the worker's.
+        wait_for("the group's next assignment", Duration::from_secs(300), || {
+            read_state(&b_state)[4] > assignments
+        })?;
+        let assigned = killed.elapsed().as_secs_f64();
         wait_for(
             "the other worker holding every partition",
             Duration::from_secs(300),
@@ -946,7 +953,9 @@ fn failover(keys: usize, standbys: usize) -> Result<(), String> {
         let seconds = killed.elapsed().as_secs_f64();
         let restored = read_state(&b_state)[1] - restored_before;
         println!(
-            "  {standbys} standby replicas: every partition served again {seconds:.2} s after the kill, {restored} changelog records restored"
+            "  {standbys} standby replicas: every partition served again {seconds:.2} s after the kill ({assigned:.2} s until \
+             the group's assignment, then {:.2} s restoring), {restored} changelog records restored",
+            seconds - assigned
         );
         Ok(())
     })();
