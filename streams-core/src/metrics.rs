@@ -153,6 +153,8 @@ pub struct Metrics {
     /// Changelog records the standby copies are behind their changelogs' ends, as of their
     /// last pass (a change of input the group has not committed yet waits until it has).
     pub standby_lag: AtomicU64,
+    /// Passes over the standby copies completed (one every half second).
+    pub standby_passes: AtomicU64,
     pub(crate) families: Families,
     member_id: Mutex<Option<String>>,
     want_record_sample: AtomicBool,
@@ -394,6 +396,12 @@ impl Metrics {
                 "Changelog records the standby copies are behind, as of their last pass",
                 load(&self.standby_lag),
                 false,
+            ),
+            (
+                "standby_passes",
+                "Passes over the standby copies completed",
+                load(&self.standby_passes),
+                true,
             ),
             (
                 "rebalances",

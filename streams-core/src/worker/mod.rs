@@ -548,17 +548,6 @@ impl Worker {
             memory,
             Arc::new(standby::Standbys::new(options.standby_replicas)),
         )?);
-        let standby_thread = if restore_threads > 0 && options.standby_replicas > 0 {
-            Some(start_standbys(
-                &shared,
-                &config,
-                app.id(),
-                exactly_once,
-                partition_counts.clone(),
-            )?)
-        } else {
-            None
-        };
         let web = match web_listener {
             Some((listener, url)) => {
                 let directory =
@@ -566,7 +555,7 @@ impl Worker {
                 // Listed from its start, holding nothing yet (`reset` asks every listed worker).
                 directory.publish(None, Vec::new());
                 *shared.directory.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&directory));
-                let state = web_state(&app, &url, &shared, &metrics, directory, partition_counts)?;
+                let state = web_state(&app, &url, &shared, &metrics, directory, partition_counts.clone())?;
                 Some((crate::web::serve(listener, url, Arc::new(state.0))?, state.1))
             }
             None => None,
@@ -664,6 +653,19 @@ impl Worker {
                 })
                 .map_err(|e| Error::io("starting the committer", e))?
         };
+        // Late among the threads: a start that fails after it stops it (see below).
+        let standbys = Arc::clone(&shared.standbys);
+        let standby_thread = if restore_threads > 0 && options.standby_replicas > 0 {
+            Some(start_standbys(
+                &shared,
+                &config,
+                app.id(),
+                exactly_once,
+                partition_counts,
+            )?)
+        } else {
+            None
+        };
         let (done_tx, done) = tokio::sync::oneshot::channel();
         let finished = Arc::new(AtomicBool::new(false));
         let step = ShutdownStep::default();
@@ -718,7 +720,11 @@ impl Worker {
                     finished.store(true, Ordering::Relaxed);
                     let _ = done_tx.send(());
                 })
-                .map_err(|e| Error::io("starting the consumer thread", e))?;
+                .map_err(|e| {
+                    // The standby thread ends with it (it would keep the worker's state).
+                    standbys.stop();
+                    Error::io("starting the consumer thread", e)
+                })?;
         }
         let reporter = tokio::spawn(Arc::clone(&metrics).report_every_second());
         for timer in app.timers() {

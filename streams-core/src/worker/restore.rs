@@ -285,7 +285,7 @@ fn restore(
 
 /// How a restore shows itself: a task's restore logs and counts as one
 /// (`restored_records`, a progress bar), a standby copy's pass stays quiet (it runs every
-/// second; its records count as `standby_records`).
+/// half second; its records count as `standby_records`).
 #[derive(Clone, Copy)]
 pub(crate) enum Quiet<'a> {
     /// A task's restore, stopped by the flag.
@@ -590,7 +590,7 @@ impl Restorer {
         Ok(restored)
     }
 
-    /// [`Restorer::restore`] for a standby copy: quiet (its passes run every second), its
+    /// [`Restorer::restore`] for a standby copy: quiet (its passes run every half second), its
     /// records counted as `standby_records`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn catch_up(

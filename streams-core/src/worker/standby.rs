@@ -94,8 +94,8 @@ impl Standbys {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 tracing::warn!(
-                    "the standby copy of partition {} did not stop within {HANDOVER_TIMEOUT:?}; opening its stores \
-                     is retried",
+                    "the standby copy of partition {} did not stop within {HANDOVER_TIMEOUT:?}; its stores may \
+                     still be open",
                     key.1
                 );
                 break;
@@ -108,7 +108,14 @@ impl Standbys {
         let copy = state.open.remove(&key);
         state.lags.remove(&key);
         drop(state);
-        drop(copy);
+        // A stale lookup may still read the copy: its stores close when it is done (a read
+        // of one key), before the task opens them.
+        if let Some(copy) = copy {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while copy.iter().any(|(store, _)| Arc::strong_count(store) > 1) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
 
     /// The store of table `index` of the copy of `key`, with how many changelog records the
@@ -138,7 +145,7 @@ impl Standbys {
 }
 
 /// Whether the worker `me` keeps a copy of a partition that `owner` holds, given the `workers`
-/// the directory lists and the `replicas` wanted: the `replicas` workers after the owner in the
+/// that own partitions as the directory says and the `replicas` wanted: the `replicas` workers after the owner in the
 /// list's order (from its start again after its end) keep one. When the owner or `me` is not
 /// listed, or the group is no larger than `replicas + 1`, every worker but the owner keeps one.
 pub(crate) fn placed_here(me: &str, owner: Option<&str>, workers: &[String], replicas: usize) -> bool {
@@ -175,6 +182,8 @@ pub(crate) fn run(
     partitions: &HashMap<String, i32>,
 ) {
     let metrics = &shared.metrics;
+    // Whether the last pass could not read the group's offsets (said once).
+    let mut failing = false;
     loop {
         // Not before the group's first assignment: until then every partition looks like
         // another worker's, and copies of the ones assigned here would be made for nothing.
@@ -195,21 +204,30 @@ pub(crate) fn run(
         }
         let mut lag = 0u64;
         let mut kept = 0u64;
-        if !wanted.is_empty() {
-            match committed(offsets, &wanted) {
-                Ok(committed) => {
-                    for copy in &wanted {
-                        if let Some(behind) = catch_up(standbys, shared, restorer, copy, &committed) {
-                            lag += behind;
-                            kept += 1;
-                        }
+        let committed = if wanted.is_empty() {
+            Ok(HashMap::new())
+        } else {
+            committed(offsets, &wanted)
+        };
+        match committed {
+            Ok(committed) => {
+                failing = false;
+                for copy in &wanted {
+                    if let Some(behind) = catch_up(standbys, shared, restorer, copy, &committed) {
+                        lag += behind;
+                        kept += 1;
                     }
                 }
-                Err(error) => tracing::debug!("standby copies: cannot read the group's committed offsets: {error}"),
+                metrics.standby_partitions.store(kept, Ordering::Relaxed);
+                metrics.standby_lag.store(lag, Ordering::Relaxed);
+                metrics.standby_passes.fetch_add(1, Ordering::Relaxed);
             }
+            // The copies stay as they are (and their figures with them) until it can.
+            Err(error) if !std::mem::replace(&mut failing, true) => tracing::warn!(
+                "standby copies: cannot read the group's committed offsets ({error}); retrying every {PASS:?}"
+            ),
+            Err(_) => {}
         }
-        metrics.standby_partitions.store(kept, Ordering::Relaxed);
-        metrics.standby_lag.store(lag, Ordering::Relaxed);
         let state = standbys.state();
         if state.stopped {
             break;
@@ -228,26 +246,43 @@ pub(crate) fn run(
 /// The partitions this worker keeps copies of now.
 fn wanted(standbys: &Standbys, shared: &Shared, partitions: &HashMap<String, i32>) -> Vec<Wanted> {
     let directory = shared.directory.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let workers: Vec<String> = directory
-        .as_ref()
-        .map(|d| d.workers().into_iter().map(|(url, _)| url).collect())
-        .unwrap_or_default();
+    let tasks: Vec<(usize, &str, i32)> = shared
+        .task_specs()
+        .iter()
+        .enumerate()
+        .filter(|(_, task)| !task.tables.is_empty())
+        .filter_map(|(index, task)| {
+            let first = task.sources.first()?;
+            Some((index, &*first.name, partitions.get(&*first.name).copied().unwrap_or(0)))
+        })
+        .collect();
+    // Each partition's owner as the directory says, and the workers that own one: the
+    // directory also lists workers that crashed (until their record grows stale) and a
+    // worker restarted on the same URL twice, neither of which is a place for copies.
+    let owners: HashMap<(usize, i32), String> = match &directory {
+        Some(directory) => tasks
+            .iter()
+            .flat_map(|&(index, topic, count)| {
+                (0..count).filter_map(move |p| Some(((index, p), directory.owner(topic, p)?)))
+            })
+            .collect(),
+        None => HashMap::new(),
+    };
+    let mut workers: Vec<String> = owners.values().cloned().collect();
+    workers.sort();
+    workers.dedup();
     let held = standbys.state().held.clone();
     let mut wanted = Vec::new();
-    for (index, task) in shared.task_specs().iter().enumerate() {
-        let Some(first) = task.sources.first() else { continue };
-        if task.tables.is_empty() {
-            continue;
-        }
-        let count = partitions.get(&*first.name).copied().unwrap_or(0);
+    for (index, _, count) in tasks {
+        let task = &shared.task_specs()[index];
         for partition in 0..count {
             let key = (index, partition);
             if held.contains(&key) {
                 continue;
             }
             if let Some(directory) = &directory {
-                let owner = directory.owner(&first.name, partition);
-                if !placed_here(directory.url(), owner.as_deref(), &workers, standbys.replicas) {
+                let owner = owners.get(&key).map(String::as_str);
+                if !placed_here(directory.url(), owner, &workers, standbys.replicas) {
                     continue;
                 }
             }
@@ -331,9 +366,14 @@ fn catch_up(
             .map(|topic| (topic.clone(), committed.get(&(topic.clone(), partition)).copied()))
             .collect();
         let label = copy.sources.join("+");
-        match restore::restore_stores(stores, &label, partition, &offsets, restorer, Quiet::Standby(&cancel)) {
-            Ok(Some(_)) => behind = lag(restorer, stores, partition, &cancel),
-            Ok(None) => {}
+        // A panic ends this pass of this copy, not the thread (`busy` must be cleared).
+        let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            restore::restore_stores(stores, &label, partition, &offsets, restorer, Quiet::Standby(&cancel))
+                .map(|restored| restored.and_then(|_| lag(restorer, stores, partition, &cancel)))
+        }))
+        .unwrap_or_else(|panic| Err(format!("the pass panicked: {}", crate::error::panic_text(&*panic))));
+        match pass {
+            Ok(lag) => behind = lag,
             Err(error) => tracing::warn!("standby copy of {label}[{partition}]: {error}"),
         }
     }
