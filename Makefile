@@ -10,7 +10,7 @@ APT_PACKAGES := libclang-dev clang g++ make pkg-config zlib1g-dev kcat docker-co
 
 CARGO ?= cargo
 
-.PHONY: help deps build demo test bench lint fmt clean
+.PHONY: help deps build demo test publish-check bench lint fmt clean
 
 help:
 	@echo "make demo   the seed's hit counter on the embedded broker (no Kafka needed)"
@@ -41,6 +41,14 @@ demo: deps
 test: build
 	$(CARGO) test --workspace --no-fail-fast
 	docker-compose -f docker-compose.yml config -q && echo "docker-compose.yml: valid"
+	$(MAKE) --no-print-directory publish-check
+
+# The published crates: their docs build without a warning, and `cargo publish --dry-run`
+# packages and builds them as crates.io would (the first run compiles RocksDB and librdkafka
+# once more, unoptimised, as a dependent's first build does; later runs reuse them).
+publish-check:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc -p streams-core -p streams-macros --no-deps
+	$(CARGO) publish --dry-run --allow-dirty -p streams-macros -p streams-core
 
 # Benchmarks print figures; nothing is asserted. They use the dev profile, whose crates are
 # optimised (see Cargo.toml), so RocksDB and librdkafka are not compiled a second time.

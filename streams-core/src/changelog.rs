@@ -4,11 +4,11 @@
 //! starting after its checkpoint and skipping changes made by input the group never
 //! committed (ARCHITECTURE.md §3), so a crash between a changelog write and an offset commit
 //! cannot count twice; then the partition starts where its restored state agrees with the
-//! input ([`start_offsets`]).
+//! input (`start_offsets`).
 //!
 //! Nothing here knows about Kafka: the worker reads changelogs with a consumer
 //! (`worker/restore.rs`), the test driver from its in-memory topics; both apply records
-//! with [`Apply`].
+//! with `Apply`.
 
 use crate::store::{Checkpoint, StateStore};
 use crate::Result;

@@ -43,6 +43,58 @@
 //!     App::new("hit_counter").agent(find_major_hits).agent(count_hits).main()
 //! }
 //! ```
+//!
+//! Build it and run `hit_counter worker` (the embedded broker, no Kafka needed) or
+//! `hit_counter worker --broker kafka:9092`; start the same binary again with another
+//! `--data-dir` to scale out.
+//!
+//! # A guide
+//!
+//! **Records, topics and tables.** `#[record]` gives a type serde's derives and [`Record`]
+//! (JSON on the wire by default; [`codec`] for other formats). A [`Topic<K, V>`](Topic) is a
+//! constant with the topic's key and value types (`()` for no key); `.internal()` marks the
+//! app's own intermediate topics, which the worker creates. A [`Table<K, V>`](Table) is a
+//! constant too: a key-value store per partition (RocksDB on a worker), its changes on the
+//! changelog topic `{app}-{table}-changelog`.
+//!
+//! **Agents.** [`macro@agent`] turns an `async fn` over a [`Stream`] into a task per partition
+//! of its topic. It reads records with [`Stream::next`] (values) or [`Stream::next_event`]
+//! (key, value, timestamp and origin), sends with [`Topic::send`], and reads and changes
+//! tables with [`Table::get`] and [`Table::update`]. The `sends` and `tables` it declares are
+//! checked at compile time against what its body uses; a table's key type is its stream's,
+//! so state always lives with its input's partition.
+//!
+//! **Pipelines.** The [`dsl`] is Kafka Streams' `StreamsBuilder`: [`App::pipeline`] builds
+//! [`KStream`](dsl::KStream)s and [`KTable`](dsl::KTable)s with maps and filters, re-keying
+//! (through repartition topics), aggregations, windows ([`window`]), suppression, and every
+//! kind of join. [`App::topology`] describes the result before anything connects.
+//!
+//! **Running.** [`App::main`] is the command line (`worker`, `send`, `tail`, `tables`,
+//! `topology`, `reset`; `--help` lists the options). In code, [`Worker::start`] with
+//! [`WorkerOptions`] runs a worker and gives a [`WorkerHandle`] to stop it and read its
+//! [`Metrics`]. Without a broker address a worker starts an [`EmbeddedBroker`].
+//!
+//! **State that survives.** On each commit point a task's table changes go to their
+//! changelogs, its offsets are committed, and its stores are written with a checkpoint. A
+//! partition that moves is restored on its new worker from the checkpoint of its store there
+//! (restores run side by side, off the poll thread); changes of input the group had not
+//! committed are skipped, so a crash cannot count twice in a table. All stores of a worker
+//! share one RocksDB memory budget ([`WorkerOptions::state_memory`]). Standby replicas
+//! ([`WorkerOptions::standby_replicas`]) keep warm copies on other workers, so that a
+//! failover restores only the tail.
+//!
+//! **Guarantees.** At-least-once by default, in order per partition; exactly-once
+//! ([`app::ProcessingGuarantee::ExactlyOnce`]) runs every commit round as one Kafka
+//! transaction. Records that do not decode, or whose processing fails, go to a dead-letter
+//! topic with their topic, partition, offset and the reason ([`OnError`] chooses otherwise).
+//!
+//! **Testing.** [`testing::TestDriver`] runs an app's real tasks on in-memory topics, with
+//! no broker: pipe records in, run, read outputs and tables, and crash or move partitions,
+//! fail commits or delay transaction markers to test what the app does then.
+//!
+//! **Operating.** Each worker serves table lookups (forwarded to the key's owner), Prometheus
+//! metrics, health and readiness, and its live topology ([`web`]). [`faust`] reads and writes
+//! Faust's formats, so that a Faust app's topics and tables carry on under this library.
 
 // The macros emit `::streams_core::...` paths; this makes them work inside this crate too.
 extern crate self as streams_core;

@@ -58,7 +58,7 @@ impl TopicCodecs {
         (self.check_value)(value)
     }
 
-    /// The key bytes of a key given as text (see [`Key::parse_key`]).
+    /// The key bytes of a key given as text (see [`crate::Key::parse_key`]).
     pub fn parse_key(&self, text: &str) -> Result<Option<Vec<u8>>, String> {
         (self.parse_key)(text)
     }

@@ -8,13 +8,13 @@
 //! | `GET /ready` | 200 once every assigned partition is restored and processing; else 503 |
 //! | `GET /metrics` | Prometheus text ([`crate::Metrics::prometheus`]) |
 //! | `GET /tables` | the app's tables |
-//! | `GET /tables/{name}/{key}` | the key's value as JSON, from the worker that holds its partition ([`lookup`]) |
+//! | `GET /tables/{name}/{key}` | the key's value as JSON, from the worker that holds its partition |
 //! | `GET /tables/{name}?prefix=&limit=` | keys and values of the partitions this worker holds |
 //! | `GET /topology` | the topology drawn by Mermaid, with live rates on its edges |
 //!
 //! Each worker says which partitions it holds in the app's directory topic
-//! ([`directory`]); a lookup of a key held elsewhere is forwarded there. The server knows the
-//! worker through [`Local`], which the worker implements: this module does not depend on it.
+//! (`{app}-workers`); a lookup of a key held elsewhere is forwarded there. The server knows
+//! the worker through a trait the worker implements: this module does not depend on it.
 
 pub(crate) mod directory;
 mod lookup;

@@ -305,12 +305,13 @@ impl WorkerHandle {
         !self.finished.load(Ordering::Relaxed)
     }
 
-    /// Asks the worker to stop: its partitions finish their records and are committed.
     /// Where its stop is (see [`ShutdownStep`]).
     pub(crate) fn shutdown_step(&self) -> ShutdownStep {
         self.step.clone()
     }
 
+    /// Asks the worker to stop, without waiting: its partitions finish their records and are
+    /// committed ([`WorkerHandle::stop`] asks and waits).
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
     }
