@@ -2,8 +2,10 @@
 //!
 //! Measures, on the same topic: (a) a plain rdkafka consumer doing nothing (the ceiling),
 //! (b) a stateless agent (decode + filter + send), (c) the seed pipeline (filter → internal
-//! topic → count in RocksDB with changelog, at-least-once); then a restore of 1M changelog
-//! records into an empty data dir and the peak RSS of a worker holding 1M distinct keys.
+//! topic → count in RocksDB with changelog, at-least-once); then the peak RSS of a worker
+//! holding 5M distinct keys on 64 partitions within `--state-memory 256MB`, a restore of 1M
+//! changelog records into an empty data dir and the peak RSS of a worker holding 1M distinct
+//! keys, and a failover after SIGKILL with and without a standby replica.
 //! Each figure is a rate in records/s, its ratio to (a), and CPU µs (user+sys) of this
 //! process per input record; `--cases` picks cases by letter (`--cases c`: the seed
 //! pipeline alone, e.g. under a profiler). The broker runs in its own process (tansu when it is
@@ -45,10 +47,11 @@ struct Args {
     /// Hits for (f), the windowed example.
     #[arg(long, default_value_t = 100_000)]
     window_records: usize,
-    /// Which cases to run, by letter: `a`–`f` as printed, `r` the restore and memory
-    /// figures, `s` a failover after SIGKILL with and without standby replicas (`d` runs
-    /// the exactly-once comparison, which also runs its own (c)).
-    #[arg(long, default_value = "abcdefrs")]
+    /// Which cases to run, by letter: `a`–`f` as printed, `m` the peak RSS of a worker with
+    /// 5M keys on 64 partitions (tansu only), `r` the restore and memory figures, `s` a
+    /// failover after SIGKILL with and without standby replicas (`d` runs the exactly-once
+    /// comparison, which also runs its own (c)).
+    #[arg(long, default_value = "abcdefmrs")]
     cases: String,
     /// Internal: host the embedded broker on this port with the benchmark's topics.
     #[arg(long, hide = true)]
@@ -72,6 +75,16 @@ struct Args {
     /// Internal: that worker's standby replicas.
     #[arg(long, hide = true, default_value_t = 0)]
     standbys: usize,
+    /// Distinct keys of the large-state memory figure (`m`: 64 partitions, `--state-memory
+    /// 256MB`).
+    #[arg(long, default_value_t = 5_000_000)]
+    large_keys: usize,
+    /// Internal: run the large-state worker on this broker and print its peak RSS.
+    #[arg(long, hide = true)]
+    large_worker: Option<String>,
+    /// Internal: that worker's table cache budget per partition (default: the app's).
+    #[arg(long, hide = true)]
+    large_cache: Option<usize>,
 }
 
 /// The embedded broker keeps the newest 5 MiB of each partition: 8 partitions hold the input.
@@ -80,6 +93,10 @@ const KEY_PARTITIONS: i32 = 32;
 const MAJOR: Topic<String, HitCount> = Topic::new("bench_major_hits");
 const USERS: Topic<String, HitCount> = Topic::new("bench_users");
 const USER_COUNT: Table<String, i64> = Table::new("user-count");
+/// The large-state case (`m`): 64 partitions.
+const LARGE_PARTITIONS: i32 = 64;
+const LARGE_USERS: Topic<String, HitCount> = Topic::new("bench_users_64");
+const LARGE_COUNT: Table<String, i64> = Table::new("user-count-64");
 
 /// (b): decode, filter, send.
 #[agent(topic = HIT_COUNT, sends = [MAJOR])]
@@ -99,6 +116,20 @@ async fn count_users(mut hits: Stream<String, HitCount>) -> Result<()> {
         USER_COUNT.update(&event.key, |n| *n += 1).await?;
     }
     Ok(())
+}
+
+/// Counts per user over 64 partitions: the large-state worker.
+#[agent(topic = LARGE_USERS, tables = [LARGE_COUNT])]
+async fn count_large(mut hits: Stream<String, HitCount>) -> Result<()> {
+    while let Some(event) = hits.next_event().await {
+        LARGE_COUNT.update(&event.key, |n| *n += 1).await?;
+    }
+    Ok(())
+}
+
+/// The large-state app, with an id of its own per run (each counts the topic from its start).
+fn large_app(id: &str) -> App {
+    App::new(id).agent(count_large).topic_partitions(LARGE_PARTITIONS)
 }
 
 fn stateless_app() -> App {
@@ -709,6 +740,12 @@ fn main() -> std::process::ExitCode {
     streams_core::init_logging("error");
     let result = if let Some(port) = args.serve_broker {
         serve_broker(port, &args.serve_topics)
+    } else if let Some(bootstrap) = &args.large_worker {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| rt.block_on(large_worker(bootstrap, args.large_keys, args.large_cache)))
     } else if let Some(bootstrap) = &args.failover_worker {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -802,12 +839,15 @@ fn run(args: &Args) -> Result<(), String> {
             figure.cpu / figure.records as f64 * 1e6
         );
     }
-    if !wants('d') && !wants('r') && !wants('s') {
+    if !wants('d') && !wants('r') && !wants('s') && !wants('m') {
         return Ok(());
     }
 
     if wants('d') {
         exactly_once_pair(&runtime, &records, majors)?;
+    }
+    if wants('m') {
+        large_state(&broker, args.large_keys)?;
     }
     if wants('r') {
         restore_and_memory(broker, args.keys)?;
@@ -818,6 +858,103 @@ fn run(args: &Args) -> Result<(), String> {
         println!("\nfailover: two workers of a {}-key table ({KEY_PARTITIONS} partitions), one killed with SIGKILL (the embedded broker, sessions of 6 s):", args.failover_keys);
         for standbys in [0, 1] {
             failover(args.failover_keys, standbys)?;
+        }
+    }
+    Ok(())
+}
+
+/// The large-state worker: counts `keys` distinct keys over 64 partitions with a 256 MB state
+/// memory budget, then prints its peak RSS, the rate, and RocksDB's shared memory use.
+async fn large_worker(bootstrap: &str, keys: usize, cache: Option<usize>) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut options = worker_options(dir.path(), bootstrap).state_memory(256 << 20);
+    if let Some(bytes) = cache {
+        options = options.table_cache_bytes(bytes);
+    }
+    let id = match cache {
+        Some(bytes) => format!("bench-large-{bytes}"),
+        None => "bench-large".to_string(),
+    };
+    let worker = Worker::start(large_app(&id), options)
+        .await
+        .map_err(|e| e.to_string())?;
+    let metrics = worker.metrics();
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", &id)
+        .create()
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let mut began = None;
+    let mut state_peak = 0;
+    loop {
+        let records = metrics.records.load(std::sync::atomic::Ordering::Relaxed);
+        if records > 0 && began.is_none() {
+            began = Some(Instant::now());
+        }
+        state_peak = state_peak.max(metrics.state_memory_bytes.load(std::sync::atomic::Ordering::Relaxed));
+        if records >= keys as u64 && lag(&client, &[("bench_users_64", LARGE_PARTITIONS)])? == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("large state: {records} of {keys} records processed"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let seconds = began.map_or(1.0, |b| b.elapsed().as_secs_f64());
+    println!(
+        "large {:.1} {:.0} {:.1}",
+        peak_rss_mb(),
+        keys as f64 / seconds,
+        state_peak as f64 / (1 << 20) as f64
+    );
+    worker.stop().await.map(drop).map_err(|e| e.to_string())
+}
+
+/// (m) A worker holding 64 partitions and `keys` distinct keys with `--state-memory 256MB`: its
+/// peak RSS, in a fresh process (issue 25's target: ≤ 400 MB for 5,000,000 keys).
+fn large_state(broker: &Broker, keys: usize) -> Result<(), String> {
+    if broker.tansu {
+        create_topics_admin(&broker.bootstrap, &[("bench_users_64", LARGE_PARTITIONS)])?;
+    } else {
+        println!("\n(m) needs tansu: the embedded broker keeps 5 MiB per partition, less than 5M keys need");
+        return Ok(());
+    }
+    let users = (0..keys).map(|i| {
+        let user = format!("u{i:07}");
+        let value = format!(r#"{{"hits":30,"timestamp":1.0,"userId":"{user}"}}"#);
+        (Some(user), value)
+    });
+    let began = Instant::now();
+    produce(&broker.bootstrap, "bench_users_64", users)?;
+    println!(
+        "\n(m) {keys} distinct keys produced to bench_users_64 ({LARGE_PARTITIONS} partitions) in {:.1} s",
+        began.elapsed().as_secs_f64()
+    );
+    // The default table caches (1 MiB per table partition), then caches of 256 KiB; each run
+    // in a process of its own, as an app of its own (it counts the topic from its start).
+    for cache in [None, Some(256 << 10)] {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut command = Command::new(exe);
+        command.args(["--large-worker", &broker.bootstrap, "--large-keys", &keys.to_string()]);
+        if let Some(bytes) = cache {
+            command.args(["--large-cache", &bytes.to_string()]);
+        }
+        let output = command.output().map_err(|e| e.to_string())?;
+        if !output.status.success() {
+            return Err(format!(
+                "large-state worker failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        let caches = cache.map_or_else(|| "the default 1 MiB".to_string(), |b| format!("{} KiB", b >> 10));
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            if let ["large", rss, rate, state] = line.split_whitespace().collect::<Vec<_>>().as_slice() {
+                println!(
+                    "worker holding {keys} keys on {LARGE_PARTITIONS} partitions, --state-memory 256MB, table caches of \
+                     {caches}: peak RSS {rss} MB (RocksDB's shared memory peaked at {state} MB), counted at {rate} records/s"
+                );
+            }
         }
     }
     Ok(())
