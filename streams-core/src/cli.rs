@@ -80,8 +80,9 @@ enum Command {
         #[arg(long)]
         no_web: bool,
         /// Bytes each table partition's cache may hold (changes wait there until the next
-        /// commit, coalesced per key) [default: the app's, 1 MiB unless it says otherwise].
-        #[arg(long, value_name = "BYTES", env = "STREAMS_TABLE_CACHE_BYTES")]
+        /// commit, coalesced per key): bytes or e.g. 256KB, 1MiB [default: the app's, 1 MiB
+        /// unless it says otherwise].
+        #[arg(long, value_name = "SIZE", env = "STREAMS_TABLE_CACHE_BYTES", value_parser = crate::store::parse_size)]
         table_cache_bytes: Option<usize>,
         /// Memory all the worker's RocksDB stores share (one block cache, memtables included):
         /// bytes or e.g. 256MB, 1GiB [default: 128MiB].
@@ -842,6 +843,31 @@ fn tables_text(app: &App) -> String {
 #[cfg(test)]
 mod tests {
     use super::suggestion;
+
+    #[test]
+    fn sizes_take_units() {
+        use clap::Parser;
+        let parsed = |args: &[&str]| match super::Cli::try_parse_from(args).map(|cli| cli.command) {
+            Ok(super::Command::Worker {
+                table_cache_bytes,
+                state_memory,
+                ..
+            }) => (table_cache_bytes, state_memory),
+            other => panic!("{other:?}"),
+        };
+        let worker = |extra: &[&'static str]| [&["app", "worker"], extra].concat();
+        assert_eq!(
+            parsed(&worker(&["--table-cache-bytes", "256KB", "--state-memory", "256MB"])),
+            (Some(256_000), Some(256_000_000))
+        );
+        assert_eq!(
+            parsed(&worker(&["--table-cache-bytes", "262144"])),
+            (Some(262_144), None),
+            "plain bytes as before"
+        );
+        assert_eq!(parsed(&worker(&["--table-cache-bytes", "0"])).0, Some(0));
+        assert!(super::Cli::try_parse_from(worker(&["--table-cache-bytes", "lots"])).is_err());
+    }
 
     #[test]
     fn config_files_are_key_value_lines() {
