@@ -14,7 +14,7 @@ use streams_core::web::WebOptions;
 use streams_core::{EmbeddedBroker, Metrics, Worker, WorkerHandle};
 use streams_examples::seed;
 use streams_tests::hit_counter::{app, MAJOR_COUNT};
-use streams_tests::{create_app_topics, produce, unkeyed, wait_caught_up, wait_until, worker_options};
+use streams_tests::{client, create_app_topics, get, produce, unkeyed, wait_caught_up, wait_until, worker_options};
 
 const GROUP: &str = "hit_counter";
 const TOPICS: [&str; 2] = ["hit_count", "count_topic"];
@@ -58,18 +58,34 @@ async fn copies_current(a: &Arc<Metrics>, b: &Arc<Metrics>) {
     .await;
 }
 
-/// Two workers count hits (the input in two parts, the second while both run); the first
-/// stops and the second takes over its partitions. Returns the changelog records the second
-/// restored when it took them over, the counts it then holds, and the true counts.
-async fn failover(standbys: usize) -> (u64, BTreeMap<String, i64>, BTreeMap<String, i64>) {
+/// The embedded broker with the hit counter's topics, `records` produced to its input.
+fn broker_with(records: &[serde_json::Value]) -> EmbeddedBroker {
     streams_core::init_logging(&std::env::var("STREAMS_TEST_LOG").unwrap_or_else(|_| "error".into()));
     let broker = EmbeddedBroker::start().expect("broker");
     broker.create_topic("hit_count", 4).expect("topic");
     create_app_topics(&broker, &app());
-    let bootstrap = broker.bootstrap_servers().to_string();
+    produce(broker.bootstrap_servers(), "hit_count", &unkeyed(records));
+    broker
+}
+
+/// Both workers hold partitions, 12 between them.
+async fn both_holding(a: &Arc<Metrics>, b: &Arc<Metrics>) {
+    let (a, b) = (Arc::clone(a), Arc::clone(b));
+    blocking("both workers holding partitions", move || {
+        let (held_a, held_b) = (a.assigned.load(Ordering::Relaxed), b.assigned.load(Ordering::Relaxed));
+        held_a > 0 && held_b > 0 && held_a + held_b == 12
+    })
+    .await;
+}
+
+/// Two workers count hits (the input in two parts, the second while both run); the first
+/// stops and the second takes over its partitions. Returns the changelog records the second
+/// restored when it took them over, the counts it then holds, and the true counts.
+async fn failover(standbys: usize) -> (u64, BTreeMap<String, i64>, BTreeMap<String, i64>) {
     let records = seed::hits(400, 12_000);
     let (first, second) = records.split_at(6_000);
-    produce(&bootstrap, "hit_count", &unkeyed(first));
+    let broker = broker_with(first);
+    let bootstrap = broker.bootstrap_servers().to_string();
 
     let (dir_a, dir_b) = (
         tempfile::tempdir().expect("tempdir"),
@@ -78,14 +94,7 @@ async fn failover(standbys: usize) -> (u64, BTreeMap<String, i64>, BTreeMap<Stri
     let a = start(&broker, dir_a.path(), standbys).await;
     let b = start(&broker, dir_b.path(), standbys).await;
     let (a_metrics, b_metrics) = (a.metrics(), b.metrics());
-    {
-        let (a, b) = (Arc::clone(&a_metrics), Arc::clone(&b_metrics));
-        blocking("both workers holding partitions", move || {
-            let (held_a, held_b) = (a.assigned.load(Ordering::Relaxed), b.assigned.load(Ordering::Relaxed));
-            held_a > 0 && held_b > 0 && held_a + held_b == 12
-        })
-        .await;
-    }
+    both_holding(&a_metrics, &b_metrics).await;
     caught_up(&broker).await;
     if standbys > 0 {
         copies_current(&a_metrics, &b_metrics).await;
@@ -129,38 +138,13 @@ async fn without_standby_copies_the_same_failover_restores_what_moves() {
     assert!(restored > 0, "the moved partitions were restored from their changelogs");
 }
 
-async fn get(client: &reqwest::Client, url: &str) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
-    let answer = client
-        .get(url)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    let status = answer.status().as_u16();
-    let headers = answer.headers().clone();
-    let text = answer.text().await.expect("body");
-    (
-        status,
-        headers,
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
-    )
-}
-
-fn header<'a>(headers: &'a reqwest::header::HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
 /// Two workers with web servers and a copy each of the other's partitions: a lookup with
 /// `?stale=true` of a key the asked worker does not hold is answered by that worker from its
 /// copy (marked stale, with the copy's lag), with the right count; without it, by the owner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_lookup_is_answered_from_a_copy_only_when_asked() {
-    streams_core::init_logging(&std::env::var("STREAMS_TEST_LOG").unwrap_or_else(|_| "error".into()));
-    let broker = EmbeddedBroker::start().expect("broker");
-    broker.create_topic("hit_count", 4).expect("topic");
-    create_app_topics(&broker, &app());
-    let bootstrap = broker.bootstrap_servers().to_string();
     let records = seed::hits(60, 3_000);
-    produce(&bootstrap, "hit_count", &unkeyed(&records));
+    let broker = broker_with(&records);
     let expected = seed::expected_counts(&records);
     let (dir_a, dir_b) = (
         tempfile::tempdir().expect("tempdir"),
@@ -178,39 +162,36 @@ async fn a_stale_lookup_is_answered_from_a_copy_only_when_asked() {
         .await
         .expect("worker starts");
     let (a_metrics, b_metrics) = (a.metrics(), b.metrics());
-    {
-        let (a, b) = (Arc::clone(&a_metrics), Arc::clone(&b_metrics));
-        blocking("both workers holding partitions", move || {
-            let (held_a, held_b) = (a.assigned.load(Ordering::Relaxed), b.assigned.load(Ordering::Relaxed));
-            held_a > 0 && held_b > 0 && held_a + held_b == 12
-        })
-        .await;
-    }
+    both_holding(&a_metrics, &b_metrics).await;
     caught_up(&broker).await;
     copies_current(&a_metrics, &b_metrics).await;
 
-    let client = reqwest::Client::builder().no_proxy().build().expect("client");
+    let client = client();
     let asked = a.web_url().expect("a web server").to_string();
     let mut stale = 0;
     for (user, count) in &expected {
-        let (status, headers, body) = get(&client, &format!("{asked}/tables/major-count/{user}")).await;
-        assert_eq!((status, &body), (200, &serde_json::json!(count)), "{user}");
-        assert_eq!(header(&headers, "x-streams-stale"), None, "{user}: only when asked");
-        let owner = header(&headers, "x-streams-served-by").expect("served by").to_string();
+        let answer = get(&client, &format!("{asked}/tables/major-count/{user}")).await;
+        assert_eq!(
+            (answer.status, &answer.body),
+            (200, &serde_json::json!(count)),
+            "{user}"
+        );
+        assert_eq!(answer.header("x-streams-stale"), None, "{user}: only when asked");
+        let owner = answer.header("x-streams-served-by").expect("served by").to_string();
 
-        let (status, headers, body) = get(&client, &format!("{asked}/tables/major-count/{user}?stale=true")).await;
-        assert_eq!((status, &body), (200, &serde_json::json!(count)), "{user}, stale");
+        let answer = get(&client, &format!("{asked}/tables/major-count/{user}?stale=true")).await;
+        assert_eq!(
+            (answer.status, &answer.body),
+            (200, &serde_json::json!(count)),
+            "{user}, stale"
+        );
         if owner == asked {
-            assert_eq!(header(&headers, "x-streams-stale"), None, "{user}: held here, current");
+            assert_eq!(answer.header("x-streams-stale"), None, "{user}: held here, current");
         } else {
+            assert_eq!(answer.header("x-streams-stale"), Some("true"), "{user}: from the copy");
+            assert_eq!(answer.header("x-streams-served-by"), Some(asked.as_str()));
             assert_eq!(
-                header(&headers, "x-streams-stale"),
-                Some("true"),
-                "{user}: from the copy"
-            );
-            assert_eq!(header(&headers, "x-streams-served-by"), Some(asked.as_str()));
-            assert_eq!(
-                header(&headers, "x-streams-standby-lag"),
+                answer.header("x-streams-standby-lag"),
                 Some("0"),
                 "{user}: the copy is current"
             );

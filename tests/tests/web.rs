@@ -38,36 +38,6 @@ async fn start(broker: &EmbeddedBroker, dir: &std::path::Path) -> WorkerHandle {
     Worker::start(hit_counter::app(), options).await.expect("worker starts")
 }
 
-/// A GET: status, headers and body (JSON when it is).
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: serde_json::Value,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
-async fn get(client: &reqwest::Client, url: &str) -> Answer {
-    let answer = client
-        .get(url)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    let status = answer.status().as_u16();
-    let headers = answer.headers().clone();
-    let text = answer.text().await.expect("body");
-    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
-    Answer { status, headers, body }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().expect("client")
-}
-
 fn url(worker: &WorkerHandle) -> String {
     worker.web_url().expect("a web server").to_string()
 }

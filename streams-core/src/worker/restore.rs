@@ -536,33 +536,33 @@ impl Restorer {
         let labels = crate::metrics::TopicPartition::new(topic, partition);
         let remaining = self.metrics.families.restore_remaining.get_or_create_owned(&labels);
         let restored_count = self.metrics.families.restored.get_or_create_owned(&labels);
-        let mut log = KafkaLog {
-            restorer: self,
-            topic,
-            partition,
-            cancel,
-            first: None,
-        };
         let began = Instant::now();
         let mut progress: Option<(i64, Progress)> = None;
-        let outcome = changelog::read_changelog(&mut log, store, committed, agreed, probe, &mut |offset, end| {
-            let (start, shown) = progress.get_or_insert_with(|| {
-                tracing::info!(
-                    "restoring {topic}[{partition}]: {} records from offset {offset}",
-                    end - offset
-                );
-                (offset, Progress::new(topic, partition, (end - offset) as u64))
-            });
-            shown.at((offset - *start + 1) as u64);
-            restored_count.inc();
-            if (offset - *start).trailing_zeros() >= 10 {
-                remaining.set(end - 1 - offset);
-            }
-        });
+        let outcome = self.read(
+            store,
+            (topic, partition),
+            committed,
+            agreed,
+            probe,
+            cancel,
+            &mut |offset, end| {
+                let (start, shown) = progress.get_or_insert_with(|| {
+                    tracing::info!(
+                        "restoring {topic}[{partition}]: {} records from offset {offset}",
+                        end - offset
+                    );
+                    (offset, Progress::new(topic, partition, (end - offset) as u64))
+                });
+                shown.at((offset - *start + 1) as u64);
+                restored_count.inc();
+                if (offset - *start).trailing_zeros() >= 10 {
+                    remaining.set(end - 1 - offset);
+                }
+            },
+        );
         if let Some((_, shown)) = &progress {
             shown.done();
         }
-        self.consumer.unassign().map_err(|e| Error::kafka("restore", e))?;
         let restored = match outcome? {
             Some(restored) => restored,
             None => {
@@ -590,6 +590,31 @@ impl Restorer {
         Ok(restored)
     }
 
+    /// Reads `topic[partition]` into `store` with the restore consumer (see
+    /// [`changelog::read_changelog`]), then lets go of the partition.
+    #[allow(clippy::too_many_arguments)]
+    fn read(
+        &self,
+        store: &dyn StateStore,
+        (topic, partition): (&str, i32),
+        committed: &changelog::Committed,
+        agreed: Vec<(String, i64)>,
+        probe: bool,
+        cancel: &AtomicBool,
+        on_record: &mut dyn FnMut(i64, i64),
+    ) -> Result<Option<Restored>> {
+        let mut log = KafkaLog {
+            restorer: self,
+            topic,
+            partition,
+            cancel,
+            first: None,
+        };
+        let outcome = changelog::read_changelog(&mut log, store, committed, agreed, probe, on_record);
+        self.consumer.unassign().map_err(|e| Error::kafka("restore", e))?;
+        outcome
+    }
+
     /// [`Restorer::restore`] for a standby copy: quiet (its passes run every half second), its
     /// records counted as `standby_records`.
     #[allow(clippy::too_many_arguments)]
@@ -603,15 +628,15 @@ impl Restorer {
         probe: bool,
         cancel: &AtomicBool,
     ) -> Result<Restored> {
-        let mut log = KafkaLog {
-            restorer: self,
-            topic,
-            partition,
+        let outcome = self.read(
+            store,
+            (topic, partition),
+            committed,
+            agreed,
+            probe,
             cancel,
-            first: None,
-        };
-        let outcome = changelog::read_changelog(&mut log, store, committed, agreed, probe, &mut |_, _| {});
-        self.consumer.unassign().map_err(|e| Error::kafka("standby", e))?;
+            &mut |_, _| {},
+        );
         let restored = outcome?.unwrap_or_default();
         self.metrics
             .standby_records
