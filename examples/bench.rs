@@ -3,7 +3,7 @@
 //! Measures, on the same topic: (a) a plain rdkafka consumer doing nothing (the ceiling),
 //! (b) a stateless agent (decode + filter + send), (c) the seed pipeline (filter → internal
 //! topic → count in RocksDB with changelog, at-least-once); then the peak RSS of a worker
-//! holding 5M distinct keys on 64 partitions within `--state-memory 256MB`, a restore of 1M
+//! holding 5M distinct keys on 64 partitions within `--state-memory 256MiB`, a restore of 1M
 //! changelog records into an empty data dir and the peak RSS of a worker holding 1M distinct
 //! keys, and a failover after SIGKILL with and without a standby replica.
 //! Each figure is a rate in records/s, its ratio to (a), and CPU µs (user+sys) of this
@@ -76,7 +76,7 @@ struct Args {
     #[arg(long, hide = true, default_value_t = 0)]
     standbys: usize,
     /// Distinct keys of the large-state memory figure (`m`: 64 partitions, `--state-memory
-    /// 256MB`).
+    /// 256MiB`).
     #[arg(long, default_value_t = 5_000_000)]
     large_keys: usize,
     /// Internal: run the large-state worker on this broker and print its peak RSS.
@@ -911,7 +911,7 @@ async fn large_worker(bootstrap: &str, keys: usize, cache: Option<usize>) -> Res
     worker.stop().await.map(drop).map_err(|e| e.to_string())
 }
 
-/// (m) A worker holding 64 partitions and `keys` distinct keys with `--state-memory 256MB`: its
+/// (m) A worker holding 64 partitions and `keys` distinct keys with `--state-memory 256MiB`: its
 /// peak RSS, in a fresh process (issue 25's target: ≤ 400 MB for 5,000,000 keys).
 fn large_state(broker: &Broker, keys: usize) -> Result<(), String> {
     if broker.tansu {
@@ -951,8 +951,8 @@ fn large_state(broker: &Broker, keys: usize) -> Result<(), String> {
         for line in String::from_utf8_lossy(&output.stdout).lines() {
             if let ["large", rss, rate, state] = line.split_whitespace().collect::<Vec<_>>().as_slice() {
                 println!(
-                    "worker holding {keys} keys on {LARGE_PARTITIONS} partitions, --state-memory 256MB, table caches of \
-                     {caches}: peak RSS {rss} MB (RocksDB's shared memory peaked at {state} MB), counted at {rate} records/s"
+                    "worker holding {keys} keys on {LARGE_PARTITIONS} partitions, --state-memory 256MiB, table caches of \
+                     {caches}: peak RSS {rss} MiB (RocksDB's shared memory peaked at {state} MiB), counted at {rate} records/s"
                 );
             }
         }

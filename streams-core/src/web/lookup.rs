@@ -134,8 +134,9 @@ pub(super) async fn get(
     let partition = crate::partitioner::kafka_partition(&native, info.partitions);
     let held = state.local.held(&name, partition);
     // A caller that takes a stale value gets this worker's copy, if it keeps one, of a
-    // partition it does not hold (or still restores); else the answer any caller gets.
-    if params.stale && !info.spec.windowed && !matches!(held, Held::Here(..)) {
+    // partition it does not hold; else the answer any caller gets. (A worker restoring the
+    // partition has no copy of it any more: the restore took it over.)
+    if params.stale && !info.spec.windowed && matches!(held, Held::NotHere) {
         if let Some((store, lag)) = state.local.standby(&name, partition) {
             return from_standby(&state, store, lag, &name, &key, stored, partition).await;
         }

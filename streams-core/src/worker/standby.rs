@@ -112,7 +112,15 @@ impl Standbys {
         // of one key), before the task opens them.
         if let Some(copy) = copy {
             let deadline = Instant::now() + Duration::from_secs(5);
-            while copy.iter().any(|(store, _)| Arc::strong_count(store) > 1) && Instant::now() < deadline {
+            while copy.iter().any(|(store, _)| Arc::strong_count(store) > 1) {
+                if Instant::now() >= deadline {
+                    tracing::warn!(
+                        "the standby copy of partition {} is still read after 5 s; its task opens its stores once \
+                         it is not",
+                        key.1
+                    );
+                    break;
+                }
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
@@ -256,9 +264,9 @@ fn wanted(standbys: &Standbys, shared: &Shared, partitions: &HashMap<String, i32
             Some((index, &*first.name, partitions.get(&*first.name).copied().unwrap_or(0)))
         })
         .collect();
-    // Each partition's owner as the directory says, and the workers that own one: the
-    // directory also lists workers that crashed (until their record grows stale) and a
-    // worker restarted on the same URL twice, neither of which is a place for copies.
+    // Each table partition's owner as the directory says. The directory also lists workers
+    // that crashed (until their record grows stale) and a worker restarted on the same URL
+    // twice, neither of which is a place for copies: the workers are taken from the owners.
     let owners: HashMap<(usize, i32), String> = match &directory {
         Some(directory) => tasks
             .iter()
@@ -268,7 +276,20 @@ fn wanted(standbys: &Standbys, shared: &Shared, partitions: &HashMap<String, i32
             .collect(),
         None => HashMap::new(),
     };
-    let mut workers: Vec<String> = owners.values().cloned().collect();
+    // The workers: those that own some partition of any source topic (a worker holding only
+    // a stateless task's partitions counts, so that it is a place for copies too).
+    let mut workers: Vec<String> = match &directory {
+        Some(directory) => shared
+            .task_specs()
+            .iter()
+            .flat_map(|task| task.sources.iter())
+            .flat_map(|source| {
+                let count = partitions.get(&*source.name).copied().unwrap_or(0);
+                (0..count).filter_map(move |p| directory.owner(&source.name, p))
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     workers.sort();
     workers.dedup();
     let held = standbys.state().held.clone();
