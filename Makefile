@@ -47,7 +47,7 @@ test: build
 # packages and builds them as crates.io would (the first run compiles RocksDB and librdkafka
 # once more, unoptimised, as a dependent's first build does; later runs reuse them).
 publish-check:
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc -p streams-core -p streams-macros --no-deps
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc -p streams-core -p streams-macros --no-deps --all-features
 	$(CARGO) publish --dry-run --allow-dirty -p streams-macros -p streams-core
 
 # Benchmarks print figures; nothing is asserted. They use the dev profile, whose crates are

@@ -12,9 +12,14 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use hits_per_window::{HitCount, MinuteHits, UserSession};
 
+/// The seed's hit counter on Avro records, as a module.
+#[path = "../examples/avro_hits.rs"]
+pub mod avro_hits;
 /// The seed app, compiled from the example itself.
 #[path = "../examples/hit_counter.rs"]
 pub mod hit_counter;
+/// The schema registry the tests (and the README's walk-through) use.
+pub mod registry;
 
 /// The seed app as a DSL pipeline, compiled from the example itself.
 #[path = "../examples/hit_counter_dsl.rs"]

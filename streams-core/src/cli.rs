@@ -29,6 +29,10 @@ struct Cli {
         default_value = "warn"
     )]
     loglevel: String,
+    /// The schema registry's URL (several separated by commas), for Avro, Protobuf and JSON
+    /// Schema topics [default: `schema.registry.url` of --config-file or --config].
+    #[arg(long, global = true, value_name = "URL", env = "STREAMS_SCHEMA_REGISTRY_URL")]
+    schema_registry_url: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -289,6 +293,17 @@ fn settings(
     Ok((broker, all))
 }
 
+/// Takes the schema registry's settings out of `config` (they are not librdkafka's) and
+/// makes them, with `url` from `--schema-registry-url` first, the process's registry.
+fn registry(url: Option<&str>, mut config: Settings) -> crate::Result<Settings> {
+    let registry = crate::schema::RegistrySettings::from_config_and_url(&config, url);
+    config.retain(|(key, _)| !crate::schema::RegistrySettings::is_registry_key(key));
+    if let Some(registry) = registry {
+        registry.install()?;
+    }
+    Ok(config)
+}
+
 /// The broker of a command that needs one.
 fn required(broker: Option<String>) -> crate::Result<String> {
     broker.ok_or_else(|| {
@@ -339,6 +354,7 @@ fn main(app: App) -> ExitCode {
     };
     let default = PathBuf::from(format!("{}-data", app.id()));
     let default_dir = move || default;
+    let registry_url = cli.schema_registry_url.clone();
     let result = match cli.command {
         Command::Worker {
             broker,
@@ -358,34 +374,36 @@ fn main(app: App) -> ExitCode {
             restore_threads,
             standby_replicas,
             shutdown_timeout,
-        } => settings(broker, config_file.as_deref(), config).and_then(|(broker, config)| {
-            let mut options = WorkerOptions::new(data_dir.unwrap_or_else(default_dir));
-            options.broker = broker;
-            options.idle_exit = idle_exit.map(Duration::from_secs_f64);
-            options.client_config = config;
-            options.consumer_config = consumer_config;
-            options.guarantee = processing_guarantee;
-            options.worker_id = worker_id;
-            options.table_cache_bytes = table_cache_bytes;
-            options.state_memory = state_memory;
-            if let Some(threads) = restore_threads {
-                options.restore_threads = threads.max(1);
-            }
-            options.standby_replicas = standby_replicas;
-            options.shutdown_timeout = Duration::try_from_secs_f64(shutdown_timeout)
-                .map_err(|e| crate::Error::Config(format!("--shutdown-timeout {shutdown_timeout}: {e}")))?;
-            options.web = (!no_web).then(|| {
-                let mut web = crate::web::WebOptions::default().bind(web_bind);
-                if let Some(port) = web_port {
-                    web = web.port(port);
+        } => settings(broker, config_file.as_deref(), config)
+            .and_then(|(broker, config)| Ok((broker, registry(registry_url.as_deref(), config)?)))
+            .and_then(|(broker, config)| {
+                let mut options = WorkerOptions::new(data_dir.unwrap_or_else(default_dir));
+                options.broker = broker;
+                options.idle_exit = idle_exit.map(Duration::from_secs_f64);
+                options.client_config = config;
+                options.consumer_config = consumer_config;
+                options.guarantee = processing_guarantee;
+                options.worker_id = worker_id;
+                options.table_cache_bytes = table_cache_bytes;
+                options.state_memory = state_memory;
+                if let Some(threads) = restore_threads {
+                    options.restore_threads = threads.max(1);
                 }
-                if let Some(url) = web_advertise {
-                    web = web.advertised(url);
-                }
-                web
-            });
-            runtime.block_on(run_worker(app, options))
-        }),
+                options.standby_replicas = standby_replicas;
+                options.shutdown_timeout = Duration::try_from_secs_f64(shutdown_timeout)
+                    .map_err(|e| crate::Error::Config(format!("--shutdown-timeout {shutdown_timeout}: {e}")))?;
+                options.web = (!no_web).then(|| {
+                    let mut web = crate::web::WebOptions::default().bind(web_bind);
+                    if let Some(port) = web_port {
+                        web = web.port(port);
+                    }
+                    if let Some(url) = web_advertise {
+                        web = web.advertised(url);
+                    }
+                    web
+                });
+                runtime.block_on(run_worker(app, options))
+            }),
         Command::Send {
             topic,
             value,
@@ -394,10 +412,12 @@ fn main(app: App) -> ExitCode {
             broker,
             config,
             config_file,
-        } => settings(broker, config_file.as_deref(), config).and_then(|(broker, config)| {
-            let broker = required(broker)?;
-            runtime.block_on(send(&app, &broker, &config, &topic, key.as_deref(), &value, raw))
-        }),
+        } => settings(broker, config_file.as_deref(), config)
+            .and_then(|(broker, config)| Ok((broker, registry(registry_url.as_deref(), config)?)))
+            .and_then(|(broker, config)| {
+                let broker = required(broker)?;
+                runtime.block_on(send(&app, &broker, &config, &topic, key.as_deref(), &value, raw))
+            }),
         Command::Tail {
             topic,
             from_beginning,
@@ -406,20 +426,22 @@ fn main(app: App) -> ExitCode {
             broker,
             config,
             config_file,
-        } => settings(broker, config_file.as_deref(), config).and_then(|(broker, config)| {
-            let broker = required(broker)?;
-            crate::tail::tail(
-                &app,
-                &broker,
-                &config,
-                &topic,
-                crate::tail::Tail {
-                    from_beginning,
-                    limit,
-                    exit_at_end,
-                },
-            )
-        }),
+        } => settings(broker, config_file.as_deref(), config)
+            .and_then(|(broker, config)| Ok((broker, registry(registry_url.as_deref(), config)?)))
+            .and_then(|(broker, config)| {
+                let broker = required(broker)?;
+                crate::tail::tail(
+                    &app,
+                    &broker,
+                    &config,
+                    &topic,
+                    crate::tail::Tail {
+                        from_beginning,
+                        limit,
+                        exit_at_end,
+                    },
+                )
+            }),
         Command::Agents => {
             print!("{}", agents_text(&app));
             Ok(())
@@ -447,16 +469,18 @@ fn main(app: App) -> ExitCode {
             broker,
             config,
             config_file,
-        } => settings(broker, config_file.as_deref(), config).and_then(|(broker, config)| {
-            let broker = required(broker)?;
-            let data_dir = data_dir.unwrap_or_else(default_dir);
-            let options = crate::reset::ResetOptions {
-                yes,
-                delete: delete_topics,
-                all_internal: all_internal_topics,
-            };
-            runtime.block_on(crate::reset::reset(&app, &broker, &config, &data_dir, &options))
-        }),
+        } => settings(broker, config_file.as_deref(), config)
+            .and_then(|(broker, config)| Ok((broker, registry(registry_url.as_deref(), config)?)))
+            .and_then(|(broker, config)| {
+                let broker = required(broker)?;
+                let data_dir = data_dir.unwrap_or_else(default_dir);
+                let options = crate::reset::ResetOptions {
+                    yes,
+                    delete: delete_topics,
+                    all_internal: all_internal_topics,
+                };
+                runtime.block_on(crate::reset::reset(&app, &broker, &config, &data_dir, &options))
+            }),
     };
     // A blocking call that is still waiting on the network (a metadata request to an
     // unreachable broker) does not hold up the exit.

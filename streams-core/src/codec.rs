@@ -51,6 +51,8 @@ pub struct ValueCodec<V> {
     /// The type's own encoding ([`ValueCodec::record`]): callers that know the type decode
     /// with it directly, which lets the compiler inline it.
     own: bool,
+    /// A codec in the schema registry's wire format (see [`crate::schema`]).
+    schema: Option<crate::schema::SchemaCodec<V>>,
 }
 
 impl<V> Clone for ValueCodec<V> {
@@ -72,6 +74,7 @@ impl<V: crate::Record> ValueCodec<V> {
             encode: encode_record::<V>,
             decode: V::decode,
             own: true,
+            schema: None,
         }
     }
 }
@@ -81,6 +84,7 @@ impl ValueCodec<String> {
     pub const fn utf8() -> Self {
         Self {
             own: false,
+            schema: None,
             name: "utf-8",
             encode: |text| Ok(text.as_bytes().to_vec()),
             decode: |bytes| {
@@ -97,6 +101,7 @@ impl ValueCodec<Vec<u8>> {
     pub const fn bytes() -> Self {
         Self {
             own: false,
+            schema: None,
             name: "bytes",
             encode: |bytes| Ok(bytes.clone()),
             decode: |bytes| Ok(bytes.to_vec()),
@@ -116,6 +121,7 @@ impl<V> ValueCodec<V> {
             encode,
             decode,
             own: false,
+            schema: None,
         }
     }
 
@@ -126,12 +132,126 @@ impl<V> ValueCodec<V> {
 
     /// A value's bytes.
     pub fn encode(&self, value: &V) -> Result<Vec<u8>, EncodeError> {
-        (self.encode)(value)
+        match &self.schema {
+            Some(schema) => schema.encode(value),
+            None => (self.encode)(value),
+        }
     }
 
     /// The value of some bytes.
     pub fn decode(&self, bytes: &[u8]) -> Result<V, DecodeError> {
-        (self.decode)(bytes)
+        match &self.schema {
+            Some(schema) => (schema.decode)(bytes),
+            None => (self.decode)(bytes),
+        }
+    }
+
+    /// The subject name strategy of a schema registry codec ([`ValueCodec::avro`],
+    /// [`ValueCodec::protobuf`], [`ValueCodec::json_schema`]): under which subject sending
+    /// finds or registers the schema ([`SubjectName::Topic`] by default). No effect on
+    /// other codecs.
+    ///
+    /// [`SubjectName::Topic`]: crate::schema::SubjectName::Topic
+    pub const fn subject_name(mut self, strategy: crate::schema::SubjectName) -> Self {
+        if let Some(schema) = &mut self.schema {
+            schema.subject = strategy;
+        }
+        self
+    }
+
+    /// Whether sending registers the schema under its subject (on by default, as
+    /// Confluent's `auto.register.schemas`). Off, a send finds the schema's id among those
+    /// registered under the subject, and fails when it is not there (for registries where
+    /// schemas are registered by a deployment step, not by apps). No effect on codecs
+    /// without a registry.
+    pub const fn register_schemas(mut self, register: bool) -> Self {
+        if let Some(schema) = &mut self.schema {
+            schema.register = register;
+        }
+        self
+    }
+
+    /// The codec of records of `topic` (a schema registry codec names its subject after it).
+    pub(crate) const fn for_topic(mut self, topic: &'static str) -> Self {
+        if let Some(schema) = &mut self.schema {
+            schema.topic = topic;
+        }
+        self
+    }
+
+    /// A codec in the schema registry's wire format.
+    #[cfg(feature = "schema-registry")]
+    const fn registry(
+        format: &'static str,
+        encode: fn(&V, &crate::schema::Placement<'_>) -> Result<Vec<u8>, EncodeError>,
+        decode: fn(&[u8]) -> Result<V, DecodeError>,
+    ) -> Self {
+        Self {
+            name: format,
+            encode: |_| Err(EncodeError::new("a schema registry codec encodes with its schema")),
+            decode,
+            own: false,
+            schema: Some(crate::schema::SchemaCodec {
+                topic: "",
+                subject: crate::schema::SubjectName::Topic,
+                register: true,
+                encode,
+                decode,
+            }),
+        }
+    }
+}
+
+#[cfg(feature = "avro")]
+impl<V: apache_avro::AvroSchema + serde::Serialize + serde::de::DeserializeOwned + 'static> ValueCodec<V> {
+    /// Avro in the schema registry's wire format, with the type's schema (derived:
+    /// `#[record(avro)]`). A record written with another schema of the registry is resolved
+    /// against the type's (Avro's schema evolution); one that does not resolve goes to the
+    /// dead-letter topic. Needs the `avro` feature and a registry (see [`crate::schema`]).
+    ///
+    /// ```
+    /// use streams_core::prelude::*;
+    ///
+    /// #[record(avro)]
+    /// struct Hit { hits: i64, timestamp: f64, #[serde(rename = "userId")] user_id: String }
+    ///
+    /// const HITS: Topic<(), Hit> = Topic::new("hit_count_avro").values(ValueCodec::avro());
+    /// assert_eq!(HITS.spec().value_format, "avro");
+    /// ```
+    pub const fn avro() -> Self {
+        Self::registry(
+            "avro",
+            crate::schema::avro::encode::<V>,
+            crate::schema::avro::decode::<V>,
+        )
+    }
+}
+
+#[cfg(feature = "protobuf")]
+impl<V: crate::schema::ProtobufRecord + serde::Serialize + serde::de::DeserializeOwned + 'static> ValueCodec<V> {
+    /// Protobuf in the schema registry's wire format, with the message the type names
+    /// ([`crate::schema::ProtobufRecord`]); fields meet by name. Needs the `protobuf` feature
+    /// and a registry (see [`crate::schema`]).
+    pub const fn protobuf() -> Self {
+        Self::registry(
+            "protobuf",
+            crate::schema::protobuf::encode::<V>,
+            crate::schema::protobuf::decode::<V>,
+        )
+    }
+}
+
+#[cfg(feature = "json-schema")]
+impl<V: crate::schema::JsonSchemaRecord + serde::Serialize + serde::de::DeserializeOwned + 'static> ValueCodec<V> {
+    /// JSON checked against a JSON Schema ([`crate::schema::JsonSchemaRecord`]), in the schema
+    /// registry's wire format. Needs the `json-schema` feature and a registry (see
+    /// [`crate::schema`]).
+    pub const fn json_schema() -> Self {
+        Self::registry(
+            "json-schema",
+            crate::schema::json_schema::encode::<V>,
+            crate::schema::json_schema::decode::<V>,
+        )
     }
 }
 

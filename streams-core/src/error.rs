@@ -24,6 +24,7 @@ impl fmt::Display for Origin {
 #[error("{message}")]
 pub struct DecodeError {
     message: String,
+    unavailable: bool,
 }
 
 impl DecodeError {
@@ -31,7 +32,32 @@ impl DecodeError {
     pub fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
+            unavailable: false,
         }
+    }
+
+    /// Bytes that could not be decoded because something they need is unavailable (the
+    /// schema registry cannot be reached): not the record's fault, so the record does not go
+    /// to the dead-letter topic; the worker stops before it instead, and the record is read
+    /// again when the worker (or the partition's next owner) starts.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            unavailable: true,
+        }
+    }
+
+    /// The same error, its message after `prefix`.
+    pub(crate) fn prefixed(self, prefix: &str) -> Self {
+        Self {
+            message: format!("{prefix}{}", self.message),
+            ..self
+        }
+    }
+
+    /// Whether this is [`DecodeError::unavailable`].
+    pub fn is_unavailable(&self) -> bool {
+        self.unavailable
     }
 }
 

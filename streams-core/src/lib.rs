@@ -51,7 +51,8 @@
 //! # A guide
 //!
 //! **Records, topics and tables.** `#[record]` gives a type serde's derives and [`Record`]
-//! (JSON on the wire by default; [`codec`] for other formats). A [`Topic<K, V>`](Topic) is a
+//! (JSON on the wire by default; [`codec`] for other formats, [`schema`] for Avro, Protobuf
+//! and JSON Schema with a Schema Registry). A [`Topic<K, V>`](Topic) is a
 //! constant with the topic's key and value types (`()` for no key); `.internal()` marks the
 //! app's own intermediate topics, which the worker creates. A [`Table<K, V>`](Table) is a
 //! constant too: a key-value store per partition (RocksDB on a worker), its changes on the
@@ -113,6 +114,7 @@ mod metrics;
 pub mod partitioner;
 pub mod record;
 mod reset;
+pub mod schema;
 mod spec;
 pub mod store;
 pub mod stream;
@@ -186,6 +188,9 @@ pub mod __private {
     pub use crate::stream::StreamParam;
     pub use crate::table::Table;
     pub use crate::topic::Topic;
+    /// `#[record(avro)]` derives the type's Avro schema with this.
+    #[cfg(feature = "avro")]
+    pub use apache_avro::AvroSchema;
     pub use serde;
     pub use std::vec::Vec;
 }

@@ -79,18 +79,18 @@ impl<K: Key, V: Record> Stream<K, V> {
             let (source, message) = core.next_message().await?;
             // The key is decoded (and checked) even when only the value is wanted: a record
             // whose key does not decode goes to the dead-letter topic either way.
-            let checked = K::check_key(message.key()).map_err(|e| DecodeError::new(format!("key: {e}")));
+            let checked = K::check_key(message.key()).map_err(|e| e.prefixed("key: "));
             let reader = self.reader;
             let read = checked
                 .and_then(|()| reader.values.decode_fast(message.payload().unwrap_or_default()))
-                .map_err(|e| e.to_string())
+                .map_err(Unread::from)
                 .and_then(|value| Ok((reader.time_of(&value, &message)?, value)));
             match read {
                 Ok((time, value)) => {
                     core.begin_at(source, message, time);
                     return Some(value);
                 }
-                Err(error) => core.reject(source, message, Stage::Deserialization, &error).await,
+                Err(unread) => unread.handle(core, source, message).await,
             }
         }
     }
@@ -103,7 +103,7 @@ impl<K: Key, V: Record> Stream<K, V> {
             let reader = self.reader;
             let decoded = decode_key::<K>(&message)
                 .and_then(|key| Ok((key, reader.values.decode_fast(message.payload().unwrap_or_default())?)))
-                .map_err(|e| e.to_string())
+                .map_err(Unread::from)
                 .and_then(|(key, value)| Ok((reader.time_of(&value, &message)?, key, value)));
             match decoded {
                 Ok((time, key, value)) => {
@@ -116,7 +116,7 @@ impl<K: Key, V: Record> Stream<K, V> {
                     core.begin_at(source, message, time);
                     return Some(event);
                 }
-                Err(error) => core.reject(source, message, Stage::Deserialization, &error).await,
+                Err(unread) => unread.handle(core, source, message).await,
             }
         }
     }
@@ -157,7 +157,44 @@ impl<K: Key, V: Record> Stream<K, V> {
 }
 
 fn decode_key<K: Key>(message: &Message) -> Result<K, DecodeError> {
-    K::decode_key(message.key()).map_err(|e| DecodeError::new(format!("key: {e}")))
+    K::decode_key(message.key()).map_err(|e| e.prefixed("key: "))
+}
+
+/// Why a record could not be read: a [`DecodeError`] (the record's fault, or something it
+/// needs unavailable), or an event time the topic's extractor refuses.
+struct Unread {
+    error: String,
+    unavailable: bool,
+}
+
+impl From<DecodeError> for Unread {
+    fn from(error: DecodeError) -> Self {
+        Self {
+            unavailable: error.is_unavailable(),
+            error: error.to_string(),
+        }
+    }
+}
+
+impl From<String> for Unread {
+    fn from(error: String) -> Self {
+        Self {
+            error,
+            unavailable: false,
+        }
+    }
+}
+
+impl Unread {
+    /// The record goes where the app's deserialization handler says; or, when what it
+    /// needs is unavailable, the worker stops before it.
+    async fn handle(self, core: &mut crate::task::input::StreamCore, source: usize, message: Message) {
+        if self.unavailable {
+            core.halt(source, &message, &self.error);
+        } else {
+            core.reject(source, message, Stage::Deserialization, &self.error).await;
+        }
+    }
 }
 
 /// What a [`Punctuated`] stream gives: a record, or a punctuation.

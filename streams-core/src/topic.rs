@@ -131,7 +131,7 @@ impl<K, V> Topic<K, V> {
             name,
             partitions: None,
             internal: false,
-            values,
+            values: values.for_topic(name),
             event_time: None,
             _key: PhantomData,
         }
@@ -139,7 +139,7 @@ impl<K, V> Topic<K, V> {
 
     /// Sets how values become bytes and back.
     pub const fn values(mut self, values: ValueCodec<V>) -> Self {
-        self.values = values;
+        self.values = values.for_topic(self.name);
         self
     }
 

@@ -11,7 +11,10 @@ use proc_macro::TokenStream;
 
 /// Makes a struct or enum a record: serde's `Serialize`/`Deserialize` (serde attributes such
 /// as `#[serde(rename = "userId")]` pass through) plus `streams_core::Record`;
-/// `#[record(faust = "module.Class")]` also names the Faust model it is (`FaustRecord`).
+/// `#[record(faust = "module.Class")]` also names the Faust model it is (`FaustRecord`);
+/// `#[record(avro)]` also derives its Avro schema (`apache_avro::AvroSchema`, which needs
+/// `apache-avro` among the crate's dependencies and the `avro` feature of `streams-core`),
+/// with serde's field and variant names.
 #[proc_macro_attribute]
 pub fn record(args: TokenStream, item: TokenStream) -> TokenStream {
     record::expand(args.into(), item.into()).into()

@@ -22,6 +22,23 @@ pub(crate) struct Cx<'a> {
     /// Set by a source node once the record is decoded: an error before is a
     /// deserialization error, after it a processing error (the app handles them apart).
     pub(crate) decoded: bool,
+    /// Set by a source node when the record could not be decoded for want of something
+    /// outside it (the schema registry): the worker stops before the record instead of
+    /// sending it to the dead-letter topic.
+    pub(crate) unavailable: bool,
+}
+
+/// A source node's decoding of a record's key (`what` = "key") or value (`what` empty): the
+/// error as text, noting in `cx` whether it was [`crate::DecodeError::unavailable`].
+pub(crate) fn decoding<T>(cx: &mut Cx<'_>, what: &str, result: Result<T, crate::DecodeError>) -> Result<T, String> {
+    result.map_err(|error| {
+        cx.unavailable |= error.is_unavailable();
+        if what.is_empty() {
+            error.to_string()
+        } else {
+            format!("{what}: {error}")
+        }
+    })
 }
 
 /// A node's outcome: an error sends the input record to the dead-letter topic.
@@ -143,12 +160,8 @@ pub(crate) struct StreamSource<K, V> {
 
 impl<K: Key, V: Send + Sync> SourceNode for StreamSource<K, V> {
     fn push_message(&self, cx: &mut Cx<'_>, message: &Message) -> Outcome {
-        let key = K::decode_key(message.key()).map_err(|e| format!("key: {e}"))?;
-        let value = self
-            .reader
-            .values
-            .decode(message.payload().unwrap_or_default())
-            .map_err(|e| e.to_string())?;
+        let key = decoding(cx, "key", K::decode_key(message.key()))?;
+        let value = decoding(cx, "", self.reader.values.decode(message.payload().unwrap_or_default()))?;
         observe_time(cx, self.reader.time_of(&value, message)?);
         cx.decoded = true;
         self.next.push(cx, key, value)

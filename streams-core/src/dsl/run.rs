@@ -45,6 +45,7 @@ async fn run(mut raw: RawStream, sub: Arc<SubTopology>) -> Result<(), String> {
                     timestamp,
                     backlog: &mut backlog,
                     decoded: false,
+                    unavailable: false,
                 };
                 let outcome = guarded(|| node.push_message(&mut cx, message));
                 let stage = if cx.decoded {
@@ -52,12 +53,16 @@ async fn run(mut raw: RawStream, sub: Arc<SubTopology>) -> Result<(), String> {
                 } else {
                     Stage::Deserialization
                 };
-                outcome.map_err(|error| (stage, error))
+                outcome.map_err(|error| (stage, error, cx.unavailable))
             }
             _ => Ok(()),
         };
-        if let Err((stage, error)) = outcome {
-            core.reject_current(stage, &error).await;
+        if let Err((stage, error, unavailable)) = outcome {
+            if unavailable {
+                core.halt_current(&error);
+            } else {
+                core.reject_current(stage, &error).await;
+            }
             if core.ended {
                 // Stopped at the record: nothing it made goes out.
                 backlog.clear();
@@ -102,6 +107,7 @@ impl Changes {
                     timestamp,
                     backlog,
                     decoded: true,
+                    unavailable: false,
                 };
                 let outcome = guarded(|| listener.change(&mut cx, &key, value.as_deref()));
                 if let Err(error) = outcome {
@@ -125,6 +131,7 @@ impl CutHook for Changes {
                 timestamp: before,
                 backlog,
                 decoded: true,
+                unavailable: false,
             };
             if let Err(error) = guarded(|| tick.wall_clock(&mut cx)) {
                 tracing::error!(task = &*ctx.name, "wall-clock punctuation: {error}");
@@ -154,6 +161,7 @@ impl CutHook for Changes {
                     timestamp: before,
                     backlog,
                     decoded: true,
+                    unavailable: false,
                 };
                 if let Err(error) = guarded(|| tick.tick(&mut cx)) {
                     // No input record to send to the dead-letter topic: what failed is logged.

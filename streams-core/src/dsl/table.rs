@@ -266,11 +266,11 @@ where
     K: Key,
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    let key = K::decode_key(message.key()).map_err(|e| format!("key: {e}"))?;
+    let key = super::node::decoding(cx, "key", K::decode_key(message.key()))?;
     let value = match message.payload() {
         None => None,
         Some(bytes) => {
-            let value = reader.values.decode(bytes).map_err(|e| e.to_string())?;
+            let value = super::node::decoding(cx, "", reader.values.decode(bytes))?;
             let time = reader.time_of(&value, message)?;
             Some((value, time))
         }

@@ -676,6 +676,29 @@ impl StreamCore {
         }
     }
 
+    /// The current record cannot be read for want of something outside it (the schema
+    /// registry, [`crate::DecodeError::unavailable`]): not the record's fault, so it goes to
+    /// no dead-letter topic; the worker stops before it, whatever the app's error handlers
+    /// say, and the record is read again when the worker (or the partition's next owner)
+    /// starts.
+    pub(crate) fn halt_current(&mut self, error: &str) {
+        if let Some((source, message)) = self.current.take() {
+            self.halt(source, &message, error);
+        }
+    }
+
+    /// [`StreamCore::halt_current`] of a record taken but not begun.
+    pub(crate) fn halt(&mut self, source: usize, message: &Message, error: &str) {
+        let origin = self.origin(source, message.offset());
+        self.ctx.metrics.fail(format!(
+            "task `{}` cannot read record {origin}: {error}; the worker stops before it (the record is \
+             not at fault and is read again at the next start)",
+            self.ctx.name
+        ));
+        self.current = None;
+        self.ended = true;
+    }
+
     /// Copies a record that cannot be processed to the dead-letter topic, unchanged, with
     /// headers naming its origin, the stage that failed and the error; it then counts as
     /// processed.

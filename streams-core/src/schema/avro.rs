@@ -1,0 +1,117 @@
+//! Avro records (`apache-avro`): the type's schema from `AvroSchema` (derived), values through
+//! serde, and a record written with another schema resolved against the type's (Avro's schema
+//! resolution: new fields take their defaults, removed ones are skipped).
+
+use std::any::TypeId;
+use std::sync::Arc;
+
+use apache_avro::{AvroSchema, Schema};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::registry::{self, Failure, Registered};
+use super::{wire, Placement};
+use crate::{DecodeError, EncodeError};
+
+/// A type's own schema, and its registered form.
+struct Own {
+    schema: Schema,
+    registered: Registered,
+    name: String,
+}
+
+fn own<V: AvroSchema + 'static>() -> Result<Arc<Own>, String> {
+    super::own(TypeId::of::<V>(), "avro", || {
+        let schema = V::get_schema();
+        let text = serde_json::to_string(&schema).map_err(|e| format!("the type's Avro schema: {e}"))?;
+        let name = match &schema {
+            Schema::Record(record) => record.name.fullname(None),
+            Schema::Enum(record) => record.name.fullname(None),
+            Schema::Fixed(record) => record.name.fullname(None),
+            other => format!("{:?}", apache_avro::schema::SchemaKind::from(other)).to_lowercase(),
+        };
+        Ok(Own {
+            schema,
+            registered: Registered {
+                schema: text,
+                schema_type: None,
+                references: Vec::new(),
+            },
+            name,
+        })
+    })
+}
+
+/// A value's bytes: its schema's id (registered or looked up where `placement` says) and its
+/// Avro encoding.
+pub(crate) fn encode<V: AvroSchema + Serialize + 'static>(
+    value: &V,
+    placement: &Placement<'_>,
+) -> Result<Vec<u8>, EncodeError> {
+    let own = own::<V>().map_err(EncodeError::new)?;
+    let id = super::schema_id(placement, &own.name, &own.registered)?;
+    let value = apache_avro::to_value(value)
+        .and_then(|value| value.resolve(&own.schema))
+        .map_err(|e| EncodeError::new(format!("not a value of the Avro schema {}: {e}", own.name)))?;
+    let payload = apache_avro::to_avro_datum(&own.schema, value)
+        .map_err(|e| EncodeError::new(format!("Avro encoding of {}: {e}", own.name)))?;
+    Ok(wire::frame(id, &[], &payload))
+}
+
+/// A value of bytes written with any schema the registry knows that resolves to `V`'s.
+pub(crate) fn decode<V: AvroSchema + DeserializeOwned + 'static>(bytes: &[u8]) -> Result<V, DecodeError> {
+    let (id, mut payload) = wire::unframe(bytes)?;
+    let own = own::<V>().map_err(DecodeError::new)?;
+    let registry = registry::registry().map_err(Failure::into_decode)?;
+    let writer = registry
+        .parsed(id, "avro", |registered| parse(id, registered))
+        .map_err(Failure::into_decode)?;
+    let value =
+        apache_avro::from_avro_datum_schemata(&writer.0, writer.1.iter().collect(), &mut payload, Some(&own.schema))
+            .map_err(|e| {
+                DecodeError::new(format!(
+                    "Avro record of schema id {id} does not decode as {}: {e}",
+                    own.name
+                ))
+            })?;
+    if !payload.is_empty() {
+        return Err(DecodeError::new(format!(
+            "Avro record of schema id {id} has {} bytes after its end",
+            payload.len()
+        )));
+    }
+    apache_avro::from_value::<V>(&value)
+        .map_err(|e| DecodeError::new(format!("Avro record of schema id {id} does not fit {}: {e}", own.name)))
+}
+
+/// A writer's schema, and the schemas it references.
+type Writer = (Schema, Vec<Schema>);
+
+fn parse(id: u32, registered: &Registered) -> Result<Writer, Failure> {
+    match registered.schema_type.as_deref() {
+        None | Some("AVRO") => {}
+        Some(other) => {
+            return Err(Failure::Missing(format!(
+                "schema id {id} is a {other} schema, not an Avro one"
+            )))
+        }
+    }
+    if !registered.references.is_empty() {
+        let registry = registry::registry()?;
+        let mut texts = Vec::new();
+        for reference in &registered.references {
+            texts.push(registry.version(&reference.subject, reference.version)?.schema.clone());
+        }
+        texts.push(registered.schema.clone());
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let mut schemata = Schema::parse_list(texts)
+            .map_err(|e| Failure::Refused(format!("schema id {id} is not an Avro schema: {e}")))?;
+        let main = schemata
+            .pop()
+            .ok_or_else(|| Failure::Refused(format!("schema id {id} is empty")))?;
+        return Ok((main, schemata));
+    }
+    Schema::parse_str(&registered.schema)
+        .map(|schema| (schema, Vec::new()))
+        .map_err(|e| Failure::Refused(format!("schema id {id} is not an Avro schema: {e}")))
+}
