@@ -230,6 +230,30 @@ impl TestRegistry {
 
     /// [`TestRegistry::start`] on `port` (0: any free port).
     pub fn start_on(port: u16, auth: Option<(&str, &str)>) -> Self {
+        Self::serve(port, auth, None)
+    }
+
+    /// [`TestRegistry::start`] over HTTPS, with a certificate of its own for `localhost` and
+    /// 127.0.0.1 (self-signed): the registry (its URL `https://localhost:PORT`) and the
+    /// certificate's PEM, which a client trusts as its CA.
+    pub fn start_tls(auth: Option<(&str, &str)>) -> (Self, String) {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("certificate");
+        let pem = certified.cert.pem();
+        let key = tokio_rustls::rustls::pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocols")
+            .with_no_client_auth()
+            .with_single_cert(vec![certified.cert.der().clone()], key)
+            .expect("server config");
+        let mut registry = Self::serve(0, auth, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))));
+        registry.url = registry.url.replace("http://127.0.0.1", "https://localhost");
+        (registry, pem)
+    }
+
+    fn serve(port: u16, auth: Option<(&str, &str)>, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         use base64::Engine;
         let encode = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
         let shared = Arc::new(Shared {
@@ -257,7 +281,12 @@ impl TestRegistry {
                     .expect("runtime");
                 runtime.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                    axum::serve(listener, router).await.expect("serve");
+                    match tls {
+                        None => axum::serve(listener, router).await.expect("serve"),
+                        Some(acceptor) => axum::serve(TlsListener { listener, acceptor }, router)
+                            .await
+                            .expect("serve"),
+                    }
                 });
             })
             .expect("thread");
@@ -315,5 +344,31 @@ impl TestRegistry {
     /// Every call so far, as `METHOD path`.
     pub fn calls(&self) -> Vec<String> {
         self.shared.calls.lock().expect("calls").clone()
+    }
+}
+
+/// Connections accepted over TLS (a handshake that fails drops the connection).
+struct TlsListener {
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, address)) = self.listener.accept().await else {
+                continue;
+            };
+            if let Ok(stream) = self.acceptor.accept(stream).await {
+                return (stream, address);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
     }
 }

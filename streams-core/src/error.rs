@@ -66,6 +66,7 @@ impl DecodeError {
 #[error("{message}")]
 pub struct EncodeError {
     message: String,
+    unavailable: bool,
 }
 
 impl EncodeError {
@@ -73,7 +74,23 @@ impl EncodeError {
     pub fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
+            unavailable: false,
         }
+    }
+
+    /// A value that could not be encoded because something it needs is unavailable (the
+    /// schema registry cannot be reached): not the input record's fault, so the worker
+    /// stops before the record instead of sending it to the dead-letter topic.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            unavailable: true,
+        }
+    }
+
+    /// Whether this is [`EncodeError::unavailable`].
+    pub fn is_unavailable(&self) -> bool {
+        self.unavailable
     }
 }
 

@@ -129,7 +129,8 @@ fn record_args(args: TokenStream, errors: &mut Errors) -> (Option<syn::LitStr>, 
 
 /// Gives the Avro schema derive the names serde uses: each `#[serde(rename = "..")]` of a
 /// field or variant, `rename_all` and `skip`, become the same `#[avro(..)]`, so that the
-/// record's Avro fields are its JSON fields.
+/// record's Avro fields are its JSON fields. (Defaults are not mirrored: Avro's are JSON
+/// values, given with `#[avro(default = "..")]`.)
 fn mirror_serde_names(item: &mut Item) {
     fn mirrored(attrs: &[syn::Attribute], container: bool) -> Vec<syn::Attribute> {
         let mut out = Vec::new();
@@ -146,7 +147,8 @@ fn mirror_serde_names(item: &mut Item) {
                         };
                         out.push(syn::parse_quote!(#[avro(#key = #value)]));
                     }
-                    "skip" | "skip_serializing" | "skip_deserializing" if !container => {
+                    // Only a field serde never writes nor reads is none of Avro's either.
+                    "skip" if !container => {
                         out.push(syn::parse_quote!(#[avro(skip)]));
                     }
                     _ => {

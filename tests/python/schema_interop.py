@@ -45,15 +45,19 @@ READING_JSON_SCHEMA = json.dumps({
 
 
 def reading_class():
-    """plant.Reading, built from its descriptor (what protoc would generate)."""
+    """plant.Envelope.Reading (a nested message, second in its file: indexes [1, 0]), built
+    from its descriptor (what protoc would generate)."""
     file = descriptor_pb2.FileDescriptorProto(name="plant/reading.proto", package="plant", syntax="proto3")
-    message = file.message_type.add(name="Reading")
+    other = file.message_type.add(name="Other")
+    other.field.add(name="note", number=1, type=9, label=1, json_name="note")
+    envelope = file.message_type.add(name="Envelope")
+    message = envelope.nested_type.add(name="Reading")
     fields = [("sensor", 9, 1), ("celsius", 1, 1), ("count", 3, 1), ("tags", 9, 3)]
     for number, (name, kind, label) in enumerate(fields, start=1):
         message.field.add(name=name, number=number, type=kind, label=label, json_name=name)
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("plant.Reading"))
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("plant.Envelope.Reading"))
 
 
 def registry(url, auth):

@@ -14,6 +14,7 @@ const LAYERS: &[&[&str]] = &[
         "partitioner",
         "record",
         "codec",
+        "schema",
         "faust",
         "window",
         "spec",

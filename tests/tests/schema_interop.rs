@@ -24,7 +24,8 @@ const AUTH: &str = "interop:pa55";
 /// One record per batch: tansu reports a partition's end as its last batch's start + 1.
 const ONE_PER_BATCH: &str = "--config=batch.num.messages=1";
 
-/// Python's `plant.Reading` (a top-level message), the same fields as JSON Schema.
+/// Python's `plant.Envelope.Reading` (a nested message: its records carry the indexes
+/// [1, 0]), the same fields as JSON Schema.
 #[record]
 #[derive(Debug, Clone, PartialEq)]
 struct Reading {
@@ -38,9 +39,12 @@ impl ProtobufRecord for Reading {
     const PROTO: &'static str = r#"
         syntax = "proto3";
         package plant;
-        message Reading { string sensor = 1; double celsius = 2; int64 count = 3; repeated string tags = 4; }
+        message Other { string note = 1; }
+        message Envelope {
+            message Reading { string sensor = 1; double celsius = 2; int64 count = 3; repeated string tags = 4; }
+        }
     "#;
-    const MESSAGE: &'static str = "plant.Reading";
+    const MESSAGE: &'static str = "plant.Envelope.Reading";
 }
 
 impl JsonSchemaRecord for Reading {

@@ -362,6 +362,28 @@ async fn an_unreachable_registry_stops_the_worker_before_the_record() {
     );
     registry.set_down(false);
 
+    // A pipeline too: its source stops before the record instead of sending it on.
+    let app = App::new("plant").pipeline("convert", |builder| {
+        builder.stream(READINGS_PROTO).to(READINGS_JSON);
+    });
+    let mut driver = TestDriver::new(app).expect("driver");
+    let other = r#"syntax = "proto3"; package plant; message Reading { string sensor = 1; double celsius = 2; int64 count = 3; repeated string tags = 4; int32 v = 5; }"#;
+    let id = registry.register("readings-proto-value", other, "PROTOBUF");
+    let mut bytes = vec![0];
+    bytes.extend_from_slice(&(id as u32).to_be_bytes());
+    bytes.extend_from_slice(&[0, 0x0a, 0x02, b's', b'9']);
+    registry.set_down(true);
+    let (partition, offset) = driver.pipe_raw("readings-proto", Some(b"s9"), Some(&bytes));
+    let _ = driver.run().await;
+    let fatal = driver.metrics().fatal().unwrap_or_default();
+    assert!(
+        fatal.contains("unavailable") && fatal.contains(&format!("readings-proto[{partition}]@{offset}")),
+        "{fatal}"
+    );
+    assert!(driver.dead_letters("convert").is_empty());
+    assert_eq!(driver.committed("readings-proto", partition), None);
+    registry.set_down(false);
+
     install(registry, "wrong");
     const OTHER: Topic<(), HitCount> = Topic::new("auth-check").values(ValueCodec::avro());
     let error = OTHER.value_codec().encode(&hit(1, "x")).unwrap_err().to_string();
@@ -407,4 +429,69 @@ async fn registry_codecs_never_panic_on_arbitrary_bytes() {
             })
             .expect("no panic");
     });
+}
+
+/// HTTPS with the registry's CA from `schema.registry.ssl.ca.location`; without it, the
+/// registry's certificate is not trusted and the registry is unavailable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_over_https_is_reached_with_its_ca_file() {
+    let (_plain, _turn) = registry().await;
+    let (registry, pem) = TestRegistry::start_tls(None);
+    assert!(registry.url.starts_with("https://localhost:"), "{}", registry.url);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, pem).expect("ca file");
+    const OVER_TLS: Topic<(), HitCount> = Topic::new("over-tls").values(ValueCodec::avro());
+    let value = hit(3, "tls");
+
+    RegistrySettings::new(&registry.url).install().expect("install");
+    let error = OVER_TLS.value_codec().encode(&value).unwrap_err().to_string();
+    assert!(error.contains("unavailable"), "an unknown CA: {error}");
+
+    let settings = RegistrySettings::from_config(&[
+        ("schema.registry.url".to_string(), registry.url.clone()),
+        ("schema.registry.ssl.ca.location".to_string(), ca.display().to_string()),
+    ])
+    .expect("settings");
+    settings.install().expect("install");
+    let bytes = OVER_TLS.value_codec().encode(&value).expect("over https");
+    assert_eq!(OVER_TLS.value_codec().decode(&bytes).expect("decode"), value);
+    assert_eq!(registry.subjects(), vec!["over-tls-value".to_string()]);
+}
+
+/// Sending too: an agent's send and a pipeline's sink that cannot reach the registry stop the
+/// worker before the record; the records read back once it is there again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_registry_on_send_stops_the_worker_before_the_record() {
+    let (registry, _turn) = registry().await;
+    // A client of its own (caches empty): the inputs' schemas get known when they are piped,
+    // the outputs' are not.
+    install(registry, "other");
+    install(registry, PASSWORD);
+    let mut agents = TestDriver::new(avro_hits::app()).expect("driver");
+    let (partition, offset) = agents.pipe(&HIT_COUNT_AVRO, &(), &hit(30, "ann")).expect("pipe");
+    let app = App::new("plant").pipeline("convert", |builder| {
+        builder.stream(READINGS_PROTO).to(READINGS_JSON);
+    });
+    let mut pipeline = TestDriver::new(app).expect("driver");
+    let (proto_partition, proto_offset) = pipeline
+        .pipe(&READINGS_PROTO, "s1", &reading("s1", 1.0, 1))
+        .expect("pipe");
+
+    registry.set_down(true);
+    let _ = agents.run().await;
+    let _ = pipeline.run().await;
+    registry.set_down(false);
+    for (driver, agent, at) in [
+        (&agents, "find_major_hits", format!("hit_count_avro[{partition}]@{offset}")),
+        (&pipeline, "convert", format!("readings-proto[{proto_partition}]@{proto_offset}")),
+    ] {
+        let fatal = driver.metrics().fatal().unwrap_or_default();
+        assert!(fatal.contains("unavailable") && fatal.contains(&at), "{agent}: {fatal}");
+        assert!(driver.dead_letters(agent).is_empty(), "{agent}");
+    }
+    assert_eq!(agents.committed("hit_count_avro", partition), None);
+    assert_eq!(pipeline.committed("readings-proto", proto_partition), None);
+    assert!(agents.records(&avro_hits::COUNT_TOPIC_AVRO).expect("records").is_empty());
+    assert!(pipeline.records(&READINGS_JSON).expect("records").is_empty());
 }

@@ -28,6 +28,20 @@ pub(crate) struct Cx<'a> {
     pub(crate) unavailable: bool,
 }
 
+/// A node's encoding of `what` for `topic`: the error as text, noting in `cx` whether it was
+/// [`crate::EncodeError::unavailable`].
+pub(crate) fn encoding<T>(
+    cx: &mut Cx<'_>,
+    what: &str,
+    topic: &str,
+    result: Result<T, crate::EncodeError>,
+) -> Result<T, String> {
+    result.map_err(|error| {
+        cx.unavailable |= error.is_unavailable();
+        format!("cannot encode {what} for topic `{topic}`: {error}")
+    })
+}
+
 /// A source node's decoding of a record's key (`what` = "key") or value (`what` empty): the
 /// error as text, noting in `cx` whether it was [`crate::DecodeError::unavailable`].
 pub(crate) fn decoding<T>(cx: &mut Cx<'_>, what: &str, result: Result<T, crate::DecodeError>) -> Result<T, String> {
@@ -210,12 +224,8 @@ pub(crate) fn send(cx: &mut Cx<'_>, record: OutRecord) -> Outcome {
 /// A node that sends records to `topic`, encoded with `values`.
 pub(crate) fn sink<K: Key, V: Send + Sync + 'static>(topic: Arc<str>, values: ValueCodec<V>) -> Arc<dyn Node<K, V>> {
     Arc::new(move |cx: &mut Cx<'_>, key: K, value: V| {
-        let key = key
-            .try_encode_key()
-            .map_err(|e| format!("cannot encode a key for topic `{topic}`: {e}"))?;
-        let value = values
-            .encode(&value)
-            .map_err(|e| format!("cannot encode a value for topic `{topic}`: {e}"))?;
+        let key = encoding(cx, "a key", &topic, key.try_encode_key())?;
+        let value = encoding(cx, "a value", &topic, values.encode(&value))?;
         let record = OutRecord {
             topic: Arc::clone(&topic),
             partition: None,

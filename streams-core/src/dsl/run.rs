@@ -110,12 +110,24 @@ impl Changes {
                     unavailable: false,
                 };
                 let outcome = guarded(|| listener.change(&mut cx, &key, value.as_deref()));
-                if let Err(error) = outcome {
-                    backlog.extend(change_failed(ctx, table_name, key, value, timestamp, &error));
+                match outcome {
+                    Err(error) if cx.unavailable => stop_unavailable(ctx, &error),
+                    Err(error) => backlog.extend(change_failed(ctx, table_name, key, value, timestamp, &error)),
+                    Ok(()) => {}
                 }
             }
         }
     }
+}
+
+/// What a commit point sends could not be encoded for want of something outside it (the
+/// schema registry): the worker stops, and nothing from this commit point on is committed
+/// (the input that caused it is processed again at the next start).
+fn stop_unavailable(ctx: &TaskContext, error: &str) {
+    ctx.metrics.fail(format!(
+        "task `{}`: at a commit point: {error}; the worker stops, nothing more is committed",
+        ctx.name
+    ));
 }
 
 impl CutHook for Changes {
@@ -133,8 +145,10 @@ impl CutHook for Changes {
                 decoded: true,
                 unavailable: false,
             };
-            if let Err(error) = guarded(|| tick.wall_clock(&mut cx)) {
-                tracing::error!(task = &*ctx.name, "wall-clock punctuation: {error}");
+            match guarded(|| tick.wall_clock(&mut cx)) {
+                Err(error) if cx.unavailable => stop_unavailable(ctx, &error),
+                Err(error) => tracing::error!(task = &*ctx.name, "wall-clock punctuation: {error}"),
+                Ok(()) => {}
             }
         }
         ctx.set_event_time(before);
@@ -163,9 +177,11 @@ impl CutHook for Changes {
                     decoded: true,
                     unavailable: false,
                 };
-                if let Err(error) = guarded(|| tick.tick(&mut cx)) {
+                match guarded(|| tick.tick(&mut cx)) {
+                    Err(error) if cx.unavailable => stop_unavailable(ctx, &error),
                     // No input record to send to the dead-letter topic: what failed is logged.
-                    tracing::error!(task = &*ctx.name, "at a commit point: {error}");
+                    Err(error) => tracing::error!(task = &*ctx.name, "at a commit point: {error}"),
+                    Ok(()) => {}
                 }
             }
             if !ctx.changed_since_pass(from) {

@@ -187,18 +187,16 @@ where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     fn change(&self, cx: &mut Cx<'_>, key: &[u8], value: Option<&[u8]>) -> Outcome {
-        let decoded = K::decode_key(Some(key)).map_err(|e| format!("a key of table `{}`: {e}", self.name))?;
-        let key = decoded
-            .try_encode_key()
-            .map_err(|e| format!("cannot encode a key for topic `{}`: {e}", self.topic))?;
+        let decoded = K::decode_key(Some(key)).map_err(|e| {
+            cx.unavailable |= e.is_unavailable();
+            format!("a key of table `{}`: {e}", self.name)
+        })?;
+        let key = super::node::encoding(cx, "a key", &self.topic, decoded.try_encode_key())?;
         let value = match value {
             None => None,
             Some(bytes) => {
                 let value: V = json::decode(bytes).map_err(|e| format!("a value of table `{}`: {e}", self.name))?;
-                let encoded = self
-                    .values
-                    .encode(&value)
-                    .map_err(|e| format!("cannot encode a value for topic `{}`: {e}", self.topic))?;
+                let encoded = super::node::encoding(cx, "a value", &self.topic, self.values.encode(&value))?;
                 Some(encoded)
             }
         };

@@ -64,16 +64,16 @@ pub(crate) fn decode<V: AvroSchema + DeserializeOwned + 'static>(bytes: &[u8]) -
     let own = own::<V>().map_err(DecodeError::new)?;
     let registry = registry::registry().map_err(Failure::into_decode)?;
     let writer = registry
-        .parsed(id, "avro", |registered| parse(id, registered))
+        .parsed(id, "avro", |registry, registered| parse(registry, id, registered))
         .map_err(Failure::into_decode)?;
-    let value =
-        apache_avro::from_avro_datum_schemata(&writer.0, writer.1.iter().collect(), &mut payload, Some(&own.schema))
-            .map_err(|e| {
-                DecodeError::new(format!(
-                    "Avro record of schema id {id} does not decode as {}: {e}",
-                    own.name
-                ))
-            })?;
+    bound_allocations();
+    let value = apache_avro::from_avro_datum_schemata(
+        &writer.0,
+        std::iter::once(&writer.0).chain(&writer.1).collect(),
+        &mut payload,
+        Some(&own.schema),
+    )
+    .map_err(|e| DecodeError::new(format!("Avro record of schema id {id} does not decode as {}: {e}", own.name)))?;
     if !payload.is_empty() {
         return Err(DecodeError::new(format!(
             "Avro record of schema id {id} has {} bytes after its end",
@@ -84,10 +84,23 @@ pub(crate) fn decode<V: AvroSchema + DeserializeOwned + 'static>(bytes: &[u8]) -
         .map_err(|e| DecodeError::new(format!("Avro record of schema id {id} does not fit {}: {e}", own.name)))
 }
 
+/// The most a record's length prefix may make the decoder allocate at once: a record picks
+/// its writer's schema, so an array or string length in it is input, and apache-avro's own
+/// limit (512 MiB, times the size of a value for arrays) would let one record abort the
+/// process. Kafka's records are at most a few MiB.
+const MAX_ALLOCATION: usize = 16 * 1024 * 1024;
+
+fn bound_allocations() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        apache_avro::max_allocation_bytes(MAX_ALLOCATION);
+    });
+}
+
 /// A writer's schema, and the schemas it references.
 type Writer = (Schema, Vec<Schema>);
 
-fn parse(id: u32, registered: &Registered) -> Result<Writer, Failure> {
+fn parse(registry: &registry::Registry, id: u32, registered: &Registered) -> Result<Writer, Failure> {
     match registered.schema_type.as_deref() {
         None | Some("AVRO") => {}
         Some(other) => {
@@ -96,22 +109,31 @@ fn parse(id: u32, registered: &Registered) -> Result<Writer, Failure> {
             )))
         }
     }
-    if !registered.references.is_empty() {
-        let registry = registry::registry()?;
-        let mut texts = Vec::new();
-        for reference in &registered.references {
-            texts.push(registry.version(&reference.subject, reference.version)?.schema.clone());
-        }
-        texts.push(registered.schema.clone());
-        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let mut schemata = Schema::parse_list(texts)
-            .map_err(|e| Failure::Refused(format!("schema id {id} is not an Avro schema: {e}")))?;
-        let main = schemata
-            .pop()
-            .ok_or_else(|| Failure::Refused(format!("schema id {id} is empty")))?;
-        return Ok((main, schemata));
-    }
-    Schema::parse_str(&registered.schema)
-        .map(|schema| (schema, Vec::new()))
+    // References (and theirs), dependencies first.
+    let mut texts: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    add_references(registry, &registered.references, &mut texts, &mut seen, 0)?;
+    Schema::parse_str_with_list(&registered.schema, &texts)
         .map_err(|e| Failure::Refused(format!("schema id {id} is not an Avro schema: {e}")))
+}
+
+fn add_references(
+    registry: &registry::Registry,
+    references: &[registry::Reference],
+    texts: &mut Vec<String>,
+    seen: &mut std::collections::HashSet<(String, i32)>,
+    depth: usize,
+) -> Result<(), Failure> {
+    if depth > 32 {
+        return Err(Failure::Refused("schema references nest more than 32 deep".into()));
+    }
+    for reference in references {
+        if !seen.insert((reference.subject.clone(), reference.version)) {
+            continue;
+        }
+        let referenced = registry.version(&reference.subject, reference.version)?;
+        add_references(registry, &referenced.references, texts, seen, depth + 1)?;
+        texts.push(referenced.schema.clone());
+    }
+    Ok(())
 }

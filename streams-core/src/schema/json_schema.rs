@@ -12,7 +12,7 @@ use super::{wire, Placement};
 use crate::{DecodeError, EncodeError};
 
 /// A type whose records are JSON documents of a JSON Schema: the schema's text. Its `title`
-/// is the record's name (for [`super::SubjectName::Record`]).
+/// (required) is the record's name (for [`super::SubjectName::Record`]).
 ///
 /// ```
 /// use streams_core::prelude::*;
@@ -52,10 +52,11 @@ fn own<V: JsonSchemaRecord + 'static>() -> Result<Arc<Own>, String> {
         let schema: serde_json::Value =
             serde_json::from_str(V::SCHEMA).map_err(|e| format!("the type's JSON Schema is not JSON: {e}"))?;
         let validator = jsonschema::validator_for(&schema).map_err(|e| format!("the type's JSON Schema: {e}"))?;
+        // The record's name (subjects by record name use it): stable, unlike a type's path.
         let title = schema
             .get("title")
             .and_then(serde_json::Value::as_str)
-            .unwrap_or_else(|| std::any::type_name::<V>())
+            .ok_or("the type's JSON Schema has no `title`, which names the record")?
             .to_string();
         Ok(Own {
             validator,
@@ -93,7 +94,7 @@ pub(crate) fn decode<V: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<V, D
         serde_json::from_slice(payload).map_err(|e| DecodeError::new(format!("invalid JSON: {e}")))?;
     let registry = registry::registry().map_err(Failure::into_decode)?;
     let validator = registry
-        .parsed(id, "json-schema", |registered| writer_validator(id, registered))
+        .parsed(id, "json-schema", |_, registered| writer_validator(id, registered))
         .map_err(Failure::into_decode)?;
     if let Err(error) = validator.validate(&json) {
         return Err(DecodeError::new(format!(

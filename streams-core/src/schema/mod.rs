@@ -5,8 +5,9 @@
 //!
 //! Each record's bytes are a magic byte (0), the schema's id in the registry (4 bytes,
 //! big-endian) and the payload; Protobuf adds the message's indexes in its file. A record is
-//! decoded with the schema its id names (fetched once, then cached), resolved against the
-//! type's own schema (Avro) or checked against it (JSON Schema). A record that does not decode
+//! decoded with the schema its id names (fetched once, then cached): resolved against the
+//! type's own schema (Avro), its message met by field names (Protobuf), or checked against
+//! that schema (JSON Schema). A record that does not decode
 //! (another magic byte, an id the registry does not know, a schema that does not resolve)
 //! goes to the dead-letter topic with the reason; a registry that cannot be reached stops the
 //! worker instead, so that no record is lost to an outage.
@@ -72,7 +73,7 @@ impl SubjectName {
 
 /// The part of a [`crate::codec::ValueCodec`] that works with a schema registry: its format
 /// and where its schema is registered.
-pub struct SchemaCodec<V> {
+pub(crate) struct SchemaCodec<V> {
     /// The topic the codec's records go to (set by [`crate::Topic::values`]).
     pub(crate) topic: &'static str,
     pub(crate) subject: SubjectName,
@@ -93,7 +94,7 @@ impl<V> Copy for SchemaCodec<V> {}
 /// Where an encoded record's schema goes: its topic, subject strategy, and whether it is a
 /// key.
 #[derive(Debug, Clone, Copy)]
-pub struct Placement<'a> {
+pub(crate) struct Placement<'a> {
     /// The topic (empty for keys, whose type does not know its topic).
     pub topic: &'a str,
     /// The subject name strategy.

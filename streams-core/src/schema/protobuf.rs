@@ -168,7 +168,7 @@ pub(crate) fn decode<V: ProtobufRecord + DeserializeOwned + 'static>(bytes: &[u8
     let (indexes, payload) = wire::read_indexes(rest)?;
     let registry = registry::registry().map_err(Failure::into_decode)?;
     let file = registry
-        .parsed(id, "protobuf", |registered| writer_file(id, registered))
+        .parsed(id, "protobuf", |registry, registered| writer_file(registry, id, registered))
         .map_err(Failure::into_decode)?;
     let message = message_at(&file, &indexes)
         .ok_or_else(|| DecodeError::new(format!("schema id {id} has no message at indexes {indexes:?}")))?;
@@ -186,7 +186,11 @@ pub(crate) fn decode<V: ProtobufRecord + DeserializeOwned + 'static>(bytes: &[u8
 }
 
 /// The file of a registered schema, with its references.
-fn writer_file(id: u32, registered: &Registered) -> Result<prost_reflect::FileDescriptor, Failure> {
+fn writer_file(
+    registry: &registry::Registry,
+    id: u32,
+    registered: &Registered,
+) -> Result<prost_reflect::FileDescriptor, Failure> {
     if registered.schema_type.as_deref() != Some("PROTOBUF") {
         return Err(Failure::Missing(format!(
             "schema id {id} is a {} schema, not a Protobuf one",
@@ -195,14 +199,19 @@ fn writer_file(id: u32, registered: &Registered) -> Result<prost_reflect::FileDe
     }
     let main = format!("schema-{id}.proto");
     let mut files = HashMap::from([(main.clone(), registered.schema.clone())]);
-    add_references(&registered.references, &mut files, 0)?;
+    add_references(registry, &registered.references, &mut files, 0)?;
     let pool = compile(&files, &main).map_err(|e| Failure::Refused(format!("schema id {id} does not compile: {e}")))?;
     pool.get_file_by_name(&main)
         .ok_or_else(|| Failure::Refused(format!("schema id {id} has no file")))
 }
 
 /// The texts of references (and of theirs) by import name.
-fn add_references(references: &[Reference], files: &mut HashMap<String, String>, depth: usize) -> Result<(), Failure> {
+fn add_references(
+    registry: &registry::Registry,
+    references: &[Reference],
+    files: &mut HashMap<String, String>,
+    depth: usize,
+) -> Result<(), Failure> {
     if depth > 32 {
         return Err(Failure::Refused("schema references nest more than 32 deep".into()));
     }
@@ -210,9 +219,9 @@ fn add_references(references: &[Reference], files: &mut HashMap<String, String>,
         if files.contains_key(&reference.name) {
             continue;
         }
-        let registered = registry::registry()?.version(&reference.subject, reference.version)?;
+        let registered = registry.version(&reference.subject, reference.version)?;
         files.insert(reference.name.clone(), registered.schema.clone());
-        add_references(&registered.references, files, depth + 1)?;
+        add_references(registry, &registered.references, files, depth + 1)?;
     }
     Ok(())
 }

@@ -48,7 +48,10 @@ impl Failure {
 
 impl From<Failure> for crate::EncodeError {
     fn from(failure: Failure) -> Self {
-        crate::EncodeError::new(failure.to_string())
+        match failure {
+            Failure::Unavailable(_) => crate::EncodeError::unavailable(failure.to_string()),
+            other => crate::EncodeError::new(other.to_string()),
+        }
     }
 }
 
@@ -259,6 +262,13 @@ impl Registry {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key, answer.id);
+        // Records this client writes read back without asking (a table's keys after a
+        // restart, say, while the registry is away).
+        self.by_id
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(answer.id)
+            .or_insert_with(|| Arc::new(schema.clone()));
         Ok(answer.id)
     }
 
@@ -267,7 +277,7 @@ impl Registry {
         &self,
         id: u32,
         kind: &'static str,
-        make: impl FnOnce(&Registered) -> Result<T, Failure>,
+        make: impl FnOnce(&Registry, &Registered) -> Result<T, Failure>,
     ) -> Result<Arc<T>, Failure> {
         if let Some(found) = self
             .parsed
@@ -280,7 +290,7 @@ impl Registry {
             }
         }
         let registered = self.schema(id)?;
-        let made = Arc::new(make(&registered)?);
+        let made = Arc::new(make(self, &registered)?);
         self.parsed
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -348,7 +358,12 @@ impl Registry {
                     .header("content-type", "application/vnd.schemaregistry.v1+json")
                     .body(body.to_string());
             }
-            let shown = url.to_string();
+            let shown = {
+                let mut shown = url.clone();
+                let _ = shown.set_password(None);
+                let _ = shown.set_username("");
+                shown.to_string()
+            };
             let answer = wait(runtime.spawn(async move {
                 let response = request
                     .send()
@@ -383,8 +398,14 @@ impl Registry {
                 _ => format!("HTTP {status}"),
             };
             let what = format!("{} {}: {what}", method, shown);
+            // A 404 is the registry's answer only with its own error codes (40401 subject,
+            // 40402 version, 40403 schema not found); any other 404 (a wrong path, a proxy)
+            // says nothing of the record.
+            let registry_code = error.as_ref().and_then(|e| e.error_code);
             match status.as_u16() {
-                404 => return Err(Failure::Missing(what)),
+                404 if registry_code.is_some_and(|code| (40400..40500).contains(&code)) => {
+                    return Err(Failure::Missing(what))
+                }
                 409 | 422 => return Err(Failure::Refused(what)),
                 // Wrong credentials are a setting to fix, not a record's fault.
                 _ => last = Failure::Unavailable(what),

@@ -101,7 +101,14 @@ pub(crate) async fn run_partition(spec: Arc<TaskSpec>, core: StreamCore) {
             }
             Ok(Err(error)) => {
                 tracing::error!(task = spec.name, partition = ctx.partition, "task failed: {error}");
-                core.fail_current(&error).await;
+                // A send that failed for want of the schema registry, returned as it was:
+                // the worker stops before the record (it is not at fault).
+                let unavailable = ctx.unavailable.lock().ok().and_then(|mut slot| slot.take());
+                if unavailable.is_some_and(|cause| error.contains(&cause)) {
+                    core.halt_current(&error);
+                } else {
+                    core.fail_current(&error).await;
+                }
             }
             Err(panic) => {
                 let message = crate::error::panic_text(&*panic);
