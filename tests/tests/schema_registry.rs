@@ -483,8 +483,16 @@ async fn an_unreachable_registry_on_send_stops_the_worker_before_the_record() {
     let _ = pipeline.run().await;
     registry.set_down(false);
     for (driver, agent, at) in [
-        (&agents, "find_major_hits", format!("hit_count_avro[{partition}]@{offset}")),
-        (&pipeline, "convert", format!("readings-proto[{proto_partition}]@{proto_offset}")),
+        (
+            &agents,
+            "find_major_hits",
+            format!("hit_count_avro[{partition}]@{offset}"),
+        ),
+        (
+            &pipeline,
+            "convert",
+            format!("readings-proto[{proto_partition}]@{proto_offset}"),
+        ),
     ] {
         let fatal = driver.metrics().fatal().unwrap_or_default();
         assert!(fatal.contains("unavailable") && fatal.contains(&at), "{agent}: {fatal}");
@@ -492,6 +500,9 @@ async fn an_unreachable_registry_on_send_stops_the_worker_before_the_record() {
     }
     assert_eq!(agents.committed("hit_count_avro", partition), None);
     assert_eq!(pipeline.committed("readings-proto", proto_partition), None);
-    assert!(agents.records(&avro_hits::COUNT_TOPIC_AVRO).expect("records").is_empty());
+    assert!(agents
+        .records(&avro_hits::COUNT_TOPIC_AVRO)
+        .expect("records")
+        .is_empty());
     assert!(pipeline.records(&READINGS_JSON).expect("records").is_empty());
 }

@@ -73,7 +73,12 @@ pub(crate) fn decode<V: AvroSchema + DeserializeOwned + 'static>(bytes: &[u8]) -
         &mut payload,
         Some(&own.schema),
     )
-    .map_err(|e| DecodeError::new(format!("Avro record of schema id {id} does not decode as {}: {e}", own.name)))?;
+    .map_err(|e| {
+        DecodeError::new(format!(
+            "Avro record of schema id {id} does not decode as {}: {e}",
+            own.name
+        ))
+    })?;
     if !payload.is_empty() {
         return Err(DecodeError::new(format!(
             "Avro record of schema id {id} has {} bytes after its end",
@@ -93,7 +98,7 @@ const MAX_ALLOCATION: usize = 16 * 1024 * 1024;
 fn bound_allocations() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        apache_avro::max_allocation_bytes(MAX_ALLOCATION);
+        apache_avro::util::max_allocation_bytes(MAX_ALLOCATION);
     });
 }
 

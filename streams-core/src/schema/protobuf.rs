@@ -168,7 +168,9 @@ pub(crate) fn decode<V: ProtobufRecord + DeserializeOwned + 'static>(bytes: &[u8
     let (indexes, payload) = wire::read_indexes(rest)?;
     let registry = registry::registry().map_err(Failure::into_decode)?;
     let file = registry
-        .parsed(id, "protobuf", |registry, registered| writer_file(registry, id, registered))
+        .parsed(id, "protobuf", |registry, registered| {
+            writer_file(registry, id, registered)
+        })
         .map_err(Failure::into_decode)?;
     let message = message_at(&file, &indexes)
         .ok_or_else(|| DecodeError::new(format!("schema id {id} has no message at indexes {indexes:?}")))?;

@@ -315,6 +315,7 @@ impl TaskContext {
             unread_cleared: tokio::sync::Notify::new(),
             committed: Mutex::default(),
             source_times: Vec::new(),
+            unavailable: Mutex::new(None),
         }
     }
 
