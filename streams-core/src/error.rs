@@ -19,6 +19,23 @@ impl fmt::Display for Origin {
     }
 }
 
+/// How many [`DecodeError::unavailable`] and [`EncodeError::unavailable`] errors the process
+/// has made. An error met while a record is processed, with this count moved since the
+/// record began, may be one of them whatever became of its type on the way (turned into
+/// text, wrapped by an agent's own error): the worker then stops before the record instead
+/// of dead-lettering it. (An outage met by another task at the same moment stops it too: the
+/// safe side.)
+static OUTAGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn count_outage() {
+    OUTAGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// See [`OUTAGES`].
+pub(crate) fn outages() -> u64 {
+    OUTAGES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A record's bytes could not be turned into the declared type.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
@@ -41,6 +58,7 @@ impl DecodeError {
     /// to the dead-letter topic; the worker stops before it instead, and the record is read
     /// again when the worker (or the partition's next owner) starts.
     pub fn unavailable(message: impl Into<String>) -> Self {
+        count_outage();
         Self {
             message: message.into(),
             unavailable: true,
@@ -82,6 +100,7 @@ impl EncodeError {
     /// schema registry cannot be reached): not the input record's fault, so the worker
     /// stops before the record instead of sending it to the dead-letter topic.
     pub fn unavailable(message: impl Into<String>) -> Self {
+        count_outage();
         Self {
             message: message.into(),
             unavailable: true,

@@ -225,14 +225,9 @@ impl<K: Key, V: Send + Sync + 'static> Topic<K, V> {
     ///
     /// The key may be a borrowed form of `K` (`&str` for `String` keys).
     pub async fn send<Q: AsKey<K> + ?Sized>(&self, key: &Q, value: &V) -> Result<()> {
-        let encode = |source: crate::EncodeError| {
-            if source.is_unavailable() {
-                task::note_unavailable(&source.to_string());
-            }
-            Error::Encode {
-                what: format!("topic `{}`", self.name),
-                source,
-            }
+        let encode = |source| Error::Encode {
+            what: format!("topic `{}`", self.name),
+            source,
         };
         let key = key.as_key().map_err(encode)?;
         let value = self.values.encode(value).map_err(encode)?;

@@ -482,20 +482,26 @@ async fn an_unreachable_registry_on_send_stops_the_worker_before_the_record() {
     let _ = agents.run().await;
     let _ = pipeline.run().await;
     registry.set_down(false);
-    for (driver, agent, at) in [
+    // Each stopped at its output (the input's schema was known).
+    for (driver, agent, at, output) in [
         (
             &agents,
             "find_major_hits",
             format!("hit_count_avro[{partition}]@{offset}"),
+            "topic `count_topic_avro`",
         ),
         (
             &pipeline,
             "convert",
             format!("readings-proto[{proto_partition}]@{proto_offset}"),
+            "topic `readings-json`",
         ),
     ] {
         let fatal = driver.metrics().fatal().unwrap_or_default();
-        assert!(fatal.contains("unavailable") && fatal.contains(&at), "{agent}: {fatal}");
+        assert!(
+            fatal.contains("unavailable") && fatal.contains(&at) && fatal.contains(output),
+            "{agent}: {fatal}"
+        );
         assert!(driver.dead_letters(agent).is_empty(), "{agent}");
     }
     assert_eq!(agents.committed("hit_count_avro", partition), None);

@@ -150,8 +150,7 @@ where
                 self.join(cx, key, value, time)
             });
             if let Err(error) = joined {
-                let record = change_failed(cx.ctx, self.buffer.0, key.to_vec(), held, time, &error);
-                cx.backlog.extend(record);
+                super::node::change_failed_in(cx, self.buffer.0, key.to_vec(), held, time, &error);
             }
         }
         Ok(())

@@ -26,6 +26,38 @@ pub(crate) struct Cx<'a> {
     /// outside it (the schema registry): the worker stops before the record instead of
     /// sending it to the dead-letter topic.
     pub(crate) unavailable: bool,
+    /// [`crate::error::outages`] when the work began.
+    pub(crate) outages: u64,
+}
+
+impl Cx<'_> {
+    /// Whether something outside the record (the schema registry) was unavailable during
+    /// this work: its failure is then not the record's, and the worker stops before it.
+    pub(crate) fn outage(&self) -> bool {
+        self.unavailable || crate::error::outages() != self.outages
+    }
+}
+
+/// A table change whose processing failed with `error`: to the dead-letter topic, as the app
+/// says; or, when something outside it was unavailable, the worker stops (nothing more is
+/// committed, and the input that made the change is processed again at the next start).
+pub(crate) fn change_failed_in(
+    cx: &mut Cx<'_>,
+    table: &str,
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+    time: i64,
+    error: &str,
+) {
+    if cx.outage() {
+        cx.ctx.metrics.fail(format!(
+            "task `{}`: a change of table `{table}`: {error}; the worker stops, nothing more is committed",
+            cx.ctx.name
+        ));
+    } else {
+        let records = change_failed(cx.ctx, table, key, value, time, error);
+        cx.backlog.extend(records);
+    }
 }
 
 /// A node's encoding of `what` for `topic`: the error as text, noting in `cx` whether it was

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::node::{change_failed, guarded, ChangeListener, Cx, SourceNode, TableSlot, Tick};
+use super::node::{change_failed_in, guarded, ChangeListener, Cx, SourceNode, TableSlot, Tick};
 use crate::task::input::{CutHook, RawStream, Stage};
 use crate::task::run::RunFn;
 use crate::task::sink::OutRecord;
@@ -46,6 +46,7 @@ async fn run(mut raw: RawStream, sub: Arc<SubTopology>) -> Result<(), String> {
                     backlog: &mut backlog,
                     decoded: false,
                     unavailable: false,
+                    outages: crate::error::outages(),
                 };
                 let outcome = guarded(|| node.push_message(&mut cx, message));
                 let stage = if cx.decoded {
@@ -53,7 +54,7 @@ async fn run(mut raw: RawStream, sub: Arc<SubTopology>) -> Result<(), String> {
                 } else {
                     Stage::Deserialization
                 };
-                outcome.map_err(|error| (stage, error, cx.unavailable))
+                outcome.map_err(|error| (stage, error, cx.outage()))
             }
             _ => Ok(()),
         };
@@ -101,6 +102,10 @@ impl Changes {
                 });
             }
             for (key, value, timestamp) in changes {
+                if ctx.metrics.fatal().is_some() {
+                    // The worker stops: nothing more is committed, so nothing more is sent.
+                    return;
+                }
                 ctx.set_event_time(timestamp);
                 let mut cx = Cx {
                     ctx,
@@ -108,12 +113,11 @@ impl Changes {
                     backlog,
                     decoded: true,
                     unavailable: false,
+                    outages: crate::error::outages(),
                 };
                 let outcome = guarded(|| listener.change(&mut cx, &key, value.as_deref()));
-                match outcome {
-                    Err(error) if cx.unavailable => stop_unavailable(ctx, &error),
-                    Err(error) => backlog.extend(change_failed(ctx, table_name, key, value, timestamp, &error)),
-                    Ok(()) => {}
+                if let Err(error) = outcome {
+                    change_failed_in(&mut cx, table_name, key, value, timestamp, &error);
                 }
             }
         }
@@ -144,9 +148,10 @@ impl CutHook for Changes {
                 backlog,
                 decoded: true,
                 unavailable: false,
+                outages: crate::error::outages(),
             };
             match guarded(|| tick.wall_clock(&mut cx)) {
-                Err(error) if cx.unavailable => stop_unavailable(ctx, &error),
+                Err(error) if cx.outage() => stop_unavailable(ctx, &error),
                 Err(error) => tracing::error!(task = &*ctx.name, "wall-clock punctuation: {error}"),
                 Ok(()) => {}
             }
@@ -176,9 +181,10 @@ impl CutHook for Changes {
                     backlog,
                     decoded: true,
                     unavailable: false,
+                    outages: crate::error::outages(),
                 };
                 match guarded(|| tick.tick(&mut cx)) {
-                    Err(error) if cx.unavailable => stop_unavailable(ctx, &error),
+                    Err(error) if cx.outage() => stop_unavailable(ctx, &error),
                     // No input record to send to the dead-letter topic: what failed is logged.
                     Err(error) => tracing::error!(task = &*ctx.name, "at a commit point: {error}"),
                     Ok(()) => {}

@@ -314,8 +314,7 @@ where
         let outcome =
             decoded.and_then(|(key, value)| at_time(cx, time, |cx| guarded(|| self.finals.push(cx, key, value))));
         if let Err(error) = outcome {
-            let record = change_failed(cx.ctx, self.table, window_key.to_vec(), Some(stored), time, &error);
-            cx.backlog.extend(record);
+            super::node::change_failed_in(cx, self.table, window_key.to_vec(), Some(stored), time, &error);
         }
     }
 

@@ -12,7 +12,8 @@ use super::{wire, Placement};
 use crate::{DecodeError, EncodeError};
 
 /// A type whose records are JSON documents of a JSON Schema: the schema's text. Its `title`
-/// (required) is the record's name (for [`super::SubjectName::Record`]).
+/// is the record's name, which [`super::SubjectName::Record`] and `TopicRecord` subjects and
+/// keys ([`super::JsonSchemaKey`]) need.
 ///
 /// ```
 /// use streams_core::prelude::*;
@@ -44,7 +45,8 @@ pub trait JsonSchemaRecord {
 struct Own {
     validator: jsonschema::Validator,
     registered: Registered,
-    title: String,
+    /// The schema's `title`: the record's name, which subjects by record name need.
+    title: Option<String>,
 }
 
 fn own<V: JsonSchemaRecord + 'static>() -> Result<Arc<Own>, String> {
@@ -52,12 +54,7 @@ fn own<V: JsonSchemaRecord + 'static>() -> Result<Arc<Own>, String> {
         let schema: serde_json::Value =
             serde_json::from_str(V::SCHEMA).map_err(|e| format!("the type's JSON Schema is not JSON: {e}"))?;
         let validator = jsonschema::validator_for(&schema).map_err(|e| format!("the type's JSON Schema: {e}"))?;
-        // The record's name (subjects by record name use it): stable, unlike a type's path.
-        let title = schema
-            .get("title")
-            .and_then(serde_json::Value::as_str)
-            .ok_or("the type's JSON Schema has no `title`, which names the record")?
-            .to_string();
+        let title = schema.get("title").and_then(serde_json::Value::as_str).map(str::to_string);
         Ok(Own {
             validator,
             registered: Registered {
@@ -80,10 +77,21 @@ pub(crate) fn encode<V: JsonSchemaRecord + Serialize + 'static>(
     if let Err(error) = own.validator.validate(&json) {
         return Err(EncodeError::new(format!(
             "the value does not match the JSON Schema {}: {error}",
-            own.title
+            own.title.as_deref().unwrap_or("of the type")
         )));
     }
-    let id = super::schema_id(placement, &own.title, &own.registered)?;
+    // The record's name: subjects by record name (and keys) need it, and take the title (a
+    // type's path would change with the code).
+    let record = match (&own.title, placement.subject, placement.key) {
+        (Some(title), _, _) => title.as_str(),
+        (None, super::SubjectName::Topic, false) => "",
+        (None, _, _) => {
+            return Err(EncodeError::new(
+                "the type's JSON Schema has no `title`, which names the record for its subject",
+            ))
+        }
+    };
+    let id = super::schema_id(placement, record, &own.registered)?;
     Ok(wire::frame(id, &[], &serde_json::to_vec(&json)?))
 }
 

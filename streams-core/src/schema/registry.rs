@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::settings::redact;
 use super::RegistrySettings;
 
 /// Why the registry gave no answer.
@@ -340,9 +341,9 @@ impl Registry {
         let mut last = Failure::Unavailable("no schema registry URL".into());
         for base in &self.settings.urls {
             let mut url = reqwest::Url::parse(base)
-                .map_err(|e| Failure::Unavailable(format!("schema registry URL `{base}`: {e}")))?;
+                .map_err(|e| Failure::Unavailable(format!("schema registry URL `{}`: {e}", redact(base))))?;
             url.path_segments_mut()
-                .map_err(|()| Failure::Unavailable(format!("schema registry URL `{base}` cannot have a path")))?
+                .map_err(|()| Failure::Unavailable(format!("schema registry URL `{}` cannot have a path", redact(base))))?
                 .pop_if_empty()
                 .extend(path);
             let mut request = self

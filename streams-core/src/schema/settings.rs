@@ -42,7 +42,7 @@ pub struct RegistrySettings {
 impl std::fmt::Debug for RegistrySettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegistrySettings")
-            .field("urls", &self.urls)
+            .field("urls", &self.urls.iter().map(|url| redact(url)).collect::<Vec<_>>())
             .field("basic_auth", &self.basic_auth.as_ref().map(|_| "***"))
             .field("ca_location", &self.ca_location)
             .field("certificate_location", &self.certificate_location)
@@ -109,6 +109,18 @@ impl RegistrySettings {
     }
 }
 
+/// A URL as it may be shown: credentials in it (`https://user:password@host`) hidden.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..host_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 fn split_urls(text: &str) -> Vec<String> {
     text.split(',')
         .map(|url| url.trim().trim_end_matches('/').to_string())
@@ -134,6 +146,10 @@ mod tests {
         assert_eq!(settings.basic_auth.as_deref(), Some("u:p"));
         assert_eq!(settings.ca_location, Some(PathBuf::from("/ca.pem")));
         assert!(!format!("{settings:?}").contains("u:p"));
+        assert_eq!(redact("https://me:pw@host:1/x@y"), "https://***@host:1/x@y");
+        assert_eq!(redact("http://host:1"), "http://host:1");
+        let with_password = RegistrySettings::new("https://me:pw@host");
+        assert!(!format!("{with_password:?}").contains("pw"), "{with_password:?}");
         assert!(RegistrySettings::from_config(&keys[1..]).is_none());
         let flagged = RegistrySettings::from_config_and_url(&keys[1..], Some("http://c:1")).unwrap();
         assert_eq!(flagged.urls, ["http://c:1"]);

@@ -106,6 +106,8 @@ pub(crate) struct StreamCore {
     sources: Vec<Source>,
     /// The record being processed, with its source.
     current: Option<(usize, Message)>,
+    /// [`crate::error::outages`] when the current record began.
+    outages: u64,
     last_cut: Vec<(Arc<str>, i64)>,
     next_cut: Instant,
     /// The last cut found nothing to take (no record since the one before, no round): an
@@ -162,6 +164,7 @@ impl StreamCore {
             rx,
             sources,
             current: None,
+            outages: 0,
             last_cut: Vec::new(),
             next_cut: Instant::now() + commit_interval,
             quiet: false,
@@ -249,6 +252,13 @@ impl StreamCore {
     pub(crate) fn begin(&mut self, source: usize, message: Message) {
         self.ctx.record_started(source, &message);
         self.current = Some((source, message));
+        self.outages = crate::error::outages();
+    }
+
+    /// Whether something outside the records (the schema registry) was unavailable since the
+    /// current record began ([`crate::error::outages`]).
+    pub(crate) fn outage_since_begin(&self) -> bool {
+        crate::error::outages() != self.outages
     }
 
     /// [`StreamCore::begin`] for a record that happened at `time` (its timestamp, or the
@@ -691,8 +701,8 @@ impl StreamCore {
     pub(crate) fn halt(&mut self, source: usize, message: &Message, error: &str) {
         let origin = self.origin(source, message.offset());
         self.ctx.metrics.fail(format!(
-            "task `{}` cannot read record {origin}: {error}; the worker stops before it (the record is \
-             not at fault and is read again at the next start)",
+            "task `{}` cannot process record {origin}: {error}; the worker stops before it (the record is \
+             not at fault and is processed again at the next start)",
             self.ctx.name
         ));
         self.current = None;

@@ -100,10 +100,6 @@ pub(crate) struct TaskContext {
     committed: Mutex<Vec<(Arc<str>, i64)>>,
     /// Per source: the event time its extractor takes from a value, if it has one.
     pub(crate) source_times: Vec<Option<crate::spec::EventTimeOf>>,
-    /// The error of the agent's last send that failed for want of something outside the
-    /// record (the schema registry, [`crate::EncodeError::unavailable`]): when the agent
-    /// fails with it, the worker stops before the record instead of dead-lettering it.
-    pub(crate) unavailable: Mutex<Option<String>>,
 }
 
 /// A worker's global tables by name: the store of each, kept current from its topic.
@@ -217,7 +213,6 @@ impl TaskContext {
             unread_cleared: tokio::sync::Notify::new(),
             committed: Mutex::default(),
             source_times: spec.sources.iter().map(|s| s.codecs.event_time.clone()).collect(),
-            unavailable: Mutex::new(None),
         }
     }
 
@@ -315,7 +310,6 @@ impl TaskContext {
             unread_cleared: tokio::sync::Notify::new(),
             committed: Mutex::default(),
             source_times: Vec::new(),
-            unavailable: Mutex::new(None),
         }
     }
 
@@ -593,16 +587,6 @@ impl TaskContext {
 /// runs for every send and table call).
 pub(crate) fn with_current<T>(what: impl FnOnce() -> String, f: impl FnOnce(&Arc<TaskContext>) -> T) -> Result<T> {
     CONTEXT.try_with(f).map_err(|_| Error::NoAgentContext(what()))
-}
-
-/// A send of the current agent failed with `error` for want of something outside the
-/// record (see [`TaskContext::unavailable`]).
-pub(crate) fn note_unavailable(error: &str) {
-    let _ = with_current(String::new, |ctx| {
-        if let Ok(mut slot) = ctx.unavailable.lock() {
-            *slot = Some(error.to_string());
-        }
-    });
 }
 
 /// `Topic::send` from inside an agent.

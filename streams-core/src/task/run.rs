@@ -101,10 +101,10 @@ pub(crate) async fn run_partition(spec: Arc<TaskSpec>, core: StreamCore) {
             }
             Ok(Err(error)) => {
                 tracing::error!(task = spec.name, partition = ctx.partition, "task failed: {error}");
-                // A send that failed for want of the schema registry, returned as it was:
-                // the worker stops before the record (it is not at fault).
-                let unavailable = ctx.unavailable.lock().ok().and_then(|mut slot| slot.take());
-                if unavailable.is_some_and(|cause| error.contains(&cause)) {
+                // Something outside the record (the schema registry) was unavailable while
+                // the agent had it, whatever the agent made of that error: the worker stops
+                // before the record (it is not at fault).
+                if core.outage_since_begin() {
                     core.halt_current(&error);
                 } else {
                     core.fail_current(&error).await;
