@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use super::builder::{valid_name, NodeKind};
 use super::join::{forward_joined, row_at, StreamTableJoiner};
-use super::node::{at_time, change_failed, guarded, Cx, Fanout, Node, Outcome, TableSlot};
+use super::node::{at_time, change_failed_in, guarded, Cx, Fanout, Node, Outcome, TableSlot};
 use super::same_key::SameKey;
 use super::stream::{KStream, Keyed, PartitionedByKey};
 use super::versioned::{VersionedKTable, Versions};
@@ -150,7 +150,7 @@ where
                 self.join(cx, key, value, time)
             });
             if let Err(error) = joined {
-                super::node::change_failed_in(cx, self.buffer.0, key.to_vec(), held, time, &error);
+                change_failed_in(cx, self.buffer.0, key.to_vec(), held, time, &error);
             }
         }
         Ok(())

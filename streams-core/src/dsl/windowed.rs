@@ -28,7 +28,7 @@ use serde::Serialize;
 use super::buffer::{show_record_key, RecordBuffer};
 use super::builder::{Graph, NodeKind};
 use super::grouped::{read_value, write_value, KGroupedStream};
-use super::node::{at_time, change_failed, guarded, sink, Cx, Fanout, Node, Outcome, TableSlot, Tick};
+use super::node::{at_time, change_failed_in, guarded, sink, Cx, Fanout, Node, Outcome, TableSlot, Tick};
 use super::table::KTable;
 use crate::codec::{json, Key};
 use crate::spec::{KeyDisplay, TableSpec};
@@ -314,7 +314,7 @@ where
         let outcome =
             decoded.and_then(|(key, value)| at_time(cx, time, |cx| guarded(|| self.finals.push(cx, key, value))));
         if let Err(error) = outcome {
-            super::node::change_failed_in(cx, self.table, window_key.to_vec(), Some(stored), time, &error);
+            change_failed_in(cx, self.table, window_key.to_vec(), Some(stored), time, &error);
         }
     }
 

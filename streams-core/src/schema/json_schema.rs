@@ -54,7 +54,10 @@ fn own<V: JsonSchemaRecord + 'static>() -> Result<Arc<Own>, String> {
         let schema: serde_json::Value =
             serde_json::from_str(V::SCHEMA).map_err(|e| format!("the type's JSON Schema is not JSON: {e}"))?;
         let validator = jsonschema::validator_for(&schema).map_err(|e| format!("the type's JSON Schema: {e}"))?;
-        let title = schema.get("title").and_then(serde_json::Value::as_str).map(str::to_string);
+        let title = schema
+            .get("title")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string);
         Ok(Own {
             validator,
             registered: Registered {

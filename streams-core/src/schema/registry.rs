@@ -343,7 +343,9 @@ impl Registry {
             let mut url = reqwest::Url::parse(base)
                 .map_err(|e| Failure::Unavailable(format!("schema registry URL `{}`: {e}", redact(base))))?;
             url.path_segments_mut()
-                .map_err(|()| Failure::Unavailable(format!("schema registry URL `{}` cannot have a path", redact(base))))?
+                .map_err(|()| {
+                    Failure::Unavailable(format!("schema registry URL `{}` cannot have a path", redact(base)))
+                })?
                 .pop_if_empty()
                 .extend(path);
             let mut request = self
