@@ -52,7 +52,7 @@ pub struct ValueCodec<V> {
     /// with it directly, which lets the compiler inline it.
     own: bool,
     /// A codec in the schema registry's wire format (see [`crate::schema`]).
-    schema: Option<crate::schema::SchemaCodec<V>>,
+    schema: Option<SchemaCodec<V>>,
 }
 
 impl<V> Clone for ValueCodec<V> {
@@ -151,8 +151,8 @@ impl<V> ValueCodec<V> {
     /// finds or registers the schema ([`SubjectName::Topic`] by default). No effect on
     /// other codecs.
     ///
-    /// [`SubjectName::Topic`]: crate::schema::SubjectName::Topic
-    pub const fn subject_name(mut self, strategy: crate::schema::SubjectName) -> Self {
+    /// [`SubjectName::Topic`]: SubjectName::Topic
+    pub const fn subject_name(mut self, strategy: SubjectName) -> Self {
         if let Some(schema) = &mut self.schema {
             schema.subject = strategy;
         }
@@ -181,9 +181,9 @@ impl<V> ValueCodec<V> {
 
     /// A codec in the schema registry's wire format.
     #[cfg(feature = "schema-registry")]
-    const fn registry(
+    pub(crate) const fn registry(
         format: &'static str,
-        encode: fn(&V, &crate::schema::Placement<'_>) -> Result<Vec<u8>, EncodeError>,
+        encode: fn(&V, &Placement<'_>) -> Result<Vec<u8>, EncodeError>,
         decode: fn(&[u8]) -> Result<V, DecodeError>,
     ) -> Self {
         Self {
@@ -191,67 +191,14 @@ impl<V> ValueCodec<V> {
             encode: |_| Err(EncodeError::new("a schema registry codec encodes with its schema")),
             decode,
             own: false,
-            schema: Some(crate::schema::SchemaCodec {
+            schema: Some(SchemaCodec {
                 topic: "",
-                subject: crate::schema::SubjectName::Topic,
+                subject: SubjectName::Topic,
                 register: true,
                 encode,
                 decode,
             }),
         }
-    }
-}
-
-#[cfg(feature = "avro")]
-impl<V: apache_avro::AvroSchema + serde::Serialize + serde::de::DeserializeOwned + 'static> ValueCodec<V> {
-    /// Avro in the schema registry's wire format, with the type's schema (derived:
-    /// `#[record(avro)]`). A record written with another schema of the registry is resolved
-    /// against the type's (Avro's schema evolution); one that does not resolve goes to the
-    /// dead-letter topic. Needs the `avro` feature and a registry (see [`crate::schema`]).
-    ///
-    /// ```
-    /// use streams_core::prelude::*;
-    ///
-    /// #[record(avro)]
-    /// struct Hit { hits: i64, timestamp: f64, #[serde(rename = "userId")] user_id: String }
-    ///
-    /// const HITS: Topic<(), Hit> = Topic::new("hit_count_avro").values(ValueCodec::avro());
-    /// assert_eq!(HITS.spec().value_format, "avro");
-    /// ```
-    pub const fn avro() -> Self {
-        Self::registry(
-            "avro",
-            crate::schema::avro::encode::<V>,
-            crate::schema::avro::decode::<V>,
-        )
-    }
-}
-
-#[cfg(feature = "protobuf")]
-impl<V: crate::schema::ProtobufRecord + serde::Serialize + serde::de::DeserializeOwned + 'static> ValueCodec<V> {
-    /// Protobuf in the schema registry's wire format, with the message the type names
-    /// ([`crate::schema::ProtobufRecord`]); fields meet by name. Needs the `protobuf` feature
-    /// and a registry (see [`crate::schema`]).
-    pub const fn protobuf() -> Self {
-        Self::registry(
-            "protobuf",
-            crate::schema::protobuf::encode::<V>,
-            crate::schema::protobuf::decode::<V>,
-        )
-    }
-}
-
-#[cfg(feature = "json-schema")]
-impl<V: crate::schema::JsonSchemaRecord + serde::Serialize + serde::de::DeserializeOwned + 'static> ValueCodec<V> {
-    /// JSON checked against a JSON Schema ([`crate::schema::JsonSchemaRecord`]), in the schema
-    /// registry's wire format. Needs the `json-schema` feature and a registry (see
-    /// [`crate::schema`]).
-    pub const fn json_schema() -> Self {
-        Self::registry(
-            "json-schema",
-            crate::schema::json_schema::encode::<V>,
-            crate::schema::json_schema::decode::<V>,
-        )
     }
 }
 
@@ -264,6 +211,77 @@ impl<V: crate::Record> ValueCodec<V> {
         } else {
             (self.decode)(bytes)
         }
+    }
+}
+
+/// Under which subject a codec finds (or registers) its schema: Confluent's subject name
+/// strategies. Decoding does not need one (a record names its schema by id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SubjectName {
+    /// `{topic}-value` (or `{topic}-key`): Confluent's default, `TopicNameStrategy`.
+    Topic,
+    /// The record's full name (Avro's `namespace.name`, Protobuf's `package.Message`, JSON
+    /// Schema's `title`): `RecordNameStrategy`, for topics that carry several record types.
+    Record,
+    /// `{topic}-{record name}`: `TopicRecordNameStrategy`.
+    TopicRecord,
+}
+
+impl SubjectName {
+    /// The subject of a record named `record` on `topic`.
+    pub fn subject(self, topic: &str, record: &str, key: bool) -> String {
+        match self {
+            SubjectName::Topic => format!("{topic}-{}", if key { "key" } else { "value" }),
+            SubjectName::Record => record.to_string(),
+            SubjectName::TopicRecord => format!("{topic}-{record}"),
+        }
+    }
+}
+
+/// The part of a [`ValueCodec`] that works with a schema registry: its format
+/// and where its schema is registered.
+pub(crate) struct SchemaCodec<V> {
+    /// The topic the codec's records go to (set by [`crate::Topic::values`]).
+    pub(crate) topic: &'static str,
+    pub(crate) subject: SubjectName,
+    /// Whether sending registers the schema (Confluent's `auto.register.schemas`, on by
+    /// default); when off, the schema must be registered under its subject already.
+    pub(crate) register: bool,
+    pub(crate) encode: fn(&V, &Placement<'_>) -> Result<Vec<u8>, EncodeError>,
+    pub(crate) decode: fn(&[u8]) -> Result<V, DecodeError>,
+}
+
+impl<V> Clone for SchemaCodec<V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<V> Copy for SchemaCodec<V> {}
+
+/// Where an encoded record's schema goes: its topic, subject strategy, and whether it is a
+/// key.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "schema-registry"), allow(dead_code))]
+pub(crate) struct Placement<'a> {
+    /// The topic (empty for keys, whose type does not know its topic).
+    pub topic: &'a str,
+    /// The subject name strategy.
+    pub subject: SubjectName,
+    /// Whether the schema may be registered.
+    pub register: bool,
+    /// Whether the record is a key.
+    pub key: bool,
+}
+
+impl<V> SchemaCodec<V> {
+    pub(crate) fn encode(&self, value: &V) -> Result<Vec<u8>, EncodeError> {
+        let placement = Placement {
+            topic: self.topic,
+            subject: self.subject,
+            register: self.register,
+            key: false,
+        };
+        (self.encode)(value, &placement)
     }
 }
 

@@ -142,3 +142,23 @@ fn add_references(
     }
     Ok(())
 }
+
+impl<V: AvroSchema + serde::Serialize + serde::de::DeserializeOwned + 'static> crate::codec::ValueCodec<V> {
+    /// Avro in the schema registry's wire format, with the type's schema (derived:
+    /// `#[record(avro)]`). A record written with another schema of the registry is resolved
+    /// against the type's (Avro's schema evolution); one that does not resolve goes to the
+    /// dead-letter topic. Needs the `avro` feature and a registry (see [`crate::schema`]).
+    ///
+    /// ```
+    /// use streams_core::prelude::*;
+    ///
+    /// #[record(avro)]
+    /// struct Hit { hits: i64, timestamp: f64, #[serde(rename = "userId")] user_id: String }
+    ///
+    /// const HITS: Topic<(), Hit> = Topic::new("hit_count_avro").values(ValueCodec::avro());
+    /// assert_eq!(HITS.spec().value_format, "avro");
+    /// ```
+    pub const fn avro() -> Self {
+        Self::registry("avro", encode::<V>, decode::<V>)
+    }
+}

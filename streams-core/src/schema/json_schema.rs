@@ -128,3 +128,12 @@ fn writer_validator(id: u32, registered: &Registered) -> Result<jsonschema::Vali
     jsonschema::validator_for(&schema)
         .map_err(|e| Failure::Refused(format!("schema id {id} is not a JSON Schema: {e}")))
 }
+
+impl<V: JsonSchemaRecord + serde::Serialize + serde::de::DeserializeOwned + 'static> crate::codec::ValueCodec<V> {
+    /// JSON checked against a JSON Schema ([`JsonSchemaRecord`]), in the schema
+    /// registry's wire format. Needs the `json-schema` feature and a registry (see
+    /// [`crate::schema`]).
+    pub const fn json_schema() -> Self {
+        Self::registry("json-schema", encode::<V>, decode::<V>)
+    }
+}

@@ -17,7 +17,8 @@
 //! config file; [`RegistrySettings`] lists the other settings), or from
 //! [`RegistrySettings::install`] in programs of your own.
 
-use crate::{DecodeError, EncodeError};
+#[cfg(feature = "schema-registry")]
+use crate::EncodeError;
 
 #[cfg(feature = "avro")]
 pub(crate) mod avro;
@@ -47,75 +48,9 @@ pub use key::ProtobufKey;
 pub use protobuf::ProtobufRecord;
 pub use settings::RegistrySettings;
 
-/// Under which subject a codec finds (or registers) its schema: Confluent's subject name
-/// strategies. Decoding does not need one (a record names its schema by id).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SubjectName {
-    /// `{topic}-value` (or `{topic}-key`): Confluent's default, `TopicNameStrategy`.
-    Topic,
-    /// The record's full name (Avro's `namespace.name`, Protobuf's `package.Message`, JSON
-    /// Schema's `title`): `RecordNameStrategy`, for topics that carry several record types.
-    Record,
-    /// `{topic}-{record name}`: `TopicRecordNameStrategy`.
-    TopicRecord,
-}
-
-impl SubjectName {
-    /// The subject of a record named `record` on `topic`.
-    pub fn subject(self, topic: &str, record: &str, key: bool) -> String {
-        match self {
-            SubjectName::Topic => format!("{topic}-{}", if key { "key" } else { "value" }),
-            SubjectName::Record => record.to_string(),
-            SubjectName::TopicRecord => format!("{topic}-{record}"),
-        }
-    }
-}
-
-/// The part of a [`crate::codec::ValueCodec`] that works with a schema registry: its format
-/// and where its schema is registered.
-pub(crate) struct SchemaCodec<V> {
-    /// The topic the codec's records go to (set by [`crate::Topic::values`]).
-    pub(crate) topic: &'static str,
-    pub(crate) subject: SubjectName,
-    /// Whether sending registers the schema (Confluent's `auto.register.schemas`, on by
-    /// default); when off, the schema must be registered under its subject already.
-    pub(crate) register: bool,
-    pub(crate) encode: fn(&V, &Placement<'_>) -> Result<Vec<u8>, EncodeError>,
-    pub(crate) decode: fn(&[u8]) -> Result<V, DecodeError>,
-}
-
-impl<V> Clone for SchemaCodec<V> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<V> Copy for SchemaCodec<V> {}
-
-/// Where an encoded record's schema goes: its topic, subject strategy, and whether it is a
-/// key.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Placement<'a> {
-    /// The topic (empty for keys, whose type does not know its topic).
-    pub topic: &'a str,
-    /// The subject name strategy.
-    pub subject: SubjectName,
-    /// Whether the schema may be registered.
-    pub register: bool,
-    /// Whether the record is a key.
-    pub key: bool,
-}
-
-impl<V> SchemaCodec<V> {
-    pub(crate) fn encode(&self, value: &V) -> Result<Vec<u8>, EncodeError> {
-        let placement = Placement {
-            topic: self.topic,
-            subject: self.subject,
-            register: self.register,
-            key: false,
-        };
-        (self.encode)(value, &placement)
-    }
-}
+#[cfg(feature = "schema-registry")]
+pub(crate) use crate::codec::Placement;
+pub use crate::codec::SubjectName;
 
 /// What codecs made of their types' own schemas (parsed, compiled, registered form), made
 /// once per type and kind.

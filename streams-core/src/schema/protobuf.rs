@@ -237,3 +237,12 @@ fn message_at(file: &prost_reflect::FileDescriptor, indexes: &[i32]) -> Option<M
     }
     Some(message)
 }
+
+impl<V: ProtobufRecord + serde::Serialize + serde::de::DeserializeOwned + 'static> crate::codec::ValueCodec<V> {
+    /// Protobuf in the schema registry's wire format, with the message the type names
+    /// ([`ProtobufRecord`]); fields meet by name. Needs the `protobuf` feature
+    /// and a registry (see [`crate::schema`]).
+    pub const fn protobuf() -> Self {
+        Self::registry("protobuf", encode::<V>, decode::<V>)
+    }
+}
