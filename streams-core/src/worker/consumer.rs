@@ -21,7 +21,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use crate::message::{Keep, Message, Spent};
+use crate::message::{Keep, Message, RawMessage, Spent};
 use crate::metrics::Metrics;
 use crate::store::{RocksDbStore, StateMemory, StateStore};
 use crate::task::commit::{Cut, OffsetCommit, SourceOffset};
@@ -121,6 +121,9 @@ pub(crate) struct Shared {
     pub spent: Arc<Spent>,
     /// Standby copies of partitions other workers hold (`--standby-replicas`).
     pub standbys: Arc<super::standby::Standbys>,
+    /// Where the assigned partitions' records go, read a batch at a time by the poll
+    /// thread (opened once the consumer exists, closed before it is dropped).
+    pub records: super::fetch::Records,
 }
 
 impl Shared {
@@ -179,6 +182,7 @@ impl Shared {
             published: Mutex::new(std::time::Instant::now()),
             spent: Arc::default(),
             standbys,
+            records: super::fetch::Records::default(),
         })
     }
 
@@ -255,15 +259,22 @@ impl Shared {
     /// fetch (it counts as an outdated op, and `resume` still returns Ok), which would leave
     /// a restored partition paused for good. Resuming a partition that is not paused is a
     /// no-op there.
+    ///
+    /// Routes every held partition's records to the batch queue again, too (see
+    /// [`super::fetch::Records::forward`]).
     fn keep_resumed(&self, consumer: &BaseConsumer<WorkerContext>) {
         let mut list = TopicPartitionList::new();
+        let mut held = Vec::new();
         for ((_, partition), task) in self.running().iter() {
-            if task.restoring.is_none() {
-                for (topic, _) in &task.sources {
+            for (topic, _) in &task.sources {
+                held.push((topic.clone(), *partition));
+                if task.restoring.is_none() {
                     list.add_partition(topic, *partition);
                 }
             }
         }
+        let held: Vec<(&str, i32)> = held.iter().map(|(topic, partition)| (topic.as_str(), *partition)).collect();
+        self.records.forward(consumer.client(), &held);
         if list.count() > 0 {
             if let Err(error) = consumer.resume(&list) {
                 tracing::debug!("resuming processed partitions again: {error}");
@@ -298,19 +309,41 @@ impl Shared {
     /// `consumer` keeps the consumer alive while the record is (see [`Message::from_kafka`]).
     fn buffer(&self, message: BorrowedMessage<'_>, consumer: &Keep) {
         use rdkafka::message::Message as _;
-        let partition = message.partition();
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let index = match pending
-            .iter()
-            .position(|(t, p, _)| *p == partition && t == message.topic())
-        {
-            Some(index) => index,
-            None => {
-                pending.push((message.topic().to_string(), partition, Vec::new()));
-                pending.len() - 1
-            }
-        };
+        let index = batch_of(&mut pending, message.topic(), message.partition());
         pending[index].2.push(Message::from_kafka(message, consumer));
+    }
+
+    /// Keeps records taken in a batch until [`Shared::hand_over`], each in its partition's
+    /// batch, in order (leaving `taken` empty). Consumer errors among them are logged
+    /// (`last_error`: when one last was). Returns how many records there were.
+    fn buffer_taken(&self, taken: &mut Vec<RawMessage>, consumer: &Keep, last_error: &mut std::time::Instant) -> usize {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut records = 0;
+        let mut last: Option<usize> = None;
+        for message in taken.drain(..) {
+            if message.error().is_some() {
+                if last_error.elapsed() > Duration::from_secs(5) {
+                    tracing::warn!(
+                        "consumer: {} ({}[{}])",
+                        message.error_text(),
+                        message.topic(),
+                        message.partition()
+                    );
+                    *last_error = std::time::Instant::now();
+                }
+                continue;
+            }
+            records += 1;
+            // Records of a partition come in runs.
+            let index = match last {
+                Some(index) if pending[index].1 == message.partition() && pending[index].0 == message.topic() => index,
+                _ => batch_of(&mut pending, message.topic(), message.partition()),
+            };
+            last = Some(index);
+            pending[index].2.push(Message::from_batch(message, consumer));
+        }
+        records
     }
 
     /// Hands buffered records to their tasks, one batch per partition, in order, waiting
@@ -1046,6 +1079,17 @@ fn member_id(consumer: &BaseConsumer<WorkerContext>) -> Option<String> {
     }
 }
 
+/// The index of `topic[partition]`'s batch among the pending ones, added if missing.
+fn batch_of(pending: &mut Vec<(String, i32, Vec<Message>)>, topic: &str, partition: i32) -> usize {
+    match pending.iter().position(|(t, p, _)| *p == partition && t == topic) {
+        Some(index) => index,
+        None => {
+            pending.push((topic.to_string(), partition, Vec::new()));
+            pending.len() - 1
+        }
+    }
+}
+
 impl ConsumerContext for WorkerContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, list: &mut TopicPartitionList) {
         self.shared.hand_over();
@@ -1068,6 +1112,11 @@ impl ConsumerContext for WorkerContext {
                 // and a pause from here racing with that start can outdate it for good. (A
                 // pause outlives assignments there.)
                 let unpaused = pause_each(consumer, &restoring);
+                // Their records go to the batch queue: routed there before the assignment
+                // starts their fetch, so that none reaches the consumer queue first (see
+                // `worker/fetch.rs`).
+                let partitions: Vec<(&str, i32)> = list.elements().iter().map(|e| (e.topic(), e.partition())).collect();
+                self.shared.records.forward(consumer.client(), &partitions);
                 if let Err(error) = consumer.assign(list) {
                     // Its tasks would wait for records that never come.
                     self.shared
@@ -1301,6 +1350,24 @@ fn close_within<C: Send + Sync + 'static>(consumer: Arc<C>, spent: &Arc<Spent>, 
 /// done, the member id, lag): each wait costs a wake-up, most of an idle worker's CPU.
 const IDLE_WAIT: Duration = Duration::from_millis(250);
 
+/// The worker's batch queue, open while it lives.
+struct RecordsOpen<'a>(&'a super::fetch::Records);
+
+impl<'a> RecordsOpen<'a> {
+    fn new(records: &'a super::fetch::Records, consumer: &BaseConsumer<WorkerContext>) -> Self {
+        if !records.open(consumer.client()) {
+            tracing::warn!("librdkafka gave no queue for records; polling them one at a time");
+        }
+        Self(records)
+    }
+}
+
+impl Drop for RecordsOpen<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 pub(crate) fn poll_loop(
     consumer: &Arc<BaseConsumer<WorkerContext>>,
     shared: &Shared,
@@ -1315,6 +1382,12 @@ pub(crate) fn poll_loop(
     let mut lag_read = std::time::Instant::now();
     let mut waiting_logged = std::time::Instant::now();
     let keep: Keep = Arc::clone(consumer) as Keep;
+    // The batch queue lives while this loop runs (librdkafka's queues must be released
+    // before their client).
+    let _records = RecordsOpen::new(&shared.records, consumer);
+    // The consumer queue, to see whether it holds anything (`None`: poll it once a round).
+    let consumer_queue = super::fetch::Queue::consumer_of(consumer.client());
+    let mut batch = Vec::with_capacity(BURST);
     while !stop.load(Ordering::Relaxed) && !shared.metrics.failed() {
         if let Some(since) = shared.waiting_since() {
             if waiting_logged.elapsed() >= WAITING_LOG_EVERY {
@@ -1336,14 +1409,15 @@ pub(crate) fn poll_loop(
             membership_read = std::time::Instant::now();
             shared.metrics.set_member_id(member_id(consumer));
         }
+        // Rebalances, errors and commits come by the consumer queue (and a record, if one
+        // was fetched before its partition's records were routed to the batch queue).
         let mut taken = 0;
-        let mut wait = IDLE_WAIT;
-        // Take what librdkafka has ready (up to BURST records), then hand it over at once.
-        while taken < BURST {
-            match consumer.poll(wait) {
+        let mut served = 0;
+        while served < BURST && consumer_queue.as_ref().is_none_or(|queue| queue.len() > 0) {
+            served += 1;
+            match consumer.poll(Duration::ZERO) {
                 Some(Ok(message)) => {
                     taken += 1;
-                    wait = Duration::ZERO;
                     shared.buffer(message, &keep);
                 }
                 Some(Err(error)) => {
@@ -1351,9 +1425,22 @@ pub(crate) fn poll_loop(
                         tracing::warn!("consumer: {error}");
                         last_error = std::time::Instant::now();
                     }
-                    break;
                 }
-                None => break,
+                None if consumer_queue.is_none() => break,
+                None => {}
+            }
+        }
+        // The records: what is ready (up to BURST), else the first to come within the
+        // wait — which an event on the consumer queue ends early.
+        let wait = if taken > 0 { Duration::ZERO } else { IDLE_WAIT };
+        match shared.records.take_ready(wait, BURST, &mut batch) {
+            Some(_) => taken += shared.buffer_taken(&mut batch, &keep, &mut last_error),
+            // No batch queue (librdkafka gave none, or it is closed): records come by polls.
+            None => {
+                if let Some(Ok(message)) = consumer.poll(wait) {
+                    taken += 1;
+                    shared.buffer(message, &keep);
+                }
             }
         }
         shared.hand_over();

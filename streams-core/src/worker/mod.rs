@@ -5,6 +5,7 @@
 //! named after the app, and runs agents on the partitions it is assigned.
 
 pub(crate) mod consumer;
+mod fetch;
 mod global;
 pub(crate) mod producer;
 pub(crate) mod restore;
@@ -616,13 +617,17 @@ impl Worker {
                 );
             }
         }
-        let consumer: Arc<BaseConsumer<consumer::WorkerContext>> = Arc::new(
-            consumer_config
-                .create_with_context(consumer::WorkerContext {
-                    shared: Arc::clone(&shared),
-                })
-                .map_err(|e| Error::kafka("creating the consumer", e))?,
-        );
+        let mut consumer: BaseConsumer<consumer::WorkerContext> = consumer_config
+            .create_with_context(consumer::WorkerContext {
+                shared: Arc::clone(&shared),
+            })
+            .map_err(|e| Error::kafka("creating the consumer", e))?;
+        {
+            // A rebalance (or an error, a commit) ends the poll thread's wait for records.
+            let shared = Arc::clone(&shared);
+            consumer.set_nonempty_callback(move || shared.records.wake());
+        }
+        let consumer = Arc::new(consumer);
         let mut sources = shared.source_topics();
         sources.sort();
         let sources: Vec<&str> = sources.iter().map(String::as_str).collect();

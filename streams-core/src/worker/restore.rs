@@ -12,11 +12,13 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::fetch::Queue;
 use crate::changelog::{self, ChangelogReader, Restored};
+use crate::message::RawMessage;
 use crate::metrics::Metrics;
 use crate::store::StateStore;
 use crate::task::TaskContext;
@@ -458,8 +460,14 @@ impl Progress {
     }
 }
 
+/// Records a restore takes from its consumer at once, at most.
+const RESTORE_BATCH: usize = 1024;
+
 /// Reads changelog partitions into stores. One per worker; not a member of any group.
 pub(crate) struct Restorer {
+    /// `consumer`'s queue, read a batch at a time (`None`: the consumer is polled). Before
+    /// `consumer`: it is released first.
+    queue: Option<Queue>,
     /// Reads the changelogs, read committed.
     consumer: BaseConsumer,
     /// Asks for partitions' ends as a read_uncommitted reader sees them (the high
@@ -482,14 +490,18 @@ impl Restorer {
             // 64 MiB keeps several restore threads' buffers small (a user's setting stands).
             config.set("queued.max.messages.kbytes", "16384");
         }
-        let consumer = config
+        let consumer: BaseConsumer = config
             .create()
             .map_err(|e| Error::kafka("creating the restore consumer", e))?;
+        // It never joins its group (it assigns partitions), so no rebalance comes by its
+        // consumer queue, which is read in batches (see `worker/fetch.rs`).
+        let queue = Queue::consumer_of(consumer.client());
         config.set("isolation.level", "read_uncommitted");
         let ends = config
             .create()
             .map_err(|e| Error::kafka("creating the restore consumer", e))?;
         Ok(Self {
+            queue,
             consumer,
             ends,
             metrics,
@@ -609,6 +621,8 @@ impl Restorer {
             partition,
             cancel,
             first: None,
+            taken: std::collections::VecDeque::new(),
+            current: None,
         };
         let outcome = changelog::read_changelog(&mut log, store, committed, agreed, probe, on_record);
         self.consumer.unassign().map_err(|e| Error::kafka("restore", e))?;
@@ -653,6 +667,10 @@ struct KafkaLog<'a> {
     cancel: &'a AtomicBool,
     /// The record last polled (its data is lent to the restore).
     first: Option<rdkafka::message::BorrowedMessage<'a>>,
+    /// Records taken in a batch, not yet given to the restore.
+    taken: std::collections::VecDeque<RawMessage>,
+    /// The record of a batch last given (its data is lent to the restore).
+    current: Option<RawMessage>,
 }
 
 impl changelog::ChangelogLog for KafkaLog<'_> {
@@ -672,6 +690,19 @@ impl changelog::ChangelogLog for KafkaLog<'_> {
 
     fn fetch(&mut self, wait: Duration) -> Result<changelog::Fetched<'_>> {
         self.first = None;
+        self.current = None;
+        if let Some(queue) = &self.restorer.queue {
+            if self.taken.is_empty() {
+                let mut batch = Vec::new();
+                queue.take_ready(wait, RESTORE_BATCH, &mut batch);
+                self.taken.extend(batch);
+            }
+            let Some(message) = self.taken.pop_front() else {
+                // Every record taken was given: the consumer's position is what was read.
+                return Ok(self.position());
+            };
+            return Ok(self.batched(message));
+        }
         match self.restorer.consumer.poll(wait) {
             Some(Ok(message)) => {
                 let message = self.first.insert(message);
@@ -704,6 +735,39 @@ impl changelog::ChangelogLog for KafkaLog<'_> {
 }
 
 impl KafkaLog<'_> {
+    /// What a record (or consumer error) taken in a batch gives.
+    fn batched(&mut self, message: RawMessage) -> changelog::Fetched<'_> {
+        match message.error() {
+            // Its offset is where the fetch stood: every offset before it is read or skipped
+            // (records after it in the batch are not applied yet, so the consumer's position,
+            // which counts the whole batch, would say too much).
+            Some(RDKafkaErrorCode::PartitionEOF) => changelog::Fetched::At(message.offset()),
+            Some(_) => {
+                tracing::warn!("restore of {}[{}]: {}", self.topic, self.partition, message.error_text());
+                changelog::Fetched::Nothing
+            }
+            None if message.partition() != self.partition || message.topic() != self.topic => {
+                tracing::debug!(
+                    "restore of {}[{}]: a record of {}[{}] ignored",
+                    self.topic,
+                    self.partition,
+                    message.topic(),
+                    message.partition()
+                );
+                changelog::Fetched::Nothing
+            }
+            None => {
+                let message = self.current.insert(message);
+                changelog::Fetched::Record {
+                    offset: message.offset(),
+                    key: message.key(),
+                    value: message.payload(),
+                    headers: message.headers(),
+                }
+            }
+        }
+    }
+
     /// Where the consumer stands: every offset before it read or skipped.
     fn position(&self) -> changelog::Fetched<'static> {
         let position = self.restorer.consumer.position().ok().and_then(|list| {

@@ -5,9 +5,14 @@
 //! A record fetched from Kafka is not copied: the message keeps librdkafka's own (its key
 //! and payload stay in the fetch buffer) and parses its headers only if they are asked for —
 //! a copy and a header parse per record were most of the poll thread's cost (BENCHMARKS.md).
-//! The test driver's records own their bytes.
+//! The test driver's records own their bytes. Records taken a batch at a time are
+//! [`RawMessage`]s.
+
+mod raw;
 
 use std::sync::Arc;
+
+pub(crate) use raw::RawMessage;
 
 use rdkafka::message::{BorrowedMessage, Message as _, OwnedHeaders};
 
@@ -27,8 +32,10 @@ enum Body {
         has_payload: bool,
         headers: Option<OwnedHeaders>,
     },
-    /// A record as librdkafka fetched it.
+    /// A record as librdkafka fetched it, polled alone.
     Fetched(Fetched),
+    /// A record as librdkafka fetched it, taken in a batch.
+    Taken(Taken),
 }
 
 /// What keeps a fetched record's consumer alive (librdkafka's records must not outlive their
@@ -69,6 +76,13 @@ impl Spent {
 /// first.
 struct Fetched {
     message: BorrowedMessage<'static>,
+    _consumer: Keep,
+}
+
+/// A fetched record taken in a batch, and what keeps its consumer alive. Fields drop in
+/// order: the record first.
+struct Taken {
+    message: RawMessage,
     _consumer: Keep,
 }
 
@@ -116,9 +130,22 @@ impl Message {
         }
     }
 
+    /// Takes a record of a batch read over; `consumer` is (or keeps alive) the consumer
+    /// it was read from.
+    pub(crate) fn from_batch(message: RawMessage, consumer: &Keep) -> Self {
+        Self {
+            offset: message.offset(),
+            timestamp: message.timestamp(),
+            body: Body::Taken(Taken {
+                message,
+                _consumer: Arc::clone(consumer),
+            }),
+        }
+    }
+
     /// Whether the record is librdkafka's (see [`Spent`]).
     pub(crate) fn is_fetched(&self) -> bool {
-        matches!(self.body, Body::Fetched(_))
+        matches!(self.body, Body::Fetched(_) | Body::Taken(_))
     }
 
     /// Offset of the record in its partition.
@@ -136,6 +163,7 @@ impl Message {
         match &self.body {
             Body::Owned { bytes, key_len, .. } => key_len.map(|len| &bytes[..len]),
             Body::Fetched(fetched) => fetched.message.key(),
+            Body::Taken(taken) => taken.message.key(),
         }
     }
 
@@ -149,6 +177,7 @@ impl Message {
                 ..
             } => has_payload.then(|| &bytes[key_len.unwrap_or(0)..]),
             Body::Fetched(fetched) => fetched.message.payload(),
+            Body::Taken(taken) => taken.message.payload(),
         }
     }
 
@@ -164,6 +193,12 @@ impl Message {
         match &self.body {
             Body::Owned { headers, .. } => headers.as_ref().map(pairs).unwrap_or_default(),
             Body::Fetched(fetched) => fetched.message.headers().map(pairs).unwrap_or_default(),
+            Body::Taken(taken) => taken
+                .message
+                .headers_lossy()
+                .into_iter()
+                .map(|(key, value)| (key.into_owned(), value.to_vec()))
+                .collect(),
         }
     }
 }
