@@ -273,7 +273,10 @@ impl Shared {
                 }
             }
         }
-        let held: Vec<(&str, i32)> = held.iter().map(|(topic, partition)| (topic.as_str(), *partition)).collect();
+        let held: Vec<(&str, i32)> = held
+            .iter()
+            .map(|(topic, partition)| (topic.as_str(), *partition))
+            .collect();
         self.records.forward(consumer.client(), &held);
         if list.count() > 0 {
             if let Err(error) = consumer.resume(&list) {
@@ -1115,7 +1118,8 @@ impl ConsumerContext for WorkerContext {
                 // Their records go to the batch queue: routed there before the assignment
                 // starts their fetch, so that none reaches the consumer queue first (see
                 // `worker/fetch.rs`).
-                let partitions: Vec<(&str, i32)> = list.elements().iter().map(|e| (e.topic(), e.partition())).collect();
+                let elements = list.elements();
+                let partitions: Vec<(&str, i32)> = elements.iter().map(|e| (e.topic(), e.partition())).collect();
                 self.shared.records.forward(consumer.client(), &partitions);
                 if let Err(error) = consumer.assign(list) {
                     // Its tasks would wait for records that never come.

@@ -224,7 +224,8 @@ mod tests {
 
     fn assign(consumer: &BaseConsumer, topic: &str, offset: i64) {
         let mut list = TopicPartitionList::new();
-        list.add_partition_offset(topic, 0, Offset::Offset(offset)).expect("list");
+        list.add_partition_offset(topic, 0, Offset::Offset(offset))
+            .expect("list");
         consumer.assign(&list).expect("assign");
     }
 
@@ -260,7 +261,12 @@ mod tests {
             &|last| last.error().is_some(),
         );
         let (end, records) = all.split_last().expect("something taken");
-        assert_eq!(end.error(), Some(RDKafkaErrorCode::PartitionEOF), "{}", end.error_text());
+        assert_eq!(
+            end.error(),
+            Some(RDKafkaErrorCode::PartitionEOF),
+            "{}",
+            end.error_text()
+        );
         assert_eq!(end.offset(), RECORDS, "the end's offset is where the fetch stands");
         assert_eq!(records.len() as i64, RECORDS);
         for (n, record) in records.iter().enumerate() {
@@ -317,7 +323,10 @@ mod tests {
         assign(&consumer, "again", 0);
         let (first, _) = take_until(&take, Duration::from_secs(30), &last);
         assert_eq!(first.len() as i64, RECORDS, "every record, by the batch queue");
-        assert!(consumer.poll(Duration::from_millis(500)).is_none(), "none by the consumer queue");
+        assert!(
+            consumer.poll(Duration::from_millis(500)).is_none(),
+            "none by the consumer queue"
+        );
 
         consumer.unassign().expect("unassign");
         std::thread::sleep(Duration::from_millis(500));
@@ -331,7 +340,11 @@ mod tests {
         records.forward(consumer.client(), &[("again", 0)]);
         let (second, _) = take_until(&take, Duration::from_secs(30), &last);
         let offsets: Vec<i64> = second.iter().map(RawMessage::offset).collect();
-        assert_eq!(offsets, (100..RECORDS).collect::<Vec<_>>(), "in order, from the new start");
+        assert_eq!(
+            offsets,
+            (100..RECORDS).collect::<Vec<_>>(),
+            "in order, from the new start"
+        );
         records.close();
     }
 }

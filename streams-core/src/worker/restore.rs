@@ -743,7 +743,12 @@ impl KafkaLog<'_> {
             // which counts the whole batch, would say too much).
             Some(RDKafkaErrorCode::PartitionEOF) => changelog::Fetched::At(message.offset()),
             Some(_) => {
-                tracing::warn!("restore of {}[{}]: {}", self.topic, self.partition, message.error_text());
+                tracing::warn!(
+                    "restore of {}[{}]: {}",
+                    self.topic,
+                    self.partition,
+                    message.error_text()
+                );
                 changelog::Fetched::Nothing
             }
             None if message.partition() != self.partition || message.topic() != self.topic => {
