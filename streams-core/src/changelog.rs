@@ -777,7 +777,7 @@ mod tests {
             seed ^= seed >> 7;
             seed ^= seed << 17;
             let key = format!("k{}", seed % 23).into_bytes();
-            let value = (seed % 5 != 0).then(|| offset.to_string().into_bytes());
+            let value = (!seed.is_multiple_of(5)).then(|| offset.to_string().into_bytes());
             apply
                 .record(offset, Some(&key), value.as_deref(), std::iter::empty())
                 .unwrap();

@@ -1424,12 +1424,11 @@ pub(crate) fn poll_loop(
                     taken += 1;
                     shared.buffer(message, &keep);
                 }
-                Some(Err(error)) => {
-                    if last_error.elapsed() > Duration::from_secs(5) {
-                        tracing::warn!("consumer: {error}");
-                        last_error = std::time::Instant::now();
-                    }
+                Some(Err(error)) if last_error.elapsed() > Duration::from_secs(5) => {
+                    tracing::warn!("consumer: {error}");
+                    last_error = std::time::Instant::now();
                 }
+                Some(Err(_)) => {}
                 None if consumer_queue.is_none() => break,
                 None => {}
             }
