@@ -1433,13 +1433,16 @@ pub(crate) fn poll_loop(
                 None => {}
             }
         }
+        // Records left there come before the batch queue's (later ones): those wait.
+        let drained = served < BURST || consumer_queue.as_ref().is_some_and(|queue| queue.len() == 0);
         // The records: what is ready (up to BURST), else the first to come within the
         // wait — which an event on the consumer queue ends early.
         let wait = if taken > 0 { Duration::ZERO } else { IDLE_WAIT };
-        match shared.records.take_ready(wait, BURST, &mut batch) {
-            Some(_) => taken += shared.buffer_taken(&mut batch, &keep, &mut last_error),
+        match drained.then(|| shared.records.take_ready(wait, BURST, &mut batch)) {
+            Some(Some(_)) => taken += shared.buffer_taken(&mut batch, &keep, &mut last_error),
+            None => {}
             // No batch queue (librdkafka gave none, or it is closed): records come by polls.
-            None => {
+            Some(None) => {
                 if let Some(Ok(message)) = consumer.poll(wait) {
                     taken += 1;
                     shared.buffer(message, &keep);

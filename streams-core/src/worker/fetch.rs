@@ -50,25 +50,30 @@ impl Queue {
     /// wait ends early when [`Queue::wake`] is called. Returns how many were taken.
     pub(crate) fn take(&self, wait: Duration, max: usize, into: &mut Vec<RawMessage>) -> usize {
         let max = max.max(1);
-        let mut pointers: Vec<*mut rd::rd_kafka_message_t> = vec![std::ptr::null_mut(); max];
+        let mut pointers: Vec<*mut rd::rd_kafka_message_t> = Vec::with_capacity(max);
         let wait_ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
         // SAFETY: a live queue and room for `max` pointers.
         let taken = unsafe { rd::rd_kafka_consume_batch_queue(self.0.as_ptr(), wait_ms, pointers.as_mut_ptr(), max) };
         // A negative count is an error (the queue is not a consumer's): nothing was taken.
         let taken = usize::try_from(taken).unwrap_or(0).min(max);
-        into.extend(pointers[..taken].iter().filter_map(|&message| {
+        // SAFETY: the batch read wrote the first `taken` pointers.
+        unsafe { pointers.set_len(taken) };
+        into.extend(pointers.iter().filter_map(|&message| {
             // SAFETY: the batch read handed these over to us, each once.
             unsafe { RawMessage::from_ptr(message) }
         }));
         taken
     }
 
-    /// Like [`Queue::take`], but returns as soon as one record is there: first whatever is
-    /// ready (up to `max`), else waits up to `wait` for one.
+    /// Like [`Queue::take`], but returns as soon as one record is there: waits up to
+    /// `wait` for one, then takes whatever else is ready (up to `max` in all). The wait
+    /// comes first: a [`Queue::wake`] since the last call ends it at once (a read that
+    /// finds the queue empty clears the wake, even one that does not wait).
     pub(crate) fn take_ready(&self, wait: Duration, max: usize, into: &mut Vec<RawMessage>) -> usize {
-        match self.take(Duration::ZERO, max, into) {
-            0 if !wait.is_zero() => self.take(wait, 1, into),
-            taken => taken,
+        match self.take(wait, 1, into) {
+            0 => 0,
+            first if max > 1 => first + self.take(Duration::ZERO, max - 1, into),
+            first => first,
         }
     }
 
@@ -302,6 +307,27 @@ mod tests {
         waker.join().expect("waker");
         records.close();
         assert_eq!(records.take_ready(Duration::ZERO, 16, &mut Vec::new()), None, "closed");
+    }
+
+    /// A wake that comes before the wait (an event on the consumer queue just after the
+    /// poll thread looked there) still ends it at once.
+    #[test]
+    fn a_wake_before_the_wait_ends_it() {
+        let broker = EmbeddedBroker::start().expect("broker");
+        let consumer = consumer(&broker, false);
+        let records = Records::default();
+        assert!(records.open(consumer.client()));
+        records.wake();
+        let began = Instant::now();
+        assert_eq!(
+            records.take_ready(Duration::from_secs(20), 16, &mut Vec::new()),
+            Some(0)
+        );
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "the wake was kept for the wait"
+        );
+        records.close();
     }
 
     /// librdkafka ends a partition's forward when it stops the partition's fetch (an

@@ -623,6 +623,7 @@ impl Restorer {
             first: None,
             taken: std::collections::VecDeque::new(),
             current: None,
+            read_to: ReadTo::default(),
         };
         let outcome = changelog::read_changelog(&mut log, store, committed, agreed, probe, on_record);
         self.consumer.unassign().map_err(|e| Error::kafka("restore", e))?;
@@ -671,6 +672,36 @@ struct KafkaLog<'a> {
     taken: std::collections::VecDeque<RawMessage>,
     /// The record of a batch last given (its data is lent to the restore).
     current: Option<RawMessage>,
+    /// How far the batches given so far reach.
+    read_to: ReadTo,
+}
+
+/// How far a partition was read through batches: every offset before it was given to the
+/// restore or skipped by the fetch. The consumer's position cannot say it: a batch read
+/// moves the position past every message of the batch, a partition's end (or an error) at
+/// offset X included, to X + 1 — one past a record not read yet when the end was the
+/// last stable offset, with a transaction's last record at X still waiting for its marker.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct ReadTo(Option<i64>);
+
+impl ReadTo {
+    /// A record at `offset` was given.
+    fn record(&mut self, offset: i64) {
+        self.0 = Some(self.0.map_or(offset + 1, |to| to.max(offset + 1)));
+    }
+
+    /// The fetch reached the partition's end (its last stable offset) at `offset`.
+    fn end(&mut self, offset: i64) {
+        self.0 = Some(self.0.map_or(offset, |to| to.max(offset)));
+    }
+
+    /// What the restore is told when no record is there.
+    fn fetched(self) -> changelog::Fetched<'static> {
+        match self.0 {
+            Some(to) => changelog::Fetched::At(to),
+            None => changelog::Fetched::Nothing,
+        }
+    }
 }
 
 impl changelog::ChangelogLog for KafkaLog<'_> {
@@ -698,8 +729,7 @@ impl changelog::ChangelogLog for KafkaLog<'_> {
                 self.taken.extend(batch);
             }
             let Some(message) = self.taken.pop_front() else {
-                // Every record taken was given: the consumer's position is what was read.
-                return Ok(self.position());
+                return Ok(self.read_to.fetched());
             };
             return Ok(self.batched(message));
         }
@@ -741,7 +771,10 @@ impl KafkaLog<'_> {
             // Its offset is where the fetch stood: every offset before it is read or skipped
             // (records after it in the batch are not applied yet, so the consumer's position,
             // which counts the whole batch, would say too much).
-            Some(RDKafkaErrorCode::PartitionEOF) => changelog::Fetched::At(message.offset()),
+            Some(RDKafkaErrorCode::PartitionEOF) => {
+                self.read_to.end(message.offset());
+                changelog::Fetched::At(message.offset())
+            }
             Some(_) => {
                 tracing::warn!(
                     "restore of {}[{}]: {}",
@@ -762,6 +795,7 @@ impl KafkaLog<'_> {
                 changelog::Fetched::Nothing
             }
             None => {
+                self.read_to.record(message.offset());
                 let message = self.current.insert(message);
                 changelog::Fetched::Record {
                     offset: message.offset(),
@@ -797,6 +831,28 @@ mod tests {
     use std::time::Duration;
 
     use super::{pool, Handoff};
+
+    /// A batch's end message moves the consumer's position one past the end's offset;
+    /// the restore is told only what it was given.
+    #[test]
+    fn a_restore_reads_to_what_its_batches_gave() {
+        use super::ReadTo;
+        use crate::changelog::Fetched;
+        let mut read = ReadTo::default();
+        assert!(matches!(read.fetched(), Fetched::Nothing), "nothing known yet");
+        read.record(7);
+        assert!(matches!(read.fetched(), Fetched::At(8)));
+        // The end at the last stable offset 9: offset 8 was an aborted record or a marker.
+        read.end(9);
+        assert!(
+            matches!(read.fetched(), Fetched::At(9)),
+            "not 10: offset 9 is not read yet"
+        );
+        read.record(9);
+        assert!(matches!(read.fetched(), Fetched::At(10)));
+        read.end(4);
+        assert!(matches!(read.fetched(), Fetched::At(10)), "never back");
+    }
 
     /// Jobs run side by side, one per thread: three jobs that each wait for the other two
     /// finish only on three threads at once.
