@@ -771,10 +771,14 @@ impl KafkaLog<'_> {
             // Its offset is where the fetch stood: every offset before it is read or skipped
             // (records after it in the batch are not applied yet, so the consumer's position,
             // which counts the whole batch, would say too much).
-            Some(RDKafkaErrorCode::PartitionEOF) => {
+            Some(RDKafkaErrorCode::PartitionEOF)
+                if message.partition() == self.partition && message.topic() == self.topic =>
+            {
                 self.read_to.end(message.offset());
                 changelog::Fetched::At(message.offset())
             }
+            // Another partition's end (one read before; dropped as outdated by librdkafka).
+            Some(RDKafkaErrorCode::PartitionEOF) => changelog::Fetched::Nothing,
             Some(_) => {
                 tracing::warn!(
                     "restore of {}[{}]: {}",
