@@ -333,21 +333,56 @@ pub(crate) fn start_offsets(committed: &Committed, stores: &[Checkpoint], foreig
         .collect()
 }
 
-/// The next offset the stores reflect in `topic`: one past the least of their positions (a
-/// crash between the writes of two stores of one cut leaves one behind, and the state is
-/// only as far as its least part).
+/// The next offset the stores reflect in `topic`: one past the least of their positions. A
+/// store without a position there while another has one reflects none of that input (the
+/// first cut that reached it was cut short by a crash before its write, or the table is
+/// new). `None` when no store has a position. Stores at different positions past the
+/// commit are rebuilt rather than started from here ([`stores_split`]).
 fn store_position(topic: &str, stores: &[Checkpoint]) -> Option<i64> {
-    stores.iter().filter_map(|c| c.source(topic)).min().map(|o| o + 1)
+    if stores.iter().all(|c| c.source(topic).is_none()) {
+        return None;
+    }
+    stores
+        .iter()
+        .map(|c| c.source(topic).unwrap_or(-1))
+        .min()
+        .map(|o| o + 1)
 }
 
-/// Whether stores that took another owner's changes must be rebuilt: they hold their own
-/// effects of input past the group's commit, which the partition processes again from the
-/// committed offset. Their changelog holds those effects as changes of uncommitted input, so
-/// a restore from the beginning leaves them out.
+/// Whether stores that took another owner's changes must be rebuilt: some store holds its
+/// own effects of input past the group's commit, which the partition processes again from
+/// the committed offset. Their changelog holds those effects as changes of uncommitted
+/// input, so a restore from the beginning leaves them out.
 pub(crate) fn must_rebuild(committed: &Committed, stores: &[Checkpoint]) -> bool {
-    committed
-        .iter()
-        .any(|(topic, committed)| store_position(topic, stores).is_some_and(|store| store > *committed))
+    committed.iter().any(|(topic, committed)| {
+        stores
+            .iter()
+            .filter_map(|c| c.source(topic))
+            .any(|position| position >= *committed)
+    })
+}
+
+/// Whether the stores, as they are, reflect different input past where the task would
+/// start: one cut writes its stores one after another, and a worker killed between two of
+/// those writes leaves some stores with the cut's positions and the others with the cut
+/// before's. The task would start after the lesser ([`start_offsets`]) and process the
+/// cut's input again on top of the stores that already hold its effects — counting it
+/// twice there. Such stores are rebuilt from their changelogs instead, which leaves out the
+/// cut's changes (their input is not committed), and the task starts at the committed
+/// offset.
+///
+/// Positions that differ only before the committed offset are no split. A store behind the
+/// commit has its changes up to the commit in its changelog, and the restore applies them
+/// (starting the task at the committed offset); a store whose changelog holds nothing after
+/// its position simply had no changes there.
+pub(crate) fn stores_split(committed: &Committed, stores: &[Checkpoint]) -> bool {
+    let starts = start_offsets(committed, stores, false);
+    starts.iter().any(|(topic, start)| {
+        stores
+            .iter()
+            .filter_map(|c| c.source(topic))
+            .any(|position| position >= *start)
+    })
 }
 
 /// The source positions a store holds once it agrees with the committed input (written by
@@ -524,8 +559,8 @@ pub(crate) fn restore_task(
         .map(|(store, _)| store.checkpoint())
         .collect::<Result<Vec<_>>>()?;
     let agreed = committed_positions(committed);
-    // Stores ahead of the commit are only probed first: another owner's changes are not
-    // applied on top of their own later effects (they are rebuilt instead).
+    // Stores ahead of the commit (any of them) are only probed first: another owner's
+    // changes are not applied on top of their own later effects (they are rebuilt instead).
     let ahead = must_rebuild(committed, &checkpoints);
     let restore_all = |probe: bool| -> Result<Option<Vec<Restored>>> {
         let mut all = Vec::with_capacity(stores.len());
@@ -548,7 +583,15 @@ pub(crate) fn restore_task(
     };
     let foreign = restored.iter().any(|r| r.applied > 0 || r.found_foreign);
     let mut applied: u64 = restored.iter().map(|r| r.applied).sum();
-    let rebuilt = foreign && ahead;
+    // Stores that took nothing from their changelogs keep their own states; when a crash
+    // came between the writes of one cut's stores, those reflect different inputs, and no
+    // start agrees with all of them (see [`stores_split`]).
+    // Both cases need a store ahead of the commit (a split store is at or past the start,
+    // which is at or past the commit). Under exactly-once no store is ahead, except when the
+    // group's offsets are gone and the low watermark stands in for them: then a split is
+    // rebuilt too, and input from there is processed again (as Kafka Streams does when its
+    // offsets are reset).
+    let rebuilt = ahead && (foreign || stores_split(committed, &checkpoints));
     if rebuilt {
         for (store, _) in stores {
             store.clear()?;
@@ -559,6 +602,8 @@ pub(crate) fn restore_task(
         };
         applied += restored.iter().map(|r| r.applied).sum::<u64>();
     }
+    // Rebuilt or with another owner's changes, the state agrees with the committed input.
+    let foreign = foreign || rebuilt;
     let starts = start_offsets(committed, &checkpoints, foreign);
     let stream_time = if foreign {
         restored.iter().filter_map(|r| r.stream_time).max()
@@ -798,6 +843,58 @@ mod tests {
         assert_eq!(store.checkpoint().unwrap().changelog_offset, Some(records - 1));
     }
 
+    /// A worker killed between the writes of one cut's two stores: the first holds the
+    /// cut's effects, the second the cut before's. Starting after the lesser position would
+    /// count the cut's input twice in the first; both are rebuilt from their changelogs
+    /// (without the cut's changes, whose input is not committed) and the task starts at the
+    /// committed offset. The smoke test found this (a count per user above the truth).
+    #[test]
+    fn stores_split_by_a_crash_between_their_writes_are_rebuilt() {
+        use crate::store::MemoryStore;
+        let at = |changelog_offset: i64, source: i64| Checkpoint {
+            changelog_offset: Some(changelog_offset),
+            sources: Some(vec![("a".into(), source)]),
+            stream_time: None,
+            clocks: Vec::new(),
+        };
+        // The changelogs (both alike here): k = 4 from input up to 900, k = 5 from the cut
+        // up to 999.
+        let log = || Log {
+            records: vec![(b"k".to_vec(), b"4".to_vec(), 900), (b"k".to_vec(), b"5".to_vec(), 999)],
+            calls: std::cell::Cell::new(0),
+            cancel_after: 9,
+        };
+        // Committed right after the cut before (901), or further back (801: the stores are
+        // then ahead of the commit, and probed first).
+        for (committed_at, value) in [(901, Some(b"4".to_vec())), (801, None)] {
+            let written: Arc<dyn StateStore> = Arc::new(MemoryStore::default());
+            written
+                .write(&[(b"k".to_vec(), Some(b"5".to_vec()))], &at(1, 999))
+                .unwrap();
+            let behind: Arc<dyn StateStore> = Arc::new(MemoryStore::default());
+            behind
+                .write(&[(b"k".to_vec(), Some(b"4".to_vec()))], &at(0, 900))
+                .unwrap();
+            let committed = vec![("a".to_string(), committed_at)];
+            let stores = vec![
+                (Arc::clone(&written), Arc::<str>::from("written")),
+                (Arc::clone(&behind), Arc::<str>::from("behind")),
+            ];
+            let restoration = restore_task(&log(), &stores, 0, &committed).unwrap().unwrap();
+            assert_eq!(
+                restoration.starts,
+                vec![("a".into(), committed_at)],
+                "committed {committed_at}"
+            );
+            assert!(restoration.rebuilt, "committed {committed_at}");
+            // Both agree with the input before the start.
+            assert_eq!(written.get(b"k").unwrap(), value, "committed {committed_at}");
+            assert_eq!(behind.get(b"k").unwrap(), value, "committed {committed_at}");
+            // The cut's change was skipped: its key is written again at the first cut.
+            assert_eq!(restoration.restate[0], vec![(b"k".to_vec(), value.clone())]);
+        }
+    }
+
     #[test]
     fn the_start_agrees_with_the_restored_state() {
         let committed = vec![("a".to_string(), 801)];
@@ -812,9 +909,34 @@ mod tests {
         let behind = [checkpoint(&[("a", 10)])];
         assert_eq!(start_offsets(&committed, &behind, false), vec![("a".into(), 801)]);
         assert!(!must_rebuild(&committed, &behind));
-        // Two stores, one left behind by a crash between their writes: the lesser.
+        // Two stores, one left behind by a crash between their writes: no start agrees with
+        // both (the restore rebuilds them).
         let stores = [checkpoint(&[("a", 999)]), checkpoint(&[("a", 900)])];
-        assert_eq!(start_offsets(&committed, &stores, false), vec![("a".into(), 901)]);
+        assert!(stores_split(&committed, &stores));
+        assert!(!stores_split(&committed, &ahead));
+        // Apart only before the committed offset: they agree from there on.
+        let apart = [checkpoint(&[("a", 700)]), checkpoint(&[("a", 10)])];
+        assert!(!stores_split(&committed, &apart));
+        assert_eq!(start_offsets(&committed, &apart, false), vec![("a".into(), 801)]);
+        let one_at_the_commit = [checkpoint(&[("a", 800)]), checkpoint(&[("a", 10)])];
+        assert!(!stores_split(&committed, &one_at_the_commit));
+        let one_past = [checkpoint(&[("a", 801)]), checkpoint(&[("a", 10)])];
+        assert!(stores_split(&committed, &one_past));
+        assert!(must_rebuild(&committed, &one_past), "one store ahead is enough");
+        // A store without a position reflects none of the input (the first cut that reached
+        // it was cut short): the task cannot start after the other's.
+        let first_cut_short = [checkpoint(&[("a", 900)]), checkpoint(&[])];
+        assert_eq!(
+            start_offsets(&committed, &first_cut_short, false),
+            vec![("a".into(), 801)]
+        );
+        assert!(stores_split(&committed, &first_cut_short));
+        let nothing_committed = vec![("a".to_string(), 0)];
+        assert_eq!(
+            start_offsets(&nothing_committed, &first_cut_short, false),
+            vec![("a".into(), 0)]
+        );
+        assert!(stores_split(&nothing_committed, &first_cut_short));
         // No position (an empty store): the committed offset.
         assert_eq!(start_offsets(&committed, &[], false), vec![("a".into(), 801)]);
         assert_eq!(committed_positions(&committed), vec![("a".into(), 800)]);

@@ -262,8 +262,9 @@ fn restore(
     metrics.restored.fetch_add(restoration.applied, Ordering::Relaxed);
     if restoration.rebuilt {
         tracing::info!(
-            "{}[{}]: the changelog held changes another worker made after this worker's checkpoint, \
-             which was ahead of the group's commit; rebuilt the stores and starting at the committed offsets",
+            "{}[{}]: the stores were ahead of the group's commit and cannot resume there (another worker's \
+             changes came after them, or a crash between one commit's store writes left them at different \
+             positions); rebuilt them from their changelogs, starting at the committed offsets",
             job.topic,
             job.partition
         );
