@@ -1047,6 +1047,80 @@ impl TestDriver {
         self.replace_task(index, owner).await
     }
 
+    /// Moves `topic[partition]` to the worker `owner` as if its owner was killed while
+    /// writing a cut's stores (at-least-once). A worker writes each of a task's stores on
+    /// its own, one after another (in the order the pipeline declares its tables), after the
+    /// cut's changelog records and outputs are acknowledged and before the input offsets are
+    /// committed. Here the partition's task cuts what it processed, the first
+    /// `stores_written` of its stores are written, and the worker dies there: the other
+    /// stores keep the cut before, and the offsets are not committed (with `stores_written`
+    /// at or above the number of stores, every store is written and only the commit is
+    /// lost). If a cut of the task was already waiting to be written, that one is torn
+    /// instead. Then as [`crash_partition`](Self::crash_partition).
+    ///
+    /// A task that has ended has no cut to tear: it crashes as with `crash_partition`.
+    /// Errors under exactly-once (whose stores are written after the transaction commits,
+    /// so a tear there is not this one), and when no cut of the task was written within the
+    /// finish timeout (the kill did not happen; nothing is crashed).
+    ///
+    /// ```
+    /// # use streams_core::prelude::*;
+    /// # use streams_core::testing::TestDriver;
+    /// const CLICKS: Topic<String, i64> = Topic::new("clicks").partitions(1);
+    /// const COUNTS: Table<String, i64> = Table::new("counts");
+    /// const SUMS: Table<String, i64> = Table::new("sums");
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> streams_core::Result<()> {
+    /// let app = App::new("clicks").pipeline("clicks", |builder| {
+    ///     let clicks = builder.stream(CLICKS);
+    ///     clicks.clone().group_by_key().count(COUNTS);
+    ///     clicks.group_by_key().reduce(SUMS, |a, b| a + b);
+    /// });
+    /// let mut driver = TestDriver::new(app)?;
+    /// driver.pipe(&CLICKS, &"ann".to_string(), &1)?;
+    /// driver.run().await?;
+    /// driver.pipe(&CLICKS, &"ann".to_string(), &2)?;
+    /// driver.process().await?;
+    /// // Killed with `counts` written and `sums` not, and started again on the same stores:
+    /// // the click counts once all the same.
+    /// driver.crash_partition_while_writing("clicks", 0, "worker-1", 1).await?;
+    /// driver.run().await?;
+    /// assert_eq!(driver.table(&COUNTS)?["ann"], 2);
+    /// assert_eq!(driver.table(&SUMS)?["ann"], 3);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn crash_partition_while_writing(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        owner: &str,
+        stores_written: usize,
+    ) -> Result<()> {
+        if self.rounds.is_some() {
+            return Err(Error::Config(
+                "test driver: crash_partition_while_writing is for at-least-once (exactly-once writes stores after its transaction commits)".into(),
+            ));
+        }
+        let index = self.task_index(topic, partition)?;
+        let written = std::sync::Arc::clone(&self.tasks[index].ctx.written);
+        written.kill_during_next_write(stores_written);
+        let (ack, acked) = std::sync::mpsc::channel();
+        if self.tasks[index].tx.send(Input::Flush(ack)).await.is_err() {
+            // The task has ended: it has no cut left to tear.
+            written.cancel_kill();
+            return self.crash_partition(topic, partition, owner).await;
+        }
+        let timeout = self.finish_timeout;
+        let _ = tokio::task::spawn_blocking(move || acked.recv_timeout(timeout)).await;
+        if written.cancel_kill() {
+            return Err(Error::Config(format!(
+                "test driver: no cut of {topic}[{partition}] was written within the finish timeout; nothing crashed"
+            )));
+        }
+        self.crash_partition(topic, partition, owner).await
+    }
+
     /// Exactly-once: the next `count` commits time out, as when the broker does not answer
     /// in time — having committed (`committed`) or not. Either way the worker cannot know:
     /// it makes its transactional producer anew and starts its partitions again from what the

@@ -78,6 +78,9 @@ pub(crate) struct Written {
     changed: tokio::sync::Notify,
     /// Held while the committer writes a cut of the task; `true` once the task is dropped.
     closed: std::sync::Mutex<bool>,
+    /// The test driver's kill in the middle of a cut's store writes: one more than how many
+    /// of the next cut's stores are written before the worker dies (0: no kill).
+    kill_after: std::sync::atomic::AtomicUsize,
 }
 
 impl Written {
@@ -86,6 +89,20 @@ impl Written {
     pub(crate) fn close(&self) {
         *self.closed.lock().unwrap_or_else(|p| p.into_inner()) = true;
         self.fail();
+    }
+
+    /// The test driver: the worker dies while writing the task's next cut, once `stores`
+    /// of its stores are written (each a write of its own, as on a worker) and before
+    /// anything else of the task — no other store, no offset commit. The task is dropped
+    /// (closed) there.
+    pub(crate) fn kill_during_next_write(&self, stores: usize) {
+        self.kill_after.store(stores.saturating_add(1), Ordering::Release);
+    }
+
+    /// Calls off a kill set by [`kill_during_next_write`](Self::kill_during_next_write):
+    /// `true` when it had not happened yet (no cut of the task was written since).
+    pub(crate) fn cancel_kill(&self) -> bool {
+        self.kill_after.swap(0, Ordering::AcqRel) != 0
     }
 
     /// The last cut whose store writes are done (every cut before it too).
@@ -266,8 +283,12 @@ fn commit_batch(
     }
     // 2. Store batches, each with its checkpoint.
     write_stores(batch, sink, metrics)?;
-    // 3. Source offsets.
-    let mut latest = next_offsets(batch);
+    // 3. Source offsets, of the cuts written to their stores. A cut that was not (its task
+    // was dropped meanwhile) commits nothing: a cut of the same batch before it may have
+    // put its stores' checkpoints past its changelog records (a checkpoint takes the
+    // producer's last acknowledged offset), and a restore would not read them; its input
+    // is processed again instead.
+    let mut latest = next_offsets(batch.iter().filter(|cut| cut.stored));
     latest.retain(|partition, (next, _, _)| committed.get(partition) != Some(next));
     if latest.is_empty() {
         return Ok(());
@@ -333,9 +354,9 @@ type Next = (i64, Option<i64>, super::Clocks);
 
 /// The next offset to read of every source partition the cuts reached, with the stream
 /// times of its task there.
-fn next_offsets(batch: &[Cut]) -> HashMap<(String, i32), Next> {
+fn next_offsets<'c>(batch: impl IntoIterator<Item = &'c Cut>) -> HashMap<(String, i32), Next> {
     let mut latest: HashMap<(String, i32), Next> = HashMap::new();
-    for cut in batch.iter() {
+    for cut in batch {
         for (topic, offset) in &cut.positions {
             let next = offset + 1;
             let slot = latest
@@ -368,14 +389,21 @@ fn source_offsets(latest: &HashMap<(String, i32), Next>) -> Vec<SourceOffset> {
 fn write_stores(batch: &mut [Cut], sink: &dyn Sink, metrics: &Metrics) -> Result<(), String> {
     for cut in batch.iter_mut() {
         let written = Arc::clone(&cut.written);
-        let closed = written.closed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut closed = written.closed.lock().unwrap_or_else(|p| p.into_inner());
         if *closed {
             // Dropped: its stores are the next owner's to restore (see [`Written`]).
             cut.writes.clear();
             continue;
         }
         let sources: Vec<(String, i64)> = cut.positions.iter().map(|(t, o)| (t.to_string(), *o)).collect();
-        for write in cut.writes.drain(..) {
+        let kill_after = match written.kill_after.swap(0, Ordering::AcqRel) {
+            0 => None,
+            stores => Some(stores - 1),
+        };
+        for (n, write) in cut.writes.drain(..).enumerate() {
+            if kill_after == Some(n) {
+                break;
+            }
             // Without changes in this cut, the changelog offset stays as stored: the
             // producer's offsets may be from an earlier ownership of the partition, older
             // than what a restore has brought the store to since.
@@ -395,6 +423,14 @@ fn write_stores(batch: &mut [Cut], sink: &dyn Sink, metrics: &Metrics) -> Result
                 metrics.fail(error.clone());
                 return Err(error);
             }
+        }
+        if kill_after.is_some() {
+            // The test driver's kill: what is written stays, nothing else of the task
+            // happens (its offsets are not committed: the cut is not stored). The other
+            // tasks' cuts go on, as other workers would.
+            *closed = true;
+            cut.writes.clear();
+            continue;
         }
         cut.stored = true;
     }
@@ -603,7 +639,7 @@ fn commit_round(
         return Err(aborted(format!("{GROUP_MOVED}: partitions were lost")));
     }
     // Offsets that moved since the last committed round (an idle worker's rounds send none).
-    let mut latest = next_offsets(batch);
+    let mut latest = next_offsets(batch.iter());
     latest.retain(|partition, (next, _, _)| committed.get(partition) != Some(next));
     let offsets = source_offsets(&latest);
     // A cut that changed nothing and moved nowhere leaves its stores as they are.
@@ -952,6 +988,104 @@ mod tests {
         );
         assert_eq!(theirs.checkpoint().expect("checkpoint").changelog_offset, None);
         assert!(batch[0].stored && !batch[1].stored);
+    }
+
+    /// A cut of `written`'s task at input offset `offset` of partition `partition`, writing
+    /// `value` under `k` to each of `stores`.
+    fn cut_to(written: &Arc<Written>, partition: i32, offset: i64, stores: &[&Arc<MemoryStore>], value: &[u8]) -> Cut {
+        Cut {
+            partition,
+            positions: vec![(Arc::from("in"), offset)],
+            stream_time: None,
+            clocks: Vec::new(),
+            writes: stores
+                .iter()
+                .map(|store| TableWrite {
+                    changelog: Arc::from("changelog"),
+                    store: Arc::clone(store) as Arc<dyn StateStore>,
+                    entries: vec![(b"k".to_vec(), Some(value.to_vec()))],
+                })
+                .collect(),
+            acks: Vec::new(),
+            ticket: None,
+            seq: 1,
+            written: Arc::clone(written),
+            stored: false,
+            settled: false,
+        }
+    }
+
+    /// The test driver's kill between a cut's store writes: the stores before it are
+    /// written with the cut's position, the rest keep theirs, the cut is not stored, and
+    /// the task is dropped there (its next cut is not written either).
+    #[test]
+    fn a_kill_between_store_writes_leaves_the_rest_unwritten() {
+        let (sink, _) = held_open();
+        let metrics = Metrics::default();
+        let task = Arc::new(Written::default());
+        let stores = [0, 1, 2].map(|_| Arc::new(MemoryStore::default()));
+        let all: Vec<&Arc<MemoryStore>> = stores.iter().collect();
+        let mut first = vec![cut_to(&task, 0, 3, &all, b"1")];
+        write_stores(&mut first, &*sink, &metrics).expect("written");
+        assert!(first[0].stored);
+        task.kill_during_next_write(1);
+        let mut torn = vec![cut_to(&task, 0, 7, &all, b"2"), cut_to(&task, 0, 9, &all, b"3")];
+        write_stores(&mut torn, &*sink, &metrics).expect("written");
+        assert_eq!(stores[0].get(b"k").expect("get"), Some(b"2".to_vec()));
+        assert_eq!(stores[1].get(b"k").expect("get"), Some(b"1".to_vec()));
+        assert_eq!(stores[2].get(b"k").expect("get"), Some(b"1".to_vec()));
+        let positions: Vec<_> = stores
+            .iter()
+            .map(|s| s.checkpoint().expect("checkpoint").source("in"))
+            .collect();
+        assert_eq!(positions, vec![Some(7), Some(3), Some(3)]);
+        assert!(
+            !torn[0].stored && !torn[1].stored,
+            "neither the torn cut nor the next is stored"
+        );
+        assert!(!task.cancel_kill(), "the kill happened");
+    }
+
+    /// Records the offsets committed.
+    #[derive(Default)]
+    struct Recorded(Mutex<Vec<(String, i32, i64)>>);
+
+    impl OffsetCommit for Recorded {
+        fn commit(&self, offsets: &[SourceOffset]) -> std::result::Result<(), String> {
+            let mut recorded = self.0.lock().expect("recorded");
+            recorded.extend(offsets.iter().map(|o| (o.topic.clone(), o.partition, o.next)));
+            Ok(())
+        }
+    }
+
+    /// At-least-once commits the offsets of the cuts written to their stores only: a cut
+    /// not written (its task dropped, or killed while writing) commits nothing, even after a
+    /// written cut of the same partition in the same batch.
+    #[test]
+    fn only_the_offsets_of_stored_cuts_are_committed() {
+        let (sink, _) = held_open();
+        let committer = Committer {
+            sink,
+            metrics: Arc::new(Metrics::default()),
+            errors: Arc::new(ProductionErrors::new(OnError::Fail, "dlq")),
+        };
+        let (live, torn) = (Arc::new(Written::default()), Arc::new(Written::default()));
+        let (a, b) = (Arc::new(MemoryStore::default()), Arc::new(MemoryStore::default()));
+        let mut batch = vec![
+            cut_to(&live, 0, 3, &[&a], b"1"),
+            cut_to(&torn, 1, 5, &[&b], b"1"),
+            cut_to(&live, 0, 8, &[&a], b"2"),
+        ];
+        // Partition 1's task is killed once its first cut's (only) store is written, before
+        // anything else of it; partition 0's task goes on.
+        torn.kill_during_next_write(1);
+        batch.push(cut_to(&torn, 1, 6, &[&b], b"2"));
+        let recorded = Recorded::default();
+        let mut committed = Committed::new();
+        commit_batch(&mut batch, &committer, &recorded, &mut committed).expect("committed");
+        let offsets = recorded.0.lock().expect("recorded").clone();
+        assert_eq!(offsets, vec![("in".to_string(), 0, 9)], "partition 1 commits nothing");
+        assert_eq!(b.checkpoint().expect("checkpoint").source("in"), Some(5));
     }
 
     /// A round that aborts for the same cause again and again gives up on the third.

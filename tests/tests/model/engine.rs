@@ -45,6 +45,9 @@ pub enum Action {
         partition: i32,
         owner: u8,
         commits_fail: bool,
+        /// Killed while writing the cut of what it processed, after this many of the
+        /// cut's stores (`None`: killed before that cut).
+        torn: Option<u8>,
     },
 }
 
@@ -268,6 +271,7 @@ pub async fn run(
                 partition,
                 owner: n,
                 commits_fail,
+                torn,
             } => {
                 driver.fail_commits(commits_fail);
                 driver.process().await?;
@@ -280,7 +284,14 @@ pub async fn run(
                         *reprocessed.entry((partition, offset)).or_default() += 1;
                     }
                 }
-                driver.crash_partition(topic, partition, &owner(n)).await?;
+                match torn {
+                    Some(stores) => {
+                        driver
+                            .crash_partition_while_writing(topic, partition, &owner(n), usize::from(stores))
+                            .await?
+                    }
+                    None => driver.crash_partition(topic, partition, &owner(n)).await?,
+                }
                 driver.fail_commits(false);
             }
         }
