@@ -13,6 +13,8 @@
 //! - every order enriched with its user's region, at least once.
 //!
 //! `STREAMS_SMOKE_SEED=…` replays a run's choices (kills, restarts, data); the seed is printed.
+//! `STREAMS_SMOKE_LOGS=<dir>` runs the workers at `info` and keeps each one's output there
+//! (`worker-<n>-<start>.log`), for a failure that does not come again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -74,18 +76,21 @@ fn region(user: &str) -> String {
 struct Worker {
     dir: PathBuf,
     process: Option<Child>,
+    /// Restarts so far (the running process is the `starts`th, from 0).
+    starts: usize,
 }
 
 /// Starts worker `n`: the first with the default table cache, the second with none (every
 /// change a cut of its own), the third with a small one (over budget all the time).
 fn spawn(bootstrap: &str, dir: &std::path::Path, n: usize) -> Child {
     let cache = ["1048576", "0", "2000"][n % 3];
+    let level = if logs().is_some() { "info" } else { "warn" };
     Child::spawn(
         &example_binary("smoke"),
         &[
             "worker",
             "-l",
-            "warn",
+            level,
             "--broker",
             bootstrap,
             "--data-dir",
@@ -94,6 +99,19 @@ fn spawn(bootstrap: &str, dir: &std::path::Path, n: usize) -> Child {
             cache,
         ],
     )
+}
+
+/// Where workers' output is kept (`STREAMS_SMOKE_LOGS`).
+fn logs() -> Option<PathBuf> {
+    std::env::var_os("STREAMS_SMOKE_LOGS").map(PathBuf::from)
+}
+
+/// Keeps the output of worker `n`'s `start`th process, when asked to.
+fn keep_log(process: &mut Child, n: usize, start: usize) {
+    if let Some(dir) = logs() {
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(dir.join(format!("worker-{n}-{start}.log")), process.output());
+    }
 }
 
 /// The last value of every key of an integer-valued topic, and its largest.
@@ -161,6 +179,7 @@ fn workers_killed_at_random_never_lose_a_record() {
         .map(|(n, d)| Worker {
             dir: d.path().to_path_buf(),
             process: Some(spawn(&bootstrap, d.path(), n)),
+            starts: 0,
         })
         .collect();
 
@@ -200,6 +219,7 @@ fn workers_killed_at_random_never_lose_a_record() {
         if let Some(mut process) = worker.process.take() {
             let _ = process.process.kill();
             let _ = process.process.wait();
+            keep_log(&mut process, n, worker.starts);
             kills += 1;
         }
         std::thread::sleep(Duration::from_millis(rng.random_range(0..2_000)));
@@ -211,6 +231,7 @@ fn workers_killed_at_random_never_lose_a_record() {
             }
         }
         worker.process = Some(spawn(&bootstrap, &worker.dir, n));
+        worker.starts += 1;
     }
     producer.join().expect("producer");
     println!("smoke test: {kills} workers killed, {fresh} of them started again on an empty data directory");
@@ -225,9 +246,10 @@ fn workers_killed_at_random_never_lose_a_record() {
             process.terminate();
         }
     }
-    for worker in &mut workers {
+    for (n, worker) in workers.iter_mut().enumerate() {
         if let Some(process) = &mut worker.process {
             process.wait(Duration::from_secs(120));
+            keep_log(process, n, worker.starts);
         }
     }
 
