@@ -78,7 +78,10 @@ impl Directory {
             .set("group.id", format!("{app_id}-directory-reader"))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", "100");
+            // An idle directory costs a fetch per wait: Kafka answers a fetch as soon as a
+            // record comes, so the wait only sets how often an idle reader asks (librdkafka's
+            // default; at 100 ms the reader's fetches were most of an idle worker's CPU).
+            .set("fetch.wait.max.ms", "500");
         let consumer: BaseConsumer = config
             .create()
             .map_err(|e| Error::kafka("creating the directory reader", e))?;
