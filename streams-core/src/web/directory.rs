@@ -80,7 +80,8 @@ impl Directory {
             .set("enable.partition.eof", "false")
             // An idle directory costs a fetch per wait: Kafka answers a fetch as soon as a
             // record comes, so the wait only sets how often an idle reader asks (librdkafka's
-            // default; at 100 ms the reader's fetches were most of an idle worker's CPU).
+            // default; at 100 ms the reader's fetches were most of an idle worker's CPU). The
+            // embedded broker holds a fetch the whole wait: updates come up to 0.5 s later there.
             .set("fetch.wait.max.ms", "500");
         let consumer: BaseConsumer = config
             .create()
