@@ -178,10 +178,11 @@ async fn a_restore_longer_than_the_poll_interval_keeps_the_worker_in_its_group()
     .expect("wait")
     .expect("a member id");
     all_assigned(&worker, 12).await;
-    // The restore took longer than the poll interval, with a second to spare (librdkafka
-    // checks the interval twice a second): a member that stopped polling for it would have
-    // been evicted by now (librdkafka leaves the group, and forgets its member id, as soon as
-    // the interval is exceeded). Two restore threads take the 8 partitions in ~8 s.
+    // The restore took longer than the poll interval and librdkafka's check of it (twice a
+    // second: a member that stopped polling is out within 6.5 s), so a member that stopped
+    // polling for it would have been evicted by now (librdkafka leaves the group, and forgets
+    // its member id, as soon as the interval is exceeded). Two restore threads take the 8
+    // partitions in ~8 s.
     let restoring = Duration::from_micros(metrics.restore_micros.load(Ordering::Relaxed));
     assert!(
         restoring > Duration::from_secs(7),
