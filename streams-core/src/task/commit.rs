@@ -956,29 +956,15 @@ mod tests {
     /// must not land on top.
     #[test]
     fn a_dropped_tasks_cut_is_never_written() {
-        let cut = |written: &Arc<Written>, store: &Arc<MemoryStore>, value: &[u8]| Cut {
-            partition: 0,
-            positions: vec![(Arc::from("in"), 3)],
-            stream_time: None,
-            clocks: Vec::new(),
-            writes: vec![TableWrite {
-                changelog: Arc::from("changelog"),
-                store: Arc::clone(store) as Arc<dyn StateStore>,
-                entries: vec![(b"k".to_vec(), Some(value.to_vec()))],
-            }],
-            acks: Vec::new(),
-            ticket: None,
-            seq: 1,
-            written: Arc::clone(written),
-            stored: false,
-            settled: false,
-        };
         let (sink, _) = held_open();
         let metrics = Metrics::default();
         let (live, dropped) = (Arc::new(Written::default()), Arc::new(Written::default()));
         let (mine, theirs) = (Arc::new(MemoryStore::default()), Arc::new(MemoryStore::default()));
         dropped.close();
-        let mut batch = vec![cut(&live, &mine, b"1"), cut(&dropped, &theirs, b"2")];
+        let mut batch = vec![
+            cut_to(&live, 0, 3, &[&mine], b"1"),
+            cut_to(&dropped, 0, 3, &[&theirs], b"2"),
+        ];
         write_stores(&mut batch, &*sink, &metrics).expect("written");
         assert_eq!(mine.get(b"k").expect("get"), Some(b"1".to_vec()));
         assert_eq!(
