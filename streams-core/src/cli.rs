@@ -578,17 +578,9 @@ async fn run_worker(app: App, options: WorkerOptions) -> crate::Result<()> {
         tracing::info!("signal received: finishing records and committing");
     };
     tokio::pin!(stopper);
-    let failed = async {
-        loop {
-            if metrics.fatal().is_some() {
-                return;
-            }
-            // A failure is rare and its stop may take a second: no need to look more often.
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    };
+    let failed = metrics.failure();
     // Either a signal asks to stop, or the worker ends by itself (idle exit or failure).
-    let stop_flag = worker.stop_flag();
+    let stop_worker = worker.stopper();
     let timeout = worker.shutdown_timeout;
     let step = worker.shutdown_step();
     let wait = worker.wait();
@@ -598,7 +590,7 @@ async fn run_worker(app: App, options: WorkerOptions) -> crate::Result<()> {
         _ = &mut stopper => {},
         _ = failed => {},
     }
-    stop_flag.store(true, Ordering::Relaxed);
+    stop_worker.stop();
     match tokio::time::timeout(timeout, wait).await {
         Ok(result) => result.map(|_| ()),
         Err(_) => Err(crate::Error::Config(format!(

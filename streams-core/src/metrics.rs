@@ -162,6 +162,8 @@ pub struct Metrics {
     samples: Mutex<Vec<String>>,
     fatal: Mutex<Option<String>>,
     failed: AtomicBool,
+    /// Wakes what waits for a failure ([`Metrics::failure`]).
+    failure: tokio::sync::Notify,
 }
 
 fn text(bytes: &[u8], limit: usize) -> String {
@@ -233,6 +235,21 @@ impl Metrics {
             fatal.get_or_insert(error);
         }
         self.failed.store(true, Ordering::Relaxed);
+        self.failure.notify_waiters();
+    }
+
+    /// Resolves once the worker has failed (at once if it has).
+    pub(crate) async fn failure(&self) {
+        loop {
+            // Listening before looking: a failure in between is not missed.
+            let notified = self.failure.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.failed() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// The worker's member id in its consumer group, as of its last assignment.

@@ -8,6 +8,7 @@
 //! The test driver's records own their bytes. Records taken a batch at a time are
 //! [`RawMessage`]s.
 
+pub(crate) mod queue;
 mod raw;
 
 use std::sync::Arc;

@@ -32,6 +32,8 @@ pub(crate) struct Rounds {
     /// The last round's outcome is not known: the tasks start again from what the group has
     /// committed, not from what this worker believes it committed.
     unknown: AtomicBool,
+    /// Told when a round aborts (the worker's poll thread starts the tasks again).
+    on_abort: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// A task's part in a round: which member, which round, and where to say how it ended.
@@ -121,6 +123,18 @@ impl Rounds {
             self.aborted.store(true, Ordering::Release);
         }
         self.done.fetch_max(round, Ordering::AcqRel);
+        if aborted {
+            if let Some(tell) = self.on_abort.get() {
+                tell();
+            }
+        }
+    }
+
+    /// Calls `tell` after each round that aborts (once set, for good).
+    pub(crate) fn on_abort(&self, tell: impl Fn() + Send + Sync + 'static) {
+        if self.on_abort.set(Box::new(tell)).is_err() {
+            tracing::debug!("rounds: who to tell of an abort was set already");
+        }
     }
 
     /// The open round (or the next) aborts instead of committing.

@@ -22,6 +22,7 @@ use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
+use crate::message::queue::Records;
 use crate::task::sink::{OutRecord, Sink, SinkError};
 use crate::{Error, Result};
 
@@ -67,6 +68,8 @@ pub(crate) struct Directory {
     entries: Mutex<HashMap<Vec<u8>, Claim>>,
     stop: AtomicBool,
     reader: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The reader's queue: a stop ends its wait.
+    records: Arc<Records>,
 }
 
 impl Directory {
@@ -92,6 +95,10 @@ impl Directory {
         consumer
             .assign(&list)
             .map_err(|e| Error::kafka("reading the directory", e))?;
+        let records = Arc::new(Records::default());
+        if !records.open_consumer(consumer.client()) {
+            tracing::debug!("directory: librdkafka gave no consumer queue; polling records one at a time");
+        }
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -104,11 +111,12 @@ impl Directory {
             entries: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),
             reader: Mutex::new(None),
+            records: Arc::clone(&records),
         });
         let reader = Arc::downgrade(&directory);
         let thread = std::thread::Builder::new()
             .name("directory".into())
-            .spawn(move || read(&consumer, &reader))
+            .spawn(move || read(consumer, &records, &reader))
             .map_err(|e| Error::io("starting the directory reader", e))?;
         *directory.reader.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
         Ok(directory)
@@ -132,6 +140,7 @@ impl Directory {
     pub(crate) fn withdraw(&self) {
         self.send(None);
         self.stop.store(true, Ordering::Relaxed);
+        self.records.wake();
         let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(reader) = reader {
             let _ = reader.join();
@@ -220,20 +229,47 @@ impl Directory {
     }
 }
 
-/// Reads the directory until it is dropped or withdrawn.
-fn read(consumer: &BaseConsumer, directory: &std::sync::Weak<Directory>) {
+impl Drop for Directory {
+    fn drop(&mut self) {
+        // The reader ends once it sees the directory gone.
+        self.records.wake();
+    }
+}
+
+/// How long the reader waits for a record: a stop ends the wait ([`Records::wake`]), so
+/// this only bounds a wait nothing ends.
+const READ_WAIT: Duration = Duration::from_secs(30);
+
+/// Reads the directory until it is dropped or withdrawn; then releases `records` and the
+/// consumer, in that order.
+fn read(consumer: BaseConsumer, records: &Records, directory: &std::sync::Weak<Directory>) {
+    let mut batch = Vec::with_capacity(64);
     loop {
-        let message = consumer.poll(Duration::from_millis(200));
-        let Some(directory) = directory.upgrade() else { return };
+        let taken = records.take_ready(READ_WAIT, 64, &mut batch);
+        let Some(directory) = directory.upgrade() else { break };
         if directory.stop.load(Ordering::Relaxed) {
-            return;
+            break;
         }
-        match message {
-            Some(Ok(message)) => directory.apply(message.offset(), message.key(), message.payload()),
-            Some(Err(error)) => tracing::debug!("directory: {error}"),
-            None => {}
+        if taken.is_none() {
+            // No queue to read in batches: one record at a time, in short waits (a stop
+            // cannot end them).
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(message)) => directory.apply(message.offset(), message.key(), message.payload()),
+                Some(Err(error)) => tracing::debug!("directory: {error}"),
+                None => {}
+            }
+        }
+        for message in batch.drain(..) {
+            match message.error() {
+                None => directory.apply(message.offset(), message.key(), message.payload()),
+                Some(_) => tracing::debug!("directory: {}", message.error_text()),
+            }
         }
     }
+    // librdkafka's messages and queues go before their client.
+    drop(batch);
+    records.close();
+    drop(consumer);
 }
 
 #[cfg(test)]
@@ -262,6 +298,7 @@ mod tests {
             entries: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),
             reader: Mutex::new(None),
+            records: Arc::new(Records::default()),
         }
     }
 
@@ -303,5 +340,41 @@ mod tests {
         d.apply(6, Some(b"http://c 1"), None);
         assert_eq!(d.owner("hits", 6).as_deref(), Some("http://c"));
         assert_eq!(d.owner("hits", 5), None);
+    }
+
+    /// The reader takes the records another worker writes, and a withdraw ends its wait at
+    /// once (the wait itself is 30 s).
+    #[test]
+    fn the_reader_sees_other_workers_and_a_withdraw_ends_it_at_once() {
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        let broker = crate::broker::EmbeddedBroker::start().expect("broker");
+        broker.create_topic(&topic_name("app"), 1).expect("topic");
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", broker.bootstrap_servers());
+        let directory = Directory::start("app", "http://a", &config, Arc::new(Nowhere)).expect("directory");
+        let producer: BaseProducer = config.create().expect("producer");
+        let value = entry("http://b", &[3]);
+        producer
+            .send(
+                BaseRecord::to(&topic_name("app"))
+                    .partition(0)
+                    .key("http://b 2")
+                    .payload(&value),
+            )
+            .map_err(|(error, _)| error)
+            .expect("send");
+        producer.flush(Duration::from_secs(10)).expect("flush");
+        let began = std::time::Instant::now();
+        while directory.owner("hits", 3).is_none() && began.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(directory.owner("hits", 3).as_deref(), Some("http://b"));
+        let began = std::time::Instant::now();
+        directory.withdraw();
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "the withdraw waited {:?} for the reader",
+            began.elapsed()
+        );
     }
 }

@@ -117,13 +117,16 @@ pub(crate) struct Shared {
     held: Mutex<HashMap<TaskKey, Option<Arc<TaskContext>>>>,
     /// When the directory was last told what this worker holds.
     published: Mutex<std::time::Instant>,
+    /// When partitions were last assigned, revoked, resumed or started again (see
+    /// [`Shared::keep_resumed`]).
+    moved: Mutex<std::time::Instant>,
     /// Records the tasks are done with, freed by the poll thread (see [`Spent`]).
     pub spent: Arc<Spent>,
     /// Standby copies of partitions other workers hold (`--standby-replicas`).
     pub standbys: Arc<super::standby::Standbys>,
     /// Where the assigned partitions' records go, read a batch at a time by the poll
     /// thread (opened once the consumer exists, closed before it is dropped).
-    pub records: super::fetch::Records,
+    pub records: Arc<crate::message::queue::Records>,
 }
 
 impl Shared {
@@ -180,9 +183,10 @@ impl Shared {
             memory,
             held: Mutex::new(HashMap::new()),
             published: Mutex::new(std::time::Instant::now()),
+            moved: Mutex::new(std::time::Instant::now()),
             spent: Arc::default(),
             standbys,
-            records: super::fetch::Records::default(),
+            records: Arc::default(),
         })
     }
 
@@ -220,7 +224,13 @@ impl Shared {
     /// (as the last fetch response had it) less the consumer's position; partitions no
     /// longer assigned lose theirs. Called by the poll thread.
     fn update_lag(&self, consumer: &BaseConsumer<WorkerContext>) {
-        let Ok(positions) = consumer.position() else { return };
+        let positions = {
+            let running = self.running();
+            let held = running
+                .iter()
+                .flat_map(|((_, partition), task)| task.sources.iter().map(|(topic, _)| (topic.as_str(), *partition)));
+            positions(consumer.client(), held)
+        };
         let lag = &self.metrics.families.lag;
         let mut now = Vec::new();
         for element in positions.elements() {
@@ -254,15 +264,21 @@ impl Shared {
     }
 
     /// Resumes, again, the partitions of every task that is not restoring (called once a
-    /// second). Nothing else pauses them, so this changes nothing unless a resume was lost:
-    /// librdkafka can drop a resume issued while a fresh assignment restarts the partition's
-    /// fetch (it counts as an outdated op, and `resume` still returns Ok), which would leave
-    /// a restored partition paused for good. Resuming a partition that is not paused is a
-    /// no-op there.
+    /// second, for [`KEEP_RESUMING`] after partitions were last assigned, revoked, resumed
+    /// or started again). Nothing else pauses them, so this changes nothing unless a resume
+    /// was lost: librdkafka can drop a resume issued while a fresh assignment restarts the
+    /// partition's fetch (it counts as an outdated op, and `resume` still returns Ok), which
+    /// would leave a restored partition paused for good. Resuming a partition that is not
+    /// paused is a no-op there, but not free: each resume is an op for librdkafka's main
+    /// thread and a reply, most of that thread's wake-ups on an idle worker — so the guard
+    /// ends once the partitions have stayed put long enough for any such race to be over.
     ///
     /// Routes every held partition's records to the batch queue again, too (see
-    /// [`super::fetch::Records::forward`]).
+    /// [`crate::message::queue::Records::forward`]).
     fn keep_resumed(&self, consumer: &BaseConsumer<WorkerContext>) {
+        if self.moved.lock().unwrap_or_else(|p| p.into_inner()).elapsed() > KEEP_RESUMING {
+            return;
+        }
         let mut list = TopicPartitionList::new();
         let mut held = Vec::new();
         for ((_, partition), task) in self.running().iter() {
@@ -288,6 +304,12 @@ impl Shared {
     /// The source topics of every task (what the consumer subscribes to).
     pub(crate) fn source_topics(&self) -> Vec<String> {
         self.by_topic.keys().cloned().collect()
+    }
+
+    /// Partitions were assigned, revoked, resumed or started again: [`Shared::keep_resumed`]
+    /// guards them for a while.
+    fn moved(&self) {
+        *self.moved.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
     }
 
     fn set_waiting(&self, waiting: bool) {
@@ -641,6 +663,7 @@ impl Shared {
             for (topic, _) in &task.sources {
                 list.add_partition(topic, *partition);
             }
+            self.moved();
             match consumer.resume(&list) {
                 Ok(()) => tracing::info!("{} on partition {partition} restored; processing", task.ctx.name),
                 Err(error) => self.metrics.fail(format!(
@@ -659,6 +682,7 @@ impl Shared {
     /// committed offsets and their stores (which hold only committed state). Called by the
     /// poll thread.
     fn restart_tasks(&self, consumer: &BaseConsumer<WorkerContext>) {
+        self.moved();
         let mut list = match consumer.assignment() {
             Ok(list) => list,
             Err(error) => {
@@ -778,18 +802,18 @@ impl Shared {
         if running.values().all(|task| task.sources.len() < 2) {
             return;
         }
-        let positions: HashMap<(String, i32), i64> = consumer
-            .position()
-            .map(|list| {
-                list.elements()
-                    .iter()
-                    .filter_map(|e| match e.offset() {
-                        Offset::Offset(offset) => Some(((e.topic().to_string(), e.partition()), offset)),
-                        _ => None,
-                    })
-                    .collect()
+        let held = running
+            .iter()
+            .filter(|(_, task)| task.sources.len() >= 2 && task.restoring.is_none())
+            .flat_map(|((_, partition), task)| task.sources.iter().map(|(topic, _)| (topic.as_str(), *partition)));
+        let positions: HashMap<(String, i32), i64> = positions(consumer.client(), held)
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(offset) => Some(((e.topic().to_string(), e.partition()), offset)),
+                _ => None,
             })
-            .unwrap_or_default();
+            .collect();
         for ((_, partition), task) in running.iter() {
             if task.sources.len() < 2 || task.restoring.is_some() {
                 continue;
@@ -1066,6 +1090,22 @@ fn cached_watermarks(consumer: &BaseConsumer<WorkerContext>, topic: &str, partit
     (error == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && low >= 0 && high >= 0).then_some((low, high))
 }
 
+/// The consumer's position in each of `partitions`, read where librdkafka keeps it. (rdkafka's
+/// `Consumer::position` first asks librdkafka's main thread for the assignment, a request and
+/// a reply between threads each time.)
+pub(crate) fn positions<'a, C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    partitions: impl IntoIterator<Item = (&'a str, i32)>,
+) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    for (topic, partition) in partitions {
+        list.add_partition(topic, partition);
+    }
+    // SAFETY: a live client and list; librdkafka sets each element's offset (or error).
+    unsafe { rdkafka::bindings::rd_kafka_position(client.native_ptr(), list.ptr()) };
+    list
+}
+
 /// The consumer's member id in its group (librdkafka keeps it; rdkafka has no accessor).
 fn member_id(consumer: &BaseConsumer<WorkerContext>) -> Option<String> {
     let client = consumer.client().native_ptr();
@@ -1096,6 +1136,7 @@ fn batch_of(pending: &mut Vec<(String, i32, Vec<Message>)>, topic: &str, partiti
 impl ConsumerContext for WorkerContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, list: &mut TopicPartitionList) {
         self.shared.hand_over();
+        self.shared.moved();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.shared.metrics.set_member_id(member_id(consumer));
@@ -1117,7 +1158,7 @@ impl ConsumerContext for WorkerContext {
                 let unpaused = pause_each(consumer, &restoring);
                 // Their records go to the batch queue: routed there before the assignment
                 // starts their fetch, so that none reaches the consumer queue first (see
-                // `worker/fetch.rs`).
+                // `message/queue.rs`).
                 let elements = list.elements();
                 let partitions: Vec<(&str, i32)> = elements.iter().map(|e| (e.topic(), e.partition())).collect();
                 self.shared.records.forward(consumer.client(), &partitions);
@@ -1153,6 +1194,7 @@ impl ConsumerContext for WorkerContext {
                     Release::Commit
                 };
                 self.shared.metrics.revocations.fetch_add(1, Ordering::Relaxed);
+                self.shared.metrics.set_member_id(member_id(consumer));
                 let _ = self.shared.revoke(Some(&partitions), release);
                 if let Err(error) = consumer.unassign() {
                     tracing::warn!("unassign failed: {error}");
@@ -1162,6 +1204,7 @@ impl ConsumerContext for WorkerContext {
             other => {
                 self.shared.set_waiting(true);
                 tracing::error!("rebalance error: {other:?}; releasing all partitions");
+                self.shared.metrics.set_member_id(member_id(consumer));
                 let _ = self.shared.revoke(None, Release::Lost);
                 let _ = consumer.unassign();
             }
@@ -1350,15 +1393,30 @@ fn close_within<C: Send + Sync + 'static>(consumer: Arc<C>, spent: &Arc<Spent>, 
     }
 }
 
+/// How often the poll thread reads the worker's member id between rebalances.
+const MEMBERSHIP_READ: Duration = Duration::from_secs(30);
+
+/// How long [`Shared::keep_resumed`] goes on after partitions last moved: a resume lost to
+/// an assignment's fetch restart is lost within librdkafka's handling of that restart, which
+/// takes milliseconds (its main thread serves both).
+const KEEP_RESUMING: Duration = Duration::from_secs(30);
+
 /// How long the poll thread waits for records before it looks after the rest (restores
-/// done, the member id, lag): each wait costs a wake-up, most of an idle worker's CPU.
+/// done, the member id, lag) while the worker is not settled (a restore runs, or it waits
+/// for the group): each wait costs a wake-up.
 const IDLE_WAIT: Duration = Duration::from_millis(250);
 
+/// The same wait once the worker holds its partitions, restored. A record, a rebalance, a
+/// stop asked of the worker ([`crate::WorkerHandle::request_stop`]) and an aborted round end
+/// it early; what it leaves to the next round is once-a-second work (lag, the directory) and
+/// noticing a stop flag set by other means or a failure.
+const SETTLED_WAIT: Duration = Duration::from_secs(1);
+
 /// The worker's batch queue, open while it lives.
-struct RecordsOpen<'a>(&'a super::fetch::Records);
+struct RecordsOpen<'a>(&'a crate::message::queue::Records);
 
 impl<'a> RecordsOpen<'a> {
-    fn new(records: &'a super::fetch::Records, consumer: &BaseConsumer<WorkerContext>) -> Self {
+    fn new(records: &'a crate::message::queue::Records, consumer: &BaseConsumer<WorkerContext>) -> Self {
         if !records.open(consumer.client()) {
             tracing::warn!("librdkafka gave no queue for records; polling them one at a time");
         }
@@ -1390,7 +1448,7 @@ pub(crate) fn poll_loop(
     // before their client).
     let _records = RecordsOpen::new(&shared.records, consumer);
     // The consumer queue, to see whether it holds anything (`None`: poll it once a round).
-    let consumer_queue = super::fetch::Queue::consumer_of(consumer.client());
+    let consumer_queue = crate::message::queue::Queue::consumer_of(consumer.client());
     let mut batch = Vec::with_capacity(BURST);
     while !stop.load(Ordering::Relaxed) && !shared.metrics.failed() {
         if let Some(since) = shared.waiting_since() {
@@ -1408,8 +1466,10 @@ pub(crate) fn poll_loop(
                 );
             }
         }
-        // The member id as librdkafka has it now (it forgets it when it leaves the group).
-        if membership_read.elapsed() >= Duration::from_millis(500) {
+        // The member id as librdkafka has it now. Each rebalance reads it (librdkafka forgets
+        // it when it leaves the group, and that revokes the partitions); this is for a change
+        // no rebalance announced. Each read is a request to librdkafka's main thread.
+        if membership_read.elapsed() >= MEMBERSHIP_READ {
             membership_read = std::time::Instant::now();
             shared.metrics.set_member_id(member_id(consumer));
         }
@@ -1437,7 +1497,13 @@ pub(crate) fn poll_loop(
         let drained = served < BURST || consumer_queue.as_ref().is_some_and(|queue| queue.len() == 0);
         // The records: what is ready (up to BURST), else the first to come within the
         // wait — which an event on the consumer queue ends early.
-        let wait = if taken > 0 { Duration::ZERO } else { IDLE_WAIT };
+        let wait = if taken > 0 {
+            Duration::ZERO
+        } else if shared.settled() && shared.waiting_since().is_none() {
+            SETTLED_WAIT
+        } else {
+            IDLE_WAIT
+        };
         match drained.then(|| shared.records.take_ready(wait, BURST, &mut batch)) {
             Some(Some(_)) => taken += shared.buffer_taken(&mut batch, &keep, &mut last_error),
             None => {}

@@ -5,7 +5,6 @@
 //! named after the app, and runs agents on the partitions it is assigned.
 
 pub(crate) mod consumer;
-mod fetch;
 mod global;
 pub(crate) mod producer;
 pub(crate) mod restore;
@@ -249,6 +248,8 @@ impl WorkerOptions {
 /// A running worker.
 pub struct WorkerHandle {
     stop: Arc<AtomicBool>,
+    /// Ends the poll thread's wait (a stop asked for is seen at once).
+    poll_wake: Arc<crate::message::queue::Records>,
     metrics: Arc<Metrics>,
     done: tokio::sync::oneshot::Receiver<()>,
     finished: Arc<AtomicBool>,
@@ -258,6 +259,21 @@ pub struct WorkerHandle {
     /// The step of the stop the worker is in (named when a stop takes too long).
     step: ShutdownStep,
     _embedded: Option<EmbeddedBroker>,
+}
+
+/// Asks a worker to stop, as [`WorkerHandle::request_stop`] does, where the handle itself is
+/// gone (waited on).
+pub(crate) struct Stopper {
+    flag: Arc<AtomicBool>,
+    poll_wake: Arc<crate::message::queue::Records>,
+}
+
+impl Stopper {
+    /// Sets the stop flag and ends the poll thread's wait, so that it sees the flag now.
+    pub(crate) fn stop(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+        self.poll_wake.wake();
+    }
 }
 
 /// Where a stopping worker is, for the error when its stop takes longer than allowed.
@@ -314,11 +330,15 @@ impl WorkerHandle {
     /// Asks the worker to stop, without waiting: its partitions finish their records and are
     /// committed ([`WorkerHandle::stop`] asks and waits).
     pub fn request_stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stopper().stop();
     }
 
-    pub(crate) fn stop_flag(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.stop)
+    /// What asks the worker to stop, apart from the handle (see [`Stopper`]).
+    pub(crate) fn stopper(&self) -> Stopper {
+        Stopper {
+            flag: Arc::clone(&self.stop),
+            poll_wake: Arc::clone(&self.poll_wake),
+        }
     }
 
     /// Waits for the worker to end; an error if it stopped because of a failure.
@@ -525,11 +545,21 @@ impl Worker {
         };
         let (cuts_tx, cuts_rx) = std::sync::mpsc::channel();
         let tasks = app.tasks();
-        // Restore threads (each with two consumers of its own) only for an app with tables.
+        // Restore threads (each with a consumer of its own, and one client that asks where
+        // changelogs end for all of them) only for an app with tables.
         let restore_threads = if tasks.iter().any(|task| !task.tables.is_empty()) {
             options.restore_threads.max(1)
         } else {
             0
+        };
+        let (restorers, ends) = if restore_threads > 0 {
+            let ends = restore::ends_client(&config)?;
+            let restorers = (0..restore_threads)
+                .map(|_| Restorer::new(&config, Arc::clone(&metrics), &ends))
+                .collect::<Result<Vec<_>>>()?;
+            (restorers, Some(ends))
+        } else {
+            (Vec::new(), None)
         };
         let shared = Arc::new(consumer::Shared::new(
             app.id().to_string(),
@@ -539,9 +569,7 @@ impl Worker {
             Arc::clone(&sink),
             cuts_tx,
             Arc::clone(&metrics),
-            (0..restore_threads)
-                .map(|_| Restorer::new(&config, Arc::clone(&metrics)))
-                .collect::<Result<Vec<_>>>()?,
+            restorers,
             app.commit_interval_value(),
             app.table_cache_bytes_value(),
             on_embedded,
@@ -550,6 +578,12 @@ impl Worker {
             memory,
             Arc::new(standby::Standbys::new(options.standby_replicas)),
         )?);
+        // An aborted round ends the poll thread's wait: it starts the tasks again.
+        if let Some(rounds) = &rounds {
+            let records = Arc::clone(&shared.records);
+            rounds.on_abort(move || records.wake());
+        }
+        let poll_wake = Arc::clone(&shared.records);
         let web = match web_listener {
             Some((listener, url)) => {
                 let directory =
@@ -661,13 +695,14 @@ impl Worker {
         };
         // Late among the threads: a start that fails after it stops it (see below).
         let standbys = Arc::clone(&shared.standbys);
-        let standby_thread = if restore_threads > 0 && options.standby_replicas > 0 {
+        let standby_thread = if let (Some(ends), true) = (&ends, options.standby_replicas > 0) {
             Some(start_standbys(
                 &shared,
                 &config,
                 app.id(),
                 exactly_once,
                 partition_counts,
+                ends,
             )?)
         } else {
             None
@@ -741,6 +776,7 @@ impl Worker {
         }
         Ok(WorkerHandle {
             stop,
+            poll_wake,
             metrics,
             done,
             finished,
@@ -761,8 +797,9 @@ fn start_standbys(
     app_id: &str,
     exactly_once: bool,
     partitions: std::collections::HashMap<String, i32>,
+    ends: &Arc<rdkafka::consumer::BaseConsumer>,
 ) -> Result<std::thread::JoinHandle<()>> {
-    let restorer = Restorer::new(config, Arc::clone(&shared.metrics))?;
+    let restorer = Restorer::new(config, Arc::clone(&shared.metrics), ends)?;
     let mut offsets_config = config.clone();
     offsets_config
         .set("group.id", app_id)

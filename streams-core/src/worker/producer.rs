@@ -214,8 +214,12 @@ impl ProducerContext for Deliveries {
     }
 }
 
-/// How long one wait of the delivery reports' thread lasts.
-const REPORT_WAIT: Duration = Duration::from_secs(5);
+/// How long one wait of the delivery reports' thread lasts when nothing ends it (a report
+/// and a stop do).
+const REPORT_WAIT: Duration = Duration::from_secs(30);
+
+/// The wait of one read when librdkafka gives no handle on the producer's main queue.
+const REPORT_POLL: Duration = Duration::from_secs(5);
 
 /// The producer's `linger.ms` unless the user's settings (`--config`, the config file) name
 /// one: how long records wait to fill a batch.
@@ -225,13 +229,15 @@ const DEFAULT_LINGER_MS: &str = "5";
 ///
 /// rdkafka's `ThreadedProducer` polls in calls of 100 ms, and each call spins through its
 /// last millisecond (a remaining wait under 1 ms is 0 ms for librdkafka, which returns at
-/// once): measured, ~9 ms of CPU every second on an idle worker, most of its idle cost. This
-/// thread's calls last [`REPORT_WAIT`]: a delivery report still ends a wait at once, so
-/// reports are served as soon, and the spin is at most 1 ms per call. A stopped producer's
-/// thread ends (and destroys it) within that time; nothing waits for it.
+/// once): measured, ~9 ms of CPU every second on an idle worker, most of its idle cost;
+/// calls of 5 s still spun ~0.16 ms a second. This thread parks until the producer's main
+/// queue holds something (a delivery report, an error) and then takes what it holds without
+/// waiting; a stop unparks it too. The thread ends (and destroys the producer) at once after
+/// a stop; nothing waits for it.
 pub(crate) struct PolledProducer {
     producer: Arc<BaseProducer<Deliveries>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    reports: std::thread::Thread,
 }
 
 impl PolledProducer {
@@ -242,18 +248,45 @@ impl PolledProducer {
         let producer = Arc::new(producer);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (polled, stopped) = (Arc::clone(&producer), Arc::clone(&stop));
-        std::thread::Builder::new()
+        let reports = std::thread::Builder::new()
             .name("producer-reports".into())
-            .spawn(move || {
-                // Ends within REPORT_WAIT of the stop; the producer is dropped (and
-                // destroyed) with this thread's handle on it.
-                while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
-                    polled.poll(REPORT_WAIT);
-                }
-            })
+            .spawn(move || serve_reports(&polled, &stopped))
             .map_err(|e| Error::Config(format!("cannot start the producer's thread: {e}")))?;
-        Ok(Self { producer, stop })
+        Ok(Self {
+            producer,
+            stop,
+            reports: reports.thread().clone(),
+        })
     }
+}
+
+/// Serves `producer`'s delivery reports until `stop` is set. The producer is dropped (and
+/// destroyed) with the caller's handle on it, after its queue's.
+fn serve_reports(producer: &BaseProducer<Deliveries>, stop: &std::sync::atomic::AtomicBool) {
+    let stopped = || stop.load(std::sync::atomic::Ordering::Relaxed);
+    let Some(main) = crate::message::queue::Queue::main_of(producer.client()) else {
+        tracing::debug!("librdkafka gave no handle on the producer's queue; reading it in timed waits");
+        while !stopped() {
+            producer.poll(REPORT_POLL);
+        }
+        return;
+    };
+    let arrivals = main.unpark_on_arrival(std::thread::current());
+    while !stopped() {
+        // What came since the queue was last empty; each `poll` takes one event.
+        loop {
+            let waiting = main.len();
+            if waiting == 0 || stopped() {
+                break;
+            }
+            for _ in 0..waiting {
+                producer.poll(Duration::ZERO);
+            }
+        }
+        // An arrival after the queue was seen empty unparks this at once.
+        std::thread::park_timeout(REPORT_WAIT);
+    }
+    drop(arrivals);
 }
 
 impl std::ops::Deref for PolledProducer {
@@ -267,6 +300,7 @@ impl std::ops::Deref for PolledProducer {
 impl Drop for PolledProducer {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.reports.unpark();
     }
 }
 

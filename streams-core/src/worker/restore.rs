@@ -16,8 +16,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::fetch::Queue;
 use crate::changelog::{self, ChangelogReader, Restored};
+use crate::message::queue::Queue;
 use crate::message::RawMessage;
 use crate::metrics::Metrics;
 use crate::store::StateStore;
@@ -472,13 +472,29 @@ pub(crate) struct Restorer {
     /// Reads the changelogs, read committed.
     consumer: BaseConsumer,
     /// Asks for partitions' ends as a read_uncommitted reader sees them (the high
-    /// watermark; a read_committed reader is told the last stable offset).
-    ends: BaseConsumer,
+    /// watermark; a read_committed reader is told the last stable offset). Shared by the
+    /// worker's restorers (see [`ends_client`]).
+    ends: Arc<BaseConsumer>,
     metrics: Arc<Metrics>,
 }
 
+/// The client that asks for changelog partitions' ends, for every restorer of a worker
+/// (see [`Restorer::new`]): it only asks for watermarks, which librdkafka answers to several
+/// threads at once. It joins no group (it reads nothing), so librdkafka runs no group
+/// machinery for it: each client of a worker costs an idle worker wake-ups of its own.
+pub(crate) fn ends_client(config: &ClientConfig) -> Result<Arc<BaseConsumer>> {
+    let mut config = config.clone();
+    config.remove("group.id").set("isolation.level", "read_uncommitted");
+    let ends: BaseConsumer = config
+        .create()
+        .map_err(|e| Error::kafka("creating the restores' watermark client", e))?;
+    Ok(Arc::new(ends))
+}
+
 impl Restorer {
-    pub(crate) fn new(config: &ClientConfig, metrics: Arc<Metrics>) -> Result<Self> {
+    /// A restorer with a consumer of its own; `ends` answers where partitions end (see
+    /// [`ends_client`]).
+    pub(crate) fn new(config: &ClientConfig, metrics: Arc<Metrics>, ends: &Arc<BaseConsumer>) -> Result<Self> {
         let mut config = config.clone();
         config
             .set("enable.auto.commit", "false")
@@ -495,16 +511,12 @@ impl Restorer {
             .create()
             .map_err(|e| Error::kafka("creating the restore consumer", e))?;
         // It never joins its group (it assigns partitions), so no rebalance comes by its
-        // consumer queue, which is read in batches (see `worker/fetch.rs`).
+        // consumer queue, which is read in batches (see `message/queue.rs`).
         let queue = Queue::consumer_of(consumer.client());
-        config.set("isolation.level", "read_uncommitted");
-        let ends = config
-            .create()
-            .map_err(|e| Error::kafka("creating the restore consumer", e))?;
         Ok(Self {
             queue,
             consumer,
-            ends,
+            ends: Arc::clone(ends),
             metrics,
         })
     }
@@ -814,14 +826,10 @@ impl KafkaLog<'_> {
 
     /// Where the consumer stands: every offset before it read or skipped.
     fn position(&self) -> changelog::Fetched<'static> {
-        let position = self.restorer.consumer.position().ok().and_then(|list| {
-            list.elements_for_topic(self.topic)
-                .iter()
-                .find(|e| e.partition() == self.partition)
-                .and_then(|e| match e.offset() {
-                    Offset::Offset(offset) => Some(offset),
-                    _ => None,
-                })
+        let list = super::consumer::positions(self.restorer.consumer.client(), [(self.topic, self.partition)]);
+        let position = list.elements().first().and_then(|e| match e.offset() {
+            Offset::Offset(offset) => Some(offset),
+            _ => None,
         });
         match position {
             Some(position) => changelog::Fetched::At(position),

@@ -45,6 +45,33 @@ impl Queue {
         NonNull::new(unsafe { rd::rd_kafka_queue_get_consumer(client.native_ptr()) }).map(Self)
     }
 
+    /// `client`'s main queue (a producer's delivery reports and events). It must be dropped
+    /// before the client is.
+    pub(crate) fn main_of<C: ClientContext>(client: &Client<C>) -> Option<Self> {
+        // SAFETY: a live client.
+        NonNull::new(unsafe { rd::rd_kafka_queue_get_main(client.native_ptr()) }).map(Self)
+    }
+
+    /// Unparks `thread` each time this queue goes from empty to holding something, until the
+    /// returned guard is dropped: a thread can wait for the queue with
+    /// `std::thread::park_timeout` (which, unlike a timed read of librdkafka's, does not
+    /// spin through its last millisecond).
+    pub(crate) fn unpark_on_arrival(&self, thread: std::thread::Thread) -> Arrivals<'_> {
+        unsafe extern "C" fn unpark(_: *mut rd::rd_kafka_t, opaque: *mut std::ffi::c_void) {
+            // SAFETY: `opaque` is the guard's boxed thread, alive while the callback is set.
+            let thread = unsafe { &*(opaque as *const std::thread::Thread) };
+            thread.unpark();
+        }
+        let thread = Box::new(thread);
+        let opaque = std::ptr::from_ref::<std::thread::Thread>(&thread).cast_mut().cast();
+        // SAFETY: a live queue; the box outlives the callback (the guard unsets it first).
+        unsafe { rd::rd_kafka_queue_cb_event_enable(self.0.as_ptr(), Some(unpark), opaque) };
+        Arrivals {
+            queue: self,
+            _thread: thread,
+        }
+    }
+
     /// Takes up to `max` records (and consumer errors) into `into`, in the order they were
     /// fetched; waits up to `wait` for the first one, and no longer than that for more. The
     /// wait ends early when [`Queue::wake`] is called. Returns how many were taken.
@@ -106,6 +133,20 @@ impl Queue {
     }
 }
 
+/// While it lives, a queue's arrivals unpark a thread (see [`Queue::unpark_on_arrival`]).
+pub(crate) struct Arrivals<'a> {
+    queue: &'a Queue,
+    _thread: Box<std::thread::Thread>,
+}
+
+impl Drop for Arrivals<'_> {
+    fn drop(&mut self) {
+        // SAFETY: a live queue. librdkafka unsets the callback under the queue's lock, which
+        // a running callback holds: none runs after this returns, and the thread can go.
+        unsafe { rd::rd_kafka_queue_cb_event_enable(self.queue.0.as_ptr(), None, std::ptr::null_mut()) };
+    }
+}
+
 impl Drop for Queue {
     fn drop(&mut self) {
         // SAFETY: our handle, released once.
@@ -113,16 +154,28 @@ impl Drop for Queue {
     }
 }
 
-/// A group member's records queue: every assigned partition's records go there, and the
-/// poll thread reads it in batches. Closed (released) before the consumer is; a closed
-/// queue takes nothing and forwards nothing.
+/// A consumer's records queue, read in batches by one thread while others may end its wait
+/// ([`Records::wake`]). A group member's is a queue of its own, where every assigned
+/// partition's records go ([`Records::open`]); a consumer that never joins a group reads its
+/// consumer queue ([`Records::open_consumer`]). Closed (released) before the consumer is; a
+/// closed queue takes nothing and forwards nothing.
 #[derive(Default)]
 pub(crate) struct Records(RwLock<Option<Queue>>);
 
 impl Records {
-    /// Opens the queue (see [`Queue::new`]); `false` if librdkafka gave none.
+    /// Opens a queue of its own (see [`Queue::new`]); `false` if librdkafka gave none.
     pub(crate) fn open<C: ClientContext>(&self, client: &Client<C>) -> bool {
-        let queue = Queue::new(client);
+        self.set(Queue::new(client))
+    }
+
+    /// Opens on `client`'s consumer queue (see [`Queue::consumer_of`]), for a consumer that
+    /// never joins a group (it assigns its partitions itself); `false` if librdkafka gave
+    /// none.
+    pub(crate) fn open_consumer<C: ClientContext>(&self, client: &Client<C>) -> bool {
+        self.set(Queue::consumer_of(client))
+    }
+
+    fn set(&self, queue: Option<Queue>) -> bool {
         let opened = queue.is_some();
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = queue;
         opened
@@ -140,7 +193,7 @@ impl Records {
         queue.as_ref().map(|queue| queue.take_ready(wait, max, into))
     }
 
-    /// Ends the poll thread's wait for records (something else needs it).
+    /// Ends the reading thread's wait for records (something else needs it).
     pub(crate) fn wake(&self) {
         if let Some(queue) = self.0.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
             queue.wake();
@@ -371,6 +424,65 @@ mod tests {
             (100..RECORDS).collect::<Vec<_>>(),
             "in order, from the new start"
         );
+        records.close();
+    }
+
+    /// A producer's delivery report unparks the thread that waits for its main queue, and
+    /// once the guard is gone nothing unparks it.
+    #[test]
+    fn a_delivery_report_unparks_the_thread_waiting_for_it() {
+        let broker = EmbeddedBroker::start().expect("broker");
+        broker.create_topic("reports", 1).expect("topic");
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap_servers())
+            .create()
+            .expect("producer");
+        let main = Queue::main_of(producer.client()).expect("the main queue");
+        let arrivals = main.unpark_on_arrival(std::thread::current());
+        // A token left from before the record (park returns at once for it).
+        std::thread::park_timeout(Duration::ZERO);
+        producer
+            .send(BaseRecord::<(), str>::to("reports").partition(0).payload("report"))
+            .map_err(|(error, _)| error)
+            .expect("send");
+        let began = Instant::now();
+        while main.len() == 0 && began.elapsed() < Duration::from_secs(20) {
+            std::thread::park_timeout(Duration::from_secs(20));
+        }
+        assert!(main.len() > 0, "the report came");
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "unparked by the report, not timed out"
+        );
+        producer.poll(Duration::ZERO);
+        drop(arrivals);
+        drop(main);
+    }
+
+    /// A consumer that assigns its partitions itself is read in batches from its consumer
+    /// queue, and a wake ends the wait there too.
+    #[test]
+    fn a_consumer_queue_is_read_in_batches_and_woken() {
+        let broker = broker_with_records("own");
+        let consumer = consumer(&broker, false);
+        let records = Records::default();
+        assert!(records.open_consumer(consumer.client()));
+        assign(&consumer, "own", 0);
+        let (all, _) = take_until(
+            &|batch| records.take_ready(Duration::from_millis(500), 256, batch).unwrap_or(0),
+            Duration::from_secs(30),
+            &|message| message.offset() == RECORDS - 1,
+        );
+        let offsets: Vec<i64> = all.iter().map(RawMessage::offset).collect();
+        assert_eq!(offsets, (0..RECORDS).collect::<Vec<_>>());
+        drop(all);
+        records.wake();
+        let began = Instant::now();
+        assert_eq!(
+            records.take_ready(Duration::from_secs(20), 16, &mut Vec::new()),
+            Some(0)
+        );
+        assert!(began.elapsed() < Duration::from_secs(10), "woken, not timed out");
         records.close();
     }
 }
