@@ -164,6 +164,22 @@ pub struct Metrics {
     failed: AtomicBool,
     /// Wakes what waits for a failure ([`Metrics::failure`]).
     failure: tokio::sync::Notify,
+    /// Told of a failure (see [`Metrics::on_failure`]).
+    on_failure: FailureHook,
+}
+
+/// Who to tell when the worker fails: the poll thread's wake.
+#[derive(Default)]
+struct FailureHook(std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>);
+
+impl std::fmt::Debug for FailureHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "FailureHook(set)"
+        } else {
+            "FailureHook"
+        })
+    }
 }
 
 fn text(bytes: &[u8], limit: usize) -> String {
@@ -236,6 +252,17 @@ impl Metrics {
         }
         self.failed.store(true, Ordering::Relaxed);
         self.failure.notify_waiters();
+        if let Some(tell) = self.on_failure.0.get() {
+            tell();
+        }
+    }
+
+    /// Calls `tell` after each failure (once set, for good): the worker's poll thread stops
+    /// at once rather than after its wait.
+    pub(crate) fn on_failure(&self, tell: impl Fn() + Send + Sync + 'static) {
+        if self.on_failure.0.set(Box::new(tell)).is_err() {
+            tracing::debug!("metrics: who to tell of a failure was set already");
+        }
     }
 
     /// Resolves once the worker has failed (at once if it has).

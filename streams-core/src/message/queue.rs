@@ -53,10 +53,11 @@ impl Queue {
     }
 
     /// Unparks `thread` each time this queue goes from empty to holding something, until the
-    /// returned guard is dropped: a thread can wait for the queue with
-    /// `std::thread::park_timeout` (which, unlike a timed read of librdkafka's, does not
-    /// spin through its last millisecond).
-    pub(crate) fn unpark_on_arrival(&self, thread: std::thread::Thread) -> Arrivals<'_> {
+    /// returned guard (which keeps the queue) is dropped: a thread can wait for the queue
+    /// with `std::thread::park_timeout` (which, unlike a timed read of librdkafka's, does
+    /// not spin through its last millisecond). One such guard per queue at a time: a second
+    /// replaces the first's callback, and the first's drop would end both.
+    pub(crate) fn unpark_on_arrival(self, thread: std::thread::Thread) -> Arrivals {
         unsafe extern "C" fn unpark(_: *mut rd::rd_kafka_t, opaque: *mut std::ffi::c_void) {
             // SAFETY: `opaque` is the guard's boxed thread, alive while the callback is set.
             let thread = unsafe { &*(opaque as *const std::thread::Thread) };
@@ -133,13 +134,21 @@ impl Queue {
     }
 }
 
-/// While it lives, a queue's arrivals unpark a thread (see [`Queue::unpark_on_arrival`]).
-pub(crate) struct Arrivals<'a> {
-    queue: &'a Queue,
+/// A queue whose arrivals unpark a thread while this lives (see [`Queue::unpark_on_arrival`]).
+/// Forgetting it leaks the thread's handle with the callback still set, which stays sound.
+pub(crate) struct Arrivals {
+    queue: Queue,
     _thread: Box<std::thread::Thread>,
 }
 
-impl Drop for Arrivals<'_> {
+impl Arrivals {
+    /// How many ops wait in the queue.
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+impl Drop for Arrivals {
     fn drop(&mut self) {
         // SAFETY: a live queue. librdkafka unsets the callback under the queue's lock, which
         // a running callback holds: none runs after this returns, and the thread can go.
@@ -155,27 +164,16 @@ impl Drop for Queue {
 }
 
 /// A consumer's records queue, read in batches by one thread while others may end its wait
-/// ([`Records::wake`]). A group member's is a queue of its own, where every assigned
-/// partition's records go ([`Records::open`]); a consumer that never joins a group reads its
-/// consumer queue ([`Records::open_consumer`]). Closed (released) before the consumer is; a
-/// closed queue takes nothing and forwards nothing.
+/// ([`Records::wake`]): a queue of its own, where every assigned partition's records go
+/// (the consumer queue keeps rebalances, errors and logs). Closed (released) before the
+/// consumer is; a closed queue takes nothing and forwards nothing.
 #[derive(Default)]
 pub(crate) struct Records(RwLock<Option<Queue>>);
 
 impl Records {
-    /// Opens a queue of its own (see [`Queue::new`]); `false` if librdkafka gave none.
+    /// Opens the queue (see [`Queue::new`]); `false` if librdkafka gave none.
     pub(crate) fn open<C: ClientContext>(&self, client: &Client<C>) -> bool {
-        self.set(Queue::new(client))
-    }
-
-    /// Opens on `client`'s consumer queue (see [`Queue::consumer_of`]), for a consumer that
-    /// never joins a group (it assigns its partitions itself); `false` if librdkafka gave
-    /// none.
-    pub(crate) fn open_consumer<C: ClientContext>(&self, client: &Client<C>) -> bool {
-        self.set(Queue::consumer_of(client))
-    }
-
-    fn set(&self, queue: Option<Queue>) -> bool {
+        let queue = Queue::new(client);
         let opened = queue.is_some();
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = queue;
         opened
@@ -202,8 +200,9 @@ impl Records {
 
     /// Sends the records of `partitions` here. Called before they are assigned (an
     /// assignment that starts a partition's fetch then keeps the forward), and again once a
-    /// second: stopping a partition's fetch (a revocation) ends its forward, and a stop
-    /// still under way when the partition is assigned again can end the new one.
+    /// second for a while after partitions move: stopping a partition's fetch (a
+    /// revocation) ends its forward, and a stop still under way when the partition is
+    /// assigned again can end the new one.
     pub(crate) fn forward<C: ClientContext>(&self, client: &Client<C>, partitions: &[(&str, i32)]) {
         let queue = self.0.read().unwrap_or_else(|p| p.into_inner());
         let Some(queue) = queue.as_ref() else { return };
@@ -385,7 +384,8 @@ mod tests {
 
     /// librdkafka ends a partition's forward when it stops the partition's fetch (an
     /// unassignment), and does not restore it when the partition is assigned again: the
-    /// worker forwards its partitions before each assignment and once a second besides.
+    /// worker forwards its partitions before each assignment and once a second for a while
+    /// after.
     #[test]
     fn a_partition_assigned_again_sends_its_records_to_the_queue_once_forwarded_again() {
         let broker = broker_with_records("again");
@@ -437,9 +437,14 @@ mod tests {
             .set("bootstrap.servers", broker.bootstrap_servers())
             .create()
             .expect("producer");
-        let main = Queue::main_of(producer.client()).expect("the main queue");
-        let arrivals = main.unpark_on_arrival(std::thread::current());
-        // A token left from before the record (park returns at once for it).
+        let main = Queue::main_of(producer.client())
+            .expect("the main queue")
+            .unpark_on_arrival(std::thread::current());
+        // The queue empty (a report only then unparks), and no token left from before.
+        while main.len() > 0 {
+            producer.poll(Duration::ZERO);
+        }
+        assert_eq!(main.len(), 0);
         std::thread::park_timeout(Duration::ZERO);
         producer
             .send(BaseRecord::<(), str>::to("reports").partition(0).payload("report"))
@@ -455,34 +460,6 @@ mod tests {
             "unparked by the report, not timed out"
         );
         producer.poll(Duration::ZERO);
-        drop(arrivals);
         drop(main);
-    }
-
-    /// A consumer that assigns its partitions itself is read in batches from its consumer
-    /// queue, and a wake ends the wait there too.
-    #[test]
-    fn a_consumer_queue_is_read_in_batches_and_woken() {
-        let broker = broker_with_records("own");
-        let consumer = consumer(&broker, false);
-        let records = Records::default();
-        assert!(records.open_consumer(consumer.client()));
-        assign(&consumer, "own", 0);
-        let (all, _) = take_until(
-            &|batch| records.take_ready(Duration::from_millis(500), 256, batch).unwrap_or(0),
-            Duration::from_secs(30),
-            &|message| message.offset() == RECORDS - 1,
-        );
-        let offsets: Vec<i64> = all.iter().map(RawMessage::offset).collect();
-        assert_eq!(offsets, (0..RECORDS).collect::<Vec<_>>());
-        drop(all);
-        records.wake();
-        let began = Instant::now();
-        assert_eq!(
-            records.take_ready(Duration::from_secs(20), 16, &mut Vec::new()),
-            Some(0)
-        );
-        assert!(began.elapsed() < Duration::from_secs(10), "woken, not timed out");
-        records.close();
     }
 }

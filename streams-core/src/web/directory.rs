@@ -22,7 +22,7 @@ use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use crate::message::queue::Records;
+use crate::message::queue::{Queue, Records};
 use crate::task::sink::{OutRecord, Sink, SinkError};
 use crate::{Error, Result};
 
@@ -86,19 +86,35 @@ impl Directory {
             // default; at 100 ms the reader's fetches were most of an idle worker's CPU). The
             // embedded broker holds a fetch the whole wait: updates come up to 0.5 s later there.
             .set("fetch.wait.max.ms", "500");
-        let consumer: BaseConsumer = config
+        let mut consumer: BaseConsumer = config
             .create()
             .map_err(|e| Error::kafka("creating the directory reader", e))?;
+        // The records go to a queue of their own, read in batches; the consumer queue keeps
+        // librdkafka's logs and errors, which `poll` hands to rdkafka (and so to tracing).
+        // Either queue's arrivals end the reader's wait.
+        let records = Arc::new(Records::default());
+        if records.open(consumer.client()) {
+            records.forward(consumer.client(), &[(topic.as_str(), 0)]);
+        } else {
+            tracing::debug!("directory: librdkafka gave no queue for records; polling them one at a time");
+        }
+        {
+            let records = Arc::clone(&records);
+            consumer.set_nonempty_callback(move || records.wake());
+        }
+        let events = Queue::consumer_of(consumer.client());
+        let reader = Reader {
+            records: Arc::clone(&records),
+            events,
+            consumer,
+        };
         let mut list = TopicPartitionList::new();
         list.add_partition_offset(&topic, 0, Offset::Beginning)
             .map_err(|e| Error::kafka("reading the directory", e))?;
-        consumer
+        reader
+            .consumer
             .assign(&list)
             .map_err(|e| Error::kafka("reading the directory", e))?;
-        let records = Arc::new(Records::default());
-        if !records.open_consumer(consumer.client()) {
-            tracing::debug!("directory: librdkafka gave no consumer queue; polling records one at a time");
-        }
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -113,10 +129,10 @@ impl Directory {
             reader: Mutex::new(None),
             records: Arc::clone(&records),
         });
-        let reader = Arc::downgrade(&directory);
+        let weak = Arc::downgrade(&directory);
         let thread = std::thread::Builder::new()
             .name("directory".into())
-            .spawn(move || read(consumer, &records, &reader))
+            .spawn(move || read(&reader, &weak))
             .map_err(|e| Error::io("starting the directory reader", e))?;
         *directory.reader.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
         Ok(directory)
@@ -240,25 +256,57 @@ impl Drop for Directory {
 /// this only bounds a wait nothing ends.
 const READ_WAIT: Duration = Duration::from_secs(30);
 
-/// Reads the directory until it is dropped or withdrawn; then releases `records` and the
-/// consumer, in that order.
-fn read(consumer: BaseConsumer, records: &Records, directory: &std::sync::Weak<Directory>) {
+/// The reader's librdkafka handles, released in order however the reader ends (a stop, a
+/// panic, a thread that never started): its records' queue, its consumer queue, then the
+/// consumer (librdkafka's queues go before their client).
+struct Reader {
+    records: Arc<Records>,
+    /// The consumer queue, to see whether it holds anything (`None`: poll it each round).
+    events: Option<Queue>,
+    consumer: BaseConsumer,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.records.close();
+        self.events.take();
+    }
+}
+
+impl Reader {
+    /// Serves what the consumer queue holds: logs and errors, and records when they have no
+    /// queue of their own (`polling`; then it waits up to 200 ms for one, which a stop
+    /// cannot end).
+    fn serve_events(&self, directory: &Directory, polling: bool) {
+        let wait = if polling {
+            Duration::from_millis(200)
+        } else {
+            Duration::ZERO
+        };
+        for _ in 0..64 {
+            if !polling && self.events.as_ref().is_some_and(|queue| queue.len() == 0) {
+                return;
+            }
+            match self.consumer.poll(wait) {
+                Some(Ok(message)) => directory.apply(message.offset(), message.key(), message.payload()),
+                Some(Err(error)) => tracing::debug!("directory: {error}"),
+                None if polling || self.events.is_none() => return,
+                None => {}
+            }
+        }
+    }
+}
+
+/// Reads the directory until it is dropped or withdrawn.
+fn read(reader: &Reader, directory: &std::sync::Weak<Directory>) {
     let mut batch = Vec::with_capacity(64);
     loop {
-        let taken = records.take_ready(READ_WAIT, 64, &mut batch);
+        let taken = reader.records.take_ready(READ_WAIT, 64, &mut batch);
         let Some(directory) = directory.upgrade() else { break };
         if directory.stop.load(Ordering::Relaxed) {
             break;
         }
-        if taken.is_none() {
-            // No queue to read in batches: one record at a time, in short waits (a stop
-            // cannot end them).
-            match consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(message)) => directory.apply(message.offset(), message.key(), message.payload()),
-                Some(Err(error)) => tracing::debug!("directory: {error}"),
-                None => {}
-            }
-        }
+        reader.serve_events(&directory, taken.is_none());
         for message in batch.drain(..) {
             match message.error() {
                 None => directory.apply(message.offset(), message.key(), message.payload()),
@@ -266,10 +314,6 @@ fn read(consumer: BaseConsumer, records: &Records, directory: &std::sync::Weak<D
             }
         }
     }
-    // librdkafka's messages and queues go before their client.
-    drop(batch);
-    records.close();
-    drop(consumer);
 }
 
 #[cfg(test)]

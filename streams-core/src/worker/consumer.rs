@@ -1168,6 +1168,9 @@ impl ConsumerContext for WorkerContext {
                         .metrics
                         .fail(format!("cannot take over partitions: the assignment failed ({error})"));
                 }
+                // The guard's time counts from the assignment itself (taking the partitions
+                // over can take a while).
+                self.shared.moved();
                 // Partitions librdkafka did not know before the assignment.
                 if unpaused.count() > 0 {
                     if let Err(error) = consumer.pause(&unpaused) {

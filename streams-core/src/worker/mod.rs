@@ -208,7 +208,9 @@ impl WorkerOptions {
 
     /// A flag that stops the worker once set, as [`WorkerHandle::request_stop`] does; set
     /// while [`Worker::start`] still waits for the broker, it makes the start return
-    /// [`Error::Stopping`]. The command line sets it from SIGINT and SIGTERM.
+    /// [`Error::Stopping`]. The command line sets it from SIGINT and SIGTERM. A worker that
+    /// holds its partitions and has no records sees the flag within a second;
+    /// [`WorkerHandle::request_stop`] is seen at once.
     pub fn stop_flag(mut self, flag: Arc<AtomicBool>) -> Self {
         self.stop = Some(flag);
         self
@@ -582,6 +584,11 @@ impl Worker {
         if let Some(rounds) = &rounds {
             let records = Arc::clone(&shared.records);
             rounds.on_abort(move || records.wake());
+        }
+        // So does a failure: the worker stops.
+        {
+            let records = Arc::clone(&shared.records);
+            metrics.on_failure(move || records.wake());
         }
         let poll_wake = Arc::clone(&shared.records);
         let web = match web_listener {

@@ -271,7 +271,7 @@ fn serve_reports(producer: &BaseProducer<Deliveries>, stop: &std::sync::atomic::
         }
         return;
     };
-    let arrivals = main.unpark_on_arrival(std::thread::current());
+    let main = main.unpark_on_arrival(std::thread::current());
     while !stopped() {
         // What came since the queue was last empty; each `poll` takes one event.
         loop {
@@ -286,7 +286,7 @@ fn serve_reports(producer: &BaseProducer<Deliveries>, stop: &std::sync::atomic::
         // An arrival after the queue was seen empty unparks this at once.
         std::thread::park_timeout(REPORT_WAIT);
     }
-    drop(arrivals);
+    drop(main);
 }
 
 impl std::ops::Deref for PolledProducer {
@@ -467,10 +467,11 @@ impl Sink for KafkaSink {
     fn flush(&self) -> Result<(), FlushError> {
         let mut waited = 0u64;
         loop {
-            // librdkafka's own flush, which serves delivery reports itself and looks again
-            // every 10 ms. (rdkafka's `flush` waits in `poll` up to 100 ms at a time, while the
-            // producer's own thread takes the reports: every flush with records in flight took
-            // 100 ms, which every exactly-once commit waits for.)
+            // librdkafka's own flush, which waits for the delivery reports' thread to serve
+            // the reports and looks again every 10 ms. (rdkafka's `flush` waits in `poll` up
+            // to 100 ms at a time, while the producer's own thread takes the reports: every
+            // flush with records in flight took 100 ms, which every exactly-once commit
+            // waits for.)
             // SAFETY: the handle is the live producer's, and rd_kafka_flush may be called from
             // any thread.
             let producer = self.producer();
