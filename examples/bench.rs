@@ -2,7 +2,9 @@
 //!
 //! Measures, on the same topic: (a) a plain rdkafka consumer doing nothing (the ceiling),
 //! (b) a stateless agent (decode + filter + send), (c) the seed pipeline (filter → internal
-//! topic → count in RocksDB with changelog, at-least-once); then the peak RSS of a worker
+//! topic → count in RocksDB with changelog, at-least-once), (i) an idle worker's CPU per
+//! second (the seed app with its web server, once it holds its partitions); then the peak
+//! RSS of a worker
 //! holding 5M distinct keys on 64 partitions within `--state-memory 256MiB`, a restore of 1M
 //! changelog records into an empty data dir and the peak RSS of a worker holding 1M distinct
 //! keys, and a failover after SIGKILL with and without a standby replica.
@@ -47,11 +49,11 @@ struct Args {
     /// Hits for (f), the windowed example.
     #[arg(long, default_value_t = 100_000)]
     window_records: usize,
-    /// Which cases to run, by letter: `a`–`f` as printed, `m` the peak RSS of a worker with
-    /// 5M keys on 64 partitions (tansu only), `r` the restore and memory figures, `s` a
-    /// failover after SIGKILL with and without standby replicas (`d` runs the exactly-once
-    /// comparison, which also runs its own (c)).
-    #[arg(long, default_value = "abcdefmrs")]
+    /// Which cases to run, by letter: `a`–`f` as printed, `i` an idle worker's CPU, `m` the
+    /// peak RSS of a worker with 5M keys on 64 partitions (tansu only), `r` the restore and
+    /// memory figures, `s` a failover after SIGKILL with and without standby replicas (`d`
+    /// runs the exactly-once comparison, which also runs its own (c)).
+    #[arg(long, default_value = "abcdefimrs")]
     cases: String,
     /// Internal: host the embedded broker on this port with the benchmark's topics.
     #[arg(long, hide = true)]
@@ -149,6 +151,20 @@ fn cpu_seconds() -> f64 {
     let ticks: f64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0.0)
         + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
     ticks / 100.0
+}
+
+/// CPU seconds this process's live threads have used so far, to the nanosecond (the
+/// scheduler's count per thread; `cpu_seconds` counts in ticks of 10 ms, too coarse for an
+/// idle process).
+fn threads_cpu_seconds() -> f64 {
+    let Ok(threads) = std::fs::read_dir("/proc/self/task") else {
+        return cpu_seconds();
+    };
+    let nanos: u64 = threads
+        .filter_map(|thread| std::fs::read_to_string(thread.ok()?.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    nanos as f64 / 1e9
 }
 
 fn peak_rss_mb() -> f64 {
@@ -719,6 +735,60 @@ fn worker_options(dir: &std::path::Path, bootstrap: &str) -> WorkerOptions {
         .consumer_config("session.timeout.ms", "6000")
 }
 
+/// How long (i) lets the worker settle once it holds its partitions: longer than the 30 s
+/// for which a worker resumes moved partitions again each second.
+const IDLE_SETTLE: Duration = Duration::from_secs(35);
+
+/// How long (i) samples the idle worker's CPU.
+const IDLE_SAMPLE: Duration = Duration::from_secs(30);
+
+/// (i) An idle worker: the seed app with its web server (and so the directory of workers),
+/// on the input the earlier cases left (processed first, when they have not), once it holds
+/// its partitions and nothing comes; this process's CPU over [`IDLE_SAMPLE`].
+async fn idle(bootstrap: &str) -> Result<(), String> {
+    println!(
+        "
+running (i) an idle worker: the seed app with its web server, its partitions held, no input"
+    );
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let options = worker_options(dir.path(), bootstrap).web(streams_core::web::WebOptions::default().port(0));
+    let worker = Worker::start(hit_counter::app(), options)
+        .await
+        .map_err(|e| e.to_string())?;
+    let metrics = worker.metrics();
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "hit_counter")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let partitions = (PARTITIONS + 8) as u64;
+    loop {
+        let held = metrics.assigned.load(std::sync::atomic::Ordering::Relaxed) >= partitions;
+        if held && lag(&client, &[("hit_count", PARTITIONS), ("count_topic", 8)])? == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("(i): the worker did not catch up".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Only the worker is measured: the lag reader is a client of its own.
+    drop(client);
+    tokio::time::sleep(IDLE_SETTLE).await;
+    let cpu = threads_cpu_seconds();
+    tokio::time::sleep(IDLE_SAMPLE).await;
+    let used = threads_cpu_seconds() - cpu;
+    println!(
+        "(i) idle worker: {:.2} ms of CPU per second (this process, over {} s, {} s after it held its {partitions} partitions)",
+        used * 1e3 / IDLE_SAMPLE.as_secs_f64(),
+        IDLE_SAMPLE.as_secs(),
+        IDLE_SETTLE.as_secs()
+    );
+    worker.stop().await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 /// Starts the 1M-key app on `dir` until every partition is restored and running: the
 /// changelog records it restored and the seconds that took.
 async fn restore(bootstrap: &str, dir: &std::path::Path) -> Result<(u64, f64), String> {
@@ -838,6 +908,9 @@ fn run(args: &Args) -> Result<(), String> {
             ratio,
             figure.cpu / figure.records as f64 * 1e6
         );
+    }
+    if wants('i') {
+        runtime.block_on(idle(&broker.bootstrap))?;
     }
     if !wants('d') && !wants('r') && !wants('s') && !wants('m') {
         return Ok(());
