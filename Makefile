@@ -15,7 +15,7 @@ CARGO ?= cargo
 help:
 	@echo "make demo   the seed's hit counter on the embedded broker (no Kafka needed)"
 	@echo "make test   every test, then make publish-check (docs, cargo publish --dry-run)"
-	@echo "make bench  benchmarks: broker ceiling vs agents, restore, memory; broker-free engine"
+	@echo "make bench  benchmarks: broker ceiling vs agents, an idle worker, restore, memory; broker-free engine"
 	@echo "make lint   cargo fmt --check and cargo clippy"
 
 deps:

@@ -11,6 +11,9 @@
 //!
 //! A batch read drops records outdated by a seek, a pause or a new assignment (librdkafka's
 //! version barriers), as `poll` does.
+//!
+//! A producer's main queue is here too ([`Queue::main_of`]): its arrivals unpark the
+//! delivery reports' thread ([`Queue::unpark_on_arrival`]).
 
 use std::ptr::NonNull;
 use std::sync::RwLock;

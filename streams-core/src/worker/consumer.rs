@@ -220,7 +220,7 @@ impl Shared {
         }
     }
 
-    /// Sets `streams_consumer_lag` of every assigned partition: the broker's end offset
+    /// Sets `streams_consumer_lag` of every held partition: the broker's end offset
     /// (as the last fetch response had it) less the consumer's position; partitions no
     /// longer assigned lose theirs. Called by the poll thread.
     fn update_lag(&self, consumer: &BaseConsumer<WorkerContext>) {
@@ -1410,9 +1410,9 @@ const KEEP_RESUMING: Duration = Duration::from_secs(30);
 const IDLE_WAIT: Duration = Duration::from_millis(250);
 
 /// The same wait once the worker holds its partitions, restored. A record, a rebalance, a
-/// stop asked of the worker ([`crate::WorkerHandle::request_stop`]) and an aborted round end
-/// it early; what it leaves to the next round is once-a-second work (lag, the directory) and
-/// noticing a stop flag set by other means or a failure.
+/// stop asked of the worker ([`crate::WorkerHandle::request_stop`]), a failure and an
+/// aborted round end it early; what it leaves to the next round is once-a-second work (lag,
+/// the directory) and noticing a stop flag set by other means.
 const SETTLED_WAIT: Duration = Duration::from_secs(1);
 
 /// The worker's batch queue, open while it lives.

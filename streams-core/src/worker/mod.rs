@@ -76,8 +76,8 @@ pub struct WorkerOptions {
     /// process's default budget, [`crate::store::DEFAULT_STATE_MEMORY`] (128 MiB), shared by
     /// every worker of the process.
     pub state_memory: Option<usize>,
-    /// How many partitions restore their stores side by side, each on a thread with
-    /// consumers of its own (the command line's `--restore-threads`; by default the
+    /// How many partitions restore their stores side by side, each on a thread with a
+    /// consumer of its own (the command line's `--restore-threads`; by default the
     /// machine's cores, at most 4).
     pub restore_threads: usize,
     /// Standby replicas: how many workers besides a table partition's owner keep a warm

@@ -233,7 +233,8 @@ const DEFAULT_LINGER_MS: &str = "5";
 /// calls of 5 s still spun ~0.16 ms a second. This thread parks until the producer's main
 /// queue holds something (a delivery report, an error) and then takes what it holds without
 /// waiting; a stop unparks it too. The thread ends (and destroys the producer) at once after
-/// a stop; nothing waits for it.
+/// a stop (within `REPORT_POLL` when librdkafka gives no handle on the queue); nothing
+/// waits for it.
 pub(crate) struct PolledProducer {
     producer: Arc<BaseProducer<Deliveries>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
