@@ -64,8 +64,15 @@ pub fn run_case<T>(limit: Duration, case: impl std::future::Future<Output = T>) 
 }
 
 /// Worker options for the embedded broker (workers give themselves short sessions there).
+///
+/// `STREAMS_TEST_RDKAFKA_DEBUG` (e.g. `cgrp`) turns on librdkafka's debug contexts for the
+/// group consumer, logged at `debug` (set `STREAMS_TEST_LOG=debug` to see them).
 pub fn worker_options(dir: &std::path::Path, broker: &streams_core::EmbeddedBroker) -> streams_core::WorkerOptions {
-    streams_core::WorkerOptions::new(dir).embedded(broker)
+    let options = streams_core::WorkerOptions::new(dir).embedded(broker);
+    match std::env::var("STREAMS_TEST_RDKAFKA_DEBUG") {
+        Ok(contexts) if !contexts.is_empty() => options.consumer_config("debug", contexts),
+        _ => options,
+    }
 }
 
 /// Produces `values` (optionally keyed) to `topic` and waits until all are acknowledged.

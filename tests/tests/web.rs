@@ -42,11 +42,17 @@ fn url(worker: &WorkerHandle) -> String {
     worker.web_url().expect("a web server").to_string()
 }
 
+/// Waits until the workers hold every partition between them, each some.
+///
+/// Each of them holds some: input produced before the group settles could be counted twice,
+/// since the embedded broker refuses a commit while its group rebalances (Kafka accepts it)
+/// and the partitions' next owner processes again what was not committed (at-least-once).
 async fn wait_assigned(workers: &[&WorkerHandle]) {
     let metrics: Vec<_> = workers.iter().map(|w| w.metrics()).collect();
     tokio::task::spawn_blocking(move || {
-        wait_until("the workers hold every partition", Duration::from_secs(120), || {
-            metrics.iter().map(|m| m.assigned.load(Ordering::Relaxed)).sum::<u64>() == SOURCE_PARTITIONS
+        wait_until("each worker holding partitions, every partition held", Duration::from_secs(120), || {
+            let held: Vec<u64> = metrics.iter().map(|m| m.assigned.load(Ordering::Relaxed)).collect();
+            held.iter().all(|&h| h > 0) && held.iter().sum::<u64>() == SOURCE_PARTITIONS
         })
     })
     .await
