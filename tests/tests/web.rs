@@ -50,10 +50,14 @@ fn url(worker: &WorkerHandle) -> String {
 async fn wait_assigned(workers: &[&WorkerHandle]) {
     let metrics: Vec<_> = workers.iter().map(|w| w.metrics()).collect();
     tokio::task::spawn_blocking(move || {
-        wait_until("each worker holding partitions, every partition held", Duration::from_secs(120), || {
-            let held: Vec<u64> = metrics.iter().map(|m| m.assigned.load(Ordering::Relaxed)).collect();
-            held.iter().all(|&h| h > 0) && held.iter().sum::<u64>() == SOURCE_PARTITIONS
-        })
+        wait_until(
+            "each worker holding partitions, every partition held",
+            Duration::from_secs(120),
+            || {
+                let held: Vec<u64> = metrics.iter().map(|m| m.assigned.load(Ordering::Relaxed)).collect();
+                held.iter().all(|&h| h > 0) && held.iter().sum::<u64>() == SOURCE_PARTITIONS
+            },
+        )
     })
     .await
     .expect("wait");

@@ -547,8 +547,8 @@ impl Worker {
         };
         let (cuts_tx, cuts_rx) = std::sync::mpsc::channel();
         let tasks = app.tasks();
-        // Restore threads (each with a consumer of its own, and one client that asks where
-        // changelogs end for all of them) only for an app with tables.
+        // Restore threads (each with a consumer of its own while it restores, and one client
+        // that asks where changelogs end for all of them) only for an app with tables.
         let restore_threads = if tasks.iter().any(|task| !task.tables.is_empty()) {
             options.restore_threads.max(1)
         } else {
@@ -558,7 +558,7 @@ impl Worker {
             let ends = restore::ends_client(&config)?;
             let restorers = (0..restore_threads)
                 .map(|_| Restorer::new(&config, Arc::clone(&metrics), &ends))
-                .collect::<Result<Vec<_>>>()?;
+                .collect();
             (restorers, Some(ends))
         } else {
             (Vec::new(), None)
@@ -806,7 +806,7 @@ fn start_standbys(
     partitions: std::collections::HashMap<String, i32>,
     ends: &Arc<rdkafka::consumer::BaseConsumer>,
 ) -> Result<std::thread::JoinHandle<()>> {
-    let restorer = Restorer::new(config, Arc::clone(&shared.metrics), ends)?;
+    let restorer = Restorer::new(config, Arc::clone(&shared.metrics), ends);
     let mut offsets_config = config.clone();
     offsets_config
         .set("group.id", app_id)

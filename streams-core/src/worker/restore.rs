@@ -147,37 +147,58 @@ impl<T> Handoff<T> {
     }
 }
 
+/// How long the restore threads wait without a job before their restorers let go of their
+/// consumers (made again by the next restore): an idle client still wakes every second in
+/// librdkafka's threads. The partitions of one assignment come at once, well within it.
+const QUIET: Duration = Duration::from_secs(10);
+
 /// Starts the restore threads, one per restorer (each reads changelogs through consumers of
 /// its own): they take the jobs in turn, so the partitions of an assignment restore side by
-/// side, and end when the returned sender is dropped.
+/// side, and end when the returned sender is dropped. After [`QUIET`] without a job, the
+/// restorers not at work release their consumers.
 pub(crate) fn spawn(restorers: Vec<Restorer>, metrics: Arc<Metrics>) -> Result<Sender<Arc<RestoreProgress>>> {
     let busy = Arc::new(Busy::default());
-    pool(restorers, move |progress: Arc<RestoreProgress>, restorer: &Restorer| {
-        run(&progress, restorer, &metrics, &busy)
-    })
+    pool(
+        restorers,
+        QUIET,
+        move |progress: Arc<RestoreProgress>, restorer: &Restorer| run(&progress, restorer, &metrics, &busy),
+        Restorer::release_unused,
+    )
 }
 
 /// Threads, one per `state`, that hand each job sent to the returned sender to `work` with
-/// their state, whichever thread is free first; they end when the sender is dropped.
-fn pool<J, S, F>(states: Vec<S>, work: F) -> Result<Sender<J>>
+/// their state, whichever thread is free first; they end when the sender is dropped. When
+/// no job came for `quiet`, every state is given to `idle` (those of threads at work too:
+/// `idle` must leave a state in use alone).
+fn pool<J, S, F, I>(states: Vec<S>, quiet: Duration, work: F, idle: I) -> Result<Sender<J>>
 where
     J: Send + 'static,
-    S: Send + 'static,
+    S: Send + Sync + 'static,
     F: Fn(J, &S) + Send + Sync + 'static,
+    I: Fn(&S) + Send + Sync + 'static,
 {
+    use std::sync::mpsc::RecvTimeoutError;
     let (jobs, inbox) = std::sync::mpsc::channel::<J>();
     let inbox = Arc::new(Mutex::new(inbox));
-    let work = Arc::new(work);
-    for (n, state) in states.into_iter().enumerate() {
-        let (inbox, work) = (Arc::clone(&inbox), Arc::clone(&work));
+    let (work, idle) = (Arc::new(work), Arc::new(idle));
+    let states: Arc<[S]> = states.into();
+    for n in 0..states.len() {
+        let (inbox, work, idle, states) = (
+            Arc::clone(&inbox),
+            Arc::clone(&work),
+            Arc::clone(&idle),
+            Arc::clone(&states),
+        );
         std::thread::Builder::new()
             .name(format!("restore-{n}"))
             .spawn(move || loop {
-                // One thread waits for the next job while the others work.
-                let job = inbox.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                // One thread waits for the next job while the others work (or wait for the
+                // lock): the waiting one sees the quiet spells.
+                let job = inbox.lock().unwrap_or_else(|p| p.into_inner()).recv_timeout(quiet);
                 match job {
-                    Ok(job) => work(job, &state),
-                    Err(_) => return,
+                    Ok(job) => work(job, &states[n]),
+                    Err(RecvTimeoutError::Timeout) => states.iter().for_each(|state| idle(state)),
+                    Err(RecvTimeoutError::Disconnected) => return,
                 }
             })
             .map_err(|e| Error::io("starting a restore thread", e))?;
@@ -464,18 +485,40 @@ impl Progress {
 /// Records a restore takes from its consumer at once, at most.
 const RESTORE_BATCH: usize = 1024;
 
-/// Reads changelog partitions into stores. One per worker; not a member of any group.
+/// Reads changelog partitions into stores. One per restore thread (and one for the standby
+/// copies); not a member of any group. Its consumer is made when a read needs it, and let go
+/// of by [`Restorer::release_unused`].
 pub(crate) struct Restorer {
-    /// `consumer`'s queue, read a batch at a time (`None`: the consumer is polled). Before
-    /// `consumer`: it is released first.
-    queue: Option<Queue>,
-    /// Reads the changelogs, read committed.
-    consumer: BaseConsumer,
+    /// The consumer's settings.
+    config: ClientConfig,
+    /// The consumer, while there is one; locked while a read uses it.
+    client: Mutex<Option<Client>>,
     /// Asks for partitions' ends as a read_uncommitted reader sees them (the high
     /// watermark; a read_committed reader is told the last stable offset). Shared by the
     /// worker's restorers (see [`ends_client`]).
     ends: Arc<BaseConsumer>,
     metrics: Arc<Metrics>,
+}
+
+/// A restorer's consumer, with its queue.
+struct Client {
+    /// `consumer`'s queue, read a batch at a time (`None`: the consumer is polled). Before
+    /// `consumer`: it is released first.
+    queue: Option<Queue>,
+    /// Reads the changelogs, read committed.
+    consumer: BaseConsumer,
+}
+
+impl Client {
+    fn new(config: &ClientConfig) -> Result<Self> {
+        let consumer: BaseConsumer = config
+            .create()
+            .map_err(|e| Error::kafka("creating the restore consumer", e))?;
+        // It never joins its group (it assigns partitions), so no rebalance comes by its
+        // consumer queue, which is read in batches (see `message/queue.rs`).
+        let queue = Queue::consumer_of(consumer.client());
+        Ok(Self { queue, consumer })
+    }
 }
 
 /// The client that asks for changelog partitions' ends, for every restorer of a worker
@@ -492,14 +535,15 @@ pub(crate) fn ends_client(config: &ClientConfig) -> Result<Arc<BaseConsumer>> {
 }
 
 impl Restorer {
-    /// A restorer with a consumer of its own; `ends` answers where partitions end (see
-    /// [`ends_client`]).
-    pub(crate) fn new(config: &ClientConfig, metrics: Arc<Metrics>, ends: &Arc<BaseConsumer>) -> Result<Self> {
+    /// A restorer that reads through a consumer of its own (made at its first read); `ends`
+    /// answers where partitions end (see [`ends_client`]).
+    pub(crate) fn new(config: &ClientConfig, metrics: Arc<Metrics>, ends: &Arc<BaseConsumer>) -> Self {
         let mut config = config.clone();
         config
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", "50")
+            // Needed to assign partitions; nothing is ever committed in it.
             .set("group.id", "streams-restore")
             .set("isolation.level", "read_committed");
         if config.get("queued.max.messages.kbytes").is_none() {
@@ -507,18 +551,30 @@ impl Restorer {
             // 64 MiB keeps several restore threads' buffers small (a user's setting stands).
             config.set("queued.max.messages.kbytes", "16384");
         }
-        let consumer: BaseConsumer = config
-            .create()
-            .map_err(|e| Error::kafka("creating the restore consumer", e))?;
-        // It never joins its group (it assigns partitions), so no rebalance comes by its
-        // consumer queue, which is read in batches (see `message/queue.rs`).
-        let queue = Queue::consumer_of(consumer.client());
-        Ok(Self {
-            queue,
-            consumer,
+        Self {
+            config,
+            client: Mutex::new(None),
             ends: Arc::clone(ends),
             metrics,
-        })
+        }
+    }
+
+    /// Lets go of the consumer unless a read is using it; the next read makes another.
+    pub(crate) fn release_unused(&self) {
+        let released = match self.client.try_lock() {
+            Ok(mut client) => client.take(),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner().take(),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        if released.is_some() {
+            tracing::debug!("a restore consumer released after {QUIET:?} without a restore");
+        }
+    }
+
+    /// Whether the restorer holds a consumer now.
+    #[cfg(test)]
+    fn has_client(&self) -> bool {
+        self.client.lock().unwrap_or_else(|p| p.into_inner()).is_some()
     }
 
     /// The partition's watermarks as a read_uncommitted reader sees them (its first offset
@@ -628,8 +684,14 @@ impl Restorer {
         cancel: &AtomicBool,
         on_record: &mut dyn FnMut(i64, i64),
     ) -> Result<Option<Restored>> {
+        let mut slot = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        let client = match slot.take() {
+            Some(client) => slot.insert(client),
+            None => slot.insert(Client::new(&self.config)?),
+        };
         let mut log = KafkaLog {
             restorer: self,
+            client,
             topic,
             partition,
             cancel,
@@ -639,7 +701,8 @@ impl Restorer {
             read_to: ReadTo::default(),
         };
         let outcome = changelog::read_changelog(&mut log, store, committed, agreed, probe, on_record);
-        self.consumer.unassign().map_err(|e| Error::kafka("restore", e))?;
+        drop(log);
+        client.consumer.unassign().map_err(|e| Error::kafka("restore", e))?;
         outcome
     }
 
@@ -676,6 +739,7 @@ impl Restorer {
 /// A changelog partition read through the restorer's consumers.
 struct KafkaLog<'a> {
     restorer: &'a Restorer,
+    client: &'a Client,
     topic: &'a str,
     partition: i32,
     cancel: &'a AtomicBool,
@@ -726,7 +790,7 @@ impl changelog::ChangelogLog for KafkaLog<'_> {
         let mut list = TopicPartitionList::new();
         list.add_partition_offset(self.topic, self.partition, Offset::Offset(offset))
             .map_err(|e| Error::kafka("restore", e))?;
-        self.restorer
+        self.client
             .consumer
             .assign(&list)
             .map_err(|e| Error::kafka("restore", e))
@@ -735,7 +799,7 @@ impl changelog::ChangelogLog for KafkaLog<'_> {
     fn fetch(&mut self, wait: Duration) -> Result<changelog::Fetched<'_>> {
         self.first = None;
         self.current = None;
-        if let Some(queue) = &self.restorer.queue {
+        if let Some(queue) = &self.client.queue {
             if self.taken.is_empty() {
                 let mut batch = Vec::new();
                 queue.take_ready(wait, RESTORE_BATCH, &mut batch);
@@ -746,7 +810,7 @@ impl changelog::ChangelogLog for KafkaLog<'_> {
             };
             return Ok(self.batched(message));
         }
-        match self.restorer.consumer.poll(wait) {
+        match self.client.consumer.poll(wait) {
             Some(Ok(message)) => {
                 let message = self.first.insert(message);
                 let headers = message
@@ -826,7 +890,7 @@ impl KafkaLog<'_> {
 
     /// Where the consumer stands: every offset before it read or skipped.
     fn position(&self) -> changelog::Fetched<'static> {
-        let list = super::consumer::positions(self.restorer.consumer.client(), [(self.topic, self.partition)]);
+        let list = super::consumer::positions(self.client.consumer.client(), [(self.topic, self.partition)]);
         let position = list.elements().first().and_then(|e| match e.offset() {
             Offset::Offset(offset) => Some(offset),
             _ => None,
@@ -873,10 +937,15 @@ mod tests {
     fn the_pool_runs_jobs_side_by_side() {
         let barrier = Arc::new(Barrier::new(3));
         let (done, finished) = std::sync::mpsc::channel();
-        let jobs = pool(vec![(), (), ()], move |n: u32, _: &()| {
-            barrier.wait();
-            let _ = done.send(n);
-        })
+        let jobs = pool(
+            vec![(), (), ()],
+            Duration::from_secs(60),
+            move |n: u32, _: &()| {
+                barrier.wait();
+                let _ = done.send(n);
+            },
+            |_: &()| {},
+        )
         .expect("pool");
         for n in 0..3 {
             jobs.send(n).expect("send");
@@ -914,9 +983,14 @@ mod tests {
     #[test]
     fn one_thread_takes_jobs_in_order_and_ends_with_the_sender() {
         let (done, finished) = std::sync::mpsc::channel();
-        let jobs = pool(vec![()], move |n: u32, _: &()| {
-            let _ = done.send(n);
-        })
+        let jobs = pool(
+            vec![()],
+            Duration::from_secs(60),
+            move |n: u32, _: &()| {
+                let _ = done.send(n);
+            },
+            |_: &()| {},
+        )
         .expect("pool");
         for n in 0..5 {
             jobs.send(n).expect("send");
@@ -928,5 +1002,60 @@ mod tests {
             vec![0, 1, 2, 3, 4],
             "in order, and the thread ended (the channel closed)"
         );
+    }
+
+    /// After a quiet spell every state is offered to `idle`, those of threads at work too;
+    /// jobs coming one after another, closer than the spell, offer none.
+    #[test]
+    fn a_quiet_spell_offers_every_state_to_idle() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let offered: Arc<[AtomicUsize; 2]> = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+        let quiet = Duration::from_millis(300);
+        let (done, finished) = std::sync::mpsc::channel();
+        let seen = Arc::clone(&offered);
+        let jobs = pool(
+            vec![0usize, 1],
+            quiet,
+            move |n: u32, _: &usize| {
+                let _ = done.send(n);
+            },
+            move |state: &usize| {
+                seen[*state].fetch_add(1, Ordering::SeqCst);
+            },
+        )
+        .expect("pool");
+        for n in 0..5 {
+            jobs.send(n).expect("send");
+            finished.recv_timeout(Duration::from_secs(10)).expect("job done");
+            std::thread::sleep(quiet / 6);
+        }
+        let offered_count = || offered.iter().map(|n| n.load(Ordering::SeqCst)).collect::<Vec<_>>();
+        assert_eq!(offered_count(), vec![0, 0], "jobs kept coming");
+        std::thread::sleep(quiet * 2);
+        let after = offered_count();
+        assert!(
+            after.iter().all(|&n| n >= 1),
+            "both offered after a quiet spell: {after:?}"
+        );
+    }
+
+    /// A restorer lets go of its consumer when asked, unless a read holds it; the next read
+    /// makes another.
+    #[test]
+    fn a_restorer_releases_its_consumer_only_when_unused() {
+        let mut config = rdkafka::config::ClientConfig::new();
+        // Nothing listens there: the clients are made, never used.
+        config.set("bootstrap.servers", "127.0.0.1:1");
+        let ends = super::ends_client(&config).expect("ends client");
+        let restorer = super::Restorer::new(&config, Arc::new(crate::metrics::Metrics::default()), &ends);
+        assert!(!restorer.has_client(), "made at the first read, not before");
+        *restorer.client.lock().expect("lock") = Some(super::Client::new(&restorer.config).expect("client"));
+        {
+            let _reading = restorer.client.lock().expect("lock");
+            restorer.release_unused();
+        }
+        assert!(restorer.has_client(), "kept while a read holds it");
+        restorer.release_unused();
+        assert!(!restorer.has_client(), "released once unused");
     }
 }
