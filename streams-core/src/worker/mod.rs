@@ -555,7 +555,7 @@ impl Worker {
             0
         };
         let (restorers, ends) = if restore_threads > 0 {
-            let ends = restore::ends_client(&config)?;
+            let ends = restore::Ends::new(&config);
             let restorers = (0..restore_threads)
                 .map(|_| Restorer::new(&config, Arc::clone(&metrics), &ends))
                 .collect();
@@ -804,7 +804,7 @@ fn start_standbys(
     app_id: &str,
     exactly_once: bool,
     partitions: std::collections::HashMap<String, i32>,
-    ends: &Arc<rdkafka::consumer::BaseConsumer>,
+    ends: &Arc<restore::Ends>,
 ) -> Result<std::thread::JoinHandle<()>> {
     let restorer = Restorer::new(config, Arc::clone(&shared.metrics), ends);
     let mut offsets_config = config.clone();

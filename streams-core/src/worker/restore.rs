@@ -487,7 +487,8 @@ const RESTORE_BATCH: usize = 1024;
 
 /// Reads changelog partitions into stores. One per restore thread (and one for the standby
 /// copies); not a member of any group. Its consumer is made when a read needs it, and let go
-/// of by [`Restorer::release_unused`].
+/// of by [`Restorer::release_unused`]: by the restore threads after [`QUIET`] without a job,
+/// by the standby thread while it keeps no copy.
 pub(crate) struct Restorer {
     /// The consumer's settings.
     config: ClientConfig,
@@ -495,8 +496,8 @@ pub(crate) struct Restorer {
     client: Mutex<Option<Client>>,
     /// Asks for partitions' ends as a read_uncommitted reader sees them (the high
     /// watermark; a read_committed reader is told the last stable offset). Shared by the
-    /// worker's restorers (see [`ends_client`]).
-    ends: Arc<BaseConsumer>,
+    /// worker's restorers (see [`Ends`]).
+    ends: Arc<Ends>,
     metrics: Arc<Metrics>,
 }
 
@@ -524,20 +525,70 @@ impl Client {
 /// The client that asks for changelog partitions' ends, for every restorer of a worker
 /// (see [`Restorer::new`]): it only asks for watermarks, which librdkafka answers to several
 /// threads at once. It joins no group (it reads nothing), so librdkafka runs no group
-/// machinery for it: each client of a worker costs an idle worker wake-ups of its own.
-pub(crate) fn ends_client(config: &ClientConfig) -> Result<Arc<BaseConsumer>> {
-    let mut config = config.clone();
-    config.remove("group.id").set("isolation.level", "read_uncommitted");
-    let ends: BaseConsumer = config
-        .create()
-        .map_err(|e| Error::kafka("creating the restores' watermark client", e))?;
-    Ok(Arc::new(ends))
+/// machinery for it. It is made at the first question and let go of after [`QUIET`] without
+/// one (see [`Ends::release_if_quiet`]): each client of a worker costs an idle worker
+/// wake-ups of its own.
+pub(crate) struct Ends {
+    config: ClientConfig,
+    /// The client while there is one (a question under way holds it too), and when it was
+    /// last asked.
+    client: Mutex<(Option<Arc<BaseConsumer>>, Instant)>,
+}
+
+impl Ends {
+    pub(crate) fn new(config: &ClientConfig) -> Arc<Self> {
+        let mut config = config.clone();
+        config.remove("group.id").set("isolation.level", "read_uncommitted");
+        Arc::new(Self {
+            config,
+            client: Mutex::new((None, Instant::now())),
+        })
+    }
+
+    /// The partition's watermarks, read uncommitted.
+    fn fetch_watermarks(&self, topic: &str, partition: i32, timeout: Duration) -> Result<(i64, i64)> {
+        let client = {
+            let mut slot = self.client.lock().unwrap_or_else(|p| p.into_inner());
+            slot.1 = Instant::now();
+            match &slot.0 {
+                Some(client) => Arc::clone(client),
+                None => {
+                    let client: BaseConsumer = self
+                        .config
+                        .create()
+                        .map_err(|e| Error::kafka("creating the restores' watermark client", e))?;
+                    Arc::clone(slot.0.insert(Arc::new(client)))
+                }
+            }
+        };
+        client
+            .fetch_watermarks(topic, partition, timeout)
+            .map_err(|e| Error::kafka("reading watermarks", e))
+    }
+
+    /// Lets go of the client when nothing asked for `quiet` (a question under way keeps its
+    /// own hold on it); the next question makes another.
+    pub(crate) fn release_if_quiet(&self, quiet: Duration) {
+        let released = {
+            let mut slot = self.client.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.1.elapsed() < quiet {
+                return;
+            }
+            slot.0.take()
+        };
+        drop(released);
+    }
+
+    #[cfg(test)]
+    fn has_client(&self) -> bool {
+        self.client.lock().unwrap_or_else(|p| p.into_inner()).0.is_some()
+    }
 }
 
 impl Restorer {
     /// A restorer that reads through a consumer of its own (made at its first read); `ends`
-    /// answers where partitions end (see [`ends_client`]).
-    pub(crate) fn new(config: &ClientConfig, metrics: Arc<Metrics>, ends: &Arc<BaseConsumer>) -> Self {
+    /// answers where partitions end.
+    pub(crate) fn new(config: &ClientConfig, metrics: Arc<Metrics>, ends: &Arc<Ends>) -> Self {
         let mut config = config.clone();
         config
             .set("enable.auto.commit", "false")
@@ -559,8 +610,10 @@ impl Restorer {
         }
     }
 
-    /// Lets go of the consumer unless a read is using it; the next read makes another.
+    /// Lets go of the consumer unless a read is using it (the next read makes another), and
+    /// of the watermark client when it was not asked for [`QUIET`].
     pub(crate) fn release_unused(&self) {
+        self.ends.release_if_quiet(QUIET);
         let released = match self.client.try_lock() {
             Ok(mut client) => client.take(),
             Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner().take(),
@@ -904,7 +957,7 @@ impl KafkaLog<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Barrier};
+    use std::sync::{Arc, Barrier, Mutex};
     use std::time::Duration;
 
     use super::{pool, Handoff};
@@ -1004,19 +1057,26 @@ mod tests {
         );
     }
 
-    /// After a quiet spell every state is offered to `idle`, those of threads at work too;
-    /// jobs coming one after another, closer than the spell, offer none.
+    /// After a quiet spell every state is offered to `idle`, that of a thread at work too
+    /// (`idle` must leave it alone); jobs coming one after another, closer than the spell,
+    /// offer none.
     #[test]
     fn a_quiet_spell_offers_every_state_to_idle() {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let offered: Arc<[AtomicUsize; 2]> = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
-        let quiet = Duration::from_millis(300);
+        let quiet = Duration::from_millis(500);
         let (done, finished) = std::sync::mpsc::channel();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = Mutex::new(held);
         let seen = Arc::clone(&offered);
         let jobs = pool(
             vec![0usize, 1],
             quiet,
             move |n: u32, _: &usize| {
+                // Job 99 keeps its thread at work until released.
+                if n == 99 {
+                    let _ = held.lock().expect("lock").recv();
+                }
                 let _ = done.send(n);
             },
             move |state: &usize| {
@@ -1027,16 +1087,19 @@ mod tests {
         for n in 0..5 {
             jobs.send(n).expect("send");
             finished.recv_timeout(Duration::from_secs(10)).expect("job done");
-            std::thread::sleep(quiet / 6);
+            std::thread::sleep(Duration::from_millis(20));
         }
         let offered_count = || offered.iter().map(|n| n.load(Ordering::SeqCst)).collect::<Vec<_>>();
         assert_eq!(offered_count(), vec![0, 0], "jobs kept coming");
-        std::thread::sleep(quiet * 2);
+        jobs.send(99).expect("send");
+        std::thread::sleep(quiet * 3);
         let after = offered_count();
         assert!(
             after.iter().all(|&n| n >= 1),
-            "both offered after a quiet spell: {after:?}"
+            "both offered after a quiet spell, the one at work too: {after:?}"
         );
+        release.send(()).expect("release");
+        assert_eq!(finished.recv_timeout(Duration::from_secs(10)).expect("job done"), 99);
     }
 
     /// A restorer lets go of its consumer when asked, unless a read holds it; the next read
@@ -1046,7 +1109,7 @@ mod tests {
         let mut config = rdkafka::config::ClientConfig::new();
         // Nothing listens there: the clients are made, never used.
         config.set("bootstrap.servers", "127.0.0.1:1");
-        let ends = super::ends_client(&config).expect("ends client");
+        let ends = super::Ends::new(&config);
         let restorer = super::Restorer::new(&config, Arc::new(crate::metrics::Metrics::default()), &ends);
         assert!(!restorer.has_client(), "made at the first read, not before");
         *restorer.client.lock().expect("lock") = Some(super::Client::new(&restorer.config).expect("client"));
@@ -1057,5 +1120,23 @@ mod tests {
         assert!(restorer.has_client(), "kept while a read holds it");
         restorer.release_unused();
         assert!(!restorer.has_client(), "released once unused");
+    }
+
+    /// The watermark client is made at the first question and let go of only once nothing
+    /// asked for the quiet spell.
+    #[test]
+    fn the_watermark_client_is_released_after_a_quiet_spell() {
+        let mut config = rdkafka::config::ClientConfig::new();
+        config.set("bootstrap.servers", "127.0.0.1:1");
+        let ends = super::Ends::new(&config);
+        assert!(!ends.has_client(), "made at the first question, not before");
+        // Nothing listens: the question fails, but the client was made for it.
+        assert!(ends.fetch_watermarks("t", 0, Duration::from_millis(100)).is_err());
+        assert!(ends.has_client());
+        ends.release_if_quiet(Duration::from_secs(60));
+        assert!(ends.has_client(), "asked within the spell: kept");
+        std::thread::sleep(Duration::from_millis(50));
+        ends.release_if_quiet(Duration::from_millis(20));
+        assert!(!ends.has_client(), "released after the spell");
     }
 }

@@ -213,6 +213,8 @@ pub(crate) fn run(
         let mut lag = 0u64;
         let mut kept = 0u64;
         let committed = if wanted.is_empty() {
+            // No copy to keep: the restorer lets go of its clients until one is wanted.
+            restorer.release_unused();
             Ok(HashMap::new())
         } else {
             committed(offsets, &wanted)
