@@ -1004,9 +1004,10 @@ fn large_state(broker: &Broker, keys: usize) -> Result<(), String> {
         "\n(m) {keys} distinct keys produced to bench_users_64 ({LARGE_PARTITIONS} partitions) in {:.1} s",
         began.elapsed().as_secs_f64()
     );
-    // The default table caches (1 MiB per table partition), then caches of 256 KiB; each run
-    // in a process of its own, as an app of its own (it counts the topic from its start).
-    for cache in [None, Some(256 << 10)] {
+    // The default table caches (1 MiB per table partition at most; under the state memory's
+    // sixteenth over 64 partitions, 256 KiB), then caches of 64 KiB; each run in a process
+    // of its own, as an app of its own (it counts the topic from its start).
+    for cache in [None, Some(64 << 10)] {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut command = Command::new(exe);
         command.args(["--large-worker", &broker.bootstrap, "--large-keys", &keys.to_string()]);
@@ -1020,7 +1021,15 @@ fn large_state(broker: &Broker, keys: usize) -> Result<(), String> {
                 String::from_utf8_lossy(&output.stderr)
             ));
         }
-        let caches = cache.map_or_else(|| "the default 1 MiB".to_string(), |b| format!("{} KiB", b >> 10));
+        let caches = cache.map_or_else(
+            || {
+                format!(
+                    "the default ({} KiB: 256 MiB / 16 / {LARGE_PARTITIONS})",
+                    (256 << 20) / 16 / LARGE_PARTITIONS / 1024
+                )
+            },
+            |b| format!("{} KiB", b >> 10),
+        );
         for line in String::from_utf8_lossy(&output.stdout).lines() {
             if let ["large", rss, rate, state] = line.split_whitespace().collect::<Vec<_>>().as_slice() {
                 println!(

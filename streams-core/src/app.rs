@@ -283,7 +283,9 @@ impl App {
     /// `statestore.cache.max.bytes`. Reads and repeated updates of cached keys never touch
     /// the store; when a partition's entries pass this budget, it commits early (its changes
     /// go to the changelog and the store) and starts an empty cache, so memory stays bounded
-    /// however many keys a commit interval touches.
+    /// however many keys a commit interval touches. A worker with a state memory budget
+    /// ([`WorkerOptions::state_memory`](crate::WorkerOptions::state_memory)) gives its table
+    /// partitions together at most a sixteenth of it, so each may get less than this.
     ///
     /// ```
     /// # use streams_core::App;

@@ -85,11 +85,14 @@ enum Command {
         no_web: bool,
         /// Bytes each table partition's cache may hold (changes wait there until the next
         /// commit, coalesced per key): bytes or e.g. 256KB, 1MiB [default: the app's, 1 MiB
-        /// unless it says otherwise].
+        /// unless it says otherwise]; under --state-memory, at most a sixteenth of it split
+        /// over the worker's table partitions.
         #[arg(long, value_name = "SIZE", env = "STREAMS_TABLE_CACHE_BYTES", value_parser = crate::store::parse_size)]
         table_cache_bytes: Option<usize>,
-        /// Memory all the worker's RocksDB stores share (one block cache, memtables included):
-        /// bytes or e.g. 256MB, 1GiB [default: 128MiB].
+        /// Memory all the worker's RocksDB stores share (one block cache, memtables included),
+        /// a sixteenth of which bounds its table caches together: bytes or e.g. 256MB, 1GiB
+        /// [default: 128MiB for the stores, shared by the process, and no bound on the caches
+        /// together].
         #[arg(long, value_name = "SIZE", env = "STREAMS_STATE_MEMORY", value_parser = crate::store::parse_size)]
         state_memory: Option<usize>,
         /// How many partitions restore their stores side by side [default: the machine's

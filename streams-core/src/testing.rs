@@ -873,7 +873,7 @@ impl TestDriver {
                 table,
                 table.changelog_topic(self.app.id()),
                 store,
-                self.app.table_cache_bytes_value(),
+                crate::task::cache_budget::CacheBudget::per_partition(self.app.table_cache_bytes_value()).share(),
             ));
         }
         let stores: Vec<(Arc<dyn StateStore>, Arc<str>)> = tables

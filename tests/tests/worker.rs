@@ -250,7 +250,9 @@ async fn keep_latest(mut readings: Stream<String, Reading>) -> Result<()> {
 /// 16 MiB (each partition's memtables alone may take 8 MiB without it), the memtables are
 /// counted in it, and no key is lost. The bound is RocksDB's: a store flushes its memtables
 /// at its next write once the total is over, so a budget must hold what one round of commits
-/// writes (here 16 table caches of 256 KiB).
+/// writes. The table caches in front of the stores are within it too, with the default
+/// `table_cache_bytes` (1 MiB each): the 16 partitions share a sixteenth of the budget, 64 KiB
+/// each (each cache would hold ~2.7 MB of these keys by the end without it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stores_share_one_memory_budget() {
     log();
@@ -270,9 +272,7 @@ async fn the_stores_share_one_memory_budget() {
     produce(&bootstrap, "bulk-readings", &records);
     let dir = tempfile::tempdir().expect("dir");
     let budget = 16 << 20;
-    let options = worker_options(dir.path(), &broker)
-        .state_memory(budget)
-        .table_cache_bytes(256 << 10);
+    let options = worker_options(dir.path(), &broker).state_memory(budget);
     let worker = Worker::start(app(), options).await.expect("worker");
     let metrics = worker.metrics();
     let probe = bootstrap.clone();
@@ -291,6 +291,15 @@ async fn the_stores_share_one_memory_budget() {
     assert!(
         peak <= budget as u64 * 5 / 4,
         "{peak} bytes in RocksDB's shared memory for a budget of {budget}"
+    );
+    // A cache is at its largest at a cut: up to its budget of dirty and clean entries, the
+    // pinned entries of the cut before, and the record that passed the budget.
+    let share = (budget / 16 / 16) as u64;
+    let cache_peak = metrics.cache_peak_bytes.load(Ordering::Relaxed);
+    assert!(cache_peak > 0, "the caches were used");
+    assert!(
+        cache_peak <= 2 * share + 1024,
+        "a table partition's cache reached {cache_peak} bytes; its share of the budget is {share}"
     );
     worker.stop().await.expect("stop");
     assert_eq!(

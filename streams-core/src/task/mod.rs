@@ -7,6 +7,7 @@
 //! worker and the test driver, which feed tasks records and make their cuts durable. It
 //! knows nothing of Kafka, of typed topics or of the DSL.
 
+pub(crate) mod cache_budget;
 pub(crate) mod commit;
 pub(crate) mod input;
 pub(crate) mod round;

@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::cache_budget::CacheShare;
 use super::{bump, with_current, TaskContext};
 use crate::spec::TableSpec;
 use crate::store::{Entry as StoreEntry, StateStore};
@@ -51,9 +52,10 @@ pub(crate) struct TableState {
     cache: HashMap<Vec<u8>, Entry, foldhash::fast::RandomState>,
     /// Estimated memory of `cache`, see [`entry_bytes`].
     cache_bytes: usize,
-    /// Budget for `cache` (`App::table_cache_bytes`): past it, changed entries are committed
-    /// early (a cut) and unchanged ones dropped once the store has them.
-    cache_limit: usize,
+    /// Budget for `cache` (`App::table_cache_bytes`, or less under `--state-memory`): past
+    /// it, changed entries are committed early (a cut) and unchanged ones dropped once the
+    /// store has them.
+    cache_share: CacheShare,
     dirty: usize,
     /// The number of the last cut that took changes of this table (0: none): the cache's
     /// clean entries may be dropped once the committer has written it.
@@ -96,7 +98,12 @@ pub(crate) type ChangeVisitor<'a> = dyn FnMut(&[u8], Option<&[u8]>, i64) + 'a;
 pub(crate) type DirtyTable = (Arc<str>, Arc<dyn StateStore>, Vec<Change>);
 
 impl TableState {
-    pub(crate) fn new(table: &TableSpec, changelog: String, store: Arc<dyn StateStore>, cache_limit: usize) -> Self {
+    pub(crate) fn new(
+        table: &TableSpec,
+        changelog: String,
+        store: Arc<dyn StateStore>,
+        cache_share: CacheShare,
+    ) -> Self {
         Self {
             name: table.name,
             show_key: table.show_key.0,
@@ -104,7 +111,7 @@ impl TableState {
             store,
             cache: HashMap::default(),
             cache_bytes: 0,
-            cache_limit,
+            cache_share,
             dirty: 0,
             last_cut: 0,
             pinned: 0,
@@ -114,7 +121,7 @@ impl TableState {
 
     /// Whether the cache's dirty and clean entries are over its budget.
     fn wants_cut(&self) -> bool {
-        self.cache_bytes.saturating_sub(self.pinned) > self.cache_limit
+        self.cache_bytes.saturating_sub(self.pinned) > self.cache_share.limit()
     }
 
     /// Keeps the cache within budget after clean entries were added: drops it when nothing
@@ -137,7 +144,7 @@ impl TableState {
     /// At a cut, over budget and with every cut that took changes of the table written
     /// (`written`): drops the clean entries, keeping the changes this cut takes.
     fn evict_written(&mut self, written: u64, evictions: &std::sync::atomic::AtomicU64) {
-        if self.cache_bytes <= self.cache_limit || written < self.last_cut {
+        if self.cache_bytes <= self.cache_share.limit() || written < self.last_cut {
             return;
         }
         let before = self.cache.len();

@@ -89,7 +89,9 @@ pub(crate) struct Shared {
     /// Jobs for the restore thread.
     restores: std::sync::mpsc::Sender<Arc<RestoreProgress>>,
     pub commit_interval: Duration,
-    pub table_cache_bytes: usize,
+    /// What each table partition's cache may hold (`App::table_cache_bytes`, within
+    /// `--state-memory` when it is set).
+    pub cache_budget: Arc<crate::task::cache_budget::CacheBudget>,
     running: Mutex<HashMap<TaskKey, Running>>,
     /// Polled records not yet handed over, one batch per (topic, partition), in order.
     pending: Mutex<Vec<(String, i32, Vec<Message>)>>,
@@ -141,7 +143,7 @@ impl Shared {
         metrics: Arc<Metrics>,
         restorers: Vec<Restorer>,
         commit_interval: Duration,
-        table_cache_bytes: usize,
+        cache_budget: Arc<crate::task::cache_budget::CacheBudget>,
         on_embedded: bool,
         globals: crate::task::Globals,
         rounds: Option<Arc<crate::task::round::Rounds>>,
@@ -170,7 +172,7 @@ impl Shared {
             metrics,
             restores,
             commit_interval,
-            table_cache_bytes,
+            cache_budget,
             running: Mutex::new(HashMap::new()),
             pending: Mutex::new(Vec::new()),
             waiting: Mutex::new(Some(std::time::Instant::now())),
@@ -504,7 +506,7 @@ impl Shared {
                     table,
                     table.changelog_topic(&self.app_id),
                     store,
-                    self.table_cache_bytes,
+                    self.cache_budget.share(),
                 ));
             }
             let stores: Vec<(Arc<dyn StateStore>, Arc<str>)> = tables

@@ -23,6 +23,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use crate::app::{App, ProcessingGuarantee};
 use crate::broker::{self, EmbeddedBroker};
 use crate::metrics::Metrics;
+use crate::task::cache_budget::CacheBudget;
 use crate::task::commit;
 use crate::task::sink::Sink;
 use crate::task::TaskContext;
@@ -69,12 +70,18 @@ pub struct WorkerOptions {
     /// (the default here; the command line's workers have one on 127.0.0.1:6066).
     pub web: Option<crate::web::WebOptions>,
     /// The table cache's budget per table partition, overriding the app's
-    /// (`App::table_cache_bytes`; the command line's `--table-cache-bytes`).
+    /// (`App::table_cache_bytes`; the command line's `--table-cache-bytes`). Under
+    /// `state_memory` a partition's cache may get less: the caches of all the worker's table
+    /// partitions share a sixteenth of it.
     pub table_cache_bytes: Option<usize>,
     /// The memory every RocksDB store of the worker shares, in bytes: one block cache that
-    /// also carries the memtables (the command line's `--state-memory`). `None`: the
-    /// process's default budget, [`crate::store::DEFAULT_STATE_MEMORY`] (128 MiB), shared by
-    /// every worker of the process.
+    /// also carries the memtables (the command line's `--state-memory`). It also bounds the
+    /// table caches in front of the stores: together they get a sixteenth of it, split
+    /// evenly over the table partitions the worker holds, each at most `table_cache_bytes`
+    /// (so 64 partitions under 256 MiB get 256 KiB each, and 4 partitions their whole
+    /// 1 MiB). `None`: the process's default budget, [`crate::store::DEFAULT_STATE_MEMORY`]
+    /// (128 MiB), shared by every worker of the process, and a cache of `table_cache_bytes`
+    /// for every table partition however many.
     pub state_memory: Option<usize>,
     /// How many partitions restore their stores side by side, each on a thread with a
     /// consumer of its own (the command line's `--restore-threads`; by default the
@@ -524,9 +531,16 @@ impl Worker {
         } else {
             Arc::clone(&sink)
         };
-        let memory = match options.state_memory {
-            Some(bytes) => crate::store::StateMemory::new(bytes),
-            None => crate::store::StateMemory::process_default().clone(),
+        let (memory, cache_budget) = match options.state_memory {
+            Some(bytes) => {
+                let memory = crate::store::StateMemory::new(bytes);
+                let caches = CacheBudget::within(app.table_cache_bytes_value(), memory.limit());
+                (memory, caches)
+            }
+            None => (
+                crate::store::StateMemory::process_default().clone(),
+                CacheBudget::per_partition(app.table_cache_bytes_value()),
+            ),
         };
         // Global tables are filled before the worker joins its group: no task starts before
         // its lookups can be answered.
@@ -573,7 +587,7 @@ impl Worker {
             Arc::clone(&metrics),
             restorers,
             app.commit_interval_value(),
-            app.table_cache_bytes_value(),
+            cache_budget,
             on_embedded,
             Arc::clone(&globals.stores),
             rounds.clone(),
