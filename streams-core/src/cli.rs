@@ -65,9 +65,15 @@ enum Command {
         #[arg(long, value_name = "GUARANTEE", env = "STREAMS_PROCESSING_GUARANTEE")]
         processing_guarantee: Option<crate::app::ProcessingGuarantee>,
         /// The worker's identity under exactly-once (its transactional id is `{app}-{ID}`)
-        /// [default: one kept in the data directory].
+        /// and static membership (its group.instance.id is `{app}-{ID}`) [default: one kept
+        /// in the data directory].
         #[arg(long, value_name = "ID", env = "STREAMS_WORKER_ID")]
         worker_id: Option<String>,
+        /// Joins the group as a static member (KIP-345): SIGTERM stops without leaving the
+        /// group, so a restart with the same worker id within the session timeout takes back
+        /// its partitions without a rebalance; SIGINT stops and leaves.
+        #[arg(long, env = "STREAMS_STATIC_MEMBERSHIP")]
+        static_membership: bool,
         /// Port of the worker's web server (table lookups, /metrics, /topology, /health,
         /// /ready); 0 takes any free port. A port given here that is in use fails the start
         /// [default: 6066, or any free port when 6066 is taken].
@@ -368,6 +374,7 @@ fn main(app: App) -> ExitCode {
             consumer_config,
             processing_guarantee,
             worker_id,
+            static_membership,
             web_port,
             web_bind,
             web_advertise,
@@ -387,6 +394,7 @@ fn main(app: App) -> ExitCode {
                 options.consumer_config = consumer_config;
                 options.guarantee = processing_guarantee;
                 options.worker_id = worker_id;
+                options.static_membership = static_membership;
                 options.table_cache_bytes = table_cache_bytes;
                 options.state_memory = state_memory;
                 if let Some(threads) = restore_threads {
@@ -519,8 +527,8 @@ impl Signals {
         Self {}
     }
 
-    /// The next signal.
-    async fn next(&mut self) {
+    /// The next signal: `true` for SIGINT (Ctrl-C), `false` for SIGTERM.
+    async fn next(&mut self) -> bool {
         #[cfg(unix)]
         {
             let interrupt = async {
@@ -536,13 +544,14 @@ impl Signals {
                 }
             };
             tokio::select! {
-                _ = interrupt => {},
-                _ = terminate => {},
+                _ = interrupt => true,
+                _ = terminate => false,
             }
         }
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
+            true
         }
     }
 }
@@ -551,12 +560,17 @@ async fn run_worker(app: App, options: WorkerOptions) -> crate::Result<()> {
     // Signals are handled from the first moment: a signal during start-up (which waits for
     // an unreachable broker as long as it takes) stops the start.
     let stop = Arc::new(AtomicBool::new(false));
+    // SIGINT stops and leaves the group (a static member is not coming back); SIGTERM stops,
+    // and a static member keeps its place for its restart.
+    let leave = Arc::new(AtomicBool::new(false));
     let signalled = Arc::new(tokio::sync::Notify::new());
     let mut signals = Signals::new();
     {
-        let (stop, signalled) = (Arc::clone(&stop), Arc::clone(&signalled));
+        let (stop, leave, signalled) = (Arc::clone(&stop), Arc::clone(&leave), Arc::clone(&signalled));
         tokio::spawn(async move {
-            signals.next().await;
+            if signals.next().await {
+                leave.store(true, Ordering::Relaxed);
+            }
             stop.store(true, Ordering::Relaxed);
             signalled.notify_one();
             // A second signal does not wait for the last commits.
@@ -567,7 +581,8 @@ async fn run_worker(app: App, options: WorkerOptions) -> crate::Result<()> {
             std::process::exit(130);
         });
     }
-    let worker = match Worker::start(app, options.stop_flag(Arc::clone(&stop))).await {
+    let options = options.stop_flag(Arc::clone(&stop)).leave_flag(leave);
+    let worker = match Worker::start(app, options).await {
         Ok(worker) => worker,
         Err(crate::Error::Stopping) => {
             eprintln!("signal received during start-up: stopped before joining the group; nothing was processed");

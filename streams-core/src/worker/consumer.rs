@@ -1124,6 +1124,28 @@ fn member_id(consumer: &BaseConsumer<WorkerContext>) -> Option<String> {
     }
 }
 
+/// How long a stop waits for librdkafka to send its LeaveGroup (see [`leave_group`]).
+const LEAVE_WAIT: Duration = Duration::from_secs(5);
+
+/// Leaves the group before the consumer closes, so that the others take its partitions at
+/// the rebalance this starts. librdkafka sends the LeaveGroup only once the revoke that
+/// `unsubscribe` asks for is served, and a close marks the consumer as terminating first,
+/// when a static member (KIP-345) sends none: so this serves the revoke itself (the tasks
+/// have ended; records polled meanwhile are dropped, to be processed by the next owner) until
+/// librdkafka forgets its member id, which it does as it sends the LeaveGroup, at most
+/// [`LEAVE_WAIT`]. The close waits for the request in flight.
+pub(crate) fn leave_group(consumer: &BaseConsumer<WorkerContext>) {
+    consumer.unsubscribe();
+    let began = std::time::Instant::now();
+    while member_id(consumer).is_some() {
+        if began.elapsed() >= LEAVE_WAIT {
+            tracing::warn!("the LeaveGroup was not sent within {LEAVE_WAIT:?}; closing without it");
+            return;
+        }
+        drop(consumer.poll(Duration::from_millis(20)));
+    }
+}
+
 /// The index of `topic[partition]`'s batch among the pending ones, added if missing.
 fn batch_of(pending: &mut Vec<(String, i32, Vec<Message>)>, topic: &str, partition: i32) -> usize {
     match pending.iter().position(|(t, p, _)| *p == partition && t == topic) {

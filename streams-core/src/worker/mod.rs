@@ -58,11 +58,15 @@ pub struct WorkerOptions {
     /// Setting this flag stops the worker, and a start in progress (see
     /// [`WorkerOptions::stop_flag`]).
     pub stop: Option<Arc<AtomicBool>>,
+    /// A flag that, set before the stop flag, makes the stop leave the group as
+    /// [`WorkerHandle::stop_and_leave`] does (the command line sets it from SIGINT).
+    pub leave_flag: Option<Arc<AtomicBool>>,
     /// The processing guarantee, overriding the app's (the command line's
     /// `--processing-guarantee`).
     pub guarantee: Option<ProcessingGuarantee>,
-    /// The worker's identity under exactly-once: its transactional id is `{app}-{id}`. A
-    /// worker started with the identity of one that still runs fences it (it stops). Default:
+    /// The worker's identity under exactly-once (its transactional id is `{app}-{id}`) and
+    /// under static membership (its `group.instance.id` is `{app}-{id}`). A worker started
+    /// with the identity of one that still runs fences it (it stops). Default:
     /// an id made once and kept in the data directory (`{data_dir}/{app}/worker.id`), so that
     /// a worker restarted on its data directory fences what is left of its predecessor.
     pub worker_id: Option<String>,
@@ -97,6 +101,15 @@ pub struct WorkerOptions {
     /// line's worker exits 1 without them (a broker that cannot be reached would otherwise
     /// keep it waiting forever; an orchestrator would kill it anyway).
     pub shutdown_timeout: Duration,
+    /// Static membership (KIP-345; the command line's `--static-membership`): the worker
+    /// joins its group as `group.instance.id` `{app}-{worker id}` (see
+    /// [`WorkerOptions::worker_id`]). A stop then leaves the group's assignment as it is for
+    /// `session.timeout.ms`: a worker started again with the same id (and data directory)
+    /// within it takes back the same partitions without a rebalance, and with its
+    /// checkpoints restores nothing. A worker that is going away for good says so with
+    /// [`WorkerHandle::stop_and_leave`] (the command line: SIGINT), so that the others take
+    /// its partitions at once. Off by default, as in Kafka.
+    pub static_membership: bool,
 }
 
 /// How many partitions restore side by side by default: the machine's cores, at most 4
@@ -119,8 +132,10 @@ impl WorkerOptions {
             client_config: Vec::new(),
             consumer_config: Vec::new(),
             stop: None,
+            leave_flag: None,
             guarantee: None,
             worker_id: None,
+            static_membership: false,
             web: None,
             table_cache_bytes: None,
             state_memory: None,
@@ -207,6 +222,17 @@ impl WorkerOptions {
         self
     }
 
+    /// Joins the group as a static member (see [`WorkerOptions::static_membership`]).
+    ///
+    /// ```
+    /// let options = streams_core::WorkerOptions::new("/tmp/data").worker_id("w1").static_membership(true);
+    /// assert!(options.static_membership);
+    /// ```
+    pub fn static_membership(mut self, on: bool) -> Self {
+        self.static_membership = on;
+        self
+    }
+
     /// Sets the worker's identity under exactly-once (see [`WorkerOptions::worker_id`]).
     pub fn worker_id(mut self, id: impl Into<String>) -> Self {
         self.worker_id = Some(id.into());
@@ -220,6 +246,13 @@ impl WorkerOptions {
     /// [`WorkerHandle::request_stop`] is seen at once.
     pub fn stop_flag(mut self, flag: Arc<AtomicBool>) -> Self {
         self.stop = Some(flag);
+        self
+    }
+
+    /// A flag that, set before the stop flag, makes the stop leave the group at once (see
+    /// [`WorkerOptions::leave_flag`]).
+    pub fn leave_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.leave_flag = Some(flag);
         self
     }
 
@@ -257,6 +290,8 @@ impl WorkerOptions {
 /// A running worker.
 pub struct WorkerHandle {
     stop: Arc<AtomicBool>,
+    /// Set with the stop when a static member leaves its group for good.
+    leave: Arc<AtomicBool>,
     /// Ends the poll thread's wait (a stop asked for is seen at once).
     poll_wake: Arc<crate::message::queue::Records>,
     metrics: Arc<Metrics>,
@@ -274,6 +309,7 @@ pub struct WorkerHandle {
 /// gone (waited on).
 pub(crate) struct Stopper {
     flag: Arc<AtomicBool>,
+    leave: Arc<AtomicBool>,
     poll_wake: Arc<crate::message::queue::Records>,
 }
 
@@ -282,6 +318,13 @@ impl Stopper {
     pub(crate) fn stop(&self) {
         self.flag.store(true, Ordering::Relaxed);
         self.poll_wake.wake();
+    }
+
+    /// Stops, leaving the group at once even as a static member (see
+    /// [`WorkerHandle::stop_and_leave`]).
+    pub(crate) fn stop_and_leave(&self) {
+        self.leave.store(true, Ordering::Relaxed);
+        self.stop();
     }
 }
 
@@ -346,6 +389,7 @@ impl WorkerHandle {
     pub(crate) fn stopper(&self) -> Stopper {
         Stopper {
             flag: Arc::clone(&self.stop),
+            leave: Arc::clone(&self.leave),
             poll_wake: Arc::clone(&self.poll_wake),
         }
     }
@@ -368,6 +412,28 @@ impl WorkerHandle {
     /// were not made (the worker's threads are left to the process's end).
     pub async fn stop(self) -> Result<Arc<Metrics>> {
         self.request_stop();
+        self.stopped().await
+    }
+
+    /// Stops the worker as [`WorkerHandle::stop`] does, and leaves the consumer group at
+    /// once: the other workers take its partitions now. The same as `stop` for a worker
+    /// without [`WorkerOptions::static_membership`] (a dynamic member always leaves); a
+    /// static member that stops without leaving keeps its partitions unassigned for the
+    /// session timeout, waiting for its restart.
+    ///
+    /// ```no_run
+    /// # async fn example(worker: streams_core::WorkerHandle) -> streams_core::Result<()> {
+    /// worker.stop_and_leave().await?; // scaling down: not coming back
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn stop_and_leave(self) -> Result<Arc<Metrics>> {
+        self.stopper().stop_and_leave();
+        self.stopped().await
+    }
+
+    /// Waits for a stop asked for, at most the shutdown timeout.
+    async fn stopped(self) -> Result<Arc<Metrics>> {
         let timeout = self.shutdown_timeout;
         let step = self.step.clone();
         let reporter = self.reporter.abort_handle();
@@ -496,8 +562,9 @@ impl Worker {
 
         let metrics = Arc::new(Metrics::default());
         let exactly_once = app.guarantee() == ProcessingGuarantee::ExactlyOnce;
-        let kafka_sink = Arc::new(if exactly_once {
-            let id = match &options.worker_id {
+        // The worker's identity, where something needs it (exactly-once, static membership).
+        let id = if exactly_once || options.static_membership {
+            Some(match &options.worker_id {
                 Some(id) => id.clone(),
                 None => {
                     let app_dir = app_dir.clone();
@@ -505,7 +572,11 @@ impl Worker {
                         .await
                         .map_err(|e| Error::Config(format!("reading the worker id: {e}")))??
                 }
-            };
+            })
+        } else {
+            None
+        };
+        let kafka_sink = Arc::new(if let (true, Some(id)) = (exactly_once, &id) {
             let transactional_id = format!("{}-{id}", app.id());
             tracing::info!("exactly-once: transactional id {transactional_id}");
             let (config, metrics) = (config.clone(), Arc::clone(&metrics));
@@ -653,9 +724,23 @@ impl Worker {
                 consumer_config.set("heartbeat.interval.ms", "500");
             }
         }
+        if let (true, Some(id)) = (options.static_membership, &id) {
+            // KIP-345: a restart with the same instance id takes the member's place (and its
+            // partitions) without a rebalance.
+            consumer_config.set("group.instance.id", format!("{}-{id}", app.id()));
+        }
         for (key, value) in &options.consumer_config {
             consumer_config.set(key, value);
         }
+        // A member with an instance id (ours, or one set in the options) leaves its group
+        // on stop only when asked to.
+        let static_member = consumer_config
+            .get("group.instance.id")
+            .is_some_and(|id| !id.is_empty());
+        if let Some(instance) = consumer_config.get("group.instance.id").filter(|_| static_member) {
+            tracing::info!("static member of group {}: group.instance.id {instance}", app.id());
+        }
+        let leave = options.leave_flag.clone().unwrap_or_default();
         if on_embedded {
             let session = consumer_config
                 .get("session.timeout.ms")
@@ -739,6 +824,7 @@ impl Worker {
             let sink = Arc::clone(&side_sink);
             let global_threads = globals.threads;
             let web_finished = web_finished.clone();
+            let leave = Arc::clone(&leave);
             std::thread::Builder::new()
                 .name("consumer".into())
                 .spawn(move || {
@@ -756,7 +842,16 @@ impl Worker {
                     }
                     let spent = Arc::clone(&shared.spent);
                     drop(shared);
-                    consumer.unsubscribe();
+                    if !static_member || leave.load(Ordering::Relaxed) {
+                        consumer::leave_group(&consumer);
+                    } else {
+                        // librdkafka's close sends no LeaveGroup for a static member: the
+                        // group keeps its partitions for it until its session times out.
+                        tracing::info!(
+                            "static member: its partitions wait for its restart (same worker id) until its session times \
+                             out; stop with a leave (SIGINT) when it is not coming back"
+                        );
+                    }
                     consumer::close(consumer, &spent);
                     step.enter("waiting for the committer's last writes");
                     let _ = committer.join();
@@ -797,6 +892,7 @@ impl Worker {
         }
         Ok(WorkerHandle {
             stop,
+            leave,
             poll_wake,
             metrics,
             done,

@@ -1,0 +1,182 @@
+//! Static membership (`--static-membership`, KIP-345): a worker that stops keeps its place in
+//! the group for its session, so that a restart with the same worker id takes back the same
+//! partitions and restores nothing; a worker that stops and leaves hands its partitions over
+//! at once.
+//!
+//! The embedded broker (librdkafka's mock cluster) keys members by member id only: a
+//! restarted static member is a new member there, and its predecessor stays in the group
+//! until its session times out (Kafka replaces it at once, without a rebalance). So the
+//! restart here comes 3 s after the stop, late enough for the predecessor to have timed out
+//! before the group's join completes (`session.timeout.ms` − 1 s after the restart) and well
+//! within the session; the assignment is then made over the same instance ids as before,
+//! which the range assignor orders by instance id.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use streams_core::{EmbeddedBroker, Metrics, Worker, WorkerHandle};
+use streams_examples::seed;
+use streams_tests::hit_counter::{app, MAJOR_COUNT};
+use streams_tests::{create_app_topics, produce, unkeyed, wait_caught_up, wait_until, worker_options};
+
+const GROUP: &str = "hit_counter";
+const TOPICS: [&str; 2] = ["hit_count", "count_topic"];
+
+fn broker() -> EmbeddedBroker {
+    streams_core::init_logging(&std::env::var("STREAMS_TEST_LOG").unwrap_or_else(|_| "error".into()));
+    let broker = EmbeddedBroker::start().expect("broker");
+    broker.create_topic("hit_count", 4).expect("topic");
+    create_app_topics(&broker, &app());
+    broker
+}
+
+async fn start(broker: &EmbeddedBroker, dir: &Path, id: &str) -> WorkerHandle {
+    Worker::start(app(), worker_options(dir, broker).worker_id(id).static_membership(true))
+        .await
+        .expect("worker starts")
+}
+
+async fn blocking(what: &'static str, condition: impl Fn() -> bool + Send + 'static) {
+    tokio::task::spawn_blocking(move || wait_until(what, Duration::from_secs(120), condition))
+        .await
+        .expect("wait");
+}
+
+async fn caught_up(broker: &EmbeddedBroker) {
+    let bootstrap = broker.bootstrap_servers().to_string();
+    tokio::task::spawn_blocking(move || wait_caught_up(&bootstrap, GROUP, &TOPICS, Duration::from_secs(180)))
+        .await
+        .expect("wait");
+}
+
+/// Both workers hold partitions, all 12 between them (input is produced only then: see
+/// `standby.rs` on commits the embedded broker refuses while its group joins).
+async fn both_holding(a: &Arc<Metrics>, b: &Arc<Metrics>) {
+    let (a, b) = (Arc::clone(a), Arc::clone(b));
+    blocking("both workers holding partitions", move || {
+        let (held_a, held_b) = (a.assigned.load(Ordering::Relaxed), b.assigned.load(Ordering::Relaxed));
+        held_a > 0 && held_b > 0 && held_a + held_b == 12
+    })
+    .await;
+}
+
+/// The table partitions a worker has ever held: their stores in its data directory.
+fn stores(dir: &Path) -> BTreeSet<String> {
+    let tables = dir.join(GROUP).join("tables").join("major-count");
+    std::fs::read_dir(&tables)
+        .unwrap_or_else(|e| panic!("{}: {e}", tables.display()))
+        .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// A stop without a leave keeps the group as it is (the other worker sees no rebalance); the
+/// worker started again with the same id within its session gets the same partitions back:
+/// no store of the other's partitions is ever opened on either side, nothing is restored,
+/// and the counts are exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_member_restarted_within_its_session_takes_back_its_partitions() {
+    let records = seed::hits(300, 8_000);
+    let (first, second) = records.split_at(4_000);
+    let broker = broker();
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let a = start(&broker, dir_a.path(), "a").await;
+    let b = start(&broker, dir_b.path(), "b").await;
+    let (a_metrics, b_metrics) = (a.metrics(), b.metrics());
+    both_holding(&a_metrics, &b_metrics).await;
+    produce(&bootstrap, "hit_count", &unkeyed(first));
+    caught_up(&broker).await;
+    let (held_a, held_b) = (stores(dir_a.path()), stores(dir_b.path()));
+    assert!(held_a.is_disjoint(&held_b), "{held_a:?} / {held_b:?}");
+    assert_eq!(held_a.len() + held_b.len(), 8, "{held_a:?} / {held_b:?}");
+
+    let revoked = b_metrics.revocations.load(Ordering::Relaxed);
+    let restored_b = b_metrics.restored.load(Ordering::Relaxed);
+    let held_by_b = b_metrics.assigned.load(Ordering::Relaxed);
+    a.stop().await.expect("the first worker stops");
+    // Within the session: the group waits for the member, nothing moves to the other.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        b_metrics.revocations.load(Ordering::Relaxed),
+        revoked,
+        "a static member's stop does not rebalance the group"
+    );
+    assert_eq!(b_metrics.assigned.load(Ordering::Relaxed), held_by_b);
+
+    let a = start(&broker, dir_a.path(), "a").await;
+    let a_metrics = a.metrics();
+    both_holding(&a_metrics, &b_metrics).await;
+    produce(&bootstrap, "hit_count", &unkeyed(second));
+    caught_up(&broker).await;
+    assert_eq!(
+        a_metrics.restored.load(Ordering::Relaxed),
+        0,
+        "the restart restores nothing"
+    );
+    assert_eq!(
+        b_metrics.restored.load(Ordering::Relaxed),
+        restored_b,
+        "the other worker restores nothing"
+    );
+    a.stop().await.expect("stops");
+    b.stop().await.expect("stops");
+    assert_eq!(stores(dir_a.path()), held_a, "the same partitions, and no other");
+    assert_eq!(stores(dir_b.path()), held_b, "the same partitions, and no other");
+    let mut counted: BTreeMap<String, i64> = MAJOR_COUNT.read_local(dir_a.path(), GROUP).expect("table");
+    counted.extend(MAJOR_COUNT.read_local(dir_b.path(), GROUP).expect("table"));
+    assert_eq!(counted, seed::expected_counts(&records));
+}
+
+/// A static member that stops and leaves (`stop_and_leave`; the command line's SIGINT)
+/// starts the rebalance at once: the other worker is revoked within a heartbeat or two,
+/// far sooner than the session, and takes every partition with the exact counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_member_that_leaves_hands_its_partitions_over_at_once() {
+    let records = seed::hits(200, 3_000);
+    let broker = broker();
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let a = start(&broker, dir_a.path(), "a").await;
+    let b = start(&broker, dir_b.path(), "b").await;
+    let (a_metrics, b_metrics) = (a.metrics(), b.metrics());
+    both_holding(&a_metrics, &b_metrics).await;
+    produce(broker.bootstrap_servers(), "hit_count", &unkeyed(&records));
+    caught_up(&broker).await;
+
+    let revoked = b_metrics.revocations.load(Ordering::Relaxed);
+    a.stop_and_leave().await.expect("the first worker stops and leaves");
+    let left = std::time::Instant::now();
+    {
+        let b = Arc::clone(&b_metrics);
+        blocking("the other worker revoked", move || {
+            b.revocations.load(Ordering::Relaxed) > revoked
+        })
+        .await;
+    }
+    // The embedded broker's sessions are 6 s: a member that did not leave would be seen
+    // gone only after that.
+    assert!(
+        left.elapsed() < Duration::from_secs(3),
+        "revoked {:?} after the leave",
+        left.elapsed()
+    );
+    {
+        let b = Arc::clone(&b_metrics);
+        blocking("the other worker holding every partition", move || {
+            b.assigned.load(Ordering::Relaxed) == 12
+        })
+        .await;
+    }
+    b.stop().await.expect("stops");
+    let mut counted: BTreeMap<String, i64> = MAJOR_COUNT.read_local(dir_a.path(), GROUP).expect("table");
+    counted.extend(MAJOR_COUNT.read_local(dir_b.path(), GROUP).expect("table"));
+    assert_eq!(counted, seed::expected_counts(&records));
+}
