@@ -571,7 +571,8 @@ async fn run_worker(app: App, options: WorkerOptions) -> crate::Result<()> {
             if signals.next().await {
                 leave.store(true, Ordering::Relaxed);
             }
-            stop.store(true, Ordering::Relaxed);
+            // Release: the worker that sees the stop sees the leave.
+            stop.store(true, Ordering::Release);
             signalled.notify_one();
             // A second signal does not wait for the last commits.
             signals.next().await;

@@ -6,10 +6,11 @@
 //! The embedded broker (librdkafka's mock cluster) keys members by member id only: a
 //! restarted static member is a new member there, and its predecessor stays in the group
 //! until its session times out (Kafka replaces it at once, without a rebalance). So the
-//! restart here comes 3 s after the stop, late enough for the predecessor to have timed out
-//! before the group's join completes (`session.timeout.ms` − 1 s after the restart) and well
-//! within the session; the assignment is then made over the same instance ids as before,
-//! which the range assignor orders by instance id.
+//! restart here comes 4 s into a 10-s session: late enough for the predecessor to have timed
+//! out before the group's join completes (`session.timeout.ms` − 1 s after the restart), and
+//! well within the session; the assignment is then made over the same instance ids as before,
+//! which the range assignor orders by instance id. So on this broker the restart is a
+//! rebalance that gives each worker what it had, where Kafka makes none.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -33,10 +34,16 @@ fn broker() -> EmbeddedBroker {
     broker
 }
 
+/// The embedded broker's sessions for these workers: long enough that a check 4 s after a
+/// stop comes well before the session's end.
+const SESSION_MS: &str = "10000";
+
 async fn start(broker: &EmbeddedBroker, dir: &Path, id: &str) -> WorkerHandle {
-    Worker::start(app(), worker_options(dir, broker).worker_id(id).static_membership(true))
-        .await
-        .expect("worker starts")
+    let options = worker_options(dir, broker)
+        .worker_id(id)
+        .static_membership(true)
+        .consumer_config("session.timeout.ms", SESSION_MS);
+    Worker::start(app(), options).await.expect("worker starts")
 }
 
 async fn blocking(what: &'static str, condition: impl Fn() -> bool + Send + 'static) {
@@ -99,9 +106,10 @@ async fn a_static_member_restarted_within_its_session_takes_back_its_partitions(
     let revoked = b_metrics.revocations.load(Ordering::Relaxed);
     let restored_b = b_metrics.restored.load(Ordering::Relaxed);
     let held_by_b = b_metrics.assigned.load(Ordering::Relaxed);
+    let stopping = std::time::Instant::now();
     a.stop().await.expect("the first worker stops");
     // Within the session: the group waits for the member, nothing moves to the other.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(4).saturating_sub(stopping.elapsed())).await;
     assert_eq!(
         b_metrics.revocations.load(Ordering::Relaxed),
         revoked,
@@ -152,7 +160,14 @@ async fn a_static_member_that_leaves_hands_its_partitions_over_at_once() {
     caught_up(&broker).await;
 
     let revoked = b_metrics.revocations.load(Ordering::Relaxed);
+    let stopping = std::time::Instant::now();
     a.stop_and_leave().await.expect("the first worker stops and leaves");
+    // The leave is sent at once, not after the stop's wait for it (5 s) runs out.
+    assert!(
+        stopping.elapsed() < Duration::from_secs(4),
+        "the stop took {:?}",
+        stopping.elapsed()
+    );
     let left = std::time::Instant::now();
     {
         let b = Arc::clone(&b_metrics);
@@ -161,10 +176,9 @@ async fn a_static_member_that_leaves_hands_its_partitions_over_at_once() {
         })
         .await;
     }
-    // The embedded broker's sessions are 6 s: a member that did not leave would be seen
-    // gone only after that.
+    // A member that did not leave would be seen gone only after its session (10 s).
     assert!(
-        left.elapsed() < Duration::from_secs(3),
+        left.elapsed() < Duration::from_secs(5),
         "revoked {:?} after the leave",
         left.elapsed()
     );
@@ -179,4 +193,40 @@ async fn a_static_member_that_leaves_hands_its_partitions_over_at_once() {
     let mut counted: BTreeMap<String, i64> = MAJOR_COUNT.read_local(dir_a.path(), GROUP).expect("table");
     counted.extend(MAJOR_COUNT.read_local(dir_b.path(), GROUP).expect("table"));
     assert_eq!(counted, seed::expected_counts(&records));
+}
+
+/// A static member that stops on `idle_exit` is not coming back either: it leaves the group,
+/// and the other worker is revoked at once rather than after the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_member_that_stops_idle_leaves() {
+    let broker = broker();
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let options = worker_options(dir_a.path(), &broker)
+        .worker_id("a")
+        .static_membership(true)
+        .consumer_config("session.timeout.ms", SESSION_MS)
+        .idle_exit(Duration::from_secs(15));
+    let a = Worker::start(app(), options).await.expect("worker starts");
+    let b = start(&broker, dir_b.path(), "b").await;
+    let (a_metrics, b_metrics) = (a.metrics(), b.metrics());
+    both_holding(&a_metrics, &b_metrics).await;
+    let revoked = b_metrics.revocations.load(Ordering::Relaxed);
+    a.wait().await.expect("the first worker stops on its own");
+    let ended = std::time::Instant::now();
+    {
+        let b = Arc::clone(&b_metrics);
+        blocking("the other worker revoked", move || {
+            b.revocations.load(Ordering::Relaxed) > revoked
+        })
+        .await;
+    }
+    assert!(
+        ended.elapsed() < Duration::from_secs(5),
+        "revoked {:?} after the idle stop (the session is 10 s)",
+        ended.elapsed()
+    );
+    b.stop().await.expect("stops");
 }

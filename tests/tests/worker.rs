@@ -250,7 +250,7 @@ async fn keep_latest(mut readings: Stream<String, Reading>) -> Result<()> {
 /// 16 MiB (each partition's memtables alone may take 8 MiB without it), the memtables are
 /// counted in it, and no key is lost. The bound is RocksDB's: a store flushes its memtables
 /// at its next write once the total is over, so a budget must hold what one round of commits
-/// writes. The table caches in front of the stores are within it too, with the default
+/// writes. The table caches in front of the stores are sized from it too, with the default
 /// `table_cache_bytes` (1 MiB each): the 16 partitions share a sixteenth of the budget, 64 KiB
 /// each (each cache would hold ~2.7 MB of these keys by the end without it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,14 +1,15 @@
 //! What each table partition's cache may hold: `App::table_cache_bytes` for each, and, under
-//! `--state-memory`, a share of that budget for all of a worker's table partitions together.
+//! `--state-memory`, a total sized from it for all of a worker's table partitions together.
 //!
-//! Kafka Streams sizes its record caches as one total for the instance
-//! (`statestore.cache.max.bytes`); here each table partition has a cache of its own, so the
-//! total grows with the partitions a worker holds (64 partitions of 1 MiB are 64 MiB of
-//! budget, and a cache holds up to twice its budget, see `task/tables.rs`). Under a state
-//! memory budget the caches together get [`CACHE_SHARE`] of it, split evenly over the table
-//! partitions held now, each at most `table_cache_bytes`.
+//! Kafka Streams gives its record caches one total for an instance
+//! (`statestore.cache.max.bytes`, split over its threads); here each table partition has a
+//! cache of its own, so the total grew with the partitions a worker holds (64 partitions of
+//! 1 MiB are 64 MiB of budget, and a cache holds up to twice its budget, see
+//! `task/tables.rs`). Under a state memory budget the caches together get [`CACHE_SHARE`] of
+//! it (beside RocksDB's, which is the whole budget), split evenly over the table partitions
+//! held now, each at most `table_cache_bytes`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// The table caches' part of `--state-memory`: a sixteenth (16 MiB of 256 MiB). A cache holds
@@ -16,6 +17,10 @@ use std::sync::Arc;
 /// way to the store, the allocator's own) as much again or more: measured with 64 partitions
 /// under 256 MiB, the caches took ~80 MiB more than caches of 64 KiB (BENCHMARKS.md).
 pub(crate) const CACHE_SHARE: usize = 16;
+
+/// A share below this is said once in the log: changes coalesce less per key, and a
+/// partition commits more often.
+const SMALL_SHARE: usize = 64 << 10;
 
 /// The budget of a worker's table caches (one per worker; the test driver's is per partition
 /// only).
@@ -27,6 +32,8 @@ pub(crate) struct CacheBudget {
     total: Option<usize>,
     /// Table partitions holding a [`CacheShare`] now.
     held: AtomicUsize,
+    /// Whether a share below [`SMALL_SHARE`] was logged.
+    told: AtomicBool,
 }
 
 impl CacheBudget {
@@ -36,6 +43,7 @@ impl CacheBudget {
             each,
             total: None,
             held: AtomicUsize::new(0),
+            told: AtomicBool::new(false),
         })
     }
 
@@ -45,12 +53,23 @@ impl CacheBudget {
             each,
             total: Some(state_memory / CACHE_SHARE),
             held: AtomicUsize::new(0),
+            told: AtomicBool::new(false),
         })
     }
 
     /// A table partition's share, counted until it is dropped.
     pub(crate) fn share(self: &Arc<Self>) -> CacheShare {
-        self.held.fetch_add(1, Ordering::Relaxed);
+        let held = self.held.fetch_add(1, Ordering::Relaxed) + 1;
+        let limit = self.limit();
+        if let Some(total) = self.total {
+            if limit < SMALL_SHARE.min(self.each) && !self.told.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "table caches of {limit} bytes per table partition: their total ({total} bytes, a sixteenth of \
+                     --state-memory) over the {held} table partitions this worker holds; a larger --state-memory gives \
+                     them more (below 64 KiB, changes coalesce less and partitions commit more often)"
+                );
+            }
+        }
         CacheShare(Arc::clone(self))
     }
 

@@ -1132,14 +1132,22 @@ const LEAVE_WAIT: Duration = Duration::from_secs(5);
 /// `unsubscribe` asks for is served, and a close marks the consumer as terminating first,
 /// when a static member (KIP-345) sends none: so this serves the revoke itself (the tasks
 /// have ended; records polled meanwhile are dropped, to be processed by the next owner) until
-/// librdkafka forgets its member id, which it does as it sends the LeaveGroup, at most
-/// [`LEAVE_WAIT`]. The close waits for the request in flight.
-pub(crate) fn leave_group(consumer: &BaseConsumer<WorkerContext>) {
+/// librdkafka forgets its member id, at most [`LEAVE_WAIT`]. It forgets it as it leaves: with
+/// a LeaveGroup request to the coordinator (which the close then waits for), or without one
+/// when no coordinator is known then (a broker outage) — best effort, as a dynamic member's
+/// leave on close is. `static_member`: only the leave of a static member is lost to a close
+/// that comes first (a dynamic member's close leaves by itself).
+pub(crate) fn leave_group(consumer: &BaseConsumer<WorkerContext>, static_member: bool) {
     consumer.unsubscribe();
     let began = std::time::Instant::now();
     while member_id(consumer).is_some() {
         if began.elapsed() >= LEAVE_WAIT {
-            tracing::warn!("the LeaveGroup was not sent within {LEAVE_WAIT:?}; closing without it");
+            if static_member {
+                tracing::warn!(
+                    "the group was not left within {LEAVE_WAIT:?}; closing: its partitions wait for this member's \
+                     session to time out"
+                );
+            }
             return;
         }
         drop(consumer.poll(Duration::from_millis(20)));
@@ -1167,6 +1175,16 @@ impl ConsumerContext for WorkerContext {
                 self.shared.metrics.assignments.fetch_add(1, Ordering::Relaxed);
                 let restoring = match self.shared.assign(consumer, list, &HashMap::new()) {
                     Ok(restoring) => restoring,
+                    // An assignment served by the stop's own polls (the leave, the close):
+                    // the worker takes nothing (no fetch starts); the group gives the
+                    // partitions to others once this member has left.
+                    Err(Error::Stopping) => {
+                        tracing::debug!("an assignment while stopping: not taken");
+                        if let Err(error) = consumer.assign(&TopicPartitionList::new()) {
+                            tracing::debug!("an empty assignment while stopping: {error}");
+                        }
+                        return;
+                    }
                     Err(error) => {
                         self.shared
                             .metrics
@@ -1381,8 +1399,8 @@ fn pause_each<C: Consumer<WorkerContext>>(consumer: &C, partitions: &TopicPartit
     unpaused
 }
 
-/// Polls until `stop` is set, the worker failed, or it has been idle for `idle_exit`;
-/// then makes the last cuts. A last cut that could not be committed fails the worker.
+/// Polls until `stop` is set, the worker failed, or it has been idle for `idle_exit` (then
+/// returns `true`); then makes the last cuts. A last cut that could not be committed fails the worker.
 /// Closes the consumer once the records it fetched are freed (they are librdkafka's and keep
 /// it alive; see [`Message::from_kafka`]). The tasks have ended, so their records are on
 /// their way back: this waits for them up to 5 s, so that the consumer closes here rather than
@@ -1462,7 +1480,8 @@ pub(crate) fn poll_loop(
     shared: &Shared,
     stop: &AtomicBool,
     idle_exit: Option<Duration>,
-) {
+) -> bool {
+    let mut idle_exited = false;
     // Idle time counts while the worker holds its (restored) partitions and no record
     // arrives: a worker given no records at all stops too.
     let mut quiet_since = std::time::Instant::now();
@@ -1561,6 +1580,7 @@ pub(crate) fn poll_loop(
                 quiet_since = std::time::Instant::now();
             } else if quiet_since.elapsed() >= idle {
                 tracing::info!("no records for {idle:?}; stopping");
+                idle_exited = true;
                 break;
             }
         }
@@ -1577,6 +1597,7 @@ pub(crate) fn poll_loop(
             failed.join("; ")
         ));
     }
+    idle_exited
 }
 
 #[cfg(test)]

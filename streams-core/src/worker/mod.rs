@@ -324,7 +324,8 @@ impl Stopper {
     /// [`WorkerHandle::stop_and_leave`]).
     pub(crate) fn stop_and_leave(&self) {
         self.leave.store(true, Ordering::Relaxed);
-        self.stop();
+        self.flag.store(true, Ordering::Release);
+        self.poll_wake.wake();
     }
 }
 
@@ -828,7 +829,9 @@ impl Worker {
             std::thread::Builder::new()
                 .name("consumer".into())
                 .spawn(move || {
-                    consumer::poll_loop(&consumer, &shared, &stop, idle);
+                    let idle_exited = consumer::poll_loop(&consumer, &shared, &stop, idle);
+                    // The leave flag is set before the stop flag (which the loop saw).
+                    std::sync::atomic::fence(Ordering::Acquire);
                     if let Some(thread) = standby_thread {
                         step.enter("closing the standby copies");
                         shared.standbys.stop();
@@ -842,8 +845,9 @@ impl Worker {
                     }
                     let spent = Arc::clone(&shared.spent);
                     drop(shared);
-                    if !static_member || leave.load(Ordering::Relaxed) {
-                        consumer::leave_group(&consumer);
+                    // A static member that stops idle is not coming back either.
+                    if !static_member || idle_exited || leave.load(Ordering::Relaxed) {
+                        consumer::leave_group(&consumer, static_member);
                     } else {
                         // librdkafka's close sends no LeaveGroup for a static member: the
                         // group keeps its partitions for it until its session times out.
@@ -1001,6 +1005,7 @@ fn worker_id(app_dir: &Path) -> Result<String> {
         .map_or(0, |d| d.as_nanos());
     let id = format!("{:016x}", (nanos as u64) ^ (u64::from(std::process::id()) << 32));
     std::fs::write(&path, &id).map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+    tracing::info!("a new worker id, {id}, kept in {}", path.display());
     Ok(id)
 }
 
