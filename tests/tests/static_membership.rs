@@ -1,7 +1,8 @@
 //! Static membership (`--static-membership`, KIP-345): a worker that stops keeps its place in
 //! the group for its session, so that a restart with the same worker id takes back the same
-//! partitions and restores nothing; a worker that stops and leaves hands its partitions over
-//! at once.
+//! partitions and restores nothing; a worker that stops and leaves (or stops idle) hands its
+//! partitions over at once; the command line maps SIGTERM to the first and SIGINT to the
+//! second.
 //!
 //! The embedded broker (librdkafka's mock cluster) keys members by member id only: a
 //! restarted static member is a new member there, and its predecessor stays in the group
@@ -229,4 +230,74 @@ async fn a_static_member_that_stops_idle_leaves() {
         ended.elapsed()
     );
     b.stop().await.expect("stops");
+}
+
+/// How many lines of `child`'s output so far contain `text`.
+fn count(child: &mut streams_tests::Child, text: &str) -> usize {
+    child.output().lines().filter(|line| line.contains(text)).count()
+}
+
+/// Sends `signal` (`-INT`, `-TERM`) to `child`.
+fn signal(child: &streams_tests::Child, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &child.process.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// The command line, as users run it (`hit_counter worker --static-membership`): SIGTERM
+/// stops the worker without leaving (the other worker releases nothing), SIGINT stops it and
+/// leaves (the other worker is revoked at once, within a heartbeat rather than the 6-s
+/// session of the embedded broker's workers).
+#[test]
+fn the_command_line_keeps_the_place_on_sigterm_and_leaves_on_sigint() {
+    use streams_tests::spawn_hit_counter_worker;
+    let broker = broker();
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let args = |id| ["--static-membership", "--worker-id", id];
+    let mut a = spawn_hit_counter_worker(&bootstrap, dir_a.path(), &args("a"));
+    a.wait_for_line(
+        "static member of group hit_counter: group.instance.id hit_counter-a",
+        Duration::from_secs(60),
+    );
+    a.wait_for_line("assigned", Duration::from_secs(60));
+    let mut b = spawn_hit_counter_worker(&bootstrap, dir_b.path(), &args("b"));
+    b.wait_for_line("assigned", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+
+    let released = "committed and released";
+    let before = count(&mut b, released);
+    let terminated = std::time::Instant::now();
+    signal(&a, "-TERM");
+    assert_eq!(a.wait(Duration::from_secs(60)), Some(0), "{}", a.output());
+    assert!(
+        a.output().contains("its partitions wait for its restart"),
+        "{}",
+        a.output()
+    );
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(terminated.elapsed()));
+    assert_eq!(count(&mut b, released), before, "SIGTERM: no rebalance\n{}", b.output());
+
+    let mut a = spawn_hit_counter_worker(&bootstrap, dir_a.path(), &args("a"));
+    a.wait_for_line("assigned", Duration::from_secs(60));
+    // Past the first instance's session and the rebalances it may still cause here (the
+    // embedded broker keeps it as a member until then).
+    std::thread::sleep(Duration::from_secs(14).saturating_sub(terminated.elapsed()));
+    let before = count(&mut b, released);
+    signal(&a, "-INT");
+    assert_eq!(a.wait(Duration::from_secs(60)), Some(0), "{}", a.output());
+    let exited = std::time::Instant::now();
+    assert!(
+        streams_tests::poll_until(Duration::from_secs(4), || count(&mut b, released) > before),
+        "SIGINT: the other worker was not revoked within 4 s of the exit\n{}",
+        b.output()
+    );
+    assert!(exited.elapsed() < Duration::from_secs(4));
+    signal(&b, "-TERM");
+    assert_eq!(b.wait(Duration::from_secs(60)), Some(0), "{}", b.output());
 }
