@@ -107,10 +107,10 @@ async fn a_static_member_restarted_within_its_session_takes_back_its_partitions(
     let revoked = b_metrics.revocations.load(Ordering::Relaxed);
     let restored_b = b_metrics.restored.load(Ordering::Relaxed);
     let held_by_b = b_metrics.assigned.load(Ordering::Relaxed);
-    let stopping = std::time::Instant::now();
     a.stop().await.expect("the first worker stops");
-    // Within the session: the group waits for the member, nothing moves to the other.
-    tokio::time::sleep(Duration::from_secs(4).saturating_sub(stopping.elapsed())).await;
+    // Within the session (which runs from the close): the group waits for the member,
+    // nothing moves to the other.
+    tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(
         b_metrics.revocations.load(Ordering::Relaxed),
         revoked,
@@ -161,14 +161,7 @@ async fn a_static_member_that_leaves_hands_its_partitions_over_at_once() {
     caught_up(&broker).await;
 
     let revoked = b_metrics.revocations.load(Ordering::Relaxed);
-    let stopping = std::time::Instant::now();
     a.stop_and_leave().await.expect("the first worker stops and leaves");
-    // The leave is sent at once, not after the stop's wait for it (5 s) runs out.
-    assert!(
-        stopping.elapsed() < Duration::from_secs(4),
-        "the stop took {:?}",
-        stopping.elapsed()
-    );
     let left = std::time::Instant::now();
     {
         let b = Arc::clone(&b_metrics);
@@ -270,24 +263,26 @@ fn the_command_line_keeps_the_place_on_sigterm_and_leaves_on_sigint() {
     b.wait_for_line("assigned", Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(2));
 
-    let released = "committed and released";
+    // A revoke logs "committed and released" (or, with a commit refused, "released; its
+    // last commit failed"): no input is produced here, so either counts.
+    let released = "released";
     let before = count(&mut b, released);
-    let terminated = std::time::Instant::now();
     signal(&a, "-TERM");
     assert_eq!(a.wait(Duration::from_secs(60)), Some(0), "{}", a.output());
+    let first_exit = std::time::Instant::now();
     assert!(
         a.output().contains("its partitions wait for its restart"),
         "{}",
         a.output()
     );
-    std::thread::sleep(Duration::from_secs(4).saturating_sub(terminated.elapsed()));
+    std::thread::sleep(Duration::from_secs(3));
     assert_eq!(count(&mut b, released), before, "SIGTERM: no rebalance\n{}", b.output());
 
     let mut a = spawn_hit_counter_worker(&bootstrap, dir_a.path(), &args("a"));
     a.wait_for_line("assigned", Duration::from_secs(60));
-    // Past the first instance's session and the rebalances it may still cause here (the
-    // embedded broker keeps it as a member until then).
-    std::thread::sleep(Duration::from_secs(14).saturating_sub(terminated.elapsed()));
+    // Past the first instance's session (6 s from its close) and the rebalance it may still
+    // cause here (up to 5 s more: the embedded broker keeps it as a member until then).
+    std::thread::sleep(Duration::from_secs(14).saturating_sub(first_exit.elapsed()));
     let before = count(&mut b, released);
     signal(&a, "-INT");
     assert_eq!(a.wait(Duration::from_secs(60)), Some(0), "{}", a.output());
@@ -300,4 +295,49 @@ fn the_command_line_keeps_the_place_on_sigterm_and_leaves_on_sigint() {
     assert!(exited.elapsed() < Duration::from_secs(4));
     signal(&b, "-TERM");
     assert_eq!(b.wait(Duration::from_secs(60)), Some(0), "{}", b.output());
+}
+
+/// A worker stopped while its group forms again (revoked, its next assignment still to
+/// come) stops cleanly: the assignment that reaches it during its stop is not taken. (It
+/// failed the worker: "cannot take over partitions: the worker is stopping", exit 1.)
+async fn stop_while_the_group_forms(static_member: bool) {
+    let broker = broker();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+    let options = |i: usize, on: bool| {
+        worker_options(dirs[i].path(), &broker)
+            .worker_id(["a", "b", "c"][i])
+            .static_membership(on)
+    };
+    let a = Worker::start(app(), options(0, false)).await.expect("worker starts");
+    let b = Worker::start(app(), options(1, static_member))
+        .await
+        .expect("worker starts");
+    let (a_metrics, b_metrics) = (a.metrics(), b.metrics());
+    both_holding(&a_metrics, &b_metrics).await;
+    let revoked = b_metrics.revocations.load(Ordering::Relaxed);
+    // A third worker joins: the group rebalances, and the second waits for its next
+    // assignment (the embedded broker completes the join seconds later).
+    let c = Worker::start(app(), options(2, false)).await.expect("worker starts");
+    {
+        let b = Arc::clone(&b_metrics);
+        blocking("the second worker revoked", move || {
+            b.revocations.load(Ordering::Relaxed) > revoked && b.assigned.load(Ordering::Relaxed) == 0
+        })
+        .await;
+    }
+    b.stop()
+        .await
+        .unwrap_or_else(|e| panic!("static membership {static_member}: a stop while the group forms: {e}"));
+    c.stop().await.expect("stops");
+    a.stop().await.expect("stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_while_its_group_forms_stops_cleanly() {
+    stop_while_the_group_forms(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_member_stopped_while_its_group_forms_stops_cleanly() {
+    stop_while_the_group_forms(true).await;
 }

@@ -431,6 +431,12 @@ impl Shared {
         }
     }
 
+    /// Whether the worker is stopping: its last cuts are made (the cuts' channel is gone),
+    /// so it takes no partitions any more.
+    fn stopping(&self) -> bool {
+        self.cuts.lock().map_or(true, |cuts| cuts.is_none())
+    }
+
     /// Whether the worker holds its partitions: it was given an assignment and none of its
     /// tasks is being restored.
     fn settled(&self) -> bool {
@@ -579,7 +585,9 @@ impl Shared {
             let restoring_progress = match job {
                 Some(job) => {
                     let progress = RestoreProgress::of(job);
-                    self.restores.send(Arc::clone(&progress)).map_err(|_| Error::Stopping)?;
+                    self.restores.send(Arc::clone(&progress)).map_err(|_| {
+                        Error::Config("the restore threads have ended: no store can be restored".into())
+                    })?;
                     for (topic, _) in &sources {
                         restoring.add_partition(topic, partition);
                     }
@@ -1170,14 +1178,23 @@ impl ConsumerContext for WorkerContext {
         self.shared.hand_over();
         self.shared.moved();
         match err {
+            // An assignment served by the stop's own polls (the leave's, or the close's when
+            // librdkafka hands a queued one over then): the worker takes nothing — no store
+            // is opened, no offset asked for, no fetch started. The partitions go to the
+            // others once this member has left the group (a static member stopped without
+            // leaving: once its session ends or it is back).
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS if self.shared.stopping() => {
+                tracing::debug!("an assignment while stopping: not taken");
+                if let Err(error) = consumer.assign(&TopicPartitionList::new()) {
+                    tracing::debug!("an empty assignment while stopping: {error}");
+                }
+            }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.shared.metrics.set_member_id(member_id(consumer));
                 self.shared.metrics.assignments.fetch_add(1, Ordering::Relaxed);
                 let restoring = match self.shared.assign(consumer, list, &HashMap::new()) {
                     Ok(restoring) => restoring,
-                    // An assignment served by the stop's own polls (the leave, the close):
-                    // the worker takes nothing (no fetch starts); the group gives the
-                    // partitions to others once this member has left.
+                    // The stop began while the assignment was being taken (see above).
                     Err(Error::Stopping) => {
                         tracing::debug!("an assignment while stopping: not taken");
                         if let Err(error) = consumer.assign(&TopicPartitionList::new()) {
@@ -1399,8 +1416,6 @@ fn pause_each<C: Consumer<WorkerContext>>(consumer: &C, partitions: &TopicPartit
     unpaused
 }
 
-/// Polls until `stop` is set, the worker failed, or it has been idle for `idle_exit` (then
-/// returns `true`); then makes the last cuts. A last cut that could not be committed fails the worker.
 /// Closes the consumer once the records it fetched are freed (they are librdkafka's and keep
 /// it alive; see [`Message::from_kafka`]). The tasks have ended, so their records are on
 /// their way back: this waits for them up to 5 s, so that the consumer closes here rather than
@@ -1475,6 +1490,9 @@ impl Drop for RecordsOpen<'_> {
     }
 }
 
+/// Polls until `stop` is set, the worker failed, or it has been idle for `idle_exit`; then
+/// makes the last cuts. A last cut that could not be committed fails the worker. Returns
+/// whether it stopped idle (neither asked to stop nor failed).
 pub(crate) fn poll_loop(
     consumer: &Arc<BaseConsumer<WorkerContext>>,
     shared: &Shared,
@@ -1576,7 +1594,9 @@ pub(crate) fn poll_loop(
             shared.republish_held(consumer);
         }
         if let Some(idle) = idle_exit {
-            if taken > 0 || !shared.settled() {
+            // Counted while the worker holds its partitions: not while it waits for the
+            // group between a revoke and the next assignment.
+            if taken > 0 || !shared.settled() || shared.waiting_since().is_some() {
                 quiet_since = std::time::Instant::now();
             } else if quiet_since.elapsed() >= idle {
                 tracing::info!("no records for {idle:?}; stopping");
@@ -1597,7 +1617,7 @@ pub(crate) fn poll_loop(
             failed.join("; ")
         ));
     }
-    idle_exited
+    idle_exited && !stop.load(Ordering::Relaxed) && !shared.metrics.failed()
 }
 
 #[cfg(test)]

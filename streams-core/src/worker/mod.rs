@@ -59,7 +59,8 @@ pub struct WorkerOptions {
     /// [`WorkerOptions::stop_flag`]).
     pub stop: Option<Arc<AtomicBool>>,
     /// A flag that, set before the stop flag, makes the stop leave the group as
-    /// [`WorkerHandle::stop_and_leave`] does (the command line sets it from SIGINT).
+    /// [`WorkerHandle::stop_and_leave`] does (the command line sets it from SIGINT). Set the
+    /// stop flag after it with `Ordering::Release`.
     pub leave_flag: Option<Arc<AtomicBool>>,
     /// The processing guarantee, overriding the app's (the command line's
     /// `--processing-guarantee`).
@@ -316,7 +317,9 @@ pub(crate) struct Stopper {
 impl Stopper {
     /// Sets the stop flag and ends the poll thread's wait, so that it sees the flag now.
     pub(crate) fn stop(&self) {
-        self.flag.store(true, Ordering::Relaxed);
+        // Release: a leave flag set before (`stop_and_leave`, the command line's SIGINT) is
+        // seen by the poll thread that sees this.
+        self.flag.store(true, Ordering::Release);
         self.poll_wake.wake();
     }
 
@@ -324,8 +327,7 @@ impl Stopper {
     /// [`WorkerHandle::stop_and_leave`]).
     pub(crate) fn stop_and_leave(&self) {
         self.leave.store(true, Ordering::Relaxed);
-        self.flag.store(true, Ordering::Release);
-        self.poll_wake.wake();
+        self.stop();
     }
 }
 
