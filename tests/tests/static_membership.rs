@@ -71,6 +71,24 @@ async fn both_holding(a: &Arc<Metrics>, b: &Arc<Metrics>) {
     .await;
 }
 
+/// Waits until `b` has been revoked since it counted `revoked` revocations, and asserts it
+/// happened within 5 s of `since`: far sooner than the 10-s session of a member that did not
+/// leave.
+async fn revoked_soon(b: &Arc<Metrics>, revoked: u64, since: std::time::Instant, after: &str) {
+    {
+        let b = Arc::clone(b);
+        blocking("the other worker revoked", move || {
+            b.revocations.load(Ordering::Relaxed) > revoked
+        })
+        .await;
+    }
+    assert!(
+        since.elapsed() < Duration::from_secs(5),
+        "revoked {:?} after {after} (the session is 10 s)",
+        since.elapsed()
+    );
+}
+
 /// The table partitions a worker has ever held: their stores in its data directory.
 fn stores(dir: &Path) -> BTreeSet<String> {
     let tables = dir.join(GROUP).join("tables").join("major-count");
@@ -162,20 +180,7 @@ async fn a_static_member_that_leaves_hands_its_partitions_over_at_once() {
 
     let revoked = b_metrics.revocations.load(Ordering::Relaxed);
     a.stop_and_leave().await.expect("the first worker stops and leaves");
-    let left = std::time::Instant::now();
-    {
-        let b = Arc::clone(&b_metrics);
-        blocking("the other worker revoked", move || {
-            b.revocations.load(Ordering::Relaxed) > revoked
-        })
-        .await;
-    }
-    // A member that did not leave would be seen gone only after its session (10 s).
-    assert!(
-        left.elapsed() < Duration::from_secs(5),
-        "revoked {:?} after the leave",
-        left.elapsed()
-    );
+    revoked_soon(&b_metrics, revoked, std::time::Instant::now(), "the leave").await;
     {
         let b = Arc::clone(&b_metrics);
         blocking("the other worker holding every partition", move || {
@@ -209,19 +214,7 @@ async fn a_static_member_that_stops_idle_leaves() {
     both_holding(&a_metrics, &b_metrics).await;
     let revoked = b_metrics.revocations.load(Ordering::Relaxed);
     a.wait().await.expect("the first worker stops on its own");
-    let ended = std::time::Instant::now();
-    {
-        let b = Arc::clone(&b_metrics);
-        blocking("the other worker revoked", move || {
-            b.revocations.load(Ordering::Relaxed) > revoked
-        })
-        .await;
-    }
-    assert!(
-        ended.elapsed() < Duration::from_secs(5),
-        "revoked {:?} after the idle stop (the session is 10 s)",
-        ended.elapsed()
-    );
+    revoked_soon(&b_metrics, revoked, std::time::Instant::now(), "the idle stop").await;
     b.stop().await.expect("stops");
 }
 
