@@ -78,9 +78,10 @@ impl Kind {
         }
     }
 
-    /// Whether the index keeps windows by key too.
+    /// Whether the index keeps the open windows by key too (a record's sessions are found
+    /// there; fixed and sliding windows follow from the record's time).
     fn keyed(self) -> bool {
-        !matches!(self, Kind::Fixed(_))
+        matches!(self, Kind::Session(_))
     }
 
     /// What the topology calls these windows.
@@ -103,10 +104,13 @@ impl Kind {
 }
 
 /// The windows in a windowed table partition: by end (to close and expire them in order)
-/// and, for sessions and sliding windows, by key (start and end: two sessions of a key can
-/// start at the same time, a closed one and one made beside it).
+/// and, for sessions, the open ones by key (start and end: two sessions of a key can start
+/// at the same time, a closed one and one made beside it). A closed session is final and no
+/// record joins it, so it leaves `by_key` when it closes: a record's lookup costs the key's
+/// open sessions (one or two), not every session the table keeps for its retention.
 struct WindowIndex {
     by_end: BTreeSet<(i64, Box<[u8]>)>,
+    /// Sessions only: the open windows of each key.
     by_key: HashMap<Box<[u8]>, BTreeSet<(i64, i64)>, foldhash::fast::RandomState>,
     keyed: bool,
     /// Windows ending at or before this have closed (their final results went on).
@@ -133,7 +137,7 @@ impl WindowIndex {
         let Some((key, window)) = split_window_key(window_key) else {
             return;
         };
-        if self.keyed {
+        if self.keyed && window.end > self.closed_through {
             // Most windows are of a key the index knows: its bytes are copied only once.
             match self.by_key.get_mut(key) {
                 Some(windows) => {
@@ -152,6 +156,17 @@ impl WindowIndex {
         let Some((key, window)) = split_window_key(window_key) else {
             return;
         };
+        self.forget_open(key, window);
+        self.by_end.remove(&(window.end, window_key.into()));
+    }
+
+    /// Whether the table holds the window `window_key`, ending at `end`.
+    fn knows(&self, end: i64, window_key: &[u8]) -> bool {
+        self.by_end.contains(&(end, Box::from(window_key)))
+    }
+
+    /// Takes `window` of `key` out of the open windows by key, if it is there.
+    fn forget_open(&mut self, key: &[u8], window: Window) {
         if self.keyed {
             if let Some(windows) = self.by_key.get_mut(key) {
                 windows.remove(&(window.start, window.end));
@@ -160,7 +175,6 @@ impl WindowIndex {
                 }
             }
         }
-        self.by_end.remove(&(window.end, window_key.into()));
     }
 
     /// The windows that closed since the last call, in order of their end (and key), when
@@ -171,15 +185,26 @@ impl WindowIndex {
         }
         let after = self.closed_through;
         self.closed_through = through;
-        if !collect {
+        if !collect && !self.keyed {
             return Vec::new();
         }
         let low = (after.saturating_add(1), Box::<[u8]>::default());
-        self.by_end
+        let closing: Vec<Box<[u8]>> = self
+            .by_end
             .range(low..)
             .take_while(|(end, _)| *end <= through)
             .map(|(_, key)| key.clone())
-            .collect()
+            .collect();
+        for window_key in &closing {
+            if let Some((key, window)) = split_window_key(window_key) {
+                self.forget_open(key, window);
+            }
+        }
+        if collect {
+            closing
+        } else {
+            Vec::new()
+        }
     }
 
     /// Takes the windows ending at or before `through` out of the index.
@@ -187,15 +212,9 @@ impl WindowIndex {
         let mut gone = Vec::new();
         while self.by_end.first().is_some_and(|(end, _)| *end <= through) {
             if let Some((_, key)) = self.by_end.pop_first() {
-                if self.keyed {
-                    if let Some((k, window)) = split_window_key(&key) {
-                        if let Some(windows) = self.by_key.get_mut(k) {
-                            windows.remove(&(window.start, window.end));
-                            if windows.is_empty() {
-                                self.by_key.remove(k);
-                            }
-                        }
-                    }
+                // Expired before it closed only with a retention shorter than the grace.
+                if let Some((k, window)) = split_window_key(&key) {
+                    self.forget_open(k, window);
                 }
                 gone.push(key);
             }
@@ -203,11 +222,9 @@ impl WindowIndex {
         gone
     }
 
-    /// The windows of `key` with a start at most `last_start` and an end at least
+    /// The open windows of `key` with a start at most `last_start` and an end at least
     /// `first_end`, in order of their start.
     fn overlapping(&self, key: &[u8], first_end: i64, last_start: i64) -> Vec<Window> {
-        // Not a scan from the last back: a session that merged past a closed one (which
-        // stays, final) starts before it and ends after it (the model test found this).
         self.by_key
             .get(key)
             .map(|windows| {
@@ -365,7 +382,16 @@ where
             let value = if n == last { value.take() } else { value.clone() };
             let Some(value) = value else { break };
             let window_key = window_key(key_bytes, *window);
-            if self.update(cx, index, &window_key, |old| (self.add)(&key, old, value))? {
+            if self.with_index(cx, index, |windows| windows.knows(window.end, &window_key))? {
+                self.update(cx, index, &window_key, |old| (self.add)(&key, old, value))?;
+            } else {
+                // The index holds every window of the table: a window it does not know has no
+                // value to read (on a cache miss, the store would be asked for nothing).
+                let mut stored = None;
+                write_value(&mut stored, &(self.add)(&key, None, value), self.table).map_err(failed)?;
+                cx.ctx
+                    .put_new_at(index, window_key.clone(), stored.unwrap_or_default())
+                    .map_err(failed)?;
                 created.push(window_key);
             }
         }
@@ -962,7 +988,8 @@ mod tests {
         assert_eq!(index.close(25, true).len(), 1);
         assert_eq!(
             index.overlapping(b"a", 15, 100),
-            vec![Window::new(10, 20), Window::new(25, 30)]
+            vec![Window::new(25, 30)],
+            "a closed window is final: no record finds it"
         );
         let gone: Vec<Vec<u8>> = index.expire(10).into_iter().map(Vec::from).collect();
         assert_eq!(gone, vec![key("a", 0, 10), key("b", 0, 10)]);
@@ -990,6 +1017,55 @@ mod tests {
         index.remove(&key("a", 0, 8));
         assert!(index.overlapping(b"a", 0, 10).is_empty());
         assert!(index.by_key.is_empty());
+    }
+
+    #[test]
+    fn a_keys_closed_sessions_leave_its_lookup_when_they_close_and_after_a_restart() {
+        let mut index = WindowIndex {
+            by_end: BTreeSet::new(),
+            by_key: HashMap::default(),
+            keyed: true,
+            closed_through: NO_TIME,
+        };
+        // A day of one user's sessions, one every 10 minutes: all kept for the retention.
+        for n in 0..144 {
+            index.insert(&key("a", n * 600_000, n * 600_000 + 60_000));
+        }
+        let closed = index.close(143 * 600_000, true);
+        assert_eq!(closed.len(), 143);
+        assert_eq!(index.by_end.len(), 144, "kept until they expire");
+        assert_eq!(
+            index.by_key[&b"a"[..]].len(),
+            1,
+            "a record's lookup sees the open session only"
+        );
+        assert_eq!(
+            index.overlapping(b"a", 0, i64::MAX),
+            vec![Window::new(143 * 600_000, 143 * 600_000 + 60_000)]
+        );
+        // Loaded again (a restart): the closed ones are not keyed either.
+        let mut again = WindowIndex {
+            by_end: BTreeSet::new(),
+            by_key: HashMap::default(),
+            keyed: true,
+            closed_through: 143 * 600_000,
+        };
+        for (_, window_key) in &index.by_end {
+            again.insert(window_key);
+        }
+        assert_eq!(again.by_key[&b"a"[..]].len(), 1);
+        assert!(again.close(143 * 600_000, true).is_empty(), "nothing closes twice");
+        // Not emitting final results, closing still takes them out.
+        let mut quiet = WindowIndex {
+            by_end: BTreeSet::new(),
+            by_key: HashMap::default(),
+            keyed: true,
+            closed_through: NO_TIME,
+        };
+        quiet.insert(&key("a", 0, 10));
+        quiet.insert(&key("a", 50, 60));
+        assert!(quiet.close(10, false).is_empty());
+        assert_eq!(quiet.overlapping(b"a", 0, 100), vec![Window::new(50, 60)]);
     }
 
     #[test]
