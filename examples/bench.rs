@@ -719,8 +719,9 @@ async fn rss_worker(bootstrap: &str, keys: usize) -> Result<(), String> {
     .await?;
     println!("rss {:.1} {:.0}", peak_rss_mb(), figure.rate());
     // Restore the same table into an empty data dir, then restart on that dir.
+    let cpu = cpu_seconds();
     let (restored, seconds) = restore(bootstrap, dir.path()).await?;
-    println!("restore {restored} {seconds:.3}");
+    println!("restore {restored} {seconds:.3} {:.2}", cpu_seconds() - cpu);
     let (restored, _) = restore(bootstrap, dir.path()).await?;
     println!("restart {restored}");
     Ok(())
@@ -728,11 +729,16 @@ async fn rss_worker(bootstrap: &str, keys: usize) -> Result<(), String> {
 
 /// The group's worker options. The embedded broker waits `session.timeout.ms` − 1 s before
 /// completing a join after the last member left (Kafka does not): a short session keeps the
-/// runs that follow one another quick.
+/// runs that follow one another quick. `BENCH_RESTORE_THREADS=n` sets the restore threads
+/// (to compare with the default, the machine's cores at least 4 and at most 8).
 fn worker_options(dir: &std::path::Path, bootstrap: &str) -> WorkerOptions {
-    WorkerOptions::new(dir)
+    let options = WorkerOptions::new(dir)
         .broker(bootstrap)
-        .consumer_config("session.timeout.ms", "6000")
+        .consumer_config("session.timeout.ms", "6000");
+    match std::env::var("BENCH_RESTORE_THREADS").ok().and_then(|v| v.parse().ok()) {
+        Some(n) => options.restore_threads(n),
+        None => options,
+    }
 }
 
 /// How long (i) lets the worker settle once it holds its partitions: longer than the 30 s
@@ -1280,11 +1286,13 @@ fn restore_and_memory(broker: Broker, keys: usize) -> Result<(), String> {
             ["rss", mb, rate] => println!(
                 "\nworker holding {keys} distinct keys (RocksDB, {KEY_PARTITIONS} partitions): peak RSS {mb} MB, counted at {rate} records/s"
             ),
-            ["restore", restored, seconds] => {
+            ["restore", restored, seconds, cpu] => {
                 let (restored, seconds): (f64, f64) = (restored.parse().unwrap_or(0.0), seconds.parse().unwrap_or(1.0));
                 println!(
-                    "restore of {restored:.0} changelog records into an empty data dir: {seconds:.2}s, {:.0} records/s",
-                    restored / seconds.max(1e-9)
+                    "restore of {restored:.0} changelog records into an empty data dir: {seconds:.2}s, {:.0} records/s; \
+                     the worker's CPU from its start to its stop around it {cpu}s ({:.2} µs per record)",
+                    restored / seconds.max(1e-9),
+                    cpu.parse::<f64>().unwrap_or(0.0) / restored.max(1.0) * 1e6
                 );
             }
             ["restart", restored] => {

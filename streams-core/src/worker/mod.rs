@@ -90,7 +90,7 @@ pub struct WorkerOptions {
     pub state_memory: Option<usize>,
     /// How many partitions restore their stores side by side, each on a thread with a
     /// consumer of its own (the command line's `--restore-threads`; by default the
-    /// machine's cores, at most 4).
+    /// machine's cores, at least 4 and at most 8).
     pub restore_threads: usize,
     /// Standby replicas: how many workers besides a table partition's owner keep a warm
     /// copy of it, caught up from its changelog every half second, so that a failover
@@ -113,10 +113,13 @@ pub struct WorkerOptions {
     pub static_membership: bool,
 }
 
-/// How many partitions restore side by side by default: the machine's cores, at most 4
-/// (restores read the broker and write RocksDB; more threads than cores only wait).
+/// How many partitions restore side by side by default: the machine's cores, at least 4 and
+/// at most 8. A restore waits for the broker much of its time (the partition's end, its
+/// fetches; each partition starts with round trips), so threads beyond the cores fill those
+/// waits: on 2 cores, 4 threads restored 1M records over 32 partitions at 1.34M records/s,
+/// 2 threads at 0.92M (BENCHMARKS.md).
 pub(crate) fn default_restore_threads() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get().min(4))
+    std::thread::available_parallelism().map_or(4, |n| n.get().clamp(4, 8))
 }
 
 /// How long a stop may take by default (see [`WorkerOptions::shutdown_timeout`]).
