@@ -15,6 +15,8 @@ use hits_per_window::{HitCount, MinuteHits, UserSession};
 /// The seed's hit counter on Avro records, as a module.
 #[path = "../examples/avro_hits.rs"]
 pub mod avro_hits;
+/// Two workers of the seed app in one group on the embedded broker.
+pub mod group;
 /// The seed app, compiled from the example itself.
 #[path = "../examples/hit_counter.rs"]
 pub mod hit_counter;

@@ -8,16 +8,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use streams_core::web::WebOptions;
 use streams_core::{EmbeddedBroker, Metrics, Worker, WorkerHandle};
 use streams_examples::seed;
+use streams_tests::group::{blocking, both_holding, broker, caught_up, GROUP};
 use streams_tests::hit_counter::{app, MAJOR_COUNT};
-use streams_tests::{client, create_app_topics, get, produce, unkeyed, wait_caught_up, wait_until, worker_options};
+use streams_tests::{client, get, produce, unkeyed, worker_options};
 
-const GROUP: &str = "hit_counter";
-const TOPICS: [&str; 2] = ["hit_count", "count_topic"];
 /// The partitions of `count_topic`, whose task keeps the table.
 const TABLE_PARTITIONS: u64 = 8;
 
@@ -25,19 +23,6 @@ async fn start(broker: &EmbeddedBroker, dir: &Path, standbys: usize) -> WorkerHa
     Worker::start(app(), worker_options(dir, broker).standby_replicas(standbys))
         .await
         .expect("worker starts")
-}
-
-async fn blocking(what: &'static str, condition: impl Fn() -> bool + Send + 'static) {
-    tokio::task::spawn_blocking(move || wait_until(what, Duration::from_secs(120), condition))
-        .await
-        .expect("wait");
-}
-
-async fn caught_up(broker: &EmbeddedBroker) {
-    let bootstrap = broker.bootstrap_servers().to_string();
-    tokio::task::spawn_blocking(move || wait_caught_up(&bootstrap, GROUP, &TOPICS, Duration::from_secs(180)))
-        .await
-        .expect("wait");
 }
 
 /// Both workers' standby copies hold every partition the other worker holds, and are behind
@@ -54,31 +39,6 @@ async fn copies_current(a: &Arc<Metrics>, b: &Arc<Metrics>) {
                 == TABLE_PARTITIONS
             && a.standby_lag.load(Ordering::Relaxed) == 0
             && b.standby_lag.load(Ordering::Relaxed) == 0
-    })
-    .await;
-}
-
-/// The embedded broker with the hit counter's topics, its input empty.
-///
-/// Input is produced once both workers hold their partitions. The mock cluster refuses
-/// offset commits while its group is joining (Kafka accepts them from the current
-/// generation until the members have rejoined), so a worker that processed input before
-/// the group settled cannot commit it in its revoke and, at-least-once, it is counted
-/// again by the next owner: correct, but not the exact counts these tests compare.
-fn broker() -> EmbeddedBroker {
-    streams_core::init_logging(&std::env::var("STREAMS_TEST_LOG").unwrap_or_else(|_| "error".into()));
-    let broker = EmbeddedBroker::start().expect("broker");
-    broker.create_topic("hit_count", 4).expect("topic");
-    create_app_topics(&broker, &app());
-    broker
-}
-
-/// Both workers hold partitions, 12 between them.
-async fn both_holding(a: &Arc<Metrics>, b: &Arc<Metrics>) {
-    let (a, b) = (Arc::clone(a), Arc::clone(b));
-    blocking("both workers holding partitions", move || {
-        let (held_a, held_b) = (a.assigned.load(Ordering::Relaxed), b.assigned.load(Ordering::Relaxed));
-        held_a > 0 && held_b > 0 && held_a + held_b == 12
     })
     .await;
 }

@@ -21,19 +21,9 @@ use std::time::Duration;
 
 use streams_core::{EmbeddedBroker, Metrics, Worker, WorkerHandle};
 use streams_examples::seed;
+use streams_tests::group::{blocking, both_holding, broker, caught_up, GROUP};
 use streams_tests::hit_counter::{app, MAJOR_COUNT};
-use streams_tests::{create_app_topics, produce, unkeyed, wait_caught_up, wait_until, worker_options};
-
-const GROUP: &str = "hit_counter";
-const TOPICS: [&str; 2] = ["hit_count", "count_topic"];
-
-fn broker() -> EmbeddedBroker {
-    streams_core::init_logging(&std::env::var("STREAMS_TEST_LOG").unwrap_or_else(|_| "error".into()));
-    let broker = EmbeddedBroker::start().expect("broker");
-    broker.create_topic("hit_count", 4).expect("topic");
-    create_app_topics(&broker, &app());
-    broker
-}
+use streams_tests::{produce, unkeyed, worker_options};
 
 /// The embedded broker's sessions for these workers: long enough that a check 4 s after a
 /// stop comes well before the session's end.
@@ -47,28 +37,25 @@ async fn start(broker: &EmbeddedBroker, dir: &Path, id: &str) -> WorkerHandle {
     Worker::start(app(), options).await.expect("worker starts")
 }
 
-async fn blocking(what: &'static str, condition: impl Fn() -> bool + Send + 'static) {
-    tokio::task::spawn_blocking(move || wait_until(what, Duration::from_secs(120), condition))
-        .await
-        .expect("wait");
+/// Two static members, `a` and `b`, each with a data directory of its own.
+struct Pair {
+    dirs: (tempfile::TempDir, tempfile::TempDir),
+    a: WorkerHandle,
+    b: WorkerHandle,
+    metrics: (Arc<Metrics>, Arc<Metrics>),
 }
 
-async fn caught_up(broker: &EmbeddedBroker) {
-    let bootstrap = broker.bootstrap_servers().to_string();
-    tokio::task::spawn_blocking(move || wait_caught_up(&bootstrap, GROUP, &TOPICS, Duration::from_secs(180)))
-        .await
-        .expect("wait");
-}
-
-/// Both workers hold partitions, all 12 between them (input is produced only then: see
-/// `standby.rs` on commits the embedded broker refuses while its group joins).
-async fn both_holding(a: &Arc<Metrics>, b: &Arc<Metrics>) {
-    let (a, b) = (Arc::clone(a), Arc::clone(b));
-    blocking("both workers holding partitions", move || {
-        let (held_a, held_b) = (a.assigned.load(Ordering::Relaxed), b.assigned.load(Ordering::Relaxed));
-        held_a > 0 && held_b > 0 && held_a + held_b == 12
-    })
-    .await;
+/// Starts two static members and waits until they hold the 12 partitions between them.
+async fn two_workers(broker: &EmbeddedBroker) -> Pair {
+    let dirs = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let a = start(broker, dirs.0.path(), "a").await;
+    let b = start(broker, dirs.1.path(), "b").await;
+    let metrics = (a.metrics(), b.metrics());
+    both_holding(&metrics.0, &metrics.1).await;
+    Pair { dirs, a, b, metrics }
 }
 
 /// Waits until `b` has been revoked since it counted `revoked` revocations, and asserts it
@@ -108,14 +95,12 @@ async fn a_static_member_restarted_within_its_session_takes_back_its_partitions(
     let (first, second) = records.split_at(4_000);
     let broker = broker();
     let bootstrap = broker.bootstrap_servers().to_string();
-    let (dir_a, dir_b) = (
-        tempfile::tempdir().expect("tempdir"),
-        tempfile::tempdir().expect("tempdir"),
-    );
-    let a = start(&broker, dir_a.path(), "a").await;
-    let b = start(&broker, dir_b.path(), "b").await;
-    let (a_metrics, b_metrics) = (a.metrics(), b.metrics());
-    both_holding(&a_metrics, &b_metrics).await;
+    let Pair {
+        dirs: (dir_a, dir_b),
+        a,
+        b,
+        metrics: (_, b_metrics),
+    } = two_workers(&broker).await;
     produce(&bootstrap, "hit_count", &unkeyed(first));
     caught_up(&broker).await;
     let (held_a, held_b) = (stores(dir_a.path()), stores(dir_b.path()));
@@ -167,14 +152,12 @@ async fn a_static_member_restarted_within_its_session_takes_back_its_partitions(
 async fn a_static_member_that_leaves_hands_its_partitions_over_at_once() {
     let records = seed::hits(200, 3_000);
     let broker = broker();
-    let (dir_a, dir_b) = (
-        tempfile::tempdir().expect("tempdir"),
-        tempfile::tempdir().expect("tempdir"),
-    );
-    let a = start(&broker, dir_a.path(), "a").await;
-    let b = start(&broker, dir_b.path(), "b").await;
-    let (a_metrics, b_metrics) = (a.metrics(), b.metrics());
-    both_holding(&a_metrics, &b_metrics).await;
+    let Pair {
+        dirs: (dir_a, dir_b),
+        a,
+        b,
+        metrics: (_, b_metrics),
+    } = two_workers(&broker).await;
     produce(broker.bootstrap_servers(), "hit_count", &unkeyed(&records));
     caught_up(&broker).await;
 
