@@ -50,7 +50,7 @@ struct Args {
     #[arg(long, default_value_t = 100_000)]
     window_records: usize,
     /// Which cases to run, by letter: `a`–`f` as printed, `i` an idle worker's CPU, `m` the
-    /// peak RSS of a worker with 5M keys on 64 partitions (tansu only), `r` the restore and
+    /// peak RSS of a worker with 5M keys on 64 partitions and their restore (tansu only), `r` the restore and
     /// memory figures, `s` a failover after SIGKILL with and without standby replicas (`d`
     /// runs the exactly-once comparison, which also runs its own (c)).
     #[arg(long, default_value = "abcdefimrs")]
@@ -798,11 +798,15 @@ running (i) an idle worker: the seed app with its web server, its partitions hel
 /// Starts the 1M-key app on `dir` until every partition is restored and running: the
 /// changelog records it restored and the seconds that took.
 async fn restore(bootstrap: &str, dir: &std::path::Path) -> Result<(u64, f64), String> {
-    let worker = Worker::start(keys_app(), worker_options(dir, bootstrap))
-        .await
-        .map_err(|e| e.to_string())?;
+    restore_app(keys_app(), worker_options(dir, bootstrap), KEY_PARTITIONS).await
+}
+
+/// Starts `app` and waits until it holds its `partitions`, restored: the records restored and
+/// the restore's wall time.
+async fn restore_app(app: App, options: WorkerOptions, partitions: i32) -> Result<(u64, f64), String> {
+    let worker = Worker::start(app, options).await.map_err(|e| e.to_string())?;
     let metrics = worker.metrics();
-    while metrics.assigned.load(std::sync::atomic::Ordering::Relaxed) < KEY_PARTITIONS as u64 {
+    while metrics.assigned.load(std::sync::atomic::Ordering::Relaxed) < partitions as u64 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let restored = metrics.restored.load(std::sync::atomic::Ordering::Relaxed);
@@ -987,7 +991,18 @@ async fn large_worker(bootstrap: &str, keys: usize, cache: Option<usize>) -> Res
         keys as f64 / seconds,
         state_peak as f64 / (1 << 20) as f64
     );
-    worker.stop().await.map(drop).map_err(|e| e.to_string())
+    worker.stop().await.map(drop).map_err(|e| e.to_string())?;
+    if cache.is_none() {
+        // The same table restored into an empty data dir (tansu reports a partition's end as
+        // its last batch's first offset + 1: each partition's restore stops before that
+        // batch's other records, which the count below leaves out).
+        let empty = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let options = worker_options(empty.path(), bootstrap).state_memory(256 << 20);
+        let cpu = cpu_seconds();
+        let (restored, seconds) = restore_app(large_app(&id), options, LARGE_PARTITIONS).await?;
+        println!("large-restore {restored} {seconds:.3} {:.2}", cpu_seconds() - cpu);
+    }
+    Ok(())
 }
 
 /// (m) A worker holding 64 partitions and `keys` distinct keys with `--state-memory 256MiB`: its
@@ -1037,11 +1052,22 @@ fn large_state(broker: &Broker, keys: usize) -> Result<(), String> {
             |b| format!("{} KiB", b >> 10),
         );
         for line in String::from_utf8_lossy(&output.stdout).lines() {
-            if let ["large", rss, rate, state] = line.split_whitespace().collect::<Vec<_>>().as_slice() {
-                println!(
+            match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+                ["large", rss, rate, state] => println!(
                     "worker holding {keys} keys on {LARGE_PARTITIONS} partitions, --state-memory 256MiB, table caches of \
                      {caches}: peak RSS {rss} MiB (RocksDB's shared memory peaked at {state} MiB), counted at {rate} records/s"
-                );
+                ),
+                ["large-restore", restored, seconds, cpu] => {
+                    let (restored, seconds): (f64, f64) = (restored.parse().unwrap_or(0.0), seconds.parse().unwrap_or(1.0));
+                    println!(
+                        "that table restored into an empty data dir ({LARGE_PARTITIONS} partitions, --state-memory 256MiB): \
+                         {restored:.0} changelog records in {seconds:.2}s, {:.0} records/s; the worker's CPU from its start \
+                         to its stop around it {cpu}s ({:.2} µs per record)",
+                        restored / seconds.max(1e-9),
+                        cpu.parse::<f64>().unwrap_or(0.0) / restored.max(1.0) * 1e6
+                    );
+                }
+                _ => {}
             }
         }
     }
