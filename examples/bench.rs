@@ -817,7 +817,7 @@ async fn restore_app(app: App, options: WorkerOptions, partitions: i32) -> Resul
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    streams_core::init_logging("error");
+    streams_core::init_logging(&std::env::var("BENCH_LOG").unwrap_or_else(|_| "error".into()));
     let result = if let Some(port) = args.serve_broker {
         serve_broker(port, &args.serve_topics)
     } else if let Some(bootstrap) = &args.large_worker {

@@ -102,7 +102,7 @@ enum Command {
         #[arg(long, value_name = "SIZE", env = "STREAMS_STATE_MEMORY", value_parser = crate::store::parse_size)]
         state_memory: Option<usize>,
         /// How many partitions restore their stores side by side [default: the machine's
-        /// cores, at most 4].
+        /// cores, at least 4 and at most 8].
         #[arg(long, value_name = "N", env = "STREAMS_RESTORE_THREADS")]
         restore_threads: Option<usize>,
         /// Workers besides each table partition's owner that keep a warm copy of it, so that

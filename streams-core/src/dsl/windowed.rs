@@ -11,8 +11,9 @@
 //! day; sliding windows when they close), at the next commit point.
 //!
 //! What a task keeps beside its windowed table: an index of the windows in it (by end, to
-//! close and expire them in order; by key for sessions and sliding windows, to find the
-//! windows a record touches), made from the store at the task's first record, and, for
+//! close and expire them in order, and to tell a fixed window that is new to the table; the
+//! open sessions by key, to find those a record joins), made from the store at the task's
+//! first record, and, for
 //! sliding windows, the records of the last time difference + grace (a second table,
 //! `{table}-records`, with its own changelog), from which each window's result is computed.
 
@@ -104,10 +105,9 @@ impl Kind {
 }
 
 /// The windows in a windowed table partition: by end (to close and expire them in order)
-/// and, for sessions, the open ones by key (start and end: two sessions of a key can start
-/// at the same time, a closed one and one made beside it). A closed session is final and no
-/// record joins it, so it leaves `by_key` when it closes: a record's lookup costs the key's
-/// open sessions (one or two), not every session the table keeps for its retention.
+/// and, for sessions, the open ones by key. A closed session is final and no record joins
+/// it, so it leaves `by_key` when it closes: a record's lookup costs the key's open sessions
+/// (one or two), not every session the table keeps for its retention (a day by default).
 struct WindowIndex {
     by_end: BTreeSet<(i64, Box<[u8]>)>,
     /// Sessions only: the open windows of each key.
@@ -387,6 +387,11 @@ where
             } else {
                 // The index holds every window of the table: a window it does not know has no
                 // value to read (on a cache miss, the store would be asked for nothing).
+                debug_assert!(
+                    cx.ctx.get_now(index, &window_key).ok().flatten().is_none(),
+                    "a window of table `{}` the index does not know has a value",
+                    self.table
+                );
                 let mut stored = None;
                 write_value(&mut stored, &(self.add)(&key, None, value), self.table).map_err(failed)?;
                 cx.ctx
@@ -1054,7 +1059,12 @@ mod tests {
             again.insert(window_key);
         }
         assert_eq!(again.by_key[&b"a"[..]].len(), 1);
-        assert!(again.close(143 * 600_000, true).is_empty(), "nothing closes twice");
+        assert_eq!(
+            again.close(143 * 600_000 + 60_000, true),
+            vec![Box::from(key("a", 143 * 600_000, 143 * 600_000 + 60_000))],
+            "only the open one closes after the restart"
+        );
+        assert!(again.by_key.is_empty());
         // Not emitting final results, closing still takes them out.
         let mut quiet = WindowIndex {
             by_end: BTreeSet::new(),

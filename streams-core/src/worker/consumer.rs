@@ -150,7 +150,13 @@ impl Shared {
         memory: StateMemory,
         standbys: Arc<super::standby::Standbys>,
     ) -> Result<Self> {
-        let restores = restore::spawn(restorers, Arc::clone(&metrics))?;
+        let records: Arc<crate::message::queue::Records> = Arc::default();
+        let restores = {
+            let records = Arc::clone(&records);
+            // A restore's end ends the poll thread's wait: the partition resumes at once
+            // rather than at the wait's end (up to `IDLE_WAIT` later).
+            restore::spawn(restorers, Arc::clone(&metrics), move || records.wake())?
+        };
         let mut by_topic = HashMap::new();
         let mut table_tasks = HashMap::new();
         for (index, task) in tasks.iter().enumerate() {
@@ -188,7 +194,7 @@ impl Shared {
             moved: Mutex::new(std::time::Instant::now()),
             spent: Arc::default(),
             standbys,
-            records: Arc::default(),
+            records,
         })
     }
 

@@ -648,7 +648,7 @@ impl Worker {
         let (restorers, ends) = if restore_threads > 0 {
             let ends = restore::Ends::new(&config);
             let restorers = (0..restore_threads)
-                .map(|_| Restorer::new(&config, Arc::clone(&metrics), &ends))
+                .map(|_| Restorer::new(&config, Arc::clone(&metrics), &ends, restore_threads))
                 .collect();
             (restorers, Some(ends))
         } else {
@@ -925,7 +925,7 @@ fn start_standbys(
     partitions: std::collections::HashMap<String, i32>,
     ends: &Arc<restore::Ends>,
 ) -> Result<std::thread::JoinHandle<()>> {
-    let restorer = Restorer::new(config, Arc::clone(&shared.metrics), ends);
+    let restorer = Restorer::new(config, Arc::clone(&shared.metrics), ends, 1);
     let mut offsets_config = config.clone();
     offsets_config
         .set("group.id", app_id)
