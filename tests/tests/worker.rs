@@ -60,6 +60,36 @@ async fn a_topic_with_another_partition_count_is_refused_at_start() {
     );
 }
 
+/// A table partition whose store cannot be opened (here a file stands where its directory
+/// goes) fails the worker with an error naming the store, once its opens are retried (the
+/// stores of an assignment are opened side by side); the worker does not hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_be_opened_fails_the_worker_naming_it() {
+    log();
+    let broker = EmbeddedBroker::start().expect("broker");
+    broker.create_topic("readings", 4).expect("topic");
+    create_app_topics(&broker, &app());
+    let dir = tempfile::tempdir().expect("dir");
+    let tables = dir.path().join("thermo").join("tables").join("last-reading");
+    std::fs::create_dir_all(&tables).expect("tables dir");
+    std::fs::write(tables.join("2"), b"not a store").expect("file");
+    let worker = Worker::start(app(), worker_options(dir.path(), &broker))
+        .await
+        .expect("the worker starts");
+    let outcome = tokio::time::timeout(Duration::from_secs(60), worker.wait())
+        .await
+        .expect("the worker stops on its own");
+    let error = match outcome {
+        Ok(_) => panic!("the worker ended without an error"),
+        Err(error) => error.to_string(),
+    };
+    let path = tables.join("2");
+    assert!(
+        error.contains("cannot take over partitions") && error.contains(&path.display().to_string()),
+        "{error}"
+    );
+}
+
 /// A record that cannot be decoded goes to the dead-letter topic with its own headers
 /// kept, the origin and error headers added.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -448,38 +448,50 @@ impl Shared {
     /// task, its name) on up to [`OPEN_THREADS`] threads; the first failure fails them all.
     fn open_stores(&self, wanted: &[(TaskKey, usize, &'static str)]) -> Result<HashMap<StoreKey, Arc<dyn StateStore>>> {
         let next = std::sync::atomic::AtomicUsize::new(0);
+        // Once an open fails the assignment fails: nothing more is opened (each open may
+        // retry a busy store for seconds).
+        let failed = AtomicBool::new(false);
         let open = || {
             let mut opened = Vec::new();
-            loop {
+            while !failed.load(Ordering::Relaxed) {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 let Some(&(key, position, name)) = wanted.get(n) else {
-                    return opened;
+                    break;
                 };
-                opened.push(((key, position), self.open_store(name, key.1)));
-            }
-        };
-        let threads = wanted.len().min(OPEN_THREADS);
-        let results: Vec<(StoreKey, Result<Arc<dyn StateStore>>)> = if threads <= 1 {
-            open()
-        } else {
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = (0..threads).map(|_| scope.spawn(open)).collect();
-                let mut all = Vec::with_capacity(wanted.len());
-                for handle in handles {
-                    match handle.join() {
-                        Ok(opened) => all.extend(opened),
-                        Err(panic) => all.push((
-                            ((usize::MAX, -1), 0),
-                            Err(Error::Config(format!(
-                                "opening a store panicked: {}",
-                                crate::error::panic_text(&*panic)
-                            ))),
-                        )),
-                    }
+                let store = self.open_store(name, key.1);
+                if store.is_err() {
+                    failed.store(true, Ordering::Relaxed);
                 }
-                all
-            })
+                opened.push(((key, position), store));
+            }
+            opened
         };
+        let helpers = wanted.len().min(OPEN_THREADS).saturating_sub(1);
+        let results: Vec<(StoreKey, Result<Arc<dyn StateStore>>)> = std::thread::scope(|scope| {
+            // This thread opens stores too; helpers that cannot be started leave it more.
+            let handles: Vec<_> = (0..helpers)
+                .filter_map(|_| {
+                    std::thread::Builder::new()
+                        .name("store-open".into())
+                        .spawn_scoped(scope, open)
+                        .ok()
+                })
+                .collect();
+            let mut all = open();
+            for handle in handles {
+                match handle.join() {
+                    Ok(opened) => all.extend(opened),
+                    Err(panic) => all.push((
+                        ((usize::MAX, -1), 0),
+                        Err(Error::Config(format!(
+                            "opening a store panicked: {}",
+                            crate::error::panic_text(&*panic)
+                        ))),
+                    )),
+                }
+            }
+            all
+        });
         results
             .into_iter()
             .map(|(key, store)| store.map(|store| (key, store)))
@@ -544,6 +556,9 @@ impl Shared {
             for (position, table) in spec.tables.iter().enumerate() {
                 wanted.push(((index, partition), position, table.name));
             }
+        }
+        if self.stopping() {
+            return Err(Error::Stopping);
         }
         let mut opened = self.open_stores(&wanted)?;
         for ((index, partition), mut sources) in groups {
