@@ -975,14 +975,19 @@ mod tests {
         window_key(k.as_bytes(), Window::new(start, end))
     }
 
-    #[test]
-    fn the_index_closes_each_window_once_in_order_and_expires_the_oldest() {
-        let mut index = WindowIndex {
+    /// An empty index of sessions, with windows ending at or before `closed_through` closed.
+    fn sessions_index(closed_through: i64) -> WindowIndex {
+        WindowIndex {
             by_end: BTreeSet::new(),
             by_key: HashMap::default(),
             keyed: true,
-            closed_through: NO_TIME,
-        };
+            closed_through,
+        }
+    }
+
+    #[test]
+    fn the_index_closes_each_window_once_in_order_and_expires_the_oldest() {
+        let mut index = sessions_index(NO_TIME);
         for (k, s, e) in [("b", 0, 10), ("a", 0, 10), ("a", 10, 20), ("a", 25, 30)] {
             index.insert(&key(k, s, e));
         }
@@ -1005,12 +1010,7 @@ mod tests {
 
     #[test]
     fn two_sessions_of_a_key_with_one_start_are_both_known_until_each_expires() {
-        let mut index = WindowIndex {
-            by_end: BTreeSet::new(),
-            by_key: HashMap::default(),
-            keyed: true,
-            closed_through: NO_TIME,
-        };
+        let mut index = sessions_index(NO_TIME);
         index.insert(&key("a", 0, 5));
         index.insert(&key("a", 0, 8));
         assert_eq!(
@@ -1026,12 +1026,7 @@ mod tests {
 
     #[test]
     fn a_keys_closed_sessions_leave_its_lookup_when_they_close_and_after_a_restart() {
-        let mut index = WindowIndex {
-            by_end: BTreeSet::new(),
-            by_key: HashMap::default(),
-            keyed: true,
-            closed_through: NO_TIME,
-        };
+        let mut index = sessions_index(NO_TIME);
         // A day of one user's sessions, one every 10 minutes: all kept for the retention.
         for n in 0..144 {
             index.insert(&key("a", n * 600_000, n * 600_000 + 60_000));
@@ -1049,12 +1044,7 @@ mod tests {
             vec![Window::new(143 * 600_000, 143 * 600_000 + 60_000)]
         );
         // Loaded again (a restart): the closed ones are not keyed either.
-        let mut again = WindowIndex {
-            by_end: BTreeSet::new(),
-            by_key: HashMap::default(),
-            keyed: true,
-            closed_through: 143 * 600_000,
-        };
+        let mut again = sessions_index(143 * 600_000);
         for (_, window_key) in &index.by_end {
             again.insert(window_key);
         }
@@ -1066,12 +1056,7 @@ mod tests {
         );
         assert!(again.by_key.is_empty());
         // Not emitting final results, closing still takes them out.
-        let mut quiet = WindowIndex {
-            by_end: BTreeSet::new(),
-            by_key: HashMap::default(),
-            keyed: true,
-            closed_through: NO_TIME,
-        };
+        let mut quiet = sessions_index(NO_TIME);
         quiet.insert(&key("a", 0, 10));
         quiet.insert(&key("a", 50, 60));
         assert!(quiet.close(10, false).is_empty());
