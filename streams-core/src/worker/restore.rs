@@ -1117,6 +1117,26 @@ mod tests {
         assert_eq!(finished.recv_timeout(Duration::from_secs(10)).expect("job done"), 99);
     }
 
+    /// The restore consumers share 64 MiB of prefetch, each at least 4 MiB and at most 16;
+    /// a user's setting stands.
+    #[test]
+    fn the_restorers_share_their_prefetch_and_a_users_setting_stands() {
+        let mut config = rdkafka::config::ClientConfig::new();
+        config.set("bootstrap.servers", "127.0.0.1:1");
+        let ends = super::Ends::new(&config);
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let prefetch = |config: &rdkafka::config::ClientConfig, of: usize| {
+            let restorer = super::Restorer::new(config, Arc::clone(&metrics), &ends, of);
+            restorer.config.get("queued.max.messages.kbytes").map(str::to_string)
+        };
+        assert_eq!(prefetch(&config, 1).as_deref(), Some("16384"));
+        assert_eq!(prefetch(&config, 4).as_deref(), Some("16384"));
+        assert_eq!(prefetch(&config, 8).as_deref(), Some("8192"));
+        assert_eq!(prefetch(&config, 32).as_deref(), Some("4096"));
+        config.set("queued.max.messages.kbytes", "1000");
+        assert_eq!(prefetch(&config, 8).as_deref(), Some("1000"));
+    }
+
     /// A restorer lets go of its consumer when asked, unless a read holds it; the next read
     /// makes another.
     #[test]
