@@ -139,7 +139,8 @@ pub struct Metrics {
     /// The largest estimated size of one table partition's cache seen at a commit point, in
     /// bytes (see `App::table_cache_bytes`).
     pub cache_peak_bytes: AtomicU64,
-    /// Rebalances that took partitions from this worker (revocations and losses).
+    /// Rebalances that took partitions from this worker (revocations and losses), counted once
+    /// the worker has released them (it rejoins its group next).
     pub revocations: AtomicU64,
     /// What the worker's RocksDB stores hold in their shared memory (block cache and
     /// memtables), in bytes, read once a second.

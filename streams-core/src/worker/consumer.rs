@@ -1341,12 +1341,13 @@ impl ConsumerContext for WorkerContext {
                 } else {
                     Release::Commit
                 };
-                self.shared.metrics.revocations.fetch_add(1, Ordering::Relaxed);
                 self.shared.metrics.set_member_id(member_id(consumer));
                 let _ = self.shared.revoke(Some(&partitions), release);
                 if let Err(error) = consumer.unassign() {
                     tracing::warn!("unassign failed: {error}");
                 }
+                // Counted once released: the member rejoins its group next.
+                self.shared.metrics.revocations.fetch_add(1, Ordering::Relaxed);
                 self.shared.publish_held(member_id(consumer));
             }
             other => {

@@ -461,6 +461,23 @@ impl WorkerHandle {
 /// `session.timeout.ms` of workers on the embedded broker (unless set otherwise).
 const EMBEDDED_SESSION_MS: u64 = 6000;
 
+/// The worker's `heartbeat.interval.ms` unless one is set: a second, or a third of the
+/// session (the one set in `consumer`, which wins, or in `config`) when that is shorter.
+fn heartbeat_ms(config: &ClientConfig, consumer: &[(String, String)]) -> u64 {
+    let session = consumer
+        .iter()
+        .rev()
+        .find(|(key, _)| key == "session.timeout.ms")
+        .map(|(_, value)| value.as_str())
+        .or_else(|| config.get("session.timeout.ms"))
+        .and_then(|ms| ms.trim().parse::<u64>().ok())
+        .unwrap_or(45_000);
+    (session / 3).clamp(1, HEARTBEAT_MS)
+}
+
+/// `heartbeat.interval.ms` of workers (unless set otherwise, or a third of a shorter session).
+const HEARTBEAT_MS: u64 = 1000;
+
 /// Starts workers.
 pub struct Worker;
 
@@ -729,6 +746,12 @@ impl Worker {
             if !chosen("heartbeat.interval.ms") {
                 consumer_config.set("heartbeat.interval.ms", "500");
             }
+        } else if !chosen("heartbeat.interval.ms") {
+            // A member learns of a rebalance (a worker joining, or one whose session ended)
+            // at its next heartbeat: at most a second later, rather than librdkafka's 3 s, so
+            // a failover takes the session timeout and little more. One small request a
+            // second; never more than a third of the session.
+            consumer_config.set("heartbeat.interval.ms", heartbeat_ms(&consumer_config, &options.consumer_config).to_string());
         }
         if let (true, Some(id)) = (options.static_membership, &id) {
             // KIP-345: a restart with the same instance id takes the member's place (and its
@@ -1030,4 +1053,28 @@ async fn wait_for_topics(config: &ClientConfig, names: &[String], stop: Arc<Atom
     })
     .await
     .map_err(|e| Error::Config(format!("startup failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_heartbeat_is_a_second_or_a_third_of_a_shorter_session() {
+        let none = ClientConfig::new();
+        assert_eq!(heartbeat_ms(&none, &[]), 1000, "Kafka's 45-s default session");
+        let mut short = ClientConfig::new();
+        short.set("session.timeout.ms", "2400");
+        assert_eq!(heartbeat_ms(&short, &[]), 800);
+        // The consumer's own setting wins over the client's, the last one over earlier ones.
+        let consumer = [
+            ("session.timeout.ms".to_string(), "1500".to_string()),
+            ("session.timeout.ms".to_string(), "30000".to_string()),
+        ];
+        assert_eq!(heartbeat_ms(&short, &consumer), 1000);
+        assert_eq!(heartbeat_ms(&none, &consumer[..1]), 500);
+        let mut odd = ClientConfig::new();
+        odd.set("session.timeout.ms", "soon");
+        assert_eq!(heartbeat_ms(&odd, &[]), 1000, "librdkafka refuses it anyway");
+    }
 }
