@@ -729,12 +729,14 @@ async fn rss_worker(bootstrap: &str, keys: usize) -> Result<(), String> {
 
 /// The group's worker options. The embedded broker waits `session.timeout.ms` − 1 s before
 /// completing a join after the last member left (Kafka does not): a short session keeps the
-/// runs that follow one another quick. `BENCH_RESTORE_THREADS=n` sets the restore threads
+/// runs that follow one another quick. The heartbeat is the workers' own on Kafka (a
+/// second; on the embedded broker they use 500 ms). `BENCH_RESTORE_THREADS=n` sets the restore threads
 /// (to compare with the default, the machine's cores at least 4 and at most 8).
 fn worker_options(dir: &std::path::Path, bootstrap: &str) -> WorkerOptions {
     let options = WorkerOptions::new(dir)
         .broker(bootstrap)
-        .consumer_config("session.timeout.ms", "6000");
+        .consumer_config("session.timeout.ms", "6000")
+        .consumer_config("heartbeat.interval.ms", "1000");
     match std::env::var("BENCH_RESTORE_THREADS").ok().and_then(|v| v.parse().ok()) {
         Some(n) => options.restore_threads(n),
         None => options,
