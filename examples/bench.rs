@@ -87,6 +87,9 @@ struct Args {
     /// Internal: that worker's table cache budget per partition (default: the app's).
     #[arg(long, hide = true)]
     large_cache: Option<usize>,
+    /// Internal: that worker's partitions, 64 (`bench_users_64`) or 8 (`bench_users_8`).
+    #[arg(long, hide = true, default_value_t = LARGE_PARTITIONS)]
+    large_partitions: i32,
 }
 
 /// The embedded broker keeps the newest 5 MiB of each partition: 8 partitions hold the input.
@@ -99,6 +102,10 @@ const USER_COUNT: Table<String, i64> = Table::new("user-count");
 const LARGE_PARTITIONS: i32 = 64;
 const LARGE_USERS: Topic<String, HitCount> = Topic::new("bench_users_64");
 const LARGE_COUNT: Table<String, i64> = Table::new("user-count-64");
+/// The same on 8 partitions: issue 25's restore of 5M records.
+const EIGHT_PARTITIONS: i32 = 8;
+const EIGHT_USERS: Topic<String, HitCount> = Topic::new("bench_users_8");
+const EIGHT_COUNT: Table<String, i64> = Table::new("user-count-8");
 
 /// (b): decode, filter, send.
 #[agent(topic = HIT_COUNT, sends = [MAJOR])]
@@ -129,9 +136,33 @@ async fn count_large(mut hits: Stream<String, HitCount>) -> Result<()> {
     Ok(())
 }
 
-/// The large-state app, with an id of its own per run (each counts the topic from its start).
-fn large_app(id: &str) -> App {
-    App::new(id).agent(count_large).topic_partitions(LARGE_PARTITIONS)
+/// Counts per user over 8 partitions: the large-state worker's table on fewer partitions.
+#[agent(topic = EIGHT_USERS, tables = [EIGHT_COUNT])]
+async fn count_eight(mut hits: Stream<String, HitCount>) -> Result<()> {
+    while let Some(event) = hits.next_event().await {
+        EIGHT_COUNT.update(&event.key, |n| *n += 1).await?;
+    }
+    Ok(())
+}
+
+/// The large-state app on 64 or 8 partitions, with an id of its own per run (each counts the
+/// topic from its start).
+fn large_app(id: &str, partitions: i32) -> App {
+    let app = App::new(id).topic_partitions(partitions);
+    if partitions == EIGHT_PARTITIONS {
+        app.agent(count_eight)
+    } else {
+        app.agent(count_large)
+    }
+}
+
+/// The large-state app's input topic on that many partitions.
+fn large_topic(partitions: i32) -> &'static str {
+    if partitions == EIGHT_PARTITIONS {
+        "bench_users_8"
+    } else {
+        "bench_users_64"
+    }
 }
 
 fn stateless_app() -> App {
@@ -827,7 +858,14 @@ fn main() -> std::process::ExitCode {
             .enable_all()
             .build()
             .map_err(|e| e.to_string())
-            .and_then(|rt| rt.block_on(large_worker(bootstrap, args.large_keys, args.large_cache)))
+            .and_then(|rt| {
+                rt.block_on(large_worker(
+                    bootstrap,
+                    args.large_keys,
+                    args.large_cache,
+                    args.large_partitions,
+                ))
+            })
     } else if let Some(bootstrap) = &args.failover_worker {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -950,7 +988,7 @@ fn run(args: &Args) -> Result<(), String> {
 
 /// The large-state worker: counts `keys` distinct keys over 64 partitions with a 256 MB state
 /// memory budget, then prints its peak RSS, the rate, and RocksDB's shared memory use.
-async fn large_worker(bootstrap: &str, keys: usize, cache: Option<usize>) -> Result<(), String> {
+async fn large_worker(bootstrap: &str, keys: usize, cache: Option<usize>, partitions: i32) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut options = worker_options(dir.path(), bootstrap).state_memory(256 << 20);
     if let Some(bytes) = cache {
@@ -958,9 +996,9 @@ async fn large_worker(bootstrap: &str, keys: usize, cache: Option<usize>) -> Res
     }
     let id = match cache {
         Some(bytes) => format!("bench-large-{bytes}"),
-        None => "bench-large".to_string(),
+        None => format!("bench-large-p{partitions}"),
     };
-    let worker = Worker::start(large_app(&id), options)
+    let worker = Worker::start(large_app(&id, partitions), options)
         .await
         .map_err(|e| e.to_string())?;
     let metrics = worker.metrics();
@@ -978,7 +1016,7 @@ async fn large_worker(bootstrap: &str, keys: usize, cache: Option<usize>) -> Res
             began = Some(Instant::now());
         }
         state_peak = state_peak.max(metrics.state_memory_bytes.load(std::sync::atomic::Ordering::Relaxed));
-        if records >= keys as u64 && lag(&client, &[("bench_users_64", LARGE_PARTITIONS)])? == 0 {
+        if records >= keys as u64 && lag(&client, &[(large_topic(partitions), partitions)])? == 0 {
             break;
         }
         if Instant::now() > deadline {
@@ -1001,39 +1039,61 @@ async fn large_worker(bootstrap: &str, keys: usize, cache: Option<usize>) -> Res
         let empty = tempfile::tempdir().map_err(|e| e.to_string())?;
         let options = worker_options(empty.path(), bootstrap).state_memory(256 << 20);
         let cpu = cpu_seconds();
-        let (restored, seconds) = restore_app(large_app(&id), options, LARGE_PARTITIONS).await?;
+        let (restored, seconds) = restore_app(large_app(&id, partitions), options, partitions).await?;
         println!("large-restore {restored} {seconds:.3} {:.2}", cpu_seconds() - cpu);
     }
     Ok(())
 }
 
 /// (m) A worker holding 64 partitions and `keys` distinct keys with `--state-memory 256MiB`: its
-/// peak RSS, in a fresh process (issue 25's target: ≤ 400 MB for 5,000,000 keys).
+/// peak RSS, in a fresh process (issue 25's target: ≤ 400 MB for 5,000,000 keys), and the
+/// table's restore; then the same on 8 partitions (issue 25's restore of 5M records).
 fn large_state(broker: &Broker, keys: usize) -> Result<(), String> {
     if broker.tansu {
-        create_topics_admin(&broker.bootstrap, &[("bench_users_64", LARGE_PARTITIONS)])?;
+        create_topics_admin(
+            &broker.bootstrap,
+            &[
+                ("bench_users_64", LARGE_PARTITIONS),
+                ("bench_users_8", EIGHT_PARTITIONS),
+            ],
+        )?;
     } else {
         println!("\n(m) needs tansu: the embedded broker keeps 5 MiB per partition, less than 5M keys need");
         return Ok(());
     }
-    let users = (0..keys).map(|i| {
-        let user = format!("u{i:07}");
-        let value = format!(r#"{{"hits":30,"timestamp":1.0,"userId":"{user}"}}"#);
-        (Some(user), value)
-    });
-    let began = Instant::now();
-    produce(&broker.bootstrap, "bench_users_64", users)?;
-    println!(
-        "\n(m) {keys} distinct keys produced to bench_users_64 ({LARGE_PARTITIONS} partitions) in {:.1} s",
-        began.elapsed().as_secs_f64()
-    );
     // The default table caches (1 MiB per table partition at most; under the state memory's
-    // sixteenth over 64 partitions, 256 KiB), then caches of 64 KiB; each run in a process
-    // of its own, as an app of its own (it counts the topic from its start).
-    for cache in [None, Some(64 << 10)] {
+    // sixteenth over 64 partitions, 256 KiB), then caches of 64 KiB; then the default on 8
+    // partitions (issue 25's restore: 5M records on 8 partitions). Each run in a process of
+    // its own, as an app of its own (it counts the topic from its start).
+    let only = std::env::var("BENCH_M_PARTITIONS")
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok());
+    for (partitions, cache) in [
+        (LARGE_PARTITIONS, None),
+        (LARGE_PARTITIONS, Some(64 << 10)),
+        (EIGHT_PARTITIONS, None),
+    ] {
+        if only.is_some_and(|only| only != partitions) {
+            continue;
+        }
+        let topic = large_topic(partitions);
+        if cache.is_none() {
+            let users = (0..keys).map(|i| {
+                let user = format!("u{i:07}");
+                let value = format!(r#"{{"hits":30,"timestamp":1.0,"userId":"{user}"}}"#);
+                (Some(user), value)
+            });
+            let began = Instant::now();
+            produce(&broker.bootstrap, topic, users)?;
+            println!(
+                "\n(m) {keys} distinct keys produced to {topic} ({partitions} partitions) in {:.1} s",
+                began.elapsed().as_secs_f64()
+            );
+        }
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut command = Command::new(exe);
         command.args(["--large-worker", &broker.bootstrap, "--large-keys", &keys.to_string()]);
+        command.args(["--large-partitions", &partitions.to_string()]);
         if let Some(bytes) = cache {
             command.args(["--large-cache", &bytes.to_string()]);
         }
@@ -1047,8 +1107,8 @@ fn large_state(broker: &Broker, keys: usize) -> Result<(), String> {
         let caches = cache.map_or_else(
             || {
                 format!(
-                    "the default ({} KiB: 256 MiB / 16 / {LARGE_PARTITIONS})",
-                    (256 << 20) / 16 / LARGE_PARTITIONS / 1024
+                    "the default ({} KiB: 256 MiB / 16 / {partitions}, at most 1 MiB)",
+                    ((256 << 20) / 16 / partitions as usize).min(1 << 20) / 1024
                 )
             },
             |b| format!("{} KiB", b >> 10),
@@ -1056,13 +1116,13 @@ fn large_state(broker: &Broker, keys: usize) -> Result<(), String> {
         for line in String::from_utf8_lossy(&output.stdout).lines() {
             match line.split_whitespace().collect::<Vec<_>>().as_slice() {
                 ["large", rss, rate, state] => println!(
-                    "worker holding {keys} keys on {LARGE_PARTITIONS} partitions, --state-memory 256MiB, table caches of \
+                    "worker holding {keys} keys on {partitions} partitions, --state-memory 256MiB, table caches of \
                      {caches}: peak RSS {rss} MiB (RocksDB's shared memory peaked at {state} MiB), counted at {rate} records/s"
                 ),
                 ["large-restore", restored, seconds, cpu] => {
                     let (restored, seconds): (f64, f64) = (restored.parse().unwrap_or(0.0), seconds.parse().unwrap_or(1.0));
                     println!(
-                        "that table restored into an empty data dir ({LARGE_PARTITIONS} partitions, --state-memory 256MiB): \
+                        "that table restored into an empty data dir ({partitions} partitions, --state-memory 256MiB): \
                          {restored:.0} changelog records in {seconds:.2}s, {:.0} records/s; the worker's CPU from its start \
                          to its stop around it {cpu}s ({:.2} µs per record)",
                         restored / seconds.max(1e-9),

@@ -105,6 +105,10 @@ impl Copy {
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed");
+        if config.get("fetch.queue.backoff.ms").is_none() {
+            // Its catch-up does not wait a second each time its prefetch fills.
+            config.set("fetch.queue.backoff.ms", super::FETCH_QUEUE_BACKOFF_MS);
+        }
         let consumer: BaseConsumer = config
             .create()
             .map_err(|e| Error::kafka("creating a global table's consumer", e))?;
