@@ -50,7 +50,8 @@ struct Args {
     #[arg(long, default_value_t = 100_000)]
     window_records: usize,
     /// Which cases to run, by letter: `a`–`f` as printed, `i` an idle worker's CPU, `m` the
-    /// peak RSS of a worker with 5M keys on 64 partitions and their restore (tansu only), `r` the restore and
+    /// peak RSS of a worker with 5M keys on 64 partitions and their restore, then on 8 partitions (tansu only;
+    /// `BENCH_M_PARTITIONS=64` or `8` runs one), `r` the restore and
     /// memory figures, `s` a failover after SIGKILL with and without standby replicas (`d`
     /// runs the exactly-once comparison, which also runs its own (c)).
     #[arg(long, default_value = "abcdefimrs")]
@@ -628,8 +629,9 @@ fn ceiling(bootstrap: &str, records: usize) -> Result<Figure, String> {
         .set("group.id", "bench-ceiling")
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
-        // The workers' prefetch limit (see worker/mod.rs), so both read alike.
+        // The workers' prefetch limit and fetch backoff (see worker/mod.rs), so both read alike.
         .set("queued.max.messages.kbytes", "32768")
+        .set("fetch.queue.backoff.ms", "10")
         .create()
         .map_err(|e| e.to_string())?;
     let mut list = TopicPartitionList::new();
