@@ -234,15 +234,14 @@ impl<'a> Apply<'a> {
         offset: i64,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
-        headers: impl Iterator<Item = (&'h str, &'h [u8])>,
+        headers: impl Iterator<Item = (&'h str, &'h [u8])> + Clone,
     ) -> Result<()> {
         if self.done() {
             return Ok(());
         }
         self.last = Some(offset);
         let Some(key) = key else { return Ok(()) };
-        let headers: Vec<(&str, &[u8])> = headers.collect();
-        if from_uncommitted_input(headers.iter().copied(), self.committed) {
+        if from_uncommitted_input(headers.clone(), self.committed) {
             self.restored.skipped += 1;
             self.restored.skipped_keys.insert(key.to_vec());
             self.first_skipped.get_or_insert(offset);
@@ -252,10 +251,10 @@ impl<'a> Apply<'a> {
             self.restored.found_foreign = true;
             return Ok(());
         }
-        if let Some(time) = stream_time_of(headers.iter().copied()) {
+        if let Some(time) = stream_time_of(headers.clone()) {
             self.restored.stream_time = Some(self.restored.stream_time.map_or(time, |t| t.max(time)));
         }
-        merge_clocks(&mut self.restored.clocks, &clocks_of(headers.into_iter()), i64::max);
+        merge_clocks(&mut self.restored.clocks, &clocks_of(headers), i64::max);
         self.batch.push((key.to_vec(), value.map(<[u8]>::to_vec)));
         self.restored.applied += 1;
         if self.batch.len() >= BATCH {
@@ -452,6 +451,37 @@ pub(crate) fn read_changelog(
     if start >= end {
         return Ok(Some(Restored::default()));
     }
+    // A large restore writes with the store's bulk-loading settings, and normal ones after
+    // (however it ends). Not for a probe: it stops at its first record.
+    let bulk = !probe && end - start >= BULK_LOAD_RECORDS;
+    if bulk {
+        store.bulk_load(true)?;
+    }
+    let outcome = apply_changelog(log, store, committed, agreed, probe, on_record, (start, end));
+    if bulk {
+        if let Err(error) = store.bulk_load(false) {
+            // The restore's own error says more; this one only slows the store's merges.
+            outcome?;
+            return Err(error);
+        }
+    }
+    outcome
+}
+
+/// Restores of at least this many records write with the store's bulk-loading settings
+/// ([`StateStore::bulk_load`]): each switch costs RocksDB an options file.
+const BULK_LOAD_RECORDS: i64 = 100_000;
+
+/// [`read_changelog`] from `start` (the store's checkpoint) to `end` (the partition's).
+fn apply_changelog(
+    log: &mut dyn ChangelogLog,
+    store: &dyn StateStore,
+    committed: &Committed,
+    agreed: Vec<(String, i64)>,
+    probe: bool,
+    on_record: &mut dyn FnMut(i64, i64),
+    (start, end): (i64, i64),
+) -> Result<Option<Restored>> {
     log.seek(start)?;
     let label = log.label();
     let mut apply = Apply::new(store, committed, agreed, (end - start) as u64, probe);
@@ -475,7 +505,7 @@ pub(crate) fn read_changelog(
                 last = offset;
                 waiting = None;
                 on_record(offset, end);
-                apply.record(offset, key, value, headers.into_iter())?;
+                apply.record(offset, key, value, headers.iter().copied())?;
                 if apply.done() || offset + 1 >= end {
                     break;
                 }
@@ -940,5 +970,151 @@ mod tests {
         // No position (an empty store): the committed offset.
         assert_eq!(start_offsets(&committed, &[], false), vec![("a".into(), 801)]);
         assert_eq!(committed_positions(&committed), vec![("a".into(), 800)]);
+    }
+
+    /// A changelog in memory: `records` from offset 0; cancelled once `cancel_at` records
+    /// were read.
+    struct VecLog {
+        records: Vec<(Vec<u8>, Vec<u8>)>,
+        next: usize,
+        cancel_at: Option<usize>,
+    }
+
+    impl ChangelogLog for VecLog {
+        fn bounds(&mut self) -> Result<Option<(i64, i64)>> {
+            Ok(Some((0, self.records.len() as i64)))
+        }
+        fn seek(&mut self, offset: i64) -> Result<()> {
+            self.next = offset as usize;
+            Ok(())
+        }
+        fn fetch(&mut self, _: std::time::Duration) -> Result<Fetched<'_>> {
+            let offset = self.next;
+            let Some((key, value)) = self.records.get(offset) else {
+                return Ok(Fetched::At(offset as i64));
+            };
+            self.next += 1;
+            Ok(Fetched::Record {
+                offset: offset as i64,
+                key: Some(key),
+                value: Some(value),
+                headers: Vec::new(),
+            })
+        }
+        fn cancelled(&self) -> bool {
+            self.cancel_at.is_some_and(|at| self.next >= at)
+        }
+        fn label(&self) -> String {
+            "log[0]".into()
+        }
+    }
+
+    /// A store that notes its bulk-loading switches and its writes (`W` while bulk loading,
+    /// `w` otherwise); its writes fail from the `fail_from`th on.
+    #[derive(Default)]
+    struct Noting {
+        store: crate::store::MemoryStore,
+        bulk: std::sync::atomic::AtomicBool,
+        notes: std::sync::Mutex<String>,
+        fail_from: Option<usize>,
+    }
+
+    impl Noting {
+        fn notes(&self) -> String {
+            let notes = self.notes.lock().unwrap().clone();
+            // Runs of writes as one letter each.
+            let mut squeezed = String::new();
+            for c in notes.chars() {
+                if !(matches!(c, 'w' | 'W') && squeezed.ends_with(c)) {
+                    squeezed.push(c);
+                }
+            }
+            squeezed
+        }
+    }
+
+    impl StateStore for Noting {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+            self.store.get(key)
+        }
+        fn write(&self, entries: &[crate::store::Entry], checkpoint: &Checkpoint) -> Result<()> {
+            let mut notes = self.notes.lock().unwrap();
+            let writes = notes.chars().filter(|c| matches!(c, 'w' | 'W')).count();
+            if self.fail_from.is_some_and(|from| writes >= from) {
+                return Err(crate::Error::Config("disk full".into()));
+            }
+            notes.push(if self.bulk.load(std::sync::atomic::Ordering::Relaxed) {
+                'W'
+            } else {
+                'w'
+            });
+            self.store.write(entries, checkpoint)
+        }
+        fn bulk_load(&self, on: bool) -> Result<()> {
+            self.bulk.store(on, std::sync::atomic::Ordering::Relaxed);
+            self.notes.lock().unwrap().push(if on { '[' } else { ']' });
+            Ok(())
+        }
+        fn checkpoint(&self) -> Result<Checkpoint> {
+            self.store.checkpoint()
+        }
+        fn clear(&self) -> Result<()> {
+            self.store.clear()
+        }
+        fn for_each(&self, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<()> {
+            self.store.for_each(visit)
+        }
+    }
+
+    fn restore_into(store: &Noting, records: usize, cancel_at: Option<usize>) -> Result<Option<Restored>> {
+        let mut log = VecLog {
+            records: (0..records)
+                .map(|i| (format!("k{i}").into_bytes(), b"1".to_vec()))
+                .collect(),
+            next: 0,
+            cancel_at,
+        };
+        let committed = vec![("a".to_string(), 0)];
+        read_changelog(
+            &mut log,
+            store,
+            &committed,
+            committed_positions(&committed),
+            false,
+            &mut |_, _| {},
+        )
+    }
+
+    /// A large restore writes every batch with the store's bulk-loading settings and
+    /// switches back after its last, however it ends; a small one does not switch.
+    #[test]
+    fn a_large_restore_writes_bulk_loading_and_switches_back_however_it_ends() {
+        let large = BULK_LOAD_RECORDS as usize;
+        let store = Noting::default();
+        let restored = restore_into(&store, large, None).unwrap().unwrap();
+        assert_eq!(restored.applied, large as u64);
+        assert_eq!(store.notes(), "[W]");
+        assert_eq!(
+            store.get(format!("k{}", large - 1).as_bytes()).unwrap(),
+            Some(b"1".to_vec())
+        );
+
+        let store = Noting::default();
+        restore_into(&store, large - 1, None).unwrap().unwrap();
+        assert_eq!(store.notes(), "w", "below the threshold: normal settings");
+
+        // Cancelled (the partition was revoked): what was applied stays, settings back.
+        let store = Noting::default();
+        assert_eq!(restore_into(&store, large, Some(3 * BATCH + 5)).unwrap(), None);
+        assert_eq!(store.notes(), "[W]");
+
+        // A write that fails: the restore fails with it, settings back.
+        let store = Noting {
+            fail_from: Some(2),
+            ..Noting::default()
+        };
+        let error = restore_into(&store, large, None).unwrap_err();
+        assert!(error.to_string().contains("disk full"), "{error}");
+        assert_eq!(store.notes(), "[W]");
     }
 }

@@ -82,6 +82,13 @@ pub trait StateStore: Send + Sync + 'static {
     fn write(&self, entries: &[(Vec<u8>, Option<Vec<u8>>)], checkpoint: &Checkpoint) -> Result<()>;
     /// The stored checkpoint.
     fn checkpoint(&self) -> Result<Checkpoint>;
+    /// Whether a large restore is writing into the store (`true` before its first write,
+    /// `false` after its last): a store may defer work until then (RocksDB compacts its newest
+    /// files later). Nothing by default.
+    fn bulk_load(&self, on: bool) -> Result<()> {
+        let _ = on;
+        Ok(())
+    }
     /// Removes every entry and the checkpoint (the store is rebuilt from its changelog).
     fn clear(&self) -> Result<()>;
     /// Calls `visit` with every key and value.

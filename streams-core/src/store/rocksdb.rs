@@ -15,6 +15,15 @@ const SOURCES: &[u8] = b"sources";
 const STREAM_TIME: &[u8] = b"stream_time";
 const CLOCKS: &[u8] = b"clocks";
 
+/// Memtables flushed to files (level 0) before RocksDB merges them into the next level: its
+/// default.
+const L0_COMPACTION_TRIGGER: i32 = 4;
+
+/// The same while a large restore writes ([`StateStore::bulk_load`]): the restore's files are
+/// merged once, after it (or once 16 have come), rather than four at a time into a level
+/// that grows with each merge. RocksDB slows writes from 20 such files.
+const BULK_L0_COMPACTION_TRIGGER: i32 = 16;
+
 /// A table partition in RocksDB.
 ///
 /// ```
@@ -66,6 +75,7 @@ impl RocksDbStore {
         let mut data = Options::default();
         data.set_write_buffer_size(4 << 20);
         data.set_max_write_buffer_number(2);
+        data.set_level_zero_file_num_compaction_trigger(L0_COMPACTION_TRIGGER);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(memory.cache());
         table.set_bloom_filter(10.0, false);
@@ -149,6 +159,17 @@ impl StateStore for RocksDbStore {
             batch.put_cf(meta, CLOCKS, super::encode_sources(&checkpoint.clocks));
         }
         self.db.write(batch).map_err(|e| store_error(&self.path, e))
+    }
+
+    fn bulk_load(&self, on: bool) -> Result<()> {
+        let trigger = if on {
+            BULK_L0_COMPACTION_TRIGGER
+        } else {
+            L0_COMPACTION_TRIGGER
+        };
+        self.db
+            .set_options(&[("level0_file_num_compaction_trigger", trigger.to_string().as_str())])
+            .map_err(|e| store_error(&self.path, e))
     }
 
     fn checkpoint(&self) -> Result<Checkpoint> {
@@ -237,5 +258,57 @@ impl StateStore for RocksDbStore {
             visit(&key, &value);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files_at_level0(store: &RocksDbStore) -> u64 {
+        store
+            .db
+            .property_int_value("rocksdb.num-files-at-level0")
+            .ok()
+            .flatten()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Writes `batches` batches of 100 keys, each flushed to a file of its own.
+    fn write_flushed(store: &RocksDbStore, batches: u32) {
+        for batch in 0..batches {
+            let entries: Vec<_> = (0..100u32)
+                .map(|i| (format!("k{batch:03}-{i:03}").into_bytes(), Some(b"v".to_vec())))
+                .collect();
+            store.write(&entries, &Checkpoint::default()).unwrap();
+            store.db.flush().unwrap();
+        }
+    }
+
+    /// While bulk loading, flushed files wait at level 0 (16 before a merge); back to the
+    /// normal settings, they are merged (from 4).
+    #[test]
+    fn bulk_loading_defers_the_merge_of_new_files_until_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksDbStore::open_in(dir.path(), &StateMemory::new(16 << 20)).unwrap();
+        store.bulk_load(true).unwrap();
+        write_flushed(&store, 6);
+        assert_eq!(files_at_level0(&store), 6, "no merge while bulk loading");
+        store.bulk_load(false).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while files_at_level0(&store) >= 4 {
+            assert!(std::time::Instant::now() < deadline, "the files were never merged");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // The same writes without bulk loading are merged as they come.
+        let other = tempfile::tempdir().unwrap();
+        let normal = RocksDbStore::open_in(other.path(), &StateMemory::new(16 << 20)).unwrap();
+        write_flushed(&normal, 6);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while files_at_level0(&normal) >= 4 {
+            assert!(std::time::Instant::now() < deadline, "the files were never merged");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(store.get(b"k005-099").unwrap(), Some(b"v".to_vec()));
     }
 }
