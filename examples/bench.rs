@@ -988,7 +988,7 @@ fn run(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-/// The large-state worker: counts `keys` distinct keys over 64 partitions with a 256 MB state
+/// The large-state worker: counts `keys` distinct keys over `partitions` partitions with a 256 MB state
 /// memory budget, then prints its peak RSS, the rate, and RocksDB's shared memory use.
 async fn large_worker(bootstrap: &str, keys: usize, cache: Option<usize>, partitions: i32) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;

@@ -452,20 +452,41 @@ pub(crate) fn read_changelog(
         return Ok(Some(Restored::default()));
     }
     // A large restore writes with the store's bulk-loading settings, and normal ones after
-    // (however it ends). Not for a probe: it stops at its first record.
-    let bulk = !probe && end - start >= BULK_LOAD_RECORDS;
-    if bulk {
-        store.bulk_load(true)?;
-    }
-    let outcome = apply_changelog(log, store, committed, agreed, probe, on_record, (start, end));
-    if bulk {
-        if let Err(error) = store.bulk_load(false) {
-            // The restore's own error says more; this one only slows the store's merges.
-            outcome?;
-            return Err(error);
+    // (however it ends, a panic included). Not for a probe: it stops at its first record.
+    let _bulk = (!probe && end - start >= BULK_LOAD_RECORDS).then(|| BulkLoad::begin(store, &log.label()));
+    apply_changelog(log, store, committed, agreed, probe, on_record, (start, end))
+}
+
+/// A store's bulk-loading settings while it lives ([`StateStore::bulk_load`]). They are
+/// tuning only: a switch that fails is logged, and the restore goes on.
+struct BulkLoad<'a> {
+    store: &'a dyn StateStore,
+    label: String,
+}
+
+impl<'a> BulkLoad<'a> {
+    fn begin(store: &'a dyn StateStore, label: &str) -> Self {
+        if let Err(error) = store.bulk_load(true) {
+            tracing::warn!("restore of {label}: cannot switch its store to bulk loading ({error}); restoring without");
+        }
+        // Switched back even so: a store may apply a setting and still fail to record it.
+        Self {
+            store,
+            label: label.to_string(),
         }
     }
-    outcome
+}
+
+impl Drop for BulkLoad<'_> {
+    fn drop(&mut self) {
+        if let Err(error) = self.store.bulk_load(false) {
+            tracing::warn!(
+                "restore of {}: cannot switch its store back from bulk loading ({error}); it merges its files \
+                 later until it is opened again",
+                self.label
+            );
+        }
+    }
 }
 
 /// Restores of at least this many records write with the store's bulk-loading settings
@@ -1017,6 +1038,9 @@ mod tests {
         bulk: std::sync::atomic::AtomicBool,
         notes: std::sync::Mutex<String>,
         fail_from: Option<usize>,
+        /// Its bulk-loading switches apply, then fail (as RocksDB's can, when it cannot
+        /// record the options).
+        bulk_fails: bool,
     }
 
     impl Noting {
@@ -1053,6 +1077,9 @@ mod tests {
         fn bulk_load(&self, on: bool) -> Result<()> {
             self.bulk.store(on, std::sync::atomic::Ordering::Relaxed);
             self.notes.lock().unwrap().push(if on { '[' } else { ']' });
+            if self.bulk_fails {
+                return Err(crate::Error::Config("cannot write OPTIONS".into()));
+            }
             Ok(())
         }
         fn checkpoint(&self) -> Result<Checkpoint> {
@@ -1115,6 +1142,16 @@ mod tests {
         };
         let error = restore_into(&store, large, None).unwrap_err();
         assert!(error.to_string().contains("disk full"), "{error}");
+        assert_eq!(store.notes(), "[W]");
+
+        // Switches that fail are tuning lost, not a restore lost; the switch back is tried
+        // even when the first one failed.
+        let store = Noting {
+            bulk_fails: true,
+            ..Noting::default()
+        };
+        let restored = restore_into(&store, large, None).unwrap().unwrap();
+        assert_eq!(restored.applied, large as u64);
         assert_eq!(store.notes(), "[W]");
     }
 }

@@ -140,7 +140,7 @@ pub struct Metrics {
     /// bytes (see `App::table_cache_bytes`).
     pub cache_peak_bytes: AtomicU64,
     /// Rebalances that took partitions from this worker (revocations and losses), counted once
-    /// the worker has released them (it rejoins its group next).
+    /// the worker has released them (it rejoins its group next, unless it is stopping).
     pub revocations: AtomicU64,
     /// What the worker's RocksDB stores hold in their shared memory (block cache and
     /// memtables), in bytes, read once a second.

@@ -15,14 +15,29 @@ const SOURCES: &[u8] = b"sources";
 const STREAM_TIME: &[u8] = b"stream_time";
 const CLOCKS: &[u8] = b"clocks";
 
-/// Memtables flushed to files (level 0) before RocksDB merges them into the next level: its
-/// default.
-const L0_COMPACTION_TRIGGER: i32 = 4;
+/// Level-0 files (flushed memtables) at which RocksDB merges them into the next level, slows
+/// writes, and stops them: its defaults.
+const LEVEL0: Level0 = Level0 {
+    compaction: 4,
+    slowdown: 20,
+    stop: 36,
+};
 
-/// The same while a large restore writes ([`StateStore::bulk_load`]): the restore's files are
-/// merged once, after it (or once 16 have come), rather than four at a time into a level
-/// that grows with each merge. RocksDB slows writes from 20 such files.
-const BULK_L0_COMPACTION_TRIGGER: i32 = 16;
+/// The same while a large restore writes ([`StateStore::bulk_load`]): a restore of up to 16
+/// files' worth has them merged once, after it, rather than four at a time into a level that
+/// grows with each merge; past that, merges run while the later files come, with room
+/// before writes slow down.
+const BULK_LEVEL0: Level0 = Level0 {
+    compaction: 16,
+    slowdown: 48,
+    stop: 64,
+};
+
+struct Level0 {
+    compaction: i32,
+    slowdown: i32,
+    stop: i32,
+}
 
 /// A table partition in RocksDB.
 ///
@@ -75,7 +90,9 @@ impl RocksDbStore {
         let mut data = Options::default();
         data.set_write_buffer_size(4 << 20);
         data.set_max_write_buffer_number(2);
-        data.set_level_zero_file_num_compaction_trigger(L0_COMPACTION_TRIGGER);
+        data.set_level_zero_file_num_compaction_trigger(LEVEL0.compaction);
+        data.set_level_zero_slowdown_writes_trigger(LEVEL0.slowdown);
+        data.set_level_zero_stop_writes_trigger(LEVEL0.stop);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(memory.cache());
         table.set_bloom_filter(10.0, false);
@@ -162,13 +179,18 @@ impl StateStore for RocksDbStore {
     }
 
     fn bulk_load(&self, on: bool) -> Result<()> {
-        let trigger = if on {
-            BULK_L0_COMPACTION_TRIGGER
-        } else {
-            L0_COMPACTION_TRIGGER
-        };
+        let level0 = if on { &BULK_LEVEL0 } else { &LEVEL0 };
+        let (compaction, slowdown, stop) = (
+            level0.compaction.to_string(),
+            level0.slowdown.to_string(),
+            level0.stop.to_string(),
+        );
         self.db
-            .set_options(&[("level0_file_num_compaction_trigger", trigger.to_string().as_str())])
+            .set_options(&[
+                ("level0_file_num_compaction_trigger", compaction.as_str()),
+                ("level0_slowdown_writes_trigger", slowdown.as_str()),
+                ("level0_stop_writes_trigger", stop.as_str()),
+            ])
             .map_err(|e| store_error(&self.path, e))
     }
 
@@ -293,6 +315,11 @@ mod tests {
         let store = RocksDbStore::open_in(dir.path(), &StateMemory::new(16 << 20)).unwrap();
         store.bulk_load(true).unwrap();
         write_flushed(&store, 6);
+        // Whatever merges the files would start have ended.
+        store
+            .db
+            .wait_for_compact(&rocksdb::WaitForCompactOptions::default())
+            .unwrap();
         assert_eq!(files_at_level0(&store), 6, "no merge while bulk loading");
         store.bulk_load(false).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -304,11 +331,11 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         let normal = RocksDbStore::open_in(other.path(), &StateMemory::new(16 << 20)).unwrap();
         write_flushed(&normal, 6);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while files_at_level0(&normal) >= 4 {
-            assert!(std::time::Instant::now() < deadline, "the files were never merged");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        normal
+            .db
+            .wait_for_compact(&rocksdb::WaitForCompactOptions::default())
+            .unwrap();
+        assert!(files_at_level0(&normal) < 4, "merged from 4 files");
         assert_eq!(store.get(b"k005-099").unwrap(), Some(b"v".to_vec()));
     }
 }

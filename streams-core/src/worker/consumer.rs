@@ -1346,8 +1346,9 @@ impl ConsumerContext for WorkerContext {
                 if let Err(error) = consumer.unassign() {
                     tracing::warn!("unassign failed: {error}");
                 }
-                // Counted once released: the member rejoins its group next.
-                self.shared.metrics.revocations.fetch_add(1, Ordering::Relaxed);
+                // Counted once released (the member rejoins its group next, unless it is
+                // stopping); what the revoke changed is seen by whoever sees the count.
+                self.shared.metrics.revocations.fetch_add(1, Ordering::Release);
                 self.shared.publish_held(member_id(consumer));
             }
             other => {

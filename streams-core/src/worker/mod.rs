@@ -746,7 +746,7 @@ impl Worker {
         if !chosen("fetch.queue.backoff.ms") {
             // Once the tasks fall behind the fetch, the prefetch fills and librdkafka stops
             // fetching for `fetch.queue.backoff.ms`, 1 s by default: the tasks ran dry for
-            // most of it (a stateless agent on tansu: 232-239k records/s, 705-824k with
+            // most of it (a stateless agent on tansu: 232-239k records/s, 704-854k with
             // 10 ms, the same CPU per record).
             consumer_config.set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
         }
