@@ -1126,15 +1126,19 @@ mod tests {
 
     /// The restore consumers share 64 MiB of prefetch, each at least 4 MiB and at most 16;
     /// a user's setting stands.
+    /// The setting `key` of a restorer made from `config`, one of `of` restorers.
+    fn restorer_setting(config: &rdkafka::config::ClientConfig, of: usize, key: &str) -> Option<String> {
+        let ends = super::Ends::new(config);
+        let restorer = super::Restorer::new(config, Arc::new(crate::metrics::Metrics::default()), &ends, of);
+        restorer.config.get(key).map(str::to_string)
+    }
+
     #[test]
     fn the_restorers_share_their_prefetch_and_a_users_setting_stands() {
         let mut config = rdkafka::config::ClientConfig::new();
         config.set("bootstrap.servers", "127.0.0.1:1");
-        let ends = super::Ends::new(&config);
-        let metrics = Arc::new(crate::metrics::Metrics::default());
         let prefetch = |config: &rdkafka::config::ClientConfig, of: usize| {
-            let restorer = super::Restorer::new(config, Arc::clone(&metrics), &ends, of);
-            restorer.config.get("queued.max.messages.kbytes").map(str::to_string)
+            restorer_setting(config, of, "queued.max.messages.kbytes")
         };
         assert_eq!(prefetch(&config, 1).as_deref(), Some("16384"));
         assert_eq!(prefetch(&config, 4).as_deref(), Some("16384"));
@@ -1150,12 +1154,7 @@ mod tests {
     fn a_restore_consumer_fetches_again_soon_after_its_prefetch_filled() {
         let mut config = rdkafka::config::ClientConfig::new();
         config.set("bootstrap.servers", "127.0.0.1:1");
-        let ends = super::Ends::new(&config);
-        let metrics = Arc::new(crate::metrics::Metrics::default());
-        let backoff = |config: &rdkafka::config::ClientConfig| {
-            let restorer = super::Restorer::new(config, Arc::clone(&metrics), &ends, 4);
-            restorer.config.get("fetch.queue.backoff.ms").map(str::to_string)
-        };
+        let backoff = |config: &rdkafka::config::ClientConfig| restorer_setting(config, 4, "fetch.queue.backoff.ms");
         assert_eq!(backoff(&config).as_deref(), Some("10"));
         config.set("fetch.queue.backoff.ms", "250");
         assert_eq!(backoff(&config).as_deref(), Some("250"));
