@@ -1203,6 +1203,8 @@ pub(crate) fn positions<'a, C: rdkafka::ClientContext>(
 }
 
 /// The consumer's member id in its group (librdkafka keeps it; rdkafka has no accessor).
+/// A request to librdkafka's main thread, answered while the group's handler lives: not to be
+/// called once a close may have ended it (after the close's unassign).
 fn member_id(consumer: &BaseConsumer<WorkerContext>) -> Option<String> {
     let client = consumer.client().native_ptr();
     // SAFETY: `client` is the live handle of `consumer`. rd_kafka_memberid returns NULL or
@@ -1341,7 +1343,11 @@ impl ConsumerContext for WorkerContext {
                 } else {
                     Release::Commit
                 };
-                self.shared.metrics.set_member_id(member_id(consumer));
+                // Read before the unassign, never after: in a close, the unassign lets
+                // librdkafka end the group's handler at once, and a member id asked of an
+                // ended handler is never answered (`rd_kafka_memberid` waits without a limit).
+                let member = member_id(consumer);
+                self.shared.metrics.set_member_id(member.clone());
                 let _ = self.shared.revoke(Some(&partitions), release);
                 if let Err(error) = consumer.unassign() {
                     tracing::warn!("unassign failed: {error}");
@@ -1349,7 +1355,7 @@ impl ConsumerContext for WorkerContext {
                 // Counted once released (the member rejoins its group next, unless it is
                 // stopping); what the revoke changed is seen by whoever sees the count.
                 self.shared.metrics.revocations.fetch_add(1, Ordering::Release);
-                self.shared.publish_held(member_id(consumer));
+                self.shared.publish_held(member);
             }
             other => {
                 self.shared.set_waiting(true);
@@ -1504,40 +1510,92 @@ fn pause_each<C: Consumer<WorkerContext>>(consumer: &C, partitions: &TopicPartit
     unpaused
 }
 
+/// How long a stop waits for librdkafka's close of the group consumer once the records it
+/// fetched are freed. The close hands the assignment back through the rebalance callback
+/// (the tasks made their last commits before: nothing is left to commit) and ends the
+/// consumer's part in the group; with a coordinator that answers, it takes milliseconds. A
+/// coordinator that holds the member's requests back (a rebalance under way on a slow broker;
+/// a broker gone) keeps it waiting for librdkafka's request timeouts, longer than a stop may
+/// take: past this wait the stop goes on, and the close ends in the background.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a stop waits for the records the consumer fetched to be freed.
+const RECORDS_WAIT: Duration = Duration::from_secs(5);
+
 /// Closes the consumer once the records it fetched are freed (they are librdkafka's and keep
-/// it alive; see [`Message::from_kafka`]). The tasks have ended, so their records are on
-/// their way back: this waits for them up to 5 s, so that the consumer closes here rather than
-/// on the thread that drops its last record. A task that has not ended by then (an agent
-/// stuck in its own code) keeps the consumer open until it ends: a thread of its own closes
-/// it then.
-pub(crate) fn close<C: Send + Sync + 'static>(consumer: Arc<C>, spent: &Arc<Spent>) {
-    close_within(consumer, spent, Duration::from_secs(5));
+/// it alive; see [`Message::from_kafka`]), on a thread of its own, and waits for that close:
+/// for the records at most [`RECORDS_WAIT`] (the tasks have ended, so their records are on
+/// their way back; a task that has not ended, an agent stuck in its own code, keeps the
+/// consumer open until it ends), then for librdkafka's close at most [`CLOSE_WAIT`]. `keep`
+/// is dropped once the consumer is closed (the data directory's lock: the global tables'
+/// stores close with the consumer). Returns whether the consumer closed within the waits.
+pub(crate) fn close<C: Send + Sync + 'static, K: Send + 'static>(
+    consumer: Arc<C>,
+    spent: &Arc<Spent>,
+    keep: K,
+) -> bool {
+    close_within(consumer, spent, keep, RECORDS_WAIT, CLOSE_WAIT)
 }
 
-fn close_within<C: Send + Sync + 'static>(consumer: Arc<C>, spent: &Arc<Spent>, wait: Duration) {
-    let waiting = std::time::Instant::now();
-    spent.free();
-    while Arc::strong_count(&consumer) > 1 && waiting.elapsed() < wait {
-        std::thread::sleep(Duration::from_millis(5));
-        spent.free();
-    }
-    if Arc::strong_count(&consumer) == 1 {
-        drop(consumer);
-        return;
-    }
-    tracing::warn!("a task that has not ended holds records of the consumer; it closes when the task ends");
-    let spent = Arc::clone(spent);
-    let closing = std::thread::Builder::new()
-        .name("consumer-close".into())
-        .spawn(move || {
-            while Arc::strong_count(&consumer) > 1 {
-                std::thread::sleep(Duration::from_millis(100));
+/// What the thread that closes the consumer has got to.
+enum Closing {
+    /// The records are back; librdkafka's close begins.
+    Began,
+    /// The consumer is closed.
+    Done,
+}
+
+fn close_within<C: Send + Sync + 'static, K: Send + 'static>(
+    consumer: Arc<C>,
+    spent: &Arc<Spent>,
+    keep: K,
+    records_wait: Duration,
+    close_wait: Duration,
+) -> bool {
+    let (tell, told) = std::sync::mpsc::channel();
+    let closing = {
+        let spent = Arc::clone(spent);
+        std::thread::Builder::new()
+            .name("consumer-close".into())
+            .spawn(move || {
+                let waiting = std::time::Instant::now();
                 spent.free();
-            }
-            drop(consumer);
-        });
+                while Arc::strong_count(&consumer) > 1 {
+                    // Soon after the tasks end; then once in a while, for a task still running.
+                    let pause = if waiting.elapsed() < records_wait { 5 } else { 100 };
+                    std::thread::sleep(Duration::from_millis(pause));
+                    spent.free();
+                }
+                let _ = tell.send(Closing::Began);
+                drop(consumer);
+                drop(keep);
+                let _ = tell.send(Closing::Done);
+            })
+    };
     if let Err(error) = closing {
+        // The consumer (in the thread's closure) was closed on this thread.
         tracing::warn!("cannot start the thread that closes the consumer: {error}");
+        return true;
+    }
+    match told.recv_timeout(records_wait) {
+        Ok(Closing::Began) => {}
+        Ok(Closing::Done) => return true,
+        Err(_) => {
+            tracing::warn!("a task that has not ended holds records of the consumer; it closes when the task ends");
+            return false;
+        }
+    }
+    match told.recv_timeout(close_wait) {
+        Ok(_) => true,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            tracing::warn!(
+                "the consumer's close did not end within {close_wait:?} (its coordinator holds its requests back, or \
+                 cannot be reached); it goes on in the background, and the data directory stays locked until it ends"
+            );
+            false
+        }
+        // The close panicked (a rebalance callback): nothing more to wait for.
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => false,
     }
 }
 
@@ -1717,6 +1775,8 @@ mod tests {
     use super::close_within;
     use crate::message::Spent;
 
+    const WAIT: Duration = Duration::from_secs(5);
+
     /// Stands for the consumer: says when it is dropped (closed).
     struct Consumer(Arc<AtomicBool>);
 
@@ -1724,6 +1784,84 @@ mod tests {
         fn drop(&mut self) {
             self.0.store(true, Ordering::SeqCst);
         }
+    }
+
+    /// A consumer whose close takes `.0` (librdkafka's, waiting for its coordinator).
+    struct SlowToClose(Duration, Arc<AtomicBool>);
+
+    impl Drop for SlowToClose {
+        fn drop(&mut self) {
+            std::thread::sleep(self.0);
+            self.1.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Says when it is dropped, and whether the consumer was closed by then.
+    struct Lock {
+        consumer_closed: Arc<AtomicBool>,
+        released_after_the_close: Arc<std::sync::Mutex<Option<bool>>>,
+    }
+
+    impl Drop for Lock {
+        fn drop(&mut self) {
+            let closed = self.consumer_closed.load(Ordering::SeqCst);
+            *self.released_after_the_close.lock().expect("lock") = Some(closed);
+        }
+    }
+
+    /// A close that takes longer than its wait holds the stop no longer than that wait; it
+    /// goes on in the background, and what it keeps (the data directory's lock) is released
+    /// only once it has ended.
+    #[test]
+    fn a_close_past_its_wait_ends_in_the_background_and_keeps_the_lock_until_then() {
+        let closed = Arc::new(AtomicBool::new(false));
+        let released = Arc::new(std::sync::Mutex::new(None));
+        let lock = Lock {
+            consumer_closed: Arc::clone(&closed),
+            released_after_the_close: Arc::clone(&released),
+        };
+        let consumer = Arc::new(SlowToClose(Duration::from_millis(1_500), Arc::clone(&closed)));
+        let began = std::time::Instant::now();
+        let in_time = close_within(
+            consumer,
+            &Arc::new(Spent::default()),
+            lock,
+            WAIT,
+            Duration::from_millis(200),
+        );
+        let waited = began.elapsed();
+        assert!(!in_time, "the close did not end within its wait");
+        assert!(waited < Duration::from_millis(1_200), "waited {waited:?}");
+        assert!(!closed.load(Ordering::SeqCst));
+        assert_eq!(
+            *released.lock().expect("lock"),
+            None,
+            "the lock is kept while the close goes on"
+        );
+        let waiting = std::time::Instant::now();
+        while released.lock().expect("lock").is_none() && waiting.elapsed() < WAIT {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            *released.lock().expect("lock"),
+            Some(true),
+            "the lock is released once the consumer has closed, not before"
+        );
+    }
+
+    /// A close within its wait is waited for, and the lock released with it.
+    #[test]
+    fn a_close_within_its_wait_is_waited_for() {
+        let closed = Arc::new(AtomicBool::new(false));
+        let released = Arc::new(std::sync::Mutex::new(None));
+        let lock = Lock {
+            consumer_closed: Arc::clone(&closed),
+            released_after_the_close: Arc::clone(&released),
+        };
+        let consumer = Arc::new(SlowToClose(Duration::from_millis(300), Arc::clone(&closed)));
+        assert!(close_within(consumer, &Arc::new(Spent::default()), lock, WAIT, WAIT));
+        assert!(closed.load(Ordering::SeqCst));
+        assert_eq!(*released.lock().expect("lock"), Some(true));
     }
 
     #[test]
@@ -1736,7 +1874,8 @@ mod tests {
             std::thread::sleep(Duration::from_millis(300));
             drop(record);
         });
-        close_within(consumer, &Arc::new(Spent::default()), Duration::from_secs(5));
+        let in_time = close_within(consumer, &Arc::new(Spent::default()), (), WAIT, WAIT);
+        assert!(in_time, "closed within the waits");
         assert!(closed.load(Ordering::SeqCst), "closed once the record was back");
         task.join().expect("task");
     }
@@ -1746,7 +1885,14 @@ mod tests {
         let closed = Arc::new(AtomicBool::new(false));
         let consumer = Arc::new(Consumer(Arc::clone(&closed)));
         let record = Arc::clone(&consumer);
-        close_within(consumer, &Arc::new(Spent::default()), Duration::from_millis(50));
+        let in_time = close_within(
+            consumer,
+            &Arc::new(Spent::default()),
+            (),
+            Duration::from_millis(50),
+            WAIT,
+        );
+        assert!(!in_time);
         assert!(!closed.load(Ordering::SeqCst), "not closed while a record is held");
         drop(record);
         let waited = std::time::Instant::now();

@@ -900,7 +900,10 @@ impl Worker {
                              out; stop with a leave (SIGINT) when it is not coming back"
                         );
                     }
-                    consumer::close(consumer, &spent);
+                    // The data directory stays locked until the consumer is closed (the
+                    // global tables' stores close with it), however long that takes.
+                    let lock = Arc::new(lock);
+                    consumer::close(consumer, &spent, Arc::clone(&lock));
                     step.enter("waiting for the committer's last writes");
                     let _ = committer.join();
                     // What timers sent since the last commit point.
