@@ -1203,8 +1203,9 @@ pub(crate) fn positions<'a, C: rdkafka::ClientContext>(
 }
 
 /// The consumer's member id in its group (librdkafka keeps it; rdkafka has no accessor).
-/// A request to librdkafka's main thread, answered while the group's handler lives: not to be
-/// called once a close may have ended it (after the close's unassign).
+/// A request to librdkafka's main thread, with no time limit: one made while a close ends the
+/// group's handler is never answered, so not to be made once a close may be ending it (after
+/// the close's unassign).
 fn member_id(consumer: &BaseConsumer<WorkerContext>) -> Option<String> {
     let client = consumer.client().native_ptr();
     // SAFETY: `client` is the live handle of `consumer`. rd_kafka_memberid returns NULL or
@@ -1278,7 +1279,9 @@ impl ConsumerContext for WorkerContext {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.shared.metrics.set_member_id(member_id(consumer));
+                // Read before the assignment is handed back (see the revoke below).
+                let member = member_id(consumer);
+                self.shared.metrics.set_member_id(member.clone());
                 self.shared.metrics.assignments.fetch_add(1, Ordering::Relaxed);
                 let restoring = match self.shared.assign(consumer, list, &HashMap::new()) {
                     Ok(restoring) => restoring,
@@ -1326,7 +1329,7 @@ impl ConsumerContext for WorkerContext {
                             .fail(format!("cannot pause partitions while restoring: {error}"));
                     }
                 }
-                self.shared.publish_held(member_id(consumer));
+                self.shared.publish_held(member);
                 // Only now, with every assigned task in place (restoring or not): until here
                 // readiness and lookups see a rebalance.
                 self.shared.set_waiting(false);
@@ -1344,8 +1347,8 @@ impl ConsumerContext for WorkerContext {
                     Release::Commit
                 };
                 // Read before the unassign, never after: in a close, the unassign lets
-                // librdkafka end the group's handler at once, and a member id asked of an
-                // ended handler is never answered (`rd_kafka_memberid` waits without a limit).
+                // librdkafka end the group's handler at once, and a member id asked for while
+                // it ends is never answered (`rd_kafka_memberid` waits without a limit).
                 let member = member_id(consumer);
                 self.shared.metrics.set_member_id(member.clone());
                 let _ = self.shared.revoke(Some(&partitions), release);
@@ -1545,6 +1548,25 @@ enum Closing {
     Done,
 }
 
+/// Takes the consumer out of its `Arc` once every other holder (a task's record, the
+/// committer's `Weak` upgraded for a commit) has let go: from then on none can take it
+/// again, so the drop that follows is the close. Frees spent records meanwhile, soon after
+/// the tasks end and then once in a while (a task still running); `records_wait` is the
+/// time after which it checks less often.
+fn sole_owner<C>(mut consumer: Arc<C>, spent: &Spent, records_wait: Duration) -> C {
+    let waiting = std::time::Instant::now();
+    spent.free();
+    loop {
+        match Arc::try_unwrap(consumer) {
+            Ok(consumer) => return consumer,
+            Err(shared) => consumer = shared,
+        }
+        let pause = if waiting.elapsed() < records_wait { 5 } else { 100 };
+        std::thread::sleep(Duration::from_millis(pause));
+        spent.free();
+    }
+}
+
 fn close_within<C: Send + Sync + 'static, K: Send + 'static>(
     consumer: Arc<C>,
     spent: &Arc<Spent>,
@@ -1553,19 +1575,15 @@ fn close_within<C: Send + Sync + 'static, K: Send + 'static>(
     close_wait: Duration,
 ) -> bool {
     let (tell, told) = std::sync::mpsc::channel();
+    // The consumer goes to the thread once it runs: a thread that cannot start leaves it here.
+    let (hand, handed) = std::sync::mpsc::channel::<(Arc<C>, K)>();
     let closing = {
         let spent = Arc::clone(spent);
         std::thread::Builder::new()
             .name("consumer-close".into())
             .spawn(move || {
-                let waiting = std::time::Instant::now();
-                spent.free();
-                while Arc::strong_count(&consumer) > 1 {
-                    // Soon after the tasks end; then once in a while, for a task still running.
-                    let pause = if waiting.elapsed() < records_wait { 5 } else { 100 };
-                    std::thread::sleep(Duration::from_millis(pause));
-                    spent.free();
-                }
+                let Ok((consumer, keep)) = handed.recv() else { return };
+                let consumer = sole_owner(consumer, &spent, records_wait);
                 let _ = tell.send(Closing::Began);
                 drop(consumer);
                 drop(keep);
@@ -1573,15 +1591,28 @@ fn close_within<C: Send + Sync + 'static, K: Send + 'static>(
             })
     };
     if let Err(error) = closing {
-        // The consumer (in the thread's closure) was closed on this thread.
-        tracing::warn!("cannot start the thread that closes the consumer: {error}");
+        tracing::warn!("cannot start the thread that closes the consumer ({error}); closing it here");
+        drop(sole_owner(consumer, spent, records_wait));
+        drop(keep);
         return true;
+    }
+    if hand.send((consumer, keep)).is_err() {
+        // The thread ended before it was given the consumer (the channel is gone with it, and
+        // the consumer with the channel's message): nothing to wait for.
+        return false;
     }
     match told.recv_timeout(records_wait) {
         Ok(Closing::Began) => {}
         Ok(Closing::Done) => return true,
-        Err(_) => {
-            tracing::warn!("a task that has not ended holds records of the consumer; it closes when the task ends");
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            tracing::warn!(
+                "a task that has not ended holds records of the consumer; it closes when the task ends, and the data \
+                 directory stays locked until then"
+            );
+            return false;
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            tracing::warn!("the thread that closes the consumer ended early (it panicked)");
             return false;
         }
     }
@@ -1594,8 +1625,10 @@ fn close_within<C: Send + Sync + 'static, K: Send + 'static>(
             );
             false
         }
-        // The close panicked (a rebalance callback): nothing more to wait for.
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => false,
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            tracing::warn!("the consumer's close panicked (in a rebalance callback)");
+            false
+        }
     }
 }
 
@@ -1769,7 +1802,8 @@ pub(crate) fn poll_loop(
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
+    use std::sync::mpsc::{channel, Receiver, Sender};
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     use super::close_within;
@@ -1777,35 +1811,63 @@ mod tests {
 
     const WAIT: Duration = Duration::from_secs(5);
 
-    /// Stands for the consumer: says when it is dropped (closed).
-    struct Consumer(Arc<AtomicBool>);
+    /// Stands for the consumer: says when it is dropped (closed), and on which thread.
+    struct Consumer(Arc<AtomicBool>, Arc<Mutex<Option<String>>>);
+
+    impl Consumer {
+        fn new(closed: &Arc<AtomicBool>) -> (Self, Arc<Mutex<Option<String>>>) {
+            let thread = Arc::new(Mutex::new(None));
+            (Self(Arc::clone(closed), Arc::clone(&thread)), thread)
+        }
+    }
 
     impl Drop for Consumer {
         fn drop(&mut self) {
+            *self.1.lock().expect("lock") = std::thread::current().name().map(str::to_string);
             self.0.store(true, Ordering::SeqCst);
         }
     }
 
-    /// A consumer whose close takes `.0` (librdkafka's, waiting for its coordinator).
-    struct SlowToClose(Duration, Arc<AtomicBool>);
+    /// A consumer whose close (librdkafka's, waiting for its coordinator) ends when the test
+    /// says so.
+    struct SlowToClose(Mutex<Receiver<()>>, Arc<AtomicBool>);
+
+    impl SlowToClose {
+        fn new(closed: &Arc<AtomicBool>) -> (Self, Sender<()>) {
+            let (release, released) = channel();
+            (Self(Mutex::new(released), Arc::clone(closed)), release)
+        }
+    }
 
     impl Drop for SlowToClose {
         fn drop(&mut self) {
-            std::thread::sleep(self.0);
+            let _ = self.0.lock().expect("lock").recv();
             self.1.store(true, Ordering::SeqCst);
         }
     }
 
-    /// Says when it is dropped, and whether the consumer was closed by then.
-    struct Lock {
-        consumer_closed: Arc<AtomicBool>,
-        released_after_the_close: Arc<std::sync::Mutex<Option<bool>>>,
+    /// Stands for the data directory's lock: says when it is released, and whether the
+    /// consumer was closed by then.
+    struct Lock(Arc<AtomicBool>, Arc<Mutex<Option<bool>>>);
+
+    impl Lock {
+        fn new(closed: &Arc<AtomicBool>) -> (Self, Arc<Mutex<Option<bool>>>) {
+            let released = Arc::new(Mutex::new(None));
+            (Self(Arc::clone(closed), Arc::clone(&released)), released)
+        }
     }
 
     impl Drop for Lock {
         fn drop(&mut self) {
-            let closed = self.consumer_closed.load(Ordering::SeqCst);
-            *self.released_after_the_close.lock().expect("lock") = Some(closed);
+            *self.1.lock().expect("lock") = Some(self.0.load(Ordering::SeqCst));
+        }
+    }
+
+    fn wait_for(what: &str, done: impl Fn() -> bool) {
+        let waiting = std::time::Instant::now();
+        while !done() {
+            assert!(waiting.elapsed() < WAIT, "{what}");
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -1815,33 +1877,23 @@ mod tests {
     #[test]
     fn a_close_past_its_wait_ends_in_the_background_and_keeps_the_lock_until_then() {
         let closed = Arc::new(AtomicBool::new(false));
-        let released = Arc::new(std::sync::Mutex::new(None));
-        let lock = Lock {
-            consumer_closed: Arc::clone(&closed),
-            released_after_the_close: Arc::clone(&released),
-        };
-        let consumer = Arc::new(SlowToClose(Duration::from_millis(1_500), Arc::clone(&closed)));
+        let (lock, released) = Lock::new(&closed);
+        let (consumer, release) = SlowToClose::new(&closed);
         let began = std::time::Instant::now();
-        let in_time = close_within(
-            consumer,
-            &Arc::new(Spent::default()),
-            lock,
-            WAIT,
-            Duration::from_millis(200),
-        );
+        let spent = Arc::new(Spent::default());
+        let in_time = close_within(Arc::new(consumer), &spent, lock, WAIT, Duration::from_millis(200));
         let waited = began.elapsed();
         assert!(!in_time, "the close did not end within its wait");
-        assert!(waited < Duration::from_millis(1_200), "waited {waited:?}");
+        assert!(waited >= Duration::from_millis(200), "waited {waited:?}");
+        assert!(waited < WAIT, "waited {waited:?}");
         assert!(!closed.load(Ordering::SeqCst));
         assert_eq!(
             *released.lock().expect("lock"),
             None,
             "the lock is kept while the close goes on"
         );
-        let waiting = std::time::Instant::now();
-        while released.lock().expect("lock").is_none() && waiting.elapsed() < WAIT {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        release.send(()).expect("the close waits");
+        wait_for("the lock released", || released.lock().expect("lock").is_some());
         assert_eq!(
             *released.lock().expect("lock"),
             Some(true),
@@ -1853,21 +1905,29 @@ mod tests {
     #[test]
     fn a_close_within_its_wait_is_waited_for() {
         let closed = Arc::new(AtomicBool::new(false));
-        let released = Arc::new(std::sync::Mutex::new(None));
-        let lock = Lock {
-            consumer_closed: Arc::clone(&closed),
-            released_after_the_close: Arc::clone(&released),
-        };
-        let consumer = Arc::new(SlowToClose(Duration::from_millis(300), Arc::clone(&closed)));
-        assert!(close_within(consumer, &Arc::new(Spent::default()), lock, WAIT, WAIT));
+        let (lock, released) = Lock::new(&closed);
+        let (consumer, release) = SlowToClose::new(&closed);
+        let releasing = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = release.send(());
+        });
+        assert!(close_within(
+            Arc::new(consumer),
+            &Arc::new(Spent::default()),
+            lock,
+            WAIT,
+            WAIT
+        ));
         assert!(closed.load(Ordering::SeqCst));
         assert_eq!(*released.lock().expect("lock"), Some(true));
+        releasing.join().expect("thread");
     }
 
     #[test]
     fn the_consumer_closes_once_the_last_record_is_back_and_not_before() {
         let closed = Arc::new(AtomicBool::new(false));
-        let consumer = Arc::new(Consumer(Arc::clone(&closed)));
+        let (consumer, _) = Consumer::new(&closed);
+        let consumer = Arc::new(consumer);
         // A task still holding a record (its `Keep`) for 300 ms.
         let record = Arc::clone(&consumer);
         let task = std::thread::spawn(move || {
@@ -1880,28 +1940,59 @@ mod tests {
         task.join().expect("task");
     }
 
+    /// A record held past the wait: the stop goes on, and the consumer closes (and the lock
+    /// is released) once the record is dropped, not before.
     #[test]
     fn a_record_held_past_the_wait_closes_the_consumer_when_it_is_dropped() {
         let closed = Arc::new(AtomicBool::new(false));
-        let consumer = Arc::new(Consumer(Arc::clone(&closed)));
+        let (lock, released) = Lock::new(&closed);
+        let (consumer, _) = Consumer::new(&closed);
+        let consumer = Arc::new(consumer);
         let record = Arc::clone(&consumer);
-        let in_time = close_within(
-            consumer,
-            &Arc::new(Spent::default()),
-            (),
-            Duration::from_millis(50),
-            WAIT,
-        );
+        let spent = Arc::new(Spent::default());
+        let in_time = close_within(consumer, &spent, lock, Duration::from_millis(50), WAIT);
         assert!(!in_time);
         assert!(!closed.load(Ordering::SeqCst), "not closed while a record is held");
-        drop(record);
-        let waited = std::time::Instant::now();
-        while !closed.load(Ordering::SeqCst) && waited.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert!(
-            closed.load(Ordering::SeqCst),
-            "closed by its own thread once the record was dropped"
+        assert_eq!(
+            *released.lock().expect("lock"),
+            None,
+            "the lock is kept while a record is held"
         );
+        drop(record);
+        wait_for("closed by its own thread once the record was dropped", || {
+            closed.load(Ordering::SeqCst)
+        });
+        wait_for("the lock released", || released.lock().expect("lock").is_some());
+        assert_eq!(*released.lock().expect("lock"), Some(true));
+    }
+
+    /// Another holder that takes the consumer for a moment again and again (the committer,
+    /// upgrading its `Weak` for a commit) never ends up closing it: the close is the close
+    /// thread's, which the stop waits for.
+    #[test]
+    fn the_close_is_the_close_threads_even_with_a_weak_holder_upgrading() {
+        let closed = Arc::new(AtomicBool::new(false));
+        let (consumer, thread) = Consumer::new(&closed);
+        let consumer = Arc::new(consumer);
+        let weak = Arc::downgrade(&consumer);
+        let record = Arc::clone(&consumer);
+        let upgrading = std::thread::Builder::new()
+            .name("committer".into())
+            .spawn(move || {
+                while let Some(held) = weak.upgrade() {
+                    drop(held);
+                    std::hint::spin_loop();
+                }
+            })
+            .expect("thread");
+        let task = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(record);
+        });
+        assert!(close_within(consumer, &Arc::new(Spent::default()), (), WAIT, WAIT));
+        assert!(closed.load(Ordering::SeqCst));
+        assert_eq!(thread.lock().expect("lock").as_deref(), Some("consumer-close"));
+        upgrading.join().expect("thread");
+        task.join().expect("task");
     }
 }
