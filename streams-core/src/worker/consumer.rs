@@ -1300,18 +1300,7 @@ impl ConsumerContext for WorkerContext {
                         TopicPartitionList::new()
                     }
                 };
-                // Nothing is fetched for these until their stores are restored. They are
-                // paused before they are assigned: librdkafka starts an assigned partition's
-                // fetch on its own thread (later, if the partition is still being stopped),
-                // and a pause from here racing with that start can outdate it for good. (A
-                // pause outlives assignments there.)
-                let unpaused = pause_each(consumer, &restoring);
-                // Their records go to the batch queue: routed there before the assignment
-                // starts their fetch, so that none reaches the consumer queue first (see
-                // `message/queue.rs`).
-                let elements = list.elements();
-                let partitions: Vec<(&str, i32)> = elements.iter().map(|e| (e.topic(), e.partition())).collect();
-                self.shared.records.forward(consumer.client(), &partitions);
+                let unpaused = route_and_pause(consumer, &self.shared.records, list, &restoring);
                 if let Err(error) = consumer.assign(list) {
                     // Its tasks would wait for records that never come.
                     self.shared
@@ -1321,7 +1310,8 @@ impl ConsumerContext for WorkerContext {
                 // The guard's time counts from the assignment itself (taking the partitions
                 // over can take a while).
                 self.shared.moved();
-                // Partitions librdkafka did not know before the assignment.
+                // Partitions librdkafka did not know before the assignment (none once they
+                // are routed, unless routing failed).
                 if unpaused.count() > 0 {
                     if let Err(error) = consumer.pause(&unpaused) {
                         self.shared
@@ -1493,9 +1483,32 @@ impl crate::task::commit::Transactions for KafkaTransactions {
     }
 }
 
+/// Before an assignment: routes its partitions' records to the batch queue, and pauses
+/// those to be restored first; returns those it could not pause.
+///
+/// The records are routed before the assignment starts their fetch, so that none reaches
+/// the consumer queue first (see `message/queue.rs`); routing a partition makes librdkafka
+/// know it. Nothing is fetched for the restoring ones until their stores are restored, and
+/// they are paused before they are assigned (a pause outlives assignments there):
+/// librdkafka starts an assigned partition's fetch on its own thread (later, if the
+/// partition is still being stopped); a pause after the assignment outdates that start's
+/// offset query, which librdkafka retries only 500 ms later, and a pause racing with the
+/// start can outdate it for good.
+fn route_and_pause<X: ConsumerContext, C: Consumer<X>>(
+    consumer: &C,
+    records: &crate::message::queue::Records,
+    assigned: &TopicPartitionList,
+    restoring: &TopicPartitionList,
+) -> TopicPartitionList {
+    let elements = assigned.elements();
+    let partitions: Vec<(&str, i32)> = elements.iter().map(|e| (e.topic(), e.partition())).collect();
+    records.forward(consumer.client(), &partitions);
+    pause_each(consumer, restoring)
+}
+
 /// Pauses `partitions`; returns those it could not pause (librdkafka has no state for a
-/// partition it never saw, so a partition not yet assigned may be among them).
-fn pause_each<C: Consumer<WorkerContext>>(consumer: &C, partitions: &TopicPartitionList) -> TopicPartitionList {
+/// partition it never saw, so a partition neither assigned nor routed may be among them).
+fn pause_each<X: ConsumerContext, C: Consumer<X>>(consumer: &C, partitions: &TopicPartitionList) -> TopicPartitionList {
     let mut unpaused = TopicPartitionList::new();
     if partitions.count() == 0 {
         return unpaused;
@@ -1806,8 +1819,15 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use super::close_within;
-    use crate::message::Spent;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    use super::{close_within, pause_each, route_and_pause};
+    use crate::broker::EmbeddedBroker;
+    use crate::message::queue::Records;
+    use crate::message::{RawMessage, Spent};
 
     const WAIT: Duration = Duration::from_secs(5);
 
@@ -1994,5 +2014,78 @@ mod tests {
         assert_eq!(thread.lock().expect("lock").as_deref(), Some("consumer-close"));
         upgrading.join().expect("thread");
         task.join().expect("task");
+    }
+
+    /// A new worker's partitions that have stores to restore are paused before they are
+    /// assigned: librdkafka does not know a partition before its assignment, but does once
+    /// it is routed to the batch queue. Paused from then on, none of its records comes until
+    /// it is resumed. (Paused after the assignment instead, librdkafka would retry the
+    /// partition's start 500 ms later: a new worker's first records came a second late.)
+    #[test]
+    fn partitions_to_restore_are_paused_before_their_first_assignment() {
+        const RECORDS: i64 = 200;
+        let broker = EmbeddedBroker::start().expect("broker");
+        broker.create_topic("restoring", 2).expect("topic");
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap_servers())
+            .create()
+            .expect("producer");
+        for n in 0..RECORDS {
+            let payload = n.to_string();
+            let record = BaseRecord::<(), str>::to("restoring")
+                .partition((n % 2) as i32)
+                .payload(&payload);
+            producer.send(record).map_err(|(error, _)| error).expect("send");
+        }
+        producer.flush(WAIT).expect("flush");
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap_servers())
+            .set("group.id", "pause-test")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let records = Records::default();
+        assert!(records.open(consumer.client()));
+        let mut assigned = TopicPartitionList::new();
+        for partition in 0..2 {
+            assigned
+                .add_partition_offset("restoring", partition, Offset::Beginning)
+                .expect("list");
+        }
+        let mut restoring = TopicPartitionList::new();
+        restoring.add_partition("restoring", 1);
+        assert_eq!(
+            pause_each(&consumer, &restoring).count(),
+            1,
+            "librdkafka knows no partition before its assignment"
+        );
+
+        let unpaused = route_and_pause(&consumer, &records, &assigned, &restoring);
+        assert_eq!(unpaused.count(), 0, "paused before the assignment");
+        consumer.assign(&assigned).expect("assign");
+        let take = |records: &Records, until: usize, limit: Duration| {
+            let (mut all, mut batch) = (Vec::<RawMessage>::new(), Vec::new());
+            let began = std::time::Instant::now();
+            while all.len() < until && began.elapsed() < limit {
+                records.take_ready(Duration::from_millis(100), 1024, &mut batch);
+                all.append(&mut batch);
+            }
+            all
+        };
+        // Waits for more than the partitions' records, to see that the paused one sends none.
+        let first = take(&records, RECORDS as usize, Duration::from_secs(2));
+        assert_eq!(
+            first.len() as i64,
+            RECORDS / 2,
+            "the restoring partition's records wait"
+        );
+        assert!(first.iter().all(|m| m.partition() == 0));
+
+        consumer.resume(&restoring).expect("resume");
+        let rest = take(&records, RECORDS as usize / 2, WAIT);
+        assert_eq!(rest.len() as i64, RECORDS / 2, "they come once it is resumed");
+        assert!(rest.iter().all(|m| m.partition() == 1));
+        drop((first, rest));
+        records.close();
     }
 }
