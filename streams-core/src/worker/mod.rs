@@ -10,6 +10,7 @@ pub(crate) mod producer;
 pub(crate) mod restore;
 mod standby;
 mod timers;
+mod topic_handles;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 
+use super::topic_handles::TopicHandles;
 use crate::metrics::Metrics;
 use crate::task::sink::{FlushError, OutRecord, Refused, Sink, SinkError};
 use crate::{Error, Result};
@@ -236,6 +237,8 @@ const DEFAULT_LINGER_MS: &str = "5";
 /// a stop (within `REPORT_POLL` when librdkafka gives no handle on the queue); nothing
 /// waits for it.
 pub(crate) struct PolledProducer {
+    /// Dropped before the producer (fields drop in order): handles on its client.
+    topics: TopicHandles,
     producer: Arc<BaseProducer<Deliveries>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     reports: std::thread::Thread,
@@ -254,6 +257,7 @@ impl PolledProducer {
             .spawn(move || serve_reports(&polled, &stopped))
             .map_err(|e| Error::Config(format!("cannot start the producer's thread: {e}")))?;
         Ok(Self {
+            topics: TopicHandles::default(),
             producer,
             stop,
             reports: reports.thread().clone(),
@@ -414,36 +418,13 @@ impl KafkaSink {
 
 impl Sink for KafkaSink {
     fn enqueue(&self, record: OutRecord) -> Result<(), SinkError> {
-        let mut base: BaseRecord<'_, [u8], [u8], usize> =
-            BaseRecord::with_opaque_to(&record.topic, usize::from(record.changelog));
-        // Headers are a native allocation in librdkafka: only for records that have some.
-        if !record.headers.is_empty() {
-            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-            for (key, value) in record.headers.iter() {
-                headers = headers.insert(Header {
-                    key,
-                    value: Some(value),
-                });
-            }
-            base = base.headers(headers);
-        }
-        if let Some(key) = &record.key {
-            base = base.key(key);
-        }
-        if let Some(value) = &record.value {
-            base = base.payload(value);
-        }
-        if let Some(partition) = record.partition {
-            base = base.partition(partition);
-        }
-        if let Some(timestamp) = record.timestamp {
-            base = base.timestamp(timestamp);
-        }
         let producer = self.producer.read().unwrap_or_else(|p| p.into_inner());
-        match producer.send(base) {
+        // 1 for a changelog record (see `Deliveries`).
+        let opaque = usize::from(record.changelog);
+        match producer.topics.produce(producer.client(), &record, opaque) {
             Ok(()) => Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(SinkError::Full(record)),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::State), _)) if self.transactional => {
+            Err(RDKafkaErrorCode::QueueFull) => Err(SinkError::Full(record)),
+            Err(RDKafkaErrorCode::State) if self.transactional => {
                 // The transaction can only abort now (a record of it was refused, or the
                 // producer was fenced): librdkafka takes no more records into it. This one is
                 // made again when the round's input is processed again after the abort; the
@@ -458,9 +439,10 @@ impl Sink for KafkaSink {
                 }
                 Ok(())
             }
-            Err((error, _)) => Err(SinkError::Failed(format!(
-                "cannot produce to {}: {error}",
-                record.topic
+            Err(error) => Err(SinkError::Failed(format!(
+                "cannot produce to {}: {}",
+                record.topic,
+                KafkaError::MessageProduction(error)
             ))),
         }
     }
