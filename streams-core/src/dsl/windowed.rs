@@ -109,7 +109,7 @@ impl Kind {
 /// it, so it leaves `by_key` when it closes: a record's lookup costs the key's open sessions
 /// (one or two), not every session the table keeps for its retention (a day by default).
 struct WindowIndex {
-    by_end: BTreeSet<(i64, Box<[u8]>)>,
+    by_end: BTreeSet<ByEnd>,
     /// Sessions only: the open windows of each key.
     by_key: HashMap<Box<[u8]>, BTreeSet<(i64, i64)>, foldhash::fast::RandomState>,
     keyed: bool,
@@ -149,7 +149,7 @@ impl WindowIndex {
                 }
             }
         }
-        self.by_end.insert((window.end, window_key.into()));
+        self.by_end.insert(ByEnd(window.end, window_key.into()));
     }
 
     fn remove(&mut self, window_key: &[u8]) {
@@ -157,12 +157,12 @@ impl WindowIndex {
             return;
         };
         self.forget_open(key, window);
-        self.by_end.remove(&(window.end, window_key.into()));
+        self.by_end.remove(&(window.end, window_key) as &dyn EndAndKey);
     }
 
     /// Whether the table holds the window `window_key`, ending at `end`.
     fn knows(&self, end: i64, window_key: &[u8]) -> bool {
-        self.by_end.contains(&(end, Box::from(window_key)))
+        self.by_end.contains(&(end, window_key) as &dyn EndAndKey)
     }
 
     /// Takes `window` of `key` out of the open windows by key, if it is there.
@@ -188,12 +188,12 @@ impl WindowIndex {
         if !collect && !self.keyed {
             return Vec::new();
         }
-        let low = (after.saturating_add(1), Box::<[u8]>::default());
+        let low = ByEnd(after.saturating_add(1), Box::default());
         let closing: Vec<Box<[u8]>> = self
             .by_end
             .range(low..)
-            .take_while(|(end, _)| *end <= through)
-            .map(|(_, key)| key.clone())
+            .take_while(|ByEnd(end, _)| *end <= through)
+            .map(|ByEnd(_, key)| key.clone())
             .collect();
         for window_key in &closing {
             if let Some((key, window)) = split_window_key(window_key) {
@@ -210,8 +210,8 @@ impl WindowIndex {
     /// Takes the windows ending at or before `through` out of the index.
     fn expire(&mut self, through: i64) -> Vec<Box<[u8]>> {
         let mut gone = Vec::new();
-        while self.by_end.first().is_some_and(|(end, _)| *end <= through) {
-            if let Some((_, key)) = self.by_end.pop_first() {
+        while self.by_end.first().is_some_and(|ByEnd(end, _)| *end <= through) {
+            if let Some(ByEnd(_, key)) = self.by_end.pop_first() {
                 // Expired before it closed only with a retention shorter than the grace.
                 if let Some((k, window)) = split_window_key(&key) {
                     self.forget_open(k, window);
@@ -237,6 +237,64 @@ impl WindowIndex {
             .unwrap_or_default()
     }
 }
+
+/// A window in the index's order: by end, then window key.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct ByEnd(i64, Box<[u8]>);
+
+/// An end and a window key, owned ([`ByEnd`]) or borrowed (`(i64, &[u8])`): the index is
+/// searched with a record's window key without copying it.
+trait EndAndKey {
+    fn end(&self) -> i64;
+    fn key(&self) -> &[u8];
+}
+
+impl EndAndKey for ByEnd {
+    fn end(&self) -> i64 {
+        self.0
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.1
+    }
+}
+
+impl EndAndKey for (i64, &[u8]) {
+    fn end(&self) -> i64 {
+        self.0
+    }
+
+    fn key(&self) -> &[u8] {
+        self.1
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn EndAndKey + 'a> for ByEnd {
+    fn borrow(&self) -> &(dyn EndAndKey + 'a) {
+        self
+    }
+}
+
+// The same order as `ByEnd`'s (by end, then key), as `Borrow` requires.
+impl Ord for dyn EndAndKey + '_ {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.end(), self.key()).cmp(&(other.end(), other.key()))
+    }
+}
+
+impl PartialOrd for dyn EndAndKey + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for dyn EndAndKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for dyn EndAndKey + '_ {}
 
 type Add<K, V, A> = dyn Fn(&K, Option<A>, V) -> A + Send + Sync;
 type Merge<K, A> = dyn Fn(&K, A, A) -> A + Send + Sync;
@@ -1013,6 +1071,8 @@ mod tests {
         let mut index = sessions_index(NO_TIME);
         index.insert(&key("a", 0, 5));
         index.insert(&key("a", 0, 8));
+        assert!(index.knows(5, &key("a", 0, 5)) && index.knows(8, &key("a", 0, 8)));
+        assert!(!index.knows(8, &key("a", 0, 5)) && !index.knows(5, &key("b", 0, 5)));
         assert_eq!(
             index.overlapping(b"a", 0, 10),
             vec![Window::new(0, 5), Window::new(0, 8)]
@@ -1022,6 +1082,7 @@ mod tests {
         index.remove(&key("a", 0, 8));
         assert!(index.overlapping(b"a", 0, 10).is_empty());
         assert!(index.by_key.is_empty());
+        assert!(index.by_end.is_empty() && !index.knows(8, &key("a", 0, 8)));
     }
 
     #[test]
@@ -1045,7 +1106,7 @@ mod tests {
         );
         // Loaded again (a restart): the closed ones are not keyed either.
         let mut again = sessions_index(143 * 600_000);
-        for (_, window_key) in &index.by_end {
+        for ByEnd(_, window_key) in &index.by_end {
             again.insert(window_key);
         }
         assert_eq!(again.by_key[&b"a"[..]].len(), 1);
