@@ -1,8 +1,10 @@
 //! `make bench`: how close streams gets to the broker's limit, in one run on one broker.
 //!
 //! Measures, on the same topic: (a) a plain rdkafka consumer doing nothing (the ceiling),
-//! (b) a stateless agent (decode + filter + send), (c) the seed pipeline (filter → internal
-//! topic → count in RocksDB with changelog, at-least-once), (i) an idle worker's CPU per
+//! (b) a stateless agent (decode + filter + send), (g) librdkafka alone on (b)'s trip (the
+//! plain consumer sending as many records as (b), nothing of ours), (c) the seed pipeline (filter → internal
+//! topic → count in RocksDB with changelog, at-least-once), (h) librdkafka alone on (c)'s trip
+//! ((g), reading back what it sends), (i) an idle worker's CPU per
 //! second (the seed app with its web server, once it holds its partitions); then the peak
 //! RSS of a worker
 //! holding 5M distinct keys on 64 partitions within `--state-memory 256MiB`, a restore of 1M
@@ -49,12 +51,12 @@ struct Args {
     /// Hits for (f), the windowed example.
     #[arg(long, default_value_t = 100_000)]
     window_records: usize,
-    /// Which cases to run, by letter: `a`–`f` as printed, `i` an idle worker's CPU, `m` the
+    /// Which cases to run, by letter: `a`–`h` as printed, `i` an idle worker's CPU, `m` the
     /// peak RSS of a worker with 5M keys on 64 partitions and their restore, then on 8 partitions (tansu only;
     /// `BENCH_M_PARTITIONS=64` or `8` runs one), `r` the restore and
     /// memory figures, `s` a failover after SIGKILL with and without standby replicas (`d`
     /// runs the exactly-once comparison, which also runs its own (c)).
-    #[arg(long, default_value = "abcdefimrs")]
+    #[arg(long, default_value = "abcdefghimrs")]
     cases: String,
     /// Internal: host the embedded broker on this port with the benchmark's topics.
     #[arg(long, hide = true)]
@@ -668,6 +670,109 @@ fn ceiling(bootstrap: &str, records: usize) -> Result<Figure, String> {
     })
 }
 
+/// The topics (g) and (h) send to.
+const PLAIN_OUT: &str = "bench_plain_out";
+const PLAIN_BACK: &str = "bench_plain_back";
+
+/// (g) librdkafka alone on (b)'s trip, nothing of ours: the plain consumer of (a), sending
+/// as many records as (b) sends (`sends` of the `records`, spread evenly; each the input's
+/// payload, keyed by its first bytes) through a producer with the workers' settings
+/// (idempotence, the Java clients' partitioner, 5 ms linger) and its delivery reports
+/// served. (h) the same on (c)'s trip: what it sends, it reads back too (as (c) reads
+/// `count_topic`). Timed like (a), from the first record to the last.
+fn plain_trip(broker: &Broker, records: usize, sends: usize, read_back: bool) -> Result<Figure, String> {
+    let out = if read_back { PLAIN_BACK } else { PLAIN_OUT };
+    if broker.tansu {
+        create_topics_admin(&broker.bootstrap, &[(out, PARTITIONS)])?;
+    }
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .set("group.id", "bench-plain-trip")
+        .set("enable.auto.commit", "false")
+        .set("queued.max.messages.kbytes", "32768")
+        .set("fetch.queue.backoff.ms", "10")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .set("enable.idempotence", "true")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let mut list = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        list.add_partition_offset("hit_count", p, Offset::Beginning)
+            .map_err(|e| e.to_string())?;
+        if read_back {
+            // A topic of its own, new: read from its start.
+            list.add_partition_offset(out, p, Offset::Beginning)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    consumer.assign(&list).map_err(|e| e.to_string())?;
+    let (mut began, mut cpu) = (Instant::now(), cpu_seconds());
+    let (mut seen, mut sent, mut back) = (0usize, 0usize, 0usize);
+    let expected_back = if read_back { sends } else { 0 };
+    let mut last = Instant::now();
+    while seen < records || back < expected_back {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) if rdkafka::Message::topic(&message) == out => {
+                back += 1;
+                last = Instant::now();
+            }
+            Some(Ok(message)) => {
+                if seen == 0 {
+                    (began, cpu) = (Instant::now(), cpu_seconds());
+                }
+                seen += 1;
+                last = Instant::now();
+                // The `sends` records spread evenly over the input.
+                if seen * sends / records > sent {
+                    sent += 1;
+                    let payload = rdkafka::Message::payload(&message).unwrap_or_default();
+                    let key = &payload[..payload.len().min(12)];
+                    let mut record = BaseRecord::<[u8], [u8]>::to(out).key(key).payload(payload);
+                    loop {
+                        match producer.send(record) {
+                            Ok(()) => break,
+                            Err((
+                                rdkafka::error::KafkaError::MessageProduction(
+                                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                                ),
+                                again,
+                            )) => {
+                                record = again;
+                                std::thread::sleep(Duration::from_millis(1));
+                            }
+                            Err((error, _)) => return Err(format!("the plain producer: {error}")),
+                        }
+                    }
+                }
+            }
+            Some(Err(error)) => eprintln!("plain consumer: {error}"),
+            _ if last.elapsed() > Duration::from_secs(10) => {
+                return Err(format!(
+                    "the plain consumer saw {seen} of {records} records and {back} of {expected_back} sent"
+                ));
+            }
+            _ => {}
+        }
+    }
+    let figure = Figure {
+        name: if read_back {
+            "(h) rdkafka alone on (c)'s trip: (g), reading them back"
+        } else {
+            "(g) rdkafka alone on (b)'s trip: consume, send as many"
+        },
+        records: seen,
+        seconds: began.elapsed().as_secs_f64(),
+        cpu: cpu_seconds() - cpu,
+    };
+    producer.flush(Duration::from_secs(30)).map_err(|e| e.to_string())?;
+    Ok(figure)
+}
+
 /// Runs `app` on a fresh data dir until its group has committed everything on `topics`.
 /// Rate = `records` / time from the first record processed to the last (`processed` records
 /// handed to agents in all); then it waits until everything is committed (not timed).
@@ -906,7 +1011,7 @@ fn run(args: &Args) -> Result<(), String> {
         "hit_count",
         records.iter().map(|r| (None, r.to_string())),
     )?;
-    println!("input: {produced} seed records on hit_count ({PARTITIONS} partitions)\n");
+    println!("input: {produced} seed records on hit_count ({PARTITIONS} partitions), {majors} of them major hits\n");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -931,6 +1036,9 @@ fn run(args: &Args) -> Result<(), String> {
             &[("hit_count", PARTITIONS)],
         ))?);
     }
+    if wants('g') {
+        figures.push(plain_trip(&broker, produced, majors as usize, false)?);
+    }
     if wants('c') {
         figures.push(runtime.block_on(run_app(
             "(c) seed pipeline: filter → count_topic → RocksDB count",
@@ -939,6 +1047,9 @@ fn run(args: &Args) -> Result<(), String> {
             (produced, produced as u64 + majors as u64),
             &[("hit_count", PARTITIONS), ("count_topic", 8)],
         ))?);
+    }
+    if wants('h') {
+        figures.push(plain_trip(&broker, produced, majors as usize, true)?);
     }
     if wants('e') {
         figures.push(hot_key(&runtime, args.hot_key_records)?);
