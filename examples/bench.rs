@@ -243,7 +243,12 @@ fn wait_for_port(port: u16) {
 fn start_broker(prefer_tansu: bool) -> Result<Broker, String> {
     start_broker_with(
         prefer_tansu,
-        &[("hit_count", PARTITIONS), ("bench_users", KEY_PARTITIONS)],
+        &[
+            ("hit_count", PARTITIONS),
+            ("bench_users", KEY_PARTITIONS),
+            (PLAIN_OUT, PARTITIONS),
+            (PLAIN_BACK, PARTITIONS),
+        ],
     )
 }
 
@@ -676,15 +681,17 @@ const PLAIN_BACK: &str = "bench_plain_back";
 
 /// (g) librdkafka alone on (b)'s trip, nothing of ours: the plain consumer of (a), sending
 /// as many records as (b) sends (`sends` of the `records`, spread evenly; each the input's
-/// payload, keyed by its first bytes) through a producer with the workers' settings
+/// payload, keyed by one of as many keys as the seed has users) through a producer with the workers' settings
 /// (idempotence, the Java clients' partitioner, 5 ms linger) and its delivery reports
 /// served. (h) the same on (c)'s trip: what it sends, it reads back too (as (c) reads
 /// `count_topic`). Timed like (a), from the first record to the last.
 fn plain_trip(broker: &Broker, records: usize, sends: usize, read_back: bool) -> Result<Figure, String> {
+    // Made with the broker, with as many partitions as (b)'s and (c)'s topics.
     let out = if read_back { PLAIN_BACK } else { PLAIN_OUT };
-    if broker.tansu {
-        create_topics_admin(&broker.bootstrap, &[(out, PARTITIONS)])?;
-    }
+    // Keys as many as (b)'s and (c)'s (the seed's users).
+    let keys: Vec<String> = (0..streams_examples::seed::USERS)
+        .map(|n| format!("user-{n}"))
+        .collect();
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &broker.bootstrap)
         .set("group.id", "bench-plain-trip")
@@ -731,7 +738,7 @@ fn plain_trip(broker: &Broker, records: usize, sends: usize, read_back: bool) ->
                 if seen * sends / records > sent {
                     sent += 1;
                     let payload = rdkafka::Message::payload(&message).unwrap_or_default();
-                    let key = &payload[..payload.len().min(12)];
+                    let key = keys[seen % keys.len()].as_bytes();
                     let mut record = BaseRecord::<[u8], [u8]>::to(out).key(key).payload(payload);
                     loop {
                         match producer.send(record) {

@@ -18,7 +18,7 @@
 //! `{table}-records`, with its own changelog), from which each window's result is computed.
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -108,8 +108,14 @@ impl Kind {
 /// and, for sessions, the open ones by key. A closed session is final and no record joins
 /// it, so it leaves `by_key` when it closes: a record's lookup costs the key's open sessions
 /// (one or two), not every session the table keeps for its retention (a day by default).
+/// For the same reason the open windows are searched apart from the closed ones, which wait
+/// in order of their end for their expiry: a record's windows are found among the few
+/// within the grace period, not among a day's.
 struct WindowIndex {
-    by_end: BTreeSet<ByEnd>,
+    /// The windows ending after `closed_through`.
+    open: BTreeSet<ByEnd>,
+    /// The others, in order of their end (and key).
+    closed: VecDeque<ByEnd>,
     /// Sessions only: the open windows of each key.
     by_key: HashMap<Box<[u8]>, BTreeSet<(i64, i64)>, foldhash::fast::RandomState>,
     keyed: bool,
@@ -118,18 +124,32 @@ struct WindowIndex {
 }
 
 impl WindowIndex {
-    fn load(store: &dyn StateStore, keyed: bool, closed_through: i64) -> crate::Result<Self> {
-        let mut index = Self {
-            by_end: BTreeSet::new(),
+    fn new(keyed: bool, closed_through: i64) -> Self {
+        Self {
+            open: BTreeSet::new(),
+            closed: VecDeque::new(),
             by_key: HashMap::default(),
             keyed,
             closed_through,
+        }
+    }
+
+    fn load(store: &dyn StateStore, keyed: bool, closed_through: i64) -> crate::Result<Self> {
+        let mut index = Self::new(keyed, closed_through);
+        // The store's order is the key's, not the end's: the closed ones are sorted once.
+        let mut closed = Vec::new();
+        let mut scan = || {
+            store.for_each(&mut |key, _| match split_window_key(key) {
+                Some((_, window)) if window.end <= closed_through => closed.push(ByEnd(window.end, key.into())),
+                _ => index.insert(key),
+            })
         };
-        let mut scan = || store.for_each(&mut |key, _| index.insert(key));
         match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(scan)?,
             _ => scan()?,
         }
+        closed.sort_unstable();
+        index.closed = closed.into();
         Ok(index)
     }
 
@@ -137,7 +157,14 @@ impl WindowIndex {
         let Some((key, window)) = split_window_key(window_key) else {
             return;
         };
-        if self.keyed && window.end > self.closed_through {
+        if window.end <= self.closed_through {
+            // Not made by a record (its windows are open): kept in order all the same.
+            if let Err(at) = self.find_closed(window.end, window_key) {
+                self.closed.insert(at, ByEnd(window.end, window_key.into()));
+            }
+            return;
+        }
+        if self.keyed {
             // Most windows are of a key the index knows: its bytes are copied only once.
             match self.by_key.get_mut(key) {
                 Some(windows) => {
@@ -149,20 +176,41 @@ impl WindowIndex {
                 }
             }
         }
-        self.by_end.insert(ByEnd(window.end, window_key.into()));
+        self.open.insert(ByEnd(window.end, window_key.into()));
+    }
+
+    /// Where the closed window `window_key` ending at `end` is, or would go.
+    fn find_closed(&self, end: i64, window_key: &[u8]) -> Result<usize, usize> {
+        self.closed
+            .binary_search_by(|ByEnd(e, k)| (*e, &**k).cmp(&(end, window_key)))
     }
 
     fn remove(&mut self, window_key: &[u8]) {
         let Some((key, window)) = split_window_key(window_key) else {
             return;
         };
+        if window.end <= self.closed_through {
+            if let Ok(at) = self.find_closed(window.end, window_key) {
+                self.closed.remove(at);
+            }
+            return;
+        }
         self.forget_open(key, window);
-        self.by_end.remove(&(window.end, window_key) as &dyn EndAndKey);
+        self.open.remove(&(window.end, window_key) as &dyn EndAndKey);
     }
 
     /// Whether the table holds the window `window_key`, ending at `end`.
     fn knows(&self, end: i64, window_key: &[u8]) -> bool {
-        self.by_end.contains(&(end, window_key) as &dyn EndAndKey)
+        if end <= self.closed_through {
+            return self.find_closed(end, window_key).is_ok();
+        }
+        self.open.contains(&(end, window_key) as &dyn EndAndKey)
+    }
+
+    /// How many windows the table holds.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.open.len() + self.closed.len()
     }
 
     /// Takes `window` of `key` out of the open windows by key, if it is there.
@@ -183,36 +231,36 @@ impl WindowIndex {
         if through <= self.closed_through {
             return Vec::new();
         }
-        let after = self.closed_through;
         self.closed_through = through;
-        if !collect && !self.keyed {
-            return Vec::new();
-        }
-        let low = ByEnd(after.saturating_add(1), Box::default());
-        let closing: Vec<Box<[u8]>> = self
-            .by_end
-            .range(low..)
-            .take_while(|ByEnd(end, _)| *end <= through)
-            .map(|ByEnd(_, key)| key.clone())
-            .collect();
-        for window_key in &closing {
-            if let Some((key, window)) = split_window_key(window_key) {
-                self.forget_open(key, window);
+        let still_open = self
+            .open
+            .split_off(&ByEnd(through.saturating_add(1), Box::default()) as &dyn EndAndKey);
+        let closing = std::mem::replace(&mut self.open, still_open);
+        let mut collected = Vec::with_capacity(if collect { closing.len() } else { 0 });
+        for window in closing {
+            if let Some((key, range)) = split_window_key(&window.1) {
+                self.forget_open(key, range);
             }
+            if collect {
+                collected.push(window.1.clone());
+            }
+            // Every closed window ends before every one closing now.
+            self.closed.push_back(window);
         }
-        if collect {
-            closing
-        } else {
-            Vec::new()
-        }
+        collected
     }
 
     /// Takes the windows ending at or before `through` out of the index.
     fn expire(&mut self, through: i64) -> Vec<Box<[u8]>> {
         let mut gone = Vec::new();
-        while self.by_end.first().is_some_and(|ByEnd(end, _)| *end <= through) {
-            if let Some(ByEnd(_, key)) = self.by_end.pop_first() {
-                // Expired before it closed only with a retention shorter than the grace.
+        while self.closed.front().is_some_and(|ByEnd(end, _)| *end <= through) {
+            if let Some(ByEnd(_, key)) = self.closed.pop_front() {
+                gone.push(key);
+            }
+        }
+        // Expired before it closed only with a retention shorter than the grace.
+        while self.open.first().is_some_and(|ByEnd(end, _)| *end <= through) {
+            if let Some(ByEnd(_, key)) = self.open.pop_first() {
                 if let Some((k, window)) = split_window_key(&key) {
                     self.forget_open(k, window);
                 }
@@ -1035,12 +1083,7 @@ mod tests {
 
     /// An empty index of sessions, with windows ending at or before `closed_through` closed.
     fn sessions_index(closed_through: i64) -> WindowIndex {
-        WindowIndex {
-            by_end: BTreeSet::new(),
-            by_key: HashMap::default(),
-            keyed: true,
-            closed_through,
-        }
+        WindowIndex::new(true, closed_through)
     }
 
     #[test]
@@ -1066,6 +1109,48 @@ mod tests {
         assert_eq!(index.overlapping(b"a", 0, 100), vec![Window::new(25, 30)]);
     }
 
+    /// Closed windows wait for their expiry apart from the open ones, in order of their end
+    /// and key, however they came: closed by stream time, loaded from the store (in the
+    /// store's order, by key), or entered closed.
+    #[test]
+    fn closed_windows_are_known_and_expire_in_order_wherever_they_came_from() {
+        use crate::store::{Checkpoint, MemoryStore};
+        let fixed = |k: &str, start: i64| key(k, start, start + 10);
+        let mut index = WindowIndex::new(false, NO_TIME);
+        for (k, start) in [("b", 0), ("a", 10), ("a", 0), ("c", 20), ("b", 10)] {
+            index.insert(&fixed(k, start));
+        }
+        assert!(index.close(20, false).is_empty(), "not collected");
+        assert_eq!((index.open.len(), index.closed.len()), (1, 4));
+        for (k, start) in [("a", 0), ("b", 0), ("a", 10), ("b", 10), ("c", 20)] {
+            assert!(index.knows(start + 10, &fixed(k, start)), "{k} {start}");
+        }
+        assert!(!index.knows(10, &fixed("c", 0)));
+        // Entered closed, out of order; removed closed.
+        index.insert(&fixed("c", 0));
+        index.insert(&fixed("c", 0));
+        index.remove(&fixed("b", 10));
+        assert!(!index.knows(20, &fixed("b", 10)));
+        let expected = vec![
+            fixed("a", 0),
+            fixed("b", 0),
+            fixed("c", 0),
+            fixed("a", 10),
+            fixed("c", 20),
+        ];
+        let store = MemoryStore::default();
+        let entries: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+            expected.iter().map(|k| (k.clone(), Some(b"1".to_vec()))).collect();
+        store.write(&entries, &Checkpoint::default()).expect("write");
+        let mut loaded = WindowIndex::load(&store, false, 20).expect("load");
+        assert_eq!((loaded.open.len(), loaded.closed.len()), (1, 4));
+        for index in [&mut index, &mut loaded] {
+            let gone: Vec<Vec<u8>> = index.expire(i64::MAX).into_iter().map(Vec::from).collect();
+            assert_eq!(gone, expected, "by end, then key: the open one last");
+            assert_eq!(index.len(), 0);
+        }
+    }
+
     #[test]
     fn two_sessions_of_a_key_with_one_start_are_both_known_until_each_expires() {
         let mut index = sessions_index(NO_TIME);
@@ -1082,7 +1167,7 @@ mod tests {
         index.remove(&key("a", 0, 8));
         assert!(index.overlapping(b"a", 0, 10).is_empty());
         assert!(index.by_key.is_empty());
-        assert!(index.by_end.is_empty() && !index.knows(8, &key("a", 0, 8)));
+        assert!(index.len() == 0 && !index.knows(8, &key("a", 0, 8)));
     }
 
     #[test]
@@ -1094,7 +1179,7 @@ mod tests {
         }
         let closed = index.close(143 * 600_000, true);
         assert_eq!(closed.len(), 143);
-        assert_eq!(index.by_end.len(), 144, "kept until they expire");
+        assert_eq!(index.len(), 144, "kept until they expire");
         assert_eq!(
             index.by_key[&b"a"[..]].len(),
             1,
@@ -1106,7 +1191,7 @@ mod tests {
         );
         // Loaded again (a restart): the closed ones are not keyed either.
         let mut again = sessions_index(143 * 600_000);
-        for ByEnd(_, window_key) in &index.by_end {
+        for ByEnd(_, window_key) in index.closed.iter().chain(&index.open) {
             again.insert(window_key);
         }
         assert_eq!(again.by_key[&b"a"[..]].len(), 1);

@@ -81,10 +81,13 @@ impl Spent {
 
     /// Frees the records handed over so far (on the calling thread).
     pub(crate) fn free(&self) {
-        let mut full = std::mem::take(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()).full);
-        if full.is_empty() {
-            return;
-        }
+        let mut full = {
+            let mut batches = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            if batches.full.is_empty() {
+                return;
+            }
+            std::mem::take(&mut batches.full)
+        };
         for batch in &mut full {
             batch.clear();
         }
