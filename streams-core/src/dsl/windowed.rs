@@ -232,12 +232,12 @@ impl WindowIndex {
             return Vec::new();
         }
         self.closed_through = through;
-        let still_open = self
-            .open
-            .split_off(&ByEnd(through.saturating_add(1), Box::default()) as &dyn EndAndKey);
-        let closing = std::mem::replace(&mut self.open, still_open);
-        let mut collected = Vec::with_capacity(if collect { closing.len() } else { 0 });
-        for window in closing {
+        let mut collected = Vec::new();
+        // Few close at a time (most records close none): taken one by one.
+        while self.open.first().is_some_and(|ByEnd(end, _)| *end <= through) {
+            let Some(window) = self.open.pop_first() else {
+                break;
+            };
             if let Some((key, range)) = split_window_key(&window.1) {
                 self.forget_open(key, range);
             }
