@@ -629,18 +629,24 @@ fn windowed(runtime: &tokio::runtime::Runtime, records: usize) -> Result<Figure,
     Ok(figure)
 }
 
-/// (a) A plain consumer reading the topic and doing nothing: the ceiling.
-fn ceiling(bootstrap: &str, records: usize) -> Result<Figure, String> {
-    let consumer: BaseConsumer = ClientConfig::new()
+/// The plain consumer of (a), (g) and (h): assigned its partitions, it reads them from the
+/// start, with the workers' prefetch limit and fetch backoff (see worker/mod.rs), so that it
+/// reads as they do.
+fn plain_consumer(bootstrap: &str, group: &str) -> Result<BaseConsumer, String> {
+    ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", "bench-ceiling")
+        .set("group.id", group)
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
-        // The workers' prefetch limit and fetch backoff (see worker/mod.rs), so both read alike.
         .set("queued.max.messages.kbytes", "32768")
         .set("fetch.queue.backoff.ms", "10")
         .create()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+/// (a) A plain consumer reading the topic and doing nothing: the ceiling.
+fn ceiling(bootstrap: &str, records: usize) -> Result<Figure, String> {
+    let consumer = plain_consumer(bootstrap, "bench-ceiling")?;
     let mut list = TopicPartitionList::new();
     for p in 0..PARTITIONS {
         list.add_partition_offset("hit_count", p, Offset::Beginning)
@@ -692,14 +698,7 @@ fn plain_trip(broker: &Broker, records: usize, sends: usize, read_back: bool) ->
     let keys: Vec<String> = (0..streams_examples::seed::USERS)
         .map(|n| format!("user-{n}"))
         .collect();
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.bootstrap)
-        .set("group.id", "bench-plain-trip")
-        .set("enable.auto.commit", "false")
-        .set("queued.max.messages.kbytes", "32768")
-        .set("fetch.queue.backoff.ms", "10")
-        .create()
-        .map_err(|e| e.to_string())?;
+    let consumer = plain_consumer(&broker.bootstrap, "bench-plain-trip")?;
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", &broker.bootstrap)
         .set("enable.idempotence", "true")
