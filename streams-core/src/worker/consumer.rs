@@ -1447,8 +1447,9 @@ impl crate::task::commit::Transactions for KafkaTransactions {
                 .send_offsets_to_transaction(&list, metadata, TXN_TIMEOUT)
                 .map_err(|e| txn_error("adding the offsets to the transaction", e))?;
         }
+        // The commit flushes the producer: it waits for the delivery reports.
         producer
-            .commit_transaction(TXN_TIMEOUT)
+            .awaiting_reports(|producer| producer.commit_transaction(TXN_TIMEOUT))
             .map_err(|e| txn_error("committing the transaction", e))
     }
 
@@ -1459,7 +1460,8 @@ impl crate::task::commit::Transactions for KafkaTransactions {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.sink.producer().abort_transaction(TXN_TIMEOUT) {
+            let producer = self.sink.producer();
+            match producer.awaiting_reports(|producer| producer.abort_transaction(TXN_TIMEOUT)) {
                 Ok(()) => {
                     self.sink.forget_failures();
                     return Ok(());
