@@ -4,7 +4,9 @@
 //! (b) a stateless agent (decode + filter + send), (g) librdkafka alone on (b)'s trip (the
 //! plain consumer sending as many records as (b), nothing of ours), (c) the seed pipeline (filter → internal
 //! topic → count in RocksDB with changelog, at-least-once), (h) librdkafka alone on (c)'s trip
-//! ((g), reading back what it sends), (i) an idle worker's CPU per
+//! ((g), reading back what it sends), (f) the windowed example (re-key, minutes, sessions),
+//! (k) librdkafka alone on (f)'s trip, (j) (f)'s input without a broker (the test driver:
+//! the engine's own cost), (i) an idle worker's CPU per
 //! second (the seed app with its web server, once it holds its partitions); then the peak
 //! RSS of a worker
 //! holding 5M distinct keys on 64 partitions within `--state-memory 256MiB`, a restore of 1M
@@ -51,12 +53,12 @@ struct Args {
     /// Hits for (f), the windowed example.
     #[arg(long, default_value_t = 100_000)]
     window_records: usize,
-    /// Which cases to run, by letter: `a`–`h` as printed, `i` an idle worker's CPU, `m` the
+    /// Which cases to run, by letter: `a`–`h`, `j` and `k` as printed (`k` with `f`), `i` an idle worker's CPU, `m` the
     /// peak RSS of a worker with 5M keys on 64 partitions and their restore, then on 8 partitions (tansu only;
     /// `BENCH_M_PARTITIONS=64` or `8` runs one), `r` the restore and
     /// memory figures, `s` a failover after SIGKILL with and without standby replicas (`d`
     /// runs the exactly-once comparison, which also runs its own (c)).
-    #[arg(long, default_value = "abcdefghimrs")]
+    #[arg(long, default_value = "abcdefghijkmrs")]
     cases: String,
     /// Internal: host the embedded broker on this port with the benchmark's topics.
     #[arg(long, hide = true)]
@@ -565,10 +567,14 @@ fn hot_key(runtime: &tokio::runtime::Runtime, records: usize) -> Result<Figure, 
 
 /// (f) `hits_per_window` (re-key, tumbling minutes with emit-final, sessions) on one
 /// partition: `records` hits of 100 users over 5.5 hours of event time, in order. Every
-/// closed minute must be sent once, with its exact count and hits.
-fn windowed(runtime: &tokio::runtime::Runtime, records: usize) -> Result<Figure, String> {
+/// closed minute must be sent once, with its exact count and hits. Then, on request, (k)
+/// librdkafka alone on (f)'s trip and (j) the same input without a broker.
+fn windowed(
+    runtime: &tokio::runtime::Runtime,
+    records: usize,
+    wants: impl Fn(char) -> bool,
+) -> Result<Vec<Figure>, String> {
     use rand::{Rng, SeedableRng};
-    let broker = start_broker_with(true, &[("hit_count", 1)])?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(21);
     let span_ms = 5.5 * 3600.0 * 1000.0;
     let hits: Vec<(String, i64, i64)> = (0..records)
@@ -581,11 +587,40 @@ fn windowed(runtime: &tokio::runtime::Runtime, records: usize) -> Result<Figure,
             )
         })
         .collect();
-    let input = hits.iter().map(|(user, hits, time)| {
-        let value = serde_json::json!({"hits": hits, "timestamp": *time as f64 / 1000.0, "userId": user});
-        (None, value.to_string())
-    });
-    let produced = produce_spread(&broker.bootstrap, "hit_count", 1, input)?;
+    let inputs: Vec<String> = hits
+        .iter()
+        .map(|(user, hits, time)| {
+            serde_json::json!({"hits": hits, "timestamp": *time as f64 / 1000.0, "userId": user}).to_string()
+        })
+        .collect();
+    let mut figures = Vec::new();
+    if wants('f') {
+        let broker = start_broker_with(true, &[("hit_count", 1), (WINDOW_BACK, 1), (WINDOW_OUT, 1)])?;
+        let (figure, trip) = windowed_on(runtime, &broker, &hits, &inputs)?;
+        figures.push(figure);
+        if wants('k') {
+            figures.push(windowed_trip(&broker, inputs.len(), &trip)?);
+        }
+    }
+    if wants('j') {
+        figures.push(windowed_engine(runtime, &inputs)?);
+    }
+    Ok(figures)
+}
+
+/// (f) on `broker`: the figure, and what the worker sent.
+fn windowed_on(
+    runtime: &tokio::runtime::Runtime,
+    broker: &Broker,
+    hits: &[(String, i64, i64)],
+    inputs: &[String],
+) -> Result<(Figure, WindowedTrip), String> {
+    let produced = produce_spread(
+        &broker.bootstrap,
+        "hit_count",
+        1,
+        inputs.iter().map(|v| (None, v.clone())),
+    )?;
     let repartition = "hits_per_window-by-user-repartition";
     let figure = runtime.block_on(run_app(
         "(f) hits_per_window: re-key, minutes, sessions",
@@ -597,7 +632,7 @@ fn windowed(runtime: &tokio::runtime::Runtime, records: usize) -> Result<Figure,
     // The truth: every minute closed by the last record's time (end + 10 s grace).
     let last = hits.iter().map(|(_, _, t)| *t).max().unwrap_or(0);
     let mut truth: HashMap<(String, i64), (i64, i64)> = HashMap::new();
-    for (user, hits, time) in &hits {
+    for (user, hits, time) in hits {
         let start = time - time.rem_euclid(60_000);
         if start + 70_000 <= last {
             let slot = truth.entry((user.clone(), start)).or_default();
@@ -626,6 +661,120 @@ fn windowed(runtime: &tokio::runtime::Runtime, records: usize) -> Result<Figure,
         wrong,
         truth.len()
     );
+    // What the worker wrote, per input: the trip (k) makes with librdkafka alone.
+    let count = |topic: &str| read_topic(&broker.bootstrap, topic).map(|records| records.len());
+    let trip = WindowedTrip {
+        repartition: count(repartition)?,
+        changelogs: count("hits_per_window-minute-totals-changelog")?
+            + count("hits_per_window-session-counts-changelog")?,
+        outputs: count("hits-per-minute")? + count("user-sessions")?,
+    };
+    let per_input = |n: usize| n as f64 / produced as f64;
+    println!(
+        "(f) sent per input: {:.2} to its repartition topic, {:.2} to its changelogs, {:.2} to its outputs",
+        per_input(trip.repartition),
+        per_input(trip.changelogs),
+        per_input(trip.outputs)
+    );
+    Ok((figure, trip))
+}
+
+/// The topics (k) sends to: its repartition topic, and its changelogs' and outputs' one.
+const WINDOW_BACK: &str = "bench_window_back";
+const WINDOW_OUT: &str = "bench_window_out";
+
+/// What (f)'s worker sent, in records.
+struct WindowedTrip {
+    repartition: usize,
+    changelogs: usize,
+    outputs: usize,
+}
+
+/// (j) `hits_per_window` without a broker: (f)'s input through the test driver (the
+/// runtime's task loop, RocksDB stores, cuts every 100 ms as the worker's commit interval),
+/// on the same machine in the same run: the engine's own cost per input.
+fn windowed_engine(runtime: &tokio::runtime::Runtime, inputs: &[String]) -> Result<Figure, String> {
+    use streams_core::testing::{Stores, TestDriver};
+    println!("running (j) hits_per_window broker-free");
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let stores = Stores::RocksDb(dir.path().to_path_buf());
+        let mut driver =
+            TestDriver::with_stores(hits_per_window::app(), &[("hit_count", 1)], stores).map_err(|e| e.to_string())?;
+        driver.commit_interval(Duration::from_millis(100)).await;
+        for input in inputs {
+            driver.pipe_raw("hit_count", None, Some(input.as_bytes()));
+        }
+        let (began, cpu) = (Instant::now(), cpu_seconds());
+        driver.run().await.map_err(|e| e.to_string())?;
+        let figure = Figure {
+            name: "(j) hits_per_window broker-free (test driver, RocksDB)",
+            records: inputs.len(),
+            seconds: began.elapsed().as_secs_f64(),
+            cpu: cpu_seconds() - cpu,
+        };
+        let minutes = driver.raw_records("hits-per-minute").len();
+        println!("(j) {minutes} minutes sent (the broker-free run closes as many as (f))");
+        Ok(figure)
+    })
+}
+
+/// (k) librdkafka alone on (f)'s trip, nothing of ours: the plain consumer of (a) reading
+/// (f)'s input, sending each record to a topic of one partition under one of 100 keys (the
+/// re-key), reading those back (the repartition topic), and sending as many records as (f)
+/// sent to its changelogs and outputs, spread evenly over them. Timed like (a), from the
+/// first record to the last read back.
+fn windowed_trip(broker: &Broker, records: usize, trip: &WindowedTrip) -> Result<Figure, String> {
+    println!("running (k) rdkafka alone on (f)'s trip");
+    let keys: Vec<String> = (0..100).map(|n| format!("user-{n}")).collect();
+    let consumer = plain_consumer(&broker.bootstrap, "bench-window-trip")?;
+    let producer = plain_producer(&broker.bootstrap)?;
+    let mut list = TopicPartitionList::new();
+    for topic in ["hit_count", WINDOW_BACK] {
+        list.add_partition_offset(topic, 0, Offset::Beginning)
+            .map_err(|e| e.to_string())?;
+    }
+    consumer.assign(&list).map_err(|e| e.to_string())?;
+    let extras = trip.changelogs + trip.outputs;
+    // A changelog record's or an output's size: a user and a window, a small aggregate.
+    let extra_value = br#"{"start":1764000000000,"end":1764000060000,"count":3,"hits":75}"#;
+    let (mut began, mut cpu) = (Instant::now(), cpu_seconds());
+    let (mut seen, mut back, mut sent) = (0usize, 0usize, 0usize);
+    let mut last = Instant::now();
+    while seen < records || back < records {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) if rdkafka::Message::topic(&message) == WINDOW_BACK => {
+                back += 1;
+                last = Instant::now();
+                while sent < back * extras / records {
+                    sent += 1;
+                    let key = format!("{}@1764000000000", keys[sent % keys.len()]);
+                    plain_send(&producer, WINDOW_OUT, key.as_bytes(), extra_value)?;
+                }
+            }
+            Some(Ok(message)) => {
+                if seen == 0 {
+                    (began, cpu) = (Instant::now(), cpu_seconds());
+                }
+                seen += 1;
+                last = Instant::now();
+                let payload = rdkafka::Message::payload(&message).unwrap_or_default();
+                plain_send(&producer, WINDOW_BACK, keys[seen % keys.len()].as_bytes(), payload)?;
+            }
+            Some(Err(error)) => eprintln!("plain consumer: {error}"),
+            _ if last.elapsed() > Duration::from_secs(10) => {
+                return Err(format!("(k) saw {seen} of {records} records and {back} read back"));
+            }
+            _ => {}
+        }
+    }
+    let figure = Figure {
+        name: "(k) rdkafka alone on (f)'s trip",
+        records: seen,
+        seconds: began.elapsed().as_secs_f64(),
+        cpu: cpu_seconds() - cpu,
+    };
+    producer.flush(Duration::from_secs(30)).map_err(|e| e.to_string())?;
     Ok(figure)
 }
 
@@ -699,13 +848,7 @@ fn plain_trip(broker: &Broker, records: usize, sends: usize, read_back: bool) ->
         .map(|n| format!("user-{n}"))
         .collect();
     let consumer = plain_consumer(&broker.bootstrap, "bench-plain-trip")?;
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", &broker.bootstrap)
-        .set("enable.idempotence", "true")
-        .set("partitioner", "murmur2_random")
-        .set("linger.ms", "5")
-        .create()
-        .map_err(|e| e.to_string())?;
+    let producer = plain_producer(&broker.bootstrap)?;
     let mut list = TopicPartitionList::new();
     for p in 0..PARTITIONS {
         list.add_partition_offset("hit_count", p, Offset::Beginning)
@@ -737,23 +880,7 @@ fn plain_trip(broker: &Broker, records: usize, sends: usize, read_back: bool) ->
                 if seen * sends / records > sent {
                     sent += 1;
                     let payload = rdkafka::Message::payload(&message).unwrap_or_default();
-                    let key = keys[seen % keys.len()].as_bytes();
-                    let mut record = BaseRecord::<[u8], [u8]>::to(out).key(key).payload(payload);
-                    loop {
-                        match producer.send(record) {
-                            Ok(()) => break,
-                            Err((
-                                rdkafka::error::KafkaError::MessageProduction(
-                                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                                ),
-                                again,
-                            )) => {
-                                record = again;
-                                std::thread::sleep(Duration::from_millis(1));
-                            }
-                            Err((error, _)) => return Err(format!("the plain producer: {error}")),
-                        }
-                    }
+                    plain_send(&producer, out, keys[seen % keys.len()].as_bytes(), payload)?;
                 }
             }
             Some(Err(error)) => eprintln!("plain consumer: {error}"),
@@ -777,6 +904,41 @@ fn plain_trip(broker: &Broker, records: usize, sends: usize, read_back: bool) ->
     };
     producer.flush(Duration::from_secs(30)).map_err(|e| e.to_string())?;
     Ok(figure)
+}
+
+/// The plain producer of (g), (h) and (k), with the workers' settings: idempotence, the Java
+/// clients' partitioner, 5 ms linger; its delivery reports served by rdkafka's thread.
+fn plain_producer(bootstrap: &str) -> Result<ThreadedProducer<DefaultProducerContext>, String> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .create()
+        .map_err(|e| e.to_string())
+}
+
+/// Sends one record through the plain producer, waiting while its queue is full.
+fn plain_send(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    key: &[u8],
+    payload: &[u8],
+) -> Result<(), String> {
+    let mut record = BaseRecord::<[u8], [u8]>::to(topic).key(key).payload(payload);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                again,
+            )) => {
+                record = again;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((error, _)) => return Err(format!("the plain producer: {error}")),
+        }
+    }
 }
 
 /// Runs `app` on a fresh data dir until its group has committed everything on `topics`.
@@ -1060,8 +1222,8 @@ fn run(args: &Args) -> Result<(), String> {
     if wants('e') {
         figures.push(hot_key(&runtime, args.hot_key_records)?);
     }
-    if wants('f') {
-        figures.push(windowed(&runtime, args.window_records)?);
+    if wants('f') || wants('j') {
+        figures.extend(windowed(&runtime, args.window_records, wants)?);
     }
     println!(
         "{:<58} {:>12} {:>9} {:>16}",
