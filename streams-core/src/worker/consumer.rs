@@ -1447,9 +1447,8 @@ impl crate::task::commit::Transactions for KafkaTransactions {
                 .send_offsets_to_transaction(&list, metadata, TXN_TIMEOUT)
                 .map_err(|e| txn_error("adding the offsets to the transaction", e))?;
         }
-        // The commit flushes the producer: it waits for the delivery reports.
         producer
-            .awaiting_reports(|producer| producer.commit_transaction(TXN_TIMEOUT))
+            .commit_transaction(TXN_TIMEOUT)
             .map_err(|e| txn_error("committing the transaction", e))
     }
 
@@ -1460,8 +1459,7 @@ impl crate::task::commit::Transactions for KafkaTransactions {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let producer = self.sink.producer();
-            match producer.awaiting_reports(|producer| producer.abort_transaction(TXN_TIMEOUT)) {
+            match self.sink.producer().abort_transaction(TXN_TIMEOUT) {
                 Ok(()) => {
                     self.sink.forget_failures();
                     return Ok(());

@@ -219,12 +219,6 @@ impl ProducerContext for Deliveries {
 /// and a stop do).
 const REPORT_WAIT: Duration = Duration::from_secs(30);
 
-/// How long the delivery reports' thread lets reports gather after it took some: under
-/// load a report comes for each produce request (each partition's, every `linger.ms`), and
-/// a thread woken for each spent more on its wake-ups than on the reports (measured on the
-/// windowed example, 2026-12-06: ~2,000 wake-ups a second).
-const REPORT_GATHER: Duration = Duration::from_millis(5);
-
 /// The wait of one read when librdkafka gives no handle on the producer's main queue.
 const REPORT_POLL: Duration = Duration::from_secs(5);
 
@@ -239,51 +233,15 @@ const DEFAULT_LINGER_MS: &str = "5";
 /// once): measured, ~9 ms of CPU every second on an idle worker, most of its idle cost;
 /// calls of 5 s still spun ~0.16 ms a second. This thread parks until the producer's main
 /// queue holds something (a delivery report, an error) and then takes what it holds without
-/// waiting; while reports keep coming, it lets them gather for [`REPORT_GATHER`] between
-/// rounds, unless a flush waits for them. A stop unparks it too. The thread ends (and
-/// destroys the producer) at once after a stop (within `REPORT_POLL` when librdkafka gives
-/// no handle on the queue); nothing waits for it.
+/// waiting; a stop unparks it too. The thread ends (and destroys the producer) at once after
+/// a stop (within `REPORT_POLL` when librdkafka gives no handle on the queue); nothing
+/// waits for it.
 pub(crate) struct PolledProducer {
     /// Dropped before the producer (fields drop in order): handles on its client.
     topics: TopicHandles,
     producer: Arc<BaseProducer<Deliveries>>,
-    signals: Arc<ReportSignals>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
     reports: std::thread::Thread,
-}
-
-/// What the delivery reports' thread heeds besides its queue: a stop, and callers waiting
-/// for the reports (a flush, a transaction's commit), who cut its gathering short.
-#[derive(Default)]
-struct ReportSignals {
-    stop: std::sync::atomic::AtomicBool,
-    /// How many callers wait for the reports now.
-    waiting: std::sync::atomic::AtomicUsize,
-    lock: Mutex<()>,
-    wake: std::sync::Condvar,
-}
-
-impl ReportSignals {
-    fn stopped(&self) -> bool {
-        self.stop.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn awaited(&self) -> bool {
-        self.waiting.load(std::sync::atomic::Ordering::Relaxed) > 0
-    }
-
-    /// Waits up to `wait`, or until a stop or a caller waiting for the reports.
-    fn gather(&self, wait: Duration) {
-        let guard = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let _ = self
-            .wake
-            .wait_timeout_while(guard, wait, |_| !self.stopped() && !self.awaited());
-    }
-
-    /// Ends a [`ReportSignals::gather`] now (after a stop, or a caller's arrival).
-    fn ring(&self) {
-        let _guard = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.wake.notify_all();
-    }
 }
 
 impl PolledProducer {
@@ -292,62 +250,43 @@ impl PolledProducer {
             .create_with_context(Deliveries(Arc::clone(state)))
             .map_err(|e| Error::kafka("creating the producer", e))?;
         let producer = Arc::new(producer);
-        let signals = Arc::new(ReportSignals::default());
-        let (polled, heeded) = (Arc::clone(&producer), Arc::clone(&signals));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (polled, stopped) = (Arc::clone(&producer), Arc::clone(&stop));
         let reports = std::thread::Builder::new()
             .name("producer-reports".into())
-            .spawn(move || serve_reports(&polled, &heeded))
+            .spawn(move || serve_reports(&polled, &stopped))
             .map_err(|e| Error::Config(format!("cannot start the producer's thread: {e}")))?;
         Ok(Self {
             topics: TopicHandles::default(),
             producer,
-            signals,
+            stop,
             reports: reports.thread().clone(),
         })
     }
-
-    /// Runs `wait` (a call that waits for the delivery reports: a flush, a transaction's
-    /// commit or abort) with the reports' thread taking each report as it comes.
-    pub(crate) fn awaiting_reports<T>(&self, wait: impl FnOnce(&BaseProducer<Deliveries>) -> T) -> T {
-        use std::sync::atomic::Ordering;
-        self.signals.waiting.fetch_add(1, Ordering::Relaxed);
-        self.signals.ring();
-        let out = wait(&self.producer);
-        self.signals.waiting.fetch_sub(1, Ordering::Relaxed);
-        out
-    }
 }
 
-/// Serves `producer`'s delivery reports until a stop. The producer is dropped (and
+/// Serves `producer`'s delivery reports until `stop` is set. The producer is dropped (and
 /// destroyed) with the caller's handle on it, after its queue's.
-fn serve_reports(producer: &BaseProducer<Deliveries>, signals: &ReportSignals) {
+fn serve_reports(producer: &BaseProducer<Deliveries>, stop: &std::sync::atomic::AtomicBool) {
+    let stopped = || stop.load(std::sync::atomic::Ordering::Relaxed);
     let Some(main) = crate::message::queue::Queue::main_of(producer.client()) else {
         tracing::debug!("librdkafka gave no handle on the producer's queue; reading it in timed waits");
-        while !signals.stopped() {
+        while !stopped() {
             producer.poll(REPORT_POLL);
         }
         return;
     };
     let main = main.unpark_on_arrival(std::thread::current());
-    while !signals.stopped() {
+    while !stopped() {
         // What came since the queue was last empty; each `poll` takes one event.
-        let mut served = 0;
         loop {
             let waiting = main.len();
-            if waiting == 0 || signals.stopped() {
+            if waiting == 0 || stopped() {
                 break;
             }
             for _ in 0..waiting {
                 producer.poll(Duration::ZERO);
             }
-            served += waiting;
-        }
-        if served > 0 && !signals.awaited() {
-            // Records are flowing: more reports come within a few milliseconds; they are
-            // taken together then rather than each on a wake-up of its own. (An arrival
-            // meanwhile only leaves a token: the next park returns at once.)
-            signals.gather(REPORT_GATHER);
-            continue;
         }
         // An arrival after the queue was seen empty unparks this at once.
         std::thread::park_timeout(REPORT_WAIT);
@@ -365,8 +304,7 @@ impl std::ops::Deref for PolledProducer {
 
 impl Drop for PolledProducer {
     fn drop(&mut self) {
-        self.signals.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.signals.ring();
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.reports.unpark();
     }
 }
@@ -520,9 +458,7 @@ impl Sink for KafkaSink {
             // SAFETY: the handle is the live producer's, and rd_kafka_flush may be called from
             // any thread.
             let producer = self.producer();
-            let error = producer.awaiting_reports(|producer| unsafe {
-                rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), 10_000)
-            });
+            let error = unsafe { rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), 10_000) };
             match RDKafkaErrorCode::from(error) {
                 RDKafkaErrorCode::NoError => break,
                 RDKafkaErrorCode::OperationTimedOut => {
@@ -588,11 +524,11 @@ mod tests {
         assert_eq!(sink(None).config.get("partitioner"), Some("murmur2_random"));
     }
 
-    /// While records flow, the reports' thread lets reports gather between its rounds; a
-    /// flush must still find every report of what it flushed served (the changelog's
-    /// offsets are the stores' checkpoints), and a stop must still end the thread.
+    /// A flush finds every report of what it flushed served (the changelog's offsets are
+    /// the stores' checkpoints) while records keep coming, and a stop ends the reports'
+    /// thread.
     #[test]
-    fn a_flush_finds_every_report_served_while_the_reports_gather() {
+    fn a_flush_finds_every_report_served_and_a_stop_ends_the_reports_thread() {
         use crate::broker::EmbeddedBroker;
         use crate::task::sink::Headers;
         let broker = EmbeddedBroker::start().expect("broker");
@@ -611,8 +547,8 @@ mod tests {
         };
         let mut sent = 0i64;
         for round in 0..20 {
-            // Records in small groups a little apart: reports keep coming, so the thread
-            // gathers them when the flush begins.
+            // Records in small groups a little apart: reports keep coming while the flush
+            // begins.
             for _ in 0..10 {
                 for _ in 0..5 {
                     sink.enqueue(record(sent)).map_err(|_| "enqueue").expect("enqueued");
