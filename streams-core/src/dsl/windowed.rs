@@ -466,30 +466,34 @@ where
         cx: &mut Cx<'_>,
         index: usize,
         windows: TimeWindows,
-        key: K,
+        key: &K,
         key_bytes: &[u8],
         value: V,
     ) -> Outcome {
         let time = cx.timestamp;
         let closed = self.kind.closed_through(cx.ctx.clock(index));
-        let mut open: Vec<Window> = Vec::with_capacity(1);
+        // A record of tumbling windows has one open window: a list only for the others.
+        let (mut first, mut more) = (None, Vec::new());
         windows.each_window(time, |window| {
             if window.end > closed {
-                open.push(window);
+                match first {
+                    None => first = Some(window),
+                    Some(_) => more.push(window),
+                }
             }
         });
-        if open.is_empty() {
-            return self.late(cx, key, value, time);
-        }
+        let Some(first) = first else {
+            return self.late(cx, key.clone(), value, time);
+        };
         let mut created = Vec::new();
-        let last = open.len() - 1;
+        let last = more.len();
         let mut value = Some(value);
-        for (n, window) in open.iter().enumerate() {
+        for (n, window) in std::iter::once(first).chain(more).enumerate() {
             let value = if n == last { value.take() } else { value.clone() };
             let Some(value) = value else { break };
-            let window_key = window_key(key_bytes, *window);
+            let window_key = window_key(key_bytes, window);
             if self.with_index(cx, index, |windows| windows.knows(window.end, &window_key))? {
-                self.update(cx, index, &window_key, |old| (self.add)(&key, old, value))?;
+                self.update(cx, index, &window_key, |old| (self.add)(key, old, value))?;
             } else {
                 // The index holds every window of the table: a window it does not know has no
                 // value to read (on a cache miss, the store would be asked for nothing).
@@ -499,7 +503,7 @@ where
                     self.table
                 );
                 let mut stored = None;
-                write_value(&mut stored, &(self.add)(&key, None, value), self.table).map_err(failed)?;
+                write_value(&mut stored, &(self.add)(key, None, value), self.table).map_err(failed)?;
                 cx.ctx
                     .put_new_at(index, window_key.clone(), stored.unwrap_or_default())
                     .map_err(failed)?;
@@ -514,35 +518,31 @@ where
         cx: &mut Cx<'_>,
         index: usize,
         sessions: SessionWindows,
-        key: K,
+        key: &K,
         key_bytes: &[u8],
         value: V,
     ) -> Outcome {
         let time = cx.timestamp;
         let closed = self.kind.closed_through(cx.ctx.clock(index));
         // Closed sessions are final: a record near one starts a session of its own.
-        let near: Vec<Window> = self
-            .with_index(cx, index, |windows| {
-                windows.overlapping(
-                    key_bytes,
-                    time.saturating_sub(sessions.gap),
-                    time.saturating_add(sessions.gap),
-                )
-            })?
-            .into_iter()
-            .filter(|session| session.end > closed)
-            .collect();
+        let near: Vec<Window> = self.with_index(cx, index, |windows| {
+            windows.overlapping(
+                key_bytes,
+                time.saturating_sub(sessions.gap).max(closed.saturating_add(1)),
+                time.saturating_add(sessions.gap),
+            )
+        })?;
         let merged = near.iter().fold(Window::new(time, time), |merged, session| {
             Window::new(merged.start.min(session.start), merged.end.max(session.end))
         });
         if merged.end <= closed {
-            return self.late(cx, key, value, time);
+            return self.late(cx, key.clone(), value, time);
         }
         let merged_key = window_key(key_bytes, merged);
         if let [only] = near.as_slice() {
             if *only == merged {
                 // Within one session: it changes in place.
-                self.update(cx, index, &merged_key, |old| (self.add)(&key, old, value))?;
+                self.update(cx, index, &merged_key, |old| (self.add)(key, old, value))?;
                 return self.settle(cx, index, Vec::new(), Vec::new());
             }
         }
@@ -550,17 +550,25 @@ where
         let mut removed = Vec::with_capacity(near.len());
         for session in near {
             let session_key = window_key(key_bytes, session);
-            let stored = cx.ctx.get_now(index, &session_key).map_err(failed)?;
-            if let Some(value) = read_value::<A>(stored.as_deref(), self.table).map_err(failed)? {
+            // Read and deleted in one operation: the merged session replaces it.
+            let table = self.table;
+            let stored = cx
+                .ctx
+                .update_now(index, &session_key, |slot| {
+                    let value = read_value::<A>(slot.as_deref(), table)?;
+                    *slot = None;
+                    Ok(value)
+                })
+                .map_err(failed)?;
+            if let Some(value) = stored {
                 aggregate = Some(match (aggregate, &self.merge) {
-                    (Some(before), Some(merge)) => merge(&key, before, value),
+                    (Some(before), Some(merge)) => merge(key, before, value),
                     (_, _) => value,
                 });
             }
-            cx.ctx.put_at(index, session_key.clone(), None).map_err(failed)?;
             removed.push(session_key);
         }
-        let new = (self.add)(&key, aggregate, value);
+        let new = (self.add)(key, aggregate, value);
         let mut stored = None;
         write_value(&mut stored, &new, self.table).map_err(failed)?;
         // The index holds every session of the table: this one is new to it.
@@ -575,7 +583,7 @@ where
         cx: &mut Cx<'_>,
         index: usize,
         windows: SlidingWindows,
-        key: K,
+        key: &K,
         key_bytes: &[u8],
         value: V,
     ) -> Outcome {
@@ -586,7 +594,7 @@ where
         // `difference` + 1 after it: late when that window has closed (Kafka Streams: when
         // t + 1 + difference <= stream time - grace).
         if time.saturating_add(difference).saturating_add(1) <= closed.saturating_add(1) {
-            return self.late(cx, key, value, time);
+            return self.late(cx, key.clone(), value, time);
         }
         let Some((records_table, records_slot)) = &self.records else {
             return Err("sliding windows without their records table".into());
@@ -648,7 +656,7 @@ where
                     continue;
                 }
                 let value: V = json::decode(bytes).map_err(|e| format!("table `{records_table}`: {e}"))?;
-                aggregate = Some((self.add)(&key, aggregate, value));
+                aggregate = Some((self.add)(key, aggregate, value));
             }
             let Some(aggregate) = aggregate else { continue };
             let window_key = window_key(key_bytes, window);
@@ -677,14 +685,14 @@ where
         // Like Kafka Streams' window processors, the aggregation keeps its own stream time:
         // records filtered out before it, or sent down another branch, do not close windows.
         cx.ctx.advance_clock(index, cx.timestamp);
+        // Borrowed from the key where it is bytes already (a `String`'s).
         let key_bytes = key
             .key_bytes()
-            .map_err(|e| format!("cannot encode a key of table `{}`: {e}", self.table))?
-            .into_owned();
+            .map_err(|e| format!("cannot encode a key of table `{}`: {e}", self.table))?;
         match self.kind {
-            Kind::Fixed(windows) => self.push_fixed(cx, index, windows, key, &key_bytes, value),
-            Kind::Session(sessions) => self.push_session(cx, index, sessions, key, &key_bytes, value),
-            Kind::Sliding(windows) => self.push_sliding(cx, index, windows, key, &key_bytes, value),
+            Kind::Fixed(windows) => self.push_fixed(cx, index, windows, &key, &key_bytes, value),
+            Kind::Session(sessions) => self.push_session(cx, index, sessions, &key, &key_bytes, value),
+            Kind::Sliding(windows) => self.push_sliding(cx, index, windows, &key, &key_bytes, value),
         }
     }
 }
