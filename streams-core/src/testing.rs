@@ -65,7 +65,7 @@ use crate::table::{Table, WindowedTable};
 use crate::task::commit::{self, OffsetCommit};
 use crate::task::input::{Input, StreamCore};
 use crate::task::run::{run_partition, TaskSpec};
-use crate::task::sink::{FlushError, OutRecord, Refused, Sink, SinkError};
+use crate::task::sink::{FlushError, Headers, OutRecord, Refused, Sink, SinkError};
 use crate::task::tables::TableState;
 use crate::task::TaskContext;
 use crate::timer::{Tick, Timer};
@@ -119,7 +119,8 @@ struct Stored {
     start: usize,
     key_len: Option<usize>,
     value_len: Option<usize>,
-    headers: Vec<(String, String)>,
+    /// Shared by the records whose headers were one list (a cut's changelog records).
+    headers: TextHeaders,
     timestamp: i64,
     state: Visibility,
     /// Its place among every record appended to any topic: the order they were produced in.
@@ -146,7 +147,7 @@ impl PartitionLog {
         &mut self,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
-        headers: Vec<(String, String)>,
+        headers: TextHeaders,
         timestamp: i64,
         state: Visibility,
         seq: u64,
@@ -236,7 +237,7 @@ impl PartitionLog {
             offset: offset as i64,
             key: key.map(<[u8]>::to_vec),
             value: value.map(<[u8]>::to_vec),
-            headers: stored.headers.clone(),
+            headers: stored.headers.to_vec(),
             timestamp: stored.timestamp,
             aborted: stored.state == Visibility::Aborted,
         }
@@ -277,7 +278,13 @@ struct Log {
     /// Records sent while the transaction was sealed: an exactly-once violation of the
     /// engine, which the driver's runs report.
     slipped: Vec<String>,
+    /// The last headers made text, and their text: the changelog records of a cut share
+    /// one list, made text once (per record, it was a fifth of a windowed app's run).
+    last_headers: Option<(Headers, TextHeaders)>,
 }
+
+/// A record's headers as text.
+type TextHeaders = Arc<[(String, String)]>;
 
 impl Log {
     /// Transaction `txn`'s markers are written, on every partition.
@@ -328,6 +335,7 @@ impl Log {
         };
         let seq = log.appended;
         log.appended += 1;
+        let headers = log.text_headers(&record.headers);
         let parts = match log.topics.get_mut(&*record.topic) {
             Some(parts) => parts,
             None => log
@@ -336,11 +344,6 @@ impl Log {
                 .or_insert_with(|| vec![PartitionLog::default()]),
         };
         let index = (partition.max(0) as usize).min(parts.len() - 1);
-        let headers = record
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
-            .collect();
         let timestamp = record.timestamp.unwrap_or(clock);
         let offset = parts[index].push(
             record.key.as_deref(),
@@ -351,6 +354,23 @@ impl Log {
             seq,
         );
         (index as i32, offset)
+    }
+}
+
+impl Log {
+    /// `headers` as text; the same list as the last record's is made text once.
+    fn text_headers(&mut self, headers: &Headers) -> TextHeaders {
+        if let Some((last, text)) = &self.last_headers {
+            if last.same(headers) {
+                return Arc::clone(text);
+            }
+        }
+        let text: TextHeaders = headers
+            .iter()
+            .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+            .collect();
+        self.last_headers = Some((headers.clone(), Arc::clone(&text)));
+        text
     }
 }
 

@@ -38,6 +38,15 @@ impl Headers {
         self.0.is_none()
     }
 
+    /// Whether these are `other`, the same shared list (or both none), not merely equal.
+    pub(crate) fn same(&self, other: &Headers) -> bool {
+        match (&self.0, &other.0) {
+            (Some(mine), Some(theirs)) => Arc::ptr_eq(mine, theirs),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.0.as_deref().map_or(0, <[_]>::len)
     }
