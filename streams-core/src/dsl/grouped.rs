@@ -172,26 +172,67 @@ pub(crate) fn read_value<A: DeserializeOwned>(stored: Option<&[u8]>, table: &str
         .transpose()
 }
 
-/// Stores `value` in a table's slot, reusing its buffer: written after the old bytes and
-/// moved to the front, so that a value that fails to encode leaves the old one as it was.
+/// Stores `value` in a table's slot, reusing its buffer. The value is encoded into a
+/// buffer of the thread's first, then copied: a new value's bytes are allocated once, at
+/// their size (grown while encoding, they were allocated three or four times), and a value
+/// that fails to encode leaves the old one as it was.
 pub(crate) fn write_value<A: Serialize>(stored: &mut Option<Vec<u8>>, value: &A, table: &str) -> crate::Result<()> {
-    let missing = stored.is_none();
-    let buffer = stored.get_or_insert_with(Vec::new);
-    let start = buffer.len();
-    match serde_json::to_writer(&mut *buffer, value) {
-        Ok(()) => {
-            buffer.drain(..start);
-            Ok(())
-        }
-        Err(source) => {
-            buffer.truncate(start);
-            if missing {
-                *stored = None;
+    thread_local! {
+        static ENCODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    ENCODED.with(|encoded| {
+        // Taken out, not borrowed: a value whose `Serialize` writes a table value itself
+        // finds an empty buffer rather than a borrowed one.
+        let mut buffer = encoded.take();
+        buffer.clear();
+        let outcome = serde_json::to_writer(&mut buffer, value);
+        if outcome.is_ok() {
+            match stored {
+                Some(slot) => {
+                    slot.clear();
+                    slot.extend_from_slice(&buffer);
+                }
+                None => *stored = Some(buffer.as_slice().to_vec()),
             }
-            Err(crate::Error::Encode {
-                what: format!("table `{table}`"),
-                source: source.into(),
-            })
         }
+        if buffer.capacity() <= 64 << 10 {
+            // A buffer grown by a rare large value is not kept.
+            encoded.replace(buffer);
+        }
+        outcome.map_err(|source| crate::Error::Encode {
+            what: format!("table `{table}`"),
+            source: source.into(),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value JSON cannot encode: a map whose keys are not strings.
+    fn unencodable() -> std::collections::BTreeMap<(i32, i32), i32> {
+        std::collections::BTreeMap::from([((1, 2), 3)])
+    }
+
+    #[test]
+    fn a_value_is_written_whole_and_a_failed_one_leaves_the_slot_as_it_was() {
+        let mut slot = None;
+        write_value(&mut slot, &serde_json::json!({"count": 1}), "t").expect("new");
+        assert_eq!(slot.as_deref(), Some(&br#"{"count":1}"#[..]));
+        let exact = slot.as_ref().map(Vec::capacity);
+        assert_eq!(exact, Some(11), "a new value's bytes are allocated at their size");
+        write_value(&mut slot, &serde_json::json!({"count": 12345}), "t").expect("longer");
+        assert_eq!(slot.as_deref(), Some(&br#"{"count":12345}"#[..]));
+        write_value(&mut slot, &7, "t").expect("shorter");
+        assert_eq!(slot.as_deref(), Some(&b"7"[..]));
+        assert!(write_value(&mut slot, &unencodable(), "t").is_err());
+        assert_eq!(slot.as_deref(), Some(&b"7"[..]), "a failed value leaves the old one");
+        let mut empty = None;
+        assert!(write_value(&mut empty, &unencodable(), "t").is_err());
+        assert_eq!(empty, None, "and no value where there was none");
+        // The thread's buffer holds nothing of the failed value.
+        write_value(&mut empty, &[1, 2], "t").expect("after a failure");
+        assert_eq!(empty.as_deref(), Some(&b"[1,2]"[..]));
     }
 }
