@@ -24,6 +24,40 @@ pub mod json {
         serde_json::to_writer(&mut out, value)?;
         Ok(out)
     }
+
+    /// Encodes `value` as JSON into a table's slot, reusing the slot's buffer. The value is
+    /// encoded into a buffer of the thread's first, then copied: a new value's bytes are
+    /// allocated once, at their size (grown while encoding, they were allocated three or
+    /// four times), and a value that fails to encode leaves the slot as it was.
+    pub(crate) fn encode_into<T: serde::Serialize + ?Sized>(
+        slot: &mut Option<Vec<u8>>,
+        value: &T,
+    ) -> Result<(), serde_json::Error> {
+        thread_local! {
+            static ENCODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        ENCODED.with(|encoded| {
+            // Taken out, not borrowed: a value whose `Serialize` writes a table value itself
+            // finds an empty buffer rather than a borrowed one.
+            let mut buffer = encoded.take();
+            buffer.clear();
+            let outcome = serde_json::to_writer(&mut buffer, value);
+            if outcome.is_ok() {
+                match slot {
+                    Some(bytes) => {
+                        bytes.clear();
+                        bytes.extend_from_slice(&buffer);
+                    }
+                    None => *slot = Some(buffer.as_slice().to_vec()),
+                }
+            }
+            if buffer.capacity() <= 64 << 10 {
+                // A buffer grown by a rare large value is not kept.
+                encoded.replace(buffer);
+            }
+            outcome
+        })
+    }
 }
 
 /// How a topic's values become bytes and back: the value type's own encoding (JSON for

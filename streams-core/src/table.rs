@@ -279,26 +279,14 @@ impl<K: Key, V: Serialize + DeserializeOwned + Send + 'static> Table<K, V> {
         task::table_update(self.name, &self.key(key)?, |slot| {
             let mut value = self.decode(slot.as_deref())?;
             change(&mut value);
-            // Encoded after the old bytes and moved to the front: the buffer is reused, and
-            // a value that fails to encode leaves the old bytes as they were.
-            let missing = slot.is_none();
-            let bytes = slot.get_or_insert_with(Vec::new);
-            let start = bytes.len();
-            match serde_json::to_writer(&mut *bytes, &value) {
-                Ok(()) => {
-                    bytes.drain(..start);
-                    Ok(value)
-                }
-                Err(source) => {
-                    bytes.truncate(start);
-                    if missing {
-                        *slot = None;
-                    }
-                    Err(Error::Encode {
-                        what: format!("table `{}`", self.name),
-                        source: source.into(),
-                    })
-                }
+            // The slot's buffer is reused; a value that fails to encode leaves the old bytes
+            // as they were.
+            match crate::codec::json::encode_into(slot, &value) {
+                Ok(()) => Ok(value),
+                Err(source) => Err(Error::Encode {
+                    what: format!("table `{}`", self.name),
+                    source: source.into(),
+                }),
             }
         })
         .await

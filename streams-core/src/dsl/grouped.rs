@@ -172,37 +172,12 @@ pub(crate) fn read_value<A: DeserializeOwned>(stored: Option<&[u8]>, table: &str
         .transpose()
 }
 
-/// Stores `value` in a table's slot, reusing its buffer. The value is encoded into a
-/// buffer of the thread's first, then copied: a new value's bytes are allocated once, at
-/// their size (grown while encoding, they were allocated three or four times), and a value
-/// that fails to encode leaves the old one as it was.
+/// Stores `value` in a table's slot, reusing its buffer ([`json::encode_into`]); a value
+/// that fails to encode leaves the slot as it was.
 pub(crate) fn write_value<A: Serialize>(stored: &mut Option<Vec<u8>>, value: &A, table: &str) -> crate::Result<()> {
-    thread_local! {
-        static ENCODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    ENCODED.with(|encoded| {
-        // Taken out, not borrowed: a value whose `Serialize` writes a table value itself
-        // finds an empty buffer rather than a borrowed one.
-        let mut buffer = encoded.take();
-        buffer.clear();
-        let outcome = serde_json::to_writer(&mut buffer, value);
-        if outcome.is_ok() {
-            match stored {
-                Some(slot) => {
-                    slot.clear();
-                    slot.extend_from_slice(&buffer);
-                }
-                None => *stored = Some(buffer.as_slice().to_vec()),
-            }
-        }
-        if buffer.capacity() <= 64 << 10 {
-            // A buffer grown by a rare large value is not kept.
-            encoded.replace(buffer);
-        }
-        outcome.map_err(|source| crate::Error::Encode {
-            what: format!("table `{table}`"),
-            source: source.into(),
-        })
+    json::encode_into(stored, value).map_err(|source| crate::Error::Encode {
+        what: format!("table `{table}`"),
+        source: source.into(),
     })
 }
 
