@@ -599,11 +599,15 @@ fn windowed(
         let (figure, trip) = windowed_on(runtime, &broker, &hits, &inputs)?;
         figures.push(figure);
         if wants('k') {
-            figures.push(windowed_trip(&broker, inputs.len(), &trip)?);
+            // Its failure is printed; (f)'s figure stands.
+            match windowed_trip(&broker, inputs.len(), &trip) {
+                Ok(figure) => figures.push(figure),
+                Err(error) => println!("(k) failed: {error}"),
+            }
         }
     }
     if wants('j') {
-        figures.push(windowed_engine(runtime, &inputs)?);
+        figures.push(windowed_engine(runtime, &hits, &inputs)?);
     }
     Ok(figures)
 }
@@ -629,37 +633,10 @@ fn windowed_on(
         (produced, 2 * produced as u64),
         &[("hit_count", 1), (repartition, 1)],
     ))?;
-    // The truth: every minute closed by the last record's time (end + 10 s grace).
-    let last = hits.iter().map(|(_, _, t)| *t).max().unwrap_or(0);
-    let mut truth: HashMap<(String, i64), (i64, i64)> = HashMap::new();
-    for (user, hits, time) in hits {
-        let start = time - time.rem_euclid(60_000);
-        if start + 70_000 <= last {
-            let slot = truth.entry((user.clone(), start)).or_default();
-            *slot = (slot.0 + 1, slot.1 + hits);
-        }
-    }
-    let mut sent: HashMap<(String, i64), Vec<(i64, i64)>> = HashMap::new();
-    for (key, value) in read_topic(&broker.bootstrap, "hits-per-minute")? {
-        let (Some(key), Some(value)) = (key, value) else {
-            continue;
-        };
-        let minute: serde_json::Value = serde_json::from_slice(&value).map_err(|e| e.to_string())?;
-        let field = |name: &str| minute[name].as_i64().unwrap_or(-1);
-        sent.entry((String::from_utf8_lossy(&key).into_owned(), field("start")))
-            .or_default()
-            .push((field("count"), field("hits")));
-    }
-    let wrong = truth
-        .iter()
-        .filter(|(window, want)| sent.get(*window).map(Vec::as_slice) != Some(&[**want][..]))
-        .count();
-    let extra = sent.keys().filter(|window| !truth.contains_key(*window)).count();
+    let (wrong, extra, closed) = check_minutes(hits, read_topic(&broker.bootstrap, "hits-per-minute")?)?;
     println!(
-        "(f) windows on {}: {} of {} closed minute windows wrong, {extra} sent that should not be",
+        "(f) windows on {}: {wrong} of {closed} closed minute windows wrong, {extra} sent that should not be",
         broker.name,
-        wrong,
-        truth.len()
     );
     // What the worker wrote, per input: the trip (k) makes with librdkafka alone.
     let count = |topic: &str| read_topic(&broker.bootstrap, topic).map(|records| records.len());
@@ -679,6 +656,39 @@ fn windowed_on(
     Ok((figure, trip))
 }
 
+/// Checks the minutes (f) or (j) sent against `hits`: every minute closed by the last
+/// record's time (end + 10 s grace) sent once, with its exact count and hits. Returns how
+/// many are wrong or missing, how many were sent that should not be, and how many closed.
+fn check_minutes(hits: &[(String, i64, i64)], sent: Vec<KeyValue>) -> Result<(usize, usize, usize), String> {
+    let last = hits.iter().map(|(_, _, t)| *t).max().unwrap_or(0);
+    let mut truth: HashMap<(String, i64), (i64, i64)> = HashMap::new();
+    for (user, hits, time) in hits {
+        let start = time - time.rem_euclid(60_000);
+        if start + 70_000 <= last {
+            let slot = truth.entry((user.clone(), start)).or_default();
+            *slot = (slot.0 + 1, slot.1 + hits);
+        }
+    }
+    let mut minutes: HashMap<(String, i64), Vec<(i64, i64)>> = HashMap::new();
+    for (key, value) in sent {
+        let (Some(key), Some(value)) = (key, value) else {
+            continue;
+        };
+        let minute: serde_json::Value = serde_json::from_slice(&value).map_err(|e| e.to_string())?;
+        let field = |name: &str| minute[name].as_i64().unwrap_or(-1);
+        minutes
+            .entry((String::from_utf8_lossy(&key).into_owned(), field("start")))
+            .or_default()
+            .push((field("count"), field("hits")));
+    }
+    let wrong = truth
+        .iter()
+        .filter(|(window, want)| minutes.get(*window).map(Vec::as_slice) != Some(&[**want][..]))
+        .count();
+    let extra = minutes.keys().filter(|window| !truth.contains_key(*window)).count();
+    Ok((wrong, extra, truth.len()))
+}
+
 /// The topics (k) sends to: its repartition topic, and its changelogs' and outputs' one.
 const WINDOW_BACK: &str = "bench_window_back";
 const WINDOW_OUT: &str = "bench_window_out";
@@ -693,7 +703,11 @@ struct WindowedTrip {
 /// (j) `hits_per_window` without a broker: (f)'s input through the test driver (the
 /// runtime's task loop, RocksDB stores, cuts every 100 ms as the worker's commit interval),
 /// on the same machine in the same run: the engine's own cost per input.
-fn windowed_engine(runtime: &tokio::runtime::Runtime, inputs: &[String]) -> Result<Figure, String> {
+fn windowed_engine(
+    runtime: &tokio::runtime::Runtime,
+    hits: &[(String, i64, i64)],
+    inputs: &[String],
+) -> Result<Figure, String> {
     use streams_core::testing::{Stores, TestDriver};
     println!("running (j) hits_per_window broker-free");
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -713,8 +727,20 @@ fn windowed_engine(runtime: &tokio::runtime::Runtime, inputs: &[String]) -> Resu
             seconds: began.elapsed().as_secs_f64(),
             cpu: cpu_seconds() - cpu,
         };
-        let minutes = driver.raw_records("hits-per-minute").len();
-        println!("(j) {minutes} minutes sent (the broker-free run closes as many as (f))");
+        let sent = driver
+            .raw_records("hits-per-minute")
+            .into_iter()
+            .map(|record| (record.key, record.value))
+            .collect();
+        let (wrong, extra, closed) = check_minutes(hits, sent)?;
+        println!(
+            "(j) windows broker-free: {wrong} of {closed} closed minute windows wrong, {extra} sent that should not be"
+        );
+        if wrong + extra > 0 {
+            return Err(format!(
+                "(j) sent wrong minutes: {wrong} wrong or missing, {extra} extra"
+            ));
+        }
         Ok(figure)
     })
 }
@@ -741,12 +767,21 @@ fn windowed_trip(broker: &Broker, records: usize, trip: &WindowedTrip) -> Result
     let (mut began, mut cpu) = (Instant::now(), cpu_seconds());
     let (mut seen, mut back, mut sent) = (0usize, 0usize, 0usize);
     let mut last = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(600);
     while seen < records || back < records {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "(k) saw {seen} of {records} records and {back} read back in 10 minutes"
+            ));
+        }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) if rdkafka::Message::topic(&message) == WINDOW_BACK => {
                 back += 1;
                 last = Instant::now();
-                while sent < back * extras / records {
+                // The extras sent so far: as many as (f)'s worker sent, in step with the
+                // records read back.
+                let due = (back as u128 * extras as u128 / records.max(1) as u128) as usize;
+                while sent < due {
                     sent += 1;
                     let key = format!("{}@1764000000000", keys[sent % keys.len()]);
                     plain_send(&producer, WINDOW_OUT, key.as_bytes(), extra_value)?;
