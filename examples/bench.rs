@@ -16,7 +16,8 @@
 //! process per input record; `--cases` picks cases by letter (`--cases c`: the seed
 //! pipeline alone, e.g. under a profiler). The broker runs in its own process (tansu when it is
 //! installed, else the embedded broker; `BENCH_BROKER=embedded` forces the embedded one), so
-//! its CPU is not counted.
+//! its CPU is not counted. `BENCH_FETCH_WAIT_MS` sets the consumers' `fetch.wait.max.ms`
+//! (tansu answers a held fetch late; see `fetch_wait`).
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -817,15 +818,30 @@ fn windowed_trip(broker: &Broker, records: usize, trip: &WindowedTrip) -> Result
 /// start, with the workers' prefetch limit and fetch backoff (see worker/mod.rs), so that it
 /// reads as they do.
 fn plain_consumer(bootstrap: &str, group: &str) -> Result<BaseConsumer, String> {
-    ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .set("queued.max.messages.kbytes", "32768")
-        .set("fetch.queue.backoff.ms", "10")
-        .create()
-        .map_err(|e| e.to_string())
+        .set("fetch.queue.backoff.ms", "10");
+    if let Some(ms) = fetch_wait() {
+        config.set("fetch.wait.max.ms", ms);
+    }
+    config.create().map_err(|e| e.to_string())
+}
+
+/// `BENCH_FETCH_WAIT_MS`: the `fetch.wait.max.ms` of the workers' and the plain consumers
+/// (librdkafka's 500 ms unless set). Kafka answers a fetch it holds as soon as a record
+/// comes; tansu 0.6 answers about a tenth of the wait later (measured with a consumer
+/// waiting up to 500 ms: ~50 ms; 5 s: ~1.8 s), which slows the trips that read back what
+/// they send, (c) and (h), on some runs by half. A lower wait there brings them closer to
+/// what Kafka's consumers see with the default.
+fn fetch_wait() -> Option<String> {
+    std::env::var("BENCH_FETCH_WAIT_MS")
+        .ok()
+        .filter(|ms| ms.parse::<u32>().is_ok())
 }
 
 /// (a) A plain consumer reading the topic and doing nothing: the ceiling.
@@ -1072,12 +1088,17 @@ async fn rss_worker(bootstrap: &str, keys: usize) -> Result<(), String> {
 /// completing a join after the last member left (Kafka does not): a short session keeps the
 /// runs that follow one another quick. The heartbeat is the workers' own on Kafka (a
 /// second; on the embedded broker they use 500 ms). `BENCH_RESTORE_THREADS=n` sets the restore threads
-/// (to compare with the default, the machine's cores at least 4 and at most 8).
+/// (to compare with the default, the machine's cores at least 4 and at most 8);
+/// `BENCH_FETCH_WAIT_MS` the consumers' wait (see [`fetch_wait`]).
 fn worker_options(dir: &std::path::Path, bootstrap: &str) -> WorkerOptions {
     let options = WorkerOptions::new(dir)
         .broker(bootstrap)
         .consumer_config("session.timeout.ms", "6000")
         .consumer_config("heartbeat.interval.ms", "1000");
+    let options = match fetch_wait() {
+        Some(ms) => options.consumer_config("fetch.wait.max.ms", ms),
+        None => options,
+    };
     match std::env::var("BENCH_RESTORE_THREADS").ok().and_then(|v| v.parse().ok()) {
         Some(n) => options.restore_threads(n),
         None => options,
