@@ -281,7 +281,7 @@ impl<K: Key, V: Serialize + DeserializeOwned + Send + 'static> Table<K, V> {
             change(&mut value);
             // The slot's buffer is reused; a value that fails to encode leaves the old bytes
             // as they were.
-            match crate::codec::json::encode_into(slot, &value) {
+            match json::encode_into(slot, &value) {
                 Ok(()) => Ok(value),
                 Err(source) => Err(Error::Encode {
                     what: format!("table `{}`", self.name),

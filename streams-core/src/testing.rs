@@ -279,7 +279,7 @@ struct Log {
     /// engine, which the driver's runs report.
     slipped: Vec<String>,
     /// The last headers made text, and their text: the changelog records of a cut share
-    /// one list, made text once (per record, it was a seventh of a windowed app's run).
+    /// one list, made text once (per record, it was a tenth of a windowed app's run or more).
     last_headers: Option<(Headers, TextHeaders)>,
 }
 
