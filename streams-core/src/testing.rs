@@ -1851,4 +1851,27 @@ mod tests {
         assert_eq!(driver.table(&COUNTS)?.get("ann"), Some(&1));
         Ok(())
     }
+
+    /// A cut's changes go to the changelog (and the store) in key order, whatever order
+    /// the records came in and however the cache hashes their keys.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cuts_changes_go_out_in_key_order() -> crate::Result<()> {
+        let app = App::new("sorted").agent(pass).agent(count);
+        let mut driver = TestDriver::new(app)?;
+        for n in 0..50 {
+            driver.pipe(&WORDS, &format!("w{:02}", (n * 37) % 50), &1)?;
+        }
+        driver.run().await?;
+        assert_eq!(driver.table(&COUNTS)?.len(), 50);
+        let keys: Vec<Vec<u8>> = driver
+            .raw_records(&COUNTS.spec().changelog_topic("sorted"))
+            .into_iter()
+            .filter_map(|record| record.key)
+            .collect();
+        assert_eq!(keys.len(), 50, "one cut, one change per key");
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        Ok(())
+    }
 }

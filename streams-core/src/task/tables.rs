@@ -184,6 +184,10 @@ impl TableState {
         }
         self.dirty = 0;
         self.last_cut = cut;
+        // In key order: the store's memory table finds each key's place from the last one's
+        // (RocksDB's insert hint), and the changelog gets a cut's changes in an order that
+        // does not depend on the cache's hashing.
+        changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         changes
     }
 
