@@ -79,10 +79,11 @@ impl Kind {
         }
     }
 
-    /// Whether the index keeps the open windows by key too (a record's sessions are found
-    /// there; fixed and sliding windows follow from the record's time).
+    /// Whether the index keeps the open windows by key too: a record's sessions are found
+    /// there, and whether a fixed window is new is answered there with one hash lookup
+    /// (sliding windows are found from the records table).
     fn keyed(self) -> bool {
-        matches!(self, Kind::Session(_))
+        !matches!(self, Kind::Sliding(_))
     }
 
     /// What the topology calls these windows.
@@ -105,9 +106,10 @@ impl Kind {
 }
 
 /// The windows in a windowed table partition: by end (to close and expire them in order)
-/// and, for sessions, the open ones by key. A closed session is final and no record joins
-/// it, so it leaves `by_key` when it closes: a record's lookup costs the key's open sessions
-/// (one or two), not every session the table keeps for its retention (a day by default).
+/// and, for sessions and fixed windows, the open ones by key. A closed window is final and
+/// no record joins it, so it leaves `by_key` when it closes: a record's lookup costs the
+/// key's open windows (one or two), not every window the table keeps for its retention (a
+/// day by default).
 /// For the same reason the open windows are searched apart from the closed ones, which wait
 /// in order of their end for their expiry: a record's windows are found among the few
 /// within the grace period, not among a day's.
@@ -116,8 +118,9 @@ struct WindowIndex {
     open: BTreeSet<ByEnd>,
     /// The others, in order of their end (and key).
     closed: VecDeque<ByEnd>,
-    /// Sessions only: the open windows of each key.
-    by_key: HashMap<Box<[u8]>, BTreeSet<(i64, i64)>, foldhash::fast::RandomState>,
+    /// When `keyed`: the open windows of each key, as (start, end), in order. A key has one
+    /// or two (those within the grace period): a sorted list, not a tree.
+    by_key: HashMap<Box<[u8]>, Vec<(i64, i64)>, foldhash::fast::RandomState>,
     keyed: bool,
     /// Windows ending at or before this have closed (their final results went on).
     closed_through: i64,
@@ -153,26 +156,28 @@ impl WindowIndex {
         Ok(index)
     }
 
-    fn insert(&mut self, window_key: &[u8]) {
-        let Some((key, window)) = split_window_key(window_key) else {
+    /// Enters the window `window_key` (taken as it is where it is a `Vec` or a box).
+    fn insert(&mut self, window_key: impl AsRef<[u8]> + Into<Box<[u8]>>) {
+        let Some((key, window)) = split_window_key(window_key.as_ref()) else {
             return;
         };
         if window.end <= self.closed_through {
             // Not made by a record (its windows are open): kept in order all the same.
-            if let Err(at) = self.find_closed(window.end, window_key) {
+            if let Err(at) = self.find_closed(window.end, window_key.as_ref()) {
                 self.closed.insert(at, ByEnd(window.end, window_key.into()));
             }
             return;
         }
+        let range = (window.start, window.end);
         if self.keyed {
             // Most windows are of a key the index knows: its bytes are copied only once.
             match self.by_key.get_mut(key) {
-                Some(windows) => {
-                    windows.insert((window.start, window.end));
-                }
+                Some(windows) => match windows.binary_search(&range) {
+                    Ok(_) => return,
+                    Err(at) => windows.insert(at, range),
+                },
                 None => {
-                    self.by_key
-                        .insert(key.into(), BTreeSet::from([(window.start, window.end)]));
+                    self.by_key.insert(key.into(), vec![range]);
                 }
             }
         }
@@ -204,7 +209,16 @@ impl WindowIndex {
         if end <= self.closed_through {
             return self.find_closed(end, window_key).is_ok();
         }
-        self.open.contains(&(end, window_key) as &dyn EndAndKey)
+        match (self.keyed, split_window_key(window_key)) {
+            (true, Some((key, window))) => {
+                window.end == end
+                    && self
+                        .by_key
+                        .get(key)
+                        .is_some_and(|windows| windows.binary_search(&(window.start, end)).is_ok())
+            }
+            _ => self.open.contains(&(end, window_key) as &dyn EndAndKey),
+        }
     }
 
     /// How many windows the table holds.
@@ -217,7 +231,9 @@ impl WindowIndex {
     fn forget_open(&mut self, key: &[u8], window: Window) {
         if self.keyed {
             if let Some(windows) = self.by_key.get_mut(key) {
-                windows.remove(&(window.start, window.end));
+                if let Ok(at) = windows.binary_search(&(window.start, window.end)) {
+                    windows.remove(at);
+                }
                 if windows.is_empty() {
                     self.by_key.remove(key);
                 }
@@ -277,7 +293,8 @@ impl WindowIndex {
             .get(key)
             .map(|windows| {
                 windows
-                    .range(..=(last_start, i64::MAX))
+                    .iter()
+                    .take_while(|(start, _)| *start <= last_start)
                     .filter(|(_, end)| *end >= first_end)
                     .map(|(start, end)| Window::new(*start, *end))
                     .collect()
@@ -401,11 +418,15 @@ where
         let closed = self.kind.closed_through(cx.ctx.clock(index));
         let emit = self.emit_final;
         let closing = self.with_index(cx, index, |windows| {
+            // The new windows first: a session that grows stays known by its key throughout
+            // (its key's entry is not dropped and made again).
+            let mut removed = removed;
+            removed.retain(|key| !created.contains(key));
+            for key in created {
+                windows.insert(key);
+            }
             for key in &removed {
                 windows.remove(key);
-            }
-            for key in &created {
-                windows.insert(key);
             }
             windows.close(closed, emit)
         })?;
@@ -1098,7 +1119,7 @@ mod tests {
     fn the_index_closes_each_window_once_in_order_and_expires_the_oldest() {
         let mut index = sessions_index(NO_TIME);
         for (k, s, e) in [("b", 0, 10), ("a", 0, 10), ("a", 10, 20), ("a", 25, 30)] {
-            index.insert(&key(k, s, e));
+            index.insert(key(k, s, e));
         }
         let closing: Vec<Vec<u8>> = index.close(10, true).into_iter().map(Vec::from).collect();
         assert_eq!(closing, vec![key("a", 0, 10), key("b", 0, 10)]);
@@ -1126,7 +1147,7 @@ mod tests {
         let fixed = |k: &str, start: i64| key(k, start, start + 10);
         let mut index = WindowIndex::new(false, NO_TIME);
         for (k, start) in [("b", 0), ("a", 10), ("a", 0), ("c", 20), ("b", 10)] {
-            index.insert(&fixed(k, start));
+            index.insert(fixed(k, start));
         }
         assert!(index.close(20, false).is_empty(), "not collected");
         assert_eq!((index.open.len(), index.closed.len()), (1, 4));
@@ -1135,8 +1156,8 @@ mod tests {
         }
         assert!(!index.knows(10, &fixed("c", 0)));
         // Entered closed, out of order; removed closed.
-        index.insert(&fixed("c", 0));
-        index.insert(&fixed("c", 0));
+        index.insert(fixed("c", 0));
+        index.insert(fixed("c", 0));
         index.remove(&fixed("b", 10));
         assert!(!index.knows(20, &fixed("b", 10)));
         let expected = vec![
@@ -1162,8 +1183,8 @@ mod tests {
     #[test]
     fn two_sessions_of_a_key_with_one_start_are_both_known_until_each_expires() {
         let mut index = sessions_index(NO_TIME);
-        index.insert(&key("a", 0, 5));
-        index.insert(&key("a", 0, 8));
+        index.insert(key("a", 0, 5));
+        index.insert(key("a", 0, 8));
         assert!(index.knows(5, &key("a", 0, 5)) && index.knows(8, &key("a", 0, 8)));
         assert!(!index.knows(8, &key("a", 0, 5)) && !index.knows(5, &key("b", 0, 5)));
         assert_eq!(
@@ -1183,7 +1204,7 @@ mod tests {
         let mut index = sessions_index(NO_TIME);
         // A day of one user's sessions, one every 10 minutes: all kept for the retention.
         for n in 0..144 {
-            index.insert(&key("a", n * 600_000, n * 600_000 + 60_000));
+            index.insert(key("a", n * 600_000, n * 600_000 + 60_000));
         }
         let closed = index.close(143 * 600_000, true);
         assert_eq!(closed.len(), 143);
@@ -1200,7 +1221,7 @@ mod tests {
         // Loaded again (a restart): the closed ones are not keyed either.
         let mut again = sessions_index(143 * 600_000);
         for ByEnd(_, window_key) in index.closed.iter().chain(&index.open) {
-            again.insert(window_key);
+            again.insert(&**window_key);
         }
         assert_eq!(again.by_key[&b"a"[..]].len(), 1);
         assert_eq!(
@@ -1211,10 +1232,124 @@ mod tests {
         assert!(again.by_key.is_empty());
         // Not emitting final results, closing still takes them out.
         let mut quiet = sessions_index(NO_TIME);
-        quiet.insert(&key("a", 0, 10));
-        quiet.insert(&key("a", 50, 60));
+        quiet.insert(key("a", 0, 10));
+        quiet.insert(key("a", 50, 60));
         assert!(quiet.close(10, false).is_empty());
         assert_eq!(quiet.overlapping(b"a", 0, 100), vec![Window::new(50, 60)]);
+    }
+
+    /// What the index does, written plainly: every window in one ordered set.
+    #[derive(Default)]
+    struct Model {
+        /// (end, window key, key, start): the index's order is by end, then window key.
+        windows: BTreeSet<(i64, Vec<u8>, Vec<u8>, i64)>,
+        closed_through: i64,
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Insert(u8, i64, i64),
+        Remove(u8, i64, i64),
+        Close(i64, bool),
+        Expire(i64),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0..3u8, 0..40i64, 0..6i64).prop_map(|(k, start, len)| Step::Insert(k, start, start + len)),
+            2 => (0..3u8, 0..40i64, 0..6i64).prop_map(|(k, start, len)| Step::Remove(k, start, start + len)),
+            1 => (0..50i64, any::<bool>()).prop_map(|(through, collect)| Step::Close(through, collect)),
+            1 => (0..50i64).prop_map(Step::Expire),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever windows come and go, the index closes, expires, knows and finds (by key)
+        /// exactly what the plain model does, in the same order; and its lookup by key holds
+        /// the open windows only.
+        #[test]
+        fn the_index_agrees_with_a_plain_ordered_set(
+            keyed in proptest::prelude::any::<bool>(),
+            steps in proptest::collection::vec(step(), 0..80),
+        ) {
+            let mut index = WindowIndex::new(keyed, NO_TIME);
+            let mut model = Model { closed_through: NO_TIME, ..Model::default() };
+            let name = |k: u8| vec![b'k', k];
+            for step in steps {
+                match step {
+                    Step::Insert(k, start, end) => {
+                        let window_key = window_key(&name(k), Window::new(start, end));
+                        index.insert(window_key.clone());
+                        model.windows.insert((end, window_key, name(k), start));
+                    }
+                    Step::Remove(k, start, end) => {
+                        let window_key = window_key(&name(k), Window::new(start, end));
+                        index.remove(&window_key);
+                        model.windows.remove(&(end, window_key, name(k), start));
+                    }
+                    Step::Close(through, collect) => {
+                        let closing: Vec<Vec<u8>> =
+                            index.close(through, collect).into_iter().map(Vec::from).collect();
+                        let mut expected = Vec::new();
+                        if through > model.closed_through {
+                            if collect {
+                                expected = model
+                                    .windows
+                                    .iter()
+                                    .filter(|(end, ..)| *end > model.closed_through && *end <= through)
+                                    .map(|(_, window_key, ..)| window_key.clone())
+                                    .collect();
+                            }
+                            model.closed_through = through;
+                        }
+                        proptest::prop_assert_eq!(closing, expected);
+                    }
+                    Step::Expire(through) => {
+                        let gone: Vec<Vec<u8>> = index.expire(through).into_iter().map(Vec::from).collect();
+                        // The closed ones in order, then any open ones (a short retention).
+                        let (mut closed, mut open) = (Vec::new(), Vec::new());
+                        for (end, window_key, ..) in &model.windows {
+                            if *end <= through {
+                                let to = if *end <= model.closed_through { &mut closed } else { &mut open };
+                                to.push(window_key.clone());
+                            }
+                        }
+                        model.windows.retain(|(end, ..)| *end > through);
+                        closed.extend(open);
+                        proptest::prop_assert_eq!(gone, closed);
+                    }
+                }
+                proptest::prop_assert_eq!(index.len(), model.windows.len());
+                for k in 0..3u8 {
+                    for start in 0..40 {
+                        for end in start..start + 6 {
+                            let window_key = window_key(&name(k), Window::new(start, end));
+                            let known = model.windows.contains(&(end, window_key.clone(), name(k), start));
+                            proptest::prop_assert_eq!(index.knows(end, &window_key), known);
+                        }
+                    }
+                    if keyed {
+                        let (first_end, last_start) = (10, 30);
+                        let mut expected: Vec<Window> = model
+                            .windows
+                            .iter()
+                            .filter(|(end, _, key, start)| {
+                                *key == name(k)
+                                    && *end > model.closed_through
+                                    && *start <= last_start
+                                    && *end >= first_end
+                            })
+                            .map(|(end, _, _, start)| Window::new(*start, *end))
+                            .collect();
+                        expected.sort_by_key(|w| (w.start, w.end));
+                        proptest::prop_assert_eq!(index.overlapping(&name(k), first_end, last_start), expected);
+                    }
+                }
+                let open: usize = index.by_key.values().map(Vec::len).sum();
+                proptest::prop_assert!(!keyed || open == index.open.len());
+            }
+        }
     }
 
     #[test]
