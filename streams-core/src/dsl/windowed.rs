@@ -11,9 +11,9 @@
 //! day; sliding windows when they close), at the next commit point.
 //!
 //! What a task keeps beside its windowed table: an index of the windows in it (by end, to
-//! close and expire them in order, and to tell a fixed window that is new to the table; the
-//! open sessions by key, to find those a record joins), made from the store at the task's
-//! first record, and, for
+//! close and expire them in order; the open fixed windows and sessions by key, to tell a
+//! fixed window that is new to the table and to find the sessions a record joins), made from
+//! the store at the task's first record, and, for
 //! sliding windows, the records of the last time difference + grace (a second table,
 //! `{table}-records`, with its own changelog), from which each window's result is computed.
 
@@ -108,8 +108,9 @@ impl Kind {
 /// The windows in a windowed table partition: by end (to close and expire them in order)
 /// and, for sessions and fixed windows, the open ones by key. A closed window is final and
 /// no record joins it, so it leaves `by_key` when it closes: a record's lookup costs the
-/// key's open windows (one or two), not every window the table keeps for its retention (a
-/// day by default).
+/// key's open windows (a few), not every window the table keeps for its retention (a day by
+/// default). Open fixed windows cost a `by_key` entry each on top (a key's bytes once, its
+/// list, a hash slot), for one hash lookup per record instead of a search by end and key.
 /// For the same reason the open windows are searched apart from the closed ones, which wait
 /// in order of their end for their expiry: a record's windows are found among the few
 /// within the grace period, not among a day's.
@@ -118,8 +119,9 @@ struct WindowIndex {
     open: BTreeSet<ByEnd>,
     /// The others, in order of their end (and key).
     closed: VecDeque<ByEnd>,
-    /// When `keyed`: the open windows of each key, as (start, end), in order. A key has one
-    /// or two (those within the grace period): a sorted list, not a tree.
+    /// When `keyed`: the open windows of each key, as (start, end), in order. A key has a
+    /// few (one or two of tumbling windows and sessions, about (size + grace) / advance of
+    /// hopping ones): a sorted list, not a tree.
     by_key: HashMap<Box<[u8]>, Vec<(i64, i64)>, foldhash::fast::RandomState>,
     keyed: bool,
     /// Windows ending at or before this have closed (their final results went on).
@@ -1252,6 +1254,8 @@ mod tests {
         Remove(u8, i64, i64),
         Close(i64, bool),
         Expire(i64),
+        /// The index made again from the store, as after a restart.
+        Restart,
     }
 
     fn step() -> impl proptest::strategy::Strategy<Value = Step> {
@@ -1261,6 +1265,7 @@ mod tests {
             2 => (0..3u8, 0..40i64, 0..6i64).prop_map(|(k, start, len)| Step::Remove(k, start, start + len)),
             1 => (0..50i64, any::<bool>()).prop_map(|(through, collect)| Step::Close(through, collect)),
             1 => (0..50i64).prop_map(Step::Expire),
+            1 => Just(Step::Restart),
         ]
     }
 
@@ -1275,7 +1280,8 @@ mod tests {
         ) {
             let mut index = WindowIndex::new(keyed, NO_TIME);
             let mut model = Model { closed_through: NO_TIME, ..Model::default() };
-            let name = |k: u8| vec![b'k', k];
+            // Keys of different lengths, one a prefix of another.
+            let name = |k: u8| vec![b'k'; usize::from(k) + 1];
             for step in steps {
                 match step {
                     Step::Insert(k, start, end) => {
@@ -1318,6 +1324,20 @@ mod tests {
                         model.windows.retain(|(end, ..)| *end > through);
                         closed.extend(open);
                         proptest::prop_assert_eq!(gone, closed);
+                    }
+                    Step::Restart => {
+                        use crate::store::{Checkpoint, MemoryStore};
+                        let store = MemoryStore::default();
+                        let entries: Vec<(Vec<u8>, Option<Vec<u8>>)> = model
+                            .windows
+                            .iter()
+                            .map(|(_, window_key, ..)| (window_key.clone(), Some(b"1".to_vec())))
+                            .collect();
+                        proptest::prop_assert!(store.write(&entries, &Checkpoint::default()).is_ok());
+                        match WindowIndex::load(&store, keyed, model.closed_through) {
+                            Ok(loaded) => index = loaded,
+                            Err(error) => proptest::prop_assert!(false, "load: {error}"),
+                        }
                     }
                 }
                 proptest::prop_assert_eq!(index.len(), model.windows.len());
