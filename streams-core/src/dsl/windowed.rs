@@ -18,7 +18,8 @@
 //! `{table}-records`, with its own changelog), from which each window's result is computed.
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -79,13 +80,6 @@ impl Kind {
         }
     }
 
-    /// Whether the index keeps the open windows by key too: a record's sessions are found
-    /// there, and whether a fixed window is new is answered there with one hash lookup
-    /// (sliding windows are found from the records table).
-    fn keyed(self) -> bool {
-        !matches!(self, Kind::Sliding(_))
-    }
-
     /// What the topology calls these windows.
     fn name(self) -> &'static str {
         match self {
@@ -105,42 +99,48 @@ impl Kind {
     }
 }
 
-/// The windows in a windowed table partition: by end (to close and expire them in order)
-/// and, for sessions and fixed windows, the open ones by key. A closed window is final and
-/// no record joins it, so it leaves `by_key` when it closes: a record's lookup costs the
-/// key's open windows (a few), not every window the table keeps for its retention (a day by
-/// default). Open fixed windows cost a `by_key` entry each on top (a key's bytes once, its
-/// list, a hash slot), for one hash lookup per record instead of a search by end and key.
-/// For the same reason the open windows are searched apart from the closed ones, which wait
-/// in order of their end for their expiry: a record's windows are found among the few
-/// within the grace period, not among a day's.
+/// The windows in a windowed table partition: the open ones by key (to tell a fixed window
+/// that is new to the table, and to find the sessions a record joins) and by end (to close
+/// them in order), and the closed ones by end (to expire them in order). A closed window is
+/// final and no record joins it, so it leaves `by_key` when it closes: a record's lookup
+/// costs the key's open windows (a few), not every window the table keeps for its retention
+/// (a day by default). For the same reason the closed windows wait apart from the open ones,
+/// in order of their end, for their expiry.
+///
+/// The open windows by end are a heap, not an ordered set: a window enters it with a
+/// comparison or two, and one that leaves before it closes (a session merged into a new
+/// one) is only taken out of `by_key`; its entry in the heap is dropped when it comes up
+/// (`by_key` no longer has it), or when such entries outnumber the open windows.
 struct WindowIndex {
-    /// The windows ending after `closed_through`.
-    open: BTreeSet<ByEnd>,
-    /// The others, in order of their end (and key).
+    /// The open windows in order of their end (and key), first on top, with the entries of
+    /// windows that left since (see above). Each ends after `closed_through`.
+    open: BinaryHeap<Reverse<ByEnd>>,
+    /// The closed windows, in order of their end (and key).
     closed: VecDeque<ByEnd>,
-    /// When `keyed`: the open windows of each key, as (start, end), in order. A key has a
-    /// few (one or two of tumbling windows and sessions, about (size + grace) / advance of
-    /// hopping ones): a sorted list, not a tree.
-    by_key: HashMap<Box<[u8]>, Vec<(i64, i64)>, foldhash::fast::RandomState>,
-    keyed: bool,
+    /// The open windows of each key, as (start, end), in order. A key has a few (one or two
+    /// of tumbling windows and sessions, about (size + grace) / advance of hopping ones, and
+    /// of sliding windows two per record of the last time difference and grace, which close
+    /// from the front).
+    by_key: HashMap<Box<[u8]>, VecDeque<(i64, i64)>, foldhash::fast::RandomState>,
+    /// How many windows `by_key` holds: `open` holds as many entries and those left behind.
+    live: usize,
     /// Windows ending at or before this have closed (their final results went on).
     closed_through: i64,
 }
 
 impl WindowIndex {
-    fn new(keyed: bool, closed_through: i64) -> Self {
+    fn new(closed_through: i64) -> Self {
         Self {
-            open: BTreeSet::new(),
+            open: BinaryHeap::new(),
             closed: VecDeque::new(),
             by_key: HashMap::default(),
-            keyed,
+            live: 0,
             closed_through,
         }
     }
 
-    fn load(store: &dyn StateStore, keyed: bool, closed_through: i64) -> crate::Result<Self> {
-        let mut index = Self::new(keyed, closed_through);
+    fn load(store: &dyn StateStore, closed_through: i64) -> crate::Result<Self> {
+        let mut index = Self::new(closed_through);
         // The store's order is the key's, not the end's: the closed ones are sorted once.
         let mut closed = Vec::new();
         let mut scan = || {
@@ -171,19 +171,18 @@ impl WindowIndex {
             return;
         }
         let range = (window.start, window.end);
-        if self.keyed {
-            // Most windows are of a key the index knows: its bytes are copied only once.
-            match self.by_key.get_mut(key) {
-                Some(windows) => match windows.binary_search(&range) {
-                    Ok(_) => return,
-                    Err(at) => windows.insert(at, range),
-                },
-                None => {
-                    self.by_key.insert(key.into(), vec![range]);
-                }
+        // Most windows are of a key the index knows: its bytes are copied only once.
+        match self.by_key.get_mut(key) {
+            Some(windows) => match windows.binary_search(&range) {
+                Ok(_) => return,
+                Err(at) => windows.insert(at, range),
+            },
+            None => {
+                self.by_key.insert(key.into(), VecDeque::from([range]));
             }
         }
-        self.open.insert(ByEnd(window.end, window_key.into()));
+        self.live += 1;
+        self.open.push(Reverse(ByEnd(window.end, window_key.into())));
     }
 
     /// Where the closed window `window_key` ending at `end` is, or would go.
@@ -202,8 +201,31 @@ impl WindowIndex {
             }
             return;
         }
-        self.forget_open(key, window);
-        self.open.remove(&(window.end, window_key) as &dyn EndAndKey);
+        if self.forget_open(key, window) {
+            self.drop_left_entries();
+        }
+    }
+
+    /// Makes the heap of open windows again without the entries of windows that left it
+    /// (each once), when they outnumber the open windows: a key's long-lived session, merged
+    /// into a new one at each record, would otherwise leave its entries behind until their
+    /// ends close (with a long grace period, a day's). Each entry is made again at most once
+    /// per entry left behind since the last time.
+    fn drop_left_entries(&mut self) {
+        if self.open.len() <= 2 * self.live + LEFT_ENTRIES_SLACK {
+            return;
+        }
+        let mut entries = std::mem::take(&mut self.open).into_vec();
+        entries.sort_unstable();
+        entries.dedup();
+        let by_key = &self.by_key;
+        entries.retain(|Reverse(ByEnd(_, window_key))| match split_window_key(window_key) {
+            Some((key, window)) => by_key
+                .get(key)
+                .is_some_and(|windows| windows.binary_search(&(window.start, window.end)).is_ok()),
+            None => false,
+        });
+        self.open = entries.into();
     }
 
     /// Whether the table holds the window `window_key`, ending at `end`.
@@ -211,36 +233,49 @@ impl WindowIndex {
         if end <= self.closed_through {
             return self.find_closed(end, window_key).is_ok();
         }
-        match (self.keyed, split_window_key(window_key)) {
-            (true, Some((key, window))) => {
-                window.end == end
-                    && self
-                        .by_key
-                        .get(key)
-                        .is_some_and(|windows| windows.binary_search(&(window.start, end)).is_ok())
-            }
-            _ => self.open.contains(&(end, window_key) as &dyn EndAndKey),
-        }
+        split_window_key(window_key).is_some_and(|(key, window)| {
+            window.end == end
+                && self
+                    .by_key
+                    .get(key)
+                    .is_some_and(|windows| windows.binary_search(&(window.start, end)).is_ok())
+        })
     }
 
     /// How many windows the table holds.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.open.len() + self.closed.len()
+        self.live + self.closed.len()
     }
 
-    /// Takes `window` of `key` out of the open windows by key, if it is there.
-    fn forget_open(&mut self, key: &[u8], window: Window) {
-        if self.keyed {
-            if let Some(windows) = self.by_key.get_mut(key) {
-                if let Ok(at) = windows.binary_search(&(window.start, window.end)) {
-                    windows.remove(at);
-                }
-                if windows.is_empty() {
-                    self.by_key.remove(key);
+    /// Takes `window` of `key` out of the open windows by key; whether it was there.
+    fn forget_open(&mut self, key: &[u8], window: Window) -> bool {
+        let Some(windows) = self.by_key.get_mut(key) else {
+            return false;
+        };
+        let Ok(at) = windows.binary_search(&(window.start, window.end)) else {
+            return false;
+        };
+        windows.remove(at);
+        if windows.is_empty() {
+            self.by_key.remove(key);
+        }
+        self.live -= 1;
+        true
+    }
+
+    /// Takes the next open window ending at or before `through` out of the open windows
+    /// (passing the entries of those that left).
+    fn next_open_through(&mut self, through: i64) -> Option<ByEnd> {
+        while self.open.peek().is_some_and(|Reverse(ByEnd(end, _))| *end <= through) {
+            let Reverse(window) = self.open.pop()?;
+            if let Some((key, range)) = split_window_key(&window.1) {
+                if self.forget_open(key, range) {
+                    return Some(window);
                 }
             }
         }
+        None
     }
 
     /// The windows that closed since the last call, in order of their end (and key), when
@@ -251,20 +286,14 @@ impl WindowIndex {
         }
         self.closed_through = through;
         let mut collected = Vec::new();
-        // Few close at a time (most records close none): taken one by one.
-        while self.open.first().is_some_and(|ByEnd(end, _)| *end <= through) {
-            let Some(window) = self.open.pop_first() else {
-                break;
-            };
-            if let Some((key, range)) = split_window_key(&window.1) {
-                self.forget_open(key, range);
-            }
+        while let Some(window) = self.next_open_through(through) {
             if collect {
                 collected.push(window.1.clone());
             }
             // Every closed window ends before every one closing now.
             self.closed.push_back(window);
         }
+        self.drop_left_entries();
         collected
     }
 
@@ -277,14 +306,10 @@ impl WindowIndex {
             }
         }
         // Expired before it closed only with a retention shorter than the grace.
-        while self.open.first().is_some_and(|ByEnd(end, _)| *end <= through) {
-            if let Some(ByEnd(_, key)) = self.open.pop_first() {
-                if let Some((k, window)) = split_window_key(&key) {
-                    self.forget_open(k, window);
-                }
-                gone.push(key);
-            }
+        while let Some(ByEnd(_, key)) = self.next_open_through(through) {
+            gone.push(key);
         }
+        self.drop_left_entries();
         gone
     }
 
@@ -305,63 +330,13 @@ impl WindowIndex {
     }
 }
 
+/// How many entries of windows that left the heap of open windows may outnumber the open
+/// windows by before it is made again (few in tests, to make it often).
+const LEFT_ENTRIES_SLACK: usize = if cfg!(test) { 1 } else { 64 };
+
 /// A window in the index's order: by end, then window key.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct ByEnd(i64, Box<[u8]>);
-
-/// An end and a window key, owned ([`ByEnd`]) or borrowed (`(i64, &[u8])`): the index is
-/// searched with a record's window key without copying it.
-trait EndAndKey {
-    fn end(&self) -> i64;
-    fn key(&self) -> &[u8];
-}
-
-impl EndAndKey for ByEnd {
-    fn end(&self) -> i64 {
-        self.0
-    }
-
-    fn key(&self) -> &[u8] {
-        &self.1
-    }
-}
-
-impl EndAndKey for (i64, &[u8]) {
-    fn end(&self) -> i64 {
-        self.0
-    }
-
-    fn key(&self) -> &[u8] {
-        self.1
-    }
-}
-
-impl<'a> std::borrow::Borrow<dyn EndAndKey + 'a> for ByEnd {
-    fn borrow(&self) -> &(dyn EndAndKey + 'a) {
-        self
-    }
-}
-
-// The same order as `ByEnd`'s (by end, then key), as `Borrow` requires.
-impl Ord for dyn EndAndKey + '_ {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.end(), self.key()).cmp(&(other.end(), other.key()))
-    }
-}
-
-impl PartialOrd for dyn EndAndKey + '_ {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl PartialEq for dyn EndAndKey + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other).is_eq()
-    }
-}
-
-impl Eq for dyn EndAndKey + '_ {}
 
 type Add<K, V, A> = dyn Fn(&K, Option<A>, V) -> A + Send + Sync;
 type Merge<K, A> = dyn Fn(&K, A, A) -> A + Send + Sync;
@@ -394,10 +369,9 @@ where
 {
     /// Runs `work` on the task's index of this table's windows.
     fn with_index<T>(&self, cx: &Cx<'_>, index: usize, work: impl FnOnce(&mut WindowIndex) -> T) -> Result<T, String> {
-        let keyed = self.kind.keyed();
         let closed = self.kind.closed_through(cx.ctx.start_clock(index));
         cx.ctx
-            .with_extension(index, |store| WindowIndex::load(store, keyed, closed), work)
+            .with_extension(index, |store| WindowIndex::load(store, closed), work)
             .map_err(failed)
     }
 
@@ -1114,7 +1088,7 @@ mod tests {
 
     /// An empty index of sessions, with windows ending at or before `closed_through` closed.
     fn sessions_index(closed_through: i64) -> WindowIndex {
-        WindowIndex::new(true, closed_through)
+        WindowIndex::new(closed_through)
     }
 
     #[test]
@@ -1147,12 +1121,12 @@ mod tests {
     fn closed_windows_are_known_and_expire_in_order_wherever_they_came_from() {
         use crate::store::{Checkpoint, MemoryStore};
         let fixed = |k: &str, start: i64| key(k, start, start + 10);
-        let mut index = WindowIndex::new(false, NO_TIME);
+        let mut index = WindowIndex::new(NO_TIME);
         for (k, start) in [("b", 0), ("a", 10), ("a", 0), ("c", 20), ("b", 10)] {
             index.insert(fixed(k, start));
         }
         assert!(index.close(20, false).is_empty(), "not collected");
-        assert_eq!((index.open.len(), index.closed.len()), (1, 4));
+        assert_eq!((index.live, index.closed.len()), (1, 4));
         for (k, start) in [("a", 0), ("b", 0), ("a", 10), ("b", 10), ("c", 20)] {
             assert!(index.knows(start + 10, &fixed(k, start)), "{k} {start}");
         }
@@ -1173,8 +1147,8 @@ mod tests {
         let entries: Vec<(Vec<u8>, Option<Vec<u8>>)> =
             expected.iter().map(|k| (k.clone(), Some(b"1".to_vec()))).collect();
         store.write(&entries, &Checkpoint::default()).expect("write");
-        let mut loaded = WindowIndex::load(&store, false, 20).expect("load");
-        assert_eq!((loaded.open.len(), loaded.closed.len()), (1, 4));
+        let mut loaded = WindowIndex::load(&store, 20).expect("load");
+        assert_eq!((loaded.live, loaded.closed.len()), (1, 4));
         for index in [&mut index, &mut loaded] {
             let gone: Vec<Vec<u8>> = index.expire(i64::MAX).into_iter().map(Vec::from).collect();
             assert_eq!(gone, expected, "by end, then key: the open one last");
@@ -1222,7 +1196,8 @@ mod tests {
         );
         // Loaded again (a restart): the closed ones are not keyed either.
         let mut again = sessions_index(143 * 600_000);
-        for ByEnd(_, window_key) in index.closed.iter().chain(&index.open) {
+        let open = index.open.iter().map(|Reverse(window)| window);
+        for ByEnd(_, window_key) in index.closed.iter().chain(open) {
             again.insert(&**window_key);
         }
         assert_eq!(again.by_key[&b"a"[..]].len(), 1);
@@ -1256,6 +1231,11 @@ mod tests {
         Expire(i64),
         /// The index made again from the store, as after a restart.
         Restart,
+        /// A window the table holds grows by some (a session a record extends): the new
+        /// window enters, the old one leaves.
+        Grow(proptest::sample::Index, i64),
+        /// The last window that left enters again.
+        Again,
     }
 
     fn step() -> impl proptest::strategy::Strategy<Value = Step> {
@@ -1266,6 +1246,8 @@ mod tests {
             1 => (0..50i64, any::<bool>()).prop_map(|(through, collect)| Step::Close(through, collect)),
             1 => (0..50i64).prop_map(Step::Expire),
             1 => Just(Step::Restart),
+            3 => (any::<proptest::sample::Index>(), 1..4i64).prop_map(|(at, by)| Step::Grow(at, by)),
+            1 => Just(Step::Again),
         ]
     }
 
@@ -1274,16 +1256,34 @@ mod tests {
         /// exactly what the plain model does, in the same order; and its lookup by key holds
         /// the open windows only.
         #[test]
-        fn the_index_agrees_with_a_plain_ordered_set(
-            keyed in proptest::prelude::any::<bool>(),
-            steps in proptest::collection::vec(step(), 0..80),
-        ) {
-            let mut index = WindowIndex::new(keyed, NO_TIME);
+        fn the_index_agrees_with_a_plain_ordered_set(steps in proptest::collection::vec(step(), 0..80)) {
+            let mut index = WindowIndex::new(NO_TIME);
             let mut model = Model { closed_through: NO_TIME, ..Model::default() };
             // Keys of different lengths, one a prefix of another.
             let name = |k: u8| vec![b'k'; usize::from(k) + 1];
+            let mut left = None;
             for step in steps {
                 match step {
+                    Step::Grow(at, by) => {
+                        let Some(old) = model.windows.iter().nth(at.index(model.windows.len().max(1))).cloned() else {
+                            continue;
+                        };
+                        let (end, old_key, key, start) = old;
+                        let grown = window_key(&key, Window::new(start, end + by));
+                        index.insert(grown.clone());
+                        model.windows.insert((end + by, grown, key.clone(), start));
+                        index.remove(&old_key);
+                        model.windows.remove(&(end, old_key.clone(), key, start));
+                        left = Some(old_key);
+                    }
+                    Step::Again => {
+                        if let Some(window_key) = left.take() {
+                            if let Some((key, window)) = split_window_key(&window_key) {
+                                model.windows.insert((window.end, window_key.clone(), key.to_vec(), window.start));
+                            }
+                            index.insert(window_key);
+                        }
+                    }
                     Step::Insert(k, start, end) => {
                         let window_key = window_key(&name(k), Window::new(start, end));
                         index.insert(window_key.clone());
@@ -1292,7 +1292,8 @@ mod tests {
                     Step::Remove(k, start, end) => {
                         let window_key = window_key(&name(k), Window::new(start, end));
                         index.remove(&window_key);
-                        model.windows.remove(&(end, window_key, name(k), start));
+                        model.windows.remove(&(end, window_key.clone(), name(k), start));
+                        left = Some(window_key);
                     }
                     Step::Close(through, collect) => {
                         let closing: Vec<Vec<u8>> =
@@ -1334,7 +1335,7 @@ mod tests {
                             .map(|(_, window_key, ..)| (window_key.clone(), Some(b"1".to_vec())))
                             .collect();
                         proptest::prop_assert!(store.write(&entries, &Checkpoint::default()).is_ok());
-                        match WindowIndex::load(&store, keyed, model.closed_through) {
+                        match WindowIndex::load(&store, model.closed_through) {
                             Ok(loaded) => index = loaded,
                             Err(error) => proptest::prop_assert!(false, "load: {error}"),
                         }
@@ -1349,7 +1350,7 @@ mod tests {
                             proptest::prop_assert_eq!(index.knows(end, &window_key), known);
                         }
                     }
-                    if keyed {
+                    {
                         let (first_end, last_start) = (10, 30);
                         let mut expected: Vec<Window> = model
                             .windows
@@ -1366,8 +1367,12 @@ mod tests {
                         proptest::prop_assert_eq!(index.overlapping(&name(k), first_end, last_start), expected);
                     }
                 }
-                let open: usize = index.by_key.values().map(Vec::len).sum();
-                proptest::prop_assert!(!keyed || open == index.open.len());
+                let open: usize = index.by_key.values().map(VecDeque::len).sum();
+                proptest::prop_assert_eq!(open, index.live);
+                // The heap: an entry for each open window, the others within bounds, none closed.
+                proptest::prop_assert!(index.open.len() >= index.live);
+                proptest::prop_assert!(index.open.len() <= 2 * index.live + LEFT_ENTRIES_SLACK + 1);
+                proptest::prop_assert!(index.open.iter().all(|Reverse(ByEnd(end, _))| *end > index.closed_through));
             }
         }
     }
