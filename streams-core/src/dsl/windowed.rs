@@ -21,6 +21,8 @@ use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::rc::Rc;
+
+use smallvec::SmallVec;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -206,6 +208,15 @@ impl WindowIndex {
         }
     }
 
+    /// Takes `window` of `key` out of the index, as [`WindowIndex::remove`].
+    fn remove_window(&mut self, key: &[u8], window: Window) {
+        if window.end <= self.closed_through {
+            self.remove(&window_key(key, window));
+        } else if self.forget_open(key, window) {
+            self.drop_left_entries();
+        }
+    }
+
     /// Makes the heap of open windows again without the entries of windows that left it
     /// (each once), when they outnumber the open windows: a key's long-lived session, merged
     /// into a new one at each record, would otherwise leave its entries behind until their
@@ -315,7 +326,7 @@ impl WindowIndex {
 
     /// The open windows of `key` with a start at most `last_start` and an end at least
     /// `first_end`, in order of their start.
-    fn overlapping(&self, key: &[u8], first_end: i64, last_start: i64) -> Vec<Window> {
+    fn overlapping(&self, key: &[u8], first_end: i64, last_start: i64) -> SmallVec<[Window; 2]> {
         self.by_key
             .get(key)
             .map(|windows| {
@@ -328,6 +339,21 @@ impl WindowIndex {
             })
             .unwrap_or_default()
     }
+}
+
+/// The windows a record made, as window keys (mostly one).
+type Created = SmallVec<[Vec<u8>; 1]>;
+
+/// A window key looked up, on the stack when it is short.
+type KeyBuffer = SmallVec<[u8; 64]>;
+
+/// `window`'s key for `key`, as [`window_key`] makes it, in a [`KeyBuffer`].
+fn key_buffer(key: &[u8], window: Window) -> KeyBuffer {
+    let mut bytes = KeyBuffer::with_capacity(key.len() + 16);
+    bytes.extend_from_slice(key);
+    bytes.extend_from_slice(&window.start.to_be_bytes());
+    bytes.extend_from_slice(&window.end.to_be_bytes());
+    bytes
 }
 
 /// How many entries of windows that left the heap of open windows may outnumber the open
@@ -390,19 +416,25 @@ where
 
     /// Enters the windows a record created (and drops those it merged away) into the index,
     /// and sends on the final results of the windows that closed meanwhile.
-    fn settle(&self, cx: &mut Cx<'_>, index: usize, created: Vec<Vec<u8>>, removed: Vec<Vec<u8>>) -> Outcome {
+    /// `removed`: windows of the record's key (`key_bytes`).
+    fn settle(&self, cx: &mut Cx<'_>, index: usize, created: Created, key_bytes: &[u8], removed: &[Window]) -> Outcome {
         let closed = self.kind.closed_through(cx.ctx.clock(index));
         let emit = self.emit_final;
         let closing = self.with_index(cx, index, |windows| {
             // The new windows first: a session that grows stays known by its key throughout
             // (its key's entry is not dropped and made again).
-            let mut removed = removed;
-            removed.retain(|key| !created.contains(key));
+            let made = |window: &Window| {
+                created
+                    .iter()
+                    .any(|key| split_window_key(key) == Some((key_bytes, *window)))
+            };
+            let removed = removed.iter().filter(|window| !made(window)).copied();
+            let removed: SmallVec<[Window; 2]> = removed.collect();
             for key in created {
                 windows.insert(key);
             }
-            for key in &removed {
-                windows.remove(key);
+            for window in removed {
+                windows.remove_window(key_bytes, window);
             }
             windows.close(closed, emit)
         })?;
@@ -482,13 +514,14 @@ where
         let Some(first) = first else {
             return self.late(cx, key.clone(), value, time);
         };
-        let mut created = Vec::new();
+        let mut created = Created::new();
         let last = more.len();
         let mut value = Some(value);
         for (n, window) in std::iter::once(first).chain(more).enumerate() {
             let value = if n == last { value.take() } else { value.clone() };
             let Some(value) = value else { break };
-            let window_key = window_key(key_bytes, window);
+            // On the stack: most records change a window the table has (owned only when new).
+            let window_key = key_buffer(key_bytes, window);
             if self.with_index(cx, index, |windows| windows.knows(window.end, &window_key))? {
                 self.update(cx, index, &window_key, |old| (self.add)(key, old, value))?;
             } else {
@@ -502,12 +535,12 @@ where
                 let mut stored = None;
                 write_value(&mut stored, &(self.add)(key, None, value), self.table).map_err(failed)?;
                 cx.ctx
-                    .put_new_at(index, window_key.clone(), stored.unwrap_or_default())
+                    .put_new_at(index, window_key.to_vec(), stored.unwrap_or_default())
                     .map_err(failed)?;
-                created.push(window_key);
+                created.push(window_key.to_vec());
             }
         }
-        self.settle(cx, index, created, Vec::new())
+        self.settle(cx, index, created, key_bytes, &[])
     }
 
     fn push_session(
@@ -522,7 +555,7 @@ where
         let time = cx.timestamp;
         let closed = self.kind.closed_through(cx.ctx.clock(index));
         // Closed sessions are final: a record near one starts a session of its own.
-        let near: Vec<Window> = self.with_index(cx, index, |windows| {
+        let near = self.with_index(cx, index, |windows| {
             windows.overlapping(
                 key_bytes,
                 time.saturating_sub(sessions.gap).max(closed.saturating_add(1)),
@@ -540,13 +573,12 @@ where
             if *only == merged {
                 // Within one session: it changes in place.
                 self.update(cx, index, &merged_key, |old| (self.add)(key, old, value))?;
-                return self.settle(cx, index, Vec::new(), Vec::new());
+                return self.settle(cx, index, Created::new(), key_bytes, &[]);
             }
         }
         let mut aggregate: Option<A> = None;
-        let mut removed = Vec::with_capacity(near.len());
-        for session in near {
-            let session_key = window_key(key_bytes, session);
+        for session in &near {
+            let session_key = key_buffer(key_bytes, *session);
             // Read and deleted in one operation: the merged session replaces it.
             let table = self.table;
             let stored = cx
@@ -563,7 +595,6 @@ where
                     (_, _) => value,
                 });
             }
-            removed.push(session_key);
         }
         let new = (self.add)(key, aggregate, value);
         let mut stored = None;
@@ -572,7 +603,7 @@ where
         cx.ctx
             .put_new_at(index, merged_key.clone(), stored.unwrap_or_default())
             .map_err(failed)?;
-        self.settle(cx, index, vec![merged_key], removed)
+        self.settle(cx, index, smallvec::smallvec![merged_key], key_bytes, &near)
     }
 
     fn push_sliding(
@@ -642,7 +673,7 @@ where
         {
             changed.insert(right(time));
         }
-        let mut created = Vec::new();
+        let mut created = Created::new();
         for window in changed {
             if window.end <= closed {
                 continue;
@@ -661,7 +692,7 @@ where
                 created.push(window_key);
             }
         }
-        self.settle(cx, index, created, Vec::new())
+        self.settle(cx, index, created, key_bytes, &[])
     }
 }
 
@@ -705,7 +736,7 @@ where
     /// (tombstones in this commit's changelog records).
     fn tick(&self, cx: &mut Cx<'_>) -> Outcome {
         let index = self.slot.get()?;
-        self.settle(cx, index, Vec::new(), Vec::new())?;
+        self.settle(cx, index, Created::new(), &[], &[])?;
         let now = cx.ctx.clock(index);
         let expired = self.kind.expired_through(now);
         let gone = self.with_index(cx, index, |windows| windows.expire(expired))?;
@@ -1103,15 +1134,15 @@ mod tests {
         assert!(index.close(5, true).is_empty(), "stream time does not go back");
         assert_eq!(index.close(25, true).len(), 1);
         assert_eq!(
-            index.overlapping(b"a", 15, 100),
+            index.overlapping(b"a", 15, 100).to_vec(),
             vec![Window::new(25, 30)],
             "a closed window is final: no record finds it"
         );
         let gone: Vec<Vec<u8>> = index.expire(10).into_iter().map(Vec::from).collect();
         assert_eq!(gone, vec![key("a", 0, 10), key("b", 0, 10)]);
-        assert_eq!(index.overlapping(b"b", 0, 100), vec![]);
+        assert_eq!(index.overlapping(b"b", 0, 100).to_vec(), vec![]);
         index.remove(&key("a", 10, 20));
-        assert_eq!(index.overlapping(b"a", 0, 100), vec![Window::new(25, 30)]);
+        assert_eq!(index.overlapping(b"a", 0, 100).to_vec(), vec![Window::new(25, 30)]);
     }
 
     /// Closed windows wait for their expiry apart from the open ones, in order of their end
@@ -1164,11 +1195,11 @@ mod tests {
         assert!(index.knows(5, &key("a", 0, 5)) && index.knows(8, &key("a", 0, 8)));
         assert!(!index.knows(8, &key("a", 0, 5)) && !index.knows(5, &key("b", 0, 5)));
         assert_eq!(
-            index.overlapping(b"a", 0, 10),
+            index.overlapping(b"a", 0, 10).to_vec(),
             vec![Window::new(0, 5), Window::new(0, 8)]
         );
         assert_eq!(index.expire(5), vec![Box::from(key("a", 0, 5))]);
-        assert_eq!(index.overlapping(b"a", 0, 10), vec![Window::new(0, 8)]);
+        assert_eq!(index.overlapping(b"a", 0, 10).to_vec(), vec![Window::new(0, 8)]);
         index.remove(&key("a", 0, 8));
         assert!(index.overlapping(b"a", 0, 10).is_empty());
         assert!(index.by_key.is_empty());
@@ -1191,7 +1222,7 @@ mod tests {
             "a record's lookup sees the open session only"
         );
         assert_eq!(
-            index.overlapping(b"a", 0, i64::MAX),
+            index.overlapping(b"a", 0, i64::MAX).to_vec(),
             vec![Window::new(143 * 600_000, 143 * 600_000 + 60_000)]
         );
         // Loaded again (a restart): the closed ones are not keyed either.
@@ -1212,7 +1243,7 @@ mod tests {
         quiet.insert(key("a", 0, 10));
         quiet.insert(key("a", 50, 60));
         assert!(quiet.close(10, false).is_empty());
-        assert_eq!(quiet.overlapping(b"a", 0, 100), vec![Window::new(50, 60)]);
+        assert_eq!(quiet.overlapping(b"a", 0, 100).to_vec(), vec![Window::new(50, 60)]);
     }
 
     /// What the index does, written plainly: every window in one ordered set.
@@ -1272,7 +1303,8 @@ mod tests {
                         let grown = window_key(&key, Window::new(start, end + by));
                         index.insert(grown.clone());
                         model.windows.insert((end + by, grown, key.clone(), start));
-                        index.remove(&old_key);
+                        // As a record's session leaves: by its key and window.
+                        index.remove_window(&key, Window::new(start, end));
                         model.windows.remove(&(end, old_key.clone(), key, start));
                         left = Some(old_key);
                     }
@@ -1364,7 +1396,7 @@ mod tests {
                             .map(|(end, _, _, start)| Window::new(*start, *end))
                             .collect();
                         expected.sort_by_key(|w| (w.start, w.end));
-                        proptest::prop_assert_eq!(index.overlapping(&name(k), first_end, last_start), expected);
+                        proptest::prop_assert_eq!(index.overlapping(&name(k), first_end, last_start).to_vec(), expected);
                     }
                 }
                 let open: usize = index.by_key.values().map(VecDeque::len).sum();
