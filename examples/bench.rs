@@ -17,7 +17,8 @@
 //! pipeline alone, e.g. under a profiler). The broker runs in its own process (tansu when it is
 //! installed, else the embedded broker; `BENCH_BROKER=embedded` forces the embedded one), so
 //! its CPU is not counted. `BENCH_FETCH_WAIT_MS` sets the consumers' `fetch.wait.max.ms`
-//! (tansu answers a held fetch late; see `fetch_wait`).
+//! (tansu answers a held fetch late; see `fetch_wait`); `BENCH_COMMIT_MS` sets (j)'s commit
+//! interval (see `engine_commit_interval`).
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -728,7 +729,7 @@ fn windowed_engine(
         let stores = Stores::RocksDb(dir.path().to_path_buf());
         let mut driver =
             TestDriver::with_stores(hits_per_window::app(), &[("hit_count", 1)], stores).map_err(|e| e.to_string())?;
-        driver.commit_interval(Duration::from_millis(100)).await;
+        driver.commit_interval(engine_commit_interval()?).await;
         for input in inputs {
             driver.pipe_raw("hit_count", None, Some(input.as_bytes()));
         }
@@ -867,6 +868,23 @@ fn check_fetch_wait() -> Result<(), String> {
         },
     }
     Ok(())
+}
+
+/// (j)'s commit interval: the worker's 100 ms unless `BENCH_COMMIT_MS` sets it. (j) cuts on
+/// the wall clock, so under a profiler that slows it down (callgrind: about 40 times) it makes
+/// as many more cuts, each writing the windows changed since the last: with the interval
+/// stretched as much, the profile's cuts are as many as a native run's.
+fn engine_commit_interval() -> Result<Duration, String> {
+    match std::env::var("BENCH_COMMIT_MS") {
+        Err(_) => Ok(Duration::from_millis(100)),
+        Ok(ms) => match ms.parse::<u64>() {
+            Ok(n) if n > 0 => {
+                println!("(j) commit interval: {n} ms (BENCH_COMMIT_MS)");
+                Ok(Duration::from_millis(n))
+            }
+            _ => Err(format!("BENCH_COMMIT_MS={ms}: an interval in ms, above 0")),
+        },
+    }
 }
 
 /// (a) A plain consumer reading the topic and doing nothing: the ceiling.
