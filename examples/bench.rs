@@ -714,7 +714,8 @@ struct WindowedTrip {
 }
 
 /// (j) `hits_per_window` without a broker: (f)'s input through the test driver (the
-/// runtime's task loop, RocksDB stores, cuts every 100 ms as the worker's commit interval),
+/// runtime's task loop, RocksDB stores, cuts every 100 ms as the worker's commit interval
+/// unless `BENCH_COMMIT_MS` sets another),
 /// on the same machine in the same run: the engine's own cost per input.
 fn windowed_engine(
     runtime: &tokio::runtime::Runtime,
@@ -874,15 +875,16 @@ fn check_fetch_wait() -> Result<(), String> {
 /// the wall clock, so under a profiler that slows it down (callgrind: about 40 times) it makes
 /// as many more cuts, each writing the windows changed since the last: with the interval
 /// stretched as much, the profile's cuts are as many as a native run's.
+/// Checked at the start of a run (from [`run`]) and again by (j).
 fn engine_commit_interval() -> Result<Duration, String> {
-    match std::env::var("BENCH_COMMIT_MS") {
-        Err(_) => Ok(Duration::from_millis(100)),
-        Ok(ms) => match ms.parse::<u64>() {
-            Ok(n) if n > 0 => {
-                println!("(j) commit interval: {n} ms (BENCH_COMMIT_MS)");
-                Ok(Duration::from_millis(n))
-            }
-            _ => Err(format!("BENCH_COMMIT_MS={ms}: an interval in ms, above 0")),
+    match std::env::var_os("BENCH_COMMIT_MS") {
+        None => Ok(Duration::from_millis(100)),
+        Some(ms) => match ms.to_str().map(str::parse::<u64>) {
+            Some(Ok(n)) if n > 0 => Ok(Duration::from_millis(n)),
+            _ => Err(format!(
+                "BENCH_COMMIT_MS={}: an interval in ms, above 0",
+                ms.to_string_lossy()
+            )),
         },
     }
 }
@@ -1266,6 +1268,12 @@ fn main() -> std::process::ExitCode {
 
 fn run(args: &Args) -> Result<(), String> {
     check_fetch_wait()?;
+    if std::env::var_os("BENCH_COMMIT_MS").is_some() {
+        println!(
+            "(j) commit interval: {} ms (BENCH_COMMIT_MS)",
+            engine_commit_interval()?.as_millis()
+        );
+    }
     let broker = start_broker(true)?;
     println!("broker: {} at {}", broker.name, broker.bootstrap);
     println!(

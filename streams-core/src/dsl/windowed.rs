@@ -11,8 +11,8 @@
 //! day; sliding windows when they close), at the next commit point.
 //!
 //! What a task keeps beside its windowed table: an index of the windows in it (by end, to
-//! close and expire them in order; the open fixed windows and sessions by key, to tell a
-//! fixed window that is new to the table and to find the sessions a record joins), made from
+//! close and expire them in order; the open ones by key, to tell a fixed window that is new
+//! to the table and to find the sessions a record joins), made from
 //! the store at the task's first record, and, for
 //! sliding windows, the records of the last time difference + grace (a second table,
 //! `{table}-records`, with its own changelog), from which each window's result is computed.
@@ -112,10 +112,13 @@ impl Kind {
 /// The open windows by end are a heap, not an ordered set: a window enters it with a
 /// comparison or two, and one that leaves before it closes (a session merged into a new
 /// one) is only taken out of `by_key`; its entry in the heap is dropped when it comes up
-/// (`by_key` no longer has it), or when such entries outnumber the open windows.
+/// (`by_key` no longer has it), or when such entries outnumber the open windows. A window
+/// that leaves and comes back has two entries: the first to come up closes it, the other is
+/// dropped.
 struct WindowIndex {
     /// The open windows in order of their end (and key), first on top, with the entries of
-    /// windows that left since (see above). Each ends after `closed_through`.
+    /// windows that left since and second entries of windows that came back (see above).
+    /// Each ends after `closed_through`.
     open: BinaryHeap<Reverse<ByEnd>>,
     /// The closed windows, in order of their end (and key).
     closed: VecDeque<ByEnd>,
@@ -124,7 +127,8 @@ struct WindowIndex {
     /// of sliding windows two per record of the last time difference and grace, which close
     /// from the front).
     by_key: HashMap<Box<[u8]>, VecDeque<(i64, i64)>, foldhash::fast::RandomState>,
-    /// How many windows `by_key` holds: `open` holds as many entries and those left behind.
+    /// How many windows `by_key` holds: `open` holds an entry for each, and those left
+    /// behind.
     live: usize,
     /// Windows ending at or before this have closed (their final results went on).
     closed_through: i64,
@@ -1117,14 +1121,9 @@ mod tests {
         window_key(k.as_bytes(), Window::new(start, end))
     }
 
-    /// An empty index of sessions, with windows ending at or before `closed_through` closed.
-    fn sessions_index(closed_through: i64) -> WindowIndex {
-        WindowIndex::new(closed_through)
-    }
-
     #[test]
     fn the_index_closes_each_window_once_in_order_and_expires_the_oldest() {
-        let mut index = sessions_index(NO_TIME);
+        let mut index = WindowIndex::new(NO_TIME);
         for (k, s, e) in [("b", 0, 10), ("a", 0, 10), ("a", 10, 20), ("a", 25, 30)] {
             index.insert(key(k, s, e));
         }
@@ -1189,7 +1188,7 @@ mod tests {
 
     #[test]
     fn two_sessions_of_a_key_with_one_start_are_both_known_until_each_expires() {
-        let mut index = sessions_index(NO_TIME);
+        let mut index = WindowIndex::new(NO_TIME);
         index.insert(key("a", 0, 5));
         index.insert(key("a", 0, 8));
         assert!(index.knows(5, &key("a", 0, 5)) && index.knows(8, &key("a", 0, 8)));
@@ -1208,7 +1207,7 @@ mod tests {
 
     #[test]
     fn a_keys_closed_sessions_leave_its_lookup_when_they_close_and_after_a_restart() {
-        let mut index = sessions_index(NO_TIME);
+        let mut index = WindowIndex::new(NO_TIME);
         // A day of one user's sessions, one every 10 minutes: all kept for the retention.
         for n in 0..144 {
             index.insert(key("a", n * 600_000, n * 600_000 + 60_000));
@@ -1226,7 +1225,7 @@ mod tests {
             vec![Window::new(143 * 600_000, 143 * 600_000 + 60_000)]
         );
         // Loaded again (a restart): the closed ones are not keyed either.
-        let mut again = sessions_index(143 * 600_000);
+        let mut again = WindowIndex::new(143 * 600_000);
         let open = index.open.iter().map(|Reverse(window)| window);
         for ByEnd(_, window_key) in index.closed.iter().chain(open) {
             again.insert(&**window_key);
@@ -1239,7 +1238,7 @@ mod tests {
         );
         assert!(again.by_key.is_empty());
         // Not emitting final results, closing still takes them out.
-        let mut quiet = sessions_index(NO_TIME);
+        let mut quiet = WindowIndex::new(NO_TIME);
         quiet.insert(key("a", 0, 10));
         quiet.insert(key("a", 50, 60));
         assert!(quiet.close(10, false).is_empty());
@@ -1402,8 +1401,14 @@ mod tests {
                 let open: usize = index.by_key.values().map(VecDeque::len).sum();
                 proptest::prop_assert_eq!(open, index.live);
                 // The heap: an entry for each open window, the others within bounds, none closed.
-                proptest::prop_assert!(index.open.len() >= index.live);
-                proptest::prop_assert!(index.open.len() <= 2 * index.live + LEFT_ENTRIES_SLACK + 1);
+                let entries: BTreeSet<&[u8]> = index.open.iter().map(|Reverse(ByEnd(_, key))| &**key).collect();
+                for (key, windows) in &index.by_key {
+                    for (start, end) in windows {
+                        let window_key = window_key(key, Window::new(*start, *end));
+                        proptest::prop_assert!(entries.contains(&window_key[..]), "no heap entry: {window_key:?}");
+                    }
+                }
+                proptest::prop_assert!(index.open.len() <= 2 * index.live + LEFT_ENTRIES_SLACK);
                 proptest::prop_assert!(index.open.iter().all(|Reverse(ByEnd(end, _))| *end > index.closed_through));
             }
         }
