@@ -692,6 +692,50 @@ async fn event_time_comes_from_the_value_and_travels_with_what_it_causes() {
     );
 }
 
+const FAILING_COUNTS: WindowedTable<String, i64> = WindowedTable::new("failing-counts");
+const COUNTED: Topic<String, i64> = Topic::new("counted");
+
+/// A closed window whose final result fails downstream goes to the dead-letter topic with
+/// its key and the value the table holds; the other windows' results go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_result_that_fails_goes_to_the_dead_letter_topic_with_the_windows_value() {
+    let app = App::new("finals").pipeline("finals", |builder| {
+        builder
+            .stream(READINGS)
+            .group_by_key()
+            .windowed_by(TimeWindows::of(ms(1000)).grace(ms(0)))
+            .emit_final()
+            .count(FAILING_COUNTS)
+            .to_stream()
+            .map(|window, count| {
+                assert!(count != 2, "two readings in the window from {}", window.window.start);
+                (window.key, count)
+            })
+            .to(COUNTED);
+    });
+    let mut driver = TestDriver::new(app).expect("driver");
+    for at in [0, 500, 1_500, 5_000] {
+        driver.pipe(&READINGS, "s", &Reading { at, value: at }).expect("pipe");
+    }
+    driver.run().await.expect("run");
+    let sent = driver.records(&COUNTED).expect("records");
+    assert_eq!(sent, vec![("s".to_string(), 1)], "the window from 1,000 ms");
+    let dead = driver.raw_records("finals-finals-dlq");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(
+        dead[0].key,
+        Windowed::new("s".to_string(), Window::new(0, 1_000)).encode_key()
+    );
+    assert_eq!(dead[0].value.as_deref(), Some(&b"2"[..]), "the table's value");
+    assert!(
+        dead[0]
+            .header("streams.dlq.error")
+            .is_some_and(|e| e.contains("two readings in the window from 0")),
+        "{:?}",
+        dead[0]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hits_per_window_sends_each_minute_and_session_once_as_its_contract_says() {
     let hits = spread_hits(400);

@@ -450,8 +450,12 @@ where
 
     /// Sends a closed window's result on; one that fails goes to the dead-letter topic.
     fn emit(&self, cx: &mut Cx<'_>, index: usize, window_key: &[u8]) {
-        let stored = match cx.ctx.get_now(index, window_key) {
-            Ok(Some(stored)) => stored,
+        // Decoded where it is (a copy of the stored bytes only for a result that fails).
+        let value = match cx
+            .ctx
+            .read_now(index, window_key, |stored| json::decode::<A>(stored).map_err(failed))
+        {
+            Ok(Some(value)) => value,
             Ok(None) => return,
             Err(error) => {
                 cx.ctx.metrics.fail(format!("table `{}`: {error}", self.table));
@@ -460,7 +464,7 @@ where
         };
         let decoded = Windowed::<K>::decode_key(Some(window_key))
             .map_err(failed)
-            .and_then(|key| Ok((key, json::decode::<A>(&stored).map_err(failed)?)));
+            .and_then(|key| Ok((key, value?)));
         let time = match (self.kind, split_window_key(window_key)) {
             // [start, end): the last moment in the window.
             (Kind::Fixed(_), Some((_, window))) => window.end - 1,
@@ -470,7 +474,9 @@ where
         let outcome =
             decoded.and_then(|(key, value)| at_time(cx, time, |cx| guarded(|| self.finals.push(cx, key, value))));
         if let Err(error) = outcome {
-            change_failed_in(cx, self.table, window_key.to_vec(), Some(stored), time, &error);
+            // What the table holds: nothing downstream of its results changes it.
+            let stored = cx.ctx.get_now(index, window_key).ok().flatten();
+            change_failed_in(cx, self.table, window_key.to_vec(), stored, time, &error);
         }
     }
 

@@ -173,21 +173,20 @@ impl TableState {
             // What earlier cuts pinned is in the store.
             self.pinned = 0;
         }
-        for (key, entry) in self.cache.iter_mut() {
-            if entry.dirty {
-                entry.dirty = false;
-                entry.fresh = None;
-                entry.cut = cut;
-                self.pinned += entry_bytes(key, entry.value.as_deref());
-                changes.push((key.clone(), entry.value.clone(), entry.timestamp));
-            }
+        // In key order: the store's memory table finds each key's place from the last one's
+        // (RocksDB's insert hint), and the changelog gets a cut's changes in an order that
+        // does not depend on the cache's hashing. Sorted as references, then copied.
+        let mut dirty: Vec<(&Vec<u8>, &mut Entry)> = self.cache.iter_mut().filter(|(_, entry)| entry.dirty).collect();
+        dirty.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (key, entry) in dirty {
+            entry.dirty = false;
+            entry.fresh = None;
+            entry.cut = cut;
+            self.pinned += entry_bytes(key, entry.value.as_deref());
+            changes.push((key.clone(), entry.value.clone(), entry.timestamp));
         }
         self.dirty = 0;
         self.last_cut = cut;
-        // In key order: the store's memory table finds each key's place from the last one's
-        // (RocksDB's insert hint), and the changelog gets a cut's changes in an order that
-        // does not depend on the cache's hashing.
-        changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         changes
     }
 
@@ -360,6 +359,21 @@ impl TaskContext {
             Ok(value) => Ok(value),
             Err(store) => read_blocking(&*store, key),
         }
+    }
+
+    /// `read` applied to the value of `key` in table `index` as [`TaskContext::get_now`]
+    /// finds it, without copying a cached value. Blocks on the store: call off the async
+    /// executor.
+    pub(crate) fn read_now<T>(&self, index: usize, key: &[u8], read: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
+        let store = {
+            let mut tables = self.tables();
+            let state = self.table_at_mut(&mut tables, index)?;
+            match state.cache.get(key) {
+                Some(entry) => return Ok(entry.value.as_deref().map(read)),
+                None => Arc::clone(&state.store),
+            }
+        };
+        Ok(read_blocking(&*store, key)?.as_deref().map(read))
     }
 
     /// The cached value of `key` in table `index`, or the store to read it from.
