@@ -475,8 +475,13 @@ where
             decoded.and_then(|(key, value)| at_time(cx, time, |cx| guarded(|| self.finals.push(cx, key, value))));
         if let Err(error) = outcome {
             // What the table holds: nothing downstream of its results changes it.
-            let stored = cx.ctx.get_now(index, window_key).ok().flatten();
-            change_failed_in(cx, self.table, window_key.to_vec(), stored, time, &error);
+            match cx.ctx.get_now(index, window_key) {
+                Ok(stored) => change_failed_in(cx, self.table, window_key.to_vec(), stored, time, &error),
+                Err(read) => cx
+                    .ctx
+                    .metrics
+                    .fail(format!("table `{}`: {read} (after: {error})", self.table)),
+            }
         }
     }
 

@@ -358,7 +358,8 @@ impl TaskContext {
     }
 
     pub(crate) fn tables(&self) -> MutexGuard<'_, Vec<TableState>> {
-        // A panic in user code never happens while this lock is held; recover regardless.
+        // User code can run while this lock is held (an aggregate's `add`, a value's
+        // `Deserialize`): a panic there poisons it, and the tables are taken back as they are.
         self.tables.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
