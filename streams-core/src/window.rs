@@ -74,9 +74,23 @@ impl<K> Windowed<K> {
     }
 }
 
+/// A window key made to be looked up, on the stack when it is short.
+pub(crate) type WindowKeyBuffer = smallvec::SmallVec<[u8; 64]>;
+
 /// The bytes of `key` (already encoded) in `window`.
 pub(crate) fn window_key(key: &[u8], window: Window) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(key.len() + 16);
+    let bytes = window_key_buffer(key, window);
+    // Copied at its size from the stack; a long key's heap buffer is taken as it is.
+    if bytes.spilled() {
+        bytes.into_vec()
+    } else {
+        bytes.to_vec()
+    }
+}
+
+/// [`window_key`] in a [`WindowKeyBuffer`]: no allocation for a key that fits.
+pub(crate) fn window_key_buffer(key: &[u8], window: Window) -> WindowKeyBuffer {
+    let mut bytes = WindowKeyBuffer::with_capacity(key.len() + 16);
     bytes.extend_from_slice(key);
     bytes.extend_from_slice(&window.start.to_be_bytes());
     bytes.extend_from_slice(&window.end.to_be_bytes());
@@ -400,5 +414,19 @@ mod tests {
         assert_eq!(split_window_key(&bytes), Some((&b"k"[..], Window::new(1, 2))));
         assert_eq!(split_window_key(b"short"), None);
         assert!(Windowed::<String>::decode_key(Some(b"short")).is_err());
+    }
+
+    #[test]
+    fn windowed_keys_of_every_length_are_made_alike_on_the_stack_and_on_the_heap() {
+        // Up to 48 key bytes the key is made on the stack, past them on the heap.
+        for len in [0, 1, 47, 48, 49, 60, 200] {
+            let key = vec![b'x'; len];
+            let window = Window::new(-5, i64::MAX);
+            let bytes = window_key(&key, window);
+            assert_eq!(bytes.len(), len + 16);
+            assert_eq!(bytes.capacity(), len + 16, "made at its size (len {len})");
+            assert_eq!(&window_key_buffer(&key, window)[..], &bytes[..]);
+            assert_eq!(split_window_key(&bytes), Some((&key[..], window)));
+        }
     }
 }

@@ -40,7 +40,9 @@ use crate::store::StateStore;
 use crate::table::WindowedTable;
 use crate::task::NO_TIME;
 use crate::topic::Topic;
-use crate::window::{split_window_key, window_key, SessionWindows, SlidingWindows, TimeWindows, Window, Windowed};
+use crate::window::{
+    split_window_key, window_key, window_key_buffer, SessionWindows, SlidingWindows, TimeWindows, Window, Windowed,
+};
 
 /// The windows of an aggregation.
 #[derive(Debug, Clone, Copy)]
@@ -348,18 +350,6 @@ impl WindowIndex {
 /// The windows a record made, as window keys (mostly one).
 type Created = SmallVec<[Vec<u8>; 1]>;
 
-/// A window key looked up, on the stack when it is short.
-type KeyBuffer = SmallVec<[u8; 64]>;
-
-/// `window`'s key for `key`, as [`window_key`] makes it, in a [`KeyBuffer`].
-fn key_buffer(key: &[u8], window: Window) -> KeyBuffer {
-    let mut bytes = KeyBuffer::with_capacity(key.len() + 16);
-    bytes.extend_from_slice(key);
-    bytes.extend_from_slice(&window.start.to_be_bytes());
-    bytes.extend_from_slice(&window.end.to_be_bytes());
-    bytes
-}
-
 /// How many entries of windows that left the heap of open windows may outnumber the open
 /// windows by before it is made again (few in tests, to make it often).
 const LEFT_ENTRIES_SLACK: usize = if cfg!(test) { 1 } else { 64 };
@@ -536,7 +526,7 @@ where
             let value = if n == last { value.take() } else { value.clone() };
             let Some(value) = value else { break };
             // On the stack: most records change a window the table has (owned only when new).
-            let window_key = key_buffer(key_bytes, window);
+            let window_key = window_key_buffer(key_bytes, window);
             if self.with_index(cx, index, |windows| windows.knows(window.end, &window_key))? {
                 self.update(cx, index, &window_key, |old| (self.add)(key, old, value))?;
             } else {
@@ -593,7 +583,7 @@ where
         }
         let mut aggregate: Option<A> = None;
         for session in &near {
-            let session_key = key_buffer(key_bytes, *session);
+            let session_key = window_key_buffer(key_bytes, *session);
             // Read and deleted in one operation: the merged session replaces it.
             let table = self.table;
             let stored = cx
