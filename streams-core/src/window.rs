@@ -79,22 +79,33 @@ pub(crate) type WindowKeyBuffer = smallvec::SmallVec<[u8; 64]>;
 
 /// The bytes of `key` (already encoded) in `window`.
 pub(crate) fn window_key(key: &[u8], window: Window) -> Vec<u8> {
-    let bytes = window_key_buffer(key, window);
-    // Copied at its size from the stack; a long key's heap buffer is taken as it is.
-    if bytes.spilled() {
-        bytes.into_vec()
-    } else {
-        bytes.to_vec()
-    }
+    let mut bytes = Vec::with_capacity(key.len() + 16);
+    bytes.extend_from_slice(key);
+    bytes.extend_from_slice(&window_times(window));
+    bytes
 }
 
-/// [`window_key`] in a [`WindowKeyBuffer`]: no allocation for a key that fits.
+/// [`window_key`] in a [`WindowKeyBuffer`]: no allocation for a key of up to 48 bytes.
 pub(crate) fn window_key_buffer(key: &[u8], window: Window) -> WindowKeyBuffer {
-    let mut bytes = WindowKeyBuffer::with_capacity(key.len() + 16);
-    bytes.extend_from_slice(key);
-    bytes.extend_from_slice(&window.start.to_be_bytes());
-    bytes.extend_from_slice(&window.end.to_be_bytes());
-    bytes
+    let len = key.len() + 16;
+    let mut buffer = [0u8; 64];
+    let Some(at) = buffer.get_mut(..len) else {
+        return WindowKeyBuffer::from_vec(window_key(key, window));
+    };
+    // Written into an array in two copies (pushed onto a `SmallVec` a slice at a time, a
+    // key cost about twice as much).
+    let (front, times) = at.split_at_mut(key.len());
+    front.copy_from_slice(key);
+    times.copy_from_slice(&window_times(window));
+    WindowKeyBuffer::from_buf_and_len(buffer, len)
+}
+
+/// A window's start and end as they end its key (big-endian).
+fn window_times(window: Window) -> [u8; 16] {
+    let mut times = [0u8; 16];
+    times[..8].copy_from_slice(&window.start.to_be_bytes());
+    times[8..].copy_from_slice(&window.end.to_be_bytes());
+    times
 }
 
 /// A windowed key's bytes split into the key's bytes and its window.
