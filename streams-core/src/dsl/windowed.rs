@@ -415,6 +415,13 @@ where
         let closed = self.kind.closed_through(cx.ctx.clock(index));
         let emit = self.emit_final;
         let closing = self.with_index(cx, index, |windows| {
+            if removed.is_empty() {
+                // Every record of fixed windows, a session's first: nothing to sort out.
+                for key in created {
+                    windows.insert(key);
+                }
+                return windows.close(closed, emit);
+            }
             // The new windows first: a session that grows stays known by its key throughout
             // (its key's entry is not dropped and made again).
             let made = |window: &Window| {
