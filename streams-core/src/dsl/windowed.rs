@@ -416,7 +416,8 @@ where
         let emit = self.emit_final;
         let closing = self.with_index(cx, index, |windows| {
             if removed.is_empty() {
-                // Every record of fixed windows, a session's first: nothing to sort out.
+                // Every record of fixed and sliding windows, a session's first record or one
+                // within a session, a commit point's closing: nothing to sort out.
                 for key in created {
                     windows.insert(key);
                 }
