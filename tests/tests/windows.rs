@@ -303,9 +303,21 @@ async fn a_session_grown_between_commit_points_leaves_no_trace_of_its_earlier_sh
     assert!(sent[1..].contains(&(session(0, 12), true)), "{sent:?}");
 }
 
+/// The table caches a test runs under: none (every read from the store), and the default a
+/// user gets without setting one.
+const CACHES: [Option<usize>; 2] = [Some(0), None];
+
+/// `app` with table caches of `cache` bytes, or the default for `None`.
+fn with_cache(app: App, cache: Option<usize>) -> App {
+    match cache {
+        Some(bytes) => app.table_cache_bytes(bytes),
+        None => app,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_beside_a_closed_one_with_the_same_start_keeps_its_own_place() {
-    for cache in [0, 1 << 20] {
+    for cache in CACHES {
         a_session_beside_a_closed_one(cache).await;
     }
 }
@@ -314,17 +326,15 @@ async fn a_session_beside_a_closed_one_with_the_same_start_keeps_its_own_place()
 /// where the closed one starts. Both are in the table, and each must stay what it is until
 /// it expires (the index once knew a key's sessions by their start only: the closed one's
 /// expiry took the other's place, whose next record then started a session of its own).
-async fn a_session_beside_a_closed_one(cache: usize) {
-    let app = App::new("sessions")
-        .table_cache_bytes(cache)
-        .pipeline("sessions", |builder| {
-            let windowed = builder.stream(EVENTS).group_by_key().windowed_by(
-                SessionWindows::with_inactivity_gap(ms(10))
-                    .grace(ms(0))
-                    .retention(ms(15)),
-            );
-            windowed.count(SESSIONS).to_stream().to(SESSION_COUNTS);
-        });
+async fn a_session_beside_a_closed_one(cache: Option<usize>) {
+    let app = with_cache(App::new("sessions"), cache).pipeline("sessions", |builder| {
+        let windowed = builder.stream(EVENTS).group_by_key().windowed_by(
+            SessionWindows::with_inactivity_gap(ms(10))
+                .grace(ms(0))
+                .retention(ms(15)),
+        );
+        windowed.count(SESSIONS).to_stream().to(SESSION_COUNTS);
+    });
     let mut driver = TestDriver::new(app).expect("driver");
     let steps: [(&[(&str, i64)], KeyedSessions); 4] = [
         (&[("a", 0), ("a", 5)], vec![("a".into(), 0, 5, 2)]),
@@ -342,7 +352,7 @@ async fn a_session_beside_a_closed_one(cache: usize) {
             driver.pipe_at(&EVENTS, *key, &1, *time).expect("pipe");
         }
         driver.run().await.expect("run");
-        assert_eq!(sessions(&driver), expected, "cache {cache} B, step {n}");
+        assert_eq!(sessions(&driver), expected, "cache {cache:?} B, step {n}");
     }
 }
 
@@ -701,28 +711,26 @@ const COUNTED: Topic<String, i64> = Topic::new("counted");
 /// results go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_final_result_that_fails_goes_to_the_dead_letter_topic_with_the_windows_value() {
-    for cache in [0, 1 << 20] {
+    for cache in CACHES {
         a_final_result_that_fails(cache).await;
     }
 }
 
-async fn a_final_result_that_fails(cache: usize) {
-    let app = App::new("finals")
-        .table_cache_bytes(cache)
-        .pipeline("finals", |builder| {
-            builder
-                .stream(READINGS)
-                .group_by_key()
-                .windowed_by(TimeWindows::of(ms(1000)).grace(ms(0)))
-                .emit_final()
-                .count(FAILING_COUNTS)
-                .to_stream()
-                .map(|window, count| {
-                    assert!(count != 2, "two readings in the window from {}", window.window.start);
-                    (window.key, count)
-                })
-                .to(COUNTED);
-        });
+async fn a_final_result_that_fails(cache: Option<usize>) {
+    let app = with_cache(App::new("finals"), cache).pipeline("finals", |builder| {
+        builder
+            .stream(READINGS)
+            .group_by_key()
+            .windowed_by(TimeWindows::of(ms(1000)).grace(ms(0)))
+            .emit_final()
+            .count(FAILING_COUNTS)
+            .to_stream()
+            .map(|window, count| {
+                assert!(count != 2, "two readings in the window from {}", window.window.start);
+                (window.key, count)
+            })
+            .to(COUNTED);
+    });
     let mut driver = TestDriver::new(app).expect("driver");
     for at in [0, 500] {
         driver.pipe(&READINGS, "s", &Reading { at, value: at }).expect("pipe");
