@@ -13,18 +13,31 @@
 use crate::store::{Checkpoint, StateStore};
 use crate::Result;
 
-/// Header naming a source topic of the cut that caused a change (one per source, each
-/// followed by its partition and offset headers).
+/// Header of a changelog record made at a cut: where the cut stood, as text of `;`-separated
+/// parts — `source=TOPIC/PARTITION/OFFSET` for each source topic the task has read from (the
+/// last offset processed there), then `time=MS`, the task's stream time, when it has one, and
+/// `clock=TABLE=MS` for each operation that keeps its own (windowed aggregations and joins;
+/// `MS` empty while none). [`CutPosition`] reads it. One header, where earlier versions wrote
+/// five (the headers below, still read): librdkafka allocates every header of every record.
+///
+/// ```text
+/// streams.cut: source=hit_count/3/1041;time=1764000060000;clock=minute-totals=1764000060000
+/// ```
+pub const CUT: &str = "streams.cut";
+/// Header of changelog records written before [`CUT`]: a source topic of the cut that caused
+/// a change (one per source, each followed by its partition and offset headers). Still read.
 pub const SOURCE_TOPIC: &str = "streams.source.topic";
-/// Header naming the partition of the source topic named just before.
+/// Header of changelog records written before [`CUT`]: the partition of the source topic
+/// named just before. Still read.
 pub const SOURCE_PARTITION: &str = "streams.source.partition";
-/// Header naming the last offset processed in the source topic named just before.
+/// Header of changelog records written before [`CUT`]: the last offset processed in the
+/// source topic named just before. Still read.
 pub const SOURCE_OFFSET: &str = "streams.source.offset";
-/// Header with the task's stream time (ms) at the cut: a restore takes the stream time of
-/// the changes it applies from it.
+/// Header of changelog records written before [`CUT`]: the task's stream time (ms) at the
+/// cut. Still read.
 pub const STREAM_TIME: &str = "streams.stream.time";
-/// Header of a changelog record made at a cut: the stream times of the task's operations
-/// that keep their own (windowed aggregations and joins), as `table=ms` pairs.
+/// Header of changelog records written before [`CUT`]: the stream times of the task's
+/// operations that keep their own, as `table=ms` pairs. Still read.
 pub const STREAM_CLOCKS: &str = "streams.stream.clocks";
 
 /// Stream times per operation, by the name of the table that keeps it (see
@@ -41,7 +54,9 @@ pub(crate) fn merge_clocks(into: &mut Clocks, from: &[(String, i64)], pick: fn(i
     }
 }
 
-/// Clocks as text: `name=time` pairs, comma-separated (table names have no `=`, `,` or `;`).
+/// Clocks as text: `name=time` pairs, comma-separated (table names have no `=`, `,` or `;`),
+/// as [`STREAM_CLOCKS`] headers carried them.
+#[cfg(test)]
 pub(crate) fn clocks_text(clocks: &[(String, i64)]) -> String {
     let pairs: Vec<String> = clocks
         .iter()
@@ -86,44 +101,170 @@ pub(crate) fn clocks_of_text(text: &str) -> Clocks {
 /// has deleted are kept (it cannot be processed again).
 pub(crate) type Committed = [(String, i64)];
 
-/// The headers of a changelog record made at a cut: one topic/partition/offset triple per
-/// source the task has read from, in the order of its sources.
-/// Then the task's stream time, when it has one, and its operations' own (see
-/// `TaskContext::clocks`), when it has any.
-pub(crate) fn source_headers(
+/// The headers of a changelog record made at a cut: one, [`CUT`] (none when it would say
+/// nothing).
+pub(crate) fn cut_headers(
     positions: &[(std::sync::Arc<str>, i64)],
     partition: i32,
     stream_time: Option<i64>,
     clocks: &[(String, i64)],
 ) -> Vec<(String, Vec<u8>)> {
-    let mut headers = Vec::with_capacity(positions.len() * 3 + 2);
+    use std::fmt::Write;
+    let mut text = String::new();
+    // (Writing to a `String` cannot fail.)
     for (topic, offset) in positions {
-        headers.push((SOURCE_TOPIC.to_string(), topic.as_bytes().to_vec()));
-        headers.push((SOURCE_PARTITION.to_string(), partition.to_string().into_bytes()));
-        headers.push((SOURCE_OFFSET.to_string(), offset.to_string().into_bytes()));
+        let _ = write!(text, ";source={topic}/{partition}/{offset}");
     }
     if let Some(time) = stream_time {
-        headers.push((STREAM_TIME.to_string(), time.to_string().into_bytes()));
+        let _ = write!(text, ";time={time}");
     }
-    if !clocks.is_empty() {
-        headers.push((STREAM_CLOCKS.to_string(), clocks_text(clocks).into_bytes()));
+    for (name, time) in clocks {
+        let _ = write!(text, ";clock={name}={}", clock_text(*time));
     }
-    headers
+    match text.strip_prefix(';') {
+        Some(text) => vec![(CUT.to_string(), text.as_bytes().to_vec())],
+        None => Vec::new(),
+    }
+}
+
+/// One part of a [`CUT`] header.
+enum Part<'a> {
+    /// A source topic, its partition and the last offset processed there.
+    Source(&'a str, i32, i64),
+    /// The task's stream time.
+    Time(i64),
+    /// An operation's stream time (`i64::MIN`: none yet).
+    Clock(&'a str, i64),
+}
+
+/// The parts of a [`CUT`] header's value; parts that do not parse (or that a later version
+/// adds) are skipped.
+fn parts(value: &[u8]) -> impl Iterator<Item = Part<'_>> {
+    std::str::from_utf8(value)
+        .unwrap_or_default()
+        .split(';')
+        .filter_map(|part| match part.split_once('=')? {
+            ("source", source) => {
+                let mut fields = source.rsplitn(3, '/');
+                let offset = fields.next()?.parse().ok()?;
+                let partition = fields.next()?.parse().ok()?;
+                Some(Part::Source(fields.next()?, partition, offset))
+            }
+            ("time", time) => Some(Part::Time(time.parse().ok()?)),
+            ("clock", clock) => {
+                let (name, time) = clock.split_once('=')?;
+                Some(Part::Clock(name, clock_of_text(time)?))
+            }
+            _ => None,
+        })
+}
+
+/// Where a cut stood, as its changelog records' headers say: [`CUT`], or the five headers
+/// of records that earlier versions wrote.
+///
+/// ```
+/// use streams_core::changelog::{CutPosition, CUT};
+///
+/// let value = b"source=hit_count/3/1041;time=1764000060000;clock=minute-totals=";
+/// let cut = CutPosition::of_headers([(CUT, &value[..])]).expect("a cut's record");
+/// assert_eq!(cut.sources, vec![("hit_count".to_string(), 3, 1041)]);
+/// assert_eq!(cut.stream_time, Some(1_764_000_060_000));
+/// assert_eq!(cut.clocks, vec![("minute-totals".to_string(), None)]);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CutPosition {
+    /// Each source topic the task had read from: its name, the partition and the last
+    /// offset processed there.
+    pub sources: Vec<(String, i32, i64)>,
+    /// The task's stream time (ms), when it had one.
+    pub stream_time: Option<i64>,
+    /// The stream times (ms) of the operations that keep their own, by the name of the table
+    /// that keeps each (`None`: no record had reached it).
+    pub clocks: Vec<(String, Option<i64>)>,
+}
+
+impl CutPosition {
+    /// The position that `headers` (name, value) carry; `None` for a record without them.
+    pub fn of_headers<'h>(headers: impl IntoIterator<Item = (&'h str, &'h [u8])>) -> Option<Self> {
+        let mut cut = Self::default();
+        let mut found = false;
+        let mut topic: Option<&str> = None;
+        let mut partition: Option<i32> = None;
+        let number = |value: &[u8]| std::str::from_utf8(value).ok()?.parse::<i64>().ok();
+        for (name, value) in headers {
+            match name {
+                CUT => {
+                    found = true;
+                    for part in parts(value) {
+                        match part {
+                            Part::Source(topic, partition, offset) => {
+                                cut.sources.push((topic.to_string(), partition, offset))
+                            }
+                            Part::Time(time) => cut.stream_time = Some(time),
+                            Part::Clock(name, time) => cut
+                                .clocks
+                                .push((name.to_string(), Some(time).filter(|t| *t != i64::MIN))),
+                        }
+                    }
+                }
+                SOURCE_TOPIC => {
+                    found = true;
+                    topic = std::str::from_utf8(value).ok();
+                    partition = None;
+                }
+                SOURCE_PARTITION => partition = number(value).and_then(|p| i32::try_from(p).ok()),
+                SOURCE_OFFSET => {
+                    if let (Some(topic), Some(offset)) = (topic.take(), number(value)) {
+                        cut.sources.push((topic.to_string(), partition.unwrap_or(-1), offset));
+                    }
+                }
+                STREAM_TIME => {
+                    found = true;
+                    cut.stream_time = number(value).or(cut.stream_time);
+                }
+                STREAM_CLOCKS => {
+                    found = true;
+                    let text = std::str::from_utf8(value).unwrap_or_default();
+                    let clocks = clocks_of_text(text).into_iter();
+                    cut.clocks
+                        .extend(clocks.map(|(name, time)| (name, Some(time).filter(|t| *t != i64::MIN))));
+                }
+                _ => {}
+            }
+        }
+        found.then_some(cut)
+    }
 }
 
 /// The stream time a changelog record's headers carry.
 fn stream_time_of<'h>(headers: impl Iterator<Item = (&'h str, &'h [u8])>) -> Option<i64> {
-    headers
-        .filter(|(key, _)| *key == STREAM_TIME)
-        .find_map(|(_, value)| std::str::from_utf8(value).ok()?.parse().ok())
+    headers.into_iter().find_map(|(key, value)| match key {
+        CUT => parts(value).find_map(|part| match part {
+            Part::Time(time) => Some(time),
+            _ => None,
+        }),
+        STREAM_TIME => std::str::from_utf8(value).ok()?.parse().ok(),
+        _ => None,
+    })
 }
 
 /// The operations' stream times a changelog record's headers carry.
 fn clocks_of<'h>(headers: impl Iterator<Item = (&'h str, &'h [u8])>) -> Clocks {
-    headers
-        .filter(|(key, _)| *key == STREAM_CLOCKS)
-        .find_map(|(_, value)| std::str::from_utf8(value).ok().map(clocks_of_text))
-        .unwrap_or_default()
+    for (key, value) in headers {
+        match key {
+            CUT => {
+                return parts(value)
+                    .filter_map(|part| match part {
+                        Part::Clock(name, time) => Some((name.to_string(), time)),
+                        _ => None,
+                    })
+                    .collect()
+            }
+            STREAM_CLOCKS => return std::str::from_utf8(value).map(clocks_of_text).unwrap_or_default(),
+            _ => {}
+        }
+    }
+    Vec::new()
 }
 
 /// Whether a changelog record with these headers was made by input the group never
@@ -134,18 +275,31 @@ pub(crate) fn from_uncommitted_input<'h>(
     headers: impl Iterator<Item = (&'h str, &'h [u8])>,
     committed: &Committed,
 ) -> bool {
+    let uncommitted = |name: &[u8], offset: i64| {
+        committed
+            .iter()
+            .any(|(topic, next)| topic.as_bytes() == name && offset >= *next)
+    };
     let mut topic: Option<&[u8]> = None;
     for (key, value) in headers {
         match key {
+            CUT => {
+                let mut sources = parts(value).filter_map(|part| match part {
+                    Part::Source(topic, _, offset) => Some((topic, offset)),
+                    _ => None,
+                });
+                if sources.any(|(topic, offset)| uncommitted(topic.as_bytes(), offset)) {
+                    return true;
+                }
+            }
             SOURCE_TOPIC => topic = Some(value),
             SOURCE_OFFSET => {
                 let Some(name) = topic.take() else { continue };
                 let Some(offset) = std::str::from_utf8(value).ok().and_then(|v| v.parse::<i64>().ok()) else {
                     continue;
                 };
-                match committed.iter().find(|(t, _)| t.as_bytes() == name) {
-                    Some((_, next)) if offset >= *next => return true,
-                    _ => {}
+                if uncommitted(name, offset) {
+                    return true;
                 }
             }
             _ => {}
@@ -713,14 +867,137 @@ mod tests {
 
     fn headers(sources: &[(&str, i64)]) -> Vec<(String, Vec<u8>)> {
         let positions: Vec<(std::sync::Arc<str>, i64)> = sources.iter().map(|(t, o)| (Arc::from(*t), *o)).collect();
-        source_headers(&positions, 3, None, &[])
+        cut_headers(&positions, 3, None, &[])
     }
     use std::sync::Arc;
 
+    /// The headers that versions before [`CUT`] wrote for a cut.
+    fn legacy_headers(
+        sources: &[(&str, i64)],
+        partition: i32,
+        stream_time: Option<i64>,
+        clocks: &[(String, i64)],
+    ) -> Vec<(String, Vec<u8>)> {
+        let mut headers = Vec::new();
+        for (topic, offset) in sources {
+            headers.push((SOURCE_TOPIC.to_string(), topic.as_bytes().to_vec()));
+            headers.push((SOURCE_PARTITION.to_string(), partition.to_string().into_bytes()));
+            headers.push((SOURCE_OFFSET.to_string(), offset.to_string().into_bytes()));
+        }
+        if let Some(time) = stream_time {
+            headers.push((STREAM_TIME.to_string(), time.to_string().into_bytes()));
+        }
+        if !clocks.is_empty() {
+            headers.push((STREAM_CLOCKS.to_string(), clocks_text(clocks).into_bytes()));
+        }
+        headers
+    }
+
+    fn pairs(headers: &[(String, Vec<u8>)]) -> impl Iterator<Item = (&str, &[u8])> + Clone {
+        headers.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
+    /// Whether a change with these sources is uncommitted, read from a [`CUT`] header and
+    /// from the headers of earlier versions (which must agree).
     fn uncommitted(sources: &[(&str, i64)], committed: &[(&str, i64)]) -> bool {
         let committed: Vec<(String, i64)> = committed.iter().map(|(t, o)| (t.to_string(), *o)).collect();
-        let headers = headers(sources);
-        from_uncommitted_input(headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())), &committed)
+        let now = from_uncommitted_input(pairs(&headers(sources)), &committed);
+        let before = from_uncommitted_input(pairs(&legacy_headers(sources, 3, None, &[])), &committed);
+        assert_eq!(now, before, "the two forms disagree on {sources:?}");
+        now
+    }
+
+    #[test]
+    fn a_cut_is_one_header_that_reads_back_as_the_five_of_earlier_versions() {
+        let positions: Vec<(Arc<str>, i64)> = vec![(Arc::from("hit_count"), 1041), (Arc::from("a.b-c_d"), 0)];
+        let clocks: Clocks = vec![
+            ("minute-totals".into(), 1_764_000_060_000),
+            ("sessions".into(), i64::MIN),
+        ];
+        let headers = cut_headers(&positions, 3, Some(-5), &clocks);
+        assert_eq!(
+            headers,
+            vec![(
+                CUT.to_string(),
+                b"source=hit_count/3/1041;source=a.b-c_d/3/0;time=-5;clock=minute-totals=1764000060000;clock=sessions="
+                    .to_vec()
+            )]
+        );
+        let legacy = legacy_headers(&[("hit_count", 1041), ("a.b-c_d", 0)], 3, Some(-5), &clocks);
+        let cut = CutPosition::of_headers(pairs(&headers)).expect("a cut");
+        assert_eq!(
+            cut.sources,
+            vec![("hit_count".to_string(), 3, 1041), ("a.b-c_d".to_string(), 3, 0)]
+        );
+        assert_eq!(cut.stream_time, Some(-5));
+        assert_eq!(
+            cut.clocks,
+            vec![
+                ("minute-totals".to_string(), Some(1_764_000_060_000)),
+                ("sessions".to_string(), None)
+            ]
+        );
+        assert_eq!(CutPosition::of_headers(pairs(&legacy)), Some(cut));
+        for headers in [&headers, &legacy] {
+            assert_eq!(stream_time_of(pairs(headers)), Some(-5));
+            assert_eq!(clocks_of(pairs(headers)), clocks);
+        }
+        // Nothing to say, no header; a record without one is no cut's.
+        assert!(cut_headers(&[], 0, None, &[]).is_empty());
+        assert_eq!(CutPosition::of_headers(pairs(&[("other".into(), b"x".to_vec())])), None);
+        // Parts that do not parse, or that a later version adds, are skipped.
+        let odd = vec![(
+            CUT.to_string(),
+            b"source=a/1;source=b/x/2;source=c/1/7;new=1;time=;clock=t;clock=u=9".to_vec(),
+        )];
+        let cut = CutPosition::of_headers(pairs(&odd)).expect("a cut");
+        assert_eq!(cut.sources, vec![("c".to_string(), 1, 7)]);
+        assert_eq!((cut.stream_time, cut.clocks), (None, vec![("u".to_string(), Some(9))]));
+        let committed = [("a".to_string(), 0), ("b".to_string(), 0), ("c".to_string(), 8)];
+        assert!(!from_uncommitted_input(pairs(&odd), &committed));
+    }
+
+    /// Offsets near each other (a source's and its committed one meet) or anywhere.
+    fn offset() -> impl proptest::strategy::Strategy<Value = i64> {
+        proptest::prop_oneof![0..4i64, proptest::prelude::any::<i64>()]
+    }
+
+    proptest::proptest! {
+        /// Whatever a cut holds — sources (topics of any legal name, any offsets), a stream
+        /// time or none, operations' clocks set or not — its one header says the same as the
+        /// five of earlier versions, to every reader: what is uncommitted, the stream time,
+        /// the clocks.
+        #[test]
+        fn the_cut_header_and_the_earlier_ones_say_the_same(
+            sources in proptest::collection::vec(("[a-zA-Z0-9._-]{1,12}|[a-c]", offset()), 0..4),
+            partition in 0..10_000i32,
+            stream_time in proptest::option::of(proptest::prelude::any::<i64>()),
+            clocks in proptest::collection::vec(("[a-z][a-z0-9_-]{0,9}", proptest::prelude::any::<i64>()), 0..3),
+            committed in proptest::collection::vec(("[a-c]", offset()), 0..4),
+        ) {
+            let positions: Vec<(Arc<str>, i64)> = sources.iter().map(|(t, o)| (Arc::from(t.as_str()), *o)).collect();
+            let borrowed: Vec<(&str, i64)> = sources.iter().map(|(t, o)| (t.as_str(), *o)).collect();
+            let headers = cut_headers(&positions, partition, stream_time, &clocks);
+            let legacy = legacy_headers(&borrowed, partition, stream_time, &clocks);
+            proptest::prop_assert!(headers.len() <= 1);
+            let cut = CutPosition::of_headers(pairs(&headers));
+            proptest::prop_assert_eq!(&cut, &CutPosition::of_headers(pairs(&legacy)));
+            if let Some(cut) = &cut {
+                let want: Vec<(String, i32, i64)> = sources.iter().map(|(t, o)| (t.clone(), partition, *o)).collect();
+                proptest::prop_assert_eq!(&cut.sources, &want);
+                proptest::prop_assert_eq!(cut.stream_time, stream_time);
+            }
+            proptest::prop_assert_eq!(stream_time_of(pairs(&headers)), stream_time);
+            proptest::prop_assert_eq!(stream_time_of(pairs(&legacy)), stream_time);
+            proptest::prop_assert_eq!(&clocks_of(pairs(&headers)), &clocks);
+            proptest::prop_assert_eq!(&clocks_of(pairs(&legacy)), &clocks);
+            let committed: Vec<(String, i64)> = committed;
+            let model = sources
+                .iter()
+                .any(|(topic, offset)| committed.iter().any(|(t, next)| t == topic && offset >= next));
+            proptest::prop_assert_eq!(from_uncommitted_input(pairs(&headers), &committed), model);
+            proptest::prop_assert_eq!(from_uncommitted_input(pairs(&legacy), &committed), model);
+        }
     }
 
     #[test]

@@ -98,6 +98,12 @@ impl TestRecord {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
+
+    /// Where the cut that wrote this changelog record stood (its
+    /// [`CUT`](crate::changelog::CUT) header); `None` for other records.
+    pub fn cut(&self) -> Option<crate::changelog::CutPosition> {
+        crate::changelog::CutPosition::of_headers(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())))
+    }
 }
 
 pub use crate::partitioner::{kafka_partition, murmur2};

@@ -61,7 +61,10 @@ async fn hit_counter_counts_exactly() {
             .find(|r| r.key.as_deref() == Some(user.as_bytes()))
             .expect("in changelog");
         assert_eq!(last.value.as_deref(), Some(count.to_string().as_bytes()));
-        assert_eq!(last.header("streams.source.topic"), Some("count_topic"));
+        let cut = last.cut().expect("the cut's header");
+        assert_eq!(cut.sources.len(), 1, "{cut:?}");
+        assert_eq!(cut.sources[0].0, "count_topic");
+        assert_eq!(last.headers.len(), 1, "one header: {:?}", last.headers);
     }
 }
 
@@ -244,7 +247,7 @@ async fn count_many_keys(app: App) -> (std::collections::BTreeMap<String, i64>, 
     let cuts: std::collections::BTreeSet<String> = driver
         .raw_records("keys-per-user-changelog")
         .iter()
-        .filter_map(|r| r.header("streams.source.offset").map(str::to_string))
+        .filter_map(|r| Some(r.cut()?.sources.first()?.2.to_string()))
         .collect();
     (
         driver.table(&PER_USER).expect("table"),
@@ -342,9 +345,9 @@ async fn reads_past_the_cache_budget_commit_waiting_changes_early() {
     let changelog = driver.raw_records("reads-seen-keys-changelog");
     assert_eq!(changelog.len(), 1, "one change: {changelog:?}");
     let committed_at: i64 = changelog[0]
-        .header("streams.source.offset")
-        .and_then(|o| o.parse().ok())
-        .expect("source offset header");
+        .cut()
+        .and_then(|cut| Some(cut.sources.first()?.2))
+        .expect("the cut's source offset");
     assert!(
         committed_at < (KEYS / 2) as i64,
         "the change waited in the cache until offset {committed_at}"

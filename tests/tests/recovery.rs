@@ -55,6 +55,16 @@ fn broker_with_app_topics() -> EmbeddedBroker {
     broker
 }
 
+/// The header of a changelog record written at a cut that had processed `count_topic` up to
+/// `offset`.
+fn cut_header(partition: i32, offset: i64) -> Vec<(String, String)> {
+    vec![(
+        "streams.cut".into(),
+        format!("source=count_topic/{partition}/{offset};time=1"),
+    )]
+}
+
+/// The headers earlier versions wrote instead of [`cut_header`]'s (still read).
 fn source_headers(partition: i32, offset: i64) -> Vec<(String, String)> {
     vec![
         ("streams.source.topic".into(), "count_topic".into()),
@@ -112,6 +122,19 @@ async fn restore_skips_changes_from_uncommitted_input() {
                 value: "7".into(),
                 headers: source_headers(partition, committed_offset - 1),
             },
+            // The same, with the one header of today's cuts.
+            Raw {
+                partition,
+                key: "ghost-of-a-cut".into(),
+                value: "5".into(),
+                headers: cut_header(partition, committed_offset),
+            },
+            Raw {
+                partition,
+                key: "from-a-committed-cut".into(),
+                value: "8".into(),
+                headers: cut_header(partition, committed_offset - 1),
+            },
         ],
     );
 
@@ -121,6 +144,7 @@ async fn restore_skips_changes_from_uncommitted_input() {
     let metrics = worker.stop().await.expect("stop");
     let mut want = expected.clone();
     want.insert("from-committed-input".into(), 7);
+    want.insert("from-a-committed-cut".into(), 8);
     assert_eq!(MAJOR_COUNT.read_local(empty.path(), GROUP).expect("table"), want);
     assert!(metrics.restored.load(Ordering::Relaxed) >= expected.len() as u64);
 }
@@ -459,9 +483,15 @@ fn workers_crash_join_and_leave() {
             String::from_utf8_lossy(key),
             record.partition
         );
-        assert_eq!(record.headers["streams.source.topic"], "count_topic");
-        assert_eq!(record.headers["streams.source.partition"], record.partition.to_string());
-        let source_offset: i64 = record.headers["streams.source.offset"].parse().expect("offset");
+        let headers = record.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));
+        let cut = streams_core::changelog::CutPosition::of_headers(headers).expect("the cut's header");
+        assert_eq!(record.headers.len(), 1, "one header: {:?}", record.headers);
+        let [(topic, partition, source_offset)] = &cut.sources[..] else {
+            panic!("one source: {cut:?}");
+        };
+        assert_eq!(topic, "count_topic");
+        assert_eq!(*partition, record.partition);
+        let source_offset = *source_offset;
         assert!(
             (0..source_ends[record.partition as usize]).contains(&source_offset),
             "source offset {source_offset} is not in count_topic[{}]",

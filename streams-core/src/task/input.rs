@@ -857,7 +857,7 @@ impl StreamCore {
             // Every store of the partition gets the cut's positions, changed or not: a
             // store's positions say how far its state reflects the input.
             let headers: Headers =
-                crate::changelog::source_headers(&positions, ctx.partition, stream_time, &clocks).into();
+                crate::changelog::cut_headers(&positions, ctx.partition, stream_time, &clocks).into();
             for (changelog, store, changes) in ctx.take_changes(seq) {
                 let mut entries = Vec::with_capacity(changes.len());
                 for (key, value, timestamp) in changes {
