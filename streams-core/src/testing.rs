@@ -317,16 +317,16 @@ impl Topics {
     }
 
     fn append(&self, record: OutRecord) -> (i32, i64) {
-        self.append_as(record, Visibility::Committed)
+        self.append_as(&record, Visibility::Committed)
     }
 
-    fn append_as(&self, record: OutRecord, state: Visibility) -> (i32, i64) {
+    fn append_as(&self, record: &OutRecord, state: Visibility) -> (i32, i64) {
         self.log().append(record, state)
     }
 }
 
 impl Log {
-    fn append(&mut self, record: OutRecord, state: Visibility) -> (i32, i64) {
+    fn append(&mut self, record: &OutRecord, state: Visibility) -> (i32, i64) {
         let log = self;
         let clock = log.clock;
         let partitions = log.topics.get(&*record.topic).map_or(1, |p| p.len()) as i32;
@@ -380,8 +380,10 @@ impl Log {
     }
 }
 
-impl Sink for Topics {
-    fn enqueue(&self, record: OutRecord) -> Result<(), SinkError> {
+impl Topics {
+    /// Takes a record the tasks send: appended (its bytes copied into the partition's
+    /// log), or refused as a broker would.
+    fn take(&self, record: &OutRecord) {
         // One lock for the choice of the record's transaction and its append: a commit in
         // between would leave it in a transaction that has ended.
         let mut log = self.log();
@@ -402,15 +404,15 @@ impl Sink for Topics {
             // The transaction can only abort: the record is not taken, and made again
             // when the input is processed again.
             log.not_taken += 1;
-            return Ok(());
+            return;
         }
         if refused {
             // As a broker answers a record over the topic's `max.message.bytes`.
             log.refused.push(Refused {
-                record,
+                record: record.clone(),
                 error: "Broker: Message size too large".into(),
             });
-            return Ok(());
+            return;
         }
         let state = if log.transactional {
             Visibility::Pending(log.txn)
@@ -418,6 +420,17 @@ impl Sink for Topics {
             Visibility::Committed
         };
         log.append(record, state);
+    }
+}
+
+impl Sink for Topics {
+    fn enqueue(&self, record: OutRecord) -> Result<(), SinkError> {
+        self.take(&record);
+        Ok(())
+    }
+
+    fn enqueue_copy(&self, record: &OutRecord) -> Result<(), SinkError> {
+        self.take(record);
         Ok(())
     }
 

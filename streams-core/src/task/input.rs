@@ -864,14 +864,16 @@ impl StreamCore {
                     let record = OutRecord {
                         topic: changelog.clone(),
                         partition: Some(ctx.partition),
-                        key: Some(key.clone()),
-                        value: value.clone(),
+                        key: Some(key),
+                        value,
                         headers: headers.clone(),
                         timestamp: Some(timestamp),
                         changelog: true,
                     };
-                    ctx.emit(record).await;
-                    entries.push((key, value));
+                    // The key and value go on to the store: the sink copies them (librdkafka
+                    // does anyway).
+                    ctx.emit_copy(&record).await;
+                    entries.extend(record.key.map(|key| (key, record.value)));
                 }
                 writes.push(TableWrite {
                     changelog,

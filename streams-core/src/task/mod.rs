@@ -523,6 +523,14 @@ impl TaskContext {
         }
     }
 
+    /// Hands a copy of a record to the sink (see `Sink::enqueue_copy`), waiting while its
+    /// queue is full.
+    pub(crate) async fn emit_copy(&self, record: &OutRecord) {
+        if let Err(error) = sink::enqueue_copy(&*self.sink, record).await {
+            self.metrics.fail(error);
+        }
+    }
+
     /// Hands a record the task sends to the sink; a full queue gives the record back.
     pub(crate) fn send_now(&self, record: OutRecord) -> std::result::Result<(), SinkError> {
         self.sink.enqueue(record)?;

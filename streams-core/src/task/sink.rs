@@ -121,6 +121,13 @@ impl std::fmt::Display for FlushError {
 pub(crate) trait Sink: Send + Sync + 'static {
     /// Hands a record over without waiting for the broker.
     fn enqueue(&self, record: OutRecord) -> Result<(), SinkError>;
+    /// Hands over a record whose buffers the caller keeps (a cut's changelog records: their
+    /// keys and values go on to the stores). A sink that copies what it is handed anyway
+    /// (librdkafka does) makes no other copy; by default, a clone goes to [`Sink::enqueue`].
+    /// A full queue gives back a clone, for [`enqueue_when_room`].
+    fn enqueue_copy(&self, record: &OutRecord) -> Result<(), SinkError> {
+        self.enqueue(record.clone())
+    }
     /// Waits until every record handed over so far is acknowledged; an error if any failed.
     fn flush(&self) -> Result<(), FlushError>;
     /// Offset of the last acknowledged record of a changelog partition.
@@ -131,6 +138,16 @@ pub(crate) trait Sink: Send + Sync + 'static {
 pub(crate) async fn enqueue(sink: &dyn Sink, record: OutRecord) -> Result<(), String> {
     // The common case, without reading the clock; waiting is boxed to keep this future small.
     match sink.enqueue(record) {
+        Ok(()) => Ok(()),
+        Err(SinkError::Full(back)) => Box::pin(enqueue_when_room(sink, back)).await,
+        Err(SinkError::Failed(error)) => Err(error),
+    }
+}
+
+/// Hands a copy of a record to the sink (see [`Sink::enqueue_copy`]), waiting while its queue
+/// is full.
+pub(crate) async fn enqueue_copy(sink: &dyn Sink, record: &OutRecord) -> Result<(), String> {
+    match sink.enqueue_copy(record) {
         Ok(()) => Ok(()),
         Err(SinkError::Full(back)) => Box::pin(enqueue_when_room(sink, back)).await,
         Err(SinkError::Failed(error)) => Err(error),
@@ -270,6 +287,15 @@ impl Sink for Guarded {
             }
         }
         self.inner.enqueue(record)
+    }
+
+    fn enqueue_copy(&self, record: &OutRecord) -> Result<(), SinkError> {
+        // Only records other than changelog records may be diverted (see `enqueue`).
+        if record.changelog || !self.errors.any_refused.load(std::sync::atomic::Ordering::Acquire) {
+            self.inner.enqueue_copy(record)
+        } else {
+            self.enqueue(record.clone())
+        }
     }
 
     fn flush(&self) -> Result<(), FlushError> {

@@ -416,14 +416,15 @@ impl KafkaSink {
     }
 }
 
-impl Sink for KafkaSink {
-    fn enqueue(&self, record: OutRecord) -> Result<(), SinkError> {
+impl KafkaSink {
+    /// Produces `record` (librdkafka copies it); `Err(None)`: the producer's queue is full.
+    fn produce(&self, record: &OutRecord) -> Result<(), Option<SinkError>> {
         let producer = self.producer.read().unwrap_or_else(|p| p.into_inner());
         // 1 for a changelog record (see `Deliveries`).
         let opaque = usize::from(record.changelog);
-        match producer.topics.produce(producer.client(), &record, opaque) {
+        match producer.topics.produce(producer.client(), record, opaque) {
             Ok(()) => Ok(()),
-            Err(RDKafkaErrorCode::QueueFull) => Err(SinkError::Full(record)),
+            Err(RDKafkaErrorCode::QueueFull) => Err(None),
             Err(RDKafkaErrorCode::State) if self.transactional => {
                 // The transaction can only abort now (a record of it was refused, or the
                 // producer was fenced): librdkafka takes no more records into it. This one is
@@ -439,11 +440,29 @@ impl Sink for KafkaSink {
                 }
                 Ok(())
             }
-            Err(error) => Err(SinkError::Failed(format!(
+            Err(error) => Err(Some(SinkError::Failed(format!(
                 "cannot produce to {}: {}",
                 record.topic,
                 KafkaError::MessageProduction(error)
-            ))),
+            )))),
+        }
+    }
+}
+
+impl Sink for KafkaSink {
+    fn enqueue(&self, record: OutRecord) -> Result<(), SinkError> {
+        match self.produce(&record) {
+            Ok(()) => Ok(()),
+            Err(None) => Err(SinkError::Full(record)),
+            Err(Some(error)) => Err(error),
+        }
+    }
+
+    fn enqueue_copy(&self, record: &OutRecord) -> Result<(), SinkError> {
+        match self.produce(record) {
+            Ok(()) => Ok(()),
+            Err(None) => Err(SinkError::Full(record.clone())),
+            Err(Some(error)) => Err(error),
         }
     }
 
@@ -571,6 +590,87 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "the reports' thread did not end");
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    #[test]
+    fn a_copy_handed_over_goes_out_as_it_was_and_a_full_queue_gives_it_back() {
+        use crate::broker::EmbeddedBroker;
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::{Headers as _, Message as _};
+        let broker = EmbeddedBroker::start().expect("broker");
+        broker.create_topic("copies-changelog", 1).expect("topic");
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", broker.bootstrap_servers())
+            .set("queue.buffering.max.messages", "3")
+            .set("linger.ms", "60000");
+        let sink = KafkaSink::new(config, Arc::new(Metrics::default())).expect("producer");
+        let headers: crate::task::sink::Headers = vec![("streams.cut".to_string(), b"source=t/0/7".to_vec())].into();
+        let record = |n: i64| OutRecord {
+            topic: Arc::from("copies-changelog"),
+            partition: Some(0),
+            key: Some(format!("k{n}").into_bytes()),
+            value: (n != 1).then(|| format!("v{n}").into_bytes()),
+            headers: headers.clone(),
+            timestamp: Some(1_000 + n),
+            changelog: true,
+        };
+        for n in 0..3 {
+            sink.enqueue_copy(&record(n)).map_err(|_| "enqueue").expect("taken");
+        }
+        // The queue holds 3 (the linger keeps them there): the fourth comes back whole.
+        let fourth = record(3);
+        match sink.enqueue_copy(&fourth) {
+            Err(SinkError::Full(back)) => {
+                assert_eq!(back.key, fourth.key);
+                assert_eq!(back.value, fourth.value);
+                assert!(back.headers.same(&fourth.headers), "the same shared headers");
+                assert_eq!(
+                    (back.partition, back.timestamp, back.changelog),
+                    (Some(0), Some(1_003), true)
+                );
+            }
+            Ok(()) => panic!("a fourth record in a queue of three"),
+            Err(SinkError::Failed(error)) => panic!("{error}"),
+        }
+        sink.flush().expect("flushed");
+        sink.enqueue_copy(&fourth).map_err(|_| "enqueue").expect("taken");
+        sink.flush().expect("flushed");
+        assert_eq!(sink.changelog_offset("copies-changelog", 0), Some(3));
+        // What went out is what was handed over.
+        let mut read = ClientConfig::new();
+        read.set("bootstrap.servers", broker.bootstrap_servers())
+            .set("group.id", "copies-reader");
+        let consumer: BaseConsumer = read.create().expect("consumer");
+        let mut list = rdkafka::TopicPartitionList::new();
+        list.add_partition_offset("copies-changelog", 0, rdkafka::Offset::Beginning)
+            .expect("offset");
+        consumer.assign(&list).expect("assign");
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while seen.len() < 4 && std::time::Instant::now() < deadline {
+            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+                let header = message.headers().map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                        .collect::<Vec<_>>()
+                });
+                seen.push((
+                    message.key().map(<[u8]>::to_vec),
+                    message.payload().map(<[u8]>::to_vec),
+                    message.timestamp().to_millis(),
+                    header,
+                ));
+            }
+        }
+        let want: Vec<_> = (0..4)
+            .map(|n| {
+                let r = record(n);
+                let header = vec![("streams.cut".to_string(), Some(b"source=t/0/7".to_vec()))];
+                (r.key, r.value, r.timestamp, Some(header))
+            })
+            .collect();
+        assert_eq!(seen, want);
     }
 
     #[test]
