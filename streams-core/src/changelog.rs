@@ -172,9 +172,11 @@ fn parts(value: &[u8]) -> impl Iterator<Item = Part<'_>> {
 /// assert_eq!(cut.clocks, vec![("minute-totals".to_string(), None)]);
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CutPosition {
     /// Each source topic the task had read from: its name, the partition and the last
-    /// offset processed there.
+    /// offset processed there (the partition -1 for a record of an earlier version that
+    /// lacks it).
     pub sources: Vec<(String, i32, i64)>,
     /// The task's stream time (ms), when it had one.
     pub stream_time: Option<i64>,
@@ -200,7 +202,9 @@ impl CutPosition {
                             Part::Source(topic, partition, offset) => {
                                 cut.sources.push((topic.to_string(), partition, offset))
                             }
-                            Part::Time(time) => cut.stream_time = Some(time),
+                            Part::Time(time) => {
+                                cut.stream_time.get_or_insert(time);
+                            }
                             Part::Clock(name, time) => cut
                                 .clocks
                                 .push((name.to_string(), Some(time).filter(|t| *t != i64::MIN))),
@@ -220,7 +224,10 @@ impl CutPosition {
                 }
                 STREAM_TIME => {
                     found = true;
-                    cut.stream_time = number(value).or(cut.stream_time);
+                    // The first that parses, as a restore reads it.
+                    if let (None, Some(time)) = (cut.stream_time, number(value)) {
+                        cut.stream_time = Some(time);
+                    }
                 }
                 STREAM_CLOCKS => {
                     found = true;
@@ -269,7 +276,7 @@ fn clocks_of<'h>(headers: impl Iterator<Item = (&'h str, &'h [u8])>) -> Clocks {
 
 /// Whether a changelog record with these headers was made by input the group never
 /// committed: some source it names is not committed as far as the record's offset there
-/// (sources that are not the task's are ignored; a record without source headers counts as
+/// (sources that are not the task's are ignored; a record that names no source counts as
 /// committed).
 pub(crate) fn from_uncommitted_input<'h>(
     headers: impl Iterator<Item = (&'h str, &'h [u8])>,
@@ -1007,7 +1014,7 @@ mod tests {
         assert!(!uncommitted(&[("a", 5), ("b", 7)], &[("a", 6), ("b", 8)]));
         assert!(uncommitted(&[("a", 5), ("b", 8)], &[("a", 6), ("b", 8)]));
         assert!(!uncommitted(&[("other", 99)], &[("a", 1)]), "not a source of the task");
-        assert!(!uncommitted(&[], &[("a", 1)]), "no source headers");
+        assert!(!uncommitted(&[], &[("a", 1)]), "no source named");
     }
 
     fn checkpoint(sources: &[(&str, i64)]) -> Checkpoint {

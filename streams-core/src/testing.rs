@@ -99,8 +99,39 @@ impl TestRecord {
         self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
-    /// Where the cut that wrote this changelog record stood (its
-    /// [`CUT`](crate::changelog::CUT) header); `None` for other records.
+    /// Where the cut that wrote this changelog record stood: its
+    /// [`CUT`](crate::changelog::CUT) header (or the headers earlier versions wrote), read
+    /// as a restore reads it; `None` for other records.
+    ///
+    /// ```
+    /// use streams_core::prelude::*;
+    /// use streams_core::testing::{TestDriver, TestRecord};
+    ///
+    /// const WORDS: Topic<String, String> = Topic::new("words");
+    /// const SEEN: Table<String, i64> = Table::new("seen");
+    ///
+    /// #[agent(topic = WORDS, tables = [SEEN])]
+    /// async fn count(mut words: Stream<String, String>) -> Result<()> {
+    ///     while let Some(event) = words.next_event().await {
+    ///         SEEN.update(&event.key, |n| *n += 1).await?;
+    ///     }
+    ///     Ok(())
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> streams_core::Result<()> {
+    /// let mut driver = TestDriver::new(App::new("test").agent(count))?;
+    /// driver.pipe(&WORDS, &"to".to_string(), &"to".to_string())?;
+    /// driver.pipe(&WORDS, &"be".to_string(), &"be".to_string())?;
+    /// driver.run().await?;
+    ///
+    /// // The table's last change was made by a cut that had processed `words` to offset 1.
+    /// let changelog = driver.raw_records("test-seen-changelog");
+    /// let cut = changelog.last().and_then(TestRecord::cut).expect("a cut's record");
+    /// assert_eq!(cut.sources, vec![("words".to_string(), 0, 1)]);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn cut(&self) -> Option<crate::changelog::CutPosition> {
         crate::changelog::CutPosition::of_headers(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())))
     }

@@ -125,6 +125,12 @@ async fn restore_skips_changes_from_uncommitted_input() {
             // The same, with the one header of today's cuts.
             Raw {
                 partition,
+                key: "user-0".into(),
+                value: "888888".into(),
+                headers: cut_header(partition, committed_offset + 1),
+            },
+            Raw {
+                partition,
                 key: "ghost-of-a-cut".into(),
                 value: "5".into(),
                 headers: cut_header(partition, committed_offset),
@@ -469,7 +475,7 @@ fn workers_crash_join_and_leave() {
 
     // Co-partitioning: every change in partition p of the table is of a key that Kafka's
     // partitioner puts in partition p of count_topic (where its records are), and was made
-    // by the worker that owned partition p of count_topic at the time: its source header
+    // by the worker that owned partition p of count_topic at the time: its cut's header
     // names that partition and an offset that exists there.
     let source_ends: Vec<i64> = (0..8)
         .map(|p| streams_tests::high_watermark(&bootstrap, "count_topic", p))

@@ -645,7 +645,7 @@ async fn a_windowed_store_is_restored_mid_window_and_its_stream_time_with_it() {
         .find(|r| r.key == first)
         .expect("in the changelog");
     assert!(last.value.is_none(), "a tombstone");
-    assert_eq!(last.header("streams.stream.time"), Some("125"));
+    assert_eq!(last.cut().and_then(|cut| cut.stream_time), Some(125));
 }
 
 #[record]

@@ -309,7 +309,140 @@ impl Sink for Guarded {
 
 #[cfg(test)]
 mod tests {
-    use super::Headers;
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A sink that notes how each record came (`copy` or `owned`), and whose queue is full
+    /// for the first `full` records handed over.
+    #[derive(Default)]
+    struct Noted {
+        taken: Mutex<Vec<(&'static str, OutRecord)>>,
+        full: Mutex<usize>,
+    }
+
+    impl Noted {
+        fn full_once(&self) -> bool {
+            let mut full = self.full.lock().unwrap_or_else(|p| p.into_inner());
+            let was = *full > 0;
+            *full = full.saturating_sub(1);
+            was
+        }
+        fn taken(&self) -> Vec<(&'static str, OutRecord)> {
+            self.taken.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        }
+    }
+
+    impl Sink for Noted {
+        fn enqueue(&self, record: OutRecord) -> Result<(), SinkError> {
+            if self.full_once() {
+                return Err(SinkError::Full(record));
+            }
+            self.taken
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(("owned", record));
+            Ok(())
+        }
+        fn enqueue_copy(&self, record: &OutRecord) -> Result<(), SinkError> {
+            if self.full_once() {
+                return Err(SinkError::Full(record.clone()));
+            }
+            self.taken
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(("copy", record.clone()));
+            Ok(())
+        }
+        fn flush(&self) -> Result<(), FlushError> {
+            Ok(())
+        }
+        fn changelog_offset(&self, _: &str, _: i32) -> Option<i64> {
+            None
+        }
+    }
+
+    fn record(topic: &str, key: &str, changelog: bool) -> OutRecord {
+        OutRecord {
+            topic: Arc::from(topic),
+            partition: Some(0),
+            key: Some(key.as_bytes().to_vec()),
+            value: Some(b"v".to_vec()),
+            headers: Headers::default(),
+            timestamp: Some(7),
+            changelog,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_copy_waits_for_room_and_goes_once() {
+        let sink = Noted::default();
+        *sink.full.lock().unwrap_or_else(|p| p.into_inner()) = 2;
+        let sent = record("t-changelog", "k", true);
+        enqueue_copy(&sink, &sent).await.expect("handed over");
+        let taken = sink.taken();
+        assert_eq!(taken.len(), 1, "{taken:?}");
+        // Refused twice: the clone it gave back went once the queue had room.
+        assert_eq!(taken[0].0, "owned");
+        assert_eq!(taken[0].1.key, sent.key);
+        assert_eq!(taken[0].1.value, sent.value);
+    }
+
+    #[test]
+    fn a_guarded_copy_diverts_known_refusals_but_never_a_changelog_record() {
+        let inner = Arc::new(Noted::default());
+        let errors = Arc::new(ProductionErrors::new(OnError::DeadLetter, "app-dlq"));
+        let guarded = Guarded {
+            inner: Arc::clone(&inner) as Arc<dyn Sink>,
+            errors: Arc::clone(&errors),
+        };
+        // Nothing refused yet: copies go through as copies.
+        guarded
+            .enqueue_copy(&record("out", "a", false))
+            .map_err(|_| "full")
+            .expect("taken");
+        let refused = |r: OutRecord| Refused {
+            record: r,
+            error: "Broker: Message size too large".into(),
+        };
+        errors.remember(&[
+            refused(record("out", "b", false)),
+            refused(record("t-changelog", "c", true)),
+        ]);
+        guarded
+            .enqueue_copy(&record("out", "b", false))
+            .map_err(|_| "full")
+            .expect("taken");
+        guarded
+            .enqueue_copy(&record("t-changelog", "c", true))
+            .map_err(|_| "full")
+            .expect("taken");
+        guarded
+            .enqueue_copy(&record("out", "d", false))
+            .map_err(|_| "full")
+            .expect("taken");
+        let taken: Vec<(&str, String, String)> = inner
+            .taken()
+            .into_iter()
+            .map(|(how, r)| {
+                (
+                    how,
+                    r.topic.to_string(),
+                    String::from_utf8_lossy(&r.key.unwrap_or_default()).into_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            taken,
+            vec![
+                ("copy", "out".to_string(), "a".to_string()),
+                // A record known refused goes to the dead-letter topic instead.
+                ("owned", "app-dlq".to_string(), "b".to_string()),
+                // A changelog record never does: a table's state never goes missing.
+                ("copy", "t-changelog".to_string(), "c".to_string()),
+                ("owned", "out".to_string(), "d".to_string()),
+            ]
+        );
+    }
 
     #[test]
     fn headers_are_shared_and_an_empty_list_is_none() {
