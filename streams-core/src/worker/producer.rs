@@ -2,12 +2,14 @@
 //! the commit point (rdkafka issues #464 and #695: awaiting each send serialises them).
 
 use std::collections::HashMap;
+use std::ffi::CStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rdkafka::bindings as rd;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 
@@ -26,15 +28,108 @@ pub(crate) struct DeliveryState {
     /// Whether the producer is transactional: only then are purged records (an abort's)
     /// of no concern.
     transactional: bool,
-    /// By topic, then partition (-1: none acknowledged yet): found without allocating for
-    /// each delivery.
-    changelog_offsets: Mutex<HashMap<String, Vec<i64>, foldhash::fast::RandomState>>,
     /// Deliveries that failed since the last flush.
     failures: Mutex<Failures>,
     metrics: Arc<Metrics>,
-    /// The worker's counters of records out (`streams_records_out`), by topic then
-    /// partition: found without allocating for each delivery.
-    out: Mutex<RecordsOut>,
+    /// What the deliveries tallied, by topic.
+    tallies: Mutex<Tallies>,
+}
+
+/// What the delivery reports tally per topic: the records out (the worker's
+/// `streams_records_out` counters) and the last acknowledged offset of each changelog
+/// partition (the stores' checkpoints).
+///
+/// A report names its topic by librdkafka's handle of it. The handle's address finds the
+/// topic (its name's bytes compared, in case another topic took the address since): read as
+/// text and looked up by name for every report, the name cost more than the rest of a
+/// report's tally.
+#[derive(Default)]
+struct Tallies {
+    by_handle: HashMap<usize, usize, foldhash::fast::RandomState>,
+    by_name: HashMap<String, usize, foldhash::fast::RandomState>,
+    topics: Vec<TopicTally>,
+}
+
+/// One topic's tally.
+struct TopicTally {
+    name: String,
+    /// The counters of records out, by partition: found without allocating for each
+    /// delivery.
+    out: Vec<Option<prometheus_client::metrics::counter::Counter>>,
+    /// By partition, the last acknowledged offset of a changelog record (-1: none yet).
+    changelog: Vec<i64>,
+}
+
+impl Tallies {
+    /// The tally of a topic, by name.
+    fn named(&mut self, name: &str) -> &mut TopicTally {
+        let index = self.index(name);
+        &mut self.topics[index]
+    }
+
+    /// Where the tally of a topic is, made at its first record.
+    fn index(&mut self, name: &str) -> usize {
+        if let Some(index) = self.by_name.get(name) {
+            return *index;
+        }
+        self.topics.push(TopicTally {
+            name: name.to_string(),
+            out: Vec::new(),
+            changelog: Vec::new(),
+        });
+        self.by_name.insert(name.to_string(), self.topics.len() - 1);
+        self.topics.len() - 1
+    }
+
+    /// The tally of a delivered record's topic.
+    fn of(&mut self, message: &BorrowedMessage<'_>) -> &mut TopicTally {
+        // SAFETY: the report's message lives through this call, and librdkafka gives every
+        // delivered message its topic, which lives as long (a message holds a reference).
+        let handle = unsafe { (*message.ptr()).rkt };
+        if handle.is_null() {
+            return self.named(message.topic());
+        }
+        // SAFETY: as above; a topic's name is NUL-terminated and lives with the topic.
+        let name = unsafe { CStr::from_ptr(rd::rd_kafka_topic_name(handle)) }.to_bytes();
+        let index = self.at(handle as usize, name, || message.topic());
+        &mut self.topics[index]
+    }
+
+    /// Where the tally is of the topic whose handle is at `handle` and whose name is `name`
+    /// (`text`: the name as text, read only for a handle not seen, or seen with another name).
+    fn at<'m>(&mut self, handle: usize, name: &[u8], text: impl FnOnce() -> &'m str) -> usize {
+        if let Some(&index) = self.by_handle.get(&handle) {
+            if self.topics[index].name.as_bytes() == name {
+                return index;
+            }
+        }
+        let index = self.index(text());
+        self.by_handle.insert(handle, index);
+        index
+    }
+}
+
+impl TopicTally {
+    /// A changelog record was acknowledged at `offset`.
+    fn changelog_acknowledged(&mut self, partition: i32, offset: i64) {
+        let Ok(index) = usize::try_from(partition) else { return };
+        if self.changelog.len() <= index {
+            self.changelog.resize(index + 1, -1);
+        }
+        self.changelog[index] = self.changelog[index].max(offset);
+    }
+
+    fn count_out(&mut self, partition: i32, metrics: &Metrics) {
+        let Ok(index) = usize::try_from(partition) else { return };
+        if self.out.len() <= index {
+            self.out.resize(index + 1, None);
+        }
+        let counter = self.out[index].get_or_insert_with(|| {
+            let labels = crate::metrics::TopicPartition::new(&self.name, partition);
+            metrics.families.records_out.get_or_create_owned(&labels)
+        });
+        counter.inc();
+    }
 }
 
 /// Refused records a flush reports at most (the first ones).
@@ -98,49 +193,13 @@ fn refuses_the_record(error: &KafkaError) -> bool {
     )
 }
 
-/// Counters of records out by topic, then partition.
-type RecordsOut =
-    HashMap<String, Vec<Option<prometheus_client::metrics::counter::Counter>>, foldhash::fast::RandomState>;
-
 impl DeliveryState {
-    /// A changelog record was acknowledged at `offset`.
-    fn changelog_acknowledged(&self, topic: &str, partition: i32, offset: i64) {
-        let (Ok(mut offsets), Ok(index)) = (self.changelog_offsets.lock(), usize::try_from(partition)) else {
-            return;
-        };
-        if !offsets.contains_key(topic) {
-            offsets.insert(topic.to_string(), Vec::new());
-        }
-        if let Some(partitions) = offsets.get_mut(topic) {
-            if partitions.len() <= index {
-                partitions.resize(index + 1, -1);
-            }
-            partitions[index] = partitions[index].max(offset);
-        }
-    }
-
     /// The last acknowledged offset of a changelog partition, if any.
     fn changelog_offset(&self, topic: &str, partition: i32) -> Option<i64> {
-        let offsets = self.changelog_offsets.lock().ok()?;
-        let offset = *offsets.get(topic)?.get(usize::try_from(partition).ok()?)?;
+        let tallies = self.tallies.lock().ok()?;
+        let tally = &tallies.topics[*tallies.by_name.get(topic)?];
+        let offset = *tally.changelog.get(usize::try_from(partition).ok()?)?;
         (offset >= 0).then_some(offset)
-    }
-
-    fn count_out(&self, topic: &str, partition: i32) {
-        let Ok(index) = usize::try_from(partition) else { return };
-        let Ok(mut out) = self.out.lock() else { return };
-        if !out.contains_key(topic) {
-            out.insert(topic.to_string(), Vec::new());
-        }
-        let Some(partitions) = out.get_mut(topic) else { return };
-        if partitions.len() <= index {
-            partitions.resize(index + 1, None);
-        }
-        let counter = partitions[index].get_or_insert_with(|| {
-            let labels = crate::metrics::TopicPartition::new(topic, partition);
-            self.metrics.families.records_out.get_or_create_owned(&labels)
-        });
-        counter.inc();
     }
 }
 
@@ -158,9 +217,11 @@ impl ProducerContext for Deliveries {
         let state = &self.0;
         match result {
             Ok(message) => {
-                state.count_out(message.topic(), message.partition());
+                let Ok(mut tallies) = state.tallies.lock() else { return };
+                let tally = tallies.of(message);
+                tally.count_out(message.partition(), &state.metrics);
                 if changelog == 1 {
-                    state.changelog_acknowledged(message.topic(), message.partition(), message.offset());
+                    tally.changelog_acknowledged(message.partition(), message.offset());
                 }
             }
             Err((error, _))
@@ -364,10 +425,9 @@ impl KafkaSink {
         }
         let state = Arc::new(DeliveryState {
             transactional,
-            changelog_offsets: Mutex::new(HashMap::default()),
             failures: Mutex::new(Failures::default()),
             metrics,
-            out: Mutex::new(HashMap::default()),
+            tallies: Mutex::new(Tallies::default()),
         });
         let producer = PolledProducer::create(&config, &state)?;
         Ok(Self {
@@ -514,10 +574,9 @@ mod tests {
     fn state() -> DeliveryState {
         DeliveryState {
             transactional: false,
-            changelog_offsets: Mutex::new(HashMap::default()),
             failures: Mutex::new(Failures::default()),
             metrics: Arc::new(Metrics::default()),
-            out: Mutex::new(HashMap::default()),
+            tallies: Mutex::new(Tallies::default()),
         }
     }
 
@@ -674,6 +733,32 @@ mod tests {
     }
 
     #[test]
+    fn a_topic_is_found_by_its_handle_and_a_handle_another_topic_took_by_name() {
+        let mut tallies = Tallies::default();
+        let mut reads = 0;
+        let mut at = |tallies: &mut Tallies, handle: usize, name: &'static str| {
+            tallies.at(handle, name.as_bytes(), || {
+                reads += 1;
+                name
+            })
+        };
+        let a = at(&mut tallies, 0x10, "app-a-changelog");
+        tallies.topics[a].changelog_acknowledged(0, 5);
+        assert_eq!(at(&mut tallies, 0x10, "app-a-changelog"), a);
+        // Another topic at the same address (the first one gone, a producer made anew).
+        let b = at(&mut tallies, 0x10, "app-b-changelog");
+        assert_ne!(a, b);
+        tallies.topics[b].changelog_acknowledged(0, 9);
+        // The first topic at another address keeps its tally.
+        assert_eq!(at(&mut tallies, 0x20, "app-a-changelog"), a);
+        assert_eq!(tallies.topics[a].changelog, vec![5]);
+        assert_eq!(tallies.topics[b].changelog, vec![9]);
+        assert_eq!(at(&mut tallies, 0x10, "app-b-changelog"), b);
+        drop(at);
+        assert_eq!(reads, 3, "the name read as text only for an address not known with it");
+    }
+
+    #[test]
     fn a_changelog_partition_has_its_last_acknowledged_offset_or_none() {
         let state = state();
         assert_eq!(
@@ -681,8 +766,14 @@ mod tests {
             None,
             "nothing acknowledged"
         );
-        state.changelog_acknowledged("app-t-changelog", 3, 7);
-        state.changelog_acknowledged("app-t-changelog", 3, 5);
+        let acknowledged = |partition: i32, offset: i64| {
+            let mut tallies = state.tallies.lock().expect("tallies");
+            tallies
+                .named("app-t-changelog")
+                .changelog_acknowledged(partition, offset);
+        };
+        acknowledged(3, 7);
+        acknowledged(3, 5);
         assert_eq!(state.changelog_offset("app-t-changelog", 3), Some(7), "the largest");
         assert_eq!(
             state.changelog_offset("app-t-changelog", 1),
@@ -695,7 +786,7 @@ mod tests {
             "a partition above it"
         );
         assert_eq!(state.changelog_offset("app-u-changelog", 3), None, "another topic");
-        state.changelog_acknowledged("app-t-changelog", 0, 0);
+        acknowledged(0, 0);
         assert_eq!(state.changelog_offset("app-t-changelog", 0), Some(0), "offset 0 counts");
     }
 }
