@@ -43,18 +43,24 @@ impl RawMessage {
 
     /// The record's topic ("" if librdkafka gave none).
     pub(crate) fn topic(&self) -> &str {
+        std::str::from_utf8(self.topic_bytes()).unwrap_or("")
+    }
+
+    /// The record's topic's name as bytes, unchecked as text: to compare with a known
+    /// name (the check is a good part of a record's hand-over).
+    pub(crate) fn topic_bytes(&self) -> &[u8] {
         let rkt = self.raw().rkt;
         if rkt.is_null() {
-            return "";
+            return b"";
         }
         // SAFETY: a message's topic handle lives as long as the message; its name is a
         // NUL-terminated string owned by the handle.
         let name = unsafe { rd::rd_kafka_topic_name(rkt) };
         if name.is_null() {
-            return "";
+            return b"";
         }
         // SAFETY: see above.
-        unsafe { CStr::from_ptr(name) }.to_str().unwrap_or("")
+        unsafe { CStr::from_ptr(name) }.to_bytes()
     }
 
     /// The record's partition.

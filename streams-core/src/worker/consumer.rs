@@ -377,7 +377,12 @@ impl Shared {
             records += 1;
             // Records of a partition come in runs.
             let index = match last {
-                Some(index) if pending[index].1 == message.partition() && pending[index].0 == message.topic() => index,
+                Some(index)
+                    if pending[index].1 == message.partition()
+                        && pending[index].0.as_bytes() == message.topic_bytes() =>
+                {
+                    index
+                }
                 _ => batch_of(&mut pending, message.topic(), message.partition()),
             };
             last = Some(index);
