@@ -176,9 +176,16 @@ impl TableState {
         // In key order: the store's memory table finds each key's place from the last one's
         // (RocksDB's insert hint), and the changelog gets a cut's changes in an order that
         // does not depend on the cache's hashing. Sorted as references, then copied.
-        let mut dirty: Vec<(&Vec<u8>, &mut Entry)> = self.cache.iter_mut().filter(|(_, entry)| entry.dirty).collect();
-        dirty.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        for (key, entry) in dirty {
+        // Compared by their first 16 bytes as a number first (a windowed key's: the key and
+        // most of its window's start), without a call, then by their bytes.
+        let mut dirty: Vec<(u128, &Vec<u8>, &mut Entry)> = self
+            .cache
+            .iter_mut()
+            .filter(|(_, entry)| entry.dirty)
+            .map(|(key, entry)| (order_prefix(key), key, entry))
+            .collect();
+        dirty.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+        for (_, key, entry) in dirty {
             entry.dirty = false;
             entry.fresh = None;
             entry.cut = cut;
@@ -202,6 +209,15 @@ impl TableState {
             }
         }
     }
+}
+
+/// A key's first 16 bytes (padded with zeros) as a number: keys whose numbers differ are in
+/// the numbers' order, bytewise; keys whose numbers are equal are compared by their bytes.
+fn order_prefix(key: &[u8]) -> u128 {
+    let mut bytes = [0u8; 16];
+    let len = key.len().min(16);
+    bytes[..len].copy_from_slice(&key[..len]);
+    u128::from_be_bytes(bytes)
 }
 
 impl TaskContext {
@@ -753,5 +769,37 @@ fn changed(ctx: &TaskContext, state: &TableState) {
     ctx.last_change_pass.fetch_max(ctx.change_pass(), Ordering::Relaxed);
     if state.wants_cut() {
         ctx.cut_wanted.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::order_prefix;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Sorted by their prefixes' numbers, then their bytes, keys are in bytewise order:
+        /// keys of any length from 0 to 40 bytes, sharing prefixes, zero bytes included (a
+        /// key and the same key followed by zeros pad to the same number).
+        #[test]
+        fn keys_sorted_by_prefix_then_bytes_are_in_bytewise_order(
+            keys in proptest::collection::vec(
+                (proptest::collection::vec(prop_oneof![Just(0u8), Just(1u8), Just(255u8), any::<u8>()], 0..24), 0..24usize),
+                0..60,
+            ),
+        ) {
+            // Each key a shared stem (a window key's user) and a tail of its own.
+            let stem = [b'u', 0, 0, 7, 255, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 9, 0, 0, 0, 0, 0, 0];
+            let keys: Vec<Vec<u8>> = keys
+                .into_iter()
+                .map(|(tail, stem_len)| stem[..stem_len].iter().copied().chain(tail).collect())
+                .collect();
+            let mut by_prefix: Vec<(u128, &Vec<u8>)> = keys.iter().map(|k| (order_prefix(k), k)).collect();
+            by_prefix.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+            let mut bytewise: Vec<&Vec<u8>> = keys.iter().collect();
+            bytewise.sort();
+            let sorted: Vec<&Vec<u8>> = by_prefix.into_iter().map(|(_, k)| k).collect();
+            prop_assert_eq!(sorted, bytewise);
+        }
     }
 }
