@@ -184,7 +184,7 @@ impl TableState {
             .filter(|(_, entry)| entry.dirty)
             .map(|(key, entry)| (order_prefix(key), key, entry))
             .collect();
-        dirty.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+        dirty.sort_unstable_by(in_key_order);
         for (_, key, entry) in dirty {
             entry.dirty = false;
             entry.fresh = None;
@@ -218,6 +218,11 @@ fn order_prefix(key: &[u8]) -> u128 {
     let len = key.len().min(16);
     bytes[..len].copy_from_slice(&key[..len]);
     u128::from_be_bytes(bytes)
+}
+
+/// The order of keys with their [`order_prefix`]: bytewise.
+fn in_key_order<T>(a: &(u128, &Vec<u8>, T), b: &(u128, &Vec<u8>, T)) -> std::cmp::Ordering {
+    a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1))
 }
 
 impl TaskContext {
@@ -774,12 +779,12 @@ fn changed(ctx: &TaskContext, state: &TableState) {
 
 #[cfg(test)]
 mod tests {
-    use super::order_prefix;
+    use super::{in_key_order, order_prefix};
     use proptest::prelude::*;
 
     proptest! {
         /// Sorted by their prefixes' numbers, then their bytes, keys are in bytewise order:
-        /// keys of any length from 0 to 40 bytes, sharing prefixes, zero bytes included (a
+        /// keys of any length from 0 to 46 bytes, sharing prefixes, zero bytes included (a
         /// key and the same key followed by zeros pad to the same number).
         #[test]
         fn keys_sorted_by_prefix_then_bytes_are_in_bytewise_order(
@@ -794,11 +799,11 @@ mod tests {
                 .into_iter()
                 .map(|(tail, stem_len)| stem[..stem_len].iter().copied().chain(tail).collect())
                 .collect();
-            let mut by_prefix: Vec<(u128, &Vec<u8>)> = keys.iter().map(|k| (order_prefix(k), k)).collect();
-            by_prefix.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+            let mut by_prefix: Vec<(u128, &Vec<u8>, ())> = keys.iter().map(|k| (order_prefix(k), k, ())).collect();
+            by_prefix.sort_unstable_by(in_key_order);
             let mut bytewise: Vec<&Vec<u8>> = keys.iter().collect();
             bytewise.sort();
-            let sorted: Vec<&Vec<u8>> = by_prefix.into_iter().map(|(_, k)| k).collect();
+            let sorted: Vec<&Vec<u8>> = by_prefix.into_iter().map(|(_, k, _)| k).collect();
             prop_assert_eq!(sorted, bytewise);
         }
     }

@@ -83,13 +83,14 @@ impl Tallies {
 
     /// The tally of a delivered record's topic.
     fn of(&mut self, message: &BorrowedMessage<'_>) -> &mut TopicTally {
-        // SAFETY: the report's message lives through this call, and librdkafka gives every
-        // delivered message its topic, which lives as long (a message holds a reference).
-        let handle = unsafe { (*message.ptr()).rkt };
+        // librdkafka gives every message it delivers the topic it was produced to (the
+        // message holds a reference on it); none is never seen.
+        let handle = message.topic_ptr();
         if handle.is_null() {
-            return self.named(message.topic());
+            return self.named("");
         }
-        // SAFETY: as above; a topic's name is NUL-terminated and lives with the topic.
+        // SAFETY: the report's message, and so its topic, live through this call; a topic's
+        // name is NUL-terminated and lives with the topic.
         let name = unsafe { CStr::from_ptr(rd::rd_kafka_topic_name(handle)) }.to_bytes();
         let index = self.at(handle as usize, name, || message.topic());
         &mut self.topics[index]
@@ -450,6 +451,10 @@ impl KafkaSink {
         // What the old one had queued is dropped: the transaction it belonged to is over.
         old.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
         drop(old);
+        // The old producer's topics are gone: their addresses find nothing any more.
+        if let Ok(mut tallies) = self.state.tallies.lock() {
+            tallies.by_handle.clear();
+        }
         self.start_transactions()?;
         self.forget_failures();
         Ok(())
@@ -791,5 +796,14 @@ mod tests {
         assert_eq!(state.changelog_offset("app-u-changelog", 3), None, "another topic");
         acknowledged(0, 0);
         assert_eq!(state.changelog_offset("app-t-changelog", 0), Some(0), "offset 0 counts");
+        // A topic with records out but no changelog record acknowledged has none.
+        let metrics = Metrics::default();
+        state
+            .tallies
+            .lock()
+            .expect("tallies")
+            .named("app-out")
+            .count_out(0, &metrics);
+        assert_eq!(state.changelog_offset("app-out", 0), None, "not a changelog");
     }
 }
