@@ -47,10 +47,16 @@ pub(crate) type Clocks = Vec<(String, i64)>;
 /// Merges `from` into `into`: a name in both gets `pick` of the two times.
 pub(crate) fn merge_clocks(into: &mut Clocks, from: &[(String, i64)], pick: fn(i64, i64) -> i64) {
     for (name, time) in from {
-        match into.iter_mut().find(|(n, _)| n == name) {
-            Some((_, mine)) => *mine = pick(*mine, *time),
-            None => into.push((name.clone(), *time)),
-        }
+        merge_clock(into, name, *time, pick);
+    }
+}
+
+/// Merges one operation's stream time into `into` (see [`merge_clocks`]); its name is
+/// copied only when `into` has none of it.
+fn merge_clock(into: &mut Clocks, name: &str, time: i64, pick: fn(i64, i64) -> i64) {
+    match into.iter_mut().find(|(n, _)| n == name) {
+        Some((_, mine)) => *mine = pick(*mine, time),
+        None => into.push((name.to_string(), time)),
     }
 }
 
@@ -128,6 +134,7 @@ pub(crate) fn cut_headers(
 }
 
 /// One part of a [`CUT`] header.
+#[cfg_attr(test, derive(Debug, PartialEq))]
 enum Part<'a> {
     /// A source topic, its partition and the last offset processed there.
     Source(&'a str, i32, i64),
@@ -138,25 +145,52 @@ enum Part<'a> {
 }
 
 /// The parts of a [`CUT`] header's value; parts that do not parse (or that a later version
-/// adds) are skipped.
+/// adds) are skipped. A value that is not UTF-8 has none.
+///
+/// Read by bytes: the separators are ASCII, and found byte by byte a part costs a few
+/// instructions a byte (`str::split` on a `char` cost ~150 a call), which a restore pays for
+/// every record.
 fn parts(value: &[u8]) -> impl Iterator<Item = Part<'_>> {
-    std::str::from_utf8(value)
-        .unwrap_or_default()
-        .split(';')
-        .filter_map(|part| match part.split_once('=')? {
-            ("source", source) => {
-                let mut fields = source.rsplitn(3, '/');
-                let offset = fields.next()?.parse().ok()?;
-                let partition = fields.next()?.parse().ok()?;
-                Some(Part::Source(fields.next()?, partition, offset))
-            }
-            ("time", time) => Some(Part::Time(time.parse().ok()?)),
-            ("clock", clock) => {
-                let (name, time) = clock.split_once('=')?;
-                Some(Part::Clock(name, clock_of_text(time)?))
-            }
-            _ => None,
-        })
+    let mut rest = Some(std::str::from_utf8(value).unwrap_or_default());
+    std::iter::from_fn(move || loop {
+        let text = rest?;
+        let (part, after) = split_at_byte(text, b';').map_or((text, None), |(part, after)| (part, Some(after)));
+        rest = after;
+        if let Some(part) = part_of(part) {
+            return Some(part);
+        }
+    })
+}
+
+/// One part of a [`CUT`] header: `source=TOPIC/PARTITION/OFFSET` (the topic may hold `/`),
+/// `time=MS` or `clock=TABLE=MS`.
+fn part_of(text: &str) -> Option<Part<'_>> {
+    let (kind, rest) = split_at_byte(text, b'=')?;
+    match kind {
+        "source" => {
+            let (head, offset) = rsplit_at_byte(rest, b'/')?;
+            let (topic, partition) = rsplit_at_byte(head, b'/')?;
+            Some(Part::Source(topic, partition.parse().ok()?, offset.parse().ok()?))
+        }
+        "time" => Some(Part::Time(rest.parse().ok()?)),
+        "clock" => {
+            let (name, time) = split_at_byte(rest, b'=')?;
+            Some(Part::Clock(name, clock_of_text(time)?))
+        }
+        _ => None,
+    }
+}
+
+/// `text` before and after its first `byte` (ASCII), when it has one.
+fn split_at_byte(text: &str, byte: u8) -> Option<(&str, &str)> {
+    let at = text.bytes().position(|b| b == byte)?;
+    Some((text.get(..at)?, text.get(at + 1..)?))
+}
+
+/// `text` before and after its last `byte` (ASCII), when it has one.
+fn rsplit_at_byte(text: &str, byte: u8) -> Option<(&str, &str)> {
+    let at = text.bytes().rposition(|b| b == byte)?;
+    Some((text.get(..at)?, text.get(at + 1..)?))
 }
 
 /// Where a cut stood, as its changelog records' headers say: [`CUT`], or the five headers
@@ -243,7 +277,77 @@ impl CutPosition {
     }
 }
 
-/// The stream time a changelog record's headers carry.
+/// What a restore reads in a changelog record's headers, in one pass over them (a [`CUT`]
+/// header is parsed once): whether the record was made by input the group never committed,
+/// the stream time and the operations' stream times it carries.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct RecordCut<'h> {
+    /// Some source it names is not committed as far as the record's offset there (sources
+    /// that are not the task's are ignored; a record that names no source counts as
+    /// committed).
+    pub(crate) uncommitted: bool,
+    /// The first stream time the headers carry.
+    pub(crate) stream_time: Option<i64>,
+    /// The operations' stream times of the first header that carries them ([`CUT`] or
+    /// [`STREAM_CLOCKS`]; `i64::MIN`: none yet), their names borrowed from a [`CUT`] header.
+    pub(crate) clocks: smallvec::SmallVec<[(std::borrow::Cow<'h, str>, i64); 2]>,
+}
+
+impl<'h> RecordCut<'h> {
+    /// Reads `headers` against the group's `committed` offsets: [`CUT`], or the five headers
+    /// of earlier versions.
+    pub(crate) fn read(headers: impl Iterator<Item = (&'h str, &'h [u8])>, committed: &Committed) -> Self {
+        let uncommitted = |name: &[u8], offset: i64| {
+            committed
+                .iter()
+                .any(|(topic, next)| topic.as_bytes() == name && offset >= *next)
+        };
+        let mut cut = Self::default();
+        // Whether a header gave the clocks (the first that carries them does, even empty).
+        let mut clocked = false;
+        // Legacy headers: the source topic named last, until its offset comes.
+        let mut topic: Option<&[u8]> = None;
+        let number = |value: &[u8]| std::str::from_utf8(value).ok()?.parse::<i64>().ok();
+        for (key, value) in headers {
+            match key {
+                CUT => {
+                    let mut time = None;
+                    for part in parts(value) {
+                        match part {
+                            Part::Source(topic, _, offset) => cut.uncommitted |= uncommitted(topic.as_bytes(), offset),
+                            Part::Time(t) => {
+                                time.get_or_insert(t);
+                            }
+                            Part::Clock(name, t) if !clocked => cut.clocks.push((name.into(), t)),
+                            Part::Clock(..) => {}
+                        }
+                    }
+                    cut.stream_time = cut.stream_time.or(time);
+                    clocked = true;
+                }
+                SOURCE_TOPIC => topic = Some(value),
+                SOURCE_OFFSET => {
+                    if let (Some(name), Some(offset)) = (topic.take(), number(value)) {
+                        cut.uncommitted |= uncommitted(name, offset);
+                    }
+                }
+                STREAM_TIME => cut.stream_time = cut.stream_time.or_else(|| number(value)),
+                STREAM_CLOCKS if !clocked => {
+                    clocked = true;
+                    let text = std::str::from_utf8(value).unwrap_or_default();
+                    cut.clocks
+                        .extend(clocks_of_text(text).into_iter().map(|(name, t)| (name.into(), t)));
+                }
+                _ => {}
+            }
+        }
+        cut
+    }
+}
+
+/// The stream time a changelog record's headers carry (what [`RecordCut::read`] reads, in
+/// a pass of its own: the model its test compares it with).
+#[cfg(test)]
 fn stream_time_of<'h>(headers: impl Iterator<Item = (&'h str, &'h [u8])>) -> Option<i64> {
     headers.into_iter().find_map(|(key, value)| match key {
         CUT => parts(value).find_map(|part| match part {
@@ -255,7 +359,8 @@ fn stream_time_of<'h>(headers: impl Iterator<Item = (&'h str, &'h [u8])>) -> Opt
     })
 }
 
-/// The operations' stream times a changelog record's headers carry.
+/// The operations' stream times a changelog record's headers carry (a model, as above).
+#[cfg(test)]
 fn clocks_of<'h>(headers: impl Iterator<Item = (&'h str, &'h [u8])>) -> Clocks {
     for (key, value) in headers {
         match key {
@@ -275,13 +380,9 @@ fn clocks_of<'h>(headers: impl Iterator<Item = (&'h str, &'h [u8])>) -> Clocks {
 }
 
 /// Whether a changelog record with these headers was made by input the group never
-/// committed: some source it names is not committed as far as the record's offset there
-/// (sources that are not the task's are ignored; a record that names no source counts as
-/// committed).
-pub(crate) fn from_uncommitted_input<'h>(
-    headers: impl Iterator<Item = (&'h str, &'h [u8])>,
-    committed: &Committed,
-) -> bool {
+/// committed (a model, as above).
+#[cfg(test)]
+fn from_uncommitted_input<'h>(headers: impl Iterator<Item = (&'h str, &'h [u8])>, committed: &Committed) -> bool {
     let uncommitted = |name: &[u8], offset: i64| {
         committed
             .iter()
@@ -395,14 +496,15 @@ impl<'a> Apply<'a> {
         offset: i64,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
-        headers: impl Iterator<Item = (&'h str, &'h [u8])> + Clone,
+        headers: impl Iterator<Item = (&'h str, &'h [u8])>,
     ) -> Result<()> {
         if self.done() {
             return Ok(());
         }
         self.last = Some(offset);
         let Some(key) = key else { return Ok(()) };
-        if from_uncommitted_input(headers.clone(), self.committed) {
+        let cut = RecordCut::read(headers, self.committed);
+        if cut.uncommitted {
             self.restored.skipped += 1;
             self.restored.skipped_keys.insert(key.to_vec());
             self.first_skipped.get_or_insert(offset);
@@ -412,10 +514,12 @@ impl<'a> Apply<'a> {
             self.restored.found_foreign = true;
             return Ok(());
         }
-        if let Some(time) = stream_time_of(headers.clone()) {
+        if let Some(time) = cut.stream_time {
             self.restored.stream_time = Some(self.restored.stream_time.map_or(time, |t| t.max(time)));
         }
-        merge_clocks(&mut self.restored.clocks, &clocks_of(headers), i64::max);
+        for (name, time) in &cut.clocks {
+            merge_clock(&mut self.restored.clocks, name, *time, i64::max);
+        }
         self.batch.push((key.to_vec(), value.map(<[u8]>::to_vec)));
         self.restored.applied += 1;
         if self.batch.len() >= BATCH {
@@ -554,6 +658,10 @@ pub(crate) fn committed_positions(committed: &Committed) -> Vec<(String, i64)> {
         .collect()
 }
 
+/// A changelog record's headers, name and value (a cut's record has one; up to two are kept
+/// without an allocation).
+pub(crate) type Headers<'a> = smallvec::SmallVec<[(&'a str, &'a [u8]); 2]>;
+
 /// What reading a changelog partition gives next.
 pub(crate) enum Fetched<'a> {
     /// A record. Reading is read committed: records of aborted transactions and control
@@ -562,7 +670,7 @@ pub(crate) enum Fetched<'a> {
         offset: i64,
         key: Option<&'a [u8]>,
         value: Option<&'a [u8]>,
-        headers: Vec<(&'a str, &'a [u8])>,
+        headers: Headers<'a>,
     },
     /// No record now; every offset before this one is read or skipped. A position before the
     /// partition's end is its last stable offset: a transaction after it has not ended yet.
@@ -1007,6 +1115,122 @@ mod tests {
         }
     }
 
+    /// A header a changelog record may carry: [`CUT`] (its parts well formed or not), one
+    /// of the five of earlier versions, or another; values that do not parse included.
+    fn any_header() -> impl proptest::strategy::Strategy<Value = (String, Vec<u8>)> {
+        use proptest::prelude::*;
+        let number = prop_oneof![
+            offset().prop_map(|n| n.to_string()),
+            Just(String::new()),
+            "[0-9x-]{1,3}"
+        ];
+        let part = prop_oneof![
+            ("[a-c]", 0..3i32, number.clone()).prop_map(|(t, p, o)| format!("source={t}/{p}/{o}")),
+            number.clone().prop_map(|t| format!("time={t}")),
+            ("[a-c]", number.clone()).prop_map(|(c, t)| format!("clock={c}={t}")),
+            "[a-z=/;]{0,6}",
+        ];
+        let cut = prop_oneof![
+            proptest::collection::vec(part, 0..5).prop_map(|parts| parts.join(";").into_bytes()),
+            proptest::collection::vec(any::<u8>(), 0..8),
+        ];
+        let clocks = proptest::collection::vec(("[a-c]", number.clone()), 0..3).prop_map(|pairs| {
+            pairs
+                .iter()
+                .map(|(c, t)| format!("{c}={t}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        // Sources and their offsets often, so that their order matters (an offset without
+        // a topic before it, two after one topic).
+        prop_oneof![
+            3 => cut.prop_map(|value| (CUT.to_string(), value)),
+            3 => "[a-c]".prop_map(|t| (SOURCE_TOPIC.to_string(), t.into_bytes())),
+            1 => number.clone().prop_map(|p| (SOURCE_PARTITION.to_string(), p.into_bytes())),
+            4 => offset().prop_map(|o| (SOURCE_OFFSET.to_string(), o.to_string().into_bytes())),
+            1 => number.clone().prop_map(|o| (SOURCE_OFFSET.to_string(), o.into_bytes())),
+            2 => number.prop_map(|t| (STREAM_TIME.to_string(), t.into_bytes())),
+            2 => clocks.prop_map(|c| (STREAM_CLOCKS.to_string(), c.into_bytes())),
+            1 => ("[a-z.]{0,8}", proptest::collection::vec(any::<u8>(), 0..4)),
+        ]
+    }
+
+    /// The parts of a [`CUT`] header's value as `str`'s own splits find them (how they were
+    /// read before [`parts`] read bytes): the model its test compares it with.
+    fn parts_by_str(value: &[u8]) -> Vec<Part<'_>> {
+        std::str::from_utf8(value)
+            .unwrap_or_default()
+            .split(';')
+            .filter_map(|part| match part.split_once('=')? {
+                ("source", source) => {
+                    let mut fields = source.rsplitn(3, '/');
+                    let offset = fields.next()?.parse().ok()?;
+                    let partition = fields.next()?.parse().ok()?;
+                    Some(Part::Source(fields.next()?, partition, offset))
+                }
+                ("time", time) => Some(Part::Time(time.parse().ok()?)),
+                ("clock", clock) => {
+                    let (name, time) = clock.split_once('=')?;
+                    Some(Part::Clock(name, clock_of_text(time)?))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A cut header's value made of parts well formed or not: topics and names holding `/`,
+    /// `=` or non-ASCII text, numbers out of range, empty fields, unknown parts.
+    fn cut_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let part = prop_oneof![
+            ("[a-zé/=]{0,6}", "[0-9/-]{0,4}", "-?[0-9]{0,20}").prop_map(|(t, p, o)| format!("source={t}/{p}/{o}")),
+            "-?[0-9]{0,20}x?".prop_map(|t| format!("time={t}")),
+            ("[a-zé/=]{0,6}", "-?[0-9]{0,20}").prop_map(|(c, t)| format!("clock={c}={t}")),
+            "[a-z=/;é]{0,8}",
+            // Near misses: kinds a letter or a space off, values with spaces.
+            (
+                prop_oneof!["source", "time", "clock", "sources", "clocks", " time", "time ", "tim"],
+                "[ 0-9a-z=/é-]{0,10}"
+            )
+                .prop_map(|(kind, value)| format!("{kind}={value}")),
+        ];
+        (proptest::collection::vec(part, 0..6), "[ ;]{0,2}", "[ ;]{0,2}")
+            .prop_map(|(parts, before, after)| format!("{before}{}{after}", parts.join(";")))
+    }
+
+    proptest::proptest! {
+        /// A cut header's parts, read by bytes, are those `str`'s splits find, in any header
+        /// (see [`cut_text`]) and in any bytes.
+        #[test]
+        fn a_cut_headers_parts_read_by_bytes_are_those_read_as_text(
+            text in cut_text(),
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..24),
+        ) {
+            proptest::prop_assert_eq!(parts(text.as_bytes()).collect::<Vec<_>>(), parts_by_str(text.as_bytes()));
+            proptest::prop_assert_eq!(parts(&junk).collect::<Vec<_>>(), parts_by_str(&junk));
+        }
+    }
+
+    proptest::proptest! {
+        // Cheap cases, many: an order that matters (two offsets after one topic) is rare.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+        /// A restore reads a record's headers once: it learns what three passes over them
+        /// (one per question) learn, whatever the headers — a cut's, those of earlier
+        /// versions, both, several, none, values that do not parse.
+        #[test]
+        fn one_pass_over_a_records_headers_reads_what_three_did(
+            headers in proptest::collection::vec(any_header(), 0..9),
+            committed in proptest::collection::vec(("[a-c]", offset()), 0..4),
+        ) {
+            let committed: Vec<(String, i64)> = committed;
+            let cut = RecordCut::read(pairs(&headers), &committed);
+            proptest::prop_assert_eq!(cut.uncommitted, from_uncommitted_input(pairs(&headers), &committed));
+            proptest::prop_assert_eq!(cut.stream_time, stream_time_of(pairs(&headers)));
+            let clocks: Clocks = cut.clocks.into_iter().map(|(name, time)| (name.into_owned(), time)).collect();
+            proptest::prop_assert_eq!(clocks, clocks_of(pairs(&headers)));
+        }
+    }
+
     #[test]
     fn a_change_is_uncommitted_when_any_of_its_sources_is() {
         assert!(!uncommitted(&[("a", 9)], &[("a", 10)]));
@@ -1303,7 +1527,7 @@ mod tests {
                 offset: offset as i64,
                 key: Some(key),
                 value: Some(value),
-                headers: Vec::new(),
+                headers: Headers::new(),
             })
         }
         fn cancelled(&self) -> bool {

@@ -335,7 +335,10 @@ mod tests {
             assert_eq!(record.key(), Some(format!("k{n}").as_bytes()));
             assert_eq!(record.payload(), Some(format!("v{n}").as_bytes()));
             assert_eq!(record.timestamp(), Some(1000 + n));
-            assert_eq!(record.headers(), vec![("n", &n.to_be_bytes()[..]), ("empty", &[][..])]);
+            assert_eq!(
+                record.headers().as_slice(),
+                [("n", &n.to_be_bytes()[..]), ("empty", &[][..])]
+            );
             assert_eq!(record.headers_lossy().len(), 2);
             assert!(record.error().is_none());
         }

@@ -120,8 +120,8 @@ impl RawMessage {
 
     /// The record's headers with UTF-8 names, in order (the library's own records' headers
     /// all are).
-    pub(crate) fn headers(&self) -> Vec<(&str, &[u8])> {
-        let mut all = Vec::new();
+    pub(crate) fn headers(&self) -> smallvec::SmallVec<[(&str, &[u8]); 2]> {
+        let mut all = smallvec::SmallVec::new();
         self.each_header(|name, value| {
             if let Ok(name) = name.to_str() {
                 all.push((name, value));

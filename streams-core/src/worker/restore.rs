@@ -848,7 +848,7 @@ impl ReadTo {
     }
 
     /// What the restore is told when no record is there.
-    fn fetched(self) -> changelog::Fetched<'static> {
+    fn fetched<'a>(self) -> changelog::Fetched<'a> {
         match self.0 {
             Some(to) => changelog::Fetched::At(to),
             None => changelog::Fetched::Nothing,
@@ -924,7 +924,7 @@ impl KafkaLog<'_> {
             // (records after it in the batch are not applied yet, so the consumer's position,
             // which counts the whole batch, would say too much).
             Some(RDKafkaErrorCode::PartitionEOF)
-                if message.partition() == self.partition && message.topic() == self.topic =>
+                if message.partition() == self.partition && message.topic_bytes() == self.topic.as_bytes() =>
             {
                 self.read_to.end(message.offset());
                 changelog::Fetched::At(message.offset())
@@ -940,7 +940,8 @@ impl KafkaLog<'_> {
                 );
                 changelog::Fetched::Nothing
             }
-            None if message.partition() != self.partition || message.topic() != self.topic => {
+            // The topic compared as bytes: read as text, it was checked for every record.
+            None if message.partition() != self.partition || message.topic_bytes() != self.topic.as_bytes() => {
                 tracing::debug!(
                     "restore of {}[{}]: a record of {}[{}] ignored",
                     self.topic,
@@ -964,7 +965,7 @@ impl KafkaLog<'_> {
     }
 
     /// Where the consumer stands: every offset before it read or skipped.
-    fn position(&self) -> changelog::Fetched<'static> {
+    fn position<'f>(&self) -> changelog::Fetched<'f> {
         let list = super::consumer::positions(self.client.consumer.client(), [(self.topic, self.partition)]);
         let position = list.elements().first().and_then(|e| match e.offset() {
             Offset::Offset(offset) => Some(offset),
