@@ -1,6 +1,6 @@
 //! What a worker promises beyond counting: it refuses topics that do not fit its
-//! declarations, drops lost partitions without committing, and keeps a bad record's headers
-//! on the dead-letter topic.
+//! declarations, drops lost partitions without committing, keeps a bad record's headers
+//! on the dead-letter topic, and hands each record to its own partition's task, in order.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -359,4 +359,122 @@ async fn the_stores_share_one_memory_budget() {
         200_000,
         "every key kept"
     );
+}
+
+/// A record as the routing test writes it: the partition it was written to and its place
+/// there.
+#[record]
+struct Mark {
+    partition: i32,
+    seq: i64,
+}
+
+const LEFT: Topic<String, Mark> = Topic::new("left").partitions(1);
+const RIGHT: Topic<String, Mark> = Topic::new("right").partitions(4);
+const ROUTES: Topic<String, String> = Topic::new("routes").partitions(1);
+
+/// What a task saw: `{topic} {its partition} {the record's partition} {seq} {offset}`.
+async fn route(stream: &mut Stream<String, Mark>, topic: &str) -> Result<()> {
+    while let Some(event) = stream.next_event().await {
+        let line = format!(
+            "{topic} {} {} {} {}",
+            event.origin.partition, event.value.partition, event.value.seq, event.origin.offset
+        );
+        ROUTES
+            .send(&format!("{topic}/{}", event.origin.partition), &line)
+            .await?;
+    }
+    Ok(())
+}
+
+#[agent(topic = LEFT, sends = [ROUTES])]
+async fn route_left(mut marks: Stream<String, Mark>) -> Result<()> {
+    route(&mut marks, "left").await
+}
+
+#[agent(topic = RIGHT, sends = [ROUTES])]
+async fn route_right(mut marks: Stream<String, Mark>) -> Result<()> {
+    route(&mut marks, "right").await
+}
+
+/// The consumer takes records of several topics and partitions in one batch, runs of one
+/// partition interleaved with others: each record reaches the task of its own topic and
+/// partition, once, in the partition's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_taken_together_reach_their_partitions_tasks_in_order() {
+    log();
+    let broker = EmbeddedBroker::start().expect("broker");
+    let app = App::new("routing").agent(route_left).agent(route_right);
+    create_app_topics(&broker, &app);
+    let bootstrap = broker.bootstrap_servers().to_string();
+    // Runs of every length from 1 to 7, partitions in turn, the two topics' records
+    // produced alternately: the fetches hand over mixed batches. `left` has one partition
+    // and `right` four: a run of left[0] is followed by one of right[0] (the same partition
+    // of another topic) as often as by another.
+    const PER_PARTITION: i64 = 300;
+    const PARTITIONS: [i32; 2] = [1, 4];
+    let mut marks: Vec<Vec<Raw>> = vec![Vec::new(), Vec::new()];
+    let mut next = [[0i64; 4]; 2];
+    let mut turn = 0usize;
+    while (0..2).any(|t| next[t][..PARTITIONS[t] as usize].iter().any(|n| *n < PER_PARTITION)) {
+        let topic = turn % 2;
+        let partition = (turn / 2) as i32 % PARTITIONS[topic];
+        for _ in 0..=(turn % 7) {
+            let seq = &mut next[topic][partition as usize];
+            if *seq < PER_PARTITION {
+                marks[topic].push(Raw {
+                    partition,
+                    key: format!("k{seq}"),
+                    value: format!("{{\"partition\": {partition}, \"seq\": {seq}}}"),
+                    headers: Vec::new(),
+                });
+                *seq += 1;
+            }
+        }
+        turn += 1;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let worker = Worker::start(app, worker_options(dir.path(), &broker))
+        .await
+        .expect("worker");
+    for chunk in 0..4 {
+        for (topic, name) in ["left", "right"].iter().enumerate() {
+            let part = marks[topic].len() / 4;
+            let end = if chunk == 3 {
+                marks[topic].len()
+            } else {
+                part * (chunk + 1)
+            };
+            produce_raw(&bootstrap, name, &marks[topic][part * chunk..end]);
+        }
+    }
+    let total = (5 * PER_PARTITION) as u64;
+    let metrics = worker.metrics();
+    tokio::task::spawn_blocking(move || {
+        wait_until("every record", Duration::from_secs(60), || {
+            metrics.records.load(Ordering::Relaxed) >= total
+        })
+    })
+    .await
+    .expect("wait");
+    worker.stop().await.expect("stop");
+    // By topic and task partition: each record's own partition, its seq and its offset.
+    type Seen = Vec<(i32, i64, i64)>;
+    let mut seen: std::collections::BTreeMap<(String, i32), Seen> = Default::default();
+    for read in read_all(&bootstrap, "routes") {
+        let line: String = serde_json::from_slice(&read.value.expect("a value")).expect("a JSON string");
+        let fields: Vec<&str> = line.split(' ').collect();
+        let number = |i: usize| fields[i].parse::<i64>().expect("a number");
+        seen.entry((fields[0].to_string(), number(1) as i32))
+            .or_default()
+            .push((number(2) as i32, number(3), number(4)));
+    }
+    assert_eq!(seen.len(), 5, "every partition's task saw records: {:?}", seen.keys());
+    for ((topic, partition), records) in &seen {
+        let expected: Vec<(i32, i64, i64)> = (0..PER_PARTITION).map(|n| (*partition, n, n)).collect();
+        assert_eq!(
+            records, &expected,
+            "{topic}[{partition}]: each record of the partition once, in order, and no other's"
+        );
+    }
 }

@@ -46,6 +46,13 @@ impl RawMessage {
         std::str::from_utf8(self.topic_bytes()).unwrap_or("")
     }
 
+    /// The address of the record's topic handle: the records of one topic from one client
+    /// share it (while one of them lives, no other topic's handle has it). Compared only,
+    /// never read through.
+    pub(crate) fn topic_address(&self) -> usize {
+        self.raw().rkt as usize
+    }
+
     /// The record's topic's name as bytes, unchecked as text: to compare with a known
     /// name (the check is a good part of a record's hand-over).
     pub(crate) fn topic_bytes(&self) -> &[u8] {
