@@ -42,7 +42,26 @@ impl Drop for Handle {
 /// The handles of the topics a producer sends to. It must be dropped before the producer's
 /// client is destroyed.
 #[derive(Default)]
-pub(crate) struct TopicHandles(RwLock<HashMap<Arc<str>, Handle, foldhash::fast::RandomState>>);
+pub(crate) struct TopicHandles(RwLock<Handles>);
+
+/// How many names [`Handles::by_address`] keeps at most: records name their topic with the
+/// `Arc` of the node or table that sends them (a few per topology); past this many (names
+/// made per record), it starts again.
+const ADDRESSES: usize = 1024;
+
+#[derive(Default)]
+struct Handles {
+    /// By topic name: one handle per topic.
+    by_name: HashMap<Arc<str>, Arc<Handle>, foldhash::fast::RandomState>,
+    /// By the address of the name a record carries: found without hashing or comparing the
+    /// name. Each entry keeps its name, so no other name has that address while it lives.
+    by_address: HashMap<usize, (Arc<str>, Arc<Handle>), foldhash::fast::RandomState>,
+}
+
+/// Where `name` is: equal for two `Arc`s only when they share one allocation.
+fn address(name: &Arc<str>) -> usize {
+    Arc::as_ptr(name).cast::<u8>() as usize
+}
 
 impl TopicHandles {
     /// Enqueues `record` on `client`'s producer without waiting (librdkafka copies it); the
@@ -100,20 +119,36 @@ impl TopicHandles {
     /// The handle of `topic`, made at its first record; `None` if librdkafka makes none
     /// (a name with a NUL byte, or librdkafka's refusal, which it logs).
     fn handle<C: ClientContext>(&self, client: &Client<C>, topic: &Arc<str>) -> Option<*mut rd::rd_kafka_topic_t> {
-        if let Some(handle) = self.0.read().unwrap_or_else(|p| p.into_inner()).get(&**topic) {
+        let at = address(topic);
+        if let Some((_, handle)) = self.0.read().unwrap_or_else(|p| p.into_inner()).by_address.get(&at) {
             return Some(handle.0.as_ptr());
         }
         let mut handles = self.0.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(handle) = handles.get(&**topic) {
-            return Some(handle.0.as_ptr());
+        let handle = match handles.by_name.get(&**topic) {
+            Some(handle) => Arc::clone(handle),
+            None => {
+                let name = CString::new(topic.as_bytes()).ok()?;
+                // SAFETY: a live client and a NUL-terminated name; no topic settings (the
+                // client's).
+                let made = unsafe { rd::rd_kafka_topic_new(client.native_ptr(), name.as_ptr(), std::ptr::null_mut()) };
+                let handle = Arc::new(Handle(NonNull::new(made)?));
+                handles.by_name.insert(Arc::clone(topic), Arc::clone(&handle));
+                handle
+            }
+        };
+        if handles.by_address.len() >= ADDRESSES {
+            handles.by_address.clear();
         }
-        let name = CString::new(topic.as_bytes()).ok()?;
-        // SAFETY: a live client and a NUL-terminated name; no topic settings (the client's).
-        let made = unsafe { rd::rd_kafka_topic_new(client.native_ptr(), name.as_ptr(), std::ptr::null_mut()) };
-        let handle = Handle(NonNull::new(made)?);
         let pointer = handle.0.as_ptr();
-        handles.insert(Arc::clone(topic), handle);
+        handles.by_address.insert(at, (Arc::clone(topic), handle));
         Some(pointer)
+    }
+
+    /// How many handles, and names by address, it keeps.
+    #[cfg(test)]
+    fn sizes(&self) -> (usize, usize) {
+        let handles = self.0.read().unwrap_or_else(|p| p.into_inner());
+        (handles.by_name.len(), handles.by_address.len())
     }
 }
 
@@ -157,7 +192,7 @@ mod tests {
     use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
     use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-    use super::TopicHandles;
+    use super::{TopicHandles, ADDRESSES};
     use crate::broker::EmbeddedBroker;
     use crate::task::sink::OutRecord;
 
@@ -272,6 +307,74 @@ mod tests {
         }
         expected.sort_unstable();
         assert_eq!(delivered, expected, "each delivery with its opaque");
+        drop(handles);
+    }
+
+    /// The keys of `topic[0]`'s first `count` records, in order.
+    fn keys(broker: &EmbeddedBroker, topic: &str, count: usize) -> Vec<String> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap_servers())
+            .set("group.id", "handles-keys")
+            .create()
+            .expect("consumer");
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(topic, 0, Offset::Beginning).expect("list");
+        consumer.assign(&list).expect("assign");
+        let mut keys = Vec::new();
+        let began = Instant::now();
+        while keys.len() < count && began.elapsed() < Duration::from_secs(30) {
+            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+                keys.push(String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned());
+            }
+        }
+        keys
+    }
+
+    /// Records that name their topic with an `Arc` of their own, made for each record and
+    /// dropped after it (past the bound on names kept by address, whose addresses the
+    /// allocator then gives to other names), each go to their own topic; one handle is
+    /// made per topic.
+    #[test]
+    fn records_naming_their_topic_with_names_of_their_own_go_to_that_topic() {
+        let broker = EmbeddedBroker::start().expect("broker");
+        broker.create_topic("ta", 1).expect("topic");
+        broker.create_topic("tb", 1).expect("topic");
+        let producer: BaseProducer<Reports> = ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap_servers())
+            .create_with_context(Reports::default())
+            .expect("producer");
+        let handles = TopicHandles::default();
+        let total = 2 * ADDRESSES + 10;
+        let topic_of = |n: usize| if n.is_multiple_of(3) { "ta" } else { "tb" };
+        for n in 0..total {
+            let out = OutRecord {
+                topic: Arc::from(topic_of(n)),
+                partition: Some(0),
+                key: Some(n.to_string().into_bytes()),
+                value: Some(Vec::new()),
+                headers: Vec::new().into(),
+                timestamp: None,
+                changelog: false,
+            };
+            handles.produce(producer.client(), &out, 0).expect("taken");
+            let (made, by_address) = handles.sizes();
+            assert!(
+                made <= 2 && by_address <= ADDRESSES,
+                "{made} handles, {by_address} names kept"
+            );
+        }
+        producer.flush(Duration::from_secs(20)).expect("flush");
+        for topic in ["ta", "tb"] {
+            let expected: Vec<String> = (0..total)
+                .filter(|n| topic_of(*n) == topic)
+                .map(|n| n.to_string())
+                .collect();
+            assert_eq!(
+                keys(&broker, topic, expected.len()),
+                expected,
+                "{topic}: its records, in order"
+            );
+        }
         drop(handles);
     }
 }
