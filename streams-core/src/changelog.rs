@@ -1019,6 +1019,9 @@ mod tests {
         let now = from_uncommitted_input(pairs(&headers(sources)), &committed);
         let before = from_uncommitted_input(pairs(&legacy_headers(sources, 3, None, &[])), &committed);
         assert_eq!(now, before, "the two forms disagree on {sources:?}");
+        for headers in [headers(sources), legacy_headers(sources, 3, None, &[])] {
+            assert_eq!(RecordCut::read(pairs(&headers), &committed).uncommitted, now);
+        }
         now
     }
 
@@ -1070,6 +1073,12 @@ mod tests {
         assert_eq!((cut.stream_time, cut.clocks), (None, vec![("u".to_string(), Some(9))]));
         let committed = [("a".to_string(), 0), ("b".to_string(), 0), ("c".to_string(), 8)];
         assert!(!from_uncommitted_input(pairs(&odd), &committed));
+        let read = RecordCut::read(pairs(&odd), &committed);
+        assert!(!read.uncommitted);
+        assert_eq!(
+            (read.stream_time, read.clocks.as_slice()),
+            (None, &[("u".into(), 9)][..])
+        );
     }
 
     /// Offsets near each other (a source's and its committed one meet) or anywhere.
@@ -1112,6 +1121,13 @@ mod tests {
                 .any(|(topic, offset)| committed.iter().any(|(t, next)| t == topic && offset >= next));
             proptest::prop_assert_eq!(from_uncommitted_input(pairs(&headers), &committed), model);
             proptest::prop_assert_eq!(from_uncommitted_input(pairs(&legacy), &committed), model);
+            for headers in [&headers, &legacy] {
+                let read = RecordCut::read(pairs(headers), &committed);
+                proptest::prop_assert_eq!(read.uncommitted, model);
+                proptest::prop_assert_eq!(read.stream_time, stream_time);
+                let read_clocks: Clocks = read.clocks.iter().map(|(name, time)| (name.to_string(), *time)).collect();
+                proptest::prop_assert_eq!(&read_clocks, &clocks);
+            }
         }
     }
 

@@ -397,9 +397,11 @@ async fn route_right(mut marks: Stream<String, Mark>) -> Result<()> {
     route(&mut marks, "right").await
 }
 
-/// The consumer takes records of several topics and partitions in one batch, runs of one
-/// partition interleaved with others: each record reaches the task of its own topic and
-/// partition, once, in the partition's order.
+/// One consumer takes the records of two topics, one with one partition and one with four
+/// (partition 0 in both): each record reaches the task of its own topic and partition,
+/// once, in the partition's order. (How a take's records are put into their partitions'
+/// batches is checked on every kind of take by the property test in `worker/runs.rs`; here,
+/// which records a fetch brings together is up to librdkafka.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_taken_together_reach_their_partitions_tasks_in_order() {
     log();
@@ -407,10 +409,8 @@ async fn records_taken_together_reach_their_partitions_tasks_in_order() {
     let app = App::new("routing").agent(route_left).agent(route_right);
     create_app_topics(&broker, &app);
     let bootstrap = broker.bootstrap_servers().to_string();
-    // Runs of every length from 1 to 7, partitions in turn, the two topics' records
-    // produced alternately: the fetches hand over mixed batches. `left` has one partition
-    // and `right` four: a run of left[0] is followed by one of right[0] (the same partition
-    // of another topic) as often as by another.
+    // Partitions in turn, a few records each (from 1 to 7), sent in four rounds while the
+    // worker runs.
     const PER_PARTITION: i64 = 300;
     const PARTITIONS: [i32; 2] = [1, 4];
     let mut marks: Vec<Vec<Raw>> = vec![Vec::new(), Vec::new()];

@@ -31,6 +31,7 @@ use crate::task::sink::Sink;
 use crate::task::tables::TableState;
 use crate::task::TaskContext;
 use crate::worker::restore::{self, RestoreJob, RestoreProgress, Restorer};
+use crate::worker::runs;
 use crate::{Error, Result};
 
 /// How often a worker tells the directory again what it holds.
@@ -101,7 +102,7 @@ pub(crate) struct Shared {
     pub cache_budget: Arc<crate::task::cache_budget::CacheBudget>,
     running: Mutex<HashMap<TaskKey, Running>>,
     /// Polled records not yet handed over, one batch per (topic, partition), in order.
-    pending: Mutex<Vec<(String, i32, Vec<Message>)>>,
+    pending: Mutex<runs::Batches<Message>>,
     /// Since when the worker waits for the group to give it partitions (from its start, and
     /// from each revoke until the next assignment).
     waiting: Mutex<Option<std::time::Instant>>,
@@ -350,7 +351,7 @@ impl Shared {
     fn buffer(&self, message: BorrowedMessage<'_>, consumer: &Keep) {
         use rdkafka::message::Message as _;
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let index = batch_of(&mut pending, message.topic(), message.partition());
+        let index = runs::batch_of(&mut pending, message.topic(), message.partition());
         pending[index].2.push(Message::from_kafka(message, consumer));
     }
 
@@ -359,45 +360,20 @@ impl Shared {
     /// (`last_error`: when one last was). Returns how many records there were.
     fn buffer_taken(&self, taken: &mut Vec<RawMessage>, consumer: &Keep, last_error: &mut std::time::Instant) -> usize {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let mut records = 0;
-        // The batch of the record before, with its topic's address and its partition.
-        let mut last: Option<(usize, usize, i32)> = None;
-        let mut messages = taken.drain(..);
-        while let Some(message) = messages.next() {
-            if message.error().is_some() {
-                if last_error.elapsed() > Duration::from_secs(5) {
-                    tracing::warn!(
-                        "consumer: {} ({}[{}])",
-                        message.error_text(),
-                        message.topic(),
-                        message.partition()
-                    );
-                    *last_error = std::time::Instant::now();
-                }
-                continue;
+        let skip = |message: RawMessage| {
+            if last_error.elapsed() > Duration::from_secs(5) {
+                tracing::warn!(
+                    "consumer: {} ({}[{}])",
+                    message.error_text(),
+                    message.topic(),
+                    message.partition()
+                );
+                *last_error = std::time::Instant::now();
             }
-            records += 1;
-            // Records of a partition come in runs: one lookup of its batch per run, and room
-            // made for the whole run at once (grown a record at a time, a batch was copied
-            // over as it doubled).
-            let (address, partition) = (message.topic_address(), message.partition());
-            let index = match last {
-                Some((index, topic, p)) if topic == address && p == partition => index,
-                _ => {
-                    let index = batch_of(&mut pending, message.topic(), partition);
-                    let run = messages
-                        .as_slice()
-                        .iter()
-                        .take_while(|next| next.topic_address() == address && next.partition() == partition)
-                        .count();
-                    pending[index].2.reserve(run + 1);
-                    index
-                }
-            };
-            last = Some((index, address, partition));
-            pending[index].2.push(Message::from_batch(message, consumer));
-        }
-        records
+        };
+        runs::into_batches(&mut pending, taken, skip, |message| {
+            Message::from_batch(message, consumer)
+        })
     }
 
     /// Hands buffered records to their tasks, one batch per partition, in order, waiting
@@ -1262,17 +1238,6 @@ pub(crate) fn leave_group(consumer: &BaseConsumer<WorkerContext>, static_member:
             return;
         }
         drop(consumer.poll(Duration::from_millis(20)));
-    }
-}
-
-/// The index of `topic[partition]`'s batch among the pending ones, added if missing.
-fn batch_of(pending: &mut Vec<(String, i32, Vec<Message>)>, topic: &str, partition: i32) -> usize {
-    match pending.iter().position(|(t, p, _)| *p == partition && t == topic) {
-        Some(index) => index,
-        None => {
-            pending.push((topic.to_string(), partition, Vec::new()));
-            pending.len() - 1
-        }
     }
 }
 

@@ -8,6 +8,7 @@ pub(crate) mod consumer;
 mod global;
 pub(crate) mod producer;
 pub(crate) mod restore;
+mod runs;
 mod standby;
 mod timers;
 mod topic_handles;
