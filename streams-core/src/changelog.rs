@@ -1059,6 +1059,14 @@ mod tests {
         for headers in [&headers, &legacy] {
             assert_eq!(stream_time_of(pairs(headers)), Some(-5));
             assert_eq!(clocks_of(pairs(headers)), clocks);
+            let read = RecordCut::read(pairs(headers), &[]);
+            assert_eq!(read.stream_time, Some(-5));
+            let read_clocks: Clocks = read
+                .clocks
+                .iter()
+                .map(|(name, time)| (name.to_string(), *time))
+                .collect();
+            assert_eq!(read_clocks, clocks, "an operation without a time reads as i64::MIN");
         }
         // Nothing to say, no header; a record without one is no cut's.
         assert!(cut_headers(&[], 0, None, &[]).is_empty());

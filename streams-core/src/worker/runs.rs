@@ -17,8 +17,8 @@ pub(crate) type Batches<T> = Vec<(String, i32, Vec<T>)>;
 pub(crate) trait Taken {
     /// Whether it is a record (not a consumer error).
     fn is_record(&self) -> bool;
-    /// The address of its topic's handle: equal for two records of one client only when
-    /// they are of one topic, while either lives (see [`RawMessage::topic_address`]).
+    /// The address of its topic's handle: for two records of one client alive at the same
+    /// time, equal only when they are of one topic (see [`RawMessage::topic_address`]).
     fn topic_address(&self) -> usize;
     /// Its topic's name.
     fn topic(&self) -> &str;
@@ -54,8 +54,9 @@ pub(crate) fn into_batches<M: Taken, T>(
     mut keep: impl FnMut(M) -> T,
 ) -> usize {
     let mut records = 0;
-    // The batch of the record before, with its topic's address and its partition. That
-    // record is in the batch, so no other topic's handle can have the address meanwhile.
+    // The batch of the record before, with its topic's address and its partition. Every
+    // record of the take was alive when it began (each holds its topic's handle), so two of
+    // its records of different topics never share an address.
     let mut last: Option<(usize, usize, i32)> = None;
     let mut messages = taken.drain(..);
     while let Some(message) = messages.next() {
@@ -97,7 +98,7 @@ pub(crate) fn batch_of<T>(pending: &mut Batches<T>, topic: &str, partition: i32)
 
 #[cfg(test)]
 mod tests {
-    use super::{batch_of, into_batches, Batches, Taken};
+    use super::{into_batches, Batches, Taken};
     use proptest::prelude::*;
 
     /// A record or error of a take: its topic (one of three names), the address of its
@@ -128,16 +129,27 @@ mod tests {
 
     const TOPICS: [&str; 3] = ["a", "b", "a.b"];
 
-    /// Takes as librdkafka hands them over: runs of one partition's records (of every
-    /// length, one included), partitions of one number in several topics, errors among
-    /// them (a partition's end, of the run's partition or another), and now and then a
-    /// second handle for a name (one client makes one per name; another's would differ).
+    /// Takes as librdkafka hands them over: runs of one partition's records (1 to 5, runs
+    /// side by side of one partition making longer ones), partitions of one number in
+    /// several topics, errors after a run or inside it (a partition's end, of the run's
+    /// partition or another), and in some longer runs a second handle for a name (one
+    /// client makes one per name; another's would differ).
     fn take() -> impl Strategy<Value = Vec<Fake>> {
         let run = (0..3usize, 0..3i32, 1..6usize, any::<bool>(), 0..10u8);
         proptest::collection::vec(run, 0..12).prop_map(|runs| {
             let mut take = Vec::new();
             for (topic, partition, length, other_handle, error) in runs {
-                for _ in 0..length {
+                for at in 0..length {
+                    if error == 9 && at == length / 2 {
+                        // An error inside a run (another partition's end).
+                        take.push(Fake {
+                            record: false,
+                            topic: TOPICS[topic],
+                            address: 16 * (topic + 1),
+                            partition: partition + 1,
+                            id: take.len(),
+                        });
+                    }
                     take.push(Fake {
                         record: true,
                         topic: TOPICS[topic],
@@ -170,12 +182,17 @@ mod tests {
         ) {
             let mut pending: Batches<usize> = Vec::new();
             let mut model: Batches<usize> = Vec::new();
-            for take in takes {
+            for (n, take) in takes.into_iter().enumerate() {
+                // Ids apart from the takes before's.
+                let take: Vec<Fake> = take.into_iter().map(|fake| Fake { id: fake.id + 1000 * n, ..fake }).collect();
                 let records = take.iter().filter(|m| m.record).count();
                 let errors: Vec<usize> = take.iter().filter(|m| !m.record).map(|m| m.id).collect();
+                // The model: a linear search by name and partition, a batch added at the end.
                 for fake in take.iter().filter(|m| m.record) {
-                    let index = batch_of(&mut model, fake.topic, fake.partition);
-                    model[index].2.push(fake.id);
+                    match model.iter_mut().find(|(t, p, _)| t.as_str() == fake.topic && *p == fake.partition) {
+                        Some((_, _, batch)) => batch.push(fake.id),
+                        None => model.push((fake.topic.to_string(), fake.partition, vec![fake.id])),
+                    }
                 }
                 let mut taken = take;
                 let mut skipped = Vec::new();

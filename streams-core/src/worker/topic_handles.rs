@@ -51,11 +51,15 @@ const ADDRESSES: usize = 1024;
 
 #[derive(Default)]
 struct Handles {
-    /// By topic name: one handle per topic.
+    /// By topic name: one handle per topic, kept as long as the `TopicHandles` (never
+    /// removed: a pointer [`TopicHandles::handle`] gave out is used after its lock is let go).
     by_name: HashMap<Arc<str>, Arc<Handle>, foldhash::fast::RandomState>,
     /// By the address of the name a record carries: found without hashing or comparing the
     /// name. Each entry keeps its name, so no other name has that address while it lives.
     by_address: HashMap<usize, (Arc<str>, Arc<Handle>), foldhash::fast::RandomState>,
+    /// How many handles were made.
+    #[cfg(test)]
+    made: usize,
 }
 
 /// Where `name` is: equal for two `Arc`s only when they share one allocation.
@@ -79,8 +83,9 @@ impl TopicHandles {
         let (key, key_len) = bytes(record.key.as_deref());
         let (value, value_len) = bytes(record.value.as_deref());
         let headers = native_headers(record);
-        // SAFETY: a live client and topic handle; key and value are copied before this
-        // returns (F_COPY); on success librdkafka owns the headers, else they are ours.
+        // SAFETY: a live client and topic handle (`Handles::by_name` keeps every handle while
+        // `self` lives); key and value are copied before this returns (F_COPY); on success
+        // librdkafka owns the headers, else they are ours.
         let error = unsafe {
             rd::rd_kafka_producev(
                 client.native_ptr(),
@@ -132,6 +137,10 @@ impl TopicHandles {
                 // client's).
                 let made = unsafe { rd::rd_kafka_topic_new(client.native_ptr(), name.as_ptr(), std::ptr::null_mut()) };
                 let handle = Arc::new(Handle(NonNull::new(made)?));
+                #[cfg(test)]
+                {
+                    handles.made += 1;
+                }
                 handles.by_name.insert(Arc::clone(topic), Arc::clone(&handle));
                 handle
             }
@@ -144,11 +153,11 @@ impl TopicHandles {
         Some(pointer)
     }
 
-    /// How many handles, and names by address, it keeps.
+    /// How many handles it made, and how many names it keeps by address.
     #[cfg(test)]
     fn sizes(&self) -> (usize, usize) {
         let handles = self.0.read().unwrap_or_else(|p| p.into_inner());
-        (handles.by_name.len(), handles.by_address.len())
+        (handles.made, handles.by_address.len())
     }
 }
 
@@ -331,9 +340,9 @@ mod tests {
     }
 
     /// Records that name their topic with an `Arc` of their own, made for each record and
-    /// dropped after it (past the bound on names kept by address, whose addresses the
-    /// allocator then gives to other names), each go to their own topic; one handle is
-    /// made per topic.
+    /// dropped after it, past the bound on names kept by address (once they are let go, the
+    /// allocator gives their addresses to other names), each go to their own topic; one
+    /// handle is made per topic.
     #[test]
     fn records_naming_their_topic_with_names_of_their_own_go_to_that_topic() {
         let broker = EmbeddedBroker::start().expect("broker");
@@ -346,9 +355,12 @@ mod tests {
         let handles = TopicHandles::default();
         let total = 2 * ADDRESSES + 10;
         let topic_of = |n: usize| if n.is_multiple_of(3) { "ta" } else { "tb" };
+        let mut addresses = std::collections::HashSet::new();
         for n in 0..total {
+            let name: Arc<str> = Arc::from(topic_of(n));
+            addresses.insert(super::address(&name));
             let out = OutRecord {
-                topic: Arc::from(topic_of(n)),
+                topic: name,
                 partition: Some(0),
                 key: Some(n.to_string().into_bytes()),
                 value: Some(Vec::new()),
@@ -360,9 +372,14 @@ mod tests {
             let (made, by_address) = handles.sizes();
             assert!(
                 made <= 2 && by_address <= ADDRESSES,
-                "{made} handles, {by_address} names kept"
+                "{made} handles made, {by_address} names kept"
             );
         }
+        assert_eq!(handles.sizes().0, 2, "one handle per topic");
+        assert!(
+            addresses.len() < total,
+            "no name was given an earlier one's address: nothing tested"
+        );
         producer.flush(Duration::from_secs(20)).expect("flush");
         for topic in ["ta", "tb"] {
             let expected: Vec<String> = (0..total)
