@@ -276,17 +276,7 @@ mod tests {
         let mut delivered = reports.0.lock().expect("lock").clone();
         delivered.sort_unstable();
         let mut expected: Vec<(usize, i32)> = Vec::new();
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", broker.bootstrap_servers())
-            .set("group.id", "handles-test")
-            .create()
-            .expect("consumer");
-        let mut list = TopicPartitionList::new();
-        for partition in 0..3 {
-            list.add_partition_offset("handles", partition, Offset::Beginning)
-                .expect("list");
-        }
-        consumer.assign(&list).expect("assign");
+        let consumer = reader(&broker, "handles", 3);
         let mut got = Vec::new();
         let began = Instant::now();
         while got.len() < sent.len() && began.elapsed() < Duration::from_secs(20) {
@@ -319,16 +309,25 @@ mod tests {
         drop(handles);
     }
 
-    /// The keys of `topic[0]`'s first `count` records, in order.
-    fn keys(broker: &EmbeddedBroker, topic: &str, count: usize) -> Vec<String> {
+    /// A consumer of `topic`'s first `partitions` partitions, from their beginnings.
+    fn reader(broker: &EmbeddedBroker, topic: &str, partitions: i32) -> BaseConsumer {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", broker.bootstrap_servers())
-            .set("group.id", "handles-keys")
+            .set("group.id", "handles-test")
             .create()
             .expect("consumer");
         let mut list = TopicPartitionList::new();
-        list.add_partition_offset(topic, 0, Offset::Beginning).expect("list");
+        for partition in 0..partitions {
+            list.add_partition_offset(topic, partition, Offset::Beginning)
+                .expect("list");
+        }
         consumer.assign(&list).expect("assign");
+        consumer
+    }
+
+    /// The keys of `topic[0]`'s first `count` records, in order.
+    fn keys(broker: &EmbeddedBroker, topic: &str, count: usize) -> Vec<String> {
+        let consumer = reader(broker, topic, 1);
         let mut keys = Vec::new();
         let began = Instant::now();
         while keys.len() < count && began.elapsed() < Duration::from_secs(30) {
