@@ -12,9 +12,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::metrics::Metrics;
@@ -30,9 +31,30 @@ const BATCH: usize = 10_000;
 
 /// One global table at work: its consumer, and what applies its records.
 struct Copy {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<CopyContext>,
     table: Applier,
 }
+
+/// The context of a global table's consumer. It reads its partitions to their ends
+/// (`enable.partition.eof`: how `fill` knows the table is filled), and librdkafka reports
+/// each end reached as an error too, which rdkafka's default context logs at error level:
+/// once for each record that brings the copy up to date. An end is not reported here; other
+/// errors are, as the worker's other clients report theirs.
+struct CopyContext {
+    table: &'static str,
+    metrics: Arc<Metrics>,
+}
+
+impl ClientContext for CopyContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
+            let client = format!("global table `{}`", self.table);
+            self.metrics.client_error(&client, &error, reason);
+        }
+    }
+}
+
+impl ConsumerContext for CopyContext {}
 
 /// Applies a global table's records to its store: how far it has read, what waits to be
 /// written.
@@ -44,6 +66,9 @@ struct Applier {
     batch: Vec<Entry>,
     /// Records went to the dead-letter topic since the last write.
     dead_lettered: bool,
+    /// The dead-letter topic's name, made once: the producer knows a topic's handle by the
+    /// name's address, so a name made per record would be a new topic to it each time.
+    dead_letter_topic: Arc<str>,
     sink: Arc<dyn Sink>,
     metrics: Arc<Metrics>,
 }
@@ -109,8 +134,12 @@ impl Copy {
             // Its catch-up does not wait a second each time its prefetch fills.
             config.set("fetch.queue.backoff.ms", super::FETCH_QUEUE_BACKOFF_MS);
         }
-        let consumer: BaseConsumer = config
-            .create()
+        let context = CopyContext {
+            table: spec.table.name,
+            metrics: Arc::clone(metrics),
+        };
+        let consumer: BaseConsumer<CopyContext> = config
+            .create_with_context(context)
             .map_err(|e| Error::kafka("creating a global table's consumer", e))?;
         let topic = spec.topic.name.to_string();
         let metadata = consumer
@@ -143,6 +172,7 @@ impl Copy {
         Ok(Self {
             consumer,
             table: Applier {
+                dead_letter_topic: Arc::from(spec.dead_letter_topic.as_str()),
                 spec,
                 store,
                 next,
@@ -186,7 +216,10 @@ impl Copy {
             match self.consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(message)) => {
                     read += 1;
-                    self.table.take(&message)?;
+                    let name = self.table.spec.table.name;
+                    self.table
+                        .take(&message)
+                        .map_err(|error| Error::Config(format!("global table `{name}`: {error}")))?;
                 }
                 // The end of a partition (past transaction markers, which its end offset counts).
                 Some(Err(KafkaError::PartitionEOF(partition))) => done.push(partition),
@@ -246,14 +279,14 @@ impl Copy {
 
 impl Applier {
     /// Takes a record of the topic into the batch; one that does not decode goes to the
-    /// dead-letter topic.
+    /// dead-letter topic, or is skipped, or (`OnError::Fail`) fails the take: the position
+    /// stays before it, so that the next start reads it again.
     fn take(&mut self, message: &BorrowedMessage<'_>) -> Result<()> {
         let (partition, offset) = (message.partition(), message.offset());
-        self.next.insert(partition, offset + 1);
         match (self.spec.entry)(message.key(), message.payload()) {
             Ok(entry) => self.batch.push(entry),
             Err(error) => match self.spec.on_deserialization_error {
-                OnError::DeadLetter => self.dead_letter(message, &error),
+                OnError::DeadLetter => self.dead_letter(message, &error)?,
                 OnError::Continue => {
                     tracing::warn!(
                         "global table `{}`: cannot take record {}[{partition}]@{offset}: {error}; skipped",
@@ -262,23 +295,27 @@ impl Applier {
                     );
                     self.metrics.skipped.fetch_add(1, Ordering::Relaxed);
                 }
-                OnError::Fail => self.metrics.fail(format!(
-                    "global table `{}`: cannot take record {}[{partition}]@{offset}: {error}; the worker stops, as \
-                     App::on_deserialization_error says",
-                    self.spec.table.name,
-                    message.topic()
-                )),
+                OnError::Fail => {
+                    return Err(Error::Config(format!(
+                        "cannot take record {}[{partition}]@{offset}: {error}; the worker stops, as \
+                         App::on_deserialization_error says",
+                        message.topic()
+                    )))
+                }
             },
         }
+        self.next.insert(partition, offset + 1);
         if self.batch.len() >= BATCH {
             self.write()?;
         }
         Ok(())
     }
 
-    fn dead_letter(&mut self, message: &BorrowedMessage<'_>, error: &str) {
+    /// Sends `message` to the dead-letter topic; an error if the producer refuses it (the
+    /// position then stays before it).
+    fn dead_letter(&mut self, message: &BorrowedMessage<'_>, error: &str) -> Result<()> {
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
-        let dlq = self.spec.dead_letter_topic.as_str();
+        let dlq = &*self.dead_letter_topic;
         tracing::warn!(
             "global table `{}`: cannot take record {topic}[{partition}]@{offset}: {error}; copied to dead-letter topic {dlq}",
             self.spec.table.name
@@ -296,7 +333,7 @@ impl Applier {
         headers.push(("streams.dlq.stage".into(), b"deserialization".to_vec()));
         headers.push(("streams.dlq.error".into(), error.as_bytes().to_vec()));
         let record = OutRecord {
-            topic: Arc::from(dlq),
+            topic: Arc::clone(&self.dead_letter_topic),
             partition: None,
             key: message.key().map(<[u8]>::to_vec),
             value: message.payload().map(<[u8]>::to_vec),
@@ -310,7 +347,7 @@ impl Applier {
                 Ok(()) => {
                     self.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     self.dead_lettered = true;
-                    return;
+                    return Ok(());
                 }
                 // This thread is no task's: it waits for room by sleeping.
                 Err(SinkError::Full(back)) => {
@@ -318,8 +355,9 @@ impl Applier {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 Err(SinkError::Failed(error)) => {
-                    self.metrics.fail(error);
-                    return;
+                    return Err(Error::Config(format!(
+                        "cannot send record {topic}[{partition}]@{offset} to dead-letter topic {dlq}: {error}"
+                    )))
                 }
             }
         }
