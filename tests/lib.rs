@@ -12,6 +12,9 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use hits_per_window::{HitCount, MinuteHits, UserSession};
 
+/// A test app with a global table (the `fx` program runs it).
+pub mod fx;
+
 /// The seed's hit counter on Avro records, as a module.
 #[path = "../examples/avro_hits.rs"]
 pub mod avro_hits;

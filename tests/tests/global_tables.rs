@@ -2,30 +2,15 @@
 //! processes anything, kept current while it runs, read again after a restart only from where
 //! the store's checkpoint ends; records that do not decode go to the dead-letter topic once.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use streams_core::prelude::*;
 use streams_core::{EmbeddedBroker, Worker};
-use streams_tests::{create_app_topics, produce, produce_raw, read_all, record_count, wait_until, worker_options, Raw};
-
-const RATES: Topic<String, i64> = Topic::new("rates").partitions(2);
-const RATES_TABLE: Table<String, i64> = Table::new("rates-table");
-const NUMBERS: Topic<String, i64> = Topic::new("numbers").partitions(4);
-const CONVERTED: Topic<String, i64> = Topic::new("converted").partitions(4);
-const DEAD_LETTERS: &str = "fx-errors";
-
-fn app() -> App {
-    App::new("fx")
-        .dead_letter_topic(DEAD_LETTERS)
-        .pipeline("convert", |builder| {
-            let rates = builder.global_table(RATES, RATES_TABLE);
-            builder
-                .stream(NUMBERS)
-                .join_global(&rates, |_, _| "eur".to_string(), |_, n, rate| n * rate)
-                .to(CONVERTED);
-        })
-}
+use streams_tests::fx::{app, CONVERTED, DEAD_LETTERS, NUMBERS, RATES};
+use streams_tests::{
+    create_app_topics, produce, produce_raw, read_all, record_count, wait_until, worker_options, Child, Raw,
+};
 
 fn json(value: i64) -> Vec<u8> {
     value.to_string().into_bytes()
@@ -76,20 +61,25 @@ fn number(bootstrap: &str, key: &str, value: i64) {
     produce(bootstrap, NUMBERS.name(), &[(Some(key.into()), json(value))]);
 }
 
-/// What the test's process logs, kept to be read (and passed on to stderr).
+/// What the test's process logs (every test's: one subscriber per process), kept to be read
+/// and passed on to stderr.
 #[derive(Clone, Default)]
 struct Logged(Arc<Mutex<Vec<u8>>>);
 
 impl Logged {
-    /// Keeps what is logged at `level` and above from now on (once per process).
-    fn start(level: &str) -> Self {
-        let logged = Self::default();
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(level))
-            .with_ansi(false)
-            .with_writer(logged.clone())
-            .try_init();
-        logged
+    /// The process's log from the first call on, at warnings and above.
+    fn start() -> &'static Self {
+        static LOGGED: OnceLock<Logged> = OnceLock::new();
+        LOGGED.get_or_init(|| {
+            let logged = Self::default();
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+                .with_ansi(false)
+                .with_writer(logged.clone())
+                .try_init()
+                .expect("the only subscriber of this test process");
+            logged
+        })
     }
 
     fn lines(&self) -> Vec<String> {
@@ -122,7 +112,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logged {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_global_table_is_filled_first_followed_and_read_on_from_its_checkpoint() {
-    let logged = Logged::start("warn");
+    let logged = Logged::start();
     let broker = EmbeddedBroker::start().expect("broker");
     create_app_topics(&broker, &app());
     let bootstrap = broker.bootstrap_servers().to_string();
@@ -223,7 +213,7 @@ async fn a_global_table_is_filled_first_followed_and_read_on_from_its_checkpoint
 /// The record is in the topic before the first start, or comes while the worker runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_global_tables_bad_record_stops_the_worker_at_every_start_with_fail() {
-    let _logged = Logged::start("warn");
+    Logged::start();
     let app = || app().on_deserialization_error(OnError::Fail);
     let stops = |start: &str, ended: streams_core::Result<_>| {
         let error = ended
@@ -274,4 +264,45 @@ async fn a_global_tables_bad_record_stops_the_worker_at_every_start_with_fail() 
             stops(start, ended);
         }
     }
+}
+
+/// A bad record that comes while the worker runs is dead-lettered once, even when nothing
+/// comes after it before the worker is killed: the table's position past it is written
+/// within a moment, as after any other record, not only with the next record that decodes.
+#[test]
+fn a_dead_letter_is_sent_once_though_the_worker_is_killed_after_it() {
+    Logged::start();
+    let broker = EmbeddedBroker::start().expect("broker");
+    create_app_topics(&broker, &app());
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let dir = tempfile::tempdir().expect("dir");
+    let data_dir = dir.path().to_str().expect("utf8").to_string();
+    let worker = || {
+        Child::spawn(
+            std::path::Path::new(env!("CARGO_BIN_EXE_fx")),
+            &["worker", "--broker", &bootstrap, "--data-dir", &data_dir, "--no-web"],
+        )
+    };
+    rate(&bootstrap, 2);
+    number(&bootstrap, "a", 21);
+    let mut first = worker();
+    assert_eq!(wait_for(&bootstrap, "a"), 42);
+    bad_rate(&bootstrap, 1, "gbp");
+    wait_until("the dead letter", Duration::from_secs(60), || {
+        record_count(&bootstrap, DEAD_LETTERS) == 1
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    first.process.kill().expect("kill");
+    let _ = first.process.wait();
+
+    let mut second = worker();
+    number(&bootstrap, "b", 1);
+    assert_eq!(wait_for(&bootstrap, "b"), 2, "{}", second.output());
+    assert_eq!(
+        record_count(&bootstrap, DEAD_LETTERS),
+        1,
+        "the bad record was dead-lettered again after the restart"
+    );
+    second.terminate();
+    assert_eq!(second.wait(Duration::from_secs(60)), Some(0), "{}", second.output());
 }

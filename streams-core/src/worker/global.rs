@@ -66,6 +66,9 @@ struct Applier {
     batch: Vec<Entry>,
     /// Records went to the dead-letter topic since the last write.
     dead_lettered: bool,
+    /// Records were taken since the last write (into the batch, or past it: dead-lettered,
+    /// skipped): the positions moved.
+    unwritten: bool,
     /// The dead-letter topic's name, made once: the producer knows a topic's handle by the
     /// name's address, so a name made per record would be a new topic to it each time.
     dead_letter_topic: Arc<str>,
@@ -178,6 +181,7 @@ impl Copy {
                 next,
                 batch: Vec::new(),
                 dead_lettered: false,
+                unwritten: false,
                 sink: Arc::clone(sink),
                 metrics: Arc::clone(metrics),
             },
@@ -259,7 +263,9 @@ impl Copy {
                 Some(Err(KafkaError::PartitionEOF(_))) | None => {}
                 Some(Err(error)) => tracing::warn!("global table `{}`: {error}", self.table.spec.table.name),
             }
-            if !self.table.batch.is_empty()
+            // A record that did not decode moves the positions as one that did: a position
+            // left unwritten would send it to the dead-letter topic again after a crash.
+            if self.table.unwritten
                 && (self.table.batch.len() >= BATCH || written.elapsed() >= Duration::from_millis(100))
             {
                 written = Instant::now();
@@ -305,6 +311,7 @@ impl Applier {
             },
         }
         self.next.insert(partition, offset + 1);
+        self.unwritten = true;
         if self.batch.len() >= BATCH {
             self.write()?;
         }
@@ -379,6 +386,7 @@ impl Applier {
         };
         self.store.write(&self.batch, &checkpoint)?;
         self.batch.clear();
+        self.unwritten = false;
         Ok(())
     }
 }
