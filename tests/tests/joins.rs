@@ -770,3 +770,49 @@ async fn page_views_counts_per_region_and_attributes_clicks() {
         serde_json::json!({"impression_ts": t0, "click_ts": t0 + 20_000, "user": "u9"})
     );
 }
+
+/// A record that met nothing and whose result fails when its window closes (the joiner
+/// panics) takes the processing error handler (the dead-letter topic, with the record as the
+/// join buffers it); the other records closing with it still go on alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmatched_record_whose_result_fails_goes_to_the_dead_letter_topic() {
+    let app = App::new("pairs").pipeline("pairs", |builder| {
+        let impressions = builder.stream(IMPRESSIONS);
+        let windows = JoinWindows::of_time_difference_and_grace(Duration::from_millis(100), Duration::from_millis(50));
+        builder
+            .stream(CLICKS)
+            .outer_join_windowed(impressions, "pairs", windows, |_, c, i| {
+                assert!(i.is_none_or(|i| i.user != "boom"), "a boom met nothing");
+                format!("{} {}", show(c), show(i))
+            })
+            .to(PAIRS);
+    });
+    // One partition each: the three close together, in one task.
+    let mut driver = TestDriver::with_partitions(app, &[("clicks", 1), ("impressions", 1)]).expect("driver");
+    driver.pipe_at(&IMPRESSIONS, "a", &ad("i", 100), 100).expect("pipe");
+    driver.pipe_at(&IMPRESSIONS, "z", &ad("boom", 120), 120).expect("pipe");
+    driver.pipe_at(&CLICKS, "b", &ad("c", 150), 150).expect("pipe");
+    driver.run().await.expect("run");
+    driver.pipe_at(&CLICKS, "a", &ad("later", 1000), 1000).expect("pipe");
+    driver.run().await.expect("run");
+    let got: Vec<(String, String)> = driver.records(&PAIRS).expect("records");
+    assert_eq!(
+        got,
+        vec![
+            ("a".to_string(), "- i@100".to_string()),
+            ("b".to_string(), "c@150 -".to_string())
+        ]
+    );
+    let dead = driver.raw_records("pairs-pairs-dlq");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].key.as_deref(), Some(&b"z"[..]));
+    let value = String::from_utf8_lossy(dead[0].value.as_deref().unwrap_or_default()).to_string();
+    assert!(value.contains("boom"), "the record as buffered: {value}");
+    assert!(
+        dead[0]
+            .header("streams.dlq.error")
+            .is_some_and(|e| e.contains("a boom met nothing")),
+        "{:?}",
+        dead[0]
+    );
+}

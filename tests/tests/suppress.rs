@@ -525,3 +525,86 @@ async fn expired_windows_send_no_deletion_downstream() {
         .count();
     assert!(changelog_tombstones > 0, "the expired windows left the store");
 }
+
+/// `clicks` counted, suppressed for a second, then a closure that panics on the first count of
+/// `bad`, then `sent-on`.
+fn failing_on_bad(app: App, cache: Option<usize>) -> App {
+    let app = match cache {
+        Some(bytes) => app.table_cache_bytes(bytes),
+        None => app,
+    };
+    app.pipeline("held", |builder| {
+        builder
+            .stream(CLICKS)
+            .group_by_key()
+            .count(COUNTS)
+            .suppress(
+                "limit",
+                Suppressed::until_time_limit(Duration::from_millis(1_000), BufferConfig::unbounded()),
+            )
+            .to_stream()
+            .map(|key, count| {
+                assert!(!(key == "bad" && count == 1), "the first count of `bad`");
+                (key, count)
+            })
+            .to(SENT_ON);
+    })
+}
+
+const SENT_ON: Topic<String, i64> = Topic::new("sent-on").partitions(1);
+
+/// A held-back change whose way on fails (a closure downstream panics) goes to the
+/// dead-letter topic with the value the suppression holds, as a window's final result does;
+/// the other keys' changes go on at the same commit point, and the key's next change is held
+/// and goes on as any other. With no cache and with the default one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_change_that_fails_on_its_way_goes_to_the_dead_letter_topic() {
+    for cache in [Some(0), None] {
+        let app = failing_on_bad(App::new("held"), cache);
+        let mut driver = TestDriver::with_partitions(app, &[("clicks", 1)]).expect("driver");
+        for (key, time) in [("bad", 0), ("good", 0), ("x", 2_000), ("bad", 3_000), ("y", 5_000)] {
+            driver.pipe_at(&CLICKS, &key.to_string(), &1, time).expect("pipe");
+            driver.run().await.expect("run");
+        }
+        let sent = driver.records(&SENT_ON).expect("records");
+        assert_eq!(
+            sent,
+            vec![("good".to_string(), 1), ("x".to_string(), 1), ("bad".to_string(), 2)],
+            "cache {cache:?}"
+        );
+        let dead = driver.raw_records("held-held-dlq");
+        assert_eq!(dead.len(), 1, "cache {cache:?}: {dead:?}");
+        assert_eq!(dead[0].key.as_deref(), Some(&b"bad"[..]));
+        assert_eq!(dead[0].value.as_deref(), Some(&b"1"[..]), "the held value");
+        assert_eq!(
+            dead[0].header("streams.dlq.table"),
+            Some("limit-suppress-store"),
+            "the table holding it"
+        );
+        assert!(
+            dead[0]
+                .header("streams.dlq.error")
+                .is_some_and(|e| e.contains("the first count of `bad`")),
+            "{:?}",
+            dead[0]
+        );
+    }
+}
+
+/// With `OnError::Fail` for processing errors, a held-back change whose way on fails stops
+/// the worker: the commit point that released it is not committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_change_that_fails_on_its_way_stops_the_worker_with_fail() {
+    let app = failing_on_bad(App::new("held").on_processing_error(OnError::Fail), None);
+    let mut driver = TestDriver::with_partitions(app, &[("clicks", 1)]).expect("driver");
+    for (key, time) in [("bad", 0), ("good", 0)] {
+        driver.pipe_at(&CLICKS, &key.to_string(), &1, time).expect("pipe");
+        driver.run().await.expect("run");
+    }
+    driver.pipe_at(&CLICKS, &"x".to_string(), &1, 2_000).expect("pipe");
+    let _ = driver.run().await;
+    let fatal = driver.metrics().fatal().unwrap_or_default();
+    assert!(fatal.contains("the first count of `bad`"), "{fatal}");
+    assert_eq!(driver.committed("clicks", 0), Some(2), "the commit before it stays");
+    assert!(driver.raw_records("held-held-dlq").is_empty());
+}

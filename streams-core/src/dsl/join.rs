@@ -22,7 +22,7 @@ use serde::Serialize;
 use super::buffer::{show_record_key, split_record_key, RecordBuffer};
 use super::builder::{Graph, NodeKind};
 use super::grouped::{read_value, write_value};
-use super::node::{at_time, guarded, ChangeListener, Cx, Fanout, Node, Outcome, TableSlot, Tick};
+use super::node::{at_time, change_failed_in, guarded, ChangeListener, Cx, Fanout, Node, Outcome, TableSlot, Tick};
 use super::same_key::SameKey;
 use super::stream::{KStream, Keyed, PartitionedByKey};
 use super::table::KTable;
@@ -876,18 +876,27 @@ where
                 let Some((tagged, time, _)) = split_record_key(&bytes) else {
                     continue;
                 };
-                let Some((&side, key)) = tagged.split_first() else {
+                let Some((&side, key_bytes)) = tagged.split_first() else {
                     continue;
                 };
-                let key = K::decode_key(Some(key)).map_err(|e| format!("a key of table `{table}`: {e}"))?;
-                let joined = if side == side_byte(Which::This) {
-                    let this: V1 = json::decode(&value).map_err(|e| format!("join `{}`: {e}", self.name))?;
-                    guarded_value(|| (self.joiner)(&key, Some(&this), None))?
-                } else {
-                    let other: V2 = json::decode(&value).map_err(|e| format!("join `{}`: {e}", self.name))?;
-                    guarded_value(|| (self.joiner)(&key, None, Some(&other)))?
+                let this = side == side_byte(Which::This);
+                let alone = |cx: &mut Cx<'_>| -> Outcome {
+                    let key = K::decode_key(Some(key_bytes)).map_err(|e| format!("a key of table `{table}`: {e}"))?;
+                    let joined = if this {
+                        let this: V1 = json::decode(&value).map_err(|e| format!("join `{}`: {e}", self.name))?;
+                        guarded_value(|| (self.joiner)(&key, Some(&this), None))?
+                    } else {
+                        let other: V2 = json::decode(&value).map_err(|e| format!("join `{}`: {e}", self.name))?;
+                        guarded_value(|| (self.joiner)(&key, None, Some(&other)))?
+                    };
+                    at_time(cx, time, |cx| guarded(|| self.next.push(cx, key, joined)))
                 };
-                at_time(cx, time, |cx| guarded(|| self.next.push(cx, key, joined)))?;
+                // One that fails takes the processing error handler, as its side's buffer
+                // holds it; the others closing with it go on.
+                if let Err(error) = alone(cx) {
+                    let buffer = if this { self.this.0 } else { self.other.0 };
+                    change_failed_in(cx, buffer, key_bytes.to_vec(), Some(value.to_vec()), time, &error);
+                }
             }
         }
         self.expire_buffers(cx)

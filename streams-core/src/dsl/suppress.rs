@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::builder::NodeKind;
-use super::node::{at_time, ChangeFanout, ChangeListener, Cx, Outcome, TableSlot, Tick};
+use super::node::{at_time, change_failed_in, guarded, ChangeFanout, ChangeListener, Cx, Outcome, TableSlot, Tick};
 use super::table::KTable;
 use crate::codec::Key;
 use crate::spec::{KeyDisplay, TableSpec};
@@ -261,7 +261,10 @@ struct Suppression {
 }
 
 impl Suppression {
-    /// Sends the held-back change of `key` on and forgets it.
+    /// Sends the held-back change of `key` on and forgets it. A change whose way on fails
+    /// (a closure downstream panics, a value cannot be encoded) takes the app's processing
+    /// error handler, with the value held (the dead-letter topic by default), as a window's
+    /// final result does: it is forgotten either way, and the others go on.
     fn release(&self, cx: &mut Cx<'_>, index: usize, key: &[u8]) -> Outcome {
         let failed = |e: crate::Error| format!("suppression `{}`: {e}", self.store);
         let stored = cx.ctx.get_now(index, key).map_err(failed)?;
@@ -272,9 +275,12 @@ impl Suppression {
             return Ok(());
         };
         // What it changes downstream carries the time of the change that goes on.
-        let outcome = at_time(cx, time, |cx| self.next.change(cx, key, value));
+        let outcome = at_time(cx, time, |cx| guarded(|| self.next.change(cx, key, value)));
         cx.ctx.expire_at(index, key.to_vec()).map_err(failed)?;
-        outcome
+        if let Err(error) = outcome {
+            change_failed_in(cx, self.store, key.to_vec(), value.map(<[u8]>::to_vec), time, &error);
+        }
+        Ok(())
     }
 }
 
