@@ -627,11 +627,16 @@ impl Worker {
         let rounds = exactly_once.then(|| Arc::new(crate::task::round::Rounds::default()));
         // What is sent outside the partitions' rounds (timers, dead letters of global tables)
         // goes through a producer of its own under exactly-once, at-least-once: the
-        // transactional one only takes records between a round's begin and its commit.
+        // transactional one only takes records between a round's begin and its commit. Under
+        // at-least-once it goes through the tasks' producer, in a lane of its own: a flush
+        // reports only its own lane's failures (see `producer::Lane`).
         let side_sink: Arc<dyn Sink> = if exactly_once {
             Arc::new(producer::KafkaSink::new(config.clone(), Arc::clone(&metrics))?)
         } else {
-            Arc::clone(&sink)
+            Arc::new(crate::task::sink::Guarded {
+                inner: Arc::new(producer::SideLane(Arc::clone(&kafka_sink))),
+                errors: Arc::clone(&errors),
+            })
         };
         let (memory, cache_budget) = match options.state_memory {
             Some(bytes) => {

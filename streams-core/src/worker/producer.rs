@@ -28,8 +28,9 @@ pub(crate) struct DeliveryState {
     /// Whether the producer is transactional: only then are purged records (an abort's)
     /// of no concern.
     transactional: bool,
-    /// Deliveries that failed since the last flush.
-    failures: Mutex<Failures>,
+    /// Deliveries that failed since the last flush, by [`Lane`]: a flush reports its own
+    /// lane's only.
+    failures: [Mutex<Failures>; 2],
     metrics: Arc<Metrics>,
     /// What the deliveries tallied, by topic.
     tallies: Mutex<Tallies>,
@@ -133,6 +134,31 @@ impl TopicTally {
     }
 }
 
+/// Who flushes a record, and so learns of its failure. One producer serves the tasks (their
+/// cuts flush it before committing offsets) and, under at-least-once, what is sent outside
+/// the tasks (a global table's dead letters, which its thread flushes before writing its
+/// positions past them; timers'). Each flush takes its own lane's failures: the committer
+/// does not commit offsets past a task's record because another flush took its failure, and
+/// a global table does not write its position past a dead letter that failed for the same
+/// reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    Tasks = 0,
+    Side = 1,
+}
+
+/// The delivery opaque of a record: whether it is a changelog record (only those need their
+/// offsets), and its lane.
+fn opaque(changelog: bool, lane: Lane) -> usize {
+    usize::from(changelog) | (lane as usize) << 1
+}
+
+/// A record's changelog flag and lane from its delivery opaque.
+fn from_opaque(opaque: usize) -> (bool, Lane) {
+    let lane = if opaque >> 1 == 1 { Lane::Side } else { Lane::Tasks };
+    (opaque & 1 == 1, lane)
+}
+
 /// Refused records a flush reports at most (the first ones).
 const MAX_REFUSED: usize = 100;
 
@@ -211,17 +237,18 @@ impl ClientContext for Deliveries {
 }
 
 impl ProducerContext for Deliveries {
-    /// 1 for a changelog record (only those need their offsets), else 0.
+    /// Whether it is a changelog record, and its lane (see [`opaque`]).
     type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, changelog: usize) {
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
         let state = &self.0;
+        let (changelog, lane) = from_opaque(opaque);
         match result {
             Ok(message) => {
                 let Ok(mut tallies) = state.tallies.lock() else { return };
                 let tally = tallies.of(message);
                 tally.count_out(message.partition(), &state.metrics);
-                if changelog == 1 {
+                if changelog {
                     tally.changelog_acknowledged(message.partition(), message.offset());
                 }
             }
@@ -236,41 +263,48 @@ impl ProducerContext for Deliveries {
                 // its input is processed again.
                 tracing::debug!("a record of an aborted transaction was purged");
             }
-            Err((error, message)) if !refuses_the_record(error) => {
-                if let Ok(mut failures) = state.failures.lock() {
+            Err((error, message)) => {
+                if lane == Lane::Side {
+                    // Nothing may flush this lane soon (a timer's record, a directory's
+                    // announcement): told at once too.
+                    tracing::warn!(
+                        "a record to {} sent outside the tasks (a timer's, a global table's dead letter) failed: \
+                         {error}",
+                        message.topic()
+                    );
+                }
+                let Ok(mut failures) = state.failures[lane as usize].lock() else {
+                    return;
+                };
+                if !refuses_the_record(error) {
                     failures
                         .other
                         .get_or_insert_with(|| format!("a record to {} failed: {error}", message.topic()));
-                }
-            }
-            Err((error, message)) => {
-                if let Ok(mut failures) = state.failures.lock() {
-                    if failures.refused.len() >= MAX_REFUSED {
-                        failures.more += 1;
-                    } else {
-                        let headers = message
-                            .headers()
-                            .map(|headers| {
-                                headers
-                                    .iter()
-                                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                                    .collect::<Vec<_>>()
-                            })
-                            .unwrap_or_default()
-                            .into();
-                        failures.refused.push(Refused {
-                            record: OutRecord {
-                                topic: message.topic().into(),
-                                partition: Some(message.partition()),
-                                key: message.key().map(<[u8]>::to_vec),
-                                value: message.payload().map(<[u8]>::to_vec),
-                                headers,
-                                timestamp: message.timestamp().to_millis(),
-                                changelog: changelog == 1,
-                            },
-                            error: error.to_string(),
-                        });
-                    }
+                } else if failures.refused.len() >= MAX_REFUSED {
+                    failures.more += 1;
+                } else {
+                    let headers = message
+                        .headers()
+                        .map(|headers| {
+                            headers
+                                .iter()
+                                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                                .collect::<Vec<_>>()
+                        })
+                        .unwrap_or_default()
+                        .into();
+                    failures.refused.push(Refused {
+                        record: OutRecord {
+                            topic: message.topic().into(),
+                            partition: Some(message.partition()),
+                            key: message.key().map(<[u8]>::to_vec),
+                            value: message.payload().map(<[u8]>::to_vec),
+                            headers,
+                            timestamp: message.timestamp().to_millis(),
+                            changelog,
+                        },
+                        error: error.to_string(),
+                    });
                 }
             }
         }
@@ -426,7 +460,7 @@ impl KafkaSink {
         }
         let state = Arc::new(DeliveryState {
             transactional,
-            failures: Mutex::new(Failures::default()),
+            failures: Default::default(),
             metrics,
             tallies: Mutex::new(Tallies::default()),
         });
@@ -475,18 +509,19 @@ impl KafkaSink {
 
     /// After an abort: what failed belonged to the aborted transaction.
     pub(crate) fn forget_failures(&self) {
-        if let Ok(mut failures) = self.state.failures.lock() {
-            *failures = Failures::default();
+        for lane in &self.state.failures {
+            if let Ok(mut failures) = lane.lock() {
+                *failures = Failures::default();
+            }
         }
     }
 }
 
 impl KafkaSink {
     /// Produces `record` (librdkafka copies it); `Err(None)`: the producer's queue is full.
-    fn produce(&self, record: &OutRecord) -> Result<(), Option<SinkError>> {
+    fn produce(&self, record: &OutRecord, lane: Lane) -> Result<(), Option<SinkError>> {
         let producer = self.producer.read().unwrap_or_else(|p| p.into_inner());
-        // 1 for a changelog record (see `Deliveries`).
-        let opaque = usize::from(record.changelog);
+        let opaque = opaque(record.changelog, lane);
         match producer.topics.produce(producer.client(), record, opaque) {
             Ok(()) => Ok(()),
             Err(RDKafkaErrorCode::QueueFull) => Err(None),
@@ -495,7 +530,7 @@ impl KafkaSink {
                 // producer was fenced): librdkafka takes no more records into it. This one is
                 // made again when the round's input is processed again after the abort; the
                 // round's flush fails, naming the first cause.
-                if let Ok(mut failures) = self.state.failures.lock() {
+                if let Ok(mut failures) = self.state.failures[lane as usize].lock() {
                     failures.not_taken.get_or_insert_with(|| {
                         format!(
                             "records to {} were not taken: the transaction can only abort",
@@ -514,24 +549,25 @@ impl KafkaSink {
     }
 }
 
-impl Sink for KafkaSink {
-    fn enqueue(&self, record: OutRecord) -> Result<(), SinkError> {
-        match self.produce(&record) {
+impl KafkaSink {
+    fn enqueue_in(&self, record: OutRecord, lane: Lane) -> Result<(), SinkError> {
+        match self.produce(&record, lane) {
             Ok(()) => Ok(()),
             Err(None) => Err(SinkError::Full(record)),
             Err(Some(error)) => Err(error),
         }
     }
 
-    fn enqueue_copy(&self, record: &OutRecord) -> Result<(), SinkError> {
-        match self.produce(record) {
+    fn enqueue_copy_in(&self, record: &OutRecord, lane: Lane) -> Result<(), SinkError> {
+        match self.produce(record, lane) {
             Ok(()) => Ok(()),
             Err(None) => Err(SinkError::Full(record.clone())),
             Err(Some(error)) => Err(error),
         }
     }
 
-    fn flush(&self) -> Result<(), FlushError> {
+    /// Waits until every record is acknowledged; an error if one of `lane`'s failed.
+    fn flush_lane(&self, lane: Lane) -> Result<(), FlushError> {
         let mut waited = 0u64;
         loop {
             // librdkafka's own flush, which waits for the delivery reports' thread to serve
@@ -561,14 +597,52 @@ impl Sink for KafkaSink {
                 "the producer failed for good: {code}: {reason}"
             )));
         }
-        match self.state.failures.lock() {
+        match self.state.failures[lane as usize].lock() {
             Ok(mut failures) => failures.take(),
             Err(_) => Err(FlushError::other("the delivery state was poisoned")),
         }
     }
+}
+
+/// The tasks' lane of the producer: what the committer flushes.
+impl Sink for KafkaSink {
+    fn enqueue(&self, record: OutRecord) -> Result<(), SinkError> {
+        self.enqueue_in(record, Lane::Tasks)
+    }
+
+    fn enqueue_copy(&self, record: &OutRecord) -> Result<(), SinkError> {
+        self.enqueue_copy_in(record, Lane::Tasks)
+    }
+
+    fn flush(&self) -> Result<(), FlushError> {
+        self.flush_lane(Lane::Tasks)
+    }
 
     fn changelog_offset(&self, topic: &str, partition: i32) -> Option<i64> {
         self.state.changelog_offset(topic, partition)
+    }
+}
+
+/// The tasks' producer for what is sent outside the tasks (see [`Lane`]): its records go
+/// out with the tasks' and a flush waits for all of them, but reports the failures of its
+/// own records only.
+pub(crate) struct SideLane(pub Arc<KafkaSink>);
+
+impl Sink for SideLane {
+    fn enqueue(&self, record: OutRecord) -> Result<(), SinkError> {
+        self.0.enqueue_in(record, Lane::Side)
+    }
+
+    fn enqueue_copy(&self, record: &OutRecord) -> Result<(), SinkError> {
+        self.0.enqueue_copy_in(record, Lane::Side)
+    }
+
+    fn flush(&self) -> Result<(), FlushError> {
+        self.0.flush_lane(Lane::Side)
+    }
+
+    fn changelog_offset(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.0.changelog_offset(topic, partition)
     }
 }
 
@@ -579,7 +653,7 @@ mod tests {
     fn state() -> DeliveryState {
         DeliveryState {
             transactional: false,
-            failures: Mutex::new(Failures::default()),
+            failures: Default::default(),
             metrics: Arc::new(Metrics::default()),
             tallies: Mutex::new(Tallies::default()),
         }
@@ -653,6 +727,66 @@ mod tests {
         while producer.upgrade().is_some() {
             assert!(std::time::Instant::now() < deadline, "the reports' thread did not end");
             std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The tasks and what is sent outside them (a global table's dead letters, timers'
+    /// records) share one producer under at-least-once; each flush reports its own lane's
+    /// failures only. A failure taken by the other lane's flush would let the committer
+    /// commit offsets past a task's refused record, or a global table write its position
+    /// past a dead letter that never went out.
+    #[test]
+    fn a_flush_reports_the_failures_of_its_own_lane_only() {
+        use crate::broker::{EmbeddedBroker, RDKafkaApiKey, RDKafkaRespErr};
+        use crate::task::sink::Headers;
+        let broker = EmbeddedBroker::start().expect("broker");
+        broker.create_topic("lanes", 1).expect("topic");
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", broker.bootstrap_servers());
+        let tasks = Arc::new(KafkaSink::new(config, Arc::new(Metrics::default())).expect("producer"));
+        let side = SideLane(Arc::clone(&tasks));
+        let record = |key: &str| OutRecord {
+            topic: Arc::from("lanes"),
+            partition: Some(0),
+            key: Some(key.as_bytes().to_vec()),
+            value: Some(b"v".to_vec()),
+            headers: Headers::default(),
+            timestamp: None,
+            changelog: false,
+        };
+        let refused_keys = |flushed: Result<(), FlushError>| -> Vec<Vec<u8>> {
+            match flushed {
+                Ok(()) => Vec::new(),
+                Err(error) => {
+                    assert!(error.other.is_none(), "{:?}", error.other);
+                    error.refused.into_iter().filter_map(|r| r.record.key).collect()
+                }
+            }
+        };
+        let refuse_next_request = || {
+            broker
+                .fail_requests(
+                    RDKafkaApiKey::Produce,
+                    vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+                )
+                .expect("inject");
+        };
+        for (refused_lane, other_lane) in [(&side as &dyn Sink, &*tasks as &dyn Sink), (&*tasks, &side)] {
+            tasks.flush().expect("nothing pending");
+            refuse_next_request();
+            refused_lane
+                .enqueue(record("refused"))
+                .map_err(|_| "enqueue")
+                .expect("taken");
+            // The other lane flushes first: it waits for the refused record too, and does
+            // not take its failure.
+            assert_eq!(refused_keys(other_lane.flush()), Vec::<Vec<u8>>::new());
+            assert_eq!(refused_keys(refused_lane.flush()), vec![b"refused".to_vec()]);
+            assert_eq!(
+                refused_keys(refused_lane.flush()),
+                Vec::<Vec<u8>>::new(),
+                "reported once"
+            );
         }
     }
 
