@@ -239,3 +239,41 @@ async fn a_global_tables_bad_record_takes_the_same_handler() {
         assert_eq!(skipped(&driver), skipped_records);
     }
 }
+
+/// Starts of `never_ready`.
+static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[agent(topic = NUMBERS)]
+async fn never_ready(numbers: Stream<String, i64>) -> Result<()> {
+    STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    drop(numbers);
+    Err(streams_core::Error::Config("not ready".into()))
+}
+
+/// An agent that fails before it takes a record has no record to send to the dead-letter
+/// topic or to skip: it is started again a second later (as one that returns early), not at
+/// once in a loop that logs an error each time; with `OnError::Fail` the worker stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_failing_outside_a_record_is_started_again_after_a_pause_or_stops_with_fail() {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    let mut driver = TestDriver::new(App::new("math").agent(never_ready)).expect("driver");
+    driver.pipe(&NUMBERS, "n", &4).expect("pipe");
+    let _ = tokio::time::timeout(Duration::from_millis(2_500), driver.run()).await;
+    let starts = STARTS.swap(0, Ordering::Relaxed);
+    assert!((1..=4).contains(&starts), "{starts} starts in 2.5 s");
+    assert!(driver.metrics().fatal().is_none());
+    drop(driver);
+
+    let app = App::new("math").agent(never_ready).on_processing_error(OnError::Fail);
+    let mut driver = TestDriver::new(app).expect("driver");
+    driver.pipe(&NUMBERS, "n", &4).expect("pipe");
+    let _ = tokio::time::timeout(Duration::from_millis(2_500), driver.run()).await;
+    let fatal = driver.metrics().fatal().unwrap_or_default();
+    assert!(fatal.contains("never_ready") && fatal.contains("not ready"), "{fatal}");
+    assert_eq!(
+        driver.committed("numbers", 0),
+        None,
+        "nothing processed, nothing committed"
+    );
+}

@@ -11,6 +11,7 @@ use futures::FutureExt;
 
 use super::input::{RawStream, StreamCore};
 use super::sink::OnError;
+use super::TaskContext;
 use crate::spec::{TableSpec, TopicSpec};
 
 pub(crate) type TaskFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
@@ -99,6 +100,13 @@ pub(crate) async fn run_partition(spec: Arc<TaskSpec>, core: StreamCore) {
                 );
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
+            Ok(Err(error)) if !core.has_current() => {
+                failed_outside_a_record(&ctx, &spec.name, &error.to_string()).await;
+            }
+            Err(panic) if !core.has_current() => {
+                let message = crate::error::panic_text(&*panic);
+                failed_outside_a_record(&ctx, &spec.name, &format!("panic: {message}")).await;
+            }
             Ok(Err(error)) => {
                 tracing::error!(task = spec.name, partition = ctx.partition, "task failed: {error}");
                 // Something outside the record (the schema registry) was unavailable while
@@ -123,4 +131,26 @@ pub(crate) async fn run_partition(spec: Arc<TaskSpec>, core: StreamCore) {
             *slot = Some(core);
         }
     }
+}
+
+/// A task that failed while it held no record (before its first, between two): there is no
+/// record to send to the dead-letter topic or to skip. It starts again a second later, as a
+/// task that returned early does: at once, an agent that fails at its start would fail again
+/// in a loop that never yields its thread. Under `OnError::Fail` (processing errors) the
+/// worker stops.
+async fn failed_outside_a_record(ctx: &TaskContext, task: &str, error: &str) {
+    let partition = ctx.partition;
+    if ctx.on_processing_error == OnError::Fail {
+        ctx.metrics.fail(format!(
+            "task `{task}` (partition {partition}) failed outside a record: {error}; the worker stops, as \
+             App::on_processing_error says"
+        ));
+    } else {
+        tracing::error!(
+            task,
+            partition,
+            "task failed outside a record (none to send to the dead-letter topic): {error}; starting it again in 1s"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
