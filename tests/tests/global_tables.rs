@@ -306,3 +306,55 @@ fn a_dead_letter_is_sent_once_though_the_worker_is_killed_after_it() {
     second.terminate();
     assert_eq!(second.wait(Duration::from_secs(60)), Some(0), "{}", second.output());
 }
+
+/// A worker whose second global table cannot be filled (a bad record under `OnError::Fail`)
+/// does not start, and leaves nothing running: the first table's thread stops and closes its
+/// store, so a worker started again in the same process opens it and stops at the same
+/// record, not at a store still held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_second_global_table_cannot_fill_leaves_the_first_closed() {
+    const FEES: Topic<String, i64> = Topic::new("fees").partitions(1);
+    const FEES_TABLE: Table<String, i64> = Table::new("fees-table");
+    Logged::start();
+    let app = || {
+        App::new("fx2")
+            .on_deserialization_error(OnError::Fail)
+            .pipeline("convert", |builder| {
+                let rates = builder.global_table(RATES, streams_tests::fx::RATES_TABLE);
+                let fees = builder.global_table(FEES, FEES_TABLE);
+                builder
+                    .stream(NUMBERS)
+                    .join_global(&rates, |_, _| "eur".to_string(), |_, n, rate| n * rate)
+                    .join_global(&fees, |_, _| "eur".to_string(), |_, n, fee| n + fee)
+                    .to(CONVERTED);
+            })
+    };
+    let broker = EmbeddedBroker::start().expect("broker");
+    create_app_topics(&broker, &app());
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let dir = tempfile::tempdir().expect("dir");
+    rate(&bootstrap, 2);
+    produce_raw(
+        &bootstrap,
+        FEES.name(),
+        &[Raw {
+            partition: 0,
+            key: "eur".into(),
+            value: "not a fee".into(),
+            headers: Vec::new(),
+        }],
+    );
+    for start in ["first", "second"] {
+        let error = match Worker::start(app(), worker_options(dir.path(), &broker)).await {
+            Err(error) => error.to_string(),
+            Ok(worker) => {
+                let _ = worker.stop().await;
+                panic!("the {start} start went on past the bad fee");
+            }
+        };
+        assert!(
+            error.contains("global table `fees-table`") && error.contains("fees[0]@0"),
+            "{start} start: {error}"
+        );
+    }
+}

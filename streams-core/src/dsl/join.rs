@@ -891,11 +891,10 @@ where
                     };
                     at_time(cx, time, |cx| guarded(|| self.next.push(cx, key, joined)))
                 };
-                // One that fails takes the processing error handler, as its side's buffer
-                // holds it; the others closing with it go on.
+                // One that fails takes the processing error handler, as the table of
+                // records that met nothing holds it; the others closing with it go on.
                 if let Err(error) = alone(cx) {
-                    let buffer = if this { self.this.0 } else { self.other.0 };
-                    change_failed_in(cx, buffer, key_bytes.to_vec(), Some(value.to_vec()), time, &error);
+                    change_failed_in(cx, table, key_bytes.to_vec(), Some(value.to_vec()), time, &error);
                 }
             }
         }

@@ -639,6 +639,11 @@ impl StreamCore {
         }
     }
 
+    /// Whether the task holds a record it took and has not finished.
+    pub(crate) fn has_current(&self) -> bool {
+        self.current.is_some()
+    }
+
     /// The task failed on the current record.
     pub(crate) async fn fail_current(&mut self, error: &str) {
         if let Some((source, message)) = self.current.take() {
@@ -691,11 +696,6 @@ impl StreamCore {
     /// no dead-letter topic; the worker stops before it, whatever the app's error handlers
     /// say, and the record is read again when the worker (or the partition's next owner)
     /// starts.
-    /// Whether the task holds a record it took and has not finished.
-    pub(crate) fn has_current(&self) -> bool {
-        self.current.is_some()
-    }
-
     pub(crate) fn halt_current(&mut self, error: &str) {
         if let Some((source, message)) = self.current.take() {
             self.halt(source, &message, error);

@@ -100,12 +100,12 @@ pub(crate) async fn run_partition(spec: Arc<TaskSpec>, core: StreamCore) {
                 );
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            Ok(Err(error)) if !core.has_current() => {
-                failed_outside_a_record(&ctx, &spec.name, &error.to_string()).await;
+            Ok(Err(error)) if !core.ended && !core.has_current() => {
+                core.ended = failed_outside_a_record(&ctx, &spec.name, &error.to_string()).await;
             }
-            Err(panic) if !core.has_current() => {
+            Err(panic) if !core.ended && !core.has_current() => {
                 let message = crate::error::panic_text(&*panic);
-                failed_outside_a_record(&ctx, &spec.name, &format!("panic: {message}")).await;
+                core.ended = failed_outside_a_record(&ctx, &spec.name, &format!("panic: {message}")).await;
             }
             Ok(Err(error)) => {
                 tracing::error!(task = spec.name, partition = ctx.partition, "task failed: {error}");
@@ -133,24 +133,25 @@ pub(crate) async fn run_partition(spec: Arc<TaskSpec>, core: StreamCore) {
     }
 }
 
-/// A task that failed while it held no record (before its first, between two): there is no
-/// record to send to the dead-letter topic or to skip. It starts again a second later, as a
-/// task that returned early does: at once, an agent that fails at its start would fail again
-/// in a loop that never yields its thread. Under `OnError::Fail` (processing errors) the
-/// worker stops.
-async fn failed_outside_a_record(ctx: &TaskContext, task: &str, error: &str) {
+/// A task that failed while its input went on and it held no record (before its first,
+/// between two): there is no record to send to the dead-letter topic or to skip. It starts
+/// again a second later, as a task that returned early does: at once, an agent that fails at
+/// its start would fail again in a loop that never yields its thread. Under `OnError::Fail`
+/// (processing errors) the worker stops and the task takes nothing more: `true`.
+async fn failed_outside_a_record(ctx: &TaskContext, task: &str, error: &str) -> bool {
     let partition = ctx.partition;
     if ctx.on_processing_error == OnError::Fail {
         ctx.metrics.fail(format!(
             "task `{task}` (partition {partition}) failed outside a record: {error}; the worker stops, as \
              App::on_processing_error says"
         ));
-    } else {
-        tracing::error!(
-            task,
-            partition,
-            "task failed outside a record (none to send to the dead-letter topic): {error}; starting it again in 1s"
-        );
+        return true;
     }
+    tracing::error!(
+        task,
+        partition,
+        "task failed outside a record (none to send to the dead-letter topic): {error}; starting it again in 1s"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
+    false
 }

@@ -90,24 +90,40 @@ pub(crate) fn start(
     specs: Vec<GlobalTableSpec>,
     config: &ClientConfig,
     (dir, memory): (&Path, &StateMemory),
-    sink: &Arc<dyn Sink>,
+    lane: &dyn Fn() -> Arc<dyn Sink>,
     metrics: &Arc<Metrics>,
     stop: &Arc<AtomicBool>,
 ) -> Result<GlobalTables> {
     let mut stores: HashMap<&'static str, Arc<dyn StateStore>> = HashMap::new();
     let mut threads = Vec::new();
+    // The tables already followed stop (and close their stores) if a later one cannot start.
+    let abandon = Arc::new(AtomicBool::new(false));
     for spec in specs {
         let name = spec.table.name;
-        let store: Arc<dyn StateStore> = Arc::new(RocksDbStore::open_in(&dir.join(name), memory)?);
-        let mut copy = Copy::open(app_id, spec, Arc::clone(&store), config, sink, metrics)?;
-        copy.fill(stop)?;
-        stores.insert(name, store);
-        let stop = Arc::clone(stop);
-        let thread = std::thread::Builder::new()
-            .name(format!("global-{name}"))
-            .spawn(move || copy.follow(&stop))
-            .map_err(|e| Error::io("starting a global table's thread", e))?;
-        threads.push(thread);
+        let started = (|| {
+            let store: Arc<dyn StateStore> = Arc::new(RocksDbStore::open_in(&dir.join(name), memory)?);
+            let mut copy = Copy::open(app_id, spec, Arc::clone(&store), config, &lane(), metrics)?;
+            copy.fill(stop)?;
+            let (stop, abandon) = (Arc::clone(stop), Arc::clone(&abandon));
+            let thread = std::thread::Builder::new()
+                .name(format!("global-{name}"))
+                .spawn(move || copy.follow(&[&stop, &abandon]))
+                .map_err(|e| Error::io("starting a global table's thread", e))?;
+            Ok::<_, Error>((store, thread))
+        })();
+        match started {
+            Ok((store, thread)) => {
+                stores.insert(name, store);
+                threads.push(thread);
+            }
+            Err(error) => {
+                abandon.store(true, Ordering::Relaxed);
+                for thread in threads {
+                    let _ = thread.join();
+                }
+                return Err(error);
+            }
+        }
     }
     Ok(GlobalTables {
         stores: Arc::new(stores),
@@ -247,10 +263,10 @@ impl Copy {
         Ok(())
     }
 
-    /// Keeps the table current until `stop` is set.
-    fn follow(mut self, stop: &AtomicBool) {
+    /// Keeps the table current until one of `stops` is set.
+    fn follow(mut self, stops: &[&AtomicBool]) {
         let mut written = Instant::now();
-        while !stop.load(Ordering::Relaxed) {
+        while !stops.iter().any(|stop| stop.load(Ordering::Relaxed)) {
             match self.consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(message)) => {
                     if let Err(error) = self.table.take(&message) {

@@ -628,15 +628,18 @@ impl Worker {
         // What is sent outside the partitions' rounds (timers, dead letters of global tables)
         // goes through a producer of its own under exactly-once, at-least-once: the
         // transactional one only takes records between a round's begin and its commit. Under
-        // at-least-once it goes through the tasks' producer, in a lane of its own: a flush
-        // reports only its own lane's failures (see `producer::Lane`).
-        let side_sink: Arc<dyn Sink> = if exactly_once {
+        // at-least-once it goes through the tasks' producer. Each global table has a lane of
+        // its own in it: its flush reports its own dead letters' failures only, and no other
+        // flush takes them (see `producer::Lane`).
+        let side_producer = if exactly_once {
             Arc::new(producer::KafkaSink::new(config.clone(), Arc::clone(&metrics))?)
         } else {
-            Arc::new(crate::task::sink::Guarded {
-                inner: Arc::new(producer::SideLane(Arc::clone(&kafka_sink))),
-                errors: Arc::clone(&errors),
-            })
+            Arc::clone(&kafka_sink)
+        };
+        let side_sink: Arc<dyn Sink> = if exactly_once {
+            side_producer.clone()
+        } else {
+            Arc::clone(&sink)
         };
         let (memory, cache_budget) = match options.state_memory {
             Some(bytes) => {
@@ -658,10 +661,12 @@ impl Worker {
                 config.clone(),
                 app_dir.join("global"),
             );
-            let (sink, metrics, stop) = (Arc::clone(&side_sink), Arc::clone(&metrics), Arc::clone(&stop));
+            let (metrics, stop) = (Arc::clone(&metrics), Arc::clone(&stop));
+            let side_producer = Arc::clone(&side_producer);
+            let lane = move || -> Arc<dyn Sink> { Arc::new(producer::SideLane::new(&side_producer)) };
             let memory = memory.clone();
             tokio::task::spawn_blocking(move || {
-                global::start(&id, specs, &config, (&dir, &memory), &sink, &metrics, &stop)
+                global::start(&id, specs, &config, (&dir, &memory), &lane, &metrics, &stop)
             })
             .await
             .map_err(|e| Error::Config(format!("filling the global tables: {e}")))??

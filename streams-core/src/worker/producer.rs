@@ -28,9 +28,9 @@ pub(crate) struct DeliveryState {
     /// Whether the producer is transactional: only then are purged records (an abort's)
     /// of no concern.
     transactional: bool,
-    /// Deliveries that failed since the last flush, by [`Lane`]: a flush reports its own
-    /// lane's only.
-    failures: [Mutex<Failures>; 2],
+    /// Deliveries that failed since the last flush, by [`Lane`] (the tasks' first): a flush
+    /// reports its own lane's only.
+    failures: Mutex<Vec<Failures>>,
     metrics: Arc<Metrics>,
     /// What the deliveries tallied, by topic.
     tallies: Mutex<Tallies>,
@@ -134,29 +134,40 @@ impl TopicTally {
     }
 }
 
-/// Who flushes a record, and so learns of its failure. One producer serves the tasks (their
-/// cuts flush it before committing offsets) and, under at-least-once, what is sent outside
-/// the tasks (a global table's dead letters, which its thread flushes before writing its
-/// positions past them; timers'). Each flush takes its own lane's failures: the committer
-/// does not commit offsets past a task's record because another flush took its failure, and
-/// a global table does not write its position past a dead letter that failed for the same
-/// reason.
+/// Who flushes a record, and so learns of its failure. The tasks' producer serves the tasks
+/// (their cuts flush it before committing offsets, as do timers and the directory of workers
+/// under at-least-once) and each global table (its thread flushes before writing its
+/// positions past its dead letters); under exactly-once the global tables share the side
+/// producer. Each flush takes its own lane's failures: the committer does not commit offsets
+/// past a task's refused record because another flush took its failure, and a global table
+/// does not write its position past a dead letter that failed for the same reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Lane {
-    Tasks = 0,
-    Side = 1,
+pub(crate) struct Lane(usize);
+
+impl Lane {
+    /// The tasks' lane, every producer's first.
+    pub(crate) const TASKS: Lane = Lane(0);
 }
 
 /// The delivery opaque of a record: whether it is a changelog record (only those need their
 /// offsets), and its lane.
 fn opaque(changelog: bool, lane: Lane) -> usize {
-    usize::from(changelog) | (lane as usize) << 1
+    usize::from(changelog) | lane.0 << 1
 }
 
 /// A record's changelog flag and lane from its delivery opaque.
 fn from_opaque(opaque: usize) -> (bool, Lane) {
-    let lane = if opaque >> 1 == 1 { Lane::Side } else { Lane::Tasks };
-    (opaque & 1 == 1, lane)
+    (opaque & 1 == 1, Lane(opaque >> 1))
+}
+
+impl DeliveryState {
+    /// What failed in `lane` since its last flush: `visit` sees it (the tasks' lane for an
+    /// unknown one).
+    fn failures_of<T>(&self, lane: Lane, visit: impl FnOnce(&mut Failures) -> T) -> Option<T> {
+        let mut lanes = self.failures.lock().ok()?;
+        let index = if lane.0 < lanes.len() { lane.0 } else { 0 };
+        lanes.get_mut(index).map(visit)
+    }
 }
 
 /// Refused records a flush reports at most (the first ones).
@@ -264,48 +275,42 @@ impl ProducerContext for Deliveries {
                 tracing::debug!("a record of an aborted transaction was purged");
             }
             Err((error, message)) => {
-                if lane == Lane::Side {
-                    // Nothing may flush this lane soon (a timer's record, a directory's
-                    // announcement): told at once too.
-                    tracing::warn!(
-                        "a record to {} sent outside the tasks (a timer's, a global table's dead letter) failed: \
-                         {error}",
-                        message.topic()
-                    );
+                if lane != Lane::TASKS {
+                    // A global table's dead letter: its flush says so too, within 100 ms.
+                    tracing::warn!("a dead letter of a global table to {} failed: {error}", message.topic());
                 }
-                let Ok(mut failures) = state.failures[lane as usize].lock() else {
-                    return;
-                };
-                if !refuses_the_record(error) {
-                    failures
-                        .other
-                        .get_or_insert_with(|| format!("a record to {} failed: {error}", message.topic()));
-                } else if failures.refused.len() >= MAX_REFUSED {
-                    failures.more += 1;
-                } else {
-                    let headers = message
-                        .headers()
-                        .map(|headers| {
-                            headers
-                                .iter()
-                                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                                .collect::<Vec<_>>()
-                        })
-                        .unwrap_or_default()
-                        .into();
-                    failures.refused.push(Refused {
-                        record: OutRecord {
-                            topic: message.topic().into(),
-                            partition: Some(message.partition()),
-                            key: message.key().map(<[u8]>::to_vec),
-                            value: message.payload().map(<[u8]>::to_vec),
-                            headers,
-                            timestamp: message.timestamp().to_millis(),
-                            changelog,
-                        },
-                        error: error.to_string(),
-                    });
-                }
+                state.failures_of(lane, |failures| {
+                    if !refuses_the_record(error) {
+                        failures
+                            .other
+                            .get_or_insert_with(|| format!("a record to {} failed: {error}", message.topic()));
+                    } else if failures.refused.len() >= MAX_REFUSED {
+                        failures.more += 1;
+                    } else {
+                        let headers = message
+                            .headers()
+                            .map(|headers| {
+                                headers
+                                    .iter()
+                                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                                    .collect::<Vec<_>>()
+                            })
+                            .unwrap_or_default()
+                            .into();
+                        failures.refused.push(Refused {
+                            record: OutRecord {
+                                topic: message.topic().into(),
+                                partition: Some(message.partition()),
+                                key: message.key().map(<[u8]>::to_vec),
+                                value: message.payload().map(<[u8]>::to_vec),
+                                headers,
+                                timestamp: message.timestamp().to_millis(),
+                                changelog,
+                            },
+                            error: error.to_string(),
+                        });
+                    }
+                });
             }
         }
     }
@@ -460,7 +465,7 @@ impl KafkaSink {
         }
         let state = Arc::new(DeliveryState {
             transactional,
-            failures: Default::default(),
+            failures: Mutex::new(vec![Failures::default()]),
             metrics,
             tallies: Mutex::new(Tallies::default()),
         });
@@ -509,11 +514,16 @@ impl KafkaSink {
 
     /// After an abort: what failed belonged to the aborted transaction.
     pub(crate) fn forget_failures(&self) {
-        for lane in &self.state.failures {
-            if let Ok(mut failures) = lane.lock() {
-                *failures = Failures::default();
-            }
+        if let Ok(mut lanes) = self.state.failures.lock() {
+            lanes.iter_mut().for_each(|failures| *failures = Failures::default());
         }
+    }
+
+    /// A lane of its own (see [`Lane`]).
+    fn new_lane(&self) -> Lane {
+        let mut lanes = self.state.failures.lock().unwrap_or_else(|p| p.into_inner());
+        lanes.push(Failures::default());
+        Lane(lanes.len() - 1)
     }
 }
 
@@ -530,14 +540,14 @@ impl KafkaSink {
                 // producer was fenced): librdkafka takes no more records into it. This one is
                 // made again when the round's input is processed again after the abort; the
                 // round's flush fails, naming the first cause.
-                if let Ok(mut failures) = self.state.failures[lane as usize].lock() {
+                self.state.failures_of(lane, |failures| {
                     failures.not_taken.get_or_insert_with(|| {
                         format!(
                             "records to {} were not taken: the transaction can only abort",
                             record.topic
                         )
                     });
-                }
+                });
                 Ok(())
             }
             Err(error) => Err(Some(SinkError::Failed(format!(
@@ -597,25 +607,24 @@ impl KafkaSink {
                 "the producer failed for good: {code}: {reason}"
             )));
         }
-        match self.state.failures[lane as usize].lock() {
-            Ok(mut failures) => failures.take(),
-            Err(_) => Err(FlushError::other("the delivery state was poisoned")),
-        }
+        self.state
+            .failures_of(lane, Failures::take)
+            .unwrap_or_else(|| Err(FlushError::other("the delivery state was poisoned")))
     }
 }
 
 /// The tasks' lane of the producer: what the committer flushes.
 impl Sink for KafkaSink {
     fn enqueue(&self, record: OutRecord) -> Result<(), SinkError> {
-        self.enqueue_in(record, Lane::Tasks)
+        self.enqueue_in(record, Lane::TASKS)
     }
 
     fn enqueue_copy(&self, record: &OutRecord) -> Result<(), SinkError> {
-        self.enqueue_copy_in(record, Lane::Tasks)
+        self.enqueue_copy_in(record, Lane::TASKS)
     }
 
     fn flush(&self) -> Result<(), FlushError> {
-        self.flush_lane(Lane::Tasks)
+        self.flush_lane(Lane::TASKS)
     }
 
     fn changelog_offset(&self, topic: &str, partition: i32) -> Option<i64> {
@@ -623,26 +632,38 @@ impl Sink for KafkaSink {
     }
 }
 
-/// The tasks' producer for what is sent outside the tasks (see [`Lane`]): its records go
-/// out with the tasks' and a flush waits for all of them, but reports the failures of its
-/// own records only.
-pub(crate) struct SideLane(pub Arc<KafkaSink>);
+/// A lane of a producer of its own (see [`Lane`]), for one sender outside the tasks (a
+/// global table): its records go out with the others and its flush waits for all of them,
+/// but reports the failures of its own records only.
+pub(crate) struct SideLane {
+    sink: Arc<KafkaSink>,
+    lane: Lane,
+}
+
+impl SideLane {
+    pub(crate) fn new(sink: &Arc<KafkaSink>) -> Self {
+        Self {
+            sink: Arc::clone(sink),
+            lane: sink.new_lane(),
+        }
+    }
+}
 
 impl Sink for SideLane {
     fn enqueue(&self, record: OutRecord) -> Result<(), SinkError> {
-        self.0.enqueue_in(record, Lane::Side)
+        self.sink.enqueue_in(record, self.lane)
     }
 
     fn enqueue_copy(&self, record: &OutRecord) -> Result<(), SinkError> {
-        self.0.enqueue_copy_in(record, Lane::Side)
+        self.sink.enqueue_copy_in(record, self.lane)
     }
 
     fn flush(&self) -> Result<(), FlushError> {
-        self.0.flush_lane(Lane::Side)
+        self.sink.flush_lane(self.lane)
     }
 
     fn changelog_offset(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.0.changelog_offset(topic, partition)
+        self.sink.changelog_offset(topic, partition)
     }
 }
 
@@ -653,7 +674,7 @@ mod tests {
     fn state() -> DeliveryState {
         DeliveryState {
             transactional: false,
-            failures: Default::default(),
+            failures: Mutex::new(vec![Failures::default()]),
             metrics: Arc::new(Metrics::default()),
             tallies: Mutex::new(Tallies::default()),
         }
@@ -730,11 +751,11 @@ mod tests {
         }
     }
 
-    /// The tasks and what is sent outside them (a global table's dead letters, timers'
-    /// records) share one producer under at-least-once; each flush reports its own lane's
-    /// failures only. A failure taken by the other lane's flush would let the committer
-    /// commit offsets past a task's refused record, or a global table write its position
-    /// past a dead letter that never went out.
+    /// The tasks and the global tables' dead letters share one producer under at-least-once
+    /// (the global tables share the side producer under exactly-once); each flush reports its
+    /// own lane's failures only. A failure taken by another lane's flush would let the
+    /// committer commit offsets past a task's refused record, or a global table write its
+    /// position past a dead letter that never went out.
     #[test]
     fn a_flush_reports_the_failures_of_its_own_lane_only() {
         use crate::broker::{EmbeddedBroker, RDKafkaApiKey, RDKafkaRespErr};
@@ -744,7 +765,9 @@ mod tests {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", broker.bootstrap_servers());
         let tasks = Arc::new(KafkaSink::new(config, Arc::new(Metrics::default())).expect("producer"));
-        let side = SideLane(Arc::clone(&tasks));
+        // Two global tables' lanes.
+        let (first, second) = (SideLane::new(&tasks), SideLane::new(&tasks));
+        let lanes: [(&str, &dyn Sink); 3] = [("tasks", &*tasks), ("first", &first), ("second", &second)];
         let record = |key: &str| OutRecord {
             topic: Arc::from("lanes"),
             partition: Some(0),
@@ -763,29 +786,37 @@ mod tests {
                 }
             }
         };
-        let refuse_next_request = || {
+        for (name, refused_lane) in lanes {
+            tasks.flush().expect("nothing pending");
+            // The next produce request fails as a whole: its records are refused.
             broker
                 .fail_requests(
                     RDKafkaApiKey::Produce,
                     vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
                 )
                 .expect("inject");
-        };
-        for (refused_lane, other_lane) in [(&side as &dyn Sink, &*tasks as &dyn Sink), (&*tasks, &side)] {
-            tasks.flush().expect("nothing pending");
-            refuse_next_request();
             refused_lane
-                .enqueue(record("refused"))
+                .enqueue(record(name))
                 .map_err(|_| "enqueue")
                 .expect("taken");
-            // The other lane flushes first: it waits for the refused record too, and does
-            // not take its failure.
-            assert_eq!(refused_keys(other_lane.flush()), Vec::<Vec<u8>>::new());
-            assert_eq!(refused_keys(refused_lane.flush()), vec![b"refused".to_vec()]);
+            // The other lanes flush first: they wait for the refused record too, and do not
+            // take its failure.
+            for (other, lane) in lanes.iter().filter(|(other, _)| *other != name) {
+                assert_eq!(
+                    refused_keys(lane.flush()),
+                    Vec::<Vec<u8>>::new(),
+                    "{other} after {name}'s"
+                );
+            }
+            assert_eq!(
+                refused_keys(refused_lane.flush()),
+                vec![name.as_bytes().to_vec()],
+                "{name}"
+            );
             assert_eq!(
                 refused_keys(refused_lane.flush()),
                 Vec::<Vec<u8>>::new(),
-                "reported once"
+                "{name}: reported once"
             );
         }
     }
