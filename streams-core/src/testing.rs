@@ -1571,11 +1571,13 @@ impl TestDriver {
     }
 
     /// Brings every global table up to date with its topic; records that do not decode go
-    /// to the dead-letter topic.
+    /// to the dead-letter topic, or are skipped, or (`OnError::Fail`) stop the driver as they
+    /// stop a worker: the table's position stays before the record, and `run` fails.
     fn apply_globals(&mut self) -> Result<()> {
         for (spec, store, applied) in &mut self.globals {
             let mut entries = Vec::new();
             let mut dead = Vec::new();
+            let mut failed = None;
             {
                 let log = self.topics.log();
                 let Some(parts) = log.topics.get(&*spec.topic.name) else {
@@ -1593,13 +1595,30 @@ impl TestDriver {
                         let record = part.record(partition as i32, offset);
                         match (spec.entry)(record.key.as_deref(), record.value.as_deref()) {
                             Ok(entry) => entries.push(entry),
+                            Err(error) if spec.on_deserialization_error == crate::task::sink::OnError::Fail => {
+                                failed = Some(format!(
+                                    "global table `{}`: cannot take record {}[{partition}]@{offset}: {error}; the \
+                                     worker stops, as App::on_deserialization_error says",
+                                    spec.table.name, spec.topic.name
+                                ));
+                                *from = offset;
+                                break;
+                            }
                             Err(error) => dead.push((record, error)),
                         }
+                        *from = offset + 1;
+                    }
+                    if failed.is_some() {
+                        break;
                     }
                     *from = end;
                 }
             }
             store.write(&entries, &crate::store::Checkpoint::default())?;
+            if let Some(error) = failed {
+                self.metrics.fail(error.clone());
+                return Err(crate::Error::Config(error));
+            }
             for (record, error) in dead {
                 match spec.on_deserialization_error {
                     crate::task::sink::OnError::DeadLetter => {}
@@ -1607,13 +1626,8 @@ impl TestDriver {
                         self.metrics.skipped.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    crate::task::sink::OnError::Fail => {
-                        self.metrics.fail(format!(
-                            "global table `{}`: cannot take record {}[{}]@{}: {error}",
-                            spec.table.name, spec.topic.name, record.partition, record.offset
-                        ));
-                        continue;
-                    }
+                    // Stopped at above, before the record.
+                    crate::task::sink::OnError::Fail => continue,
                 }
                 let mut headers: Vec<(String, Vec<u8>)> = record
                     .headers

@@ -276,3 +276,31 @@ async fn an_agent_failing_outside_a_record_is_started_again_after_a_pause_or_sto
     let fatal = driver.metrics().fatal().unwrap_or_default();
     assert!(fatal.contains("never_ready") && fatal.contains("not ready"), "{fatal}");
 }
+
+/// With `OnError::Fail`, a global table's record that does not decode stops the driver's run
+/// as it stops a worker: nothing after it is taken into the table, no task is fed, and the
+/// next run stops at it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_tables_bad_record_stops_the_run_with_fail() {
+    const RATES: Topic<String, i64> = Topic::new("rates").partitions(1);
+    const RATES_TABLE: Table<String, i64> = Table::new("rates-table");
+    let app = App::new("fx")
+        .on_deserialization_error(OnError::Fail)
+        .pipeline("convert", |builder| {
+            let rates = builder.global_table(RATES, RATES_TABLE);
+            builder
+                .stream(NUMBERS)
+                .join_global(&rates, |_, _| "eur".to_string(), |_, n, rate| n * rate)
+                .to(INVERSES);
+        });
+    let mut driver = TestDriver::new(app).expect("driver");
+    driver.pipe_raw("rates", Some(b"eur"), Some(b"not a rate"));
+    driver.pipe(&RATES, "eur", &2).expect("pipe");
+    driver.pipe(&NUMBERS, "n", &21).expect("pipe");
+    for run in ["first", "second"] {
+        let error = driver.run().await.expect_err("the run stops").to_string();
+        assert!(error.contains("rates[0]@0"), "{run} run: {error}");
+        assert!(inverses(&driver).is_empty(), "{run} run: nothing converted");
+    }
+    assert!(driver.metrics().fatal().is_some_and(|f| f.contains("rates-table")));
+}
