@@ -847,3 +847,53 @@ pub async fn get(client: &reqwest::Client, url: &str) -> Answer {
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().expect("client")
 }
+
+/// What the test's process logs (every test's: one subscriber per process, which this makes:
+/// a test binary that uses it calls no `init_logging`), kept to be read and passed on to stderr.
+#[derive(Clone, Default)]
+pub struct Logged(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logged {
+    /// The process's log from the first call on, at warnings and above.
+    pub fn start() -> &'static Self {
+        static LOGGED: std::sync::OnceLock<Logged> = std::sync::OnceLock::new();
+        LOGGED.get_or_init(|| {
+            let logged = Self::default();
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+                .with_ansi(false)
+                .with_writer(logged.clone())
+                .try_init()
+                .expect("the only subscriber of this test process");
+            logged
+        })
+    }
+
+    /// Every line logged so far.
+    pub fn lines(&self) -> Vec<String> {
+        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).lines().map(str::to_string).collect()
+    }
+}
+
+impl std::io::Write for Logged {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::io::stderr().write_all(buf)?;
+        if let Ok(mut kept) = self.0.lock() {
+            kept.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logged {
+    type Writer = Logged;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}

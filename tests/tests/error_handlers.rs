@@ -304,3 +304,34 @@ async fn a_global_tables_bad_record_stops_the_run_with_fail() {
     }
     assert!(driver.metrics().fatal().is_some_and(|f| f.contains("rates-table")));
 }
+
+#[agent(topic = NUMBERS, sends = [INVERSES])]
+async fn superstitious(mut numbers: Stream<String, i64>) -> Result<()> {
+    while let Some(event) = numbers.next_event().await {
+        if event.value == 13 {
+            return Err(streams_core::Error::Config("thirteen brings bad luck".into()));
+        }
+        INVERSES.send(&event.key, &(1000 / event.value)).await?;
+    }
+    Ok(())
+}
+
+/// A record an agent fails on goes to the dead-letter topic and is logged once, at warn (as
+/// the README's table of topics says), not also at error level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_record_is_logged_once_at_warn() {
+    let logged = streams_tests::Logged::start();
+    let mut driver = TestDriver::new(App::new("luck").agent(superstitious)).expect("driver");
+    driver.pipe(&NUMBERS, "n", &13).expect("pipe");
+    driver.pipe(&NUMBERS, "n", &4).expect("pipe");
+    driver.run().await.expect("run");
+    assert_eq!(driver.raw_records("luck-superstitious-dlq").len(), 1);
+    assert_eq!(inverses(&driver), vec![250]);
+    let lines: Vec<String> = logged
+        .lines()
+        .into_iter()
+        .filter(|line| line.contains("thirteen brings bad luck"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains(" WARN "), "{lines:#?}");
+}

@@ -2,14 +2,13 @@
 //! processes anything, kept current while it runs, read again after a restart only from where
 //! the store's checkpoint ends; records that do not decode go to the dead-letter topic once.
 
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use streams_core::prelude::*;
 use streams_core::{EmbeddedBroker, Worker};
 use streams_tests::fx::{app, CONVERTED, DEAD_LETTERS, NUMBERS, RATES};
 use streams_tests::{
-    create_app_topics, produce, produce_raw, read_all, record_count, wait_until, worker_options, Child, Raw,
+    create_app_topics, produce, produce_raw, read_all, record_count, wait_until, worker_options, Child, Logged, Raw,
 };
 
 fn json(value: i64) -> Vec<u8> {
@@ -59,55 +58,6 @@ fn bad_rate(bootstrap: &str, partition: i32, key: &str) {
 
 fn number(bootstrap: &str, key: &str, value: i64) {
     produce(bootstrap, NUMBERS.name(), &[(Some(key.into()), json(value))]);
-}
-
-/// What the test's process logs (every test's: one subscriber per process), kept to be read
-/// and passed on to stderr.
-#[derive(Clone, Default)]
-struct Logged(Arc<Mutex<Vec<u8>>>);
-
-impl Logged {
-    /// The process's log from the first call on, at warnings and above.
-    fn start() -> &'static Self {
-        static LOGGED: OnceLock<Logged> = OnceLock::new();
-        LOGGED.get_or_init(|| {
-            let logged = Self::default();
-            tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
-                .with_ansi(false)
-                .with_writer(logged.clone())
-                .try_init()
-                .expect("the only subscriber of this test process");
-            logged
-        })
-    }
-
-    fn lines(&self) -> Vec<String> {
-        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
-        String::from_utf8_lossy(&bytes).lines().map(str::to_string).collect()
-    }
-}
-
-impl std::io::Write for Logged {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        std::io::stderr().write_all(buf)?;
-        if let Ok(mut kept) = self.0.lock() {
-            kept.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stderr().flush()
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logged {
-    type Writer = Logged;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

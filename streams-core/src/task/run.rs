@@ -108,7 +108,11 @@ pub(crate) async fn run_partition(spec: Arc<TaskSpec>, core: StreamCore) {
                 core.ended = failed_outside_a_record(&ctx, &spec.name, &format!("panic: {message}")).await;
             }
             Ok(Err(error)) => {
-                tracing::error!(task = spec.name, partition = ctx.partition, "task failed: {error}");
+                // The record it held takes the app's handler, which logs it (a dead letter
+                // or a skipped record at warn, a stop at error).
+                if !core.has_current() {
+                    tracing::error!(task = spec.name, partition = ctx.partition, "task failed: {error}");
+                }
                 // Something outside the record (the schema registry) was unavailable while
                 // the agent had it, whatever the agent made of that error: the worker stops
                 // before the record (it is not at fault).
@@ -120,7 +124,9 @@ pub(crate) async fn run_partition(spec: Arc<TaskSpec>, core: StreamCore) {
             }
             Err(panic) => {
                 let message = crate::error::panic_text(&*panic);
-                tracing::error!(task = spec.name, partition = ctx.partition, "task panicked: {message}");
+                if !core.has_current() {
+                    tracing::error!(task = spec.name, partition = ctx.partition, "task panicked: {message}");
+                }
                 core.fail_current(&format!("panic: {message}")).await;
             }
         }
