@@ -240,12 +240,22 @@ async fn a_global_tables_bad_record_takes_the_same_handler() {
     }
 }
 
-/// Starts of `never_ready`.
+/// Starts of `never_ready` and of `never_ready_told_to_fail`.
 static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static STARTS_TOLD_TO_FAIL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 #[agent(topic = NUMBERS)]
 async fn never_ready(numbers: Stream<String, i64>) -> Result<()> {
     STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    drop(numbers);
+    Err(streams_core::Error::Config("not ready".into()))
+}
+
+/// `never_ready`, counted apart (the first's task goes on restarting once its test has
+/// moved on: nothing ends an agent that never reads its input).
+#[agent(topic = NUMBERS)]
+async fn never_ready_told_to_fail(numbers: Stream<String, i64>) -> Result<()> {
+    STARTS_TOLD_TO_FAIL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     drop(numbers);
     Err(streams_core::Error::Config("not ready".into()))
 }
@@ -267,14 +277,20 @@ async fn an_agent_failing_outside_a_record_is_started_again_after_a_pause_or_sto
     assert!(driver.metrics().fatal().is_none());
     drop(driver);
 
-    let app = App::new("math").agent(never_ready).on_processing_error(OnError::Fail);
+    let app = App::new("math")
+        .agent(never_ready_told_to_fail)
+        .on_processing_error(OnError::Fail);
     let mut driver = TestDriver::new(app).expect("driver");
     driver.pipe(&NUMBERS, "n", &4).expect("pipe");
     let ran = tokio::time::timeout(Duration::from_secs(30), driver.run()).await;
     assert!(ran.is_ok(), "the run ends: the worker stopped");
-    assert_eq!(STARTS.load(Ordering::Relaxed), 1, "not started again");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(STARTS_TOLD_TO_FAIL.load(Ordering::Relaxed), 1, "not started again");
     let fatal = driver.metrics().fatal().unwrap_or_default();
-    assert!(fatal.contains("never_ready") && fatal.contains("not ready"), "{fatal}");
+    assert!(
+        fatal.contains("never_ready_told_to_fail") && fatal.contains("not ready"),
+        "{fatal}"
+    );
 }
 
 /// With `OnError::Fail`, a global table's record that does not decode stops the driver's run

@@ -139,8 +139,9 @@ pub(crate) async fn run_partition(spec: Arc<TaskSpec>, core: StreamCore) {
     }
 }
 
-/// A task that failed while its input went on and it held no record (before its first,
-/// between two): there is no record to send to the dead-letter topic or to skip. It starts
+/// A task that failed while its input went on and it held no record (before its first; a
+/// record stays the task's until it asks for the next): there is none to send to the
+/// dead-letter topic or to skip. It starts
 /// again a second later, as a task that returned early does: at once, an agent that fails at
 /// its start would fail again in a loop that never yields its thread. Under `OnError::Fail`
 /// (processing errors) the worker stops and the task takes nothing more: `true`.

@@ -80,7 +80,30 @@ struct Applier {
 /// set.
 pub(crate) struct GlobalTables {
     pub stores: Globals,
-    pub threads: Vec<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
+    /// Set (and the threads joined) when the tables are dropped before their threads are
+    /// handed over: a worker whose start fails after them leaves nothing running.
+    abandon: Arc<AtomicBool>,
+}
+
+impl GlobalTables {
+    /// The threads keeping the tables current, for the worker's stop to join (they end
+    /// with its stop flag).
+    pub(crate) fn hand_over_threads(&mut self) -> Vec<JoinHandle<()>> {
+        std::mem::take(&mut self.threads)
+    }
+}
+
+impl Drop for GlobalTables {
+    fn drop(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        self.abandon.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Fills every global table of the app from its topic (before the worker processes
@@ -107,7 +130,7 @@ pub(crate) fn start(
             let (stop, abandon) = (Arc::clone(stop), Arc::clone(&abandon));
             let thread = std::thread::Builder::new()
                 .name(format!("global-{name}"))
-                .spawn(move || copy.follow(&[&stop, &abandon]))
+                .spawn(move || copy.follow(&stop, &abandon))
                 .map_err(|e| Error::io("starting a global table's thread", e))?;
             Ok::<_, Error>((store, thread))
         })();
@@ -117,10 +140,12 @@ pub(crate) fn start(
                 threads.push(thread);
             }
             Err(error) => {
-                abandon.store(true, Ordering::Relaxed);
-                for thread in threads {
-                    let _ = thread.join();
-                }
+                // Dropped: the tables already followed stop (see `GlobalTables`'s drop).
+                drop(GlobalTables {
+                    stores: Arc::new(stores),
+                    threads,
+                    abandon,
+                });
                 return Err(error);
             }
         }
@@ -128,6 +153,7 @@ pub(crate) fn start(
     Ok(GlobalTables {
         stores: Arc::new(stores),
         threads,
+        abandon,
     })
 }
 
@@ -263,10 +289,15 @@ impl Copy {
         Ok(())
     }
 
-    /// Keeps the table current until one of `stops` is set.
-    fn follow(mut self, stops: &[&AtomicBool]) {
+    /// Keeps the table current until `stop` is set, then writes what it took; or until
+    /// `abandon` is (the worker did not start), writing nothing more (what it took since
+    /// its last write is read again at the next start; a write would wait for the broker).
+    fn follow(mut self, stop: &AtomicBool, abandon: &AtomicBool) {
         let mut written = Instant::now();
-        while !stops.iter().any(|stop| stop.load(Ordering::Relaxed)) {
+        while !stop.load(Ordering::Relaxed) {
+            if abandon.load(Ordering::Relaxed) {
+                return;
+            }
             match self.consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(message)) => {
                     if let Err(error) = self.table.take(&message) {

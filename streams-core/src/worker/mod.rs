@@ -654,7 +654,7 @@ impl Worker {
         };
         // Global tables are filled before the worker joins its group: no task starts before
         // its lookups can be answered.
-        let globals = {
+        let mut globals = {
             let (id, specs, config, dir) = (
                 app.id().to_string(),
                 app.global_tables(),
@@ -662,8 +662,20 @@ impl Worker {
                 app_dir.join("global"),
             );
             let (metrics, stop) = (Arc::clone(&metrics), Arc::clone(&stop));
-            let side_producer = Arc::clone(&side_producer);
-            let lane = move || -> Arc<dyn Sink> { Arc::new(producer::SideLane::new(&side_producer)) };
+            let (side_producer, errors) = (Arc::clone(&side_producer), Arc::clone(&errors));
+            // As the tasks' records under at-least-once, what the app's production handler
+            // diverted before is diverted again.
+            let lane = move || -> Arc<dyn Sink> {
+                let lane = Arc::new(producer::SideLane::new(&side_producer));
+                if exactly_once {
+                    lane
+                } else {
+                    Arc::new(crate::task::sink::Guarded {
+                        inner: lane,
+                        errors: Arc::clone(&errors),
+                    })
+                }
+            };
             let memory = memory.clone();
             tokio::task::spawn_blocking(move || {
                 global::start(&id, specs, &config, (&dir, &memory), &lane, &metrics, &stop)
@@ -879,7 +891,7 @@ impl Worker {
             let finished = Arc::clone(&finished);
             let idle = options.idle_exit;
             let sink = Arc::clone(&side_sink);
-            let global_threads = globals.threads;
+            let global_threads = globals.hand_over_threads();
             let web_finished = web_finished.clone();
             let leave = Arc::clone(&leave);
             std::thread::Builder::new()
