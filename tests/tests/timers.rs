@@ -431,3 +431,59 @@ fn run_after_one_event(app: App, time: Duration, at_the_end: impl FnOnce(&Embedd
     });
     broker
 }
+
+/// Forwards what it gets; its wall-clock punctuation panics.
+struct BrokenClock;
+
+impl Processor<String, i64> for BrokenClock {
+    type Key = String;
+    type Value = i64;
+    fn process(&mut self, key: String, value: i64, out: &mut Forward<'_, '_, String, i64>) {
+        out.forward(key, value);
+    }
+    fn wall_clock_punctuation(&self) -> Option<Duration> {
+        Some(Duration::from_secs(1))
+    }
+    fn punctuate_wall_clock(&mut self, _: i64, _: &mut Forward<'_, '_, String, i64>) {
+        panic!("the clock broke");
+    }
+}
+
+/// A wall-clock punctuation that fails has no record to blame: it is logged and the task goes
+/// on; under `OnError::Fail` for processing errors the worker stops, and the commit point
+/// it failed at is not committed (Kafka Streams' processing handler takes punctuations'
+/// exceptions too, KIP-1033).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_wall_clock_punctuation_is_logged_or_stops_the_worker_with_fail() {
+    for fail in [false, true] {
+        let app = App::new("broken-clock").pipeline("clock", |builder| {
+            builder.stream(EVENTS).process("broken", || BrokenClock).to(SEEN);
+        });
+        let app = if fail {
+            app.on_processing_error(OnError::Fail)
+        } else {
+            app
+        };
+        let mut driver = TestDriver::new(app).expect("driver");
+        driver.pipe_at(&EVENTS, "a", &1, 5_000).expect("pipe");
+        driver.run().await.expect("run");
+        assert_eq!(driver.committed("events", 0), Some(1), "fail: {fail}");
+        driver.advance_time(Duration::from_millis(1_000));
+        driver.pipe_at(&EVENTS, "b", &2, 6_000).expect("pipe");
+        let _ = driver.run().await;
+        let fatal = driver.metrics().fatal();
+        if fail {
+            let fatal = fatal.unwrap_or_default();
+            assert!(fatal.contains("the clock broke"), "{fatal}");
+            assert_eq!(
+                driver.committed("events", 0),
+                Some(1),
+                "the commit point it failed at is not committed"
+            );
+        } else {
+            assert_eq!(fatal, None);
+            driver.run().await.expect("run");
+            assert_eq!(driver.committed("events", 0), Some(2), "the task goes on");
+        }
+    }
+}

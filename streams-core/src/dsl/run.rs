@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::node::{change_failed_in, guarded, ChangeListener, Cx, SourceNode, TableSlot, Tick};
 use crate::task::input::{CutHook, RawStream, Stage};
 use crate::task::run::RunFn;
-use crate::task::sink::OutRecord;
+use crate::task::sink::{OnError, OutRecord};
 use crate::task::TaskContext;
 
 /// What runs in the tasks of one sub-topology.
@@ -124,6 +124,21 @@ impl Changes {
     }
 }
 
+/// What failed at a commit point or in a wall-clock punctuation has no input record to send
+/// to the dead-letter topic or skip: it is logged; under `OnError::Fail` (processing errors)
+/// the worker stops and the cut is not committed, as Kafka Streams' processing handler
+/// (KIP-1033) stops on a punctuation's exception.
+fn failed_without_a_record(ctx: &TaskContext, what: &str, error: &str) {
+    if ctx.on_processing_error == OnError::Fail {
+        ctx.metrics.fail(format!(
+            "task `{}`: {what}: {error}; the worker stops, as App::on_processing_error says",
+            ctx.name
+        ));
+    } else {
+        tracing::error!(task = &*ctx.name, "{what}: {error}");
+    }
+}
+
 /// What a commit point sends could not be encoded for want of something outside it (the
 /// schema registry): the worker stops, and nothing from this commit point on is committed
 /// (the input that caused it is processed again at the next start).
@@ -152,7 +167,7 @@ impl CutHook for Changes {
             };
             match guarded(|| tick.wall_clock(&mut cx)) {
                 Err(error) if cx.outage() => stop_unavailable(ctx, &error),
-                Err(error) => tracing::error!(task = &*ctx.name, "wall-clock punctuation: {error}"),
+                Err(error) => failed_without_a_record(ctx, "a wall-clock punctuation", &error),
                 Ok(()) => {}
             }
         }
@@ -185,8 +200,7 @@ impl CutHook for Changes {
                 };
                 match guarded(|| tick.tick(&mut cx)) {
                     Err(error) if cx.outage() => stop_unavailable(ctx, &error),
-                    // No input record to send to the dead-letter topic: what failed is logged.
-                    Err(error) => tracing::error!(task = &*ctx.name, "at a commit point: {error}"),
+                    Err(error) => failed_without_a_record(ctx, "at a commit point", &error),
                     Ok(()) => {}
                 }
             }
