@@ -487,3 +487,258 @@ async fn a_failing_wall_clock_punctuation_is_logged_or_stops_the_worker_with_fai
         }
     }
 }
+
+/// Forwards what it gets, keeping its keys; its wall-clock punctuation forwards 1 under each
+/// key it kept, then panics.
+#[derive(Default)]
+struct TickThenBreak(Vec<streams_core::dsl::Kept<String>>);
+
+impl streams_core::dsl::ValueProcessor<String, i64> for TickThenBreak {
+    type Value = i64;
+    fn process(&mut self, _: &String, value: i64, out: &mut streams_core::dsl::ForwardValues<'_, '_, '_, String, i64>) {
+        self.0.push(out.keep());
+        out.forward(value);
+    }
+    fn wall_clock_punctuation(&self) -> Option<Duration> {
+        Some(Duration::from_secs(1))
+    }
+    fn punctuate_wall_clock(&mut self, _: i64, out: &mut streams_core::dsl::ForwardKept<'_, '_, '_, String, i64>) {
+        for kept in &self.0 {
+            out.forward(kept, 1);
+        }
+        panic!("the clock broke after a tick");
+    }
+}
+
+/// A punctuation that fails under `OnError::Fail` leaves what it changed out of every
+/// changelog: the commit point it failed at is not made at all (its changelog records would
+/// carry the positions committed before, and a restore would take them as committed).
+/// Without `Fail` the commit point goes on and takes what the punctuation did before it
+/// failed, as Kafka Streams' log-and-continue does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_punctuation_under_fail_leaves_its_changes_out_of_the_changelog() {
+    const TICKS: Table<String, i64> = Table::new("ticks");
+    for fail in [false, true] {
+        let app = App::new("tick-then-break").pipeline("ticks", |builder| {
+            builder
+                .stream(EVENTS)
+                .process_values("tick", TickThenBreak::default)
+                .group_by_key()
+                .count(TICKS);
+        });
+        let app = if fail {
+            app.on_processing_error(OnError::Fail)
+        } else {
+            app
+        };
+        let changelog = TICKS.spec().changelog_topic("tick-then-break");
+        let mut driver = TestDriver::new(app).expect("driver");
+        let counts = |driver: &TestDriver| -> Vec<(String, String)> {
+            driver
+                .raw_records(&changelog)
+                .iter()
+                .map(|r| {
+                    let text =
+                        |b: &Option<Vec<u8>>| String::from_utf8_lossy(b.as_deref().unwrap_or_default()).into_owned();
+                    (text(&r.key), text(&r.value))
+                })
+                .collect()
+        };
+        let first = vec![("a".to_string(), "1".to_string())];
+        driver.pipe_at(&EVENTS, "a", &1, 5_000).expect("pipe");
+        driver.run().await.expect("run");
+        assert_eq!(counts(&driver), first, "fail: {fail}");
+        driver.advance_time(Duration::from_millis(1_000));
+        let _ = driver.run().await;
+        let fatal = driver.metrics().fatal();
+        if fail {
+            let fatal = fatal.unwrap_or_default();
+            assert!(fatal.contains("the clock broke after a tick"), "{fatal}");
+            assert_eq!(
+                counts(&driver),
+                first,
+                "the failed commit point's tick reached the changelog"
+            );
+        } else {
+            assert_eq!(fatal, None);
+            let mut both = first.clone();
+            both.push(("a".to_string(), "2".to_string()));
+            assert_eq!(counts(&driver), both, "the tick before the failure is committed");
+        }
+        assert_eq!(driver.committed("events", 0), Some(1), "fail: {fail}");
+    }
+}
+
+/// Forwards what it gets; its punctuation on stream time (every second) panics.
+struct BrokenStreamClock;
+
+impl Processor<String, i64> for BrokenStreamClock {
+    type Key = String;
+    type Value = i64;
+    fn process(&mut self, key: String, value: i64, out: &mut Forward<'_, '_, String, i64>) {
+        out.forward(key, value);
+    }
+    fn punctuation(&self) -> Option<Duration> {
+        Some(Duration::from_secs(1))
+    }
+    fn punctuate(&mut self, _: i64, _: &mut Forward<'_, '_, String, i64>) {
+        panic!("stream time broke");
+    }
+}
+
+/// A punctuation on stream time that a record sets off, and that fails, is not the record's
+/// fault: the record was processed (its output goes on) and does not go to the dead-letter
+/// topic; the failure is logged, or stops the worker under `OnError::Fail`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_punctuation_a_record_set_off_is_not_that_records_dead_letter() {
+    for fail in [false, true] {
+        let app = App::new("stream-clock").pipeline("clock", |builder| {
+            builder.stream(EVENTS).process("broken", || BrokenStreamClock).to(SEEN);
+        });
+        let app = if fail {
+            app.on_processing_error(OnError::Fail)
+        } else {
+            app
+        };
+        let mut driver = TestDriver::new(app).expect("driver");
+        driver.pipe_at(&EVENTS, "a", &1, 1_000).expect("pipe");
+        // Past the next second of stream time: the punctuation runs, and fails.
+        driver.pipe_at(&EVENTS, "b", &2, 2_500).expect("pipe");
+        let _ = driver.run().await;
+        let metrics = driver.metrics();
+        assert_eq!(metrics.dead_lettered.load(Ordering::Relaxed), 0, "fail: {fail}");
+        if fail {
+            let fatal = metrics.fatal().unwrap_or_default();
+            assert!(fatal.contains("stream time broke"), "{fatal}");
+            assert_eq!(
+                driver.committed("events", 0),
+                None,
+                "nothing committed from the failure on"
+            );
+        } else {
+            assert_eq!(metrics.fatal(), None);
+            let seen: Vec<String> = driver
+                .records(&SEEN)
+                .expect("records")
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            assert_eq!(seen, ["a", "b"], "both processed, neither dead-lettered");
+            assert_eq!(driver.committed("events", 0), Some(2));
+        }
+    }
+}
+
+/// Like [`BrokenClock`], counting its failures (tests run side by side: one counter each).
+struct CountedBrokenClock;
+
+static WORKER_CLOCK_BREAKS: AtomicU64 = AtomicU64::new(0);
+
+impl Processor<String, i64> for CountedBrokenClock {
+    type Key = String;
+    type Value = i64;
+    fn process(&mut self, key: String, value: i64, out: &mut Forward<'_, '_, String, i64>) {
+        out.forward(key, value);
+    }
+    fn wall_clock_punctuation(&self) -> Option<Duration> {
+        Some(Duration::from_secs(1))
+    }
+    fn punctuate_wall_clock(&mut self, _: i64, _: &mut Forward<'_, '_, String, i64>) {
+        WORKER_CLOCK_BREAKS.fetch_add(1, Ordering::SeqCst);
+        panic!("the clock broke");
+    }
+}
+
+/// On a worker, wall-clock punctuation runs between records, not at a commit point: one that
+/// fails is logged and the task goes on taking records; under `OnError::Fail` the worker
+/// stops at the first, and nothing from then on is committed (not even at the stop): the
+/// record taken before it is read again at the next start.
+#[test]
+fn a_failing_wall_clock_punctuation_on_a_worker_is_logged_or_stops_it_with_fail() {
+    streams_core::init_logging("error");
+    let app = |id: &str, fail: bool| {
+        let app = App::new(id)
+            // No commit point comes by the clock while the test runs: only the stop's.
+            .commit_interval(Duration::from_secs(600))
+            .pipeline("clock", |builder| {
+                builder.stream(EVENTS).process("broken", || CountedBrokenClock).to(SEEN);
+            });
+        if fail {
+            app.on_processing_error(OnError::Fail)
+        } else {
+            app
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for fail in [false, true] {
+        let id = if fail { "broken-clock-fail" } else { "broken-clock-log" };
+        let broker = EmbeddedBroker::start().expect("broker");
+        broker.create_topic("events", 1).expect("topic");
+        let bootstrap = broker.bootstrap_servers().to_string();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let start = |fail: bool| {
+            let options = streams_tests::worker_options(dir.path(), &broker);
+            runtime
+                .block_on(streams_core::Worker::start(app(id, fail), options))
+                .expect("worker")
+        };
+        let event = |key: &str, value: &[u8]| {
+            streams_tests::produce(&bootstrap, "events", &[(Some(key.to_string()), value.to_vec())]);
+        };
+        let seen = |key: &str| {
+            read_all(&bootstrap, "seen")
+                .iter()
+                .filter(|r| r.key.as_deref() == Some(key.as_bytes()))
+                .count()
+        };
+        let wait = |what: &str, done: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while !done() {
+                assert!(std::time::Instant::now() < deadline, "{what}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        };
+        event("a", b"1");
+        let breaks = WORKER_CLOCK_BREAKS.load(Ordering::SeqCst);
+        let worker = start(fail);
+        if fail {
+            let ended = runtime
+                .block_on(async { tokio::time::timeout(Duration::from_secs(60), worker.wait()).await })
+                .expect("the worker stops at its first punctuation");
+            let error = ended.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(error.contains("the clock broke"), "{error}");
+            assert_eq!(
+                WORKER_CLOCK_BREAKS.load(Ordering::SeqCst) - breaks,
+                1,
+                "it stopped at the first"
+            );
+            assert!(seen("a") <= 1);
+            assert_eq!(
+                streams_tests::committed(&bootstrap, id, "events", 0),
+                0,
+                "nothing is committed after the failure, at the stop neither"
+            );
+            // Started again without `Fail`: the record is read again.
+            let worker = start(false);
+            let before = seen("a");
+            wait("`a` was not read again", &|| seen("a") > before);
+            runtime.block_on(worker.stop()).expect("stops");
+            assert_eq!(streams_tests::committed(&bootstrap, id, "events", 0), 1);
+        } else {
+            wait("`a` never went on", &|| seen("a") == 1);
+            wait("no punctuation failed twice", &|| {
+                WORKER_CLOCK_BREAKS.load(Ordering::SeqCst) >= breaks + 2
+            });
+            event("b", b"2");
+            wait("the task took nothing after the failures", &|| seen("b") == 1);
+            runtime
+                .block_on(worker.stop())
+                .expect("the worker ran on and stops cleanly");
+            assert_eq!(streams_tests::committed(&bootstrap, id, "events", 0), 2);
+        }
+    }
+}

@@ -60,6 +60,33 @@ pub(crate) fn change_failed_in(
     }
 }
 
+/// What failed at a commit point or in a punctuation has no input record to send to the
+/// dead-letter topic or skip (a punctuation a record's time set off is not that record's
+/// doing either): it is logged; under `OnError::Fail` (processing errors) the worker stops,
+/// the task takes nothing more and no cut is made from then on, as Kafka Streams' processing
+/// handler (KIP-1033) stops on a punctuation's exception.
+pub(crate) fn failed_without_a_record(ctx: &TaskContext, what: &str, error: &str) {
+    let partition = ctx.partition;
+    if ctx.on_processing_error == OnError::Fail {
+        ctx.metrics.fail(format!(
+            "task `{}` (partition {partition}): {what}: {error}; the worker stops, as App::on_processing_error says",
+            ctx.name
+        ));
+    } else {
+        tracing::error!(task = &*ctx.name, partition, "{what}: {error}");
+    }
+}
+
+/// What a commit point sends could not be encoded for want of something outside it (the
+/// schema registry): the worker stops, and nothing from this commit point on is committed
+/// (the input that caused it is processed again at the next start).
+pub(crate) fn stop_unavailable(ctx: &TaskContext, error: &str) {
+    ctx.metrics.fail(format!(
+        "task `{}`: at a commit point: {error}; the worker stops, nothing more is committed",
+        ctx.name
+    ));
+}
+
 /// A node's encoding of `what` for `topic`: the error as text, noting in `cx` whether it was
 /// [`crate::EncodeError::unavailable`].
 pub(crate) fn encoding<T>(

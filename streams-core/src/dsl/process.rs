@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::node::{at_time, guarded, Cx, Fanout, Node, Outcome, Tick};
+use super::node::{at_time, failed_without_a_record, guarded, Cx, Fanout, Node, Outcome, Tick};
 use crate::codec::Key;
 use crate::task::{TaskContext, NO_TIME};
 
@@ -379,10 +379,7 @@ where
         let now = cx.ctx.wall_time();
         match instance.next_wall_clock {
             Some(due) if now >= due => {}
-            None if !instance.asked => {
-                self.schedule_wall_clock(cx, instance);
-                return Ok(());
-            }
+            None if !instance.asked => return self.schedule_wall_clock(cx, instance),
             _ => return Ok(()),
         }
         // Asked again at each run: an interval that becomes `None` (or a method that
@@ -432,15 +429,24 @@ where
     F: Fn() -> P + Send + Sync + 'static,
 {
     /// Schedules the first wall-clock punctuation, once per instance (at its first record or
-    /// commit point): the next multiple of its interval.
-    fn schedule_wall_clock(&self, cx: &Cx<'_>, instance: &mut Instance<P>) {
+    /// commit point): the next multiple of its interval. A `wall_clock_punctuation` that
+    /// panics leaves none scheduled, and says so.
+    fn schedule_wall_clock(&self, cx: &Cx<'_>, instance: &mut Instance<P>) -> Outcome {
         instance.asked = true;
         let asked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             instance.processor.wall_clock_punctuation()
         }));
-        if let Ok(Some(every)) = asked {
-            let every = i64::try_from(every.as_millis()).unwrap_or(i64::MAX).max(1);
-            instance.next_wall_clock = Some(next_multiple(cx.ctx.wall_time(), every));
+        match asked {
+            Ok(Some(every)) => {
+                let every = i64::try_from(every.as_millis()).unwrap_or(i64::MAX).max(1);
+                instance.next_wall_clock = Some(next_multiple(cx.ctx.wall_time(), every));
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(panic) => Err(format!(
+                "wall_clock_punctuation panicked: {}; no wall-clock punctuation",
+                crate::error::panic_text(&*panic)
+            )),
         }
     }
 }
@@ -467,11 +473,25 @@ where
         let punctuated = self.maybe_punctuate(cx, &mut instance);
         // Wall-clock punctuation is scheduled at the first record and runs from the task's
         // loop (between records, looked at every 256 records and when idle), not here.
-        if !instance.asked {
-            self.schedule_wall_clock(cx, &mut instance);
-        }
+        let scheduled = if instance.asked {
+            Ok(())
+        } else {
+            self.schedule_wall_clock(cx, &mut instance)
+        };
         cx.ctx.put_local(self.id, instance);
-        outcome.and(punctuated)
+        // The record set the punctuation off, but was processed: what failed in it is not
+        // the record's doing, and the record does not go to the dead-letter topic for it
+        // (Kafka Streams punctuates apart from the record too). Something outside that was
+        // unavailable stops the worker before the record, which is read again.
+        match punctuated {
+            Err(error) if cx.outage() => return outcome.and(Err(error)),
+            Err(error) => failed_without_a_record(cx.ctx, "a punctuation", &error),
+            Ok(()) => {}
+        }
+        if let Err(error) = scheduled {
+            failed_without_a_record(cx.ctx, "a wall-clock punctuation", &error);
+        }
+        outcome
     }
 }
 

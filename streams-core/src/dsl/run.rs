@@ -3,10 +3,13 @@
 
 use std::sync::Arc;
 
-use super::node::{change_failed_in, guarded, ChangeListener, Cx, SourceNode, TableSlot, Tick};
+use super::node::{
+    change_failed_in, failed_without_a_record, guarded, stop_unavailable, ChangeListener, Cx, SourceNode, TableSlot,
+    Tick,
+};
 use crate::task::input::{CutHook, RawStream, Stage};
 use crate::task::run::RunFn;
-use crate::task::sink::{OnError, OutRecord};
+use crate::task::sink::OutRecord;
 use crate::task::TaskContext;
 
 /// What runs in the tasks of one sub-topology.
@@ -69,6 +72,11 @@ async fn run(mut raw: RawStream, sub: Arc<SubTopology>) -> Result<(), String> {
                 backlog.clear();
             }
         }
+        if ctx.metrics.failed() {
+            // The worker stops (a punctuation the record set off failed under `OnError::Fail`,
+            // or another task failed): nothing from here on is committed, nor sent.
+            backlog.clear();
+        }
         for record in backlog.drain(..) {
             if let Err(error) = ctx.send_when_room(record).await {
                 ctx.metrics.fail(error);
@@ -124,31 +132,6 @@ impl Changes {
     }
 }
 
-/// What failed at a commit point or in a wall-clock punctuation has no input record to send
-/// to the dead-letter topic or skip: it is logged; under `OnError::Fail` (processing errors)
-/// the worker stops and the cut is not committed, as Kafka Streams' processing handler
-/// (KIP-1033) stops on a punctuation's exception.
-fn failed_without_a_record(ctx: &TaskContext, what: &str, error: &str) {
-    if ctx.on_processing_error == OnError::Fail {
-        ctx.metrics.fail(format!(
-            "task `{}`: {what}: {error}; the worker stops, as App::on_processing_error says",
-            ctx.name
-        ));
-    } else {
-        tracing::error!(task = &*ctx.name, "{what}: {error}");
-    }
-}
-
-/// What a commit point sends could not be encoded for want of something outside it (the
-/// schema registry): the worker stops, and nothing from this commit point on is committed
-/// (the input that caused it is processed again at the next start).
-fn stop_unavailable(ctx: &TaskContext, error: &str) {
-    ctx.metrics.fail(format!(
-        "task `{}`: at a commit point: {error}; the worker stops, nothing more is committed",
-        ctx.name
-    ));
-}
-
 impl CutHook for Changes {
     fn wall_clock_due(&self, ctx: &Arc<TaskContext>) -> Option<i64> {
         self.0.ticks.iter().filter_map(|tick| tick.wall_clock_due(ctx)).min()
@@ -157,6 +140,10 @@ impl CutHook for Changes {
     fn wall_clock(&mut self, ctx: &Arc<TaskContext>, backlog: &mut Vec<OutRecord>) {
         let before = ctx.event_time();
         for tick in &self.0.ticks {
+            if ctx.metrics.failed() {
+                // The worker stops: what the rest would do goes nowhere.
+                break;
+            }
             let mut cx = Cx {
                 ctx,
                 timestamp: before,
@@ -189,6 +176,11 @@ impl CutHook for Changes {
             }
             from = next;
             for tick in &self.0.ticks {
+                if ctx.metrics.failed() {
+                    // The worker stops: the cut is not made (see `StreamCore::cut_with`).
+                    ctx.set_event_time(before);
+                    return;
+                }
                 ctx.set_event_time(before);
                 let mut cx = Cx {
                     ctx,

@@ -353,6 +353,7 @@ impl StreamCore {
     pub(crate) async fn next_message(&mut self) -> Option<(usize, Message)> {
         self.finish_current();
         let fast = !self.ended
+            && !self.ctx.metrics.failed()
             && self.since_clock + 1 < 256
             && !self.ctx.cut_wanted.load(Ordering::Relaxed)
             && !self.round_due();
@@ -388,6 +389,12 @@ impl StreamCore {
             if self.ended {
                 return None;
             }
+            if self.ctx.metrics.failed() {
+                // The worker failed (here or in another task): nothing from now on is
+                // committed, so nothing more is taken (or sent for it).
+                self.ended = true;
+                return None;
+            }
             if self.ctx.finishing.load(Ordering::Relaxed) {
                 self.finish_now().await;
                 return None;
@@ -404,6 +411,9 @@ impl StreamCore {
                 self.ctx.report();
                 if self.wall_clock_due() {
                     self.punctuate_wall_clock().await;
+                    if self.ended {
+                        return None;
+                    }
                 }
                 if Instant::now() >= self.next_cut {
                     self.cut(None).await;
@@ -461,6 +471,9 @@ impl StreamCore {
                     self.ctx.report();
                     if self.wall_clock_due() {
                         self.punctuate_wall_clock().await;
+                        if self.ended {
+                            return None;
+                        }
                     }
                     if Instant::now() >= self.next_cut {
                         self.cut(None).await;
@@ -769,6 +782,11 @@ impl StreamCore {
         let ctx = Arc::clone(&self.ctx);
         let from = ctx.next_change_pass();
         hook.wall_clock(&ctx, &mut backlog);
+        if ctx.metrics.failed() {
+            // It stopped the worker (`OnError::Fail`): what it made goes nowhere.
+            self.ended = true;
+            return;
+        }
         for record in backlog {
             if let Err(error) = ctx.send_when_room(record).await {
                 ctx.metrics.fail(error);
@@ -799,8 +817,25 @@ impl StreamCore {
         self.cut_with(ack.into_iter().collect()).await;
     }
 
+    /// The worker failed: no cut is made from now on, those waiting for one hear why, and
+    /// the task takes nothing more.
+    fn refuse_cut(&mut self, acks: Vec<Ack>) {
+        self.ended = true;
+        let error = format!(
+            "not committed: the worker failed ({})",
+            self.ctx.metrics.fatal().unwrap_or_default()
+        );
+        for ack in acks {
+            let _ = ack.send(Err(error.clone()));
+        }
+    }
+
     /// [`StreamCore::cut`] for everyone in `acks`.
     pub(crate) async fn cut_with(&mut self, acks: Vec<Ack>) {
+        if self.ctx.metrics.failed() {
+            self.refuse_cut(acks);
+            return;
+        }
         self.ctx.report();
         self.next_cut = Instant::now() + self.commit_interval;
         // A cache over budget drops its clean entries first, once the stores hold them
@@ -847,6 +882,13 @@ impl StreamCore {
         if let (Some(hook), false) = (&mut self.hook, positions.is_empty()) {
             let mut backlog = Vec::new();
             hook.before_cut(&ctx, &mut backlog);
+            if ctx.metrics.failed() {
+                // It stopped the worker (`OnError::Fail`): the cut is not made, and its
+                // changes reach no changelog (a cut whose positions did not move would have
+                // them restored as committed).
+                self.refuse_cut(acks);
+                return;
+            }
             for record in backlog {
                 if let Err(error) = ctx.send_when_room(record).await {
                     ctx.metrics.fail(error);
