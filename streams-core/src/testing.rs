@@ -1526,11 +1526,16 @@ impl TestDriver {
                     if batch.is_empty() {
                         continue;
                     }
+                    let metrics = &self.metrics;
                     task.tx.send(Input::Records(source, batch)).await.map_err(|_| {
-                        Error::Config(format!(
-                            "{} on partition {} has stopped",
-                            task.spec.name, task.partition
-                        ))
+                        // Tasks stop when the app fails: that failure is the run's error.
+                        match metrics.fatal() {
+                            Some(fatal) => Error::Config(fatal),
+                            None => Error::Config(format!(
+                                "{} on partition {} has stopped",
+                                task.spec.name, task.partition
+                            )),
+                        }
                     })?;
                 }
             }

@@ -480,6 +480,16 @@ async fn a_failing_wall_clock_punctuation_is_logged_or_stops_the_worker_with_fai
                 Some(1),
                 "the commit point it failed at is not committed"
             );
+            // The app has failed: its task takes nothing more, and a run says why.
+            let seen = driver.records(&SEEN).expect("records").len();
+            driver.pipe_at(&EVENTS, "c", &3, 7_000).expect("pipe");
+            let error = driver.run().await.expect_err("the app failed").to_string();
+            assert!(error.contains("the clock broke"), "{error}");
+            assert_eq!(
+                driver.records(&SEEN).expect("records").len(),
+                seen,
+                "the task took nothing more"
+            );
         } else {
             assert_eq!(fatal, None);
             driver.run().await.expect("run");
@@ -723,8 +733,8 @@ fn a_failing_wall_clock_punctuation_on_a_worker_is_logged_or_stops_it_with_fail(
                 "nothing is committed after the failure, at the stop neither"
             );
             // Started again without `Fail`: the record is read again.
-            let worker = start(false);
             let before = seen("a");
+            let worker = start(false);
             wait("`a` was not read again", &|| seen("a") > before);
             runtime.block_on(worker.stop()).expect("stops");
             assert_eq!(streams_tests::committed(&bootstrap, id, "events", 0), 1);

@@ -470,7 +470,10 @@ where
             Ok(())
         });
         let outcome = processed.and(out.outcome);
+        // What the punctuation finds unavailable is told apart from what the record did.
+        let (unavailable, outages) = (cx.unavailable, crate::error::outages());
         let punctuated = self.maybe_punctuate(cx, &mut instance);
+        let punctuation_outage = (cx.unavailable && !unavailable) || crate::error::outages() != outages;
         // Wall-clock punctuation is scheduled at the first record and runs from the task's
         // loop (between records, looked at every 256 records and when idle), not here.
         let scheduled = if instance.asked {
@@ -484,7 +487,7 @@ where
         // (Kafka Streams punctuates apart from the record too). Something outside that was
         // unavailable stops the worker before the record, which is read again.
         match punctuated {
-            Err(error) if cx.outage() => return outcome.and(Err(error)),
+            Err(error) if punctuation_outage => return outcome.and(Err(error)),
             Err(error) => failed_without_a_record(cx.ctx, "a punctuation", &error),
             Ok(()) => {}
         }

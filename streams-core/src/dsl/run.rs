@@ -74,7 +74,8 @@ async fn run(mut raw: RawStream, sub: Arc<SubTopology>) -> Result<(), String> {
         }
         if ctx.metrics.failed() {
             // The worker stops (a punctuation the record set off failed under `OnError::Fail`,
-            // or another task failed): nothing from here on is committed, nor sent.
+            // or another task failed): nothing from here on is committed, and what waits for
+            // room in the producer is not sent (what it took already goes out).
             backlog.clear();
         }
         for record in backlog.drain(..) {

@@ -391,8 +391,8 @@ impl StreamCore {
             }
             if self.ctx.metrics.failed() {
                 // The worker failed (here or in another task): nothing from now on is
-                // committed, so nothing more is taken (or sent for it).
-                self.ended = true;
+                // committed, so nothing more is taken.
+                self.stop_taking();
                 return None;
             }
             if self.ctx.finishing.load(Ordering::Relaxed) {
@@ -417,6 +417,9 @@ impl StreamCore {
                 }
                 if Instant::now() >= self.next_cut {
                     self.cut(None).await;
+                    if self.ended {
+                        return None;
+                    }
                 }
             }
             // With several sources, take what else has arrived before choosing among them.
@@ -477,6 +480,9 @@ impl StreamCore {
                     }
                     if Instant::now() >= self.next_cut {
                         self.cut(None).await;
+                        if self.ended {
+                            return None;
+                        }
                     }
                     let wake = match (holding, self.holding_since) {
                         (true, Some(since)) => self.next_cut.min(since + HOLD_BACK_LIMIT),
@@ -783,8 +789,8 @@ impl StreamCore {
         let from = ctx.next_change_pass();
         hook.wall_clock(&ctx, &mut backlog);
         if ctx.metrics.failed() {
-            // It stopped the worker (`OnError::Fail`): what it made goes nowhere.
-            self.ended = true;
+            // It stopped the worker (`OnError::Fail`): what it left to send is not sent.
+            self.stop_taking();
             return;
         }
         for record in backlog {
@@ -820,13 +826,37 @@ impl StreamCore {
     /// The worker failed: no cut is made from now on, those waiting for one hear why, and
     /// the task takes nothing more.
     fn refuse_cut(&mut self, acks: Vec<Ack>) {
-        self.ended = true;
-        let error = format!(
-            "not committed: the worker failed ({})",
-            self.ctx.metrics.fatal().unwrap_or_default()
-        );
+        let error = self.not_committed();
         for ack in acks {
             let _ = ack.send(Err(error.clone()));
+        }
+        self.stop_taking();
+    }
+
+    fn not_committed(&self) -> String {
+        format!(
+            "not committed: the worker failed ({})",
+            self.ctx.metrics.fatal().unwrap_or_default()
+        )
+    }
+
+    /// The worker failed: the task takes nothing more. Its queue is closed, so that whoever
+    /// hands records over is not held by a full queue (an agent may go on after its stream
+    /// ends), and whatever waits in it for an answer hears why there is none.
+    fn stop_taking(&mut self) {
+        self.ended = true;
+        self.rx.close();
+        let error = self.not_committed();
+        let waiting = std::mem::take(&mut self.flushes)
+            .into_iter()
+            .chain(self.processed.drain(..));
+        for ack in waiting {
+            let _ = ack.send(Err(error.clone()));
+        }
+        while let Ok(input) = self.rx.try_recv() {
+            if let Input::Finish(ack) | Input::Flush(ack) | Input::Processed(ack) = input {
+                let _ = ack.send(Err(error.clone()));
+            }
         }
     }
 
@@ -883,9 +913,8 @@ impl StreamCore {
             let mut backlog = Vec::new();
             hook.before_cut(&ctx, &mut backlog);
             if ctx.metrics.failed() {
-                // It stopped the worker (`OnError::Fail`): the cut is not made, and its
-                // changes reach no changelog (a cut whose positions did not move would have
-                // them restored as committed).
+                // It stopped the worker (`OnError::Fail`): the cut is not made (see below),
+                // and what it left to send is not sent.
                 self.refuse_cut(acks);
                 return;
             }
@@ -895,6 +924,14 @@ impl StreamCore {
                 }
             }
             keep_ttls(false);
+        }
+        if ctx.metrics.failed() {
+            // The worker failed on the way (the tables' times, a send, another task): the cut
+            // is not made. Its changelog records would carry positions the group may have
+            // committed already (a cut made for a punctuation, without input), and a restore
+            // would take their changes as committed.
+            self.refuse_cut(acks);
+            return;
         }
         let mut writes: Vec<TableWrite> = Vec::new();
         let seq = ctx.next_cut();

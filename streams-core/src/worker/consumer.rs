@@ -1006,11 +1006,15 @@ impl Shared {
                     tracing::warn!("{label} released; its last commit failed: {error}");
                     failed.push(format!("{label}: {error}"));
                 }
-                Err(_) => {
-                    tracing::error!(
-                        "{label}: task did not finish within {FINISH_TIMEOUT:?}; released without a commit"
-                    );
-                    failed.push(format!("{label}: its task did not finish within {FINISH_TIMEOUT:?}"));
+                Err(gone) => {
+                    let why = match gone {
+                        std::sync::mpsc::RecvTimeoutError::Timeout => {
+                            format!("its task did not finish within {FINISH_TIMEOUT:?}")
+                        }
+                        std::sync::mpsc::RecvTimeoutError::Disconnected => "its task had ended".to_string(),
+                    };
+                    tracing::error!("{label}: {why}; released without a commit");
+                    failed.push(format!("{label}: {why}"));
                     // Exactly-once: what it sent since the last round is in the open
                     // transaction without its offsets; the next owner processes that input
                     // again, so the transaction must not commit.
