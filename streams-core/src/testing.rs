@@ -1088,6 +1088,10 @@ impl TestDriver {
             }
             self.tasks[index].join.abort();
             self.tasks[index].ctx.written.close();
+        } else if !sent {
+            // Its task took nothing more (the app failed): an agent still at work after its
+            // stream ended is not waited for.
+            self.tasks[index].join.abort();
         }
         let _ = tokio::task::spawn_blocking(move || {
             for acked in others {

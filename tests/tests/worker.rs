@@ -478,3 +478,50 @@ async fn records_taken_together_reach_their_partitions_tasks_in_order() {
         );
     }
 }
+
+const LINGER_IN: Topic<String, i64> = Topic::new("linger-in").partitions(1);
+
+/// Reads its stream to its end, then goes on a long while holding it.
+#[agent(topic = LINGER_IN)]
+async fn linger(mut numbers: Stream<String, i64>) -> Result<()> {
+    // Slower than the consumer: its queue fills.
+    while numbers.next_event().await.is_some() {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    Ok(())
+}
+
+/// A record that stops the worker (`OnError::Fail`) ends its agent's stream; an agent that
+/// goes on after its stream ended, holding it, does not keep the worker from stopping: the
+/// task's queue is closed, so the records still coming for it do not hold the consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stops_at_a_bad_record_though_its_agent_lingers() {
+    log();
+    let app = || {
+        App::new("lingering")
+            .agent(linger)
+            .on_deserialization_error(OnError::Fail)
+    };
+    let broker = EmbeddedBroker::start().expect("broker");
+    create_app_topics(&broker, &app());
+    let bootstrap = broker.bootstrap_servers().to_string();
+    // The bad record halfway: the poll thread has filled the task's queue by then, and waits
+    // for room in it.
+    let good = |n: i32| (Some(format!("k{n}")), n.to_string().into_bytes());
+    let mut records: Vec<_> = (0..20_000).map(good).collect();
+    records.push((Some("bad".to_string()), b"not a number".to_vec()));
+    records.extend((20_000..120_000).map(good));
+    produce(&bootstrap, "linger-in", &records);
+    let dir = tempfile::tempdir().expect("dir");
+    let worker = Worker::start(app(), worker_options(dir.path(), &broker))
+        .await
+        .expect("worker");
+    let ended = tokio::time::timeout(Duration::from_secs(60), worker.wait())
+        .await
+        .expect("the worker stops though its agent lingers");
+    let error = ended.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.contains("linger-in[0]@20000"), "{error}");
+    let committed = committed(&bootstrap, "lingering", "linger-in", 0);
+    assert!(committed <= 20_000, "committed past the bad record: {committed}");
+}

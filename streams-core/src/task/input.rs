@@ -387,6 +387,11 @@ impl StreamCore {
     async fn next_message_slow(&mut self) -> Option<(usize, Message)> {
         loop {
             if self.ended {
+                if self.ctx.metrics.failed() {
+                    // Ended at a record under `OnError::Fail` (or after a failure): closed
+                    // as below, however the task ended.
+                    self.stop_taking();
+                }
                 return None;
             }
             if self.ctx.metrics.failed() {
@@ -842,9 +847,15 @@ impl StreamCore {
 
     /// The worker failed: the task takes nothing more. Its queue is closed, so that whoever
     /// hands records over is not held by a full queue (an agent may go on after its stream
-    /// ends), and whatever waits in it for an answer hears why there is none.
+    /// ends), and whatever waits in it for an answer hears why there is none (one sent
+    /// while it closes is answered when the core is dropped, by its sender's error). Safe
+    /// to call again.
     fn stop_taking(&mut self) {
         self.ended = true;
+        // Exactly-once: no round waits for its cut (an agent may hold its stream a while).
+        if let Some((rounds, member)) = &self.rounds {
+            rounds.leave(*member);
+        }
         self.rx.close();
         let error = self.not_committed();
         let waiting = std::mem::take(&mut self.flushes)
