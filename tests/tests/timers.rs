@@ -459,11 +459,7 @@ async fn a_failing_wall_clock_punctuation_is_logged_or_stops_the_worker_with_fai
         let app = App::new("broken-clock").pipeline("clock", |builder| {
             builder.stream(EVENTS).process("broken", || BrokenClock).to(SEEN);
         });
-        let app = if fail {
-            app.on_processing_error(OnError::Fail)
-        } else {
-            app
-        };
+        let app = fail_if(app, fail);
         let mut driver = TestDriver::new(app).expect("driver");
         driver.pipe_at(&EVENTS, "a", &1, 5_000).expect("pipe");
         driver.run().await.expect("run");
@@ -536,11 +532,7 @@ async fn a_failed_punctuation_under_fail_leaves_its_changes_out_of_the_changelog
                 .group_by_key()
                 .count(TICKS);
         });
-        let app = if fail {
-            app.on_processing_error(OnError::Fail)
-        } else {
-            app
-        };
+        let app = fail_if(app, fail);
         let changelog = TICKS.spec().changelog_topic("tick-then-break");
         let mut driver = TestDriver::new(app).expect("driver");
         let counts = |driver: &TestDriver| -> Vec<(String, String)> {
@@ -605,11 +597,7 @@ async fn a_failed_punctuation_a_record_set_off_is_not_that_records_dead_letter()
         let app = App::new("stream-clock").pipeline("clock", |builder| {
             builder.stream(EVENTS).process("broken", || BrokenStreamClock).to(SEEN);
         });
-        let app = if fail {
-            app.on_processing_error(OnError::Fail)
-        } else {
-            app
-        };
+        let app = fail_if(app, fail);
         let mut driver = TestDriver::new(app).expect("driver");
         driver.pipe_at(&EVENTS, "a", &1, 1_000).expect("pipe");
         // Past the next second of stream time: the punctuation runs, and fails.
@@ -673,11 +661,7 @@ fn a_failing_wall_clock_punctuation_on_a_worker_is_logged_or_stops_it_with_fail(
             .pipeline("clock", |builder| {
                 builder.stream(EVENTS).process("broken", || CountedBrokenClock).to(SEEN);
             });
-        if fail {
-            app.on_processing_error(OnError::Fail)
-        } else {
-            app
-        }
+        fail_if(app, fail)
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -750,5 +734,14 @@ fn a_failing_wall_clock_punctuation_on_a_worker_is_logged_or_stops_it_with_fail(
                 .expect("the worker ran on and stops cleanly");
             assert_eq!(streams_tests::committed(&bootstrap, id, "events", 0), 2);
         }
+    }
+}
+
+/// `app`, stopping at processing errors (`OnError::Fail`) when `fail`.
+fn fail_if(app: App, fail: bool) -> App {
+    if fail {
+        app.on_processing_error(OnError::Fail)
+    } else {
+        app
     }
 }
