@@ -432,22 +432,67 @@ fn run_after_one_event(app: App, time: Duration, at_the_end: impl FnOnce(&Embedd
     broker
 }
 
-/// Forwards what it gets; its wall-clock punctuation panics.
-struct BrokenClock;
+/// Forwards what it gets; its punctuation every second, on the wall clock or on stream time,
+/// panics with `message`, counting its failures in `breaks` where it has one (tests run
+/// side by side: one counter each).
+struct Broken {
+    wall_clock: bool,
+    message: &'static str,
+    breaks: Option<&'static AtomicU64>,
+}
 
-impl Processor<String, i64> for BrokenClock {
+impl Broken {
+    fn on_wall_clock(message: &'static str) -> Self {
+        Self {
+            wall_clock: true,
+            message,
+            breaks: None,
+        }
+    }
+
+    fn on_stream_time(message: &'static str) -> Self {
+        Self {
+            wall_clock: false,
+            ..Self::on_wall_clock(message)
+        }
+    }
+
+    fn counted(self, breaks: &'static AtomicU64) -> Self {
+        Self {
+            breaks: Some(breaks),
+            ..self
+        }
+    }
+
+    fn fail(&self) {
+        if let Some(breaks) = self.breaks {
+            breaks.fetch_add(1, Ordering::SeqCst);
+        }
+        panic!("{}", self.message);
+    }
+}
+
+impl Processor<String, i64> for Broken {
     type Key = String;
     type Value = i64;
     fn process(&mut self, key: String, value: i64, out: &mut Forward<'_, '_, String, i64>) {
         out.forward(key, value);
     }
+    fn punctuation(&self) -> Option<Duration> {
+        (!self.wall_clock).then_some(Duration::from_secs(1))
+    }
+    fn punctuate(&mut self, _: i64, _: &mut Forward<'_, '_, String, i64>) {
+        self.fail();
+    }
     fn wall_clock_punctuation(&self) -> Option<Duration> {
-        Some(Duration::from_secs(1))
+        self.wall_clock.then_some(Duration::from_secs(1))
     }
     fn punctuate_wall_clock(&mut self, _: i64, _: &mut Forward<'_, '_, String, i64>) {
-        panic!("the clock broke");
+        self.fail();
     }
 }
+
+static WORKER_CLOCK_BREAKS: AtomicU64 = AtomicU64::new(0);
 
 /// A wall-clock punctuation that fails has no record to blame: it is logged and the task goes
 /// on; under `OnError::Fail` for processing errors the worker stops, and the commit point
@@ -457,7 +502,10 @@ impl Processor<String, i64> for BrokenClock {
 async fn a_failing_wall_clock_punctuation_is_logged_or_stops_the_worker_with_fail() {
     for fail in [false, true] {
         let app = App::new("broken-clock").pipeline("clock", |builder| {
-            builder.stream(EVENTS).process("broken", || BrokenClock).to(SEEN);
+            builder
+                .stream(EVENTS)
+                .process("broken", || Broken::on_wall_clock("the clock broke"))
+                .to(SEEN);
         });
         let app = fail_if(app, fail);
         let mut driver = TestDriver::new(app).expect("driver");
@@ -571,23 +619,6 @@ async fn a_failed_punctuation_under_fail_leaves_its_changes_out_of_the_changelog
     }
 }
 
-/// Forwards what it gets; its punctuation on stream time (every second) panics.
-struct BrokenStreamClock;
-
-impl Processor<String, i64> for BrokenStreamClock {
-    type Key = String;
-    type Value = i64;
-    fn process(&mut self, key: String, value: i64, out: &mut Forward<'_, '_, String, i64>) {
-        out.forward(key, value);
-    }
-    fn punctuation(&self) -> Option<Duration> {
-        Some(Duration::from_secs(1))
-    }
-    fn punctuate(&mut self, _: i64, _: &mut Forward<'_, '_, String, i64>) {
-        panic!("stream time broke");
-    }
-}
-
 /// A punctuation on stream time that a record sets off, and that fails, is not the record's
 /// fault: the record was processed (its output goes on) and does not go to the dead-letter
 /// topic; the failure is logged, or stops the worker under `OnError::Fail`.
@@ -595,7 +626,10 @@ impl Processor<String, i64> for BrokenStreamClock {
 async fn a_failed_punctuation_a_record_set_off_is_not_that_records_dead_letter() {
     for fail in [false, true] {
         let app = App::new("stream-clock").pipeline("clock", |builder| {
-            builder.stream(EVENTS).process("broken", || BrokenStreamClock).to(SEEN);
+            builder
+                .stream(EVENTS)
+                .process("broken", || Broken::on_stream_time("stream time broke"))
+                .to(SEEN);
         });
         let app = fail_if(app, fail);
         let mut driver = TestDriver::new(app).expect("driver");
@@ -627,26 +661,6 @@ async fn a_failed_punctuation_a_record_set_off_is_not_that_records_dead_letter()
     }
 }
 
-/// Like [`BrokenClock`], counting its failures (tests run side by side: one counter each).
-struct CountedBrokenClock;
-
-static WORKER_CLOCK_BREAKS: AtomicU64 = AtomicU64::new(0);
-
-impl Processor<String, i64> for CountedBrokenClock {
-    type Key = String;
-    type Value = i64;
-    fn process(&mut self, key: String, value: i64, out: &mut Forward<'_, '_, String, i64>) {
-        out.forward(key, value);
-    }
-    fn wall_clock_punctuation(&self) -> Option<Duration> {
-        Some(Duration::from_secs(1))
-    }
-    fn punctuate_wall_clock(&mut self, _: i64, _: &mut Forward<'_, '_, String, i64>) {
-        WORKER_CLOCK_BREAKS.fetch_add(1, Ordering::SeqCst);
-        panic!("the clock broke");
-    }
-}
-
 /// On a worker, wall-clock punctuation runs between records, not at a commit point: one that
 /// fails is logged and the task goes on taking records; under `OnError::Fail` the worker
 /// stops at the first, and nothing from then on is committed (not even at the stop): the
@@ -659,7 +673,12 @@ fn a_failing_wall_clock_punctuation_on_a_worker_is_logged_or_stops_it_with_fail(
             // No commit point comes by the clock while the test runs: only the stop's.
             .commit_interval(Duration::from_secs(600))
             .pipeline("clock", |builder| {
-                builder.stream(EVENTS).process("broken", || CountedBrokenClock).to(SEEN);
+                builder
+                    .stream(EVENTS)
+                    .process("broken", || {
+                        Broken::on_wall_clock("the clock broke").counted(&WORKER_CLOCK_BREAKS)
+                    })
+                    .to(SEEN);
             });
         fail_if(app, fail)
     };
