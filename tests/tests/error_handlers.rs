@@ -321,6 +321,8 @@ async fn a_global_tables_bad_record_stops_the_run_with_fail() {
     assert!(driver.metrics().fatal().is_some_and(|f| f.contains("rates-table")));
 }
 
+/// [`invert`] with an error of its own: the log test below counts its lines in the log of the
+/// whole test process, where `invert`'s error is logged by the tests running beside it.
 #[agent(topic = NUMBERS, sends = [INVERSES])]
 async fn superstitious(mut numbers: Stream<String, i64>) -> Result<()> {
     while let Some(event) = numbers.next_event().await {
