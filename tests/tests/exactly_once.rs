@@ -557,3 +557,57 @@ mod real_kafka {
         }
     }
 }
+
+const FORWARDED: Topic<String, HitCount> = Topic::new("forwarded");
+
+/// Sends every hit on, as it comes.
+#[agent(topic = USER_HITS, sends = [FORWARDED])]
+async fn forward_all(mut hits: Stream<String, HitCount>) -> Result<()> {
+    while let Some(event) = hits.next_event().await {
+        FORWARDED.send(&event.key, &event.value).await?;
+    }
+    Ok(())
+}
+
+/// A worker that fails with records in its open transaction aborts it before it stops
+/// (Kafka Streams closes its tasks dirty the same way): downstream read_committed readers
+/// go on at once rather than wait at the open transaction until the broker times it out.
+/// No round commits before the failure here (a 10-minute commit interval), so the one
+/// `EndTxn` is the abort; before, the worker stopped without any.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_worker_aborts_its_open_transaction() {
+    let broker = keyed_broker(&seed::hits(11, 2_000));
+    broker.track_requests().expect("track");
+    let app = App::new("forwarding")
+        .agent(forward_all)
+        .processing_guarantee(ProcessingGuarantee::ExactlyOnce)
+        .commit_interval(Duration::from_secs(600))
+        .on_deserialization_error(streams_core::OnError::Fail);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = Worker::start(app, options(dir.path(), &broker, "w1"))
+        .await
+        .expect("worker");
+    // The bad record once forwarded records are in the transaction on the broker.
+    let count = |api| broker.requests(api).expect("requests");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(RDKafkaApiKey::Produce) == 0 {
+        assert!(Instant::now() < deadline, "nothing forwarded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    produce(
+        broker.bootstrap_servers(),
+        "user-hits",
+        &[(Some("bad".to_string()), b"not json".to_vec())],
+    );
+    let error = tokio::time::timeout(Duration::from_secs(120), worker.wait())
+        .await
+        .expect("the worker stops")
+        .expect_err("the bad record stops it");
+    assert!(error.to_string().contains("user-hits["), "{error}");
+    assert!(
+        count(RDKafkaApiKey::AddPartitionsToTxn) > 0,
+        "records went into the transaction"
+    );
+    assert_eq!(count(RDKafkaApiKey::TxnOffsetCommit), 0, "nothing committed");
+    assert_eq!(count(RDKafkaApiKey::EndTxn), 1, "the open transaction is aborted");
+}

@@ -242,3 +242,40 @@ async fn a_task_dropped_without_its_cut_aborts_the_round() {
         .collect();
     assert_eq!(seen, vec![1, 2, 3, -1, 4], "each once");
 }
+
+/// A worker that fails (here at a record it cannot read, under `OnError::Fail`) aborts its
+/// open transaction at once, as Kafka Streams closes its tasks dirty: what it sent since
+/// the last round is marked aborted, so that read_committed readers downstream neither see
+/// it nor wait at it until the broker times the transaction out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_fails_aborts_its_open_transaction() {
+    let mut driver = TestDriver::new(app().on_deserialization_error(OnError::Fail)).expect("driver");
+    for _ in 0..20 {
+        driver.pipe(&NUMBERS, "k", &1).expect("pipe");
+    }
+    run_bounded(&mut driver).await.expect("the first 20 commit");
+    for _ in 0..30 {
+        driver.pipe(&NUMBERS, "k", &1).expect("pipe");
+    }
+    driver.pipe_raw("numbers", Some(b"k"), Some(b"not a number"));
+    let error = run_bounded(&mut driver).await.expect_err("fails").to_string();
+    assert!(error.contains("numbers[0]@50"), "{error}");
+    // The 30 totals of the failed round were sent; the transaction holding them ends
+    // aborted (the committer aborts it on its own thread, right after the failure).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let raw = driver.raw_records("totals");
+        assert_eq!(raw.len(), 50, "every total sent");
+        let aborted: Vec<bool> = raw.iter().map(|r| r.aborted).collect();
+        if aborted[20..].iter().all(|a| *a) {
+            assert!(aborted[..20].iter().all(|a| !*a), "the committed round stays");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failed round's totals are still in an open transaction: {aborted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(totals(&driver), (1..=20).collect::<Vec<i64>>());
+}

@@ -470,6 +470,11 @@ pub(crate) trait Transactions: Send + Sync + 'static {
     fn commit(&self, offsets: &[SourceOffset], generation: &Generation) -> Result<(), TxnError>;
     /// Aborts the open transaction.
     fn abort(&self) -> Result<(), String>;
+    /// The worker failed: aborts the open transaction once, without trying again, so that
+    /// read_committed readers need not wait for the broker to time it out.
+    fn abandon(&self) -> Result<(), String> {
+        self.abort()
+    }
     /// Begins the next transaction.
     fn begin(&self) -> Result<(), String>;
     /// Makes the transactional producer anew (after [`TxnError::Unknown`]): the new one's
@@ -508,6 +513,8 @@ pub(crate) fn run_rounds(
     let mut aborts: Option<(String, u32)> = None;
     let mut next = std::time::Instant::now() + interval;
     let mut open = true;
+    // Whether the open transaction was abandoned after the worker failed.
+    let mut abandoned = false;
     while open {
         let wait = next.saturating_duration_since(std::time::Instant::now());
         match cuts.recv_timeout(wait) {
@@ -527,7 +534,8 @@ pub(crate) fn run_rounds(
                     rounds.delivered(ticket.member, ticket.round.max(round));
                 }
             }
-            if rounds.complete(round) {
+            // Once the worker has failed nothing more commits: no member is waited for.
+            if rounds.complete(round) || metrics.failed() {
                 break;
             }
             match cuts.recv_timeout(ROUND_POLL) {
@@ -548,6 +556,10 @@ pub(crate) fn run_rounds(
             generation,
             &mut committed,
         );
+        if metrics.failed() && !abandoned {
+            abandoned = true;
+            abandon(&*transactions);
+        }
         match &outcome {
             Ok(()) => aborts = None,
             // Rebalances abort rounds without limit: they are the group's doing, and pass.
@@ -582,6 +594,22 @@ pub(crate) fn run_rounds(
             }
         }
         next = std::time::Instant::now() + interval;
+    }
+}
+
+/// After the worker failed: what it sent since its last round will never commit, so its
+/// transaction is aborted now, as Kafka Streams closes a failed thread's tasks dirty.
+/// Left open, it would hold every read_committed reader of the partitions it wrote (the
+/// app's own repartition topics included) at its first record until the broker times it
+/// out (`transaction.timeout.ms`, a minute by default). One attempt: a producer that
+/// failed for good (fenced) cannot abort, and the broker ends the transaction anyway.
+fn abandon(transactions: &dyn Transactions) {
+    match transactions.abandon() {
+        Ok(()) => tracing::info!("the worker failed: its open transaction is aborted"),
+        Err(error) => tracing::warn!(
+            "the worker failed, and its open transaction could not be aborted ({error}); the broker ends \
+             it after transaction.timeout.ms"
+        ),
     }
 }
 

@@ -127,6 +127,8 @@ pub(crate) struct StreamCore {
     /// for (see `round.rs`). Every cut is then a round's.
     rounds: Option<(Arc<Rounds>, u64)>,
     round_seen: u64,
+    /// Exactly-once: the committer was told that this task stopped after a failure.
+    committer_told: bool,
     pub(crate) ended: bool,
     hook: Option<Box<dyn CutHook>>,
     /// Wall-clock punctuation changed tables since the last cut: the next cut is made even
@@ -175,6 +177,7 @@ impl StreamCore {
             processed: Vec::new(),
             rounds: None,
             round_seen: 0,
+            committer_told: false,
             ended: false,
             hook: None,
             punctuated: false,
@@ -852,9 +855,14 @@ impl StreamCore {
     /// to call again.
     fn stop_taking(&mut self) {
         self.ended = true;
-        // Exactly-once: no round waits for its cut (an agent may hold its stream a while).
+        // Exactly-once: no round waits for its cut (an agent may hold its stream a while),
+        // and the committer aborts the open transaction now (once is enough).
         if let Some((rounds, member)) = &self.rounds {
             rounds.leave(*member);
+            if !self.committer_told {
+                self.committer_told = true;
+                self.ctx.wake_committer();
+            }
         }
         self.rx.close();
         let error = self.not_committed();

@@ -572,6 +572,27 @@ impl TaskContext {
         self.cuts.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// Exactly-once: tells the committer at once that the task stopped after the worker
+    /// failed (an empty cut, which commits nothing), so that it aborts the open transaction
+    /// now rather than at its next round (the test driver's come only at its barriers).
+    pub(crate) fn wake_committer(&self) {
+        let wake = Cut {
+            partition: self.partition,
+            positions: Vec::new(),
+            stream_time: None,
+            clocks: Default::default(),
+            writes: Vec::new(),
+            acks: Vec::new(),
+            ticket: None,
+            seq: 0,
+            written: Arc::clone(&self.written),
+            stored: false,
+            settled: false,
+        };
+        // A committer that is gone has nothing open.
+        let _ = self.committer.send(wake);
+    }
+
     pub(crate) fn commit(&self, cut: Cut) {
         if self.committer.send(cut).is_err() {
             tracing::debug!(task = &*self.name, "committer is gone; cut dropped");

@@ -1383,6 +1383,9 @@ pub(crate) struct KafkaTransactions {
 /// How long a transaction call may take before the broker is deemed away.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a failed worker's abort of its open transaction may hold its stop.
+const ABANDON_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn txn_error(what: &str, error: KafkaError) -> crate::task::commit::TxnError {
     use crate::task::commit::TxnError;
     let text = format!("{what}: {error}");
@@ -1454,6 +1457,14 @@ impl crate::task::commit::Transactions for KafkaTransactions {
                 Err(error) => return Err(error.to_string()),
             }
         }
+    }
+
+    fn abandon(&self) -> std::result::Result<(), String> {
+        use rdkafka::producer::Producer;
+        self.sink
+            .producer()
+            .abort_transaction(ABANDON_TIMEOUT)
+            .map_err(|e| e.to_string())
     }
 
     fn begin(&self) -> std::result::Result<(), String> {
