@@ -197,8 +197,7 @@ async fn a_failed_record_under_exactly_once_stops_the_worker_before_it() {
         .expect("the driver returns");
     let fatal = driver.metrics().fatal().unwrap_or_default();
     assert!(fatal.contains("numbers[0]@2"), "{fatal}");
-    // (What the round sent stays in its open transaction, which the stopped worker's
-    // producer never commits.)
+    // (What the round sent is in its transaction, which the failed worker aborts.)
     assert_eq!(
         driver.committed("numbers", 0),
         Some(1),

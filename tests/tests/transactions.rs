@@ -279,3 +279,73 @@ async fn a_worker_that_fails_aborts_its_open_transaction() {
     }
     assert_eq!(totals(&driver), (1..=20).collect::<Vec<i64>>());
 }
+
+const PAIRS: Topic<String, i64> = Topic::new("pairs").partitions(2);
+const PAIRS_OUT: Topic<String, i64> = Topic::new("pairs-out").partitions(1);
+
+/// Sends each value on; at -1 its task hangs (busy in a call that never returns).
+#[agent(topic = PAIRS, sends = [PAIRS_OUT])]
+async fn relay(mut values: Stream<String, i64>) -> Result<()> {
+    while let Some(event) = values.next_event().await {
+        PAIRS_OUT.send(&event.key, &event.value).await?;
+        if event.value == -1 {
+            std::future::pending::<()>().await;
+        }
+    }
+    Ok(())
+}
+
+/// A key of `PAIRS` that goes to `partition`.
+fn key_of(partition: i32) -> String {
+    (0..)
+        .map(|n| format!("k{n}"))
+        .find(|key| streams_core::testing::kafka_partition(key.as_bytes(), 2) == partition)
+        .unwrap_or_default()
+}
+
+/// The failed worker's open transaction is aborted even while another task is busy in its
+/// agent and never cuts for the round: once the worker has failed nothing more commits, so
+/// the committer waits for no task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_worker_aborts_without_waiting_for_a_busy_task() {
+    let app = App::new("relay")
+        .processing_guarantee(ProcessingGuarantee::ExactlyOnce)
+        .on_deserialization_error(OnError::Fail)
+        .agent(relay);
+    let mut driver = TestDriver::new(app).expect("driver");
+    driver.finish_timeout(Duration::from_millis(500));
+    let (failing, busy) = (key_of(0), key_of(1));
+    for value in 1..=10 {
+        driver.pipe(&PAIRS, failing.as_str(), &value).expect("pipe");
+        driver.pipe(&PAIRS, busy.as_str(), &value).expect("pipe");
+    }
+    run_bounded(&mut driver).await.expect("the first 20 commit");
+    // Partition 1's task sends 11 to 15 and -1, and hangs (processed, nothing committed).
+    for value in 11..=15 {
+        driver.pipe(&PAIRS, busy.as_str(), &value).expect("pipe");
+    }
+    driver.pipe(&PAIRS, busy.as_str(), &-1).expect("pipe");
+    driver.process().await.expect("process");
+    for value in 11..=15 {
+        driver.pipe(&PAIRS, failing.as_str(), &value).expect("pipe");
+    }
+    let (partition, _) = driver.pipe_raw("pairs", Some(failing.as_bytes()), Some(b"not a number"));
+    assert_eq!(partition, 0);
+    let error = run_bounded(&mut driver).await.expect_err("fails").to_string();
+    assert!(error.contains("pairs[0]@15"), "{error}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let raw = driver.raw_records("pairs-out");
+        assert_eq!(raw.len(), 31, "every value sent on");
+        let open = raw[20..].iter().filter(|r| !r.aborted).count();
+        if open == 0 {
+            assert!(raw[..20].iter().all(|r| !r.aborted), "the committed round stays");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{open} of the failed round's records are still in an open transaction"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -471,9 +471,10 @@ pub(crate) trait Transactions: Send + Sync + 'static {
     /// Aborts the open transaction.
     fn abort(&self) -> Result<(), String>;
     /// The worker failed: aborts the open transaction once, without trying again, so that
-    /// read_committed readers need not wait for the broker to time it out.
-    fn abandon(&self) -> Result<(), String> {
-        self.abort()
+    /// read_committed readers need not wait for the broker to time it out. `Ok(false)`: no
+    /// transaction was open (the last round committed and the next did not begin).
+    fn abandon(&self) -> Result<bool, String> {
+        self.abort().map(|()| true)
     }
     /// Begins the next transaction.
     fn begin(&self) -> Result<(), String>;
@@ -605,10 +606,12 @@ pub(crate) fn run_rounds(
 /// failed for good (fenced) cannot abort, and the broker ends the transaction anyway.
 fn abandon(transactions: &dyn Transactions) {
     match transactions.abandon() {
-        Ok(()) => tracing::info!("the worker failed: its open transaction is aborted"),
+        Ok(true) => tracing::info!("the worker failed: its open transaction is aborted"),
+        Ok(false) => tracing::debug!("the worker failed with no transaction open"),
         Err(error) => tracing::warn!(
             "the worker failed, and its open transaction could not be aborted ({error}); the broker ends \
-             it after transaction.timeout.ms"
+             it (at once when another producer with its transactional id fenced this one, else after \
+             transaction.timeout.ms)"
         ),
     }
 }

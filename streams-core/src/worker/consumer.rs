@@ -1459,12 +1459,18 @@ impl crate::task::commit::Transactions for KafkaTransactions {
         }
     }
 
-    fn abandon(&self) -> std::result::Result<(), String> {
+    fn abandon(&self) -> std::result::Result<bool, String> {
         use rdkafka::producer::Producer;
-        self.sink
-            .producer()
-            .abort_transaction(ABANDON_TIMEOUT)
-            .map_err(|e| e.to_string())
+        match self.sink.producer().abort_transaction(ABANDON_TIMEOUT) {
+            Ok(()) => Ok(true),
+            // No transaction in progress: a failed store write or begin after a commit.
+            Err(KafkaError::Transaction(error))
+                if !error.is_fatal() && error.code() == rdkafka::error::RDKafkaErrorCode::State =>
+            {
+                Ok(false)
+            }
+            Err(error) => Err(error.to_string()),
+        }
     }
 
     fn begin(&self) -> std::result::Result<(), String> {
