@@ -2089,4 +2089,25 @@ mod tests {
         drop((first, rest));
         records.close();
     }
+
+    /// A failed worker's abort (`abandon`) aborts the open transaction, and says so; with
+    /// none open (after a commit whose next begin failed) there is nothing to abort, which
+    /// is not an error.
+    #[test]
+    fn abandoning_aborts_the_open_transaction_and_knows_when_none_is_open() {
+        use crate::task::commit::Transactions as _;
+        let broker = EmbeddedBroker::start().expect("broker");
+        let config = crate::broker::client_config(broker.bootstrap_servers(), &[]);
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let sink = crate::worker::producer::KafkaSink::transactional(config, metrics, "abandon-test")
+            .expect("a transactional producer, its first transaction begun");
+        let transactions = super::KafkaTransactions {
+            sink: Arc::new(sink),
+            consumer: std::sync::Weak::new(),
+        };
+        assert_eq!(transactions.abandon(), Ok(true), "the open one aborted");
+        assert_eq!(transactions.abandon(), Ok(false), "none open");
+        transactions.begin().expect("begin");
+        assert_eq!(transactions.abandon(), Ok(true), "the next one aborted");
+    }
 }
