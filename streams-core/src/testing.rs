@@ -315,6 +315,8 @@ struct Log {
     /// Records sent while the transaction was sealed: an exactly-once violation of the
     /// engine, which the driver's runs report.
     slipped: Vec<String>,
+    /// Whether the app sent records since the committer last asked ([`Sink::take_sent`]).
+    sent: bool,
     /// The last headers made text, and their text: the changelog records of a cut share
     /// one list, made text once (per record, it was a tenth of a windowed app's run or more).
     last_headers: Option<(Headers, TextHeaders)>,
@@ -450,6 +452,7 @@ impl Topics {
         } else {
             Visibility::Committed
         };
+        log.sent = true;
         log.append(record, state);
     }
 }
@@ -493,6 +496,10 @@ impl Sink for Topics {
         let log = self.log();
         let records = log.topics.get(topic)?.get(partition as usize)?;
         records.len().checked_sub(1).map(|last| last as i64)
+    }
+
+    fn take_sent(&self) -> bool {
+        std::mem::take(&mut self.log().sent)
     }
 }
 

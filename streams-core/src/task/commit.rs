@@ -669,9 +669,16 @@ fn commit_round(
         // Partitions were lost while the round's records were flushed.
         return Err(aborted(format!("{GROUP_MOVED}: partitions were lost")));
     }
-    // Offsets that moved since the last committed round (an idle worker's rounds send none).
+    // The offsets that moved since the last committed round: an idle worker's rounds send
+    // none. A round whose transaction holds records sends every cut's, moved or not: its
+    // commit must carry offsets for the broker to check the group's generation (KIP-447),
+    // or a zombie's wall-clock punctuations and expiries, sent after its partitions went to
+    // another worker, would commit (with no input, nothing moved).
+    let sent = sink.take_sent();
     let mut latest = next_offsets(batch.iter());
-    latest.retain(|partition, (next, _, _)| committed.get(partition) != Some(next));
+    if !sent {
+        latest.retain(|partition, (next, _, _)| committed.get(partition) != Some(next));
+    }
     let offsets = source_offsets(&latest);
     // A cut that changed nothing and moved nowhere leaves its stores as they are.
     for cut in batch.iter_mut() {
@@ -727,7 +734,7 @@ mod tests {
     //! refuses a round's offsets when the group's generation has moved on since the round's
     //! cuts (KIP-447).
 
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::mpsc;
     use std::sync::{Arc, Mutex};
 
@@ -920,6 +927,101 @@ mod tests {
         );
         assert_eq!(broker.commits.load(Ordering::SeqCst), 0);
         assert_eq!(store.get(b"k").expect("get"), None);
+    }
+
+    /// A sink that says whether records were sent (under exactly-once: whether the open
+    /// transaction holds any), and whose flush moves the group on when told (the round is
+    /// then a zombie's: its cuts were made in the generation before).
+    #[derive(Default)]
+    struct Sending {
+        sent: AtomicBool,
+        move_group: AtomicBool,
+        broker: Arc<Broker>,
+    }
+
+    impl Sink for Sending {
+        fn enqueue(&self, _: OutRecord) -> std::result::Result<(), SinkError> {
+            Ok(())
+        }
+        fn flush(&self) -> std::result::Result<(), FlushError> {
+            if self.move_group.swap(false, Ordering::SeqCst) {
+                self.broker.generation.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(())
+        }
+        fn changelog_offset(&self, _: &str, _: i32) -> Option<i64> {
+            Some(0)
+        }
+        fn take_sent(&self) -> bool {
+            self.sent.swap(false, Ordering::SeqCst)
+        }
+    }
+
+    /// KIP-447 without input: a zombie's round whose offsets did not move, but whose
+    /// transaction holds records (a wall-clock punctuation's output, expired entries' tombstones),
+    /// carries the offsets anyway, so the broker refuses it. An idle round (nothing sent,
+    /// nothing moved) carries none: there is nothing to refuse.
+    #[test]
+    fn a_zombies_round_without_input_is_refused_when_it_sent_records() {
+        let broker = Arc::new(Broker::default());
+        let sink = Arc::new(Sending {
+            broker: Arc::clone(&broker),
+            ..Sending::default()
+        });
+        let rounds = Arc::new(Rounds::default());
+        let (member, _) = rounds.join();
+        let (cuts, cut_rx) = mpsc::channel();
+        let committer = Committer {
+            sink: Arc::clone(&sink) as Arc<dyn Sink>,
+            metrics: Arc::new(Metrics::default()),
+            errors: Arc::new(ProductionErrors::new(OnError::Fail, "dlq")),
+        };
+        let thread = {
+            let (broker, rounds) = (Arc::clone(&broker) as Arc<dyn Transactions>, Arc::clone(&rounds));
+            std::thread::spawn(move || {
+                run_rounds(cut_rx, committer, broker, rounds, std::time::Duration::from_secs(3600))
+            })
+        };
+        let mut seq = 0;
+        let mut round_at = |offset: i64| {
+            seq += 1;
+            let round = rounds.request();
+            let (done, finished) = tokio::sync::oneshot::channel();
+            cuts.send(Cut {
+                partition: 0,
+                positions: vec![(Arc::from("in"), offset)],
+                stream_time: None,
+                clocks: Vec::new(),
+                writes: Vec::new(),
+                acks: Vec::new(),
+                ticket: Some(Ticket { member, round, done }),
+                seq,
+                written: Arc::default(),
+                stored: false,
+                settled: false,
+            })
+            .expect("cut");
+            finished.blocking_recv().expect("the round ends")
+        };
+        sink.sent.store(true, Ordering::SeqCst);
+        assert_eq!(round_at(9), Ok(()));
+        assert_eq!(broker.commits.load(Ordering::SeqCst), 1);
+        // Idle: no offsets go with the round, whatever the group did meanwhile.
+        sink.move_group.store(true, Ordering::SeqCst);
+        assert_eq!(round_at(9), Ok(()));
+        assert_eq!(broker.commits.load(Ordering::SeqCst), 1, "no offsets committed");
+        // Records sent, nothing moved, the group gone on: refused.
+        sink.sent.store(true, Ordering::SeqCst);
+        sink.move_group.store(true, Ordering::SeqCst);
+        let outcome = round_at(9);
+        assert!(
+            outcome.as_ref().is_err_and(|e| e.contains("ILLEGAL_GENERATION")),
+            "{outcome:?}"
+        );
+        assert_eq!(broker.aborts.load(Ordering::SeqCst), 1);
+        rounds.leave(member);
+        drop(cuts);
+        thread.join().expect("committer");
     }
 
     /// A sink whose flush always fails with a failure of the producer's own.

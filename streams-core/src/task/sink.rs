@@ -132,6 +132,11 @@ pub(crate) trait Sink: Send + Sync + 'static {
     fn flush(&self) -> Result<(), FlushError>;
     /// Offset of the last acknowledged record of a changelog partition.
     fn changelog_offset(&self, topic: &str, partition: i32) -> Option<i64>;
+    /// Whether records were handed over since the last call (exactly-once: whether the
+    /// open transaction holds any). A sink that does not keep track says so every time.
+    fn take_sent(&self) -> bool {
+        true
+    }
 }
 
 /// Hands a record to the sink, waiting while its queue is full.
@@ -304,6 +309,10 @@ impl Sink for Guarded {
 
     fn changelog_offset(&self, topic: &str, partition: i32) -> Option<i64> {
         self.inner.changelog_offset(topic, partition)
+    }
+
+    fn take_sent(&self) -> bool {
+        self.inner.take_sent()
     }
 }
 

@@ -420,6 +420,8 @@ pub(crate) struct KafkaSink {
     config: ClientConfig,
     /// Whether it is transactional (exactly-once).
     transactional: bool,
+    /// Whether records were taken since the last [`Sink::take_sent`].
+    sent: std::sync::atomic::AtomicBool,
 }
 
 impl KafkaSink {
@@ -475,6 +477,7 @@ impl KafkaSink {
             state,
             config,
             transactional,
+            sent: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -533,7 +536,13 @@ impl KafkaSink {
         let producer = self.producer.read().unwrap_or_else(|p| p.into_inner());
         let opaque = opaque(record.changelog, lane);
         match producer.topics.produce(producer.client(), record, opaque) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // Read first: the flag's line is written once per round, not per record.
+                if !self.sent.load(std::sync::atomic::Ordering::Relaxed) {
+                    self.sent.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(())
+            }
             Err(RDKafkaErrorCode::QueueFull) => Err(None),
             Err(RDKafkaErrorCode::State) if self.transactional => {
                 // The transaction can only abort now (a record of it was refused, or the
@@ -629,6 +638,11 @@ impl Sink for KafkaSink {
 
     fn changelog_offset(&self, topic: &str, partition: i32) -> Option<i64> {
         self.state.changelog_offset(topic, partition)
+    }
+
+    /// Records of any lane: under exactly-once, each is in the open transaction.
+    fn take_sent(&self) -> bool {
+        self.sent.swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 }
 
