@@ -611,3 +611,30 @@ async fn a_failing_worker_aborts_its_open_transaction() {
     assert_eq!(count(RDKafkaApiKey::TxnOffsetCommit), 0, "nothing committed");
     assert_eq!(count(RDKafkaApiKey::EndTxn), 1, "the open transaction is aborted");
 }
+
+/// Offsets held back by an open transaction (UNSTABLE_OFFSET_COMMIT: on Kafka, a worker
+/// killed between its round's offsets and its commit leaves one until the broker times it
+/// out) are waited for: the worker starts once they come, and counts exactly. Thirty such
+/// answers outlast one of the worker's 10-s reads (librdkafka asks again until the read
+/// times out); a minute of them outlasted the five reads it made before, and it stopped
+/// (the policy's own test, in `consumer.rs`, covers the full wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_held_back_by_an_open_transaction_are_waited_for() {
+    let records = seed::hits(12, 1_000);
+    let broker = keyed_broker(&records);
+    broker.track_requests().expect("track");
+    broker
+        .fail_requests(
+            RDKafkaApiKey::OffsetFetch,
+            vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNSTABLE_OFFSET_COMMIT; 30],
+        )
+        .expect("inject");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = start_counting(&broker, dir.path(), &records).await;
+    assert!(
+        broker.requests(RDKafkaApiKey::OffsetFetch).expect("requests") > 30,
+        "the held-back answers were asked again"
+    );
+    let metrics = worker.stop().await.expect("stops");
+    assert_eq!(metrics.aborts.load(Ordering::Relaxed), 0);
+}

@@ -514,7 +514,7 @@ impl Shared {
             offsets: mut committed,
             stream_times,
             clocks,
-        } = committed_offsets(consumer, list)?;
+        } = committed_offsets(consumer, list, &|| self.stopping())?;
         // Offsets this worker committed itself (in its transactions) count too.
         for (partition, next) in known {
             let slot = committed.entry(partition.clone()).or_insert(*next);
@@ -1090,15 +1090,50 @@ struct Committed {
 /// The group's committed offsets of `list` (absent: nothing committed). Retried; a failure
 /// is an error rather than "nothing committed": that would start partitions from their
 /// beginning and restore their tables without the changes of committed input.
-fn committed_offsets(consumer: &BaseConsumer<WorkerContext>, list: &TopicPartitionList) -> Result<Committed> {
+/// How long an assignment waits for the group's committed offsets while the broker holds
+/// them back. Under exactly-once they are fetched as stable: offsets in a transaction that
+/// is still open are answered UNSTABLE_OFFSET_COMMIT, which librdkafka asks again until the
+/// call times out. A worker killed between its round's offsets and its commit leaves such a
+/// transaction until the broker times it out (`transaction.timeout.ms`, a minute by
+/// default), or until a worker with its id starts again; the partitions' next owner waits
+/// that long rather than stop. Below `max.poll.interval.ms`'s default (5 minutes): the wait
+/// is inside the rebalance callback.
+const HELD_BACK_WAIT: Duration = Duration::from_secs(240);
+
+/// Whether a failed read of the committed offsets is worth waiting out (see
+/// [`HELD_BACK_WAIT`]): offsets held back by an open transaction, or a call that timed out
+/// (librdkafka's retries of such an answer end that way).
+fn held_back(error: &KafkaError) -> bool {
+    use rdkafka::error::RDKafkaErrorCode::{OperationTimedOut, RequestTimedOut, UnstableOffsetCommit};
+    matches!(
+        error.rdkafka_error_code(),
+        Some(UnstableOffsetCommit | OperationTimedOut | RequestTimedOut)
+    )
+}
+
+/// Whether to read the committed offsets again after attempt `attempt` failed, `waited`
+/// after the first began: five attempts, or as long as [`HELD_BACK_WAIT`] while the broker
+/// holds them back.
+fn try_again(attempt: u32, waited: Duration, held_back: bool) -> bool {
+    attempt < 5 || (held_back && waited < HELD_BACK_WAIT)
+}
+
+fn committed_offsets(
+    consumer: &BaseConsumer<WorkerContext>,
+    list: &TopicPartitionList,
+    stopping: &dyn Fn() -> bool,
+) -> Result<Committed> {
     let mut last_error = String::new();
-    for attempt in 1..=5 {
+    let began = std::time::Instant::now();
+    for attempt in 1.. {
+        let mut holding = false;
         match consumer.committed_offsets(list.clone(), Duration::from_secs(10)) {
             Ok(committed) => {
                 let mut out = Committed::default();
                 let mut failed = None;
                 for (index, element) in committed.elements().iter().enumerate() {
                     if let Err(error) = element.error() {
+                        holding |= held_back(&error);
                         failed = Some(format!("{}[{}]: {error}", element.topic(), element.partition()));
                     }
                     let partition = (element.topic().to_string(), element.partition());
@@ -1120,9 +1155,24 @@ fn committed_offsets(consumer: &BaseConsumer<WorkerContext>, list: &TopicPartiti
                     Some(error) => last_error = error,
                 }
             }
-            Err(error) => last_error = error.to_string(),
+            Err(error) => {
+                holding = held_back(&error);
+                last_error = error.to_string();
+            }
         }
-        tracing::warn!("cannot read the group's committed offsets (attempt {attempt} of 5): {last_error}");
+        if stopping() || !try_again(attempt, began.elapsed(), holding) {
+            break;
+        }
+        if holding {
+            tracing::warn!(
+                "the group's committed offsets are held back ({last_error}; attempt {attempt}, {} s): an open \
+                 transaction (a worker that stopped in the middle of a commit) ends when the broker times it \
+                 out",
+                began.elapsed().as_secs()
+            );
+        } else {
+            tracing::warn!("cannot read the group's committed offsets (attempt {attempt} of 5): {last_error}");
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
     Err(Error::Config(format!(
@@ -2109,5 +2159,29 @@ mod tests {
         assert_eq!(transactions.abandon(), Ok(false), "none open");
         transactions.begin().expect("begin");
         assert_eq!(transactions.abandon(), Ok(true), "the next one aborted");
+    }
+
+    /// Offsets held back by an open transaction (a worker killed in the middle of a commit)
+    /// are waited for well past five attempts, up to `HELD_BACK_WAIT`; other failures give
+    /// up after five (the worker stops rather than guess where to start).
+    #[test]
+    fn offsets_held_back_by_an_open_transaction_are_waited_for() {
+        use super::{held_back, try_again, HELD_BACK_WAIT};
+        use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+        for code in [
+            RDKafkaErrorCode::UnstableOffsetCommit,
+            RDKafkaErrorCode::OperationTimedOut,
+        ] {
+            assert!(held_back(&KafkaError::OffsetFetch(code)), "{code:?}");
+        }
+        assert!(!held_back(&KafkaError::OffsetFetch(
+            RDKafkaErrorCode::GroupAuthorizationFailed
+        )));
+        // A minute and a half of UNSTABLE_OFFSET_COMMIT: a transaction left open for the
+        // default minute, and the broker's time to notice.
+        assert!(try_again(9, Duration::from_secs(90), true));
+        assert!(!try_again(9, HELD_BACK_WAIT, true), "not past the wait");
+        assert!(try_again(4, Duration::from_secs(1), false));
+        assert!(!try_again(5, Duration::from_secs(1), false), "five attempts otherwise");
     }
 }
