@@ -638,3 +638,38 @@ async fn offsets_held_back_by_an_open_transaction_are_waited_for() {
     let metrics = worker.stop().await.expect("stops");
     assert_eq!(metrics.aborts.load(Ordering::Relaxed), 0);
 }
+
+/// A stop while the offsets are held back ends the wait within one read of them (10 s),
+/// and the worker stops cleanly, not as a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_ends_the_wait_for_held_back_offsets() {
+    let records = seed::hits(13, 100);
+    let broker = keyed_broker(&records);
+    broker.track_requests().expect("track");
+    broker
+        .fail_requests(
+            RDKafkaApiKey::OffsetFetch,
+            vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNSTABLE_OFFSET_COMMIT; 5_000],
+        )
+        .expect("inject");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = Worker::start(counting_app(), options(dir.path(), &broker, "w1"))
+        .await
+        .expect("worker");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while broker.requests(RDKafkaApiKey::OffsetFetch).expect("requests") == 0 {
+        assert!(Instant::now() < deadline, "no offsets asked for");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let began = Instant::now();
+    let stopped = tokio::time::timeout(Duration::from_secs(60), worker.stop())
+        .await
+        .expect("the stop ends the wait");
+    assert!(
+        began.elapsed() < Duration::from_secs(25),
+        "stopped after {:?}",
+        began.elapsed()
+    );
+    assert!(stopped.is_ok(), "{:?}", stopped.err());
+}

@@ -137,6 +137,10 @@ pub(crate) struct Shared {
     /// Where the assigned partitions' records go, read a batch at a time by the poll
     /// thread (opened once the consumer exists, closed before it is dropped).
     pub records: Arc<crate::message::queue::Records>,
+    /// Set when the worker is asked to stop.
+    stop: Arc<AtomicBool>,
+    /// How long an assignment waits for committed offsets the broker holds back.
+    held_back_wait: Duration,
 }
 
 impl Shared {
@@ -157,6 +161,8 @@ impl Shared {
         rounds: Option<Arc<crate::task::round::Rounds>>,
         memory: StateMemory,
         standbys: Arc<super::standby::Standbys>,
+        stop: Arc<AtomicBool>,
+        max_poll_interval: Duration,
     ) -> Result<Self> {
         let records: Arc<crate::message::queue::Records> = Arc::default();
         let restores = {
@@ -203,6 +209,8 @@ impl Shared {
             spent: Arc::default(),
             standbys,
             records,
+            stop,
+            held_back_wait: held_back_wait(max_poll_interval),
         })
     }
 
@@ -514,7 +522,9 @@ impl Shared {
             offsets: mut committed,
             stream_times,
             clocks,
-        } = committed_offsets(consumer, list, &|| self.stopping())?;
+        } = committed_offsets(consumer, list, self.held_back_wait, &|| {
+            self.stop.load(Ordering::Relaxed) || self.metrics.failed() || self.stopping()
+        })?;
         // Offsets this worker committed itself (in its transactions) count too.
         for (partition, next) in known {
             let slot = committed.entry(partition.clone()).or_insert(*next);
@@ -1087,22 +1097,28 @@ struct Committed {
     clocks: HashMap<(String, i32), crate::task::Clocks>,
 }
 
-/// The group's committed offsets of `list` (absent: nothing committed). Retried; a failure
-/// is an error rather than "nothing committed": that would start partitions from their
-/// beginning and restore their tables without the changes of committed input.
-/// How long an assignment waits for the group's committed offsets while the broker holds
-/// them back. Under exactly-once they are fetched as stable: offsets in a transaction that
-/// is still open are answered UNSTABLE_OFFSET_COMMIT, which librdkafka asks again until the
-/// call times out. A worker killed between its round's offsets and its commit leaves such a
-/// transaction until the broker times it out (`transaction.timeout.ms`, a minute by
-/// default), or until a worker with its id starts again; the partitions' next owner waits
-/// that long rather than stop. Below `max.poll.interval.ms`'s default (5 minutes): the wait
-/// is inside the rebalance callback.
+/// How long an assignment waits at most for the group's committed offsets while the broker
+/// holds them back (see [`held_back_wait`]).
 const HELD_BACK_WAIT: Duration = Duration::from_secs(240);
 
-/// Whether a failed read of the committed offsets is worth waiting out (see
-/// [`HELD_BACK_WAIT`]): offsets held back by an open transaction, or a call that timed out
-/// (librdkafka's retries of such an answer end that way).
+/// How long an assignment waits for the group's committed offsets while the broker holds
+/// them back, with `max_poll_interval`: [`HELD_BACK_WAIT`], and at least a minute less than
+/// the poll interval (the wait is inside the rebalance callback, which counts against it).
+///
+/// The group consumer reads offsets as stable (read_committed, librdkafka's default):
+/// offsets in a transaction still open are answered UNSTABLE_OFFSET_COMMIT, which
+/// librdkafka asks again until the call times out. A worker killed between its round's
+/// offsets and its commit leaves such a transaction until the broker times it out
+/// (`transaction.timeout.ms`, a minute by default), or until a worker with its id starts
+/// again; the partitions' next owner waits that long rather than stop. An unreachable
+/// coordinator looks the same (the call times out), and is waited for as long.
+pub(crate) fn held_back_wait(max_poll_interval: Duration) -> Duration {
+    HELD_BACK_WAIT.min(max_poll_interval.saturating_sub(Duration::from_secs(60)))
+}
+
+/// Whether a failed read of the committed offsets is worth waiting out: offsets held back
+/// by an open transaction, or a call that timed out (librdkafka's retries of such an answer
+/// end that way).
 fn held_back(error: &KafkaError) -> bool {
     use rdkafka::error::RDKafkaErrorCode::{OperationTimedOut, RequestTimedOut, UnstableOffsetCommit};
     matches!(
@@ -1112,15 +1128,20 @@ fn held_back(error: &KafkaError) -> bool {
 }
 
 /// Whether to read the committed offsets again after attempt `attempt` failed, `waited`
-/// after the first began: five attempts, or as long as [`HELD_BACK_WAIT`] while the broker
-/// holds them back.
-fn try_again(attempt: u32, waited: Duration, held_back: bool) -> bool {
-    attempt < 5 || (held_back && waited < HELD_BACK_WAIT)
+/// after the first began: five attempts, or as long as `wait` while the broker holds them
+/// back.
+fn try_again(attempt: u32, waited: Duration, held_back: bool, wait: Duration) -> bool {
+    attempt < 5 || (held_back && waited < wait)
 }
 
+/// The group's committed offsets of `list` (absent: nothing committed). Retried (see
+/// [`try_again`]); a failure is an error rather than "nothing committed": that would start
+/// partitions from their beginning and restore their tables without the changes of
+/// committed input. [`Error::Stopping`] once `stopping` says so.
 fn committed_offsets(
     consumer: &BaseConsumer<WorkerContext>,
     list: &TopicPartitionList,
+    wait: Duration,
     stopping: &dyn Fn() -> bool,
 ) -> Result<Committed> {
     let mut last_error = String::new();
@@ -1133,7 +1154,9 @@ fn committed_offsets(
                 let mut failed = None;
                 for (index, element) in committed.elements().iter().enumerate() {
                     if let Err(error) = element.error() {
-                        holding |= held_back(&error);
+                        // Waited for only when every partition that failed is held back.
+                        holding = failed.is_none() || holding;
+                        holding &= held_back(&error);
                         failed = Some(format!("{}[{}]: {error}", element.topic(), element.partition()));
                     }
                     let partition = (element.topic().to_string(), element.partition());
@@ -1160,7 +1183,10 @@ fn committed_offsets(
                 last_error = error.to_string();
             }
         }
-        if stopping() || !try_again(attempt, began.elapsed(), holding) {
+        if stopping() {
+            return Err(Error::Stopping);
+        }
+        if !try_again(attempt, began.elapsed(), holding, wait) {
             break;
         }
         if holding {
@@ -2162,11 +2188,12 @@ mod tests {
     }
 
     /// Offsets held back by an open transaction (a worker killed in the middle of a commit)
-    /// are waited for well past five attempts, up to `HELD_BACK_WAIT`; other failures give
-    /// up after five (the worker stops rather than guess where to start).
+    /// are waited for well past five attempts, up to `HELD_BACK_WAIT` and a minute less than
+    /// `max.poll.interval.ms`; other failures give up after five (the worker stops rather
+    /// than guess where to start).
     #[test]
     fn offsets_held_back_by_an_open_transaction_are_waited_for() {
-        use super::{held_back, try_again, HELD_BACK_WAIT};
+        use super::{held_back, held_back_wait, try_again, HELD_BACK_WAIT};
         use rdkafka::error::{KafkaError, RDKafkaErrorCode};
         for code in [
             RDKafkaErrorCode::UnstableOffsetCommit,
@@ -2177,11 +2204,22 @@ mod tests {
         assert!(!held_back(&KafkaError::OffsetFetch(
             RDKafkaErrorCode::GroupAuthorizationFailed
         )));
+        let wait = held_back_wait(Duration::from_secs(300));
+        assert_eq!(wait, HELD_BACK_WAIT, "the default poll interval");
+        assert_eq!(held_back_wait(Duration::from_secs(120)), Duration::from_secs(60));
+        assert_eq!(held_back_wait(Duration::from_secs(30)), Duration::ZERO);
         // A minute and a half of UNSTABLE_OFFSET_COMMIT: a transaction left open for the
         // default minute, and the broker's time to notice.
-        assert!(try_again(9, Duration::from_secs(90), true));
-        assert!(!try_again(9, HELD_BACK_WAIT, true), "not past the wait");
-        assert!(try_again(4, Duration::from_secs(1), false));
-        assert!(!try_again(5, Duration::from_secs(1), false), "five attempts otherwise");
+        assert!(try_again(9, Duration::from_secs(90), true, wait));
+        assert!(!try_again(9, wait, true, wait), "not past the wait");
+        assert!(
+            !try_again(5, Duration::from_secs(1), true, Duration::ZERO),
+            "no wait: five attempts"
+        );
+        assert!(try_again(4, Duration::from_secs(1), false, wait));
+        assert!(
+            !try_again(5, Duration::from_secs(1), false, wait),
+            "five attempts otherwise"
+        );
     }
 }

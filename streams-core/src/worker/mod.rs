@@ -472,15 +472,20 @@ pub(crate) const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 /// The worker's `heartbeat.interval.ms` unless one is set: a second, or a third of the
 /// session (the one set in `consumer`, which wins, or in `config`) when that is shorter.
 fn heartbeat_ms(config: &ClientConfig, consumer: &[(String, String)]) -> u64 {
-    let session = consumer
+    let session = consumer_ms(config, consumer, "session.timeout.ms").unwrap_or(45_000);
+    (session / 3).clamp(1, HEARTBEAT_MS)
+}
+
+/// A setting in ms of the group consumer: the one set in `consumer`, which wins, or in
+/// `config`.
+fn consumer_ms(config: &ClientConfig, consumer: &[(String, String)], key: &str) -> Option<u64> {
+    consumer
         .iter()
         .rev()
-        .find(|(key, _)| key == "session.timeout.ms")
+        .find(|(k, _)| k == key)
         .map(|(_, value)| value.as_str())
-        .or_else(|| config.get("session.timeout.ms"))
+        .or_else(|| config.get(key))
         .and_then(|ms| ms.trim().parse::<u64>().ok())
-        .unwrap_or(45_000);
-    (session / 3).clamp(1, HEARTBEAT_MS)
 }
 
 /// `heartbeat.interval.ms` of workers (unless set otherwise, or a third of a shorter session).
@@ -717,6 +722,10 @@ impl Worker {
             rounds.clone(),
             memory,
             Arc::new(standby::Standbys::new(options.standby_replicas)),
+            Arc::clone(&stop),
+            Duration::from_millis(
+                consumer_ms(&config, &options.consumer_config, "max.poll.interval.ms").unwrap_or(300_000),
+            ),
         )?);
         // An aborted round ends the poll thread's wait: it starts the tasks again.
         if let Some(rounds) = &rounds {
