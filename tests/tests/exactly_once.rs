@@ -612,6 +612,21 @@ async fn a_failing_worker_aborts_its_open_transaction() {
     assert_eq!(count(RDKafkaApiKey::EndTxn), 1, "the open transaction is aborted");
 }
 
+/// A broker with `records` on `user-hits` that answers its next `answers` requests for a
+/// group's offsets UNSTABLE_OFFSET_COMMIT (held back by an open transaction); its requests
+/// are tracked.
+fn holding_back(records: &[serde_json::Value], answers: usize) -> EmbeddedBroker {
+    let broker = keyed_broker(records);
+    broker.track_requests().expect("track");
+    broker
+        .fail_requests(
+            RDKafkaApiKey::OffsetFetch,
+            vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNSTABLE_OFFSET_COMMIT; answers],
+        )
+        .expect("inject");
+    broker
+}
+
 /// Offsets held back by an open transaction (UNSTABLE_OFFSET_COMMIT: on Kafka, a worker
 /// killed between its round's offsets and its commit leaves one until the broker times it
 /// out) are waited for: the worker starts once they come, and counts exactly. Thirty such
@@ -621,14 +636,7 @@ async fn a_failing_worker_aborts_its_open_transaction() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsets_held_back_by_an_open_transaction_are_waited_for() {
     let records = seed::hits(12, 1_000);
-    let broker = keyed_broker(&records);
-    broker.track_requests().expect("track");
-    broker
-        .fail_requests(
-            RDKafkaApiKey::OffsetFetch,
-            vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNSTABLE_OFFSET_COMMIT; 30],
-        )
-        .expect("inject");
+    let broker = holding_back(&records, 30);
     let dir = tempfile::tempdir().expect("tempdir");
     let worker = start_counting(&broker, dir.path(), &records).await;
     assert!(
@@ -643,15 +651,7 @@ async fn offsets_held_back_by_an_open_transaction_are_waited_for() {
 /// and the worker stops cleanly, not as a failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_ends_the_wait_for_held_back_offsets() {
-    let records = seed::hits(13, 100);
-    let broker = keyed_broker(&records);
-    broker.track_requests().expect("track");
-    broker
-        .fail_requests(
-            RDKafkaApiKey::OffsetFetch,
-            vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNSTABLE_OFFSET_COMMIT; 5_000],
-        )
-        .expect("inject");
+    let broker = holding_back(&seed::hits(13, 100), 5_000);
     let dir = tempfile::tempdir().expect("tempdir");
     let worker = Worker::start(counting_app(), options(dir.path(), &broker, "w1"))
         .await

@@ -260,24 +260,30 @@ async fn a_worker_that_fails_aborts_its_open_transaction() {
     driver.pipe_raw("numbers", Some(b"k"), Some(b"not a number"));
     let error = run_bounded(&mut driver).await.expect_err("fails").to_string();
     assert!(error.contains("numbers[0]@50"), "{error}");
-    // The 30 totals of the failed round were sent; the transaction holding them ends
-    // aborted (the committer aborts it on its own thread, right after the failure).
+    // The 30 totals of the failed round were sent.
+    wait_for_the_abort(&driver, "totals", 50, 20).await;
+    assert_eq!(totals(&driver), (1..=20).collect::<Vec<i64>>());
+}
+
+/// Waits (10 s at most) until `topic` holds `sent` records, the first `committed` of them
+/// committed and the rest aborted: the failed round's transaction ends aborted (the
+/// committer aborts it on its own thread, right after the failure).
+async fn wait_for_the_abort(driver: &TestDriver, topic: &str, sent: usize, committed: usize) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let raw = driver.raw_records("totals");
-        assert_eq!(raw.len(), 50, "every total sent");
-        let aborted: Vec<bool> = raw.iter().map(|r| r.aborted).collect();
-        if aborted[20..].iter().all(|a| *a) {
-            assert!(aborted[..20].iter().all(|a| !*a), "the committed round stays");
-            break;
+        let raw = driver.raw_records(topic);
+        assert_eq!(raw.len(), sent, "every record sent");
+        let open = raw[committed..].iter().filter(|r| !r.aborted).count();
+        if open == 0 {
+            assert!(raw[..committed].iter().all(|r| !r.aborted), "the committed round stays");
+            return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the failed round's totals are still in an open transaction: {aborted:?}"
+            "{open} of the failed round's records are still in an open transaction"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(totals(&driver), (1..=20).collect::<Vec<i64>>());
 }
 
 const PAIRS: Topic<String, i64> = Topic::new("pairs").partitions(2);
@@ -333,19 +339,5 @@ async fn a_failed_worker_aborts_without_waiting_for_a_busy_task() {
     assert_eq!(partition, 0);
     let error = run_bounded(&mut driver).await.expect_err("fails").to_string();
     assert!(error.contains("pairs[0]@15"), "{error}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let raw = driver.raw_records("pairs-out");
-        assert_eq!(raw.len(), 31, "every value sent on");
-        let open = raw[20..].iter().filter(|r| !r.aborted).count();
-        if open == 0 {
-            assert!(raw[..20].iter().all(|r| !r.aborted), "the committed round stays");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{open} of the failed round's records are still in an open transaction"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_the_abort(&driver, "pairs-out", 31, 20).await;
 }

@@ -985,22 +985,8 @@ mod tests {
         let mut seq = 0;
         let mut round_at = |offset: i64| {
             seq += 1;
-            let round = rounds.request();
-            let (done, finished) = tokio::sync::oneshot::channel();
-            cuts.send(Cut {
-                partition: 0,
-                positions: vec![(Arc::from("in"), offset)],
-                stream_time: None,
-                clocks: Vec::new(),
-                writes: Vec::new(),
-                acks: Vec::new(),
-                ticket: Some(Ticket { member, round, done }),
-                seq,
-                written: Arc::default(),
-                stored: false,
-                settled: false,
-            })
-            .expect("cut");
+            let (cut, finished) = cut_for_a_round(&rounds, member, offset, seq);
+            cuts.send(cut).expect("cut");
             finished.blocking_recv().expect("the round ends")
         };
         sink.sent.store(true, Ordering::SeqCst);
@@ -1022,6 +1008,32 @@ mod tests {
         rounds.leave(member);
         drop(cuts);
         thread.join().expect("committer");
+    }
+
+    /// Member `member`'s cut number `seq` for the round asked for now, at `offset` of
+    /// `in[0]`, writing nothing; the round's outcome comes on the receiver.
+    fn cut_for_a_round(
+        rounds: &Rounds,
+        member: u64,
+        offset: i64,
+        seq: u64,
+    ) -> (Cut, tokio::sync::oneshot::Receiver<std::result::Result<(), String>>) {
+        let round = rounds.request();
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let cut = Cut {
+            partition: 0,
+            positions: vec![(Arc::from("in"), offset)],
+            stream_time: None,
+            clocks: Vec::new(),
+            writes: Vec::new(),
+            acks: Vec::new(),
+            ticket: Some(Ticket { member, round, done }),
+            seq,
+            written: Arc::default(),
+            stored: false,
+            settled: false,
+        };
+        (cut, finished)
     }
 
     /// A sink whose flush always fails with a failure of the producer's own.
@@ -1060,22 +1072,9 @@ mod tests {
             if metrics.failed() {
                 break;
             }
-            let round = rounds.request();
-            let (done, finished) = tokio::sync::oneshot::channel();
-            cuts.send(Cut {
-                partition: 0,
-                positions: vec![(Arc::from("in"), offset)],
-                stream_time: None,
-                clocks: Vec::new(),
-                writes: Vec::new(),
-                acks: Vec::new(),
-                ticket: Some(Ticket { member, round, done }),
-                seq: u64::try_from(offset + 1).unwrap_or_default(),
-                written: Arc::default(),
-                stored: false,
-                settled: false,
-            })
-            .expect("cut");
+            let seq = u64::try_from(offset + 1).unwrap_or_default();
+            let (cut, finished) = cut_for_a_round(&rounds, member, offset, seq);
+            cuts.send(cut).expect("cut");
             let _ = finished.blocking_recv();
         }
         rounds.leave(member);
