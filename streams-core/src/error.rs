@@ -186,6 +186,20 @@ pub enum Error {
     /// The worker is shutting down or a partition was revoked.
     #[error("the worker is stopping")]
     Stopping,
+    /// Exactly-once: an agent sent a record after its stream ended because its transaction
+    /// was aborted (or the worker failed). What the agent did since the last commit is
+    /// undone and its input is processed again, so the record is not sent: it would be a
+    /// duplicate of what the replay sends.
+    #[error(
+        "task `{task}` (partition {partition}): not sent: its transaction was aborted, and its input is \
+         processed again from the last commit"
+    )]
+    Aborted {
+        /// The agent.
+        task: String,
+        /// Its partition.
+        partition: i32,
+    },
 }
 
 impl Error {

@@ -341,3 +341,58 @@ async fn a_failed_worker_aborts_without_waiting_for_a_busy_task() {
     assert!(error.contains("pairs[0]@15"), "{error}");
     wait_for_the_abort(&driver, "pairs-out", 31, 20).await;
 }
+
+const TALLIED: Topic<String, i64> = Topic::new("tallied").partitions(1);
+const TALLIES: Topic<String, i64> = Topic::new("tallies").partitions(1);
+
+/// Counts the records it takes and, when its stream ends, sends the count (code after its
+/// loop, like a buffer flushed at the end).
+#[agent(topic = TALLIED, sends = [TALLIES])]
+async fn tally(mut values: Stream<String, i64>) -> Result<()> {
+    let mut taken = 0;
+    while values.next_event().await.is_some() {
+        taken += 1;
+    }
+    TALLIES.send("taken", &taken).await?;
+    Ok(())
+}
+
+/// An agent's stream ends when its round's transaction aborts: what it took since the last
+/// commit is undone and taken again by the task that replaces it. What the agent sends after
+/// its loop then is refused: it would go into the next transaction, a duplicate of the
+/// replay's. After a hand-over (the stream ends with its last round committed) it goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_sends_nothing_after_its_transaction_aborted() {
+    let app = App::new("tally")
+        .processing_guarantee(ProcessingGuarantee::ExactlyOnce)
+        .agent(tally);
+    let mut driver = TestDriver::new(app).expect("driver");
+    for value in 0..10 {
+        driver.pipe(&TALLIED, "k", &value).expect("pipe");
+    }
+    run_bounded(&mut driver).await.expect("the first 10 commit");
+    // The next round aborts: the task that took 15 records ends and its replacement takes
+    // the 5 again.
+    driver.fail_commits(true);
+    for value in 10..15 {
+        driver.pipe(&TALLIED, "k", &value).expect("pipe");
+    }
+    run_bounded(&mut driver).await.expect_err("the round aborts");
+    driver.fail_commits(false);
+    run_bounded(&mut driver).await.expect("the 5 commit");
+    let tallies = |driver: &TestDriver| -> Vec<i64> {
+        let records = driver.records(&TALLIES).expect("tallies");
+        records.into_iter().map(|(_, taken)| taken).collect()
+    };
+    assert_eq!(
+        tallies(&driver),
+        Vec::<i64>::new(),
+        "the aborted agent's tally (of 15 records, 5 of them undone) is not sent"
+    );
+    // A hand-over: the replacement's stream ends after its last round committed, and its
+    // tally of the 5 goes out with the next round.
+    driver.move_partition("tallied", 0, "worker-2").await.expect("move");
+    driver.pipe(&TALLIED, "k", &15).expect("pipe");
+    run_bounded(&mut driver).await.expect("run");
+    assert_eq!(tallies(&driver), vec![5]);
+}

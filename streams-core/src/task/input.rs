@@ -858,6 +858,7 @@ impl StreamCore {
         // Exactly-once: no round waits for its cut (an agent may hold its stream a while),
         // and the committer aborts the open transaction now (once is enough).
         if let Some((rounds, member)) = &self.rounds {
+            self.ctx.abort();
             rounds.leave(*member);
             if !self.committer_told {
                 self.committer_told = true;
@@ -1026,9 +1027,14 @@ impl StreamCore {
                     partition = ctx.partition,
                     "transaction aborted ({error}); the partition starts again from its last committed state"
                 );
+                ctx.abort();
                 self.ended = true;
             }
-            Err(_) => self.ended = true,
+            Err(_) => {
+                // The committer is gone: the round never commits.
+                ctx.abort();
+                self.ended = true;
+            }
         }
     }
 }

@@ -58,6 +58,12 @@ pub(crate) struct TaskContext {
     /// record boundary, leaving records it has not started for the next owner (see
     /// [`TaskContext::request_finish`]).
     pub finishing: AtomicBool,
+    /// Exactly-once: set when the task's round was aborted or the worker failed. What the
+    /// task did since its last committed round is undone and its input is processed again,
+    /// so what its agent sends after its stream ended (code after its loop) is refused
+    /// ([`Error::Aborted`]): sent, it would go into the next transaction, a duplicate of what
+    /// the replay sends.
+    aborted: AtomicBool,
     /// Event time (ms) of the record being processed: table changes and outputs carry it.
     event_time: AtomicI64,
     /// Stream time (ms): the largest event time the task has processed ([`NO_TIME`] before
@@ -197,6 +203,7 @@ impl TaskContext {
             change_pass: AtomicU64::new(0),
             last_change_pass: AtomicU64::new(0),
             finishing: AtomicBool::new(false),
+            aborted: AtomicBool::new(false),
             event_time: AtomicI64::new(0),
             stream_time: AtomicI64::new(NO_TIME),
             clocks: no_clocks(table_count),
@@ -294,6 +301,7 @@ impl TaskContext {
             change_pass: AtomicU64::new(0),
             last_change_pass: AtomicU64::new(0),
             finishing: AtomicBool::new(false),
+            aborted: AtomicBool::new(false),
             event_time: AtomicI64::new(0),
             stream_time: AtomicI64::new(NO_TIME),
             clocks: Box::default(),
@@ -531,6 +539,17 @@ impl TaskContext {
         }
     }
 
+    /// Exactly-once: what the task did since its last committed round is undone (see
+    /// [`TaskContext::aborted`]); it sends nothing more.
+    pub(crate) fn abort(&self) {
+        self.aborted.store(true, Ordering::Release);
+    }
+
+    /// Whether [`TaskContext::abort`] was called.
+    pub(crate) fn is_aborted(&self) -> bool {
+        self.aborted.load(Ordering::Acquire)
+    }
+
     /// Hands a record the task sends to the sink; a full queue gives the record back.
     pub(crate) fn send_now(&self, record: OutRecord) -> std::result::Result<(), SinkError> {
         self.sink.enqueue(record)?;
@@ -626,6 +645,12 @@ pub(crate) async fn send_from_agent(topic: &'static str, key: Option<Vec<u8>>, v
     let full = with_current(
         || format!("topic `{topic}`"),
         |ctx| {
+            if ctx.is_aborted() {
+                return Err(Error::Aborted {
+                    task: ctx.name.to_string(),
+                    partition: ctx.partition,
+                });
+            }
             let Some(name) = ctx.sends.iter().find(|declared| &***declared == topic) else {
                 return Err(Error::NotDeclared {
                     agent: ctx.name.to_string(),

@@ -92,6 +92,16 @@ pub(crate) async fn run_partition(spec: Arc<TaskSpec>, core: StreamCore) {
         };
         match outcome {
             Ok(Ok(())) if core.ended => break,
+            Ok(Err(error)) if ctx.is_aborted() && !core.has_current() => {
+                // Exactly-once, after an abort: most likely a send refused after the stream
+                // ended (`Error::Aborted`); the partition starts again from its last commit.
+                tracing::warn!(
+                    task = spec.name,
+                    partition = ctx.partition,
+                    "task ended with an error after its transaction was aborted: {error}"
+                );
+                break;
+            }
             Ok(Ok(())) => {
                 tracing::warn!(
                     task = spec.name,
