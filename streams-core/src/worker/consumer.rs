@@ -1134,6 +1134,25 @@ fn try_again(attempt: u32, waited: Duration, held_back: bool, wait: Duration) ->
     attempt < 5 || (held_back && waited < wait)
 }
 
+/// The partitions whose committed offsets one read could not give.
+#[derive(Default)]
+struct FailedPartitions {
+    /// The error to report, and whether it is held back: a permanent one stays, whatever
+    /// follows (the wait would not end it).
+    error: Option<(String, bool)>,
+    /// Whether every partition that failed is held back: only then is the read waited out.
+    all_held_back: bool,
+}
+
+impl FailedPartitions {
+    fn add(&mut self, error: String, held_back: bool) {
+        self.all_held_back = held_back && (self.error.is_none() || self.all_held_back);
+        if self.error.as_ref().is_none_or(|(_, held)| *held) {
+            self.error = Some((error, held_back));
+        }
+    }
+}
+
 /// The group's committed offsets of `list` (absent: nothing committed). Retried (see
 /// [`try_again`]); a failure is an error rather than "nothing committed": that would start
 /// partitions from their beginning and restore their tables without the changes of
@@ -1147,17 +1166,19 @@ fn committed_offsets(
     let mut last_error = String::new();
     let began = std::time::Instant::now();
     for attempt in 1.. {
+        // A stop needs no offsets: not one more read (each may take 10 s).
+        if stopping() {
+            return Err(Error::Stopping);
+        }
         let mut holding = false;
         match consumer.committed_offsets(list.clone(), Duration::from_secs(10)) {
             Ok(committed) => {
                 let mut out = Committed::default();
-                let mut failed = None;
+                let mut failed = FailedPartitions::default();
                 for (index, element) in committed.elements().iter().enumerate() {
                     if let Err(error) = element.error() {
-                        // Waited for only when every partition that failed is held back.
-                        holding = failed.is_none() || holding;
-                        holding &= held_back(&error);
-                        failed = Some(format!("{}[{}]: {error}", element.topic(), element.partition()));
+                        let what = format!("{}[{}]: {error}", element.topic(), element.partition());
+                        failed.add(what, held_back(&error));
                     }
                     let partition = (element.topic().to_string(), element.partition());
                     if let Offset::Offset(offset) = element.offset() {
@@ -1173,9 +1194,12 @@ fn committed_offsets(
                         out.clocks.insert(partition, clocks);
                     }
                 }
-                match failed {
+                match failed.error {
                     None => return Ok(out),
-                    Some(error) => last_error = error,
+                    Some((error, _)) => {
+                        last_error = error;
+                        holding = failed.all_held_back;
+                    }
                 }
             }
             Err(error) => {
@@ -2221,5 +2245,30 @@ mod tests {
             !try_again(5, Duration::from_secs(1), false, wait),
             "five attempts otherwise"
         );
+    }
+
+    /// A read of the committed offsets is waited out only when every partition that failed
+    /// is held back, and its error names a partition whose failure is permanent, if any.
+    #[test]
+    fn a_permanent_failure_is_named_before_a_held_back_one() {
+        use super::FailedPartitions;
+        let mut failed = FailedPartitions::default();
+        failed.add("t[0]: held back".into(), true);
+        failed.add("t[1]: held back".into(), true);
+        assert!(failed.all_held_back);
+        assert_eq!(failed.error.as_ref().map(|(e, _)| e.as_str()), Some("t[1]: held back"));
+        failed.add("t[2]: not authorised".into(), false);
+        failed.add("t[3]: held back".into(), true);
+        assert!(!failed.all_held_back);
+        assert_eq!(
+            failed.error.as_ref().map(|(e, _)| e.as_str()),
+            Some("t[2]: not authorised"),
+            "the permanent failure, not the held-back one after it"
+        );
+        let mut failed = FailedPartitions::default();
+        failed.add("t[0]: not authorised".into(), false);
+        failed.add("t[1]: held back".into(), true);
+        assert!(!failed.all_held_back);
+        assert_eq!(failed.error.map(|(e, _)| e), Some("t[0]: not authorised".into()));
     }
 }
