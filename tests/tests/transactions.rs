@@ -4,6 +4,7 @@
 //! readers until then), aborted records never read, delivery failures and commits whose
 //! outcome is unknown injected on demand, the group's generation checked at commit.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use streams_core::app::ProcessingGuarantee;
@@ -263,6 +264,12 @@ async fn a_worker_that_fails_aborts_its_open_transaction() {
     // The 30 totals of the failed round were sent.
     wait_for_the_abort(&driver, "totals", 50, 20).await;
     assert_eq!(totals(&driver), (1..=20).collect::<Vec<i64>>());
+    // The abort counts among the worker's aborts (counted right after it ends).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while driver.metrics().aborts.load(Ordering::Relaxed) == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(driver.metrics().aborts.load(Ordering::Relaxed), 1);
 }
 
 /// Waits (10 s at most) until `topic` holds `sent` records, the first `committed` of them

@@ -559,7 +559,7 @@ pub(crate) fn run_rounds(
         );
         if metrics.failed() && !abandoned {
             abandoned = true;
-            abandon(&*transactions);
+            abandon(&*transactions, &committer.metrics);
         }
         match &outcome {
             Ok(()) => aborts = None,
@@ -604,9 +604,12 @@ pub(crate) fn run_rounds(
 /// app's own repartition topics included) at its first record until the broker times it
 /// out (`transaction.timeout.ms`, a minute by default). One attempt: a producer that
 /// failed for good (fenced) cannot abort, and the broker ends the transaction anyway.
-fn abandon(transactions: &dyn Transactions) {
+fn abandon(transactions: &dyn Transactions, metrics: &Metrics) {
     match transactions.abandon() {
-        Ok(true) => tracing::info!("the worker failed: its open transaction is aborted"),
+        Ok(true) => {
+            metrics.aborts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!("the worker failed: its open transaction is aborted");
+        }
         Ok(false) => tracing::debug!("the worker failed with no transaction open"),
         Err(error) => tracing::warn!(
             "the worker failed, and its open transaction could not be aborted ({error}); the broker ends \
