@@ -1170,8 +1170,7 @@ fn committed_offsets(
         if stopping() {
             return Err(Error::Stopping);
         }
-        let mut holding = false;
-        match consumer.committed_offsets(list.clone(), Duration::from_secs(10)) {
+        let holding = match consumer.committed_offsets(list.clone(), Duration::from_secs(10)) {
             Ok(committed) => {
                 let mut out = Committed::default();
                 let mut failed = FailedPartitions::default();
@@ -1198,15 +1197,15 @@ fn committed_offsets(
                     None => return Ok(out),
                     Some((error, _)) => {
                         last_error = error;
-                        holding = failed.all_held_back;
+                        failed.all_held_back
                     }
                 }
             }
             Err(error) => {
-                holding = held_back(&error);
                 last_error = error.to_string();
+                held_back(&error)
             }
-        }
+        };
         if stopping() {
             return Err(Error::Stopping);
         }
