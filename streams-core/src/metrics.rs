@@ -117,7 +117,8 @@ pub struct Metrics {
     /// Commits of source offsets (under exactly-once: transactions committed).
     pub commits: AtomicU64,
     /// Transactions aborted (exactly-once): after a failed round the partitions start again
-    /// from their last committed state; a worker that failed aborts its open one as it stops.
+    /// from their last committed state; a worker that failed aborts its open one as it stops
+    /// (counted when it holds records).
     pub aborts: AtomicU64,
     /// Partitions assigned to this worker right now (each restored and running).
     pub assigned: AtomicU64,

@@ -559,7 +559,7 @@ pub(crate) fn run_rounds(
         );
         if metrics.failed() && !abandoned {
             abandoned = true;
-            abandon(&*transactions, &committer.metrics);
+            abandon(&*transactions, &committer);
         }
         match &outcome {
             Ok(()) => aborts = None,
@@ -604,10 +604,18 @@ pub(crate) fn run_rounds(
 /// app's own repartition topics included) at its first record until the broker times it
 /// out (`transaction.timeout.ms`, a minute by default). One attempt: a producer that
 /// failed for good (fenced) cannot abort, and the broker ends the transaction anyway.
-fn abandon(transactions: &dyn Transactions, metrics: &Metrics) {
+fn abandon(transactions: &dyn Transactions, committer: &Committer) {
+    // Counted among the aborts when it holds records (not an empty one begun after the
+    // abort of the round that failed).
+    let holds_records = committer.sink.take_sent();
     match transactions.abandon() {
         Ok(true) => {
-            metrics.aborts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if holds_records {
+                committer
+                    .metrics
+                    .aborts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             tracing::info!("the worker failed: its open transaction is aborted");
         }
         Ok(false) => tracing::debug!("the worker failed with no transaction open"),
@@ -638,7 +646,11 @@ fn commit_round(
         metrics.aborts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Err(error) = transactions.abort() {
             metrics.fail(format!("cannot abort the transaction: {error}"));
-        } else if let Err(error) = transactions.begin() {
+            return format!("transaction aborted: {why}");
+        }
+        // The records sent are gone with it: the next transaction holds what is sent from now.
+        let _ = sink.take_sent();
+        if let Err(error) = transactions.begin() {
             metrics.fail(format!("cannot begin a transaction: {error}"));
         }
         format!("transaction aborted: {why}")
@@ -1040,17 +1052,26 @@ mod tests {
     }
 
     /// A sink whose flush always fails with a failure of the producer's own.
-    struct Unacknowledged;
+    #[derive(Default)]
+    struct Unacknowledged {
+        /// Whether the open transaction holds records: each round's do, by its flush.
+        sent: AtomicBool,
+    }
 
     impl Sink for Unacknowledged {
         fn enqueue(&self, _: OutRecord) -> std::result::Result<(), SinkError> {
+            self.sent.store(true, Ordering::SeqCst);
             Ok(())
         }
         fn flush(&self) -> std::result::Result<(), FlushError> {
+            self.sent.store(true, Ordering::SeqCst);
             Err(FlushError::other("Local: Message timed out"))
         }
         fn changelog_offset(&self, _: &str, _: i32) -> Option<i64> {
             Some(0)
+        }
+        fn take_sent(&self) -> bool {
+            self.sent.swap(false, Ordering::SeqCst)
         }
     }
 
@@ -1209,13 +1230,16 @@ mod tests {
         assert_eq!(b.checkpoint().expect("checkpoint").source("in"), Some(5));
     }
 
-    /// A round that aborts for the same cause again and again gives up on the third.
+    /// A round that aborts for the same cause again and again gives up on the third. The
+    /// transaction begun after that abort, empty, is aborted as the worker stops, and not
+    /// counted: three aborts.
     #[test]
     fn the_same_cause_three_times_in_a_row_stops_the_worker() {
-        let metrics = rounds_against(Arc::new(Unacknowledged), Broker::default(), 10);
+        let metrics = rounds_against(Arc::new(Unacknowledged::default()), Broker::default(), 10);
         let fatal = metrics.fatal().unwrap_or_default();
         assert!(fatal.contains("3 transactions in a row aborted"), "{fatal}");
         assert!(fatal.contains("Message timed out"), "{fatal}");
+        assert_eq!(metrics.aborts.load(Ordering::SeqCst), 3, "each abort counted once");
     }
 
     /// Rebalances abort rounds as often as they come, without giving up.

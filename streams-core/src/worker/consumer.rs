@@ -807,6 +807,11 @@ impl Shared {
         );
         let restoring = match self.assign(consumer, &mut list, &known) {
             Ok(restoring) => restoring,
+            Err(Error::Stopping) => {
+                // The worker stops (or failed) meanwhile: nothing to start again.
+                tracing::debug!("the worker stops: its partitions are not started again after the abort");
+                return;
+            }
             Err(error) => {
                 self.metrics.fail(format!("cannot start partitions again: {error}"));
                 return;
