@@ -6,7 +6,7 @@ use crate::codec::Key;
 use crate::message::Message;
 use crate::record::Record;
 pub use crate::task::input::RawStream;
-use crate::task::input::Stage;
+use crate::task::input::Rejected;
 use crate::topic::TopicReader;
 use crate::{DecodeError, Origin};
 
@@ -73,10 +73,32 @@ impl<K: Key, V: Record> StreamParam for Stream<K, V> {
 
 impl<K: Key, V: Record> Stream<K, V> {
     /// The next value, or `None` when the partition was revoked or the worker stops.
+    ///
+    /// Cancel-safe: awaited in `tokio::select!` and dropped while it waits (for input, or
+    /// for its commit point's round to commit), it leaves that work to the next call, which
+    /// finishes it and returns its record.
+    ///
+    /// ```ignore
+    /// #[agent(topic = HITS, sends = [BATCHES])]
+    /// async fn batch(mut hits: Stream<String, Hit>) -> Result<()> {
+    ///     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    ///     loop {
+    ///         tokio::select! {
+    ///             hit = hits.next() => match hit {
+    ///                 Some(hit) => { /* process it */ }
+    ///                 None => break,
+    ///             },
+    ///             _ = tick.tick() => { /* act on the wall clock */ }
+    ///         }
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
     pub async fn next(&mut self) -> Option<V> {
-        let core = self.raw.core.as_mut()?;
+        let mut rejected = None;
         loop {
-            let (source, message) = core.next_message().await?;
+            let (source, message) = self.raw.next_message(rejected.take()).await?;
+            let core = self.raw.core.as_mut()?;
             // The key is decoded (and checked) even when only the value is wanted: a record
             // whose key does not decode goes to the dead-letter topic either way.
             let checked = K::check_key(message.key()).map_err(|e| e.prefixed("key: "));
@@ -90,16 +112,17 @@ impl<K: Key, V: Record> Stream<K, V> {
                     core.begin_at(source, message, time);
                     return Some(value);
                 }
-                Err(unread) => unread.handle(core, source, message).await,
+                Err(unread) => rejected = unread.handle(core, source, message),
             }
         }
     }
 
-    /// The next record with its key and origin.
+    /// The next record with its key and origin. Cancel-safe, as [`Stream::next`].
     pub async fn next_event(&mut self) -> Option<Event<K, V>> {
-        let core = self.raw.core.as_mut()?;
+        let mut rejected = None;
         loop {
-            let (source, message) = core.next_message().await?;
+            let (source, message) = self.raw.next_message(rejected.take()).await?;
+            let core = self.raw.core.as_mut()?;
             let reader = self.reader;
             let decoded = decode_key::<K>(&message)
                 .and_then(|key| Ok((key, reader.values.decode_fast(message.payload().unwrap_or_default())?)))
@@ -116,7 +139,7 @@ impl<K: Key, V: Record> Stream<K, V> {
                     core.begin_at(source, message, time);
                     return Some(event);
                 }
-                Err(unread) => unread.handle(core, source, message).await,
+                Err(unread) => rejected = unread.handle(core, source, message),
             }
         }
     }
@@ -186,14 +209,19 @@ impl From<String> for Unread {
 }
 
 impl Unread {
-    /// The record goes where the app's deserialization handler says; or, when what it
-    /// needs is unavailable, the worker stops before it.
-    async fn handle(self, core: &mut crate::task::input::StreamCore, source: usize, message: Message) {
+    /// When what the record needs is unavailable, the worker stops before it; otherwise it
+    /// goes where the app's deserialization handler says, on the way to the next record
+    /// (see [`RawStream::next_message`]).
+    fn handle(self, core: &mut crate::task::input::StreamCore, source: usize, message: Message) -> Option<Rejected> {
         if self.unavailable {
             core.halt(source, &message, &self.error);
-        } else {
-            core.reject(source, message, Stage::Deserialization, &self.error).await;
+            return None;
         }
+        Some(Rejected {
+            source,
+            message,
+            error: self.error,
+        })
     }
 }
 

@@ -403,3 +403,113 @@ async fn an_agent_sends_nothing_after_its_transaction_aborted() {
     run_bounded(&mut driver).await.expect("run");
     assert_eq!(tallies(&driver), vec![5]);
 }
+
+const TICKED: Topic<String, i64> = Topic::new("ticked").partitions(1);
+const TICK_SUMS: Table<String, i64> = Table::new("tick-sums");
+const TICK_TOTALS: Topic<String, i64> = Topic::new("tick-totals").partitions(1);
+
+/// Sums per key like `sum`, but awaits its stream inside `select!` beside a timer of a
+/// millisecond (how an agent does something on the wall clock between records): the timer's
+/// branch drops the pending `next_event` call wherever it waits.
+#[agent(topic = TICKED, tables = [TICK_SUMS], sends = [TICK_TOTALS])]
+async fn ticking_sum(mut numbers: Stream<String, i64>) -> Result<()> {
+    loop {
+        tokio::select! {
+            event = numbers.next_event() => {
+                let Some(event) = event else { break };
+                let total = TICK_SUMS.update(&event.key, |s| *s += event.value).await?;
+                TICK_TOTALS.send(&event.key, &total).await?;
+            }
+            () = tokio::time::sleep(Duration::from_millis(1)) => {}
+        }
+    }
+    Ok(())
+}
+
+/// `Stream::next_event` is cancel-safe: an agent that awaits it in `select!` beside a timer
+/// drops it while a cut waits for its round's commit, and the next call takes up where
+/// that one stopped. Each total goes out once, in order, with nothing sent into a
+/// transaction while it commits, through an abort as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_awaited_in_select_keeps_exactly_once() {
+    let app = App::new("ticking")
+        .processing_guarantee(ProcessingGuarantee::ExactlyOnce)
+        .commit_interval(Duration::from_millis(5))
+        .agent(ticking_sum);
+    let mut driver = TestDriver::new(app).expect("driver");
+    driver.ack_latency(Duration::from_millis(3));
+    let mut piped = 0;
+    for batch in 0..6 {
+        for _ in 0..300 {
+            driver.pipe(&TICKED, "k", &1).expect("pipe");
+            piped += 1;
+        }
+        driver.fail_commits(batch == 3);
+        let outcome = run_bounded(&mut driver).await;
+        if batch == 3 {
+            outcome.expect_err("the round aborts");
+            driver.fail_commits(false);
+            run_bounded(&mut driver).await.expect("after the abort");
+        } else {
+            outcome.expect("run");
+        }
+    }
+    assert_eq!(driver.table(&TICK_SUMS).expect("table")["k"], piped);
+    let totals: Vec<i64> = driver
+        .records(&TICK_TOTALS)
+        .expect("totals")
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    assert_eq!(
+        totals,
+        (1..=piped).collect::<Vec<i64>>(),
+        "read committed: each total once, in order"
+    );
+}
+
+const ONCE_IN: Topic<String, i64> = Topic::new("once-in").partitions(1);
+const ONCE_SUMS: Table<String, i64> = Table::new("once-sums");
+
+/// Whether `returns_once` has returned.
+static RETURNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sums per key, awaiting its stream in `select!` beside a timer; the first time the timer
+/// fires (its stream waiting for input) it returns, dropping the call that waits.
+#[agent(topic = ONCE_IN, tables = [ONCE_SUMS])]
+async fn returns_once(mut numbers: Stream<String, i64>) -> Result<()> {
+    loop {
+        tokio::select! {
+            event = numbers.next_event() => {
+                let Some(event) = event else { break };
+                ONCE_SUMS.update(&event.key, |s| *s += event.value).await?;
+            }
+            () = tokio::time::sleep(Duration::from_millis(1)), if !RETURNED.load(Ordering::SeqCst) => {
+                RETURNED.store(true, Ordering::SeqCst);
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An agent that returns while a dropped call to `next_event` waits for input is started
+/// again (after a second), and the record that call took when input came is processed by
+/// the new run: it goes back to its queue, not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_taken_by_a_dropped_call_is_processed_by_the_next_run() {
+    let mut driver = TestDriver::new(App::new("once").agent(returns_once)).expect("driver");
+    driver.pipe(&ONCE_IN, "k", &1).expect("pipe");
+    run_bounded(&mut driver).await.expect("run");
+    // The agent returned (its timer fired while its stream waited for input).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !RETURNED.load(Ordering::SeqCst) {
+        assert!(std::time::Instant::now() < deadline, "the timer never fired");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for _ in 0..9 {
+        driver.pipe(&ONCE_IN, "k", &1).expect("pipe");
+    }
+    run_bounded(&mut driver).await.expect("run");
+    assert_eq!(driver.table(&ONCE_SUMS).expect("table")["k"], 10);
+}

@@ -354,6 +354,21 @@ impl StreamCore {
     /// no clock check is due) is synchronous; everything else runs in a boxed future, so the
     /// future a task awaits for every record stays small (awaiting moves it, byte by byte).
     pub(crate) async fn next_message(&mut self) -> Option<(usize, Message)> {
+        if let Some(found) = self.next_fast() {
+            return Some(found);
+        }
+        loop {
+            let (source, message) = Box::pin(self.next_message_slow()).await?;
+            if message.offset() >= self.sources[source].floor {
+                return Some((source, message));
+            }
+        }
+    }
+
+    /// [`StreamCore::next_message`]'s common case, synchronous: the record the task was
+    /// given last is done, and the next is queued with nothing else due. `None`: the slow
+    /// path decides.
+    fn next_fast(&mut self) -> Option<(usize, Message)> {
         self.finish_current();
         let fast = !self.ended
             && !self.ctx.metrics.failed()
@@ -379,12 +394,26 @@ impl StreamCore {
                 }
             }
         }
-        loop {
-            let (source, message) = Box::pin(self.next_message_slow()).await?;
-            if message.offset() >= self.sources[source].floor {
-                return Some((source, message));
-            }
+        None
+    }
+
+    /// A record taken from its queue and never begun goes back to the queue's front: a call
+    /// to an agent's `next` took it and was dropped, and the agent ended without another
+    /// (see [`Home::take_core`]).
+    fn put_back(&mut self, source: usize, message: Message) {
+        let time_of = self.ctx.source_times.get(source).cloned().flatten();
+        let Some(queued) = self.sources.get_mut(source) else {
+            return;
+        };
+        if let Some(times) = &mut queued.times {
+            let time = message
+                .payload()
+                .and_then(|bytes| time_of.as_ref().and_then(|time_of| time_of(bytes)))
+                .or(message.timestamp())
+                .unwrap_or(i64::MIN);
+            times.push_front(time);
         }
+        queued.queue.push_front(message);
     }
 
     async fn next_message_slow(&mut self) -> Option<(usize, Message)> {
@@ -1048,25 +1077,117 @@ impl Drop for StreamCore {
     }
 }
 
+/// The core's work that a call to an agent's `next` left unfinished when it was dropped
+/// (the agent awaits its stream in `select!` beside a timer): a cut waiting for its round,
+/// a dead letter waiting for room, input awaited. It owns the core, and it is finished, not
+/// dropped: by the agent's next call, which returns what it found, or when the agent ends.
+type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = (Box<StreamCore>, Option<(usize, Message)>)> + Send>>;
+
+/// Where a task's core waits between runs of its agent: the core, or the work a dropped
+/// call left, which holds it.
+#[derive(Default)]
+pub(crate) struct Home {
+    core: Option<Box<StreamCore>>,
+    pending: Option<Pending>,
+}
+
+impl Home {
+    pub(crate) fn new(core: Box<StreamCore>) -> Arc<Mutex<Home>> {
+        Arc::new(Mutex::new(Home {
+            core: Some(core),
+            pending: None,
+        }))
+    }
+
+    /// Puts the core back for the agent's next run.
+    pub(crate) fn put(home: &Mutex<Home>, core: Box<StreamCore>) {
+        if let Ok(mut home) = home.lock() {
+            home.core = Some(core);
+        }
+    }
+
+    /// Takes the core once the agent's run has ended, finishing what a dropped call to its
+    /// `next` left (a record that call took goes back to its queue, for the next run).
+    pub(crate) async fn take_core(home: &Mutex<Home>) -> Option<Box<StreamCore>> {
+        let (core, pending) = {
+            let mut home = home.lock().ok()?;
+            (home.core.take(), home.pending.take())
+        };
+        if core.is_some() {
+            return core;
+        }
+        let (mut core, found) = pending?.await;
+        if let Some((source, message)) = found {
+            core.put_back(source, message);
+        }
+        Some(core)
+    }
+}
+
 /// A task's input as its code holds it. The core outlives one run of an agent: dropping
 /// the stream gives it back, so that a restarted agent continues where this one stopped.
 pub struct RawStream {
     pub(crate) core: Option<Box<StreamCore>>,
-    home: Arc<Mutex<Option<Box<StreamCore>>>>,
+    pending: Option<Pending>,
+    home: Arc<Mutex<Home>>,
 }
 
 impl RawStream {
-    pub(crate) fn new(home: Arc<Mutex<Option<Box<StreamCore>>>>) -> Option<Self> {
-        let core = home.lock().ok()?.take()?;
-        Some(Self { core: Some(core), home })
+    pub(crate) fn new(home: Arc<Mutex<Home>>) -> Option<Self> {
+        let (core, pending) = {
+            let mut slot = home.lock().ok()?;
+            (slot.core.take(), slot.pending.take())
+        };
+        if core.is_none() && pending.is_none() {
+            return None;
+        }
+        Some(Self { core, pending, home })
     }
+
+    /// The next record to process and its source ([`StreamCore::next_message`]), after
+    /// `rejected` (a record that could not be read) goes where the app's deserialization
+    /// handler says. Cancel-safe: dropped while it waits, it leaves its work in progress to
+    /// the next call, which finishes it and returns what it found.
+    pub(crate) async fn next_message(&mut self, rejected: Option<Rejected>) -> Option<(usize, Message)> {
+        if self.pending.is_none() {
+            if rejected.is_none() {
+                if let Some(found) = self.core.as_mut()?.next_fast() {
+                    return Some(found);
+                }
+            }
+            let mut core = self.core.take()?;
+            self.pending = Some(Box::pin(async move {
+                if let Some(Rejected { source, message, error }) = rejected {
+                    core.reject(source, message, Stage::Deserialization, &error).await;
+                }
+                let found = core.next_message().await;
+                (core, found)
+            }));
+        }
+        let pending = self.pending.as_mut()?;
+        let (core, found) = pending.await;
+        self.pending = None;
+        self.core = Some(core);
+        found
+    }
+}
+
+/// A record whose key, value or time could not be read, on its way to the app's
+/// deserialization handler.
+pub(crate) struct Rejected {
+    pub source: usize,
+    pub message: Message,
+    pub error: String,
 }
 
 impl Drop for RawStream {
     fn drop(&mut self) {
-        if let Some(core) = self.core.take() {
-            if let Ok(mut home) = self.home.lock() {
-                *home = Some(core);
+        if let Ok(mut home) = self.home.lock() {
+            if let Some(core) = self.core.take() {
+                home.core = Some(core);
+            }
+            if let Some(pending) = self.pending.take() {
+                home.pending = Some(pending);
             }
         }
     }

@@ -4,12 +4,12 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
 
-use super::input::{RawStream, StreamCore};
+use super::input::{Home, RawStream, StreamCore};
 use super::sink::OnError;
 use super::TaskContext;
 use crate::spec::{TableSpec, TopicSpec};
@@ -74,15 +74,14 @@ impl TaskSpec {
 /// again on the next record: one bad record never stops a partition.
 pub(crate) async fn run_partition(spec: Arc<TaskSpec>, core: StreamCore) {
     let ctx = Arc::clone(&core.ctx);
-    let home = Arc::new(Mutex::new(Some(Box::new(core))));
+    let home = Home::new(Box::new(core));
     loop {
         let Some(raw) = RawStream::new(Arc::clone(&home)) else {
             break;
         };
         let run = ctx.scope((spec.run)(raw));
         let outcome = AssertUnwindSafe(run).catch_unwind().await;
-        let taken = home.lock().ok().and_then(|mut slot| slot.take());
-        let Some(mut core) = taken else {
+        let Some(mut core) = Home::take_core(&home).await else {
             tracing::error!(
                 task = spec.name,
                 partition = ctx.partition,
@@ -143,9 +142,7 @@ pub(crate) async fn run_partition(spec: Arc<TaskSpec>, core: StreamCore) {
         if core.ended {
             break;
         }
-        if let Ok(mut slot) = home.lock() {
-            *slot = Some(core);
-        }
+        Home::put(&home, core);
     }
 }
 
