@@ -76,7 +76,8 @@ impl<K: Key, V: Record> Stream<K, V> {
     ///
     /// Cancel-safe: awaited in `tokio::select!` and dropped while it waits (for input, or
     /// for its commit point's round to commit), it leaves that work to the next call, which
-    /// finishes it and returns its record.
+    /// finishes it and returns its record. Under exactly-once, a send from another branch
+    /// while that round commits waits for its end.
     ///
     /// ```ignore
     /// #[agent(topic = HITS, sends = [BATCHES])]
@@ -95,9 +96,8 @@ impl<K: Key, V: Record> Stream<K, V> {
     /// }
     /// ```
     pub async fn next(&mut self) -> Option<V> {
-        let mut rejected = None;
         loop {
-            let (source, message) = self.raw.next_message(rejected.take()).await?;
+            let (source, message) = self.raw.next_message().await?;
             let core = self.raw.core.as_mut()?;
             // The key is decoded (and checked) even when only the value is wanted: a record
             // whose key does not decode goes to the dead-letter topic either way.
@@ -112,16 +112,15 @@ impl<K: Key, V: Record> Stream<K, V> {
                     core.begin_at(source, message, time);
                     return Some(value);
                 }
-                Err(unread) => rejected = unread.handle(core, source, message),
+                Err(unread) => self.raw.rejected = unread.handle(core, source, message),
             }
         }
     }
 
     /// The next record with its key and origin. Cancel-safe, as [`Stream::next`].
     pub async fn next_event(&mut self) -> Option<Event<K, V>> {
-        let mut rejected = None;
         loop {
-            let (source, message) = self.raw.next_message(rejected.take()).await?;
+            let (source, message) = self.raw.next_message().await?;
             let core = self.raw.core.as_mut()?;
             let reader = self.reader;
             let decoded = decode_key::<K>(&message)
@@ -139,7 +138,7 @@ impl<K: Key, V: Record> Stream<K, V> {
                     core.begin_at(source, message, time);
                     return Some(event);
                 }
-                Err(unread) => rejected = unread.handle(core, source, message),
+                Err(unread) => self.raw.rejected = unread.handle(core, source, message),
             }
         }
     }

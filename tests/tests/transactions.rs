@@ -407,11 +407,13 @@ async fn an_agent_sends_nothing_after_its_transaction_aborted() {
 const TICKED: Topic<String, i64> = Topic::new("ticked").partitions(1);
 const TICK_SUMS: Table<String, i64> = Table::new("tick-sums");
 const TICK_TOTALS: Topic<String, i64> = Topic::new("tick-totals").partitions(1);
+const TICKS: Topic<String, i64> = Topic::new("ticks").partitions(1);
 
 /// Sums per key like `sum`, but awaits its stream inside `select!` beside a timer of a
-/// millisecond (how an agent does something on the wall clock between records): the timer's
-/// branch drops the pending `next_event` call wherever it waits.
-#[agent(topic = TICKED, tables = [TICK_SUMS], sends = [TICK_TOTALS])]
+/// millisecond (how an agent does something on the wall clock between records), which
+/// sends a record: the timer's branch drops the pending `next_event` call wherever it
+/// waits, and sends while the task's cut may wait for its round.
+#[agent(topic = TICKED, tables = [TICK_SUMS], sends = [TICK_TOTALS, TICKS])]
 async fn ticking_sum(mut numbers: Stream<String, i64>) -> Result<()> {
     loop {
         tokio::select! {
@@ -420,7 +422,7 @@ async fn ticking_sum(mut numbers: Stream<String, i64>) -> Result<()> {
                 let total = TICK_SUMS.update(&event.key, |s| *s += event.value).await?;
                 TICK_TOTALS.send(&event.key, &total).await?;
             }
-            () = tokio::time::sleep(Duration::from_millis(1)) => {}
+            () = tokio::time::sleep(Duration::from_millis(1)) => TICKS.send("tick", &0).await?,
         }
     }
     Ok(())
@@ -428,8 +430,9 @@ async fn ticking_sum(mut numbers: Stream<String, i64>) -> Result<()> {
 
 /// `Stream::next_event` is cancel-safe: an agent that awaits it in `select!` beside a timer
 /// drops it while a cut waits for its round's commit, and the next call takes up where
-/// that one stopped. Each total goes out once, in order, with nothing sent into a
-/// transaction while it commits, through an abort as well.
+/// that one stopped; what the timer's branch sends meanwhile waits for the round's end.
+/// Each total goes out once, in order, and nothing is sent into a transaction while it
+/// commits (the driver's runs fail on that), through an abort as well.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_awaited_in_select_keeps_exactly_once() {
     let app = App::new("ticking")
@@ -512,4 +515,52 @@ async fn a_record_taken_by_a_dropped_call_is_processed_by_the_next_run() {
     }
     run_bounded(&mut driver).await.expect("run");
     assert_eq!(driver.table(&ONCE_SUMS).expect("table")["k"], 10);
+}
+
+const IDLE_IN: Topic<String, i64> = Topic::new("idle-in").partitions(1);
+
+/// Whether `fails_on_its_timer` has taken a record.
+static TOOK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Awaits its stream in `select!` beside a timer; once it has taken a record, the timer's
+/// branch fails (its stream waiting for input then).
+#[agent(topic = IDLE_IN)]
+async fn fails_on_its_timer(mut numbers: Stream<String, i64>) -> Result<()> {
+    loop {
+        tokio::select! {
+            event = numbers.next_event() => {
+                if event.is_none() {
+                    break;
+                }
+                TOOK.store(true, Ordering::SeqCst);
+            }
+            () = tokio::time::sleep(Duration::from_millis(1)), if TOOK.load(Ordering::SeqCst) => {
+                return Err(streams_core::Error::Config("the timer's work failed".into()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An agent that fails outside a record while a dropped call to its `next_event` waits for
+/// input fails at once, as one that held no such call does: under `OnError::Fail` the
+/// worker stops without waiting for more input (which may never come).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_failing_while_its_stream_waits_for_input_fails_at_once() {
+    let app = App::new("idle")
+        .on_processing_error(OnError::Fail)
+        .agent(fails_on_its_timer);
+    let mut driver = TestDriver::new(app).expect("driver");
+    driver.pipe(&IDLE_IN, "k", &1).expect("pipe");
+    run_bounded(&mut driver).await.expect("run");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !driver.metrics().failed() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent's failure is not seen while its stream waits for input"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let fatal = driver.metrics().fatal().unwrap_or_default();
+    assert!(fatal.contains("the timer's work failed"), "{fatal}");
 }

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -208,6 +209,7 @@ impl StreamCore {
     /// asked for (never on its own timer), and waits for the round's transaction after.
     pub(crate) fn with_rounds(mut self, rounds: Arc<Rounds>) -> Self {
         let (member, seen) = rounds.join();
+        self.ctx.join_rounds(&rounds);
         self.rounds = Some((rounds, member));
         self.round_seen = seen;
         // The worker's committer asks for rounds at the commit interval.
@@ -397,9 +399,9 @@ impl StreamCore {
         None
     }
 
-    /// A record taken from its queue and never begun goes back to the queue's front: a call
-    /// to an agent's `next` took it and was dropped, and the agent ended without another
-    /// (see [`Home::take_core`]).
+    /// A record taken from its queue and never begun goes back to the queue's front: work a
+    /// dropped call to an agent's `next` left took it after the agent ended (see
+    /// [`Home::take_core`]).
     fn put_back(&mut self, source: usize, message: Message) {
         let time_of = self.ctx.source_times.get(source).cloned().flatten();
         let Some(queued) = self.sources.get_mut(source) else {
@@ -557,6 +559,9 @@ impl StreamCore {
                     tokio::select! {
                         biased;
                         input = self.rx.recv() => input,
+                        // The agent has ended while a dropped call to its `next` waited here:
+                        // nothing is in progress, so the core goes back (see `Home`).
+                        () = ctx.released() => return None,
                         _ = round => continue,
                         _ = ctx.unread_cleared(), if holding => continue,
                         _ = tokio::time::sleep_until(wake) => continue,
@@ -1043,10 +1048,13 @@ impl StreamCore {
             done,
         });
         self.round_seen = round;
+        ctx.set_in_round(round);
         ctx.commit(cut);
         // Records done with go back now: the round may take a while.
         self.give_back();
-        match finished.await {
+        let outcome = finished.await;
+        ctx.set_in_round(0);
+        match outcome {
             Ok(Ok(())) => ctx.set_committed(self.last_cut.clone()),
             Ok(Err(error)) => {
                 // Aborted: what this task did since the last round is gone with the
@@ -1085,17 +1093,19 @@ type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = (Box<StreamCor
 
 /// Where a task's core waits between runs of its agent: the core, or the work a dropped
 /// call left, which holds it.
-#[derive(Default)]
 pub(crate) struct Home {
     core: Option<Box<StreamCore>>,
     pending: Option<Pending>,
+    ctx: Arc<TaskContext>,
 }
 
 impl Home {
     pub(crate) fn new(core: Box<StreamCore>) -> Arc<Mutex<Home>> {
+        let ctx = Arc::clone(&core.ctx);
         Arc::new(Mutex::new(Home {
             core: Some(core),
             pending: None,
+            ctx,
         }))
     }
 
@@ -1107,16 +1117,19 @@ impl Home {
     }
 
     /// Takes the core once the agent's run has ended, finishing what a dropped call to its
-    /// `next` left (a record that call took goes back to its queue, for the next run).
+    /// `next` left: a cut's round is waited for, a wait for input ends at once, and a record
+    /// taken meanwhile goes back to its queue, for the next run.
     pub(crate) async fn take_core(home: &Mutex<Home>) -> Option<Box<StreamCore>> {
-        let (core, pending) = {
+        let (core, pending, ctx) = {
             let mut home = home.lock().ok()?;
-            (home.core.take(), home.pending.take())
+            (home.core.take(), home.pending.take(), Arc::clone(&home.ctx))
         };
         if core.is_some() {
             return core;
         }
+        ctx.release(true);
         let (mut core, found) = pending?.await;
+        ctx.release(false);
         if let Some((source, message)) = found {
             core.put_back(source, message);
         }
@@ -1129,6 +1142,9 @@ impl Home {
 pub struct RawStream {
     pub(crate) core: Option<Box<StreamCore>>,
     pending: Option<Pending>,
+    /// A record that could not be read, for the app's deserialization handler on the way to
+    /// the next (see [`RawStream::next_message`]).
+    pub(crate) rejected: Option<Rejected>,
     home: Arc<Mutex<Home>>,
 }
 
@@ -1141,20 +1157,26 @@ impl RawStream {
         if core.is_none() && pending.is_none() {
             return None;
         }
-        Some(Self { core, pending, home })
+        Some(Self {
+            core,
+            pending,
+            rejected: None,
+            home,
+        })
     }
 
     /// The next record to process and its source ([`StreamCore::next_message`]), after
-    /// `rejected` (a record that could not be read) goes where the app's deserialization
-    /// handler says. Cancel-safe: dropped while it waits, it leaves its work in progress to
-    /// the next call, which finishes it and returns what it found.
-    pub(crate) async fn next_message(&mut self, rejected: Option<Rejected>) -> Option<(usize, Message)> {
+    /// [`RawStream::rejected`] goes where the app's deserialization handler says.
+    /// Cancel-safe: dropped while it waits, it leaves its work in progress to the next call,
+    /// which finishes it and returns what it found.
+    pub(crate) async fn next_message(&mut self) -> Option<(usize, Message)> {
         if self.pending.is_none() {
-            if rejected.is_none() {
+            if self.rejected.is_none() {
                 if let Some(found) = self.core.as_mut()?.next_fast() {
                     return Some(found);
                 }
             }
+            let rejected = self.rejected.take();
             let mut core = self.core.take()?;
             self.pending = Some(Box::pin(async move {
                 if let Some(Rejected { source, message, error }) = rejected {
@@ -1165,7 +1187,15 @@ impl RawStream {
             }));
         }
         let pending = self.pending.as_mut()?;
-        let (core, found) = pending.await;
+        let (core, found) = match std::panic::AssertUnwindSafe(pending).catch_unwind().await {
+            Ok(done) => done,
+            Err(panic) => {
+                // A bug of ours: the core went with the work (the task's end says so), which
+                // is not polled again.
+                self.pending = None;
+                std::panic::resume_unwind(panic);
+            }
+        };
         self.pending = None;
         self.core = Some(core);
         found

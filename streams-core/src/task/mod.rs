@@ -64,6 +64,14 @@ pub(crate) struct TaskContext {
     /// ([`Error::Aborted`]): sent, it would go into the next transaction, a duplicate of what
     /// the replay sends.
     aborted: AtomicBool,
+    /// Exactly-once: the worker's rounds, and the round the task's last cut waits for (0:
+    /// none). While it waits, what the agent sends waits too (see [`TaskContext::round_gate`]).
+    rounds: std::sync::OnceLock<Arc<round::Rounds>>,
+    in_round: AtomicU64,
+    /// Set while the task's agent has ended and its core finishes what a dropped call to
+    /// `next` left: waiting for input, that work returns at once (see `input::Home`).
+    released: AtomicBool,
+    release_wake: tokio::sync::Notify,
     /// Event time (ms) of the record being processed: table changes and outputs carry it.
     event_time: AtomicI64,
     /// Stream time (ms): the largest event time the task has processed ([`NO_TIME`] before
@@ -204,6 +212,10 @@ impl TaskContext {
             last_change_pass: AtomicU64::new(0),
             finishing: AtomicBool::new(false),
             aborted: AtomicBool::new(false),
+            rounds: std::sync::OnceLock::new(),
+            in_round: AtomicU64::new(0),
+            released: AtomicBool::new(false),
+            release_wake: tokio::sync::Notify::new(),
             event_time: AtomicI64::new(0),
             stream_time: AtomicI64::new(NO_TIME),
             clocks: no_clocks(table_count),
@@ -302,6 +314,10 @@ impl TaskContext {
             last_change_pass: AtomicU64::new(0),
             finishing: AtomicBool::new(false),
             aborted: AtomicBool::new(false),
+            rounds: std::sync::OnceLock::new(),
+            in_round: AtomicU64::new(0),
+            released: AtomicBool::new(false),
+            release_wake: tokio::sync::Notify::new(),
             event_time: AtomicI64::new(0),
             stream_time: AtomicI64::new(NO_TIME),
             clocks: Box::default(),
@@ -550,6 +566,54 @@ impl TaskContext {
         self.aborted.load(Ordering::Acquire)
     }
 
+    /// The task's agent has ended (`true`), or runs again (`false`): see
+    /// [`TaskContext::released`].
+    pub(crate) fn release(&self, released: bool) {
+        self.released.store(released, Ordering::Release);
+        if released {
+            self.release_wake.notify_waiters();
+        }
+    }
+
+    /// Resolves once [`TaskContext::release`] says the agent has ended.
+    pub(crate) async fn released(&self) {
+        loop {
+            let notified = self.release_wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.released.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Exactly-once: the task takes part in `rounds`.
+    pub(crate) fn join_rounds(&self, rounds: &Arc<round::Rounds>) {
+        let _ = self.rounds.set(Arc::clone(rounds));
+    }
+
+    /// Exactly-once: the task's cut waits for round `round` (0: it waits for none now).
+    pub(crate) fn set_in_round(&self, round: u64) {
+        self.in_round.store(round, Ordering::Release);
+    }
+
+    /// Exactly-once: what the task's agent sends while its cut waits for its round (its code
+    /// runs then when it awaits its stream in `select!`) waits for the round's end: sent
+    /// before, it would go into the transaction being committed, without the offsets of the
+    /// input that caused it. A round that aborted ends the task (see [`TaskContext::abort`]).
+    async fn round_gate(&self) {
+        let round = self.in_round.load(Ordering::Acquire);
+        if round == 0 {
+            return;
+        }
+        if let Some(rounds) = self.rounds.get() {
+            if !rounds.finished(round).await {
+                self.abort();
+            }
+        }
+    }
+
     /// Hands a record the task sends to the sink; a full queue gives the record back.
     pub(crate) fn send_now(&self, record: OutRecord) -> std::result::Result<(), SinkError> {
         self.sink.enqueue(record)?;
@@ -641,6 +705,11 @@ pub(crate) fn with_current<T>(what: impl FnOnce() -> String, f: impl FnOnce(&Arc
 
 /// `Topic::send` from inside an agent.
 pub(crate) async fn send_from_agent(topic: &'static str, key: Option<Vec<u8>>, value: Vec<u8>) -> Result<()> {
+    // Exactly-once: not while the task's cut waits for its round (rare: checked first).
+    if let Ok(Some(ctx)) = CONTEXT.try_with(|ctx| (ctx.in_round.load(Ordering::Acquire) != 0).then(|| Arc::clone(ctx)))
+    {
+        ctx.round_gate().await;
+    }
     // Enqueued at once in the common case; a full producer queue is waited for outside.
     let full = with_current(
         || format!("topic `{topic}`"),

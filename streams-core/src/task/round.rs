@@ -34,6 +34,10 @@ pub(crate) struct Rounds {
     unknown: AtomicBool,
     /// Told when a round aborts (the worker's poll thread starts the tasks again).
     on_abort: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// The last round that aborted (0: none).
+    aborted_round: AtomicU64,
+    /// Wakes whoever waits for a round to finish ([`Rounds::finished`]).
+    finished: tokio::sync::Notify,
 }
 
 /// A task's part in a round: which member, which round, and where to say how it ended.
@@ -120,13 +124,29 @@ impl Rounds {
     /// The round is over (committed, or aborted when `aborted`).
     pub(crate) fn finish(&self, round: u64, aborted: bool) {
         if aborted {
+            self.aborted_round.fetch_max(round, Ordering::AcqRel);
             self.aborted.store(true, Ordering::Release);
         }
         self.done.fetch_max(round, Ordering::AcqRel);
+        self.finished.notify_waiters();
         if aborted {
             if let Some(tell) = self.on_abort.get() {
                 tell();
             }
+        }
+    }
+
+    /// Waits until round `round` is over; `true` when it committed (neither it nor a later
+    /// round aborted).
+    pub(crate) async fn finished(&self, round: u64) -> bool {
+        loop {
+            let notified = self.finished.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.done.load(Ordering::Acquire) >= round {
+                return self.aborted_round.load(Ordering::Acquire) < round;
+            }
+            notified.await;
         }
     }
 
