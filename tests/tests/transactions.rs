@@ -496,9 +496,11 @@ async fn returns_once(mut numbers: Stream<String, i64>) -> Result<()> {
     Ok(())
 }
 
-/// An agent that returns while a dropped call to `next_event` waits for input is started
-/// again (after a second), and the record that call took when input came is processed by
-/// the new run: it goes back to its queue, not lost.
+/// An agent that returns while a dropped call to `next_event` waits for input gets its
+/// stream back at once and is started again (after a second): the records that come later
+/// are all processed by the new run. (A record the dropped call's work takes after the
+/// agent ended goes back to its queue: `a_record_the_left_work_took_goes_back_to_its_queue`
+/// in `task/input.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_taken_by_a_dropped_call_is_processed_by_the_next_run() {
     let mut driver = TestDriver::new(App::new("once").agent(returns_once)).expect("driver");

@@ -591,7 +591,7 @@ pub(crate) fn run_rounds(
                 let _ = ack.send(outcome.clone());
             }
             if let Some(ticket) = cut.ticket.take() {
-                let _ = ticket.done.send(outcome.clone());
+                ticket.answer(outcome.clone());
             }
         }
         next = std::time::Instant::now() + interval;
@@ -886,7 +886,12 @@ mod tests {
                 entries: vec![(b"k".to_vec(), Some(b"1".to_vec()))],
             }],
             acks: Vec::new(),
-            ticket: Some(Ticket { member, round, done }),
+            ticket: Some(Ticket {
+                member,
+                round,
+                done,
+                gate: Default::default(),
+            }),
             seq: 1,
             written: Arc::default(),
             stored: false,
@@ -1042,7 +1047,12 @@ mod tests {
             clocks: Vec::new(),
             writes: Vec::new(),
             acks: Vec::new(),
-            ticket: Some(Ticket { member, round, done }),
+            ticket: Some(Ticket {
+                member,
+                round,
+                done,
+                gate: Default::default(),
+            }),
             seq,
             written: Arc::default(),
             stored: false,

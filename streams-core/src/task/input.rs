@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::commit::{Ack, Cut, TableWrite};
-use super::round::{Rounds, Ticket};
+use super::round::{GateHandle, Rounds, Ticket};
 use super::sink::{Headers, OnError, OutRecord};
 use super::TaskContext;
 use crate::message::{Message, Spent};
@@ -209,7 +209,6 @@ impl StreamCore {
     /// asked for (never on its own timer), and waits for the round's transaction after.
     pub(crate) fn with_rounds(mut self, rounds: Arc<Rounds>) -> Self {
         let (member, seen) = rounds.join();
-        self.ctx.join_rounds(&rounds);
         self.rounds = Some((rounds, member));
         self.round_seen = seen;
         // The worker's committer asks for rounds at the commit interval.
@@ -1042,19 +1041,18 @@ impl StreamCore {
         // (or sent) until the round's transaction is committed.
         let round = rounds.request();
         let (done, finished) = tokio::sync::oneshot::channel();
+        ctx.gate.close();
         cut.ticket = Some(Ticket {
             member: *member,
             round,
             done,
+            gate: GateHandle::new(&ctx.gate),
         });
         self.round_seen = round;
-        ctx.set_in_round(round);
         ctx.commit(cut);
         // Records done with go back now: the round may take a while.
         self.give_back();
-        let outcome = finished.await;
-        ctx.set_in_round(0);
-        match outcome {
+        match finished.await {
             Ok(Ok(())) => ctx.set_committed(self.last_cut.clone()),
             Ok(Err(error)) => {
                 // Aborted: what this task did since the last round is gone with the
@@ -1230,7 +1228,7 @@ mod tests {
 
     use tokio::sync::mpsc;
 
-    use super::{Input, StreamCore};
+    use super::{Home, Input, Pending, StreamCore};
     use crate::message::Message;
     use crate::metrics::Metrics;
     use crate::task::run::{TaskKind, TaskSpec};
@@ -1263,10 +1261,54 @@ mod tests {
     #[tokio::test]
     async fn a_record_handed_over_while_the_task_chooses_comes_in_time_order() {
         let (a, b): (Topic<String, i64>, Topic<String, i64>) = (Topic::new("a"), Topic::new("b"));
+        let (mut core, ctx, tx) = task_reading(vec![a.spec(), b.spec()]);
+        tx.send(Input::Records(1, vec![record(0, 20)])).await.expect("queued");
+        ctx.set_unread(0, true);
+        ctx.set_unread(1, false);
+        let (late, flags) = (tx.clone(), Arc::clone(&ctx));
+        let mut handed = false;
+        core.between = Some(Box::new(move || {
+            if !std::mem::replace(&mut handed, true) {
+                late.try_send(Input::Records(0, vec![record(0, 10)])).expect("queued");
+                flags.set_unread(0, false);
+            }
+        }));
+        let (source, message) = tokio::time::timeout(Duration::from_secs(10), core.next_message())
+            .await
+            .expect("a record within 10 s")
+            .expect("a record");
+        assert_eq!((source, message.timestamp()), (0, Some(10)), "the earlier record first");
+    }
+
+    /// When an agent ends with work a dropped call to its `next` left (see `Home`), that
+    /// work is finished, and a record it took goes back to the front of its queue: the
+    /// agent's next run takes it first, then the rest in order.
+    #[tokio::test]
+    async fn a_record_the_left_work_took_goes_back_to_its_queue() {
+        let numbers: Topic<String, i64> = Topic::new("numbers");
+        let (core, _ctx, tx) = task_reading(vec![numbers.spec()]);
+        let batch = (0..3).map(|offset| record(offset, offset)).collect();
+        tx.send(Input::Records(0, batch)).await.expect("queued");
+        let home = Home::new(Box::new(core));
+        let mut core = Home::take_core(&home).await.expect("the core");
+        let left: Pending = Box::pin(async move {
+            let found = core.next_message().await;
+            (core, found)
+        });
+        home.lock().expect("home").pending = Some(left);
+        let mut core = Home::take_core(&home).await.expect("the core, the work finished");
+        for offset in 0..3 {
+            let (_, message) = core.next_message().await.expect("a record");
+            assert_eq!(message.offset(), offset);
+        }
+    }
+
+    /// A task of an agent reading `sources`; its context and its input's sender.
+    fn task_reading(sources: Vec<crate::spec::TopicSpec>) -> (StreamCore, Arc<TaskContext>, mpsc::Sender<Input>) {
         let spec = TaskSpec {
             name: "join".into(),
             kind: TaskKind::Agent,
-            sources: vec![a.spec(), b.spec()],
+            sources,
             sends: Vec::new(),
             tables: Vec::new(),
             dead_letter_topic: "dead-letters".into(),
@@ -1285,22 +1327,7 @@ mod tests {
             Globals::default(),
         ));
         let (tx, rx) = mpsc::channel(16);
-        let mut core = StreamCore::new(Arc::clone(&ctx), rx, Duration::from_secs(3600));
-        tx.send(Input::Records(1, vec![record(0, 20)])).await.expect("queued");
-        ctx.set_unread(0, true);
-        ctx.set_unread(1, false);
-        let (late, flags) = (tx.clone(), Arc::clone(&ctx));
-        let mut handed = false;
-        core.between = Some(Box::new(move || {
-            if !std::mem::replace(&mut handed, true) {
-                late.try_send(Input::Records(0, vec![record(0, 10)])).expect("queued");
-                flags.set_unread(0, false);
-            }
-        }));
-        let (source, message) = tokio::time::timeout(Duration::from_secs(10), core.next_message())
-            .await
-            .expect("a record within 10 s")
-            .expect("a record");
-        assert_eq!((source, message.timestamp()), (0, Some(10)), "the earlier record first");
+        let core = StreamCore::new(Arc::clone(&ctx), rx, Duration::from_secs(3600));
+        (core, ctx, tx)
     }
 }

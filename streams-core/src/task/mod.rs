@@ -64,10 +64,8 @@ pub(crate) struct TaskContext {
     /// ([`Error::Aborted`]): sent, it would go into the next transaction, a duplicate of what
     /// the replay sends.
     aborted: AtomicBool,
-    /// Exactly-once: the worker's rounds, and the round the task's last cut waits for (0:
-    /// none). While it waits, what the agent sends waits too (see [`TaskContext::round_gate`]).
-    rounds: std::sync::OnceLock<Arc<round::Rounds>>,
-    in_round: AtomicU64,
+    /// Exactly-once: closed while the task's cut waits for its round (see [`round::Gate`]).
+    pub(crate) gate: Arc<round::Gate>,
     /// Set while the task's agent has ended and its core finishes what a dropped call to
     /// `next` left: waiting for input, that work returns at once (see `input::Home`).
     released: AtomicBool,
@@ -212,8 +210,7 @@ impl TaskContext {
             last_change_pass: AtomicU64::new(0),
             finishing: AtomicBool::new(false),
             aborted: AtomicBool::new(false),
-            rounds: std::sync::OnceLock::new(),
-            in_round: AtomicU64::new(0),
+            gate: Arc::default(),
             released: AtomicBool::new(false),
             release_wake: tokio::sync::Notify::new(),
             event_time: AtomicI64::new(0),
@@ -314,8 +311,7 @@ impl TaskContext {
             last_change_pass: AtomicU64::new(0),
             finishing: AtomicBool::new(false),
             aborted: AtomicBool::new(false),
-            rounds: std::sync::OnceLock::new(),
-            in_round: AtomicU64::new(0),
+            gate: Arc::default(),
             released: AtomicBool::new(false),
             release_wake: tokio::sync::Notify::new(),
             event_time: AtomicI64::new(0),
@@ -588,29 +584,14 @@ impl TaskContext {
         }
     }
 
-    /// Exactly-once: the task takes part in `rounds`.
-    pub(crate) fn join_rounds(&self, rounds: &Arc<round::Rounds>) {
-        let _ = self.rounds.set(Arc::clone(rounds));
-    }
-
-    /// Exactly-once: the task's cut waits for round `round` (0: it waits for none now).
-    pub(crate) fn set_in_round(&self, round: u64) {
-        self.in_round.store(round, Ordering::Release);
-    }
-
     /// Exactly-once: what the task's agent sends while its cut waits for its round (its code
-    /// runs then when it awaits its stream in `select!`) waits for the round's end: sent
+    /// runs then when it awaits its stream in `select!`) waits for the round's answer: sent
     /// before, it would go into the transaction being committed, without the offsets of the
-    /// input that caused it. A round that aborted ends the task (see [`TaskContext::abort`]).
+    /// input that caused it. A round that did not commit ends the task (see
+    /// [`TaskContext::abort`]).
     async fn round_gate(&self) {
-        let round = self.in_round.load(Ordering::Acquire);
-        if round == 0 {
-            return;
-        }
-        if let Some(rounds) = self.rounds.get() {
-            if !rounds.finished(round).await {
-                self.abort();
-            }
+        if !self.gate.pass().await {
+            self.abort();
         }
     }
 
@@ -706,8 +687,7 @@ pub(crate) fn with_current<T>(what: impl FnOnce() -> String, f: impl FnOnce(&Arc
 /// `Topic::send` from inside an agent.
 pub(crate) async fn send_from_agent(topic: &'static str, key: Option<Vec<u8>>, value: Vec<u8>) -> Result<()> {
     // Exactly-once: not while the task's cut waits for its round (rare: checked first).
-    if let Ok(Some(ctx)) = CONTEXT.try_with(|ctx| (ctx.in_round.load(Ordering::Acquire) != 0).then(|| Arc::clone(ctx)))
-    {
+    if let Ok(Some(ctx)) = CONTEXT.try_with(|ctx| ctx.gate.closed().then(|| Arc::clone(ctx))) {
         ctx.round_gate().await;
     }
     // Enqueued at once in the common case; a full producer queue is waited for outside.

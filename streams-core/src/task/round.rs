@@ -6,8 +6,8 @@
 //! sends later can slip into this transaction without its offsets.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The rounds of one worker (or test driver), and the tasks that take part in them.
 #[derive(Default)]
@@ -34,10 +34,6 @@ pub(crate) struct Rounds {
     unknown: AtomicBool,
     /// Told when a round aborts (the worker's poll thread starts the tasks again).
     on_abort: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
-    /// The last round that aborted (0: none).
-    aborted_round: AtomicU64,
-    /// Wakes whoever waits for a round to finish ([`Rounds::finished`]).
-    finished: tokio::sync::Notify,
 }
 
 /// A task's part in a round: which member, which round, and where to say how it ended.
@@ -45,6 +41,94 @@ pub(crate) struct Ticket {
     pub member: u64,
     pub round: u64,
     pub done: tokio::sync::oneshot::Sender<Result<(), String>>,
+    /// Told too, for what the task's agent sends meanwhile (see [`Gate`]).
+    pub gate: GateHandle,
+}
+
+impl Ticket {
+    /// Says how the round ended, to the task and to its gate.
+    pub(crate) fn answer(mut self, outcome: Result<(), String>) {
+        self.gate.answer(outcome.is_ok());
+        let _ = self.done.send(outcome);
+    }
+}
+
+/// A ticket's hold on its task's [`Gate`]: answered once. Dropped unanswered (its cut
+/// dropped, the committer gone), the round holds nothing of the task, which ends as after
+/// an abort.
+#[derive(Default)]
+pub(crate) struct GateHandle(Option<Arc<Gate>>);
+
+impl GateHandle {
+    pub(crate) fn new(gate: &Arc<Gate>) -> Self {
+        Self(Some(Arc::clone(gate)))
+    }
+
+    fn answer(&mut self, committed: bool) {
+        if let Some(gate) = self.0.take() {
+            gate.open(committed);
+        }
+    }
+}
+
+impl Drop for GateHandle {
+    fn drop(&mut self) {
+        self.answer(false);
+    }
+}
+
+/// Exactly-once: whether a task's cut waits for its round's outcome. Its agent's sends
+/// wait while it does (its code may run then, awaiting its stream in `select!`): sent
+/// before, they would go into the transaction being committed, without the offsets of
+/// their input.
+#[derive(Default)]
+pub(crate) struct Gate {
+    /// [`Gate::OPEN`], [`Gate::WAITING`] or [`Gate::ABORTED`].
+    state: AtomicU8,
+    wake: tokio::sync::Notify,
+}
+
+impl Gate {
+    const OPEN: u8 = 0;
+    const WAITING: u8 = 1;
+    const ABORTED: u8 = 2;
+
+    /// The task's cut goes to the committer: sends wait for its answer.
+    pub(crate) fn close(&self) {
+        self.state.store(Self::WAITING, Ordering::Release);
+    }
+
+    /// The round's answer: committed, or not (the task ends; what it sends is refused).
+    /// Only a waiting gate changes: an aborted one stays so.
+    fn open(&self, committed: bool) {
+        let to = if committed { Self::OPEN } else { Self::ABORTED };
+        if self
+            .state
+            .compare_exchange(Self::WAITING, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.wake.notify_waiters();
+        }
+    }
+
+    /// Whether a send must ask [`Gate::pass`] (cheap: read for every send): the gate
+    /// waits, or its round did not commit.
+    pub(crate) fn closed(&self) -> bool {
+        self.state.load(Ordering::Acquire) != Self::OPEN
+    }
+
+    /// Waits until the gate opens; `false` when the round did not commit.
+    pub(crate) async fn pass(&self) -> bool {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.state.load(Ordering::Acquire) {
+                Self::WAITING => notified.await,
+                state => return state == Self::OPEN,
+            }
+        }
+    }
 }
 
 impl Rounds {
@@ -124,29 +208,13 @@ impl Rounds {
     /// The round is over (committed, or aborted when `aborted`).
     pub(crate) fn finish(&self, round: u64, aborted: bool) {
         if aborted {
-            self.aborted_round.fetch_max(round, Ordering::AcqRel);
             self.aborted.store(true, Ordering::Release);
         }
         self.done.fetch_max(round, Ordering::AcqRel);
-        self.finished.notify_waiters();
         if aborted {
             if let Some(tell) = self.on_abort.get() {
                 tell();
             }
-        }
-    }
-
-    /// Waits until round `round` is over; `true` when it committed (neither it nor a later
-    /// round aborted).
-    pub(crate) async fn finished(&self, round: u64) -> bool {
-        loop {
-            let notified = self.finished.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.done.load(Ordering::Acquire) >= round {
-                return self.aborted_round.load(Ordering::Acquire) < round;
-            }
-            notified.await;
         }
     }
 
@@ -187,6 +255,49 @@ impl Rounds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ticket(gate: &Arc<Gate>) -> (Ticket, tokio::sync::oneshot::Receiver<Result<(), String>>) {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let ticket = Ticket {
+            member: 0,
+            round: 1,
+            done,
+            gate: GateHandle::new(gate),
+        };
+        (ticket, answer)
+    }
+
+    /// A task's gate is closed while its cut waits for the round, opens with the ticket's
+    /// answer (the waiting send goes on), and stays shut when the round did not commit or
+    /// the ticket was dropped unanswered.
+    #[tokio::test]
+    async fn a_gate_opens_with_its_tickets_answer() {
+        let gate = Arc::new(Gate::default());
+        assert!(!gate.closed());
+        gate.close();
+        let (committed, answer) = ticket(&gate);
+        let waiting = {
+            let gate = Arc::clone(&gate);
+            tokio::spawn(async move { gate.pass().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(gate.closed());
+        committed.answer(Ok(()));
+        assert!(waiting.await.expect("waiter"), "the round committed");
+        assert_eq!(answer.await.expect("answer"), Ok(()));
+        assert!(!gate.closed());
+        // The next cut's round aborts.
+        gate.close();
+        let (aborted, _answer) = ticket(&gate);
+        aborted.answer(Err("aborted".into()));
+        assert!(!gate.pass().await);
+        assert!(gate.closed(), "an aborted gate stays shut");
+        // A ticket dropped unanswered.
+        let gate = Arc::new(Gate::default());
+        gate.close();
+        drop(ticket(&gate));
+        assert!(!gate.pass().await);
+    }
 
     #[test]
     fn a_round_completes_when_every_member_has_cut() {
