@@ -889,8 +889,8 @@ mod tests {
             ticket: Some(Ticket {
                 member,
                 round,
-                done,
                 gate: Default::default(),
+                done,
             }),
             seq: 1,
             written: Arc::default(),
@@ -1050,8 +1050,8 @@ mod tests {
             ticket: Some(Ticket {
                 member,
                 round,
-                done,
                 gate: Default::default(),
+                done,
             }),
             seq,
             written: Arc::default(),

@@ -919,6 +919,19 @@ impl StreamCore {
             self.refuse_cut(acks);
             return;
         }
+        if self.ctx.is_aborted() {
+            // Exactly-once: the task's round aborted (a revoke's last cut may follow one): its
+            // positions are of input processed again from the last commit, never committed.
+            for ack in acks {
+                let _ = ack.send(Err(
+                    "not committed: the task's transaction was aborted; the partition starts again from its \
+                     last committed state"
+                        .into(),
+                ));
+            }
+            self.ended = true;
+            return;
+        }
         self.ctx.report();
         self.next_cut = Instant::now() + self.commit_interval;
         // A cache over budget drops its clean entries first, once the stores hold them
@@ -986,6 +999,11 @@ impl StreamCore {
             self.refuse_cut(acks);
             return;
         }
+        // Exactly-once: from here the cut goes to its round (its changes are taken now), and
+        // what the agent sends meanwhile waits for the round's answer (see `round::Gate`).
+        if self.rounds.is_some() {
+            ctx.gate.close();
+        }
         let mut writes: Vec<TableWrite> = Vec::new();
         let seq = ctx.next_cut();
         let stream_time = Some(ctx.stream_time()).filter(|t| *t != super::NO_TIME);
@@ -1041,12 +1059,11 @@ impl StreamCore {
         // (or sent) until the round's transaction is committed.
         let round = rounds.request();
         let (done, finished) = tokio::sync::oneshot::channel();
-        ctx.gate.close();
         cut.ticket = Some(Ticket {
             member: *member,
             round,
-            done,
             gate: GateHandle::new(&ctx.gate),
+            done,
         });
         self.round_seen = round;
         ctx.commit(cut);
@@ -1303,8 +1320,71 @@ mod tests {
         }
     }
 
+    /// Exactly-once: a task whose round aborted makes no more cuts. Here it finishes (a
+    /// revoke) with a flush queued before its finish: the flush's cut goes to a round that
+    /// aborts, and the finish is answered "not committed" without a second cut, which would
+    /// have carried the aborted run's positions into the next round.
+    #[tokio::test]
+    async fn a_task_whose_round_aborted_cuts_no_more() {
+        let numbers: Topic<String, i64> = Topic::new("numbers");
+        let (core, ctx, tx, cuts) = task_with_committer(vec![numbers.spec()]);
+        let mut core = core.with_rounds(Arc::new(crate::task::round::Rounds::at_barriers()));
+        tx.send(Input::Records(0, vec![record(0, 0), record(1, 1)]))
+            .await
+            .expect("queued");
+        let (source, first) = core.next_message().await.expect("a record");
+        assert_eq!(first.offset(), 0);
+        core.begin(source, first);
+        let (flushed, _flush_answer) = std::sync::mpsc::channel();
+        let (finished, finish_answer) = std::sync::mpsc::channel();
+        tx.send(Input::Flush(flushed)).await.expect("queued");
+        tx.send(Input::Finish(finished)).await.expect("queued");
+        ctx.request_finish();
+        let task = tokio::spawn(async move {
+            let next = core.next_message().await;
+            (core, next.is_none())
+        });
+        let mut cut = tokio::task::spawn_blocking(move || {
+            let cut = cuts.recv_timeout(Duration::from_secs(10)).expect("the flush's cut");
+            (cut, cuts)
+        })
+        .await
+        .expect("cut");
+        assert_eq!(cut.0.positions, vec![(Arc::from("numbers"), 0)]);
+        // As the committer answers an aborted round.
+        for ack in std::mem::take(&mut cut.0.acks) {
+            let _ = ack.send(Err("aborted".into()));
+        }
+        cut.0.ticket.take().expect("a ticket").answer(Err("aborted".into()));
+        let (_core, ended) = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the task ends within 10 s (a second cut would wait for its round)")
+            .expect("task");
+        assert!(ended, "the stream ends");
+        let cuts = cut.1;
+        assert!(
+            cuts.recv_timeout(Duration::from_millis(300)).is_err(),
+            "no cut after the abort"
+        );
+        let answer = finish_answer.try_recv().expect("the finish is answered");
+        assert!(answer.is_err_and(|error| error.contains("aborted")));
+    }
+
     /// A task of an agent reading `sources`; its context and its input's sender.
     fn task_reading(sources: Vec<crate::spec::TopicSpec>) -> (StreamCore, Arc<TaskContext>, mpsc::Sender<Input>) {
+        let (core, ctx, tx, _cuts) = task_with_committer(sources);
+        (core, ctx, tx)
+    }
+
+    /// [`task_reading`], with the committer's end of the task's cuts.
+    fn task_with_committer(
+        sources: Vec<crate::spec::TopicSpec>,
+    ) -> (
+        StreamCore,
+        Arc<TaskContext>,
+        mpsc::Sender<Input>,
+        std::sync::mpsc::Receiver<crate::task::commit::Cut>,
+    ) {
         let spec = TaskSpec {
             name: "join".into(),
             kind: TaskKind::Agent,
@@ -1316,7 +1396,7 @@ mod tests {
             on_processing_error: OnError::DeadLetter,
             run: Arc::new(|_| Box::pin(async { Ok(()) })),
         };
-        let (committer, _cuts) = std::sync::mpsc::channel();
+        let (committer, cuts) = std::sync::mpsc::channel();
         let ctx = Arc::new(TaskContext::new(
             &spec,
             0,
@@ -1328,6 +1408,6 @@ mod tests {
         ));
         let (tx, rx) = mpsc::channel(16);
         let core = StreamCore::new(Arc::clone(&ctx), rx, Duration::from_secs(3600));
-        (core, ctx, tx)
+        (core, ctx, tx, cuts)
     }
 }

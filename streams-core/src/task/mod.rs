@@ -725,9 +725,33 @@ pub(crate) async fn send_from_agent(topic: &'static str, key: Option<Vec<u8>>, v
         },
     )??;
     if let Some((ctx, record)) = full {
-        Box::pin(ctx.send_when_room(record)).await.map_err(Error::Config)?;
+        Box::pin(agent_send_when_room(ctx, record)).await?;
     }
     Ok(())
+}
+
+/// [`send_from_agent`] once the producer's queue has room. The gate is asked before each
+/// try: the task's cut may have gone to its round meanwhile (its `next` runs beside this
+/// send when the agent awaits both in `select!`).
+async fn agent_send_when_room(ctx: Arc<TaskContext>, mut record: OutRecord) -> Result<()> {
+    let mut full = sink::FullQueue::new();
+    loop {
+        full.wait().await;
+        if ctx.gate.closed() {
+            ctx.round_gate().await;
+        }
+        if ctx.is_aborted() {
+            return Err(Error::Aborted {
+                task: ctx.name.to_string(),
+                partition: ctx.partition,
+            });
+        }
+        match ctx.send_now(record) {
+            Ok(()) => return Ok(()),
+            Err(SinkError::Full(back)) => record = back,
+            Err(SinkError::Failed(error)) => return Err(Error::Config(error)),
+        }
+    }
 }
 
 /// A clock other than this machine's (the test driver's): ms since the epoch.

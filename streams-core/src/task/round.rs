@@ -40,9 +40,10 @@ pub(crate) struct Rounds {
 pub(crate) struct Ticket {
     pub member: u64,
     pub round: u64,
-    pub done: tokio::sync::oneshot::Sender<Result<(), String>>,
-    /// Told too, for what the task's agent sends meanwhile (see [`Gate`]).
+    /// Told too, for what the task's agent sends meanwhile (see [`Gate`]); first, and
+    /// dropped first when the ticket is dropped unanswered, before the task hears of it.
     pub gate: GateHandle,
+    pub done: tokio::sync::oneshot::Sender<Result<(), String>>,
 }
 
 impl Ticket {
@@ -93,9 +94,12 @@ impl Gate {
     const WAITING: u8 = 1;
     const ABORTED: u8 = 2;
 
-    /// The task's cut goes to the committer: sends wait for its answer.
+    /// The task's cut goes to its round: sends wait for its answer. A gate whose round did
+    /// not commit stays shut.
     pub(crate) fn close(&self) {
-        self.state.store(Self::WAITING, Ordering::Release);
+        let _ = self
+            .state
+            .compare_exchange(Self::OPEN, Self::WAITING, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// The round's answer: committed, or not (the task ends; what it sends is refused).
@@ -261,8 +265,8 @@ mod tests {
         let ticket = Ticket {
             member: 0,
             round: 1,
-            done,
             gate: GateHandle::new(gate),
+            done,
         };
         (ticket, answer)
     }

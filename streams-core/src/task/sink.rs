@@ -161,24 +161,43 @@ pub(crate) async fn enqueue_copy(sink: &dyn Sink, record: &OutRecord) -> Result<
 
 /// Hands a record to the sink once its queue has room, warning every 10 s meanwhile.
 pub(crate) async fn enqueue_when_room(sink: &dyn Sink, mut record: OutRecord) -> Result<(), String> {
-    let began = std::time::Instant::now();
-    let mut warned = began;
+    let mut full = FullQueue::new();
     loop {
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        full.wait().await;
         match sink.enqueue(record) {
             Ok(()) => return Ok(()),
-            Err(SinkError::Full(back)) => {
-                record = back;
-                if warned.elapsed() >= Duration::from_secs(10) {
-                    warned = std::time::Instant::now();
-                    tracing::warn!(
-                        "producer queue full for {}s; waiting for the broker to acknowledge records",
-                        began.elapsed().as_secs()
-                    );
-                }
-            }
+            Err(SinkError::Full(back)) => record = back,
             Err(SinkError::Failed(error)) => return Err(error),
         }
+    }
+}
+
+/// A wait for room in the producer's queue: a millisecond between tries, a warning every
+/// 10 s.
+pub(crate) struct FullQueue {
+    began: std::time::Instant,
+    warned: std::time::Instant,
+}
+
+impl FullQueue {
+    pub(crate) fn new() -> Self {
+        let now = std::time::Instant::now();
+        Self {
+            began: now,
+            warned: now,
+        }
+    }
+
+    /// Waits before the next try.
+    pub(crate) async fn wait(&mut self) {
+        if self.warned.elapsed() >= Duration::from_secs(10) {
+            self.warned = std::time::Instant::now();
+            tracing::warn!(
+                "producer queue full for {}s; waiting for the broker to acknowledge records",
+                self.began.elapsed().as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
