@@ -999,11 +999,6 @@ impl StreamCore {
             self.refuse_cut(acks);
             return;
         }
-        // Exactly-once: from here the cut goes to its round (its changes are taken now), and
-        // what the agent sends meanwhile waits for the round's answer (see `round::Gate`).
-        if self.rounds.is_some() {
-            ctx.gate.close();
-        }
         let mut writes: Vec<TableWrite> = Vec::new();
         let seq = ctx.next_cut();
         let stream_time = Some(ctx.stream_time()).filter(|t| *t != super::NO_TIME);
@@ -1059,6 +1054,12 @@ impl StreamCore {
         // (or sent) until the round's transaction is committed.
         let round = rounds.request();
         let (done, finished) = tokio::sync::oneshot::channel();
+        // Exactly-once: the cut goes to its round; what the agent sends meanwhile waits for
+        // the round's answer (see `round::Gate`). Closed only now: nothing from here to the
+        // ticket waits, so nothing needs this task's stream polled to open the gate again
+        // (closed before the changelog records, which may wait for room, an agent's send
+        // waiting at the gate would have kept its cut from ever reaching the committer).
+        ctx.gate.close();
         cut.ticket = Some(Ticket {
             member: *member,
             round,

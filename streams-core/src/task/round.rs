@@ -296,6 +296,9 @@ mod tests {
         aborted.answer(Err("aborted".into()));
         assert!(!gate.pass().await);
         assert!(gate.closed(), "an aborted gate stays shut");
+        gate.close();
+        let passed = tokio::time::timeout(std::time::Duration::from_secs(1), gate.pass()).await;
+        assert_eq!(passed, Ok(false), "a cut after the abort does not make it wait again");
         // A ticket dropped unanswered.
         let gate = Arc::new(Gate::default());
         gate.close();
