@@ -47,6 +47,21 @@ pub(crate) struct Ticket {
 }
 
 impl Ticket {
+    /// A ticket of a test's cut, for no task's gate.
+    #[cfg(test)]
+    pub(crate) fn without_gate(
+        member: u64,
+        round: u64,
+        done: tokio::sync::oneshot::Sender<Result<(), String>>,
+    ) -> Self {
+        Self {
+            member,
+            round,
+            gate: GateHandle::default(),
+            done,
+        }
+    }
+
     /// Says how the round ended, to the task and to its gate.
     pub(crate) fn answer(mut self, outcome: Result<(), String>) {
         self.gate.answer(outcome.is_ok());
