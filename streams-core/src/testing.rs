@@ -91,6 +91,9 @@ pub struct TestRecord {
     /// Sent in a transaction that was aborted (exactly-once): a `read_committed` reader never
     /// sees it ([`TestDriver::records`] skips it; [`TestDriver::raw_records`] shows it).
     pub aborted: bool,
+    /// Exactly-once: the transaction it was sent in, numbered in the order they began
+    /// (records sent together atomically share it); `None` outside transactions.
+    pub transaction: Option<u64>,
 }
 
 impl TestRecord {
@@ -162,6 +165,8 @@ struct Stored {
     state: Visibility,
     /// Its place among every record appended to any topic: the order they were produced in.
     seq: u64,
+    /// The transaction it was sent in, if any.
+    txn: Option<u64>,
 }
 
 /// Where a record stands with its transaction (exactly-once; others are committed at once).
@@ -200,6 +205,10 @@ impl PartitionLog {
             timestamp,
             state,
             seq,
+            txn: match state {
+                Visibility::Pending(txn) => Some(txn),
+                _ => None,
+            },
         });
         if matches!(state, Visibility::Pending(_)) {
             self.first_pending.get_or_insert(self.records.len() - 1);
@@ -277,6 +286,7 @@ impl PartitionLog {
             headers: stored.headers.to_vec(),
             timestamp: stored.timestamp,
             aborted: stored.state == Visibility::Aborted,
+            transaction: stored.txn,
         }
     }
 }
@@ -320,6 +330,11 @@ struct Log {
     /// The last headers made text, and their text: the changelog records of a cut share
     /// one list, made text once (per record, it was a tenth of a windowed app's run or more).
     last_headers: Option<(Headers, TextHeaders)>,
+    /// How long the producer's queue is full from the next changelog record offered (see
+    /// [`TestDriver::full_queue_at_next_cut`]).
+    full_at_cut: Option<Duration>,
+    /// Until when the producer's queue is full: nothing is taken.
+    full_until: Option<std::time::Instant>,
 }
 
 /// A record's headers as text.
@@ -415,11 +430,24 @@ impl Log {
 
 impl Topics {
     /// Takes a record the tasks send: appended (its bytes copied into the partition's
-    /// log), or refused as a broker would.
-    fn take(&self, record: &OutRecord) {
+    /// log), or refused as a broker would. `false`: not taken, the producer's queue is full
+    /// (see [`TestDriver::full_queue_at_next_cut`]).
+    fn take(&self, record: &OutRecord) -> bool {
         // One lock for the choice of the record's transaction and its append: a commit in
         // between would leave it in a transaction that has ended.
         let mut log = self.log();
+        if log.full_at_cut.is_some() || log.full_until.is_some() {
+            if record.changelog {
+                if let Some(full) = log.full_at_cut.take() {
+                    log.full_until = Some(std::time::Instant::now() + full);
+                }
+            }
+            match log.full_until {
+                Some(until) if std::time::Instant::now() < until => return false,
+                Some(_) => log.full_until = None,
+                None => {}
+            }
+        }
         if log.transactional && log.sealed {
             let what = format!(
                 "a record to `{}` was sent while transaction {} was being committed: it goes into that \
@@ -437,7 +465,7 @@ impl Topics {
             // The transaction can only abort: the record is not taken, and made again
             // when the input is processed again.
             log.not_taken += 1;
-            return;
+            return true;
         }
         if refused {
             // As a broker answers a record over the topic's `max.message.bytes`.
@@ -445,7 +473,7 @@ impl Topics {
                 record: record.clone(),
                 error: "Broker: Message size too large".into(),
             });
-            return;
+            return true;
         }
         let state = if log.transactional {
             Visibility::Pending(log.txn)
@@ -454,18 +482,25 @@ impl Topics {
         };
         log.sent = true;
         log.append(record, state);
+        true
     }
 }
 
 impl Sink for Topics {
     fn enqueue(&self, record: OutRecord) -> Result<(), SinkError> {
-        self.take(&record);
-        Ok(())
+        if self.take(&record) {
+            Ok(())
+        } else {
+            Err(SinkError::Full(record))
+        }
     }
 
     fn enqueue_copy(&self, record: &OutRecord) -> Result<(), SinkError> {
-        self.take(record);
-        Ok(())
+        if self.take(record) {
+            Ok(())
+        } else {
+            Err(SinkError::Full(record.clone()))
+        }
     }
 
     fn flush(&self) -> Result<(), FlushError> {
@@ -1238,6 +1273,13 @@ impl TestDriver {
     /// follow them) lag behind the tasks, which go on meanwhile, as on a worker.
     pub fn ack_latency(&mut self, latency: Duration) {
         self.topics.log().ack_latency = latency;
+    }
+
+    /// Makes the producer's queue full for `duration` from the next changelog record a cut
+    /// offers, as when the broker is slow to acknowledge what a worker sends: the cut, and
+    /// everything the app sends meanwhile, waits for room (a millisecond between tries).
+    pub fn full_queue_at_next_cut(&mut self, duration: Duration) {
+        self.topics.log().full_at_cut = Some(duration);
     }
 
     /// Makes the driver's broker refuse the records of `topic` whose value is larger than

@@ -4,6 +4,7 @@
 //! readers until then), aborted records never read, delivery failures and commits whose
 //! outcome is unknown injected on demand, the group's generation checked at commit.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -469,6 +470,88 @@ async fn a_stream_awaited_in_select_keeps_exactly_once() {
         (1..=piped).collect::<Vec<i64>>(),
         "read committed: each total once, in order"
     );
+}
+
+const COUNTED: Topic<String, i64> = Topic::new("counted").partitions(1);
+const COUNTED_SUMS: Table<String, i64> = Table::new("counted-sums");
+const TICK_COUNT: Table<String, i64> = Table::new("tick-count");
+const TICKS_COUNTED: Topic<String, i64> = Topic::new("ticks-counted").partitions(1);
+
+/// Whether `counting_ticks`'s timer still counts.
+static COUNTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Sums its input per key; beside it, every millisecond, counts a tick in a table and sends
+/// the count: a table change and a send that belong to one transaction.
+#[agent(topic = COUNTED, tables = [COUNTED_SUMS, TICK_COUNT], sends = [TICKS_COUNTED])]
+async fn counting_ticks(mut numbers: Stream<String, i64>) -> Result<()> {
+    loop {
+        tokio::select! {
+            event = numbers.next_event() => {
+                let Some(event) = event else { break };
+                COUNTED_SUMS.update(&event.key, |s| *s += event.value).await?;
+            }
+            () = tokio::time::sleep(Duration::from_millis(1)), if COUNTING.load(Ordering::SeqCst) => {
+                let ticks = TICK_COUNT.update("ticks", |n| *n += 1).await?;
+                TICKS_COUNTED.send("ticks", &ticks).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A cut whose changelog records wait for room in a full producer queue has taken its
+/// table changes already: what the agent's other branch changes and sends meanwhile belongs
+/// to the next round, both of it. Each committed transaction that holds ticks sent holds
+/// the tick count's change to the last of them, and no later one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_while_a_cut_waits_for_room_goes_with_its_table_change() {
+    let app = App::new("counting")
+        .processing_guarantee(ProcessingGuarantee::ExactlyOnce)
+        .commit_interval(Duration::from_millis(5))
+        .agent(counting_ticks);
+    let mut driver = TestDriver::new(app).expect("driver");
+    for round in 0..6 {
+        for _ in 0..100 {
+            driver.pipe(&COUNTED, "k", &1).expect("pipe");
+        }
+        if round == 5 {
+            // The last run commits every tick counted.
+            COUNTING.store(false, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        } else {
+            driver.full_queue_at_next_cut(Duration::from_millis(20));
+        }
+        run_bounded(&mut driver).await.expect("run");
+    }
+    assert_eq!(driver.table(&COUNTED_SUMS).expect("table")["k"], 600);
+    let by_transaction = |topic: &str| {
+        let mut values: BTreeMap<u64, Vec<i64>> = BTreeMap::new();
+        for record in driver.raw_records(topic) {
+            assert!(!record.aborted, "nothing aborts here");
+            let value: i64 = serde_json::from_slice(record.value.as_deref().expect("a value")).expect("a count");
+            values
+                .entry(record.transaction.expect("exactly-once"))
+                .or_default()
+                .push(value);
+        }
+        values
+    };
+    let sent = by_transaction("ticks-counted");
+    let logged = by_transaction("counting-tick-count-changelog");
+    let first_logged = *logged.keys().next().expect("the tick count is logged");
+    let ticks = sent.values().map(Vec::len).sum::<usize>() as i64;
+    assert!(ticks >= 5, "the timer ticked in each run ({ticks} ticks)");
+    assert_eq!(driver.table(&TICK_COUNT).expect("table")["ticks"], ticks);
+    // Ticks sent before the first input count in the first round that has positions to
+    // log: checked from there.
+    for (transaction, sent) in sent.range(first_logged..) {
+        assert_eq!(
+            logged.get(transaction).and_then(|values| values.last()),
+            sent.last(),
+            "transaction {transaction} sent ticks {sent:?}, but logged the tick count's changes {:?}",
+            logged.get(transaction)
+        );
+    }
 }
 
 const ONCE_IN: Topic<String, i64> = Topic::new("once-in").partitions(1);

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::commit::{Ack, Cut, TableWrite};
 use super::round::{GateHandle, Rounds, Ticket};
-use super::sink::{Headers, OnError, OutRecord};
+use super::sink::{Headers, OnError, OutRecord, SinkError};
 use super::TaskContext;
 use crate::message::{Message, Spent};
 use crate::Origin;
@@ -1003,6 +1003,18 @@ impl StreamCore {
         let seq = ctx.next_cut();
         let stream_time = Some(ctx.stream_time()).filter(|t| *t != super::NO_TIME);
         let clocks = ctx.clocks();
+        // Exactly-once: the cut goes to its round; what the agent sends from here on waits
+        // for the round's answer (see `round::Gate`). Closed before the changes are taken:
+        // what the agent changes meanwhile (its code may run, awaiting its stream in
+        // `select!`) goes into the next cut, and so must what it sends. Nothing from here to
+        // the ticket waits on this task's stream: changelog records that find the producer's
+        // queue full wait for room in a task of their own, which makes the ticket (a send
+        // waiting at the gate would keep this stream from being polled).
+        let gate = self.rounds.is_some().then(|| {
+            ctx.gate.close();
+            GateHandle::new(&ctx.gate)
+        });
+        let mut waiting: Vec<OutRecord> = Vec::new();
         if !positions.is_empty() {
             // Every store of the partition gets the cut's positions, changed or not: a
             // store's positions say how far its state reflects the input.
@@ -1022,7 +1034,18 @@ impl StreamCore {
                     };
                     // The key and value go on to the store: the sink copies them (librdkafka
                     // does anyway).
-                    ctx.emit_copy(&record).await;
+                    if gate.is_none() {
+                        ctx.emit_copy(&record).await;
+                    } else if !waiting.is_empty() {
+                        // Behind one that waits for room: in order.
+                        waiting.push(record.clone());
+                    } else {
+                        match ctx.sink.enqueue_copy(&record) {
+                            Ok(()) => {}
+                            Err(SinkError::Full(back)) => waiting.push(back),
+                            Err(SinkError::Failed(error)) => ctx.metrics.fail(error),
+                        }
+                    }
                     entries.extend(record.key.map(|key| (key, record.value)));
                 }
                 writes.push(TableWrite {
@@ -1032,7 +1055,7 @@ impl StreamCore {
                 });
             }
         }
-        let mut cut = Cut {
+        let cut = Cut {
             partition: ctx.partition,
             positions: positions.clone(),
             stream_time,
@@ -1046,28 +1069,46 @@ impl StreamCore {
             settled: false,
         };
         self.last_cut = positions;
-        let Some((rounds, member)) = &self.rounds else {
+        let (Some((rounds, member)), Some(gate)) = (&self.rounds, gate) else {
             ctx.commit(cut);
             return;
         };
         // Exactly-once: the cut is this task's part of a round, and nothing more is processed
         // (or sent) until the round's transaction is committed.
-        let round = rounds.request();
         let (done, finished) = tokio::sync::oneshot::channel();
-        // Exactly-once: the cut goes to its round; what the agent sends meanwhile waits for
-        // the round's answer (see `round::Gate`). Closed only now: nothing from here to the
-        // ticket waits, so nothing needs this task's stream polled to open the gate again
-        // (closed before the changelog records, which may wait for room, an agent's send
-        // waiting at the gate would have kept its cut from ever reaching the committer).
-        ctx.gate.close();
-        cut.ticket = Some(Ticket {
-            member: *member,
-            round,
-            gate: GateHandle::new(&ctx.gate),
-            done,
-        });
-        self.round_seen = round;
-        ctx.commit(cut);
+        let to_round = {
+            let (ctx, rounds, member) = (Arc::clone(&ctx), Arc::clone(rounds), *member);
+            move |mut cut: Cut| {
+                let round = rounds.request();
+                cut.ticket = Some(Ticket {
+                    member,
+                    round,
+                    gate,
+                    done,
+                });
+                ctx.commit(cut);
+                round
+            }
+        };
+        if waiting.is_empty() {
+            self.round_seen = to_round(cut);
+        } else {
+            let (made, ticket) = tokio::sync::oneshot::channel();
+            let ctx = Arc::clone(&ctx);
+            tokio::spawn(async move {
+                for record in waiting {
+                    if let Err(error) = super::sink::enqueue_when_room(&*ctx.sink, record).await {
+                        ctx.metrics.fail(error);
+                    }
+                }
+                let _ = made.send(to_round(cut));
+            });
+            // Dropped unmade (the runtime shuts down), the cut's ticket drops too: the round
+            // is answered below as not committed.
+            if let Ok(round) = ticket.await {
+                self.round_seen = round;
+            }
+        }
         // Records done with go back now: the round may take a while.
         self.give_back();
         match finished.await {
