@@ -322,8 +322,10 @@ struct Log {
     /// its commit or abort): a record sent now would go into a transaction that commits
     /// without its source offsets.
     sealed: bool,
-    /// Records sent while the transaction was sealed: an exactly-once violation of the
-    /// engine, which the driver's runs report.
+    /// Exactly-once: a transaction has begun and not ended (the producer takes records).
+    open: bool,
+    /// Records sent while the transaction was sealed, or while none was open: an
+    /// exactly-once violation of the engine, which the driver's runs report.
     slipped: Vec<String>,
     /// Whether the app sent records since the committer last asked ([`Sink::take_sent`]).
     sent: bool,
@@ -453,6 +455,14 @@ impl Topics {
                 "a record to `{}` was sent while transaction {} was being committed: it goes into that \
                  transaction without its source offsets",
                 record.topic, log.txn
+            );
+            log.slipped.push(what);
+        } else if log.transactional && !log.open {
+            let what = format!(
+                "a record to `{}` was sent between the end of transaction {} and the beginning of the next: \
+                 librdkafka refuses it",
+                record.topic,
+                log.txn.wrapping_sub(1)
             );
             log.slipped.push(what);
         }
@@ -616,6 +626,7 @@ impl commit::Transactions for DriverTransactions {
             let txn = log.txn;
             log.txn += 1;
             log.sealed = false;
+            log.open = false;
             let latency = log.marker_latency;
             if latency.is_zero() {
                 log.settle(txn, true);
@@ -645,6 +656,7 @@ impl commit::Transactions for DriverTransactions {
         let txn = log.txn;
         log.txn += 1;
         log.sealed = false;
+        log.open = false;
         log.settle(txn, false);
         // What failed belonged to the aborted transaction.
         log.refused.clear();
@@ -652,12 +664,15 @@ impl commit::Transactions for DriverTransactions {
         Ok(())
     }
     fn begin(&self) -> std::result::Result<(), String> {
+        self.1.log().open = true;
         Ok(())
     }
-    /// A new producer's initialisation aborts what the old one left open.
+    /// A new producer's initialisation aborts what the old one left open; it begins the
+    /// next transaction, as the worker's does.
     fn reinit(&self) -> std::result::Result<(), String> {
         self.0.producers.fetch_add(1, Ordering::Relaxed);
-        self.abort()
+        self.abort()?;
+        self.begin()
     }
 }
 
@@ -877,7 +892,12 @@ impl TestDriver {
             let rounds = rounds.clone();
             let offsets = Arc::clone(&offsets);
             let topics = topics.clone();
-            topics.log().transactional = rounds.is_some();
+            {
+                // Exactly-once: the producer begins its first transaction as it starts.
+                let mut log = topics.log();
+                log.transactional = rounds.is_some();
+                log.open = true;
+            }
             std::thread::Builder::new()
                 .name(format!("test-committer-{}", DRIVERS.fetch_add(1, Ordering::Relaxed)))
                 .spawn(move || match rounds {
@@ -1521,7 +1541,8 @@ impl TestDriver {
         }
         match slipped.first() {
             Some(first) => Err(Error::Config(format!(
-                "test driver: {} records were sent while a transaction was being committed; the first: {first}",
+                "test driver: {} records were sent while a transaction was being committed or none was open; \
+                 the first: {first}",
                 slipped.len()
             ))),
             None => Ok(()),

@@ -1094,20 +1094,41 @@ impl StreamCore {
             self.round_seen = to_round(cut);
         } else {
             let (made, ticket) = tokio::sync::oneshot::channel();
-            let ctx = Arc::clone(&ctx);
+            // The task's part: dropped (its partition lost, revoked past its timeout, the
+            // driver's crash), the rest of its cut is not made, as when it waited itself.
+            let here = Here::new();
+            let (ctx, there) = (Arc::clone(&ctx), here.there());
             tokio::spawn(async move {
-                for record in waiting {
-                    if let Err(error) = super::sink::enqueue_when_room(&*ctx.sink, record).await {
-                        ctx.metrics.fail(error);
+                let mut full = super::sink::FullQueue::new();
+                for mut record in waiting {
+                    loop {
+                        let tried = there.while_here(|| ctx.sink.enqueue(record));
+                        match tried {
+                            None => return,
+                            Some(Ok(())) => break,
+                            Some(Err(SinkError::Full(back))) => record = back,
+                            Some(Err(SinkError::Failed(error))) => {
+                                // The worker stops: the cut is not made (see above).
+                                ctx.metrics.fail(error);
+                                return;
+                            }
+                        }
+                        if ctx.metrics.failed() {
+                            return;
+                        }
+                        full.wait().await;
                     }
                 }
-                let _ = made.send(to_round(cut));
+                if let Some(round) = there.while_here(|| to_round(cut)) {
+                    let _ = made.send(round);
+                }
             });
-            // Dropped unmade (the runtime shuts down), the cut's ticket drops too: the round
-            // is answered below as not committed.
+            // Dropped unmade (the worker failed, the runtime shuts down), the cut's ticket
+            // drops too: the round is answered below as not committed.
             if let Ok(round) = ticket.await {
                 self.round_seen = round;
             }
+            drop(here);
         }
         // Records done with go back now: the round may take a while.
         self.give_back();
@@ -1133,6 +1154,38 @@ impl StreamCore {
     }
 }
 
+/// A cut's task, while it waits for the work it handed to a task of its own (see
+/// `StreamCore::cut_with`): dropped, the work stops; it waits for a step under way.
+struct Here(Arc<Mutex<bool>>);
+
+impl Here {
+    fn new() -> Self {
+        Self(Arc::new(Mutex::new(true)))
+    }
+
+    /// The working side.
+    fn there(&self) -> There {
+        There(Arc::clone(&self.0))
+    }
+}
+
+impl Drop for Here {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = false;
+    }
+}
+
+/// The working side of a [`Here`].
+struct There(Arc<Mutex<bool>>);
+
+impl There {
+    /// Runs `step` if the cut's task is still there (and keeps it from going meanwhile).
+    fn while_here<T>(&self, step: impl FnOnce() -> T) -> Option<T> {
+        let here = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        (*here).then(step)
+    }
+}
+
 impl Drop for StreamCore {
     fn drop(&mut self) {
         if let Some((rounds, member)) = &self.rounds {
@@ -1143,8 +1196,8 @@ impl Drop for StreamCore {
 }
 
 /// The core's work that a call to an agent's `next` left unfinished when it was dropped
-/// (the agent awaits its stream in `select!` beside a timer): a cut waiting for its round,
-/// a dead letter waiting for room, input awaited. It owns the core, and it is finished, not
+/// (the agent awaits its stream in `select!` beside a timer): a cut waiting for room for
+/// its changelog records or for its round, a dead letter waiting for room, input awaited. It owns the core, and it is finished, not
 /// dropped: by the agent's next call, which returns what it found, or when the agent ends.
 type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = (Box<StreamCore>, Option<(usize, Message)>)> + Send>>;
 

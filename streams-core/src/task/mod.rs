@@ -64,7 +64,8 @@ pub(crate) struct TaskContext {
     /// ([`Error::Aborted`]): sent, it would go into the next transaction, a duplicate of what
     /// the replay sends.
     aborted: AtomicBool,
-    /// Exactly-once: closed while the task's cut waits for its round (see [`round::Gate`]).
+    /// Exactly-once: closed from the moment the task's cut takes its table changes until
+    /// its round's answer (see [`round::Gate`]).
     pub(crate) gate: Arc<round::Gate>,
     /// Set while the task's agent has ended and its core finishes what a dropped call to
     /// `next` left: waiting for input, that work returns at once (see `input::Home`).
@@ -584,11 +585,11 @@ impl TaskContext {
         }
     }
 
-    /// Exactly-once: what the task's agent sends while its cut waits for its round (its code
-    /// runs then when it awaits its stream in `select!`) waits for the round's answer: sent
-    /// before, it would go into the transaction being committed, without the offsets of the
-    /// input that caused it. A round that did not commit ends the task (see
-    /// [`TaskContext::abort`]).
+    /// Exactly-once: what the task's agent sends while its cut is under way (its code runs
+    /// then when it awaits its stream in `select!`) waits for the round's answer: sent at
+    /// once, it would go into the cut's transaction, without the offsets of the input that
+    /// caused it and without the table changes made beside it. A round that did not commit
+    /// ends the task (see [`TaskContext::abort`]).
     async fn round_gate(&self) {
         if !self.gate.pass().await {
             self.abort();

@@ -93,10 +93,11 @@ impl Drop for GateHandle {
     }
 }
 
-/// Exactly-once: whether a task's cut waits for its round's outcome. Its agent's sends
-/// wait while it does (its code may run then, awaiting its stream in `select!`): sent
-/// before, they would go into the transaction being committed, without the offsets of
-/// their input.
+/// Exactly-once: whether a task's cut is under way, from the moment it takes its table
+/// changes to its round's outcome. Its agent's sends wait while it is (its code may run
+/// then, awaiting its stream in `select!`): sent at once, they would go into the cut's
+/// transaction, without the offsets of their input and without the table changes made
+/// beside them (those go into the next cut).
 #[derive(Default)]
 pub(crate) struct Gate {
     /// [`Gate::OPEN`], [`Gate::WAITING`] or [`Gate::ABORTED`].
@@ -109,8 +110,8 @@ impl Gate {
     const WAITING: u8 = 1;
     const ABORTED: u8 = 2;
 
-    /// The task's cut goes to its round: sends wait for its answer. A gate whose round did
-    /// not commit stays shut.
+    /// The task's cut takes its table changes for its round: sends wait for the round's
+    /// answer. A gate whose round did not commit stays shut.
     pub(crate) fn close(&self) {
         let _ = self
             .state
