@@ -1081,11 +1081,19 @@ async fn run_app(
         cpu: cpu_seconds() - cpu,
     };
     // Exactly-once: the embedded broker keeps no offsets committed in transactions, and a
-    // transactional topic's end counts its commit markers; wait for two more commits instead.
-    let commits = metrics.commits.load(std::sync::atomic::Ordering::Relaxed);
+    // transactional topic's end counts its commit markers; wait for the rounds to end
+    // instead: a second without a commit (ten commit intervals; a round that changed nothing
+    // commits nothing, so waiting for a number of commits could wait for ever).
+    let mut commits = (
+        metrics.commits.load(std::sync::atomic::Ordering::Relaxed),
+        Instant::now(),
+    );
     loop {
         if exactly_once {
-            if metrics.commits.load(std::sync::atomic::Ordering::Relaxed) >= commits + 2 {
+            let now = metrics.commits.load(std::sync::atomic::Ordering::Relaxed);
+            if now != commits.0 {
+                commits = (now, Instant::now());
+            } else if commits.1.elapsed() >= Duration::from_secs(1) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

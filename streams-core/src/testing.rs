@@ -434,11 +434,13 @@ impl Topics {
     /// Takes a record the tasks send: appended (its bytes copied into the partition's
     /// log), or refused as a broker would. `false`: not taken, the producer's queue is full
     /// (see [`TestDriver::full_queue_at_next_cut`]).
-    fn take(&self, record: &OutRecord) -> bool {
+    fn take(&self, record: &OutRecord, outside: bool) -> bool {
         // One lock for the choice of the record's transaction and its append: a commit in
         // between would leave it in a transaction that has ended.
         let mut log = self.log();
-        if log.full_at_cut.is_some() || log.full_until.is_some() {
+        // Exactly-once: the tasks' records belong to the open transaction.
+        let in_txn = log.transactional && !outside;
+        if !outside && (log.full_at_cut.is_some() || log.full_until.is_some()) {
             if record.changelog {
                 if let Some(full) = log.full_at_cut.take() {
                     log.full_until = Some(std::time::Instant::now() + full);
@@ -450,14 +452,14 @@ impl Topics {
                 None => {}
             }
         }
-        if log.transactional && log.sealed {
+        if in_txn && log.sealed {
             let what = format!(
                 "a record to `{}` was sent while transaction {} was being committed: it goes into that \
                  transaction without its source offsets",
                 record.topic, log.txn
             );
             log.slipped.push(what);
-        } else if log.transactional && !log.open {
+        } else if in_txn && !log.open {
             let what = format!(
                 "a record to `{}` was sent between the end of transaction {} and the beginning of the next: \
                  librdkafka refuses it",
@@ -471,7 +473,7 @@ impl Topics {
             .refusing
             .iter()
             .any(|(topic, largest)| **topic == *record.topic && size > *largest);
-        if log.transactional && !log.refused.is_empty() {
+        if in_txn && !log.refused.is_empty() {
             // The transaction can only abort: the record is not taken, and made again
             // when the input is processed again.
             log.not_taken += 1;
@@ -485,12 +487,12 @@ impl Topics {
             });
             return true;
         }
-        let state = if log.transactional {
+        let state = if in_txn {
+            log.sent = true;
             Visibility::Pending(log.txn)
         } else {
             Visibility::Committed
         };
-        log.sent = true;
         log.append(record, state);
         true
     }
@@ -498,7 +500,7 @@ impl Topics {
 
 impl Sink for Topics {
     fn enqueue(&self, record: OutRecord) -> Result<(), SinkError> {
-        if self.take(&record) {
+        if self.take(&record, false) {
             Ok(())
         } else {
             Err(SinkError::Full(record))
@@ -506,7 +508,7 @@ impl Sink for Topics {
     }
 
     fn enqueue_copy(&self, record: &OutRecord) -> Result<(), SinkError> {
-        if self.take(record) {
+        if self.take(record, false) {
             Ok(())
         } else {
             Err(SinkError::Full(record.clone()))
@@ -545,6 +547,25 @@ impl Sink for Topics {
 
     fn take_sent(&self) -> bool {
         std::mem::take(&mut self.log().sent)
+    }
+}
+
+/// The driver's topics as a producer outside the tasks' transactions (a worker's timers
+/// have one of their own): what it sends is committed at once.
+struct Outside(Topics);
+
+impl Sink for Outside {
+    fn enqueue(&self, record: OutRecord) -> Result<(), SinkError> {
+        self.0.take(&record, true);
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), FlushError> {
+        Ok(())
+    }
+
+    fn changelog_offset(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.0.changelog_offset(topic, partition)
     }
 }
 
@@ -666,6 +687,13 @@ impl commit::Transactions for DriverTransactions {
     fn begin(&self) -> std::result::Result<(), String> {
         self.1.log().open = true;
         Ok(())
+    }
+    fn abandon(&self) -> std::result::Result<bool, String> {
+        if !self.1.log().open {
+            // The last round committed and the next did not begin.
+            return Ok(false);
+        }
+        self.abort().map(|()| true)
     }
     /// A new producer's initialisation aborts what the old one left open; it begins the
     /// next transaction, as the worker's does.
@@ -918,7 +946,7 @@ impl TestDriver {
             .timers()
             .iter()
             .map(|timer| {
-                let sink: Arc<dyn Sink> = Arc::new(topics.clone());
+                let sink: Arc<dyn Sink> = Arc::new(Outside(topics.clone()));
                 let name = format!("timer {}", timer.name());
                 let ctx = TaskContext::standalone(&name, &timer.sends, sink, Arc::clone(&metrics));
                 (timer.clone(), Arc::new(ctx), timer.next_after(start))

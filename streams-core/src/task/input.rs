@@ -1096,30 +1096,32 @@ impl StreamCore {
             let (made, ticket) = tokio::sync::oneshot::channel();
             // The task's part: dropped (its partition lost, revoked past its timeout, the
             // driver's crash), the rest of its cut is not made, as when it waited itself.
+            // (An aborted task is dropped some time after `abort()` returns: what the work
+            // sends meanwhile goes into a round that aborts, as those who drop a task ask
+            // for with `Rounds::request_abort` first.)
             let here = Here::new();
             let (ctx, there) = (Arc::clone(&ctx), here.there());
             tokio::spawn(async move {
                 let mut full = super::sink::FullQueue::new();
+                // Each step while the task is there and the worker has not failed (then
+                // nothing commits: the cut is not made).
+                let going = || !ctx.metrics.failed();
                 for mut record in waiting {
                     loop {
-                        let tried = there.while_here(|| ctx.sink.enqueue(record));
-                        match tried {
+                        let tried = there.while_here(|| going().then(|| ctx.sink.enqueue(record)));
+                        match tried.flatten() {
                             None => return,
                             Some(Ok(())) => break,
                             Some(Err(SinkError::Full(back))) => record = back,
                             Some(Err(SinkError::Failed(error))) => {
-                                // The worker stops: the cut is not made (see above).
                                 ctx.metrics.fail(error);
                                 return;
                             }
                         }
-                        if ctx.metrics.failed() {
-                            return;
-                        }
                         full.wait().await;
                     }
                 }
-                if let Some(round) = there.while_here(|| to_round(cut)) {
+                if let Some(Some(round)) = there.while_here(|| going().then(|| to_round(cut))) {
                     let _ = made.send(round);
                 }
             });
@@ -1146,7 +1148,8 @@ impl StreamCore {
                 self.ended = true;
             }
             Err(_) => {
-                // The committer is gone: the round never commits.
+                // The committer is gone, or the cut was never made (the worker failed while
+                // its records waited for room): the round never commits.
                 ctx.abort();
                 self.ended = true;
             }
