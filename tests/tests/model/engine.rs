@@ -63,6 +63,9 @@ pub struct Knobs {
     pub marker_latency_ms: u64,
     /// Exactly-once: the first commits time out, having committed (`true`) or not.
     pub commit_timeouts: Option<bool>,
+    /// The producer's queue is full this long (ms) from the first cut of each segment: the
+    /// cut, and what the tasks send meanwhile, wait for room.
+    pub full_queue_ms: u64,
 }
 
 /// What the engine produced.
@@ -241,6 +244,9 @@ pub async fn run(
     let mut reprocessed: BTreeMap<(i32, i64), usize> = BTreeMap::new();
     let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
     for (records, side_records, action) in segments {
+        if knobs.full_queue_ms > 0 {
+            driver.full_queue_at_next_cut(Duration::from_millis(knobs.full_queue_ms));
+        }
         for r in records {
             let (partition, offset) = driver.pipe_at(&input, &r.key, &r.value.unwrap_or(0), r.ts)?;
             ends.insert(partition, offset + 1);

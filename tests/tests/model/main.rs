@@ -165,9 +165,19 @@ fn knobs() -> impl Strategy<Value = Knobs> {
         proptest::bool::weighted(0.25),
         prop_oneof![3 => Just(0u64), 1 => Just(2)],
         prop_oneof![4 => Just(None), 1 => Just(Some(false)), 1 => Just(Some(true))],
+        prop_oneof![3 => Just(0u64), 1 => Just(3)],
     )
         .prop_map(
-            |(cache_bytes, ack_latency_ms, batch, commit_interval_ms, exactly_once, markers, timeouts)| Knobs {
+            |(
+                cache_bytes,
+                ack_latency_ms,
+                batch,
+                commit_interval_ms,
+                exactly_once,
+                markers,
+                timeouts,
+                full_queue_ms,
+            )| Knobs {
                 cache_bytes,
                 ack_latency_ms,
                 batch,
@@ -175,6 +185,7 @@ fn knobs() -> impl Strategy<Value = Knobs> {
                 exactly_once,
                 marker_latency_ms: if exactly_once { markers } else { 0 },
                 commit_timeouts: timeouts.filter(|_| exactly_once),
+                full_queue_ms,
             },
         )
 }
@@ -742,6 +753,7 @@ fn the_cases_found_before_still_agree() {
             exactly_once: true,
             marker_latency_ms: 2,
             commit_timeouts: Some(false),
+            full_queue_ms: 0,
         },
     },
     Case {
@@ -796,6 +808,7 @@ fn the_cases_found_before_still_agree() {
             exactly_once: false,
             marker_latency_ms: 0,
             commit_timeouts: None,
+            full_queue_ms: 0,
         },
     },
     Case {
@@ -841,6 +854,7 @@ fn the_cases_found_before_still_agree() {
             exactly_once: false,
             marker_latency_ms: 0,
             commit_timeouts: None,
+            full_queue_ms: 0,
         },
     },
     Case {
@@ -888,6 +902,7 @@ fn the_cases_found_before_still_agree() {
             exactly_once: false,
             marker_latency_ms: 0,
             commit_timeouts: None,
+            full_queue_ms: 0,
         },
     },
     Case {
@@ -935,6 +950,7 @@ fn the_cases_found_before_still_agree() {
             exactly_once: true,
             marker_latency_ms: 2,
             commit_timeouts: None,
+            full_queue_ms: 0,
         },
     },
     Case {
@@ -986,6 +1002,7 @@ fn the_cases_found_before_still_agree() {
             exactly_once: false,
             marker_latency_ms: 0,
             commit_timeouts: None,
+            full_queue_ms: 0,
         },
     }];
     for case in cases {
