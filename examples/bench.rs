@@ -1096,6 +1096,9 @@ async fn run_app(
             } else if commits.1.elapsed() >= Duration::from_secs(1) {
                 break;
             }
+            if Instant::now() > deadline {
+                return Err(format!("{name}: its rounds still commit"));
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }

@@ -327,7 +327,8 @@ struct Log {
     /// Records sent while the transaction was sealed, or while none was open: an
     /// exactly-once violation of the engine, which the driver's runs report.
     slipped: Vec<String>,
-    /// Whether the app sent records since the committer last asked ([`Sink::take_sent`]).
+    /// Exactly-once: whether the tasks sent records into the open transaction since the
+    /// committer last asked ([`Sink::take_sent`]).
     sent: bool,
     /// The last headers made text, and their text: the changelog records of a cut share
     /// one list, made text once (per record, it was a tenth of a windowed app's run or more).
@@ -550,8 +551,8 @@ impl Sink for Topics {
     }
 }
 
-/// The driver's topics as a producer outside the tasks' transactions (a worker's timers
-/// have one of their own): what it sends is committed at once.
+/// Exactly-once: the driver's topics as a producer outside the tasks' transactions (a
+/// worker's timers then have one of their own): what it sends is committed at once.
 struct Outside(Topics);
 
 impl Sink for Outside {
@@ -946,7 +947,12 @@ impl TestDriver {
             .timers()
             .iter()
             .map(|timer| {
-                let sink: Arc<dyn Sink> = Arc::new(Outside(topics.clone()));
+                let sink: Arc<dyn Sink> = if rounds.is_some() {
+                    Arc::new(Outside(topics.clone()))
+                } else {
+                    // At-least-once, a worker's timers share the tasks' producer.
+                    Arc::new(topics.clone())
+                };
                 let name = format!("timer {}", timer.name());
                 let ctx = TaskContext::standalone(&name, &timer.sends, sink, Arc::clone(&metrics));
                 (timer.clone(), Arc::new(ctx), timer.next_after(start))
@@ -1561,7 +1567,8 @@ impl TestDriver {
     }
 
     /// How a run ended: the worker's failure, or an exactly-once violation the driver's
-    /// broker saw (a record sent into a transaction being committed).
+    /// broker saw (a record sent into a transaction being committed, or while none was
+    /// open).
     fn outcome(&self) -> Result<()> {
         let slipped = std::mem::take(&mut self.topics.log().slipped);
         if let Some(error) = self.metrics.fatal() {

@@ -521,7 +521,14 @@ async fn a_send_while_a_cut_waits_for_room_goes_with_its_table_change() {
         } else {
             driver.full_queue_at_next_cut(Duration::from_millis(20));
         }
+        let began = std::time::Instant::now();
         run_bounded(&mut driver).await.expect("run");
+        if round < 5 {
+            assert!(
+                began.elapsed() >= Duration::from_millis(20),
+                "the run's cut waited for room"
+            );
+        }
     }
     assert_eq!(driver.table(&COUNTED_SUMS).expect("table")["k"], 600);
     let by_transaction = |topic: &str| {

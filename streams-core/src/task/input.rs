@@ -1200,8 +1200,9 @@ impl Drop for StreamCore {
 
 /// The core's work that a call to an agent's `next` left unfinished when it was dropped
 /// (the agent awaits its stream in `select!` beside a timer): a cut waiting for room for
-/// its changelog records or for its round, a dead letter waiting for room, input awaited. It owns the core, and it is finished, not
-/// dropped: by the agent's next call, which returns what it found, or when the agent ends.
+/// its changelog records or for its round, a dead letter waiting for room, input awaited.
+/// It owns the core, and it is finished, not dropped: by the agent's next call, which
+/// returns what it found, or when the agent ends.
 type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = (Box<StreamCore>, Option<(usize, Message)>)> + Send>>;
 
 /// Where a task's core waits between runs of its agent: the core, or the work a dropped

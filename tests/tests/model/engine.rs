@@ -63,8 +63,9 @@ pub struct Knobs {
     pub marker_latency_ms: u64,
     /// Exactly-once: the first commits time out, having committed (`true`) or not.
     pub commit_timeouts: Option<bool>,
-    /// The producer's queue is full this long (ms) from the first cut of each segment: the
-    /// cut, and what the tasks send meanwhile, wait for room.
+    /// The producer's queue is full this long (ms) from the first changelog record of a cut
+    /// after each segment's input (a segment without a cut leaves it to the next): the cut,
+    /// and what the tasks send meanwhile, wait for room.
     pub full_queue_ms: u64,
 }
 
