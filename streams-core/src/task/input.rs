@@ -1469,6 +1469,92 @@ mod tests {
         assert!(answer.is_err_and(|error| error.contains("aborted")));
     }
 
+    /// A sink whose queue is full until told otherwise; it counts what it takes.
+    #[derive(Default)]
+    struct Filling {
+        room: std::sync::atomic::AtomicBool,
+        took: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Sink for Filling {
+        fn enqueue(&self, record: OutRecord) -> Result<(), SinkError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            if !self.room.load(SeqCst) {
+                return Err(SinkError::Full(record));
+            }
+            self.took.fetch_add(1, SeqCst);
+            Ok(())
+        }
+        fn flush(&self) -> Result<(), FlushError> {
+            Ok(())
+        }
+        fn changelog_offset(&self, _: &str, _: i32) -> Option<i64> {
+            None
+        }
+    }
+
+    /// Exactly-once: a task dropped (its partition lost, or revoked past its timeout) while
+    /// its cut's changelog records wait for room in a task of their own: the rest of the cut
+    /// is not made, once room comes, for a round it no longer takes part in.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cut_whose_task_was_dropped_while_its_records_waited_is_not_made() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let numbers: Topic<String, i64> = Topic::new("numbers");
+        let sums: crate::table::Table<String, i64> = crate::table::Table::new("sums");
+        let spec = TaskSpec {
+            name: "sum".into(),
+            kind: TaskKind::Agent,
+            sources: vec![numbers.spec()],
+            sends: Vec::new(),
+            tables: vec![sums.spec()],
+            dead_letter_topic: "dead-letters".into(),
+            on_deserialization_error: OnError::DeadLetter,
+            on_processing_error: OnError::DeadLetter,
+            run: Arc::new(|_| Box::pin(async { Ok(()) })),
+        };
+        let table = crate::task::tables::TableState::new(
+            &sums.spec(),
+            "test-sums-changelog".into(),
+            Arc::new(crate::store::MemoryStore::default()),
+            crate::task::cache_budget::CacheBudget::per_partition(1 << 20).share(),
+        );
+        let sink = Arc::new(Filling::default());
+        let (committer, cuts) = std::sync::mpsc::channel();
+        let ctx = Arc::new(TaskContext::new(
+            &spec,
+            0,
+            vec![table],
+            Arc::clone(&sink) as Arc<dyn Sink>,
+            committer,
+            Arc::new(Metrics::default()),
+            Globals::default(),
+        ));
+        let (tx, rx) = mpsc::channel(16);
+        let mut core = StreamCore::new(Arc::clone(&ctx), rx, Duration::from_secs(3600))
+            .with_rounds(Arc::new(crate::task::round::Rounds::at_barriers()));
+        tx.send(Input::Records(0, vec![record(0, 0)])).await.expect("queued");
+        let (source, first) = core.next_message().await.expect("a record");
+        core.begin(source, first);
+        ctx.put_at(0, b"k".to_vec(), Some(b"1".to_vec())).expect("a change");
+        core.finish_current();
+        let task = tokio::spawn(async move { core.cut_with(Vec::new()).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            cuts.try_recv().is_err(),
+            "the cut waits for room for its changelog record"
+        );
+        task.abort();
+        let _ = task.await;
+        sink.room.store(true, SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(sink.took.load(SeqCst), 0, "nothing is sent for the dropped task");
+        assert!(
+            cuts.try_recv().is_err(),
+            "no cut of the dropped task reaches the committer"
+        );
+        drop(tx);
+    }
+
     /// A task of an agent reading `sources`; its context and its input's sender.
     fn task_reading(sources: Vec<crate::spec::TopicSpec>) -> (StreamCore, Arc<TaskContext>, mpsc::Sender<Input>) {
         let (core, ctx, tx, _cuts) = task_with_committer(sources);
