@@ -5,8 +5,9 @@ SHELL := /bin/bash
 # Debian packages the build and the tests need: libclang for RocksDB's bindgen, a C/C++
 # toolchain and zlib for librdkafka and RocksDB, kcat for the interop test, docker-compose
 # to check docker-compose.yml (it parses without a Docker engine), chromium for the test that
-# loads the web server's topology page in a real browser.
-APT_PACKAGES := libclang-dev clang g++ make pkg-config zlib1g-dev kcat docker-compose chromium
+# loads the web server's topology page in a real browser, python3-venv for the venvs (PyPI)
+# of the tests' Python clients and Faust and of the benchmark's peers (Faust, Quix Streams).
+APT_PACKAGES := libclang-dev clang g++ make pkg-config zlib1g-dev kcat docker-compose chromium python3-venv
 
 CARGO ?= cargo
 
@@ -15,7 +16,7 @@ CARGO ?= cargo
 help:
 	@echo "make demo   the seed's hit counter on the embedded broker (no Kafka needed)"
 	@echo "make test   every test, then make publish-check (docs, cargo publish --dry-run)"
-	@echo "make bench  benchmarks: broker ceiling vs agents, an idle worker, restore, memory; broker-free engine"
+	@echo "make bench  benchmarks: broker ceiling vs agents, the peers (Faust, Quix Streams), an idle worker, restore, memory; broker-free engine"
 	@echo "make lint   cargo fmt --check and cargo clippy"
 
 deps:

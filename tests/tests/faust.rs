@@ -1,5 +1,5 @@
 //! Taking over a running Faust app in place, as a user would: the seed's Faust app
-//! (`tests/faust/hit_counter.py`, run by faust-streaming itself) counts the first part of the
+//! (`examples/peers/hit_counter.py`, run by faust-streaming itself) counts the first part of the
 //! input and is stopped; the Rust `faust_hit_counter` worker starts on the same group, topics
 //! and table, restores the table from the changelog Faust wrote and counts the second part;
 //! then Faust starts again, restores from the changelog the Rust worker continued, holds its
@@ -40,7 +40,6 @@ use streams_tests::{committed, example_binary, free_port, produce, unkeyed, Chil
 const APP: &str = "hit_counter";
 const CHANGELOG: &str = "hit_counter-major-count-changelog";
 const PARTITIONS: i32 = 2;
-const FAUST_VERSION: &str = "faust-streaming==0.15.3";
 const WAIT: Duration = Duration::from_secs(240);
 
 /// Counts per user.
@@ -53,9 +52,14 @@ struct Tools {
 }
 
 fn tools() -> Result<Tools, String> {
-    let python = venv(&build_dir().join("faust-venv"), &[FAUST_VERSION])?;
+    let python = venv(&build_dir().join("faust-venv"), &[streams_examples::tools::FAUST])?;
     let faust = python.with_file_name("faust");
     Ok(Tools { faust, tansu: tansu()? })
+}
+
+/// Where the seed's Faust app is (`examples/peers`, beside the benchmark's other peer).
+fn faust_app_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/peers")
 }
 
 fn start_tansu(tools: &Tools) -> (Child, String) {
@@ -302,7 +306,7 @@ fn faust_counts(port: u16) -> Option<Counts> {
 /// How many of `values` Faust's own `hitCount.loads` decodes, each to a record whose fields
 /// match the JSON's (run in the venv, importing the test's Faust app).
 fn faust_decodes(tools: &Tools, values: &[&[u8]]) -> usize {
-    let app_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("faust");
+    let app_dir = faust_app_dir();
     let script = "import json, sys\n\
         from hit_counter import hitCount\n\
         n = 0\n\
@@ -341,7 +345,7 @@ fn faust_decodes(tools: &Tools, values: &[&[u8]]) -> usize {
 /// The seed's Faust app as a worker (`faust -A hit_counter worker -l info`).
 fn start_faust(tools: &Tools, bootstrap: &str, data: &Path) -> (Child, u16) {
     let port = free_port();
-    let app_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("faust");
+    let app_dir = faust_app_dir();
     let mut command = Command::new(&tools.faust);
     command
         .args(["-A", "hit_counter", "worker", "-l", "info"])

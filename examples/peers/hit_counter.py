@@ -1,10 +1,12 @@
-"""The seed's Faust hit counter, as the migration test runs it.
+"""The seed's Faust hit counter, as the migration test (tests/tests/faust.rs) and the
+benchmark's case (p) run it.
 
 The seed's app (blog-kafka-faust-hit-counter.md), with the one fix our Rust port makes: it
 sends to `count_topic` keyed by user, so that each user's hits meet in one partition at any
-partition count. Two settings come from the test: the broker and the web port; the table
-lives in memory, so that every start restores it from its changelog. `GET /counts/` shows
-the table.
+partition count. Settings come from the environment: the broker, the web port, the data
+directory and the internal topics' partitions; the table lives in memory, so that every
+start restores it from its changelog (the seed's RocksDB store would cost Faust more, not
+less). `GET /counts/` shows the table.
 
 Run: faust -A hit_counter worker -l info   (in this folder)
 """
