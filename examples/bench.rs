@@ -290,14 +290,26 @@ fn tansu_binary() -> Option<std::path::PathBuf> {
         .find(|path| runs(path))
 }
 
+/// Whether `BENCH_BROKER=embedded` asks for the embedded broker instead of tansu.
+fn embedded_asked() -> bool {
+    std::env::var("BENCH_BROKER").is_ok_and(|broker| broker == "embedded")
+}
+
+/// Whether the cases that prefer tansu get it: tansu when installed (the faster broker
+/// here, and a separate server), unless `BENCH_BROKER=embedded` asks for the embedded one.
+fn tansu_wanted() -> bool {
+    !embedded_asked() && tansu_binary().is_some()
+}
+
 /// A broker of its own, with `topics` created (tansu creates no topic by itself).
 fn start_broker_with(prefer_tansu: bool, topics: &[(&str, i32)]) -> Result<Broker, String> {
     let port = free_port();
     let bootstrap = format!("127.0.0.1:{port}");
-    // tansu when installed (the faster broker here, and a separate server), unless
-    // BENCH_BROKER=embedded asks for the embedded one.
-    let wanted = prefer_tansu && std::env::var("BENCH_BROKER").map_or(true, |b| b != "embedded");
-    let program = if wanted { tansu_binary() } else { None };
+    let program = if prefer_tansu && !embedded_asked() {
+        tansu_binary()
+    } else {
+        None
+    };
     let tansu = program.is_some();
     let (child, name) = if let Some(program) = program {
         let url = format!("tcp://{bootstrap}");

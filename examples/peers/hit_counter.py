@@ -5,8 +5,8 @@ The seed's app (blog-kafka-faust-hit-counter.md), with the one fix our Rust port
 sends to `count_topic` keyed by user, so that each user's hits meet in one partition at any
 partition count. Settings come from the environment: the broker, the web port, the data
 directory and the internal topics' partitions; the table lives in memory, so that every
-start restores it from its changelog (the seed's RocksDB store would cost Faust more, not
-less). `GET /counts/` shows the table.
+start restores it from its changelog (the seed's RocksDB store was not tried in the
+benchmark). `GET /counts/` shows the table.
 
 Run: faust -A hit_counter worker -l info   (in this folder)
 """

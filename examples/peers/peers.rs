@@ -5,10 +5,10 @@
 //!
 //! A peer runs in a process of its own, from a Python venv set up once per machine (PyPI).
 //! Its CPU (user + sys of all its threads, from `/proc`) is counted from the moment its
-//! input begins to be produced, once it has started and gone idle, to the end of its last
-//! busy quarter second after it has processed everything, less what it uses idle over that
-//! time (measured before). Our cases count from their first record to their last: both
-//! leave out start-up and the group join.
+//! input begins to be produced, once it holds its partitions (Faust: its "Ready"; Quix
+//! Streams: its assignment) and has gone idle, to the end of its last busy quarter second
+//! after it has processed everything, less what it uses idle over that time (measured
+//! before). Our cases count from their first record to their last: neither counts start-up.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
@@ -19,15 +19,16 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use streams_examples::tools::{build_dir, venv, FAUST, QUIX_STREAMS};
+use streams_examples::tools::{build_dir, set_up_venv, VenvError, FAUST, QUIX_STREAMS};
 
 use super::{
-    check_minutes_closed_by, free_port, produce, produce_spread, read_topic, start_broker_with, Figure, PARTITIONS,
+    check_minutes_closed_by, free_port, produce, produce_spread, read_topic, start_broker_with, tansu_wanted, Figure,
+    PARTITIONS,
 };
 
-/// How long a peer may take to start, and to process its input.
+/// How long a peer may take to start; to process its input, this and [`PER_RECORD`] each.
 const START_WAIT: Duration = Duration::from_secs(180);
-const PROCESS_WAIT: Duration = Duration::from_secs(1200);
+const PER_RECORD: Duration = Duration::from_millis(10);
 /// How often the peer's CPU is sampled, and how long it must be quiet once done.
 const SAMPLE: Duration = Duration::from_millis(250);
 const QUIET: Duration = Duration::from_secs(3);
@@ -84,11 +85,24 @@ impl Peer {
         }
     }
 
-    /// CPU seconds (user + sys) it has used so far, all its threads.
+    /// CPU seconds (user + sys) it has used so far, all its threads, those that ended too
+    /// (in ticks of 10 ms).
     fn cpu(&self) -> Result<f64, String> {
         let path = format!("/proc/{}/stat", self.child.id());
         let stat = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
         Ok(super::stat_cpu_seconds(&stat))
+    }
+
+    /// CPU seconds its live threads have used so far, to the nanosecond (to tell idle from
+    /// busy, where [`Peer::cpu`]'s ticks are too coarse).
+    fn cpu_fine(&self) -> Result<f64, String> {
+        let path = format!("/proc/{}/task", self.child.id());
+        let threads = std::fs::read_dir(&path).map_err(|e| format!("{path}: {e}"))?;
+        let nanos: u64 = threads
+            .filter_map(|thread| std::fs::read_to_string(thread.ok()?.path().join("schedstat")).ok())
+            .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        Ok(nanos as f64 / 1e9)
     }
 
     /// Waits until its output has `line`.
@@ -105,61 +119,74 @@ impl Peer {
     }
 
     /// Waits until it uses less than [`BUSY`] of a core over a second; then its CPU per
-    /// second idle, over two seconds.
+    /// second idle, over three seconds.
     fn idle_rate(&mut self) -> Result<f64, String> {
         let deadline = Instant::now() + START_WAIT;
         loop {
             self.alive()?;
-            let before = self.cpu()?;
+            let before = self.cpu_fine()?;
             std::thread::sleep(Duration::from_secs(1));
-            if self.cpu()? - before < BUSY {
+            if self.cpu_fine()? - before < BUSY {
                 break;
             }
             if Instant::now() > deadline {
                 return Err(format!("still busy {START_WAIT:?} after it started:\n{}", self.tail()));
             }
         }
-        let (began, before) = (Instant::now(), self.cpu()?);
-        std::thread::sleep(Duration::from_secs(2));
-        Ok((self.cpu()? - before) / began.elapsed().as_secs_f64())
+        let (began, before) = (Instant::now(), self.cpu_fine()?);
+        std::thread::sleep(Duration::from_secs(3));
+        Ok((self.cpu_fine()? - before) / began.elapsed().as_secs_f64())
     }
 
-    /// Samples its CPU until `done` holds (asked at most once a second) and it has been
-    /// quiet for [`QUIET`] since: the time and CPU from `start` to the end of its last busy
-    /// sample, less `idle` per second over that time.
+    /// Samples its CPU until `done` holds (asked at most once a second; an error ends the
+    /// case) and it has been quiet for [`QUIET`] since: the time and CPU from `start` to
+    /// the end of its last busy sample, less `idle` per second over that time. It may take
+    /// [`START_WAIT`] and [`PER_RECORD`] for each of `records`.
     fn measure(
         &mut self,
         start: (Instant, f64),
         idle: f64,
+        records: usize,
         mut done: impl FnMut() -> Result<bool, String>,
     ) -> Result<(f64, f64), String> {
+        let wait = START_WAIT + PER_RECORD * u32::try_from(records).unwrap_or(u32::MAX);
         let (began, cpu_then) = start;
-        let mut last = (began, cpu_then);
-        let mut busy_until = last;
+        // (when, CPU in ticks, CPU to the nanosecond) of the last sample, and of the last busy one.
+        let mut last = (began, cpu_then, self.cpu_fine()?);
+        let mut busy_until = None;
         let mut finished = false;
         let mut asked = Instant::now();
         loop {
             self.alive()?;
             std::thread::sleep(SAMPLE);
-            let now = (Instant::now(), self.cpu()?);
-            let rate = (now.1 - last.1) / now.0.duration_since(last.0).as_secs_f64();
+            let now = (Instant::now(), self.cpu()?, self.cpu_fine()?);
+            let rate = (now.2 - last.2) / now.0.duration_since(last.0).as_secs_f64();
             if rate > idle + BUSY {
-                busy_until = now;
+                busy_until = Some(now);
             }
             last = now;
             if !finished && asked.elapsed() >= Duration::from_secs(1) {
                 asked = Instant::now();
                 finished = done()?;
             }
-            if finished && busy_until.0.elapsed() >= QUIET {
+            if finished && busy_until.is_none_or(|(when, ..)| when.elapsed() >= QUIET) {
                 break;
             }
-            if began.elapsed() > PROCESS_WAIT {
-                return Err(format!("not done within {PROCESS_WAIT:?}:\n{}", self.tail()));
+            if began.elapsed() > wait {
+                return Err(format!("not done within {wait:?}:\n{}", self.tail()));
             }
         }
-        let seconds = busy_until.0.duration_since(began).as_secs_f64();
-        Ok((seconds, busy_until.1 - cpu_then - idle * seconds))
+        let Some((until, cpu_until, _)) = busy_until else {
+            return Err("done, but never busy: too little input to measure".into());
+        };
+        let seconds = until.duration_since(began).as_secs_f64();
+        let cpu = cpu_until - cpu_then - idle * seconds;
+        if cpu <= 0.0 {
+            return Err(format!(
+                "{cpu:.3} s of CPU over {seconds:.1} s: too little input to measure"
+            ));
+        }
+        Ok((seconds, cpu))
     }
 }
 
@@ -170,28 +197,32 @@ impl Drop for Peer {
     }
 }
 
-/// A venv's Python, or why the peer is skipped (no Python, or PyPI out of reach).
-fn python(venv_name: &str, package: &str) -> Result<PathBuf, String> {
-    venv(&build_dir().join(venv_name), &[package])
+/// A peer's Python, from the venv `venv_name` with `package`: `Ok(None)` when the case is
+/// skipped (not on tansu, or no Python or PyPI here), an error when its set-up failed.
+fn python(case: &str, venv_name: &str, package: &str) -> Result<Option<PathBuf>, String> {
+    if !tansu_wanted() {
+        println!("{case} skipped: the peers run on tansu here (the embedded broker creates no topic on request)");
+        return Ok(None);
+    }
+    match set_up_venv(&build_dir().join(venv_name), &[package]) {
+        Ok(python) => Ok(Some(python)),
+        Err(VenvError::Unavailable(why)) => {
+            println!("{case} skipped: {why}");
+            Ok(None)
+        }
+        Err(VenvError::Failed(error)) => Err(error),
+    }
 }
 
 /// (p) Faust running the seed pipeline (`faust -A hit_counter worker`) on `records`, as
 /// (c) does: the input on 8 partitions, `count_topic` and the table's changelog on 8. Done
-/// when its table holds every user's count (`GET /counts/`). `None`: skipped (no Python
-/// with Faust, or no tansu).
+/// when its table holds every user's count (`GET /counts/`) and its group has committed the
+/// whole input. `None`: skipped (no Python with Faust, or no tansu).
 pub(super) fn faust_seed(records: &[serde_json::Value]) -> Result<Option<Figure>, String> {
-    let python = match python("faust-venv", FAUST) {
-        Ok(python) => python,
-        Err(why) => {
-            println!("(p) skipped: {why}");
-            return Ok(None);
-        }
+    let Some(python) = python("(p)", "faust-venv", FAUST)? else {
+        return Ok(None);
     };
     let broker = start_broker_with(true, &[("hit_count", PARTITIONS)])?;
-    if !broker.tansu {
-        println!("(p) skipped: Faust runs on tansu here (the embedded broker creates no topic on request)");
-        return Ok(None);
-    }
     println!("running (p) Faust: the seed pipeline");
     let port = free_port();
     let mut command = Command::new(python.with_file_name("faust"));
@@ -214,8 +245,27 @@ pub(super) fn faust_seed(records: &[serde_json::Value]) -> Result<Option<Figure>
         records.iter().map(|r| (None, r.to_string())),
     )?;
     let wanted = streams_examples::seed::expected_counts(records);
+    // `produce` spreads the input evenly, record n to partition n % PARTITIONS.
+    let per_partition: Vec<i64> = (0..PARTITIONS as usize)
+        .map(|p| (produced / PARTITIONS as usize + usize::from(p < produced % PARTITIONS as usize)) as i64)
+        .collect();
+    let group = consumer_of(&broker.bootstrap, "hit_counter")?;
+    let done = || {
+        let Some(counts) = faust_counts(port) else {
+            return Ok(false);
+        };
+        if let Some((user, count)) = counts
+            .iter()
+            .find(|(user, count)| wanted.get(*user).is_none_or(|w| *count > w))
+        {
+            return Err(format!(
+                "its table counts {count} for {user}, more than the input holds"
+            ));
+        }
+        Ok(counts == wanted && committed(&group, "hit_count", PARTITIONS)? == per_partition)
+    };
     let (seconds, cpu) = faust
-        .measure(start, idle, || Ok(faust_counts(port).as_ref() == Some(&wanted)))
+        .measure(start, idle, produced, done)
         .map_err(|e| format!("(p) Faust: {e}"))?;
     println!(
         "(p) Faust's table on {}: every user's count exact; idle it used {:.2} ms of CPU per second",
@@ -252,25 +302,17 @@ pub(super) fn quix_windows(
     inputs: &[String],
     failures: &mut Vec<String>,
 ) -> Result<Option<Figure>, String> {
-    let python = match python("quix-venv", QUIX_STREAMS) {
-        Ok(python) => python,
-        Err(why) => {
-            println!("(q) skipped: {why}");
-            return Ok(None);
-        }
+    let Some(python) = python("(q)", "quix-venv", QUIX_STREAMS)? else {
+        return Ok(None);
     };
     let broker = start_broker_with(true, &[("hit_count", 1)])?;
-    if !broker.tansu {
-        println!("(q) skipped: Quix Streams runs on tansu here (the embedded broker creates no topic on request)");
-        return Ok(None);
-    }
     println!("running (q) Quix Streams: hits_per_window");
     let mut command = Command::new(python);
     command
         .arg(peers_dir().join("hits_per_window_quix.py"))
         .env("QUIX_BROKER", &broker.bootstrap);
     let mut quix = Peer::start(command, "QUIX_STATE_DIR").map_err(|e| format!("(q) Quix Streams: {e}"))?;
-    quix.wait_for("is now processing incoming messages")
+    quix.wait_for("partitions assigned")
         .map_err(|e| format!("(q) Quix Streams did not start: {e}"))?;
     let idle = quix.idle_rate().map_err(|e| format!("(q) Quix Streams: {e}"))?;
     let start = (Instant::now(), quix.cpu()?);
@@ -280,13 +322,11 @@ pub(super) fn quix_windows(
         1,
         inputs.iter().map(|v| (None, v.clone())),
     )?;
-    let group: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.bootstrap)
-        .set("group.id", "quix_hits_per_window")
-        .create()
-        .map_err(|e| e.to_string())?;
+    let group = consumer_of(&broker.bootstrap, "quix_hits_per_window")?;
     let (seconds, cpu) = quix
-        .measure(start, idle, || Ok(committed(&group, "hit_count")? >= produced as i64))
+        .measure(start, idle, produced, || {
+            Ok(committed(&group, "hit_count", 1)? == [produced as i64])
+        })
         .map_err(|e| format!("(q) Quix Streams: {e}"))?;
     // Its default closes a key's windows at that key's next record, not as the partition's
     // stream time passes them (`closing_strategy="partition"`, Kafka Streams' rule, makes it
@@ -318,19 +358,32 @@ pub(super) fn quix_windows(
     }))
 }
 
-/// The offset `group`'s group has committed on partition 0 of `topic` (0 before any).
-fn committed(group: &BaseConsumer, topic: &str) -> Result<i64, String> {
+/// A client of `group` that reads what the group committed (it does not join it).
+fn consumer_of(bootstrap: &str, group: &str) -> Result<BaseConsumer, String> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .map_err(|e| e.to_string())
+}
+
+/// The offsets `group`'s group has committed on the `partitions` partitions of `topic` (0
+/// where none).
+fn committed(group: &BaseConsumer, topic: &str, partitions: i32) -> Result<Vec<i64>, String> {
     let mut list = TopicPartitionList::new();
-    list.add_partition(topic, 0);
+    for partition in 0..partitions {
+        list.add_partition(topic, partition);
+    }
     let committed = group
         .committed_offsets(list, Duration::from_secs(10))
         .map_err(|e| e.to_string())?;
-    Ok(committed
-        .elements()
-        .first()
-        .and_then(|element| match element.offset() {
-            Offset::Offset(offset) => Some(offset),
-            _ => None,
-        })
-        .unwrap_or(0))
+    let mut offsets = vec![0; usize::try_from(partitions).unwrap_or(0)];
+    for element in committed.elements() {
+        if let (Offset::Offset(offset), Ok(at)) = (element.offset(), usize::try_from(element.partition())) {
+            if let Some(slot) = offsets.get_mut(at) {
+                *slot = offset;
+            }
+        }
+    }
+    Ok(offsets)
 }

@@ -73,8 +73,19 @@ pub mod tools {
         ))
     }
 
-    /// A venv at `dir` with `packages` installed (once: a marker file names what it holds).
-    pub fn venv(dir: &Path, packages: &[&str]) -> Result<PathBuf, String> {
+    /// Why a venv could not be set up.
+    #[derive(Debug)]
+    pub enum VenvError {
+        /// Not on this machine: no Python, no venv module, or pip cannot get the packages
+        /// (PyPI out of reach, or none for this Python).
+        Unavailable(String),
+        /// Anything else: a fault to see.
+        Failed(String),
+    }
+
+    /// A venv at `dir` with `packages` installed (once: a marker file names what it holds);
+    /// a venv that cannot be set up for want of Python or PyPI is [`VenvError::Unavailable`].
+    pub fn set_up_venv(dir: &Path, packages: &[&str]) -> Result<PathBuf, VenvError> {
         let python = dir.join("bin").join("python");
         let marker = dir.join("streams-installed");
         let wanted = packages.join(" ");
@@ -82,9 +93,12 @@ pub mod tools {
             return Ok(python);
         }
         let system = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-        run(Command::new(&system).arg("--version")).map_err(|_| format!("no Python ({system}) on this machine"))?;
+        run(Command::new(&system).arg("--version"))
+            .map_err(|_| VenvError::Unavailable(format!("no Python ({system}) on this machine")))?;
         eprintln!("setting up {} with {wanted} (once)", dir.display());
-        run(Command::new(&system).args(["-m", "venv"]).arg(dir))?;
+        run(Command::new(&system).args(["-m", "venv"]).arg(dir)).map_err(|error| {
+            VenvError::Unavailable(format!("{system} cannot make a venv (Debian: python3-venv): {error}"))
+        })?;
         let mut pip = Command::new(&python);
         pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
             .args(packages);
@@ -97,12 +111,23 @@ pub mod tools {
                 "Could not find a version",
             ];
             if offline.iter().any(|sign| error.contains(sign)) {
-                return Err(format!("PyPI is not reachable: pip cannot install {wanted}: {error}"));
+                return Err(VenvError::Unavailable(format!(
+                    "pip cannot get {wanted} (PyPI out of reach, or none for this Python): {error}"
+                )));
             }
-            // Anything else is a fault to see, not a reason to skip.
-            panic!("pip cannot install {wanted}: {error}");
+            return Err(VenvError::Failed(format!("pip cannot install {wanted}: {error}")));
         }
-        std::fs::write(&marker, &wanted).map_err(|e| e.to_string())?;
+        std::fs::write(&marker, &wanted).map_err(|e| VenvError::Failed(e.to_string()))?;
         Ok(python)
+    }
+
+    /// [`set_up_venv`] for a test: `Err` (skip) when Python or PyPI is not available; any
+    /// other failure panics (a fault to see, not a reason to skip).
+    pub fn venv(dir: &Path, packages: &[&str]) -> Result<PathBuf, String> {
+        match set_up_venv(dir, packages) {
+            Ok(python) => Ok(python),
+            Err(VenvError::Unavailable(why)) => Err(why),
+            Err(VenvError::Failed(error)) => panic!("{error}"),
+        }
     }
 }
