@@ -35,6 +35,10 @@ const QUIET: Duration = Duration::from_secs(3);
 /// Above its idle rate by this much of a core, a sample counts as busy.
 const BUSY: f64 = 0.05;
 
+/// When, and a peer's CPU then: in ticks ([`Peer::cpu`]) and to the nanosecond
+/// ([`Peer::cpu_fine`]).
+type Sample = (Instant, f64, f64);
+
 /// The peers' programs: this folder.
 fn peers_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("peers")
@@ -94,15 +98,24 @@ impl Peer {
     }
 
     /// CPU seconds its live threads have used so far, to the nanosecond (to tell idle from
-    /// busy, where [`Peer::cpu`]'s ticks are too coarse).
+    /// busy, where [`Peer::cpu`]'s ticks are too coarse); [`Peer::cpu`] where the kernel
+    /// keeps no scheduler statistics.
     fn cpu_fine(&self) -> Result<f64, String> {
         let path = format!("/proc/{}/task", self.child.id());
         let threads = std::fs::read_dir(&path).map_err(|e| format!("{path}: {e}"))?;
-        let nanos: u64 = threads
+        let nanos: Option<u64> = threads
             .filter_map(|thread| std::fs::read_to_string(thread.ok()?.path().join("schedstat")).ok())
-            .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+            .map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
             .sum();
-        Ok(nanos as f64 / 1e9)
+        match nanos {
+            Some(nanos) if nanos > 0 => Ok(nanos as f64 / 1e9),
+            _ => self.cpu(),
+        }
+    }
+
+    /// Now, and its CPU both ways.
+    fn sample(&self) -> Result<Sample, String> {
+        Ok((Instant::now(), self.cpu()?, self.cpu_fine()?))
     }
 
     /// Waits until its output has `line`.
@@ -144,22 +157,21 @@ impl Peer {
     /// [`START_WAIT`] and [`PER_RECORD`] for each of `records`.
     fn measure(
         &mut self,
-        start: (Instant, f64),
+        start: Sample,
         idle: f64,
         records: usize,
         mut done: impl FnMut() -> Result<bool, String>,
     ) -> Result<(f64, f64), String> {
         let wait = START_WAIT + PER_RECORD * u32::try_from(records).unwrap_or(u32::MAX);
-        let (began, cpu_then) = start;
-        // (when, CPU in ticks, CPU to the nanosecond) of the last sample, and of the last busy one.
-        let mut last = (began, cpu_then, self.cpu_fine()?);
+        let (began, cpu_then, _) = start;
+        let mut last = start;
         let mut busy_until = None;
         let mut finished = false;
         let mut asked = Instant::now();
         loop {
             self.alive()?;
             std::thread::sleep(SAMPLE);
-            let now = (Instant::now(), self.cpu()?, self.cpu_fine()?);
+            let now = self.sample()?;
             let rate = (now.2 - last.2) / now.0.duration_since(last.0).as_secs_f64();
             if rate > idle + BUSY {
                 busy_until = Some(now);
@@ -238,7 +250,7 @@ pub(super) fn faust_seed(records: &[serde_json::Value]) -> Result<Option<Figure>
         .wait_for("[^Worker]: Ready")
         .map_err(|e| format!("(p) Faust did not start: {e}"))?;
     let idle = faust.idle_rate().map_err(|e| format!("(p) Faust: {e}"))?;
-    let start = (Instant::now(), faust.cpu()?);
+    let start = faust.sample()?;
     let produced = produce(
         &broker.bootstrap,
         "hit_count",
@@ -315,7 +327,7 @@ pub(super) fn quix_windows(
     quix.wait_for("partitions assigned")
         .map_err(|e| format!("(q) Quix Streams did not start: {e}"))?;
     let idle = quix.idle_rate().map_err(|e| format!("(q) Quix Streams: {e}"))?;
-    let start = (Instant::now(), quix.cpu()?);
+    let start = quix.sample()?;
     let produced = produce_spread(
         &broker.bootstrap,
         "hit_count",

@@ -97,7 +97,14 @@ pub mod tools {
             .map_err(|_| VenvError::Unavailable(format!("no Python ({system}) on this machine")))?;
         eprintln!("setting up {} with {wanted} (once)", dir.display());
         run(Command::new(&system).args(["-m", "venv"]).arg(dir)).map_err(|error| {
-            VenvError::Unavailable(format!("{system} cannot make a venv (Debian: python3-venv): {error}"))
+            if ["ensurepip", "No module named venv"]
+                .iter()
+                .any(|sign| error.contains(sign))
+            {
+                VenvError::Unavailable(format!("{system} cannot make a venv (Debian: python3-venv): {error}"))
+            } else {
+                VenvError::Failed(error)
+            }
         })?;
         let mut pip = Command::new(&python);
         pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
