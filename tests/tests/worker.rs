@@ -3,7 +3,7 @@
 //! on the dead-letter topic, and hands each record to its own partition's task, in order.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use streams_core::broker::{RDKafkaApiKey, RDKafkaRespErr};
 use streams_core::prelude::*;
@@ -302,7 +302,8 @@ async fn keep_latest(mut readings: Stream<String, Reading>) -> Result<()> {
 /// 16 MiB (each partition's memtables alone may take 8 MiB without it), the memtables are
 /// counted in it, and no key is lost. The bound is RocksDB's: a store flushes its memtables
 /// at its next write once the total is over, so a budget must hold what one round of commits
-/// writes, and the memtables that wait for their flush. The table caches in front of the stores are sized from it too, with the default
+/// writes, and the memtables that wait for their flush: the budget holds once they are
+/// written, and on the way within twice the budget. The table caches in front of the stores are sized from it too, with the default
 /// `table_cache_bytes` (1 MiB each): the 16 partitions share a sixteenth of the budget, 64 KiB
 /// each (each cache would hold ~2.7 MB of these keys by the end without it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,14 +339,30 @@ async fn the_stores_share_one_memory_budget() {
     }
     caught_up.await.expect("wait");
     peak = peak.max(metrics.state_memory_bytes.load(Ordering::Relaxed));
+    // Once the memtables waiting for their flush are written, what is left holds within the
+    // budget (without its flushes the memtables would keep all ~26 MB of keys).
+    let mut settled = (metrics.state_memory_bytes.load(Ordering::Relaxed), Instant::now());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while settled.1.elapsed() < Duration::from_secs(2) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = metrics.state_memory_bytes.load(Ordering::Relaxed);
+        if now != settled.0 {
+            settled = (now, Instant::now());
+        }
+    }
     assert_eq!(metrics.state_memory_limit_bytes.load(Ordering::Relaxed), budget as u64);
     assert!(peak >= 1 << 20, "the memtables are counted in the budget: {peak} bytes");
-    // The bound is soft: besides a round of commits' writes, memtables waiting for their
-    // flush (one flush thread for the process) count until written. A `make test` in a fresh
-    // clone reached 21,750,888 bytes (1.30×); the memtables would hold all ~26 MB of keys
-    // (over 1.55×) if the budget's flushes did not come.
     assert!(
-        peak <= budget as u64 * 3 / 2,
+        settled.0 <= budget as u64,
+        "{} bytes in RocksDB's shared memory, settled, for a budget of {budget}",
+        settled.0
+    );
+    // On the way the bound is soft: besides a round of commits' writes, memtables waiting
+    // for their flush count until written, which a disk busy with another program's syncs
+    // delays (peaks of 1.0x-1.65x the budget here with `dd ... conv=fsync` in a loop; 1.30x
+    // in a `make test` of a fresh clone).
+    assert!(
+        peak <= budget as u64 * 2,
         "{peak} bytes in RocksDB's shared memory for a budget of {budget}"
     );
     // A cache is at its largest at a cut: up to its budget of dirty and clean entries, the
