@@ -10,8 +10,7 @@
 //! after it has processed everything, less what it uses idle over that time (measured
 //! before). Our cases count from their first record to their last: neither counts start-up.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,7 +18,7 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use streams_examples::tools::{build_dir, set_up_venv, VenvError, FAUST, QUIX_STREAMS};
+use streams_examples::tools::{build_dir, faust_counts, set_up_venv, VenvError, FAUST, QUIX_STREAMS};
 
 use super::{
     check_minutes_closed_by, free_port, produce, produce_spread, read_topic, start_broker_with, tansu_wanted, Figure,
@@ -290,20 +289,6 @@ pub(super) fn faust_seed(records: &[serde_json::Value]) -> Result<Option<Figure>
         seconds,
         cpu,
     }))
-}
-
-/// Faust's table, from its web page (`None` while it does not answer).
-fn faust_counts(port: u16) -> Option<BTreeMap<String, i64>> {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    stream
-        .write_all(b"GET /counts/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    (head.split(' ').nth(1) == Some("200")).then_some(())?;
-    serde_json::from_str(body).ok()
 }
 
 /// (q) Quix Streams running `hits_per_window` on (f)'s input (`hits`, as `inputs`), on one

@@ -137,4 +137,20 @@ pub mod tools {
             Err(VenvError::Failed(error)) => panic!("{error}"),
         }
     }
+
+    /// The table of the seed's Faust app (`examples/peers/hit_counter.py`), from its web page
+    /// (`GET /counts/` on `port`): counts per user; `None` while it does not answer.
+    pub fn faust_counts(port: u16) -> Option<std::collections::BTreeMap<String, i64>> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).ok()?;
+        stream
+            .write_all(b"GET /counts/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        (head.split(' ').nth(1) == Some("200")).then_some(())?;
+        serde_json::from_str(body).ok()
+    }
 }

@@ -24,7 +24,7 @@
 //! them — what the next app finds is what it would find on the one Kafka cluster.
 
 use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -34,6 +34,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use streams_examples::seed;
+use streams_examples::tools::faust_counts;
 use streams_tests::tools::{build_dir, create_topic, tansu, venv};
 use streams_tests::{committed, example_binary, free_port, produce, unkeyed, Child};
 
@@ -287,20 +288,6 @@ fn uncommitted_per_user(bootstrap: &str) -> Counts {
         }
     }
     out
-}
-
-/// The Faust worker's table, through its web page (`None` while it does not answer).
-fn faust_counts(port: u16) -> Option<Counts> {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    stream
-        .write_all(b"GET /counts/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    (head.split(' ').nth(1) == Some("200")).then_some(())?;
-    serde_json::from_str(body).ok()
 }
 
 /// How many of `values` Faust's own `hitCount.loads` decodes, each to a record whose fields
