@@ -67,6 +67,17 @@ impl Peer {
         Ok(Self { child, log, _dir: dir })
     }
 
+    /// Starts `command` as [`Peer::start`] does, waits until its output has `line` (it holds
+    /// its partitions) and it has gone idle: the peer, its idle CPU per second, and the
+    /// sample its measurement starts from. `name` names the case in errors.
+    fn ready(command: Command, data: &str, line: &str, name: &str) -> Result<(Self, f64, Sample), String> {
+        let mut peer = Self::start(command, data).map_err(|e| format!("{name}: {e}"))?;
+        peer.wait_for(line).map_err(|e| format!("{name} did not start: {e}"))?;
+        let idle = peer.idle_rate().map_err(|e| format!("{name}: {e}"))?;
+        let start = peer.sample()?;
+        Ok((peer, idle, start))
+    }
+
     /// Its output so far.
     fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -244,12 +255,7 @@ pub(super) fn faust_seed(records: &[serde_json::Value]) -> Result<Option<Figure>
         .env("FAUST_BROKER", format!("kafka://{}", broker.bootstrap))
         .env("FAUST_WEB_PORT", port.to_string())
         .env("FAUST_PARTITIONS", PARTITIONS.to_string());
-    let mut faust = Peer::start(command, "FAUST_DATADIR").map_err(|e| format!("(p) Faust: {e}"))?;
-    faust
-        .wait_for("[^Worker]: Ready")
-        .map_err(|e| format!("(p) Faust did not start: {e}"))?;
-    let idle = faust.idle_rate().map_err(|e| format!("(p) Faust: {e}"))?;
-    let start = faust.sample()?;
+    let (mut faust, idle, start) = Peer::ready(command, "FAUST_DATADIR", "[^Worker]: Ready", "(p) Faust")?;
     let produced = produce(
         &broker.bootstrap,
         "hit_count",
@@ -308,11 +314,7 @@ pub(super) fn quix_windows(
     command
         .arg(peers_dir().join("hits_per_window_quix.py"))
         .env("QUIX_BROKER", &broker.bootstrap);
-    let mut quix = Peer::start(command, "QUIX_STATE_DIR").map_err(|e| format!("(q) Quix Streams: {e}"))?;
-    quix.wait_for("partitions assigned")
-        .map_err(|e| format!("(q) Quix Streams did not start: {e}"))?;
-    let idle = quix.idle_rate().map_err(|e| format!("(q) Quix Streams: {e}"))?;
-    let start = quix.sample()?;
+    let (mut quix, idle, start) = Peer::ready(command, "QUIX_STATE_DIR", "partitions assigned", "(q) Quix Streams")?;
     let produced = produce_spread(
         &broker.bootstrap,
         "hit_count",
