@@ -573,6 +573,38 @@ async fn sliding_windows_begin_with_one_window_from_zero_and_drop_late_records_a
     assert_eq!(driver.metrics().late.load(Ordering::Relaxed), 1);
 }
 
+/// A sliding window starting just after a record stays open a millisecond longer than any
+/// window holding that record: the record must stay in the aggregation's buffer that long,
+/// or a later record in the window (out of order) does not find the window (time
+/// difference 10, grace 5: at stream time 20, [5, 15], the window just after the record at
+/// 4, is still open, and the record at 9 belongs in it, as Kafka Streams puts it there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sliding_window_open_after_its_first_record_left_the_buffer_still_takes_records() {
+    let app = App::new("sliding").pipeline("sliding", move |builder| {
+        builder
+            .stream(EVENTS)
+            .group_by_key()
+            .windowed_by(SlidingWindows::with_time_difference(ms(10)).grace(ms(5)))
+            .count(SLIDING)
+            .to_stream()
+            .to(COUNTS);
+    });
+    let mut driver = TestDriver::new(app).expect("driver");
+    for time in [4, 8, 20] {
+        driver.pipe_at(&EVENTS, "a", &1, time).expect("pipe");
+    }
+    // A commit point: what stream time (20) has passed leaves the buffer.
+    driver.run().await.expect("run");
+    driver.pipe_at(&EVENTS, "a", &1, 9).expect("pipe");
+    driver.run().await.expect("run");
+    let last: BTreeMap<(i64, i64), i64> = windowed(&driver, &COUNTS)
+        .into_iter()
+        .map(|(_, start, end, n)| ((start, end), n))
+        .collect();
+    assert_eq!(last.get(&(5, 15)), Some(&2), "[5, 15] holds 8 and 9: {last:?}");
+    assert_eq!(driver.metrics().late.load(Ordering::Relaxed), 0);
+}
+
 const RETAINED: WindowedTable<String, i64> = WindowedTable::new("retained");
 const RETAINED_FINALS: Topic<Windowed<String>, i64> = Topic::new("retained-finals").partitions(1);
 

@@ -14,7 +14,7 @@
 //! close and expire them in order; the open ones by key, to tell a fixed window that is new
 //! to the table and to find the sessions a record joins), made from
 //! the store at the task's first record, and, for
-//! sliding windows, the records of the last time difference + grace (a second table,
+//! sliding windows, the records of the last time difference + grace + 1 ms (a second table,
 //! `{table}-records`, with its own changelog), from which each window's result is computed.
 
 use std::cell::RefCell;
@@ -757,12 +757,15 @@ where
             cx.ctx.expire_at(index, window.into_vec()).map_err(failed)?;
         }
         if let (Kind::Sliding(windows), Some((_, records_slot))) = (self.kind, &self.records) {
-            // A record is needed while a window that can hold it is open: until stream time
-            // is past it by the time difference and the grace period.
+            // A record is needed while a window that holds it is open, and while the window
+            // starting just after it is: that one ends last, at the record's time + the time
+            // difference + 1, and a record that comes later into it (out of order) finds it
+            // by this record. So a record stays until stream time is past it by the time
+            // difference, the grace period and 1 ms.
             let through = now
                 .saturating_sub(windows.difference)
                 .saturating_sub(windows.grace)
-                .saturating_sub(1);
+                .saturating_sub(2);
             if now != NO_TIME {
                 let records_index = records_slot.get()?;
                 let gone = cx

@@ -147,6 +147,11 @@ fn windowed(grouped: KGroupedStream<String, i64>, windows: Windows) -> KTable<Wi
             }
             aggregate_windows!(grouped.windowed_by(spec), windows)
         }
+        // Sliding windows leave the table when they close: no retention of their own.
+        WindowKind::Sliding { difference } => {
+            let spec = SlidingWindows::with_time_difference(ms(difference)).grace(ms(windows.grace));
+            aggregate_windows!(grouped.windowed_by(spec), windows)
+        }
     }
 }
 

@@ -89,9 +89,22 @@ impl Agg {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowKind {
-    Tumbling { size: i64 },
-    Hopping { size: i64, advance: i64 },
-    Session { gap: i64 },
+    Tumbling {
+        size: i64,
+    },
+    Hopping {
+        size: i64,
+        advance: i64,
+    },
+    Session {
+        gap: i64,
+    },
+    /// Kafka Streams' sliding windows: `[t - difference, t]` ending at each record (`[0,
+    /// difference]` for records before `difference`), and `[t + 1, t + 1 + difference]`
+    /// starting just after each record when later records fall in it.
+    Sliding {
+        difference: i64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +123,7 @@ impl Windows {
         let minimum = match self.kind {
             WindowKind::Tumbling { size } | WindowKind::Hopping { size, .. } => size + self.grace,
             WindowKind::Session { gap } => gap + self.grace,
+            WindowKind::Sliding { difference } => difference + self.grace,
         };
         match self.keep_longer {
             Some(longer) => minimum + longer,
@@ -126,6 +140,8 @@ impl Windows {
         match self.kind {
             WindowKind::Tumbling { .. } | WindowKind::Hopping { .. } => now - self.grace,
             WindowKind::Session { gap } => now - gap - self.grace - 1,
+            // [start, end]: open while its end is at or past stream time - grace.
+            WindowKind::Sliding { .. } => now - self.grace - 1,
         }
     }
 
@@ -137,6 +153,8 @@ impl Windows {
         match self.kind {
             WindowKind::Tumbling { size } | WindowKind::Hopping { size, .. } => now - self.retention() + size,
             WindowKind::Session { .. } => now - self.retention() - 1,
+            // Sliding windows leave the table when they close.
+            WindowKind::Sliding { .. } => self.closed_through(now),
         }
     }
 
@@ -145,7 +163,7 @@ impl Windows {
         let (size, advance) = match self.kind {
             WindowKind::Tumbling { size } => (size, size),
             WindowKind::Hopping { size, advance } => (size, advance),
-            WindowKind::Session { .. } => return vec![],
+            WindowKind::Session { .. } | WindowKind::Sliding { .. } => return vec![],
         };
         if time < 0 {
             return vec![];
@@ -361,6 +379,8 @@ struct Task<'p> {
     table: BTreeMap<String, i64>,
     side: BTreeMap<String, i64>,
     windows: BTreeMap<WindowKey, i64>,
+    /// Sliding windows: each key's records taken (not late), as (time, value).
+    taken: BTreeMap<String, Vec<(i64, i64)>>,
     closed_through: i64,
     /// Stream–stream joins: each side's buffer (key, time, value, number), and the records
     /// that met nothing yet (side, number).
@@ -380,6 +400,7 @@ impl<'p> Task<'p> {
             table: BTreeMap::new(),
             side: BTreeMap::new(),
             windows: BTreeMap::new(),
+            taken: BTreeMap::new(),
             closed_through: NO_TIME,
             buffers: [Vec::new(), Vec::new()],
             buffer_now: [NO_TIME, NO_TIME],
@@ -511,8 +532,61 @@ impl<'p> Task<'p> {
                     out.all_windows.insert(merged_key, new);
                 }
             }
+            WindowKind::Sliding { difference } => self.slide(windows, difference, key, value, ts, out),
         }
         self.close(windows, out);
+    }
+
+    /// A record into sliding windows, by their definition rather than by an algorithm: the
+    /// windows of the key's records taken so far that hold this record, and the one starting
+    /// just after it, each made of every record taken in it, unless it has closed (a closed
+    /// window keeps what it had). Late when even the window starting just after it has
+    /// closed.
+    fn slide(&mut self, windows: &Windows, difference: i64, key: &str, value: i64, ts: i64, out: &mut Expected) {
+        let closed = windows.closed_through(self.now);
+        // Kafka Streams' rule: late when t + 1 + difference <= stream time - grace.
+        if ts + 1 + difference <= self.now - windows.grace {
+            out.late += 1;
+            return;
+        }
+        let taken = self.taken.entry(key.to_string()).or_default();
+        taken.push((ts, value));
+        let ending_at = |t: i64| {
+            if t < difference {
+                (0, difference)
+            } else {
+                (t - difference, t)
+            }
+        };
+        let after = |t: i64| (t + 1, t + 1 + difference);
+        let holds = |(start, end): (i64, i64), t: i64| start <= t && t <= end;
+        let mut changed = BTreeSet::new();
+        for &(other, _) in taken.iter() {
+            if holds(ending_at(other), ts) {
+                changed.insert(ending_at(other));
+            }
+            // The window just after `other` exists when a later record falls in it: this one.
+            if holds(after(other), ts) {
+                changed.insert(after(other));
+            }
+        }
+        if taken.iter().any(|(other, _)| holds(after(ts), *other)) {
+            changed.insert(after(ts));
+        }
+        for (start, end) in changed {
+            if end <= closed {
+                continue;
+            }
+            let aggregate = taken
+                .iter()
+                .filter(|(t, _)| holds((start, end), *t))
+                .fold(None, |aggregate, (_, v)| Some(windows.agg.add(aggregate, *v)));
+            let Some(aggregate) = aggregate else { continue };
+            let slot = (key.to_string(), start, end);
+            self.windows.insert(slot.clone(), aggregate);
+            out.ever_windows.insert(slot.clone());
+            out.all_windows.insert(slot, aggregate);
+        }
     }
 
     /// Closes the windows stream time has passed: their results are final.
