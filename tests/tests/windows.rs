@@ -579,7 +579,7 @@ async fn sliding_windows_begin_with_one_window_from_zero_and_drop_late_records_a
 /// difference 10, grace 5: at stream time 20, [5, 15], the window just after the record at
 /// 4, is still open, and the record at 9 belongs in it, as Kafka Streams puts it there).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sliding_window_open_after_its_first_record_left_the_buffer_still_takes_records() {
+async fn the_sliding_window_just_after_a_record_takes_out_of_order_records_until_it_closes() {
     let app = App::new("sliding").pipeline("sliding", move |builder| {
         builder
             .stream(EVENTS)

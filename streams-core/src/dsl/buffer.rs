@@ -7,7 +7,7 @@ use crate::codec::Key;
 use crate::store::StateStore;
 
 /// Records kept for a while by event time, per key (sliding windows keep those of the last
-/// time difference + grace; windowed joins each side's of the join window + grace): their
+/// time difference + grace + 1 ms; windowed joins each side's of the join window + grace): their
 /// key in a records table is the key's bytes, the event time and a sequence number (8 and
 /// 4 bytes, big-endian), their value the record's value as JSON.
 #[derive(Default)]

@@ -632,8 +632,9 @@ where
         let difference = windows.difference;
         let closed = self.kind.closed_through(cx.ctx.clock(index));
         // The last window this record can change, the one starting just after it, ends
-        // `difference` + 1 after it: late when that window has closed (Kafka Streams: when
-        // t + 1 + difference <= stream time - grace).
+        // `difference` + 1 after it: late, as in Kafka Streams, when that window ends at or
+        // before stream time - grace (t + 1 + difference <= stream time - grace; every window
+        // holding the record has closed by then).
         if time.saturating_add(difference).saturating_add(1) <= closed.saturating_add(1) {
             return self.late(cx, key.clone(), value, time);
         }

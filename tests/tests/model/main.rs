@@ -63,13 +63,13 @@ fn windows() -> impl Strategy<Value = Windows> {
             advance: size / n
         }),
         prop_oneof![Just(10i64), Just(50)].prop_map(|gap| WindowKind::Session { gap }),
-        // Odd differences as well as even ones: input times are even, and some edges of a
-        // window are found only at an odd distance from them.
+        // Odd differences as well as even ones: most input times are even (all of them
+        // beside a side topic), and some edges of a window lie at an odd distance.
         prop_oneof![Just(10i64), Just(31), Just(99)].prop_map(|difference| WindowKind::Sliding { difference }),
     ];
     (
         kind,
-        prop_oneof![Just(0i64), Just(30), Just(100)],
+        prop_oneof![Just(0i64), Just(7), Just(30), Just(100)],
         // The minimum retention (size + grace) most often, as before the default became a day.
         prop_oneof![6 => Just(Some(0i64)), 2 => Just(None), 1 => Just(Some(50)), 1 => Just(Some(1000))],
         any::<bool>(),
@@ -84,9 +84,10 @@ fn windows() -> impl Strategy<Value = Windows> {
         })
 }
 
-/// How far a join window reaches on one side.
+/// How far a join window reaches on one side (odd too: an input record and a side record
+/// are an odd number of ms apart, so only an odd reach puts one at a window's edge).
 fn reach() -> impl Strategy<Value = i64> {
-    prop_oneof![Just(0i64), Just(20), Just(80)]
+    prop_oneof![Just(0i64), Just(20), Just(21), Just(80)]
 }
 
 fn terminal() -> impl Strategy<Value = Terminal> {
@@ -95,7 +96,7 @@ fn terminal() -> impl Strategy<Value = Terminal> {
         3 => windows().prop_map(Terminal::Windowed),
         1 => any::<bool>().prop_map(|left| Terminal::StreamTable { left }),
         1 => (agg(), join_kind()).prop_map(|(agg, kind)| Terminal::TableTable { agg, kind }),
-        1 => (join_kind(), reach(), reach(), prop_oneof![Just(0i64), Just(40)], any::<bool>())
+        1 => (join_kind(), reach(), reach(), prop_oneof![Just(0i64), Just(5), Just(40)], any::<bool>())
             .prop_map(|(kind, before, after, grace, even)| Terminal::StreamStream {
                 kind,
                 before,
@@ -130,13 +131,15 @@ fn key() -> impl Strategy<Value = String> {
     ]
 }
 
-/// Records: (key, value, how far out of order); times are laid out afterwards.
-fn records(max: usize) -> impl Strategy<Value = Vec<(String, i64, i64)>> {
+/// Records: (key, value, how far out of order, whether 1 ms later); times are laid out
+/// afterwards.
+fn records(max: usize) -> impl Strategy<Value = Vec<(String, i64, i64, bool)>> {
     proptest::collection::vec(
         (
             key(),
             0..7i64,
             prop_oneof![8 => Just(0i64), 3 => -40..40i64, 1 => -400..-100i64],
+            proptest::bool::weighted(0.3),
         ),
         0..max,
     )
@@ -193,16 +196,23 @@ fn knobs() -> impl Strategy<Value = Knobs> {
         )
 }
 
-/// Lays out times: input records 20 ms apart (even times, moved by their offset), side
-/// records spread over the same span (odd times): the two never tie.
-fn timed(input: Vec<(String, i64, i64)>, side: Vec<(String, Option<i64>, i64)>) -> (Vec<Rec>, Vec<Rec>) {
+/// Lays out times from `base` (2 × `base` ms): input records 20 ms apart (moved by their
+/// offset, none before 0), side records spread over the same span. Input times are even and
+/// side times odd, so that the two never tie; without a side topic, input records may be 1 ms
+/// later too (an edge of a window or a buffer is often an odd distance away).
+fn timed(
+    base: i64,
+    odd_input: bool,
+    input: Vec<(String, i64, i64, bool)>,
+    side: Vec<(String, Option<i64>, i64)>,
+) -> (Vec<Rec>, Vec<Rec>) {
     let input: Vec<Rec> = input
         .into_iter()
         .enumerate()
-        .map(|(i, (key, value, offset))| Rec {
+        .map(|(i, (key, value, offset, later))| Rec {
             key,
             value: Some(value),
-            ts: 2 * (1_000 + 10 * i as i64 + offset).max(0),
+            ts: 2 * (base + 10 * i as i64 + offset).max(0) + i64::from(odd_input && later),
         })
         .collect();
     let span = (input.len().max(side.len()) as i64) * 10;
@@ -213,7 +223,7 @@ fn timed(input: Vec<(String, i64, i64)>, side: Vec<(String, Option<i64>, i64)>) 
         .map(|(i, (key, value, offset))| Rec {
             key,
             value,
-            ts: 2 * (1_000 + span * i as i64 / count + offset).max(0) + 1,
+            ts: 2 * (base + span * i as i64 / count + offset).max(0) + 1,
         })
         .collect();
     (input, side)
@@ -244,9 +254,12 @@ fn case() -> impl Strategy<Value = Case> {
         proptest::collection::vec((key(), proptest::option::weighted(0.85, 0..7i64), -40..40i64), 0..40),
         proptest::collection::vec((1..6usize, action()), 1..4),
         knobs(),
+        // Mostly far from 0; sometimes at it (the first windows: sliding windows' records
+        // before their time difference share one).
+        prop_oneof![4 => Just(1_000i64), 1 => Just(20)],
     )
-        .prop_map(|(partitions, pipeline, input, side, plan, knobs)| {
-            let (input, side) = timed(input, side);
+        .prop_map(|(partitions, pipeline, input, side, plan, knobs, base)| {
+            let (input, side) = timed(base, !pipeline.terminal.has_side(), input, side);
             let shares: Vec<usize> = plan.iter().map(|(share, _)| *share).collect();
             let segments = split(input, &shares)
                 .into_iter()

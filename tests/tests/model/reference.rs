@@ -538,42 +538,33 @@ impl<'p> Task<'p> {
     }
 
     /// A record into sliding windows, by their definition rather than by an algorithm: the
-    /// windows of the key's records taken so far that hold this record, and the one starting
-    /// just after it, each made of every record taken in it, unless it has closed (a closed
-    /// window keeps what it had). Late when even the window starting just after it has
-    /// closed.
+    /// key's windows are those of the records taken so far (one ending at each record, and
+    /// one starting just after each record when a later record falls in it); every one that
+    /// is open is made again of every record taken in it, and a closed one keeps what it had.
+    /// Late, as in Kafka Streams, when the window starting just after the record ends at or
+    /// before stream time - grace.
     fn slide(&mut self, windows: &Windows, difference: i64, key: &str, value: i64, ts: i64, out: &mut Expected) {
         let closed = windows.closed_through(self.now);
-        // Kafka Streams' rule: late when t + 1 + difference <= stream time - grace.
         if ts + 1 + difference <= self.now - windows.grace {
             out.late += 1;
             return;
         }
         let taken = self.taken.entry(key.to_string()).or_default();
         taken.push((ts, value));
-        let ending_at = |t: i64| {
-            if t < difference {
+        let holds = |(start, end): (i64, i64), t: i64| start <= t && t <= end;
+        let mut all = BTreeSet::new();
+        for &(time, _) in taken.iter() {
+            all.insert(if time < difference {
                 (0, difference)
             } else {
-                (t - difference, t)
-            }
-        };
-        let after = |t: i64| (t + 1, t + 1 + difference);
-        let holds = |(start, end): (i64, i64), t: i64| start <= t && t <= end;
-        let mut changed = BTreeSet::new();
-        for &(other, _) in taken.iter() {
-            if holds(ending_at(other), ts) {
-                changed.insert(ending_at(other));
-            }
-            // The window just after `other` exists when a later record falls in it: this one.
-            if holds(after(other), ts) {
-                changed.insert(after(other));
+                (time - difference, time)
+            });
+            let after = (time + 1, time + 1 + difference);
+            if taken.iter().any(|(other, _)| holds(after, *other)) {
+                all.insert(after);
             }
         }
-        if taken.iter().any(|(other, _)| holds(after(ts), *other)) {
-            changed.insert(after(ts));
-        }
-        for (start, end) in changed {
+        for (start, end) in all {
             if end <= closed {
                 continue;
             }
