@@ -2,9 +2,9 @@
 //! clicks and purchases of two value types aggregated per user and window into one windowed
 //! table, against a model of a windowed aggregation (one stream time for the cogroup, taken
 //! from both streams, where Kafka Streams keeps one per stream; windows closing at end +
-//! grace; late records dropped), over generated records (hot keys, times out of order), tumbling and hopping
-//! windows, grace periods, partition counts, cache budgets (the default, zero and 200 bytes)
-//! and partition moves; then sessions and sliding windows by hand.
+//! grace; late records dropped), over generated records (hot keys, times out of order), tumbling, hopping
+//! and sliding windows, grace periods, partition counts, cache budgets (the default, zero and
+//! 200 bytes) and partition moves; then sessions and sliding windows by hand.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -83,6 +83,8 @@ struct Knobs {
     advance: i64,
     grace: i64,
     cache_bytes: Option<usize>,
+    /// Sliding windows with `size` as their time difference, instead of time windows.
+    sliding: bool,
 }
 
 /// One partition of Kafka Streams' windowed aggregation, as a model.
@@ -90,6 +92,21 @@ struct Knobs {
 struct Model {
     now: Option<i64>,
     windows: BTreeMap<(String, i64, i64), Activity>,
+    /// Sliding windows: each key's records taken (not late), in the order taken.
+    taken: BTreeMap<String, Vec<Event>>,
+}
+
+fn apply(activity: Activity, event: &Event) -> Activity {
+    match event {
+        Event::Click(_, time) => on_click(activity, format!("p{time}")),
+        Event::Buy(_, _, amount) => on_purchase(activity, *amount),
+    }
+}
+
+fn time_of(event: &Event) -> i64 {
+    match event {
+        Event::Click(_, time) | Event::Buy(_, time, _) => *time,
+    }
 }
 
 impl Model {
@@ -99,6 +116,10 @@ impl Model {
         };
         let now = self.now.map_or(time, |now| now.max(time));
         self.now = Some(now);
+        if knobs.sliding {
+            self.slide(key, event, knobs);
+            return;
+        }
         // The windows [start, start + size) holding `time`, starts at multiples of advance.
         let mut start = (time - knobs.size + knobs.advance).max(0) / knobs.advance * knobs.advance;
         while start <= time {
@@ -114,16 +135,81 @@ impl Model {
             start += knobs.advance;
         }
     }
+
+    /// Sliding windows of time difference `size`, by their definition: the key's windows are
+    /// one ending at each record taken (`[0, size]` for those before `size`) and one starting
+    /// just after each record when a later record falls in it; every open one is made again of
+    /// its records in order of time (and of arrival, for equal times), a closed one keeps what
+    /// it had. Late when the window just after the record ends at or before stream time -
+    /// grace.
+    fn slide(&mut self, key: &str, event: &Event, knobs: &Knobs) {
+        let (now, difference, time) = (self.now.unwrap_or(0), knobs.size, time_of(event));
+        if time + 1 + difference <= now - knobs.grace {
+            return;
+        }
+        let taken = self.taken.entry(key.to_string()).or_default();
+        taken.push(event.clone());
+        let holds = |(start, end): (i64, i64), t: i64| start <= t && t <= end;
+        let mut all = std::collections::BTreeSet::new();
+        for other in taken.iter() {
+            let t = time_of(other);
+            all.insert(if t < difference {
+                (0, difference)
+            } else {
+                (t - difference, t)
+            });
+            let after = (t + 1, t + 1 + difference);
+            if taken.iter().any(|later| holds(after, time_of(later))) {
+                all.insert(after);
+            }
+        }
+        let mut ordered: Vec<(i64, usize, &Event)> =
+            taken.iter().enumerate().map(|(n, e)| (time_of(e), n, e)).collect();
+        ordered.sort_by_key(|(t, n, _)| (*t, *n));
+        for (start, end) in all {
+            if end < now - knobs.grace {
+                continue;
+            }
+            let activity = ordered
+                .iter()
+                .filter(|(t, _, _)| holds((start, end), *t))
+                .fold(Activity::default(), |activity, (_, _, e)| apply(activity, e));
+            self.windows.insert((key.to_string(), start, end), activity);
+        }
+    }
+
+    /// What the windowed table holds at the end: sliding windows leave it when they close.
+    fn table(self, knobs: &Knobs) -> BTreeMap<(String, i64, i64), Activity> {
+        let mut windows = self.windows;
+        if let (true, Some(now)) = (knobs.sliding, self.now) {
+            windows.retain(|(_, _, end), _| *end >= now - knobs.grace);
+        }
+        windows
+    }
 }
 
 fn run(steps: &[Step], knobs: &Knobs) -> Result<(), TestCaseError> {
     let partitions = knobs.partitions;
     let run = async {
-        let windows = TimeWindows::of(Duration::from_millis(knobs.size as u64))
-            .advance_by(Duration::from_millis(knobs.advance as u64))
-            .grace(Duration::from_millis(knobs.grace as u64));
+        let (size, grace) = (
+            Duration::from_millis(knobs.size as u64),
+            Duration::from_millis(knobs.grace as u64),
+        );
+        let app = if knobs.sliding {
+            app(
+                SlidingWindows::with_time_difference(size).grace(grace),
+                knobs.cache_bytes,
+            )
+        } else {
+            app(
+                TimeWindows::of(size)
+                    .advance_by(Duration::from_millis(knobs.advance as u64))
+                    .grace(grace),
+                knobs.cache_bytes,
+            )
+        };
         let existing = [("clicks", partitions), ("purchases", partitions)];
-        let mut driver = TestDriver::with_partitions(app(windows, knobs.cache_bytes), &existing).expect("driver");
+        let mut driver = TestDriver::with_partitions(app, &existing).expect("driver");
         let mut models: Vec<Model> = (0..partitions).map(|_| Model::default()).collect();
         for step in steps {
             match step {
@@ -160,7 +246,7 @@ fn run(steps: &[Step], knobs: &Knobs) -> Result<(), TestCaseError> {
             .collect();
         let mut expected = BTreeMap::new();
         for model in models {
-            expected.extend(model.windows);
+            expected.extend(model.table(knobs));
         }
         prop_assert_eq!(table, expected);
         Ok(())
@@ -202,20 +288,22 @@ fn case() -> impl Strategy<Value = (Knobs, Vec<Step>)> {
         1i64..=3,
         prop_oneof![Just(0i64), Just(10), 0i64..60],
         prop_oneof![Just(None), Just(Some(0usize)), Just(Some(200))],
+        proptest::bool::weighted(0.35),
     )
-        .prop_map(|(partitions, size, hops, grace, cache_bytes)| Knobs {
+        .prop_map(|(partitions, size, hops, grace, cache_bytes, sliding)| Knobs {
             partitions,
             size,
             // Tumbling (one hop) or hopping windows.
             advance: (size / hops).max(1),
             grace,
             cache_bytes,
+            sliding,
         })
         .prop_flat_map(|knobs| (Just(knobs), steps()))
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     /// The windowed table holds what a windowed aggregation of both streams holds (Kafka
     /// Streams' windows, grace and lateness, with one stream time for the cogroup, moved by
