@@ -572,6 +572,12 @@ fn check(case: &Case, actual: &Actual) -> Result<(), String> {
                     })?;
                 }
             }
+            // And every window made went on (a session merged into another need not have).
+            for (window, value) in &lo.all_windows {
+                ensure(actual.out_windows.contains_key(window), || {
+                    format!("`out-windows`: {window:?} (last value {value}) never sent")
+                })?;
+            }
         }
     }
     match case.pipeline.terminal {
