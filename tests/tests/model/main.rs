@@ -722,6 +722,38 @@ fn parse_records(text: &str) -> Vec<Rec> {
         .collect()
 }
 
+/// A windowed aggregation of the input as it is (no steps, no re-key), kept for its windows'
+/// minimum retention.
+fn windowed_input(kind: WindowKind, grace: i64, emit_final: bool, agg: Agg) -> Pipeline {
+    Pipeline {
+        pre: vec![],
+        rekey: None,
+        post: vec![],
+        terminal: Terminal::Windowed(Windows {
+            kind,
+            grace,
+            keep_longer: Some(0),
+            emit_final,
+            agg,
+        }),
+    }
+}
+
+/// At least once, with a table cache budget and a batch size, no latency, commit points as
+/// the driver makes them.
+fn at_least_once(cache_bytes: usize, batch: usize) -> Knobs {
+    Knobs {
+        cache_bytes,
+        ack_latency_ms: 0,
+        batch,
+        commit_interval_ms: None,
+        exactly_once: false,
+        marker_latency_ms: 0,
+        commit_timeouts: None,
+        full_queue_ms: 0,
+    }
+}
+
 /// Minimal cases the generated runs once found, kept so that they run every time.
 #[test]
 fn the_cases_found_before_still_agree() {
@@ -730,15 +762,7 @@ fn the_cases_found_before_still_agree() {
             Step::Filter { modulus: 3, drop: 2 },
             Step::Filter { modulus: 3, drop: 1 },
         ],
-        rekey: None,
-        post: vec![],
-        terminal: Terminal::Windowed(Windows {
-            kind: WindowKind::Session { gap: 50 },
-            grace: 30,
-            keep_longer: Some(0),
-            emit_final: true,
-            agg: Agg::Sum,
-        }),
+        ..windowed_input(WindowKind::Session { gap: 50 }, 30, true, Agg::Sum)
     };
     let cases = [Case {
         // Sliding windows of 99 ms without grace, a commit point after each record: at the
@@ -746,33 +770,13 @@ fn the_cases_found_before_still_agree() {
         // aggregation's buffer, though the window just after it, [2001, 2100], was still
         // open; h0's record at 2098 then did not find that window (3 where 4 are).
         partitions: 1,
-        pipeline: Pipeline {
-            pre: vec![],
-            rekey: None,
-            post: vec![],
-            terminal: Terminal::Windowed(Windows {
-                kind: WindowKind::Sliding { difference: 99 },
-                grace: 0,
-                keep_longer: Some(0),
-                emit_final: false,
-                agg: Agg::Count,
-            }),
-        },
+        pipeline: windowed_input(WindowKind::Sliding { difference: 99 }, 0, false, Agg::Count),
         segments: vec![(
             parse_records("h0=0@2000 h1=0@2020 h0=0@2040 h0=0@2060 h0=0@2080 h1=0@2100 h0=0@2098"),
             vec![],
             Action::Commit,
         )],
-        knobs: Knobs {
-            cache_bytes: 0,
-            ack_latency_ms: 0,
-            batch: 1,
-            commit_interval_ms: None,
-            exactly_once: false,
-            marker_latency_ms: 0,
-            commit_timeouts: None,
-            full_queue_ms: 0,
-        },
+        knobs: at_least_once(0, 1),
     },
     Case {
         // A session window's final result, with a crash while commits fail (exactly-once).
@@ -820,18 +824,7 @@ fn the_cases_found_before_still_agree() {
         // restore read nothing, the input was not processed again, and the last window was
         // lost (found by the generated runs once they could kill between the writes).
         partitions: 1,
-        pipeline: Pipeline {
-            pre: vec![],
-            rekey: None,
-            post: vec![],
-            terminal: Terminal::Windowed(Windows {
-                kind: WindowKind::Tumbling { size: 20 },
-                grace: 0,
-                keep_longer: Some(0),
-                emit_final: false,
-                agg: Agg::Count,
-            }),
-        },
+        pipeline: windowed_input(WindowKind::Tumbling { size: 20 }, 0, false, Agg::Count),
         segments: vec![
             (
                 parse_records("h0=0@2000 h0=0@2020 h0=0@2040 h0=0@2060 h0=0@2080 h0=0@2100 h0=0@2120 h0=0@2140 h0=0@2160 h0=0@2180 h0=0@2200 h0=0@2220 h0=0@2240 h0=0@2260 h0=3@2280 h0=0@2300 h0=0@2320 h0=0@2340 h0=0@2360 h0=0@2380 h0=0@2400 h0=0@2420 h0=0@2440 h0=0@2460 h0=0@2480 h0=0@2500 h0=0@2520 h0=0@2540 h0=0@2560 h0=0@2580"),
@@ -902,16 +895,7 @@ fn the_cases_found_before_still_agree() {
             ),
             (parse_records("h0=0@2120"), vec![], Action::Commit),
         ],
-        knobs: Knobs {
-            cache_bytes: 1 << 20,
-            ack_latency_ms: 0,
-            batch: 1024,
-            commit_interval_ms: None,
-            exactly_once: false,
-            marker_latency_ms: 0,
-            commit_timeouts: None,
-            full_queue_ms: 0,
-        },
+        knobs: at_least_once(1 << 20, 1024),
     },
     Case {
         // A count at least once: a crash hands the partition to worker 2, which moves it
