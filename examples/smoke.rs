@@ -11,6 +11,10 @@
 //! - `smoke-product-amounts`: every change of the amount per product (re-keyed through
 //!   `smoke-by-product-repartition`).
 //! - `smoke-user-windows`: every change of the count per user and 10 s window (5 s grace).
+//! - `smoke-user-sessions`: every change of the count per user and session (500 ms gap, 5 s
+//!   grace); a session merged into another is deleted (a tombstone).
+//! - `smoke-user-sliding`: the count per user and sliding window (100 ms time difference, 5 s
+//!   grace), sent once, when the window closes.
 //! - `smoke-enriched`: each order with its user's region (`"?"` for a user not in the table).
 //!
 //! ```text
@@ -44,16 +48,24 @@ pub const ORDERS: Topic<String, Order> = Topic::new("smoke-orders").event_time(|
 pub const USER_COUNTS: Topic<String, i64> = Topic::new("smoke-user-counts");
 pub const PRODUCT_AMOUNTS: Topic<String, i64> = Topic::new("smoke-product-amounts");
 pub const USER_WINDOWS: Topic<Windowed<String>, i64> = Topic::new("smoke-user-windows");
+pub const USER_SESSIONS: Topic<Windowed<String>, i64> = Topic::new("smoke-user-sessions");
+pub const USER_SLIDING: Topic<Windowed<String>, i64> = Topic::new("smoke-user-sliding");
 pub const ENRICHED: Topic<String, Enriched> = Topic::new("smoke-enriched");
 
 pub const USERS_STORE: Table<String, String> = Table::new("users");
 pub const ORDERS_PER_USER: Table<String, i64> = Table::new("orders-per-user");
 pub const AMOUNT_PER_PRODUCT: Table<String, i64> = Table::new("amount-per-product");
 pub const ORDERS_PER_WINDOW: WindowedTable<String, i64> = WindowedTable::new("orders-per-window");
+pub const ORDERS_PER_SESSION: WindowedTable<String, i64> = WindowedTable::new("orders-per-session");
+pub const ORDERS_PER_SLIDE: WindowedTable<String, i64> = WindowedTable::new("orders-per-slide");
 
 /// Window size and grace of `smoke-user-windows`.
 pub const WINDOW: Duration = Duration::from_secs(10);
 pub const GRACE: Duration = Duration::from_secs(5);
+/// The inactivity gap of `smoke-user-sessions`, and the time difference of
+/// `smoke-user-sliding` (both with [`GRACE`]).
+pub const SESSION_GAP: Duration = Duration::from_millis(500);
+pub const SLIDE: Duration = Duration::from_millis(100);
 
 pub fn app() -> App {
     App::new("smoke").pipeline("smoke", |builder| {
@@ -78,6 +90,20 @@ pub fn app() -> App {
             .count(ORDERS_PER_WINDOW)
             .to_stream()
             .to(USER_WINDOWS);
+        orders
+            .clone()
+            .group_by_key()
+            .windowed_by(SessionWindows::with_inactivity_gap(SESSION_GAP).grace(GRACE))
+            .count(ORDERS_PER_SESSION)
+            .to(USER_SESSIONS);
+        orders
+            .clone()
+            .group_by_key()
+            .windowed_by(SlidingWindows::with_time_difference(SLIDE).grace(GRACE))
+            .emit_final()
+            .count(ORDERS_PER_SLIDE)
+            .to_stream()
+            .to(USER_SLIDING);
         orders
             .left_join(&users, |_, order, region| Enriched {
                 id: order.id,

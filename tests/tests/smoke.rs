@@ -1,13 +1,17 @@
 //! The system test, like Kafka Streams' smoke test: three worker processes of the `smoke`
-//! example (a count per user, a sum per product through a repartition topic, a count per
-//! user in windows, a stream–table join; table caches of 1 MiB, 0 and 2,000 bytes) on the
+//! example (a count per user, a sum per product through a repartition topic, counts per
+//! user in tumbling, session and sliding windows, a stream–table join; table caches of
+//! 1 MiB, 0 and 2,000 bytes) on the
 //! embedded broker, killed with SIGKILL and
 //! started again at random points (on their data directory or an empty one) while orders
 //! flow. Then a verifier that knows nothing of the library — it decodes the topics itself and
 //! computes the truth from the orders it sent — checks, under at-least-once:
-//! - the count per user and the counts per window (tables of the task that reads the input)
-//!   exactly: a restore skips the changes of input processed again, so a crash never counts
-//!   twice there;
+//! - the count per user and the counts per tumbling window and per session (tables of the
+//!   task that reads the input) exactly: a restore skips the changes of input processed
+//!   again, so a crash never counts twice there;
+//! - the sliding windows' final results (`emit_final`) exactly: every window that closed, by
+//!   its definition, sent with its count (again after a crash, never with another), and none
+//!   that did not close;
 //! - the sum per product never below the truth (records processed again after a crash may
 //!   count twice downstream of a repartition topic);
 //! - every order enriched with its user's region, at least once.
@@ -135,6 +139,37 @@ fn last_and_max(records: &[Read]) -> (BTreeMap<Vec<u8>, i64>, BTreeMap<Vec<u8>, 
         }
     }
     (last, max)
+}
+
+/// A windowed key's user, start and end (`Windowed<String>`: the key, then start and end as
+/// 8 big-endian bytes each).
+fn window_of(key: &[u8]) -> (String, i64, i64) {
+    let at = key.len() - 16;
+    let start = i64::from_be_bytes(key[at..at + 8].try_into().expect("start"));
+    let end = i64::from_be_bytes(key[at + 8..].try_into().expect("end"));
+    (text(&key[..at]), start, end)
+}
+
+/// Fails naming the first few windows that differ, and how many do.
+fn expect_same(
+    got: &BTreeMap<(String, i64, i64), i64>,
+    truth: &BTreeMap<(String, i64, i64), i64>,
+    what: &str,
+    seed: u64,
+) {
+    let keys: BTreeSet<&(String, i64, i64)> = got.keys().chain(truth.keys()).collect();
+    let wrong: Vec<_> = keys
+        .into_iter()
+        .filter(|k| got.get(*k) != truth.get(*k))
+        .map(|k| (k.clone(), got.get(k).copied(), truth.get(k).copied()))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} {what} wrong (window, got, truth), e.g. {:?} (seed {seed})",
+        wrong.len(),
+        truth.len(),
+        &wrong[..wrong.len().min(5)]
+    );
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -289,9 +324,8 @@ fn workers_killed_at_random_never_lose_a_record() {
     let (_, max) = last_and_max(&read_all(&bootstrap, "smoke-user-windows"));
     let mut windows: BTreeMap<(String, i64), i64> = BTreeMap::new();
     for (key, value) in max {
-        let at = key.len() - 16;
-        let start = i64::from_be_bytes(key[at..at + 8].try_into().expect("start"));
-        let slot = windows.entry((text(&key[..at]), start)).or_default();
+        let (user, start, _) = window_of(&key);
+        let slot = windows.entry((user, start)).or_default();
         *slot = (*slot).max(value);
     }
     // The windows are kept by the task that reads the input too: exact, like the counts.
@@ -303,6 +337,90 @@ fn workers_killed_at_random_never_lose_a_record() {
         windows.len(),
         per_window.len(),
         "windows sent that never had an order (seed {seed})"
+    );
+
+    // Each user's order times, in order, and the partition its orders went to.
+    let mut times: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for o in &orders {
+        times.entry(o.user.clone()).or_default().push(o.time);
+    }
+    for t in times.values_mut() {
+        t.sort_unstable();
+    }
+    let partition: BTreeMap<String, i32> = read_all(&bootstrap, "smoke-orders")
+        .into_iter()
+        .map(|r| (text(&r.key.unwrap_or_default()), r.partition))
+        .collect();
+
+    // Sessions: the last value sent for each session, those merged into another deleted, are
+    // exactly the sessions of each user's orders (no order is late: the disorder, 1 s, is
+    // within the grace period), kept by the task that reads the input: exact.
+    let gap = streams_tests::smoke::SESSION_GAP.as_millis() as i64;
+    let mut truth: BTreeMap<(String, i64, i64), i64> = BTreeMap::new();
+    for (user, t) in &times {
+        let mut start = 0;
+        for i in 1..=t.len() {
+            if i == t.len() || t[i] - t[i - 1] > gap {
+                truth.insert((user.clone(), t[start], t[i - 1]), (i - start) as i64);
+                start = i;
+            }
+        }
+    }
+    let (last, _) = last_and_max(&read_all(&bootstrap, "smoke-user-sessions"));
+    let sessions: BTreeMap<(String, i64, i64), i64> = last.iter().map(|(k, v)| (window_of(k), *v)).collect();
+    expect_same(&sessions, &truth, "sessions", seed);
+
+    // Sliding windows, sent once each when they close: by definition, a window ending at each
+    // order of a user and one starting just after it when a later order falls in it; each
+    // counts the user's orders in it. Those that closed (end + grace before the stream time
+    // of their partition, the largest time in it) are sent, with their final count; no other.
+    let difference = streams_tests::smoke::SLIDE.as_millis() as i64;
+    let grace = streams_tests::smoke::GRACE.as_millis() as i64;
+    let mut now: BTreeMap<i32, i64> = BTreeMap::new();
+    for (user, t) in &times {
+        let slot = now.entry(partition[user]).or_insert(i64::MIN);
+        *slot = (*slot).max(*t.last().expect("orders"));
+    }
+    let mut truth: BTreeMap<(String, i64, i64), i64> = BTreeMap::new();
+    for (user, t) in &times {
+        let count =
+            |start: i64, end: i64| (t.partition_point(|x| *x <= end) - t.partition_point(|x| *x < start)) as i64;
+        let mut windows = BTreeSet::new();
+        for &time in t {
+            windows.insert((time - difference, time));
+            if count(time + 1, time + 1 + difference) > 0 {
+                windows.insert((time + 1, time + 1 + difference));
+            }
+        }
+        for (start, end) in windows {
+            if end + grace < now[&partition[user]] {
+                truth.insert((user.clone(), start, end), count(start, end));
+            }
+        }
+    }
+    let sent = read_all(&bootstrap, "smoke-user-sliding");
+    let mut sliding: BTreeMap<(String, i64, i64), i64> = BTreeMap::new();
+    for record in &sent {
+        let window = window_of(record.key.as_deref().expect("key"));
+        let value = record
+            .value
+            .as_deref()
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok());
+        let value = value.unwrap_or_else(|| panic!("sliding window {window:?}: no count (seed {seed})"));
+        // At least once: a result sent again after a crash is the same result.
+        if let Some(before) = sliding.insert(window.clone(), value) {
+            assert_eq!(
+                before, value,
+                "sliding window {window:?} sent with two counts (seed {seed})"
+            );
+        }
+    }
+    expect_same(&sliding, &truth, "sliding windows", seed);
+    println!(
+        "smoke test: {} sessions, {} sliding windows closed ({} results sent)",
+        sessions.len(),
+        sliding.len(),
+        sent.len()
     );
 
     // Every order enriched, with its user's region.
