@@ -12,9 +12,10 @@
 //!   `smoke-by-product-repartition`).
 //! - `smoke-user-windows`: every change of the count per user and 10 s window (5 s grace).
 //! - `smoke-user-sessions`: every change of the count per user and session (500 ms gap, 5 s
-//!   grace); a session merged into another is deleted (a tombstone).
+//!   grace); a session merged into another after it was sent is deleted (a tombstone).
 //! - `smoke-user-sliding`: the count per user and sliding window (100 ms time difference, 5 s
-//!   grace), sent once, when the window closes.
+//!   grace), sent when the window closes (`emit_final`; at-least-once may send it again
+//!   after a crash).
 //! - `smoke-enriched`: each order with its user's region (`"?"` for a user not in the table).
 //!
 //! ```text
