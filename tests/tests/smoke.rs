@@ -402,9 +402,9 @@ fn workers_killed_at_random_never_lose_a_record() {
             .next_back()
             .is_some_and(|((_, s, e), _)| s <= start && end <= e);
         let t = &times[user];
-        let orders = (t.partition_point(|x| x <= end) - t.partition_point(|x| x < start)) as i64;
+        let within = (t.partition_point(|x| x <= end) - t.partition_point(|x| x < start)) as i64;
         assert!(
-            inside && (1..=orders).contains(count),
+            inside && (1..=within).contains(count),
             "session ({user}, {start}, {end}) sent with {count}: not a shape of one of {user}'s sessions (seed {seed})"
         );
     }
