@@ -369,9 +369,32 @@ fn workers_killed_at_random_never_lose_a_record() {
             }
         }
     }
-    let (last, _) = last_and_max(&read_all(&bootstrap, "smoke-orders-per-session-changelog"));
-    let stored: BTreeMap<(String, i64, i64), i64> = last.iter().map(|(k, v)| (window_of(k), *v)).collect();
-    expect_same(&stored, &truth, "sessions in their changelog", seed);
+    let log = read_all(&bootstrap, "smoke-orders-per-session-changelog");
+    // The embedded broker keeps a partition's newest 5 MiB only: a changelog partition whose
+    // first record is not at offset 0 has lost its oldest changes, and with them the last
+    // value of sessions that ended early. Its users' sessions are checked downstream only.
+    let mut first: BTreeMap<i32, i64> = BTreeMap::new();
+    for r in &log {
+        let slot = first.entry(r.partition).or_insert(r.offset);
+        *slot = (*slot).min(r.offset);
+    }
+    let whole = |user: &str| first.get(&partition[user]).is_none_or(|offset| *offset == 0);
+    let (last, _) = last_and_max(&log);
+    let stored: BTreeMap<(String, i64, i64), i64> = last
+        .iter()
+        .map(|(k, v)| (window_of(k), *v))
+        .filter(|((user, _, _), _)| whole(user))
+        .collect();
+    let whole_truth: BTreeMap<(String, i64, i64), i64> = truth
+        .iter()
+        .filter(|((user, _, _), _)| whole(user))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    expect_same(&stored, &whole_truth, "sessions in their changelog", seed);
+    let cut_short: Vec<_> = first.iter().filter(|(_, offset)| **offset > 0).collect();
+    if !cut_short.is_empty() {
+        println!("smoke test: session changelog partitions cut short by the broker's retention (partition, first offset): {cut_short:?}");
+    }
     // What was sent holds every session with its count, and at most a few more: a killed
     // worker may have sent a shape of a session whose changelog record it did not (the two go
     // out together, unacknowledged until the cut is flushed). Its input is processed again,
